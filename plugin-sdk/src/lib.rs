@@ -1,0 +1,1 @@
+//! The Rust SDK for Moat plugins (built by the plugin host work).
