@@ -1,0 +1,2 @@
+//! The `moat` command.
+fn main() {}
