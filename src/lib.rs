@@ -1,3 +1,23 @@
-//! Moat: an MQTT broker whose policy runs in sandboxed WebAssembly plugins.
+//! Moat: an MQTT 3.1.1 and 5.0 broker whose policy runs in sandboxed
+//! WebAssembly plugins.
+//!
+//! Module map (the folder layout is the architecture):
+//! - [`codec`]: sans-IO packet encoding and decoding.
+//! - [`config`]: TOML configuration, validated.
+//! - [`transport`]: listeners and the accept loop.
+//! - [`connection`]: one task per client: the protocol state machine.
+//! - [`session`]: sessions that outlive connections, and the registry.
+//! - [`router`]: subscription trie, retained messages, fan-out.
+//! - [`broker`]: the state shared by all of the above.
+//! - [`server`]: binding listeners and running until shutdown.
 
+pub mod broker;
 pub mod codec;
+pub mod config;
+pub mod connection;
+pub mod router;
+pub mod server;
+pub mod session;
+pub mod transport;
+
+pub use server::Server;

@@ -11,6 +11,9 @@ pub enum DecodeError {
     /// Placeholder.
     #[error("malformed packet")]
     Malformed,
+    /// Placeholder.
+    #[error("unsupported protocol version")]
+    UnsupportedProtocolVersion,
 }
 
 impl DecodeError {

@@ -59,8 +59,11 @@ pub struct PacketId(NonZeroU16);
 
 impl PacketId {
     /// Wraps a wire value; zero is not a packet identifier.
-    pub fn new(value: u16) -> Option<PacketId> {
-        NonZeroU16::new(value).map(PacketId)
+    pub const fn new(value: u16) -> Option<PacketId> {
+        match NonZeroU16::new(value) {
+            Some(v) => Some(PacketId(v)),
+            None => None,
+        }
     }
 
     /// The wire value.

@@ -1,0 +1,161 @@
+//! The broker's shared state and the session lifecycle around connections.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::codec::Will;
+use crate::config::Config;
+use crate::router::{Message, Router};
+use crate::session::{Attached, Registry, Session};
+
+/// Broker-wide counters, read by operators and tests.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections currently open (after CONNACK).
+    pub clients_connected: AtomicU64,
+    /// PUBLISH packets received from clients.
+    pub messages_received: AtomicU64,
+    /// PUBLISH packets sent to clients.
+    pub messages_sent: AtomicU64,
+}
+
+/// State shared by every connection: configuration, subscriptions,
+/// sessions, and the shutdown signal.
+#[derive(Debug)]
+pub struct Broker {
+    /// The running configuration.
+    pub config: Config,
+    /// Subscription index and retained messages.
+    pub router: Router,
+    /// Sessions by client id.
+    pub sessions: Registry,
+    /// Counters.
+    pub stats: Stats,
+    /// Cancelled when the broker shuts down.
+    pub shutdown: CancellationToken,
+    /// Tracks connection tasks and timers so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    next_assigned_id: AtomicU64,
+}
+
+impl Broker {
+    /// A broker with empty state.
+    pub fn new(config: Config) -> Broker {
+        Broker {
+            config,
+            router: Router::default(),
+            sessions: Registry::default(),
+            stats: Stats::default(),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            next_assigned_id: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh client identifier for a client that sent an empty one.
+    pub fn assign_client_id(&self) -> Arc<str> {
+        let n = self.next_assigned_id.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        format!("moat-{nanos:08x}-{n}").into()
+    }
+
+    /// Publishes a message: stores it if retained, then routes it.
+    /// Returns the number of sessions it was delivered to.
+    pub fn publish(&self, message: Message, publisher: Option<&Arc<Session>>) -> usize {
+        let message = Arc::new(message);
+        if message.retain {
+            self.router.retained().set(&message);
+        }
+        self.router.route(&message, publisher)
+    }
+
+    /// Attaches a connection to the session of `client_id`.
+    pub async fn attach(&self, client_id: &Arc<str>, clean_start: bool) -> Option<Attached> {
+        let max_queued = self.config.limits.max_queued_messages;
+        self.sessions.attach(client_id, clean_start, max_queued, |old| self.discard(old)).await
+    }
+
+    /// Ends a session: removes its subscriptions and forgets it.
+    pub fn discard(&self, session: &Arc<Session>) {
+        let filters: Vec<_> = {
+            let mut state = session.lock();
+            state.pending.clear();
+            state.inflight.clear();
+            state.subscriptions.drain().map(|(f, _)| f).collect()
+        };
+        for filter in &filters {
+            self.router.unsubscribe(session, filter);
+        }
+        self.sessions.remove(session);
+    }
+
+    /// Called when a connection ends: publishes or schedules the will,
+    /// and ends the session now or arms its expiry timer.
+    pub fn detach(self: &Arc<Self>, attached: Attached, will: Option<Will>, expiry_s: u32) {
+        let session = attached.session.clone();
+        let generation = attached.generation;
+        {
+            let mut state = session.lock();
+            state.online = false;
+            state.kick = None;
+            state.expiry_s = expiry_s;
+        }
+        drop(attached);
+        if let Some(will) = will {
+            let delay = will.properties.will_delay_interval.unwrap_or(0);
+            if delay == 0 || expiry_s == 0 {
+                self.publish_will(will, &session);
+            } else {
+                // The will waits for the delay or the session's end, whichever
+                // comes first, and is cancelled by a reconnect [MQTT-3.1.3-9].
+                let wait = Duration::from_secs(u64::from(delay.min(expiry_s)));
+                let broker = self.clone();
+                let session = session.clone();
+                self.tasks.spawn(async move {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = broker.shutdown.cancelled() => {}
+                    }
+                    let stale = {
+                        let state = session.lock();
+                        state.generation != generation || state.online
+                    };
+                    if !stale {
+                        broker.publish_will(will, &session);
+                    }
+                });
+            }
+        }
+        match expiry_s {
+            0 => self.discard(&session),
+            u32::MAX => {}
+            secs => {
+                let broker = self.clone();
+                self.tasks.spawn(async move {
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_secs(u64::from(secs))) => {}
+                        () = broker.shutdown.cancelled() => return,
+                    }
+                    let expired = {
+                        let state = session.lock();
+                        state.generation == generation && !state.online
+                    };
+                    if expired {
+                        broker.discard(&session);
+                    }
+                });
+            }
+        }
+    }
+
+    fn publish_will(&self, will: Will, session: &Arc<Session>) {
+        let message = Message::new(will.topic, will.payload, will.qos, will.retain, &will.properties);
+        self.publish(message, Some(session));
+    }
+}

@@ -1,0 +1,355 @@
+//! Broker configuration: TOML in, a validated, immutable [`Config`] out.
+//!
+//! Unknown keys are errors, and every error names the file, the line and the
+//! key, because an operator fixing a typo at 3 a.m. should not have to guess.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or a value has the wrong type or range.
+    #[error("{file}:{line}: `{key}`: {message}")]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line of the offending value (0 when unknown).
+        line: usize,
+        /// Dotted key path, e.g. `listeners[0].bind`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// The whole broker configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Network listeners; the default is one TCP listener on 127.0.0.1:1883.
+    #[serde(default = "default_listeners")]
+    pub listeners: Vec<ListenerConfig>,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config { listeners: default_listeners(), limits: Limits::default(), log: LogConfig::default() }
+    }
+}
+
+/// One network listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// A name for logs and for plugins (`client-info.listener`).
+    #[serde(default = "default_listener_name")]
+    pub name: String,
+    /// Address to bind, e.g. `127.0.0.1:1883` or `[::]:1883`.
+    pub bind: SocketAddr,
+    /// Wire protocol of the listener.
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    /// Which clients may connect without an authentication plugin deciding.
+    #[serde(default)]
+    pub allow_anonymous: Anonymous,
+}
+
+impl ListenerConfig {
+    /// A plain TCP listener with the default anonymous policy.
+    pub fn tcp(name: &str, bind: SocketAddr) -> ListenerConfig {
+        ListenerConfig {
+            name: name.to_owned(),
+            bind,
+            protocol: ListenerProtocol::Tcp,
+            allow_anonymous: Anonymous::Loopback,
+        }
+    }
+}
+
+/// The transport a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    /// MQTT over plain TCP.
+    #[default]
+    Tcp,
+}
+
+/// Who may connect anonymously, i.e. without any authentication plugin
+/// allowing the client. Closed by default beyond loopback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Anonymous {
+    /// Only clients connecting from a loopback address (the default).
+    #[default]
+    Loopback,
+    /// Anyone (`allow_anonymous = true`): an explicit operator choice.
+    Always,
+    /// Nobody (`allow_anonymous = false`).
+    Never,
+}
+
+impl Anonymous {
+    /// Whether an anonymous client from `peer` may connect.
+    pub fn permits(self, peer: SocketAddr) -> bool {
+        match self {
+            Anonymous::Always => true,
+            Anonymous::Never => false,
+            Anonymous::Loopback => peer.ip().is_loopback(),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Anonymous {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Anonymous, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Anonymous;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false or \"loopback\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Anonymous, E> {
+                Ok(if v { Anonymous::Always } else { Anonymous::Never })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Anonymous, E> {
+                match v {
+                    "loopback" => Ok(Anonymous::Loopback),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+        }
+        de.deserialize_any(Visitor)
+    }
+}
+
+/// Resource limits. Defaults are safe for a small fleet on a small machine.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Concurrent connections across all listeners.
+    pub max_connections: usize,
+    /// Largest packet accepted from a client, in bytes (v5 Maximum Packet Size).
+    pub max_packet_size: u32,
+    /// QoS 1/2 messages in flight per direction per client (v5 Receive Maximum).
+    pub max_inflight: u16,
+    /// Messages queued per session beyond the in-flight window.
+    pub max_queued_messages: usize,
+    /// Levels in a topic name or filter.
+    pub max_topic_levels: usize,
+    /// Time allowed between TCP accept and a complete CONNECT.
+    pub connect_timeout_ms: u64,
+    /// Largest keep alive granted; larger requests get v5 Server Keep Alive.
+    pub max_keepalive_s: u16,
+    /// Largest session expiry granted to v5 clients, in seconds.
+    pub max_session_expiry_s: u32,
+    /// Topic aliases a v5 client may use towards the broker.
+    pub topic_alias_maximum: u16,
+    /// Grace period for draining connections on shutdown.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_connections: 100_000,
+            max_packet_size: 1024 * 1024,
+            max_inflight: 64,
+            max_queued_messages: 1000,
+            max_topic_levels: 64,
+            connect_timeout_ms: 10_000,
+            max_keepalive_s: u16::MAX,
+            max_session_expiry_s: u32::MAX,
+            topic_alias_maximum: 16,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+impl Limits {
+    /// `connect_timeout_ms` as a duration.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `moat=debug`.
+    pub level: Option<String>,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn default_listeners() -> Vec<ListenerConfig> {
+    vec![ListenerConfig::tcp("default", SocketAddr::from(([127, 0, 0, 1], 1883)))]
+}
+
+fn default_listener_name() -> String {
+    "default".to_owned()
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, line and key at fault.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|source| ConfigError::Read { file: file.to_owned(), source })?;
+        Config::parse(&text, file)
+    }
+
+    /// Parses and validates configuration text; `file` is used in errors.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the line and key at fault.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let invalid = |line: usize, key: String, message: String| ConfigError::Invalid {
+            file: file.to_owned(),
+            line,
+            key,
+            message,
+        };
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| invalid(line_of(text, e.span()), String::new(), e.message().to_owned()))?;
+        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            invalid(line_of(text, inner.span()), key, inner.message().to_owned())
+        })?;
+        config.validate().map_err(|(key, message)| {
+            let line = line_of_key(text, &key);
+            invalid(line, key, message)
+        })?;
+        Ok(config)
+    }
+
+    /// Cross-field checks that serde cannot express.
+    fn validate(&self) -> Result<(), (String, String)> {
+        if self.listeners.is_empty() {
+            return Err(("listeners".into(), "at least one listener is needed".into()));
+        }
+        for (i, l) in self.listeners.iter().enumerate() {
+            if self.listeners[..i].iter().any(|o| o.name == l.name) {
+                return Err((format!("listeners[{i}].name"), format!("duplicate listener name {:?}", l.name)));
+            }
+        }
+        let l = &self.limits;
+        let positive = [
+            ("max_connections", l.max_connections as u64),
+            ("max_packet_size", u64::from(l.max_packet_size)),
+            ("max_inflight", u64::from(l.max_inflight)),
+            ("max_topic_levels", l.max_topic_levels as u64),
+            ("connect_timeout_ms", l.connect_timeout_ms),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err((format!("limits.{key}"), "must be greater than 0".into()));
+            }
+        }
+        if l.max_packet_size > 268_435_460 {
+            return Err(("limits.max_packet_size".into(), "MQTT packets cannot exceed 268435460 bytes".into()));
+        }
+        if l.max_packet_size < 64 {
+            return Err(("limits.max_packet_size".into(), "must be at least 64 bytes".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The 1-based line of a byte offset (0 when unknown).
+fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> usize {
+    span.map_or(0, |s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1)
+}
+
+/// Best-effort line of the last segment of a dotted key path, for errors
+/// found after deserialization.
+fn line_of_key(text: &str, key: &str) -> usize {
+    let leaf = key.rsplit('.').next().unwrap_or(key);
+    let leaf = leaf.split('[').next().unwrap_or(leaf);
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(leaf).is_some_and(|rest| rest.trim_start().starts_with('='))
+                || l.trim_start_matches('[').starts_with(leaf)
+        })
+        .map_or(0, |i| i + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("moat.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_loopback_defaults() {
+        let c = parse("").expect("defaults");
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.listeners[0].bind, SocketAddr::from(([127, 0, 0, 1], 1883)));
+        assert_eq!(c.listeners[0].allow_anonymous, Anonymous::Loopback);
+    }
+
+    #[test]
+    fn full_file() {
+        let c = parse(
+            "[[listeners]]\nname = \"lan\"\nbind = \"0.0.0.0:1883\"\nprotocol = \"tcp\"\nallow_anonymous = false\n\n\
+             [limits]\nmax_connections = 10\nmax_packet_size = 4096\n\n[log]\nlevel = \"debug\"\nformat = \"json\"\n",
+        )
+        .expect("valid");
+        assert_eq!(c.listeners[0].allow_anonymous, Anonymous::Never);
+        assert_eq!(c.limits.max_connections, 10);
+        assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let err = parse("[limits]\nmax_connections = 1\nmax_packet_sise = 5\n").expect_err("typo");
+        let msg = err.to_string();
+        assert!(msg.starts_with("moat.toml:3:"), "{msg}");
+        assert!(msg.contains("max_packet_sise"), "{msg}");
+
+        let err = parse("[[listeners]]\nname = \"a\"\nbind = \"not-an-address\"\n").expect_err("bad addr");
+        let msg = err.to_string();
+        assert!(msg.starts_with("moat.toml:3: `listeners[0].bind`"), "{msg}");
+
+        let err = parse("[limits]\n\nmax_inflight = 0\n").expect_err("zero");
+        assert_eq!(err.to_string(), "moat.toml:3: `limits.max_inflight`: must be greater than 0");
+
+        let err = parse("[[listeners]]\nbind = \"127.0.0.1:1\"\nallow_anonymous = \"yes\"\n").expect_err("bad anon");
+        assert!(err.to_string().starts_with("moat.toml:3: `listeners[0].allow_anonymous`"), "{err}");
+    }
+}

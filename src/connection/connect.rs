@@ -1,0 +1,222 @@
+//! The CONNECT handshake: the first packet, authentication, session
+//! attach and CONNACK.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::Connection;
+use crate::broker::Broker;
+use crate::codec::{self, ConnAck, Connect, DecodeError, Packet, Properties, ProtocolVersion, ReasonCode};
+use crate::config::ListenerConfig;
+
+/// The first packet gets its own, smaller size cap: before CONNECT nobody
+/// is authenticated, so nobody may make the broker buffer much.
+const MAX_CONNECT_PACKET: u32 = 64 * 1024;
+
+/// Reads CONNECT, decides, attaches the session and answers CONNACK.
+/// Returns `None` when the connection should simply end (after a refusal
+/// CONNACK where the protocol calls for one).
+pub(super) async fn handshake<S>(
+    broker: Arc<Broker>,
+    mut stream: S,
+    peer: SocketAddr,
+    listener: &ListenerConfig,
+) -> Option<Connection<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let limits = &broker.config.limits;
+    let mut rbuf = BytesMut::with_capacity(1024);
+    let max_first = limits.max_packet_size.min(MAX_CONNECT_PACKET);
+    let first = tokio::time::timeout(limits.connect_timeout(), read_first(&mut stream, &mut rbuf, max_first)).await;
+    let connect = match first {
+        Err(_) => {
+            debug!("no CONNECT before the connect timeout");
+            return None;
+        }
+        Ok(Err(FirstPacketError::Io)) => return None,
+        Ok(Err(FirstPacketError::Decode(e))) => {
+            debug!(error = %e, "invalid first packet");
+            refuse_bad_connect(&mut stream, e).await;
+            return None;
+        }
+        Ok(Err(FirstPacketError::NotConnect)) => {
+            debug!("first packet is not CONNECT");
+            return None;
+        }
+        Ok(Ok(connect)) => connect,
+    };
+    let version = connect.protocol;
+    let outcome = negotiate(&broker, &connect, peer, listener);
+    let Negotiated { client_id, assigned, keep_alive, server_keep_alive, session_expiry_s, expiry_capped } =
+        match outcome {
+            Ok(n) => n,
+            Err(reason) => {
+                debug!(reason = %reason, "CONNECT refused");
+                send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
+                return None;
+            }
+        };
+    tracing::Span::current().record("client_id", &*client_id);
+    let Some(attached) = broker.attach(&client_id, connect.clean_start).await else {
+        debug!("previous connection did not release the session");
+        let reason = ReasonCode::SERVER_BUSY;
+        send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
+        return None;
+    };
+    let limits = &broker.config.limits;
+    let mut properties = Properties::default();
+    if version.is_v5() {
+        properties.receive_maximum = Some(limits.max_inflight);
+        properties.maximum_packet_size = Some(limits.max_packet_size);
+        properties.topic_alias_maximum = Some(limits.topic_alias_maximum);
+        properties.assigned_client_identifier = assigned.then(|| client_id.to_string());
+        properties.server_keep_alive = server_keep_alive;
+        properties.session_expiry_interval = expiry_capped.then_some(session_expiry_s);
+    }
+    let connack = ConnAck { session_present: attached.present, reason: ReasonCode::SUCCESS, properties };
+    let props = &connect.properties;
+    let mut conn = Connection {
+        stream,
+        rbuf,
+        wbuf: BytesMut::with_capacity(4096),
+        version,
+        keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+        last_read: Instant::now(),
+        will: connect.will.clone(),
+        session_expiry_s,
+        connect_expiry_zero: session_expiry_s == 0,
+        send_window: usize::from(props.receive_maximum.unwrap_or(u16::MAX).min(limits.max_inflight)),
+        client_max_packet: props.maximum_packet_size,
+        aliases: HashMap::new(),
+        want_drain: true,
+        attached,
+        broker: broker.clone(),
+    };
+    debug!(version = ?version, clean_start = connect.clean_start, keep_alive, "client connected");
+    conn.send(&Packet::ConnAck(connack));
+    Some(conn)
+}
+
+/// What CONNECT negotiated.
+struct Negotiated {
+    client_id: Arc<str>,
+    assigned: bool,
+    keep_alive: u16,
+    server_keep_alive: Option<u16>,
+    session_expiry_s: u32,
+    expiry_capped: bool,
+}
+
+/// Validates CONNECT against the limits and the authentication policy.
+fn negotiate(
+    broker: &Broker,
+    connect: &Connect,
+    peer: SocketAddr,
+    listener: &ListenerConfig,
+) -> Result<Negotiated, ReasonCode> {
+    let limits = &broker.config.limits;
+    let v5 = connect.protocol.is_v5();
+    let (client_id, assigned) = if connect.client_id.is_empty() {
+        // 3.1.1 only assigns an id to clean sessions [MQTT-3.1.3-8].
+        if !v5 && !connect.clean_start {
+            return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+        }
+        (broker.assign_client_id(), true)
+    } else {
+        (Arc::from(connect.client_id.as_str()), false)
+    };
+    let mut keep_alive = connect.keep_alive;
+    let mut server_keep_alive = None;
+    if keep_alive > limits.max_keepalive_s || (keep_alive == 0 && limits.max_keepalive_s < u16::MAX) {
+        if !v5 {
+            // 3.1.1 has no way to tell the client; refuse as Mosquitto does.
+            return Err(ReasonCode::CLIENT_IDENTIFIER_NOT_VALID);
+        }
+        keep_alive = limits.max_keepalive_s;
+        server_keep_alive = Some(keep_alive);
+    }
+    let topic_levels_ok = connect
+        .will
+        .as_ref()
+        .is_none_or(|w| w.topic.levels().count() <= limits.max_topic_levels && !w.topic.is_empty());
+    if !topic_levels_ok {
+        return Err(ReasonCode::TOPIC_NAME_INVALID);
+    }
+    if connect.properties.authentication_method.is_some() {
+        // Enhanced authentication needs a plugin that speaks the method.
+        return Err(ReasonCode::BAD_AUTHENTICATION_METHOD);
+    }
+    if !listener.allow_anonymous.permits(peer) {
+        return Err(ReasonCode::NOT_AUTHORIZED);
+    }
+    let requested = if v5 {
+        connect.properties.session_expiry_interval.unwrap_or(0)
+    } else if connect.clean_start {
+        0
+    } else {
+        u32::MAX
+    };
+    let session_expiry_s = requested.min(limits.max_session_expiry_s);
+    Ok(Negotiated {
+        client_id,
+        assigned,
+        keep_alive,
+        server_keep_alive,
+        session_expiry_s,
+        expiry_capped: session_expiry_s != requested,
+    })
+}
+
+enum FirstPacketError {
+    Io,
+    Decode(DecodeError),
+    NotConnect,
+}
+
+async fn read_first<S>(stream: &mut S, rbuf: &mut BytesMut, max: u32) -> Result<Box<Connect>, FirstPacketError>
+where
+    S: AsyncRead + Unpin,
+{
+    loop {
+        // The version argument is irrelevant: CONNECT carries its own.
+        match codec::decode(rbuf, ProtocolVersion::V5, max) {
+            Ok(Some(Packet::Connect(connect))) => return Ok(connect),
+            Ok(Some(_)) => return Err(FirstPacketError::NotConnect),
+            Ok(None) => {}
+            Err(e) => return Err(FirstPacketError::Decode(e)),
+        }
+        match stream.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return Err(FirstPacketError::Io),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Answers an undecodable CONNECT where the spec asks for an answer: an
+/// unsupported protocol level gets CONNACK 0x84 / return code 1
+/// [MQTT-3.1.2-2]; anything else just closes.
+async fn refuse_bad_connect<S: AsyncWrite + Unpin>(stream: &mut S, error: DecodeError) {
+    if error == DecodeError::UnsupportedProtocolVersion {
+        let connack = ConnAck { reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, ..ConnAck::default() };
+        send_connack(stream, ProtocolVersion::V311, connack).await;
+    }
+}
+
+async fn send_connack<S: AsyncWrite + Unpin>(stream: &mut S, version: ProtocolVersion, connack: ConnAck) {
+    let mut buf = BytesMut::new();
+    if codec::encode(&Packet::ConnAck(connack), version, &mut buf).is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            stream.write_all(&buf).await.ok();
+            stream.shutdown().await.ok();
+        })
+        .await;
+    }
+}

@@ -1,0 +1,212 @@
+//! Packets from the client after CONNECT.
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{Close, Connection};
+use crate::codec::{
+    Packet, Properties, PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, TopicName, UnsubAck,
+    Unsubscribe,
+};
+use crate::router::Message;
+use crate::session::{Delivery, InflightState, Subscription};
+
+impl<S> Connection<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    /// Dispatches one packet.
+    pub(super) fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+        match packet {
+            Packet::Publish(publish) => self.on_publish(publish),
+            Packet::PubAck(ack) => {
+                self.on_ack(ack, InflightState::AwaitPubAck);
+                Ok(())
+            }
+            Packet::PubRec(rec) => {
+                self.on_pubrec(rec);
+                Ok(())
+            }
+            Packet::PubRel(rel) => {
+                self.on_pubrel(rel);
+                Ok(())
+            }
+            Packet::PubComp(comp) => {
+                self.on_ack(comp, InflightState::AwaitPubComp);
+                Ok(())
+            }
+            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe),
+            Packet::Unsubscribe(unsubscribe) => {
+                self.on_unsubscribe(unsubscribe);
+                Ok(())
+            }
+            Packet::PingReq => {
+                self.send(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect(disconnect) => Err(self.on_disconnect(&disconnect)),
+            Packet::Connect(_) => Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "second CONNECT")),
+            Packet::Auth(_) => Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "AUTH without an authentication method")),
+            Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
+                Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "packet only a server may send"))
+            }
+        }
+    }
+
+    fn on_publish(&mut self, mut publish: Publish) -> Result<(), Close> {
+        self.broker.stats.messages_received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        publish.topic = self.resolve_alias(&publish)?;
+        if publish.topic.levels().count() > self.broker.config.limits.max_topic_levels {
+            return Err(Close::Protocol(ReasonCode::TOPIC_NAME_INVALID, "too many topic levels"));
+        }
+        let packet_id = publish.packet_id;
+        if publish.qos == QoS::ExactlyOnce {
+            let Some(id) = packet_id else {
+                return Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "QoS 2 without packet id"));
+            };
+            let mut state = self.attached.session.lock();
+            if state.incoming_qos2.contains(&id) {
+                // A resend of a message already routed: acknowledge only,
+                // which is what makes QoS 2 exactly once [MQTT-4.3.3-10].
+                drop(state);
+                self.send(&Packet::PubRec(PubResp::success(id)));
+                return Ok(());
+            }
+            if state.incoming_qos2.len() >= usize::from(self.broker.config.limits.max_inflight) {
+                return Err(Close::Protocol(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded"));
+            }
+            state.incoming_qos2.insert(id);
+        }
+        let message = Message::new(publish.topic, publish.payload, publish.qos, publish.retain, &publish.properties);
+        let delivered = self.broker.publish(message, Some(&self.attached.session));
+        let reason = if delivered == 0 && self.version.is_v5() {
+            ReasonCode::NO_MATCHING_SUBSCRIBERS
+        } else {
+            ReasonCode::SUCCESS
+        };
+        let ack = |id| PubResp { packet_id: id, reason, properties: Properties::default() };
+        match (publish.qos, packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => self.send(&Packet::PubAck(ack(id))),
+            (QoS::ExactlyOnce, Some(id)) => self.send(&Packet::PubRec(ack(id))),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Applies the v5 topic alias rules [MQTT-3.3.2-*] and returns the
+    /// full topic name.
+    fn resolve_alias(&mut self, publish: &Publish) -> Result<TopicName, Close> {
+        let Some(alias) = publish.properties.topic_alias else {
+            if publish.topic.is_empty() {
+                return Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "empty topic without alias"));
+            }
+            return Ok(publish.topic.clone());
+        };
+        if alias == 0 || alias > self.broker.config.limits.topic_alias_maximum {
+            return Err(Close::Protocol(ReasonCode::TOPIC_ALIAS_INVALID, "topic alias out of range"));
+        }
+        if publish.topic.is_empty() {
+            self.aliases
+                .get(&alias)
+                .cloned()
+                .ok_or(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "unknown topic alias"))
+        } else {
+            self.aliases.insert(alias, publish.topic.clone());
+            Ok(publish.topic.clone())
+        }
+    }
+
+    fn on_ack(&mut self, ack: PubResp, expected: InflightState) {
+        if self.attached.session.lock().take_inflight(ack.packet_id, expected).is_some() {
+            self.want_drain = true;
+        }
+    }
+
+    fn on_pubrec(&mut self, rec: PubResp) {
+        let id = rec.packet_id;
+        if !rec.reason.is_success() {
+            // The receiver refused the message; the exchange ends here.
+            self.on_ack(rec, InflightState::AwaitPubRec);
+            return;
+        }
+        let known = self.attached.session.lock().mark_released(id);
+        let reason = if known { ReasonCode::SUCCESS } else { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
+        self.send(&Packet::PubRel(PubResp { packet_id: id, reason, properties: Properties::default() }));
+    }
+
+    fn on_pubrel(&mut self, rel: PubResp) {
+        let known = self.attached.session.lock().incoming_qos2.remove(&rel.packet_id);
+        let reason = if known { ReasonCode::SUCCESS } else { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
+        let comp = PubResp { packet_id: rel.packet_id, reason, properties: Properties::default() };
+        self.send(&Packet::PubComp(comp));
+    }
+
+    fn on_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Close> {
+        let sub_id = subscribe.properties.subscription_identifiers.first().copied();
+        let mut reasons = Vec::with_capacity(subscribe.filters.len());
+        let mut retained = Vec::new();
+        let max_levels = self.broker.config.limits.max_topic_levels;
+        for (filter, mut options) in subscribe.filters {
+            let shared = filter.share_group().is_some();
+            if shared && options.no_local {
+                return Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "No Local on a shared subscription"));
+            }
+            if filter.filter().split('/').count() > max_levels {
+                reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            options.qos = options.qos.min(QoS::ExactlyOnce);
+            let subscription = Subscription { options, id: sub_id };
+            let existed = self.broker.router.subscribe(&self.attached.session, &filter, &subscription);
+            self.attached.session.lock().subscriptions.insert(filter.clone(), subscription);
+            reasons.push(ReasonCode(options.qos as u8));
+            // Retained messages are never sent to shared subscriptions.
+            let send_retained = !shared
+                && match options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
+            if send_retained {
+                for message in self.broker.router.retained().matching(&filter) {
+                    retained.push(Delivery {
+                        qos: message.qos.min(options.qos),
+                        message,
+                        retain: true,
+                        subscription_ids: sub_id.into_iter().collect(),
+                    });
+                }
+            }
+        }
+        let suback = SubAck { packet_id: subscribe.packet_id, properties: Properties::default(), reasons };
+        self.send(&Packet::SubAck(suback));
+        if !retained.is_empty() {
+            let session = &self.attached.session;
+            for delivery in retained {
+                session.enqueue(delivery);
+            }
+            self.want_drain = true;
+        }
+        Ok(())
+    }
+
+    fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
+        let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
+        for filter in &unsubscribe.filters {
+            let removed = self.attached.session.lock().subscriptions.remove(filter).is_some();
+            self.broker.router.unsubscribe(&self.attached.session, filter);
+            reasons.push(if removed { ReasonCode::SUCCESS } else { ReasonCode::NO_SUBSCRIPTION_EXISTED });
+        }
+        let unsuback = UnsubAck { packet_id: unsubscribe.packet_id, properties: Properties::default(), reasons };
+        self.send(&Packet::UnsubAck(unsuback));
+    }
+
+    fn on_disconnect(&mut self, disconnect: &crate::codec::Disconnect) -> Close {
+        if let Some(expiry) = disconnect.properties.session_expiry_interval {
+            if self.connect_expiry_zero && expiry != 0 {
+                return Close::Protocol(ReasonCode::PROTOCOL_ERROR, "session expiry set on DISCONNECT after 0");
+            }
+            self.session_expiry_s = expiry.min(self.broker.config.limits.max_session_expiry_s);
+        }
+        Close::ClientDisconnect { will: disconnect.reason == ReasonCode::DISCONNECT_WITH_WILL }
+    }
+}

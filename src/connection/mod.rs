@@ -1,0 +1,222 @@
+//! One task per client connection.
+//!
+//! The task owns its socket, its read and write buffers and the
+//! connection-scoped protocol state (keep alive, topic aliases, negotiated
+//! limits); the session it attaches to holds what outlives it. It is the
+//! only place where errors become MQTT reason codes, and it logs a close
+//! once, at `debug` when the peer caused it.
+
+mod connect;
+mod inbound;
+mod outbound;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+use tracing::{Instrument, debug, field};
+
+use crate::broker::Broker;
+use crate::codec::{self, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode, TopicName, Will};
+use crate::config::ListenerConfig;
+use crate::session::Attached;
+
+/// Why a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Close {
+    /// The client sent DISCONNECT; `will` says whether to publish the will
+    /// anyway (v5 reason 0x04).
+    ClientDisconnect {
+        /// Publish the will despite the DISCONNECT.
+        will: bool,
+    },
+    /// The socket closed or failed without DISCONNECT.
+    ConnectionLost,
+    /// The client broke the protocol; v5 clients are told why.
+    Protocol(ReasonCode, &'static str),
+    /// No packet within 1.5 times the keep alive.
+    KeepAliveTimeout,
+    /// Another connection took over the session.
+    TakenOver,
+    /// The broker is shutting down.
+    Shutdown,
+}
+
+impl Close {
+    /// The reason code a v5 DISCONNECT from the server carries, if any.
+    fn server_reason(self) -> Option<ReasonCode> {
+        match self {
+            Close::Protocol(code, _) => Some(code),
+            Close::KeepAliveTimeout => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
+            Close::TakenOver => Some(ReasonCode::SESSION_TAKEN_OVER),
+            Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
+            Close::ClientDisconnect { .. } | Close::ConnectionLost => None,
+        }
+    }
+
+    /// Whether the will is published [MQTT-3.1.2-8], [MQTT-3.14.4-3].
+    fn publishes_will(self) -> bool {
+        !matches!(self, Close::ClientDisconnect { will: false })
+    }
+}
+
+impl From<std::io::Error> for Close {
+    fn from(_: std::io::Error) -> Close {
+        Close::ConnectionLost
+    }
+}
+
+/// The connection's state after a successful CONNECT.
+struct Connection<S> {
+    broker: Arc<Broker>,
+    stream: S,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    version: ProtocolVersion,
+    attached: Attached,
+    /// 1.5 times the negotiated keep alive; `None` when keep alive is off.
+    keep_alive: Option<Duration>,
+    last_read: Instant,
+    will: Option<Will>,
+    session_expiry_s: u32,
+    /// Whether CONNECT asked for a non-zero session expiry (v5), which a
+    /// DISCONNECT may not change from zero [MQTT-3.14.2-2].
+    connect_expiry_zero: bool,
+    /// The client's Receive Maximum, capped by ours: our outbound window.
+    send_window: usize,
+    /// The client's Maximum Packet Size, if it set one.
+    client_max_packet: Option<u32>,
+    /// Inbound topic aliases (v5).
+    aliases: HashMap<u16, TopicName>,
+    /// Deliveries may be waiting: the session woke us or the window opened.
+    want_drain: bool,
+}
+
+/// Serves one client connection to the end. Never panics on peer input;
+/// all outcomes are logged here, once.
+pub async fn serve<S>(broker: Arc<Broker>, stream: S, peer: SocketAddr, listener: Arc<ListenerConfig>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let span = tracing::debug_span!("conn", %peer, listener = %listener.name, client_id = field::Empty);
+    async move {
+        let Some(conn) = connect::handshake(broker, stream, peer, &listener).await else {
+            return;
+        };
+        conn.run().await;
+    }
+    .instrument(span)
+    .await;
+}
+
+impl<S> Connection<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    async fn run(mut self) {
+        self.broker.stats.clients_connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let close = match self.resume().await {
+            Ok(()) => self.serve_packets().await,
+            Err(close) => close,
+        };
+        self.broker.stats.clients_connected.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.finish(close).await;
+    }
+
+    /// The main loop: read packets, deliver queued messages, watch keep
+    /// alive, takeover and shutdown.
+    async fn serve_packets(&mut self) -> Close {
+        let kicked = self.attached.kicked.clone();
+        let shutdown = self.broker.shutdown.clone();
+        let session = self.attached.session.clone();
+        loop {
+            if self.want_drain {
+                self.want_drain = false;
+                self.drain();
+            }
+            if let Err(close) = self.flush().await {
+                return close;
+            }
+            let deadline = self.keep_alive.map(|ka| self.last_read + ka);
+            tokio::select! {
+                biased;
+                () = kicked.cancelled() => return Close::TakenOver,
+                () = shutdown.cancelled() => return Close::Shutdown,
+                read = self.stream.read_buf(&mut self.rbuf) => match read {
+                    Ok(0) | Err(_) => return Close::ConnectionLost,
+                    Ok(_) => {
+                        self.last_read = Instant::now();
+                        if let Err(close) = self.process_input() {
+                            return close;
+                        }
+                    }
+                },
+                () = session.woken() => self.want_drain = true,
+                () = sleep_until_opt(deadline) => return Close::KeepAliveTimeout,
+            }
+        }
+    }
+
+    /// Decodes and handles every complete packet in the read buffer.
+    fn process_input(&mut self) -> Result<(), Close> {
+        let max = self.broker.config.limits.max_packet_size;
+        loop {
+            match codec::decode(&mut self.rbuf, self.version, max) {
+                Ok(Some(packet)) => self.handle(packet)?,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(Close::Protocol(e.reason_code(), "malformed packet")),
+            }
+        }
+    }
+
+    /// Queues a packet for the next flush.
+    fn send(&mut self, packet: &Packet) {
+        // Packets we build always fit the encoder's limits; a failure here
+        // would be a broker bug, so it is logged rather than sent half-built.
+        if let Err(e) = codec::encode(packet, self.version, &mut self.wbuf) {
+            tracing::error!(error = %e, "could not encode an outgoing packet");
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Close> {
+        if !self.wbuf.is_empty() {
+            self.stream.write_all(&self.wbuf).await?;
+            self.wbuf.clear();
+        }
+        Ok(())
+    }
+
+    /// Says goodbye where the protocol allows, then hands the session back.
+    async fn finish(mut self, close: Close) {
+        match close {
+            Close::Protocol(code, why) => debug!(reason = %code, why, "closing: protocol error"),
+            other => debug!(reason = ?other, "connection closed"),
+        }
+        if self.version.is_v5()
+            && let Some(reason) = close.server_reason()
+        {
+            self.send(&Packet::Disconnect(Disconnect { reason, properties: Properties::default() }));
+        }
+        // Best effort: the peer may already be gone; bounded so a client
+        // that stopped reading cannot hold the session.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            self.flush().await.ok();
+            self.stream.shutdown().await.ok();
+        })
+        .await;
+        let will = if close.publishes_will() { self.will.take() } else { None };
+        let expiry = self.session_expiry_s;
+        self.broker.detach(self.attached, will, expiry);
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,96 @@
+//! Messages to the client: draining the session queue within the client's
+//! Receive Maximum, and resending unacknowledged messages on resume.
+
+use std::sync::atomic::Ordering;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::{Close, Connection};
+use crate::codec::{self, Packet, Properties, PubResp, Publish, QoS};
+use crate::session::{Delivery, Inflight, InflightState};
+
+impl<S> Connection<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    /// Resends what the previous connection left unacknowledged, in order,
+    /// with DUP set [MQTT-4.4.0-1].
+    pub(super) async fn resume(&mut self) -> Result<(), Close> {
+        let inflight: Vec<Inflight> = self.attached.session.lock().inflight.iter().cloned().collect();
+        for entry in inflight {
+            match entry.state {
+                InflightState::AwaitPubAck | InflightState::AwaitPubRec => {
+                    let publish = self.publish_packet(&entry.delivery, Some(entry.packet_id), true);
+                    self.send(&Packet::Publish(publish));
+                }
+                InflightState::AwaitPubComp => {
+                    self.send(&Packet::PubRel(PubResp::success(entry.packet_id)));
+                }
+            }
+        }
+        self.flush().await
+    }
+
+    /// Moves queued deliveries into the write buffer while the client's
+    /// window has room. Encodes under the session lock: it is CPU work only,
+    /// and it keeps packet-id allocation and the in-flight list consistent.
+    pub(super) fn drain(&mut self) {
+        let now = std::time::Instant::now();
+        let session = self.attached.session.clone();
+        let mut state = session.lock();
+        let mut sent = 0u64;
+        while let Some(front) = state.pending.front() {
+            if front.qos != QoS::AtMostOnce && state.inflight.len() >= self.send_window {
+                break;
+            }
+            let Some(delivery) = state.pending.pop_front() else { break };
+            if delivery.message.is_expired(now) {
+                continue;
+            }
+            let packet_id = (delivery.qos != QoS::AtMostOnce).then(|| state.allocate_packet_id());
+            let publish = Packet::Publish(self.publish_packet(&delivery, packet_id, false));
+            if !self.fits_client(&publish) {
+                // The client cannot take it; behave as if delivered
+                // [MQTT-3.1.2-25].
+                continue;
+            }
+            self.send(&publish);
+            sent += 1;
+            if let Some(packet_id) = packet_id {
+                let waiting =
+                    if delivery.qos == QoS::AtLeastOnce { InflightState::AwaitPubAck } else { InflightState::AwaitPubRec };
+                state.inflight.push_back(Inflight { packet_id, delivery, state: waiting });
+            }
+        }
+        drop(state);
+        self.broker.stats.messages_sent.fetch_add(sent, Ordering::Relaxed);
+    }
+
+    fn publish_packet(&self, delivery: &Delivery, packet_id: Option<crate::codec::PacketId>, dup: bool) -> Publish {
+        let message = &delivery.message;
+        let properties = if self.version.is_v5() {
+            let mut p = message.properties.clone();
+            p.message_expiry_interval = message.remaining_expiry(std::time::Instant::now());
+            p.subscription_identifiers.clone_from(&delivery.subscription_ids);
+            p
+        } else {
+            Properties::default()
+        };
+        Publish {
+            dup,
+            qos: delivery.qos,
+            retain: delivery.retain,
+            topic: message.topic.clone(),
+            packet_id,
+            properties,
+            payload: message.payload.clone(),
+        }
+    }
+
+    fn fits_client(&self, packet: &Packet) -> bool {
+        match self.client_max_packet {
+            None => true,
+            Some(max) => codec::encoded_len(packet, self.version).is_ok_and(|len| len <= max as usize),
+        }
+    }
+}

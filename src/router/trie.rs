@@ -1,0 +1,247 @@
+//! The subscription index: a trie over topic levels.
+//!
+//! Read-mostly: publishers match under a read lock held by the router;
+//! SUBSCRIBE and UNSUBSCRIBE take the write lock briefly.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::codec::{QoS, SubscriptionOptions};
+use crate::session::Session;
+
+/// One subscription in the index.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    /// The subscribing session.
+    pub session: Arc<Session>,
+    /// Granted options.
+    pub options: SubscriptionOptions,
+    /// v5 subscription identifier.
+    pub id: Option<u32>,
+}
+
+/// A match found for a topic: one subscription of one session.
+#[derive(Debug, Clone)]
+pub struct Match {
+    /// The session to deliver to.
+    pub session: Arc<Session>,
+    /// Granted QoS of the subscription.
+    pub qos: QoS,
+    /// Retain As Published.
+    pub retain_as_published: bool,
+    /// No Local.
+    pub no_local: bool,
+    /// Subscription identifier.
+    pub id: Option<u32>,
+}
+
+impl Match {
+    fn from(sub: &Subscriber) -> Match {
+        Match {
+            session: sub.session.clone(),
+            qos: sub.options.qos,
+            retain_as_published: sub.options.retain_as_published,
+            no_local: sub.options.no_local,
+            id: sub.id,
+        }
+    }
+}
+
+/// A `$share/{group}/...` group: each message goes to one member.
+#[derive(Debug, Default)]
+struct ShareGroup {
+    members: Vec<Subscriber>,
+    /// Round-robin cursor; atomic so matching needs only the read lock.
+    next: AtomicUsize,
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    children: HashMap<Box<str>, Node>,
+    subscribers: Vec<Subscriber>,
+    groups: HashMap<Box<str>, ShareGroup>,
+}
+
+impl Node {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.subscribers.is_empty() && self.groups.is_empty()
+    }
+}
+
+/// The subscription trie.
+#[derive(Debug, Default)]
+pub(crate) struct Trie {
+    root: Node,
+    count: usize,
+}
+
+impl Trie {
+    /// Inserts or replaces the subscription of `sub.session` to `filter`
+    /// (`group` for shared subscriptions). Returns whether one existed.
+    pub fn insert(&mut self, filter: &str, group: Option<&str>, sub: Subscriber) -> bool {
+        let mut node = &mut self.root;
+        for level in filter.split('/') {
+            node = node.children.entry(level.into()).or_default();
+        }
+        let list = match group {
+            Some(g) => &mut node.groups.entry(g.into()).or_default().members,
+            None => &mut node.subscribers,
+        };
+        match list.iter_mut().find(|s| Arc::ptr_eq(&s.session, &sub.session)) {
+            Some(existing) => {
+                *existing = sub;
+                true
+            }
+            None => {
+                list.push(sub);
+                self.count += 1;
+                false
+            }
+        }
+    }
+
+    /// Removes `session`'s subscription to `filter`. Returns whether it existed.
+    pub fn remove(&mut self, filter: &str, group: Option<&str>, session: &Arc<Session>) -> bool {
+        let levels: Vec<&str> = filter.split('/').collect();
+        let removed = remove_at(&mut self.root, &levels, group, session);
+        if removed {
+            self.count -= 1;
+        }
+        removed
+    }
+
+    /// Number of subscriptions in the index.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// Appends every subscription matching `topic` to `out`; for each share
+    /// group, one member chosen round-robin, preferring connected members.
+    pub fn matches(&self, topic: &str, out: &mut Vec<Match>) {
+        let levels: Vec<&str> = topic.split('/').collect();
+        let system = topic.starts_with('$');
+        collect(&self.root, &levels, system, out);
+    }
+}
+
+fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, session: &Arc<Session>) -> bool {
+    let Some((first, rest)) = levels.split_first() else {
+        return match group {
+            Some(g) => {
+                let Some(share) = node.groups.get_mut(g) else { return false };
+                let before = share.members.len();
+                share.members.retain(|s| !Arc::ptr_eq(&s.session, session));
+                let removed = share.members.len() != before;
+                if share.members.is_empty() {
+                    node.groups.remove(g);
+                }
+                removed
+            }
+            None => {
+                let before = node.subscribers.len();
+                node.subscribers.retain(|s| !Arc::ptr_eq(&s.session, session));
+                node.subscribers.len() != before
+            }
+        };
+    };
+    let Some(child) = node.children.get_mut(*first) else { return false };
+    let removed = remove_at(child, rest, group, session);
+    if child.is_empty() {
+        node.children.remove(*first);
+    }
+    removed
+}
+
+fn collect(node: &Node, levels: &[&str], system: bool, out: &mut Vec<Match>) {
+    // `#` matches the parent level too ("a/#" matches "a"), and every child.
+    // At the first level of a `$` topic wildcards match nothing [MQTT-4.7.2-1].
+    let wildcards_allowed = !system;
+    if wildcards_allowed && let Some(hash) = node.children.get("#") {
+        push_all(hash, out);
+    }
+    let Some((first, rest)) = levels.split_first() else {
+        push_all(node, out);
+        return;
+    };
+    if let Some(child) = node.children.get(*first) {
+        collect(child, rest, false, out);
+    }
+    if wildcards_allowed && let Some(plus) = node.children.get("+") {
+        collect(plus, rest, false, out);
+    }
+}
+
+fn push_all(node: &Node, out: &mut Vec<Match>) {
+    out.extend(node.subscribers.iter().map(Match::from));
+    for group in node.groups.values() {
+        if let Some(member) = pick_member(group) {
+            out.push(Match::from(member));
+        }
+    }
+}
+
+fn pick_member(group: &ShareGroup) -> Option<&Subscriber> {
+    let n = group.members.len();
+    if n == 0 {
+        return None;
+    }
+    let start = group.next.fetch_add(1, Ordering::Relaxed);
+    (0..n)
+        .map(|i| &group.members[(start + i) % n])
+        .find(|m| m.session.lock().online)
+        .or_else(|| group.members.get(start % n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(session: &Arc<Session>) -> Subscriber {
+        Subscriber { session: session.clone(), options: SubscriptionOptions::default(), id: None }
+    }
+
+    fn matched(trie: &Trie, topic: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        trie.matches(topic, &mut out);
+        let mut ids: Vec<String> = out.iter().map(|m| m.session.client_id().to_string()).collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn wildcards_and_parent_match() {
+        let a = Arc::new(Session::new("a".into(), 10));
+        let b = Arc::new(Session::new("b".into(), 10));
+        let c = Arc::new(Session::new("c".into(), 10));
+        let mut t = Trie::default();
+        t.insert("s/#", None, sub(&a));
+        t.insert("s/+/x", None, sub(&b));
+        t.insert("#", None, sub(&c));
+        assert_eq!(matched(&t, "s"), ["a", "c"]);
+        assert_eq!(matched(&t, "s/1/x"), ["a", "b", "c"]);
+        assert_eq!(matched(&t, "$SYS/x"), Vec::<String>::new());
+        assert!(t.remove("s/#", None, &a));
+        assert!(!t.remove("s/#", None, &a));
+        assert_eq!(matched(&t, "s/1/x"), ["b", "c"]);
+        assert_eq!(t.len(), 2);
+        t.remove("s/+/x", None, &b);
+        t.remove("#", None, &c);
+        assert!(t.root.is_empty());
+    }
+
+    #[test]
+    fn share_group_round_robin() {
+        let a = Arc::new(Session::new("a".into(), 10));
+        let b = Arc::new(Session::new("b".into(), 10));
+        let mut t = Trie::default();
+        t.insert("t", Some("g"), sub(&a));
+        t.insert("t", Some("g"), sub(&b));
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.extend(matched(&t, "t"));
+        }
+        assert_eq!(seen.iter().filter(|s| *s == "a").count(), 2);
+        assert_eq!(seen.iter().filter(|s| *s == "b").count(), 2);
+    }
+}

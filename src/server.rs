@@ -1,0 +1,71 @@
+//! Binding listeners and running the broker until a shutdown signal.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::transport::{BindError, Listener};
+
+/// A broker with its listeners bound, not yet accepting.
+#[derive(Debug)]
+pub struct Server {
+    broker: Arc<Broker>,
+    listeners: Vec<Listener>,
+}
+
+impl Server {
+    /// Binds every configured listener.
+    ///
+    /// # Errors
+    /// [`BindError`] for the first listener that cannot be bound.
+    pub async fn bind(config: Config) -> Result<Server, BindError> {
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            listeners.push(Listener::bind(l.clone()).await?);
+        }
+        Ok(Server { broker: Arc::new(Broker::new(config)), listeners })
+    }
+
+    /// The bound address of each listener, by name.
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.listeners
+            .iter()
+            .filter_map(|l| Some((l.config().name.clone(), l.local_addr().ok()?)))
+            .collect()
+    }
+
+    /// The shared broker state (for embedding and tests).
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Accepts clients until `shutdown` resolves, then stops accepting,
+    /// tells v5 clients the server is shutting down (0x8B), and waits for
+    /// connections to close for at most the configured grace period.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let broker = self.broker;
+        let permits = Arc::new(Semaphore::new(broker.config.limits.max_connections));
+        let mut accept_loops = tokio::task::JoinSet::new();
+        for listener in self.listeners {
+            if let Ok(addr) = listener.local_addr() {
+                info!(listener = %listener.config().name, %addr, "listening");
+            }
+            accept_loops.spawn(listener.run(broker.clone(), permits.clone()));
+        }
+        shutdown.await;
+        info!("shutting down");
+        broker.shutdown.cancel();
+        while accept_loops.join_next().await.is_some() {}
+        broker.tasks.close();
+        let grace = Duration::from_millis(broker.config.limits.shutdown_grace_ms);
+        if tokio::time::timeout(grace, broker.tasks.wait()).await.is_err() {
+            warn!(remaining = broker.tasks.len(), "grace period over; closing remaining connections");
+        }
+    }
+}

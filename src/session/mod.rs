@@ -1,0 +1,95 @@
+//! Sessions: the state that outlives a network connection.
+//!
+//! A [`Session`] holds a client's subscriptions, the messages queued for it
+//! and its QoS 1/2 state in both directions. Publishers push into it through
+//! [`Session::enqueue`] under a short per-session lock (never a global one);
+//! the connection that owns it drains the queue when notified. Because the
+//! state lives here rather than in the connection task, a takeover or a
+//! reconnect simply attaches a new connection to the same session.
+
+mod registry;
+mod state;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+pub use registry::{Attached, Registry};
+pub use state::{Delivery, Inflight, InflightState, SessionState, Subscription};
+
+use crate::codec::QoS;
+
+/// A client session, shared by the registry, the subscription index and the
+/// connection currently attached to it.
+#[derive(Debug)]
+pub struct Session {
+    client_id: Arc<str>,
+    state: Mutex<SessionState>,
+    /// Wakes the attached connection when deliveries are queued.
+    wake: Notify,
+    /// Messages dropped because the queue was full or the client offline.
+    dropped: AtomicU64,
+}
+
+impl Session {
+    /// A new, empty session.
+    pub fn new(client_id: Arc<str>, max_queued: usize) -> Session {
+        Session {
+            client_id,
+            state: Mutex::new(SessionState::new(max_queued)),
+            wake: Notify::new(),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// The client identifier this session belongs to.
+    pub fn client_id(&self) -> &Arc<str> {
+        &self.client_id
+    }
+
+    /// Locks the session state. Callers keep the guard for a few field
+    /// updates only and never across an `.await` (it is a sync mutex, which
+    /// is why that is enforced by the type: the guard is not `Send`).
+    pub fn lock(&self) -> parking_lot::MutexGuard<'_, SessionState> {
+        self.state.lock()
+    }
+
+    /// Queues a delivery for this session and wakes its connection.
+    ///
+    /// QoS 0 messages are dropped while no connection is attached, and any
+    /// message is dropped when the queue is full (as Mosquitto's
+    /// `max_queued_messages` does); drops are counted, not silent.
+    pub fn enqueue(&self, delivery: Delivery) {
+        let accepted = {
+            let mut state = self.state.lock();
+            if !state.online && delivery.qos == QoS::AtMostOnce {
+                false
+            } else {
+                state.push(delivery)
+            }
+        };
+        if accepted {
+            self.wake.notify_one();
+        } else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Resolves when deliveries may be waiting. Cancel-safe.
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Wakes the attached connection (e.g. after an acknowledgement opened
+    /// the in-flight window).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Messages dropped for this session so far.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,144 @@
+//! The session registry: client id -> session, with takeover.
+//!
+//! Touched only when clients connect and sessions end, never on the publish
+//! path, so one mutex over the map is enough.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::OwnedMutexGuard;
+use tokio_util::sync::CancellationToken;
+
+use super::Session;
+
+/// A connection's hold on a session. While it exists no other connection is
+/// attached to the same session: a newcomer must first kick this one out
+/// and wait for it to drop.
+#[derive(Debug)]
+pub struct Attached {
+    /// The session.
+    pub session: Arc<Session>,
+    /// Whether an existing session was resumed (CONNACK Session Present).
+    pub present: bool,
+    /// Cancelled when another connection takes the session over.
+    pub kicked: CancellationToken,
+    /// The generation of this attachment, for timers armed at detach.
+    pub generation: u64,
+    _exclusive: OwnedMutexGuard<()>,
+}
+
+/// Sessions by client id.
+#[derive(Debug, Default)]
+pub struct Registry {
+    sessions: Mutex<HashMap<Arc<str>, Entry>>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    session: Arc<Session>,
+    /// Held by the attached connection; see [`Attached`].
+    exclusive: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// How long a newcomer waits for a kicked connection to let go.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(5);
+
+impl Registry {
+    /// Attaches a connection to the session of `client_id`, taking it over
+    /// from any connection already attached. With `clean_start` any stored
+    /// session is discarded through `discard` (which unsubscribes it) and a
+    /// new one is created.
+    ///
+    /// Returns `None` if the previous connection did not let go in time.
+    pub async fn attach(
+        &self,
+        client_id: &Arc<str>,
+        clean_start: bool,
+        max_queued: usize,
+        discard: impl FnOnce(&Arc<Session>),
+    ) -> Option<Attached> {
+        let existing = self.sessions.lock().get(client_id).cloned();
+        let (entry, present) = match existing {
+            Some(old) => {
+                if let Some(kick) = old.session.lock().kick.take() {
+                    kick.cancel();
+                }
+                let guard = tokio::time::timeout(TAKEOVER_WAIT, old.exclusive.clone().lock_owned()).await.ok()?;
+                if clean_start {
+                    drop(guard);
+                    discard(&old.session);
+                    (self.insert_new(client_id, max_queued, Some(&old.session)), false)
+                } else {
+                    return Some(Self::finish(old.session, true, guard));
+                }
+            }
+            None => (self.insert_new(client_id, max_queued, None), false),
+        };
+        let guard = tokio::time::timeout(TAKEOVER_WAIT, entry.exclusive.clone().lock_owned()).await.ok()?;
+        Some(Self::finish(entry.session, present, guard))
+    }
+
+    fn insert_new(&self, client_id: &Arc<str>, max_queued: usize, replacing: Option<&Arc<Session>>) -> Entry {
+        let entry = Entry {
+            session: Arc::new(Session::new(client_id.clone(), max_queued)),
+            exclusive: Arc::new(tokio::sync::Mutex::new(())),
+        };
+        let mut map = self.sessions.lock();
+        // If someone else raced us to a new session for this id, replace it
+        // only if it is the one we meant to replace (or there was none).
+        match map.get(client_id) {
+            Some(current) if replacing.is_none_or(|r| !Arc::ptr_eq(&current.session, r)) => current.clone(),
+            _ => {
+                map.insert(client_id.clone(), entry.clone());
+                entry
+            }
+        }
+    }
+
+    fn finish(session: Arc<Session>, present: bool, guard: OwnedMutexGuard<()>) -> Attached {
+        let kicked = CancellationToken::new();
+        let generation = {
+            let mut state = session.lock();
+            state.online = true;
+            state.generation += 1;
+            state.kick = Some(kicked.clone());
+            state.generation
+        };
+        Attached { session, present, kicked, generation, _exclusive: guard }
+    }
+
+    /// Removes `session` from the registry if it is still the registered
+    /// session for its client id.
+    pub fn remove(&self, session: &Arc<Session>) -> bool {
+        let mut map = self.sessions.lock();
+        match map.get(session.client_id()) {
+            Some(e) if Arc::ptr_eq(&e.session, session) => {
+                map.remove(session.client_id());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The session registered for `client_id`.
+    pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {
+        self.sessions.lock().get(client_id).map(|e| e.session.clone())
+    }
+
+    /// Number of sessions, connected or not.
+    pub fn len(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
+    /// Whether there are no sessions.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.lock().is_empty()
+    }
+
+    /// Every session (for shutdown and administration).
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        self.sessions.lock().values().map(|e| e.session.clone()).collect()
+    }
+}

@@ -1,0 +1,338 @@
+//! A broker on 127.0.0.1:0 and real clients, so tests read like sentences:
+//! `let broker = TestBroker::start().await; let sub = broker.v5("sub").await;`
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use moat::Server;
+use moat::broker::Broker;
+use moat::config::{Config, ListenerConfig};
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet as V5Packet};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+/// How long a test waits for something that should happen.
+pub const WAIT: Duration = Duration::from_secs(5);
+/// How long a test waits to be sure something does not happen.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// A running broker.
+pub struct TestBroker {
+    pub addr: SocketAddr,
+    pub broker: Arc<Broker>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl TestBroker {
+    /// A broker with the default configuration on an ephemeral port.
+    pub async fn start() -> TestBroker {
+        TestBroker::with(|_| {}).await
+    }
+
+    /// A broker whose configuration `tweak` adjusts first.
+    pub async fn with(tweak: impl FnOnce(&mut Config)) -> TestBroker {
+        let mut config = Config::default();
+        config.listeners = vec![ListenerConfig::tcp("test", SocketAddr::from(([127, 0, 0, 1], 0)))];
+        tweak(&mut config);
+        let server = Server::bind(config).await.expect("bind test broker");
+        let addr = server.local_addrs()[0].1;
+        let broker = server.broker().clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        TestBroker { addr, broker, stop: Some(stop), task: Some(task) }
+    }
+
+    /// Stops the broker and waits for it to finish draining.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT * 2, task).await.expect("broker stops in time").expect("broker task");
+        }
+    }
+
+    /// A connected MQTT 3.1.1 client (clean session).
+    pub async fn v4(&self, id: &str) -> V4 {
+        self.v4_with(id, |_| {}).await
+    }
+
+    /// A connected MQTT 3.1.1 client with adjusted options.
+    pub async fn v4_with(&self, id: &str, tweak: impl FnOnce(&mut rumqttc::MqttOptions)) -> V4 {
+        let mut opts = rumqttc::MqttOptions::new(id, "127.0.0.1", self.addr.port());
+        opts.set_keep_alive(Duration::from_secs(30));
+        tweak(&mut opts);
+        let client = V4::connect(opts).await;
+        assert_eq!(client.connack.code, rumqttc::ConnectReturnCode::Success, "v4 connect of {id}");
+        client
+    }
+
+    /// A connected MQTT 5 client (clean start, no session expiry).
+    pub async fn v5(&self, id: &str) -> V5 {
+        self.v5_with(id, |_| {}).await
+    }
+
+    /// A connected MQTT 5 client with adjusted options.
+    pub async fn v5_with(&self, id: &str, tweak: impl FnOnce(&mut rumqttc::v5::MqttOptions)) -> V5 {
+        let mut opts = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", self.addr.port());
+        opts.set_keep_alive(Duration::from_secs(30));
+        tweak(&mut opts);
+        let client = V5::connect(opts).await;
+        assert_eq!(client.connack.code, ConnectReturnCode::Success, "v5 connect of {id}");
+        client
+    }
+
+    /// A raw TCP connection for hand-made bytes.
+    pub async fn raw(&self) -> Raw {
+        Raw(TcpStream::connect(self.addr).await.expect("connect raw"))
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// An MQTT 3.1.1 client whose incoming packets arrive on a channel.
+pub struct V4 {
+    pub client: rumqttc::AsyncClient,
+    pub connack: rumqttc::ConnAck,
+    rx: mpsc::UnboundedReceiver<rumqttc::Packet>,
+    pump: JoinHandle<()>,
+}
+
+impl V4 {
+    async fn connect(opts: rumqttc::MqttOptions) -> V4 {
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 1000);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let pump = tokio::spawn(async move {
+            while let Ok(event) = eventloop.poll().await {
+                if let rumqttc::Event::Incoming(packet) = event
+                    && tx.send(packet).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let connack = loop {
+            match tokio::time::timeout(WAIT, rx.recv()).await.expect("CONNACK in time") {
+                Some(rumqttc::Packet::ConnAck(ack)) => break ack,
+                Some(_) => {}
+                None => panic!("connection closed before CONNACK"),
+            }
+        };
+        V4 { client, connack, rx, pump }
+    }
+
+    /// The next incoming PUBLISH.
+    pub async fn publish(&mut self) -> rumqttc::Publish {
+        loop {
+            match self.next().await {
+                Some(rumqttc::Packet::Publish(p)) => return p,
+                Some(_) => {}
+                None => panic!("connection closed while waiting for PUBLISH"),
+            }
+        }
+    }
+
+    /// The next incoming packet, or `None` when the connection ended.
+    pub async fn next(&mut self) -> Option<rumqttc::Packet> {
+        tokio::time::timeout(WAIT, self.rx.recv()).await.expect("packet in time")
+    }
+
+    /// Asserts no PUBLISH arrives for a short while.
+    pub async fn no_publish(&mut self) {
+        let deadline = tokio::time::Instant::now() + QUIET;
+        while let Ok(Some(p)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            assert!(!matches!(p, rumqttc::Packet::Publish(_)), "unexpected {p:?}");
+        }
+    }
+
+    /// Waits for the SUBACK of the last subscribe.
+    pub async fn suback(&mut self) -> rumqttc::SubAck {
+        loop {
+            match self.next().await {
+                Some(rumqttc::Packet::SubAck(s)) => return s,
+                Some(_) => {}
+                None => panic!("connection closed while waiting for SUBACK"),
+            }
+        }
+    }
+
+    /// Subscribes and waits for the SUBACK.
+    pub async fn subscribe(&mut self, filter: &str, qos: rumqttc::QoS) -> rumqttc::SubAck {
+        self.client.subscribe(filter, qos).await.expect("subscribe");
+        self.suback().await
+    }
+
+    /// Drops the connection without DISCONNECT (an abnormal close).
+    pub fn kill(self) {
+        self.pump.abort();
+    }
+}
+
+/// An MQTT 5 client whose incoming packets arrive on a channel.
+pub struct V5 {
+    pub client: rumqttc::v5::AsyncClient,
+    pub connack: rumqttc::v5::mqttbytes::v5::ConnAck,
+    rx: mpsc::UnboundedReceiver<V5Packet>,
+    pump: JoinHandle<()>,
+}
+
+impl V5 {
+    async fn connect(opts: rumqttc::v5::MqttOptions) -> V5 {
+        let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 1000);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let pump = tokio::spawn(async move {
+            while let Ok(event) = eventloop.poll().await {
+                if let rumqttc::v5::Event::Incoming(packet) = event
+                    && tx.send(packet).is_err()
+                {
+                    return;
+                }
+            }
+        });
+        let connack = loop {
+            match tokio::time::timeout(WAIT, rx.recv()).await.expect("CONNACK in time") {
+                Some(V5Packet::ConnAck(ack)) => break ack,
+                Some(_) => {}
+                None => panic!("connection closed before CONNACK"),
+            }
+        };
+        V5 { client, connack, rx, pump }
+    }
+
+    /// The next incoming PUBLISH.
+    pub async fn publish(&mut self) -> rumqttc::v5::mqttbytes::v5::Publish {
+        loop {
+            match self.next().await {
+                Some(V5Packet::Publish(p)) => return p,
+                Some(_) => {}
+                None => panic!("connection closed while waiting for PUBLISH"),
+            }
+        }
+    }
+
+    /// The next incoming packet, or `None` when the connection ended.
+    pub async fn next(&mut self) -> Option<V5Packet> {
+        tokio::time::timeout(WAIT, self.rx.recv()).await.expect("packet in time")
+    }
+
+    /// Asserts no PUBLISH arrives for a short while.
+    pub async fn no_publish(&mut self) {
+        let deadline = tokio::time::Instant::now() + QUIET;
+        while let Ok(Some(p)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+            assert!(!matches!(p, V5Packet::Publish(_)), "unexpected {p:?}");
+        }
+    }
+
+    /// Subscribes and waits for the SUBACK.
+    pub async fn subscribe(
+        &mut self,
+        filter: &str,
+        qos: rumqttc::v5::mqttbytes::QoS,
+    ) -> rumqttc::v5::mqttbytes::v5::SubAck {
+        self.client.subscribe(filter, qos).await.expect("subscribe");
+        self.suback().await
+    }
+
+    /// Waits for the next SUBACK.
+    pub async fn suback(&mut self) -> rumqttc::v5::mqttbytes::v5::SubAck {
+        loop {
+            match self.next().await {
+                Some(V5Packet::SubAck(s)) => return s,
+                Some(_) => {}
+                None => panic!("connection closed while waiting for SUBACK"),
+            }
+        }
+    }
+
+    /// Waits for a DISCONNECT from the server and returns its reason.
+    pub async fn disconnect_reason(&mut self) -> rumqttc::v5::mqttbytes::v5::DisconnectReasonCode {
+        loop {
+            match self.next().await {
+                Some(V5Packet::Disconnect(d)) => return d.reason_code,
+                Some(_) => {}
+                None => panic!("connection closed without DISCONNECT"),
+            }
+        }
+    }
+
+    /// Drops the connection without DISCONNECT (an abnormal close).
+    pub fn kill(self) {
+        self.pump.abort();
+    }
+}
+
+/// A raw socket for malformed input.
+pub struct Raw(pub TcpStream);
+
+impl Raw {
+    /// Sends bytes.
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.0.write_all(bytes).await.expect("raw write");
+    }
+
+    /// Reads until the broker closes the connection; returns what it sent.
+    /// Panics if the broker keeps the connection open.
+    pub async fn read_to_close(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let read = tokio::time::timeout(WAIT, self.0.read_to_end(&mut out)).await;
+        assert!(read.is_ok(), "broker kept the connection open; got {out:02x?}");
+        out
+    }
+
+    /// Reads exactly `n` bytes.
+    pub async fn read_exact(&mut self, n: usize) -> Vec<u8> {
+        let mut out = vec![0; n];
+        tokio::time::timeout(WAIT, self.0.read_exact(&mut out))
+            .await
+            .expect("bytes in time")
+            .expect("read");
+        out
+    }
+}
+
+/// A minimal MQTT 3.1.1 CONNECT for `client_id` with clean session.
+pub fn connect_v4(client_id: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30];
+    body.extend((client_id.len() as u16).to_be_bytes());
+    body.extend(client_id.as_bytes());
+    frame(0x10, &body)
+}
+
+/// A minimal MQTT 5 CONNECT for `client_id` with clean start.
+pub fn connect_v5(client_id: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 30, 0];
+    body.extend((client_id.len() as u16).to_be_bytes());
+    body.extend(client_id.as_bytes());
+    frame(0x10, &body)
+}
+
+/// Prefixes a fixed header (first byte + remaining length) to `body`.
+pub fn frame(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut len = body.len();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        out.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend(body);
+    out
+}

@@ -1,0 +1,117 @@
+//! Persistent sessions: queued messages, redelivery, expiry, takeover.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::QoS as Q4;
+use rumqttc::v5::mqttbytes::QoS as Q5;
+use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, Packet as V5Packet};
+
+use crate::harness::TestBroker;
+
+#[tokio::test]
+async fn mqtt_3_1_2_4_v311_persistent_session_gets_queued_messages() {
+    let broker = TestBroker::start().await;
+    let persistent = |o: &mut rumqttc::MqttOptions| {
+        o.set_clean_session(false);
+    };
+    let mut sub = broker.v4_with("keeper", persistent).await;
+    assert!(!sub.connack.session_present);
+    sub.subscribe("q/#", Q4::AtLeastOnce).await;
+    sub.client.disconnect().await.expect("disconnect");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let publisher = broker.v4("p").await;
+    publisher.client.publish("q/1", Q4::AtLeastOnce, false, "while away").await.expect("publish");
+    publisher.client.publish("q/2", Q4::AtMostOnce, false, "qos0 dropped").await.expect("publish");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let mut back = broker.v4_with("keeper", persistent).await;
+    assert!(back.connack.session_present, "[MQTT-3.2.2-2] session present");
+    let got = back.publish().await;
+    assert_eq!(got.payload.as_ref(), b"while away");
+    back.no_publish().await;
+}
+
+#[tokio::test]
+async fn mqtt_4_4_0_1_unacknowledged_messages_resent_with_dup() {
+    let broker = TestBroker::start().await;
+    let opts = |o: &mut rumqttc::v5::MqttOptions| {
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(60));
+        o.set_manual_acks(true);
+    };
+    let mut sub = broker.v5_with("lazy", opts).await;
+    sub.subscribe("d", Q5::AtLeastOnce).await;
+    let publisher = broker.v5("p").await;
+    publisher.client.publish("d", Q5::AtLeastOnce, false, "ack me").await.expect("publish");
+    let first = sub.publish().await;
+    assert!(!first.dup);
+    sub.kill(); // never acknowledged
+
+    let mut back = broker.v5_with("lazy", opts).await;
+    assert!(back.connack.session_present);
+    let again = back.publish().await;
+    assert!(again.dup, "resent with DUP");
+    assert_eq!(again.payload, Bytes::from("ack me"));
+}
+
+#[tokio::test]
+async fn v5_session_expiry_zero_discards_session() {
+    let broker = TestBroker::start().await;
+    let mut sub = broker.v5_with("short", |o| {
+        o.set_clean_start(false);
+    })
+    .await;
+    sub.subscribe("e", Q5::AtLeastOnce).await;
+    sub.client.disconnect().await.expect("disconnect");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(broker.broker.router.subscription_count(), 0);
+    let back = broker.v5_with("short", |o| {
+        o.set_clean_start(false);
+    })
+    .await;
+    assert!(!back.connack.session_present);
+}
+
+#[tokio::test]
+async fn v5_session_expires_after_interval() {
+    let broker = TestBroker::start().await;
+    let sub = broker
+        .v5_with("expiring", |o| {
+            o.set_clean_start(false);
+            o.set_session_expiry_interval(Some(1));
+        })
+        .await;
+    sub.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(broker.broker.sessions.get("expiring").is_some());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(broker.broker.sessions.get("expiring").is_none());
+}
+
+#[tokio::test]
+async fn mqtt_3_1_4_3_takeover_disconnects_old_with_0x8e() {
+    let broker = TestBroker::start().await;
+    let mut old = broker.v5("twin").await;
+    let _new = broker.v5("twin").await;
+    assert_eq!(old.disconnect_reason().await, DisconnectReasonCode::SessionTakenOver);
+}
+
+#[tokio::test]
+async fn shutdown_tells_v5_clients_0x8b() {
+    let broker = TestBroker::start().await;
+    let mut client = broker.v5("bye").await;
+    let stopping = tokio::spawn(broker.stop());
+    loop {
+        match client.next().await {
+            Some(V5Packet::Disconnect(d)) => {
+                assert_eq!(d.reason_code, DisconnectReasonCode::ServerShuttingDown);
+                break;
+            }
+            Some(_) => {}
+            None => panic!("closed without DISCONNECT"),
+        }
+    }
+    stopping.await.expect("stopped");
+}
