@@ -11,13 +11,22 @@
 //! - [`encode`] appends one packet to a buffer.
 
 mod decode;
+mod decode_body;
 mod encode;
 pub mod packet;
+mod properties;
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod tests_errors;
+#[cfg(test)]
+mod tests_prop;
 pub mod topic;
 pub mod types;
+mod wire;
 
 pub use decode::{DecodeError, decode};
-pub use encode::{EncodeError, encode, encoded_len};
+pub use encode::{EncodeError, encode, encoded_len, v311_connack_return_code};
 pub use packet::*;
 pub use topic::{TopicError, TopicFilter, TopicName};
 pub use types::{PacketId, ProtocolVersion, QoS, ReasonCode};
