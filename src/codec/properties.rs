@@ -42,7 +42,7 @@ const AUTH: u16 = 1 << 10;
 const ALL: u16 = (1 << 11) - 1;
 
 impl PropertyContext {
-    fn bit(self) -> u16 {
+    pub(crate) fn bit(self) -> u16 {
         match self {
             PropertyContext::Connect => CONNECT,
             PropertyContext::Will => WILL,
@@ -61,7 +61,7 @@ impl PropertyContext {
 
 /// Where each property identifier may appear; `None` for identifiers the
 /// specification does not define.
-fn allowed_in(id: u32) -> Option<u16> {
+pub(crate) fn allowed_in(id: u32) -> Option<u16> {
     Some(match id {
         0x01..=0x03 | 0x08 | 0x09 => PUBLISH | WILL,
         0x0B => PUBLISH | SUBSCRIBE,
@@ -177,6 +177,10 @@ pub(crate) fn decode_properties(
             // `allowed_in` already refused every other identifier.
             _ => return Err(DecodeError::UnknownProperty),
         }
+    }
+    // Authentication data only means something under a method (v5 3.1.2.11.10).
+    if p.authentication_data.is_some() && p.authentication_method.is_none() {
+        return Err(DecodeError::InvalidPropertyValue);
     }
     Ok(p)
 }

@@ -345,6 +345,9 @@ fn out_of_range_property_values_are_a_protocol_error() {
     }
     let connect = b"\x10\x0F\x00\x04MQTT\x05\x02\x00\x3C\x02\x17\x02\x00\x00";
     assert_eq!(err(connect, V5), E::InvalidPropertyValue);
+    // Authentication data without an authentication method.
+    let auth = b"\xF0\x06\x18\x04\x16\x00\x01x";
+    assert_eq!(err(auth, V5), E::InvalidPropertyValue);
 }
 
 #[test]
