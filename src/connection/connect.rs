@@ -204,7 +204,7 @@ where
 /// unsupported protocol level gets CONNACK 0x84 / return code 1
 /// [MQTT-3.1.2-2]; anything else just closes.
 async fn refuse_bad_connect<S: AsyncWrite + Unpin>(stream: &mut S, error: DecodeError) {
-    if error == DecodeError::UnsupportedProtocolVersion {
+    if matches!(error, DecodeError::UnsupportedProtocolVersion(_)) {
         let connack = ConnAck { reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, ..ConnAck::default() };
         send_connack(stream, ProtocolVersion::V311, connack).await;
     }
