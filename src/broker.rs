@@ -59,9 +59,7 @@ impl Broker {
     /// A fresh client identifier for a client that sent an empty one.
     pub fn assign_client_id(&self) -> Arc<str> {
         let n = self.next_assigned_id.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         format!("moat-{nanos:08x}-{n}").into()
     }
 

@@ -225,8 +225,8 @@ impl Config {
     /// # Errors
     /// [`ConfigError`] naming the file, line and key at fault.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(file)
-            .map_err(|source| ConfigError::Read { file: file.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(file).map_err(|source| ConfigError::Read { file: file.to_owned(), source })?;
         Config::parse(&text, file)
     }
 

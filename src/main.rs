@@ -60,12 +60,8 @@ fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
         None => Config::default(),
     };
     if !cli.listen.is_empty() {
-        config.listeners = cli
-            .listen
-            .iter()
-            .enumerate()
-            .map(|(i, addr)| ListenerConfig::tcp(&format!("listen{i}"), *addr))
-            .collect();
+        config.listeners =
+            cli.listen.iter().enumerate().map(|(i, addr)| ListenerConfig::tcp(&format!("listen{i}"), *addr)).collect();
     }
     Ok(config)
 }

@@ -34,10 +34,7 @@ impl Server {
 
     /// The bound address of each listener, by name.
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
-        self.listeners
-            .iter()
-            .filter_map(|l| Some((l.config().name.clone(), l.local_addr().ok()?)))
-            .collect()
+        self.listeners.iter().filter_map(|l| Some((l.config().name.clone(), l.local_addr().ok()?))).collect()
     }
 
     /// The shared broker state (for embedding and tests).

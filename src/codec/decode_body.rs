@@ -3,8 +3,8 @@
 
 use super::decode::{DecodeError, is_valid_reason};
 use super::packet::{
-    Auth, ConnAck, Connect, Disconnect, Packet, Properties, PubResp, Publish, RetainHandling,
-    SubAck, Subscribe, SubscriptionOptions, UnsubAck, Unsubscribe, Will,
+    Auth, ConnAck, Connect, Disconnect, Packet, Properties, PubResp, Publish, RetainHandling, SubAck, Subscribe,
+    SubscriptionOptions, UnsubAck, Unsubscribe, Will,
 };
 use super::properties::{PropertyContext as Ctx, decode_properties};
 use super::topic::{TopicFilter, TopicName};
@@ -48,20 +48,12 @@ pub(crate) fn decode_body(
 }
 
 fn properties_if(r: &mut Reader, v5: bool, context: Ctx) -> Result<Properties, DecodeError> {
-    if v5 {
-        decode_properties(r, context)
-    } else {
-        Ok(Properties::default())
-    }
+    if v5 { decode_properties(r, context) } else { Ok(Properties::default()) }
 }
 
 fn reason(r: &mut Reader, packet_type: u8) -> Result<ReasonCode, DecodeError> {
     let code = r.u8()?;
-    if is_valid_reason(packet_type, code) {
-        Ok(ReasonCode(code))
-    } else {
-        Err(DecodeError::InvalidReasonCode)
-    }
+    if is_valid_reason(packet_type, code) { Ok(ReasonCode(code)) } else { Err(DecodeError::InvalidReasonCode) }
 }
 
 fn topic_name(r: &mut Reader) -> Result<TopicName, DecodeError> {
@@ -104,26 +96,12 @@ fn connect(r: &mut Reader) -> Result<Connect, DecodeError> {
             return Err(DecodeError::InvalidTopicName);
         }
         let payload = r.binary()?;
-        Some(Will {
-            topic,
-            payload,
-            qos: will_qos,
-            retain: will_retain,
-            properties,
-        })
+        Some(Will { topic, payload, qos: will_qos, retain: will_retain, properties })
     } else {
         None
     };
-    let username = if username_flag {
-        Some(r.string()?)
-    } else {
-        None
-    };
-    let password = if password_flag {
-        Some(r.binary()?)
-    } else {
-        None
-    };
+    let username = if username_flag { Some(r.string()?) } else { None };
+    let password = if password_flag { Some(r.binary()?) } else { None };
     Ok(Connect {
         protocol,
         clean_start: flags & 0x02 != 0,
@@ -151,11 +129,7 @@ fn connack(r: &mut Reader, v5: bool) -> Result<ConnAck, DecodeError> {
         v311_return_code_to_reason(code)?
     };
     let properties = properties_if(r, v5, Ctx::ConnAck)?;
-    Ok(ConnAck {
-        session_present: flags & 0x01 != 0,
-        reason,
-        properties,
-    })
+    Ok(ConnAck { session_present: flags & 0x01 != 0, reason, properties })
 }
 
 /// The inverse of the encoder's table: 3.1.1 return codes 0..=5.
@@ -175,11 +149,7 @@ fn publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, DecodeError> 
     // The fixed header check already refused QoS 3 and DUP on QoS 0.
     let qos = QoS::from_u8((flags >> 1) & 0b11).ok_or(DecodeError::InvalidQoS)?;
     let topic = topic_name(r)?;
-    let packet_id = if qos == QoS::AtMostOnce {
-        None
-    } else {
-        Some(r.packet_id()?)
-    };
+    let packet_id = if qos == QoS::AtMostOnce { None } else { Some(r.packet_id()?) };
     let properties = properties_if(r, v5, Ctx::Publish)?;
     // An empty topic is only meaningful as a v5 topic alias reference.
     if topic.is_empty() && properties.topic_alias.is_none() {
@@ -201,11 +171,7 @@ fn publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, DecodeError> 
 fn pub_resp(r: &mut Reader, packet_type: u8, v5: bool) -> Result<PubResp, DecodeError> {
     let packet_id = r.packet_id()?;
     let (reason, properties) = reason_and_properties(r, packet_type, v5, Ctx::PubResp)?;
-    Ok(PubResp {
-        packet_id,
-        reason,
-        properties,
-    })
+    Ok(PubResp { packet_id, reason, properties })
 }
 
 /// The optional reason code and properties of the acknowledgements,
@@ -242,11 +208,7 @@ fn subscribe(r: &mut Reader, v5: bool) -> Result<Subscribe, DecodeError> {
     if filters.is_empty() {
         return Err(DecodeError::EmptyPayload);
     }
-    Ok(Subscribe {
-        packet_id,
-        properties,
-        filters,
-    })
+    Ok(Subscribe { packet_id, properties, filters })
 }
 
 fn subscription_options(byte: u8, v5: bool) -> Result<SubscriptionOptions, DecodeError> {
@@ -261,12 +223,7 @@ fn subscription_options(byte: u8, v5: bool) -> Result<SubscriptionOptions, Decod
         2 => RetainHandling::DoNotSend,
         _ => return Err(DecodeError::InvalidRetainHandling),
     };
-    Ok(SubscriptionOptions {
-        qos,
-        no_local: byte & 0x04 != 0,
-        retain_as_published: byte & 0x08 != 0,
-        retain_handling,
-    })
+    Ok(SubscriptionOptions { qos, no_local: byte & 0x04 != 0, retain_as_published: byte & 0x08 != 0, retain_handling })
 }
 
 fn suback(r: &mut Reader, v5: bool) -> Result<SubAck, DecodeError> {
@@ -275,11 +232,7 @@ fn suback(r: &mut Reader, v5: bool) -> Result<SubAck, DecodeError> {
     let mut reasons = Vec::with_capacity(r.remaining());
     while !r.is_empty() {
         let code = r.u8()?;
-        let valid = if v5 {
-            is_valid_reason(9, code)
-        } else {
-            matches!(code, 0..=2 | 0x80)
-        };
+        let valid = if v5 { is_valid_reason(9, code) } else { matches!(code, 0..=2 | 0x80) };
         if !valid {
             return Err(DecodeError::InvalidReasonCode);
         }
@@ -288,11 +241,7 @@ fn suback(r: &mut Reader, v5: bool) -> Result<SubAck, DecodeError> {
     if reasons.is_empty() {
         return Err(DecodeError::EmptyPayload);
     }
-    Ok(SubAck {
-        packet_id,
-        properties,
-        reasons,
-    })
+    Ok(SubAck { packet_id, properties, reasons })
 }
 
 fn unsubscribe(r: &mut Reader, v5: bool) -> Result<Unsubscribe, DecodeError> {
@@ -305,22 +254,14 @@ fn unsubscribe(r: &mut Reader, v5: bool) -> Result<Unsubscribe, DecodeError> {
     if filters.is_empty() {
         return Err(DecodeError::EmptyPayload);
     }
-    Ok(Unsubscribe {
-        packet_id,
-        properties,
-        filters,
-    })
+    Ok(Unsubscribe { packet_id, properties, filters })
 }
 
 fn unsuback(r: &mut Reader, v5: bool) -> Result<UnsubAck, DecodeError> {
     let packet_id = r.packet_id()?;
     if !v5 {
         // 3.1.1 UNSUBACK is just the packet id.
-        return Ok(UnsubAck {
-            packet_id,
-            properties: Properties::default(),
-            reasons: Vec::new(),
-        });
+        return Ok(UnsubAck { packet_id, properties: Properties::default(), reasons: Vec::new() });
     }
     let properties = decode_properties(r, Ctx::UnsubAck)?;
     let mut reasons = Vec::with_capacity(r.remaining());
@@ -330,9 +271,5 @@ fn unsuback(r: &mut Reader, v5: bool) -> Result<UnsubAck, DecodeError> {
     if reasons.is_empty() {
         return Err(DecodeError::EmptyPayload);
     }
-    Ok(UnsubAck {
-        packet_id,
-        properties,
-        reasons,
-    })
+    Ok(UnsubAck { packet_id, properties, reasons })
 }

@@ -55,11 +55,7 @@ pub enum EncodeError {
 /// # Errors
 /// [`EncodeError`] when the packet cannot be represented; `buf` is then
 /// unchanged.
-pub fn encode(
-    packet: &Packet,
-    version: ProtocolVersion,
-    buf: &mut BytesMut,
-) -> Result<(), EncodeError> {
+pub fn encode(packet: &Packet, version: ProtocolVersion, buf: &mut BytesMut) -> Result<(), EncodeError> {
     let (first, remaining) = header(packet, version)?;
     buf.reserve(1 + varint_len(remaining) + remaining);
     BufMut::put_u8(buf, first);
@@ -137,18 +133,14 @@ fn body<S: Sink>(s: &mut S, packet: &Packet, version: ProtocolVersion) -> Result
         Packet::Connect(c) => connect(s, c)?,
         Packet::ConnAck(c) => {
             s.put_u8(u8::from(c.session_present && c.reason.is_success()));
-            s.put_u8(if v5 {
-                c.reason.0
-            } else {
-                v311_connack_return_code(c.reason)
-            });
+            s.put_u8(if v5 { c.reason.0 } else { v311_connack_return_code(c.reason) });
             properties_if(s, v5, &c.properties)?;
         }
         Packet::Publish(p) => publish(s, p, v5)?,
         Packet::PubAck(r) | Packet::PubRec(r) | Packet::PubRel(r) | Packet::PubComp(r) => {
             s.put_u16(r.packet_id.get());
             if v5 {
-                reason_and_properties(s, r.reason, &r.properties, true)?;
+                reason_and_properties(s, r.reason, &r.properties)?;
             }
         }
         Packet::Subscribe(sub) => {
@@ -207,14 +199,14 @@ fn body<S: Sink>(s: &mut S, packet: &Packet, version: ProtocolVersion) -> Result
         Packet::PingReq | Packet::PingResp => {}
         Packet::Disconnect(d) => {
             if v5 {
-                reason_and_properties(s, d.reason, &d.properties, true)?;
+                reason_and_properties(s, d.reason, &d.properties)?;
             }
         }
         Packet::Auth(a) => {
             if !v5 {
                 return Err(EncodeError::NotInVersion);
             }
-            reason_and_properties(s, a.reason, &a.properties, false)?;
+            reason_and_properties(s, a.reason, &a.properties)?;
         }
     }
     Ok(())
@@ -224,22 +216,15 @@ fn properties_if<S: Sink>(s: &mut S, v5: bool, p: &Properties) -> Result<(), Enc
     if v5 { put_properties(s, p) } else { Ok(()) }
 }
 
-/// The short forms most brokers send: nothing for success without
-/// properties, and (where allowed) the reason code alone without properties.
-fn reason_and_properties<S: Sink>(
-    s: &mut S,
-    reason: ReasonCode,
-    p: &Properties,
-    reason_alone_allowed: bool,
-) -> Result<(), EncodeError> {
-    let no_properties = is_empty(p);
-    if reason == ReasonCode::SUCCESS && no_properties {
+/// The short form for success without properties (nothing after the
+/// packet id); otherwise the reason code and the property length, even when
+/// it is 0. The spec also allows the reason code alone, but clients in the
+/// field (rumqttc 0.25) fail to parse that form, so we never send it.
+fn reason_and_properties<S: Sink>(s: &mut S, reason: ReasonCode, p: &Properties) -> Result<(), EncodeError> {
+    if reason == ReasonCode::SUCCESS && is_empty(p) {
         return Ok(());
     }
     s.put_u8(reason.0);
-    if no_properties && reason_alone_allowed {
-        return Ok(());
-    }
     put_properties(s, p)
 }
 
@@ -250,9 +235,8 @@ fn connect<S: Sink>(s: &mut S, c: &Connect) -> Result<(), EncodeError> {
     }
     s.put_binary(b"MQTT")?;
     s.put_u8(c.protocol.level());
-    let mut flags = u8::from(c.clean_start) << 1
-        | u8::from(c.username.is_some()) << 7
-        | u8::from(c.password.is_some()) << 6;
+    let mut flags =
+        u8::from(c.clean_start) << 1 | u8::from(c.username.is_some()) << 7 | u8::from(c.password.is_some()) << 6;
     if let Some(will) = &c.will {
         flags |= 0x04 | (will.qos as u8) << 3 | u8::from(will.retain) << 5;
     }

@@ -124,11 +124,7 @@ pub struct PubResp {
 impl PubResp {
     /// A successful acknowledgement without properties.
     pub fn success(packet_id: PacketId) -> PubResp {
-        PubResp {
-            packet_id,
-            reason: ReasonCode::SUCCESS,
-            properties: Properties::default(),
-        }
+        PubResp { packet_id, reason: ReasonCode::SUCCESS, properties: Properties::default() }
     }
 }
 

@@ -104,10 +104,7 @@ fn non_zero_u16(r: &mut Reader) -> Result<u16, DecodeError> {
 }
 
 /// Reads a property length and the properties it covers.
-pub(crate) fn decode_properties(
-    r: &mut Reader,
-    context: PropertyContext,
-) -> Result<Properties, DecodeError> {
+pub(crate) fn decode_properties(r: &mut Reader, context: PropertyContext) -> Result<Properties, DecodeError> {
     let len = usize::try_from(r.varint()?).map_err(|_| DecodeError::Truncated)?;
     if len > r.remaining() {
         // Property length past the end of the packet is malformed.
@@ -271,11 +268,7 @@ fn put_property_list<S: Sink>(s: &mut S, p: &Properties) -> Result<(), EncodeErr
         s.put_u8(0x1F);
         s.put_binary(v.as_bytes())?;
     }
-    let u16_props = [
-        (0x21, p.receive_maximum),
-        (0x22, p.topic_alias_maximum),
-        (0x23, p.topic_alias),
-    ];
+    let u16_props = [(0x21, p.receive_maximum), (0x22, p.topic_alias_maximum), (0x23, p.topic_alias)];
     for (id, value) in u16_props {
         if let Some(v) = value {
             s.put_u8(id);

@@ -39,11 +39,7 @@ fn exact(bytes: &[u8], version: ProtocolVersion, packet: Packet) {
 }
 
 fn ack(id: u16, reason: u8, properties: Properties) -> PubResp {
-    PubResp {
-        packet_id: pid(id),
-        reason: ReasonCode(reason),
-        properties,
-    }
+    PubResp { packet_id: pid(id), reason: ReasonCode(reason), properties }
 }
 
 fn connect(protocol: ProtocolVersion) -> Connect {
@@ -64,10 +60,7 @@ fn connect_v311_minimal() {
     let bytes = b"\x10\x10\x00\x04MQTT\x04\x02\x00\x3C\x00\x04test";
     exact(bytes, V311, Packet::Connect(Box::new(connect(V311))));
     // CONNECT decodes by its own protocol level whatever the caller says.
-    assert_eq!(
-        decode_all(bytes, V5),
-        Ok(Packet::Connect(Box::new(connect(V311))))
-    );
+    assert_eq!(decode_all(bytes, V5), Ok(Packet::Connect(Box::new(connect(V311)))));
 }
 
 #[test]
@@ -84,8 +77,7 @@ fn connect_v311_will_username_password() {
     c.username = Some("u".into());
     c.password = Some(Bytes::from_static(b"p"));
     // flags: user 0x80 | password 0x40 | will retain 0x20 | will QoS 1 0x08 | will 0x04 | clean 0x02
-    let bytes =
-        b"\x10\x1A\x00\x04MQTT\x04\xEE\x00\x3C\x00\x00\x00\x01w\x00\x03bye\x00\x01u\x00\x01p";
+    let bytes = b"\x10\x1A\x00\x04MQTT\x04\xEE\x00\x3C\x00\x00\x00\x01w\x00\x03bye\x00\x01u\x00\x01p";
     exact(bytes, V311, Packet::Connect(Box::new(c)));
 }
 
@@ -99,10 +91,7 @@ fn connect_v5_with_properties_and_will_properties() {
         payload: Bytes::from_static(b"x"),
         qos: QoS::AtMostOnce,
         retain: false,
-        properties: Properties {
-            will_delay_interval: Some(10),
-            ..Properties::default()
-        },
+        properties: Properties { will_delay_interval: Some(10), ..Properties::default() },
     });
     let bytes = b"\x10\x25\x00\x04MQTT\x05\x06\x00\x3C\
         \x08\x11\x00\x00\x00\x78\x21\x00\x14\
@@ -121,20 +110,11 @@ fn connect_v5_password_without_username_is_allowed() {
 
 #[test]
 fn connack_v311() {
-    let ok = ConnAck {
-        session_present: true,
-        ..ConnAck::default()
-    };
+    let ok = ConnAck { session_present: true, ..ConnAck::default() };
     exact(b"\x20\x02\x01\x00", V311, Packet::ConnAck(ok));
-    let refused = ConnAck {
-        reason: ReasonCode::BAD_USER_NAME_OR_PASSWORD,
-        ..ConnAck::default()
-    };
+    let refused = ConnAck { reason: ReasonCode::BAD_USER_NAME_OR_PASSWORD, ..ConnAck::default() };
     exact(b"\x20\x02\x00\x04", V311, Packet::ConnAck(refused));
-    let old = ConnAck {
-        reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
-        ..ConnAck::default()
-    };
+    let old = ConnAck { reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, ..ConnAck::default() };
     exact(b"\x20\x02\x00\x01", V311, Packet::ConnAck(old));
 }
 
@@ -154,17 +134,9 @@ fn connack_v311_return_code_table() {
         (0x80, 5),
     ];
     for (reason, code) in table {
-        assert_eq!(
-            v311_connack_return_code(ReasonCode(reason)),
-            code,
-            "{reason:#x}"
-        );
+        assert_eq!(v311_connack_return_code(ReasonCode(reason)), code, "{reason:#x}");
         // Session present is never sent with a refusal [MQTT-3.2.2-4].
-        let packet = ConnAck {
-            session_present: true,
-            reason: ReasonCode(reason),
-            ..ConnAck::default()
-        };
+        let packet = ConnAck { session_present: true, reason: ReasonCode(reason), ..ConnAck::default() };
         let expected = [0x20, 0x02, u8::from(reason == 0), code];
         assert_eq!(encode_vec(&Packet::ConnAck(packet), V311), expected);
     }
@@ -178,21 +150,10 @@ fn connack_v5_with_properties() {
         maximum_qos: Some(1),
         ..Properties::default()
     };
-    let packet = ConnAck {
-        session_present: false,
-        reason: ReasonCode::SUCCESS,
-        properties,
-    };
+    let packet = ConnAck { session_present: false, reason: ReasonCode::SUCCESS, properties };
     let bytes = b"\x20\x0D\x00\x00\x0A\x12\x00\x02id\x22\x00\x0A\x24\x01";
     exact(bytes, V5, Packet::ConnAck(packet));
-    exact(
-        b"\x20\x03\x00\x87\x00",
-        V5,
-        Packet::ConnAck(ConnAck {
-            reason: ReasonCode(0x87),
-            ..ConnAck::default()
-        }),
-    );
+    exact(b"\x20\x03\x00\x87\x00", V5, Packet::ConnAck(ConnAck { reason: ReasonCode(0x87), ..ConnAck::default() }));
 }
 
 fn publish(qos: QoS, id: Option<u16>, properties: Properties) -> Publish {
@@ -209,11 +170,7 @@ fn publish(qos: QoS, id: Option<u16>, properties: Properties) -> Publish {
 
 #[test]
 fn publish_v311_qos0_and_qos2_dup_retain() {
-    exact(
-        b"\x30\x07\x00\x03a/bhi",
-        V311,
-        Packet::Publish(publish(QoS::AtMostOnce, None, Properties::default())),
-    );
+    exact(b"\x30\x07\x00\x03a/bhi", V311, Packet::Publish(publish(QoS::AtMostOnce, None, Properties::default())));
     let mut p = publish(QoS::ExactlyOnce, Some(7), Properties::default());
     p.dup = true;
     p.retain = true;
@@ -230,26 +187,15 @@ fn publish_v5_qos1_with_properties() {
         ..Properties::default()
     };
     let bytes = b"\x32\x1B\x00\x03a/b\x00\x0A\x11\x01\x01\x02\x00\x00\x00\x3C\x23\x00\x05\x26\x00\x01k\x00\x01vhi";
-    exact(
-        bytes,
-        V5,
-        Packet::Publish(publish(QoS::AtLeastOnce, Some(10), properties)),
-    );
+    exact(bytes, V5, Packet::Publish(publish(QoS::AtLeastOnce, Some(10), properties)));
 }
 
 #[test]
 fn publish_v5_empty_topic_with_alias() {
-    let properties = Properties {
-        topic_alias: Some(3),
-        ..Properties::default()
-    };
+    let properties = Properties { topic_alias: Some(3), ..Properties::default() };
     let mut p = publish(QoS::AtMostOnce, None, properties);
     p.topic = topic("");
-    exact(
-        b"\x30\x08\x00\x00\x03\x23\x00\x03hi",
-        V5,
-        Packet::Publish(p),
-    );
+    exact(b"\x30\x08\x00\x00\x03\x23\x00\x03hi", V5, Packet::Publish(p));
 }
 
 #[test]
@@ -264,56 +210,22 @@ fn publish_payload_is_not_copied() {
 
 #[test]
 fn pub_acks_v311() {
-    exact(
-        b"\x40\x02\x00\x0A",
-        V311,
-        Packet::PubAck(PubResp::success(pid(10))),
-    );
-    exact(
-        b"\x50\x02\x00\x0A",
-        V311,
-        Packet::PubRec(PubResp::success(pid(10))),
-    );
-    exact(
-        b"\x62\x02\x00\x0A",
-        V311,
-        Packet::PubRel(PubResp::success(pid(10))),
-    );
-    exact(
-        b"\x70\x02\x00\x0A",
-        V311,
-        Packet::PubComp(PubResp::success(pid(10))),
-    );
+    exact(b"\x40\x02\x00\x0A", V311, Packet::PubAck(PubResp::success(pid(10))));
+    exact(b"\x50\x02\x00\x0A", V311, Packet::PubRec(PubResp::success(pid(10))));
+    exact(b"\x62\x02\x00\x0A", V311, Packet::PubRel(PubResp::success(pid(10))));
+    exact(b"\x70\x02\x00\x0A", V311, Packet::PubComp(PubResp::success(pid(10))));
 }
 
 #[test]
 fn pub_acks_v5_short_and_long_forms() {
     // Success without properties: the two-byte short form.
-    exact(
-        b"\x40\x02\x00\x0A",
-        V5,
-        Packet::PubAck(PubResp::success(pid(10))),
-    );
-    // A reason code without properties omits the property length.
-    exact(
-        b"\x50\x03\x00\x0A\x10",
-        V5,
-        Packet::PubRec(ack(10, 0x10, Properties::default())),
-    );
-    exact(
-        b"\x62\x03\x00\x0A\x92",
-        V5,
-        Packet::PubRel(ack(10, 0x92, Properties::default())),
-    );
-    let reason = Properties {
-        reason_string: Some("bad".into()),
-        ..Properties::default()
-    };
-    exact(
-        b"\x70\x0A\x00\x0A\x92\x06\x1F\x00\x03bad",
-        V5,
-        Packet::PubComp(ack(10, 0x92, reason)),
-    );
+    exact(b"\x40\x02\x00\x0A", V5, Packet::PubAck(PubResp::success(pid(10))));
+    // A reason code without properties is sent with a zero property
+    // length; the reason-only short form is accepted on input.
+    exact(b"\x50\x04\x00\x0A\x10\x00", V5, Packet::PubRec(ack(10, 0x10, Properties::default())));
+    assert_eq!(decode_all(b"\x62\x03\x00\x0A\x92", V5), Ok(Packet::PubRel(ack(10, 0x92, Properties::default()))));
+    let reason = Properties { reason_string: Some("bad".into()), ..Properties::default() };
+    exact(b"\x70\x0A\x00\x0A\x92\x06\x1F\x00\x03bad", V5, Packet::PubComp(ack(10, 0x92, reason)));
     // The long form of plain success decodes too (and re-encodes short).
     let long = decode_all(b"\x40\x04\x00\x0A\x00\x00", V5);
     assert_eq!(long, Ok(Packet::PubAck(PubResp::success(pid(10)))));
@@ -325,27 +237,11 @@ fn subscribe_v311() {
         packet_id: pid(1),
         properties: Properties::default(),
         filters: vec![
-            (
-                filter("a/b"),
-                SubscriptionOptions {
-                    qos: QoS::AtLeastOnce,
-                    ..Default::default()
-                },
-            ),
-            (
-                filter("c/#"),
-                SubscriptionOptions {
-                    qos: QoS::ExactlyOnce,
-                    ..Default::default()
-                },
-            ),
+            (filter("a/b"), SubscriptionOptions { qos: QoS::AtLeastOnce, ..Default::default() }),
+            (filter("c/#"), SubscriptionOptions { qos: QoS::ExactlyOnce, ..Default::default() }),
         ],
     };
-    exact(
-        b"\x82\x0E\x00\x01\x00\x03a/b\x01\x00\x03c/#\x02",
-        V311,
-        Packet::Subscribe(sub),
-    );
+    exact(b"\x82\x0E\x00\x01\x00\x03a/b\x01\x00\x03c/#\x02", V311, Packet::Subscribe(sub));
 }
 
 #[test]
@@ -358,17 +254,10 @@ fn subscribe_v5_with_options_and_identifier() {
     };
     let sub = Subscribe {
         packet_id: pid(1),
-        properties: Properties {
-            subscription_identifiers: vec![5],
-            ..Properties::default()
-        },
+        properties: Properties { subscription_identifiers: vec![5], ..Properties::default() },
         filters: vec![(filter("a/b"), options)],
     };
-    exact(
-        b"\x82\x0B\x00\x01\x02\x0B\x05\x00\x03a/b\x2D",
-        V5,
-        Packet::Subscribe(sub),
-    );
+    exact(b"\x82\x0B\x00\x01\x02\x0B\x05\x00\x03a/b\x2D", V5, Packet::Subscribe(sub));
 }
 
 #[test]
@@ -378,18 +267,11 @@ fn suback_v311_failure_is_0x80() {
         properties: Properties::default(),
         reasons: vec![ReasonCode::GRANTED_QOS_1, ReasonCode::UNSPECIFIED_ERROR],
     };
-    exact(
-        b"\x90\x04\x00\x01\x01\x80",
-        V311,
-        Packet::SubAck(ack.clone()),
-    );
+    exact(b"\x90\x04\x00\x01\x01\x80", V311, Packet::SubAck(ack.clone()));
     // Any v5 failure code goes out as 0x80 in 3.1.1.
     let mut denied = ack;
     denied.reasons[1] = ReasonCode::NOT_AUTHORIZED;
-    assert_eq!(
-        encode_vec(&Packet::SubAck(denied), V311),
-        b"\x90\x04\x00\x01\x01\x80"
-    );
+    assert_eq!(encode_vec(&Packet::SubAck(denied), V311), b"\x90\x04\x00\x01\x01\x80");
 }
 
 #[test]
@@ -404,37 +286,17 @@ fn suback_v5() {
 
 #[test]
 fn unsubscribe_and_unsuback() {
-    let unsub = Unsubscribe {
-        packet_id: pid(2),
-        properties: Properties::default(),
-        filters: vec![filter("a/b")],
-    };
-    exact(
-        b"\xA2\x07\x00\x02\x00\x03a/b",
-        V311,
-        Packet::Unsubscribe(unsub.clone()),
-    );
-    exact(
-        b"\xA2\x08\x00\x02\x00\x00\x03a/b",
-        V5,
-        Packet::Unsubscribe(unsub),
-    );
-    let v311 = UnsubAck {
-        packet_id: pid(2),
-        properties: Properties::default(),
-        reasons: vec![],
-    };
+    let unsub = Unsubscribe { packet_id: pid(2), properties: Properties::default(), filters: vec![filter("a/b")] };
+    exact(b"\xA2\x07\x00\x02\x00\x03a/b", V311, Packet::Unsubscribe(unsub.clone()));
+    exact(b"\xA2\x08\x00\x02\x00\x00\x03a/b", V5, Packet::Unsubscribe(unsub));
+    let v311 = UnsubAck { packet_id: pid(2), properties: Properties::default(), reasons: vec![] };
     exact(b"\xB0\x02\x00\x02", V311, Packet::UnsubAck(v311));
     let v5 = UnsubAck {
         packet_id: pid(2),
         properties: Properties::default(),
         reasons: vec![ReasonCode::SUCCESS, ReasonCode::NO_SUBSCRIPTION_EXISTED],
     };
-    exact(
-        b"\xB0\x05\x00\x02\x00\x00\x11",
-        V5,
-        Packet::UnsubAck(v5.clone()),
-    );
+    exact(b"\xB0\x05\x00\x02\x00\x00\x11", V5, Packet::UnsubAck(v5.clone()));
     // 3.1.1 has no reason codes: they are dropped.
     assert_eq!(encode_vec(&Packet::UnsubAck(v5), V311), b"\xB0\x02\x00\x02");
 }
@@ -451,28 +313,17 @@ fn ping_both_versions() {
 fn disconnect_both_versions() {
     exact(b"\xE0\x00", V311, Packet::Disconnect(Disconnect::default()));
     exact(b"\xE0\x00", V5, Packet::Disconnect(Disconnect::default()));
-    let with_will = Disconnect {
-        reason: ReasonCode::DISCONNECT_WITH_WILL,
-        ..Disconnect::default()
-    };
-    exact(b"\xE0\x01\x04", V5, Packet::Disconnect(with_will.clone()));
+    let with_will = Disconnect { reason: ReasonCode::DISCONNECT_WITH_WILL, ..Disconnect::default() };
+    exact(b"\xE0\x02\x04\x00", V5, Packet::Disconnect(with_will.clone()));
+    // The reason-only short form decodes; we never send it (see encode.rs).
+    assert_eq!(decode_all(b"\xE0\x01\x04", V5), Ok(Packet::Disconnect(with_will.clone())));
     // 3.1.1 DISCONNECT has no body.
-    assert_eq!(
-        encode_vec(&Packet::Disconnect(with_will), V311),
-        b"\xE0\x00"
-    );
+    assert_eq!(encode_vec(&Packet::Disconnect(with_will), V311), b"\xE0\x00");
     let expiry = Disconnect {
         reason: ReasonCode::SUCCESS,
-        properties: Properties {
-            session_expiry_interval: Some(0),
-            ..Properties::default()
-        },
+        properties: Properties { session_expiry_interval: Some(0), ..Properties::default() },
     };
-    exact(
-        b"\xE0\x07\x00\x05\x11\x00\x00\x00\x00",
-        V5,
-        Packet::Disconnect(expiry),
-    );
+    exact(b"\xE0\x07\x00\x05\x11\x00\x00\x00\x00", V5, Packet::Disconnect(expiry));
 }
 
 #[test]
@@ -480,24 +331,11 @@ fn auth_v5_only() {
     exact(b"\xF0\x00", V5, Packet::Auth(Auth::default()));
     let auth = Auth {
         reason: ReasonCode::CONTINUE_AUTHENTICATION,
-        properties: Properties {
-            authentication_method: Some("SCRAM".into()),
-            ..Properties::default()
-        },
+        properties: Properties { authentication_method: Some("SCRAM".into()), ..Properties::default() },
     };
-    exact(
-        b"\xF0\x0A\x18\x08\x15\x00\x05SCRAM",
-        V5,
-        Packet::Auth(auth.clone()),
-    );
+    exact(b"\xF0\x0A\x18\x08\x15\x00\x05SCRAM", V5, Packet::Auth(auth.clone()));
     let mut buf = BytesMut::new();
-    assert_eq!(
-        encode(&Packet::Auth(auth), V311, &mut buf),
-        Err(EncodeError::NotInVersion)
-    );
+    assert_eq!(encode(&Packet::Auth(auth), V311, &mut buf), Err(EncodeError::NotInVersion));
     assert!(buf.is_empty());
-    assert_eq!(
-        decode_all(b"\xF0\x00", V311),
-        Err(DecodeError::UnknownPacketType)
-    );
+    assert_eq!(decode_all(b"\xF0\x00", V311), Err(DecodeError::UnknownPacketType));
 }

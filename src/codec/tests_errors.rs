@@ -43,10 +43,7 @@ fn remaining_length_boundaries() {
         assert_eq!(buf.len(), 1 + header.len());
         // ... unless it is already too big.
         let limit = u32::try_from(total - 1).expect("fits");
-        assert_eq!(
-            decode(&mut buf, V311, limit),
-            Err(DecodeError::PacketTooLarge)
-        );
+        assert_eq!(decode(&mut buf, V311, limit), Err(DecodeError::PacketTooLarge));
         if remaining <= 2_097_152 {
             let bytes = encode_vec(&packet, V311);
             assert_eq!(&bytes[1..=header.len()], header);
@@ -61,10 +58,7 @@ fn remaining_length_boundaries() {
 fn remaining_length_of_five_bytes_is_malformed() {
     for bytes in [&b"\x30\xFF\xFF\xFF\xFF\x7F"[..], b"\x30\x80\x80\x80\x80"] {
         let mut buf = BytesMut::from(bytes);
-        assert_eq!(
-            decode(&mut buf, V311, u32::MAX),
-            Err(DecodeError::MalformedRemainingLength)
-        );
+        assert_eq!(decode(&mut buf, V311, u32::MAX), Err(DecodeError::MalformedRemainingLength));
     }
 }
 
@@ -82,10 +76,7 @@ fn partial_input_needs_more_and_leaves_the_buffer() {
 fn two_packets_in_one_buffer() {
     let mut buf = BytesMut::from(&b"\xC0\x00\xE0\x00"[..]);
     assert_eq!(decode(&mut buf, V311, u32::MAX), Ok(Some(Packet::PingReq)));
-    assert_eq!(
-        decode(&mut buf, V311, u32::MAX),
-        Ok(Some(Packet::Disconnect(Disconnect::default())))
-    );
+    assert_eq!(decode(&mut buf, V311, u32::MAX), Ok(Some(Packet::Disconnect(Disconnect::default()))));
     assert_eq!(decode(&mut buf, V311, u32::MAX), Ok(None));
 }
 
@@ -96,10 +87,7 @@ fn err(bytes: &[u8], version: ProtocolVersion) -> DecodeError {
 #[test]
 fn mqtt_1_5_5_1_non_minimal_variable_byte_integers_are_malformed() {
     assert_eq!(err(b"\xC0\x80\x00", V311), E::MalformedRemainingLength);
-    assert_eq!(
-        err(b"\x40\x05\x00\x01\x00\x80\x00", V5),
-        E::MalformedVariableInteger
-    );
+    assert_eq!(err(b"\x40\x05\x00\x01\x00\x80\x00", V5), E::MalformedVariableInteger);
 }
 
 #[test]
@@ -120,10 +108,7 @@ fn unknown_packet_type() {
 fn mqtt_2_1_3_1_reserved_fixed_header_flags() {
     assert_eq!(err(b"\xC1\x00", V311), E::ReservedFlags);
     assert_eq!(err(b"\x60\x02\x00\x01", V311), E::ReservedFlags);
-    assert_eq!(
-        err(b"\x80\x08\x00\x01\x00\x03a/b\x00", V311),
-        E::ReservedFlags
-    );
+    assert_eq!(err(b"\x80\x08\x00\x01\x00\x03a/b\x00", V311), E::ReservedFlags);
     assert_eq!(err(b"\xA0\x07\x00\x01\x00\x03a/b", V311), E::ReservedFlags);
     assert_eq!(err(b"\x42\x02\x00\x01", V5), E::ReservedFlags);
 }
@@ -140,53 +125,32 @@ fn mqtt_3_3_1_2_dup_on_qos0_is_malformed() {
 
 #[test]
 fn mqtt_3_1_2_1_wrong_protocol_name() {
-    assert_eq!(
-        err(b"\x10\x0C\x00\x04MQTX\x04\x02\x00\x3C\x00\x00", V311),
-        E::InvalidProtocolName
-    );
+    assert_eq!(err(b"\x10\x0C\x00\x04MQTX\x04\x02\x00\x3C\x00\x00", V311), E::InvalidProtocolName);
 }
 
 #[test]
 fn mqtt_3_1_2_2_unsupported_protocol_level() {
     let mqtt31 = b"\x10\x0E\x00\x06MQIsdp\x03\x02\x00\x3C\x00\x00";
     assert_eq!(err(mqtt31, V311), E::UnsupportedProtocolVersion(3));
-    assert_eq!(
-        err(b"\x10\x0C\x00\x04MQTT\x06\x02\x00\x3C\x00\x00", V311),
-        E::UnsupportedProtocolVersion(6)
-    );
-    assert_eq!(
-        E::UnsupportedProtocolVersion(3).reason_code(),
-        ReasonCode(0x84)
-    );
+    assert_eq!(err(b"\x10\x0C\x00\x04MQTT\x06\x02\x00\x3C\x00\x00", V311), E::UnsupportedProtocolVersion(6));
+    assert_eq!(E::UnsupportedProtocolVersion(3).reason_code(), ReasonCode(0x84));
     assert_eq!(v311_connack_return_code(ReasonCode(0x84)), 1);
 }
 
 #[test]
 fn mqtt_3_1_2_3_reserved_flag_must_be_zero() {
-    assert_eq!(
-        err(b"\x10\x0C\x00\x04MQTT\x04\x03\x00\x3C\x00\x00", V311),
-        E::ReservedFlags
-    );
+    assert_eq!(err(b"\x10\x0C\x00\x04MQTT\x04\x03\x00\x3C\x00\x00", V311), E::ReservedFlags);
 }
 
 #[test]
 fn mqtt_3_1_2_12_will_qos_3_is_malformed() {
-    assert_eq!(
-        err(b"\x10\x0C\x00\x04MQTT\x04\x1E\x00\x3C\x00\x00", V311),
-        E::InvalidQoS
-    );
+    assert_eq!(err(b"\x10\x0C\x00\x04MQTT\x04\x1E\x00\x3C\x00\x00", V311), E::InvalidQoS);
 }
 
 #[test]
 fn mqtt_3_1_2_11_will_qos_and_retain_need_the_will_flag() {
-    assert_eq!(
-        err(b"\x10\x0C\x00\x04MQTT\x04\x0A\x00\x3C\x00\x00", V311),
-        E::InvalidConnectFlags
-    );
-    assert_eq!(
-        err(b"\x10\x0C\x00\x04MQTT\x04\x22\x00\x3C\x00\x00", V311),
-        E::InvalidConnectFlags
-    );
+    assert_eq!(err(b"\x10\x0C\x00\x04MQTT\x04\x0A\x00\x3C\x00\x00", V311), E::InvalidConnectFlags);
+    assert_eq!(err(b"\x10\x0C\x00\x04MQTT\x04\x22\x00\x3C\x00\x00", V311), E::InvalidConnectFlags);
 }
 
 #[test]
@@ -197,20 +161,14 @@ fn mqtt_3_1_2_22_password_without_username_in_v311() {
 
 #[test]
 fn mqtt_1_5_4_1_invalid_utf8_is_malformed() {
-    assert_eq!(
-        err(b"\x10\x0D\x00\x04MQTT\x04\x02\x00\x3C\x00\x01\xFF", V311),
-        E::InvalidUtf8
-    );
+    assert_eq!(err(b"\x10\x0D\x00\x04MQTT\x04\x02\x00\x3C\x00\x01\xFF", V311), E::InvalidUtf8);
     // An encoded surrogate (U+D800) is not UTF-8 either.
     assert_eq!(err(b"\x30\x05\x00\x03\xED\xA0\x80", V311), E::InvalidUtf8);
 }
 
 #[test]
 fn mqtt_1_5_4_2_null_character_is_malformed() {
-    assert_eq!(
-        err(b"\x10\x0D\x00\x04MQTT\x04\x02\x00\x3C\x00\x01\x00", V311),
-        E::InvalidUtf8
-    );
+    assert_eq!(err(b"\x10\x0D\x00\x04MQTT\x04\x02\x00\x3C\x00\x01\x00", V311), E::InvalidUtf8);
     assert_eq!(err(b"\x30\x03\x00\x01\x00", V311), E::InvalidUtf8);
 }
 
@@ -240,27 +198,18 @@ fn mqtt_2_2_1_3_packet_id_zero() {
 
 #[test]
 fn mqtt_3_8_3_4_v311_options_beyond_qos_are_malformed() {
-    assert_eq!(
-        err(b"\x82\x06\x00\x01\x00\x01a\x04", V311),
-        E::InvalidSubscriptionOptions
-    );
+    assert_eq!(err(b"\x82\x06\x00\x01\x00\x01a\x04", V311), E::InvalidSubscriptionOptions);
 }
 
 #[test]
 fn mqtt_3_8_3_5_v5_reserved_option_bits_are_malformed() {
-    assert_eq!(
-        err(b"\x82\x07\x00\x01\x00\x00\x01a\x40", V5),
-        E::InvalidSubscriptionOptions
-    );
+    assert_eq!(err(b"\x82\x07\x00\x01\x00\x00\x01a\x40", V5), E::InvalidSubscriptionOptions);
     assert_eq!(err(b"\x82\x07\x00\x01\x00\x00\x01a\x03", V5), E::InvalidQoS);
 }
 
 #[test]
 fn retain_handling_3_is_a_protocol_error() {
-    assert_eq!(
-        err(b"\x82\x07\x00\x01\x00\x00\x01a\x30", V5),
-        E::InvalidRetainHandling
-    );
+    assert_eq!(err(b"\x82\x07\x00\x01\x00\x00\x01a\x30", V5), E::InvalidRetainHandling);
 }
 
 #[test]
@@ -288,45 +237,28 @@ fn undefined_reason_codes() {
 #[test]
 fn undefined_and_misplaced_properties_are_malformed() {
     assert_eq!(err(b"\x40\x05\x00\x01\x00\x01\x7F", V5), E::UnknownProperty);
-    assert_eq!(
-        err(b"\x40\x07\x00\x01\x00\x03\x23\x00\x01", V5),
-        E::PropertyNotAllowed
-    );
+    assert_eq!(err(b"\x40\x07\x00\x01\x00\x03\x23\x00\x01", V5), E::PropertyNotAllowed);
     // Will Delay Interval belongs in the will properties, not CONNECT's.
     let bytes = b"\x10\x12\x00\x04MQTT\x05\x02\x00\x3C\x05\x18\x00\x00\x00\x01\x00\x00";
     assert_eq!(err(bytes, V5), E::PropertyNotAllowed);
     // ... and Session Expiry Interval not in the will properties.
     let bytes = b"\x10\x18\x00\x04MQTT\x05\x06\x00\x3C\x00\x00\x00\x05\x11\x00\x00\x00\x01\x00\x01w\x00\x00";
     assert_eq!(err(bytes, V5), E::PropertyNotAllowed);
-    assert_eq!(
-        E::PropertyNotAllowed.reason_code(),
-        ReasonCode::MALFORMED_PACKET
-    );
+    assert_eq!(E::PropertyNotAllowed.reason_code(), ReasonCode::MALFORMED_PACKET);
 }
 
 #[test]
 fn duplicate_properties_are_a_protocol_error() {
-    assert_eq!(
-        err(b"\x30\x0A\x00\x01a\x06\x23\x00\x01\x23\x00\x01", V5),
-        E::DuplicateProperty
-    );
+    assert_eq!(err(b"\x30\x0A\x00\x01a\x06\x23\x00\x01\x23\x00\x01", V5), E::DuplicateProperty);
     let bytes = b"\x82\x0B\x00\x01\x04\x0B\x01\x0B\x02\x00\x01a\x00";
     assert_eq!(err(bytes, V5), E::DuplicateProperty);
     // Several subscription identifiers are fine on PUBLISH, as are user
     // properties with the same key anywhere.
     let publish = decode_all(b"\x30\x08\x00\x01a\x04\x0B\x01\x0B\x02", V5);
-    assert!(
-        matches!(publish, Ok(Packet::Publish(p)) if p.properties.subscription_identifiers == [1, 2])
-    );
-    let users = decode_all(
-        b"\x40\x10\x00\x01\x00\x0C\x26\x00\x01k\x00\x00\x26\x00\x01k\x00\x00",
-        V5,
-    );
+    assert!(matches!(publish, Ok(Packet::Publish(p)) if p.properties.subscription_identifiers == [1, 2]));
+    let users = decode_all(b"\x40\x10\x00\x01\x00\x0C\x26\x00\x01k\x00\x00\x26\x00\x01k\x00\x00", V5);
     assert!(matches!(users, Ok(Packet::PubAck(a)) if a.properties.user_properties.len() == 2));
-    assert_eq!(
-        E::DuplicateProperty.reason_code(),
-        ReasonCode::PROTOCOL_ERROR
-    );
+    assert_eq!(E::DuplicateProperty.reason_code(), ReasonCode::PROTOCOL_ERROR);
 }
 
 #[test]
@@ -354,10 +286,7 @@ fn out_of_range_property_values_are_a_protocol_error() {
 fn mqtt_3_3_2_2_publish_topic_must_not_contain_wildcards() {
     assert_eq!(err(b"\x30\x03\x00\x01#", V311), E::InvalidTopicName);
     assert_eq!(err(b"\x30\x05\x00\x03a/+", V5), E::InvalidTopicName);
-    assert_eq!(
-        E::InvalidTopicName.reason_code(),
-        ReasonCode::TOPIC_NAME_INVALID
-    );
+    assert_eq!(E::InvalidTopicName.reason_code(), ReasonCode::TOPIC_NAME_INVALID);
 }
 
 #[test]
@@ -365,26 +294,14 @@ fn empty_topic_needs_v5_and_a_topic_alias() {
     assert_eq!(err(b"\x30\x02\x00\x00", V311), E::InvalidTopicName);
     assert_eq!(err(b"\x30\x03\x00\x00\x00", V5), E::InvalidTopicName);
     // Response topics are topic names too.
-    assert_eq!(
-        err(b"\x30\x08\x00\x01a\x04\x08\x00\x01#", V5),
-        E::InvalidTopicName
-    );
+    assert_eq!(err(b"\x30\x08\x00\x01a\x04\x08\x00\x01#", V5), E::InvalidTopicName);
 }
 
 #[test]
 fn invalid_topic_filters() {
-    assert_eq!(
-        err(b"\x82\x07\x00\x01\x00\x02a#\x00", V311),
-        E::InvalidTopicFilter
-    );
-    assert_eq!(
-        err(b"\xA2\x06\x00\x01\x00\x02a#", V311),
-        E::InvalidTopicFilter
-    );
-    assert_eq!(
-        E::InvalidTopicFilter.reason_code(),
-        ReasonCode::TOPIC_FILTER_INVALID
-    );
+    assert_eq!(err(b"\x82\x07\x00\x01\x00\x02a#\x00", V311), E::InvalidTopicFilter);
+    assert_eq!(err(b"\xA2\x06\x00\x01\x00\x02a#", V311), E::InvalidTopicFilter);
+    assert_eq!(E::InvalidTopicFilter.reason_code(), ReasonCode::TOPIC_FILTER_INVALID);
 }
 
 #[test]
@@ -405,37 +322,14 @@ fn encode_errors_leave_the_buffer_untouched() {
         assert_eq!(encoded_len(&packet, version), Err(expected));
         assert_eq!(&buf[..], b"keep");
     };
-    check(
-        Packet::Publish(publish.clone()),
-        V311,
-        EncodeError::InvalidPacketId,
-    );
+    check(Packet::Publish(publish.clone()), V311, EncodeError::InvalidPacketId);
     publish.packet_id = PacketId::new(1);
     publish.properties.content_type = Some(long);
-    check(
-        Packet::Publish(publish.clone()),
-        V5,
-        EncodeError::StringTooLong,
-    );
-    publish.properties = Properties {
-        subscription_identifiers: vec![0],
-        ..Properties::default()
-    };
-    check(
-        Packet::Publish(publish.clone()),
-        V5,
-        EncodeError::ValueOutOfRange,
-    );
+    check(Packet::Publish(publish.clone()), V5, EncodeError::StringTooLong);
+    publish.properties = Properties { subscription_identifiers: vec![0], ..Properties::default() };
+    check(Packet::Publish(publish.clone()), V5, EncodeError::ValueOutOfRange);
     publish.topic = topic("");
-    check(
-        Packet::Publish(publish),
-        V311,
-        EncodeError::InvalidTopicName,
-    );
-    let sub = Subscribe {
-        packet_id: super::tests::pid(1),
-        properties: Properties::default(),
-        filters: vec![],
-    };
+    check(Packet::Publish(publish), V311, EncodeError::InvalidTopicName);
+    let sub = Subscribe { packet_id: super::tests::pid(1), properties: Properties::default(), filters: vec![] };
     check(Packet::Subscribe(sub), V5, EncodeError::EmptyPayload);
 }

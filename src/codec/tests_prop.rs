@@ -27,36 +27,26 @@ fn level() -> impl Strategy<Value = String> {
 }
 
 fn topic_name() -> impl Strategy<Value = TopicName> {
-    vec(level(), 1..4).prop_filter_map("non-empty", |levels| {
-        TopicName::new(&levels.join("/"))
-            .ok()
-            .filter(|t| !t.is_empty())
-    })
+    vec(level(), 1..4)
+        .prop_filter_map("non-empty", |levels| TopicName::new(&levels.join("/")).ok().filter(|t| !t.is_empty()))
 }
 
 fn topic_filter() -> impl Strategy<Value = TopicFilter> {
     let level = prop_oneof![level(), Just("+".to_owned())];
-    (any::<bool>(), vec(level, 1..4), any::<bool>()).prop_filter_map(
-        "valid filter",
-        |(share, levels, hash)| {
-            let mut f = levels.join("/");
-            if hash {
-                f.push_str("/#");
-            }
-            if share {
-                f = format!("$share/g/{f}");
-            }
-            TopicFilter::new(&f).ok()
-        },
-    )
+    (any::<bool>(), vec(level, 1..4), any::<bool>()).prop_filter_map("valid filter", |(share, levels, hash)| {
+        let mut f = levels.join("/");
+        if hash {
+            f.push_str("/#");
+        }
+        if share {
+            f = format!("$share/g/{f}");
+        }
+        TopicFilter::new(&f).ok()
+    })
 }
 
 fn qos() -> impl Strategy<Value = QoS> {
-    prop_oneof![
-        Just(QoS::AtMostOnce),
-        Just(QoS::AtLeastOnce),
-        Just(QoS::ExactlyOnce)
-    ]
+    prop_oneof![Just(QoS::AtMostOnce), Just(QoS::AtLeastOnce), Just(QoS::ExactlyOnce)]
 }
 
 fn packet_id() -> impl Strategy<Value = PacketId> {
@@ -93,15 +83,7 @@ fn all_properties() -> impl Strategy<Value = Properties> {
         opt(any::<u16>()),
         opt(1..=u16::MAX),
     );
-    let c = (
-        flag(),
-        flag(),
-        vec((string(), string()), 0..3),
-        opt(1..=u32::MAX),
-        flag(),
-        flag(),
-        flag(),
-    );
+    let c = (flag(), flag(), vec((string(), string()), 0..3), opt(1..=u32::MAX), flag(), flag(), flag());
     (a, b, c).prop_map(|(a, b, c)| Properties {
         payload_format_indicator: a.0,
         message_expiry_interval: a.1,
@@ -178,14 +160,9 @@ fn properties(version: ProtocolVersion, ctx: Ctx) -> BoxedStrategy<Properties> {
 /// A reason code defined for `packet_type`; success only in 3.1.1.
 fn reason(version: ProtocolVersion, packet_type: u8) -> BoxedStrategy<ReasonCode> {
     let codes: Vec<ReasonCode> = match (version, packet_type) {
-        (V5, _) => (0..=255)
-            .filter(|&c| is_valid_reason(packet_type, c))
-            .map(ReasonCode)
-            .collect(),
+        (V5, _) => (0..=255).filter(|&c| is_valid_reason(packet_type, c)).map(ReasonCode).collect(),
         // The codes the 3.1.1 CONNACK and SUBACK tables map back to.
-        (V311, 2) => [0x00, 0x84, 0x85, 0x88, 0x86, 0x87]
-            .map(ReasonCode)
-            .to_vec(),
+        (V311, 2) => [0x00, 0x84, 0x85, 0x88, 0x86, 0x87].map(ReasonCode).to_vec(),
         (V311, 9) => [0x00, 0x01, 0x02, 0x80].map(ReasonCode).to_vec(),
         (V311, _) => vec![ReasonCode::SUCCESS],
     };
@@ -193,56 +170,22 @@ fn reason(version: ProtocolVersion, packet_type: u8) -> BoxedStrategy<ReasonCode
 }
 
 fn connect(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
-    let will = (
-        topic_name(),
-        bytes(),
-        qos(),
-        any::<bool>(),
-        properties(version, Ctx::Will),
-    )
-        .prop_map(|(topic, payload, qos, retain, properties)| Will {
-            topic,
-            payload,
-            qos,
-            retain,
-            properties,
-        });
-    let fields = (
-        any::<bool>(),
-        any::<u16>(),
-        string(),
-        opt(will),
-        opt(string()),
-        opt(bytes()),
-    );
+    let will = (topic_name(), bytes(), qos(), any::<bool>(), properties(version, Ctx::Will))
+        .prop_map(|(topic, payload, qos, retain, properties)| Will { topic, payload, qos, retain, properties });
+    let fields = (any::<bool>(), any::<u16>(), string(), opt(will), opt(string()), opt(bytes()));
     (fields, properties(version, Ctx::Connect)).prop_map(move |(f, properties)| {
         let (clean_start, keep_alive, client_id, will, username, mut password) = f;
         if !version.is_v5() && username.is_none() {
             password = None;
         }
-        let connect = Connect {
-            protocol: version,
-            clean_start,
-            keep_alive,
-            client_id,
-            will,
-            username,
-            password,
-            properties,
-        };
+        let connect =
+            Connect { protocol: version, clean_start, keep_alive, client_id, will, username, password, properties };
         Packet::Connect(Box::new(connect))
     })
 }
 
 fn publish(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
-    let head = (
-        any::<bool>(),
-        qos(),
-        any::<bool>(),
-        topic_name(),
-        any::<bool>(),
-        packet_id(),
-    );
+    let head = (any::<bool>(), qos(), any::<bool>(), topic_name(), any::<bool>(), packet_id());
     (head, properties(version, Ctx::Publish), bytes()).prop_map(move |(h, properties, payload)| {
         let (dup, qos, retain, mut topic, use_alias, id) = h;
         if version.is_v5() && use_alias && properties.topic_alias.is_some() {
@@ -250,37 +193,22 @@ fn publish(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
         }
         let packet_id = (qos != QoS::AtMostOnce).then_some(id);
         let dup = dup && packet_id.is_some();
-        Packet::Publish(Publish {
-            dup,
-            qos,
-            retain,
-            topic,
-            packet_id,
-            properties,
-            payload,
-        })
+        Packet::Publish(Publish { dup, qos, retain, topic, packet_id, properties, payload })
     })
 }
 
 fn pub_resp(version: ProtocolVersion, packet_type: u8) -> impl Strategy<Value = Packet> {
-    (
-        packet_id(),
-        reason(version, packet_type),
-        properties(version, Ctx::PubResp),
-    )
-        .prop_map(move |(packet_id, reason, properties)| {
-            let r = PubResp {
-                packet_id,
-                reason,
-                properties,
-            };
+    (packet_id(), reason(version, packet_type), properties(version, Ctx::PubResp)).prop_map(
+        move |(packet_id, reason, properties)| {
+            let r = PubResp { packet_id, reason, properties };
             match packet_type {
                 4 => Packet::PubAck(r),
                 5 => Packet::PubRec(r),
                 6 => Packet::PubRel(r),
                 _ => Packet::PubComp(r),
             }
-        })
+        },
+    )
 }
 
 fn options(version: ProtocolVersion) -> impl Strategy<Value = SubscriptionOptions> {
@@ -289,23 +217,13 @@ fn options(version: ProtocolVersion) -> impl Strategy<Value = SubscriptionOption
         Just(RetainHandling::SendIfNew),
         Just(RetainHandling::DoNotSend)
     ];
-    (qos(), any::<bool>(), any::<bool>(), handling).prop_map(
-        move |(qos, no_local, rap, retain_handling)| {
-            if version.is_v5() {
-                SubscriptionOptions {
-                    qos,
-                    no_local,
-                    retain_as_published: rap,
-                    retain_handling,
-                }
-            } else {
-                SubscriptionOptions {
-                    qos,
-                    ..SubscriptionOptions::default()
-                }
-            }
-        },
-    )
+    (qos(), any::<bool>(), any::<bool>(), handling).prop_map(move |(qos, no_local, rap, retain_handling)| {
+        if version.is_v5() {
+            SubscriptionOptions { qos, no_local, retain_as_published: rap, retain_handling }
+        } else {
+            SubscriptionOptions { qos, ..SubscriptionOptions::default() }
+        }
+    })
 }
 
 fn subscribe(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
@@ -315,73 +233,26 @@ fn subscribe(version: ProtocolVersion) -> impl Strategy<Value = Packet> {
         }
         filters
     });
-    (packet_id(), properties(version, Ctx::Subscribe), filters).prop_map(
-        |(packet_id, properties, filters)| {
-            Packet::Subscribe(Subscribe {
-                packet_id,
-                properties,
-                filters,
-            })
-        },
-    )
+    (packet_id(), properties(version, Ctx::Subscribe), filters)
+        .prop_map(|(packet_id, properties, filters)| Packet::Subscribe(Subscribe { packet_id, properties, filters }))
 }
 
 fn packet(version: ProtocolVersion) -> BoxedStrategy<Packet> {
     let v5 = version.is_v5();
-    let connack = (
-        any::<bool>(),
-        reason(version, 2),
-        properties(version, Ctx::ConnAck),
-    )
-        .prop_map(|(session_present, reason, properties)| {
+    let connack = (any::<bool>(), reason(version, 2), properties(version, Ctx::ConnAck)).prop_map(
+        |(session_present, reason, properties)| {
             let session_present = session_present && reason.is_success();
-            Packet::ConnAck(ConnAck {
-                session_present,
-                reason,
-                properties,
-            })
-        });
-    let suback = (
-        packet_id(),
-        properties(version, Ctx::SubAck),
-        vec(reason(version, 9), 1..4),
-    )
-        .prop_map(|(packet_id, properties, reasons)| {
-            Packet::SubAck(SubAck {
-                packet_id,
-                properties,
-                reasons,
-            })
-        });
-    let unsubscribe = (
-        packet_id(),
-        properties(version, Ctx::Unsubscribe),
-        vec(topic_filter(), 1..4),
-    )
-        .prop_map(|(packet_id, properties, filters)| {
-            Packet::Unsubscribe(Unsubscribe {
-                packet_id,
-                properties,
-                filters,
-            })
-        });
-    let unsuback_reasons = if v5 {
-        vec(reason(version, 11), 1..4).boxed()
-    } else {
-        Just(vec![]).boxed()
-    };
-    let unsuback = (
-        packet_id(),
-        properties(version, Ctx::UnsubAck),
-        unsuback_reasons,
-    )
-        .prop_map(|(packet_id, properties, reasons)| {
-            Packet::UnsubAck(UnsubAck {
-                packet_id,
-                properties,
-                reasons,
-            })
-        });
+            Packet::ConnAck(ConnAck { session_present, reason, properties })
+        },
+    );
+    let suback = (packet_id(), properties(version, Ctx::SubAck), vec(reason(version, 9), 1..4))
+        .prop_map(|(packet_id, properties, reasons)| Packet::SubAck(SubAck { packet_id, properties, reasons }));
+    let unsubscribe = (packet_id(), properties(version, Ctx::Unsubscribe), vec(topic_filter(), 1..4)).prop_map(
+        |(packet_id, properties, filters)| Packet::Unsubscribe(Unsubscribe { packet_id, properties, filters }),
+    );
+    let unsuback_reasons = if v5 { vec(reason(version, 11), 1..4).boxed() } else { Just(vec![]).boxed() };
+    let unsuback = (packet_id(), properties(version, Ctx::UnsubAck), unsuback_reasons)
+        .prop_map(|(packet_id, properties, reasons)| Packet::UnsubAck(UnsubAck { packet_id, properties, reasons }));
     let disconnect = (reason(version, 14), properties(version, Ctx::Disconnect))
         .prop_map(|(reason, properties)| Packet::Disconnect(Disconnect { reason, properties }));
     let auth = (reason(version, 15), properties(version, Ctx::Auth))
@@ -402,11 +273,7 @@ fn packet(version: ProtocolVersion) -> BoxedStrategy<Packet> {
         Just(Packet::PingResp),
         disconnect,
     ];
-    if v5 {
-        prop_oneof![14 => common, 1 => auth].boxed()
-    } else {
-        common.boxed()
-    }
+    if v5 { prop_oneof![14 => common, 1 => auth].boxed() } else { common.boxed() }
 }
 
 fn version() -> impl Strategy<Value = ProtocolVersion> {

@@ -34,11 +34,7 @@ impl Reader {
     /// Fails with `TrailingBytes` if anything is left: a packet's fields
     /// must account for its whole remaining length.
     pub(crate) fn finish(&self) -> Result<(), DecodeError> {
-        if self.buf.is_empty() {
-            Ok(())
-        } else {
-            Err(DecodeError::TrailingBytes)
-        }
+        if self.buf.is_empty() { Ok(()) } else { Err(DecodeError::TrailingBytes) }
     }
 
     pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
@@ -102,11 +98,7 @@ impl Reader {
     }
 
     fn need(&self, len: usize) -> Result<(), DecodeError> {
-        if self.buf.len() < len {
-            Err(DecodeError::Truncated)
-        } else {
-            Ok(())
-        }
+        if self.buf.len() < len { Err(DecodeError::Truncated) } else { Ok(()) }
     }
 }
 
@@ -133,11 +125,7 @@ pub(crate) fn parse_varint(bytes: &[u8]) -> VarInt {
             return VarInt::Value(value, i + 1);
         }
     }
-    if bytes.len() >= 4 {
-        VarInt::Invalid
-    } else {
-        VarInt::Incomplete
-    }
+    if bytes.len() >= 4 { VarInt::Invalid } else { VarInt::Incomplete }
 }
 
 /// Where encoded bytes go. The encoder writes every packet once against

@@ -45,7 +45,9 @@ where
             }
             Packet::Disconnect(disconnect) => Err(self.on_disconnect(&disconnect)),
             Packet::Connect(_) => Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "second CONNECT")),
-            Packet::Auth(_) => Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "AUTH without an authentication method")),
+            Packet::Auth(_) => {
+                Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "AUTH without an authentication method"))
+            }
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
                 Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "packet only a server may send"))
             }
@@ -105,10 +107,7 @@ where
             return Err(Close::Protocol(ReasonCode::TOPIC_ALIAS_INVALID, "topic alias out of range"));
         }
         if publish.topic.is_empty() {
-            self.aliases
-                .get(&alias)
-                .cloned()
-                .ok_or(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "unknown topic alias"))
+            self.aliases.get(&alias).cloned().ok_or(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "unknown topic alias"))
         } else {
             self.aliases.insert(alias, publish.topic.clone());
             Ok(publish.topic.clone())

@@ -57,8 +57,11 @@ where
             self.send(&publish);
             sent += 1;
             if let Some(packet_id) = packet_id {
-                let waiting =
-                    if delivery.qos == QoS::AtLeastOnce { InflightState::AwaitPubAck } else { InflightState::AwaitPubRec };
+                let waiting = if delivery.qos == QoS::AtLeastOnce {
+                    InflightState::AwaitPubAck
+                } else {
+                    InflightState::AwaitPubRec
+                };
                 state.inflight.push_back(Inflight { packet_id, delivery, state: waiting });
             }
         }

@@ -38,9 +38,7 @@ impl Message {
             payload,
             qos,
             retain,
-            expires_at: props
-                .message_expiry_interval
-                .map(|s| now + Duration::from_secs(u64::from(s))),
+            expires_at: props.message_expiry_interval.map(|s| now + Duration::from_secs(u64::from(s))),
             properties: Properties {
                 payload_format_indicator: props.payload_format_indicator,
                 content_type: props.content_type.clone(),

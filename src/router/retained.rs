@@ -30,12 +30,7 @@ impl Retained {
     /// Every unexpired retained message whose topic matches `filter`.
     pub fn matching(&self, filter: &TopicFilter) -> Vec<Arc<Message>> {
         let now = std::time::Instant::now();
-        self.messages
-            .read()
-            .values()
-            .filter(|m| !m.is_expired(now) && filter.matches(&m.topic))
-            .cloned()
-            .collect()
+        self.messages.read().values().filter(|m| !m.is_expired(now) && filter.matches(&m.topic)).cloned().collect()
     }
 
     /// Number of retained messages.

@@ -64,11 +64,7 @@ impl Session {
     pub fn enqueue(&self, delivery: Delivery) {
         let accepted = {
             let mut state = self.state.lock();
-            if !state.online && delivery.qos == QoS::AtMostOnce {
-                false
-            } else {
-                state.push(delivery)
-            }
+            if !state.online && delivery.qos == QoS::AtMostOnce { false } else { state.push(delivery) }
         };
         if accepted {
             self.wake.notify_one();

@@ -35,8 +35,10 @@ impl TestBroker {
 
     /// A broker whose configuration `tweak` adjusts first.
     pub async fn with(tweak: impl FnOnce(&mut Config)) -> TestBroker {
-        let mut config = Config::default();
-        config.listeners = vec![ListenerConfig::tcp("test", SocketAddr::from(([127, 0, 0, 1], 0)))];
+        let mut config = Config {
+            listeners: vec![ListenerConfig::tcp("test", SocketAddr::from(([127, 0, 0, 1], 0)))],
+            ..Config::default()
+        };
         tweak(&mut config);
         let server = Server::bind(config).await.expect("bind test broker");
         let addr = server.local_addrs()[0].1;
@@ -193,10 +195,19 @@ impl V5 {
         let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 1000);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let pump = tokio::spawn(async move {
-            while let Ok(event) = eventloop.poll().await {
-                if let rumqttc::v5::Event::Incoming(packet) = event
-                    && tx.send(packet).is_err()
-                {
+            loop {
+                let packet = match eventloop.poll().await {
+                    Ok(rumqttc::v5::Event::Incoming(packet)) => packet,
+                    Ok(_) => continue,
+                    // rumqttc reports a server DISCONNECT as an error; turn it
+                    // back into the packet so tests can check the reason.
+                    Err(rumqttc::v5::ConnectionError::MqttState(rumqttc::v5::StateError::ServerDisconnect {
+                        reason_code,
+                        ..
+                    })) => V5Packet::Disconnect(rumqttc::v5::mqttbytes::v5::Disconnect::new(reason_code)),
+                    Err(_) => return,
+                };
+                if tx.send(packet).is_err() {
                     return;
                 }
             }
@@ -294,10 +305,7 @@ impl Raw {
     /// Reads exactly `n` bytes.
     pub async fn read_exact(&mut self, n: usize) -> Vec<u8> {
         let mut out = vec![0; n];
-        tokio::time::timeout(WAIT, self.0.read_exact(&mut out))
-            .await
-            .expect("bytes in time")
-            .expect("read");
+        tokio::time::timeout(WAIT, self.0.read_exact(&mut out)).await.expect("bytes in time").expect("read");
         out
     }
 }

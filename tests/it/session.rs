@@ -59,18 +59,20 @@ async fn mqtt_4_4_0_1_unacknowledged_messages_resent_with_dup() {
 #[tokio::test]
 async fn v5_session_expiry_zero_discards_session() {
     let broker = TestBroker::start().await;
-    let mut sub = broker.v5_with("short", |o| {
-        o.set_clean_start(false);
-    })
-    .await;
+    let mut sub = broker
+        .v5_with("short", |o| {
+            o.set_clean_start(false);
+        })
+        .await;
     sub.subscribe("e", Q5::AtLeastOnce).await;
     sub.client.disconnect().await.expect("disconnect");
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(broker.broker.router.subscription_count(), 0);
-    let back = broker.v5_with("short", |o| {
-        o.set_clean_start(false);
-    })
-    .await;
+    let back = broker
+        .v5_with("short", |o| {
+            o.set_clean_start(false);
+        })
+        .await;
     assert!(!back.connack.session_present);
 }
 
