@@ -11,6 +11,7 @@ use crate::codec::Will;
 use crate::config::Config;
 use crate::router::{Message, Router};
 use crate::session::{Attached, Registry, Session};
+use crate::store::{Recovered, Store};
 
 /// Broker-wide counters, read by operators and tests.
 #[derive(Debug, Default)]
@@ -39,21 +40,42 @@ pub struct Broker {
     pub shutdown: CancellationToken,
     /// Tracks connection tasks and timers so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Durable copy of sessions and retained messages.
+    pub store: Arc<dyn Store>,
     next_assigned_id: AtomicU64,
 }
 
 impl Broker {
-    /// A broker with empty state.
-    pub fn new(config: Config) -> Broker {
-        Broker {
+    /// A broker whose state starts as what `store` recovered.
+    pub fn new(config: Config, store: Arc<dyn Store>, recovered: Recovered) -> Arc<Broker> {
+        let broker = Arc::new(Broker {
             config,
             router: Router::default(),
             sessions: Registry::default(),
             stats: Stats::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            store,
             next_assigned_id: AtomicU64::new(1),
+        });
+        for message in recovered.retained {
+            broker.router.retained().set(&message);
         }
+        for stored in recovered.sessions {
+            let session = broker.sessions.restore(stored.client_id.clone(), broker.config.limits.max_queued_messages);
+            {
+                let mut state = session.lock();
+                state.expiry_s = stored.expiry_s;
+                state.pending.extend(stored.pending);
+                state.inflight.extend(stored.inflight);
+            }
+            for (filter, subscription) in stored.subscriptions {
+                broker.router.subscribe(&session, &filter, &subscription);
+                session.lock().subscriptions.insert(filter, subscription);
+            }
+            broker.arm_expiry(session, 0, stored.expiry_s);
+        }
+        broker
     }
 
     /// A fresh client identifier for a client that sent an empty one.
@@ -69,6 +91,7 @@ impl Broker {
         let message = Arc::new(message);
         if message.retain {
             self.router.retained().set(&message);
+            self.store.retain(&message);
         }
         self.router.route(&message, publisher)
     }
@@ -90,7 +113,24 @@ impl Broker {
         for filter in &filters {
             self.router.unsubscribe(session, filter);
         }
-        self.sessions.remove(session);
+        if self.sessions.remove(session) {
+            self.store.session_ended(session.client_id());
+        }
+    }
+
+    /// Saves every session's messages to the store (at shutdown).
+    pub fn persist_sessions(&self) {
+        for session in self.sessions.all() {
+            self.save_messages(&session);
+        }
+    }
+
+    fn save_messages(&self, session: &Arc<Session>) {
+        let (pending, inflight) = {
+            let state = session.lock();
+            (state.pending.iter().cloned().collect(), state.inflight.iter().cloned().collect())
+        };
+        self.store.session_messages(session.client_id(), pending, inflight);
     }
 
     /// Called when a connection ends: publishes or schedules the will,
@@ -130,26 +170,33 @@ impl Broker {
                 });
             }
         }
-        match expiry_s {
-            0 => self.discard(&session),
-            u32::MAX => {}
-            secs => {
-                let broker = self.clone();
-                self.tasks.spawn(async move {
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(u64::from(secs))) => {}
-                        () = broker.shutdown.cancelled() => return,
-                    }
-                    let expired = {
-                        let state = session.lock();
-                        state.generation == generation && !state.online
-                    };
-                    if expired {
-                        broker.discard(&session);
-                    }
-                });
-            }
+        if expiry_s == 0 {
+            self.discard(&session);
+        } else {
+            self.save_messages(&session);
+            self.arm_expiry(session, generation, expiry_s);
         }
+    }
+
+    /// Ends `session` after `expiry_s` unless a connection attaches first.
+    fn arm_expiry(self: &Arc<Self>, session: Arc<Session>, generation: u64, expiry_s: u32) {
+        if expiry_s == u32::MAX {
+            return;
+        }
+        let broker = self.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(u64::from(expiry_s))) => {}
+                () = broker.shutdown.cancelled() => return,
+            }
+            let expired = {
+                let state = session.lock();
+                state.generation == generation && !state.online
+            };
+            if expired {
+                broker.discard(&session);
+            }
+        });
     }
 
     fn publish_will(&self, will: Will, session: &Arc<Session>) {

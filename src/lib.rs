@@ -8,6 +8,7 @@
 //! - [`connection`]: one task per client: the protocol state machine.
 //! - [`session`]: sessions that outlive connections, and the registry.
 //! - [`router`]: subscription trie, retained messages, fan-out.
+//! - [`store`]: persistence of sessions and retained messages.
 //! - [`broker`]: the state shared by all of the above.
 //! - [`server`]: binding listeners and running until shutdown.
 
@@ -18,6 +19,7 @@ pub mod connection;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod transport;
 
 pub use server::Server;

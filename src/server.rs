@@ -10,7 +10,19 @@ use tracing::{info, warn};
 
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::store::{MemoryStore, Store, StoreError};
 use crate::transport::{BindError, Listener};
+
+/// The server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The store could not be recovered.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 /// A broker with its listeners bound, not yet accepting.
 #[derive(Debug)]
@@ -20,16 +32,25 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds every configured listener.
+    /// Binds every configured listener, with an in-memory store.
     ///
     /// # Errors
-    /// [`BindError`] for the first listener that cannot be bound.
-    pub async fn bind(config: Config) -> Result<Server, BindError> {
+    /// [`ServerError::Bind`] for the first listener that cannot be bound.
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        Server::bind_with_store(config, Arc::new(MemoryStore::default())).await
+    }
+
+    /// Binds every configured listener and recovers state from `store`.
+    ///
+    /// # Errors
+    /// [`ServerError`] when the store cannot be read or a listener bound.
+    pub async fn bind_with_store(config: Config, store: Arc<dyn Store>) -> Result<Server, ServerError> {
+        let recovered = store.recover()?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             listeners.push(Listener::bind(l.clone()).await?);
         }
-        Ok(Server { broker: Arc::new(Broker::new(config)), listeners })
+        Ok(Server { broker: Broker::new(config, store, recovered), listeners })
     }
 
     /// The bound address of each listener, by name.
@@ -64,5 +85,6 @@ impl Server {
         if tokio::time::timeout(grace, broker.tasks.wait()).await.is_err() {
             warn!(remaining = broker.tasks.len(), "grace period over; closing remaining connections");
         }
+        broker.persist_sessions();
     }
 }

@@ -71,6 +71,9 @@ where
         send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
         return None;
     };
+    if session_expiry_s > 0 {
+        broker.store.session_opened(&client_id, session_expiry_s);
+    }
     let limits = &broker.config.limits;
     let mut properties = Properties::default();
     if version.is_v5() {

@@ -156,6 +156,7 @@ where
             options.qos = options.qos.min(QoS::ExactlyOnce);
             let subscription = Subscription { options, id: sub_id };
             let existed = self.broker.router.subscribe(&self.attached.session, &filter, &subscription);
+            self.broker.store.subscribed(self.attached.session.client_id(), &filter, &subscription);
             self.attached.session.lock().subscriptions.insert(filter.clone(), subscription);
             reasons.push(ReasonCode(options.qos as u8));
             // Retained messages are never sent to shared subscriptions.
@@ -193,6 +194,7 @@ where
         for filter in &unsubscribe.filters {
             let removed = self.attached.session.lock().subscriptions.remove(filter).is_some();
             self.broker.router.unsubscribe(&self.attached.session, filter);
+            self.broker.store.unsubscribed(self.attached.session.client_id(), filter);
             reasons.push(if removed { ReasonCode::SUCCESS } else { ReasonCode::NO_SUBSCRIPTION_EXISTED });
         }
         let unsuback = UnsubAck { packet_id: unsubscribe.packet_id, properties: Properties::default(), reasons };

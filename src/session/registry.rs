@@ -109,6 +109,17 @@ impl Registry {
         Attached { session, present, kicked, generation, _exclusive: guard }
     }
 
+    /// Registers a session recovered from the store, offline.
+    pub fn restore(&self, client_id: Arc<str>, max_queued: usize) -> Arc<Session> {
+        let entry = Entry {
+            session: Arc::new(Session::new(client_id.clone(), max_queued)),
+            exclusive: Arc::new(tokio::sync::Mutex::new(())),
+        };
+        let session = entry.session.clone();
+        self.sessions.lock().insert(client_id, entry);
+        session
+    }
+
     /// Removes `session` from the registry if it is still the registered
     /// session for its client id.
     pub fn remove(&self, session: &Arc<Session>) -> bool {

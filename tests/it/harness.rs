@@ -35,12 +35,17 @@ impl TestBroker {
 
     /// A broker whose configuration `tweak` adjusts first.
     pub async fn with(tweak: impl FnOnce(&mut Config)) -> TestBroker {
+        TestBroker::with_store(Arc::new(moat::store::MemoryStore::default()), tweak).await
+    }
+
+    /// A broker that recovers from and writes to `store`.
+    pub async fn with_store(store: Arc<dyn moat::store::Store>, tweak: impl FnOnce(&mut Config)) -> TestBroker {
         let mut config = Config {
             listeners: vec![ListenerConfig::tcp("test", SocketAddr::from(([127, 0, 0, 1], 0)))],
             ..Config::default()
         };
         tweak(&mut config);
-        let server = Server::bind(config).await.expect("bind test broker");
+        let server = Server::bind_with_store(config, store).await.expect("bind test broker");
         let addr = server.local_addrs()[0].1;
         let broker = server.broker().clone();
         let (stop, stopped) = oneshot::channel::<()>();

@@ -117,3 +117,32 @@ async fn shutdown_tells_v5_clients_0x8b() {
     }
     stopping.await.expect("stopped");
 }
+
+#[tokio::test]
+async fn restart_recovers_sessions_and_retained_messages_from_the_store() {
+    use std::sync::Arc;
+
+    let store: Arc<dyn moat::store::Store> = Arc::new(moat::store::MemoryStore::default());
+    let first = TestBroker::with_store(store.clone(), |_| {}).await;
+    let persistent = |o: &mut rumqttc::MqttOptions| {
+        o.set_clean_session(false);
+    };
+    let mut sub = first.v4_with("durable", persistent).await;
+    sub.subscribe("keep/#", Q4::AtLeastOnce).await;
+    sub.client.disconnect().await.expect("disconnect");
+    let publisher = first.v4("p").await;
+    publisher.client.publish("keep/r", Q4::AtLeastOnce, true, "retained").await.expect("publish");
+    publisher.client.publish("keep/q", Q4::AtLeastOnce, false, "queued").await.expect("publish");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    first.stop().await;
+
+    let second = TestBroker::with_store(store, |_| {}).await;
+    let mut back = second.v4_with("durable", persistent).await;
+    assert!(back.connack.session_present);
+    let mut payloads = vec![back.publish().await.payload, back.publish().await.payload];
+    payloads.sort();
+    assert_eq!(payloads, [Bytes::from("queued"), Bytes::from("retained")]);
+    let mut fresh = second.v4("fresh").await;
+    fresh.subscribe("keep/r", Q4::AtMostOnce).await;
+    assert_eq!(fresh.publish().await.payload, Bytes::from("retained"));
+}

@@ -1,0 +1,85 @@
+//! The in-memory store: survives a broker restart inside one process (an
+//! embedding application, the tests), not a process restart.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::{Recovered, Store, StoreError, StoredSession};
+use crate::codec::{TopicFilter, TopicName};
+use crate::router::Message;
+use crate::session::{Delivery, Inflight, Subscription};
+
+/// A [`Store`] that keeps its copy in memory.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    retained: HashMap<TopicName, Arc<Message>>,
+    sessions: BTreeMap<Arc<str>, StoredSession>,
+}
+
+impl Inner {
+    fn session(&mut self, client_id: &str) -> Option<&mut StoredSession> {
+        self.sessions.get_mut(client_id)
+    }
+}
+
+impl Store for MemoryStore {
+    fn retain(&self, message: &Arc<Message>) {
+        let mut inner = self.inner.lock();
+        if message.payload.is_empty() {
+            inner.retained.remove(&message.topic);
+        } else {
+            inner.retained.insert(message.topic.clone(), message.clone());
+        }
+    }
+
+    fn session_opened(&self, client_id: &Arc<str>, expiry_s: u32) {
+        let mut inner = self.inner.lock();
+        let entry = inner.sessions.entry(client_id.clone()).or_insert_with(|| StoredSession {
+            client_id: client_id.clone(),
+            expiry_s,
+            subscriptions: Vec::new(),
+            pending: Vec::new(),
+            inflight: Vec::new(),
+        });
+        entry.expiry_s = expiry_s;
+    }
+
+    fn session_ended(&self, client_id: &str) {
+        self.inner.lock().sessions.remove(client_id);
+    }
+
+    fn subscribed(&self, client_id: &str, filter: &TopicFilter, subscription: &Subscription) {
+        if let Some(s) = self.inner.lock().session(client_id) {
+            s.subscriptions.retain(|(f, _)| f != filter);
+            s.subscriptions.push((filter.clone(), subscription.clone()));
+        }
+    }
+
+    fn unsubscribed(&self, client_id: &str, filter: &TopicFilter) {
+        if let Some(s) = self.inner.lock().session(client_id) {
+            s.subscriptions.retain(|(f, _)| f != filter);
+        }
+    }
+
+    fn session_messages(&self, client_id: &str, pending: Vec<Delivery>, inflight: Vec<Inflight>) {
+        if let Some(s) = self.inner.lock().session(client_id) {
+            s.pending = pending;
+            s.inflight = inflight;
+        }
+    }
+
+    fn recover(&self) -> Result<Recovered, StoreError> {
+        let inner = self.inner.lock();
+        Ok(Recovered {
+            retained: inner.retained.values().cloned().collect(),
+            sessions: inner.sessions.values().cloned().collect(),
+        })
+    }
+}
