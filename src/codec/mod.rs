@@ -41,7 +41,13 @@ mod tests;
 #[cfg(test)]
 mod tests_errors;
 #[cfg(test)]
+mod tests_framing;
+#[cfg(test)]
 mod tests_prop;
+#[cfg(test)]
+mod tests_strategies;
+#[cfg(test)]
+mod tests_subscribe;
 pub mod topic;
 pub mod types;
 mod wire;
