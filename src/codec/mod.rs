@@ -43,6 +43,8 @@ mod tests_errors;
 #[cfg(test)]
 mod tests_framing;
 #[cfg(test)]
+mod tests_interop;
+#[cfg(test)]
 mod tests_prop;
 #[cfg(test)]
 mod tests_strategies;
