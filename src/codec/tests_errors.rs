@@ -357,3 +357,17 @@ fn encode_errors_leave_the_buffer_untouched() {
     };
     check(Packet::Subscribe(sub), V5, EncodeError::EmptyPayload);
 }
+
+#[test]
+fn connect_version_is_known_even_when_the_connect_is_bad() {
+    // A v5 CONNECT whose properties are malformed (Will Delay in CONNECT).
+    let bytes = b"\x10\x12\x00\x04MQTT\x05\x02\x00\x3C\x05\x18\x00\x00\x00\x01\x00\x00";
+    assert_eq!(connect_version(bytes), Some(V5));
+    assert_eq!(
+        connect_version(b"\x10\x0C\x00\x04MQTT\x04\x02\x00\x3C\x00\x00"),
+        Some(V311)
+    );
+    assert_eq!(connect_version(b"\x10\x0E\x00\x06MQIsdp\x03"), None);
+    assert_eq!(connect_version(b"\x10\x0C\x00\x04MQ"), None);
+    assert_eq!(connect_version(b"\xC0\x00"), None);
+}
