@@ -70,7 +70,7 @@ pub enum DecodeError {
     #[error("packet identifier is zero")]
     ZeroPacketId,
     /// Reserved bits set in subscription options [MQTT-3.8.3-5], or any bit
-    /// beyond QoS in 3.1.1 [MQTT-3-8.3-4]. (0x81)
+    /// beyond QoS in 3.1.1 [MQTT-3.8.3-4] (3.1.1). (0x81)
     #[error("invalid subscription options")]
     InvalidSubscriptionOptions,
     /// Retain handling 3, a protocol error in v5 section 3.8.3.1. (0x82)
