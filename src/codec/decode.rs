@@ -70,7 +70,7 @@ pub enum DecodeError {
     #[error("packet identifier is zero")]
     ZeroPacketId,
     /// Reserved bits set in subscription options [MQTT-3.8.3-5], or any bit
-    /// beyond QoS in 3.1.1 [MQTT-3-8.3-4]. (0x81)
+    /// beyond QoS in 3.1.1 [MQTT-3.8.3-4] (3.1.1). (0x81)
     #[error("invalid subscription options")]
     InvalidSubscriptionOptions,
     /// Retain handling 3, a protocol error in v5 section 3.8.3.1. (0x82)
@@ -185,6 +185,28 @@ pub fn decode(
     buf.advance(1 + len_len);
     let body = Reader::new(buf.split_to(remaining).freeze());
     decode_body::decode_body(packet_type, flags, body, version).map(Some)
+}
+
+/// The protocol version of a CONNECT at the front of `buf`, read without
+/// decoding or consuming anything.
+///
+/// A CONNECT that fails to decode still deserves a CONNACK in its own
+/// version (a v5 one with the error's reason code, or a 3.1.1 return code),
+/// but by then the error no longer says which version that is. Call this on
+/// the first packet before [`decode`]. `None` when the bytes are not (yet)
+/// a CONNECT naming "MQTT" level 4 or 5.
+pub fn connect_version(buf: &[u8]) -> Option<ProtocolVersion> {
+    if buf.first() != Some(&0x10) {
+        return None;
+    }
+    let VarInt::Value(_, len_len) = parse_varint(buf.get(1..)?) else {
+        return None;
+    };
+    match buf.get(1 + len_len..1 + len_len + 7)? {
+        [0, 4, b'M', b'Q', b'T', b'T', 4] => Some(ProtocolVersion::V311),
+        [0, 4, b'M', b'Q', b'T', b'T', 5] => Some(ProtocolVersion::V5),
+        _ => None,
+    }
 }
 
 /// Checks the packet type and its fixed header flags [MQTT-2.1.3-1].

@@ -26,6 +26,8 @@
 //! - 3.1.1 packets decode with default properties and success reason codes,
 //!   except CONNACK and SUBACK whose return codes map to reason codes (see
 //!   [`v311_connack_return_code`]); UNSUBACK has no reason codes there.
+//! - A CONNECT that fails to decode is answered in its own version: peek
+//!   at it with [`connect_version`] before decoding the first packet.
 //!
 //! Files: `decode.rs` (fixed header, [`DecodeError`]), `decode_body.rs`
 //! (packet bodies), `encode.rs`, `properties.rs` (v5 properties both ways),
@@ -41,12 +43,20 @@ mod tests;
 #[cfg(test)]
 mod tests_errors;
 #[cfg(test)]
+mod tests_framing;
+#[cfg(test)]
+mod tests_interop;
+#[cfg(test)]
 mod tests_prop;
+#[cfg(test)]
+mod tests_strategies;
+#[cfg(test)]
+mod tests_subscribe;
 pub mod topic;
 pub mod types;
 mod wire;
 
-pub use decode::{DecodeError, decode};
+pub use decode::{DecodeError, connect_version, decode};
 pub use encode::{EncodeError, encode, encoded_len, v311_connack_return_code};
 pub use packet::*;
 pub use topic::{TopicError, TopicFilter, TopicName};

@@ -42,9 +42,9 @@ where
             return None;
         }
         Ok(Err(FirstPacketError::Io)) => return None,
-        Ok(Err(FirstPacketError::Decode(e))) => {
+        Ok(Err(FirstPacketError::Decode(e, version))) => {
             debug!(error = %e, "invalid first packet");
-            refuse_bad_connect(&mut stream, e).await;
+            refuse_bad_connect(&mut stream, version, e).await;
             return None;
         }
         Ok(Err(FirstPacketError::NotConnect)) => {
@@ -180,7 +180,9 @@ fn negotiate(
 
 enum FirstPacketError {
     Io,
-    Decode(DecodeError),
+    /// The error, and the version the CONNECT claimed (read before
+    /// decoding, because a failed decode leaves the buffer unspecified).
+    Decode(DecodeError, Option<ProtocolVersion>),
     NotConnect,
 }
 
@@ -189,12 +191,13 @@ where
     S: AsyncRead + Unpin,
 {
     loop {
+        let claimed = codec::connect_version(rbuf);
         // The version argument is irrelevant: CONNECT carries its own.
         match codec::decode(rbuf, ProtocolVersion::V5, max) {
             Ok(Some(Packet::Connect(connect))) => return Ok(connect),
             Ok(Some(_)) => return Err(FirstPacketError::NotConnect),
             Ok(None) => {}
-            Err(e) => return Err(FirstPacketError::Decode(e)),
+            Err(e) => return Err(FirstPacketError::Decode(e, claimed)),
         }
         match stream.read_buf(rbuf).await {
             Ok(0) | Err(_) => return Err(FirstPacketError::Io),
@@ -203,14 +206,21 @@ where
     }
 }
 
-/// Answers an undecodable CONNECT where the spec asks for an answer: an
-/// unsupported protocol level gets CONNACK 0x84 / return code 1
-/// [MQTT-3.1.2-2]; anything else just closes.
-async fn refuse_bad_connect<S: AsyncWrite + Unpin>(stream: &mut S, error: DecodeError) {
-    if matches!(error, DecodeError::UnsupportedProtocolVersion(_)) {
-        let connack = ConnAck { reason: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION, ..ConnAck::default() };
-        send_connack(stream, ProtocolVersion::V311, connack).await;
-    }
+/// Answers an undecodable CONNECT where a CONNACK can say why: an
+/// unsupported protocol level gets 0x84 / return code 1 [MQTT-3.1.2-2], and
+/// a v5 CONNECT that is malformed gets its reason code [MQTT-4.13.1-1].
+/// Anything else (not MQTT at all, a broken 3.1.1 CONNECT) just closes.
+async fn refuse_bad_connect<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    version: Option<ProtocolVersion>,
+    error: DecodeError,
+) {
+    let version = match (error, version) {
+        (DecodeError::UnsupportedProtocolVersion(_), _) => ProtocolVersion::V311,
+        (DecodeError::InvalidProtocolName, _) | (_, None | Some(ProtocolVersion::V311)) => return,
+        (_, Some(ProtocolVersion::V5)) => ProtocolVersion::V5,
+    };
+    send_connack(stream, version, ConnAck { reason: error.reason_code(), ..ConnAck::default() }).await;
 }
 
 async fn send_connack<S: AsyncWrite + Unpin>(stream: &mut S, version: ProtocolVersion, connack: ConnAck) {

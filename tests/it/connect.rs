@@ -74,3 +74,12 @@ async fn max_connections_is_enforced() {
     raw.send(&connect_v4("second")).await;
     assert!(raw.read_to_close().await.is_empty());
 }
+
+#[tokio::test]
+async fn mqtt_3_1_2_3_v5_malformed_connect_gets_connack_reason() {
+    let broker = TestBroker::start().await;
+    let mut raw = broker.raw().await;
+    // v5 CONNECT with the reserved flag set.
+    raw.send(&frame(0x10, &[0, 4, b'M', b'Q', b'T', b'T', 5, 0x03, 0, 30, 0, 0, 1, b'x'])).await;
+    assert_eq!(raw.read_to_close().await, [0x20, 3, 0, 0x81, 0], "CONNACK malformed packet");
+}
