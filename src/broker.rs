@@ -144,6 +144,14 @@ impl Broker {
             state.kick = None;
             state.expiry_s = expiry_s;
         }
+        if expiry_s == 0 {
+            // End the session while this connection still holds it, so a
+            // client taking over waits for the end and then starts afresh.
+            self.discard(&session);
+        } else {
+            self.save_messages(&session);
+            self.arm_expiry(session.clone(), generation, expiry_s);
+        }
         drop(attached);
         if let Some(will) = will {
             let delay = will.properties.will_delay_interval.unwrap_or(0);
@@ -169,12 +177,6 @@ impl Broker {
                     }
                 });
             }
-        }
-        if expiry_s == 0 {
-            self.discard(&session);
-        } else {
-            self.save_messages(&session);
-            self.arm_expiry(session, generation, expiry_s);
         }
     }
 

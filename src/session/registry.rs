@@ -60,24 +60,29 @@ impl Registry {
         discard: impl FnOnce(&Arc<Session>),
     ) -> Option<Attached> {
         let existing = self.sessions.lock().get(client_id).cloned();
-        let (entry, present) = match existing {
-            Some(old) => {
-                if let Some(kick) = old.session.lock().kick.take() {
-                    kick.cancel();
-                }
-                let guard = tokio::time::timeout(TAKEOVER_WAIT, old.exclusive.clone().lock_owned()).await.ok()?;
-                if clean_start {
-                    drop(guard);
-                    discard(&old.session);
-                    (self.insert_new(client_id, max_queued, Some(&old.session)), false)
-                } else {
-                    return Some(Self::finish(old.session, true, guard));
-                }
+        let mut replacing = None;
+        if let Some(old) = existing {
+            if let Some(kick) = old.session.lock().kick.take() {
+                kick.cancel();
             }
-            None => (self.insert_new(client_id, max_queued, None), false),
-        };
+            let guard = tokio::time::timeout(TAKEOVER_WAIT, old.exclusive.clone().lock_owned()).await.ok()?;
+            if clean_start {
+                drop(guard);
+                discard(&old.session);
+            } else if self.is_registered(&old.session) {
+                return Some(Self::finish(old.session, true, guard));
+            }
+            // Otherwise the session ended while we waited (the old
+            // connection had no session expiry): start a new one.
+            replacing = Some(old.session);
+        }
+        let entry = self.insert_new(client_id, max_queued, replacing.as_ref());
         let guard = tokio::time::timeout(TAKEOVER_WAIT, entry.exclusive.clone().lock_owned()).await.ok()?;
-        Some(Self::finish(entry.session, present, guard))
+        Some(Self::finish(entry.session, false, guard))
+    }
+
+    fn is_registered(&self, session: &Arc<Session>) -> bool {
+        self.sessions.lock().get(session.client_id()).is_some_and(|e| Arc::ptr_eq(&e.session, session))
     }
 
     fn insert_new(&self, client_id: &Arc<str>, max_queued: usize, replacing: Option<&Arc<Session>>) -> Entry {

@@ -122,6 +122,7 @@ impl V4 {
         let (client, mut eventloop) = rumqttc::AsyncClient::new(opts, 1000);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let pump = tokio::spawn(async move {
+            // Stops at the first error: rumqttc would otherwise reconnect.
             while let Ok(event) = eventloop.poll().await {
                 if let rumqttc::Event::Incoming(packet) = event
                     && tx.send(packet).is_err()
@@ -212,7 +213,10 @@ impl V5 {
                     })) => V5Packet::Disconnect(rumqttc::v5::mqttbytes::v5::Disconnect::new(reason_code)),
                     Err(_) => return,
                 };
-                if tx.send(packet).is_err() {
+                // rumqttc reconnects on the next poll; a test client must
+                // not, or two clients with one id would take turns forever.
+                let last = matches!(packet, V5Packet::Disconnect(_));
+                if tx.send(packet).is_err() || last {
                     return;
                 }
             }

@@ -146,3 +146,25 @@ async fn restart_recovers_sessions_and_retained_messages_from_the_store() {
     fresh.subscribe("keep/r", Q4::AtMostOnce).await;
     assert_eq!(fresh.publish().await.payload, Bytes::from("retained"));
 }
+
+#[tokio::test]
+async fn takeover_of_a_session_without_expiry_leaves_the_newcomer_working() {
+    let broker = TestBroker::start().await;
+    let resume = |o: &mut rumqttc::v5::MqttOptions| {
+        o.set_clean_start(false);
+    };
+    let mut first = broker.v5_with("again", resume).await;
+    first.subscribe("old", Q5::AtMostOnce).await;
+    let mut second = broker.v5_with("again", resume).await;
+    assert_eq!(first.disconnect_reason().await, DisconnectReasonCode::SessionTakenOver);
+    assert!(!second.connack.session_present, "the old session ended with its connection");
+    second.subscribe("new", Q5::AtMostOnce).await;
+    let publisher = broker.v5("p").await;
+    publisher.client.publish("old", Q5::AtMostOnce, false, "stale").await.expect("publish");
+    publisher.client.publish("new", Q5::AtMostOnce, false, "fresh").await.expect("publish");
+    assert_eq!(second.publish().await.payload, Bytes::from("fresh"));
+    second.no_publish().await;
+    // The newcomer is registered, so it can itself be taken over.
+    let _third = broker.v5("again").await;
+    assert_eq!(second.disconnect_reason().await, DisconnectReasonCode::SessionTakenOver);
+}
