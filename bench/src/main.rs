@@ -78,10 +78,13 @@ pub struct Args {
     /// fanout 50000, pairs 200000, latency rate x time).
     #[arg(long)]
     pub messages: Option<u64>,
-    /// Upper bound on the publishing phase, seconds (for `latency`: its length).
+    /// Publishing stops after this many seconds, whatever the count (for
+    /// `latency`, whose length is messages / rate, it sets the default count).
     #[arg(long, default_value_t = 5.0)]
     pub time: f64,
-    /// Seconds to wait for outstanding deliveries after publishing stops.
+    /// Seconds past the publishing bound (or the end of publishing, if later)
+    /// to wait for outstanding deliveries and PUBACKs; what has not arrived
+    /// by then counts as lost.
     #[arg(long, default_value_t = 2.0)]
     pub grace: f64,
     /// Payload size in bytes (at least 16: timestamp and sequence number).
