@@ -1,0 +1,195 @@
+//! `moat-bench`: a loopback-only MQTT load generator.
+//!
+//! It speaks MQTT 3.1.1 and 5.0 through its own small client (see
+//! [`proto`] and [`client`]) so that it measures the broker and not a client
+//! library, and so that it runs unchanged against Moat, Mosquitto or any
+//! other broker. Each run is bounded in message count and in wall time, and
+//! prints one JSON line. `bench/run` drives it; `BENCHMARKS.md` describes the
+//! method.
+
+mod client;
+mod conn;
+mod flow;
+mod proto;
+mod report;
+mod retained;
+mod scenarios;
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, ValueEnum};
+
+/// What to measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// N concurrent connections: connect rate and broker RSS per idle connection.
+    Conn,
+    /// P publishers to one wildcard (`#`) subscriber.
+    Fanin,
+    /// One publisher to S subscribers of the same topic.
+    Fanout,
+    /// N independent publisher/subscriber pairs.
+    Pairs,
+    /// One paced publisher to one subscriber: latency percentiles.
+    Latency,
+    /// R retained messages, then one `#` subscriber: time to receive them all.
+    Retained,
+}
+
+impl Scenario {
+    /// The name printed in results.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Conn => "conn",
+            Self::Fanin => "fanin",
+            Self::Fanout => "fanout",
+            Self::Pairs => "pairs",
+            Self::Latency => "latency",
+            Self::Retained => "retained",
+        }
+    }
+}
+
+/// Command-line options (each scenario uses the ones that apply to it).
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Loopback-only MQTT load generator for Moat benchmarks"
+)]
+pub struct Args {
+    /// Scenario to run.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Broker host: must resolve to loopback only (127.0.0.0/8 or ::1).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Broker port.
+    #[arg(long, default_value_t = 1883)]
+    pub port: u16,
+    /// MQTT version: 3 (3.1.1) or 5.
+    #[arg(long, default_value_t = 5)]
+    pub mqtt: u8,
+    /// QoS of publishes and subscriptions: 0 or 1.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
+    /// Messages published in total (default per scenario: fanin 200000,
+    /// fanout 50000, pairs 200000, latency rate x time).
+    #[arg(long)]
+    pub messages: Option<u64>,
+    /// Publishing stops after this many seconds, whatever the count (for
+    /// `latency`, whose length is messages / rate, it sets the default count).
+    #[arg(long, default_value_t = 5.0)]
+    pub time: f64,
+    /// Seconds past the publishing bound (or the end of publishing, if later)
+    /// to wait for outstanding deliveries and PUBACKs; what has not arrived
+    /// by then counts as lost.
+    #[arg(long, default_value_t = 2.0)]
+    pub grace: f64,
+    /// Payload size in bytes (at least 16: timestamp and sequence number).
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Unacknowledged QoS 1 messages allowed per publisher.
+    #[arg(long, default_value_t = 64)]
+    pub inflight: usize,
+    /// Publishers in `fanin`.
+    #[arg(long, default_value_t = 4)]
+    pub publishers: usize,
+    /// Subscribers in `fanout`.
+    #[arg(long, default_value_t = 8)]
+    pub subscribers: usize,
+    /// Publisher/subscriber pairs in `pairs`.
+    #[arg(long, default_value_t = 8)]
+    pub pairs: usize,
+    /// Messages per second in `latency`.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Connections in `conn`.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: usize,
+    /// Connection attempts in flight at once in `conn`.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Retained messages in `retained`.
+    #[arg(long, default_value_t = 10_000)]
+    pub retained: u64,
+    /// PID of the broker, to report its RSS and CPU time from /proc.
+    #[arg(long)]
+    pub broker_pid: Option<u32>,
+    /// Tokio worker threads of the load generator.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+}
+
+/// Resolves the target and refuses anything that is not loopback.
+fn loopback_addr(host: &str, port: u16) -> Result<SocketAddr> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("resolving {host}"))?
+        .collect();
+    if addrs.is_empty() {
+        bail!("{host} resolved to no address");
+    }
+    if let Some(bad) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+        bail!("refusing non-loopback target {bad}: moat-bench only loads 127.0.0.0/8 or ::1");
+    }
+    Ok(addrs[0])
+}
+
+/// A prefix that keeps this run's topics apart from any other run's.
+pub fn topic_prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("moat-bench/{}-{nanos}", std::process::id())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.payload < 16 {
+        bail!("--payload must be at least 16 bytes");
+    }
+    if !(args.time > 0.0 && args.grace >= 0.0 && args.rate > 0.0) {
+        bail!("--time and --rate must be positive and --grace not negative");
+    }
+    let addr = loopback_addr(&args.host, args.port)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()?;
+    // Hard bound on the whole run, whatever the broker does.
+    let limit = Duration::from_secs_f64(args.time * 2.0 + args.grace + 30.0);
+    runtime.block_on(async {
+        tokio::time::timeout(limit, run(&args, addr))
+            .await
+            .with_context(|| format!("run exceeded its {limit:?} wall-time bound"))?
+    })
+}
+
+async fn run(args: &Args, addr: SocketAddr) -> Result<()> {
+    let version = proto::Version::from_arg(args.mqtt)?;
+    let report = match args.scenario {
+        Scenario::Conn => conn::run(args, addr, version).await?,
+        Scenario::Retained => retained::run(args, addr, version).await?,
+        _ => scenarios::run_flow(args, addr, version).await?,
+    };
+    report.print();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_non_loopback() {
+        assert!(loopback_addr("127.0.0.1", 1883).is_ok());
+        assert!(loopback_addr("127.3.2.1", 1883).is_ok());
+        assert!(loopback_addr("::1", 1883).is_ok());
+        assert!(loopback_addr("10.0.0.1", 1883).is_err());
+        assert!(loopback_addr("192.168.1.1", 1883).is_err());
+        assert!(loopback_addr("8.8.8.8", 1883).is_err());
+    }
+}
