@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::store::{MemoryStore, Store, StoreError};
-use crate::transport::{BindError, Listener};
+use crate::transport::{BindError, Listener, ListenerError, TlsSetupError};
 
 /// The server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +19,10 @@ pub enum ServerError {
     /// A listener could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// A TLS listener's certificate, key, CA or CRL files are unusable: a
+    /// configuration error.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
     /// The store could not be recovered.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -31,11 +35,20 @@ pub struct Server {
     listeners: Vec<Listener>,
 }
 
+impl From<ListenerError> for ServerError {
+    fn from(e: ListenerError) -> ServerError {
+        match e {
+            ListenerError::Tls(e) => ServerError::Tls(e),
+            ListenerError::Bind(e) => ServerError::Bind(e),
+        }
+    }
+}
+
 impl Server {
     /// Binds every configured listener, with an in-memory store.
     ///
     /// # Errors
-    /// [`ServerError::Bind`] for the first listener that cannot be bound.
+    /// [`ServerError`] for the first listener that cannot be set up.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         Server::bind_with_store(config, Arc::new(MemoryStore::default())).await
     }
