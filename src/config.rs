@@ -548,6 +548,19 @@ mod tests {
     }
 
     #[test]
+    fn identity_as_username_true_means_common_name() {
+        let c = parse(
+            "[[listeners]]\nbind = \"127.0.0.1:8883\"\nprotocol = \"tls\"\n[listeners.tls]\ncert_file = \"c\"\n\
+             key_file = \"k\"\nclient_auth = \"optional\"\nca_file = \"ca\"\nuse_identity_as_username = true\n",
+        )
+        .expect("valid");
+        let tls = c.listeners[0].tls.as_ref().expect("tls table");
+        assert_eq!(tls.use_identity_as_username, IdentityAsUsername::CommonName);
+        assert_eq!(tls.client_auth, ClientAuth::Optional);
+        assert!(tls.crl_files.is_empty());
+    }
+
+    #[test]
     fn tls_errors_name_listener_line_and_key() {
         let tcp = "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\n";
         let err = parse(&format!("{tcp}[[listeners]]\nname = \"b\"\nbind = \"127.0.0.1:2\"\nprotocol = \"tls\"\n"))

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::store::{MemoryStore, Store, StoreError};
-use crate::transport::{BindError, Listener, ListenerError, TlsSetupError};
+use crate::transport::{BindError, Listener, ListenerError, TlsAcceptor, TlsSetupError};
 
 /// The server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +69,14 @@ impl Server {
     /// The bound address of each listener, by name.
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.listeners.iter().filter_map(|l| Some((l.config().name.clone(), l.local_addr().ok()?))).collect()
+    }
+
+    /// The TLS acceptor of each `tls` and `wss` listener, by name. Build new
+    /// [`ServerConfigs`](crate::transport::ServerConfigs) from the files and
+    /// [`TlsAcceptor::replace`] them to change certificates while running;
+    /// when loading fails, the acceptor keeps serving the old ones.
+    pub fn tls_acceptors(&self) -> Vec<(String, Arc<TlsAcceptor>)> {
+        self.listeners.iter().filter_map(|l| Some((l.config().name.clone(), l.tls()?.clone()))).collect()
     }
 
     /// The shared broker state (for embedding and tests).

@@ -246,3 +246,32 @@ async fn tls_setup_errors_stop_the_server() {
     assert!(matches!(err, moat::server::ServerError::Tls(_)), "{err:?}");
     assert!(err.to_string().contains("absent.key"), "{err}");
 }
+
+#[tokio::test]
+async fn replaced_certificates_serve_new_handshakes_only() {
+    let old = ServerPki::new("swap-old", ClientAuth::None);
+    let broker = TestBroker::with(|c| old.apply(&mut c.listeners[0], ListenerProtocol::Tls)).await;
+    let trusts_old = client_config(&old.ca.pem(), None, &[]);
+    let mut before = broker
+        .v5_with("before", |o| {
+            o.set_transport(tls(trusts_old.clone()));
+        })
+        .await;
+    before.subscribe("swap/#", rumqttc::v5::mqttbytes::QoS::AtLeastOnce).await;
+
+    let new = ServerPki::new("swap-new", ClientAuth::None);
+    let (name, acceptor) = &broker.tls[0];
+    let configs =
+        moat::transport::ServerConfigs::load(name, ListenerProtocol::Tls, &new.tls).expect("new certificates");
+    acceptor.replace(configs);
+
+    let refused = try_v5(&broker, "old-trust", trusts_old).await;
+    assert!(refused.as_ref().is_err_and(|e| e.contains("invalid peer certificate")), "{refused:?}");
+    let after = broker
+        .v5_with("after", |o| {
+            o.set_transport(tls(client_config(&new.ca.pem(), None, &[])));
+        })
+        .await;
+    after.client.publish("swap/x", rumqttc::v5::mqttbytes::QoS::AtLeastOnce, false, "hi").await.expect("publish");
+    assert_eq!(&before.publish().await.payload[..], b"hi", "the connection made before the swap goes on");
+}
