@@ -105,8 +105,10 @@ struct Connection<S> {
     username: Option<Arc<str>>,
 }
 
-/// Serves one client connection to the end. Never panics on peer input;
-/// all outcomes are logged here, once.
+/// Serves one client connection to the end, over a stream on which any
+/// TLS handshake and WebSocket upgrade are done; `peer` carries the
+/// verified client certificate, if any. Never panics on peer input; all
+/// outcomes are logged here, once.
 pub async fn serve<S>(broker: Arc<Broker>, stream: S, peer: Peer, listener: Arc<ListenerConfig>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
