@@ -129,7 +129,7 @@ async fn stalled_tls_handshake_does_not_block_other_clients() {
     let pki = ServerPki::new("stalled", ClientAuth::None);
     let broker = TestBroker::with(|c| {
         pki.apply(&mut c.listeners[0], ListenerProtocol::Tls);
-        c.limits.connect_timeout_ms = 500;
+        c.limits.connect_timeout_ms = 1000;
     })
     .await;
     // Connected, but never says a word of TLS.
@@ -137,9 +137,9 @@ async fn stalled_tls_handshake_does_not_block_other_clients() {
     let started = tokio::time::Instant::now();
     let config = client_config(&pki.ca.pem(), None, &[]);
     assert_eq!(try_v5(&broker, "prompt", config).await, Ok(V5Code::Success));
-    assert!(started.elapsed() < Duration::from_millis(500), "served while the other stalls");
+    assert!(started.elapsed() < Duration::from_millis(1000), "served while the other stalls");
     assert!(stalled.read_to_close().await.is_empty());
-    assert!(started.elapsed() >= Duration::from_millis(400), "stalled handshake dropped at the connect timeout");
+    assert!(started.elapsed() >= Duration::from_millis(900), "stalled handshake dropped at the connect timeout");
 }
 
 #[tokio::test]
