@@ -6,9 +6,11 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use x509_parser::certificate::X509Certificate;
-use x509_parser::extensions::GeneralName;
-use x509_parser::prelude::FromDer;
+use x509_cert::Certificate;
+use x509_cert::der::asn1::{Ia5StringRef, PrintableStringRef, TeletexStringRef, Utf8StringRef};
+use x509_cert::der::{Decode, Tag, Tagged};
+use x509_cert::ext::pkix::SubjectAltName;
+use x509_cert::ext::pkix::name::GeneralName;
 
 use crate::config::IdentityAsUsername;
 
@@ -33,7 +35,8 @@ impl Peer {
 /// The identity in a verified client certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsIdentity {
-    /// Subject distinguished name, e.g. `CN=sensor-1, O=Acme`.
+    /// Subject distinguished name as RFC 4514 writes it (last RDN first),
+    /// e.g. `CN=sensor-1,O=Acme`.
     pub subject: String,
     /// The subject's first common name, if it has one.
     pub common_name: Option<String>,
@@ -56,18 +59,24 @@ impl TlsIdentity {
     /// # Errors
     /// [`IdentityError`] when the certificate does not parse.
     pub fn from_der(der: &[u8]) -> Result<TlsIdentity, IdentityError> {
-        let (_, cert) = X509Certificate::from_der(der).map_err(|e| IdentityError(e.to_string()))?;
-        let subject = cert.subject();
-        let common_name = subject.iter_common_name().find_map(|cn| cn.as_str().ok()).map(str::to_owned);
+        let cert = Certificate::from_der(der).map_err(|e| IdentityError(e.to_string()))?;
+        let tbs = &cert.tbs_certificate;
+        let common_name = tbs
+            .subject
+            .0
+            .iter()
+            .flat_map(|rdn| rdn.0.iter())
+            .filter(|atv| atv.oid == x509_cert::der::oid::db::rfc4519::CN)
+            .find_map(|atv| directory_string(&atv.value));
         let mut sans = Vec::new();
-        if let Ok(Some(ext)) = cert.subject_alternative_name() {
-            for name in &ext.value.general_names {
+        if let Ok(Some((_, SubjectAltName(names)))) = tbs.get::<SubjectAltName>() {
+            for name in names {
                 match name {
-                    GeneralName::DNSName(n) => sans.push(format!("DNS:{n}")),
-                    GeneralName::RFC822Name(n) => sans.push(format!("email:{n}")),
-                    GeneralName::URI(n) => sans.push(format!("URI:{n}")),
-                    GeneralName::IPAddress(ip) => {
-                        if let Some(ip) = ip_from_bytes(ip) {
+                    GeneralName::DnsName(n) => sans.push(format!("DNS:{n}")),
+                    GeneralName::Rfc822Name(n) => sans.push(format!("email:{n}")),
+                    GeneralName::UniformResourceIdentifier(n) => sans.push(format!("URI:{n}")),
+                    GeneralName::IpAddress(ip) => {
+                        if let Some(ip) = ip_from_bytes(ip.as_bytes()) {
                             sans.push(format!("IP:{ip}"));
                         }
                     }
@@ -75,7 +84,7 @@ impl TlsIdentity {
                 }
             }
         }
-        Ok(TlsIdentity { subject: subject.to_string(), common_name, sans, sha256_fingerprint: sha256_hex(der) })
+        Ok(TlsIdentity { subject: tbs.subject.to_string(), common_name, sans, sha256_fingerprint: sha256_hex(der) })
     }
 
     /// The user name `mode` takes from this identity: the common name, or
@@ -90,6 +99,19 @@ impl TlsIdentity {
             }
         }
     }
+}
+
+/// The text of a DirectoryString attribute value in the encodings
+/// certificates use for names; `None` for others (BMPString is rare).
+fn directory_string(value: &x509_cert::der::Any) -> Option<String> {
+    let text = match value.tag() {
+        Tag::Utf8String => Utf8StringRef::try_from(value).ok()?.as_str().to_owned(),
+        Tag::PrintableString => PrintableStringRef::try_from(value).ok()?.as_str().to_owned(),
+        Tag::Ia5String => Ia5StringRef::try_from(value).ok()?.as_str().to_owned(),
+        Tag::TeletexString => TeletexStringRef::try_from(value).ok()?.as_str().to_owned(),
+        _ => return None,
+    };
+    Some(text)
 }
 
 fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
@@ -126,6 +148,28 @@ mod tests {
         let bare = TlsIdentity { common_name: None, sans: vec!["URI:urn:x".into()], ..id };
         assert_eq!(bare.username(IdentityAsUsername::CommonName), None);
         assert_eq!(bare.username(IdentityAsUsername::SubjectAltName), None);
+    }
+
+    #[test]
+    fn reads_subject_common_name_and_alternative_names() {
+        use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+        let mut params = CertificateParams::new(Vec::new()).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::OrganizationName, "Acme, Inc.");
+        params.distinguished_name.push(DnType::CommonName, "dev-1");
+        params.subject_alt_names = vec![
+            SanType::IpAddress([10, 0, 0, 1].into()),
+            SanType::Rfc822Name("dev@example.com".try_into().expect("email")),
+            SanType::DnsName("dev.example.com".try_into().expect("dns")),
+            SanType::URI("urn:dev:1".try_into().expect("uri")),
+        ];
+        let cert = params.self_signed(&KeyPair::generate().expect("key")).expect("cert");
+        let id = TlsIdentity::from_der(cert.der()).expect("identity");
+        assert_eq!(id.common_name.as_deref(), Some("dev-1"));
+        assert_eq!(id.subject, "CN=dev-1,O=Acme\\, Inc.");
+        assert_eq!(id.sans, ["IP:10.0.0.1", "email:dev@example.com", "DNS:dev.example.com", "URI:urn:dev:1"]);
+        assert_eq!(id.sha256_fingerprint, sha256_hex(cert.der()));
+        assert!(TlsIdentity::from_der(b"not a certificate").is_err());
     }
 
     #[test]
