@@ -69,8 +69,19 @@ pub struct ListenerConfig {
     #[serde(default)]
     pub protocol: ListenerProtocol,
     /// Which clients may connect without an authentication plugin deciding.
+    /// A client that presented a certificate verified against `tls.ca_file`
+    /// (`client_auth = "optional"` or `"required"`) is authenticated by it
+    /// and is not subject to this policy.
     #[serde(default)]
     pub allow_anonymous: Anonymous,
+    /// Certificates and client authentication; required for `tls` and
+    /// `wss` listeners, refused for the others.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// HTTP path of the WebSocket endpoint for `ws` and `wss` listeners
+    /// (default `/mqtt`); other paths get 404.
+    #[serde(default)]
+    pub ws_path: Option<String>,
 }
 
 impl ListenerConfig {
@@ -81,9 +92,19 @@ impl ListenerConfig {
             bind,
             protocol: ListenerProtocol::Tcp,
             allow_anonymous: Anonymous::Loopback,
+            tls: None,
+            ws_path: None,
         }
     }
+
+    /// The WebSocket path: `ws_path`, or `/mqtt`.
+    pub fn ws_path(&self) -> &str {
+        self.ws_path.as_deref().unwrap_or(DEFAULT_WS_PATH)
+    }
 }
+
+/// The WebSocket path when `ws_path` is not set.
+pub const DEFAULT_WS_PATH: &str = "/mqtt";
 
 /// The transport a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -92,6 +113,99 @@ pub enum ListenerProtocol {
     /// MQTT over plain TCP.
     #[default]
     Tcp,
+    /// MQTT over TLS (needs a `tls` table).
+    Tls,
+    /// MQTT over WebSocket binary frames, subprotocol `mqtt`.
+    Ws,
+    /// MQTT over WebSocket over TLS (needs a `tls` table).
+    Wss,
+}
+
+impl ListenerProtocol {
+    /// Whether the listener speaks TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(self, ListenerProtocol::Tls | ListenerProtocol::Wss)
+    }
+
+    /// Whether the listener speaks WebSocket.
+    pub fn is_websocket(self) -> bool {
+        matches!(self, ListenerProtocol::Ws | ListenerProtocol::Wss)
+    }
+}
+
+/// TLS settings of a `tls` or `wss` listener. The files are read, and the
+/// key checked against the certificate, when the listener starts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, end-entity certificate first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC; not encrypted).
+    pub key_file: PathBuf,
+    /// Whether clients are asked for a certificate.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    /// PEM bundle of the CAs client certificates must chain to; required
+    /// unless `client_auth = "none"`.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM CRLs; a client certificate they revoke is refused. As with
+    /// OpenSSL's CRL check, the end-entity certificate is checked and its
+    /// issuer must then have a CRL among these files.
+    #[serde(default)]
+    pub crl_files: Vec<PathBuf>,
+    /// Whether the verified certificate supplies the MQTT user name,
+    /// replacing the one in CONNECT (as Mosquitto's option of that name).
+    #[serde(default)]
+    pub use_identity_as_username: IdentityAsUsername,
+}
+
+/// Client certificate policy of a TLS listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// Clients are not asked for a certificate.
+    #[default]
+    None,
+    /// Clients may present a certificate; if they do it must verify.
+    Optional,
+    /// Clients must present a certificate that verifies.
+    Required,
+}
+
+/// Which part of a verified client certificate becomes the user name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdentityAsUsername {
+    /// The CONNECT user name is kept (`false`).
+    #[default]
+    Off,
+    /// The subject's common name (`"cn"`, or `true` as in Mosquitto).
+    CommonName,
+    /// The first DNS or e-mail subject alternative name (`"san"`).
+    SubjectAltName,
+}
+
+impl<'de> Deserialize<'de> for IdentityAsUsername {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<IdentityAsUsername, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = IdentityAsUsername;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("false, \"cn\" or \"san\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<IdentityAsUsername, E> {
+                Ok(if v { IdentityAsUsername::CommonName } else { IdentityAsUsername::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IdentityAsUsername, E> {
+                match v {
+                    "cn" => Ok(IdentityAsUsername::CommonName),
+                    "san" => Ok(IdentityAsUsername::SubjectAltName),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+        }
+        de.deserialize_any(Visitor)
+    }
 }
 
 /// Who may connect anonymously, i.e. without any authentication plugin
@@ -265,6 +379,9 @@ impl Config {
                 return Err((format!("listeners[{i}].name"), format!("duplicate listener name {:?}", l.name)));
             }
         }
+        for (i, l) in self.listeners.iter().enumerate() {
+            validate_listener(l).map_err(|(key, message)| (format!("listeners[{i}]{key}"), message))?;
+        }
         let l = &self.limits;
         let positive = [
             ("max_connections", l.max_connections as u64),
@@ -288,23 +405,77 @@ impl Config {
     }
 }
 
+/// Checks the TLS and WebSocket keys of one listener against its protocol;
+/// the key in the error is relative to the listener (e.g. `.tls.ca_file`).
+fn validate_listener(l: &ListenerConfig) -> Result<(), (String, String)> {
+    let name = &l.name;
+    match (&l.tls, l.protocol.is_tls()) {
+        (None, true) => {
+            return Err((".protocol".into(), format!("listener {name:?} speaks TLS but has no [listeners.tls] table")));
+        }
+        (Some(_), false) => {
+            return Err((
+                ".tls".into(),
+                format!("listener {name:?} does not speak TLS; use protocol \"tls\" or \"wss\""),
+            ));
+        }
+        _ => {}
+    }
+    if let Some(tls) = &l.tls {
+        if tls.client_auth != ClientAuth::None && tls.ca_file.is_none() {
+            return Err((".tls.client_auth".into(), format!("listener {name:?}: client_auth needs ca_file")));
+        }
+        if tls.client_auth == ClientAuth::None && tls.ca_file.is_some() {
+            return Err((".tls.ca_file".into(), format!("listener {name:?}: ca_file needs client_auth")));
+        }
+        if tls.client_auth == ClientAuth::None && !tls.crl_files.is_empty() {
+            return Err((".tls.crl_files".into(), format!("listener {name:?}: crl_files needs client_auth")));
+        }
+        if tls.client_auth == ClientAuth::None && tls.use_identity_as_username != IdentityAsUsername::Off {
+            return Err((
+                ".tls.use_identity_as_username".into(),
+                format!("listener {name:?}: there is no identity without client_auth"),
+            ));
+        }
+    }
+    if let Some(path) = &l.ws_path {
+        if !l.protocol.is_websocket() {
+            return Err((".ws_path".into(), format!("listener {name:?} does not speak WebSocket")));
+        }
+        if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
+            return Err((".ws_path".into(), "must be an absolute path such as \"/mqtt\"".into()));
+        }
+    }
+    Ok(())
+}
+
 /// The 1-based line of a byte offset (0 when unknown).
 fn line_of(text: &str, span: Option<std::ops::Range<usize>>) -> usize {
     span.map_or(0, |s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1)
 }
 
 /// Best-effort line of the last segment of a dotted key path, for errors
-/// found after deserialization.
+/// found after deserialization. A key under `listeners[i]` is looked for
+/// after the i-th `[[listeners]]` header.
 fn line_of_key(text: &str, key: &str) -> usize {
     let leaf = key.rsplit('.').next().unwrap_or(key);
     let leaf = leaf.split('[').next().unwrap_or(leaf);
+    let skip = key
+        .strip_prefix("listeners[")
+        .and_then(|rest| rest.split(']').next()?.parse::<usize>().ok())
+        .and_then(|i| text.lines().enumerate().filter(|(_, l)| l.trim() == "[[listeners]]").nth(i).map(|(n, _)| n))
+        .unwrap_or(0);
+    let table_suffix = format!(".{leaf}]");
     text.lines()
-        .position(|l| {
-            let l = l.trim_start();
+        .enumerate()
+        .skip(skip)
+        .find(|(_, l)| {
+            let l = l.trim();
             l.strip_prefix(leaf).is_some_and(|rest| rest.trim_start().starts_with('='))
                 || l.trim_start_matches('[').starts_with(leaf)
+                || (l.starts_with('[') && l.ends_with(&table_suffix))
         })
-        .map_or(0, |i| i + 1)
+        .map_or(0, |(i, _)| i + 1)
 }
 
 #[cfg(test)]
@@ -351,5 +522,94 @@ mod tests {
 
         let err = parse("[[listeners]]\nbind = \"127.0.0.1:1\"\nallow_anonymous = \"yes\"\n").expect_err("bad anon");
         assert!(err.to_string().starts_with("moat.toml:3: `listeners[0].allow_anonymous`"), "{err}");
+    }
+
+    #[test]
+    fn tls_and_websocket_listeners() {
+        let c = parse(
+            "[[listeners]]\nname = \"mtls\"\nbind = \"0.0.0.0:8883\"\nprotocol = \"tls\"\n\
+             [listeners.tls]\ncert_file = \"server.pem\"\nkey_file = \"server.key\"\nclient_auth = \"required\"\n\
+             ca_file = \"ca.pem\"\ncrl_files = [\"ca.crl\"]\nuse_identity_as_username = \"san\"\n\n\
+             [[listeners]]\nname = \"ws\"\nbind = \"0.0.0.0:8080\"\nprotocol = \"ws\"\n\n\
+             [[listeners]]\nname = \"wss\"\nbind = \"0.0.0.0:8443\"\nprotocol = \"wss\"\nws_path = \"/\"\n\
+             tls = { cert_file = \"s.pem\", key_file = \"s.key\", use_identity_as_username = false }\n",
+        )
+        .expect("valid");
+        let tls = c.listeners[0].tls.as_ref().expect("tls table");
+        assert_eq!(c.listeners[0].protocol, ListenerProtocol::Tls);
+        assert_eq!(tls.client_auth, ClientAuth::Required);
+        assert_eq!(tls.crl_files, [PathBuf::from("ca.crl")]);
+        assert_eq!(tls.use_identity_as_username, IdentityAsUsername::SubjectAltName);
+        assert_eq!(c.listeners[1].ws_path(), "/mqtt");
+        assert_eq!(c.listeners[2].ws_path(), "/");
+        let tls = c.listeners[2].tls.as_ref().expect("tls table");
+        assert_eq!(tls.client_auth, ClientAuth::None);
+        assert_eq!(tls.use_identity_as_username, IdentityAsUsername::Off);
+    }
+
+    #[test]
+    fn identity_as_username_true_means_common_name() {
+        let c = parse(
+            "[[listeners]]\nbind = \"127.0.0.1:8883\"\nprotocol = \"tls\"\n[listeners.tls]\ncert_file = \"c\"\n\
+             key_file = \"k\"\nclient_auth = \"optional\"\nca_file = \"ca\"\nuse_identity_as_username = true\n",
+        )
+        .expect("valid");
+        let tls = c.listeners[0].tls.as_ref().expect("tls table");
+        assert_eq!(tls.use_identity_as_username, IdentityAsUsername::CommonName);
+        assert_eq!(tls.client_auth, ClientAuth::Optional);
+        assert!(tls.crl_files.is_empty());
+    }
+
+    #[test]
+    fn tls_errors_name_listener_line_and_key() {
+        let tcp = "[[listeners]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\n";
+        let err = parse(&format!("{tcp}[[listeners]]\nname = \"b\"\nbind = \"127.0.0.1:2\"\nprotocol = \"tls\"\n"))
+            .expect_err("no tls table");
+        assert_eq!(
+            err.to_string(),
+            "moat.toml:7: `listeners[1].protocol`: listener \"b\" speaks TLS but has no [listeners.tls] table"
+        );
+
+        let err =
+            parse(&format!("{tcp}[listeners.tls]\ncert_file = \"c\"\nkey_file = \"k\"\n")).expect_err("tls on tcp");
+        let msg = err.to_string();
+        assert!(msg.starts_with("moat.toml:4: `listeners[0].tls`: listener \"a\" does not speak TLS"), "{msg}");
+
+        let with_tls = |extra: &str| {
+            format!("{tcp}protocol = \"wss\"\n[listeners.tls]\ncert_file = \"c\"\nkey_file = \"k\"\n{extra}")
+        };
+        let err = parse(&with_tls("client_auth = \"optional\"\n")).expect_err("no ca");
+        assert_eq!(
+            err.to_string(),
+            "moat.toml:8: `listeners[0].tls.client_auth`: listener \"a\": client_auth needs ca_file"
+        );
+
+        let err = parse(&with_tls("client_auth = \"always\"\n")).expect_err("bad client_auth");
+        assert!(err.to_string().starts_with("moat.toml:8: `listeners[0].tls.client_auth`"), "{err}");
+
+        let err = parse(&with_tls("use_identity_as_username = \"cn\"\n")).expect_err("identity without client auth");
+        assert!(err.to_string().starts_with("moat.toml:8: `listeners[0].tls.use_identity_as_username`"), "{err}");
+
+        let err = parse(&with_tls("use_identity_as_username = \"dn\"\n")).expect_err("bad identity field");
+        assert!(err.to_string().starts_with("moat.toml:8: `listeners[0].tls.use_identity_as_username`"), "{err}");
+
+        let err = parse(&with_tls("crl_files = [\"x.crl\"]\n")).expect_err("crl without client auth");
+        assert!(err.to_string().starts_with("moat.toml:8: `listeners[0].tls.crl_files`"), "{err}");
+
+        let err = parse(&with_tls("cert_flie = \"c\"\n")).expect_err("typo");
+        assert!(err.to_string().starts_with("moat.toml:8:"), "{err}");
+        assert!(err.to_string().contains("cert_flie"), "{err}");
+
+        let err = parse(&format!("{tcp}protocol = \"tls\"\n[listeners.tls]\nkey_file = \"k\"\n")).expect_err("no cert");
+        assert!(err.to_string().contains("cert_file"), "{err}");
+
+        let err = parse(&format!("{tcp}ws_path = \"/mqtt\"\n")).expect_err("ws_path on tcp");
+        assert_eq!(err.to_string(), "moat.toml:4: `listeners[0].ws_path`: listener \"a\" does not speak WebSocket");
+
+        let err = parse(&format!("{tcp}protocol = \"ws\"\nws_path = \"mqtt\"\n")).expect_err("relative ws_path");
+        assert!(err.to_string().starts_with("moat.toml:5: `listeners[0].ws_path`"), "{err}");
+
+        let err = parse(&format!("{tcp}protocol = \"quic\"\n")).expect_err("unknown protocol");
+        assert!(err.to_string().starts_with("moat.toml:4: `listeners[0].protocol`"), "{err}");
     }
 }

@@ -4,7 +4,7 @@
 //! Module map (the folder layout is the architecture):
 //! - [`codec`]: sans-IO packet encoding and decoding.
 //! - [`config`]: TOML configuration, validated.
-//! - [`transport`]: listeners and the accept loop.
+//! - [`transport`]: listeners (TCP, TLS, WebSocket) and the accept loop.
 //! - [`connection`]: one task per client: the protocol state machine.
 //! - [`session`]: sessions that outlive connections, and the registry.
 //! - [`router`]: subscription trie, retained messages, fan-out.

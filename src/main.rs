@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use moat::Server;
 use moat::config::{Config, ConfigError, ListenerConfig, LogFormat};
+use moat::server::ServerError;
 
 /// Exit code for configuration errors (EX_USAGE from sysexits.h).
 const EXIT_CONFIG: u8 = 64;
@@ -48,6 +49,11 @@ fn main() -> ExitCode {
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let config_error = matches!(e.downcast_ref::<ServerError>(), Some(ServerError::Tls(_)));
+            if config_error {
+                eprintln!("moat: configuration error: {e:#}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
             eprintln!("moat: {e:#}");
             ExitCode::FAILURE
         }

@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::store::{MemoryStore, Store, StoreError};
-use crate::transport::{BindError, Listener};
+use crate::transport::{BindError, Listener, ListenerError, TlsAcceptor, TlsSetupError};
 
 /// The server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +19,10 @@ pub enum ServerError {
     /// A listener could not be bound.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// A TLS listener's certificate, key, CA or CRL files are unusable: a
+    /// configuration error.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
     /// The store could not be recovered.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -31,11 +35,20 @@ pub struct Server {
     listeners: Vec<Listener>,
 }
 
+impl From<ListenerError> for ServerError {
+    fn from(e: ListenerError) -> ServerError {
+        match e {
+            ListenerError::Tls(e) => ServerError::Tls(e),
+            ListenerError::Bind(e) => ServerError::Bind(e),
+        }
+    }
+}
+
 impl Server {
     /// Binds every configured listener, with an in-memory store.
     ///
     /// # Errors
-    /// [`ServerError::Bind`] for the first listener that cannot be bound.
+    /// [`ServerError`] for the first listener that cannot be set up.
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         Server::bind_with_store(config, Arc::new(MemoryStore::default())).await
     }
@@ -56,6 +69,14 @@ impl Server {
     /// The bound address of each listener, by name.
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.listeners.iter().filter_map(|l| Some((l.config().name.clone(), l.local_addr().ok()?))).collect()
+    }
+
+    /// The TLS acceptor of each `tls` and `wss` listener, by name. Build new
+    /// [`ServerConfigs`](crate::transport::ServerConfigs) from the files and
+    /// [`TlsAcceptor::replace`] them to change certificates while running;
+    /// when loading fails, the acceptor keeps serving the old ones.
+    pub fn tls_acceptors(&self) -> Vec<(String, Arc<TlsAcceptor>)> {
+        self.listeners.iter().filter_map(|l| Some((l.config().name.clone(), l.tls()?.clone()))).collect()
     }
 
     /// The shared broker state (for embedding and tests).

@@ -2,7 +2,6 @@
 //! attach and CONNACK.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +14,7 @@ use super::Connection;
 use crate::broker::Broker;
 use crate::codec::{self, ConnAck, Connect, DecodeError, Packet, Properties, ProtocolVersion, ReasonCode};
 use crate::config::ListenerConfig;
+use crate::transport::Peer;
 
 /// The first packet gets its own, smaller size cap: before CONNECT nobody
 /// is authenticated, so nobody may make the broker buffer much.
@@ -26,7 +26,7 @@ const MAX_CONNECT_PACKET: u32 = 64 * 1024;
 pub(super) async fn handshake<S>(
     broker: Arc<Broker>,
     mut stream: S,
-    peer: SocketAddr,
+    peer: Peer,
     listener: &ListenerConfig,
 ) -> Option<Connection<S>>
 where
@@ -54,8 +54,8 @@ where
         Ok(Ok(connect)) => connect,
     };
     let version = connect.protocol;
-    let outcome = negotiate(&broker, &connect, peer, listener);
-    let Negotiated { client_id, assigned, keep_alive, server_keep_alive, session_expiry_s, expiry_capped } =
+    let outcome = negotiate(&broker, &connect, &peer, listener);
+    let Negotiated { client_id, assigned, keep_alive, server_keep_alive, session_expiry_s, expiry_capped, username } =
         match outcome {
             Ok(n) => n,
             Err(reason) => {
@@ -102,6 +102,8 @@ where
         want_drain: true,
         attached,
         broker: broker.clone(),
+        peer,
+        username,
     };
     debug!(version = ?version, clean_start = connect.clean_start, keep_alive, "client connected");
     conn.send(&Packet::ConnAck(connack));
@@ -116,13 +118,15 @@ struct Negotiated {
     server_keep_alive: Option<u16>,
     session_expiry_s: u32,
     expiry_capped: bool,
+    /// From CONNECT, or from the client certificate.
+    username: Option<Arc<str>>,
 }
 
 /// Validates CONNECT against the limits and the authentication policy.
 fn negotiate(
     broker: &Broker,
     connect: &Connect,
-    peer: SocketAddr,
+    peer: &Peer,
     listener: &ListenerConfig,
 ) -> Result<Negotiated, ReasonCode> {
     let limits = &broker.config.limits;
@@ -157,7 +161,9 @@ fn negotiate(
         // Enhanced authentication needs a plugin that speaks the method.
         return Err(ReasonCode::BAD_AUTHENTICATION_METHOD);
     }
-    if !listener.allow_anonymous.permits(peer) {
+    // A verified client certificate authenticates (see connection::identity).
+    let login = super::identity::certificate_login(listener, peer, connect)?;
+    if !login.authenticated && !listener.allow_anonymous.permits(peer.addr) {
         return Err(ReasonCode::NOT_AUTHORIZED);
     }
     let requested = if v5 {
@@ -175,6 +181,7 @@ fn negotiate(
         server_keep_alive,
         session_expiry_s,
         expiry_capped: session_expiry_s != requested,
+        username: login.username,
     })
 }
 

@@ -7,11 +7,11 @@
 //! once, at `debug` when the peer caused it.
 
 mod connect;
+mod identity;
 mod inbound;
 mod outbound;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use crate::broker::Broker;
 use crate::codec::{self, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode, TopicName, Will};
 use crate::config::ListenerConfig;
 use crate::session::Attached;
+use crate::transport::Peer;
 
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,15 +95,26 @@ struct Connection<S> {
     aliases: HashMap<u16, TopicName>,
     /// Deliveries may be waiting: the session woke us or the window opened.
     want_drain: bool,
+    /// The remote address and verified client certificate, for plugins
+    /// (`client-info`).
+    #[allow(dead_code, reason = "read by the plugin host (client-info)")]
+    peer: Peer,
+    /// The user name in force: from CONNECT, or from the client certificate
+    /// with `use_identity_as_username`.
+    #[allow(dead_code, reason = "read by the plugin host (client-info)")]
+    username: Option<Arc<str>>,
 }
 
-/// Serves one client connection to the end. Never panics on peer input;
-/// all outcomes are logged here, once.
-pub async fn serve<S>(broker: Arc<Broker>, stream: S, peer: SocketAddr, listener: Arc<ListenerConfig>)
+/// Serves one client connection to the end, over a stream on which any
+/// TLS handshake and WebSocket upgrade are done; `peer` carries the
+/// verified client certificate, if any. Never panics on peer input; all
+/// outcomes are logged here, once.
+pub async fn serve<S>(broker: Arc<Broker>, stream: S, peer: Peer, listener: Arc<ListenerConfig>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let span = tracing::debug_span!("conn", %peer, listener = %listener.name, client_id = field::Empty);
+    let addr = peer.addr;
+    let span = tracing::debug_span!("conn", peer = %addr, listener = %listener.name, client_id = field::Empty);
     async move {
         let Some(conn) = connect::handshake(broker, stream, peer, &listener).await else {
             return;
@@ -185,6 +197,8 @@ where
     async fn flush(&mut self) -> Result<(), Close> {
         if !self.wbuf.is_empty() {
             self.stream.write_all(&self.wbuf).await?;
+            // A no-op on TCP; TLS and WebSocket streams may hold data back.
+            self.stream.flush().await?;
             self.wbuf.clear();
         }
         Ok(())

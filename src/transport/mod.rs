@@ -1,24 +1,51 @@
 //! Listeners: bind, accept, and hand each socket to a connection task.
 //!
-//! The accept loop only accepts, takes a connection permit and spawns; any
-//! handshake happens inside the connection task under its timeout, so a
-//! slow client never stalls the loop.
+//! The accept loop only accepts, takes a connection permit and spawns; the
+//! TLS handshake and the WebSocket upgrade happen inside the connection
+//! task under the connect timeout, so a slow client never stalls the loop.
+//!
+//! - [`tls`]: the rustls configuration of a listener, built once, swappable.
+//! - [`ws`]: the WebSocket upgrade and its byte-stream adapter.
+//! - [`identity`]: the verified client certificate as a [`TlsIdentity`].
+//! - [`stream`]: [`Stream`], the one stream type connection tasks see.
+
+pub mod identity;
+pub mod stream;
+pub mod tls;
+pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
+pub use identity::{Peer, TlsIdentity};
+pub use stream::Stream;
+pub use tls::{ServerConfigs, TlsAcceptor, TlsSetupError};
+
 use crate::broker::Broker;
-use crate::config::ListenerConfig;
+use crate::config::{ListenerConfig, ListenerProtocol};
 
 /// A bound listener, ready to accept.
 #[derive(Debug)]
 pub struct Listener {
     config: Arc<ListenerConfig>,
     socket: TcpListener,
+    /// For `tls` and `wss` listeners.
+    tls: Option<Arc<TlsAcceptor>>,
+}
+
+/// A listener could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenerError {
+    /// Its certificate, key, CA or CRL files are unusable.
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    /// Its address could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
 }
 
 /// A listener could not be bound.
@@ -34,17 +61,23 @@ pub struct BindError {
 }
 
 impl Listener {
-    /// Binds the listener's address.
+    /// Loads the listener's TLS files, if any, then binds its address.
     ///
     /// # Errors
-    /// [`BindError`] naming the listener and address.
-    pub async fn bind(config: ListenerConfig) -> Result<Listener, BindError> {
+    /// [`ListenerError`] naming the listener and the file or address.
+    pub async fn bind(config: ListenerConfig) -> Result<Listener, ListenerError> {
+        let tls = match &config.tls {
+            Some(tls) if config.protocol.is_tls() => {
+                Some(Arc::new(TlsAcceptor::new(ServerConfigs::load(&config.name, config.protocol, tls)?)))
+            }
+            _ => None,
+        };
         let socket = TcpListener::bind(config.bind).await.map_err(|source| BindError {
             name: config.name.clone(),
             addr: config.bind,
             source,
         })?;
-        Ok(Listener { config: Arc::new(config), socket })
+        Ok(Listener { config: Arc::new(config), socket, tls })
     }
 
     /// The bound address (useful with port 0).
@@ -55,6 +88,12 @@ impl Listener {
     /// The listener's configuration.
     pub fn config(&self) -> &ListenerConfig {
         &self.config
+    }
+
+    /// The TLS acceptor of a `tls` or `wss` listener, whose certificates
+    /// can be replaced while it runs.
+    pub fn tls(&self) -> Option<&Arc<TlsAcceptor>> {
+        self.tls.as_ref()
     }
 
     /// Accepts until shutdown, spawning one task per connection.
@@ -80,10 +119,66 @@ impl Listener {
             let _ = stream.set_nodelay(true);
             let broker = broker.clone();
             let config = self.config.clone();
+            let tls = self.tls.clone();
             broker.tasks.clone().spawn(async move {
-                crate::connection::serve(broker, stream, peer, config).await;
+                if let Some((stream, peer)) = establish(&broker, stream, peer, &config, tls.as_deref()).await {
+                    crate::connection::serve(broker, stream, peer, config).await;
+                }
                 drop(permit);
             });
+        }
+    }
+}
+
+/// Runs the TLS handshake and the WebSocket upgrade the listener calls for,
+/// under the connect timeout. Failures are the peer's doing: logged at
+/// debug, and the connection dropped.
+async fn establish(
+    broker: &Broker,
+    tcp: TcpStream,
+    addr: SocketAddr,
+    listener: &ListenerConfig,
+    tls: Option<&TlsAcceptor>,
+) -> Option<(Stream, Peer)> {
+    let limits = &broker.config.limits;
+    let setup = async {
+        let mut peer = Peer::plain(addr);
+        let stream = match (listener.protocol, tls) {
+            (ListenerProtocol::Tcp, _) => Stream::Tcp(tcp),
+            (ListenerProtocol::Ws, _) => Stream::Ws(Box::new(
+                ws::accept(tcp, listener.ws_path(), limits.max_packet_size)
+                    .await
+                    .map_err(|e| debug!(%addr, listener = %listener.name, error = %e, "WebSocket upgrade failed"))?,
+            )),
+            (ListenerProtocol::Tls | ListenerProtocol::Wss, Some(tls)) => {
+                let (stream, identity) = tls
+                    .accept(tcp)
+                    .await
+                    .map_err(|e| debug!(%addr, listener = %listener.name, error = %e, "TLS handshake failed"))?;
+                peer.tls = identity.map(Arc::new);
+                if listener.protocol == ListenerProtocol::Tls {
+                    Stream::Tls(Box::new(stream))
+                } else {
+                    Stream::Wss(Box::new(
+                        ws::accept(stream, listener.ws_path(), limits.max_packet_size).await.map_err(
+                            |e| debug!(%addr, listener = %listener.name, error = %e, "WebSocket upgrade failed"),
+                        )?,
+                    ))
+                }
+            }
+            (ListenerProtocol::Tls | ListenerProtocol::Wss, None) => {
+                // Listener::bind builds an acceptor for every TLS listener.
+                warn!(listener = %listener.name, "TLS listener without TLS settings");
+                return Err(());
+            }
+        };
+        Ok::<_, ()>((stream, peer))
+    };
+    match tokio::time::timeout(limits.connect_timeout(), setup).await {
+        Ok(established) => established.ok(),
+        Err(_) => {
+            debug!(%addr, listener = %listener.name, "transport handshake timed out");
+            None
         }
     }
 }

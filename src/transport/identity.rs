@@ -1,0 +1,179 @@
+//! What a verified client certificate says about the client: the identity
+//! that authentication, `use_identity_as_username` and plugins
+//! (`client-info`) see.
+
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use x509_cert::Certificate;
+use x509_cert::der::asn1::{Ia5StringRef, PrintableStringRef, TeletexStringRef, Utf8StringRef};
+use x509_cert::der::{Decode, Tag, Tagged};
+use x509_cert::ext::pkix::SubjectAltName;
+use x509_cert::ext::pkix::name::GeneralName;
+
+use crate::config::IdentityAsUsername;
+
+/// Who a connection is: its address, and its verified client certificate
+/// when it presented one on a TLS listener that asks for them.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Remote address.
+    pub addr: std::net::SocketAddr,
+    /// Identity from the client certificate, present only when the
+    /// certificate was verified against the listener's `ca_file`.
+    pub tls: Option<Arc<TlsIdentity>>,
+}
+
+impl Peer {
+    /// A peer without a client certificate.
+    pub fn plain(addr: std::net::SocketAddr) -> Peer {
+        Peer { addr, tls: None }
+    }
+}
+
+/// The identity in a verified client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsIdentity {
+    /// Subject distinguished name as RFC 4514 writes it (last RDN first),
+    /// e.g. `CN=sensor-1,O=Acme`.
+    pub subject: String,
+    /// The subject's first common name, if it has one.
+    pub common_name: Option<String>,
+    /// Subject alternative names in certificate order, prefixed by type as
+    /// OpenSSL prints them: `DNS:`, `email:`, `URI:`, `IP:`. Other kinds
+    /// are left out.
+    pub sans: Vec<String>,
+    /// SHA-256 of the DER certificate, lowercase hex.
+    pub sha256_fingerprint: String,
+}
+
+/// A certificate rustls accepted but that cannot be read for its identity.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the client certificate: {0}")]
+pub struct IdentityError(String);
+
+impl TlsIdentity {
+    /// Reads the identity of a DER certificate.
+    ///
+    /// # Errors
+    /// [`IdentityError`] when the certificate does not parse.
+    pub fn from_der(der: &[u8]) -> Result<TlsIdentity, IdentityError> {
+        let cert = Certificate::from_der(der).map_err(|e| IdentityError(e.to_string()))?;
+        let tbs = &cert.tbs_certificate;
+        let common_name = tbs
+            .subject
+            .0
+            .iter()
+            .flat_map(|rdn| rdn.0.iter())
+            .filter(|atv| atv.oid == x509_cert::der::oid::db::rfc4519::CN)
+            .find_map(|atv| directory_string(&atv.value));
+        let mut sans = Vec::new();
+        if let Ok(Some((_, SubjectAltName(names)))) = tbs.get::<SubjectAltName>() {
+            for name in names {
+                match name {
+                    GeneralName::DnsName(n) => sans.push(format!("DNS:{n}")),
+                    GeneralName::Rfc822Name(n) => sans.push(format!("email:{n}")),
+                    GeneralName::UniformResourceIdentifier(n) => sans.push(format!("URI:{n}")),
+                    GeneralName::IpAddress(ip) => {
+                        if let Some(ip) = ip_from_bytes(ip.as_bytes()) {
+                            sans.push(format!("IP:{ip}"));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(TlsIdentity { subject: tbs.subject.to_string(), common_name, sans, sha256_fingerprint: sha256_hex(der) })
+    }
+
+    /// The user name `mode` takes from this identity: the common name, or
+    /// the first DNS or e-mail alternative name. `None` when the
+    /// certificate has no such field (or `mode` is off).
+    pub fn username(&self, mode: IdentityAsUsername) -> Option<&str> {
+        match mode {
+            IdentityAsUsername::Off => None,
+            IdentityAsUsername::CommonName => self.common_name.as_deref(),
+            IdentityAsUsername::SubjectAltName => {
+                self.sans.iter().find_map(|san| san.strip_prefix("DNS:").or_else(|| san.strip_prefix("email:")))
+            }
+        }
+    }
+}
+
+/// The text of a DirectoryString attribute value in the encodings
+/// certificates use for names; `None` for others (BMPString is rare).
+fn directory_string(value: &x509_cert::der::Any) -> Option<String> {
+    let text = match value.tag() {
+        Tag::Utf8String => Utf8StringRef::try_from(value).ok()?.as_str().to_owned(),
+        Tag::PrintableString => PrintableStringRef::try_from(value).ok()?.as_str().to_owned(),
+        Tag::Ia5String => Ia5StringRef::try_from(value).ok()?.as_str().to_owned(),
+        Tag::TeletexString => TeletexStringRef::try_from(value).ok()?.as_str().to_owned(),
+        _ => return None,
+    };
+    Some(text)
+}
+
+fn ip_from_bytes(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok().map(IpAddr::from),
+        16 => <[u8; 16]>::try_from(bytes).ok().map(IpAddr::from),
+        _ => None,
+    }
+}
+
+fn sha256_hex(der: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, der);
+    digest.as_ref().iter().fold(String::with_capacity(64), |mut hex, byte| {
+        let _ = write!(hex, "{byte:02x}");
+        hex
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn username_by_mode() {
+        let id = TlsIdentity {
+            subject: "CN=dev-1".into(),
+            common_name: Some("dev-1".into()),
+            sans: vec!["IP:10.0.0.1".into(), "email:dev@example.com".into(), "DNS:dev.example.com".into()],
+            sha256_fingerprint: String::new(),
+        };
+        assert_eq!(id.username(IdentityAsUsername::Off), None);
+        assert_eq!(id.username(IdentityAsUsername::CommonName), Some("dev-1"));
+        assert_eq!(id.username(IdentityAsUsername::SubjectAltName), Some("dev@example.com"));
+        let bare = TlsIdentity { common_name: None, sans: vec!["URI:urn:x".into()], ..id };
+        assert_eq!(bare.username(IdentityAsUsername::CommonName), None);
+        assert_eq!(bare.username(IdentityAsUsername::SubjectAltName), None);
+    }
+
+    #[test]
+    fn reads_subject_common_name_and_alternative_names() {
+        use rcgen::{CertificateParams, DnType, KeyPair, SanType};
+        let mut params = CertificateParams::new(Vec::new()).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::OrganizationName, "Acme, Inc.");
+        params.distinguished_name.push(DnType::CommonName, "dev-1");
+        params.subject_alt_names = vec![
+            SanType::IpAddress([10, 0, 0, 1].into()),
+            SanType::Rfc822Name("dev@example.com".try_into().expect("email")),
+            SanType::DnsName("dev.example.com".try_into().expect("dns")),
+            SanType::URI("urn:dev:1".try_into().expect("uri")),
+        ];
+        let cert = params.self_signed(&KeyPair::generate().expect("key")).expect("cert");
+        let id = TlsIdentity::from_der(cert.der()).expect("identity");
+        assert_eq!(id.common_name.as_deref(), Some("dev-1"));
+        assert_eq!(id.subject, "CN=dev-1,O=Acme\\, Inc.");
+        assert_eq!(id.sans, ["IP:10.0.0.1", "email:dev@example.com", "DNS:dev.example.com", "URI:urn:dev:1"]);
+        assert_eq!(id.sha256_fingerprint, sha256_hex(cert.der()));
+        assert!(TlsIdentity::from_der(b"not a certificate").is_err());
+    }
+
+    #[test]
+    fn fingerprint_is_lowercase_hex_sha256() {
+        assert_eq!(sha256_hex(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+}
