@@ -35,7 +35,8 @@ where
     let limits = &broker.config.limits;
     let mut rbuf = BytesMut::with_capacity(1024);
     let max_first = limits.max_packet_size.min(MAX_CONNECT_PACKET);
-    let first = tokio::time::timeout(limits.connect_timeout(), read_first(&mut stream, &mut rbuf, max_first)).await;
+    let deadline = peer.connect_deadline.unwrap_or_else(|| Instant::now() + limits.connect_timeout());
+    let first = tokio::time::timeout_at(deadline, read_first(&mut stream, &mut rbuf, max_first)).await;
     let connect = match first {
         Err(_) => {
             debug!("no CONNECT before the connect timeout");

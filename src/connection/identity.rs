@@ -71,7 +71,7 @@ mod tests {
             sans: vec!["DNS:dev.example.com".into()],
             sha256_fingerprint: String::new(),
         };
-        Peer { addr: SocketAddr::from(([192, 0, 2, 1], 1)), tls: Some(Arc::new(identity)) }
+        Peer { addr: SocketAddr::from(([192, 0, 2, 1], 1)), tls: Some(Arc::new(identity)), connect_deadline: None }
     }
 
     fn connect(username: Option<&str>) -> Connect {

@@ -23,12 +23,16 @@ pub struct Peer {
     /// Identity from the client certificate, present only when the
     /// certificate was verified against the listener's `ca_file`.
     pub tls: Option<Arc<TlsIdentity>>,
+    /// When CONNECT must have arrived: set at accept, so the transport
+    /// handshake and reading CONNECT share one `connect_timeout_ms`.
+    /// `None` means "the connect timeout from now".
+    pub connect_deadline: Option<tokio::time::Instant>,
 }
 
 impl Peer {
     /// A peer without a client certificate.
     pub fn plain(addr: std::net::SocketAddr) -> Peer {
-        Peer { addr, tls: None }
+        Peer { addr, tls: None, connect_deadline: None }
     }
 }
 

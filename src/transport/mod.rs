@@ -141,8 +141,10 @@ async fn establish(
     tls: Option<&TlsAcceptor>,
 ) -> Option<(Stream, Peer)> {
     let limits = &broker.config.limits;
+    let deadline = tokio::time::Instant::now() + limits.connect_timeout();
     let setup = async {
         let mut peer = Peer::plain(addr);
+        peer.connect_deadline = Some(deadline);
         let stream = match (listener.protocol, tls) {
             (ListenerProtocol::Tcp, _) => Stream::Tcp(tcp),
             (ListenerProtocol::Ws, _) => Stream::Ws(Box::new(
@@ -174,7 +176,7 @@ async fn establish(
         };
         Ok::<_, ()>((stream, peer))
     };
-    match tokio::time::timeout(limits.connect_timeout(), setup).await {
+    match tokio::time::timeout_at(deadline, setup).await {
         Ok(established) => established.ok(),
         Err(_) => {
             debug!(%addr, listener = %listener.name, "transport handshake timed out");
