@@ -1,0 +1,53 @@
+//! Authenticator: lets in the user names listed in its config
+//! (`config.users = ["alice", "bob"]`), denies every other user name and
+//! ignores anonymous clients (the listener's `allow_anonymous` decides).
+
+use moat_plugin_sdk::*;
+
+/// The configured user names.
+pub struct AllowList {
+    users: Vec<String>,
+}
+
+impl Plugin for AllowList {
+    fn init(config: Config) -> Result<(Self, Manifest), String> {
+        let users = config.strings("users")?;
+        Ok((AllowList { users }, Manifest::new().authenticate()))
+    }
+
+    fn authenticate(&mut self, _client: &ClientInfo, credentials: &Credentials) -> AuthOutcome {
+        match &credentials.username {
+            None => AuthOutcome::Ignore,
+            Some(user) if self.users.iter().any(|u| u == user) => AuthOutcome::Allow(Grant {
+                attributes: vec![("role".into(), "listed".into())],
+                username_override: None,
+            }),
+            Some(user) => AuthOutcome::Deny(format!("user {user} is not on the allow list")),
+        }
+    }
+}
+
+export_plugin!(AllowList);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allows_listed_users_only() {
+        let (mut p, _) = AllowList::init(Config::parse(r#"{"users":["alice"]}"#).expect("json")).expect("init");
+        let client = ClientInfo {
+            client_id: "c".into(),
+            username: None,
+            peer_address: "127.0.0.1:1".into(),
+            listener: "tcp".into(),
+            protocol_version: 5,
+            tls: None,
+            attributes: vec![],
+        };
+        let creds =
+            |u: &str| Credentials { username: Some(u.into()), password: None, auth_method: None, auth_data: None };
+        assert!(matches!(p.authenticate(&client, &creds("alice")), AuthOutcome::Allow(_)));
+        assert!(matches!(p.authenticate(&client, &creds("mallory")), AuthOutcome::Deny(_)));
+    }
+}
