@@ -23,8 +23,23 @@ pub fn host() -> &'static PluginHost {
 }
 
 /// Loads `(name, fixture, sidecar)` plugins from a fresh directory.
+///
+/// A sidecar without `[limits]` gets a 1 s deadline instead of the 10 ms
+/// default: the deadline is wall-clock time, and on a loaded 2-core CI
+/// machine a descheduled test thread can miss 10 ms while the guest does
+/// nothing wrong. Tests about the deadline set their own.
 pub fn load(plugins: &[(&str, &str, &str)]) -> Result<PluginSet, LoadError> {
-    let dir: StagedDir = built().stage(plugins).expect("staging the plugin directory");
+    let sidecars: Vec<String> = plugins
+        .iter()
+        .map(
+            |(_, _, s)| {
+                if s.contains("[limits]") { (*s).to_owned() } else { format!("{s}\n[limits]\ntimeout_ms = 1000\n") }
+            },
+        )
+        .collect();
+    let plugins: Vec<(&str, &str, &str)> =
+        plugins.iter().zip(&sidecars).map(|((n, f, _), s)| (*n, *f, s.as_str())).collect();
+    let dir: StagedDir = built().stage(&plugins).expect("staging the plugin directory");
     host().load_dir(dir.path())
 }
 
