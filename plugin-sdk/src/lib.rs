@@ -37,9 +37,14 @@
 //! ```
 //!
 //! Plugin methods are plain Rust, so a plugin is unit tested natively with
-//! `cargo test`: call [`Plugin::init`] and the hooks directly. The host
-//! imports ([`log`], [`now_ms`]) fall back to stderr and the system clock
-//! outside WebAssembly.
+//! `cargo test`: call [`Plugin::init`] and the hooks directly, with the
+//! records built by [`testing`]. The host imports ([`log`], [`now_ms`]) fall
+//! back to stderr and the system clock outside WebAssembly.
+//!
+//! Hooks run under limits the broker's operator sets per plugin: a deadline
+//! per call (10 ms by default), a memory cap (32 MiB), a maximum answer size
+//! (64 KiB). A plugin that panics, loops or exceeds a limit denies (for
+//! authentication and authorization) and its instance is replaced.
 #![deny(missing_docs)]
 
 use std::any::Any;
@@ -48,6 +53,7 @@ use std::cell::RefCell;
 mod config;
 mod export;
 mod host;
+pub mod testing;
 
 #[doc(hidden)]
 pub use export::Export;

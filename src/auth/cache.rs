@@ -16,15 +16,18 @@ use crate::codec::QoS;
 pub struct AuthzCache {
     capacity: usize,
     generation: u64,
-    entries: HashMap<Key, Entry>,
+    len: usize,
+    /// Keyed by topic first so a lookup borrows the caller's `&str` instead
+    /// of allocating a key on every publish; the few questions asked about
+    /// one topic sit in a short vector.
+    entries: HashMap<Box<str>, Vec<(Question, Entry)>>,
 }
 
-/// QoS and retain are part of the key because a plugin may decide on them
-/// (allow QoS 0 but not QoS 2, say).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Key {
+/// What was asked about a topic. QoS and retain are part of it because a
+/// plugin may decide on them (allow QoS 0 but not QoS 2, say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Question {
     action: Action,
-    topic: Box<str>,
     qos: QoS,
     retain: bool,
 }
@@ -38,17 +41,17 @@ struct Entry {
 impl AuthzCache {
     /// An empty cache holding at most `capacity` verdicts.
     pub fn new(capacity: usize) -> AuthzCache {
-        AuthzCache { capacity, generation: 0, entries: HashMap::new() }
+        AuthzCache { capacity, generation: 0, len: 0, entries: HashMap::new() }
     }
 
     /// Number of verdicts held.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.len
     }
 
     /// Whether the cache holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len == 0
     }
 
     /// Answers from the cache when it can, else asks `policy` and remembers
@@ -80,14 +83,19 @@ impl AuthzCache {
     ) -> bool {
         if self.generation != policy.generation() {
             self.entries.clear();
+            self.len = 0;
             self.generation = policy.generation();
         }
-        let key = Key { action, topic: topic.into(), qos, retain };
-        if let Some(entry) = self.entries.get(&key) {
+        let question = Question { action, qos, retain };
+        if let Some(answers) = self.entries.get_mut(topic)
+            && let Some(i) = answers.iter().position(|(q, _)| *q == question)
+        {
+            let entry = answers[i].1;
             if entry.expires > now {
                 return entry.allowed;
             }
-            self.entries.remove(&key);
+            answers.swap_remove(i);
+            self.len -= 1;
         }
         let verdict = policy.authorize(client, action, topic, qos, retain);
         if let Some(ttl) = verdict.cache_ttl.filter(|ttl| !ttl.is_zero())
@@ -95,20 +103,28 @@ impl AuthzCache {
             && self.capacity > 0
         {
             self.make_room(now);
-            self.entries.insert(key, Entry { allowed: verdict.allowed, expires });
+            self.entries.entry(topic.into()).or_default().push((question, Entry { allowed: verdict.allowed, expires }));
+            self.len += 1;
         }
         verdict.allowed
     }
 
+    /// Drops expired verdicts when full, then an arbitrary topic's verdicts
+    /// if that was not enough.
     fn make_room(&mut self, now: Instant) {
-        if self.entries.len() < self.capacity {
+        if self.len < self.capacity {
             return;
         }
-        self.entries.retain(|_, e| e.expires > now);
-        if self.entries.len() >= self.capacity
-            && let Some(key) = self.entries.keys().next().cloned()
+        self.entries.retain(|_, answers| {
+            answers.retain(|(_, e)| e.expires > now);
+            !answers.is_empty()
+        });
+        self.len = self.entries.values().map(Vec::len).sum();
+        if self.len >= self.capacity
+            && let Some(topic) = self.entries.keys().next().cloned()
+            && let Some(dropped) = self.entries.remove(&topic)
         {
-            self.entries.remove(&key);
+            self.len -= dropped.len();
         }
     }
 }

@@ -42,6 +42,9 @@ pub(crate) struct HostState {
     table: ResourceTable,
     plugin: Arc<str>,
     memory_cap: usize,
+    /// Largest linear memory size reached, to retire an instance that has
+    /// grown close to its cap before it fails a call.
+    memory_high: usize,
 }
 
 impl HostState {
@@ -51,11 +54,17 @@ impl HostState {
         // environment, no arguments, no preopened directories, and the socket
         // interfaces are not even linked.
         let wasi = WasiCtxBuilder::new().build();
-        HostState { wasi, table: ResourceTable::new(), plugin, memory_cap }
+        HostState { wasi, table: ResourceTable::new(), plugin, memory_cap, memory_high: 0 }
     }
 }
 
 impl HostState {
+    /// Whether the instance has grown past three quarters of its memory
+    /// cap: a guest that leaks would soon fail a call, so retire it first.
+    pub(crate) fn near_memory_cap(&self) -> bool {
+        self.memory_high > self.memory_cap / 4 * 3
+    }
+
     /// The resource table, for the `wasi:io` bindings.
     pub(crate) fn table(&mut self) -> &mut ResourceTable {
         &mut self.table
@@ -75,6 +84,7 @@ impl ResourceLimiter for HostState {
             // recognise, instead of letting the guest's allocator abort later.
             return Err(MemoryCapExceeded { desired, cap: self.memory_cap }.into());
         }
+        self.memory_high = self.memory_high.max(desired);
         Ok(true)
     }
 

@@ -134,7 +134,9 @@ impl LoadedPlugin {
     /// Runs one export on a warm instance under the call deadline. An
     /// instance whose call failed is dropped rather than returned: after a
     /// trap wasmtime refuses to enter it again, and after a timeout its
-    /// state is whatever the guest left half-done.
+    /// state is whatever the guest left half-done. An instance near its
+    /// memory cap is retired too, and so are instances beyond the number
+    /// kept warm (made when more calls ran at once than were idle).
     fn call<R>(
         &self,
         f: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
@@ -147,9 +149,11 @@ impl LoadedPlugin {
         };
         slot.store.set_epoch_deadline(self.deadline_ticks);
         let answer = f(&slot.exports, &mut slot.store).map_err(classify)?;
-        let mut idle = self.idle.lock();
-        if idle.len() < self.settings.limits.instances {
-            idle.push(slot);
+        if !slot.store.data().near_memory_cap() {
+            let mut idle = self.idle.lock();
+            if idle.len() < self.settings.limits.instances {
+                idle.push(slot);
+            }
         }
         Ok(answer)
     }

@@ -39,7 +39,9 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Deadline of one call, enforced with epochs.
     pub timeout: Duration,
-    /// Warm instances kept for concurrent calls.
+    /// Warm instances kept for concurrent calls. A call that finds none idle
+    /// gets a fresh instance (never waits); instances beyond this number are
+    /// dropped after their call.
     pub instances: usize,
     /// Largest answer accepted from one call (strings, lists and messages
     /// summed); a larger one counts as a failure.

@@ -35,19 +35,9 @@ mod tests {
 
     #[test]
     fn allows_listed_users_only() {
-        let (mut p, _) = AllowList::init(Config::parse(r#"{"users":["alice"]}"#).expect("json")).expect("init");
-        let client = ClientInfo {
-            client_id: "c".into(),
-            username: None,
-            peer_address: "127.0.0.1:1".into(),
-            listener: "tcp".into(),
-            protocol_version: 5,
-            tls: None,
-            attributes: vec![],
-        };
-        let creds =
-            |u: &str| Credentials { username: Some(u.into()), password: None, auth_method: None, auth_data: None };
-        assert!(matches!(p.authenticate(&client, &creds("alice")), AuthOutcome::Allow(_)));
-        assert!(matches!(p.authenticate(&client, &creds("mallory")), AuthOutcome::Deny(_)));
+        let (mut p, _) = AllowList::init(testing::config(r#"{"users":["alice"]}"#)).expect("init");
+        let client = testing::client(None);
+        assert!(matches!(p.authenticate(&client, &testing::login("alice", b"pw")), AuthOutcome::Allow(_)));
+        assert!(matches!(p.authenticate(&client, &testing::login("mallory", b"pw")), AuthOutcome::Deny(_)));
     }
 }
