@@ -139,6 +139,28 @@ pub trait Plugin: Sized + 'static {
     fn init(config: Config) -> Result<(Self, Manifest), String>;
 
     /// Decides whether a client may connect. Default: [`AuthOutcome::Ignore`].
+    ///
+    /// ```
+    /// use moat_plugin_sdk::*;
+    ///
+    /// struct OnlyAdmin;
+    /// impl Plugin for OnlyAdmin {
+    ///     fn init(_: Config) -> Result<(Self, Manifest), String> {
+    ///         Ok((OnlyAdmin, Manifest::new().authenticate()))
+    ///     }
+    ///     fn authenticate(&mut self, _: &ClientInfo, c: &Credentials) -> AuthOutcome {
+    ///         match c.username.as_deref() {
+    ///             Some("admin") => AuthOutcome::Allow(Grant::plain()),
+    ///             Some(_) => AuthOutcome::Deny("not admin".into()),
+    ///             None => AuthOutcome::Ignore,
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// let (mut p, _) = OnlyAdmin::init(testing::config("{}")).expect("init");
+    /// let out = p.authenticate(&testing::client(None), &testing::login("eve", b"pw"));
+    /// assert!(matches!(out, AuthOutcome::Deny(_)));
+    /// ```
     fn authenticate(&mut self, client: &ClientInfo, credentials: &Credentials) -> AuthOutcome {
         let _ = (client, credentials);
         AuthOutcome::Ignore
@@ -152,6 +174,25 @@ pub trait Plugin: Sized + 'static {
 
     /// Rewrites or drops a publish on a declared topic. Default:
     /// [`TransformOutcome::Pass`].
+    ///
+    /// ```
+    /// use moat_plugin_sdk::*;
+    ///
+    /// struct Tag;
+    /// impl Plugin for Tag {
+    ///     fn init(_: Config) -> Result<(Self, Manifest), String> {
+    ///         Ok((Tag, Manifest::new().transform(["sensors/#"])))
+    ///     }
+    ///     fn on_publish(&mut self, client: &ClientInfo, mut m: Message) -> TransformOutcome {
+    ///         m.user_properties.push(("from".into(), client.client_id.clone()));
+    ///         TransformOutcome::Replace(m)
+    ///     }
+    /// }
+    ///
+    /// let (mut p, _) = Tag::init(testing::config("{}")).expect("init");
+    /// let out = p.on_publish(&testing::client(None), testing::message("sensors/1", b"21.5"));
+    /// assert!(matches!(out, TransformOutcome::Replace(m) if m.user_properties.len() == 1));
+    /// ```
     fn on_publish(&mut self, client: &ClientInfo, message: Message) -> TransformOutcome {
         let _ = (client, message);
         TransformOutcome::Pass

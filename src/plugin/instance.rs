@@ -43,16 +43,17 @@ pub struct LoadedPlugin {
 
 impl LoadedPlugin {
     /// Instantiates the first instance, runs `init` and keeps the instance
-    /// warm. Returns the guest's `init` error as `Err(Ok(message))`.
+    /// warm. The error is the message for the operator: the guest's own
+    /// `init` error, an invalid manifest, or how the first call failed.
     pub(crate) fn start(
         name: Arc<str>,
         path: PathBuf,
         settings: PluginSettings,
         engine: Engine,
         pre: PluginPre<HostState>,
-    ) -> Result<LoadedPlugin, Result<String, CallFailure>> {
-        let (slot, manifest) = instantiate(&engine, &pre, &name, &settings).map_err(Err)?;
-        let manifest = Manifest::from_wit(manifest.map_err(Ok)?).map_err(Ok)?;
+    ) -> Result<LoadedPlugin, String> {
+        let (slot, manifest) = instantiate(&engine, &pre, &name, &settings).map_err(|f| f.to_string())?;
+        let manifest = Manifest::from_wit(manifest?)?;
         let deadline_ticks = ticks(settings.limits.timeout);
         Ok(LoadedPlugin {
             name,

@@ -68,10 +68,8 @@ impl PluginHost {
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link { path: path.clone(), message: format!("{e:#}") })?;
         let pre = PluginPre::new(pre).map_err(|e| LoadError::Link { path: path.clone(), message: format!("{e:#}") })?;
-        LoadedPlugin::start(name, path.clone(), settings, self.engine().clone(), pre).map_err(|e| match e {
-            Ok(message) => LoadError::Init { path, message },
-            Err(failure) => LoadError::Init { path, message: failure.to_string() },
-        })
+        LoadedPlugin::start(name, path.clone(), settings, self.engine().clone(), pre)
+            .map_err(|message| LoadError::Init { path, message })
     }
 
     /// Compiles `bytes`, or reuses the component compiled from the same
