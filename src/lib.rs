@@ -3,6 +3,8 @@
 //!
 //! Module map (the folder layout is the architecture):
 //! - [`codec`]: sans-IO packet encoding and decoding.
+//! - [`plugin`]: the wasmtime host for policy plugins.
+//! - [`auth`]: the policy pipeline: plugin chain, decisions, cache.
 //! - [`config`]: TOML configuration, validated.
 //! - [`transport`]: listeners (TCP, TLS, WebSocket) and the accept loop.
 //! - [`connection`]: one task per client: the protocol state machine.
@@ -12,10 +14,12 @@
 //! - [`broker`]: the state shared by all of the above.
 //! - [`server`]: binding listeners and running until shutdown.
 
+pub mod auth;
 pub mod broker;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod plugin;
 pub mod router;
 pub mod server;
 pub mod session;

@@ -1,0 +1,214 @@
+//! The policy pipeline the broker asks before it lets a client connect, act
+//! on a topic, or routes a message: a chain of plugins behind a small,
+//! wasmtime-free API.
+//!
+//! - [`Policy`] runs the chain with the semantics of the design: plugins in
+//!   order, the first `allow`/`deny` wins, `ignore` passes on, every failure
+//!   of a plugin (trap, timeout, out of memory, oversized or malformed answer)
+//!   denies for authentication and authorization and follows the plugin's
+//!   `on_error` for transforms.
+//! - [`AuthzCache`] is a connection's memory of verdicts, so a publish that
+//!   was already authorized never re-enters WebAssembly until its lifetime
+//!   ends or the plugin set changes.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::codec::{ProtocolVersion, QoS, TopicName};
+
+mod cache;
+mod policy;
+
+pub use cache::AuthzCache;
+pub use policy::Policy;
+
+/// A verified client certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsIdentity {
+    /// Subject distinguished name.
+    pub subject: String,
+    /// Subject alternative names as text.
+    pub sans: Vec<String>,
+    /// SHA-256 of the DER certificate, lowercase hex.
+    pub sha256_fingerprint: String,
+}
+
+/// Who is asking: what the broker knows about a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// MQTT client identifier.
+    pub client_id: String,
+    /// User name from CONNECT, or the override an authenticator granted.
+    pub username: Option<String>,
+    /// Remote address of the connection.
+    pub peer_address: SocketAddr,
+    /// Name of the listener the client came through.
+    pub listener: String,
+    /// Protocol the connection speaks.
+    pub protocol: ProtocolVersion,
+    /// The verified certificate, for TLS clients that presented one.
+    pub tls: Option<TlsIdentity>,
+    /// Attributes granted at authentication; later hooks see them.
+    pub attributes: Vec<(String, String)>,
+}
+
+impl ClientInfo {
+    /// Applies an authenticator's grant: its attributes and user name
+    /// override become part of what later hooks see.
+    pub fn apply_grant(&mut self, grant: &Grant) {
+        self.attributes.extend(grant.attributes.iter().cloned());
+        if let Some(name) = &grant.username_override {
+            self.username = Some(name.clone());
+        }
+    }
+}
+
+/// What a client presented to authenticate. `Debug` never shows the
+/// password or the authentication data.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    /// User name from CONNECT.
+    pub username: Option<String>,
+    /// Password from CONNECT.
+    pub password: Option<Bytes>,
+    /// MQTT 5 Authentication Method.
+    pub auth_method: Option<String>,
+    /// MQTT 5 Authentication Data of this step.
+    pub auth_data: Option<Bytes>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("auth_method", &self.auth_method)
+            .field("auth_data", &self.auth_data.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// What a client wants to do with a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Publish to a topic name.
+    Publish,
+    /// Subscribe to a topic filter.
+    Subscribe,
+    /// Receive a message from a subscription or an offline queue.
+    Receive,
+    /// Receive a retained message when subscribing.
+    Retained,
+    /// Register a will message.
+    Will,
+}
+
+/// An application message as a transform plugin sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginMessage {
+    /// Topic the message is published to.
+    pub topic: TopicName,
+    /// Application payload.
+    pub payload: Bytes,
+    /// Quality of service.
+    pub qos: QoS,
+    /// Retain flag.
+    pub retain: bool,
+    /// MQTT 5 Content Type.
+    pub content_type: Option<String>,
+    /// MQTT 5 Response Topic.
+    pub response_topic: Option<String>,
+    /// MQTT 5 Correlation Data.
+    pub correlation_data: Option<Bytes>,
+    /// MQTT 5 User Properties, in order.
+    pub user_properties: Vec<(String, String)>,
+    /// MQTT 5 Message Expiry Interval, in seconds.
+    pub message_expiry: Option<u32>,
+}
+
+impl PluginMessage {
+    /// A message with no MQTT 5 properties.
+    pub fn new(topic: TopicName, payload: Bytes, qos: QoS, retain: bool) -> PluginMessage {
+        PluginMessage {
+            topic,
+            payload,
+            qos,
+            retain,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+            message_expiry: None,
+        }
+    }
+}
+
+/// What an authenticator granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    /// The plugin that allowed the client.
+    pub plugin: Arc<str>,
+    /// Attributes later hooks see in the client's info.
+    pub attributes: Vec<(String, String)>,
+    /// Replaces the user name later hooks see.
+    pub username_override: Option<String>,
+}
+
+/// The authentication chain's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthnOutcome {
+    /// A plugin allowed the client.
+    Allow(Grant),
+    /// A plugin denied the client, or failed (which denies).
+    Deny {
+        /// The plugin that decided.
+        plugin: Arc<str>,
+        /// Why, for the broker's log (never sent to the client).
+        reason: String,
+    },
+    /// No plugin decided (all ignored, or none authenticates): the broker
+    /// applies the listener's `allow_anonymous`.
+    NoDecision,
+    /// MQTT 5 enhanced authentication: send `data` to the client in an AUTH
+    /// packet and authenticate again with its answer.
+    Continue {
+        /// The plugin conducting the exchange.
+        plugin: Arc<str>,
+        /// Authentication Data for the AUTH packet.
+        data: Vec<u8>,
+    },
+}
+
+/// The authorization chain's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// Whether the action is permitted.
+    pub allowed: bool,
+    /// How long a connection may reuse this verdict; `None`: do not cache.
+    pub cache_ttl: Option<Duration>,
+}
+
+impl Verdict {
+    /// A denial that must not be cached.
+    pub const DENY: Verdict = Verdict { allowed: false, cache_ttl: None };
+}
+
+/// The transform chain's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransformOutcome {
+    /// Route the message unchanged.
+    Pass,
+    /// Route this message instead.
+    Replace(PluginMessage),
+    /// Discard the message.
+    Drop {
+        /// The plugin that dropped it.
+        plugin: Arc<str>,
+        /// Why, for the broker's log.
+        reason: String,
+    },
+}

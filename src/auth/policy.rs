@@ -1,0 +1,162 @@
+//! The plugin chain behind the broker's questions.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{Action, AuthnOutcome, ClientInfo, Credentials, Grant, PluginMessage, TransformOutcome, Verdict};
+use crate::codec::QoS;
+use crate::codec::topic::filter_matches;
+use crate::plugin::{AuthnAnswer, AuthzAnswer, Hook, LoadedPlugin, OnError, PluginSet, StatsSnapshot, TransformAnswer};
+
+/// Source of [`Policy::generation`]: every policy built in this process gets
+/// a new number, so a cache can tell that the plugin set changed.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
+/// The policy pipeline: a loaded plugin set and the chain semantics.
+///
+/// Cheap to clone (an `Arc`). Hot reload builds a new `Policy` and swaps it
+/// in; calls in flight finish on the old one.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    generation: u64,
+    set: PluginSet,
+    authn: Vec<Arc<LoadedPlugin>>,
+    authz: Vec<Arc<LoadedPlugin>>,
+    transforms: Vec<Arc<LoadedPlugin>>,
+}
+
+impl Policy {
+    /// A policy with no plugins: authentication has no opinion (the
+    /// listener's `allow_anonymous` decides), everything is authorized, and
+    /// no message is transformed.
+    pub fn none() -> Policy {
+        Policy::new(PluginSet::default())
+    }
+
+    /// The policy of a loaded plugin set, in the set's order.
+    pub fn new(set: PluginSet) -> Policy {
+        let with = |hook| set.plugins().iter().filter(|p| p.manifest().implements(hook)).cloned().collect();
+        let inner = Inner {
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+            authn: with(Hook::Authenticate),
+            authz: with(Hook::Authorize),
+            transforms: with(Hook::Transform),
+            set,
+        };
+        Policy { inner: Arc::new(inner) }
+    }
+
+    /// Identifies this plugin set; differs between any two policies built in
+    /// the same process.
+    pub fn generation(&self) -> u64 {
+        self.inner.generation
+    }
+
+    /// The plugins in chain order.
+    pub fn plugins(&self) -> &PluginSet {
+        &self.inner.set
+    }
+
+    /// Each plugin's counters, in chain order.
+    pub fn stats(&self) -> Vec<(Arc<str>, StatsSnapshot)> {
+        self.inner.set.plugins().iter().map(|p| (p.name().clone(), p.stats().snapshot())).collect()
+    }
+
+    /// Runs the authentication chain: the first `allow`, `deny` or
+    /// `continue` wins; a failing plugin denies.
+    pub fn authenticate(&self, client: &ClientInfo, credentials: &Credentials) -> AuthnOutcome {
+        for plugin in &self.inner.authn {
+            let name = plugin.name().clone();
+            match plugin.authenticate(client, credentials) {
+                Ok(AuthnAnswer::Ignore) => continue,
+                Ok(AuthnAnswer::Allow { attributes, username_override }) => {
+                    return AuthnOutcome::Allow(Grant { plugin: name, attributes, username_override });
+                }
+                Ok(AuthnAnswer::Continue(data)) => {
+                    return AuthnOutcome::Continue { plugin: name, data };
+                }
+                Ok(AuthnAnswer::Deny(reason)) => {
+                    plugin.stats().denial();
+                    return AuthnOutcome::Deny { plugin: name, reason };
+                }
+                Err(failure) => {
+                    plugin.stats().denial();
+                    return AuthnOutcome::Deny { plugin: name, reason: format!("plugin failed: {failure}") };
+                }
+            }
+        }
+        AuthnOutcome::NoDecision
+    }
+
+    /// Runs the authorization chain: the first `allow` or `deny` wins, a
+    /// failing plugin denies, and when every plugin ignores the answer is
+    /// deny. With no authorizing plugin at all, everything is allowed.
+    pub fn authorize(&self, client: &ClientInfo, action: Action, topic: &str, qos: QoS, retain: bool) -> Verdict {
+        if self.inner.authz.is_empty() {
+            return Verdict { allowed: true, cache_ttl: None };
+        }
+        for plugin in &self.inner.authz {
+            match plugin.authorize(client, action, topic, qos, retain) {
+                Ok(AuthzAnswer::Ignore) => continue,
+                Ok(AuthzAnswer::Allow(cache_ttl)) => {
+                    return Verdict { allowed: true, cache_ttl };
+                }
+                Ok(AuthzAnswer::Deny(reason)) => {
+                    plugin.stats().denial();
+                    tracing::debug!(plugin = &**plugin.name(), client_id = %client.client_id, ?action, topic, reason, "denied");
+                    return Verdict::DENY;
+                }
+                Err(_) => {
+                    plugin.stats().denial();
+                    return Verdict::DENY;
+                }
+            }
+        }
+        Verdict::DENY
+    }
+
+    /// Whether any transform plugin declared a filter matching `topic`. A
+    /// publish for which this is false never enters WebAssembly.
+    pub fn wants_transform(&self, topic: &str) -> bool {
+        self.inner.transforms.iter().any(|p| wants(p, topic))
+    }
+
+    /// Runs every transform plugin whose filters match the message's topic,
+    /// in order, each seeing the previous one's result. A `drop` stops the
+    /// chain; a failing plugin drops or passes per its `on_error`.
+    pub fn transform(&self, client: &ClientInfo, message: &PluginMessage) -> TransformOutcome {
+        let mut current: Option<PluginMessage> = None;
+        for plugin in &self.inner.transforms {
+            let msg = current.as_ref().unwrap_or(message);
+            if !wants(plugin, msg.topic.as_str()) {
+                continue;
+            }
+            match plugin.on_publish(client, msg) {
+                Ok(TransformAnswer::Pass) => {}
+                Ok(TransformAnswer::Replace(next)) => current = Some(next),
+                Ok(TransformAnswer::Drop(reason)) => {
+                    return TransformOutcome::Drop { plugin: plugin.name().clone(), reason };
+                }
+                Err(failure) => match plugin.settings().on_error {
+                    OnError::Pass => {}
+                    OnError::Drop => {
+                        return TransformOutcome::Drop {
+                            plugin: plugin.name().clone(),
+                            reason: format!("plugin failed: {failure}"),
+                        };
+                    }
+                },
+            }
+        }
+        current.map_or(TransformOutcome::Pass, TransformOutcome::Replace)
+    }
+}
+
+fn wants(plugin: &LoadedPlugin, topic: &str) -> bool {
+    plugin.manifest().transform_filters.iter().any(|f| filter_matches(f.filter(), topic))
+}

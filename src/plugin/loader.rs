@@ -1,0 +1,179 @@
+//! Loading components: compile, check the contract version and the
+//! imports, link, initialise, and order the chain.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use wasmtime::component::Component;
+
+use super::bindings::PluginPre;
+use super::engine::{MAX_COMPILED, WASI_INTERFACES, WASI_VERSION_PREFIX};
+use super::{LoadError, LoadedPlugin, PluginHost, PluginSet, PluginSettings};
+
+/// The package every plugin is built against.
+const PACKAGE: &str = "moat:plugin";
+/// This host's version of [`PACKAGE`].
+pub(crate) const PACKAGE_VERSION: &str = "0.1.0";
+
+impl PluginHost {
+    /// Loads every `*.wasm` component in `dir` with its optional sidecar
+    /// `NAME.toml`, ordered by the sidecar's `order` then by file name.
+    ///
+    /// # Errors
+    /// The first plugin that fails to load fails the whole set: a policy
+    /// with a plugin missing must never run in its place.
+    pub fn load_dir(&self, dir: &Path) -> Result<PluginSet, LoadError> {
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| LoadError::Io { path: dir.to_owned(), message: e.to_string() })?;
+        let mut specs = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|e| LoadError::Io { path: dir.to_owned(), message: e.to_string() })?.path();
+            if path.extension().is_some_and(|ext| ext == "wasm") && path.is_file() {
+                let settings = PluginSettings::for_component(&path)?;
+                specs.push((path, settings));
+            }
+        }
+        self.load(specs)
+    }
+
+    /// Loads the given components with the given settings, ordered by
+    /// `order` then by file name.
+    ///
+    /// # Errors
+    /// As [`PluginHost::load_dir`].
+    pub fn load(&self, mut specs: Vec<(PathBuf, PluginSettings)>) -> Result<PluginSet, LoadError> {
+        specs.sort_by(|(a, sa), (b, sb)| sa.order.cmp(&sb.order).then_with(|| a.file_name().cmp(&b.file_name())));
+        let plugins = specs
+            .into_iter()
+            .map(|(path, settings)| self.load_one(path, settings).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(PluginSet::new(plugins))
+    }
+
+    /// Loads one component.
+    ///
+    /// # Errors
+    /// See [`LoadError`]: unreadable or invalid component, another contract
+    /// version, an import the host does not offer, missing exports, or an
+    /// `init` that refuses its config.
+    pub fn load_one(&self, path: PathBuf, settings: PluginSettings) -> Result<LoadedPlugin, LoadError> {
+        let name: Arc<str> = path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default().into();
+        let bytes = std::fs::read(&path).map_err(|e| LoadError::Io { path: path.clone(), message: e.to_string() })?;
+        let component =
+            self.compile(bytes).map_err(|e| LoadError::Invalid { path: path.clone(), message: format!("{e:#}") })?;
+        self.check_contract(&path, &component)?;
+        let pre = self
+            .linker()
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::Link { path: path.clone(), message: format!("{e:#}") })?;
+        let pre = PluginPre::new(pre).map_err(|e| LoadError::Link { path: path.clone(), message: format!("{e:#}") })?;
+        LoadedPlugin::start(name, path.clone(), settings, self.engine().clone(), pre)
+            .map_err(|message| LoadError::Init { path, message })
+    }
+
+    /// Compiles `bytes`, or reuses the component compiled from the same
+    /// bytes before. The lock is not held while compiling, so two loads may
+    /// compile the same bytes at once; the second result simply wins.
+    fn compile(&self, bytes: Vec<u8>) -> wasmtime::Result<Component> {
+        let mut hasher = DefaultHasher::new();
+        bytes.hash(&mut hasher);
+        let key = hasher.finish();
+        if let Some((cached, component)) = self.compiled().lock().get(&key)
+            && **cached == *bytes
+        {
+            return Ok(component.clone());
+        }
+        let component = Component::new(self.engine(), &bytes)?;
+        let mut compiled = self.compiled().lock();
+        if compiled.len() >= MAX_COMPILED {
+            compiled.clear();
+        }
+        compiled.insert(key, (bytes.into(), component.clone()));
+        Ok(component)
+    }
+
+    /// Refuses components built for another version of `moat:plugin`, and
+    /// components importing anything but the host interface and the WASI
+    /// interfaces linked with nothing behind them.
+    fn check_contract(&self, path: &Path, component: &Component) -> Result<(), LoadError> {
+        let ty = component.component_type();
+        let engine = self.engine();
+        let names = ty.imports(engine).map(|(n, _)| n).chain(ty.exports(engine).map(|(n, _)| n));
+        for name in names {
+            if let Some(version) = contract_version(name)
+                && !compatible(version, PACKAGE_VERSION)
+            {
+                return Err(LoadError::Version {
+                    path: path.to_owned(),
+                    found: version.to_owned(),
+                    supported: PACKAGE_VERSION.to_owned(),
+                });
+            }
+        }
+        for (import, _) in ty.imports(engine) {
+            if !import_allowed(import) {
+                return Err(LoadError::ForbiddenImport { path: path.to_owned(), import: import.to_owned() });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The version of `moat:plugin` an import or export name refers to.
+fn contract_version(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix(PACKAGE)?.strip_prefix('/')?;
+    rest.split_once('@').map(|(_, v)| v)
+}
+
+/// Semver compatibility: the same major version, or for 0.x the same minor.
+fn compatible(found: &str, ours: &str) -> bool {
+    let key = |v: &str| -> Option<(u64, u64)> {
+        let mut parts = v.split(['.', '-', '+']);
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next()?.parse().ok()?;
+        Some((major, if major == 0 { minor } else { 0 }))
+    };
+    matches!((key(found), key(ours)), (Some(a), Some(b)) if a == b)
+}
+
+/// Whether the host offers `import`: its own interfaces, or one of the
+/// capability-free WASI 0.2 interfaces.
+fn import_allowed(import: &str) -> bool {
+    if let Some(v) = contract_version(import) {
+        // `types` holds only type definitions the exports use; `host` is the
+        // host's own functions.
+        let offered = import.starts_with("moat:plugin/host@") || import.starts_with("moat:plugin/types@");
+        return offered && compatible(v, PACKAGE_VERSION);
+    }
+    match import.split_once('@') {
+        Some((interface, version)) => version.starts_with(WASI_VERSION_PREFIX) && WASI_INTERFACES.contains(&interface),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions() {
+        assert_eq!(contract_version("moat:plugin/authz@1.0.0"), Some("1.0.0"));
+        assert_eq!(contract_version("wasi:io/streams@0.2.0"), None);
+        assert!(compatible("0.1.3", "0.1.0"));
+        assert!(!compatible("0.2.0", "0.1.0"));
+        assert!(!compatible("1.0.0", "0.1.0"));
+        assert!(!compatible("garbage", "0.1.0"));
+    }
+
+    #[test]
+    fn imports() {
+        assert!(import_allowed("moat:plugin/host@0.1.0"));
+        assert!(import_allowed("moat:plugin/types@0.1.0"));
+        assert!(!import_allowed("moat:plugin/authz@0.1.0"));
+        assert!(import_allowed("wasi:cli/environment@0.2.6"));
+        assert!(!import_allowed("wasi:sockets/tcp@0.2.6"));
+        assert!(!import_allowed("wasi:cli/environment@0.3.0"));
+        assert!(!import_allowed("evil"));
+    }
+}

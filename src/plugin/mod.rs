@@ -1,0 +1,214 @@
+//! The WebAssembly plugin host: owns wasmtime.
+//!
+//! - [`PluginHost`]: the one `Engine` (component model, epoch interruption,
+//!   an epoch ticker thread), the `Linker` with the host imports and the
+//!   capability-free WASI interfaces.
+//! - Loading ([`PluginHost::load_dir`]): each `*.wasm` component is compiled
+//!   once, checked (contract version, imports), pre-linked, instantiated and
+//!   initialised; its sidecar `NAME.toml` ([`PluginSettings`]) gives order,
+//!   config and limits.
+//! - [`LoadedPlugin`]: a pool of warm instances, each in its own `Store` with
+//!   a memory cap and a per-call epoch deadline; a failed instance is
+//!   discarded and the next call gets a fresh one.
+//!
+//! The broker does not call plugins directly: [`crate::auth::Policy`] runs
+//! the chain over a [`PluginSet`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::codec::TopicFilter;
+
+mod bindings;
+mod convert;
+mod engine;
+pub mod fixtures;
+mod instance;
+mod loader;
+mod settings;
+mod stats;
+
+pub(crate) use convert::{AuthnAnswer, AuthzAnswer, TransformAnswer};
+pub use engine::PluginHost;
+pub use instance::LoadedPlugin;
+pub use settings::{Limits, OnError, PluginSettings};
+pub use stats::{PluginStats, StatsSnapshot};
+
+/// The version of the `moat:plugin` WIT package this host implements.
+pub const CONTRACT_VERSION: &str = loader::PACKAGE_VERSION;
+
+/// Loads every plugin in `dir` with a new [`PluginHost`]. A broker that
+/// reloads should keep one host and call [`PluginHost::load_dir`] instead.
+///
+/// # Errors
+/// See [`LoadError`].
+pub fn load_dir(dir: &Path) -> Result<PluginSet, LoadError> {
+    PluginHost::new()?.load_dir(dir)
+}
+
+/// Why a plugin (and so the whole set) could not be loaded. Each variant
+/// names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// wasmtime could not be set up.
+    #[error("cannot start the plugin engine: {0}")]
+    Engine(String),
+    /// A file or directory could not be read.
+    #[error("{}: {message}", path.display())]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        message: String,
+    },
+    /// A sidecar is invalid (the message carries the line for syntax and
+    /// type errors).
+    #[error("{}: {message}", path.display())]
+    Sidecar {
+        /// The sidecar file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        message: String,
+    },
+    /// Not a valid WebAssembly component.
+    #[error("{}: not a valid WebAssembly component: {message}", path.display())]
+    Invalid {
+        /// The component file.
+        path: PathBuf,
+        /// wasmtime's error.
+        message: String,
+    },
+    /// Built against another major version of the contract.
+    #[error("{}: built for moat:plugin@{found}, but this broker speaks moat:plugin@{supported}; rebuild it against the current SDK", path.display())]
+    Version {
+        /// The component file.
+        path: PathBuf,
+        /// The version the component targets.
+        found: String,
+        /// The version this host implements.
+        supported: String,
+    },
+    /// Imports an interface the host does not offer.
+    #[error("{}: imports `{import}`, which this broker does not offer to plugins", path.display())]
+    ForbiddenImport {
+        /// The component file.
+        path: PathBuf,
+        /// The import's full name.
+        import: String,
+    },
+    /// Linking failed (for example the plugin lacks an export of the world).
+    #[error("{}: does not fit the moat:plugin world: {message}", path.display())]
+    Link {
+        /// The component file.
+        path: PathBuf,
+        /// wasmtime's error.
+        message: String,
+    },
+    /// `init` refused its config, failed, or declared an invalid manifest.
+    #[error("{}: init failed: {message}", path.display())]
+    Init {
+        /// The component file.
+        path: PathBuf,
+        /// The plugin's or the host's message.
+        message: String,
+    },
+}
+
+/// Why one hook call produced no usable answer. Every one of these denies
+/// for authentication and authorization.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallFailure {
+    /// The call ran past its deadline and was interrupted.
+    #[error("deadline exceeded")]
+    Timeout,
+    /// The instance tried to grow its memory past the cap.
+    #[error("memory cap exceeded")]
+    OutOfMemory,
+    /// The guest trapped (panic, abort, unreachable...).
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// No instance could be made for the call.
+    #[error("could not instantiate: {0}")]
+    Instantiate(String),
+    /// The answer was larger than the plugin's limit.
+    #[error("answer of {bytes} bytes exceeds the limit of {limit}")]
+    Oversized {
+        /// Size of the answer.
+        bytes: usize,
+        /// The plugin's `max_answer_bytes`.
+        limit: usize,
+    },
+    /// The answer could not be used (invalid topic, invalid encoding...).
+    #[error("malformed answer: {0}")]
+    Malformed(String),
+}
+
+/// A hook a plugin can implement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Hook {
+    /// `authn.authenticate`.
+    Authenticate,
+    /// `authz.authorize`.
+    Authorize,
+    /// `transform.on-publish`.
+    Transform,
+}
+
+/// What a plugin declared at `init`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Manifest {
+    /// The hooks the chain calls on this plugin.
+    pub hooks: Vec<Hook>,
+    /// Topic filters whose publishes the plugin transforms.
+    pub transform_filters: Vec<TopicFilter>,
+}
+
+impl Manifest {
+    /// Whether the plugin implements `hook`.
+    pub fn implements(&self, hook: Hook) -> bool {
+        self.hooks.contains(&hook)
+    }
+
+    /// Validates the manifest a guest returned: every filter must be a valid
+    /// MQTT topic filter.
+    fn from_wit(m: bindings::lifecycle::Manifest) -> Result<Manifest, String> {
+        use bindings::lifecycle::Hook as WitHook;
+        let hooks = m
+            .hooks
+            .iter()
+            .map(|h| match h {
+                WitHook::Authenticate => Hook::Authenticate,
+                WitHook::Authorize => Hook::Authorize,
+                WitHook::Transform => Hook::Transform,
+            })
+            .collect();
+        let transform_filters = m
+            .transform_filters
+            .iter()
+            .map(|f| TopicFilter::new(f).map_err(|e| format!("transform filter {f:?} is invalid: {e}")))
+            .collect::<Result<_, _>>()?;
+        Ok(Manifest { hooks, transform_filters })
+    }
+}
+
+/// An ordered, loaded set of plugins: the input of a [`crate::auth::Policy`].
+#[derive(Debug, Clone, Default)]
+pub struct PluginSet {
+    plugins: Vec<Arc<LoadedPlugin>>,
+}
+
+impl PluginSet {
+    fn new(plugins: Vec<Arc<LoadedPlugin>>) -> PluginSet {
+        PluginSet { plugins }
+    }
+
+    /// The plugins in chain order.
+    pub fn plugins(&self) -> &[Arc<LoadedPlugin>] {
+        &self.plugins
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.plugins.is_empty()
+    }
+}

@@ -1,0 +1,190 @@
+//! Per-plugin settings: the optional sidecar `NAME.toml` beside `NAME.wasm`.
+//!
+//! ```toml
+//! order = 10                 # lower runs first; ties break on file name
+//! on_error = "pass"          # transform failures: "drop" (default) or "pass"
+//! [config]                   # any table; handed to the plugin's init as JSON
+//! users = ["alice"]
+//! [limits]
+//! memory_mb = 32
+//! timeout_ms = 10
+//! instances = 4
+//! max_answer_bytes = 65536
+//! ```
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::LoadError;
+
+/// What happens to a publish when its transform plugin fails (trap,
+/// timeout, out of memory, oversized or malformed answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Discard the message: a broken transform must not leak untransformed
+    /// data (the default).
+    #[default]
+    Drop,
+    /// Route the message unchanged.
+    Pass,
+}
+
+/// Resource limits of one plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Cap on each instance's linear memory.
+    pub memory_bytes: usize,
+    /// Deadline of one call, enforced with epochs.
+    pub timeout: Duration,
+    /// Warm instances kept for concurrent calls. A call that finds none idle
+    /// gets a fresh instance (never waits); instances beyond this number are
+    /// dropped after their call.
+    pub instances: usize,
+    /// Largest answer accepted from one call (strings, lists and messages
+    /// summed); a larger one counts as a failure.
+    pub max_answer_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits { memory_bytes: 32 << 20, timeout: Duration::from_millis(10), instances: 4, max_answer_bytes: 64 << 10 }
+    }
+}
+
+/// Everything the host needs to know about a plugin besides its code.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PluginSettings {
+    /// Position in the chain: lower runs first.
+    pub order: i64,
+    /// The `config` table, as the JSON text handed to `init`.
+    pub config_json: String,
+    /// Resource limits.
+    pub limits: Limits,
+    /// Transform failure policy.
+    pub on_error: OnError,
+}
+
+impl Default for PluginSettings {
+    fn default() -> PluginSettings {
+        PluginSettings { order: 0, config_json: "{}".into(), limits: Limits::default(), on_error: OnError::Drop }
+    }
+}
+
+/// The sidecar file as written; every field optional, unknown ones refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Sidecar {
+    order: Option<i64>,
+    on_error: Option<OnError>,
+    config: Option<toml::Table>,
+    limits: Option<SidecarLimits>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SidecarLimits {
+    memory_mb: Option<u32>,
+    timeout_ms: Option<u32>,
+    instances: Option<u32>,
+    max_answer_bytes: Option<u32>,
+}
+
+impl PluginSettings {
+    /// Reads the sidecar beside `wasm` (same stem, `.toml`), or the defaults
+    /// when there is none.
+    ///
+    /// # Errors
+    /// [`LoadError::Sidecar`] naming the file (and the line, for syntax and
+    /// type errors) when it cannot be read or is invalid.
+    pub fn for_component(wasm: &Path) -> Result<PluginSettings, LoadError> {
+        let sidecar = wasm.with_extension("toml");
+        match std::fs::read_to_string(&sidecar) {
+            Ok(text) => PluginSettings::parse(&text).map_err(|message| LoadError::Sidecar { path: sidecar, message }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PluginSettings::default()),
+            Err(e) => Err(LoadError::Sidecar { path: sidecar, message: e.to_string() }),
+        }
+    }
+
+    /// Parses sidecar text. The error is a message for the operator; the
+    /// caller adds the file name.
+    pub fn parse(text: &str) -> Result<PluginSettings, String> {
+        let sidecar: Sidecar = toml::from_str(text).map_err(|e| e.to_string())?;
+        let defaults = Limits::default();
+        let limits = sidecar.limits.unwrap_or_default();
+        let limits = Limits {
+            memory_bytes: match limits.memory_mb {
+                Some(mb) => positive("limits.memory_mb", mb)? << 20,
+                None => defaults.memory_bytes,
+            },
+            timeout: match limits.timeout_ms {
+                Some(ms) => {
+                    positive("limits.timeout_ms", ms)?;
+                    Duration::from_millis(u64::from(ms))
+                }
+                None => defaults.timeout,
+            },
+            instances: match limits.instances {
+                Some(n) => positive("limits.instances", n)?,
+                None => defaults.instances,
+            },
+            max_answer_bytes: match limits.max_answer_bytes {
+                Some(n) => positive("limits.max_answer_bytes", n)?,
+                None => defaults.max_answer_bytes,
+            },
+        };
+        let config = sidecar.config.unwrap_or_default();
+        let config_json = serde_json::to_string(&config).map_err(|e| format!("config: {e}"))?;
+        Ok(PluginSettings {
+            order: sidecar.order.unwrap_or(0),
+            config_json,
+            limits,
+            on_error: sidecar.on_error.unwrap_or_default(),
+        })
+    }
+}
+
+/// A limit of zero would make the plugin unusable; refuse it up front.
+fn positive(name: &str, value: u32) -> Result<usize, String> {
+    if value == 0 {
+        return Err(format!("{name} must be at least 1"));
+    }
+    usize::try_from(value).map_err(|_| format!("{name} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_sidecar_is_the_defaults() {
+        assert_eq!(PluginSettings::parse(""), Ok(PluginSettings::default()));
+    }
+
+    #[test]
+    fn reads_every_field() {
+        let s = PluginSettings::parse(
+            "order = -3\non_error = \"pass\"\n[config]\nusers = [\"a\"]\n[limits]\nmemory_mb = 8\ntimeout_ms = 50\ninstances = 2\nmax_answer_bytes = 100\n",
+        )
+        .expect("valid sidecar");
+        assert_eq!(s.order, -3);
+        assert_eq!(s.on_error, OnError::Pass);
+        assert_eq!(s.config_json, r#"{"users":["a"]}"#);
+        assert_eq!(s.limits.memory_bytes, 8 << 20);
+        assert_eq!(s.limits.timeout, Duration::from_millis(50));
+        assert_eq!(s.limits.instances, 2);
+        assert_eq!(s.limits.max_answer_bytes, 100);
+    }
+
+    #[test]
+    fn errors_carry_the_line() {
+        let err = PluginSettings::parse("order = 1\n\non_error = \"explode\"\n").expect_err("bad value");
+        assert!(err.contains("line 3"), "{err}");
+        let err = PluginSettings::parse("ordre = 1\n").expect_err("unknown field");
+        assert!(err.contains("ordre") && err.contains("line 1"), "{err}");
+        let err = PluginSettings::parse("[limits]\ninstances = 0\n").expect_err("zero");
+        assert!(err.contains("limits.instances"), "{err}");
+    }
+}
