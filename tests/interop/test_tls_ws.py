@@ -247,3 +247,20 @@ def test_websocket_publish_reaches_tls_subscribers(secure_broker, clients, proto
     got = tls_sub.messages.wait_count(2)
     assert {m.payload for m in got} == want
     assert {m.payload for m in mosq_sub.results()} == want
+
+
+def test_large_payload_across_websocket_and_tls(secure_broker, clients, proto, topic, procs):
+    """A 50 kB PUBLISH from MQTT.js over wss (which may split one MQTT packet over
+    several WebSocket frames) reaches paho over ws and MQTT.js over mqtts intact."""
+    secure_broker.need_websockets()
+    pki = secure_broker.pki
+    payload = bytes(range(256)) * 195 + b"end"  # 49 923 bytes; hex-encoded on argv
+    ws_sub = clients(secure_broker.ws, proto)
+    ws_sub.subscribe(topic, qos=1)
+    js_sub = MqttJsSub(secure_broker.mtls, proto, [{"topic": topic, "qos": 1}], count=1, tls=js_tls(pki, "client"))
+    procs.append(js_sub)
+    js_sub.wait_subscribed()
+    mqttjs_pub(secure_broker.wss, proto, [{"topic": topic, "payload": payload, "qos": 1}], tls=js_tls(pki))
+    (m,) = ws_sub.messages.wait_count(1)
+    assert m.payload == payload
+    assert [m.payload for m in js_sub.results()] == [payload]
