@@ -9,12 +9,25 @@ from MOAT_BROKER_CMD, a template where `{port}` is replaced by the port and
 
 The command runs from the repository root, so `./plugins` resolves as it does
 for `cargo run`.
+
+The TLS / mTLS / WebSocket tests (test_tls_ws.py) use a second broker, started
+on first use with a generated throwaway PKI and a config file with five
+listeners (tcp, tls, mtls, ws, wss).  MOAT_TLS_BROKER_CMD is its command, a
+template where `{config}` is replaced by the config file's path and `{tmp}` by
+its directory:
+
+    MOAT_TLS_BROKER_CMD='target/debug/moat --config {config}'        (default)
+    MOAT_TLS_BROKER_CMD='/usr/sbin/mosquitto -c {config}'            (reference run)
+
+When the program is `mosquitto`, the config is written in Mosquitto's format
+(without WebSocket listeners if it lacks libwebsockets; those tests then skip).
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,12 +41,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from helpers import V5, V311, Broker, Paho  # noqa: E402
+from secure_setup import Ports, make_pki, moat_config, mosquitto_config, mosquitto_has_websockets  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 10.0
 
 _broker_log: Path | None = None
 _broker_died: str | None = None
+_secure_log: Path | None = None
+_secure_died: str | None = None
 
 
 def default_broker_cmd() -> str:
@@ -54,6 +70,15 @@ def log_tail(path: Path | None, lines: int = 40) -> str:
         return "(no broker log)"
     text = path.read_text(errors="replace").splitlines()
     return "\n".join(text[-lines:]) or "(broker log is empty)"
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def _wait_port(proc: subprocess.Popen, port: int, timeout: float) -> None:
@@ -95,19 +120,84 @@ def broker() -> Broker:
     b.proc = proc  # type: ignore[attr-defined]
     b.cmd = cmd  # type: ignore[attr-defined]
     yield b
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+    _stop(proc)
     log.close()
+
+
+class SecureBroker:
+    """The broker with tcp, tls, mtls, ws and wss listeners, and its PKI."""
+
+    def __init__(self, proc: subprocess.Popen, cmd: str, kind: str, ports: Ports, pki, websockets: bool) -> None:
+        self.proc = proc
+        self.cmd = cmd
+        self.kind = kind  # "moat" or "mosquitto"
+        self.pki = pki
+        self.websockets = websockets
+        self.tcp = Broker("127.0.0.1", ports.tcp, "mqtt")
+        self.tls = Broker("127.0.0.1", ports.tls, "mqtts")
+        self.mtls = Broker("127.0.0.1", ports.mtls, "mqtts")
+        self.ws = Broker("127.0.0.1", ports.ws, "ws", "/mqtt")
+        self.wss = Broker("127.0.0.1", ports.wss, "wss", "/mqtt")
+
+    def need_websockets(self) -> None:
+        if not self.websockets:
+            pytest.skip(f"{self.kind} here has no WebSocket support (Debian's mosquitto lacks libwebsockets)")
+
+
+@pytest.fixture(scope="session")
+def secure_broker() -> SecureBroker:
+    global _secure_log
+    tmp = Path(tempfile.mkdtemp(prefix="moat-interop-tls-"))
+    try:
+        pki = make_pki(tmp / "pki")
+    except Exception as e:  # noqa: BLE001 - reported as a setup error below
+        pytest.fail(f"could not generate the test PKI: {e}")
+    ports = Ports(*(free_port() for _ in range(5)))
+    template = os.environ.get("MOAT_TLS_BROKER_CMD")
+    if not template:
+        moat = shlex.split(default_broker_cmd())[0]
+        if os.environ.get("MOAT_BROKER_CMD") and not os.path.exists(moat):
+            pytest.skip("MOAT_BROKER_CMD is set but not MOAT_TLS_BROKER_CMD, and moat is not built")
+        template = f"{shlex.quote(moat)} --config {{config}}"
+    config = tmp / "broker.conf"
+    cmd = template.replace("{config}", shlex.quote(str(config))).replace("{tmp}", shlex.quote(str(tmp)))
+    argv = shlex.split(cmd)
+    kind = "mosquitto" if Path(argv[0]).name == "mosquitto" else "moat"
+    websockets = True
+    if kind == "mosquitto":
+        websockets = mosquitto_has_websockets(shutil.which(argv[0]) or argv[0])
+        # Started as root, Mosquitto drops to the `mosquitto` user before it
+        # reads the certificates: let it read these throwaway files.
+        for path in [tmp, *tmp.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        config.write_text(mosquitto_config(pki, ports, websockets))
+    else:
+        config.write_text(moat_config(pki, ports))
+    _secure_log = tmp / "broker.log"
+    log = open(_secure_log, "wb")
+    try:
+        proc = subprocess.Popen(argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    except OSError as e:
+        log.close()
+        pytest.fail(f"could not start broker `{cmd}`: {e} (build it with `cargo build --bin moat`)")
+    try:
+        wanted = [ports.tcp, ports.tls, ports.mtls] + ([ports.ws, ports.wss] if websockets else [])
+        for port in wanted:
+            _wait_port(proc, port, STARTUP_TIMEOUT)
+    except Exception as e:  # noqa: BLE001
+        _stop(proc)
+        log.close()
+        pytest.fail(f"could not start broker `{cmd}`: {e}\n--- broker output (tail) ---\n{log_tail(_secure_log)}")
+    yield SecureBroker(proc, cmd, kind, ports, pki, websockets)
+    _stop(proc)
+    log.close()
+    shutil.rmtree(pki.dir, ignore_errors=True)  # keep the log, drop the keys
 
 
 @pytest.fixture(autouse=True)
 def _broker_alive(request):
-    """After each test, fail loudly if the broker died during it."""
-    global _broker_died
+    """After each test, fail loudly if a broker died during it."""
+    global _broker_died, _secure_died
     yield
     if "broker" in request.fixturenames:
         b = request.getfixturevalue("broker")
@@ -115,12 +205,21 @@ def _broker_alive(request):
         if code is not None and _broker_died is None:
             _broker_died = request.node.nodeid
             pytest.fail(f"broker exited with code {code} during this test\n{log_tail(_broker_log)}")
+    if "secure_broker" in request.fixturenames:
+        b = request.getfixturevalue("secure_broker")
+        code = b.proc.poll()
+        if code is not None and _secure_died is None:
+            _secure_died = request.node.nodeid
+            pytest.fail(f"TLS broker exited with code {code} during this test\n{log_tail(_secure_log)}")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if exitstatus != 0 and _broker_log is not None:
         terminalreporter.section("broker output (tail)")
         terminalreporter.write_line(log_tail(_broker_log))
+    if exitstatus != 0 and _secure_log is not None:
+        terminalreporter.section("TLS broker output (tail)")
+        terminalreporter.write_line(log_tail(_secure_log))
 
 
 @pytest.fixture(params=[V311, V5], ids=["v311", "v5"])

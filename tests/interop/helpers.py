@@ -46,10 +46,18 @@ JS_PROTO = {V311: 4, V5: 5}
 class Broker:
     host: str
     port: int
+    #: URL scheme for MQTT.js: mqtt, mqtts, ws or wss
+    scheme: str = "mqtt"
+    #: WebSocket path (ws/wss only)
+    path: str = ""
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}{self.path}"
+
+    @property
+    def websocket(self) -> bool:
+        return self.scheme in ("ws", "wss")
 
 
 @dataclass
@@ -142,7 +150,10 @@ class Paho:
         session_expiry: int | None = None,
         will: tuple[str, bytes, int, bool] | None = None,
         will_properties: Properties | None = None,
+        tls: dict[str, Any] | None = None,
     ) -> None:
+        """`tls`: keyword arguments for `tls_set` (ca_certs, certfile, keyfile);
+        the transport (TCP or WebSocket) follows `broker.scheme`."""
         self.broker = broker
         self.proto = proto
         self.v5 = proto == V5
@@ -155,8 +166,13 @@ class Paho:
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
             protocol=PAHO_PROTO[proto],
+            transport="websockets" if broker.websocket else "tcp",
             **kwargs,
         )
+        if broker.websocket:
+            self.c.ws_set_options(path=broker.path or "/mqtt")
+        if tls is not None:
+            self.c.tls_set(**tls)
         if will is not None:
             topic, payload, qos, retain = will
             self.c.will_set(topic, payload, qos, retain, properties=will_properties)
@@ -218,6 +234,25 @@ class Paho:
             raise AssertionError("no CONNACK within timeout")
         assert self.connack_rc == expect_rc, f"CONNACK reason {self.connack_rc:#x}"
         return self
+
+    def connect_refused(self, timeout: float = TIMEOUT) -> str:
+        """Connect and expect the broker to refuse: the TLS handshake fails, or
+        the connection is closed, or CONNACK carries an error.  Returns how."""
+        try:
+            self.c.connect(self.broker.host, self.broker.port, keepalive=30)
+        except OSError as e:  # ssl.SSLError, ConnectionResetError, WebSocket errors
+            return f"connect raised {type(e).__name__}: {e}"
+        self._thread = threading.Thread(target=self._run, daemon=True, name="paho-loop")
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            # Both events are set by the loop thread; a CONNACK comes before any close.
+            if self.connected.is_set():
+                assert self.connack_rc != 0, "the broker accepted the connection (CONNACK 0)"
+                return f"CONNACK reason {self.connack_rc:#x}"
+            if self.disconnected.wait(0.05) and not self.connected.is_set():
+                return "connection closed without CONNACK"
+        raise AssertionError(f"connection neither accepted nor refused within {timeout}s")
 
     def subscribe(
         self,
@@ -454,14 +489,23 @@ def _node_cmd(mode: str, args: dict[str, Any]) -> list[str]:
     return [node, str(JS_DIR / "mqttjs.js"), mode, json.dumps(args)]
 
 
-def mqttjs_pub(broker: Broker, proto: str, messages: list[dict[str, Any]], timeout: float = 10.0) -> list[dict]:
-    """messages: [{topic, payload (bytes), qos, retain, properties}]"""
+def mqttjs_pub(
+    broker: Broker,
+    proto: str,
+    messages: list[dict[str, Any]],
+    timeout: float = 10.0,
+    tls: dict[str, Any] | None = None,
+) -> list[dict]:
+    """messages: [{topic, payload (bytes), qos, retain, properties}]
+    tls: {ca_file, cert_file, key_file, rejectUnauthorized} for mqtts:// and wss://"""
     wire = []
     for m in messages:
         w = {k: v for k, v in m.items() if k != "payload"}
         w["payload_hex"] = bytes(m.get("payload", b"")).hex()
         wire.append(w)
     args = {"url": broker.url, "protocolVersion": JS_PROTO[proto], "messages": wire, "timeout_ms": int(timeout * 1000)}
+    if tls is not None:
+        args["tls"] = tls
     res = subprocess.run(
         _node_cmd("pub", args), capture_output=True, timeout=timeout + 5, cwd=JS_DIR, stdin=subprocess.DEVNULL
     )

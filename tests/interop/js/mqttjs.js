@@ -11,8 +11,12 @@
 //   {"event":"published","index":n}
 //   {"event":"done"} | {"event":"timeout"} | {"event":"error","message":...}
 // The whole run is bounded by `timeout_ms` (default 10 s): nothing here can hang.
+//
+// For mqtts:// and wss:// URLs, `tls` may give {ca_file, cert_file, key_file,
+// rejectUnauthorized (default true)}; the files are PEM.
 'use strict';
 
+const fs = require('fs');
 const mqtt = require('mqtt');
 
 const [mode, rawArgs] = process.argv.slice(2);
@@ -55,7 +59,17 @@ function recvProperties(p) {
   return out;
 }
 
+function tlsOptions(t) {
+  if (!t) return {};
+  const out = { rejectUnauthorized: t.rejectUnauthorized ?? true };
+  if (t.ca_file) out.ca = fs.readFileSync(t.ca_file);
+  if (t.cert_file) out.cert = fs.readFileSync(t.cert_file);
+  if (t.key_file) out.key = fs.readFileSync(t.key_file);
+  return out;
+}
+
 const client = mqtt.connect(args.url, {
+  ...tlsOptions(args.tls),
   protocolVersion: args.protocolVersion ?? 4,
   clientId: args.clientId ?? `mqttjs-${process.pid}-${Date.now()}`,
   clean: args.clean ?? true,

@@ -1,0 +1,244 @@
+"""Throwaway PKI and broker configuration for the TLS / mTLS / WebSocket tests.
+
+Everything is generated at run time into a temporary directory with the
+`openssl` CLI: nothing secret is committed.  All certificates are X.509 v3
+with extensions (rustls refuses v1 certificates).
+
+    ca.pem / ca.key                  the test CA (signs the server and clients)
+    server.pem / server.key          CN=localhost, SAN IP:127.0.0.1 + DNS:localhost
+    client.pem / client.key          CN=device-1, valid
+    other-client.pem / .key          CN=device-1, signed by another CA
+    expired-client.pem / .key        CN=device-expired, validity in 2020
+    revoked-client.pem / .key        CN=device-revoked, listed in ca.crl
+    ca.crl                           CRL of the test CA
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+OPENSSL_TIMEOUT = 20.0
+
+_CA_CNF = """\
+[ ca ]
+default_ca = test_ca
+
+[ test_ca ]
+dir = {dir}
+database = $dir/index.txt
+new_certs_dir = $dir/newcerts
+certificate = $dir/{name}.pem
+private_key = $dir/{name}.key
+serial = $dir/{name}.serial
+crlnumber = $dir/{name}.crlnumber
+default_md = sha256
+default_days = 2
+default_crl_days = 2
+policy = policy_any
+unique_subject = no
+copy_extensions = none
+email_in_dn = no
+
+[ policy_any ]
+commonName = supplied
+
+[ ca_ext ]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+
+[ server_ext ]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1, DNS:localhost
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+
+[ client_ext ]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+
+[ crl_ext ]
+authorityKeyIdentifier = keyid
+"""
+
+
+@dataclass
+class Pki:
+    dir: Path
+
+    def cert(self, stem: str) -> str:
+        return str(self.dir / f"{stem}.pem")
+
+    def key(self, stem: str) -> str:
+        return str(self.dir / f"{stem}.key")
+
+    @property
+    def ca(self) -> str:
+        return self.cert("ca")
+
+    @property
+    def crl(self) -> str:
+        return str(self.dir / "ca.crl")
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("the openssl CLI is needed to generate the test PKI")
+    res = subprocess.run(
+        [openssl, *args], cwd=cwd, capture_output=True, timeout=OPENSSL_TIMEOUT, stdin=subprocess.DEVNULL
+    )
+    if res.returncode != 0:
+        raise RuntimeError(f"openssl {' '.join(args)} failed:\n{res.stderr.decode(errors='replace')}")
+
+
+def _new_ca(d: Path, name: str, cn: str) -> Path:
+    cadir = d / f"{name}-db"
+    (cadir / "newcerts").mkdir(parents=True)
+    (cadir / "index.txt").write_text("")
+    (cadir / f"{name}.serial").write_text("1000\n")
+    (cadir / f"{name}.crlnumber").write_text("01\n")
+    cnf = cadir / "ca.cnf"
+    cnf.write_text(_CA_CNF.format(dir=cadir, name=name))
+    _openssl(
+        "req", "-x509", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", str(cadir / f"{name}.key"), "-out", str(cadir / f"{name}.pem"),
+        "-days", "2", "-subj", f"/CN={cn}", "-config", str(cnf), "-extensions", "ca_ext",
+        cwd=d,
+    )
+    shutil.copy(cadir / f"{name}.pem", d / f"{name}.pem")
+    return cnf
+
+
+def _issue(d: Path, cnf: Path, stem: str, cn: str, ext: str, *dates: str) -> None:
+    key, csr = d / f"{stem}.key", d / f"{stem}.csr"
+    _openssl(
+        "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={cn}",
+        cwd=d,
+    )
+    _openssl(
+        "ca", "-batch", "-notext", "-config", str(cnf), "-extensions", ext,
+        "-in", str(csr), "-out", str(d / f"{stem}.pem"), *dates,
+        cwd=d,
+    )
+
+
+def make_pki(d: Path) -> Pki:
+    d.mkdir(parents=True, exist_ok=True)
+    ca = _new_ca(d, "ca", "Moat Interop Test CA")
+    other = _new_ca(d, "other-ca", "Moat Interop Other CA")
+    _issue(d, ca, "server", "localhost", "server_ext")
+    _issue(d, ca, "client", "device-1", "client_ext")
+    _issue(d, other, "other-client", "device-1", "client_ext")
+    _issue(d, ca, "expired-client", "device-expired", "client_ext",
+           "-startdate", "20200101000000Z", "-enddate", "20200102000000Z")
+    _issue(d, ca, "revoked-client", "device-revoked", "client_ext")
+    _openssl("ca", "-batch", "-config", str(ca), "-revoke", str(d / "revoked-client.pem"), cwd=d)
+    _openssl("ca", "-batch", "-config", str(ca), "-gencrl", "-crlexts", "crl_ext", "-out", str(d / "ca.crl"), cwd=d)
+    return Pki(d)
+
+
+@dataclass
+class Ports:
+    tcp: int
+    tls: int
+    mtls: int
+    ws: int
+    wss: int
+
+
+def moat_config(pki: Pki, p: Ports) -> str:
+    return f"""\
+# Generated by tests/interop/conftest.py (secure_broker fixture).
+[log]
+level = "moat=debug"
+
+[[listeners]]
+name = "tcp"
+bind = "127.0.0.1:{p.tcp}"
+protocol = "tcp"
+
+[[listeners]]
+name = "tls"
+bind = "127.0.0.1:{p.tls}"
+protocol = "tls"
+tls = {{ cert_file = "{pki.cert("server")}", key_file = "{pki.key("server")}" }}
+
+[[listeners]]
+name = "mtls"
+bind = "127.0.0.1:{p.mtls}"
+protocol = "tls"
+allow_anonymous = false
+[listeners.tls]
+cert_file = "{pki.cert("server")}"
+key_file = "{pki.key("server")}"
+client_auth = "required"
+ca_file = "{pki.ca}"
+crl_files = ["{pki.crl}"]
+use_identity_as_username = "cn"
+
+[[listeners]]
+name = "ws"
+bind = "127.0.0.1:{p.ws}"
+protocol = "ws"
+
+[[listeners]]
+name = "wss"
+bind = "127.0.0.1:{p.wss}"
+protocol = "wss"
+tls = {{ cert_file = "{pki.cert("server")}", key_file = "{pki.key("server")}" }}
+"""
+
+
+def mosquitto_config(pki: Pki, p: Ports, websockets: bool) -> str:
+    text = f"""\
+# Generated by tests/interop/conftest.py (secure_broker fixture).
+per_listener_settings false
+allow_anonymous true
+
+listener {p.tcp} 127.0.0.1
+
+listener {p.tls} 127.0.0.1
+certfile {pki.cert("server")}
+keyfile {pki.key("server")}
+
+listener {p.mtls} 127.0.0.1
+certfile {pki.cert("server")}
+keyfile {pki.key("server")}
+cafile {pki.ca}
+require_certificate true
+crlfile {pki.crl}
+use_identity_as_username true
+"""
+    if websockets:
+        text += f"""
+listener {p.ws} 127.0.0.1
+protocol websockets
+
+listener {p.wss} 127.0.0.1
+protocol websockets
+certfile {pki.cert("server")}
+keyfile {pki.key("server")}
+"""
+    return text
+
+
+def mosquitto_has_websockets(binary: str) -> bool:
+    """Debian's mosquitto 2.0 is built without libwebsockets."""
+    ldd = shutil.which("ldd")
+    if ldd is None:
+        return False
+    try:
+        res = subprocess.run([ldd, binary], capture_output=True, timeout=10, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return b"libwebsockets" in res.stdout
