@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Policy;
 use crate::codec::Will;
 use crate::config::Config;
 use crate::router::{Message, Router};
@@ -42,12 +43,15 @@ pub struct Broker {
     pub tasks: TaskTracker,
     /// Durable copy of sessions and retained messages.
     pub store: Arc<dyn Store>,
+    /// The plugin chain in force; replaced whole on reload. A sync lock is
+    /// right here: readers clone an `Arc` and let go at once.
+    policy: parking_lot::RwLock<Policy>,
     next_assigned_id: AtomicU64,
 }
 
 impl Broker {
     /// A broker whose state starts as what `store` recovered.
-    pub fn new(config: Config, store: Arc<dyn Store>, recovered: Recovered) -> Arc<Broker> {
+    pub fn new(config: Config, store: Arc<dyn Store>, recovered: Recovered, policy: Policy) -> Arc<Broker> {
         let broker = Arc::new(Broker {
             config,
             router: Router::default(),
@@ -56,6 +60,7 @@ impl Broker {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             store,
+            policy: parking_lot::RwLock::new(policy),
             next_assigned_id: AtomicU64::new(1),
         });
         for message in recovered.retained {
@@ -76,6 +81,16 @@ impl Broker {
             broker.arm_expiry(session, 0, stored.expiry_s);
         }
         broker
+    }
+
+    /// The policy in force now. Calls in flight keep the one they took.
+    pub fn policy(&self) -> Policy {
+        self.policy.read().clone()
+    }
+
+    /// Puts a new policy in force (start-up, reload).
+    pub fn set_policy(&self, policy: Policy) {
+        *self.policy.write() = policy;
     }
 
     /// A fresh client identifier for a client that sent an empty one.

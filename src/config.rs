@@ -48,11 +48,28 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Policy plugins.
+    #[serde(default)]
+    pub plugins: PluginsConfig,
+}
+
+/// Where the policy plugins are.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Directory of `*.wasm` components and their `NAME.toml` sidecars.
+    /// Unset: `./plugins` if that directory exists, else no plugins.
+    pub dir: Option<PathBuf>,
 }
 
 impl Default for Config {
     fn default() -> Config {
-        Config { listeners: default_listeners(), limits: Limits::default(), log: LogConfig::default() }
+        Config {
+            listeners: default_listeners(),
+            limits: Limits::default(),
+            log: LogConfig::default(),
+            plugins: PluginsConfig::default(),
+        }
     }
 }
 

@@ -24,6 +24,10 @@ struct Cli {
     /// Listen on ADDR instead of the configured listeners (repeatable).
     #[arg(long = "listen", value_name = "ADDR")]
     listen: Vec<SocketAddr>,
+    /// Load policy plugins (`*.wasm` + optional `NAME.toml`) from DIR
+    /// instead of `[plugins] dir` (default: `./plugins` if it exists).
+    #[arg(long = "plugins", value_name = "DIR")]
+    plugins: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -49,7 +53,8 @@ fn main() -> ExitCode {
     match runtime.block_on(run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let config_error = matches!(e.downcast_ref::<ServerError>(), Some(ServerError::Tls(_)));
+            let config_error =
+                matches!(e.downcast_ref::<ServerError>(), Some(ServerError::Tls(_) | ServerError::Plugin(_)));
             if config_error {
                 eprintln!("moat: configuration error: {e:#}");
                 return ExitCode::from(EXIT_CONFIG);
@@ -65,6 +70,9 @@ fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    if let Some(dir) = &cli.plugins {
+        config.plugins.dir = Some(dir.clone());
+    }
     if !cli.listen.is_empty() {
         config.listeners =
             cli.listen.iter().enumerate().map(|(i, addr)| ListenerConfig::tcp(&format!("listen{i}"), *addr)).collect();

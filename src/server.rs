@@ -2,14 +2,17 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
+use crate::auth::Policy;
 use crate::broker::Broker;
 use crate::config::Config;
+use crate::plugin::{LoadError, PluginHost};
 use crate::store::{MemoryStore, Store, StoreError};
 use crate::transport::{BindError, Listener, ListenerError, TlsAcceptor, TlsSetupError};
 
@@ -26,6 +29,10 @@ pub enum ServerError {
     /// The store could not be recovered.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A plugin could not be loaded: the broker never runs with part of
+    /// its policy missing.
+    #[error("plugin refused: {0}")]
+    Plugin(#[from] LoadError),
 }
 
 /// A broker with its listeners bound, not yet accepting.
@@ -33,6 +40,27 @@ pub enum ServerError {
 pub struct Server {
     broker: Arc<Broker>,
     listeners: Vec<Listener>,
+}
+
+/// Loads the configured plugin directory (default `./plugins` when it
+/// exists). A directory without components means no plugins, and then no
+/// WebAssembly engine is started at all.
+fn load_policy(config: &Config) -> Result<Policy, LoadError> {
+    let dir = match &config.plugins.dir {
+        Some(dir) => dir.clone(),
+        None if Path::new("plugins").is_dir() => PathBuf::from("plugins"),
+        None => return Ok(Policy::none()),
+    };
+    let entries = std::fs::read_dir(&dir).map_err(|e| LoadError::Io { path: dir.clone(), message: e.to_string() })?;
+    let has_components = entries.flatten().any(|e| e.path().extension().is_some_and(|x| x == "wasm"));
+    if !has_components {
+        return Ok(Policy::none());
+    }
+    let set = PluginHost::new()?.load_dir(&dir)?;
+    for plugin in set.plugins() {
+        info!(plugin = &**plugin.name(), path = %plugin.path().display(), "plugin loaded");
+    }
+    Ok(Policy::new(set))
 }
 
 impl From<ListenerError> for ServerError {
@@ -58,12 +86,13 @@ impl Server {
     /// # Errors
     /// [`ServerError`] when the store cannot be read or a listener bound.
     pub async fn bind_with_store(config: Config, store: Arc<dyn Store>) -> Result<Server, ServerError> {
+        let policy = load_policy(&config)?;
         let recovered = store.recover()?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
             listeners.push(Listener::bind(l.clone()).await?);
         }
-        Ok(Server { broker: Broker::new(config, store, recovered), listeners })
+        Ok(Server { broker: Broker::new(config, store, recovered, policy), listeners })
     }
 
     /// The bound address of each listener, by name.

@@ -26,16 +26,7 @@ mod policy;
 pub use cache::AuthzCache;
 pub use policy::Policy;
 
-/// A verified client certificate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsIdentity {
-    /// Subject distinguished name.
-    pub subject: String,
-    /// Subject alternative names as text.
-    pub sans: Vec<String>,
-    /// SHA-256 of the DER certificate, lowercase hex.
-    pub sha256_fingerprint: String,
-}
+pub use crate::transport::TlsIdentity;
 
 /// Who is asking: what the broker knows about a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,7 +42,7 @@ pub struct ClientInfo {
     /// Protocol the connection speaks.
     pub protocol: ProtocolVersion,
     /// The verified certificate, for TLS clients that presented one.
-    pub tls: Option<TlsIdentity>,
+    pub tls: Option<Arc<TlsIdentity>>,
     /// Attributes granted at authentication; later hooks see them.
     pub attributes: Vec<(String, String)>,
 }

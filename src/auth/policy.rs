@@ -67,6 +67,17 @@ impl Policy {
         self.inner.set.plugins().iter().map(|p| (p.name().clone(), p.stats().snapshot())).collect()
     }
 
+    /// Whether any plugin authorizes; without one every action is allowed
+    /// and callers can skip the question (and their cache) entirely.
+    pub fn authorizes(&self) -> bool {
+        !self.inner.authz.is_empty()
+    }
+
+    /// Whether any plugin authenticates.
+    pub fn authenticates(&self) -> bool {
+        !self.inner.authn.is_empty()
+    }
+
     /// Runs the authentication chain: the first `allow`, `deny` or
     /// `continue` wins; a failing plugin denies.
     pub fn authenticate(&self, client: &ClientInfo, credentials: &Credentials) -> AuthnOutcome {

@@ -11,10 +11,16 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use super::Connection;
+use super::policy::{self, AuthFailure};
+use crate::auth::{AuthzCache, ClientInfo};
 use crate::broker::Broker;
 use crate::codec::{self, ConnAck, Connect, DecodeError, Packet, Properties, ProtocolVersion, ReasonCode};
 use crate::config::ListenerConfig;
 use crate::transport::Peer;
+
+/// Authorization verdicts a connection remembers: enough for the topics
+/// one device uses, small enough that 100k connections do not notice.
+const AUTHZ_CACHE_ENTRIES: usize = 64;
 
 /// The first packet gets its own, smaller size cap: before CONNECT nobody
 /// is authenticated, so nobody may make the broker buffer much.
@@ -56,16 +62,48 @@ where
     };
     let version = connect.protocol;
     let outcome = negotiate(&broker, &connect, &peer, listener);
-    let Negotiated { client_id, assigned, keep_alive, server_keep_alive, session_expiry_s, expiry_capped, username } =
-        match outcome {
-            Ok(n) => n,
-            Err(reason) => {
-                debug!(reason = %reason, "CONNECT refused");
-                send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
-                return None;
-            }
-        };
+    let Negotiated {
+        client_id,
+        assigned,
+        keep_alive,
+        server_keep_alive,
+        session_expiry_s,
+        expiry_capped,
+        username,
+        cert_authenticated,
+    } = match outcome {
+        Ok(n) => n,
+        Err(reason) => {
+            debug!(reason = %reason, "CONNECT refused");
+            send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
+            return None;
+        }
+    };
     tracing::Span::current().record("client_id", &*client_id);
+    let mut client = ClientInfo {
+        client_id: client_id.to_string(),
+        username: username.as_deref().map(str::to_owned),
+        peer_address: peer.addr,
+        listener: listener.name.clone(),
+        protocol: version,
+        tls: peer.tls.clone(),
+        attributes: Vec::new(),
+    };
+    let admitted_without_plugin = cert_authenticated || listener.allow_anonymous.permits(peer.addr);
+    let authenticating =
+        policy::authenticate(&broker, &mut stream, &mut rbuf, &connect, &mut client, admitted_without_plugin);
+    let auth_method = match tokio::time::timeout_at(deadline, authenticating).await {
+        Ok(Ok(method)) => method,
+        Ok(Err(AuthFailure::Refused(reason))) => {
+            debug!(reason = %reason, "CONNECT refused by authentication");
+            send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
+            return None;
+        }
+        Ok(Err(AuthFailure::Closed)) | Err(_) => {
+            debug!("authentication exchange did not finish");
+            return None;
+        }
+    };
     let Some(attached) = broker.attach(&client_id, connect.clean_start).await else {
         debug!("previous connection did not release the session");
         let reason = ReasonCode::SERVER_BUSY;
@@ -84,6 +122,7 @@ where
         properties.assigned_client_identifier = assigned.then(|| client_id.to_string());
         properties.server_keep_alive = server_keep_alive;
         properties.session_expiry_interval = expiry_capped.then_some(session_expiry_s);
+        properties.authentication_method.clone_from(&auth_method);
     }
     let connack = ConnAck { session_present: attached.present, reason: ReasonCode::SUCCESS, properties };
     let props = &connect.properties;
@@ -103,10 +142,18 @@ where
         want_drain: true,
         attached,
         broker: broker.clone(),
-        peer,
-        username,
+        authz: AuthzCache::new(AUTHZ_CACHE_ENTRIES),
+        auth_method,
+        reauthenticating: false,
+        client,
     };
-    debug!(version = ?version, clean_start = connect.clean_start, keep_alive, "client connected");
+    debug!(
+        version = ?version,
+        clean_start = connect.clean_start,
+        keep_alive,
+        username = conn.client.username.as_deref(),
+        "client connected"
+    );
     conn.send(&Packet::ConnAck(connack));
     Some(conn)
 }
@@ -121,6 +168,8 @@ struct Negotiated {
     expiry_capped: bool,
     /// From CONNECT, or from the client certificate.
     username: Option<Arc<str>>,
+    /// A verified client certificate authenticated the client.
+    cert_authenticated: bool,
 }
 
 /// Validates CONNECT against the limits and the authentication policy.
@@ -158,15 +207,9 @@ fn negotiate(
     if !topic_levels_ok {
         return Err(ReasonCode::TOPIC_NAME_INVALID);
     }
-    if connect.properties.authentication_method.is_some() {
-        // Enhanced authentication needs a plugin that speaks the method.
-        return Err(ReasonCode::BAD_AUTHENTICATION_METHOD);
-    }
-    // A verified client certificate authenticates (see connection::identity).
+    // A verified client certificate authenticates (see connection::identity);
+    // plugins and the anonymous policy decide the rest (connection::policy).
     let login = super::identity::certificate_login(listener, peer, connect)?;
-    if !login.authenticated && !listener.allow_anonymous.permits(peer.addr) {
-        return Err(ReasonCode::NOT_AUTHORIZED);
-    }
     let requested = if v5 {
         connect.properties.session_expiry_interval.unwrap_or(0)
     } else if connect.clean_start {
@@ -183,6 +226,7 @@ fn negotiate(
         session_expiry_s,
         expiry_capped: session_expiry_s != requested,
         username: login.username,
+        cert_authenticated: login.authenticated,
     })
 }
 

@@ -3,6 +3,7 @@
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Close, Connection};
+use crate::auth::Action;
 use crate::codec::{
     Packet, Properties, PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, TopicName, UnsubAck,
     Unsubscribe,
@@ -45,9 +46,7 @@ where
             }
             Packet::Disconnect(disconnect) => Err(self.on_disconnect(&disconnect)),
             Packet::Connect(_) => Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "second CONNECT")),
-            Packet::Auth(_) => {
-                Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "AUTH without an authentication method"))
-            }
+            Packet::Auth(auth) => self.on_auth(auth),
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
                 Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "packet only a server may send"))
             }
@@ -61,6 +60,18 @@ where
             return Err(Close::Protocol(ReasonCode::TOPIC_NAME_INVALID, "too many topic levels"));
         }
         let packet_id = publish.packet_id;
+        let permitted = self.allowed(Action::Publish, publish.topic.as_str(), publish.qos, publish.retain);
+        if !permitted && self.version.is_v5() {
+            // The reason code ends the exchange, so no QoS 2 state is kept.
+            let refusal =
+                |id| PubResp { packet_id: id, reason: ReasonCode::NOT_AUTHORIZED, properties: Properties::default() };
+            match (publish.qos, packet_id) {
+                (QoS::AtLeastOnce, Some(id)) => self.send(&Packet::PubAck(refusal(id))),
+                (QoS::ExactlyOnce, Some(id)) => self.send(&Packet::PubRec(refusal(id))),
+                _ => {}
+            }
+            return Ok(());
+        }
         if publish.qos == QoS::ExactlyOnce {
             let Some(id) = packet_id else {
                 return Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "QoS 2 without packet id"));
@@ -78,8 +89,13 @@ where
             }
             state.incoming_qos2.insert(id);
         }
+        // 3.1.1 has no way to refuse a PUBLISH: it is acknowledged and
+        // dropped, as Mosquitto does.
         let message = Message::new(publish.topic, publish.payload, publish.qos, publish.retain, &publish.properties);
-        let delivered = self.broker.publish(message, Some(&self.attached.session));
+        let delivered = match permitted.then(|| self.transform(message)).flatten() {
+            Some(message) => self.broker.publish(message, Some(&self.attached.session)),
+            None => 0,
+        };
         let reason = if delivered == 0 && self.version.is_v5() {
             ReasonCode::NO_MATCHING_SUBSCRIBERS
         } else {
@@ -153,6 +169,10 @@ where
                 reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
                 continue;
             }
+            if !self.allowed(Action::Subscribe, filter.as_str(), options.qos, false) {
+                reasons.push(ReasonCode::NOT_AUTHORIZED);
+                continue;
+            }
             options.qos = options.qos.min(QoS::ExactlyOnce);
             let subscription = Subscription { options, id: sub_id };
             let existed = self.broker.router.subscribe(&self.attached.session, &filter, &subscription);
@@ -168,6 +188,9 @@ where
                 };
             if send_retained {
                 for message in self.broker.router.retained().matching(&filter) {
+                    if !self.allowed(Action::Retained, message.topic.as_str(), message.qos, true) {
+                        continue;
+                    }
                     retained.push(Delivery {
                         qos: message.qos.min(options.qos),
                         message,

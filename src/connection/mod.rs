@@ -10,6 +10,7 @@ mod connect;
 mod identity;
 mod inbound;
 mod outbound;
+mod policy;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, field};
 
+use crate::auth::{Action, AuthzCache, ClientInfo};
 use crate::broker::Broker;
 use crate::codec::{self, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode, TopicName, Will};
 use crate::config::ListenerConfig;
@@ -95,14 +97,17 @@ struct Connection<S> {
     aliases: HashMap<u16, TopicName>,
     /// Deliveries may be waiting: the session woke us or the window opened.
     want_drain: bool,
-    /// The remote address and verified client certificate, for plugins
-    /// (`client-info`).
-    #[allow(dead_code, reason = "read by the plugin host (client-info)")]
-    peer: Peer,
-    /// The user name in force: from CONNECT, or from the client certificate
-    /// with `use_identity_as_username`.
-    #[allow(dead_code, reason = "read by the plugin host (client-info)")]
-    username: Option<Arc<str>>,
+    /// Who the client is, as plugins see it: client id, the user name in
+    /// force (from CONNECT, the certificate or an authenticator's grant),
+    /// peer, listener, certificate identity and granted attributes.
+    client: ClientInfo,
+    /// This connection's memory of authorization verdicts.
+    authz: AuthzCache,
+    /// The v5 Authentication Method used at CONNECT; re-authentication
+    /// must use the same one.
+    auth_method: Option<String>,
+    /// A re-authentication exchange is under way.
+    reauthenticating: bool,
 }
 
 /// Serves one client connection to the end, over a stream on which any
@@ -222,7 +227,12 @@ where
             self.stream.shutdown().await.ok();
         })
         .await;
-        let will = if close.publishes_will() { self.will.take() } else { None };
+        let mut will = if close.publishes_will() { self.will.take() } else { None };
+        if let Some(w) = &will
+            && !self.allowed(Action::Will, w.topic.as_str(), w.qos, w.retain)
+        {
+            will = None;
+        }
         let expiry = self.session_expiry_s;
         self.broker.detach(self.attached, will, expiry);
     }

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Close, Connection};
+use crate::auth::Action;
 use crate::codec::{self, Packet, Properties, PubResp, Publish, QoS};
 use crate::session::{Delivery, Inflight, InflightState};
 
@@ -36,6 +37,7 @@ where
     /// and it keeps packet-id allocation and the in-flight list consistent.
     pub(super) fn drain(&mut self) {
         let now = std::time::Instant::now();
+        let check_receive = self.broker.policy().authorizes();
         let session = self.attached.session.clone();
         let mut state = session.lock();
         let mut sent = 0u64;
@@ -45,6 +47,13 @@ where
             }
             let Some(delivery) = state.pending.pop_front() else { break };
             if delivery.message.is_expired(now) {
+                continue;
+            }
+            // Receive-side authorization, so a policy change reaches queued
+            // messages and a policy can hide topics from a subscriber. It runs
+            // under the session lock, but the connection's cache answers
+            // repeated topics without calling a plugin.
+            if check_receive && !self.receive_allowed(&delivery) {
                 continue;
             }
             let packet_id = (delivery.qos != QoS::AtMostOnce).then(|| state.allocate_packet_id());
@@ -67,6 +76,11 @@ where
         }
         drop(state);
         self.broker.stats.messages_sent.fetch_add(sent, Ordering::Relaxed);
+    }
+
+    fn receive_allowed(&mut self, delivery: &Delivery) -> bool {
+        let message = &delivery.message;
+        self.allowed(Action::Receive, message.topic.as_str(), delivery.qos, delivery.retain)
     }
 
     fn publish_packet(&self, delivery: &Delivery, packet_id: Option<crate::codec::PacketId>, dup: bool) -> Publish {

@@ -1,0 +1,253 @@
+//! The connection's side of the policy pipeline: authentication at CONNECT
+//! (with MQTT 5 enhanced authentication and re-authentication), cached
+//! authorization of each action, and message transforms.
+//!
+//! Every answer that is not an explicit allow is a refusal: the chain in
+//! [`crate::auth`] already turns plugin failures into denials, and here an
+//! unexpected packet in an authentication exchange refuses too.
+
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::debug;
+
+use super::{Close, Connection};
+use crate::auth::{Action, AuthnOutcome, ClientInfo, Credentials, PluginMessage, TransformOutcome};
+use crate::broker::Broker;
+use crate::codec::{self, Auth, Connect, Packet, Properties, ProtocolVersion, QoS, ReasonCode, TopicName};
+use crate::router::Message;
+
+/// Enhanced authentication may take this many round trips at most, so a
+/// plugin that always answers `continue` cannot hold a connection forever.
+const MAX_AUTH_ROUNDS: usize = 8;
+
+/// Why authentication at CONNECT did not succeed.
+pub(super) enum AuthFailure {
+    /// Refuse with this CONNACK reason code.
+    Refused(ReasonCode),
+    /// The connection broke or timed out during an exchange.
+    Closed,
+}
+
+/// Runs the authentication chain for a CONNECT. Returns the
+/// Authentication Method to echo in CONNACK, if one was used.
+///
+/// A client no plugin decides on is admitted when its certificate
+/// authenticated it or the listener admits it anonymously.
+pub(super) async fn authenticate<S>(
+    broker: &Broker,
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    connect: &Connect,
+    client: &mut ClientInfo,
+    admitted_without_plugin: bool,
+) -> Result<Option<String>, AuthFailure>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let policy = broker.policy();
+    let method = connect.properties.authentication_method.clone();
+    let mut credentials = Credentials {
+        username: connect.username.clone(),
+        password: connect.password.clone(),
+        auth_method: method.clone(),
+        auth_data: connect.properties.authentication_data.clone(),
+    };
+    for _ in 0..MAX_AUTH_ROUNDS {
+        match policy.authenticate(client, &credentials) {
+            AuthnOutcome::Allow(grant) => {
+                debug!(plugin = &*grant.plugin, "authenticated");
+                client.apply_grant(&grant);
+                return Ok(method);
+            }
+            AuthnOutcome::Deny { plugin, reason } => {
+                debug!(plugin = &*plugin, reason, "authentication denied");
+                let bad_credentials = credentials.password.is_some() || method.is_some();
+                let code =
+                    if bad_credentials { ReasonCode::BAD_USER_NAME_OR_PASSWORD } else { ReasonCode::NOT_AUTHORIZED };
+                return Err(AuthFailure::Refused(code));
+            }
+            AuthnOutcome::NoDecision if method.is_some() => {
+                return Err(AuthFailure::Refused(ReasonCode::BAD_AUTHENTICATION_METHOD));
+            }
+            AuthnOutcome::NoDecision if admitted_without_plugin => return Ok(None),
+            AuthnOutcome::NoDecision => return Err(AuthFailure::Refused(ReasonCode::NOT_AUTHORIZED)),
+            AuthnOutcome::Continue { plugin, data } => {
+                let Some(method) = &method else {
+                    debug!(plugin = &*plugin, "plugin continued an exchange the client did not start");
+                    return Err(AuthFailure::Refused(ReasonCode::NOT_AUTHORIZED));
+                };
+                credentials.auth_data = Some(challenge(stream, rbuf, method, data, broker).await?);
+            }
+        }
+    }
+    debug!("enhanced authentication took too many rounds");
+    Err(AuthFailure::Refused(ReasonCode::NOT_AUTHORIZED))
+}
+
+/// Sends one AUTH challenge and reads the client's answer (before CONNACK).
+async fn challenge<S>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    method: &str,
+    data: Vec<u8>,
+    broker: &Broker,
+) -> Result<Bytes, AuthFailure>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut out = BytesMut::new();
+    let auth = auth_packet(ReasonCode::CONTINUE_AUTHENTICATION, method, data);
+    codec::encode(&auth, ProtocolVersion::V5, &mut out).map_err(|_| AuthFailure::Closed)?;
+    stream.write_all(&out).await.map_err(|_| AuthFailure::Closed)?;
+    stream.flush().await.map_err(|_| AuthFailure::Closed)?;
+    let max = broker.config.limits.max_packet_size;
+    loop {
+        match codec::decode(rbuf, ProtocolVersion::V5, max) {
+            Ok(Some(Packet::Auth(reply))) => return answer_data(reply, method).map_err(AuthFailure::Refused),
+            Ok(Some(_)) => return Err(AuthFailure::Refused(ReasonCode::PROTOCOL_ERROR)),
+            Ok(None) => {}
+            Err(e) => return Err(AuthFailure::Refused(e.reason_code())),
+        }
+        match stream.read_buf(rbuf).await {
+            Ok(0) | Err(_) => return Err(AuthFailure::Closed),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The Authentication Data of a client's AUTH answer, which must continue
+/// the exchange with the same method [MQTT-4.12.0-5].
+fn answer_data(reply: Auth, method: &str) -> Result<Bytes, ReasonCode> {
+    let same_method = reply.properties.authentication_method.as_deref() == Some(method);
+    if reply.reason != ReasonCode::CONTINUE_AUTHENTICATION || !same_method {
+        return Err(ReasonCode::PROTOCOL_ERROR);
+    }
+    Ok(reply.properties.authentication_data.unwrap_or_default())
+}
+
+fn auth_packet(reason: ReasonCode, method: &str, data: Vec<u8>) -> Packet {
+    Packet::Auth(Auth {
+        reason,
+        properties: Properties {
+            authentication_method: Some(method.to_owned()),
+            authentication_data: (!data.is_empty()).then(|| Bytes::from(data)),
+            ..Properties::default()
+        },
+    })
+}
+
+impl<S> Connection<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    /// Whether the policy permits `action` on `topic`, asking the plugins
+    /// only when this connection's cache has no live verdict.
+    pub(super) fn allowed(&mut self, action: Action, topic: &str, qos: QoS, retain: bool) -> bool {
+        let policy = self.broker.policy();
+        if !policy.authorizes() {
+            return true;
+        }
+        let allowed = self.authz.check(&policy, &self.client, action, topic, qos, retain);
+        if !allowed {
+            debug!(?action, topic, "not authorized");
+        }
+        allowed
+    }
+
+    /// Applies the transform plugins registered for the message's topic.
+    /// `None` means a plugin dropped it.
+    pub(super) fn transform(&self, message: Message) -> Option<Message> {
+        let policy = self.broker.policy();
+        if !policy.wants_transform(message.topic.as_str()) {
+            return Some(message);
+        }
+        let now = Instant::now();
+        match policy.transform(&self.client, &to_plugin(&message, now)) {
+            TransformOutcome::Pass => Some(message),
+            TransformOutcome::Replace(replaced) => from_plugin(replaced),
+            TransformOutcome::Drop { plugin, reason } => {
+                debug!(plugin = &*plugin, reason, topic = %message.topic, "message dropped by transform");
+                None
+            }
+        }
+    }
+
+    /// MQTT 5 re-authentication: an AUTH packet after CONNACK
+    /// [MQTT-4.12.1]. Failure ends the connection with 0x87.
+    pub(super) fn on_auth(&mut self, auth: Auth) -> Result<(), Close> {
+        let Some(method) = self.auth_method.clone() else {
+            return Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "AUTH without an authentication method"));
+        };
+        let expected =
+            if self.reauthenticating { ReasonCode::CONTINUE_AUTHENTICATION } else { ReasonCode::REAUTHENTICATE };
+        if auth.reason != expected || auth.properties.authentication_method.as_deref() != Some(method.as_str()) {
+            return Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "unexpected AUTH"));
+        }
+        let credentials = Credentials {
+            username: self.client.username.clone(),
+            password: None,
+            auth_method: Some(method.clone()),
+            auth_data: auth.properties.authentication_data,
+        };
+        match self.broker.policy().authenticate(&self.client, &credentials) {
+            AuthnOutcome::Allow(grant) => {
+                self.reauthenticating = false;
+                self.client.apply_grant(&grant);
+                self.send(&auth_packet(ReasonCode::SUCCESS, &method, Vec::new()));
+                Ok(())
+            }
+            AuthnOutcome::Continue { data, .. } => {
+                self.reauthenticating = true;
+                self.send(&auth_packet(ReasonCode::CONTINUE_AUTHENTICATION, &method, data));
+                Ok(())
+            }
+            AuthnOutcome::Deny { .. } | AuthnOutcome::NoDecision => {
+                Err(Close::Protocol(ReasonCode::NOT_AUTHORIZED, "re-authentication failed"))
+            }
+        }
+    }
+}
+
+/// The message as a transform plugin sees it.
+fn to_plugin(message: &Message, now: Instant) -> PluginMessage {
+    let p = &message.properties;
+    PluginMessage {
+        topic: message.topic.clone(),
+        payload: message.payload.clone(),
+        qos: message.qos,
+        retain: message.retain,
+        content_type: p.content_type.clone(),
+        response_topic: p.response_topic.as_ref().map(|t| t.as_str().to_owned()),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: p.user_properties.clone(),
+        message_expiry: message.remaining_expiry(now),
+    }
+}
+
+/// The routed message a transform returned; `None` (drop) when the plugin
+/// produced a response topic that is not a valid topic name.
+fn from_plugin(m: PluginMessage) -> Option<Message> {
+    let response_topic = match m.response_topic.as_deref().map(TopicName::new).transpose() {
+        Ok(topic) => topic,
+        Err(e) => {
+            debug!(error = %e, "transform returned an invalid response topic; message dropped");
+            return None;
+        }
+    };
+    Some(Message::new(
+        m.topic,
+        m.payload,
+        m.qos,
+        m.retain,
+        &Properties {
+            content_type: m.content_type,
+            response_topic,
+            correlation_data: m.correlation_data,
+            user_properties: m.user_properties,
+            message_expiry_interval: m.message_expiry,
+            ..Properties::default()
+        },
+    ))
+}

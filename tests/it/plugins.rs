@@ -1,0 +1,160 @@
+//! Plugins in the broker, exercised by real clients: authentication,
+//! authorization of every action, transforms, and hostile guests failing
+//! closed while the broker keeps serving.
+
+use bytes::Bytes;
+use moat::config::{Anonymous, Config};
+use moat::plugin::fixtures::StagedDir;
+use rumqttc::v5::mqttbytes::QoS as Q5;
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet as V5Packet, PubAckReason, SubscribeReasonCode};
+
+use crate::harness::TestBroker;
+use crate::plugin_support::built;
+
+/// Stages `(name, fixture, sidecar)` plugins and starts a broker on them.
+/// Calls get a 1 s deadline unless the sidecar sets limits: the deadline is
+/// wall-clock time, and a loaded 2-core CI machine can deschedule a test
+/// thread for more than the 10 ms default while the guest does nothing wrong.
+async fn broker_with(plugins: &[(&str, &str, &str)], tweak: impl FnOnce(&mut Config)) -> (TestBroker, StagedDir) {
+    let sidecars: Vec<String> = plugins
+        .iter()
+        .map(
+            |(_, _, s)| {
+                if s.contains("[limits]") { (*s).to_owned() } else { format!("{s}\n[limits]\ntimeout_ms = 1000\n") }
+            },
+        )
+        .collect();
+    let staged: Vec<(&str, &str, &str)> =
+        plugins.iter().zip(&sidecars).map(|((n, f, _), s)| (*n, *f, s.as_str())).collect();
+    let dir = built().stage(&staged).expect("stage plugins");
+    let path = dir.path().to_owned();
+    let broker = TestBroker::with(|c| {
+        c.plugins.dir = Some(path);
+        tweak(c);
+    })
+    .await;
+    (broker, dir)
+}
+
+#[tokio::test]
+async fn allow_list_authenticates_and_denies_with_bad_credentials() {
+    let (broker, _dir) = broker_with(&[("allow", "allow-list", "[config]\nusers = [\"alice\"]\n")], |c| {
+        c.listeners[0].allow_anonymous = Anonymous::Never;
+    })
+    .await;
+    let alice = broker.v5_with("a", |o| {
+        o.set_credentials("alice", "any");
+    });
+    assert_eq!(alice.await.connack.code, ConnectReturnCode::Success);
+
+    let mut raw = broker.raw().await;
+    // v5 CONNECT, user name "mallory", password "x".
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 0x02 | 0x80 | 0x40, 0, 30, 0];
+    for field in ["m", "mallory", "x"] {
+        body.extend((field.len() as u16).to_be_bytes());
+        body.extend(field.as_bytes());
+    }
+    raw.send(&crate::harness::frame(0x10, &body)).await;
+    assert_eq!(raw.read_to_close().await, [0x20, 3, 0, 0x86, 0], "bad user name or password");
+
+    // Anonymous: the plugin ignores, the listener forbids anonymous clients.
+    let mut raw = broker.raw().await;
+    raw.send(&crate::harness::connect_v4("anon")).await;
+    assert_eq!(raw.read_to_close().await, [0x20, 2, 0, 5], "3.1.1 not authorized");
+}
+
+#[tokio::test]
+async fn topic_prefix_authorizes_publish_subscribe_and_retained() {
+    let sidecar = "[config]\nprefix = \"public/\"\n";
+    let (broker, _dir) = broker_with(&[("acl", "topic-prefix", sidecar)], |_| {}).await;
+    let mut sub = broker.v5("sub").await;
+    let granted = sub.subscribe("public/#", Q5::AtLeastOnce).await;
+    assert_eq!(granted.return_codes, [SubscribeReasonCode::Success(Q5::AtLeastOnce)]);
+    let refused = sub.subscribe("private/#", Q5::AtLeastOnce).await;
+    assert_eq!(refused.return_codes, [SubscribeReasonCode::NotAuthorized]);
+
+    let mut publisher = broker.v5("pub").await;
+    publisher.client.publish("private/x", Q5::AtLeastOnce, false, "secret").await.expect("publish");
+    loop {
+        match publisher.next().await {
+            Some(V5Packet::PubAck(ack)) => {
+                assert_eq!(ack.reason, PubAckReason::NotAuthorized);
+                break;
+            }
+            Some(_) => {}
+            None => panic!("closed"),
+        }
+    }
+    publisher.client.publish("public/x", Q5::AtLeastOnce, true, "open").await.expect("publish");
+    assert_eq!(sub.publish().await.payload, Bytes::from("open"));
+
+    // A wildcard subscription the policy allows still only gets retained
+    // messages the policy lets this client receive.
+    let mut late = broker.v5("late").await;
+    late.subscribe("public/#", Q5::AtMostOnce).await;
+    assert_eq!(late.publish().await.payload, Bytes::from("open"));
+}
+
+#[tokio::test]
+async fn receive_side_authorization_hides_topics_from_wildcard_subscribers() {
+    // Allows everything under public/, denies under public/hidden/ for all.
+    let sidecar = "[config]\nprefix = \"public/\"\ndeny_prefix = \"public/hidden/\"\n";
+    let (broker, _dir) = broker_with(&[("acl", "topic-prefix", sidecar)], |_| {}).await;
+    let mut sub = broker.v5("sub").await;
+    sub.subscribe("public/#", Q5::AtMostOnce).await;
+    let publisher = broker.v5("pub").await;
+    publisher.client.publish("public/hidden/x", Q5::AtMostOnce, false, "no").await.expect("publish");
+    publisher.client.publish("public/seen", Q5::AtMostOnce, false, "yes").await.expect("publish");
+    assert_eq!(sub.publish().await.payload, Bytes::from("yes"));
+    sub.no_publish().await;
+}
+
+#[tokio::test]
+async fn transform_rewrites_only_declared_topics() {
+    let (broker, _dir) =
+        broker_with(&[("upper", "payload-upper", "[config]\nfilters = [\"upper/#\"]\n")], |_| {}).await;
+    let mut sub = broker.v5("sub").await;
+    sub.subscribe("#", Q5::AtMostOnce).await;
+    let publisher = broker.v5("pub").await;
+    publisher.client.publish("upper/a", Q5::AtMostOnce, false, "hello").await.expect("publish");
+    let got = sub.publish().await;
+    assert_eq!(got.payload, Bytes::from("HELLO"));
+    let props = got.properties.expect("properties");
+    assert!(props.user_properties.contains(&("transformed-by".into(), "payload-upper".into())));
+    publisher.client.publish("other", Q5::AtMostOnce, false, "hello").await.expect("publish");
+    assert_eq!(sub.publish().await.payload, Bytes::from("hello"));
+}
+
+#[tokio::test]
+async fn a_looping_plugin_fails_closed_and_the_broker_keeps_serving() {
+    let sidecar = "[limits]\ntimeout_ms = 50\n";
+    let (broker, _dir) = broker_with(&[("loop", "infinite-loop", sidecar)], |_| {}).await;
+    let mut sub = broker.v5("sub").await;
+    sub.subscribe("#", Q5::AtMostOnce).await;
+    let refused = sub.subscribe("evil/#", Q5::AtMostOnce).await;
+    assert_eq!(refused.return_codes, [SubscribeReasonCode::NotAuthorized], "a timed-out authorizer denies");
+    let publisher = broker.v5("pub").await;
+    publisher.client.publish("fine", Q5::AtMostOnce, false, "ok").await.expect("publish");
+    assert_eq!(sub.publish().await.payload, Bytes::from("ok"));
+
+    // Authentication that never returns is refused, not allowed.
+    let mut raw = broker.raw().await;
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02 | 0x80, 0, 30];
+    for field in ["e", "evil"] {
+        body.extend((field.len() as u16).to_be_bytes());
+        body.extend(field.as_bytes());
+    }
+    raw.send(&crate::harness::frame(0x10, &body)).await;
+    assert_eq!(raw.read_to_close().await, [0x20, 2, 0, 5], "timed-out authenticator denies");
+}
+
+#[tokio::test]
+async fn a_broken_plugin_stops_start_up_naming_it() {
+    let dir = built().stage(&[("old", "wrong-version", "")]).expect("stage");
+    let mut config = Config::default();
+    config.listeners[0].bind = "127.0.0.1:0".parse().expect("address");
+    config.plugins.dir = Some(dir.path().to_owned());
+    let err = moat::Server::bind(config).await.expect_err("a broken plugin refuses start-up");
+    let message = err.to_string();
+    assert!(message.contains("old.wasm") && message.contains("moat:plugin@"), "{message}");
+}
