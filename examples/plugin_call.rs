@@ -46,6 +46,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     println!("warm authorize (wasm):   {:>8.0} ns/call", authorize);
 
+    // The same question with empty strings: shows how much of a call is
+    // copying the client record into the guest (one guest allocation per
+    // non-empty string).
+    let bare = ClientInfo { client_id: String::new(), listener: String::new(), ..client.clone() };
+    let bare_cost = measure(|| {
+        black_box(policy.authorize(&bare, Action::Publish, black_box("bench/1"), QoS::AtMostOnce, false));
+    });
+    println!("authorize, bare client:  {:>8.0} ns/call", bare_cost);
+
     let mut cache = AuthzCache::new(1024);
     let cached = measure(|| {
         black_box(cache.check(&policy, &client, Action::Publish, black_box("bench/sensor/1"), QoS::AtMostOnce, false));
