@@ -2,28 +2,34 @@
 //! (topic-prefix fixture), one authorize answered by an `AuthzCache`, and one
 //! transform (payload-upper fixture, 64-byte payload).
 //!
-//! Run with `cargo run --release --example plugin_call` (it builds the
-//! fixture plugins first). Not a test: it prints figures and each plugin's
+//! Run with `cargo run --release --example plugin_call [DIR]` (it builds the
+//! fixture plugins first, in the dev profile; pass a directory holding
+//! `topic_prefix.wasm` and `payload_upper.wasm` to measure other builds of
+//! them, e.g. `plugins/target/wasm32-wasip2/release`). Not a test: it prints figures and each plugin's
 //! counters.
 
 use std::hint::black_box;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use moat::auth::{Action, AuthzCache, ClientInfo, PluginMessage, Policy};
 use moat::codec::{ProtocolVersion, QoS, TopicName};
-use moat::plugin::PluginHost;
 use moat::plugin::fixtures::fixtures;
+use moat::plugin::{PluginHost, PluginSettings};
 
 const ITERATIONS: u32 = 200_000;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let fixtures = fixtures()?;
-    let dir = fixtures.stage(&[
-        ("topic-prefix", "topic-prefix", "[config]\nprefix = \"bench/\"\n"),
-        ("payload-upper", "payload-upper", "[config]\nfilters = [\"upper/#\"]\n"),
-    ])?;
-    let policy = Policy::new(PluginHost::new()?.load_dir(dir.path())?);
+    let host = PluginHost::new()?;
+    let prefix = PluginSettings::parse("[config]\nprefix = \"bench/\"\n")?;
+    let upper = PluginSettings::parse("[config]\nfilters = [\"upper/#\"]\n")?;
+    let (prefix_wasm, upper_wasm) = match std::env::args_os().nth(1).map(PathBuf::from) {
+        Some(dir) => (dir.join("topic_prefix.wasm"), dir.join("payload_upper.wasm")),
+        None => (fixtures()?.wasm("topic-prefix"), fixtures()?.wasm("payload-upper")),
+    };
+    println!("components: {} and {}", prefix_wasm.display(), upper_wasm.display());
+    let policy = Policy::new(host.load(vec![(prefix_wasm, prefix), (upper_wasm, upper)])?);
     let client = ClientInfo {
         client_id: "bench-client".into(),
         username: Some("bench".into()),
@@ -39,6 +45,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         black_box(v);
     });
     println!("warm authorize (wasm):   {:>8.0} ns/call", authorize);
+
+    // The same question with empty strings: shows how much of a call is
+    // copying the client record into the guest (one guest allocation per
+    // non-empty string).
+    let bare = ClientInfo { client_id: String::new(), listener: String::new(), ..client.clone() };
+    let bare_cost = measure(|| {
+        black_box(policy.authorize(&bare, Action::Publish, black_box("bench/1"), QoS::AtMostOnce, false));
+    });
+    println!("authorize, bare client:  {:>8.0} ns/call", bare_cost);
 
     let mut cache = AuthzCache::new(1024);
     let cached = measure(|| {

@@ -218,8 +218,13 @@ fn with_instance<P: Plugin, R>(f: impl FnOnce(&mut P) -> R) -> Option<R> {
 #[macro_export]
 macro_rules! export_plugin {
     ($plugin:ty) => {
+        // Only WebAssembly builds export the hooks: natively (for `cargo test`
+        // of a plugin crate) the symbol names, which hold `:` and `@`, would
+        // break the linker's export list of a `cdylib`.
+        #[cfg(target_arch = "wasm32")]
         #[doc(hidden)]
         type __MoatPluginExport = $crate::Export<$plugin>;
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_plugin_bindings!(
             __MoatPluginExport with_types_in $crate::bindings
         );

@@ -37,4 +37,6 @@ impl transform::Guest for FutureGuest {
     }
 }
 
+// Natively the export symbol names would break a cdylib's export list.
+#[cfg(target_arch = "wasm32")]
 bindings::export!(FutureGuest with_types_in bindings);
