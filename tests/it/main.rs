@@ -2,6 +2,7 @@
 //! (rumqttc for MQTT 3.1.1 and 5.0, raw sockets for malformed input).
 //! Test names carry the specification's normative statement ids.
 
+mod attacks;
 mod cli;
 mod connect;
 mod harness;
