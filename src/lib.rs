@@ -16,6 +16,8 @@ pub mod broker;
 pub mod codec;
 pub mod config;
 pub mod connection;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 pub mod router;
 pub mod server;
 pub mod session;
