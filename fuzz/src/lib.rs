@@ -1,7 +1,7 @@
 //! Shared helpers for Moat's fuzz targets.
 
 use bytes::BytesMut;
-use moat::codec::{self, ProtocolVersion};
+use moat::codec::{self, Packet, ProtocolVersion};
 
 /// The packet size cap the decode targets run with (the broker default).
 pub const MAX_PACKET: u32 = 1024 * 1024;
@@ -10,7 +10,15 @@ pub const MAX_PACKET: u32 = 1024 * 1024;
 /// every decoded packet must encode, and decode back to itself.
 pub fn decode_roundtrip(data: &[u8], version: ProtocolVersion) {
     let mut buf = BytesMut::from(data);
-    while let Ok(Some(packet)) = codec::decode(&mut buf, version, MAX_PACKET) {
+    while let Ok(Some(mut packet)) = codec::decode(&mut buf, version, MAX_PACKET) {
+        // The encoder clears Session Present on a refusal [MQTT-3.2.2-4],
+        // [MQTT-3.2.2-6]; the decoder (only a client would use it for
+        // CONNACK; the broker refuses a CONNACK from a client) accepts it.
+        if let Packet::ConnAck(ack) = &mut packet
+            && !ack.reason.is_success()
+        {
+            ack.session_present = false;
+        }
         let mut out = BytesMut::new();
         if let Err(e) = codec::encode(&packet, version, &mut out) {
             panic!("decoded packet does not encode: {e:?}\n{packet:?}");
