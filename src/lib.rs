@@ -19,6 +19,8 @@ pub mod broker;
 pub mod codec;
 pub mod config;
 pub mod connection;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 pub mod plugin;
 pub mod router;
 pub mod server;

@@ -101,11 +101,15 @@ pub enum DecodeError {
     /// (0x82)
     #[error("invalid property value")]
     InvalidPropertyValue,
-    /// A PUBLISH, will or response topic with wildcards, or empty where
-    /// that is not allowed (always in 3.1.1, in v5 without a topic alias).
-    /// (0x90)
+    /// A PUBLISH, will or response topic with wildcards, or an empty will
+    /// or response topic. (0x90)
     #[error("invalid topic name")]
     InvalidTopicName,
+    /// A PUBLISH with an empty topic name and no topic alias: always in
+    /// 3.1.1 [MQTT-4.7.3-1]; in v5 a protocol error (section 3.3.2.3.4).
+    /// (0x82)
+    #[error("empty topic name without a topic alias")]
+    EmptyTopicWithoutAlias,
     /// A SUBSCRIBE or UNSUBSCRIBE filter refused by `TopicFilter::new`.
     /// (0x8F)
     #[error("invalid topic filter")]
@@ -125,7 +129,8 @@ impl DecodeError {
             | E::NoLocalOnSharedSubscription
             | E::EmptyPayload
             | E::DuplicateProperty
-            | E::InvalidPropertyValue => ReasonCode::PROTOCOL_ERROR,
+            | E::InvalidPropertyValue
+            | E::EmptyTopicWithoutAlias => ReasonCode::PROTOCOL_ERROR,
             E::MalformedRemainingLength
             | E::MalformedVariableInteger
             | E::UnknownPacketType

@@ -153,7 +153,7 @@ fn publish(r: &mut Reader, flags: u8, v5: bool) -> Result<Publish, DecodeError> 
     let properties = properties_if(r, v5, Ctx::Publish)?;
     // An empty topic is only meaningful as a v5 topic alias reference.
     if topic.is_empty() && properties.topic_alias.is_none() {
-        return Err(DecodeError::InvalidTopicName);
+        return Err(DecodeError::EmptyTopicWithoutAlias);
     }
     Ok(Publish {
         dup: flags & 0b1000 != 0,

@@ -218,8 +218,9 @@ fn mqtt_3_3_2_2_publish_topic_must_not_contain_wildcards() {
 
 #[test]
 fn empty_topic_needs_v5_and_a_topic_alias() {
-    assert_eq!(err(b"\x30\x02\x00\x00", V311), E::InvalidTopicName);
-    assert_eq!(err(b"\x30\x03\x00\x00\x00", V5), E::InvalidTopicName);
+    assert_eq!(err(b"\x30\x02\x00\x00", V311), E::EmptyTopicWithoutAlias);
+    assert_eq!(err(b"\x30\x03\x00\x00\x00", V5), E::EmptyTopicWithoutAlias);
+    assert_eq!(E::EmptyTopicWithoutAlias.reason_code(), ReasonCode::PROTOCOL_ERROR);
     // Response topics are topic names too.
     assert_eq!(err(b"\x30\x08\x00\x01a\x04\x08\x00\x01#", V5), E::InvalidTopicName);
 }

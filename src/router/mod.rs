@@ -14,6 +14,8 @@ use parking_lot::RwLock;
 
 pub use message::Message;
 pub use retained::Retained;
+#[cfg(fuzzing)]
+pub(crate) use trie::Trie as FuzzTrie;
 pub use trie::{Match, Subscriber};
 
 use crate::codec::{QoS, TopicFilter};

@@ -116,6 +116,12 @@ impl Trie {
         self.count
     }
 
+    /// Whether the trie holds no node at all (for the fuzz model check).
+    #[cfg(fuzzing)]
+    pub fn is_pruned_empty(&self) -> bool {
+        self.root.is_empty()
+    }
+
     /// Appends every subscription matching `topic` to `out`; for each share
     /// group, one member chosen round-robin, preferring connected members.
     pub fn matches(&self, topic: &str, out: &mut Vec<Match>) {
