@@ -29,24 +29,14 @@ pub struct Reader {
 
 impl Reader {
     fn new(rd: OwnedReadHalf, capacity: usize) -> Self {
-        Self {
-            rd,
-            buf: vec![0; capacity],
-            start: 0,
-            end: 0,
-        }
+        Self { rd, buf: vec![0; capacity], start: 0, end: 0 }
     }
 
     /// Takes the next complete packet off the buffer, if there is one.
     ///
     /// Returns the first byte and the body, borrowed from the buffer.
     pub fn next_packet(&mut self) -> Result<Option<(u8, &[u8])>> {
-        let Some(FrameInfo {
-            first,
-            body_start,
-            end,
-        }) = proto::parse_frame(&self.buf[self.start..self.end])?
-        else {
+        let Some(FrameInfo { first, body_start, end }) = proto::parse_frame(&self.buf[self.start..self.end])? else {
             return Ok(None);
         };
         let base = self.start;
@@ -133,41 +123,23 @@ impl Client {
 
     /// Like [`Client::connect`] with a chosen read buffer size (small for
     /// the many idle connections of the `conn` scenario).
-    pub async fn connect_with(
-        addr: SocketAddr,
-        version: Version,
-        client_id: &str,
-        read_buf: usize,
-    ) -> Result<Self> {
+    pub async fn connect_with(addr: SocketAddr, version: Version, client_id: &str, read_buf: usize) -> Result<Self> {
         tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let stream = TcpStream::connect(addr)
-                .await
-                .with_context(|| format!("connecting to {addr}"))?;
+            let stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
             stream.set_nodelay(true)?;
             let (rd, wr) = stream.into_split();
             let mut client = Self {
                 reader: Reader::new(rd, read_buf),
-                writer: Writer {
-                    wr,
-                    buf: Vec::with_capacity(256),
-                },
+                writer: Writer { wr, buf: Vec::with_capacity(256) },
                 version,
                 receive_max: u16::MAX,
             };
             proto::connect(&mut client.writer.buf, version, client_id, 600);
             client.writer.flush().await?;
             let (first, body) = client.reader.recv().await?;
-            ensure!(
-                first >> 4 == kind::CONNACK,
-                "expected CONNACK, got type {}",
-                first >> 4
-            );
+            ensure!(first >> 4 == kind::CONNACK, "expected CONNACK, got type {}", first >> 4);
             let ack = proto::parse_connack(version, &body)?;
-            ensure!(
-                ack.code == 0,
-                "CONNACK refused the connection: code {}",
-                ack.code
-            );
+            ensure!(ack.code == 0, "CONNACK refused the connection: code {}", ack.code);
             if let Some(max) = ack.receive_max {
                 client.receive_max = max;
             }

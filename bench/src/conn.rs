@@ -82,15 +82,9 @@ pub async fn run(args: &Args, addr: SocketAddr, v: Version) -> Result<Report> {
         w.disconnect().await;
     }
 
-    rep.set(
-        "params",
-        json!({"connections": n, "concurrency": args.concurrency}),
-    );
+    rep.set("params", json!({"connections": n, "concurrency": args.concurrency}));
     rep.counts(attempted, attempted, connected, connect_s);
-    rep.set(
-        "conn_per_sec",
-        json!(report::round(connected as f64 / connect_s, 1)),
-    );
+    rep.set("conn_per_sec", json!(report::round(connected as f64 / connect_s, 1)));
     rep.set("alive_after_idle", json!(alive));
     if let Some(e) = first_error {
         rep.set("first_error", json!(e));

@@ -29,9 +29,7 @@ pub struct Clock {
 impl Clock {
     /// Starts a clock now.
     pub fn new() -> Self {
-        Self {
-            base: Instant::now(),
-        }
+        Self { base: Instant::now() }
     }
 
     /// Nanoseconds since the clock started.
@@ -89,12 +87,7 @@ pub struct PubResult {
 
 /// Runs one publisher to completion.
 pub async fn publish(client: Client, spec: PubSpec, clock: Clock) -> Result<PubResult> {
-    let Client {
-        reader,
-        mut writer,
-        version,
-        receive_max,
-    } = client;
+    let Client { reader, mut writer, version, receive_max } = client;
     let window = spec.window.clamp(1, usize::from(receive_max));
     let sem = Arc::new(Semaphore::new(window));
     let acked = Arc::new(AtomicU64::new(0));
@@ -154,15 +147,7 @@ pub async fn publish(client: Client, spec: PubSpec, clock: Clock) -> Result<PubR
             }
             pkid = pkid % u16::MAX + 1;
             let b = &mut writer.buf;
-            proto::publish_header(
-                b,
-                version,
-                &topic,
-                spec.qos,
-                spec.retain,
-                pkid,
-                payload.len(),
-            );
+            proto::publish_header(b, version, &topic, spec.qos, spec.retain, pkid, payload.len());
             b.extend_from_slice(&payload);
             sent += 1;
         }
@@ -172,9 +157,7 @@ pub async fn publish(client: Client, spec: PubSpec, clock: Clock) -> Result<PubR
     let acked = match ack_task {
         None => sent,
         Some(task) => {
-            let all =
-                tokio::time::timeout_at(spec.ack_deadline.into(), sem.acquire_many(window as u32))
-                    .await;
+            let all = tokio::time::timeout_at(spec.ack_deadline.into(), sem.acquire_many(window as u32)).await;
             if task.is_finished() {
                 // The PUBACK reader only ends on an error: report it.
                 task.await??;
@@ -187,13 +170,7 @@ pub async fn publish(client: Client, spec: PubSpec, clock: Clock) -> Result<PubR
             }
         }
     };
-    Ok(PubResult {
-        sent,
-        acked,
-        end_ns,
-        writer,
-        reader,
-    })
+    Ok(PubResult { sent, acked, end_ns, writer, reader })
 }
 
 /// Appends `n` in decimal without allocating.
@@ -286,18 +263,9 @@ async fn subscribe(
     mut stop: watch::Receiver<bool>,
     ready: oneshot::Sender<()>,
 ) -> Result<SubResult> {
-    let Client {
-        mut reader,
-        mut writer,
-        version,
-        ..
-    } = client;
+    let Client { mut reader, mut writer, version, .. } = client;
     let mut ready = Some(ready);
-    let mut latencies = Vec::with_capacity(if spec.record_latency {
-        spec.expected
-    } else {
-        0
-    });
+    let mut latencies = Vec::with_capacity(if spec.record_latency { spec.expected } else { 0 });
     proto::subscribe(&mut writer.buf, version, 1, &spec.filter, spec.qos);
     writer.flush().await?;
     let mut received = 0u64;
@@ -345,9 +313,5 @@ async fn subscribe(
             },
         }
     }
-    Ok(SubResult {
-        received,
-        latencies,
-        writer,
-    })
+    Ok(SubResult { received, latencies, writer })
 }

@@ -54,10 +54,7 @@ impl Scenario {
 
 /// Command-line options (each scenario uses the ones that apply to it).
 #[derive(Parser, Debug)]
-#[command(
-    version,
-    about = "Loopback-only MQTT load generator for Moat benchmarks"
-)]
+#[command(version, about = "Loopback-only MQTT load generator for Moat benchmarks")]
 pub struct Args {
     /// Scenario to run.
     #[arg(value_enum)]
@@ -124,10 +121,7 @@ pub struct Args {
 
 /// Resolves the target and refuses anything that is not loopback.
 fn loopback_addr(host: &str, port: u16) -> Result<SocketAddr> {
-    let addrs: Vec<SocketAddr> = (host, port)
-        .to_socket_addrs()
-        .with_context(|| format!("resolving {host}"))?
-        .collect();
+    let addrs: Vec<SocketAddr> = (host, port).to_socket_addrs().with_context(|| format!("resolving {host}"))?.collect();
     if addrs.is_empty() {
         bail!("{host} resolved to no address");
     }
@@ -139,10 +133,8 @@ fn loopback_addr(host: &str, port: u16) -> Result<SocketAddr> {
 
 /// A prefix that keeps this run's topics apart from any other run's.
 pub fn topic_prefix() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("moat-bench/{}-{nanos}", std::process::id())
 }
 
@@ -155,10 +147,8 @@ fn main() -> Result<()> {
         bail!("--time and --rate must be positive and --grace not negative");
     }
     let addr = loopback_addr(&args.host, args.port)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(args.threads.max(1))
-        .enable_all()
-        .build()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build()?;
     // Hard bound on the whole run, whatever the broker does.
     let limit = Duration::from_secs_f64(args.time * 2.0 + args.grace + 30.0);
     runtime.block_on(async {

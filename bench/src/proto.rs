@@ -189,11 +189,7 @@ pub fn parse_frame(buf: &[u8]) -> Result<Option<FrameInfo>> {
             if buf.len() < end {
                 return Ok(None);
             }
-            return Ok(Some(FrameInfo {
-                first,
-                body_start: i + 1,
-                end,
-            }));
+            return Ok(Some(FrameInfo { first, body_start: i + 1, end }));
         }
         shift += 7;
     }
@@ -248,11 +244,7 @@ pub fn parse_publish(v: Version, first: u8, body: &[u8]) -> Result<Publish<'_>> 
         at += used + plen;
     }
     ensure!(at <= body.len(), "PUBLISH shorter than its headers");
-    Ok(Publish {
-        qos,
-        pkid,
-        payload: &body[at..],
-    })
+    Ok(Publish { qos, pkid, payload: &body[at..] })
 }
 
 /// What a CONNACK said.
@@ -297,9 +289,7 @@ fn find_receive_max(props: &[u8]) -> Result<Option<u16>> {
             }
             0x02 | 0x11 | 0x18 | 0x27 => 4,
             0x0B => take_varint(props, at)?.1,
-            0x03 | 0x08 | 0x09 | 0x12 | 0x15 | 0x16 | 0x1A | 0x1C | 0x1F => {
-                2 + usize::from(take_u16(props, at)?)
-            }
+            0x03 | 0x08 | 0x09 | 0x12 | 0x15 | 0x16 | 0x1A | 0x1C | 0x1F => 2 + usize::from(take_u16(props, at)?),
             0x26 => {
                 let k = 2 + usize::from(take_u16(props, at)?);
                 k + 2 + usize::from(take_u16(props, at + k)?)

@@ -33,11 +33,7 @@ impl Report {
     ///
     /// `lost` is `expected - received`, never negative.
     pub fn counts(&mut self, sent: u64, expected: u64, received: u64, duration_s: f64) {
-        let rate = if duration_s > 0.0 {
-            received as f64 / duration_s
-        } else {
-            0.0
-        };
+        let rate = if duration_s > 0.0 { received as f64 / duration_s } else { 0.0 };
         self.set("sent", json!(sent));
         self.set("expected", json!(expected));
         self.set("received", json!(received));
@@ -125,12 +121,7 @@ impl Proc {
         // Fields after the parenthesised command name; utime and stime are
         // fields 14 and 15 of the whole line, 12 and 13 after the name.
         let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let ticks: u64 = after
-            .split_whitespace()
-            .skip(11)
-            .take(2)
-            .filter_map(|n| n.parse::<u64>().ok())
-            .sum();
+        let ticks: u64 = after.split_whitespace().skip(11).take(2).filter_map(|n| n.parse::<u64>().ok()).sum();
         Ok(ProcSample {
             rss_kib: field("VmRSS:"),
             hwm_kib: field("VmHWM:"),
@@ -147,11 +138,7 @@ impl Proc {
         };
         dir.filter_map(|e| e.ok())
             .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
-            .filter_map(|s| {
-                s.split_whitespace()
-                    .nth(1)
-                    .and_then(|n| n.parse::<u64>().ok())
-            })
+            .filter_map(|s| s.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok()))
             .sum()
     }
 }
@@ -187,10 +174,7 @@ impl Usage {
             }
             None => None,
         };
-        Ok(Self {
-            broker,
-            client: Proc::own().sample()?,
-        })
+        Ok(Self { broker, client: Proc::own().sample()? })
     }
 
     /// Takes the final samples, adds `broker` and `client` to the report and

@@ -64,12 +64,7 @@ pub async fn run(args: &Args, addr: SocketAddr, v: Version) -> Result<Report> {
     let sub_start_ns = clock.now_ns();
     let sub = flow::spawn_subscriber(
         sub_client,
-        SubSpec {
-            filter: format!("{prefix}/#"),
-            qos: args.qos,
-            record_latency: false,
-            expected: 0,
-        },
+        SubSpec { filter: format!("{prefix}/#"), qos: args.qos, record_latency: false, expected: 0 },
         clock,
         Arc::clone(&progress),
         stop_rx,
@@ -93,9 +88,7 @@ pub async fn run(args: &Args, addr: SocketAddr, v: Version) -> Result<Report> {
             cleaner.writer.flush().await?;
         }
     }
-    tokio::time::timeout(grace, cleaner.ping())
-        .await
-        .context("no PINGRESP after clearing retained messages")??;
+    tokio::time::timeout(grace, cleaner.ping()).await.context("no PINGRESP after clearing retained messages")??;
     cleaner.writer.disconnect().await;
     stored.writer.disconnect().await;
 

@@ -39,17 +39,11 @@ struct Plan {
 /// Splits `total` messages over `n` publishers.
 fn split(total: u64, n: usize) -> Vec<u64> {
     let n = n.max(1) as u64;
-    (0..n)
-        .map(|i| total / n + u64::from(i < total % n))
-        .collect()
+    (0..n).map(|i| total / n + u64::from(i < total % n)).collect()
 }
 
 fn plan(args: &Args, prefix: &str) -> Plan {
-    let one = |topic: String, count, receivers| PlanPub {
-        topic,
-        count,
-        receivers,
-    };
+    let one = |topic: String, count, receivers| PlanPub { topic, count, receivers };
     match args.scenario {
         Scenario::Fanin => {
             let total = args.messages.unwrap_or(200_000);
@@ -82,19 +76,13 @@ fn plan(args: &Args, prefix: &str) -> Plan {
             let topics: Vec<String> = (0..n).map(|i| format!("{prefix}/pair{i}")).collect();
             Plan {
                 subs: topics.clone(),
-                pubs: split(total, n)
-                    .into_iter()
-                    .zip(topics)
-                    .map(|(c, t)| one(t, c, 1))
-                    .collect(),
+                pubs: split(total, n).into_iter().zip(topics).map(|(c, t)| one(t, c, 1)).collect(),
                 rate: None,
                 params: json!({"pairs": n, "messages": total}),
             }
         }
         _ => {
-            let total = args
-                .messages
-                .unwrap_or((args.rate * args.time).ceil() as u64);
+            let total = args.messages.unwrap_or((args.rate * args.time).ceil() as u64);
             let topic = format!("{prefix}/lat");
             Plan {
                 subs: vec![topic.clone()],
@@ -108,10 +96,8 @@ fn plan(args: &Args, prefix: &str) -> Plan {
 
 /// Connects one client per id, all at once.
 pub async fn connect_all(addr: SocketAddr, v: Version, ids: Vec<String>) -> Result<Vec<Client>> {
-    let tasks: Vec<_> = ids
-        .into_iter()
-        .map(|id| tokio::spawn(async move { Client::connect(addr, v, &id).await }))
-        .collect();
+    let tasks: Vec<_> =
+        ids.into_iter().map(|id| tokio::spawn(async move { Client::connect(addr, v, &id).await })).collect();
     let mut clients = Vec::with_capacity(tasks.len());
     for t in tasks {
         clients.push(t.await??);
@@ -130,43 +116,28 @@ pub async fn run_flow(args: &Args, addr: SocketAddr, v: Version) -> Result<Repor
     let clock = Clock::new();
     let progress = Arc::new(Progress::default());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let sub_ids = (0..plan.subs.len())
-        .map(|i| format!("mb{tag}-s{i}"))
-        .collect();
+    let sub_ids = (0..plan.subs.len()).map(|i| format!("mb{tag}-s{i}")).collect();
     let mut subs = Vec::new();
-    for (client, filter) in connect_all(addr, v, sub_ids)
-        .await?
-        .into_iter()
-        .zip(&plan.subs)
-    {
+    for (client, filter) in connect_all(addr, v, sub_ids).await?.into_iter().zip(&plan.subs) {
         let spec = SubSpec {
             filter: filter.clone(),
             qos: args.qos,
             record_latency,
             expected: if record_latency { expected_each } else { 0 },
         };
-        subs.push(flow::spawn_subscriber(
-            client,
-            spec,
-            clock,
-            Arc::clone(&progress),
-            stop_rx.clone(),
-        ));
+        subs.push(flow::spawn_subscriber(client, spec, clock, Arc::clone(&progress), stop_rx.clone()));
     }
     let mut tasks = Vec::new();
     for s in &mut subs {
-        let ready = tokio::time::timeout(Duration::from_secs(10), &mut s.ready)
-            .await
-            .context("no SUBACK within 10 s")?;
+        let ready =
+            tokio::time::timeout(Duration::from_secs(10), &mut s.ready).await.context("no SUBACK within 10 s")?;
         if ready.is_err() {
             // The task ended before its SUBACK: surface its error.
             (&mut s.task).await??;
             anyhow::bail!("subscriber ended before its SUBACK");
         }
     }
-    let pub_ids = (0..plan.pubs.len())
-        .map(|i| format!("mb{tag}-p{i}"))
-        .collect();
+    let pub_ids = (0..plan.pubs.len()).map(|i| format!("mb{tag}-p{i}")).collect();
     let pub_clients = connect_all(addr, v, pub_ids).await?;
 
     let usage = Usage::start(args.broker_pid)?;
@@ -239,13 +210,7 @@ pub async fn run_flow(args: &Args, addr: SocketAddr, v: Version) -> Result<Repor
     }
     rep.set("params", params);
     rep.counts(sent, expected, received, duration_s);
-    rep.set(
-        "publish_s",
-        json!(report::round(
-            pub_end_ns.saturating_sub(start_ns) as f64 / 1e9,
-            4
-        )),
-    );
+    rep.set("publish_s", json!(report::round(pub_end_ns.saturating_sub(start_ns) as f64 / 1e9, 4)));
     if args.qos > 0 {
         rep.set("acked", json!(acked));
     }
