@@ -80,6 +80,11 @@ where
         }
         let message = Message::new(publish.topic, publish.payload, publish.qos, publish.retain, &publish.properties);
         let delivered = self.broker.publish(message, Some(&self.attached.session));
+        if publish.qos != QoS::AtMostOnce {
+            // Durable store (issue 9): the ack below waits for this.
+            let barrier = self.broker.store.barrier();
+            self.durable = (!barrier.is_ready()).then_some(barrier);
+        }
         let reason = if delivered == 0 && self.version.is_v5() {
             ReasonCode::NO_MATCHING_SUBSCRIBERS
         } else {

@@ -4,6 +4,7 @@
 
 mod cli;
 mod connect;
+mod durable;
 mod harness;
 mod malformed;
 mod pubsub;
