@@ -110,7 +110,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 /// taken. See [`Store::barrier`].
 #[derive(Debug)]
 #[must_use = "a barrier does nothing unless waited on"]
-pub struct Barrier(Option<(tokio::sync::watch::Receiver<u64>, u64)>);
+pub struct Barrier(Option<Waiting>);
+
+/// What a barrier waits for: the durable count to reach `target`. `nudge`
+/// tells the writer someone is waiting, so it stops gathering.
+#[derive(Debug)]
+struct Waiting {
+    durable: tokio::sync::watch::Receiver<u64>,
+    target: u64,
+    nudge: Option<std::sync::mpsc::Sender<writer::Op>>,
+}
 
 impl Barrier {
     /// A barrier with nothing to wait for.
@@ -119,13 +128,17 @@ impl Barrier {
     }
 
     /// Waits until the durable count in `durable` reaches `target`.
-    pub(crate) fn waiting(durable: tokio::sync::watch::Receiver<u64>, target: u64) -> Barrier {
-        Barrier(Some((durable, target)))
+    fn waiting(
+        durable: tokio::sync::watch::Receiver<u64>,
+        target: u64,
+        nudge: Option<std::sync::mpsc::Sender<writer::Op>>,
+    ) -> Barrier {
+        Barrier(Some(Waiting { durable, target, nudge }))
     }
 
     /// Whether there is nothing to wait for.
     pub fn is_ready(&self) -> bool {
-        self.0.as_ref().is_none_or(|(rx, target)| *rx.borrow() >= *target)
+        self.0.as_ref().is_none_or(|w| *w.durable.borrow() >= w.target)
     }
 
     /// Resolves when the changes are durable.
@@ -134,8 +147,14 @@ impl Barrier {
     /// [`StoreError::Closed`] when the store stopped writing (after a disk
     /// error, which the store has logged): the changes may not be durable.
     pub async fn wait(self) -> Result<(), StoreError> {
-        let Some((mut rx, target)) = self.0 else { return Ok(()) };
-        rx.wait_for(|done| *done >= target).await.map(|_| ()).map_err(|_| StoreError::Closed)
+        let Some(Waiting { mut durable, target, nudge }) = self.0 else { return Ok(()) };
+        if *durable.borrow() >= target {
+            return Ok(());
+        }
+        if let Some(nudge) = nudge {
+            let _ = nudge.send(writer::Op::Flush);
+        }
+        durable.wait_for(|done| *done >= target).await.map(|_| ()).map_err(|_| StoreError::Closed)
     }
 }
 

@@ -146,3 +146,16 @@ fn files_are_owner_only() {
     }
     drop(store);
 }
+
+#[test]
+fn close_does_not_wait_for_a_barrier_still_held() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    let store = open(&path);
+    store.retain(&message("t", b"x", true, None));
+    let held = store.barrier();
+    store.close();
+    assert!(held.is_ready(), "close wrote and synced everything queued");
+    drop(store);
+    assert_eq!(open(&path).recover().expect("recovers").retained.len(), 1);
+}

@@ -1,10 +1,11 @@
 //! The single writer of the on-disk store, and the barrier callers await.
 //!
 //! Every change is sent to one thread (a thread, not a tokio task: `fsync`
-//! blocks) that applies whatever is queued, up to [`MAX_BATCH`] operations,
-//! as one atomic batch followed by one data sync: a group commit. While one
-//! sync runs, the next group queues up, so the number of syncs adapts to the
-//! load instead of being one per message.
+//! blocks) that applies what arrives within about 1 ms of the first
+//! operation (or [`MAX_BATCH`] operations) as one atomic batch followed by
+//! one data sync: a group commit. While one sync runs, the next group queues
+//! up, so the number of syncs adapts to the load instead of being one per
+//! message.
 //!
 //! Operations are numbered in the order they are queued (under a mutex, so
 //! the number and the channel order agree); after a sync the writer
@@ -28,6 +29,9 @@ use crate::session::{Delivery, Inflight, Subscription};
 /// Most operations applied in one batch.
 pub(super) const MAX_BATCH: usize = 1024;
 
+/// How long the writer gathers operations for one sync after the first.
+const GATHER: Duration = Duration::from_millis(1);
+
 /// When the store's writes become durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
@@ -41,7 +45,7 @@ pub enum Durability {
 
 /// One change, as sent to the writer.
 #[derive(Debug)]
-pub(super) enum Op {
+pub(crate) enum Op {
     Retain(Arc<Message>),
     SessionOpened(Arc<str>, u32),
     SessionEnded(Arc<str>),
@@ -51,6 +55,11 @@ pub(super) enum Op {
     Replace(Arc<str>, Vec<Delivery>, Vec<Inflight>),
     /// Append one message to an offline session's queue.
     Append(Arc<str>, Delivery),
+    /// Someone awaits a barrier: stop gathering and commit now. Not
+    /// counted as an operation.
+    Flush,
+    /// The store is closing: commit, sync and exit. Not counted.
+    Close,
 }
 
 impl Op {
@@ -122,13 +131,16 @@ impl Queue {
         if self.mode != Durability::Sync {
             return super::Barrier::ready();
         }
-        let queued = self.tx.lock().0;
-        super::Barrier::waiting(self.durable.clone(), queued)
+        let tx = self.tx.lock();
+        super::Barrier::waiting(self.durable.clone(), tx.0, tx.1.clone())
     }
 
-    /// Stops taking operations; the writer drains and exits.
+    /// Stops taking operations; the writer writes and syncs what is
+    /// queued, then exits (even while a barrier still holds a sender).
     pub(super) fn close(&self) {
-        self.tx.lock().1 = None;
+        if let Some(sender) = self.tx.lock().1.take() {
+            let _ = sender.send(Op::Close);
+        }
     }
 }
 
@@ -140,7 +152,8 @@ pub(super) fn start(
 ) -> std::io::Result<(Queue, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::channel();
     let (durable_tx, durable) = watch::channel(0);
-    let writer = Writer { parts, mode, next_seq, staged: BTreeMap::new(), durable: durable_tx, done: 0 };
+    let writer =
+        Writer { parts, mode, next_seq, staged: BTreeMap::new(), durable: durable_tx, done: 0, closing: false };
     let handle = std::thread::Builder::new().name("moat-store".to_owned()).spawn(move || writer.run(&rx))?;
     Ok((Queue { tx: Mutex::new((0, Some(tx))), durable, mode }, handle))
 }
@@ -154,6 +167,8 @@ struct Writer {
     staged: BTreeMap<(Part, Vec<u8>), Option<Vec<u8>>>,
     durable: watch::Sender<u64>,
     done: u64,
+    /// [`Op::Close`] was received.
+    closing: bool,
 }
 
 impl Writer {
@@ -170,22 +185,16 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => (None, false),
                 Err(RecvTimeoutError::Disconnected) => (None, true),
             };
-            let mut count = 0;
-            if let Some(op) = first {
-                self.apply(op);
-                count = 1;
-                while count < MAX_BATCH
-                    && let Ok(op) = rx.try_recv()
-                {
-                    self.apply(op);
-                    count += 1;
-                }
-            }
+            let count = match first {
+                Some(op) => self.gather(op, rx),
+                None => 0,
+            };
             let sync = match self.mode {
                 Durability::Sync => count > 0,
                 Durability::Periodic(every) => (dirty || count > 0) && last_sync.elapsed() >= every,
                 Durability::None => false,
-            } || closed;
+            } || closed
+                || self.closing;
             if let Err(e) = self.commit(sync) {
                 error!(error = %e, "store write failed; the store stops taking writes (restart to recover)");
                 return;
@@ -196,9 +205,44 @@ impl Writer {
             }
             self.done += count as u64;
             self.durable.send_replace(self.done);
-            if closed {
+            if closed || self.closing {
                 return;
             }
+        }
+    }
+
+    /// Applies `first` and what follows it: in sync mode whatever arrives
+    /// within [`GATHER`] unless a waiter asks for a flush first, so one sync
+    /// covers e.g. a whole read buffer of PUBLISHes. Returns the number of
+    /// operations applied.
+    fn gather(&mut self, first: Op, rx: &Receiver<Op>) -> usize {
+        let gather = if self.mode == Durability::Sync { GATHER } else { Duration::ZERO };
+        let until = Instant::now() + gather;
+        let mut op = first;
+        let mut count = 0;
+        loop {
+            if matches!(op, Op::Close) {
+                self.closing = true;
+                return count;
+            }
+            if matches!(op, Op::Flush) {
+                if count > 0 {
+                    return count;
+                }
+            } else {
+                self.apply(op);
+                count += 1;
+            }
+            if count >= MAX_BATCH {
+                return count;
+            }
+            op = match rx.try_recv() {
+                Ok(op) => op,
+                Err(_) => match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                    Ok(op) => op,
+                    Err(_) => return count,
+                },
+            };
         }
     }
 
@@ -252,6 +296,7 @@ impl Writer {
                     self.push_message(&client, &DeliveryRecord::pending(&delivery, now.0, now.1));
                 }
             }
+            Op::Flush | Op::Close => {}
         }
     }
 
