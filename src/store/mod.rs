@@ -3,10 +3,15 @@
 //! The broker's live state (sessions, the subscription index, retained
 //! messages) is in memory; a [`Store`] keeps a copy it can hand back at
 //! start-up through [`Store::recover`]. The broker reports changes to the
-//! store as they happen: retained messages and subscriptions immediately,
-//! a session's queued and unacknowledged messages when its connection ends
-//! and at shutdown. [`MemoryStore`] is the default; the embedded on-disk
-//! store implements the same trait.
+//! store as they happen: retained messages, sessions and subscriptions
+//! immediately, QoS 1/2 messages queued for an offline session with expiry
+//! as they are queued, and a session's queued and unacknowledged messages
+//! when its connection ends and at shutdown.
+//!
+//! [`MemoryStore`] is the default (`durability = "none"` without a
+//! directory). [`DiskStore`] keeps the copy in a `fjall` database, written
+//! by one group-committing thread; in `sync` mode [`Store::barrier`] lets
+//! the connection send PUBACK/PUBREC only once the message is durable.
 
 mod disk;
 mod memory;
