@@ -108,7 +108,7 @@ impl Broker {
             self.router.retained().set(&message);
             self.store.retain(&message);
         }
-        self.router.route(&message, publisher)
+        self.router.route(&message, publisher, &*self.store)
     }
 
     /// Attaches a connection to the session of `client_id`.
@@ -141,10 +141,10 @@ impl Broker {
     }
 
     fn save_messages(&self, session: &Arc<Session>) {
-        let (pending, inflight) = {
-            let state = session.lock();
-            (state.pending.iter().cloned().collect(), state.inflight.iter().cloned().collect())
-        };
+        // Under the lock, so messages queued to the store while offline
+        // (`Store::queued_offline`) come after this snapshot, never before.
+        let state = session.lock();
+        let (pending, inflight) = (state.pending.iter().cloned().collect(), state.inflight.iter().cloned().collect());
         self.store.session_messages(session.client_id(), pending, inflight);
     }
 

@@ -51,6 +51,9 @@ pub struct Config {
     /// Policy plugins.
     #[serde(default)]
     pub plugins: PluginsConfig,
+    /// Durable storage (`[storage]`).
+    #[serde(default)]
+    pub storage: StorageConfig,
 }
 
 /// Where the policy plugins are.
@@ -69,6 +72,7 @@ impl Default for Config {
             limits: Limits::default(),
             log: LogConfig::default(),
             plugins: PluginsConfig::default(),
+            storage: StorageConfig::default(),
         }
     }
 }
@@ -342,6 +346,68 @@ pub enum LogFormat {
     Json,
 }
 
+// --- [storage] (durable store, issue 9) ---
+
+/// Where and how durably sessions and retained messages are stored.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Data directory. Without it nothing survives the process.
+    pub dir: Option<PathBuf>,
+    /// When writes are durable; `sync` when `dir` is set.
+    pub durability: Option<DurabilityMode>,
+    /// Data sync interval for `durability = "periodic"` (default 1000).
+    pub flush_interval_ms: Option<u64>,
+}
+
+/// The `storage.durability` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DurabilityMode {
+    /// Acknowledge QoS 1/2 publishes after a data sync (group commit).
+    Sync,
+    /// Sync every `flush_interval_ms`.
+    Periodic,
+    /// Never sync; with `dir` set, writes still reach the OS at once.
+    None,
+}
+
+impl StorageConfig {
+    /// The store's durability, or `None` for the in-memory store.
+    pub fn durability(&self) -> Option<crate::store::Durability> {
+        use crate::store::Durability;
+        self.dir.as_ref()?;
+        Some(match self.durability.unwrap_or(DurabilityMode::Sync) {
+            DurabilityMode::Sync => Durability::Sync,
+            DurabilityMode::Periodic => {
+                Durability::Periodic(Duration::from_millis(self.flush_interval_ms.unwrap_or(1000)))
+            }
+            DurabilityMode::None => Durability::None,
+        })
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let mode = self.durability.unwrap_or(DurabilityMode::Sync);
+        if self.dir.is_none() && self.durability.is_some_and(|d| d != DurabilityMode::None) {
+            return Err(("storage.durability".into(), "needs `storage.dir`".into()));
+        }
+        if let Some(ms) = self.flush_interval_ms {
+            if mode != DurabilityMode::Periodic {
+                return Err(("storage.flush_interval_ms".into(), "only applies to durability = \"periodic\"".into()));
+            }
+            if ms == 0 {
+                return Err(("storage.flush_interval_ms".into(), "must be greater than 0".into()));
+            }
+        }
+        if self.dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            return Err(("storage.dir".into(), "must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
+// --- end [storage] ---
+
 fn default_listeners() -> Vec<ListenerConfig> {
     vec![ListenerConfig::tcp("default", SocketAddr::from(([127, 0, 0, 1], 1883)))]
 }
@@ -418,7 +484,7 @@ impl Config {
         if l.max_packet_size < 64 {
             return Err(("limits.max_packet_size".into(), "must be at least 64 bytes".into()));
         }
-        Ok(())
+        self.storage.validate()
     }
 }
 
@@ -628,5 +694,32 @@ mod tests {
 
         let err = parse(&format!("{tcp}protocol = \"quic\"\n")).expect_err("unknown protocol");
         assert!(err.to_string().starts_with("moat.toml:4: `listeners[0].protocol`"), "{err}");
+    }
+
+    #[test]
+    fn storage_section() {
+        let c = parse("").expect("defaults");
+        assert_eq!(c.storage.durability(), None);
+        let c = parse("[storage]\ndir = \"/var/lib/moat\"\n").expect("valid");
+        assert_eq!(c.storage.durability(), Some(crate::store::Durability::Sync));
+        let c = parse("[storage]\ndir = \"d\"\ndurability = \"periodic\"\nflush_interval_ms = 250\n").expect("valid");
+        assert_eq!(c.storage.durability(), Some(crate::store::Durability::Periodic(Duration::from_millis(250))));
+        let c = parse("[storage]\ndir = \"d\"\ndurability = \"none\"\n").expect("valid");
+        assert_eq!(c.storage.durability(), Some(crate::store::Durability::None));
+    }
+
+    #[test]
+    fn storage_errors_name_line_and_key() {
+        let err = parse("[storage]\ndurability = \"sync\"\n").expect_err("no dir");
+        assert_eq!(err.to_string(), "moat.toml:2: `storage.durability`: needs `storage.dir`");
+        let err = parse("[storage]\ndir = \"d\"\n\ndurability = \"always\"\n").expect_err("bad mode");
+        assert!(err.to_string().starts_with("moat.toml:4: `storage.durability`"), "{err}");
+        let err = parse("[storage]\ndir = \"d\"\nflush_interval_ms = 5\n").expect_err("not periodic");
+        assert!(err.to_string().starts_with("moat.toml:3: `storage.flush_interval_ms`: only applies"), "{err}");
+        let err =
+            parse("[storage]\ndir = \"d\"\ndurability = \"periodic\"\nflush_interval_ms = 0\n").expect_err("zero");
+        assert!(err.to_string().starts_with("moat.toml:4: `storage.flush_interval_ms`"), "{err}");
+        let err = parse("[storage]\ndirectory = \"d\"\n").expect_err("unknown key");
+        assert!(err.to_string().starts_with("moat.toml:2:"), "{err}");
     }
 }

@@ -5,10 +5,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::sync::Arc;
+
+use anyhow::Context;
 use clap::Parser;
 use moat::Server;
 use moat::config::{Config, ConfigError, ListenerConfig, LogFormat};
 use moat::server::ServerError;
+use moat::store::{DiskStore, MemoryStore, Store};
 
 /// Exit code for configuration errors (EX_USAGE from sysexits.h).
 const EXIT_CONFIG: u8 = 64;
@@ -28,6 +32,10 @@ struct Cli {
     /// instead of `[plugins] dir` (default: `./plugins` if it exists).
     #[arg(long = "plugins", value_name = "DIR")]
     plugins: Option<PathBuf>,
+    /// If the store in `storage.dir` cannot be opened or read, rename it
+    /// aside (`<dir>.corrupt-<unix seconds>`) and start with an empty one.
+    #[arg(long)]
+    repair: bool,
 }
 
 fn main() -> ExitCode {
@@ -50,7 +58,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, cli.repair)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let config_error =
@@ -80,10 +88,44 @@ fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    let server = Server::bind(config).await?;
+async fn run(config: Config, repair: bool) -> anyhow::Result<()> {
+    let disk = open_store(&config, repair)?;
+    let store: Arc<dyn Store> = match &disk {
+        Some(disk) => disk.clone(),
+        None => Arc::new(MemoryStore::default()),
+    };
+    let server = Server::bind_with_store(config, store).await?;
     server.run(shutdown_signal()).await;
+    if let Some(disk) = disk {
+        // Write and sync what is queued even if a connection task is stuck.
+        disk.close();
+    }
     Ok(())
+}
+
+/// Opens the configured on-disk store, if any; with `repair`, a store that
+/// cannot be opened or read is moved aside and replaced by an empty one.
+fn open_store(config: &Config, repair: bool) -> anyhow::Result<Option<Arc<DiskStore>>> {
+    let (Some(dir), Some(durability)) = (&config.storage.dir, config.storage.durability()) else {
+        return Ok(None);
+    };
+    let store = match DiskStore::open(dir, durability) {
+        Ok(store) => store,
+        Err(e) if repair => {
+            let aside =
+                DiskStore::quarantine(dir).with_context(|| format!("--repair: cannot move {} aside", dir.display()))?;
+            tracing::error!(
+                error = %e,
+                quarantined = %aside.display(),
+                "STORE QUARANTINED (--repair): the old store was moved aside and Moat starts with an EMPTY store; \
+                 sessions and retained messages in it are not recovered"
+            );
+            DiskStore::open(dir, durability)?
+        }
+        Err(e) => return Err(e.into()),
+    };
+    tracing::info!(dir = %dir.display(), ?durability, "store opened");
+    Ok(Some(Arc::new(store)))
 }
 
 /// Resolves on SIGINT or SIGTERM.

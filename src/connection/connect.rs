@@ -140,6 +140,7 @@ where
         client_max_packet: props.maximum_packet_size,
         aliases: HashMap::new(),
         want_drain: true,
+        durable: None,
         attached,
         broker: broker.clone(),
         authz: AuthzCache::new(AUTHZ_CACHE_ENTRIES),

@@ -96,6 +96,11 @@ where
             Some(message) => self.broker.publish(message, Some(&self.attached.session)),
             None => 0,
         };
+        if publish.qos != QoS::AtMostOnce {
+            // Durable store (issue 9): the ack below waits for this.
+            let barrier = self.broker.store.barrier();
+            self.durable = (!barrier.is_ready()).then_some(barrier);
+        }
         let reason = if delivered == 0 && self.version.is_v5() {
             ReasonCode::NO_MATCHING_SUBSCRIBERS
         } else {

@@ -108,6 +108,9 @@ struct Connection<S> {
     auth_method: Option<String>,
     /// A re-authentication exchange is under way.
     reauthenticating: bool,
+    /// Durable store (issue 9): acknowledgements in `wbuf` are sent only
+    /// once this resolves, i.e. once what they acknowledge is durable.
+    durable: Option<crate::store::Barrier>,
 }
 
 /// Serves one client connection to the end, over a stream on which any
@@ -155,6 +158,9 @@ where
                 self.want_drain = false;
                 self.drain();
             }
+            if let Err(close) = self.await_durable().await {
+                return close;
+            }
             if let Err(close) = self.flush().await {
                 return close;
             }
@@ -199,6 +205,18 @@ where
         }
     }
 
+    /// Durable store (issue 9): waits until the PUBACKs/PUBRECs queued in
+    /// `wbuf` acknowledge durable messages. When the store has failed they
+    /// are dropped unsent and the connection closes, so the client resends.
+    async fn await_durable(&mut self) -> Result<(), Close> {
+        let Some(barrier) = self.durable.take() else { return Ok(()) };
+        if barrier.wait().await.is_err() {
+            self.wbuf.clear();
+            return Err(Close::Protocol(ReasonCode::UNSPECIFIED_ERROR, "store failed"));
+        }
+        Ok(())
+    }
+
     async fn flush(&mut self) -> Result<(), Close> {
         if !self.wbuf.is_empty() {
             self.stream.write_all(&self.wbuf).await?;
@@ -215,6 +233,7 @@ where
             Close::Protocol(code, why) => debug!(reason = %code, why, "closing: protocol error"),
             other => debug!(reason = ?other, "connection closed"),
         }
+        let close = self.await_durable().await.err().unwrap_or(close);
         if self.version.is_v5()
             && let Some(reason) = close.server_reason()
         {

@@ -20,6 +20,7 @@ pub use trie::{Match, Subscriber};
 
 use crate::codec::{QoS, TopicFilter};
 use crate::session::{Delivery, Session};
+use crate::store::Store;
 
 /// Subscriptions and retained messages.
 #[derive(Debug, Default)]
@@ -52,8 +53,9 @@ impl Router {
     }
 
     /// Routes a message to every matching session; `publisher` is used for
-    /// No Local. Returns the number of sessions it was delivered to.
-    pub fn route(&self, message: &Arc<Message>, publisher: Option<&Arc<Session>>) -> usize {
+    /// No Local. Messages queued for offline sessions go to `store` too.
+    /// Returns the number of sessions it was delivered to.
+    pub fn route(&self, message: &Arc<Message>, publisher: Option<&Arc<Session>>, store: &dyn Store) -> usize {
         let mut matches = Vec::new();
         self.trie.read().matches(message.topic.as_str(), &mut matches);
         if matches.is_empty() {
@@ -81,7 +83,7 @@ impl Router {
                 retain: message.retain && group.iter().any(|m| m.retain_as_published),
                 subscription_ids: group.iter().filter_map(|m| m.id).collect(),
             };
-            group[0].session.enqueue(delivery);
+            group[0].session.enqueue_and_store(delivery, Some(store));
             delivered += 1;
             i = j;
         }

@@ -20,6 +20,7 @@ pub use registry::{Attached, Registry};
 pub use state::{Delivery, Inflight, InflightState, SessionState, Subscription};
 
 use crate::codec::QoS;
+use crate::store::Store;
 
 /// A client session, shared by the registry, the subscription index and the
 /// connection currently attached to it.
@@ -62,9 +63,29 @@ impl Session {
     /// message is dropped when the queue is full (as Mosquitto's
     /// `max_queued_messages` does); drops are counted, not silent.
     pub fn enqueue(&self, delivery: Delivery) {
+        self.enqueue_and_store(delivery, None);
+    }
+
+    /// [`Session::enqueue`], and a QoS 1/2 message queued while the session
+    /// is offline and outlives its connection is also given to `store`
+    /// (under the session lock, so the store sees it in queue order with the
+    /// snapshot taken when the connection ended).
+    pub fn enqueue_and_store(&self, delivery: Delivery, store: Option<&dyn Store>) {
         let accepted = {
             let mut state = self.state.lock();
-            if !state.online && delivery.qos == QoS::AtMostOnce { false } else { state.push(delivery) }
+            if !state.online && delivery.qos == QoS::AtMostOnce {
+                false
+            } else {
+                let persist = (!state.online && state.expiry_s > 0).then_some(store).flatten();
+                let copy = persist.map(|store| (store, delivery.clone()));
+                let accepted = state.push(delivery);
+                if let Some((store, delivery)) = copy
+                    && accepted
+                {
+                    store.queued_offline(&self.client_id, &delivery);
+                }
+                accepted
+            }
         };
         if accepted {
             self.wake.notify_one();

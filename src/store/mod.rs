@@ -3,16 +3,26 @@
 //! The broker's live state (sessions, the subscription index, retained
 //! messages) is in memory; a [`Store`] keeps a copy it can hand back at
 //! start-up through [`Store::recover`]. The broker reports changes to the
-//! store as they happen: retained messages and subscriptions immediately,
-//! a session's queued and unacknowledged messages when its connection ends
-//! and at shutdown. [`MemoryStore`] is the default; the embedded on-disk
-//! store implements the same trait.
+//! store as they happen: retained messages, sessions and subscriptions
+//! immediately, QoS 1/2 messages queued for an offline session with expiry
+//! as they are queued, and a session's queued and unacknowledged messages
+//! when its connection ends and at shutdown.
+//!
+//! [`MemoryStore`] is the default (`durability = "none"` without a
+//! directory). [`DiskStore`] keeps the copy in a `fjall` database, written
+//! by one group-committing thread; in `sync` mode [`Store::barrier`] lets
+//! the connection send PUBACK/PUBREC only once the message is durable.
 
+mod disk;
 mod memory;
+mod record;
+mod writer;
 
 use std::sync::Arc;
 
+pub use disk::DiskStore;
 pub use memory::MemoryStore;
+pub use writer::Durability;
 
 use crate::codec::TopicFilter;
 use crate::router::Message;
@@ -21,9 +31,20 @@ use crate::session::{Delivery, Inflight, Subscription};
 /// A store failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The stored data cannot be read back.
-    #[error("store is corrupt: {0}")]
+    /// The stored data cannot be read back (the message names the path).
+    #[error("store is corrupt: {0}; start with --repair to move it aside and start empty")]
     Corrupt(String),
+    /// The store could not be opened.
+    #[error("cannot open the store in {}: {message}; if it is corrupt, start with --repair to move it aside and start empty", path.display())]
+    Open {
+        /// The store directory.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The store stopped writing after a disk error.
+    #[error("the store stopped writing after a disk error")]
+    Closed,
     /// An I/O error.
     #[error("store I/O error: {0}")]
     Io(#[from] std::io::Error),
@@ -70,9 +91,77 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn unsubscribed(&self, client_id: &str, filter: &TopicFilter);
     /// The messages a session holds, replacing what was stored before.
     fn session_messages(&self, client_id: &str, pending: Vec<Delivery>, inflight: Vec<Inflight>);
+    /// A QoS 1/2 message was queued for a session that is offline and
+    /// outlives its connection: keep it with the session's messages. Called
+    /// under the session's lock, so it is ordered with
+    /// [`Store::session_messages`].
+    fn queued_offline(&self, client_id: &Arc<str>, delivery: &Delivery) {
+        let _ = (client_id, delivery);
+    }
+    /// A future that resolves once every change reported so far is durable
+    /// (in `sync` mode; otherwise at once). The connection awaits it before
+    /// acknowledging a QoS 1/2 PUBLISH.
+    fn barrier(&self) -> Barrier {
+        Barrier::ready()
+    }
     /// Everything stored.
     ///
     /// # Errors
     /// [`StoreError`] when stored data cannot be read back.
     fn recover(&self) -> Result<Recovered, StoreError>;
 }
+
+/// Waits until the store has made durable everything reported before it was
+/// taken. See [`Store::barrier`].
+#[derive(Debug)]
+#[must_use = "a barrier does nothing unless waited on"]
+pub struct Barrier(Option<Waiting>);
+
+/// What a barrier waits for: the durable count to reach `target`. `nudge`
+/// tells the writer someone is waiting, so it stops gathering.
+#[derive(Debug)]
+struct Waiting {
+    durable: tokio::sync::watch::Receiver<u64>,
+    target: u64,
+    nudge: Option<std::sync::mpsc::Sender<writer::Op>>,
+}
+
+impl Barrier {
+    /// A barrier with nothing to wait for.
+    pub fn ready() -> Barrier {
+        Barrier(None)
+    }
+
+    /// Waits until the durable count in `durable` reaches `target`.
+    fn waiting(
+        durable: tokio::sync::watch::Receiver<u64>,
+        target: u64,
+        nudge: Option<std::sync::mpsc::Sender<writer::Op>>,
+    ) -> Barrier {
+        Barrier(Some(Waiting { durable, target, nudge }))
+    }
+
+    /// Whether there is nothing to wait for.
+    pub fn is_ready(&self) -> bool {
+        self.0.as_ref().is_none_or(|w| *w.durable.borrow() >= w.target)
+    }
+
+    /// Resolves when the changes are durable.
+    ///
+    /// # Errors
+    /// [`StoreError::Closed`] when the store stopped writing (after a disk
+    /// error, which the store has logged): the changes may not be durable.
+    pub async fn wait(self) -> Result<(), StoreError> {
+        let Some(Waiting { mut durable, target, nudge }) = self.0 else { return Ok(()) };
+        if *durable.borrow() >= target {
+            return Ok(());
+        }
+        if let Some(nudge) = nudge {
+            let _ = nudge.send(writer::Op::Flush);
+        }
+        durable.wait_for(|done| *done >= target).await.map(|_| ()).map_err(|_| StoreError::Closed)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -6,6 +6,7 @@
 mod attacks;
 mod cli;
 mod connect;
+mod durable;
 mod harness;
 mod malformed;
 mod pki;

@@ -1,0 +1,161 @@
+//! Tests of the on-disk store: recovery after a close, expiry across the
+//! downtime, the barrier, and corrupt data.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::codec::{Properties, QoS, SubscriptionOptions, TopicFilter, TopicName};
+
+fn message(topic: &str, payload: &'static [u8], retain: bool, expiry_s: Option<u32>) -> Arc<Message> {
+    let props = Properties { message_expiry_interval: expiry_s, ..Properties::default() };
+    let topic = TopicName::new(topic).expect("valid");
+    Arc::new(Message::new(topic, Bytes::from_static(payload), QoS::AtLeastOnce, retain, &props))
+}
+
+fn delivery(m: &Arc<Message>) -> Delivery {
+    Delivery { message: m.clone(), qos: QoS::AtLeastOnce, retain: false, subscription_ids: vec![] }
+}
+
+fn subscription() -> Subscription {
+    Subscription { options: SubscriptionOptions { qos: QoS::AtLeastOnce, ..SubscriptionOptions::default() }, id: None }
+}
+
+fn open(dir: &std::path::Path) -> DiskStore {
+    DiskStore::open(dir, Durability::Sync).expect("opens")
+}
+
+#[test]
+fn everything_survives_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    let client: Arc<str> = "c1".into();
+    let filter = TopicFilter::new("a/#").expect("valid");
+    {
+        let store = open(&path);
+        store.retain(&message("r/1", b"kept", true, None));
+        store.retain(&message("r/2", b"gone", true, None));
+        store.retain(&message("r/2", b"", true, None));
+        store.session_opened(&client, 3600);
+        store.subscribed(&client, &filter, &subscription());
+        store.subscribed("no-session", &filter, &subscription());
+        let a = message("a/1", b"one", false, None);
+        store.session_messages(&client, vec![delivery(&a)], vec![]);
+        store.queued_offline(&client, &delivery(&message("a/2", b"two", false, None)));
+        store.queued_offline(&client, &delivery(&message("a/3", b"expired", false, Some(0))));
+        store.close();
+    }
+    let store = open(&path);
+    let recovered = store.recover().expect("recovers");
+    assert_eq!(recovered.retained.len(), 1);
+    assert_eq!(recovered.retained[0].payload, Bytes::from_static(b"kept"));
+    assert_eq!(recovered.sessions.len(), 1);
+    let s = &recovered.sessions[0];
+    assert_eq!(&*s.client_id, "c1");
+    assert!(s.expiry_s > 3590 && s.expiry_s <= 3600, "{}", s.expiry_s);
+    assert_eq!(s.subscriptions, vec![(filter, subscription())]);
+    let payloads: Vec<_> = s.pending.iter().map(|d| d.message.payload.clone()).collect();
+    assert_eq!(payloads, vec![Bytes::from_static(b"one"), Bytes::from_static(b"two")]);
+}
+
+#[test]
+fn ended_and_expired_sessions_are_not_recovered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    {
+        let store = open(&path);
+        let (ended, short, forever): (Arc<str>, Arc<str>, Arc<str>) =
+            ("ended".into(), "short".into(), "forever".into());
+        store.session_opened(&ended, 60);
+        store.session_ended(&ended);
+        store.session_opened(&short, 1);
+        store.session_messages(&short, vec![], vec![]);
+        store.session_opened(&forever, u32::MAX);
+        store.session_messages(&forever, vec![], vec![]);
+        store.close();
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let recovered = open(&path).recover().expect("recovers");
+    let ids: Vec<_> = recovered.sessions.iter().map(|s| s.client_id.to_string()).collect();
+    assert_eq!(ids, vec!["forever".to_owned()]);
+    assert_eq!(recovered.sessions[0].expiry_s, u32::MAX);
+}
+
+#[tokio::test]
+async fn barrier_resolves_once_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir.path().join("store"));
+    assert!(store.barrier().is_ready());
+    for i in 0..100 {
+        store.retain(&message(&format!("t/{i}"), b"x", true, None));
+    }
+    let barrier = store.barrier();
+    tokio::time::timeout(Duration::from_secs(10), barrier.wait()).await.expect("in time").expect("durable");
+    assert!(store.barrier().is_ready());
+    store.close();
+    assert!(matches!(store.barrier().wait().await, Ok(())), "nothing queued after close");
+}
+
+#[tokio::test]
+async fn periodic_and_none_barriers_are_ready_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for mode in [Durability::Periodic(Duration::from_millis(50)), Durability::None] {
+        let path = dir.path().join(format!("{mode:?}"));
+        let store = DiskStore::open(&path, mode).expect("opens");
+        store.retain(&message("t", b"x", true, None));
+        assert!(store.barrier().is_ready());
+        drop(store);
+        assert_eq!(DiskStore::open(&path, mode).expect("opens").recover().expect("recovers").retained.len(), 1);
+    }
+}
+
+#[test]
+fn a_corrupt_record_stops_recovery_naming_the_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    {
+        let db = fjall::Database::builder(&path).open().expect("opens");
+        let ks = db.keyspace("retained", fjall::KeyspaceCreateOptions::default).expect("keyspace");
+        ks.insert("t", [1u8, 0xff, 0xff]).expect("insert");
+        db.persist(fjall::PersistMode::SyncAll).expect("persist");
+    }
+    let err = DiskStore::open(&path, Durability::Sync).expect_err("corrupt");
+    let msg = err.to_string();
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(msg.contains("--repair"), "{msg}");
+    let aside = DiskStore::quarantine(&path).expect("moved");
+    assert!(aside.exists() && !path.exists());
+    assert!(open(&path).recover().expect("empty").retained.is_empty());
+}
+
+#[cfg(unix)]
+#[test]
+fn files_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    drop(open(&path));
+    let store = open(&path);
+    assert_eq!(std::fs::metadata(&path).expect("dir").permissions().mode() & 0o777, 0o700);
+    for entry in std::fs::read_dir(&path).expect("list") {
+        let meta = entry.expect("entry").metadata().expect("meta");
+        let want = if meta.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(meta.permissions().mode() & 0o777, want);
+    }
+    drop(store);
+}
+
+#[test]
+fn close_does_not_wait_for_a_barrier_still_held() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    let store = open(&path);
+    store.retain(&message("t", b"x", true, None));
+    let held = store.barrier();
+    store.close();
+    assert!(held.is_ready(), "close wrote and synced everything queued");
+    drop(store);
+    assert_eq!(open(&path).recover().expect("recovers").retained.len(), 1);
+}

@@ -1,0 +1,440 @@
+//! The on-disk store: what survives a broker stop, a crash (SIGKILL of the
+//! `moat` process) and a corrupt store.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use moat::store::{DiskStore, Durability, Store};
+use rumqttc::QoS as Q4;
+use rumqttc::v5::mqttbytes::QoS as Q5;
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+
+use crate::harness::{TestBroker, frame};
+
+fn open(dir: &Path) -> Arc<DiskStore> {
+    Arc::new(DiskStore::open(&dir.join("store"), Durability::Sync).expect("store opens"))
+}
+
+/// Runs a broker on `store`, then stops it and closes the store.
+async fn with_broker<F: AsyncFnOnce(&TestBroker)>(store: Arc<DiskStore>, body: F) {
+    let broker = TestBroker::with_store(store.clone(), |_| {}).await;
+    body(&broker).await;
+    broker.stop().await;
+    store.close();
+}
+
+#[tokio::test]
+async fn retained_messages_sessions_and_queues_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let persistent = |o: &mut rumqttc::MqttOptions| {
+        o.set_clean_session(false);
+    };
+    with_broker(open(dir.path()), async |broker| {
+        let mut sub = broker.v4_with("durable", persistent).await;
+        sub.subscribe("keep/#", Q4::AtLeastOnce).await;
+        sub.client.disconnect().await.expect("disconnect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut publisher = broker.v4("p").await;
+        publisher.client.publish("keep/r", Q4::AtLeastOnce, true, "retained").await.expect("publish");
+        publisher.client.publish("keep/q", Q4::AtLeastOnce, false, "queued").await.expect("publish");
+        for _ in 0..2 {
+            while !matches!(publisher.next().await, Some(rumqttc::Packet::PubAck(_))) {}
+        }
+    })
+    .await;
+
+    with_broker(open(dir.path()), async |broker| {
+        let mut back = broker.v4_with("durable", persistent).await;
+        assert!(back.connack.session_present);
+        let mut payloads = vec![back.publish().await.payload, back.publish().await.payload];
+        payloads.sort();
+        assert_eq!(payloads, [Bytes::from("queued"), Bytes::from("retained")]);
+        // The subscription came back too.
+        let publisher = broker.v4("p2").await;
+        publisher.client.publish("keep/again", Q4::AtLeastOnce, false, "live").await.expect("publish");
+        assert_eq!(back.publish().await.payload, Bytes::from("live"));
+        let mut fresh = broker.v4("fresh").await;
+        fresh.subscribe("keep/r", Q4::AtMostOnce).await;
+        assert_eq!(fresh.publish().await.payload, Bytes::from("retained"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn expired_sessions_and_messages_are_dropped_at_recovery() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let expiring = |secs: u32| {
+        move |o: &mut rumqttc::v5::MqttOptions| {
+            o.set_clean_start(false);
+            let mut props = rumqttc::v5::mqttbytes::v5::ConnectProperties::new();
+            props.session_expiry_interval = Some(secs);
+            o.set_connect_properties(props);
+        }
+    };
+    with_broker(open(dir.path()), async |broker| {
+        for (id, secs) in [("short", 1), ("long", 3600)] {
+            let mut sub = broker.v5_with(id, expiring(secs)).await;
+            sub.subscribe("x", Q5::AtLeastOnce).await;
+            sub.client.disconnect().await.expect("disconnect");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let publisher = broker.v5("p").await;
+        let props = PublishProperties { message_expiry_interval: Some(1), ..PublishProperties::default() };
+        publisher.client.publish_with_properties("x", Q5::AtLeastOnce, false, "brief", props).await.expect("publish");
+        publisher.client.publish("x", Q5::AtLeastOnce, false, "lasting").await.expect("publish");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    with_broker(open(dir.path()), async |broker| {
+        let short = broker.v5_with("short", expiring(60)).await;
+        assert!(!short.connack.session_present, "expired while the broker was down");
+        let mut long = broker.v5_with("long", expiring(3600)).await;
+        assert!(long.connack.session_present);
+        assert_eq!(long.publish().await.payload, Bytes::from("lasting"));
+        long.no_publish().await;
+    })
+    .await;
+}
+
+// --- The `moat` binary on a store directory -------------------------------
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+/// A config file with one listener and `[storage]` in `dir`.
+fn config(dir: &Path, port: u16) -> PathBuf {
+    let path = dir.join("moat.toml");
+    let store = dir.join("store");
+    let text = format!(
+        "[[listeners]]\nbind = \"127.0.0.1:{port}\"\n\n[storage]\ndir = \"{}\"\ndurability = \"sync\"\n",
+        store.display()
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// A `moat` child process, killed when dropped (so a failing test leaves
+/// no broker behind).
+struct Moat(Child);
+
+impl Moat {
+    /// SIGKILL, and reap.
+    fn kill(&mut self) -> std::io::Result<()> {
+        self.0.kill()
+    }
+
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        self.0.wait()
+    }
+}
+
+impl Drop for Moat {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_moat(config: &Path, port: u16, extra: &[&str]) -> Moat {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_moat"))
+        .arg("--config")
+        .arg(config)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start moat");
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut stderr = String::new();
+            child.stderr.take().map(|mut e| e.read_to_string(&mut stderr));
+            panic!("moat exited with {status}: {stderr}");
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "moat did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Moat(child)
+}
+
+/// A blocking MQTT 3.1.1 client speaking raw packets.
+struct Raw(TcpStream);
+
+impl Raw {
+    fn connect(port: u16, client_id: &str, clean: bool) -> (Raw, bool) {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let mut raw = Raw(stream);
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, if clean { 0x02 } else { 0 }, 0, 60];
+        body.extend(u16::try_from(client_id.len()).expect("short id").to_be_bytes());
+        body.extend(client_id.as_bytes());
+        raw.send(&frame(0x10, &body));
+        let (kind, connack) = raw.packet();
+        assert_eq!((kind, connack[1]), (0x20, 0), "CONNACK accepted");
+        (raw, connack[0] & 1 == 1)
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        self.0.write_all(bytes).expect("write");
+    }
+
+    /// The next packet: first byte and body.
+    fn packet(&mut self) -> (u8, Vec<u8>) {
+        self.try_packet().expect("packet")
+    }
+
+    fn try_packet(&mut self) -> std::io::Result<(u8, Vec<u8>)> {
+        let mut first = [0u8; 1];
+        self.0.read_exact(&mut first)?;
+        let (mut len, mut shift) = (0usize, 0);
+        loop {
+            let mut b = [0u8; 1];
+            self.0.read_exact(&mut b)?;
+            len |= usize::from(b[0] & 0x7f) << shift;
+            shift += 7;
+            if b[0] & 0x80 == 0 {
+                break;
+            }
+        }
+        let mut body = vec![0; len];
+        self.0.read_exact(&mut body)?;
+        Ok((first[0], body))
+    }
+
+    /// Publishes at QoS 1 or 2 and waits for the handshake to complete
+    /// (PUBACK, or PUBREC + PUBCOMP).
+    fn publish_acked(&mut self, topic: &str, id: u16, qos: u8, payload: &[u8]) -> std::io::Result<()> {
+        let mut packet = self.publish_qos1(topic, id, payload);
+        packet[0] = 0x30 | (qos << 1);
+        self.0.write_all(&packet)?;
+        let [hi, lo] = id.to_be_bytes();
+        if qos == 2 {
+            self.expect(0x50)?;
+            self.0.write_all(&[0x62, 2, hi, lo])?;
+            self.expect(0x70)
+        } else {
+            self.expect(0x40)
+        }
+    }
+
+    fn expect(&mut self, kind: u8) -> std::io::Result<()> {
+        let (got, _) = self.try_packet()?;
+        if got == kind { Ok(()) } else { Err(std::io::Error::other(format!("expected {kind:#x}, got {got:#x}"))) }
+    }
+
+    /// Reads PUBLISHes (acknowledging them) until `want` are all in `got`
+    /// or nothing arrives for a few seconds.
+    fn receive_until(
+        &mut self,
+        got: &mut std::collections::BTreeSet<String>,
+        want: &std::collections::BTreeSet<String>,
+    ) {
+        self.0.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        while !want.is_subset(got) {
+            let Ok((kind, body)) = self.try_packet() else { return };
+            assert_eq!(kind & 0xf0, 0x30, "PUBLISH");
+            let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+            let id = [body[2 + topic_len], body[3 + topic_len]];
+            got.insert(String::from_utf8_lossy(&body[4 + topic_len..]).into_owned());
+            self.send(&[0x40, 2, id[0], id[1]]);
+        }
+    }
+
+    fn subscribe_qos1(&mut self, filter: &str) {
+        let mut body = vec![0, 1];
+        body.extend(u16::try_from(filter.len()).expect("short").to_be_bytes());
+        body.extend(filter.as_bytes());
+        body.push(1);
+        self.send(&frame(0x82, &body));
+        assert_eq!(self.packet().0, 0x90, "SUBACK");
+    }
+
+    fn publish_qos1(&mut self, topic: &str, id: u16, payload: &[u8]) -> Vec<u8> {
+        let mut body = u16::try_from(topic.len()).expect("short").to_be_bytes().to_vec();
+        body.extend(topic.as_bytes());
+        body.extend(id.to_be_bytes());
+        body.extend(payload);
+        frame(0x32, &body)
+    }
+
+    fn disconnect(mut self) {
+        self.send(&[0xe0, 0]);
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn acknowledged_qos1_messages_survive_sigkill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = config(dir.path(), port);
+    let mut moat = start_moat(&config, port, &[]);
+    let (mut sub, _) = Raw::connect(port, "crash-sub", false);
+    sub.subscribe_qos1("crash/#");
+    sub.disconnect();
+    std::thread::sleep(Duration::from_millis(100));
+
+    let (mut publisher, _) = Raw::connect(port, "crash-pub", true);
+    let count: u16 = 200;
+    let batch: Vec<u8> =
+        (1..=count).flat_map(|i| publisher.publish_qos1("crash/t", i, format!("m{i}").as_bytes())).collect();
+    publisher.send(&batch);
+    for _ in 0..count {
+        assert_eq!(publisher.packet().0, 0x40, "PUBACK");
+    }
+    // Every message is acknowledged: crash now, with no chance to save.
+    moat.kill().expect("SIGKILL");
+    moat.wait().expect("reaped");
+
+    let mut moat = start_moat(&config, port, &[]);
+    let (mut sub, present) = Raw::connect(port, "crash-sub", false);
+    assert!(present, "the session survived the crash");
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < usize::from(count) {
+        let (kind, body) = sub.packet();
+        assert_eq!(kind & 0xf0, 0x30, "PUBLISH");
+        let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+        let id = [body[2 + topic_len], body[3 + topic_len]];
+        got.insert(String::from_utf8_lossy(&body[4 + topic_len..]).into_owned());
+        sub.send(&[0x40, 2, id[0], id[1]]);
+    }
+    let want: std::collections::BTreeSet<_> = (1..=count).map(|i| format!("m{i}")).collect();
+    assert_eq!(got, want);
+    moat.kill().expect("stop");
+    moat.wait().expect("reaped");
+}
+
+/// The issue's proof: QoS 1 and 2 publishers, the broker SIGKILLed at
+/// random points, ten times; every message whose PUBACK/PUBCOMP arrived is
+/// delivered after the restart.
+#[cfg(unix)]
+#[test]
+fn repeated_sigkill_at_random_points_loses_no_acknowledged_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = config(dir.path(), port);
+    let mut moat = start_moat(&config, port, &[]);
+    let (mut sub, _) = Raw::connect(port, "kill-sub", false);
+    sub.subscribe_qos1("kill/#");
+    sub.disconnect();
+    let mut seed = u64::from(std::process::id()) ^ 0x9e37_79b9_7f4a_7c15;
+    let (mut acked, mut received) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    for round in 0..10 {
+        let publisher = std::thread::spawn(move || {
+            let mut done = Vec::new();
+            let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) else { return done };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut raw = Raw(stream);
+            let body = [0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 1, b'p'];
+            raw.send(&frame(0x10, &body));
+            if raw.expect(0x20).is_err() {
+                return done;
+            }
+            for i in 1..=u16::MAX {
+                let payload = format!("r{round}-{i}");
+                if raw.publish_acked("kill/t", i, 1 + u8::from(i % 2 == 0), payload.as_bytes()).is_err() {
+                    break;
+                }
+                done.push(payload);
+            }
+            done
+        });
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        std::thread::sleep(Duration::from_millis(50 + (seed >> 33) % 200));
+        moat.kill().expect("SIGKILL");
+        moat.wait().expect("reaped");
+        acked.extend(publisher.join().expect("publisher"));
+        moat = start_moat(&config, port, &[]);
+        let (mut sub, present) = Raw::connect(port, "kill-sub", false);
+        assert!(present, "round {round}: the session survived");
+        sub.receive_until(&mut received, &acked);
+        let missing: Vec<_> = acked.difference(&received).collect();
+        assert!(missing.is_empty(), "round {round}: acknowledged but lost: {missing:?}");
+        sub.disconnect();
+    }
+    assert!(acked.len() >= 10, "the publishers got some acknowledgements ({})", acked.len());
+    moat.kill().expect("stop");
+    moat.wait().expect("reaped");
+}
+
+#[test]
+fn a_corrupt_store_stops_startup_and_repair_quarantines_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = config(dir.path(), port);
+    let store = dir.path().join("store");
+    {
+        // A record Moat cannot decode.
+        let db = fjall::Database::builder(&store).open().expect("opens");
+        let ks = db.keyspace("retained", fjall::KeyspaceCreateOptions::default).expect("keyspace");
+        ks.insert("t", [1u8, 0xff, 0xff, 0xff]).expect("insert");
+        db.persist(fjall::PersistMode::SyncAll).expect("persist");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_moat")).arg("--config").arg(&config).output().expect("run moat");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&store.display().to_string()) && stderr.contains("corrupt"), "{stderr}");
+    assert!(stderr.contains("--repair"), "{stderr}");
+
+    let mut moat = start_moat(&config, port, &["--repair"]);
+    let quarantined: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("list")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("store.corrupt-"))
+        .collect();
+    assert_eq!(quarantined.len(), 1, "the bad store was moved aside");
+    moat.kill().expect("stop");
+    moat.wait().expect("reaped");
+    let mut stderr = String::new();
+    moat.0.stderr.take().map(|mut e| e.read_to_string(&mut stderr));
+    assert!(stderr.contains("QUARANTINED"), "{stderr}");
+}
+
+#[test]
+fn a_truncated_store_file_stops_startup_naming_the_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = dir.path().join("store");
+    {
+        let disk = DiskStore::open(&store, Durability::Sync).expect("opens");
+        disk.session_opened(&Arc::from("c"), 60);
+        disk.close();
+    }
+    // Cut every metadata file fjall keeps outside its journals in half.
+    let mut cut = 0;
+    for entry in walk(&store) {
+        let name = entry.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        if name.starts_with('v') || name == "version" || name.ends_with("manifest") {
+            let len = std::fs::metadata(&entry).expect("meta").len();
+            std::fs::OpenOptions::new().write(true).open(&entry).and_then(|f| f.set_len(len / 2)).expect("truncate");
+            cut += 1;
+        }
+    }
+    assert!(cut > 0, "found files to truncate in {:?}", walk(&store));
+    let err = DiskStore::open(&store, Durability::Sync).expect_err("truncated");
+    assert!(err.to_string().contains(&store.display().to_string()), "{err}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("list").flatten() {
+        let path = entry.path();
+        if path.is_dir() { out.extend(walk(&path)) } else { out.push(path) }
+    }
+    out
+}
+
+#[test]
+fn the_store_trait_object_is_usable() {
+    // `DiskStore` is a `Store` like `MemoryStore`.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store: Arc<dyn Store> = open(dir.path());
+    assert!(store.recover().expect("empty").sessions.is_empty());
+}
