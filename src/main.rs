@@ -158,7 +158,9 @@ fn init_tracing(config: &Config) -> Result<(), String> {
         Err(_) => ("`log.level`", config.log.level.clone().unwrap_or_else(|| "info".to_owned())),
     };
     let filter = EnvFilter::try_new(&filter).map_err(|e| format!("{source}: invalid log filter {filter:?}: {e}"))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal, never into files or journald.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match config.log.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
