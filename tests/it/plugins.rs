@@ -158,3 +158,28 @@ async fn a_broken_plugin_stops_start_up_naming_it() {
     let message = err.to_string();
     assert!(message.contains("old.wasm") && message.contains("moat:plugin@"), "{message}");
 }
+
+#[tokio::test]
+async fn certificate_identity_is_the_user_name_an_acl_sees() {
+    use moat::config::{ClientAuth, IdentityAsUsername, ListenerProtocol};
+    use rumqttc::{TlsConfiguration, Transport};
+
+    let mut pki = crate::pki::ServerPki::new("identity-acl", ClientAuth::Required);
+    pki.tls.use_identity_as_username = IdentityAsUsername::CommonName;
+    let (broker, _dir) = broker_with(&[("acl", "topic-prefix", "[config]\nprefix = \"%u/\"\n")], |c| {
+        pki.apply(&mut c.listeners[0], ListenerProtocol::Tls);
+        c.listeners[0].allow_anonymous = Anonymous::Never;
+    })
+    .await;
+    let cert = pki.ca.client("device-1", &[]);
+    let tls = crate::pki::client_config(&pki.ca.pem(), Some(&cert), &[]);
+    let mut device = broker
+        .v5_with("any-client-id", |o| {
+            o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+        })
+        .await;
+    let own = device.subscribe("device-1/#", Q5::AtMostOnce).await;
+    assert_eq!(own.return_codes, [SubscribeReasonCode::Success(Q5::AtMostOnce)]);
+    let other = device.subscribe("device-2/#", Q5::AtMostOnce).await;
+    assert_eq!(other.return_codes, [SubscribeReasonCode::NotAuthorized]);
+}
