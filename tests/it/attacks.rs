@@ -5,11 +5,10 @@ use std::time::Duration;
 
 use rumqttc::QoS as Q4;
 use rumqttc::v5::mqttbytes::QoS as Q5;
-use rumqttc::v5::mqttbytes::v5::LastWillProperties;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use crate::harness::{Raw, TestBroker, WAIT, connect_v4, connect_v5, frame};
+use crate::harness::{Raw, TestBroker, WAIT, connect_v4, connect_v5, frame, varint};
 
 /// A normal subscriber and publisher can still talk through the broker.
 async fn still_serves(broker: &TestBroker) {
@@ -49,22 +48,6 @@ fn string(s: &str) -> Vec<u8> {
     let mut out = u16::try_from(s.len()).expect("short string").to_be_bytes().to_vec();
     out.extend(s.as_bytes());
     out
-}
-
-/// A v5 variable byte integer.
-fn varint(mut n: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let mut byte = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if n == 0 {
-            return out;
-        }
-    }
 }
 
 /// A v5 PUBLISH with no properties.
@@ -304,22 +287,7 @@ async fn v5_will_delay_longer_than_session_expiry_sent_at_session_end() {
     watcher.subscribe("wills/#", Q5::AtLeastOnce).await;
     let dying = broker
         .v5_with("expiring", |o| {
-            let props = LastWillProperties {
-                delay_interval: Some(3600),
-                payload_format_indicator: None,
-                message_expiry_interval: None,
-                content_type: None,
-                response_topic: None,
-                correlation_data: None,
-                user_properties: vec![],
-            };
-            o.set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
-                "wills/expiring",
-                "gone",
-                Q5::AtLeastOnce,
-                false,
-                Some(props),
-            ));
+            o.set_last_will(crate::harness::delayed_will("wills/expiring", "gone", 3600));
             o.set_session_expiry_interval(Some(1));
         })
         .await;

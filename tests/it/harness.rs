@@ -341,18 +341,43 @@ pub fn connect_v5(client_id: &str) -> Vec<u8> {
 /// Prefixes a fixed header (first byte + remaining length) to `body`.
 pub fn frame(first: u8, body: &[u8]) -> Vec<u8> {
     let mut out = vec![first];
-    let mut len = body.len();
+    out.extend(varint(body.len()));
+    out.extend(body);
+    out
+}
+
+/// A variable byte integer (remaining length, property lengths).
+pub fn varint(mut n: usize) -> Vec<u8> {
+    let mut out = Vec::new();
     loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
+        let mut byte = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
             byte |= 0x80;
         }
         out.push(byte);
-        if len == 0 {
-            break;
+        if n == 0 {
+            return out;
         }
     }
-    out.extend(body);
-    out
+}
+
+/// An MQTT 5 will at QoS 1 with a Will Delay Interval.
+pub fn delayed_will(topic: &str, payload: &str, delay_s: u32) -> rumqttc::v5::mqttbytes::v5::LastWill {
+    let props = rumqttc::v5::mqttbytes::v5::LastWillProperties {
+        delay_interval: Some(delay_s),
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: vec![],
+    };
+    rumqttc::v5::mqttbytes::v5::LastWill::new(
+        topic,
+        payload.to_owned(),
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        false,
+        Some(props),
+    )
 }

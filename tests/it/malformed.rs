@@ -79,15 +79,6 @@ async fn oversized_packet_rejected_from_header() {
 }
 
 #[tokio::test]
-async fn huge_remaining_length_before_connect_is_refused() {
-    let broker = TestBroker::start().await;
-    let mut raw = broker.raw().await;
-    raw.send(&[0x10, 0xFF, 0xFF, 0xFF, 0x7F]).await;
-    assert!(raw.read_to_close().await.is_empty());
-    still_serves(&broker).await;
-}
-
-#[tokio::test]
 async fn v5_topic_alias_out_of_range() {
     let broker = TestBroker::start().await;
     // PUBLISH "t" with Topic Alias 1000 (> maximum).

@@ -22,13 +22,13 @@ pub fn host() -> &'static PluginHost {
     HOST.get_or_init(|| PluginHost::new().expect("the plugin engine starts"))
 }
 
-/// Loads `(name, fixture, sidecar)` plugins from a fresh directory.
+/// Stages `(name, fixture, sidecar)` plugins in a fresh directory.
 ///
 /// A sidecar without `[limits]` gets a 1 s deadline instead of the 10 ms
 /// default: the deadline is wall-clock time, and on a loaded 2-core CI
 /// machine a descheduled test thread can miss 10 ms while the guest does
 /// nothing wrong. Tests about the deadline set their own.
-pub fn load(plugins: &[(&str, &str, &str)]) -> Result<PluginSet, LoadError> {
+pub fn stage(plugins: &[(&str, &str, &str)]) -> StagedDir {
     let sidecars: Vec<String> = plugins
         .iter()
         .map(
@@ -39,8 +39,13 @@ pub fn load(plugins: &[(&str, &str, &str)]) -> Result<PluginSet, LoadError> {
         .collect();
     let plugins: Vec<(&str, &str, &str)> =
         plugins.iter().zip(&sidecars).map(|((n, f, _), s)| (*n, *f, s.as_str())).collect();
-    let dir: StagedDir = built().stage(&plugins).expect("staging the plugin directory");
-    host().load_dir(dir.path())
+    built().stage(&plugins).expect("staging the plugin directory")
+}
+
+/// Loads `(name, fixture, sidecar)` plugins from a fresh directory (see
+/// [`stage`] for the deadline they get).
+pub fn load(plugins: &[(&str, &str, &str)]) -> Result<PluginSet, LoadError> {
+    host().load_dir(stage(plugins).path())
 }
 
 /// A policy over `plugins`, which must load.

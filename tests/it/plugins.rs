@@ -9,24 +9,12 @@ use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet as V5Packet, PubAckReason, SubscribeReasonCode};
 
 use crate::harness::TestBroker;
-use crate::plugin_support::built;
+use crate::plugin_support::{built, stage};
 
-/// Stages `(name, fixture, sidecar)` plugins and starts a broker on them.
-/// Calls get a 1 s deadline unless the sidecar sets limits: the deadline is
-/// wall-clock time, and a loaded 2-core CI machine can deschedule a test
-/// thread for more than the 10 ms default while the guest does nothing wrong.
+/// Stages `(name, fixture, sidecar)` plugins (with the test deadline of
+/// [`stage`]) and starts a broker on them.
 async fn broker_with(plugins: &[(&str, &str, &str)], tweak: impl FnOnce(&mut Config)) -> (TestBroker, StagedDir) {
-    let sidecars: Vec<String> = plugins
-        .iter()
-        .map(
-            |(_, _, s)| {
-                if s.contains("[limits]") { (*s).to_owned() } else { format!("{s}\n[limits]\ntimeout_ms = 1000\n") }
-            },
-        )
-        .collect();
-    let staged: Vec<(&str, &str, &str)> =
-        plugins.iter().zip(&sidecars).map(|((n, f, _), s)| (*n, *f, s.as_str())).collect();
-    let dir = built().stage(&staged).expect("stage plugins");
+    let dir = stage(plugins);
     let path = dir.path().to_owned();
     let broker = TestBroker::with(|c| {
         c.plugins.dir = Some(path);

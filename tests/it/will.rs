@@ -5,7 +5,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use rumqttc::QoS as Q4;
 use rumqttc::v5::mqttbytes::QoS as Q5;
-use rumqttc::v5::mqttbytes::v5::LastWillProperties;
 
 use crate::harness::TestBroker;
 
@@ -45,22 +44,7 @@ async fn v5_will_delay_cancelled_by_reconnect_and_published_after() {
     let mut watcher = broker.v5("watcher").await;
     watcher.subscribe("wills/#", Q5::AtLeastOnce).await;
     let with_will = |o: &mut rumqttc::v5::MqttOptions| {
-        let props = LastWillProperties {
-            delay_interval: Some(1),
-            payload_format_indicator: None,
-            message_expiry_interval: None,
-            content_type: None,
-            response_topic: None,
-            correlation_data: None,
-            user_properties: vec![],
-        };
-        o.set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
-            "wills/slow",
-            "gone",
-            Q5::AtLeastOnce,
-            false,
-            Some(props),
-        ));
+        o.set_last_will(crate::harness::delayed_will("wills/slow", "gone", 1));
         o.set_clean_start(false);
         o.set_session_expiry_interval(Some(60));
     };
