@@ -19,10 +19,12 @@ use std::time::Duration;
 use arbitrary::Arbitrary;
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
+use moat::auth::Policy;
 use moat::broker::Broker;
 use moat::codec::{self, *};
 use moat::config::{Config, ListenerConfig};
 use moat::store::{MemoryStore, Recovered};
+use moat::transport::Peer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, WriteHalf};
 
 const SLOTS: usize = 4;
@@ -69,14 +71,14 @@ fn config() -> Config {
 }
 
 async fn run(ops: Vec<Op>) {
-    let broker = Broker::new(config(), Arc::new(MemoryStore::default()), Recovered::default());
+    let broker = Broker::new(config(), Arc::new(MemoryStore::default()), Recovered::default(), Policy::none());
     let listener = Arc::new(ListenerConfig::tcp("fuzz", SocketAddr::from(([127, 0, 0, 1], 1883))));
     let mut clients: Vec<Option<Client>> = (0..SLOTS).map(|_| None).collect();
     let mut readers = Vec::new();
     for op in ops {
         if let Op::Connect { slot, .. } = op {
             let (client, server) = tokio::io::duplex(8 * 1024);
-            let peer = SocketAddr::from(([127, 0, 0, 1], 40000 + u16::from(slot)));
+            let peer = Peer::plain(SocketAddr::from(([127, 0, 0, 1], 40000 + u16::from(slot))));
             broker.tasks.spawn(moat::connection::serve(broker.clone(), server, peer, listener.clone()));
             let (mut reader, writer) = tokio::io::split(client);
             // Drains whatever the broker sends, so it never blocks on us.
