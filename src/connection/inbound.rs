@@ -60,7 +60,8 @@ where
             return Err(Close::Protocol(ReasonCode::TOPIC_NAME_INVALID, "too many topic levels"));
         }
         let packet_id = publish.packet_id;
-        let permitted = self.allowed(Action::Publish, publish.topic.as_str(), publish.qos, publish.retain);
+        let policy = self.broker.policy();
+        let permitted = self.allowed_by(&policy, Action::Publish, publish.topic.as_str(), publish.qos, publish.retain);
         if !permitted && self.version.is_v5() {
             // The reason code ends the exchange, so no QoS 2 state is kept.
             let refusal =
@@ -92,7 +93,7 @@ where
         // 3.1.1 has no way to refuse a PUBLISH: it is acknowledged and
         // dropped, as Mosquitto does.
         let message = Message::new(publish.topic, publish.payload, publish.qos, publish.retain, &publish.properties);
-        let delivered = match permitted.then(|| self.transform(message)).flatten() {
+        let delivered = match permitted.then(|| self.transform(&policy, message)).flatten() {
             Some(message) => self.broker.publish(message, Some(&self.attached.session)),
             None => 0,
         };

@@ -37,7 +37,7 @@ where
     /// and it keeps packet-id allocation and the in-flight list consistent.
     pub(super) fn drain(&mut self) {
         let now = std::time::Instant::now();
-        let check_receive = self.broker.policy().authorizes();
+        let policy = self.broker.policy();
         let session = self.attached.session.clone();
         let mut state = session.lock();
         let mut sent = 0u64;
@@ -53,7 +53,8 @@ where
             // messages and a policy can hide topics from a subscriber. It runs
             // under the session lock, but the connection's cache answers
             // repeated topics without calling a plugin.
-            if check_receive && !self.receive_allowed(&delivery) {
+            let message = &delivery.message;
+            if !self.allowed_by(&policy, Action::Receive, message.topic.as_str(), delivery.qos, delivery.retain) {
                 continue;
             }
             let packet_id = (delivery.qos != QoS::AtMostOnce).then(|| state.allocate_packet_id());
@@ -76,11 +77,6 @@ where
         }
         drop(state);
         self.broker.stats.messages_sent.fetch_add(sent, Ordering::Relaxed);
-    }
-
-    fn receive_allowed(&mut self, delivery: &Delivery) -> bool {
-        let message = &delivery.message;
-        self.allowed(Action::Receive, message.topic.as_str(), delivery.qos, delivery.retain)
     }
 
     fn publish_packet(&self, delivery: &Delivery, packet_id: Option<crate::codec::PacketId>, dup: bool) -> Publish {

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
 use super::{Close, Connection};
-use crate::auth::{Action, AuthnOutcome, ClientInfo, Credentials, PluginMessage, TransformOutcome};
+use crate::auth::{Action, AuthnOutcome, ClientInfo, Credentials, PluginMessage, Policy, TransformOutcome};
 use crate::broker::Broker;
 use crate::codec::{self, Auth, Connect, Packet, Properties, ProtocolVersion, QoS, ReasonCode, TopicName};
 use crate::router::Message;
@@ -146,10 +146,16 @@ where
     /// only when this connection's cache has no live verdict.
     pub(super) fn allowed(&mut self, action: Action, topic: &str, qos: QoS, retain: bool) -> bool {
         let policy = self.broker.policy();
+        self.allowed_by(&policy, action, topic, qos, retain)
+    }
+
+    /// [`Connection::allowed`] under a policy the caller already holds, so a
+    /// publish or a batch of deliveries reads the broker's policy once.
+    pub(super) fn allowed_by(&mut self, policy: &Policy, action: Action, topic: &str, qos: QoS, retain: bool) -> bool {
         if !policy.authorizes() {
             return true;
         }
-        let allowed = self.authz.check(&policy, &self.client, action, topic, qos, retain);
+        let allowed = self.authz.check(policy, &self.client, action, topic, qos, retain);
         if !allowed {
             debug!(?action, topic, "not authorized");
         }
@@ -158,8 +164,7 @@ where
 
     /// Applies the transform plugins registered for the message's topic.
     /// `None` means a plugin dropped it.
-    pub(super) fn transform(&self, message: Message) -> Option<Message> {
-        let policy = self.broker.policy();
+    pub(super) fn transform(&self, policy: &Policy, message: Message) -> Option<Message> {
         if !policy.wants_transform(message.topic.as_str()) {
             return Some(message);
         }
