@@ -3,6 +3,7 @@
 //! for malformed input; certificates made at run time by `pki`).
 //! Test names carry the specification's normative statement ids.
 
+mod acl_plugin;
 mod attacks;
 mod cli;
 mod connect;

@@ -1,0 +1,193 @@
+//! The shipped `acl` plugin in the broker: inline rules per user, client id
+//! and pattern, deny rules, retained messages and wills to topics a client
+//! may not use, and user names / client ids built to widen a pattern.
+
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use moat::config::Config;
+use moat::plugin::fixtures::StagedDir;
+use rumqttc::v5::mqttbytes::QoS as Q5;
+use rumqttc::v5::mqttbytes::v5::{LastWill, Packet as V5Packet, PubAckReason, SubscribeReasonCode};
+
+use crate::harness::{TestBroker, V5};
+use crate::plugin_support::stage;
+
+/// Stages `(name, fixture, sidecar)` plugins and starts a broker on them.
+pub async fn broker_with(plugins: &[(&str, &str, &str)], tweak: impl FnOnce(&mut Config)) -> (TestBroker, StagedDir) {
+    let dir = stage(plugins);
+    let path: PathBuf = dir.path().to_owned();
+    let broker = TestBroker::with(|c| {
+        c.plugins.dir = Some(path);
+        tweak(c);
+    })
+    .await;
+    (broker, dir)
+}
+
+/// A v5 client logged in as `user` (no authenticator: the loopback
+/// listener admits it, the name is what the acl sees).
+pub async fn as_user(broker: &TestBroker, id: &str, user: &str) -> V5 {
+    broker
+        .v5_with(id, |o| {
+            o.set_credentials(user, "");
+        })
+        .await
+}
+
+/// Publishes at QoS 1 and returns the PUBACK's reason.
+pub async fn publish_qos1(client: &mut V5, topic: &str, retain: bool) -> PubAckReason {
+    client.client.publish(topic, Q5::AtLeastOnce, retain, "m").await.expect("publish");
+    loop {
+        match client.next().await {
+            Some(V5Packet::PubAck(ack)) => return ack.reason,
+            Some(_) => {}
+            None => panic!("closed while waiting for PUBACK"),
+        }
+    }
+}
+
+/// Whether the broker granted a subscription to `filter`.
+pub async fn granted(client: &mut V5, filter: &str) -> bool {
+    match client.subscribe(filter, Q5::AtLeastOnce).await.return_codes[..] {
+        [SubscribeReasonCode::Success(_)] => true,
+        [SubscribeReasonCode::NotAuthorized] => false,
+        ref other => panic!("unexpected SUBACK {other:?} for {filter}"),
+    }
+}
+
+const SIDECAR: &str = r##"
+[config]
+[[config.rules]]
+user = "root"
+access = "readwrite"
+topic = "#"
+
+[[config.rules]]
+user = "alice"
+access = "readwrite"
+topic = "sensors/#"
+
+[[config.rules]]
+user = "alice"
+access = "deny"
+topic = "sensors/secret"
+
+[[config.rules]]
+user = "bob"
+access = "read"
+topic = "sensors/+/temp"
+
+[[config.rules]]
+pattern = "devices/%c/#"
+access = "readwrite"
+
+[[config.rules]]
+pattern = "users/%u/#"
+access = "readwrite"
+"##;
+
+async fn acl_broker() -> (TestBroker, StagedDir) {
+    broker_with(&[("acl", "acl", SIDECAR)], |_| {}).await
+}
+
+#[tokio::test]
+async fn acl_grants_per_user_client_id_and_pattern() {
+    let (broker, _dir) = acl_broker().await;
+    let mut alice = as_user(&broker, "alice-1", "alice").await;
+    let mut bob = as_user(&broker, "bob-1", "bob").await;
+    assert!(granted(&mut alice, "sensors/#").await);
+    assert!(granted(&mut bob, "sensors/+/temp").await);
+    assert!(!granted(&mut bob, "sensors/#").await, "bob's read rule does not cover sensors/#");
+    assert!(!granted(&mut bob, "$share/g/sensors/#").await, "nor as a shared subscription");
+    assert_eq!(publish_qos1(&mut bob, "sensors/kitchen/temp", false).await, PubAckReason::NotAuthorized);
+    assert_eq!(publish_qos1(&mut alice, "sensors/kitchen/temp", false).await, PubAckReason::Success);
+    assert_eq!(bob.publish().await.topic, Bytes::from("sensors/kitchen/temp"));
+
+    let mut device = broker.v5("dev-1").await;
+    assert!(granted(&mut device, "devices/dev-1/#").await);
+    assert!(!granted(&mut device, "devices/dev-2/#").await);
+    assert!(!granted(&mut device, "users/alice/#").await, "%u needs a user name");
+    assert!(granted(&mut alice, "users/alice/inbox").await);
+    assert!(!granted(&mut alice, "users/bob/inbox").await);
+}
+
+#[tokio::test]
+async fn acl_deny_rule_hides_a_topic_from_a_granted_wildcard() {
+    let (broker, _dir) = acl_broker().await;
+    let mut alice = as_user(&broker, "alice-1", "alice").await;
+    assert!(granted(&mut alice, "sensors/#").await);
+    assert!(!granted(&mut alice, "sensors/secret").await);
+    let mut root = as_user(&broker, "root-1", "root").await;
+    publish_qos1(&mut root, "sensors/secret", false).await;
+    publish_qos1(&mut root, "sensors/open", false).await;
+    assert_eq!(alice.publish().await.topic, Bytes::from("sensors/open"));
+    alice.no_publish().await;
+    assert_eq!(publish_qos1(&mut alice, "sensors/secret", false).await, PubAckReason::NotAuthorized);
+}
+
+#[tokio::test]
+async fn acl_names_built_to_widen_a_pattern_get_nothing() {
+    let (broker, _dir) = acl_broker().await;
+    let mut root = as_user(&broker, "root-1", "root").await;
+    for (i, evil) in ["#", "+", "a/#", "%u"].into_iter().enumerate() {
+        let mut by_name = as_user(&broker, &format!("evil-user-{i}"), evil).await;
+        for filter in ["users/#", "users/+/inbox", "users/alice/#", "users/a/#"] {
+            assert!(!granted(&mut by_name, filter).await, "user {evil:?} subscribing {filter}");
+        }
+        assert_eq!(publish_qos1(&mut by_name, "users/alice/inbox", false).await, PubAckReason::NotAuthorized);
+        let mut by_id = broker.v5(evil).await;
+        for filter in ["devices/#", "devices/+/x", "devices/dev-1/#", "devices/a/#"] {
+            assert!(!granted(&mut by_id, filter).await, "client id {evil:?} subscribing {filter}");
+        }
+        assert_eq!(publish_qos1(&mut by_id, "devices/dev-1/cmd", false).await, PubAckReason::NotAuthorized);
+    }
+    // `%u` as a user name reaches its own literal level and nothing else.
+    let mut literal = as_user(&broker, "literal", "%u").await;
+    assert!(granted(&mut literal, "users/%u/#").await);
+    publish_qos1(&mut root, "users/alice/inbox", false).await;
+    literal.no_publish().await;
+}
+
+#[tokio::test]
+async fn acl_retained_messages_follow_read_rights() {
+    let (broker, _dir) = acl_broker().await;
+    let mut root = as_user(&broker, "root-1", "root").await;
+    // Nobody subscribes yet: v5 acknowledges with "no matching subscribers".
+    assert_eq!(publish_qos1(&mut root, "sensors/secret", true).await, PubAckReason::NoMatchingSubscribers);
+    assert_eq!(publish_qos1(&mut root, "sensors/a/temp", true).await, PubAckReason::NoMatchingSubscribers);
+    // A retained publish to a topic bob may not write is refused and never stored.
+    let mut bob = as_user(&broker, "bob-1", "bob").await;
+    assert_eq!(publish_qos1(&mut bob, "sensors/b/temp", true).await, PubAckReason::NotAuthorized);
+
+    let mut alice = as_user(&broker, "alice-1", "alice").await;
+    assert!(granted(&mut alice, "sensors/#").await);
+    let got = alice.publish().await;
+    assert_eq!((got.topic, got.retain), (Bytes::from("sensors/a/temp"), true));
+    alice.no_publish().await;
+}
+
+#[tokio::test]
+async fn acl_wills_to_topics_the_client_may_not_publish_are_dropped() {
+    let (broker, _dir) = acl_broker().await;
+    let mut root = as_user(&broker, "root-1", "root").await;
+    assert!(granted(&mut root, "#").await);
+    let will = |topic: &str| LastWill::new(topic, "gone", Q5::AtLeastOnce, false, None);
+    let bob = broker
+        .v5_with("bob-1", |o| {
+            o.set_credentials("bob", "");
+            o.set_last_will(will("sensors/x/temp"));
+        })
+        .await;
+    bob.kill();
+    let device = broker
+        .v5_with("dev-1", |o| {
+            o.set_last_will(will("devices/dev-1/status"));
+        })
+        .await;
+    device.kill();
+    // The device's will (allowed) arrives; bob's (read-only topic) never does.
+    let got = root.publish().await;
+    assert_eq!(got.topic, Bytes::from("devices/dev-1/status"));
+    root.no_publish().await;
+}
