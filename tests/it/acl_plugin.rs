@@ -191,3 +191,69 @@ async fn acl_wills_to_topics_the_client_may_not_publish_are_dropped() {
     assert_eq!(got.topic, Bytes::from("devices/dev-1/status"));
     root.no_publish().await;
 }
+
+/// A directory with `name` holding `text`, and the sidecar lines that point
+/// `key` at that file and grant the plugin read access to the directory.
+pub fn granted_file(name: &str, text: &str, key: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let canonical = dir.path().canonicalize().expect("canonical temp dir");
+    let path = canonical.join(name);
+    std::fs::write(&path, text).expect("write the file");
+    let path = path.to_str().expect("utf-8 temp path").to_owned();
+    let dir_text = canonical.to_str().expect("utf-8 temp path").to_owned();
+    (dir, format!("[config]\n{key} = {path:?}\n[grants]\nread = [{dir_text:?}]\n"))
+}
+
+/// Mosquitto's `aclfile.example` with a deployment's rules, unchanged.
+const MOSQUITTO_ACL: &str = "\
+# This affects access control for clients with no username.
+topic read $SYS/#
+
+# This only affects clients with username \"roger\".
+user roger
+topic foo/bar
+
+# This affects all clients.
+pattern write $SYS/broker/connection/%c/state
+
+user sensor-hub
+topic write sensors/#
+topic read commands/sensor-hub/#
+topic deny sensors/forbidden
+
+pattern readwrite devices/%c/#
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_reads_a_mosquitto_acl_file_unchanged() {
+    let (_files, sidecar) = granted_file("mosquitto.acl", MOSQUITTO_ACL, "acl_file");
+    let (broker, _dir) = broker_with(&[("acl", "acl", &sidecar)], |_| {}).await;
+    let mut roger = as_user(&broker, "roger-1", "roger").await;
+    assert!(granted(&mut roger, "foo/bar").await);
+    assert!(!granted(&mut roger, "foo/#").await);
+    assert!(!granted(&mut roger, "$SYS/#").await, "anonymous rules are not roger's");
+    let mut hub = as_user(&broker, "hub-1", "sensor-hub").await;
+    assert_eq!(publish_qos1(&mut hub, "sensors/forbidden", false).await, PubAckReason::NotAuthorized);
+    assert_eq!(publish_qos1(&mut hub, "foo/bar", false).await, PubAckReason::NotAuthorized);
+    assert_eq!(publish_qos1(&mut hub, "sensors/a", false).await, PubAckReason::NoMatchingSubscribers);
+    let mut anonymous = broker.v5("dev-9").await;
+    assert!(granted(&mut anonymous, "$SYS/#").await);
+    assert!(granted(&mut anonymous, "devices/dev-9/#").await);
+    assert!(!granted(&mut anonymous, "devices/+/#").await);
+    assert_eq!(publish_qos1(&mut roger, "foo/bar", false).await, PubAckReason::Success);
+    assert_eq!(roger.publish().await.topic, Bytes::from("foo/bar"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acl_file_without_a_grant_or_malformed_stops_start_up() {
+    let (_files, sidecar) = granted_file("bad.acl", "user roger\ntopic foo/bar\nsubscribe foo/#\n", "acl_file");
+    let staged = stage(&[("acl", "acl", &sidecar)]);
+    let err = crate::plugin_support::host().load_dir(staged.path()).expect_err("malformed line");
+    assert!(err.to_string().contains("line 3"), "{err}");
+
+    let (_files, sidecar) = granted_file("ok.acl", MOSQUITTO_ACL, "acl_file");
+    let ungranted = sidecar.split("[grants]").next().expect("config part");
+    let staged = stage(&[("acl", "acl", ungranted)]);
+    let err = crate::plugin_support::host().load_dir(staged.path()).expect_err("no grant, no file");
+    assert!(err.to_string().contains("grant"), "{err}");
+}
