@@ -17,6 +17,7 @@ mod plugin_hostile;
 mod plugin_support;
 mod plugins;
 mod pubsub;
+mod rbac_plugin;
 mod retained;
 mod session;
 mod shared;
