@@ -24,10 +24,13 @@ pub struct Document {
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Defaults {
+    /// For publishes and wills.
     #[serde(default)]
     pub publish: Fallback,
+    /// For subscriptions.
     #[serde(default)]
     pub subscribe: Fallback,
+    /// For deliveries and retained messages.
     #[serde(default)]
     pub receive: Fallback,
 }
@@ -106,8 +109,11 @@ struct ClientDef {
 /// Which actions a permission speaks about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Actions {
+    /// Publishes and wills.
     pub publish: bool,
+    /// Subscriptions.
     pub subscribe: bool,
+    /// Deliveries and retained messages.
     pub receive: bool,
 }
 
@@ -128,41 +134,57 @@ impl Actions {
 /// One permission of a role, validated.
 #[derive(Debug, Clone)]
 pub struct Permission {
+    /// The actions it speaks about.
     pub actions: Actions,
+    /// The topic filter, possibly with `%u` / `%c`.
     pub topic: String,
+    /// Whether `topic` has placeholders to substitute.
     pub pattern: bool,
+    /// Allow or deny when it matches.
     pub allow: bool,
 }
 
 /// A role: its permissions, highest priority first.
 #[derive(Debug, Default)]
 pub struct Role {
+    /// Highest priority first, written order among equals.
     pub permissions: Vec<Permission>,
 }
 
 /// A group: its roles (indices), highest priority first.
 #[derive(Debug, Default)]
 pub struct Group {
+    /// Indices into [`Model::roles`], highest priority first.
     pub roles: Vec<usize>,
 }
 
 /// A client entry: its roles and groups (indices with priorities).
 #[derive(Debug, Default)]
 pub struct ClientEntry {
+    /// Indices into [`Model::roles`], highest priority first.
     pub roles: Vec<usize>,
+    /// `(priority, index into Model::groups)`.
     pub groups: Vec<(i64, usize)>,
 }
 
 /// The validated document, with names resolved to indices.
 #[derive(Debug, Default)]
 pub struct Model {
+    /// Answers when no permission matches.
     pub defaults: Defaults,
+    /// Every role, in written order.
     pub roles: Vec<Role>,
+    /// Role name -> index into `roles`.
     pub role_index: HashMap<String, usize>,
+    /// Every group, in written order.
     pub groups: Vec<Group>,
+    /// Every client entry, in written order.
     pub clients: Vec<ClientEntry>,
+    /// User name -> indices into `clients`.
     pub by_username: HashMap<String, Vec<usize>>,
+    /// Client id -> indices into `clients`.
     pub by_client_id: HashMap<String, Vec<usize>>,
+    /// The group of clients without a user name.
     pub anonymous_group: Option<usize>,
 }
 
