@@ -8,6 +8,7 @@ mod cli;
 mod connect;
 mod durable;
 mod harness;
+mod jwt_plugin;
 mod malformed;
 mod pki;
 mod plugin_chain;
