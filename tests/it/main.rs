@@ -17,6 +17,7 @@ mod plugin_support;
 mod plugins;
 mod pubsub;
 mod retained;
+mod scram_plugin;
 mod session;
 mod shared;
 mod tls;
