@@ -139,3 +139,33 @@ async fn a_token_in_v5_authentication_data_is_a_single_step_exchange() {
     let refused = connack_of(&broker, &connect_v5_with("carol-2", None, None, &props)).await;
     assert_eq!(refused[..4], [0x20, 3, 0, 0x86]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_come_from_a_jwks_file_in_a_granted_directory() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let jwks = keys.path().join("jwks.json");
+    let k = URL_SAFE_NO_PAD.encode(SECRET);
+    std::fs::write(&jwks, format!(r#"{{"keys":[{{"kty":"oct","kid":"k1","alg":"HS256","k":"{k}"}}]}}"#))
+        .expect("jwks file");
+    let sidecar = format!(
+        "[config]\nkeys = [{{ jwks_file = {:?} }}]\n[grants]\nread = [{:?}]\n",
+        jwks.to_str().expect("utf-8 temp path"),
+        keys.path().to_str().expect("utf-8 temp path")
+    );
+    let dir = stage(&[("jwt", "jwt", &sidecar)]);
+    let path = dir.path().to_owned();
+    let broker = TestBroker::with(|c| {
+        c.plugins.dir = Some(path);
+        c.listeners[0].allow_anonymous = Anonymous::Never;
+    })
+    .await;
+    let good = token(&claims("dave", now_s() + 3600), SECRET);
+    broker
+        .v5_with("dave-1", |o| {
+            o.set_credentials("dave", good.clone());
+        })
+        .await;
+    let forged = token(&claims("dave", now_s() + 3600), "another-secret-of-at-least-32-bytes!!");
+    let refused = connack_of(&broker, &connect_v5_with("dave-2", None, Some(forged.as_bytes()), &[])).await;
+    assert_eq!(refused, [0x20, 3, 0, 0x86, 0]);
+}

@@ -123,9 +123,18 @@ async fn expect_auth(raw: &mut Raw, reason: u8) -> Vec<u8> {
     data.unwrap_or_default()
 }
 
-async fn broker() -> (TestBroker, moat::plugin::fixtures::StagedDir) {
-    let lines = [entry("alice", "correct horse", b"0123456789abcdef")];
-    let sidecar = format!("[config]\ncredentials = [\"{}\"]\n", lines[0]);
+/// A broker whose `scram` plugin reads its credentials file from a granted
+/// directory.
+async fn broker() -> (TestBroker, (moat::plugin::fixtures::StagedDir, tempfile::TempDir)) {
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let file = secrets.path().join("scram.txt");
+    let lines = format!("# made by the test\n{}\n", entry("alice", "correct horse", b"0123456789abcdef"));
+    std::fs::write(&file, lines).expect("credentials file");
+    let sidecar = format!(
+        "[config]\nfile = {:?}\n[grants]\nread = [{:?}]\n",
+        file.to_str().expect("utf-8 temp path"),
+        secrets.path().to_str().expect("utf-8 temp path")
+    );
     let dir = stage(&[("scram", "scram", &sidecar)]);
     let path = dir.path().to_owned();
     let broker = TestBroker::with(|c| {
@@ -133,7 +142,7 @@ async fn broker() -> (TestBroker, moat::plugin::fixtures::StagedDir) {
         c.listeners[0].allow_anonymous = Anonymous::Never;
     })
     .await;
-    (broker, dir)
+    (broker, (dir, secrets))
 }
 
 /// Runs an exchange up to the CONNACK; returns the connection, the client
@@ -150,7 +159,7 @@ async fn exchange(broker: &TestBroker, user: &str, password: &str) -> (Raw, Scra
     (raw, client, body[1], data)
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_exchange_admits_the_right_password_and_proves_the_server() {
     let (broker, _dir) = broker().await;
     let (mut raw, mut client, reason, data) = exchange(&broker, "alice", "correct horse").await;
@@ -171,7 +180,7 @@ async fn scram_exchange_admits_the_right_password_and_proves_the_server() {
     assert_eq!(raw.read_packet().await, (0xD0, vec![]));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_proofs_and_unknown_users_are_refused_alike() {
     let (broker, _dir) = broker().await;
     for (user, password) in [("alice", "wrong"), ("mallory", "correct horse")] {
@@ -180,7 +189,7 @@ async fn wrong_proofs_and_unknown_users_are_refused_alike() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_client_final_is_refused() {
     let (broker, _dir) = broker().await;
     let (mut client, first) = Scram::first("alice", "correct horse", "same-nonce");
@@ -199,7 +208,7 @@ async fn a_replayed_client_final_is_refused() {
     assert_eq!(replay.read_to_close().await[..4], [0x20, 3, 0, 0x86]);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_v311_client_is_not_the_plugins_business() {
     let (broker, _dir) = broker().await;
     let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02 | 0x80 | 0x40, 0, 30];
@@ -212,7 +221,7 @@ async fn a_v311_client_is_not_the_plugins_business() {
     assert_eq!(raw.read_to_close().await, [0x20, 2, 0, 5], "ignored, then refused as anonymous");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interleaved_exchanges_each_keep_their_own_instance() {
     // Without the broker pinning an instance to each exchange, the second
     // client-first would reach the instance holding the first conversation.
