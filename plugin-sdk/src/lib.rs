@@ -122,10 +122,32 @@ impl Default for Manifest {
     }
 }
 
+/// The attribute by which a grant carries Authentication Data for the
+/// packet that ends an MQTT 5 exchange; see [`Grant::with_auth_data`].
+pub const AUTH_DATA_ATTRIBUTE: &str = "moat.auth-data";
+
 impl Grant {
     /// A grant with no attributes and the user name unchanged.
     pub fn plain() -> Grant {
         Grant { attributes: Vec::new(), username_override: None }
+    }
+
+    /// Sends `data` to the client with this `allow`: as the Authentication
+    /// Data of the CONNACK (or of the AUTH success that ends a
+    /// re-authentication), e.g. SCRAM's server-final message. The WIT
+    /// `grant` has no field for it, so it travels as the attribute
+    /// [`AUTH_DATA_ATTRIBUTE`] in lowercase hex, which the broker removes:
+    /// later hooks never see it.
+    ///
+    /// ```
+    /// let grant = moat_plugin_sdk::Grant::plain().with_auth_data(b"v=ok");
+    /// assert_eq!(grant.attributes, [("moat.auth-data".to_owned(), "763d6f6b".to_owned())]);
+    /// ```
+    pub fn with_auth_data(mut self, data: &[u8]) -> Grant {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let hex = data.iter().flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]).map(char::from);
+        self.attributes.push((AUTH_DATA_ATTRIBUTE.to_owned(), hex.collect()));
+        self
     }
 }
 

@@ -49,6 +49,12 @@ pub fn login(username: &str, password: &[u8]) -> Credentials {
     }
 }
 
+/// MQTT 5 enhanced-authentication credentials: an Authentication Method
+/// and this step's Authentication Data, no user name or password.
+pub fn enhanced(method: &str, data: &[u8]) -> Credentials {
+    Credentials { username: None, password: None, auth_method: Some(method.to_owned()), auth_data: Some(data.to_vec()) }
+}
+
 /// A QoS 0, non-retained message with no properties.
 pub fn message(topic: &str, payload: &[u8]) -> Message {
     Message {

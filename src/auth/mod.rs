@@ -24,7 +24,7 @@ mod cache;
 mod policy;
 
 pub use cache::AuthzCache;
-pub use policy::Policy;
+pub use policy::{AuthExchange, Policy};
 
 pub use crate::transport::TlsIdentity;
 
@@ -138,6 +138,13 @@ impl PluginMessage {
     }
 }
 
+/// The grant attribute by which an authenticator sends Authentication Data
+/// with its final `allow` (SCRAM's server-final message, for instance): the
+/// WIT `grant` has no field for it. Its value is the data in lowercase hex;
+/// the broker removes the attribute, so later hooks never see it, and sends
+/// the data in the CONNACK (or the AUTH success of a re-authentication).
+pub const AUTH_DATA_ATTRIBUTE: &str = "moat.auth-data";
+
 /// What an authenticator granted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
@@ -147,6 +154,9 @@ pub struct Grant {
     pub attributes: Vec<(String, String)>,
     /// Replaces the user name later hooks see.
     pub username_override: Option<String>,
+    /// Authentication Data for the packet that ends an MQTT 5 exchange
+    /// (from [`AUTH_DATA_ATTRIBUTE`]).
+    pub auth_data: Option<Bytes>,
 }
 
 /// The authentication chain's answer.

@@ -6,7 +6,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::{Action, AuthnOutcome, ClientInfo, Credentials, Grant, PluginMessage, TransformOutcome, Verdict};
 use crate::codec::QoS;
 use crate::codec::topic::filter_matches;
-use crate::plugin::{AuthnAnswer, AuthzAnswer, Hook, LoadedPlugin, OnError, PluginSet, StatsSnapshot, TransformAnswer};
+use crate::plugin::{
+    AuthnAnswer, AuthzAnswer, CallFailure, Hook, LoadedPlugin, OnError, PinnedInstance, PluginSet, StatsSnapshot,
+    TransformAnswer,
+};
 
 /// Source of [`Policy::generation`]: every policy built in this process gets
 /// a new number, so a cache can tell that the plugin set changed.
@@ -79,26 +82,32 @@ impl Policy {
     }
 
     /// Runs the authentication chain: the first `allow`, `deny` or
-    /// `continue` wins; a failing plugin denies.
+    /// `continue` wins; a failing plugin denies. An exchange a plugin
+    /// continues is not kept: see [`Policy::authenticate_step`].
     pub fn authenticate(&self, client: &ClientInfo, credentials: &Credentials) -> AuthnOutcome {
+        self.authenticate_step(&mut None, client, credentials)
+    }
+
+    /// One step of authentication. Without an exchange in progress, runs the
+    /// chain like [`Policy::authenticate`]; when a plugin answers
+    /// `continue`, `exchange` keeps that plugin and its instance, and the
+    /// next step goes to that same instance alone, so a plugin may keep the
+    /// conversation's state in memory. Any other answer ends the exchange
+    /// (an `ignore` mid-exchange is [`AuthnOutcome::NoDecision`]).
+    pub fn authenticate_step(
+        &self,
+        exchange: &mut Option<AuthExchange>,
+        client: &ClientInfo,
+        credentials: &Credentials,
+    ) -> AuthnOutcome {
+        if let Some(AuthExchange { plugin, instance }) = exchange.take() {
+            let answer = plugin.authenticate(client, credentials, Some(instance));
+            return decide(&plugin, answer, exchange).unwrap_or(AuthnOutcome::NoDecision);
+        }
         for plugin in &self.inner.authn {
-            let name = plugin.name().clone();
-            match plugin.authenticate(client, credentials) {
-                Ok(AuthnAnswer::Ignore) => continue,
-                Ok(AuthnAnswer::Allow { attributes, username_override }) => {
-                    return AuthnOutcome::Allow(Grant { plugin: name, attributes, username_override });
-                }
-                Ok(AuthnAnswer::Continue(data)) => {
-                    return AuthnOutcome::Continue { plugin: name, data };
-                }
-                Ok(AuthnAnswer::Deny(reason)) => {
-                    plugin.stats().denial();
-                    return AuthnOutcome::Deny { plugin: name, reason };
-                }
-                Err(failure) => {
-                    plugin.stats().denial();
-                    return AuthnOutcome::Deny { plugin: name, reason: format!("plugin failed: {failure}") };
-                }
+            let answer = plugin.authenticate(client, credentials, None);
+            if let Some(outcome) = decide(plugin, answer, exchange) {
+                return outcome;
             }
         }
         AuthnOutcome::NoDecision
@@ -165,6 +174,43 @@ impl Policy {
             }
         }
         current.map_or(TransformOutcome::Pass, TransformOutcome::Replace)
+    }
+}
+
+/// An MQTT 5 enhanced-authentication exchange in progress: the plugin that
+/// answered `continue` and the instance that holds the conversation. Owned
+/// by the connection between steps; dropping it abandons the exchange.
+#[derive(Debug)]
+pub struct AuthExchange {
+    plugin: Arc<LoadedPlugin>,
+    instance: PinnedInstance,
+}
+
+/// The chain's outcome for one authenticator's answer, or `None` for
+/// `ignore`. A `continue` stores the pinned instance in `exchange`.
+fn decide(
+    plugin: &Arc<LoadedPlugin>,
+    answer: Result<(AuthnAnswer, Option<PinnedInstance>), CallFailure>,
+    exchange: &mut Option<AuthExchange>,
+) -> Option<AuthnOutcome> {
+    let name = plugin.name().clone();
+    match answer {
+        Ok((AuthnAnswer::Ignore, _)) => None,
+        Ok((AuthnAnswer::Allow { attributes, username_override, auth_data }, _)) => {
+            Some(AuthnOutcome::Allow(Grant { plugin: name, attributes, username_override, auth_data }))
+        }
+        Ok((AuthnAnswer::Continue(data), pinned)) => {
+            *exchange = pinned.map(|instance| AuthExchange { plugin: plugin.clone(), instance });
+            Some(AuthnOutcome::Continue { plugin: name, data })
+        }
+        Ok((AuthnAnswer::Deny(reason), _)) => {
+            plugin.stats().denial();
+            Some(AuthnOutcome::Deny { plugin: name, reason })
+        }
+        Err(failure) => {
+            plugin.stats().denial();
+            Some(AuthnOutcome::Deny { plugin: name, reason: format!("plugin failed: {failure}") })
+        }
     }
 }
 

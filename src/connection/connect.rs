@@ -92,8 +92,8 @@ where
     let admitted_without_plugin = cert_authenticated || listener.allow_anonymous.permits(peer.addr);
     let authenticating =
         policy::authenticate(&broker, &mut stream, &mut rbuf, &connect, &mut client, admitted_without_plugin);
-    let auth_method = match tokio::time::timeout_at(deadline, authenticating).await {
-        Ok(Ok(method)) => method,
+    let authenticated = match tokio::time::timeout_at(deadline, authenticating).await {
+        Ok(Ok(authenticated)) => authenticated,
         Ok(Err(AuthFailure::Refused(reason))) => {
             debug!(reason = %reason, "CONNECT refused by authentication");
             send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
@@ -122,7 +122,8 @@ where
         properties.assigned_client_identifier = assigned.then(|| client_id.to_string());
         properties.server_keep_alive = server_keep_alive;
         properties.session_expiry_interval = expiry_capped.then_some(session_expiry_s);
-        properties.authentication_method.clone_from(&auth_method);
+        properties.authentication_method.clone_from(&authenticated.method);
+        properties.authentication_data = authenticated.data;
     }
     let connack = ConnAck { session_present: attached.present, reason: ReasonCode::SUCCESS, properties };
     let props = &connect.properties;
@@ -144,8 +145,8 @@ where
         attached,
         broker: broker.clone(),
         authz: AuthzCache::new(AUTHZ_CACHE_ENTRIES),
-        auth_method,
-        reauthenticating: false,
+        auth_method: authenticated.method,
+        reauth: None,
         client,
     };
     debug!(

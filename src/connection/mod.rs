@@ -106,8 +106,9 @@ struct Connection<S> {
     /// The v5 Authentication Method used at CONNECT; re-authentication
     /// must use the same one.
     auth_method: Option<String>,
-    /// A re-authentication exchange is under way.
-    reauthenticating: bool,
+    /// A re-authentication exchange under way, pinned to the plugin
+    /// instance conducting it.
+    reauth: Option<crate::auth::AuthExchange>,
     /// Durable store (issue 9): acknowledgements in `wbuf` are sent only
     /// once this resolves, i.e. once what they acknowledge is durable.
     durable: Option<crate::store::Barrier>,

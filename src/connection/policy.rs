@@ -30,8 +30,17 @@ pub(super) enum AuthFailure {
     Closed,
 }
 
-/// Runs the authentication chain for a CONNECT. Returns the
-/// Authentication Method to echo in CONNACK, if one was used.
+/// What CONNACK tells a client that authenticated.
+#[derive(Debug, Default)]
+pub(super) struct Authenticated {
+    /// The Authentication Method to echo, if the client used one.
+    pub method: Option<String>,
+    /// Authentication Data the deciding plugin sent with its `allow`.
+    pub data: Option<Bytes>,
+}
+
+/// Runs the authentication chain for a CONNECT, with the steps of an
+/// enhanced-authentication exchange pinned to one plugin instance.
 ///
 /// A client no plugin decides on is admitted when its certificate
 /// authenticated it or the listener admits it anonymously.
@@ -42,7 +51,7 @@ pub(super) async fn authenticate<S>(
     connect: &Connect,
     client: &mut ClientInfo,
     admitted_without_plugin: bool,
-) -> Result<Option<String>, AuthFailure>
+) -> Result<Authenticated, AuthFailure>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -54,12 +63,15 @@ where
         auth_method: method.clone(),
         auth_data: connect.properties.authentication_data.clone(),
     };
+    let mut exchange = None;
     for _ in 0..MAX_AUTH_ROUNDS {
-        match policy.authenticate(client, &credentials) {
+        match policy.authenticate_step(&mut exchange, client, &credentials) {
             AuthnOutcome::Allow(grant) => {
                 debug!(plugin = &*grant.plugin, "authenticated");
                 client.apply_grant(&grant);
-                return Ok(method);
+                // Authentication Data only answers a client that used a method.
+                let data = if method.is_some() { grant.auth_data } else { None };
+                return Ok(Authenticated { method, data });
             }
             AuthnOutcome::Deny { plugin, reason } => {
                 debug!(plugin = &*plugin, reason, "authentication denied");
@@ -71,7 +83,7 @@ where
             AuthnOutcome::NoDecision if method.is_some() => {
                 return Err(AuthFailure::Refused(ReasonCode::BAD_AUTHENTICATION_METHOD));
             }
-            AuthnOutcome::NoDecision if admitted_without_plugin => return Ok(None),
+            AuthnOutcome::NoDecision if admitted_without_plugin => return Ok(Authenticated::default()),
             AuthnOutcome::NoDecision => return Err(AuthFailure::Refused(ReasonCode::NOT_AUTHORIZED)),
             AuthnOutcome::Continue { plugin, data } => {
                 let Some(method) = &method else {
@@ -186,7 +198,7 @@ where
             return Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "AUTH without an authentication method"));
         };
         let expected =
-            if self.reauthenticating { ReasonCode::CONTINUE_AUTHENTICATION } else { ReasonCode::REAUTHENTICATE };
+            if self.reauth.is_some() { ReasonCode::CONTINUE_AUTHENTICATION } else { ReasonCode::REAUTHENTICATE };
         if auth.reason != expected || auth.properties.authentication_method.as_deref() != Some(method.as_str()) {
             return Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "unexpected AUTH"));
         }
@@ -196,15 +208,17 @@ where
             auth_method: Some(method.clone()),
             auth_data: auth.properties.authentication_data,
         };
-        match self.broker.policy().authenticate(&self.client, &credentials) {
+        // The exchange is taken out, so any answer but `continue` ends it.
+        let mut exchange = self.reauth.take();
+        match self.broker.policy().authenticate_step(&mut exchange, &self.client, &credentials) {
             AuthnOutcome::Allow(grant) => {
-                self.reauthenticating = false;
                 self.client.apply_grant(&grant);
-                self.send(&auth_packet(ReasonCode::SUCCESS, &method, Vec::new()));
+                let data = grant.auth_data.map(|d| d.to_vec()).unwrap_or_default();
+                self.send(&auth_packet(ReasonCode::SUCCESS, &method, data));
                 Ok(())
             }
             AuthnOutcome::Continue { data, .. } => {
-                self.reauthenticating = true;
+                self.reauth = exchange;
                 self.send(&auth_packet(ReasonCode::CONTINUE_AUTHENTICATION, &method, data));
                 Ok(())
             }

@@ -7,13 +7,13 @@ use bytes::Bytes;
 
 use super::CallFailure;
 use super::bindings::{authn, authz, transform, types};
-use crate::auth::{Action, ClientInfo, Credentials, PluginMessage};
+use crate::auth::{AUTH_DATA_ATTRIBUTE, Action, ClientInfo, Credentials, PluginMessage};
 use crate::codec::{QoS, TopicName};
 
 /// An authenticator's valid answer.
 #[derive(Debug)]
 pub(crate) enum AuthnAnswer {
-    Allow { attributes: Vec<(String, String)>, username_override: Option<String> },
+    Allow { attributes: Vec<(String, String)>, username_override: Option<String>, auth_data: Option<Bytes> },
     Deny(String),
     Ignore,
     Continue(Vec<u8>),
@@ -117,7 +117,8 @@ pub(crate) fn authn_answer(o: authn::AuthOutcome, limit: usize) -> Result<AuthnA
         authn::AuthOutcome::Allow(grant) => {
             let size = pairs_len(&grant.attributes) + grant.username_override.as_ref().map_or(0, String::len);
             check_size(size, limit)?;
-            AuthnAnswer::Allow { attributes: grant.attributes, username_override: grant.username_override }
+            let (attributes, auth_data) = split_auth_data(grant.attributes)?;
+            AuthnAnswer::Allow { attributes, username_override: grant.username_override, auth_data }
         }
         authn::AuthOutcome::Deny(reason) => {
             check_size(reason.len(), limit)?;
@@ -129,6 +130,33 @@ pub(crate) fn authn_answer(o: authn::AuthOutcome, limit: usize) -> Result<AuthnA
             AuthnAnswer::Continue(data)
         }
     })
+}
+
+/// A grant's attributes.
+type Attributes = Vec<(String, String)>;
+
+/// Takes the [`AUTH_DATA_ATTRIBUTE`] out of a grant's attributes: later
+/// hooks never see it, and its hex value becomes the Authentication Data of
+/// the CONNACK (or AUTH) that ends the exchange.
+fn split_auth_data(attributes: Attributes) -> Result<(Attributes, Option<Bytes>), CallFailure> {
+    let (data, rest): (Vec<_>, Vec<_>) = attributes.into_iter().partition(|(k, _)| k == AUTH_DATA_ATTRIBUTE);
+    let Some((_, hex)) = data.last() else { return Ok((rest, None)) };
+    let malformed = || CallFailure::Malformed(format!("`{AUTH_DATA_ATTRIBUTE}` is not lowercase hex"));
+    if hex.len() % 2 != 0 {
+        return Err(malformed());
+    }
+    let digit = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    let bytes = hex
+        .as_bytes()
+        .chunks_exact(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(malformed)?;
+    Ok((rest, Some(Bytes::from(bytes))))
 }
 
 pub(crate) fn authz_answer(d: authz::Decision, limit: usize) -> Result<AuthzAnswer, CallFailure> {

@@ -29,6 +29,18 @@ struct Slot {
     exports: bindings::Plugin,
 }
 
+/// An instance held out of the pool for one MQTT 5 enhanced-authentication
+/// exchange, so every step of the exchange reaches the instance that keeps
+/// the conversation's state (a SCRAM nonce, say). Dropping it discards the
+/// instance, and with it whatever an abandoned exchange left behind.
+pub struct PinnedInstance(Slot);
+
+impl std::fmt::Debug for PinnedInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PinnedInstance")
+    }
+}
+
 /// A plugin ready to be called: compiled, linked, initialised.
 pub struct LoadedPlugin {
     name: Arc<str>,
@@ -94,12 +106,24 @@ impl LoadedPlugin {
         &self.stats
     }
 
-    /// Calls `authenticate`. A failure has been counted and logged already.
-    pub(crate) fn authenticate(&self, client: &ClientInfo, creds: &Credentials) -> Result<AuthnAnswer, CallFailure> {
+    /// Calls `authenticate` on `pinned`, or on a pooled instance when there
+    /// is none. When the answer is `continue`, the instance is handed back
+    /// pinned for the next step instead of returning to the pool. A failure
+    /// has been counted and logged already.
+    pub(crate) fn authenticate(
+        &self,
+        client: &ClientInfo,
+        creds: &Credentials,
+        pinned: Option<PinnedInstance>,
+    ) -> Result<(AuthnAnswer, Option<PinnedInstance>), CallFailure> {
         let (client, creds) = (convert::client(client), convert::credentials(creds));
         let limit = self.settings.limits.max_answer_bytes;
-        self.call(|e, s| e.moat_plugin_authn().call_authenticate(s, &client, &creds))
-            .and_then(|o| convert::authn_answer(o, limit))
+        let call = |e: &bindings::Plugin, s: &mut Store<HostState>| {
+            e.moat_plugin_authn().call_authenticate(s, &client, &creds)
+        };
+        let keep = |o: &bindings::authn::AuthOutcome| matches!(o, bindings::authn::AuthOutcome::Continue(_));
+        self.call_on(pinned.map(|p| p.0), call, keep)
+            .and_then(|(o, slot)| Ok((convert::authn_answer(o, limit)?, slot.map(PinnedInstance))))
             .inspect_err(|f| self.stats.failure(&self.name, f))
     }
 
@@ -143,8 +167,22 @@ impl LoadedPlugin {
         &self,
         f: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, CallFailure> {
+        self.call_on(None, f, |_| false).map(|(answer, _)| answer)
+    }
+
+    /// [`LoadedPlugin::call`] on `pinned` if given, keeping the instance out
+    /// of the pool when `keep` says so of the answer.
+    fn call_on<R>(
+        &self,
+        pinned: Option<Slot>,
+        f: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
+        keep: impl FnOnce(&R) -> bool,
+    ) -> Result<(R, Option<Slot>), CallFailure> {
         self.stats.call();
-        let popped = self.idle.lock().pop();
+        let popped = match pinned {
+            Some(slot) => Some(slot),
+            None => self.idle.lock().pop(),
+        };
         let mut slot = match popped {
             Some(slot) => slot,
             None => self.fresh_instance()?,
@@ -156,13 +194,16 @@ impl LoadedPlugin {
         let answer = std::panic::catch_unwind(AssertUnwindSafe(|| f(&slot.exports, &mut slot.store)))
             .map_err(|_| CallFailure::Trap("a host function panicked during the call".into()))?
             .map_err(classify)?;
+        if keep(&answer) {
+            return Ok((answer, Some(slot)));
+        }
         if !slot.store.data().near_memory_cap() {
             let mut idle = self.idle.lock();
             if idle.len() < self.settings.limits.instances {
                 idle.push(slot);
             }
         }
-        Ok(answer)
+        Ok((answer, None))
     }
 
     /// A new instance for a call that found the pool empty (first call after

@@ -30,7 +30,7 @@ mod stats;
 
 pub(crate) use convert::{AuthnAnswer, AuthzAnswer, TransformAnswer};
 pub use engine::PluginHost;
-pub use instance::LoadedPlugin;
+pub use instance::{LoadedPlugin, PinnedInstance};
 pub use settings::{Grants, Limits, OnError, PluginSettings};
 pub use stats::{PluginStats, StatsSnapshot};
 

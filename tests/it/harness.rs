@@ -320,6 +320,49 @@ impl Raw {
         tokio::time::timeout(WAIT, self.0.read_exact(&mut out)).await.expect("bytes in time").expect("read");
         out
     }
+
+    /// Reads one packet: its first byte and its body.
+    pub async fn read_packet(&mut self) -> (u8, Vec<u8>) {
+        let first = self.read_exact(1).await[0];
+        let (mut len, mut shift) = (0usize, 0);
+        for _ in 0..4 {
+            let byte = self.read_exact(1).await[0];
+            len |= usize::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte & 0x80 == 0 {
+                break;
+            }
+        }
+        (first, self.read_exact(len).await)
+    }
+}
+
+/// An MQTT 5 CONNECT for `client_id` with clean start, an optional user
+/// name and password, and the given CONNECT properties (already encoded).
+pub fn connect_v5_with(client_id: &str, username: Option<&str>, password: Option<&[u8]>, properties: &[u8]) -> Vec<u8> {
+    let flags = 0x02 | if username.is_some() { 0x80 } else { 0 } | if password.is_some() { 0x40 } else { 0 };
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 5, flags, 0, 30];
+    body.extend(varint(properties.len()));
+    body.extend(properties);
+    for field in [Some(client_id.as_bytes()), username.map(str::as_bytes), password].into_iter().flatten() {
+        body.extend((field.len() as u16).to_be_bytes());
+        body.extend(field);
+    }
+    frame(0x10, &body)
+}
+
+/// Encoded MQTT 5 Authentication Method (0x15) and Authentication Data
+/// (0x16) properties.
+pub fn auth_properties(method: &str, data: Option<&[u8]>) -> Vec<u8> {
+    let mut out = vec![0x15];
+    out.extend((method.len() as u16).to_be_bytes());
+    out.extend(method.as_bytes());
+    if let Some(data) = data {
+        out.push(0x16);
+        out.extend((data.len() as u16).to_be_bytes());
+        out.extend(data);
+    }
+    out
 }
 
 /// A minimal MQTT 3.1.1 CONNECT for `client_id` with clean session.
