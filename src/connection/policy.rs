@@ -55,7 +55,7 @@ where
         auth_data: connect.properties.authentication_data.clone(),
     };
     for _ in 0..MAX_AUTH_ROUNDS {
-        match policy.authenticate(client, &credentials) {
+        match authenticate_off_runtime(broker, &policy, client, &credentials).await {
             AuthnOutcome::Allow(grant) => {
                 debug!(plugin = &*grant.plugin, "authenticated");
                 client.apply_grant(&grant);
@@ -84,6 +84,42 @@ where
     }
     debug!("enhanced authentication took too many rounds");
     Err(AuthFailure::Refused(ReasonCode::NOT_AUTHORIZED))
+}
+
+/// Runs the authentication chain on the blocking pool, at most
+/// [`crate::broker::authn_concurrency`] calls at once: a password hash takes
+/// milliseconds of CPU, which must not stall the I/O of the other
+/// connections sharing a runtime worker. Without authenticating plugins the
+/// answer is known at once and nothing is spawned.
+async fn authenticate_off_runtime(
+    broker: &Broker,
+    policy: &Policy,
+    client: &ClientInfo,
+    credentials: &Credentials,
+) -> AuthnOutcome {
+    if !policy.authenticates() {
+        return AuthnOutcome::NoDecision;
+    }
+    let refused = |reason: &str| AuthnOutcome::Deny { plugin: "broker".into(), reason: reason.to_owned() };
+    // The semaphore is never closed, so this cannot fail in practice.
+    let Ok(permit) = broker.authn_permits.clone().acquire_owned().await else {
+        return refused("no authentication permit");
+    };
+    let (policy, client, credentials) = (policy.clone(), client.clone(), credentials.clone());
+    // The permit moves into the call: a client whose connect deadline
+    // expires meanwhile does not free a slot while its hash still runs.
+    let call = move || {
+        let outcome = policy.authenticate(&client, &credentials);
+        drop(permit);
+        outcome
+    };
+    match tokio::task::spawn_blocking(call).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            tracing::error!(error = %e, "authentication task failed");
+            refused("authentication task failed")
+        }
+    }
 }
 
 /// Sends one AUTH challenge and reads the client's answer (before CONNACK).
