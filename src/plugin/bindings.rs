@@ -6,7 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Result};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::settings::Grants;
 
 wasmtime::component::bindgen!({
     path: "wit",
@@ -48,13 +50,24 @@ pub(crate) struct HostState {
 }
 
 impl HostState {
-    /// A state granting nothing, for plugin `plugin` with a memory cap.
-    pub(crate) fn new(plugin: Arc<str>, memory_cap: usize) -> HostState {
+    /// A state for plugin `plugin` with a memory cap, granting only the
+    /// directories in `grants`, read-only.
+    ///
+    /// # Errors
+    /// When a granted directory cannot be opened (removed since load).
+    pub(crate) fn new(plugin: Arc<str>, memory_cap: usize, grants: &Grants) -> Result<HostState> {
         // The builder's defaults are the sandbox: stdio goes nowhere, no
         // environment, no arguments, no preopened directories, and the socket
         // interfaces are not even linked.
-        let wasi = WasiCtxBuilder::new().build();
-        HostState { wasi, table: ResourceTable::new(), plugin, memory_cap, memory_high: 0 }
+        let mut wasi = WasiCtxBuilder::new();
+        // Reads of granted files happen inline: they are small and rare
+        // (configuration read by `init`), not worth a trip to a thread pool.
+        wasi.allow_blocking_current_thread(true);
+        for dir in &grants.read {
+            let guest = dir.to_str().ok_or_else(|| wasmtime::format_err!("{} is not UTF-8", dir.display()))?;
+            wasi.preopened_dir(dir, guest, FsPerms::ReadOnly)?;
+        }
+        Ok(HostState { wasi: wasi.build(), table: ResourceTable::new(), plugin, memory_cap, memory_high: 0 })
     }
 }
 

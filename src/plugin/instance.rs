@@ -4,6 +4,7 @@
 //! Each instance owns its `Store`; the pool's lock is held only to take or
 //! return an instance, never during a call, and no two plugins share a lock.
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -149,7 +150,12 @@ impl LoadedPlugin {
             None => self.fresh_instance()?,
         };
         slot.store.set_epoch_deadline(self.deadline_ticks);
-        let answer = f(&slot.exports, &mut slot.store).map_err(classify)?;
+        // A host function that panics (a WASI call that cannot run on this
+        // thread, a wasmtime bug) unwinds through the guest; it must cost
+        // this call and this instance, never the connection task.
+        let answer = std::panic::catch_unwind(AssertUnwindSafe(|| f(&slot.exports, &mut slot.store)))
+            .map_err(|_| CallFailure::Trap("a host function panicked during the call".into()))?
+            .map_err(classify)?;
         if !slot.store.data().near_memory_cap() {
             let mut idle = self.idle.lock();
             if idle.len() < self.settings.limits.instances {
@@ -182,13 +188,42 @@ impl std::fmt::Debug for LoadedPlugin {
 
 /// Creates a store with the plugin's limits, instantiates the pre-linked
 /// component and calls `init` with the plugin's config.
+///
+/// A plugin with file grants reads its files in `init`, and wasmtime-wasi's
+/// synchronous file system calls block on a Tokio runtime of their own,
+/// which Tokio forbids on a thread that drives async tasks: such an `init`
+/// runs outside the async context.
 fn instantiate(
     engine: &Engine,
     pre: &PluginPre<HostState>,
     name: &Arc<str>,
     settings: &PluginSettings,
 ) -> Result<(Slot, Result<bindings::lifecycle::Manifest, String>), CallFailure> {
-    let state = HostState::new(name.clone(), settings.limits.memory_bytes);
+    let run = || instantiate_here(engine, pre, name, settings);
+    if settings.grants.read.is_empty() {
+        return run();
+    }
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Err(_) => run(),
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(run),
+        // A current-thread runtime cannot lend its thread: use another.
+        Ok(_) => std::thread::scope(|scope| {
+            scope
+                .spawn(run)
+                .join()
+                .unwrap_or_else(|_| Err(CallFailure::Instantiate("init panicked in the host".into())))
+        }),
+    }
+}
+
+fn instantiate_here(
+    engine: &Engine,
+    pre: &PluginPre<HostState>,
+    name: &Arc<str>,
+    settings: &PluginSettings,
+) -> Result<(Slot, Result<bindings::lifecycle::Manifest, String>), CallFailure> {
+    let state = HostState::new(name.clone(), settings.limits.memory_bytes, &settings.grants)
+        .map_err(|e| CallFailure::Instantiate(format!("{e:#}")))?;
     let mut store = Store::new(engine, state);
     store.limiter(|state| state);
     store.set_epoch_deadline(ticks(settings.limits.timeout.max(MIN_INIT_TIMEOUT)));

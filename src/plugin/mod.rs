@@ -31,7 +31,7 @@ mod stats;
 pub(crate) use convert::{AuthnAnswer, AuthzAnswer, TransformAnswer};
 pub use engine::PluginHost;
 pub use instance::LoadedPlugin;
-pub use settings::{Limits, OnError, PluginSettings};
+pub use settings::{Grants, Limits, OnError, PluginSettings};
 pub use stats::{PluginStats, StatsSnapshot};
 
 /// The version of the `moat:plugin` WIT package this host implements.

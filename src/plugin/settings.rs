@@ -10,9 +10,17 @@
 //! timeout_ms = 10
 //! instances = 4
 //! max_answer_bytes = 65536
+//! [grants]
+//! read = ["/etc/moat/auth"]  # directories the plugin may read
 //! ```
+//!
+//! A plugin sees no files unless its operator grants a directory: each one
+//! in `grants.read` is preopened read-only and appears inside the guest at
+//! the same absolute path, so a plugin reads `/etc/moat/auth/passwd` with
+//! plain `std::fs`. Relative grants are resolved against the sidecar's
+//! directory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -65,11 +73,52 @@ pub struct PluginSettings {
     pub limits: Limits,
     /// Transform failure policy.
     pub on_error: OnError,
+    /// What the plugin may reach outside its sandbox.
+    pub grants: Grants,
 }
 
 impl Default for PluginSettings {
     fn default() -> PluginSettings {
-        PluginSettings { order: 0, config_json: "{}".into(), limits: Limits::default(), on_error: OnError::Drop }
+        PluginSettings {
+            order: 0,
+            config_json: "{}".into(),
+            limits: Limits::default(),
+            on_error: OnError::Drop,
+            grants: Grants::default(),
+        }
+    }
+}
+
+/// Capabilities an operator granted one plugin; none by default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// Directories the plugin may read (not write), each visible inside the
+    /// guest at the same absolute path.
+    #[serde(default)]
+    pub read: Vec<PathBuf>,
+}
+
+impl Grants {
+    /// Makes relative grants absolute against `base` and checks that each
+    /// names an existing directory, so a typo stops the load instead of
+    /// surfacing as a plugin that cannot find its file.
+    ///
+    /// # Errors
+    /// A message naming the grant that is not a readable directory.
+    pub fn resolve(&mut self, base: &Path) -> Result<(), String> {
+        for dir in &mut self.read {
+            let joined = base.join(&*dir);
+            let canonical = joined.canonicalize().map_err(|e| format!("grants.read: {}: {e}", joined.display()))?;
+            if !canonical.is_dir() {
+                return Err(format!("grants.read: {} is not a directory", joined.display()));
+            }
+            if canonical.to_str().is_none() {
+                return Err(format!("grants.read: {} is not valid UTF-8", joined.display()));
+            }
+            *dir = canonical;
+        }
+        Ok(())
     }
 }
 
@@ -81,6 +130,7 @@ struct Sidecar {
     on_error: Option<OnError>,
     config: Option<toml::Table>,
     limits: Option<SidecarLimits>,
+    grants: Option<Grants>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,7 +152,13 @@ impl PluginSettings {
     pub fn for_component(wasm: &Path) -> Result<PluginSettings, LoadError> {
         let sidecar = wasm.with_extension("toml");
         match std::fs::read_to_string(&sidecar) {
-            Ok(text) => PluginSettings::parse(&text).map_err(|message| LoadError::Sidecar { path: sidecar, message }),
+            Ok(text) => {
+                let base = sidecar.parent().unwrap_or(Path::new("."));
+                let mut settings = PluginSettings::parse(&text)
+                    .map_err(|message| LoadError::Sidecar { path: sidecar.clone(), message })?;
+                settings.grants.resolve(base).map_err(|message| LoadError::Sidecar { path: sidecar, message })?;
+                Ok(settings)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PluginSettings::default()),
             Err(e) => Err(LoadError::Sidecar { path: sidecar, message: e.to_string() }),
         }
@@ -142,6 +198,7 @@ impl PluginSettings {
             config_json,
             limits,
             on_error: sidecar.on_error.unwrap_or_default(),
+            grants: sidecar.grants.unwrap_or_default(),
         })
     }
 }
@@ -176,6 +233,21 @@ mod tests {
         assert_eq!(s.limits.timeout, Duration::from_millis(50));
         assert_eq!(s.limits.instances, 2);
         assert_eq!(s.limits.max_answer_bytes, 100);
+    }
+
+    #[test]
+    fn grants_resolve_against_the_sidecar_and_must_exist() {
+        let base = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(base.path().join("auth")).expect("mkdir");
+        let mut s = PluginSettings::parse("[grants]\nread = [\"auth\"]\n").expect("valid sidecar");
+        s.grants.resolve(base.path()).expect("existing directory");
+        let expected = base.path().join("auth").canonicalize().expect("canonical");
+        assert_eq!(s.grants.read, [expected]);
+
+        let mut s = PluginSettings::parse("[grants]\nread = [\"missing\"]\n").expect("valid sidecar");
+        let err = s.grants.resolve(base.path()).expect_err("no such directory");
+        assert!(err.contains("grants.read") && err.contains("missing"), "{err}");
+        assert!(PluginSettings::parse("[grants]\nwrite = [\"/\"]\n").is_err(), "only read grants exist");
     }
 
     #[test]

@@ -51,6 +51,37 @@ async fn allow_list_authenticates_and_denies_with_bad_credentials() {
     assert_eq!(raw.read_to_close().await, [0x20, 2, 0, 5], "3.1.1 not authorized");
 }
 
+/// A plugin reads files only from directories its operator granted, and
+/// only for reading: without the grant the same file does not exist for it,
+/// so `init` fails and the broker refuses to start on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_reads_only_granted_directories() {
+    let auth = tempfile::tempdir().expect("tempdir");
+    std::fs::write(auth.path().join("users"), "carol\n").expect("users file");
+    let file = auth.path().join("users");
+    let config = format!("[config]\nusers_file = {:?}\n", file.to_str().expect("utf-8 temp path"));
+
+    let granted = format!("{config}[grants]\nread = [{:?}]\n", auth.path().to_str().expect("utf-8"));
+    // Several instances, so calls also create instances (and read the file)
+    // on the runtime's threads, not only at load.
+    let sidecar = format!("{granted}[limits]\ninstances = 1\ntimeout_ms = 1000\n");
+    let (broker, _dir) = broker_with(&[("allow", "allow-list", &sidecar)], |c| {
+        c.listeners[0].allow_anonymous = Anonymous::Never;
+    })
+    .await;
+    let login = |id: &'static str| {
+        broker.v5_with(id, |o| {
+            o.set_credentials("carol", "any");
+        })
+    };
+    // `v5_with` asserts the CONNACK is a success.
+    let _clients = tokio::join!(login("c0"), login("c1"), login("c2"), login("c3"));
+
+    let staged = stage(&[("allow", "allow-list", &config)]);
+    let err = crate::plugin_support::host().load_dir(staged.path()).expect_err("no grant, no file");
+    assert!(err.to_string().contains("users_file"), "{err}");
+}
+
 #[tokio::test]
 async fn topic_prefix_authorizes_publish_subscribe_and_retained() {
     let sidecar = "[config]\nprefix = \"public/\"\n";

@@ -1,6 +1,8 @@
 //! Authenticator: lets in the user names listed in its config
-//! (`config.users = ["alice", "bob"]`), denies every other user name and
-//! ignores anonymous clients (the listener's `allow_anonymous` decides).
+//! (`config.users = ["alice", "bob"]`, and one per line in the file
+//! `config.users_file`, which needs a read grant), denies every other user
+//! name and ignores anonymous clients (the listener's `allow_anonymous`
+//! decides).
 
 use moat_plugin_sdk::*;
 
@@ -11,7 +13,11 @@ pub struct AllowList {
 
 impl Plugin for AllowList {
     fn init(config: Config) -> Result<(Self, Manifest), String> {
-        let users = config.strings("users")?;
+        let mut users = config.strings("users")?;
+        if let Some(path) = config.str("users_file") {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("users_file {path}: {e}"))?;
+            users.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned));
+        }
         Ok((AllowList { users }, Manifest::new().authenticate()))
     }
 
