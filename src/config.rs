@@ -3,12 +3,16 @@
 //! Unknown keys are errors, and every error names the file, the line and the
 //! key, because an operator fixing a typo at 3 a.m. should not have to guess.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::plugin::Sidecar;
+use crate::plugin::shipped;
 
 /// A configuration that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -56,13 +60,55 @@ pub struct Config {
     pub storage: StorageConfig,
 }
 
-/// Where the policy plugins are.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
+/// Where the policy plugins are, and which shipped plugins are enabled.
+///
+/// ```toml
+/// [plugins]
+/// dir = "/etc/moat/plugins"
+/// [plugins.password-file]          # enables the shipped plugin of that name
+/// order = 10
+/// config = { file = "/etc/moat/passwd" }
+/// grants = { read = ["/etc/moat"] }
+/// ```
+#[derive(Debug, Clone, Default)]
 pub struct PluginsConfig {
     /// Directory of `*.wasm` components and their `NAME.toml` sidecars.
     /// Unset: `./plugins` if that directory exists, else no plugins.
     pub dir: Option<PathBuf>,
+    /// Shipped plugins enabled by a `[plugins.NAME]` table, with the keys of
+    /// a sidecar (order, on_error, config, limits, grants).
+    pub shipped: BTreeMap<String, Sidecar>,
+    /// The configuration file's directory: relative grants of shipped
+    /// plugins are resolved against it.
+    pub base_dir: PathBuf,
+}
+
+impl<'de> Deserialize<'de> for PluginsConfig {
+    /// `dir`, and any other key as a shipped plugin's table; a hand-written
+    /// map visitor (not `#[serde(flatten)]`) keeps the TOML positions, so
+    /// errors inside a plugin's table still name their line.
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<PluginsConfig, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = PluginsConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table with `dir` and `[plugins.NAME]` tables of shipped plugins")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<PluginsConfig, A::Error> {
+                let mut config = PluginsConfig::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "dir" {
+                        config.dir = Some(map.next_value()?);
+                    } else {
+                        let table: Sidecar = map.next_value()?;
+                        config.shipped.insert(key, table);
+                    }
+                }
+                Ok(config)
+            }
+        }
+        de.deserialize_map(Visitor)
+    }
 }
 
 impl Default for Config {
@@ -440,7 +486,7 @@ impl Config {
         };
         let de = toml::Deserializer::parse(text)
             .map_err(|e| invalid(line_of(text, e.span()), String::new(), e.message().to_owned()))?;
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
             invalid(line_of(text, inner.span()), key, inner.message().to_owned())
@@ -449,6 +495,10 @@ impl Config {
             let line = line_of_key(text, &key);
             invalid(line, key, message)
         })?;
+        config.plugins.base_dir = match file.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+            _ => PathBuf::from("."),
+        };
         Ok(config)
     }
 
@@ -460,6 +510,14 @@ impl Config {
         for (i, l) in self.listeners.iter().enumerate() {
             if self.listeners[..i].iter().any(|o| o.name == l.name) {
                 return Err((format!("listeners[{i}].name"), format!("duplicate listener name {:?}", l.name)));
+            }
+        }
+        for name in self.plugins.shipped.keys() {
+            if shipped::find(name).is_none() {
+                return Err((
+                    format!("plugins.{name}"),
+                    format!("no shipped plugin is called {name:?}; shipped plugins: {}", shipped::names()),
+                ));
             }
         }
         for (i, l) in self.listeners.iter().enumerate() {
