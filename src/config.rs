@@ -294,7 +294,9 @@ impl Anonymous {
         match self {
             Anonymous::Always => true,
             Anonymous::Never => false,
-            Anonymous::Loopback => peer.ip().is_loopback(),
+            // Canonical first: on a dual-stack `[::]` listener a local
+            // IPv4 client arrives as `::ffff:127.0.0.1`.
+            Anonymous::Loopback => peer.ip().to_canonical().is_loopback(),
         }
     }
 }
@@ -633,6 +635,44 @@ mod tests {
         assert_eq!(c.listeners.len(), 1);
         assert_eq!(c.listeners[0].bind, SocketAddr::from(([127, 0, 0, 1], 1883)));
         assert_eq!(c.listeners[0].allow_anonymous, Anonymous::Loopback);
+    }
+
+    /// Secure by default: without `allow_anonymous`, any listener (also
+    /// one on 0.0.0.0) admits anonymous clients from loopback only.
+    #[test]
+    fn anonymous_clients_are_loopback_only_unless_allowed() {
+        let peer = |s: &str| s.parse::<SocketAddr>().expect("address");
+        let default = Config::default();
+        assert_eq!(default.listeners[0].bind, peer("127.0.0.1:1883"));
+        let c = parse("[[listeners]]\nbind = \"0.0.0.0:1883\"\n[[listeners]]\nname = \"v6\"\nbind = \"[::]:1884\"\n")
+            .expect("valid");
+        for listener in [&default.listeners[0], &c.listeners[0], &c.listeners[1]] {
+            let anon = listener.allow_anonymous;
+            assert_eq!(anon, Anonymous::Loopback);
+            for local in ["127.0.0.1:5000", "127.0.0.2:5000", "[::1]:5000", "[::ffff:127.0.0.1]:5000"] {
+                assert!(anon.permits(peer(local)), "{local}");
+            }
+            for remote in ["192.0.2.7:5000", "10.0.0.1:5000", "[2001:db8::1]:5000", "[::ffff:192.0.2.7]:5000"] {
+                assert!(!anon.permits(peer(remote)), "{remote}");
+            }
+        }
+        let open = parse("[[listeners]]\nbind = \"0.0.0.0:1883\"\nallow_anonymous = true\n").expect("valid");
+        assert!(open.listeners[0].allow_anonymous.permits(peer("192.0.2.7:5000")));
+        let closed = parse("[[listeners]]\nbind = \"127.0.0.1:1883\"\nallow_anonymous = false\n").expect("valid");
+        assert!(!closed.listeners[0].allow_anonymous.permits(peer("127.0.0.1:5000")));
+    }
+
+    /// `moat.example.toml` stays a valid configuration.
+    #[test]
+    fn the_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("moat.example.toml");
+        let c = Config::load(&path).expect("moat.example.toml is valid");
+        let tls = c.listeners.iter().find(|l| l.protocol == ListenerProtocol::Tls).expect("a TLS listener");
+        assert_eq!(tls.bind, "0.0.0.0:8883".parse::<SocketAddr>().expect("address"));
+        assert_eq!(tls.allow_anonymous, Anonymous::Never);
+        assert!(c.storage.dir.is_some());
+        #[cfg(feature = "shipped-plugins")]
+        assert!(c.plugins.shipped.contains_key("password-file"));
     }
 
     #[test]
