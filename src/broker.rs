@@ -46,7 +46,18 @@ pub struct Broker {
     /// The plugin chain in force; replaced whole on reload. A sync lock is
     /// right here: readers clone an `Arc` and let go at once.
     policy: parking_lot::RwLock<Policy>,
+    /// Bounds the authentication chain calls running at once (see
+    /// [`authn_concurrency`]): a flood of logins against a slow password
+    /// hash queues here, under each client's connect deadline, instead of
+    /// occupying every blocking thread.
+    pub(crate) authn_permits: Arc<tokio::sync::Semaphore>,
     next_assigned_id: AtomicU64,
+}
+
+/// How many authentication chain calls may run at once: one per core (at
+/// least two), since a password hash is CPU-bound work.
+pub fn authn_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()).max(2)
 }
 
 impl Broker {
@@ -61,6 +72,7 @@ impl Broker {
             tasks: TaskTracker::new(),
             store,
             policy: parking_lot::RwLock::new(policy),
+            authn_permits: Arc::new(tokio::sync::Semaphore::new(authn_concurrency())),
             next_assigned_id: AtomicU64::new(1),
         });
         for message in recovered.retained {

@@ -3,12 +3,16 @@
 //! Unknown keys are errors, and every error names the file, the line and the
 //! key, because an operator fixing a typo at 3 a.m. should not have to guess.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+
+use crate::plugin::Sidecar;
+use crate::plugin::shipped;
 
 /// A configuration that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -56,13 +60,55 @@ pub struct Config {
     pub storage: StorageConfig,
 }
 
-/// Where the policy plugins are.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
+/// Where the policy plugins are, and which shipped plugins are enabled.
+///
+/// ```toml
+/// [plugins]
+/// dir = "/etc/moat/plugins"
+/// [plugins.password-file]          # enables the shipped plugin of that name
+/// order = 10
+/// config = { file = "/etc/moat/passwd" }
+/// grants = { read = ["/etc/moat"] }
+/// ```
+#[derive(Debug, Clone, Default)]
 pub struct PluginsConfig {
     /// Directory of `*.wasm` components and their `NAME.toml` sidecars.
     /// Unset: `./plugins` if that directory exists, else no plugins.
     pub dir: Option<PathBuf>,
+    /// Shipped plugins enabled by a `[plugins.NAME]` table, with the keys of
+    /// a sidecar (order, on_error, config, limits, grants).
+    pub shipped: BTreeMap<String, Sidecar>,
+    /// The configuration file's directory: relative grants of shipped
+    /// plugins are resolved against it.
+    pub base_dir: PathBuf,
+}
+
+impl<'de> Deserialize<'de> for PluginsConfig {
+    /// `dir`, and any other key as a shipped plugin's table; a hand-written
+    /// map visitor (not `#[serde(flatten)]`) keeps the TOML positions, so
+    /// errors inside a plugin's table still name their line.
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<PluginsConfig, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = PluginsConfig;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table with `dir` and `[plugins.NAME]` tables of shipped plugins")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<PluginsConfig, A::Error> {
+                let mut config = PluginsConfig::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "dir" {
+                        config.dir = Some(map.next_value()?);
+                    } else {
+                        let table: Sidecar = map.next_value()?;
+                        config.shipped.insert(key, table);
+                    }
+                }
+                Ok(config)
+            }
+        }
+        de.deserialize_map(Visitor)
+    }
 }
 
 impl Default for Config {
@@ -248,7 +294,9 @@ impl Anonymous {
         match self {
             Anonymous::Always => true,
             Anonymous::Never => false,
-            Anonymous::Loopback => peer.ip().is_loopback(),
+            // Canonical first: on a dual-stack `[::]` listener a local
+            // IPv4 client arrives as `::ffff:127.0.0.1`.
+            Anonymous::Loopback => peer.ip().to_canonical().is_loopback(),
         }
     }
 }
@@ -440,7 +488,7 @@ impl Config {
         };
         let de = toml::Deserializer::parse(text)
             .map_err(|e| invalid(line_of(text, e.span()), String::new(), e.message().to_owned()))?;
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
             invalid(line_of(text, inner.span()), key, inner.message().to_owned())
@@ -449,6 +497,10 @@ impl Config {
             let line = line_of_key(text, &key);
             invalid(line, key, message)
         })?;
+        config.plugins.base_dir = match file.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+            _ => PathBuf::from("."),
+        };
         Ok(config)
     }
 
@@ -460,6 +512,14 @@ impl Config {
         for (i, l) in self.listeners.iter().enumerate() {
             if self.listeners[..i].iter().any(|o| o.name == l.name) {
                 return Err((format!("listeners[{i}].name"), format!("duplicate listener name {:?}", l.name)));
+            }
+        }
+        for name in self.plugins.shipped.keys() {
+            if shipped::find(name).is_none() {
+                return Err((
+                    format!("plugins.{name}"),
+                    format!("no shipped plugin is called {name:?}; shipped plugins: {}", shipped::names()),
+                ));
             }
         }
         for (i, l) in self.listeners.iter().enumerate() {
@@ -575,6 +635,44 @@ mod tests {
         assert_eq!(c.listeners.len(), 1);
         assert_eq!(c.listeners[0].bind, SocketAddr::from(([127, 0, 0, 1], 1883)));
         assert_eq!(c.listeners[0].allow_anonymous, Anonymous::Loopback);
+    }
+
+    /// Secure by default: without `allow_anonymous`, any listener (also
+    /// one on 0.0.0.0) admits anonymous clients from loopback only.
+    #[test]
+    fn anonymous_clients_are_loopback_only_unless_allowed() {
+        let peer = |s: &str| s.parse::<SocketAddr>().expect("address");
+        let default = Config::default();
+        assert_eq!(default.listeners[0].bind, peer("127.0.0.1:1883"));
+        let c = parse("[[listeners]]\nbind = \"0.0.0.0:1883\"\n[[listeners]]\nname = \"v6\"\nbind = \"[::]:1884\"\n")
+            .expect("valid");
+        for listener in [&default.listeners[0], &c.listeners[0], &c.listeners[1]] {
+            let anon = listener.allow_anonymous;
+            assert_eq!(anon, Anonymous::Loopback);
+            for local in ["127.0.0.1:5000", "127.0.0.2:5000", "[::1]:5000", "[::ffff:127.0.0.1]:5000"] {
+                assert!(anon.permits(peer(local)), "{local}");
+            }
+            for remote in ["192.0.2.7:5000", "10.0.0.1:5000", "[2001:db8::1]:5000", "[::ffff:192.0.2.7]:5000"] {
+                assert!(!anon.permits(peer(remote)), "{remote}");
+            }
+        }
+        let open = parse("[[listeners]]\nbind = \"0.0.0.0:1883\"\nallow_anonymous = true\n").expect("valid");
+        assert!(open.listeners[0].allow_anonymous.permits(peer("192.0.2.7:5000")));
+        let closed = parse("[[listeners]]\nbind = \"127.0.0.1:1883\"\nallow_anonymous = false\n").expect("valid");
+        assert!(!closed.listeners[0].allow_anonymous.permits(peer("127.0.0.1:5000")));
+    }
+
+    /// `moat.example.toml` stays a valid configuration.
+    #[test]
+    fn the_example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("moat.example.toml");
+        let c = Config::load(&path).expect("moat.example.toml is valid");
+        let tls = c.listeners.iter().find(|l| l.protocol == ListenerProtocol::Tls).expect("a TLS listener");
+        assert_eq!(tls.bind, "0.0.0.0:8883".parse::<SocketAddr>().expect("address"));
+        assert_eq!(tls.allow_anonymous, Anonymous::Never);
+        assert!(c.storage.dir.is_some());
+        #[cfg(feature = "shipped-plugins")]
+        assert!(c.plugins.shipped.contains_key("password-file") && c.plugins.shipped.contains_key("acl"));
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - [`store`]: persistence of sessions and retained messages.
 //! - [`broker`]: the state shared by all of the above.
 //! - [`server`]: binding listeners and running until shutdown.
+//! - [`passwd`]: password files for the shipped plugins (`moat passwd`).
 
 pub mod auth;
 pub mod broker;
@@ -21,6 +22,7 @@ pub mod config;
 pub mod connection;
 #[cfg(fuzzing)]
 pub mod fuzzing;
+pub mod passwd;
 pub mod plugin;
 pub mod router;
 pub mod server;

@@ -19,8 +19,11 @@ const EXIT_CONFIG: u8 = 64;
 
 /// Moat: an MQTT broker with sandboxed WebAssembly policy plugins.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    /// Without a command, Moat runs the broker.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Configuration file (TOML). Without it, Moat listens on
     /// 127.0.0.1:1883 and admits anonymous clients from loopback only.
     #[arg(long, short)]
@@ -38,8 +41,51 @@ struct Cli {
     repair: bool,
 }
 
+/// Commands besides running the broker.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Add or update a user in a password file (argon2id, for the
+    /// `password-file` plugin; SCRAM-SHA-256 with --scram), or delete one.
+    ///
+    /// The password is asked twice on a terminal, read as one line from
+    /// standard input otherwise, or given with --password.
+    Passwd(PasswdArgs),
+}
+
+/// Arguments of `moat passwd`.
+#[derive(Debug, clap::Args)]
+struct PasswdArgs {
+    /// The password file (created 0600 if missing; other lines are kept).
+    file: PathBuf,
+    /// The user name.
+    user: String,
+    /// Remove the user instead.
+    #[arg(long, conflicts_with_all = ["password", "scram"])]
+    delete: bool,
+    /// Write SCRAM-SHA-256 credentials (for the `scram` plugin) instead of
+    /// an argon2id hash.
+    #[arg(long)]
+    scram: bool,
+    /// SCRAM iteration count.
+    #[arg(long, default_value_t = moat::passwd::SCRAM_MIN_ITERATIONS, requires = "scram")]
+    iterations: u32,
+    /// The password, for scripts (it shows in the process list and shell
+    /// history; prefer standard input).
+    #[arg(long, value_name = "PW")]
+    password: Option<String>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Passwd(args)) = &cli.command {
+        return match passwd(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("moat passwd: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let config = match load_config(&cli) {
         Ok(config) => config,
         Err(e) => {
@@ -71,6 +117,40 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `moat passwd`: edits a password file.
+fn passwd(args: &PasswdArgs) -> anyhow::Result<()> {
+    use moat::passwd;
+    if args.delete {
+        passwd::delete_entry(&args.file, &args.user)?;
+        return Ok(());
+    }
+    let password = match &args.password {
+        Some(pw) => pw.clone(),
+        None => read_password()?,
+    };
+    let credential = if args.scram {
+        passwd::scram_sha256(password.as_bytes(), args.iterations)?
+    } else {
+        passwd::argon2id(password.as_bytes())?
+    };
+    passwd::set_entry(&args.file, &args.user, &credential)?;
+    Ok(())
+}
+
+/// Asks twice without echo on a terminal; otherwise reads one line.
+fn read_password() -> anyhow::Result<String> {
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ").context("cannot read the password")?;
+        let second = rpassword::prompt_password("Password again: ").context("cannot read the password")?;
+        anyhow::ensure!(first == second, "the passwords do not match");
+        return Ok(first);
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).context("cannot read the password from standard input")?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_owned())
 }
 
 fn load_config(cli: &Cli) -> Result<Config, ConfigError> {

@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use crate::auth::Policy;
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::plugin::{LoadError, PluginHost};
+use crate::plugin::{LoadError, PluginHost, PluginSettings, Source, shipped};
 use crate::store::{MemoryStore, Store, StoreError};
 use crate::transport::{BindError, Listener, ListenerError, TlsAcceptor, TlsSetupError};
 
@@ -43,20 +43,38 @@ pub struct Server {
 }
 
 /// Loads the configured plugin directory (default `./plugins` when it
-/// exists). A directory without components means no plugins, and then no
-/// WebAssembly engine is started at all.
+/// exists) and the shipped plugins the config enables, as one chain. With
+/// neither, no WebAssembly engine is started at all.
 fn load_policy(config: &Config) -> Result<Policy, LoadError> {
     let dir = match &config.plugins.dir {
-        Some(dir) => dir.clone(),
-        None if Path::new("plugins").is_dir() => PathBuf::from("plugins"),
-        None => return Ok(Policy::none()),
+        Some(dir) => Some(dir.clone()),
+        None if Path::new("plugins").is_dir() => Some(PathBuf::from("plugins")),
+        None => None,
     };
-    let entries = std::fs::read_dir(&dir).map_err(|e| LoadError::Io { path: dir.clone(), message: e.to_string() })?;
-    let has_components = entries.flatten().any(|e| e.path().extension().is_some_and(|x| x == "wasm"));
-    if !has_components {
+    let mut specs = Vec::new();
+    if let Some(dir) = &dir {
+        let entries =
+            std::fs::read_dir(dir).map_err(|e| LoadError::Io { path: dir.clone(), message: e.to_string() })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|x| x == "wasm") && path.is_file() {
+                let settings = PluginSettings::for_component(&path)?;
+                specs.push((Source::File(path), settings));
+            }
+        }
+    }
+    for (name, table) in &config.plugins.shipped {
+        // Config validation already refused unknown names.
+        let Some(shipped) = shipped::find(name) else { continue };
+        let settings = shipped
+            .settings(table, &config.plugins.base_dir)
+            .map_err(|message| LoadError::Sidecar { path: PathBuf::from(format!("[plugins.{name}]")), message })?;
+        specs.push((Source::Shipped(shipped), settings));
+    }
+    if specs.is_empty() {
         return Ok(Policy::none());
     }
-    let set = PluginHost::new()?.load_dir(&dir)?;
+    let set = PluginHost::new()?.load_sources(specs)?;
     for plugin in set.plugins() {
         info!(plugin = &**plugin.name(), path = %plugin.path().display(), "plugin loaded");
     }

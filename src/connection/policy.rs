@@ -13,7 +13,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
 use super::{Close, Connection};
-use crate::auth::{Action, AuthnOutcome, ClientInfo, Credentials, PluginMessage, Policy, TransformOutcome};
+use crate::auth::{
+    Action, AuthExchange, AuthnOutcome, ClientInfo, Credentials, PluginMessage, Policy, TransformOutcome,
+};
 use crate::broker::Broker;
 use crate::codec::{self, Auth, Connect, Packet, Properties, ProtocolVersion, QoS, ReasonCode, TopicName};
 use crate::router::Message;
@@ -65,7 +67,7 @@ where
     };
     let mut exchange = None;
     for _ in 0..MAX_AUTH_ROUNDS {
-        match policy.authenticate_step(&mut exchange, client, &credentials) {
+        match authenticate_off_runtime(broker, &policy, &mut exchange, client, &credentials).await {
             AuthnOutcome::Allow(grant) => {
                 debug!(plugin = &*grant.plugin, "authenticated");
                 client.apply_grant(&grant);
@@ -96,6 +98,48 @@ where
     }
     debug!("enhanced authentication took too many rounds");
     Err(AuthFailure::Refused(ReasonCode::NOT_AUTHORIZED))
+}
+
+/// Runs one authentication step ([`Policy::authenticate_step`]) on the
+/// blocking pool, at most [`crate::broker::authn_concurrency`] calls at once:
+/// a password hash takes milliseconds of CPU, which must not stall the I/O
+/// of the other connections sharing a runtime worker. Without
+/// authenticating plugins the answer is known at once and nothing is
+/// spawned.
+async fn authenticate_off_runtime(
+    broker: &Broker,
+    policy: &Policy,
+    exchange: &mut Option<AuthExchange>,
+    client: &ClientInfo,
+    credentials: &Credentials,
+) -> AuthnOutcome {
+    if !policy.authenticates() {
+        return AuthnOutcome::NoDecision;
+    }
+    let refused = |reason: &str| AuthnOutcome::Deny { plugin: "broker".into(), reason: reason.to_owned() };
+    // The semaphore is never closed, so this cannot fail in practice.
+    let Ok(permit) = broker.authn_permits.clone().acquire_owned().await else {
+        return refused("no authentication permit");
+    };
+    let (policy, client, credentials) = (policy.clone(), client.clone(), credentials.clone());
+    let mut pinned = exchange.take();
+    // The permit moves into the call: a client whose connect deadline
+    // expires meanwhile does not free a slot while its hash still runs.
+    let call = move || {
+        let outcome = policy.authenticate_step(&mut pinned, &client, &credentials);
+        drop(permit);
+        (outcome, pinned)
+    };
+    match tokio::task::spawn_blocking(call).await {
+        Ok((outcome, pinned)) => {
+            *exchange = pinned;
+            outcome
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "authentication task failed");
+            refused("authentication task failed")
+        }
+    }
 }
 
 /// Sends one AUTH challenge and reads the client's answer (before CONNACK).

@@ -9,7 +9,27 @@ use wasmtime::component::Component;
 
 use super::bindings::PluginPre;
 use super::engine::{MAX_COMPILED, WASI_INTERFACES, WASI_VERSION_PREFIX};
+use super::shipped::Shipped;
 use super::{LoadError, LoadedPlugin, PluginHost, PluginSet, PluginSettings};
+
+/// Where a plugin's code comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A `*.wasm` file.
+    File(PathBuf),
+    /// A plugin shipped inside the binary.
+    Shipped(&'static Shipped),
+}
+
+impl Source {
+    /// Ties in `order` break on this: the file name, or the shipped name.
+    fn sort_key(&self) -> String {
+        match self {
+            Source::File(path) => path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            Source::Shipped(shipped) => shipped.name.to_owned(),
+        }
+    }
+}
 
 /// The package every plugin is built against.
 const PACKAGE: &str = "moat:plugin";
@@ -42,13 +62,36 @@ impl PluginHost {
     ///
     /// # Errors
     /// As [`PluginHost::load_dir`].
-    pub fn load(&self, mut specs: Vec<(PathBuf, PluginSettings)>) -> Result<PluginSet, LoadError> {
-        specs.sort_by(|(a, sa), (b, sb)| sa.order.cmp(&sb.order).then_with(|| a.file_name().cmp(&b.file_name())));
+    pub fn load(&self, specs: Vec<(PathBuf, PluginSettings)>) -> Result<PluginSet, LoadError> {
+        self.load_sources(specs.into_iter().map(|(path, settings)| (Source::File(path), settings)).collect())
+    }
+
+    /// Loads components from files and from the binary (shipped plugins)
+    /// together, ordered by `order` then by name.
+    ///
+    /// # Errors
+    /// As [`PluginHost::load_dir`].
+    pub fn load_sources(&self, mut specs: Vec<(Source, PluginSettings)>) -> Result<PluginSet, LoadError> {
+        specs.sort_by(|(a, sa), (b, sb)| sa.order.cmp(&sb.order).then_with(|| a.sort_key().cmp(&b.sort_key())));
         let plugins = specs
             .into_iter()
-            .map(|(path, settings)| self.load_one(path, settings).map(Arc::new))
+            .map(|(source, settings)| match source {
+                Source::File(path) => self.load_one(path, settings),
+                Source::Shipped(shipped) => self.load_shipped(shipped, settings),
+            })
+            .map(|loaded| loaded.map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(PluginSet::new(plugins))
+    }
+
+    /// Loads a plugin embedded in the binary; errors name it
+    /// `shipped:NAME`.
+    ///
+    /// # Errors
+    /// As [`PluginHost::load_one`].
+    pub fn load_shipped(&self, shipped: &'static Shipped, settings: PluginSettings) -> Result<LoadedPlugin, LoadError> {
+        let path = PathBuf::from(format!("shipped:{}", shipped.name));
+        self.load_bytes(shipped.name.into(), path, shipped.wasm.to_vec(), settings)
     }
 
     /// Loads one component.
@@ -60,6 +103,18 @@ impl PluginHost {
     pub fn load_one(&self, path: PathBuf, settings: PluginSettings) -> Result<LoadedPlugin, LoadError> {
         let name: Arc<str> = path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default().into();
         let bytes = std::fs::read(&path).map_err(|e| LoadError::Io { path: path.clone(), message: e.to_string() })?;
+        self.load_bytes(name, path, bytes, settings)
+    }
+
+    /// Compiles, checks, links and initialises one component; `path` names
+    /// it in errors and logs.
+    fn load_bytes(
+        &self,
+        name: Arc<str>,
+        path: PathBuf,
+        bytes: Vec<u8>,
+        settings: PluginSettings,
+    ) -> Result<LoadedPlugin, LoadError> {
         let component =
             self.compile(bytes).map_err(|e| LoadError::Invalid { path: path.clone(), message: format!("{e:#}") })?;
         self.check_contract(&path, &component)?;

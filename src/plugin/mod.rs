@@ -26,12 +26,14 @@ pub mod fixtures;
 mod instance;
 mod loader;
 mod settings;
+pub mod shipped;
 mod stats;
 
 pub(crate) use convert::{AuthnAnswer, AuthzAnswer, TransformAnswer};
 pub use engine::PluginHost;
 pub use instance::{LoadedPlugin, PinnedInstance};
-pub use settings::{Grants, Limits, OnError, PluginSettings};
+pub use loader::Source;
+pub use settings::{Grants, Limits, OnError, PluginSettings, Sidecar, SidecarLimits};
 pub use stats::{PluginStats, StatsSnapshot};
 
 /// The version of the `moat:plugin` WIT package this host implements.

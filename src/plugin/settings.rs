@@ -122,24 +122,59 @@ impl Grants {
     }
 }
 
-/// The sidecar file as written; every field optional, unknown ones refused.
-#[derive(Debug, Default, Deserialize)]
+/// A sidecar file as written (also a shipped plugin's `[plugins.NAME]`
+/// table in the broker config); every field optional, unknown ones refused.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Sidecar {
-    order: Option<i64>,
-    on_error: Option<OnError>,
-    config: Option<toml::Table>,
-    limits: Option<SidecarLimits>,
-    grants: Option<Grants>,
+pub struct Sidecar {
+    /// Chain position.
+    pub order: Option<i64>,
+    /// Transform failure policy.
+    pub on_error: Option<OnError>,
+    /// The table handed to `init` as JSON.
+    pub config: Option<toml::Table>,
+    /// Resource limits, each optional.
+    pub limits: Option<SidecarLimits>,
+    /// Capabilities granted.
+    pub grants: Option<Grants>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// The `[limits]` table of a sidecar.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SidecarLimits {
-    memory_mb: Option<u32>,
-    timeout_ms: Option<u32>,
-    instances: Option<u32>,
-    max_answer_bytes: Option<u32>,
+pub struct SidecarLimits {
+    /// Linear memory cap in MiB.
+    pub memory_mb: Option<u32>,
+    /// Per-call deadline in milliseconds.
+    pub timeout_ms: Option<u32>,
+    /// Warm instances.
+    pub instances: Option<u32>,
+    /// Largest answer in bytes.
+    pub max_answer_bytes: Option<u32>,
+}
+
+impl Sidecar {
+    /// `self` with every key it leaves unset taken from `defaults` (limits
+    /// key by key): how a shipped plugin's own defaults meet the operator's
+    /// table.
+    pub fn over(self, defaults: Sidecar) -> Sidecar {
+        let limits = match (self.limits, defaults.limits) {
+            (Some(l), Some(d)) => Some(SidecarLimits {
+                memory_mb: l.memory_mb.or(d.memory_mb),
+                timeout_ms: l.timeout_ms.or(d.timeout_ms),
+                instances: l.instances.or(d.instances),
+                max_answer_bytes: l.max_answer_bytes.or(d.max_answer_bytes),
+            }),
+            (l, d) => l.or(d),
+        };
+        Sidecar {
+            order: self.order.or(defaults.order),
+            on_error: self.on_error.or(defaults.on_error),
+            config: self.config.or(defaults.config),
+            limits,
+            grants: self.grants.or(defaults.grants),
+        }
+    }
 }
 
 impl PluginSettings {
@@ -168,6 +203,15 @@ impl PluginSettings {
     /// caller adds the file name.
     pub fn parse(text: &str) -> Result<PluginSettings, String> {
         let sidecar: Sidecar = toml::from_str(text).map_err(|e| e.to_string())?;
+        PluginSettings::from_sidecar(sidecar)
+    }
+
+    /// The settings a parsed sidecar describes, with the defaults for what
+    /// it leaves out. Grants are not resolved yet (see [`Grants::resolve`]).
+    ///
+    /// # Errors
+    /// A message naming the key whose value is out of range.
+    pub fn from_sidecar(sidecar: Sidecar) -> Result<PluginSettings, String> {
         let defaults = Limits::default();
         let limits = sidecar.limits.unwrap_or_default();
         let limits = Limits {

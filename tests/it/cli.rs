@@ -71,3 +71,77 @@ fn tempfile_in_target(name: &str) -> (std::path::PathBuf, std::fs::File) {
     let file = std::fs::File::create(&path).expect("create config");
     (path, file)
 }
+
+#[test]
+fn passwd_adds_updates_and_deletes_users_keeping_other_lines() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("passwd");
+    std::fs::write(&file, "# operators\nbob:$6$c2FsdHNhbHQ=$x\n").expect("write");
+    let out = moat().arg("passwd").arg(&file).args(["alice", "--password", "s3cret"]).output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Not a terminal: the password is one line of standard input.
+    let mut child =
+        moat().arg("passwd").arg(&file).arg("carol").stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run");
+    child.stdin.take().expect("stdin").write_all(b"from stdin\n").expect("write password");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let text = std::fs::read_to_string(&file).expect("read");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[..2], ["# operators", "bob:$6$c2FsdHNhbHQ=$x"]);
+    assert!(lines[2].starts_with("alice:$argon2id$v=19$m=19456,t=2,p=1$"), "{text}");
+    assert!(lines[3].starts_with("carol:$argon2id$"), "{text}");
+    assert_eq!(lines.len(), 4);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).expect("stat").permissions().mode() & 0o777, 0o600);
+    }
+
+    let out = moat().arg("passwd").arg("--delete").arg(&file).arg("bob").output().expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&file).expect("read");
+    assert!(!text.contains("bob:") && text.contains("alice:") && text.contains("carol:"), "{text}");
+
+    let out = moat().arg("passwd").arg("--delete").arg(&file).arg("bob").output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no user \"bob\""));
+}
+
+#[test]
+fn passwd_scram_writes_postgres_format_credentials() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("scram");
+    let out = moat()
+        .arg("passwd")
+        .arg("--scram")
+        .args(["--iterations", "5000"])
+        .arg(&file)
+        .args(["alice", "--password", "pencil"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = std::fs::read_to_string(&file).expect("read");
+    let rest = text.trim_end().strip_prefix("alice:SCRAM-SHA-256$5000:").expect("scram entry");
+    let (salt, keys) = rest.split_once('$').expect("salt$keys");
+    let (stored, server) = keys.split_once(':').expect("stored:server");
+    assert_eq!(salt.len(), 24, "16-byte salt in base64");
+    assert_eq!((stored.len(), server.len()), (44, 44), "32-byte keys in base64");
+}
+
+#[test]
+fn passwd_refuses_empty_passwords_and_bad_user_names() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("passwd");
+    let out = moat().arg("passwd").arg(&file).arg("alice").stdin(Stdio::null()).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must not be empty"));
+    let out = moat().arg("passwd").arg(&file).args(["a:b", "--password", "x"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid user name"));
+    assert!(!file.exists(), "nothing written");
+    // The broker's flags and the subcommand do not mix.
+    let out = moat().args(["--listen", "127.0.0.1:1", "passwd"]).arg(&file).arg("alice").output().expect("run");
+    assert_eq!(out.status.code(), Some(2));
+}
