@@ -153,9 +153,15 @@ impl Broker {
     }
 
     fn save_messages(&self, session: &Arc<Session>) {
-        // Under the lock, so messages queued to the store while offline
-        // (`Store::queued_offline`) come after this snapshot, never before.
-        let state = session.lock();
+        // Under the lock, so messages queued to the store later
+        // (`Store::queued`) come after this snapshot, never before. Messages
+        // without a key get one here, so their delivery deletes them.
+        let mut state = session.lock();
+        let state = &mut *state;
+        let unkeyed = state.inflight.iter_mut().map(|i| &mut i.delivery).chain(state.pending.iter_mut());
+        for delivery in unkeyed.filter(|d| d.stored.is_none()) {
+            delivery.stored = self.store.message_key();
+        }
         let (pending, inflight) = (state.pending.iter().cloned().collect(), state.inflight.iter().cloned().collect());
         self.store.session_messages(session.client_id(), pending, inflight);
     }

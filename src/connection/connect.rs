@@ -110,6 +110,8 @@ where
         send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
         return None;
     };
+    // Set while online too: it decides whether queued messages are stored.
+    attached.session.lock().expiry_s = session_expiry_s;
     if session_expiry_s > 0 {
         broker.store.session_opened(&client_id, session_expiry_s);
     }

@@ -99,8 +99,7 @@ where
         };
         if publish.qos != QoS::AtMostOnce {
             // Durable store (issue 9): the ack below waits for this.
-            let barrier = self.broker.store.barrier();
-            self.durable = (!barrier.is_ready()).then_some(barrier);
+            self.await_store();
         }
         let reason = if delivered == 0 && self.version.is_v5() {
             ReasonCode::NO_MATCHING_SUBSCRIBERS
@@ -137,8 +136,12 @@ where
     }
 
     fn on_ack(&mut self, ack: PubResp, expected: InflightState) {
-        if self.attached.session.lock().take_inflight(ack.packet_id, expected).is_some() {
+        let done = self.attached.session.lock().take_inflight(ack.packet_id, expected);
+        if let Some(done) = done {
             self.want_drain = true;
+            if let Some(stored) = done.delivery.stored {
+                self.broker.store.delivered(self.attached.session.client_id(), stored);
+            }
         }
     }
 
@@ -149,7 +152,20 @@ where
             self.on_ack(rec, InflightState::AwaitPubRec);
             return;
         }
-        let known = self.attached.session.lock().mark_released(id);
+        let (known, stored) = {
+            let mut state = self.attached.session.lock();
+            let (known, moved) = state.mark_released(id);
+            let moved = moved.filter(|e| e.delivery.stored.is_some());
+            if let Some(entry) = moved {
+                self.broker.store.delivery_state(self.attached.session.client_id(), entry);
+            }
+            (known, moved.is_some())
+        };
+        if stored {
+            // The PUBREL below waits until a resend after a crash would be a
+            // PUBREL too, not a second PUBLISH.
+            self.await_store();
+        }
         let reason = if known { ReasonCode::SUCCESS } else { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
         self.send(&Packet::PubRel(PubResp { packet_id: id, reason, properties: Properties::default() }));
     }
@@ -202,6 +218,7 @@ where
                         message,
                         retain: true,
                         subscription_ids: sub_id.into_iter().collect(),
+                        stored: None,
                     });
                 }
             }

@@ -206,6 +206,13 @@ where
         }
     }
 
+    /// Durable store (issue 9): what is in `wbuf` now is sent only once
+    /// every change reported to the store so far is durable.
+    fn await_store(&mut self) {
+        let barrier = self.broker.store.barrier();
+        self.durable = (!barrier.is_ready()).then_some(barrier);
+    }
+
     /// Durable store (issue 9): waits until the PUBACKs/PUBRECs queued in
     /// `wbuf` acknowledge durable messages. When the store has failed they
     /// are dropped unsent and the connection closes, so the client resends.

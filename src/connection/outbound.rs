@@ -41,12 +41,17 @@ where
         let session = self.attached.session.clone();
         let mut state = session.lock();
         let mut sent = 0u64;
+        let mut stored_qos2 = false;
+        let client_id = session.client_id();
+        let broker = self.broker.clone();
+        let store = &*broker.store;
         while let Some(front) = state.pending.front() {
             if front.qos != QoS::AtMostOnce && state.inflight.len() >= self.send_window {
                 break;
             }
             let Some(delivery) = state.pending.pop_front() else { break };
             if delivery.message.is_expired(now) {
+                forget(store, client_id, &delivery);
                 continue;
             }
             // Receive-side authorization, so a policy change reaches queued
@@ -55,6 +60,7 @@ where
             // repeated topics without calling a plugin.
             let message = &delivery.message;
             if !self.allowed_by(&policy, Action::Receive, message.topic.as_str(), delivery.qos, delivery.retain) {
+                forget(store, client_id, &delivery);
                 continue;
             }
             let packet_id = (delivery.qos != QoS::AtMostOnce).then(|| state.allocate_packet_id());
@@ -62,20 +68,37 @@ where
             if !self.fits_client(&publish) {
                 // The client cannot take it; behave as if delivered
                 // [MQTT-3.1.2-25].
+                forget(store, client_id, &delivery);
                 continue;
             }
             self.send(&publish);
             sent += 1;
+            if packet_id.is_none() {
+                // A QoS 0 message kept when the connection ended is done.
+                forget(store, client_id, &delivery);
+            }
             if let Some(packet_id) = packet_id {
                 let waiting = if delivery.qos == QoS::AtLeastOnce {
                     InflightState::AwaitPubAck
                 } else {
                     InflightState::AwaitPubRec
                 };
-                state.inflight.push_back(Inflight { packet_id, delivery, state: waiting });
+                let entry = Inflight { packet_id, delivery, state: waiting };
+                if waiting == InflightState::AwaitPubRec && entry.delivery.stored.is_some() {
+                    // A QoS 2 message goes out only once its packet id is
+                    // stored: resent after a crash it must carry the same id,
+                    // or the client would take it for a new message. QoS 1
+                    // may be resent under a new id, so it skips this write.
+                    store.delivery_state(client_id, &entry);
+                    stored_qos2 = true;
+                }
+                state.inflight.push_back(entry);
             }
         }
         drop(state);
+        if stored_qos2 {
+            self.await_store();
+        }
         self.broker.stats.messages_sent.fetch_add(sent, Ordering::Relaxed);
     }
 
@@ -105,5 +128,12 @@ where
             None => true,
             Some(max) => codec::encoded_len(packet, self.version).is_ok_and(|len| len <= max as usize),
         }
+    }
+}
+
+/// Deletes a stored delivery the broker dropped instead of sending.
+fn forget(store: &dyn crate::store::Store, client_id: &std::sync::Arc<str>, delivery: &Delivery) {
+    if let Some(stored) = delivery.stored {
+        store.delivered(client_id, stored);
     }
 }

@@ -82,6 +82,7 @@ impl Router {
                 qos: message.qos.min(granted),
                 retain: message.retain && group.iter().any(|m| m.retain_as_published),
                 subscription_ids: group.iter().filter_map(|m| m.id).collect(),
+                stored: None,
             };
             group[0].session.enqueue_and_store(delivery, Some(store));
             delivered += 1;

@@ -66,25 +66,24 @@ impl Session {
         self.enqueue_and_store(delivery, None);
     }
 
-    /// [`Session::enqueue`], and a QoS 1/2 message queued while the session
-    /// is offline and outlives its connection is also given to `store`
+    /// [`Session::enqueue`], and a QoS 1/2 message for a session that
+    /// outlives its connection (online or offline) is also given to `store`
     /// (under the session lock, so the store sees it in queue order with the
-    /// snapshot taken when the connection ended).
-    pub fn enqueue_and_store(&self, delivery: Delivery, store: Option<&dyn Store>) {
+    /// snapshot taken when the connection ended). Clean sessions never
+    /// reach the store.
+    pub fn enqueue_and_store(&self, mut delivery: Delivery, store: Option<&dyn Store>) {
         let accepted = {
             let mut state = self.state.lock();
-            if !state.online && delivery.qos == QoS::AtMostOnce {
+            if (!state.online && delivery.qos == QoS::AtMostOnce) || state.is_full() {
                 false
             } else {
-                let persist = (!state.online && state.expiry_s > 0).then_some(store).flatten();
-                let copy = persist.map(|store| (store, delivery.clone()));
-                let accepted = state.push(delivery);
-                if let Some((store, delivery)) = copy
-                    && accepted
+                if let Some(store) = store
+                    && state.expiry_s > 0
+                    && delivery.qos != QoS::AtMostOnce
                 {
-                    store.queued_offline(&self.client_id, &delivery);
+                    delivery.stored = store.queued(&self.client_id, &delivery);
                 }
-                accepted
+                state.push(delivery)
             }
         };
         if accepted {

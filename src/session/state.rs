@@ -20,6 +20,10 @@ pub struct Delivery {
     pub retain: bool,
     /// v5 subscription identifiers of every matching subscription.
     pub subscription_ids: Vec<u32>,
+    /// The key under which the store keeps this delivery for its session
+    /// (a QoS 1/2 message for a session that outlives its connection), so
+    /// the acknowledgement that completes it can delete it.
+    pub stored: Option<u64>,
 }
 
 /// Where an outgoing QoS 1/2 message is in its handshake.
@@ -101,9 +105,14 @@ impl SessionState {
         }
     }
 
+    /// Whether the queue is at its bound.
+    pub fn is_full(&self) -> bool {
+        self.pending.len() >= self.max_queued
+    }
+
     /// Queues a delivery unless the queue is full.
     pub fn push(&mut self, delivery: Delivery) -> bool {
-        if self.pending.len() >= self.max_queued {
+        if self.is_full() {
             return false;
         }
         self.pending.push_back(delivery);
@@ -128,13 +137,17 @@ impl SessionState {
     }
 
     /// Moves a QoS 2 entry from awaiting PUBREC to awaiting PUBCOMP.
-    pub fn mark_released(&mut self, id: PacketId) -> bool {
-        match self.inflight.iter_mut().find(|i| i.packet_id == id && i.state == InflightState::AwaitPubRec) {
-            Some(entry) => {
-                entry.state = InflightState::AwaitPubComp;
-                true
-            }
-            None => self.inflight.iter().any(|i| i.packet_id == id && i.state == InflightState::AwaitPubComp),
+    /// Returns whether the id is known, and the entry if it changed state.
+    pub fn mark_released(&mut self, id: PacketId) -> (bool, Option<&Inflight>) {
+        match self.inflight.iter().position(|i| i.packet_id == id && i.state == InflightState::AwaitPubRec) {
+            Some(pos) => match self.inflight.get_mut(pos) {
+                Some(entry) => {
+                    entry.state = InflightState::AwaitPubComp;
+                    (true, Some(entry))
+                }
+                None => (false, None),
+            },
+            None => (self.inflight.iter().any(|i| i.packet_id == id && i.state == InflightState::AwaitPubComp), None),
         }
     }
 
@@ -163,7 +176,13 @@ mod tests {
         ));
         s.inflight.push_back(Inflight {
             packet_id: first,
-            delivery: Delivery { message: msg, qos: QoS::AtLeastOnce, retain: false, subscription_ids: vec![] },
+            delivery: Delivery {
+                message: msg,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                subscription_ids: vec![],
+                stored: None,
+            },
             state: InflightState::AwaitPubAck,
         });
         assert_eq!(s.allocate_packet_id().get(), 2);
@@ -179,7 +198,7 @@ mod tests {
             false,
             &crate::codec::Properties::default(),
         ));
-        let d = Delivery { message: msg, qos: QoS::AtMostOnce, retain: false, subscription_ids: vec![] };
+        let d = Delivery { message: msg, qos: QoS::AtMostOnce, retain: false, subscription_ids: vec![], stored: None };
         assert!(s.push(d.clone()));
         assert!(!s.push(d));
     }

@@ -119,8 +119,24 @@ impl Store for DiskStore {
         self.queue.send(Op::Replace(client_id.into(), pending, inflight));
     }
 
-    fn queued_offline(&self, client_id: &Arc<str>, delivery: &Delivery) {
-        self.queue.send(Op::Append(client_id.clone(), delivery.clone()));
+    fn queued(&self, client_id: &Arc<str>, delivery: &Delivery) -> Option<u64> {
+        let seq = self.queue.next_seq();
+        self.queue.send(Op::Append(client_id.clone(), seq, delivery.clone()));
+        Some(seq)
+    }
+
+    fn message_key(&self) -> Option<u64> {
+        Some(self.queue.next_seq())
+    }
+
+    fn delivery_state(&self, client_id: &Arc<str>, inflight: &Inflight) {
+        if let Some(seq) = inflight.delivery.stored {
+            self.queue.send(Op::Update(client_id.clone(), seq, inflight.clone()));
+        }
+    }
+
+    fn delivered(&self, client_id: &Arc<str>, stored: u64) {
+        self.queue.send(Op::Remove(client_id.clone(), stored));
     }
 
     fn barrier(&self) -> Barrier {
@@ -202,13 +218,20 @@ fn read_all(parts: &Parts) -> Result<(Recovered, u64), String> {
     let mut next_seq = 0;
     for kv in parts.messages.iter() {
         let key = kv.key().map_err(|e| e.to_string())?;
-        if let Some(seq) =
-            key.len().checked_sub(8).and_then(|at| key.get(at..)).and_then(|s| <[u8; 8]>::try_from(s).ok())
-        {
-            next_seq = next_seq.max(u64::from_be_bytes(seq) + 1);
+        if let Some(seq) = key_seq(&key) {
+            next_seq = next_seq.max(seq + 1);
         }
     }
     Ok((recovered, next_seq))
+}
+
+/// The sequence number at the end of a message key.
+fn key_seq(key: &[u8]) -> Option<u64> {
+    key.len()
+        .checked_sub(8)
+        .and_then(|at| key.get(at..))
+        .and_then(|s| <[u8; 8]>::try_from(s).ok())
+        .map(u64::from_be_bytes)
 }
 
 fn read_session(parts: &Parts, session: &mut StoredSession, now: (Instant, u64)) -> Result<(), String> {
@@ -227,7 +250,8 @@ fn read_session(parts: &Parts, session: &mut StoredSession, now: (Instant, u64))
         if record.inflight.is_none() && record.message.is_expired(now.1) {
             continue;
         }
-        match record.into_parts(now.0, now.1).map_err(|e| bad("messages", &key, &e))? {
+        let seq = key_seq(&key).ok_or_else(|| bad("messages", &key, &"short key"))?;
+        match record.into_parts(seq, now.0, now.1).map_err(|e| bad("messages", &key, &e))? {
             Ok(delivery) => session.pending.push(delivery),
             Err(inflight) => session.inflight.push(inflight),
         }

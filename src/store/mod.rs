@@ -4,9 +4,10 @@
 //! messages) is in memory; a [`Store`] keeps a copy it can hand back at
 //! start-up through [`Store::recover`]. The broker reports changes to the
 //! store as they happen: retained messages, sessions and subscriptions
-//! immediately, QoS 1/2 messages queued for an offline session with expiry
-//! as they are queued, and a session's queued and unacknowledged messages
-//! when its connection ends and at shutdown.
+//! immediately, QoS 1/2 messages queued for a session with expiry (online
+//! or offline) as they are queued, their QoS 2 handshake state as it moves,
+//! their removal once acknowledged, and a session's queued and
+//! unacknowledged messages again when its connection ends and at shutdown.
 //!
 //! [`MemoryStore`] is the default (`durability = "none"` without a
 //! directory). [`DiskStore`] keeps the copy in a `fjall` database, written
@@ -91,12 +92,33 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn unsubscribed(&self, client_id: &str, filter: &TopicFilter);
     /// The messages a session holds, replacing what was stored before.
     fn session_messages(&self, client_id: &str, pending: Vec<Delivery>, inflight: Vec<Inflight>);
-    /// A QoS 1/2 message was queued for a session that is offline and
-    /// outlives its connection: keep it with the session's messages. Called
-    /// under the session's lock, so it is ordered with
-    /// [`Store::session_messages`].
-    fn queued_offline(&self, client_id: &Arc<str>, delivery: &Delivery) {
+    /// A QoS 1/2 message was queued for a session that outlives its
+    /// connection (online or not): keep it with the session's messages.
+    /// Returns the key it is kept under (for [`Store::delivery_state`] and
+    /// [`Store::delivered`]), or `None` if this store does not keep
+    /// messages one by one. Called under the session's lock, so it is
+    /// ordered with [`Store::session_messages`].
+    fn queued(&self, client_id: &Arc<str>, delivery: &Delivery) -> Option<u64> {
         let _ = (client_id, delivery);
+        None
+    }
+    /// A fresh key for a message handed over by
+    /// [`Store::session_messages`] that has none yet, or `None` if this
+    /// store does not keep messages one by one.
+    fn message_key(&self) -> Option<u64> {
+        None
+    }
+    /// A stored delivery was sent or moved on in its QoS 2 handshake
+    /// (`inflight.delivery.stored` is its key). The connection awaits a
+    /// barrier before the client sees the packet that this state implies,
+    /// so a resend after a crash carries the packet id the client knows.
+    fn delivery_state(&self, client_id: &Arc<str>, inflight: &Inflight) {
+        let _ = (client_id, inflight);
+    }
+    /// The client finished acknowledging (or the broker dropped) the stored
+    /// delivery with key `stored`: forget it.
+    fn delivered(&self, client_id: &Arc<str>, stored: u64) {
+        let _ = (client_id, stored);
     }
     /// A future that resolves once every change reported so far is durable
     /// (in `sync` mode; otherwise at once). The connection awaits it before

@@ -192,13 +192,14 @@ impl DeliveryRecord {
         }
     }
 
-    /// Back to a pending delivery or an in-flight entry.
-    pub fn into_parts(self, now: Instant, now_ms: u64) -> Result<Result<Delivery, Inflight>, DecodeError> {
+    /// Back to a pending delivery or an in-flight entry, kept under `seq`.
+    pub fn into_parts(self, seq: u64, now: Instant, now_ms: u64) -> Result<Result<Delivery, Inflight>, DecodeError> {
         let delivery = Delivery {
             message: Arc::new(self.message.into_message(now, now_ms)?),
             qos: qos(self.qos)?,
             retain: self.retain,
             subscription_ids: self.subscription_ids,
+            stored: Some(seq),
         };
         let Some((id, state)) = self.inflight else { return Ok(Ok(delivery)) };
         let packet_id = PacketId::new(id).ok_or_else(|| DecodeError("packet id 0".to_owned()))?;
@@ -262,13 +263,18 @@ mod tests {
 
     #[test]
     fn inflight_and_subscription_round_trip() {
-        let delivery =
-            Delivery { message: Arc::new(message()), qos: QoS::AtLeastOnce, retain: false, subscription_ids: vec![7] };
+        let delivery = Delivery {
+            message: Arc::new(message()),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            subscription_ids: vec![7],
+            stored: None,
+        };
         let packet_id = PacketId::new(42).expect("non-zero");
         let inflight = Inflight { packet_id, delivery, state: InflightState::AwaitPubComp };
         let (now, ms) = (Instant::now(), now_ms());
         let bytes = encode(&DeliveryRecord::inflight(&inflight, now, ms));
-        let back = decode::<DeliveryRecord>(&bytes).expect("decodes").into_parts(now, ms).expect("valid");
+        let back = decode::<DeliveryRecord>(&bytes).expect("decodes").into_parts(3, now, ms).expect("valid");
         let Err(back) = back else { panic!("expected in-flight") };
         assert_eq!(back.packet_id, packet_id);
         assert_eq!(back.state, InflightState::AwaitPubComp);

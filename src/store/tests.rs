@@ -16,7 +16,7 @@ fn message(topic: &str, payload: &'static [u8], retain: bool, expiry_s: Option<u
 }
 
 fn delivery(m: &Arc<Message>) -> Delivery {
-    Delivery { message: m.clone(), qos: QoS::AtLeastOnce, retain: false, subscription_ids: vec![] }
+    Delivery { message: m.clone(), qos: QoS::AtLeastOnce, retain: false, subscription_ids: vec![], stored: None }
 }
 
 fn subscription() -> Subscription {
@@ -42,9 +42,11 @@ fn everything_survives_a_reopen() {
         store.subscribed(&client, &filter, &subscription());
         store.subscribed("no-session", &filter, &subscription());
         let a = message("a/1", b"one", false, None);
-        store.session_messages(&client, vec![delivery(&a)], vec![]);
-        store.queued_offline(&client, &delivery(&message("a/2", b"two", false, None)));
-        store.queued_offline(&client, &delivery(&message("a/3", b"expired", false, Some(0))));
+        let mut one = delivery(&a);
+        one.stored = store.message_key();
+        store.session_messages(&client, vec![one], vec![]);
+        let _ = store.queued(&client, &delivery(&message("a/2", b"two", false, None)));
+        let _ = store.queued(&client, &delivery(&message("a/3", b"expired", false, Some(0))));
         store.close();
     }
     let store = open(&path);
@@ -158,4 +160,37 @@ fn close_does_not_wait_for_a_barrier_still_held() {
     assert!(held.is_ready(), "close wrote and synced everything queued");
     drop(store);
     assert_eq!(open(&path).recover().expect("recovers").retained.len(), 1);
+}
+
+#[test]
+fn messages_are_kept_by_key_until_delivered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    let client: Arc<str> = "online".into();
+    {
+        let store = open(&path);
+        store.session_opened(&client, 60);
+        let mut keys = Vec::new();
+        for payload in [&b"acked"[..], b"sent", b"queued"] {
+            let mut d = delivery(&message("a", b"x", false, None));
+            d.message = Arc::new(Message { payload: Bytes::copy_from_slice(payload), ..(*d.message).clone() });
+            d.stored = store.queued(&client, &d);
+            keys.push(d);
+        }
+        let acked = keys[0].stored.expect("kept");
+        store.delivered(&client, acked);
+        let packet_id = crate::codec::PacketId::new(9).expect("non-zero");
+        let sent =
+            Inflight { packet_id, delivery: keys[1].clone(), state: crate::session::InflightState::AwaitPubComp };
+        store.delivery_state(&client, &sent);
+        store.close();
+    }
+    let recovered = open(&path).recover().expect("recovers");
+    let s = &recovered.sessions[0];
+    assert_eq!(s.inflight.len(), 1);
+    assert_eq!(s.inflight[0].packet_id.get(), 9);
+    assert_eq!(s.inflight[0].delivery.message.payload, Bytes::from_static(b"sent"));
+    assert_eq!(s.pending.len(), 1);
+    assert_eq!(s.pending[0].message.payload, Bytes::from_static(b"queued"));
+    assert!(s.pending[0].stored.is_some(), "recovered messages keep their key");
 }

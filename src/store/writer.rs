@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
@@ -53,8 +54,12 @@ pub(crate) enum Op {
     Unsubscribed(Arc<str>, String),
     /// Replace every message of the session; it went offline.
     Replace(Arc<str>, Vec<Delivery>, Vec<Inflight>),
-    /// Append one message to an offline session's queue.
-    Append(Arc<str>, Delivery),
+    /// Append one message, under its key, to a session's queue.
+    Append(Arc<str>, u64, Delivery),
+    /// A stored message's in-flight state changed.
+    Update(Arc<str>, u64, Inflight),
+    /// A stored message was acknowledged.
+    Remove(Arc<str>, u64),
     /// Someone awaits a barrier: stop gathering and commit now. Not
     /// counted as an operation.
     Flush,
@@ -106,10 +111,20 @@ pub(super) fn client_prefix(client_id: &str) -> Vec<u8> {
     key
 }
 
+/// `client_id`, 0, `seq`: the key of one of a session's messages.
+fn message_key(client_id: &str, seq: u64) -> Vec<u8> {
+    let mut key = client_prefix(client_id);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
 /// The sending side, shared by every caller.
 #[derive(Debug)]
 pub(super) struct Queue {
     tx: Mutex<(u64, Option<Sender<Op>>)>,
+    /// The next message key, shared with the writer: keys are handed out
+    /// when a message is queued, in queue order per session.
+    next_seq: Arc<AtomicU64>,
     durable: watch::Receiver<u64>,
     mode: Durability,
 }
@@ -124,6 +139,11 @@ impl Queue {
         {
             tx.0 += 1;
         }
+    }
+
+    /// A fresh message key.
+    pub(super) fn next_seq(&self) -> u64 {
+        self.next_seq.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Resolves once everything queued so far is durable (`sync` only).
@@ -152,16 +172,24 @@ pub(super) fn start(
 ) -> std::io::Result<(Queue, std::thread::JoinHandle<()>)> {
     let (tx, rx) = std::sync::mpsc::channel();
     let (durable_tx, durable) = watch::channel(0);
-    let writer =
-        Writer { parts, mode, next_seq, staged: BTreeMap::new(), durable: durable_tx, done: 0, closing: false };
+    let next_seq = Arc::new(AtomicU64::new(next_seq));
+    let writer = Writer {
+        parts,
+        mode,
+        next_seq: next_seq.clone(),
+        staged: BTreeMap::new(),
+        durable: durable_tx,
+        done: 0,
+        closing: false,
+    };
     let handle = std::thread::Builder::new().name("moat-store".to_owned()).spawn(move || writer.run(&rx))?;
-    Ok((Queue { tx: Mutex::new((0, Some(tx))), durable, mode }, handle))
+    Ok((Queue { tx: Mutex::new((0, Some(tx))), next_seq, durable, mode }, handle))
 }
 
 struct Writer {
     parts: Parts,
     mode: Durability,
-    next_seq: u64,
+    next_seq: Arc<AtomicU64>,
     /// This batch's writes by key, last one wins (a batch's entries share a
     /// sequence number, so two writes to one key must not both be in it).
     staged: BTreeMap<(Part, Vec<u8>), Option<Vec<u8>>>,
@@ -291,11 +319,17 @@ impl Writer {
                 self.stage(Part::Subscriptions, key, None);
             }
             Op::Replace(client, pending, inflight) => self.replace(&client, &pending, &inflight, now),
-            Op::Append(client, delivery) => {
+            Op::Append(client, seq, delivery) => {
                 if self.session(&client).is_some() {
-                    self.push_message(&client, &DeliveryRecord::pending(&delivery, now.0, now.1));
+                    self.put_message(&client, seq, &DeliveryRecord::pending(&delivery, now.0, now.1));
                 }
             }
+            Op::Update(client, seq, inflight) => {
+                if self.session(&client).is_some() {
+                    self.put_message(&client, seq, &DeliveryRecord::inflight(&inflight, now.0, now.1));
+                }
+            }
+            Op::Remove(client, seq) => self.stage(Part::Messages, message_key(&client, seq), None),
             Op::Flush | Op::Close => {}
         }
     }
@@ -305,19 +339,21 @@ impl Writer {
         session.offline_since_ms = Some(now.1);
         self.stage(Part::Sessions, client.as_bytes().to_vec(), Some(record::encode(&session)));
         self.remove_prefix(Part::Messages, &client_prefix(client));
+        // Messages keep the key they were queued under (the connection that
+        // resumes the session deletes them by it); in-flight ones go first,
+        // as they were sent first.
+        let next_seq = self.next_seq.clone();
+        let key = |stored: Option<u64>| stored.unwrap_or_else(|| next_seq.fetch_add(1, Ordering::Relaxed));
         for i in inflight {
-            self.push_message(client, &DeliveryRecord::inflight(i, now.0, now.1));
+            self.put_message(client, key(i.delivery.stored), &DeliveryRecord::inflight(i, now.0, now.1));
         }
         for d in pending {
-            self.push_message(client, &DeliveryRecord::pending(d, now.0, now.1));
+            self.put_message(client, key(d.stored), &DeliveryRecord::pending(d, now.0, now.1));
         }
     }
 
-    fn push_message(&mut self, client: &str, record: &DeliveryRecord) {
-        let mut key = client_prefix(client);
-        key.extend_from_slice(&self.next_seq.to_be_bytes());
-        self.next_seq += 1;
-        self.stage(Part::Messages, key, Some(record::encode(record)));
+    fn put_message(&mut self, client: &str, seq: u64, record: &DeliveryRecord) {
+        self.stage(Part::Messages, message_key(client, seq), Some(record::encode(record)));
     }
 
     /// The session's record, staged or stored.

@@ -249,10 +249,14 @@ impl Raw {
     }
 
     fn subscribe_qos1(&mut self, filter: &str) {
+        self.subscribe(filter, 1);
+    }
+
+    fn subscribe(&mut self, filter: &str, qos: u8) {
         let mut body = vec![0, 1];
         body.extend(u16::try_from(filter.len()).expect("short").to_be_bytes());
         body.extend(filter.as_bytes());
-        body.push(1);
+        body.push(qos);
         self.send(&frame(0x82, &body));
         assert_eq!(self.packet().0, 0x90, "SUBACK");
     }
@@ -263,6 +267,45 @@ impl Raw {
         body.extend(id.to_be_bytes());
         body.extend(payload);
         frame(0x32, &body)
+    }
+
+    /// Receives and acknowledges PUBLISHes as a client with a persistent
+    /// session does (QoS 2 delivered once per packet id until PUBREL),
+    /// until the socket fails, `want` is all in `rx.got`, or nothing
+    /// arrives for `idle`.
+    fn consume(&mut self, rx: &mut Receiver, want: Option<&std::collections::BTreeSet<String>>, idle: Duration) {
+        self.0.set_read_timeout(Some(idle)).expect("timeout");
+        while want.is_none_or(|want| !want.iter().all(|w| rx.got.contains_key(w))) {
+            let Ok((kind, body)) = self.try_packet() else { return };
+            let sent = match kind & 0xf0 {
+                0x30 => {
+                    let qos = (kind >> 1) & 3;
+                    let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+                    let (id, payload) = if qos == 0 {
+                        ([0, 0], &body[2 + topic_len..])
+                    } else {
+                        ([body[2 + topic_len], body[3 + topic_len]], &body[4 + topic_len..])
+                    };
+                    let payload = String::from_utf8_lossy(payload).into_owned();
+                    if qos != 2 || rx.awaiting_rel.insert(u16::from_be_bytes(id)) {
+                        *rx.got.entry(payload).or_default() += 1;
+                    }
+                    match qos {
+                        1 => self.0.write_all(&[0x40, 2, id[0], id[1]]),
+                        2 => self.0.write_all(&[0x50, 2, id[0], id[1]]),
+                        _ => Ok(()),
+                    }
+                }
+                0x60 => {
+                    rx.awaiting_rel.remove(&u16::from_be_bytes([body[0], body[1]]));
+                    self.0.write_all(&[0x70, 2, body[0], body[1]])
+                }
+                _ => Ok(()),
+            };
+            if sent.is_err() {
+                return;
+            }
+        }
     }
 
     fn disconnect(mut self) {
@@ -359,6 +402,87 @@ fn repeated_sigkill_at_random_points_loses_no_acknowledged_message() {
         let missing: Vec<_> = acked.difference(&received).collect();
         assert!(missing.is_empty(), "round {round}: acknowledged but lost: {missing:?}");
         sub.disconnect();
+    }
+    assert!(acked.len() >= 10, "the publishers got some acknowledgements ({})", acked.len());
+    moat.kill().expect("stop");
+    moat.wait().expect("reaped");
+}
+
+/// What a subscribing client remembers across reconnects: every payload
+/// delivered to the application (with a count) and the QoS 2 packet ids
+/// it has received but not yet seen released.
+#[derive(Default)]
+struct Receiver {
+    got: std::collections::BTreeMap<String, u32>,
+    awaiting_rel: std::collections::BTreeSet<u16>,
+}
+
+/// A publisher thread alternating QoS 1 and QoS 2 on `topic` until the
+/// broker goes away; returns the payloads whose handshake completed.
+fn publish_until_killed(port: u16, topic: &'static str, round: u32) -> std::thread::JoinHandle<Vec<String>> {
+    std::thread::spawn(move || {
+        let mut done = Vec::new();
+        let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) else { return done };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut raw = Raw(stream);
+        let body = [0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 60, 0, 1, b'p'];
+        raw.send(&frame(0x10, &body));
+        if raw.expect(0x20).is_err() {
+            return done;
+        }
+        for i in 1..=u16::MAX {
+            let payload = format!("r{round}-{i}");
+            if raw.publish_acked(topic, i, 1 + u8::from(i % 2 == 0), payload.as_bytes()).is_err() {
+                break;
+            }
+            done.push(payload);
+        }
+        done
+    })
+}
+
+/// Issue 9, gap 1: a persistent subscriber that is *connected* while the
+/// broker is SIGKILLed gets, after the restart, every message whose
+/// PUBACK/PUBCOMP the publisher got: QoS 1 at least once, QoS 2 (even
+/// numbers) exactly once.
+#[cfg(unix)]
+#[test]
+fn an_online_persistent_subscriber_loses_nothing_acknowledged_across_sigkill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = config(dir.path(), port);
+    let mut moat = start_moat(&config, port, &[]);
+    let (mut sub, _) = Raw::connect(port, "live-sub", false);
+    sub.subscribe("live/#", 2);
+    let mut seed = u64::from(std::process::id()) ^ 0x2545_f491_4f6c_dd1d;
+    let (mut acked, mut rx) = (std::collections::BTreeSet::new(), Receiver::default());
+    for round in 0..5 {
+        let reader = std::thread::spawn(move || {
+            sub.consume(&mut rx, None, Duration::from_secs(10));
+            rx
+        });
+        let publisher = publish_until_killed(port, "live/t", round);
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        std::thread::sleep(Duration::from_millis(100 + (seed >> 33) % 200));
+        moat.kill().expect("SIGKILL");
+        moat.wait().expect("reaped");
+        acked.extend(publisher.join().expect("publisher"));
+        rx = reader.join().expect("reader");
+        moat = start_moat(&config, port, &[]);
+        let present;
+        (sub, present) = Raw::connect(port, "live-sub", false);
+        assert!(present, "round {round}: the session survived");
+        sub.consume(&mut rx, Some(&acked), Duration::from_secs(3));
+        let missing: Vec<_> = acked.iter().filter(|a| !rx.got.contains_key(*a)).collect();
+        assert!(missing.is_empty(), "round {round}: acknowledged but lost: {missing:?}");
+        let twice: Vec<_> = rx
+            .got
+            .iter()
+            .filter(|(p, n)| {
+                **n > 1 && p.rsplit('-').next().and_then(|i| i.parse::<u16>().ok()).is_some_and(|i| i % 2 == 0)
+            })
+            .collect();
+        assert!(twice.is_empty(), "round {round}: QoS 2 delivered more than once: {twice:?}");
     }
     assert!(acked.len() >= 10, "the publishers got some acknowledgements ({})", acked.len());
     moat.kill().expect("stop");
