@@ -13,7 +13,10 @@
 //! - [`store`]: persistence of sessions and retained messages.
 //! - [`broker`]: the state shared by all of the above.
 //! - [`server`]: binding listeners and running until shutdown.
+//! - [`metrics`]: counters, the Prometheus text and `$SYS` topics.
+//! - [`admin`]: the admin HTTP listener (metrics, health, JSON API).
 
+pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod codec;
@@ -21,6 +24,7 @@ pub mod config;
 pub mod connection;
 #[cfg(fuzzing)]
 pub mod fuzzing;
+pub mod metrics;
 pub mod plugin;
 pub mod router;
 pub mod server;

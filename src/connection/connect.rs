@@ -16,6 +16,8 @@ use crate::auth::{AuthzCache, ClientInfo};
 use crate::broker::Broker;
 use crate::codec::{self, ConnAck, Connect, DecodeError, Packet, Properties, ProtocolVersion, ReasonCode};
 use crate::config::ListenerConfig;
+use crate::metrics::{LocalCounts, Refusal};
+use crate::session::ConnectionInfo;
 use crate::transport::Peer;
 
 /// Authorization verdicts a connection remembers: enough for the topics
@@ -44,21 +46,20 @@ where
     let deadline = peer.connect_deadline.unwrap_or_else(|| Instant::now() + limits.connect_timeout());
     let first = tokio::time::timeout_at(deadline, read_first(&mut stream, &mut rbuf, max_first)).await;
     let connect = match first {
-        Err(_) => {
-            debug!("no CONNECT before the connect timeout");
-            return None;
-        }
-        Ok(Err(FirstPacketError::Io)) => return None,
-        Ok(Err(FirstPacketError::Decode(e, version))) => {
-            debug!(error = %e, "invalid first packet");
-            refuse_bad_connect(&mut stream, version, e).await;
-            return None;
-        }
-        Ok(Err(FirstPacketError::NotConnect)) => {
-            debug!("first packet is not CONNECT");
-            return None;
-        }
         Ok(Ok(connect)) => connect,
+        failed => {
+            broker.metrics.refused(Refusal::Protocol);
+            match failed {
+                Err(_) => debug!("no CONNECT before the connect timeout"),
+                Ok(Err(FirstPacketError::Decode(e, version))) => {
+                    debug!(error = %e, "invalid first packet");
+                    refuse_bad_connect(&mut stream, version, e).await;
+                }
+                Ok(Err(FirstPacketError::NotConnect)) => debug!("first packet is not CONNECT"),
+                Ok(Err(FirstPacketError::Io) | Ok(_)) => {}
+            }
+            return None;
+        }
     };
     let version = connect.protocol;
     let outcome = negotiate(&broker, &connect, &peer, listener);
@@ -74,6 +75,7 @@ where
     } = match outcome {
         Ok(n) => n,
         Err(reason) => {
+            broker.metrics.refused(Refusal::Invalid);
             debug!(reason = %reason, "CONNECT refused");
             send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
             return None;
@@ -95,21 +97,31 @@ where
     let auth_method = match tokio::time::timeout_at(deadline, authenticating).await {
         Ok(Ok(method)) => method,
         Ok(Err(AuthFailure::Refused(reason))) => {
+            broker.metrics.refused(Refusal::NotAuthorized);
             debug!(reason = %reason, "CONNECT refused by authentication");
             send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
             return None;
         }
         Ok(Err(AuthFailure::Closed)) | Err(_) => {
+            broker.metrics.refused(Refusal::Protocol);
             debug!("authentication exchange did not finish");
             return None;
         }
     };
     let Some(attached) = broker.attach(&client_id, connect.clean_start).await else {
+        broker.metrics.refused(Refusal::Busy);
         debug!("previous connection did not release the session");
         let reason = ReasonCode::SERVER_BUSY;
         send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
         return None;
     };
+    attached.session.lock().connection = Some(ConnectionInfo {
+        username: client.username.clone(),
+        peer: peer.addr,
+        listener: listener.name.clone(),
+        protocol: version,
+        since: std::time::SystemTime::now(),
+    });
     if session_expiry_s > 0 {
         broker.store.session_opened(&client_id, session_expiry_s);
     }
@@ -141,6 +153,7 @@ where
         aliases: HashMap::new(),
         want_drain: true,
         durable: None,
+        counts: LocalCounts::default(),
         attached,
         broker: broker.clone(),
         authz: AuthzCache::new(AUTHZ_CACHE_ENTRIES),

@@ -144,6 +144,16 @@ impl LoadedPlugin {
         f: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, CallFailure> {
         self.stats.call();
+        let started = std::time::Instant::now();
+        let result = self.call_timed(f);
+        self.stats.elapsed(started.elapsed());
+        result
+    }
+
+    fn call_timed<R>(
+        &self,
+        f: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, CallFailure> {
         let popped = self.idle.lock().pop();
         let mut slot = match popped {
             Some(slot) => slot,

@@ -17,9 +17,10 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 pub use registry::{Attached, Registry};
-pub use state::{Delivery, Inflight, InflightState, SessionState, Subscription};
+pub use state::{ConnectionInfo, Delivery, Inflight, InflightState, SessionState, Subscription};
 
 use crate::codec::QoS;
+use crate::metrics::DropReason;
 use crate::store::Store;
 
 /// A client session, shared by the registry, the subscription index and the
@@ -62,19 +63,25 @@ impl Session {
     /// QoS 0 messages are dropped while no connection is attached, and any
     /// message is dropped when the queue is full (as Mosquitto's
     /// `max_queued_messages` does); drops are counted, not silent.
-    pub fn enqueue(&self, delivery: Delivery) {
-        self.enqueue_and_store(delivery, None);
+    ///
+    /// # Errors
+    /// Why the delivery was dropped.
+    pub fn enqueue(&self, delivery: Delivery) -> Result<(), DropReason> {
+        self.enqueue_and_store(delivery, None)
     }
 
     /// [`Session::enqueue`], and a QoS 1/2 message queued while the session
     /// is offline and outlives its connection is also given to `store`
     /// (under the session lock, so the store sees it in queue order with the
     /// snapshot taken when the connection ended).
-    pub fn enqueue_and_store(&self, delivery: Delivery, store: Option<&dyn Store>) {
+    ///
+    /// # Errors
+    /// Why the delivery was dropped.
+    pub fn enqueue_and_store(&self, delivery: Delivery, store: Option<&dyn Store>) -> Result<(), DropReason> {
         let accepted = {
             let mut state = self.state.lock();
             if !state.online && delivery.qos == QoS::AtMostOnce {
-                false
+                Err(DropReason::OfflineQos0)
             } else {
                 let persist = (!state.online && state.expiry_s > 0).then_some(store).flatten();
                 let copy = persist.map(|store| (store, delivery.clone()));
@@ -84,14 +91,16 @@ impl Session {
                 {
                     store.queued_offline(&self.client_id, &delivery);
                 }
-                accepted
+                if accepted { Ok(()) } else { Err(DropReason::QueueFull) }
             }
         };
-        if accepted {
-            self.wake.notify_one();
-        } else {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        match accepted {
+            Ok(()) => self.wake.notify_one(),
+            Err(_) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
+        accepted
     }
 
     /// Resolves when deliveries may be waiting. Cancel-safe.

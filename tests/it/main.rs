@@ -9,6 +9,7 @@ mod connect;
 mod durable;
 mod harness;
 mod malformed;
+mod ops;
 mod pki;
 mod plugin_chain;
 mod plugin_hostile;
