@@ -162,7 +162,25 @@ async fn serve(mut stream: TcpStream, broker: &Broker, token: Option<&str>) {
     let _ = stream.write_all(head.as_bytes()).await;
     let _ = stream.write_all(response.body.as_bytes()).await;
     let _ = stream.shutdown().await;
+    // Closing with unread input makes the kernel send a reset, which can
+    // destroy the answer before the client reads it (a refused oversized
+    // request is exactly that case): read a bounded amount first.
+    let mut sink = [0u8; 1024];
+    let drain = async {
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
+
+/// How long, and how many bytes, a connection is read after its answer.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 64 * 1024;
 
 /// Reads and parses the request head (and discards a small body).
 /// `Err(None)`: the peer went away; `Err(Some(_))`: answer with this.
