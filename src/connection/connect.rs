@@ -44,7 +44,8 @@ where
     let mut rbuf = BytesMut::with_capacity(1024);
     let max_first = limits.max_packet_size.min(MAX_CONNECT_PACKET);
     let deadline = peer.connect_deadline.unwrap_or_else(|| Instant::now() + limits.connect_timeout());
-    let first = tokio::time::timeout_at(deadline, read_first(&mut stream, &mut rbuf, max_first)).await;
+    let mut bytes_read = 0;
+    let first = tokio::time::timeout_at(deadline, read_first(&mut stream, &mut rbuf, max_first, &mut bytes_read)).await;
     let connect = match first {
         Ok(Ok(connect)) => connect,
         failed => {
@@ -153,7 +154,7 @@ where
         aliases: HashMap::new(),
         want_drain: true,
         durable: None,
-        counts: LocalCounts::default(),
+        counts: LocalCounts { bytes_received: bytes_read, ..LocalCounts::default() },
         attached,
         broker: broker.clone(),
         authz: AuthzCache::new(AUTHZ_CACHE_ENTRIES),
@@ -252,7 +253,14 @@ enum FirstPacketError {
     NotConnect,
 }
 
-async fn read_first<S>(stream: &mut S, rbuf: &mut BytesMut, max: u32) -> Result<Box<Connect>, FirstPacketError>
+/// Reads until a whole first packet is buffered; `bytes_read` counts what
+/// was read (for the metrics, once the connection is admitted).
+async fn read_first<S>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    max: u32,
+    bytes_read: &mut u64,
+) -> Result<Box<Connect>, FirstPacketError>
 where
     S: AsyncRead + Unpin,
 {
@@ -267,7 +275,7 @@ where
         }
         match stream.read_buf(rbuf).await {
             Ok(0) | Err(_) => return Err(FirstPacketError::Io),
-            Ok(_) => {}
+            Ok(n) => *bytes_read += n as u64,
         }
     }
 }
