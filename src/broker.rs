@@ -10,20 +10,10 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Policy;
 use crate::codec::Will;
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::router::{Message, Router};
 use crate::session::{Attached, Registry, Session};
 use crate::store::{Recovered, Store};
-
-/// Broker-wide counters, read by operators and tests.
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// Connections currently open (after CONNACK).
-    pub clients_connected: AtomicU64,
-    /// PUBLISH packets received from clients.
-    pub messages_received: AtomicU64,
-    /// PUBLISH packets sent to clients.
-    pub messages_sent: AtomicU64,
-}
 
 /// State shared by every connection: configuration, subscriptions,
 /// sessions, and the shutdown signal.
@@ -35,8 +25,8 @@ pub struct Broker {
     pub router: Router,
     /// Sessions by client id.
     pub sessions: Registry,
-    /// Counters.
-    pub stats: Stats,
+    /// Counters and gauges for operators (`/metrics`, `$SYS`).
+    pub metrics: Metrics,
     /// Cancelled when the broker shuts down.
     pub shutdown: CancellationToken,
     /// Tracks connection tasks and timers so shutdown can wait for them.
@@ -67,7 +57,7 @@ impl Broker {
             config,
             router: Router::default(),
             sessions: Registry::default(),
-            stats: Stats::default(),
+            metrics: Metrics::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             store,
@@ -120,7 +110,34 @@ impl Broker {
             self.router.retained().set(&message);
             self.store.retain(&message);
         }
-        self.router.route(&message, publisher, &*self.store)
+        self.router.route(&message, publisher, &*self.store, &self.metrics)
+    }
+
+    /// Publishes a message of the broker's own (`$SYS`): retained in memory
+    /// only, since it is rebuilt at every interval, and routed like any other
+    /// message, so subscription and receive authorization apply.
+    pub fn publish_system(&self, message: Message) -> usize {
+        let message = Arc::new(message);
+        if message.retain {
+            self.router.retained().set(&message);
+        }
+        self.router.route(&message, None, &*self.store, &self.metrics)
+    }
+
+    /// Disconnects the client connected as `client_id` (admin API); a v5
+    /// client is told 0x98 Administrative action. Returns whether a
+    /// connection was attached to that session.
+    pub fn kick(&self, client_id: &str) -> bool {
+        let Some(session) = self.sessions.get(client_id) else { return false };
+        let mut state = session.lock();
+        match (&state.kick, state.online) {
+            (Some(kick), true) => {
+                kick.cancel();
+                state.kicked_by_admin = true;
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Attaches a connection to the session of `client_id`.
@@ -175,6 +192,7 @@ impl Broker {
             let mut state = session.lock();
             state.online = false;
             state.kick = None;
+            state.connection = None;
             state.expiry_s = expiry_s;
         }
         if expiry_s == 0 {

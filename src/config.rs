@@ -58,6 +58,12 @@ pub struct Config {
     /// Durable storage (`[storage]`).
     #[serde(default)]
     pub storage: StorageConfig,
+    /// The admin HTTP listener (`[admin]`), off unless `listen` is set.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// `$SYS` topics (`[sys]`).
+    #[serde(default)]
+    pub sys: SysConfig,
 }
 
 /// Where the policy plugins are, and which shipped plugins are enabled.
@@ -119,6 +125,8 @@ impl Default for Config {
             log: LogConfig::default(),
             plugins: PluginsConfig::default(),
             storage: StorageConfig::default(),
+            admin: AdminConfig::default(),
+            sys: SysConfig::default(),
         }
     }
 }
@@ -456,6 +464,69 @@ impl StorageConfig {
 
 // --- end [storage] ---
 
+/// The admin HTTP listener: metrics, health and the JSON API.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Address to serve on, e.g. `127.0.0.1:9090`. Unset: no admin listener.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token required for everything but `/health` and `/ready`.
+    /// Required when `listen` is not a loopback address.
+    pub token: Option<Secret>,
+}
+
+impl AdminConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
+        if self.token.as_ref().is_some_and(|t| t.0.trim().is_empty()) {
+            return Err(("admin.token".into(), "must not be empty".into()));
+        }
+        if let Some(addr) = self.listen
+            && !addr.ip().is_loopback()
+            && self.token.is_none()
+        {
+            return Err(("admin.token".into(), format!("is required when admin.listen ({addr}) is not loopback")));
+        }
+        Ok(())
+    }
+}
+
+/// A value that must not appear in logs: `Debug` shows `<redacted>`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// A secret holding `value`.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for comparing.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `$SYS/broker/...` topics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SysConfig {
+    /// Seconds between two publications; 0 disables `$SYS`.
+    pub interval_s: u64,
+}
+
+impl Default for SysConfig {
+    fn default() -> SysConfig {
+        SysConfig { interval_s: 10 }
+    }
+}
+
 fn default_listeners() -> Vec<ListenerConfig> {
     vec![ListenerConfig::tcp("default", SocketAddr::from(([127, 0, 0, 1], 1883)))]
 }
@@ -544,6 +615,7 @@ impl Config {
         if l.max_packet_size < 64 {
             return Err(("limits.max_packet_size".into(), "must be at least 64 bytes".into()));
         }
+        self.admin.validate()?;
         self.storage.validate()
     }
 }
@@ -819,5 +891,26 @@ mod tests {
         assert!(err.to_string().starts_with("moat.toml:4: `storage.flush_interval_ms`"), "{err}");
         let err = parse("[storage]\ndirectory = \"d\"\n").expect_err("unknown key");
         assert!(err.to_string().starts_with("moat.toml:2:"), "{err}");
+    }
+
+    #[test]
+    fn admin_and_sys_sections() {
+        let c = parse("").expect("valid");
+        assert!(c.admin.listen.is_none());
+        assert_eq!(c.sys.interval_s, 10);
+        let c = parse("[admin]\nlisten = \"127.0.0.1:9090\"\n[sys]\ninterval_s = 0\n").expect("loopback, no token");
+        assert_eq!(c.admin.listen, Some("127.0.0.1:9090".parse().expect("valid")));
+        assert_eq!(c.sys.interval_s, 0);
+        let c = parse("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"s3cret\"\n").expect("token given");
+        assert_eq!(c.admin.token.as_ref().map(Secret::expose), Some("s3cret"));
+        assert!(!format!("{c:?}").contains("s3cret"), "the token never shows in Debug");
+    }
+
+    #[test]
+    fn admin_off_loopback_needs_a_token() {
+        let err = parse("[admin]\nlisten = \"0.0.0.0:9090\"\n").expect_err("no token");
+        assert!(err.to_string().starts_with("moat.toml:0: `admin.token`: is required"), "{err}");
+        let err = parse("[admin]\nlisten = \"127.0.0.1:9090\"\ntoken = \"\"\n").expect_err("empty token");
+        assert!(err.to_string().starts_with("moat.toml:3: `admin.token`: must not be empty"), "{err}");
     }
 }

@@ -14,7 +14,10 @@
 //! - [`broker`]: the state shared by all of the above.
 //! - [`server`]: binding listeners and running until shutdown.
 //! - [`passwd`]: password files for the shipped plugins (`moat passwd`).
+//! - [`metrics`]: counters, the Prometheus text and `$SYS` topics.
+//! - [`admin`]: the admin HTTP listener (metrics, health, JSON API).
 
+pub mod admin;
 pub mod auth;
 pub mod broker;
 pub mod codec;
@@ -22,6 +25,7 @@ pub mod config;
 pub mod connection;
 #[cfg(fuzzing)]
 pub mod fuzzing;
+pub mod metrics;
 pub mod passwd;
 pub mod plugin;
 pub mod router;

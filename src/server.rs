@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
+use crate::admin::AdminListener;
 use crate::auth::Policy;
 use crate::broker::Broker;
 use crate::config::Config;
@@ -40,6 +41,7 @@ pub enum ServerError {
 pub struct Server {
     broker: Arc<Broker>,
     listeners: Vec<Listener>,
+    admin: Option<AdminListener>,
 }
 
 /// Loads the configured plugin directory (default `./plugins` when it
@@ -110,12 +112,21 @@ impl Server {
         for l in &config.listeners {
             listeners.push(Listener::bind(l.clone()).await?);
         }
-        Ok(Server { broker: Broker::new(config, store, recovered, policy), listeners })
+        let admin = match config.admin.listen {
+            Some(addr) => Some(AdminListener::bind(&config.admin, addr).await?),
+            None => None,
+        };
+        Ok(Server { broker: Broker::new(config, store, recovered, policy), listeners, admin })
     }
 
     /// The bound address of each listener, by name.
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.listeners.iter().filter_map(|l| Some((l.config().name.clone(), l.local_addr().ok()?))).collect()
+    }
+
+    /// The bound address of the admin listener, if one is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref()?.local_addr().ok()
     }
 
     /// The TLS acceptor of each `tls` and `wss` listener, by name. Build new
@@ -144,8 +155,18 @@ impl Server {
             }
             accept_loops.spawn(listener.run(broker.clone(), permits.clone()));
         }
+        if let Some(admin) = self.admin {
+            accept_loops.spawn(admin.run(broker.clone()));
+        }
+        if broker.config.sys.interval_s > 0 {
+            let interval = Duration::from_secs(broker.config.sys.interval_s);
+            broker.tasks.spawn(crate::metrics::sys::run(broker.clone(), interval));
+        }
+        // Listeners are bound and plugins loaded (both in `bind`).
+        broker.metrics.set_ready(true);
         shutdown.await;
         info!("shutting down");
+        broker.metrics.set_ready(false);
         broker.shutdown.cancel();
         while accept_loops.join_next().await.is_some() {}
         broker.tasks.close();

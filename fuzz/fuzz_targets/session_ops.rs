@@ -13,7 +13,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arbitrary::Arbitrary;
@@ -99,7 +98,7 @@ async fn run(ops: Vec<Op>) {
     // Let every connection notice its socket closed, and timers run.
     tokio::time::sleep(Duration::from_secs(2)).await;
     check_consistent(&broker);
-    assert_eq!(broker.stats.clients_connected.load(Ordering::Relaxed), 0, "connections counted after all closed");
+    assert_eq!(broker.metrics.connections_current(), 0, "connections counted after all closed");
     broker.shutdown.cancel();
     broker.tasks.close();
     let ended = tokio::time::timeout(Duration::from_secs(60), broker.tasks.wait()).await;

@@ -16,6 +16,8 @@ use crate::auth::{AuthzCache, ClientInfo};
 use crate::broker::Broker;
 use crate::codec::{self, ConnAck, Connect, DecodeError, Packet, Properties, ProtocolVersion, ReasonCode};
 use crate::config::ListenerConfig;
+use crate::metrics::{LocalCounts, Refusal};
+use crate::session::ConnectionInfo;
 use crate::transport::Peer;
 
 /// Authorization verdicts a connection remembers: enough for the topics
@@ -42,23 +44,23 @@ where
     let mut rbuf = BytesMut::with_capacity(1024);
     let max_first = limits.max_packet_size.min(MAX_CONNECT_PACKET);
     let deadline = peer.connect_deadline.unwrap_or_else(|| Instant::now() + limits.connect_timeout());
-    let first = tokio::time::timeout_at(deadline, read_first(&mut stream, &mut rbuf, max_first)).await;
+    let mut bytes_read = 0;
+    let first = tokio::time::timeout_at(deadline, read_first(&mut stream, &mut rbuf, max_first, &mut bytes_read)).await;
     let connect = match first {
-        Err(_) => {
-            debug!("no CONNECT before the connect timeout");
-            return None;
-        }
-        Ok(Err(FirstPacketError::Io)) => return None,
-        Ok(Err(FirstPacketError::Decode(e, version))) => {
-            debug!(error = %e, "invalid first packet");
-            refuse_bad_connect(&mut stream, version, e).await;
-            return None;
-        }
-        Ok(Err(FirstPacketError::NotConnect)) => {
-            debug!("first packet is not CONNECT");
-            return None;
-        }
         Ok(Ok(connect)) => connect,
+        failed => {
+            broker.metrics.refused(Refusal::Protocol);
+            match failed {
+                Err(_) => debug!("no CONNECT before the connect timeout"),
+                Ok(Err(FirstPacketError::Decode(e, version))) => {
+                    debug!(error = %e, "invalid first packet");
+                    refuse_bad_connect(&mut stream, version, e).await;
+                }
+                Ok(Err(FirstPacketError::NotConnect)) => debug!("first packet is not CONNECT"),
+                Ok(Err(FirstPacketError::Io) | Ok(_)) => {}
+            }
+            return None;
+        }
     };
     let version = connect.protocol;
     let outcome = negotiate(&broker, &connect, &peer, listener);
@@ -74,6 +76,7 @@ where
     } = match outcome {
         Ok(n) => n,
         Err(reason) => {
+            broker.metrics.refused(Refusal::Invalid);
             debug!(reason = %reason, "CONNECT refused");
             send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
             return None;
@@ -95,23 +98,36 @@ where
     let authenticated = match tokio::time::timeout_at(deadline, authenticating).await {
         Ok(Ok(authenticated)) => authenticated,
         Ok(Err(AuthFailure::Refused(reason))) => {
+            broker.metrics.refused(Refusal::NotAuthorized);
             debug!(reason = %reason, "CONNECT refused by authentication");
             send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
             return None;
         }
         Ok(Err(AuthFailure::Closed)) | Err(_) => {
+            broker.metrics.refused(Refusal::Protocol);
             debug!("authentication exchange did not finish");
             return None;
         }
     };
     let Some(attached) = broker.attach(&client_id, connect.clean_start).await else {
+        broker.metrics.refused(Refusal::Busy);
         debug!("previous connection did not release the session");
         let reason = ReasonCode::SERVER_BUSY;
         send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
         return None;
     };
-    // Set while online too: it decides whether queued messages are stored.
-    attached.session.lock().expiry_s = session_expiry_s;
+    {
+        let mut session = attached.session.lock();
+        // Set while online too: it decides whether queued messages are stored.
+        session.expiry_s = session_expiry_s;
+        session.connection = Some(ConnectionInfo {
+            username: client.username.clone(),
+            peer: peer.addr,
+            listener: listener.name.clone(),
+            protocol: version,
+            since: std::time::SystemTime::now(),
+        });
+    }
     if session_expiry_s > 0 {
         broker.store.session_opened(&client_id, session_expiry_s);
     }
@@ -144,6 +160,7 @@ where
         aliases: HashMap::new(),
         want_drain: true,
         durable: None,
+        counts: LocalCounts { bytes_received: bytes_read, ..LocalCounts::default() },
         attached,
         broker: broker.clone(),
         authz: AuthzCache::new(AUTHZ_CACHE_ENTRIES),
@@ -242,7 +259,14 @@ enum FirstPacketError {
     NotConnect,
 }
 
-async fn read_first<S>(stream: &mut S, rbuf: &mut BytesMut, max: u32) -> Result<Box<Connect>, FirstPacketError>
+/// Reads until a whole first packet is buffered; `bytes_read` counts what
+/// was read (for the metrics, once the connection is admitted).
+async fn read_first<S>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    max: u32,
+    bytes_read: &mut u64,
+) -> Result<Box<Connect>, FirstPacketError>
 where
     S: AsyncRead + Unpin,
 {
@@ -257,7 +281,7 @@ where
         }
         match stream.read_buf(rbuf).await {
             Ok(0) | Err(_) => return Err(FirstPacketError::Io),
-            Ok(_) => {}
+            Ok(n) => *bytes_read += n as u64,
         }
     }
 }

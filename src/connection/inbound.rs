@@ -8,6 +8,7 @@ use crate::codec::{
     Packet, Properties, PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, TopicName, UnsubAck,
     Unsubscribe,
 };
+use crate::metrics::DropReason;
 use crate::router::Message;
 use crate::session::{Delivery, InflightState, Subscription};
 
@@ -54,14 +55,19 @@ where
     }
 
     fn on_publish(&mut self, mut publish: Publish) -> Result<(), Close> {
-        self.broker.stats.messages_received.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counts.received(publish.qos);
         publish.topic = self.resolve_alias(&publish)?;
         if publish.topic.levels().count() > self.broker.config.limits.max_topic_levels {
             return Err(Close::Protocol(ReasonCode::TOPIC_NAME_INVALID, "too many topic levels"));
         }
         let packet_id = publish.packet_id;
         let policy = self.broker.policy();
-        let permitted = self.allowed_by(&policy, Action::Publish, publish.topic.as_str(), publish.qos, publish.retain);
+        // `$SYS/...` belongs to the broker: no client publishes there.
+        let permitted = !is_reserved(publish.topic.as_str())
+            && self.allowed_by(&policy, Action::Publish, publish.topic.as_str(), publish.qos, publish.retain);
+        if !permitted {
+            self.broker.metrics.dropped(DropReason::NotAuthorized, 1);
+        }
         if !permitted && self.version.is_v5() {
             // The reason code ends the exchange, so no QoS 2 state is kept.
             let refusal =
@@ -93,8 +99,13 @@ where
         // 3.1.1 has no way to refuse a PUBLISH: it is acknowledged and
         // dropped, as Mosquitto does.
         let message = Message::new(publish.topic, publish.payload, publish.qos, publish.retain, &publish.properties);
-        let delivered = match permitted.then(|| self.transform(&policy, message)).flatten() {
-            Some(message) => self.broker.publish(message, Some(&self.attached.session)),
+        let transformed = permitted.then(|| self.transform(&policy, message));
+        let delivered = match transformed {
+            Some(Some(message)) => self.broker.publish(message, Some(&self.attached.session)),
+            Some(None) => {
+                self.broker.metrics.dropped(DropReason::Transform, 1);
+                0
+            }
             None => 0,
         };
         if publish.qos != QoS::AtMostOnce {
@@ -228,7 +239,9 @@ where
         if !retained.is_empty() {
             let session = &self.attached.session;
             for delivery in retained {
-                session.enqueue(delivery);
+                if let Err(reason) = session.enqueue(delivery) {
+                    self.broker.metrics.dropped(reason, 1);
+                }
             }
             self.want_drain = true;
         }
@@ -256,4 +269,9 @@ where
         }
         Close::ClientDisconnect { will: disconnect.reason == ReasonCode::DISCONNECT_WITH_WILL }
     }
+}
+
+/// Topics only the broker publishes to (`$SYS/...`, as Mosquitto).
+pub(super) fn is_reserved(topic: &str) -> bool {
+    topic == "$SYS" || topic.starts_with("$SYS/")
 }

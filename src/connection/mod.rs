@@ -25,6 +25,7 @@ use crate::auth::{Action, AuthzCache, ClientInfo};
 use crate::broker::Broker;
 use crate::codec::{self, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode, TopicName, Will};
 use crate::config::ListenerConfig;
+use crate::metrics::LocalCounts;
 use crate::session::Attached;
 use crate::transport::Peer;
 
@@ -47,6 +48,8 @@ pub(crate) enum Close {
     TakenOver,
     /// The broker is shutting down.
     Shutdown,
+    /// An operator disconnected the client (admin API).
+    Kicked,
 }
 
 impl Close {
@@ -57,6 +60,7 @@ impl Close {
             Close::KeepAliveTimeout => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
             Close::TakenOver => Some(ReasonCode::SESSION_TAKEN_OVER),
             Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
+            Close::Kicked => Some(ReasonCode::ADMINISTRATIVE_ACTION),
             Close::ClientDisconnect { .. } | Close::ConnectionLost => None,
         }
     }
@@ -112,6 +116,9 @@ struct Connection<S> {
     /// Durable store (issue 9): acknowledgements in `wbuf` are sent only
     /// once this resolves, i.e. once what they acknowledge is durable.
     durable: Option<crate::store::Barrier>,
+    /// Messages and bytes counted since the last flush into the broker's
+    /// metrics (once per loop turn, not per message).
+    counts: LocalCounts,
 }
 
 /// Serves one client connection to the end, over a stream on which any
@@ -139,12 +146,12 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     async fn run(mut self) {
-        self.broker.stats.clients_connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.broker.metrics.connection_opened();
         let close = match self.resume().await {
             Ok(()) => self.serve_packets().await,
             Err(close) => close,
         };
-        self.broker.stats.clients_connected.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        self.broker.metrics.connection_closed();
         self.finish(close).await;
     }
 
@@ -165,14 +172,18 @@ where
             if let Err(close) = self.flush().await {
                 return close;
             }
+            self.broker.metrics.flush(&mut self.counts);
             let deadline = self.keep_alive.map(|ka| self.last_read + ka);
             tokio::select! {
                 biased;
-                () = kicked.cancelled() => return Close::TakenOver,
+                () = kicked.cancelled() => {
+                    return if session.lock().kicked_by_admin { Close::Kicked } else { Close::TakenOver };
+                }
                 () = shutdown.cancelled() => return Close::Shutdown,
                 read = read_some(&mut self.stream, &mut self.rbuf) => match read {
                     Ok(0) | Err(_) => return Close::ConnectionLost,
-                    Ok(_) => {
+                    Ok(n) => {
+                        self.counts.bytes_received += n as u64;
                         self.last_read = Instant::now();
                         if let Err(close) = self.process_input() {
                             return close;
@@ -228,6 +239,7 @@ where
     async fn flush(&mut self) -> Result<(), Close> {
         if !self.wbuf.is_empty() {
             self.stream.write_all(&self.wbuf).await?;
+            self.counts.bytes_sent += self.wbuf.len() as u64;
             // A no-op on TCP; TLS and WebSocket streams may hold data back.
             self.stream.flush().await?;
             self.wbuf.clear();
@@ -256,10 +268,12 @@ where
         .await;
         let mut will = if close.publishes_will() { self.will.take() } else { None };
         if let Some(w) = &will
-            && !self.allowed(Action::Will, w.topic.as_str(), w.qos, w.retain)
+            && (inbound::is_reserved(w.topic.as_str())
+                || !self.allowed(Action::Will, w.topic.as_str(), w.qos, w.retain))
         {
             will = None;
         }
+        self.broker.metrics.flush(&mut self.counts);
         let expiry = self.session_expiry_s;
         self.broker.detach(self.attached, will, expiry);
     }

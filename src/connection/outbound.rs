@@ -1,13 +1,12 @@
 //! Messages to the client: draining the session queue within the client's
 //! Receive Maximum, and resending unacknowledged messages on resume.
 
-use std::sync::atomic::Ordering;
-
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Close, Connection};
 use crate::auth::Action;
 use crate::codec::{self, Packet, Properties, PubResp, Publish, QoS};
+use crate::metrics::DropReason;
 use crate::session::{Delivery, Inflight, InflightState};
 
 impl<S> Connection<S>
@@ -40,11 +39,11 @@ where
         let policy = self.broker.policy();
         let session = self.attached.session.clone();
         let mut state = session.lock();
-        let mut sent = 0u64;
         let mut stored_qos2 = false;
         let client_id = session.client_id();
         let broker = self.broker.clone();
         let store = &*broker.store;
+        let (mut expired, mut refused, mut too_large) = (0, 0, 0);
         while let Some(front) = state.pending.front() {
             if front.qos != QoS::AtMostOnce && state.inflight.len() >= self.send_window {
                 break;
@@ -52,6 +51,7 @@ where
             let Some(delivery) = state.pending.pop_front() else { break };
             if delivery.message.is_expired(now) {
                 forget(store, client_id, &delivery);
+                expired += 1;
                 continue;
             }
             // Receive-side authorization, so a policy change reaches queued
@@ -61,6 +61,7 @@ where
             let message = &delivery.message;
             if !self.allowed_by(&policy, Action::Receive, message.topic.as_str(), delivery.qos, delivery.retain) {
                 forget(store, client_id, &delivery);
+                refused += 1;
                 continue;
             }
             let packet_id = (delivery.qos != QoS::AtMostOnce).then(|| state.allocate_packet_id());
@@ -69,10 +70,11 @@ where
                 // The client cannot take it; behave as if delivered
                 // [MQTT-3.1.2-25].
                 forget(store, client_id, &delivery);
+                too_large += 1;
                 continue;
             }
             self.send(&publish);
-            sent += 1;
+            self.counts.sent(delivery.qos);
             if packet_id.is_none() {
                 // A QoS 0 message kept when the connection ended is done.
                 forget(store, client_id, &delivery);
@@ -99,7 +101,10 @@ where
         if stored_qos2 {
             self.await_store();
         }
-        self.broker.stats.messages_sent.fetch_add(sent, Ordering::Relaxed);
+        let metrics = &self.broker.metrics;
+        metrics.dropped(DropReason::Expired, expired);
+        metrics.dropped(DropReason::NotAuthorized, refused);
+        metrics.dropped(DropReason::TooLarge, too_large);
     }
 
     fn publish_packet(&self, delivery: &Delivery, packet_id: Option<crate::codec::PacketId>, dup: bool) -> Publish {

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::{Close, Connection};
 use crate::auth::{
@@ -65,39 +65,103 @@ where
         auth_method: method.clone(),
         auth_data: connect.properties.authentication_data.clone(),
     };
+    let outcome = run_chain(broker, &policy, stream, rbuf, client, &mut credentials, method.as_deref()).await;
+    // The decision, once per CONNECT, at info: who decided and how. Never
+    // the password, the authentication data or a plugin's free-text reason
+    // (which may echo them); those stay at debug in `run_chain`.
+    let (outcome_label, plugin, admitted) = match &outcome {
+        Decided::Allow { plugin, .. } => ("allow", Some(plugin.as_str()), true),
+        Decided::Deny(plugin) => ("deny", plugin.as_deref(), false),
+        Decided::NoDecision => {
+            let admitted = admitted_without_plugin && method.is_none();
+            (if admitted { "admitted_without_plugin" } else { "deny" }, None, admitted)
+        }
+        Decided::Refused(plugin) => ("deny", plugin.as_deref(), false),
+        Decided::Failed(_) => ("deny", None, false),
+    };
+    broker.metrics.authenticated(admitted);
+    info!(
+        peer = %client.peer_address,
+        client_id = %client.client_id,
+        username = client.username.as_deref(),
+        plugin = plugin.unwrap_or("-"),
+        outcome = outcome_label,
+        "authentication"
+    );
+    match outcome {
+        // Authentication Data only answers a client that used a method.
+        Decided::Allow { data, .. } => {
+            let data = if method.is_some() { data } else { None };
+            Ok(Authenticated { method, data })
+        }
+        Decided::NoDecision if method.is_some() => Err(AuthFailure::Refused(ReasonCode::BAD_AUTHENTICATION_METHOD)),
+        Decided::NoDecision if admitted => Ok(Authenticated::default()),
+        Decided::NoDecision => Err(AuthFailure::Refused(ReasonCode::NOT_AUTHORIZED)),
+        Decided::Deny(_) => {
+            let bad_credentials = credentials.password.is_some() || method.is_some();
+            let code = if bad_credentials { ReasonCode::BAD_USER_NAME_OR_PASSWORD } else { ReasonCode::NOT_AUTHORIZED };
+            Err(AuthFailure::Refused(code))
+        }
+        Decided::Refused(_) => Err(AuthFailure::Refused(ReasonCode::NOT_AUTHORIZED)),
+        Decided::Failed(failure) => Err(failure),
+    }
+}
+
+/// How the authentication chain ended for a CONNECT.
+enum Decided {
+    /// Allowed by this plugin, with Authentication Data for CONNACK.
+    Allow { plugin: String, data: Option<Bytes> },
+    /// Denied by this plugin (or the exchange went wrong under it).
+    Deny(Option<String>),
+    /// No plugin decided.
+    NoDecision,
+    /// The exchange itself was refused (a `continue` without a method,
+    /// too many rounds), under this plugin if known.
+    Refused(Option<String>),
+    /// The exchange broke off.
+    Failed(AuthFailure),
+}
+
+/// Runs the chain, with MQTT 5 AUTH round trips pinned to the instance
+/// that answered `continue`, until it decides.
+async fn run_chain<S>(
+    broker: &Broker,
+    policy: &Policy,
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    client: &mut ClientInfo,
+    credentials: &mut Credentials,
+    method: Option<&str>,
+) -> Decided
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut exchange = None;
     for _ in 0..MAX_AUTH_ROUNDS {
-        match authenticate_off_runtime(broker, &policy, &mut exchange, client, &credentials).await {
+        match authenticate_off_runtime(broker, policy, &mut exchange, client, credentials).await {
             AuthnOutcome::Allow(grant) => {
-                debug!(plugin = &*grant.plugin, "authenticated");
                 client.apply_grant(&grant);
-                // Authentication Data only answers a client that used a method.
-                let data = if method.is_some() { grant.auth_data } else { None };
-                return Ok(Authenticated { method, data });
+                return Decided::Allow { plugin: grant.plugin.to_string(), data: grant.auth_data };
             }
             AuthnOutcome::Deny { plugin, reason } => {
                 debug!(plugin = &*plugin, reason, "authentication denied");
-                let bad_credentials = credentials.password.is_some() || method.is_some();
-                let code =
-                    if bad_credentials { ReasonCode::BAD_USER_NAME_OR_PASSWORD } else { ReasonCode::NOT_AUTHORIZED };
-                return Err(AuthFailure::Refused(code));
+                return Decided::Deny(Some(plugin.to_string()));
             }
-            AuthnOutcome::NoDecision if method.is_some() => {
-                return Err(AuthFailure::Refused(ReasonCode::BAD_AUTHENTICATION_METHOD));
-            }
-            AuthnOutcome::NoDecision if admitted_without_plugin => return Ok(Authenticated::default()),
-            AuthnOutcome::NoDecision => return Err(AuthFailure::Refused(ReasonCode::NOT_AUTHORIZED)),
+            AuthnOutcome::NoDecision => return Decided::NoDecision,
             AuthnOutcome::Continue { plugin, data } => {
-                let Some(method) = &method else {
+                let Some(method) = method else {
                     debug!(plugin = &*plugin, "plugin continued an exchange the client did not start");
-                    return Err(AuthFailure::Refused(ReasonCode::NOT_AUTHORIZED));
+                    return Decided::Refused(Some(plugin.to_string()));
                 };
-                credentials.auth_data = Some(challenge(stream, rbuf, method, data, broker).await?);
+                match challenge(stream, rbuf, method, data, broker).await {
+                    Ok(answer) => credentials.auth_data = Some(answer),
+                    Err(failure) => return Decided::Failed(failure),
+                }
             }
         }
     }
     debug!("enhanced authentication took too many rounds");
-    Err(AuthFailure::Refused(ReasonCode::NOT_AUTHORIZED))
+    Decided::Refused(None)
 }
 
 /// Runs one authentication step ([`Policy::authenticate_step`]) on the

@@ -179,6 +179,18 @@ impl LoadedPlugin {
         keep: impl FnOnce(&R) -> bool,
     ) -> Result<(R, Option<Slot>), CallFailure> {
         self.stats.call();
+        let started = std::time::Instant::now();
+        let result = self.call_timed(pinned, f, keep);
+        self.stats.elapsed(started.elapsed());
+        result
+    }
+
+    fn call_timed<R>(
+        &self,
+        pinned: Option<Slot>,
+        f: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
+        keep: impl FnOnce(&R) -> bool,
+    ) -> Result<(R, Option<Slot>), CallFailure> {
         let popped = match pinned {
             Some(slot) => Some(slot),
             None => self.idle.lock().pop(),

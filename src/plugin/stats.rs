@@ -4,6 +4,7 @@
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use super::CallFailure;
+use crate::metrics::{Histogram, HistogramSnapshot};
 
 /// Counters of one plugin since it was loaded.
 #[derive(Debug, Default)]
@@ -14,6 +15,8 @@ pub struct PluginStats {
     timeouts: AtomicU64,
     out_of_memory: AtomicU64,
     bad_answers: AtomicU64,
+    /// How long calls took, including failed ones.
+    latency: Histogram,
     /// One bit per failure cause already logged.
     logged: AtomicU8,
 }
@@ -34,11 +37,17 @@ pub struct StatsSnapshot {
     pub out_of_memory: u64,
     /// Answers refused as oversized or malformed.
     pub bad_answers: u64,
+    /// Call durations.
+    pub latency: HistogramSnapshot,
 }
 
 impl PluginStats {
     pub(crate) fn call(&self) {
         self.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn elapsed(&self, took: std::time::Duration) {
+        self.latency.record(took);
     }
 
     pub(crate) fn denial(&self) {
@@ -70,6 +79,7 @@ impl PluginStats {
             timeouts: self.timeouts.load(Ordering::Relaxed),
             out_of_memory: self.out_of_memory.load(Ordering::Relaxed),
             bad_answers: self.bad_answers.load(Ordering::Relaxed),
+            latency: self.latency.snapshot(),
         }
     }
 }

@@ -19,6 +19,7 @@ pub(crate) use trie::Trie as FuzzTrie;
 pub use trie::{Match, Subscriber};
 
 use crate::codec::{QoS, TopicFilter};
+use crate::metrics::Metrics;
 use crate::session::{Delivery, Session};
 use crate::store::Store;
 
@@ -55,7 +56,15 @@ impl Router {
     /// Routes a message to every matching session; `publisher` is used for
     /// No Local. Messages queued for offline sessions go to `store` too.
     /// Returns the number of sessions it was delivered to.
-    pub fn route(&self, message: &Arc<Message>, publisher: Option<&Arc<Session>>, store: &dyn Store) -> usize {
+    /// Drops (full queues, QoS 0 for offline sessions) are counted in
+    /// `metrics`.
+    pub fn route(
+        &self,
+        message: &Arc<Message>,
+        publisher: Option<&Arc<Session>>,
+        store: &dyn Store,
+        metrics: &Metrics,
+    ) -> usize {
         let mut matches = Vec::new();
         self.trie.read().matches(message.topic.as_str(), &mut matches);
         if matches.is_empty() {
@@ -84,7 +93,11 @@ impl Router {
                 subscription_ids: group.iter().filter_map(|m| m.id).collect(),
                 stored: None,
             };
-            group[0].session.enqueue_and_store(delivery, Some(store));
+            // A full queue still counts as a matching subscriber (v5 PUBACK
+            // reason); the drop is counted instead.
+            if let Err(reason) = group[0].session.enqueue_and_store(delivery, Some(store)) {
+                metrics.dropped(reason, 1);
+            }
             delivered += 1;
             i = j;
         }

@@ -17,9 +17,10 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 pub use registry::{Attached, Registry};
-pub use state::{Delivery, Inflight, InflightState, SessionState, Subscription};
+pub use state::{ConnectionInfo, Delivery, Inflight, InflightState, SessionState, Subscription};
 
 use crate::codec::QoS;
+use crate::metrics::DropReason;
 use crate::store::Store;
 
 /// A client session, shared by the registry, the subscription index and the
@@ -62,8 +63,11 @@ impl Session {
     /// QoS 0 messages are dropped while no connection is attached, and any
     /// message is dropped when the queue is full (as Mosquitto's
     /// `max_queued_messages` does); drops are counted, not silent.
-    pub fn enqueue(&self, delivery: Delivery) {
-        self.enqueue_and_store(delivery, None);
+    ///
+    /// # Errors
+    /// Why the delivery was dropped.
+    pub fn enqueue(&self, delivery: Delivery) -> Result<(), DropReason> {
+        self.enqueue_and_store(delivery, None)
     }
 
     /// [`Session::enqueue`], and a QoS 1/2 message for a session that
@@ -71,11 +75,17 @@ impl Session {
     /// (under the session lock, so the store sees it in queue order with the
     /// snapshot taken when the connection ended). Clean sessions never
     /// reach the store.
-    pub fn enqueue_and_store(&self, mut delivery: Delivery, store: Option<&dyn Store>) {
+    ///
+    /// # Errors
+    /// Why the delivery was dropped.
+    pub fn enqueue_and_store(&self, mut delivery: Delivery, store: Option<&dyn Store>) -> Result<(), DropReason> {
         let accepted = {
             let mut state = self.state.lock();
-            if (!state.online && delivery.qos == QoS::AtMostOnce) || state.is_full() {
-                false
+            if !state.online && delivery.qos == QoS::AtMostOnce {
+                Err(DropReason::OfflineQos0)
+            } else if state.is_full() {
+                // Checked before storing: a dropped message must not be kept.
+                Err(DropReason::QueueFull)
             } else {
                 if let Some(store) = store
                     && state.expiry_s > 0
@@ -83,14 +93,16 @@ impl Session {
                 {
                     delivery.stored = store.queued(&self.client_id, &delivery);
                 }
-                state.push(delivery)
+                if state.push(delivery) { Ok(()) } else { Err(DropReason::QueueFull) }
             }
         };
-        if accepted {
-            self.wake.notify_one();
-        } else {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+        match accepted {
+            Ok(()) => self.wake.notify_one(),
+            Err(_) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
+        accepted
     }
 
     /// Resolves when deliveries may be waiting. Cancel-safe.

@@ -109,6 +109,7 @@ impl Registry {
             state.online = true;
             state.generation += 1;
             state.kick = Some(kicked.clone());
+            state.kicked_by_admin = false;
             state.generation
         };
         Attached { session, present, kicked, generation, _exclusive: guard }

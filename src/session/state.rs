@@ -49,6 +49,21 @@ pub struct Inflight {
     pub state: InflightState,
 }
 
+/// Who is attached to a session now, for the admin API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// The user name in force (from CONNECT, a certificate or a grant).
+    pub username: Option<String>,
+    /// Remote address.
+    pub peer: std::net::SocketAddr,
+    /// Listener name.
+    pub listener: String,
+    /// Protocol version.
+    pub protocol: crate::codec::ProtocolVersion,
+    /// When CONNACK was sent.
+    pub since: std::time::SystemTime,
+}
+
 /// A subscription as the session remembers it, to restore or remove it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Subscription {
@@ -76,6 +91,11 @@ pub struct SessionState {
     pub generation: u64,
     /// Cancelled to make the attached connection leave (takeover, kick).
     pub kick: Option<CancellationToken>,
+    /// Set with `kick` cancelled when an operator disconnects the client,
+    /// so the connection says 0x98 rather than 0x8E (taken over).
+    pub kicked_by_admin: bool,
+    /// The attached connection, while one is.
+    pub connection: Option<ConnectionInfo>,
     /// Session expiry interval, seconds, as last negotiated.
     pub expiry_s: u32,
     next_packet_id: PacketId,
@@ -99,6 +119,8 @@ impl SessionState {
             online: false,
             generation: 0,
             kick: None,
+            kicked_by_admin: false,
+            connection: None,
             expiry_s: 0,
             next_packet_id: FIRST_PACKET_ID,
             max_queued,

@@ -114,6 +114,7 @@ impl Listener {
             };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 debug!(%peer, "connection refused: max_connections reached");
+                broker.metrics.refused(crate::metrics::Refusal::MaxConnections);
                 continue;
             };
             let _ = stream.set_nodelay(true);
@@ -176,11 +177,15 @@ async fn establish(
         };
         Ok::<_, ()>((stream, peer))
     };
-    match tokio::time::timeout_at(deadline, setup).await {
+    let established = match tokio::time::timeout_at(deadline, setup).await {
         Ok(established) => established.ok(),
         Err(_) => {
             debug!(%addr, listener = %listener.name, "transport handshake timed out");
             None
         }
+    };
+    if established.is_none() {
+        broker.metrics.refused(crate::metrics::Refusal::Transport);
     }
+    established
 }

@@ -12,6 +12,7 @@ mod durable;
 mod harness;
 mod jwt_plugin;
 mod malformed;
+mod ops;
 mod password_file;
 mod pki;
 mod plugin_chain;

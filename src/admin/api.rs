@@ -1,0 +1,190 @@
+//! The admin endpoints. Everything but `/health` and `/ready` needs the
+//! bearer token when one is configured. Answers never carry passwords,
+//! tokens, authentication data or payloads.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+
+use super::{Request, Response};
+use crate::broker::Broker;
+use crate::metrics::prometheus;
+use crate::plugin::Hook;
+
+/// Answers one request.
+pub fn handle(broker: &Broker, request: &Request) -> Response {
+    let method = request.method.as_str();
+    let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
+    match (method, segments.as_slice()) {
+        ("GET", ["health"]) => Response::json(200, &json!({ "status": "ok" })),
+        ("GET", ["ready"]) if broker.metrics.is_ready() => Response::json(200, &json!({ "status": "ready" })),
+        ("GET", ["ready"]) => Response::json(503, &json!({ "status": "starting" })),
+        _ if !request.authorized => Response::error(401, "missing or wrong bearer token"),
+        ("GET", ["metrics"]) => {
+            Response { status: 200, content_type: prometheus::CONTENT_TYPE, body: prometheus::render(broker) }
+        }
+        ("GET", ["api", "clients"]) => Response::json(200, &clients(broker)),
+        ("GET", ["api", "sessions"]) => Response::json(200, &sessions(broker)),
+        ("GET", ["api", "subscriptions"]) => Response::json(200, &subscriptions(broker)),
+        ("GET", ["api", "plugins"]) => Response::json(200, &plugins(broker)),
+        ("POST", ["api", "clients", id, "kick"]) => kick(broker, id),
+        (_, ["health" | "ready" | "metrics"] | ["api", "clients" | "sessions" | "subscriptions" | "plugins"])
+        | (_, ["api", "clients", _, "kick"]) => Response::error(405, "method not allowed"),
+        _ => Response::error(404, "no such endpoint"),
+    }
+}
+
+fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Connected clients.
+fn clients(broker: &Broker) -> Value {
+    let mut list = Vec::new();
+    for session in broker.sessions.all() {
+        let state = session.lock();
+        let Some(c) = &state.connection else { continue };
+        list.push(json!({
+            "client_id": &**session.client_id(),
+            "username": c.username,
+            "peer": c.peer.to_string(),
+            "listener": c.listener,
+            "protocol": if c.protocol.is_v5() { "5.0" } else { "3.1.1" },
+            "connected_since": unix_seconds(c.since),
+        }));
+    }
+    list.sort_by(|a, b| a["client_id"].as_str().cmp(&b["client_id"].as_str()));
+    Value::Array(list)
+}
+
+/// Every session, connected or not.
+fn sessions(broker: &Broker) -> Value {
+    let mut list = Vec::new();
+    for session in broker.sessions.all() {
+        let state = session.lock();
+        list.push(json!({
+            "client_id": &**session.client_id(),
+            "connected": state.online,
+            "expiry_s": state.expiry_s,
+            "subscriptions": state.subscriptions.len(),
+            "queued": state.pending.len(),
+            "inflight": state.inflight.len(),
+            "dropped": session.dropped(),
+        }));
+    }
+    list.sort_by(|a, b| a["client_id"].as_str().cmp(&b["client_id"].as_str()));
+    Value::Array(list)
+}
+
+/// Every subscription, by session.
+fn subscriptions(broker: &Broker) -> Value {
+    let mut list = Vec::new();
+    for session in broker.sessions.all() {
+        let state = session.lock();
+        for (filter, sub) in &state.subscriptions {
+            list.push(json!({
+                "client_id": &**session.client_id(),
+                "filter": filter.as_str(),
+                "qos": sub.options.qos as u8,
+                "no_local": sub.options.no_local,
+                "retain_as_published": sub.options.retain_as_published,
+                "subscription_id": sub.id,
+            }));
+        }
+    }
+    list.sort_by(|a, b| {
+        (a["client_id"].as_str(), a["filter"].as_str()).cmp(&(b["client_id"].as_str(), b["filter"].as_str()))
+    });
+    Value::Array(list)
+}
+
+/// The plugin chain: manifest, limits and counters of each plugin.
+fn plugins(broker: &Broker) -> Value {
+    let policy = broker.policy();
+    let list = policy
+        .plugins()
+        .plugins()
+        .iter()
+        .map(|p| {
+            let settings = p.settings();
+            let limits = &settings.limits;
+            let stats = p.stats().snapshot();
+            let hooks: Vec<&str> = p
+                .manifest()
+                .hooks
+                .iter()
+                .map(|h| match h {
+                    Hook::Authenticate => "authenticate",
+                    Hook::Authorize => "authorize",
+                    Hook::Transform => "transform",
+                })
+                .collect();
+            let filters: Vec<&str> = p.manifest().transform_filters.iter().map(|f| f.as_str()).collect();
+            json!({
+                "name": &**p.name(),
+                "path": p.path().display().to_string(),
+                "order": settings.order,
+                "manifest": { "hooks": hooks, "transform_filters": filters },
+                "limits": {
+                    "memory_bytes": limits.memory_bytes,
+                    "timeout_ms": u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
+                    "instances": limits.instances,
+                    "max_answer_bytes": limits.max_answer_bytes,
+                },
+                "counters": {
+                    "calls": stats.calls,
+                    "denials": stats.denials,
+                    "traps": stats.traps,
+                    "timeouts": stats.timeouts,
+                    "out_of_memory": stats.out_of_memory,
+                    "bad_answers": stats.bad_answers,
+                },
+            })
+        })
+        .collect();
+    Value::Array(list)
+}
+
+fn kick(broker: &Broker, client_id: &str) -> Response {
+    let client_id = percent_decode(client_id);
+    if broker.kick(&client_id) {
+        tracing::info!(client_id, "client disconnected by an operator");
+        Response::json(200, &json!({ "kicked": client_id }))
+    } else {
+        Response::error(404, "no such connected client")
+    }
+}
+
+/// Decodes `%XX` escapes in a path segment (client ids may hold any
+/// character); an invalid escape is kept as is.
+fn percent_decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) =
+                (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex))
+        {
+            out.push(u8::try_from(hi * 16 + lo).unwrap_or(b'?'));
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_are_percent_decoded() {
+        assert_eq!(percent_decode("a%2Fb%20c"), "a/b c");
+        assert_eq!(percent_decode("plain"), "plain");
+        assert_eq!(percent_decode("bad%zz"), "bad%zz");
+    }
+}

@@ -1,0 +1,345 @@
+//! What the broker counts, for operators: the Prometheus text at
+//! `/metrics` ([`prometheus`]) and the `$SYS/broker/...` topics ([`sys`]).
+//!
+//! [`Metrics`] is owned by the [`Broker`](crate::broker::Broker) and is made
+//! of relaxed atomics only: no lock and no allocation on the message path.
+//! A connection counts its messages and bytes in a plain [`LocalCounts`]
+//! and adds them to the shared counters once per read/write batch, so a
+//! busy publisher touches the shared cache lines once per batch rather than
+//! once per message. Gauges that the broker already knows (retained
+//! messages, sessions, queued messages, subscriptions) are read at scrape
+//! time instead of being maintained on the hot path.
+
+mod histogram;
+pub mod prometheus;
+pub mod sys;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Instant, SystemTime};
+
+pub use histogram::{BUCKETS_US, Histogram, HistogramSnapshot};
+
+use crate::codec::QoS;
+
+/// Why a connection was refused before it was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `limits.max_connections` was reached.
+    MaxConnections,
+    /// The TLS handshake or WebSocket upgrade failed or timed out.
+    Transport,
+    /// No valid CONNECT (timeout, not MQTT, malformed, unsupported version).
+    Protocol,
+    /// CONNECT was refused by the limits (client id, keep alive, will).
+    Invalid,
+    /// Authentication denied the client.
+    NotAuthorized,
+    /// The previous connection of the same client id did not let go.
+    Busy,
+}
+
+impl Refusal {
+    /// Every reason, in label order.
+    pub const ALL: [Refusal; 6] = [
+        Refusal::MaxConnections,
+        Refusal::Transport,
+        Refusal::Protocol,
+        Refusal::Invalid,
+        Refusal::NotAuthorized,
+        Refusal::Busy,
+    ];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::MaxConnections => "max_connections",
+            Refusal::Transport => "transport",
+            Refusal::Protocol => "protocol",
+            Refusal::Invalid => "invalid_connect",
+            Refusal::NotAuthorized => "not_authorized",
+            Refusal::Busy => "busy",
+        }
+    }
+}
+
+/// Why a message was not delivered to a receiver (or not routed at all).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The receiving session's queue was full (`limits.max_queued_messages`).
+    QueueFull,
+    /// A QoS 0 message for a session with no connection attached.
+    OfflineQos0,
+    /// The message expired before it could be sent.
+    Expired,
+    /// Larger than the receiver's Maximum Packet Size.
+    TooLarge,
+    /// Refused by authorization (publish or receive).
+    NotAuthorized,
+    /// A transform plugin dropped it.
+    Transform,
+}
+
+impl DropReason {
+    /// Every reason, in label order.
+    pub const ALL: [DropReason; 6] = [
+        DropReason::QueueFull,
+        DropReason::OfflineQos0,
+        DropReason::Expired,
+        DropReason::TooLarge,
+        DropReason::NotAuthorized,
+        DropReason::Transform,
+    ];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::OfflineQos0 => "offline_qos0",
+            DropReason::Expired => "expired",
+            DropReason::TooLarge => "too_large",
+            DropReason::NotAuthorized => "not_authorized",
+            DropReason::Transform => "transform",
+        }
+    }
+}
+
+/// Broker-wide counters and gauges. Every field is a relaxed atomic: the
+/// values are for humans and dashboards, and need no ordering with the
+/// messages they count.
+#[derive(Debug)]
+pub struct Metrics {
+    started: Instant,
+    started_at: SystemTime,
+    ready: AtomicBool,
+    connections_current: AtomicU64,
+    connections_total: AtomicU64,
+    refused: [AtomicU64; Refusal::ALL.len()],
+    received: [AtomicU64; 3],
+    sent: [AtomicU64; 3],
+    bytes_received: AtomicU64,
+    bytes_sent: AtomicU64,
+    dropped: [AtomicU64; DropReason::ALL.len()],
+    auth_successes: AtomicU64,
+    auth_failures: AtomicU64,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            started: Instant::now(),
+            started_at: SystemTime::now(),
+            ready: AtomicBool::new(false),
+            connections_current: AtomicU64::new(0),
+            connections_total: AtomicU64::new(0),
+            refused: Default::default(),
+            received: Default::default(),
+            sent: Default::default(),
+            bytes_received: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            dropped: Default::default(),
+            auth_successes: AtomicU64::new(0),
+            auth_failures: AtomicU64::new(0),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+        }
+    }
+}
+
+/// A copy of the counters at one moment, for rendering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Snapshot {
+    /// Seconds since the broker started.
+    pub uptime_s: u64,
+    /// Connections open now (after CONNACK).
+    pub connections_current: u64,
+    /// Connections accepted (CONNACK success) since start.
+    pub connections_total: u64,
+    /// Connections refused, per [`Refusal::ALL`].
+    pub refused: [u64; Refusal::ALL.len()],
+    /// PUBLISH packets received from clients, per QoS.
+    pub received: [u64; 3],
+    /// PUBLISH packets sent to clients, per QoS.
+    pub sent: [u64; 3],
+    /// Bytes read from clients (MQTT bytes, after TLS and WebSocket).
+    pub bytes_received: u64,
+    /// Bytes written to clients.
+    pub bytes_sent: u64,
+    /// Messages dropped, per [`DropReason::ALL`].
+    pub dropped: [u64; DropReason::ALL.len()],
+    /// Clients admitted at CONNECT (by a plugin, a certificate or as anonymous).
+    pub auth_successes: u64,
+    /// Clients refused by authentication.
+    pub auth_failures: u64,
+    /// Plugin reloads that put a new set in force.
+    pub reloads_ok: u64,
+    /// Plugin reloads that failed (the previous set kept serving).
+    pub reloads_failed: u64,
+}
+
+impl Snapshot {
+    /// Messages received, all QoS levels.
+    pub fn received_total(&self) -> u64 {
+        self.received.iter().sum()
+    }
+
+    /// Messages sent, all QoS levels.
+    pub fn sent_total(&self) -> u64 {
+        self.sent.iter().sum()
+    }
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    if n != 0 {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    /// When the broker started (wall clock), for the admin API.
+    pub fn started_at(&self) -> SystemTime {
+        self.started_at
+    }
+
+    /// Marks the broker ready: listeners bound and plugins loaded.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether the broker is ready (`/ready`).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// A connection got CONNACK success.
+    pub fn connection_opened(&self) {
+        self.connections_current.fetch_add(1, Ordering::Relaxed);
+        self.connections_total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection that got CONNACK success ended.
+    pub fn connection_closed(&self) {
+        self.connections_current.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Connections open now.
+    pub fn connections_current(&self) -> u64 {
+        self.connections_current.load(Ordering::Relaxed)
+    }
+
+    /// A connection was refused before it was served.
+    pub fn refused(&self, reason: Refusal) {
+        self.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Messages were dropped.
+    pub fn dropped(&self, reason: DropReason, n: u64) {
+        add(&self.dropped[reason as usize], n);
+    }
+
+    /// The outcome of authentication at CONNECT.
+    pub fn authenticated(&self, success: bool) {
+        let counter = if success { &self.auth_successes } else { &self.auth_failures };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A plugin reload finished (for the hot-reload entry point).
+    pub fn reloaded(&self, success: bool) {
+        let counter = if success { &self.reloads_ok } else { &self.reloads_failed };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds a connection's local counts and resets them.
+    pub fn flush(&self, local: &mut LocalCounts) {
+        if local.is_empty() {
+            return;
+        }
+        for (shared, n) in self.received.iter().zip(local.received) {
+            add(shared, n);
+        }
+        for (shared, n) in self.sent.iter().zip(local.sent) {
+            add(shared, n);
+        }
+        add(&self.bytes_received, local.bytes_received);
+        add(&self.bytes_sent, local.bytes_sent);
+        *local = LocalCounts::default();
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> Snapshot {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Snapshot {
+            uptime_s: self.started.elapsed().as_secs(),
+            connections_current: load(&self.connections_current),
+            connections_total: load(&self.connections_total),
+            refused: std::array::from_fn(|i| load(&self.refused[i])),
+            received: std::array::from_fn(|i| load(&self.received[i])),
+            sent: std::array::from_fn(|i| load(&self.sent[i])),
+            bytes_received: load(&self.bytes_received),
+            bytes_sent: load(&self.bytes_sent),
+            dropped: std::array::from_fn(|i| load(&self.dropped[i])),
+            auth_successes: load(&self.auth_successes),
+            auth_failures: load(&self.auth_failures),
+            reloads_ok: load(&self.reloads_ok),
+            reloads_failed: load(&self.reloads_failed),
+        }
+    }
+}
+
+/// A connection's own counts between two flushes into [`Metrics`]: plain
+/// integers, so counting a message costs an add in the task's own memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LocalCounts {
+    /// PUBLISH packets received, per QoS.
+    pub received: [u64; 3],
+    /// PUBLISH packets sent, per QoS.
+    pub sent: [u64; 3],
+    /// Bytes read.
+    pub bytes_received: u64,
+    /// Bytes written.
+    pub bytes_sent: u64,
+}
+
+impl LocalCounts {
+    /// Counts a PUBLISH received.
+    pub fn received(&mut self, qos: QoS) {
+        self.received[qos as usize] += 1;
+    }
+
+    /// Counts a PUBLISH sent.
+    pub fn sent(&mut self, qos: QoS) {
+        self.sent[qos as usize] += 1;
+    }
+
+    fn is_empty(&self) -> bool {
+        *self == LocalCounts::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_tables_follow_the_enums() {
+        assert!(Refusal::ALL.iter().enumerate().all(|(i, r)| *r as usize == i));
+        assert!(DropReason::ALL.iter().enumerate().all(|(i, r)| *r as usize == i));
+    }
+
+    #[test]
+    fn local_counts_reach_the_shared_counters_on_flush() {
+        let metrics = Metrics::default();
+        let mut local = LocalCounts::default();
+        local.received(QoS::AtLeastOnce);
+        local.sent(QoS::AtMostOnce);
+        local.bytes_received = 10;
+        assert_eq!(metrics.snapshot().received_total(), 0);
+        metrics.flush(&mut local);
+        let s = metrics.snapshot();
+        assert_eq!(s.received, [0, 1, 0]);
+        assert_eq!(s.sent, [1, 0, 0]);
+        assert_eq!(s.bytes_received, 10);
+        assert_eq!(local, LocalCounts::default());
+    }
+}
