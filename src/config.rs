@@ -36,7 +36,7 @@ pub enum ConfigError {
 }
 
 /// The whole broker configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Network listeners; the default is one TCP listener on 127.0.0.1:1883.
@@ -57,12 +57,21 @@ pub struct Config {
 }
 
 /// Where the policy plugins are.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct PluginsConfig {
     /// Directory of `*.wasm` components and their `NAME.toml` sidecars.
     /// Unset: `./plugins` if that directory exists, else no plugins.
     pub dir: Option<PathBuf>,
+    /// Whether a change in `dir` reloads the plugins (default true).
+    pub watch: Option<bool>,
+}
+
+impl PluginsConfig {
+    /// Whether the plugin directory is watched.
+    pub fn watch(&self) -> bool {
+        self.watch.unwrap_or(true)
+    }
 }
 
 impl Default for Config {
@@ -78,7 +87,7 @@ impl Default for Config {
 }
 
 /// One network listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// A name for logs and for plugins (`client-info.listener`).
@@ -156,7 +165,7 @@ impl ListenerProtocol {
 
 /// TLS settings of a `tls` or `wss` listener. The files are read, and the
 /// key checked against the certificate, when the listener starts.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain, end-entity certificate first.
@@ -276,7 +285,7 @@ impl<'de> Deserialize<'de> for Anonymous {
 }
 
 /// Resource limits. Defaults are safe for a small fleet on a small machine.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Concurrent connections across all listeners.
@@ -326,7 +335,7 @@ impl Limits {
 }
 
 /// Logging settings.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A `tracing` filter, e.g. `info` or `moat=debug`.
@@ -349,7 +358,7 @@ pub enum LogFormat {
 // --- [storage] (durable store, issue 9) ---
 
 /// Where and how durably sessions and retained messages are stored.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// Data directory. Without it nothing survives the process.

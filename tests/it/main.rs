@@ -15,6 +15,7 @@ mod plugin_hostile;
 mod plugin_support;
 mod plugins;
 mod pubsub;
+mod reload;
 mod retained;
 mod session;
 mod shared;
