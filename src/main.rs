@@ -157,17 +157,20 @@ fn open_store(config: &Config, repair: bool) -> anyhow::Result<Option<Arc<DiskSt
 /// Reloads configuration, certificates and plugins on every SIGHUP. The
 /// outcome is logged by the broker; a refused reload changes nothing.
 fn reload_on_hangup(broker: Arc<moat::broker::Broker>) {
+    // Registered before the listeners start, so a SIGHUP sent once the
+    // broker is up never falls back to the default action (terminate).
     #[cfg(unix)]
-    tokio::spawn(async move {
-        let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP; configuration reload by signal is off");
-            return;
-        };
-        while hangups.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading configuration, certificates and plugins");
-            let _ = broker.reload().await;
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hangups) => {
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading configuration, certificates and plugins");
+                    let _ = broker.reload().await;
+                }
+            });
         }
-    });
+        Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; configuration reload by signal is off"),
+    }
     #[cfg(not(unix))]
     drop(broker);
 }
