@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -11,6 +12,7 @@ use crate::auth::Policy;
 use crate::codec::Will;
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::reload::Reloader;
 use crate::router::{Message, Router};
 use crate::session::{Attached, Registry, Session};
 use crate::store::{Recovered, Store};
@@ -19,8 +21,8 @@ use crate::store::{Recovered, Store};
 /// sessions, and the shutdown signal.
 #[derive(Debug)]
 pub struct Broker {
-    /// The running configuration.
-    pub config: Config,
+    /// The running configuration; replaced whole by a config reload.
+    config: ArcSwap<Config>,
     /// Subscription index and retained messages.
     pub router: Router,
     /// Sessions by client id.
@@ -41,6 +43,9 @@ pub struct Broker {
     /// hash queues here, under each client's connect deadline, instead of
     /// occupying every blocking thread.
     pub(crate) authn_permits: Arc<tokio::sync::Semaphore>,
+    /// What hot reload needs: the plugin host, the watched directory, the
+    /// handles of run-time settings, and the last outcome.
+    pub(crate) reload: Reloader,
     next_assigned_id: AtomicU64,
 }
 
@@ -53,8 +58,9 @@ pub fn authn_concurrency() -> usize {
 impl Broker {
     /// A broker whose state starts as what `store` recovered.
     pub fn new(config: Config, store: Arc<dyn Store>, recovered: Recovered, policy: Policy) -> Arc<Broker> {
+        let plugin_dir = crate::reload::plugin_dir(&config);
         let broker = Arc::new(Broker {
-            config,
+            config: ArcSwap::from_pointee(config),
             router: Router::default(),
             sessions: Registry::default(),
             metrics: Metrics::default(),
@@ -63,13 +69,14 @@ impl Broker {
             store,
             policy: parking_lot::RwLock::new(policy),
             authn_permits: Arc::new(tokio::sync::Semaphore::new(authn_concurrency())),
+            reload: Reloader::new(plugin_dir),
             next_assigned_id: AtomicU64::new(1),
         });
         for message in recovered.retained {
             broker.router.retained().set(&message);
         }
         for stored in recovered.sessions {
-            let session = broker.sessions.restore(stored.client_id.clone(), broker.config.limits.max_queued_messages);
+            let session = broker.sessions.restore(stored.client_id.clone(), broker.config().limits.max_queued_messages);
             {
                 let mut state = session.lock();
                 state.expiry_s = stored.expiry_s;
@@ -83,6 +90,17 @@ impl Broker {
             broker.arm_expiry(session, 0, stored.expiry_s);
         }
         broker
+    }
+
+    /// The configuration in force now. A reload replaces it whole, so read
+    /// it once per decision rather than field by field across an `.await`.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Replaces the configuration (config reload).
+    pub(crate) fn set_config(&self, config: Config) {
+        self.config.store(Arc::new(config));
     }
 
     /// The policy in force now. Calls in flight keep the one they took.
@@ -142,7 +160,7 @@ impl Broker {
 
     /// Attaches a connection to the session of `client_id`.
     pub async fn attach(&self, client_id: &Arc<str>, clean_start: bool) -> Option<Attached> {
-        let max_queued = self.config.limits.max_queued_messages;
+        let max_queued = self.config().limits.max_queued_messages;
         self.sessions.attach(client_id, clean_start, max_queued, |old| self.discard(old)).await
     }
 

@@ -40,7 +40,7 @@ pub enum ConfigError {
 }
 
 /// The whole broker configuration.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Network listeners; the default is one TCP listener on 127.0.0.1:1883.
@@ -71,16 +71,19 @@ pub struct Config {
 /// ```toml
 /// [plugins]
 /// dir = "/etc/moat/plugins"
+/// watch = true                     # reload when the directory changes
 /// [plugins.password-file]          # enables the shipped plugin of that name
 /// order = 10
 /// config = { file = "/etc/moat/passwd" }
 /// grants = { read = ["/etc/moat"] }
 /// ```
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct PluginsConfig {
     /// Directory of `*.wasm` components and their `NAME.toml` sidecars.
     /// Unset: `./plugins` if that directory exists, else no plugins.
     pub dir: Option<PathBuf>,
+    /// Whether a change in `dir` reloads the plugins (default true).
+    pub watch: Option<bool>,
     /// Shipped plugins enabled by a `[plugins.NAME]` table, with the keys of
     /// a sidecar (order, on_error, config, limits, grants).
     pub shipped: BTreeMap<String, Sidecar>,
@@ -89,25 +92,34 @@ pub struct PluginsConfig {
     pub base_dir: PathBuf,
 }
 
+impl PluginsConfig {
+    /// Whether the plugin directory is watched.
+    pub fn watch(&self) -> bool {
+        self.watch.unwrap_or(true)
+    }
+}
+
 impl<'de> Deserialize<'de> for PluginsConfig {
-    /// `dir`, and any other key as a shipped plugin's table; a hand-written
-    /// map visitor (not `#[serde(flatten)]`) keeps the TOML positions, so
-    /// errors inside a plugin's table still name their line.
+    /// `dir`, `watch`, and any other key as a shipped plugin's table; a
+    /// hand-written map visitor (not `#[serde(flatten)]`) keeps the TOML
+    /// positions, so errors inside a plugin's table still name their line.
     fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<PluginsConfig, D::Error> {
         struct Visitor;
         impl<'de> serde::de::Visitor<'de> for Visitor {
             type Value = PluginsConfig;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a table with `dir` and `[plugins.NAME]` tables of shipped plugins")
+                f.write_str("a table with `dir`, `watch` and `[plugins.NAME]` tables of shipped plugins")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<PluginsConfig, A::Error> {
                 let mut config = PluginsConfig::default();
                 while let Some(key) = map.next_key::<String>()? {
-                    if key == "dir" {
-                        config.dir = Some(map.next_value()?);
-                    } else {
-                        let table: Sidecar = map.next_value()?;
-                        config.shipped.insert(key, table);
+                    match key.as_str() {
+                        "dir" => config.dir = Some(map.next_value()?),
+                        "watch" => config.watch = Some(map.next_value()?),
+                        _ => {
+                            let table: Sidecar = map.next_value()?;
+                            config.shipped.insert(key, table);
+                        }
                     }
                 }
                 Ok(config)
@@ -132,7 +144,7 @@ impl Default for Config {
 }
 
 /// One network listener.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// A name for logs and for plugins (`client-info.listener`).
@@ -210,7 +222,7 @@ impl ListenerProtocol {
 
 /// TLS settings of a `tls` or `wss` listener. The files are read, and the
 /// key checked against the certificate, when the listener starts.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain, end-entity certificate first.
@@ -332,7 +344,7 @@ impl<'de> Deserialize<'de> for Anonymous {
 }
 
 /// Resource limits. Defaults are safe for a small fleet on a small machine.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Concurrent connections across all listeners.
@@ -382,7 +394,7 @@ impl Limits {
 }
 
 /// Logging settings.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// A `tracing` filter, e.g. `info` or `moat=debug`.
@@ -405,7 +417,7 @@ pub enum LogFormat {
 // --- [storage] (durable store, issue 9) ---
 
 /// Where and how durably sessions and retained messages are stored.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
     /// Data directory. Without it nothing survives the process.
@@ -465,7 +477,7 @@ impl StorageConfig {
 // --- end [storage] ---
 
 /// The admin HTTP listener: metrics, health and the JSON API.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Address to serve on, e.g. `127.0.0.1:9090`. Unset: no admin listener.
@@ -514,7 +526,7 @@ impl fmt::Debug for Secret {
 }
 
 /// `$SYS/broker/...` topics.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SysConfig {
     /// Seconds between two publications; 0 disables `$SYS`.

@@ -11,6 +11,7 @@
 //! - [`session`]: sessions that outlive connections, and the registry.
 //! - [`router`]: subscription trie, retained messages, fan-out.
 //! - [`store`]: persistence of sessions and retained messages.
+//! - [`reload`]: hot reload of plugins, configuration and certificates.
 //! - [`broker`]: the state shared by all of the above.
 //! - [`server`]: binding listeners and running until shutdown.
 //! - [`passwd`]: password files for the shipped plugins (`moat passwd`).
@@ -28,6 +29,7 @@ pub mod fuzzing;
 pub mod metrics;
 pub mod passwd;
 pub mod plugin;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod session;

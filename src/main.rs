@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::Parser;
 use moat::Server;
 use moat::config::{Config, ConfigError, ListenerConfig, LogFormat};
+use moat::reload::{ConfigSource, LogFilterHook};
 use moat::server::ServerError;
 use moat::store::{DiskStore, MemoryStore, Store};
 
@@ -75,6 +76,39 @@ struct PasswdArgs {
     password: Option<String>,
 }
 
+/// Where the configuration comes from: the file and the command-line
+/// overrides, applied again on every reload.
+struct CliSource {
+    config: Option<PathBuf>,
+    plugins: Option<PathBuf>,
+    listen: Vec<SocketAddr>,
+}
+
+impl ConfigSource for CliSource {
+    fn load(&self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        if let Some(dir) = &self.plugins {
+            config.plugins.dir = Some(dir.clone());
+        }
+        if !self.listen.is_empty() {
+            config.listeners = self
+                .listen
+                .iter()
+                .enumerate()
+                .map(|(i, addr)| ListenerConfig::tcp(&format!("listen{i}"), *addr))
+                .collect();
+        }
+        Ok(config)
+    }
+
+    fn path(&self) -> Option<&std::path::Path> {
+        self.config.as_deref()
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Passwd(args)) = &cli.command {
@@ -86,17 +120,22 @@ fn main() -> ExitCode {
             }
         };
     }
-    let config = match load_config(&cli) {
+    let source =
+        Arc::new(CliSource { config: cli.config.clone(), plugins: cli.plugins.clone(), listen: cli.listen.clone() });
+    let config = match source.load() {
         Ok(config) => config,
         Err(e) => {
             eprintln!("moat: configuration error: {e}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if let Err(e) = init_tracing(&config) {
-        eprintln!("moat: configuration error: {e}");
-        return ExitCode::from(EXIT_CONFIG);
-    }
+    let log_filter = match init_tracing(&config) {
+        Ok(hook) => hook,
+        Err(e) => {
+            eprintln!("moat: configuration error: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -104,7 +143,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, cli.repair)) {
+    match runtime.block_on(run(config, cli.repair, source, log_filter)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let config_error =
@@ -153,28 +192,15 @@ fn read_password() -> anyhow::Result<String> {
     Ok(line.trim_end_matches(['\n', '\r']).to_owned())
 }
 
-fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
-    let mut config = match &cli.config {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
-    };
-    if let Some(dir) = &cli.plugins {
-        config.plugins.dir = Some(dir.clone());
-    }
-    if !cli.listen.is_empty() {
-        config.listeners =
-            cli.listen.iter().enumerate().map(|(i, addr)| ListenerConfig::tcp(&format!("listen{i}"), *addr)).collect();
-    }
-    Ok(config)
-}
-
-async fn run(config: Config, repair: bool) -> anyhow::Result<()> {
+async fn run(config: Config, repair: bool, source: Arc<CliSource>, log_filter: LogFilterHook) -> anyhow::Result<()> {
     let disk = open_store(&config, repair)?;
     let store: Arc<dyn Store> = match &disk {
         Some(disk) => disk.clone(),
         None => Arc::new(MemoryStore::default()),
     };
     let server = Server::bind_with_store(config, store).await?;
+    server.set_reload_hooks(Some(source), Some(log_filter));
+    reload_on_hangup(server.broker().clone());
     server.run(shutdown_signal()).await;
     if let Some(disk) = disk {
         // Write and sync what is queued even if a connection task is stuck.
@@ -208,6 +234,27 @@ fn open_store(config: &Config, repair: bool) -> anyhow::Result<Option<Arc<DiskSt
     Ok(Some(Arc::new(store)))
 }
 
+/// Reloads configuration, certificates and plugins on every SIGHUP. The
+/// outcome is logged by the broker; a refused reload changes nothing.
+fn reload_on_hangup(broker: Arc<moat::broker::Broker>) {
+    // Registered before the listeners start, so a SIGHUP sent once the
+    // broker is up never falls back to the default action (terminate).
+    #[cfg(unix)]
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hangups) => {
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading configuration, certificates and plugins");
+                    let _ = broker.reload().await;
+                }
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; configuration reload by signal is off"),
+    }
+    #[cfg(not(unix))]
+    drop(broker);
+}
+
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = async {
@@ -230,20 +277,31 @@ async fn shutdown_signal() {
     }
 }
 
-/// Starts logging; `RUST_LOG` overrides `[log] level`.
-fn init_tracing(config: &Config) -> Result<(), String> {
-    use tracing_subscriber::EnvFilter;
-    let (source, filter) = match std::env::var("RUST_LOG") {
-        Ok(env) => ("RUST_LOG", env),
-        Err(_) => ("`log.level`", config.log.level.clone().unwrap_or_else(|| "info".to_owned())),
+/// Starts logging; `RUST_LOG` overrides `[log] level`. Returns the hook a
+/// configuration reload uses to change the filter.
+fn init_tracing(config: &Config) -> Result<LogFilterHook, String> {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{EnvFilter, fmt, reload};
+    let from_env = std::env::var("RUST_LOG").ok();
+    let (source, filter) = match &from_env {
+        Some(env) => ("RUST_LOG", env.clone()),
+        None => ("`log.level`", config.log.level.clone().unwrap_or_else(|| "info".to_owned())),
     };
     let filter = EnvFilter::try_new(&filter).map_err(|e| format!("{source}: invalid log filter {filter:?}: {e}"))?;
+    let (filter, handle) = reload::Layer::new(filter);
     // Colour only for a person at a terminal, never into files or journald.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    let registry = tracing_subscriber::registry().with(filter);
     match config.log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr).with_ansi(ansi)).init(),
+        LogFormat::Json => registry.with(fmt::layer().json().with_writer(std::io::stderr).with_ansi(ansi)).init(),
     }
-    Ok(())
+    let pinned = from_env.is_some();
+    Ok(Box::new(move |level: &str| {
+        if pinned {
+            return Err("RUST_LOG is set and takes precedence over `log.level`".to_owned());
+        }
+        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    }))
 }

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,10 +10,9 @@ use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::admin::AdminListener;
-use crate::auth::Policy;
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::plugin::{LoadError, PluginHost, PluginSettings, Source, shipped};
+use crate::plugin::{LoadError, PluginHost};
 use crate::store::{MemoryStore, Store, StoreError};
 use crate::transport::{BindError, Listener, ListenerError, TlsAcceptor, TlsSetupError};
 
@@ -44,45 +43,6 @@ pub struct Server {
     admin: Option<AdminListener>,
 }
 
-/// Loads the configured plugin directory (default `./plugins` when it
-/// exists) and the shipped plugins the config enables, as one chain. With
-/// neither, no WebAssembly engine is started at all.
-fn load_policy(config: &Config) -> Result<Policy, LoadError> {
-    let dir = match &config.plugins.dir {
-        Some(dir) => Some(dir.clone()),
-        None if Path::new("plugins").is_dir() => Some(PathBuf::from("plugins")),
-        None => None,
-    };
-    let mut specs = Vec::new();
-    if let Some(dir) = &dir {
-        let entries =
-            std::fs::read_dir(dir).map_err(|e| LoadError::Io { path: dir.clone(), message: e.to_string() })?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().is_some_and(|x| x == "wasm") && path.is_file() {
-                let settings = PluginSettings::for_component(&path)?;
-                specs.push((Source::File(path), settings));
-            }
-        }
-    }
-    for (name, table) in &config.plugins.shipped {
-        // Config validation already refused unknown names.
-        let Some(shipped) = shipped::find(name) else { continue };
-        let settings = shipped
-            .settings(table, &config.plugins.base_dir)
-            .map_err(|message| LoadError::Sidecar { path: PathBuf::from(format!("[plugins.{name}]")), message })?;
-        specs.push((Source::Shipped(shipped), settings));
-    }
-    if specs.is_empty() {
-        return Ok(Policy::none());
-    }
-    let set = PluginHost::new()?.load_sources(specs)?;
-    for plugin in set.plugins() {
-        info!(plugin = &**plugin.name(), path = %plugin.path().display(), "plugin loaded");
-    }
-    Ok(Policy::new(set))
-}
-
 impl From<ListenerError> for ServerError {
     fn from(e: ListenerError) -> ServerError {
         match e {
@@ -106,7 +66,16 @@ impl Server {
     /// # Errors
     /// [`ServerError`] when the store cannot be read or a listener bound.
     pub async fn bind_with_store(config: Config, store: Arc<dyn Store>) -> Result<Server, ServerError> {
-        let policy = load_policy(&config)?;
+        // Loads the configured plugin directory. A directory without
+        // components means no plugins, and then no WebAssembly engine is
+        // started until a reload finds some.
+        let mut host = None;
+        let policy =
+            crate::reload::load_policy(crate::reload::plugin_dir(&config).as_deref(), &config.plugins, || {
+                let made = PluginHost::new()?;
+                host = Some(made.clone());
+                Ok(made)
+            })?;
         let recovered = store.recover()?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
@@ -116,7 +85,11 @@ impl Server {
             Some(addr) => Some(AdminListener::bind(&config.admin, addr).await?),
             None => None,
         };
-        Ok(Server { broker: Broker::new(config, store, recovered, policy), listeners, admin })
+        let broker = Broker::new(config, store, recovered, policy);
+        broker.keep_plugin_host(host);
+        let tls = listeners.iter().filter_map(|l| Some((l.config().name.clone(), l.tls()?.clone()))).collect();
+        broker.reload.handles.lock().tls = tls;
+        Ok(Server { broker, listeners, admin })
     }
 
     /// The bound address of each listener, by name.
@@ -137,6 +110,16 @@ impl Server {
         self.listeners.iter().filter_map(|l| Some((l.config().name.clone(), l.tls()?.clone()))).collect()
     }
 
+    /// See [`Broker::set_reload_hooks`]. Call before [`Server::run`], so
+    /// the config file is watched.
+    pub fn set_reload_hooks(
+        &self,
+        source: Option<Arc<dyn crate::reload::ConfigSource>>,
+        log_filter: Option<crate::reload::LogFilterHook>,
+    ) {
+        self.broker.set_reload_hooks(source, log_filter);
+    }
+
     /// The shared broker state (for embedding and tests).
     pub fn broker(&self) -> &Arc<Broker> {
         &self.broker
@@ -147,7 +130,14 @@ impl Server {
     /// connections to close for at most the configured grace period.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let broker = self.broker;
-        let permits = Arc::new(Semaphore::new(broker.config.limits.max_connections));
+        let max_connections = broker.config().limits.max_connections;
+        let permits = Arc::new(Semaphore::new(max_connections));
+        broker.reload.handles.lock().permits = Some((permits.clone(), max_connections));
+        broker.tasks.spawn(crate::reload::watch::plugins(broker.clone()));
+        let config_file = broker.reload.handles.lock().source.as_ref().and_then(|s| s.path().map(Path::to_owned));
+        if let Some(path) = config_file {
+            broker.tasks.spawn(crate::reload::watch::config_file(broker.clone(), path));
+        }
         let mut accept_loops = tokio::task::JoinSet::new();
         for listener in self.listeners {
             if let Ok(addr) = listener.local_addr() {
@@ -158,8 +148,8 @@ impl Server {
         if let Some(admin) = self.admin {
             accept_loops.spawn(admin.run(broker.clone()));
         }
-        if broker.config.sys.interval_s > 0 {
-            let interval = Duration::from_secs(broker.config.sys.interval_s);
+        if broker.config().sys.interval_s > 0 {
+            let interval = Duration::from_secs(broker.config().sys.interval_s);
             broker.tasks.spawn(crate::metrics::sys::run(broker.clone(), interval));
         }
         // Listeners are bound and plugins loaded (both in `bind`).
@@ -170,7 +160,7 @@ impl Server {
         broker.shutdown.cancel();
         while accept_loops.join_next().await.is_some() {}
         broker.tasks.close();
-        let grace = Duration::from_millis(broker.config.limits.shutdown_grace_ms);
+        let grace = Duration::from_millis(broker.config().limits.shutdown_grace_ms);
         if tokio::time::timeout(grace, broker.tasks.wait()).await.is_err() {
             warn!(remaining = broker.tasks.len(), "grace period over; closing remaining connections");
         }

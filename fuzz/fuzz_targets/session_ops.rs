@@ -110,7 +110,8 @@ async fn run(ops: Vec<Op>) {
 }
 
 fn check_consistent(broker: &Broker) {
-    let limits = &broker.config.limits;
+    let running = broker.config();
+    let limits = &running.limits;
     let mut subscriptions = 0;
     for session in broker.sessions.all() {
         let state = session.lock();

@@ -2,6 +2,7 @@
 //! bearer token when one is configured. Answers never carry passwords,
 //! tokens, authentication data or payloads.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
@@ -10,9 +11,10 @@ use super::{Request, Response};
 use crate::broker::Broker;
 use crate::metrics::prometheus;
 use crate::plugin::Hook;
+use crate::reload::PluginReport;
 
 /// Answers one request.
-pub fn handle(broker: &Broker, request: &Request) -> Response {
+pub async fn handle(broker: &Arc<Broker>, request: &Request) -> Response {
     let method = request.method.as_str();
     let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
@@ -28,7 +30,11 @@ pub fn handle(broker: &Broker, request: &Request) -> Response {
         ("GET", ["api", "subscriptions"]) => Response::json(200, &subscriptions(broker)),
         ("GET", ["api", "plugins"]) => Response::json(200, &plugins(broker)),
         ("POST", ["api", "clients", id, "kick"]) => kick(broker, id),
-        (_, ["health" | "ready" | "metrics"] | ["api", "clients" | "sessions" | "subscriptions" | "plugins"])
+        ("POST", ["api", "reload"]) => reload(broker).await,
+        (
+            _,
+            ["health" | "ready" | "metrics"] | ["api", "clients" | "sessions" | "subscriptions" | "plugins" | "reload"],
+        )
         | (_, ["api", "clients", _, "kick"]) => Response::error(405, "method not allowed"),
         _ => Response::error(404, "no such endpoint"),
     }
@@ -153,6 +159,45 @@ fn kick(broker: &Broker, client_id: &str) -> Response {
     } else {
         Response::error(404, "no such connected client")
     }
+}
+
+/// Reads the configuration again and reloads the plugins, as SIGHUP does.
+/// The reload runs in its own task: a client that gives up (or the request
+/// deadline) must not cancel it half-way.
+async fn reload(broker: &Arc<Broker>) -> Response {
+    let task = tokio::spawn({
+        let broker = broker.clone();
+        async move { broker.reload().await }
+    });
+    let report = match task.await {
+        Ok(Ok(report)) => report,
+        Ok(Err(refused)) => return Response::error(422, &refused.0),
+        Err(e) => {
+            tracing::error!(error = %e, "reload task failed");
+            return Response::error(500, "the reload stopped");
+        }
+    };
+    let plugins = match &report.plugins {
+        PluginReport::Swapped { generation, added, removed, reloaded, subscriptions_removed, took } => json!({
+            "swapped": true,
+            "generation": generation,
+            "added": added,
+            "removed": removed,
+            "reloaded": reloaded,
+            "subscriptions_removed": subscriptions_removed,
+            "took_ms": u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        }),
+        PluginReport::Refused { reason } => json!({ "swapped": false, "reason": reason }),
+    };
+    Response::json(
+        200,
+        &json!({
+            "applied": report.applied,
+            "tls_reloaded": report.tls_reloaded,
+            "needs_restart": report.needs_restart,
+            "plugins": plugins,
+        }),
+    )
 }
 
 /// Decodes `%XX` escapes in a path segment (client ids may hold any

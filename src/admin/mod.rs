@@ -133,9 +133,9 @@ impl AdminListener {
 }
 
 /// Reads one request, answers it and closes.
-async fn serve(mut stream: TcpStream, broker: &Broker, token: Option<&str>) {
+async fn serve(mut stream: TcpStream, broker: &Arc<Broker>, token: Option<&str>) {
     let response = match read_request(&mut stream, token).await {
-        Ok(request) => api::handle(broker, &request),
+        Ok(request) => api::handle(broker, &request).await,
         Err(Some(response)) => response,
         Err(None) => return,
     };
@@ -146,6 +146,8 @@ async fn serve(mut stream: TcpStream, broker: &Broker, token: Option<&str>) {
         404 => "Not Found",
         405 => "Method Not Allowed",
         413 => "Payload Too Large",
+        422 => "Unprocessable Content",
+        500 => "Internal Server Error",
         503 => "Service Unavailable",
         _ => "",
     };

@@ -40,7 +40,8 @@ pub(super) async fn handshake<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let limits = &broker.config.limits;
+    let running = broker.config();
+    let limits = &running.limits;
     let mut rbuf = BytesMut::with_capacity(1024);
     let max_first = limits.max_packet_size.min(MAX_CONNECT_PACKET);
     let deadline = peer.connect_deadline.unwrap_or_else(|| Instant::now() + limits.connect_timeout());
@@ -131,7 +132,7 @@ where
     if session_expiry_s > 0 {
         broker.store.session_opened(&client_id, session_expiry_s);
     }
-    let limits = &broker.config.limits;
+    attached.session.lock().client = Some(Arc::new(client.clone()));
     let mut properties = Properties::default();
     if version.is_v5() {
         properties.receive_maximum = Some(limits.max_inflight);
@@ -200,7 +201,8 @@ fn negotiate(
     peer: &Peer,
     listener: &ListenerConfig,
 ) -> Result<Negotiated, ReasonCode> {
-    let limits = &broker.config.limits;
+    let running = broker.config();
+    let limits = &running.limits;
     let v5 = connect.protocol.is_v5();
     let (client_id, assigned) = if connect.client_id.is_empty() {
         // 3.1.1 only assigns an id to clean sessions [MQTT-3.1.3-8].

@@ -57,7 +57,7 @@ where
     fn on_publish(&mut self, mut publish: Publish) -> Result<(), Close> {
         self.counts.received(publish.qos);
         publish.topic = self.resolve_alias(&publish)?;
-        if publish.topic.levels().count() > self.broker.config.limits.max_topic_levels {
+        if publish.topic.levels().count() > self.broker.config().limits.max_topic_levels {
             return Err(Close::Protocol(ReasonCode::TOPIC_NAME_INVALID, "too many topic levels"));
         }
         let packet_id = publish.packet_id;
@@ -91,7 +91,7 @@ where
                 self.send(&Packet::PubRec(PubResp::success(id)));
                 return Ok(());
             }
-            if state.incoming_qos2.len() >= usize::from(self.broker.config.limits.max_inflight) {
+            if state.incoming_qos2.len() >= usize::from(self.broker.config().limits.max_inflight) {
                 return Err(Close::Protocol(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded"));
             }
             state.incoming_qos2.insert(id);
@@ -135,7 +135,7 @@ where
             }
             return Ok(publish.topic.clone());
         };
-        if alias == 0 || alias > self.broker.config.limits.topic_alias_maximum {
+        if alias == 0 || alias > self.broker.config().limits.topic_alias_maximum {
             return Err(Close::Protocol(ReasonCode::TOPIC_ALIAS_INVALID, "topic alias out of range"));
         }
         if publish.topic.is_empty() {
@@ -192,7 +192,7 @@ where
         let sub_id = subscribe.properties.subscription_identifiers.first().copied();
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         let mut retained = Vec::new();
-        let max_levels = self.broker.config.limits.max_topic_levels;
+        let max_levels = self.broker.config().limits.max_topic_levels;
         for (filter, mut options) in subscribe.filters {
             let shared = filter.share_group().is_some();
             if shared && options.no_local {
@@ -202,7 +202,8 @@ where
                 reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
                 continue;
             }
-            if !self.allowed(Action::Subscribe, filter.as_str(), options.qos, false) {
+            let policy = self.broker.policy();
+            if !self.allowed_by(&policy, Action::Subscribe, filter.as_str(), options.qos, false) {
                 reasons.push(ReasonCode::NOT_AUTHORIZED);
                 continue;
             }
@@ -211,6 +212,18 @@ where
             let existed = self.broker.router.subscribe(&self.attached.session, &filter, &subscription);
             self.broker.store.subscribed(self.attached.session.client_id(), &filter, &subscription);
             self.attached.session.lock().subscriptions.insert(filter.clone(), subscription);
+            // A plugin reload that swapped the policy after the check above
+            // may have swept the session's subscriptions before this one was
+            // added; ask the policy in force now, so none slips through.
+            if self.broker.policy().generation() != policy.generation()
+                && !self.allowed(Action::Subscribe, filter.as_str(), options.qos, false)
+            {
+                self.attached.session.lock().subscriptions.remove(&filter);
+                self.broker.router.unsubscribe(&self.attached.session, &filter);
+                self.broker.store.unsubscribed(self.attached.session.client_id(), &filter);
+                reasons.push(ReasonCode::NOT_AUTHORIZED);
+                continue;
+            }
             reasons.push(ReasonCode(options.qos as u8));
             // Retained messages are never sent to shared subscriptions.
             let send_retained = !shared
@@ -265,7 +278,7 @@ where
             if self.connect_expiry_zero && expiry != 0 {
                 return Close::Protocol(ReasonCode::PROTOCOL_ERROR, "session expiry set on DISCONNECT after 0");
             }
-            self.session_expiry_s = expiry.min(self.broker.config.limits.max_session_expiry_s);
+            self.session_expiry_s = expiry.min(self.broker.config().limits.max_session_expiry_s);
         }
         Close::ClientDisconnect { will: disconnect.reason == ReasonCode::DISCONNECT_WITH_WILL }
     }

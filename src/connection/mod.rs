@@ -198,7 +198,7 @@ where
 
     /// Decodes and handles every complete packet in the read buffer.
     fn process_input(&mut self) -> Result<(), Close> {
-        let max = self.broker.config.limits.max_packet_size;
+        let max = self.broker.config().limits.max_packet_size;
         loop {
             match codec::decode(&mut self.rbuf, self.version, max) {
                 Ok(Some(packet)) => self.handle(packet)?,

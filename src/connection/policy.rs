@@ -222,7 +222,7 @@ where
     codec::encode(&auth, ProtocolVersion::V5, &mut out).map_err(|_| AuthFailure::Closed)?;
     stream.write_all(&out).await.map_err(|_| AuthFailure::Closed)?;
     stream.flush().await.map_err(|_| AuthFailure::Closed)?;
-    let max = broker.config.limits.max_packet_size;
+    let max = broker.config().limits.max_packet_size;
     loop {
         match codec::decode(rbuf, ProtocolVersion::V5, max) {
             Ok(Some(Packet::Auth(reply))) => return answer_data(reply, method).map_err(AuthFailure::Refused),
@@ -321,6 +321,7 @@ where
         match self.broker.policy().authenticate_step(&mut exchange, &self.client, &credentials) {
             AuthnOutcome::Allow(grant) => {
                 self.client.apply_grant(&grant);
+                self.attached.session.lock().client = Some(std::sync::Arc::new(self.client.clone()));
                 let data = grant.auth_data.map(|d| d.to_vec()).unwrap_or_default();
                 self.send(&auth_packet(ReasonCode::SUCCESS, &method, data));
                 Ok(())

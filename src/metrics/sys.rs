@@ -38,7 +38,7 @@ pub fn topics(broker: &Broker) -> Vec<(&'static str, String)> {
         ("$SYS/broker/uptime", format!("{} seconds", s.uptime_s)),
         ("$SYS/broker/clients/connected", s.connections_current.to_string()),
         ("$SYS/broker/clients/total", broker.sessions.len().to_string()),
-        ("$SYS/broker/clients/maximum", broker.config.limits.max_connections.to_string()),
+        ("$SYS/broker/clients/maximum", broker.config().limits.max_connections.to_string()),
         ("$SYS/broker/messages/received", s.received_total().to_string()),
         ("$SYS/broker/messages/sent", s.sent_total().to_string()),
         ("$SYS/broker/publish/messages/received", s.received_total().to_string()),

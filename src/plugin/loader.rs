@@ -44,17 +44,7 @@ impl PluginHost {
     /// The first plugin that fails to load fails the whole set: a policy
     /// with a plugin missing must never run in its place.
     pub fn load_dir(&self, dir: &Path) -> Result<PluginSet, LoadError> {
-        let entries =
-            std::fs::read_dir(dir).map_err(|e| LoadError::Io { path: dir.to_owned(), message: e.to_string() })?;
-        let mut specs = Vec::new();
-        for entry in entries {
-            let path = entry.map_err(|e| LoadError::Io { path: dir.to_owned(), message: e.to_string() })?.path();
-            if path.extension().is_some_and(|ext| ext == "wasm") && path.is_file() {
-                let settings = PluginSettings::for_component(&path)?;
-                specs.push((path, settings));
-            }
-        }
-        self.load(specs)
+        self.load_sources(components_in(dir)?)
     }
 
     /// Loads the given components with the given settings, ordered by
@@ -205,6 +195,24 @@ fn import_allowed(import: &str) -> bool {
         Some((interface, version)) => version.starts_with(WASI_VERSION_PREFIX) && WASI_INTERFACES.contains(&interface),
         None => false,
     }
+}
+
+/// The components of `dir` (its `*.wasm` files), each with the settings of
+/// its sidecar.
+///
+/// # Errors
+/// An unreadable directory or a sidecar that does not parse.
+pub fn components_in(dir: &Path) -> Result<Vec<(Source, PluginSettings)>, LoadError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| LoadError::Io { path: dir.to_owned(), message: e.to_string() })?;
+    let mut specs = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(|e| LoadError::Io { path: dir.to_owned(), message: e.to_string() })?.path();
+        if path.extension().is_some_and(|ext| ext == "wasm") && path.is_file() {
+            let settings = PluginSettings::for_component(&path)?;
+            specs.push((Source::File(path), settings));
+        }
+    }
+    Ok(specs)
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ mod stats;
 pub(crate) use convert::{AuthnAnswer, AuthzAnswer, TransformAnswer};
 pub use engine::PluginHost;
 pub use instance::{LoadedPlugin, PinnedInstance};
-pub use loader::Source;
+pub use loader::{Source, components_in};
 pub use settings::{Grants, Limits, OnError, PluginSettings, Sidecar, SidecarLimits};
 pub use stats::{PluginStats, StatsSnapshot};
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::ClientInfo;
 use crate::codec::{PacketId, QoS, SubscriptionOptions, TopicFilter};
 use crate::router::Message;
 
@@ -98,6 +99,11 @@ pub struct SessionState {
     pub connection: Option<ConnectionInfo>,
     /// Session expiry interval, seconds, as last negotiated.
     pub expiry_s: u32,
+    /// Who the client was at its last (re-)authentication, so a policy
+    /// reload can re-authorize the subscriptions of online and offline
+    /// sessions alike. `None` for a session restored from the store and not
+    /// yet resumed.
+    pub client: Option<Arc<ClientInfo>>,
     next_packet_id: PacketId,
     max_queued: usize,
 }
@@ -122,6 +128,7 @@ impl SessionState {
             kicked_by_admin: false,
             connection: None,
             expiry_s: 0,
+            client: None,
             next_packet_id: FIRST_PACKET_ID,
             max_queued,
         }

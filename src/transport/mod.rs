@@ -141,7 +141,8 @@ async fn establish(
     listener: &ListenerConfig,
     tls: Option<&TlsAcceptor>,
 ) -> Option<(Stream, Peer)> {
-    let limits = &broker.config.limits;
+    let running = broker.config();
+    let limits = &running.limits;
     let deadline = tokio::time::Instant::now() + limits.connect_timeout();
     let setup = async {
         let mut peer = Peer::plain(addr);

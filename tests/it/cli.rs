@@ -145,3 +145,63 @@ fn passwd_refuses_empty_passwords_and_bad_user_names() {
     let out = moat().args(["--listen", "127.0.0.1:1", "passwd"]).arg(&file).arg("alice").output().expect("run");
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Collects the lines a child writes to stderr, on a thread.
+fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits (bounded) for a line containing all of `parts`; returns it.
+fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, parts: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines.recv_timeout(left).unwrap_or_else(|_| panic!("no log line with {parts:?}"));
+        if parts.iter().all(|p| line.contains(p)) {
+            return line;
+        }
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn sighup_and_config_file_changes_reload_and_an_invalid_file_is_refused() {
+    let port = free_port();
+    let (path, _) = tempfile_in_target("reload.toml");
+    let listener = format!("[[listeners]]\nbind = \"127.0.0.1:{port}\"\n\n");
+    std::fs::write(&path, format!("{listener}[limits]\nmax_inflight = 10\n")).expect("write config");
+    let mut child =
+        moat().arg("--config").arg(&path).env_remove("RUST_LOG").stderr(Stdio::piped()).spawn().expect("start moat");
+    let lines = stderr_lines(&mut child);
+    wait_for_line(&lines, &["listening"]);
+
+    let status = Command::new("kill").args(["-HUP", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    wait_for_line(&lines, &["SIGHUP"]);
+    wait_for_line(&lines, &["configuration reloaded"]);
+
+    // An invalid file (noticed by the watcher) is refused with file, line
+    // and key; the broker keeps serving.
+    std::fs::write(&path, format!("{listener}[limits]\nmax_inflight = 0\n")).expect("write config");
+    let refused = wait_for_line(&lines, &["configuration reload refused"]);
+    assert!(refused.contains("reload.toml:5: `limits.max_inflight`"), "{refused}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok(), "still listening");
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("kill");
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "moat did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -21,6 +21,7 @@ mod plugin_support;
 mod plugins;
 mod pubsub;
 mod rbac_plugin;
+mod reload;
 mod retained;
 mod scram_plugin;
 mod session;

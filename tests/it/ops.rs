@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use crate::harness::{TestBroker, WAIT};
 use crate::plugin_support::stage;
 
-const TOKEN: &str = "t0ken-for-tests";
+pub const TOKEN: &str = "t0ken-for-tests";
 
 /// A broker with the admin API on an ephemeral loopback port and a token.
 async fn admin_broker(tweak: impl FnOnce(&mut Config)) -> (TestBroker, SocketAddr) {
@@ -28,7 +28,7 @@ async fn admin_broker(tweak: impl FnOnce(&mut Config)) -> (TestBroker, SocketAdd
 }
 
 /// One HTTP/1.1 request on a fresh connection: (status, body).
-async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+pub async fn http(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await.expect("connect to admin");
         let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();

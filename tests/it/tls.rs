@@ -275,3 +275,44 @@ async fn replaced_certificates_serve_new_handshakes_only() {
     after.client.publish("swap/x", rumqttc::v5::mqttbytes::QoS::AtLeastOnce, false, "hi").await.expect("publish");
     assert_eq!(&before.publish().await.payload[..], b"hi", "the connection made before the swap goes on");
 }
+
+#[tokio::test]
+async fn reload_reads_rotated_certificate_files_and_refuses_broken_ones() {
+    let pki = ServerPki::new("reload-rotate", ClientAuth::None);
+    let broker = TestBroker::with(|c| pki.apply(&mut c.listeners[0], ListenerProtocol::Tls)).await;
+    let trusts_old = client_config(&pki.ca.pem(), None, &[]);
+    let mut before = broker
+        .v5_with("before", |o| {
+            o.set_transport(tls(trusts_old.clone()));
+        })
+        .await;
+    before.subscribe("rotate/#", rumqttc::v5::mqttbytes::QoS::AtLeastOnce).await;
+
+    // A key that does not parse: the reload is refused as a whole and the
+    // old certificate keeps serving.
+    let old_key = std::fs::read_to_string(&pki.tls.key_file).expect("key");
+    write(&pki.dir, "server.key", "not a key");
+    let refused = broker.broker.reload().await.expect_err("broken key");
+    assert!(refused.0.contains("server.key"), "{refused}");
+    assert_eq!(try_v5(&broker, "still-old", trusts_old.clone()).await, Ok(V5Code::Success));
+    write(&pki.dir, "server.key", &old_key);
+
+    // Rotated in place (same file names), as certificate renewal does.
+    let ca = crate::pki::Ca::new("moat renewed CA");
+    let server = ca.server();
+    write(&pki.dir, "server.pem", &server.cert_pem);
+    write(&pki.dir, "server.key", &server.key_pem);
+    let report = broker.broker.reload().await.expect("reload");
+    assert_eq!(report.tls_reloaded, ["test"]);
+    assert!(report.needs_restart.is_empty(), "{:?}", report.needs_restart);
+
+    let refused = try_v5(&broker, "old-trust", trusts_old).await;
+    assert!(refused.as_ref().is_err_and(|e| e.contains("invalid peer certificate")), "{refused:?}");
+    let after = broker
+        .v5_with("after", |o| {
+            o.set_transport(tls(client_config(&ca.pem(), None, &[])));
+        })
+        .await;
+    after.client.publish("rotate/x", rumqttc::v5::mqttbytes::QoS::AtLeastOnce, false, "hi").await.expect("publish");
+    assert_eq!(&before.publish().await.payload[..], b"hi", "the connection made before the reload goes on");
+}

@@ -1,0 +1,273 @@
+//! Configuration reload: validate the new file whole, apply what can change
+//! at run time, name what needs a restart, then reload the plugins.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tracing::{info, warn};
+
+use super::{PluginReport, plugin_dir};
+use crate::broker::Broker;
+use crate::config::{Config, ConfigError, ListenerConfig, TlsConfig};
+use crate::transport::{ServerConfigs, TlsAcceptor};
+
+/// Where the running configuration came from, so a reload can read it
+/// again (the binary applies its command-line overrides here too).
+pub trait ConfigSource: Send + Sync {
+    /// Reads and validates the configuration.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file, line and key at fault.
+    fn load(&self) -> Result<Config, ConfigError>;
+
+    /// The file to watch for changes, if there is one.
+    fn path(&self) -> Option<&Path>;
+}
+
+/// A configuration reload that was refused as a whole; the running
+/// configuration stays.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("configuration reload refused: {0}")]
+pub struct ReloadRefused(pub String);
+
+/// What a configuration reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigReport {
+    /// Settings now in force that differ from before (`key = value`).
+    pub applied: Vec<String>,
+    /// TLS listeners whose certificates, keys, CAs and CRLs were read again.
+    pub tls_reloaded: Vec<String>,
+    /// Settings that changed in the file but take effect only after a
+    /// restart; the running value stays.
+    pub needs_restart: Vec<String>,
+    /// The plugin reload that followed.
+    pub plugins: PluginReport,
+}
+
+/// Appends `section.field = new` for each listed field that differs.
+macro_rules! changed_fields {
+    ($out:expr, $section:literal, $old:expr, $new:expr, [$($field:ident),* $(,)?]) => {
+        $(
+            if $old.$field != $new.$field {
+                $out.push(format!("{}.{} = {:?}", $section, stringify!($field), $new.$field));
+            }
+        )*
+    };
+}
+
+impl Broker {
+    /// Reads the configuration again from its source (the file given at
+    /// start-up) and applies it with [`Broker::reload_config`]; without a
+    /// source, applies the running configuration again, which reads the
+    /// certificate files and the plugin directory anew. This is what
+    /// SIGHUP does.
+    ///
+    /// # Errors
+    /// [`ReloadRefused`] when the file is invalid or a certificate does not
+    /// load; nothing changed then.
+    pub async fn reload(self: &Arc<Self>) -> Result<ConfigReport, ReloadRefused> {
+        let source = self.reload.handles.lock().source.clone();
+        let config = match source {
+            Some(source) => source.load().map_err(|e| self.refuse(e.to_string()))?,
+            None => (*self.config()).clone(),
+        };
+        self.reload_config(config).await
+    }
+
+    /// Applies `new` as far as it can change at run time: limits, the log
+    /// filter, the plugin directory, and every TLS listener's files (read
+    /// again even when their names did not change, for rotated
+    /// certificates). Listener addresses, protocols, anonymous access,
+    /// client-certificate policy, the log format and storage need a
+    /// restart: they are reported and keep their running values. Then the
+    /// plugins are reloaded; a refused plugin set does not undo the rest.
+    ///
+    /// # Errors
+    /// [`ReloadRefused`] when the log filter is invalid or a TLS listener's
+    /// files do not load; nothing changed then.
+    pub async fn reload_config(self: &Arc<Self>, new: Config) -> Result<ConfigReport, ReloadRefused> {
+        let _one_at_a_time = self.reload.running.lock().await;
+        let old = self.config();
+        if let Some(level) = &new.log.level {
+            tracing_subscriber::EnvFilter::try_new(level)
+                .map_err(|e| self.refuse(format!("`log.level`: invalid filter {level:?}: {e}")))?;
+        }
+        let mut needs_restart = Vec::new();
+        let mut tls = Vec::new();
+        for listener in &old.listeners {
+            match new.listeners.iter().find(|l| l.name == listener.name) {
+                None => needs_restart.push(format!("listener {:?} removed", listener.name)),
+                Some(next) => {
+                    needs_restart.extend(restart_only(listener, next));
+                    if let (Some(files), true) = (&next.tls, same_tls_policy(&listener.tls, &next.tls)) {
+                        let configs = ServerConfigs::load(&next.name, next.protocol, files)
+                            .map_err(|e| self.refuse(e.to_string()))?;
+                        tls.push((next.name.clone(), configs));
+                    }
+                }
+            }
+        }
+        for listener in &new.listeners {
+            if !old.listeners.iter().any(|l| l.name == listener.name) {
+                needs_restart.push(format!("listener {:?} added", listener.name));
+            }
+        }
+        if old.log.format != new.log.format {
+            needs_restart.push(format!("log.format = {:?}", new.log.format));
+        }
+        if old.storage != new.storage {
+            needs_restart.push("storage".to_owned());
+        }
+        if old.admin != new.admin {
+            needs_restart.push("admin".to_owned());
+        }
+        if old.sys != new.sys {
+            needs_restart.push("sys".to_owned());
+        }
+
+        // Everything is valid: apply.
+        let mut applied = Vec::new();
+        changed_fields!(
+            applied,
+            "limits",
+            old.limits,
+            new.limits,
+            [
+                max_connections,
+                max_packet_size,
+                max_inflight,
+                max_queued_messages,
+                max_topic_levels,
+                connect_timeout_ms,
+                max_keepalive_s,
+                max_session_expiry_s,
+                topic_alias_maximum,
+                shutdown_grace_ms,
+            ]
+        );
+        changed_fields!(applied, "log", old.log, new.log, [level]);
+        changed_fields!(applied, "plugins", old.plugins, new.plugins, [dir, watch]);
+        // Names only: a plugin's table may hold secrets (a JWT key).
+        for (name, table) in &new.plugins.shipped {
+            match old.plugins.shipped.get(name) {
+                None => applied.push(format!("plugins.{name} added")),
+                Some(before) if before != table => applied.push(format!("plugins.{name} changed")),
+                Some(_) => {}
+            }
+        }
+        for name in old.plugins.shipped.keys().filter(|n| !new.plugins.shipped.contains_key(*n)) {
+            applied.push(format!("plugins.{name} removed"));
+        }
+        let tls_reloaded = self.apply_handles(&old, &new, tls);
+        let dir = plugin_dir(&new);
+        self.reload.dir.send_if_modified(|current| {
+            let changed = *current != dir;
+            current.clone_from(&dir);
+            changed
+        });
+        let effective = Config {
+            listeners: old.listeners.clone(),
+            storage: old.storage.clone(),
+            admin: old.admin.clone(),
+            sys: old.sys.clone(),
+            ..new
+        };
+        let effective =
+            Config { log: crate::config::LogConfig { format: old.log.format, ..effective.log }, ..effective };
+        self.set_config(effective);
+        let plugins = self.reload_plugins_locked().await;
+        let report = ConfigReport { applied, tls_reloaded, needs_restart, plugins };
+        info!(
+            applied = ?report.applied,
+            tls_reloaded = ?report.tls_reloaded,
+            plugins_swapped = report.plugins.swapped(),
+            "configuration reloaded"
+        );
+        if !report.needs_restart.is_empty() {
+            warn!(settings = ?report.needs_restart, "configuration changes that need a restart were not applied");
+        }
+        Ok(report)
+    }
+
+    /// Logs and builds a refusal.
+    fn refuse(&self, reason: String) -> ReloadRefused {
+        warn!(reason, "configuration reload refused; the running configuration stays");
+        ReloadRefused(reason)
+    }
+
+    /// Replaces TLS acceptors, resizes the connection permits and sets the
+    /// log filter. Returns the listeners whose TLS files were reloaded.
+    fn apply_handles(&self, old: &Config, new: &Config, tls: Vec<(String, ServerConfigs)>) -> Vec<String> {
+        let mut handles = self.reload.handles.lock();
+        let mut reloaded = Vec::new();
+        for (name, configs) in tls {
+            let acceptor: Option<&Arc<TlsAcceptor>> = handles.tls.iter().find(|(n, _)| *n == name).map(|(_, a)| a);
+            if let Some(acceptor) = acceptor {
+                acceptor.replace(configs);
+                reloaded.push(name);
+            }
+        }
+        if let Some((permits, count)) = &mut handles.permits {
+            let wanted = new.limits.max_connections;
+            if wanted > *count {
+                permits.add_permits(wanted - *count);
+            } else if wanted < *count {
+                // Permits held by open connections come back one by one;
+                // take the surplus as they do, so no connection is closed.
+                let surplus = u32::try_from(*count - wanted).unwrap_or(u32::MAX);
+                let permits = permits.clone();
+                tokio::spawn(async move {
+                    if let Ok(taken) = permits.acquire_many_owned(surplus).await {
+                        taken.forget();
+                    }
+                });
+            }
+            *count = wanted;
+        }
+        if old.log.level != new.log.level
+            && let Some(set) = &handles.log_filter
+        {
+            let level = new.log.level.clone().unwrap_or_else(|| "info".to_owned());
+            if let Err(e) = set(&level) {
+                warn!(error = e, "the log filter was not changed");
+            }
+        }
+        reloaded
+    }
+}
+
+/// The settings of a listener that only a restart changes, where `new`
+/// differs from `old`.
+fn restart_only(old: &ListenerConfig, new: &ListenerConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    let name = &old.name;
+    if old.bind != new.bind {
+        out.push(format!("listener {name:?}: bind = {}", new.bind));
+    }
+    if old.protocol != new.protocol {
+        out.push(format!("listener {name:?}: protocol = {:?}", new.protocol));
+    }
+    if old.allow_anonymous != new.allow_anonymous {
+        out.push(format!("listener {name:?}: allow_anonymous = {:?}", new.allow_anonymous));
+    }
+    if old.ws_path != new.ws_path {
+        out.push(format!("listener {name:?}: ws_path = {:?}", new.ws_path));
+    }
+    if !same_tls_policy(&old.tls, &new.tls) {
+        out.push(format!("listener {name:?}: tls client_auth / use_identity_as_username / presence of the table"));
+    }
+    out
+}
+
+/// Whether two TLS tables differ at most in their files, which an acceptor
+/// can take at run time; the client-certificate policy is also read by the
+/// connection code and needs a restart.
+fn same_tls_policy(old: &Option<TlsConfig>, new: &Option<TlsConfig>) -> bool {
+    match (old, new) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.client_auth == b.client_auth && a.use_identity_as_username == b.use_identity_as_username
+        }
+        _ => false,
+    }
+}
