@@ -54,6 +54,13 @@ impl AuthzCache {
         self.len == 0
     }
 
+    /// Forgets every verdict: the client's identity changed (MQTT 5
+    /// re-authentication), so verdicts about the old one no longer hold.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.len = 0;
+    }
+
     /// Answers from the cache when it can, else asks `policy` and remembers
     /// the verdict for as long as the plugin allowed.
     pub fn check(
@@ -82,8 +89,7 @@ impl AuthzCache {
         retain: bool,
     ) -> bool {
         if self.generation != policy.generation() {
-            self.entries.clear();
-            self.len = 0;
+            self.clear();
             self.generation = policy.generation();
         }
         let question = Question { action, qos, retain };

@@ -49,9 +49,12 @@ pub struct ClientInfo {
 
 impl ClientInfo {
     /// Applies an authenticator's grant: its attributes and user name
-    /// override become part of what later hooks see.
+    /// override become part of what later hooks see. The attributes replace
+    /// those of an earlier grant: after MQTT 5 re-authentication only the
+    /// new credentials' grant counts (a renewed token with fewer rights must
+    /// not keep the old token's).
     pub fn apply_grant(&mut self, grant: &Grant) {
-        self.attributes.extend(grant.attributes.iter().cloned());
+        self.attributes.clone_from(&grant.attributes);
         if let Some(name) = &grant.username_override {
             self.username = Some(name.clone());
         }

@@ -321,6 +321,7 @@ where
         match self.broker.policy().authenticate_step(&mut exchange, &self.client, &credentials) {
             AuthnOutcome::Allow(grant) => {
                 self.client.apply_grant(&grant);
+                self.authz.clear();
                 self.attached.session.lock().client = Some(std::sync::Arc::new(self.client.clone()));
                 let data = grant.auth_data.map(|d| d.to_vec()).unwrap_or_default();
                 self.send(&auth_packet(ReasonCode::SUCCESS, &method, data));

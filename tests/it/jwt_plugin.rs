@@ -169,3 +169,54 @@ async fn keys_come_from_a_jwks_file_in_a_granted_directory() {
     let refused = connack_of(&broker, &connect_v5_with("dave-2", None, Some(forged.as_bytes()), &[])).await;
     assert_eq!(refused, [0x20, 3, 0, 0x86, 0]);
 }
+
+/// A v5 QoS 1 PUBLISH of `topic` with packet id `id` and no properties.
+fn publish_qos1_frame(topic: &str, id: u16) -> Vec<u8> {
+    let mut body = (topic.len() as u16).to_be_bytes().to_vec();
+    body.extend(topic.as_bytes());
+    body.extend(id.to_be_bytes());
+    body.push(0); // no properties
+    body.extend(b"m");
+    frame(0x32, &body)
+}
+
+/// The PUBACK reason code for the PUBLISH just sent (0 when omitted).
+async fn puback_reason(raw: &mut Raw, id: u16) -> u8 {
+    let (first, body) = raw.read_packet().await;
+    assert_eq!((first, &body[..2]), (0x40, &id.to_be_bytes()[..]), "PUBACK {body:02x?}");
+    body.get(2).copied().unwrap_or(0)
+}
+
+/// MQTT 5 re-authentication with a new token replaces the old token's
+/// permissions at once: nothing the old token allowed survives in the
+/// client's attributes or in the connection's cached verdicts.
+#[tokio::test]
+async fn re_authentication_with_a_new_token_replaces_its_permissions() {
+    let (broker, _dir) = broker().await;
+    let grant = |topic: &str| {
+        let claims = serde_json::json!({ "sub": "dave", "exp": now_s() + 3600, "publish": [topic] });
+        token(&claims, SECRET)
+    };
+    let mut raw = broker.raw().await;
+    let first = grant("a/#");
+    raw.send(&connect_v5_with("dave-1", None, None, &auth_properties("JWT", Some(first.as_bytes())))).await;
+    let (kind, body) = raw.read_packet().await;
+    assert_eq!((kind, body[1]), (0x20, 0), "CONNACK success");
+    raw.send(&publish_qos1_frame("a/1", 1)).await;
+    assert_eq!(puback_reason(&mut raw, 1).await, 0x10, "allowed: no matching subscribers");
+    raw.send(&publish_qos1_frame("b/1", 2)).await;
+    assert_eq!(puback_reason(&mut raw, 2).await, 0x87);
+
+    let second = grant("b/#");
+    let props = auth_properties("JWT", Some(second.as_bytes()));
+    let mut body = vec![0x19];
+    body.extend(crate::harness::varint(props.len()));
+    body.extend(props);
+    raw.send(&frame(0xF0, &body)).await;
+    let (kind, body) = raw.read_packet().await;
+    assert_eq!((kind, body[0]), (0xF0, 0x00), "AUTH success: {body:02x?}");
+    raw.send(&publish_qos1_frame("a/1", 3)).await;
+    assert_eq!(puback_reason(&mut raw, 3).await, 0x87, "the old token's right is gone");
+    raw.send(&publish_qos1_frame("b/1", 4)).await;
+    assert_eq!(puback_reason(&mut raw, 4).await, 0x10);
+}
