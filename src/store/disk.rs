@@ -53,9 +53,15 @@ impl DiskStore {
             db: db.clone(),
         };
         restrict_permissions(path).map_err(|e| open_err(&e))?;
-        let (recovered, next_seq) =
+        let (recovered, next_seq, expired) =
             read_all(&parts).map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
         let (queue, handle) = writer::start(parts, durability, next_seq).map_err(|e| open_err(&e))?;
+        // Sessions that expired while the broker was down are deleted with
+        // everything they held, so a new session under the same client id
+        // never inherits their subscriptions, messages, ids or will.
+        for client_id in expired {
+            queue.send(Op::SessionEnded(client_id));
+        }
         Ok(DiskStore {
             path: path.to_owned(),
             queue,
@@ -193,8 +199,10 @@ fn restrict_permissions(path: &Path) -> std::io::Result<()> {
 }
 
 /// Decodes every record; drops sessions past their expiry and expired
-/// queued messages. Returns the next message sequence number.
-fn read_all(parts: &Parts) -> Result<(Recovered, u64), String> {
+/// queued messages. Returns the next message sequence number and the
+/// client ids of the expired sessions.
+fn read_all(parts: &Parts) -> Result<(Recovered, u64, Vec<Arc<str>>), String> {
+    let mut expired = Vec::new();
     let (now, now_ms) = (Instant::now(), record::now_ms());
     let mut recovered = Recovered::default();
     for kv in parts.retained.iter() {
@@ -216,6 +224,7 @@ fn read_all(parts: &Parts) -> Result<(Recovered, u64), String> {
         } else {
             let left = u64::from(record.expiry_s).saturating_mul(1000).saturating_sub(offline_ms);
             if left == 0 {
+                expired.push(client_id);
                 continue;
             }
             u32::try_from(left.div_ceil(1000)).unwrap_or(u32::MAX)
@@ -239,7 +248,7 @@ fn read_all(parts: &Parts) -> Result<(Recovered, u64), String> {
             next_seq = next_seq.max(seq + 1);
         }
     }
-    Ok((recovered, next_seq))
+    Ok((recovered, next_seq, expired))
 }
 
 /// The sequence number at the end of a message key.

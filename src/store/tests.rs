@@ -230,3 +230,30 @@ fn incoming_qos2_ids_and_pending_wills_survive_until_released() {
     }
     assert!(open(&path).recover().expect("recovers").sessions[0].will.is_none(), "a cancelled will is gone");
 }
+
+#[test]
+fn a_session_that_expired_while_down_leaves_nothing_to_a_new_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    let client: Arc<str> = "c".into();
+    let filter = TopicFilter::new("old/#").expect("valid");
+    {
+        let store = open(&path);
+        store.session_opened(&client, 1);
+        store.subscribed(&client, &filter, &subscription());
+        store.incoming_qos2(&client, crate::codec::PacketId::new(3).expect("non-zero"), true);
+        store.will(&client, Some(&PendingWill { message: message("w", b"old", false, None), due_ms: 1 }));
+        store.session_messages(&client, vec![], vec![]);
+        store.close();
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    {
+        let store = open(&path);
+        assert!(store.recover().expect("recovers").sessions.is_empty());
+        store.session_opened(&client, 60);
+        store.close();
+    }
+    let recovered = open(&path).recover().expect("recovers");
+    let s = &recovered.sessions[0];
+    assert!(s.subscriptions.is_empty() && s.incoming_qos2.is_empty() && s.will.is_none(), "{s:?}");
+}
