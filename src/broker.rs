@@ -98,7 +98,7 @@ impl Broker {
             if let Some(will) = stored.will {
                 // Due while the broker was down: publish it now.
                 let wait = Duration::from_millis(will.due_ms.saturating_sub(crate::store::now_ms()));
-                broker.schedule_will(session.clone(), 0, will.message, wait);
+                broker.schedule_will(session.clone(), 0, will, wait);
             }
             broker.arm_expiry(session, 0, stored.expiry_s);
         }
@@ -135,6 +135,7 @@ impl Broker {
 
     /// Publishes a message: stores it if retained, then routes it.
     /// Returns the number of sessions it was delivered to.
+    ///
     /// A retained message the retained store has no room for is routed
     /// without being retained (and counted as dropped, `retained_full`).
     pub fn publish(&self, message: Message, publisher: Option<&Arc<Session>>) -> usize {
@@ -262,20 +263,23 @@ impl Broker {
         let mut now = None;
         if let Some(will) = will {
             let delay = will.properties.will_delay_interval.unwrap_or(0);
-            let message = Message::new(will.topic, will.payload, will.qos, will.retain, &will.properties);
+            let mut message = Message::new(will.topic, will.payload, will.qos, will.retain, &will.properties);
             if delay == 0 || expiry_s == 0 {
                 now = Some(message);
             } else {
                 // The will waits for the delay or the session's end, whichever
                 // comes first, and is cancelled by a reconnect [MQTT-3.1.3-9].
+                // Its expiry starts when it is published.
+                message.expires_at = None;
                 let wait_s = delay.min(expiry_s);
                 let pending = PendingWill {
                     message: Arc::new(message),
+                    expiry_s: will.properties.message_expiry_interval,
                     due_ms: crate::store::now_ms() + u64::from(wait_s) * 1000,
                 };
                 session.lock().will_pending = true;
                 self.store.will(session.client_id(), Some(&pending));
-                delayed = Some((pending.message, Duration::from_secs(u64::from(wait_s))));
+                delayed = Some((pending, Duration::from_secs(u64::from(wait_s))));
             }
         }
         if expiry_s == 0 {
@@ -290,14 +294,14 @@ impl Broker {
         if let Some(message) = now {
             self.publish(message, Some(&session));
         }
-        if let Some((message, wait)) = delayed {
-            self.schedule_will(session, generation, message, wait);
+        if let Some((will, wait)) = delayed {
+            self.schedule_will(session, generation, will, wait);
         }
     }
 
     /// Publishes a will after `wait` unless a connection attached to
     /// `session` since `generation`; then forgets it in the store.
-    fn schedule_will(self: &Arc<Self>, session: Arc<Session>, generation: u64, message: Arc<Message>, wait: Duration) {
+    fn schedule_will(self: &Arc<Self>, session: Arc<Session>, generation: u64, will: PendingWill, wait: Duration) {
         let broker = self.clone();
         self.tasks.spawn(async move {
             tokio::select! {
@@ -315,7 +319,10 @@ impl Broker {
             if due {
                 // Published before it is forgotten: a crash in between
                 // publishes it twice rather than never.
-                let _ = broker.publish_shared(message, Some(&session), false);
+                let mut message = Arc::unwrap_or_clone(will.message);
+                message.expires_at =
+                    will.expiry_s.map(|s| std::time::Instant::now() + Duration::from_secs(u64::from(s)));
+                broker.publish(message, Some(&session));
                 broker.store.will(session.client_id(), None);
             }
         });

@@ -280,7 +280,8 @@ fn read_session(parts: &Parts, session: &mut StoredSession, now: (Instant, u64))
         let key = session.client_id.as_bytes();
         let record: WillRecord = record::decode(&value).map_err(|e| bad("wills", key, &e))?;
         let message = record.message.into_message(now.0, now.1).map_err(|e| bad("wills", key, &e))?;
-        session.will = Some(PendingWill { message: Arc::new(message), due_ms: record.due_ms });
+        session.will =
+            Some(PendingWill { message: Arc::new(message), expiry_s: record.expiry_s, due_ms: record.due_ms });
     }
     for kv in parts.messages.prefix(&prefix) {
         let (key, value) = kv.into_inner().map_err(|e| e.to_string())?;

@@ -78,8 +78,11 @@ pub struct StoredSession {
 /// A will waiting for its delay, as stored.
 #[derive(Debug, Clone)]
 pub struct PendingWill {
-    /// The will message.
+    /// The will message, without expiry: its Message Expiry Interval
+    /// starts when it is published.
     pub message: Arc<Message>,
+    /// The will's Message Expiry Interval, seconds.
+    pub expiry_s: Option<u32>,
     /// When it is due, ms since the Unix epoch.
     pub due_ms: u64,
 }

@@ -162,6 +162,8 @@ impl MessageRecord {
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 pub(super) struct WillRecord {
     pub message: MessageRecord,
+    /// Message Expiry Interval, seconds, from publication.
+    pub expiry_s: Option<u32>,
     /// When it is due, ms since the Unix epoch.
     pub due_ms: u64,
 }

@@ -201,7 +201,7 @@ fn incoming_qos2_ids_and_pending_wills_survive_until_released() {
     let path = dir.path().join("store");
     let (client, ended): (Arc<str>, Arc<str>) = ("pub".into(), "ended".into());
     let id = |n| crate::codec::PacketId::new(n).expect("non-zero");
-    let will = PendingWill { message: message("w/t", b"bye", false, None), due_ms: 1234 };
+    let will = PendingWill { message: message("w/t", b"bye", false, None), expiry_s: Some(30), due_ms: 1234 };
     {
         let store = open(&path);
         store.session_opened(&client, 60);
@@ -222,7 +222,10 @@ fn incoming_qos2_ids_and_pending_wills_survive_until_released() {
     let s = &recovered.sessions[0];
     assert_eq!(s.incoming_qos2, vec![id(8)]);
     let back = s.will.as_ref().expect("will kept");
-    assert_eq!((back.message.payload.clone(), back.due_ms), (Bytes::from_static(b"bye"), 1234));
+    assert_eq!(
+        (back.message.payload.clone(), back.expiry_s, back.due_ms),
+        (Bytes::from_static(b"bye"), Some(30), 1234)
+    );
     {
         let store = open(&path);
         store.will(&client, None);
@@ -242,7 +245,10 @@ fn a_session_that_expired_while_down_leaves_nothing_to_a_new_one() {
         store.session_opened(&client, 1);
         store.subscribed(&client, &filter, &subscription());
         store.incoming_qos2(&client, crate::codec::PacketId::new(3).expect("non-zero"), true);
-        store.will(&client, Some(&PendingWill { message: message("w", b"old", false, None), due_ms: 1 }));
+        store.will(
+            &client,
+            Some(&PendingWill { message: message("w", b"old", false, None), expiry_s: None, due_ms: 1 }),
+        );
         store.session_messages(&client, vec![], vec![]);
         store.close();
     }

@@ -391,6 +391,7 @@ impl Writer {
                 let value = match will {
                     Some(w) if self.session(&client).is_some() => Some(record::encode(&WillRecord {
                         message: MessageRecord::from_message(&w.message, now.0, now.1),
+                        expiry_s: w.expiry_s,
                         due_ms: w.due_ms,
                     })),
                     _ => None,
