@@ -11,11 +11,11 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Policy;
 use crate::codec::Will;
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::metrics::{DropReason, Metrics};
 use crate::reload::Reloader;
 use crate::router::{Message, Router};
 use crate::session::{Attached, Registry, Session};
-use crate::store::{Recovered, Store};
+use crate::store::{PendingWill, Recovered, Store};
 
 /// State shared by every connection: configuration, subscriptions,
 /// sessions, and the shutdown signal.
@@ -49,6 +49,12 @@ pub struct Broker {
     next_assigned_id: AtomicU64,
 }
 
+/// A retained message was refused: the retained store is at
+/// `limits.max_retained_messages` or `max_retained_bytes`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the retained store is full")]
+pub struct RetainedFull;
+
 /// How many authentication chain calls may run at once: one per core (at
 /// least two), since a password hash is CPU-bound work.
 pub fn authn_concurrency() -> usize {
@@ -76,16 +82,23 @@ impl Broker {
             broker.router.retained().set(&message);
         }
         for stored in recovered.sessions {
-            let session = broker.sessions.restore(stored.client_id.clone(), broker.config().limits.max_queued_messages);
+            let session = broker.sessions.restore(stored.client_id.clone(), broker.config().limits.queue_bound());
             {
                 let mut state = session.lock();
                 state.expiry_s = stored.expiry_s;
-                state.pending.extend(stored.pending);
+                state.restore_pending(stored.pending);
                 state.inflight.extend(stored.inflight);
+                state.incoming_qos2.extend(stored.incoming_qos2);
+                state.will_pending = stored.will.is_some();
             }
             for (filter, subscription) in stored.subscriptions {
                 broker.router.subscribe(&session, &filter, &subscription);
                 session.lock().subscriptions.insert(filter, subscription);
+            }
+            if let Some(will) = stored.will {
+                // Due while the broker was down: publish it now.
+                let wait = Duration::from_millis(will.due_ms.saturating_sub(crate::store::now_ms()));
+                broker.schedule_will(session.clone(), 0, will, wait);
             }
             broker.arm_expiry(session, 0, stored.expiry_s);
         }
@@ -122,13 +135,39 @@ impl Broker {
 
     /// Publishes a message: stores it if retained, then routes it.
     /// Returns the number of sessions it was delivered to.
+    ///
+    /// A retained message the retained store has no room for is routed
+    /// without being retained (and counted as dropped, `retained_full`).
     pub fn publish(&self, message: Message, publisher: Option<&Arc<Session>>) -> usize {
-        let message = Arc::new(message);
+        self.publish_shared(Arc::new(message), publisher, false).unwrap_or(0)
+    }
+
+    /// [`Broker::publish`] of a message already shared. With
+    /// `refuse_over_quota`, a retained message the retained store has no
+    /// room for (`limits.max_retained_messages`, `max_retained_bytes`) is
+    /// not published at all, so the publisher can be told (v5 0x97).
+    ///
+    /// # Errors
+    /// [`RetainedFull`] when the message was refused.
+    pub fn publish_shared(
+        &self,
+        message: Arc<Message>,
+        publisher: Option<&Arc<Session>>,
+        refuse_over_quota: bool,
+    ) -> Result<usize, RetainedFull> {
         if message.retain {
-            self.router.retained().set(&message);
-            self.store.retain(&message);
+            let config = self.config();
+            let limits = &config.limits;
+            if self.router.retained().set_within(&message, limits.max_retained_messages, limits.max_retained_bytes) {
+                self.store.retain(&message);
+            } else {
+                self.metrics.dropped(DropReason::RetainedFull, 1);
+                if refuse_over_quota {
+                    return Err(RetainedFull);
+                }
+            }
         }
-        self.router.route(&message, publisher, &*self.store, &self.metrics)
+        Ok(self.router.route(&message, publisher, &*self.store, &self.metrics))
     }
 
     /// Publishes a message of the broker's own (`$SYS`): retained in memory
@@ -160,15 +199,20 @@ impl Broker {
 
     /// Attaches a connection to the session of `client_id`.
     pub async fn attach(&self, client_id: &Arc<str>, clean_start: bool) -> Option<Attached> {
-        let max_queued = self.config().limits.max_queued_messages;
-        self.sessions.attach(client_id, clean_start, max_queued, |old| self.discard(old)).await
+        let bound = self.config().limits.queue_bound();
+        let attached = self.sessions.attach(client_id, clean_start, bound, |old| self.discard(old)).await?;
+        // A reconnect cancels a will waiting for its delay [MQTT-3.1.3-9].
+        if std::mem::take(&mut attached.session.lock().will_pending) {
+            self.store.will(client_id, None);
+        }
+        Some(attached)
     }
 
     /// Ends a session: removes its subscriptions and forgets it.
     pub fn discard(&self, session: &Arc<Session>) {
         let filters: Vec<_> = {
             let mut state = session.lock();
-            state.pending.clear();
+            state.clear_pending();
             state.inflight.clear();
             state.subscriptions.drain().map(|(f, _)| f).collect()
         };
@@ -213,6 +257,31 @@ impl Broker {
             state.connection = None;
             state.expiry_s = expiry_s;
         }
+        // A will that waits for its delay is stored while this connection
+        // still holds the session, so a reconnect's cancel comes after it.
+        let mut delayed = None;
+        let mut now = None;
+        if let Some(will) = will {
+            let delay = will.properties.will_delay_interval.unwrap_or(0);
+            let mut message = Message::new(will.topic, will.payload, will.qos, will.retain, &will.properties);
+            if delay == 0 || expiry_s == 0 {
+                now = Some(message);
+            } else {
+                // The will waits for the delay or the session's end, whichever
+                // comes first, and is cancelled by a reconnect [MQTT-3.1.3-9].
+                // Its expiry starts when it is published.
+                message.expires_at = None;
+                let wait_s = delay.min(expiry_s);
+                let pending = PendingWill {
+                    message: Arc::new(message),
+                    expiry_s: will.properties.message_expiry_interval,
+                    due_ms: crate::store::now_ms() + u64::from(wait_s) * 1000,
+                };
+                session.lock().will_pending = true;
+                self.store.will(session.client_id(), Some(&pending));
+                delayed = Some((pending, Duration::from_secs(u64::from(wait_s))));
+            }
+        }
         if expiry_s == 0 {
             // End the session while this connection still holds it, so a
             // client taking over waits for the end and then starts afresh.
@@ -222,31 +291,41 @@ impl Broker {
             self.arm_expiry(session.clone(), generation, expiry_s);
         }
         drop(attached);
-        if let Some(will) = will {
-            let delay = will.properties.will_delay_interval.unwrap_or(0);
-            if delay == 0 || expiry_s == 0 {
-                self.publish_will(will, &session);
-            } else {
-                // The will waits for the delay or the session's end, whichever
-                // comes first, and is cancelled by a reconnect [MQTT-3.1.3-9].
-                let wait = Duration::from_secs(u64::from(delay.min(expiry_s)));
-                let broker = self.clone();
-                let session = session.clone();
-                self.tasks.spawn(async move {
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = broker.shutdown.cancelled() => {}
-                    }
-                    let stale = {
-                        let state = session.lock();
-                        state.generation != generation || state.online
-                    };
-                    if !stale {
-                        broker.publish_will(will, &session);
-                    }
-                });
-            }
+        if let Some(message) = now {
+            self.publish(message, Some(&session));
         }
+        if let Some((will, wait)) = delayed {
+            self.schedule_will(session, generation, will, wait);
+        }
+    }
+
+    /// Publishes a will after `wait` unless a connection attached to
+    /// `session` since `generation`; then forgets it in the store.
+    fn schedule_will(self: &Arc<Self>, session: Arc<Session>, generation: u64, will: PendingWill, wait: Duration) {
+        let broker = self.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = broker.shutdown.cancelled() => {}
+            }
+            let due = {
+                let mut state = session.lock();
+                let due = state.generation == generation && !state.online && state.will_pending;
+                if due {
+                    state.will_pending = false;
+                }
+                due
+            };
+            if due {
+                // Published before it is forgotten: a crash in between
+                // publishes it twice rather than never.
+                let mut message = Arc::unwrap_or_clone(will.message);
+                message.expires_at =
+                    will.expiry_s.map(|s| std::time::Instant::now() + Duration::from_secs(u64::from(s)));
+                broker.publish(message, Some(&session));
+                broker.store.will(session.client_id(), None);
+            }
+        });
     }
 
     /// Ends `session` after `expiry_s` unless a connection attaches first.
@@ -268,10 +347,5 @@ impl Broker {
                 broker.discard(&session);
             }
         });
-    }
-
-    fn publish_will(&self, will: Will, session: &Arc<Session>) {
-        let message = Message::new(will.topic, will.payload, will.qos, will.retain, &will.properties);
-        self.publish(message, Some(session));
     }
 }

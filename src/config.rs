@@ -355,6 +355,17 @@ pub struct Limits {
     pub max_inflight: u16,
     /// Messages queued per session beyond the in-flight window.
     pub max_queued_messages: usize,
+    /// Bytes (topic and payload) queued per session; 0: no limit. At either
+    /// queue bound, queued QoS 0 messages are evicted (oldest first) before
+    /// a new message is refused; QoS 1/2 messages are never evicted.
+    pub max_queued_bytes: usize,
+    /// Retained messages kept; 0: no limit. A retained message on a new
+    /// topic beyond it is refused (v5 QoS 1/2: 0x97 Quota exceeded) or, at
+    /// QoS 0 and for 3.1.1 clients, delivered but not retained.
+    pub max_retained_messages: usize,
+    /// Bytes (topic and payload) of retained messages kept; 0: no limit.
+    /// Same behaviour at the limit as `max_retained_messages`.
+    pub max_retained_bytes: usize,
     /// Levels in a topic name or filter.
     pub max_topic_levels: usize,
     /// Time allowed between TCP accept and a complete CONNECT.
@@ -376,6 +387,9 @@ impl Default for Limits {
             max_packet_size: 1024 * 1024,
             max_inflight: 64,
             max_queued_messages: 1000,
+            max_queued_bytes: 0,
+            max_retained_messages: 100_000,
+            max_retained_bytes: 256 * 1024 * 1024,
             max_topic_levels: 64,
             connect_timeout_ms: 10_000,
             max_keepalive_s: u16::MAX,
@@ -387,6 +401,11 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The bound of each session's queue.
+    pub fn queue_bound(&self) -> crate::session::QueueBound {
+        crate::session::QueueBound { messages: self.max_queued_messages, bytes: self.max_queued_bytes }
+    }
+
     /// `connect_timeout_ms` as a duration.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
@@ -769,6 +788,38 @@ mod tests {
         assert_eq!(c.listeners[0].allow_anonymous, Anonymous::Never);
         assert_eq!(c.limits.max_connections, 10);
         assert_eq!(c.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn queue_and_retained_bounds() {
+        let c = parse("").expect("valid");
+        assert_eq!((c.limits.max_queued_bytes, c.limits.max_retained_messages), (0, 100_000));
+        let c = parse(
+            "[limits]
+max_queued_bytes = 4096
+max_retained_messages = 0
+max_retained_bytes = 1024
+",
+        )
+        .expect("valid");
+        assert_eq!(c.limits.queue_bound(), crate::session::QueueBound { messages: 1000, bytes: 4096 });
+        assert_eq!((c.limits.max_retained_messages, c.limits.max_retained_bytes), (0, 1024));
+        let err = parse(
+            "[limits]
+max_queued_messages = 5
+
+max_retained_bytes = -1
+",
+        )
+        .expect_err("negative");
+        assert!(err.to_string().starts_with("moat.toml:4: `limits.max_retained_bytes`"), "{err}");
+        let err = parse(
+            "[limits]
+max_queued_bytes = \"1 MiB\"
+",
+        )
+        .expect_err("not a number");
+        assert!(err.to_string().starts_with("moat.toml:2: `limits.max_queued_bytes`"), "{err}");
     }
 
     #[test]

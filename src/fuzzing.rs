@@ -20,7 +20,9 @@ pub struct Trie {
 impl Trie {
     /// An empty trie and `n` sessions.
     pub fn new(n: usize) -> Trie {
-        let sessions = (0..n).map(|i| Arc::new(Session::new(i.to_string().into(), 1))).collect();
+        let sessions = (0..n)
+            .map(|i| Arc::new(Session::new(i.to_string().into(), crate::session::QueueBound::messages(1))))
+            .collect();
         Trie { inner: FuzzTrie::default(), sessions }
     }
 

@@ -1,5 +1,7 @@
 //! Packets from the client after CONNECT.
 
+use std::sync::Arc;
+
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Close, Connection};
@@ -79,6 +81,7 @@ where
             }
             return Ok(());
         }
+        let mut store_id = None;
         if publish.qos == QoS::ExactlyOnce {
             let Some(id) = packet_id else {
                 return Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "QoS 2 without packet id"));
@@ -95,27 +98,45 @@ where
                 return Err(Close::Protocol(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded"));
             }
             state.incoming_qos2.insert(id);
+            store_id = (state.expiry_s > 0).then_some(id);
         }
         // 3.1.1 has no way to refuse a PUBLISH: it is acknowledged and
         // dropped, as Mosquitto does.
         let message = Message::new(publish.topic, publish.payload, publish.qos, publish.retain, &publish.properties);
         let transformed = permitted.then(|| self.transform(&policy, message));
-        let delivered = match transformed {
-            Some(Some(message)) => self.broker.publish(message, Some(&self.attached.session)),
+        // The copies for persistent sessions and the packet id are
+        // committed together, so a crash keeps both or neither.
+        let group = store_id.map(|_| self.broker.store.group());
+        // A v5 QoS 1/2 publisher can be told the retained store is full;
+        // anyone else's message is delivered without being retained.
+        let refuse = self.version.is_v5() && publish.qos != QoS::AtMostOnce;
+        let routed = match transformed {
+            Some(Some(message)) => self.broker.publish_shared(Arc::new(message), Some(&self.attached.session), refuse),
             Some(None) => {
                 self.broker.metrics.dropped(DropReason::Transform, 1);
-                0
+                Ok(0)
             }
-            None => 0,
+            None => Ok(0),
         };
+        if routed.is_err()
+            && let Some(id) = store_id.take().or(packet_id.filter(|_| publish.qos == QoS::ExactlyOnce))
+        {
+            // The refusal ends the QoS 2 exchange: no state is kept.
+            self.attached.session.lock().incoming_qos2.remove(&id);
+        }
+        if let Some(id) = store_id {
+            // Once durable, a resend after a crash is known as one.
+            self.broker.store.incoming_qos2(self.attached.session.client_id(), id, true);
+        }
+        drop(group);
         if publish.qos != QoS::AtMostOnce {
             // Durable store (issue 9): the ack below waits for this.
             self.await_store();
         }
-        let reason = if delivered == 0 && self.version.is_v5() {
-            ReasonCode::NO_MATCHING_SUBSCRIBERS
-        } else {
-            ReasonCode::SUCCESS
+        let reason = match routed {
+            Err(_) => ReasonCode::QUOTA_EXCEEDED,
+            Ok(0) if self.version.is_v5() => ReasonCode::NO_MATCHING_SUBSCRIBERS,
+            Ok(_) => ReasonCode::SUCCESS,
         };
         let ack = |id| PubResp { packet_id: id, reason, properties: Properties::default() };
         match (publish.qos, packet_id) {
@@ -182,7 +203,16 @@ where
     }
 
     fn on_pubrel(&mut self, rel: PubResp) {
-        let known = self.attached.session.lock().incoming_qos2.remove(&rel.packet_id);
+        let (known, persistent) = {
+            let mut state = self.attached.session.lock();
+            (state.incoming_qos2.remove(&rel.packet_id), state.expiry_s > 0)
+        };
+        if known && persistent {
+            // PUBCOMP frees the id for the client's next message: once sent,
+            // a crash must not bring the id back as "already received".
+            self.broker.store.incoming_qos2(self.attached.session.client_id(), rel.packet_id, false);
+            self.await_store();
+        }
         let reason = if known { ReasonCode::SUCCESS } else { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
         let comp = PubResp { packet_id: rel.packet_id, reason, properties: Properties::default() };
         self.send(&Packet::PubComp(comp));
@@ -252,8 +282,10 @@ where
         if !retained.is_empty() {
             let session = &self.attached.session;
             for delivery in retained {
-                if let Err(reason) = session.enqueue(delivery) {
-                    self.broker.metrics.dropped(reason, 1);
+                match session.enqueue(delivery) {
+                    Ok(0) => {}
+                    Ok(evicted) => self.broker.metrics.dropped(DropReason::QueueFull, evicted as u64),
+                    Err(reason) => self.broker.metrics.dropped(reason, 1),
                 }
             }
             self.want_drain = true;

@@ -48,7 +48,7 @@ where
             if front.qos != QoS::AtMostOnce && state.inflight.len() >= self.send_window {
                 break;
             }
-            let Some(delivery) = state.pending.pop_front() else { break };
+            let Some(delivery) = state.pop_pending() else { break };
             if delivery.message.is_expired(now) {
                 forget(store, client_id, &delivery);
                 expired += 1;

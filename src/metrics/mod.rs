@@ -65,7 +65,9 @@ impl Refusal {
 /// Why a message was not delivered to a receiver (or not routed at all).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
-    /// The receiving session's queue was full (`limits.max_queued_messages`).
+    /// The receiving session's queue was full (`limits.max_queued_messages`
+    /// or `max_queued_bytes`): the new message, or a queued QoS 0 message
+    /// evicted to make room for it.
     QueueFull,
     /// A QoS 0 message for a session with no connection attached.
     OfflineQos0,
@@ -77,17 +79,22 @@ pub enum DropReason {
     NotAuthorized,
     /// A transform plugin dropped it.
     Transform,
+    /// A retained message the retained store had no room for
+    /// (`limits.max_retained_messages` / `max_retained_bytes`): refused, or
+    /// routed without being retained.
+    RetainedFull,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::QueueFull,
         DropReason::OfflineQos0,
         DropReason::Expired,
         DropReason::TooLarge,
         DropReason::NotAuthorized,
         DropReason::Transform,
+        DropReason::RetainedFull,
     ];
 
     /// The `reason` label.
@@ -99,6 +106,7 @@ impl DropReason {
             DropReason::TooLarge => "too_large",
             DropReason::NotAuthorized => "not_authorized",
             DropReason::Transform => "transform",
+            DropReason::RetainedFull => "retained_full",
         }
     }
 }

@@ -19,7 +19,7 @@ pub(crate) use trie::Trie as FuzzTrie;
 pub use trie::{Match, Subscriber};
 
 use crate::codec::{QoS, TopicFilter};
-use crate::metrics::Metrics;
+use crate::metrics::{DropReason, Metrics};
 use crate::session::{Delivery, Session};
 use crate::store::Store;
 
@@ -95,8 +95,10 @@ impl Router {
             };
             // A full queue still counts as a matching subscriber (v5 PUBACK
             // reason); the drop is counted instead.
-            if let Err(reason) = group[0].session.enqueue_and_store(delivery, Some(store)) {
-                metrics.dropped(reason, 1);
+            match group[0].session.enqueue_and_store(delivery, Some(store)) {
+                Ok(0) => {}
+                Ok(evicted) => metrics.dropped(DropReason::QueueFull, evicted as u64),
+                Err(reason) => metrics.dropped(reason, 1),
             }
             delivered += 1;
             i = j;

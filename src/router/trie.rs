@@ -217,9 +217,9 @@ mod tests {
 
     #[test]
     fn wildcards_and_parent_match() {
-        let a = Arc::new(Session::new("a".into(), 10));
-        let b = Arc::new(Session::new("b".into(), 10));
-        let c = Arc::new(Session::new("c".into(), 10));
+        let a = Arc::new(Session::new("a".into(), crate::session::QueueBound::messages(10)));
+        let b = Arc::new(Session::new("b".into(), crate::session::QueueBound::messages(10)));
+        let c = Arc::new(Session::new("c".into(), crate::session::QueueBound::messages(10)));
         let mut t = Trie::default();
         t.insert("s/#", None, sub(&a));
         t.insert("s/+/x", None, sub(&b));
@@ -238,8 +238,8 @@ mod tests {
 
     #[test]
     fn share_group_round_robin() {
-        let a = Arc::new(Session::new("a".into(), 10));
-        let b = Arc::new(Session::new("b".into(), 10));
+        let a = Arc::new(Session::new("a".into(), crate::session::QueueBound::messages(10)));
+        let b = Arc::new(Session::new("b".into(), crate::session::QueueBound::messages(10)));
         let mut t = Trie::default();
         t.insert("t", Some("g"), sub(&a));
         t.insert("t", Some("g"), sub(&b));

@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 pub use registry::{Attached, Registry};
-pub use state::{ConnectionInfo, Delivery, Inflight, InflightState, SessionState, Subscription};
+pub use state::{ConnectionInfo, Delivery, Inflight, InflightState, QueueBound, SessionState, Subscription};
 
 use crate::codec::QoS;
 use crate::metrics::DropReason;
@@ -37,10 +37,10 @@ pub struct Session {
 
 impl Session {
     /// A new, empty session.
-    pub fn new(client_id: Arc<str>, max_queued: usize) -> Session {
+    pub fn new(client_id: Arc<str>, bound: QueueBound) -> Session {
         Session {
             client_id,
-            state: Mutex::new(SessionState::new(max_queued)),
+            state: Mutex::new(SessionState::new(bound)),
             wake: Notify::new(),
             dropped: AtomicU64::new(0),
         }
@@ -60,13 +60,16 @@ impl Session {
 
     /// Queues a delivery for this session and wakes its connection.
     ///
-    /// QoS 0 messages are dropped while no connection is attached, and any
-    /// message is dropped when the queue is full (as Mosquitto's
-    /// `max_queued_messages` does); drops are counted, not silent.
+    /// QoS 0 messages are dropped while no connection is attached. When the
+    /// queue is full (`limits.max_queued_messages` or `max_queued_bytes`),
+    /// queued QoS 0 messages are evicted, oldest first, to make room; if
+    /// that is not enough the new message is dropped (as Mosquitto's
+    /// `max_queued_messages` does). Drops are counted, not silent.
+    /// Returns how many queued QoS 0 messages were evicted.
     ///
     /// # Errors
     /// Why the delivery was dropped.
-    pub fn enqueue(&self, delivery: Delivery) -> Result<(), DropReason> {
+    pub fn enqueue(&self, delivery: Delivery) -> Result<usize, DropReason> {
         self.enqueue_and_store(delivery, None)
     }
 
@@ -78,26 +81,40 @@ impl Session {
     ///
     /// # Errors
     /// Why the delivery was dropped.
-    pub fn enqueue_and_store(&self, mut delivery: Delivery, store: Option<&dyn Store>) -> Result<(), DropReason> {
+    pub fn enqueue_and_store(&self, mut delivery: Delivery, store: Option<&dyn Store>) -> Result<usize, DropReason> {
         let accepted = {
             let mut state = self.state.lock();
             if !state.online && delivery.qos == QoS::AtMostOnce {
                 Err(DropReason::OfflineQos0)
-            } else if state.is_full() {
-                // Checked before storing: a dropped message must not be kept.
-                Err(DropReason::QueueFull)
             } else {
-                if let Some(store) = store
-                    && state.expiry_s > 0
-                    && delivery.qos != QoS::AtMostOnce
-                {
-                    delivery.stored = store.queued(&self.client_id, &delivery);
+                // Room is made before storing: a dropped message must not be
+                // kept, and an evicted one that was kept is forgotten.
+                let forget = |old: Delivery| {
+                    if let (Some(store), Some(key)) = (store, old.stored) {
+                        store.delivered(&self.client_id, key);
+                    }
+                };
+                match state.make_room(&delivery, forget) {
+                    None => Err(DropReason::QueueFull),
+                    Some(evicted) => {
+                        if let Some(store) = store
+                            && state.expiry_s > 0
+                            && delivery.qos != QoS::AtMostOnce
+                        {
+                            delivery.stored = store.queued(&self.client_id, &delivery);
+                        }
+                        if state.push(delivery) { Ok(evicted) } else { Err(DropReason::QueueFull) }
+                    }
                 }
-                if state.push(delivery) { Ok(()) } else { Err(DropReason::QueueFull) }
             }
         };
         match accepted {
-            Ok(()) => self.wake.notify_one(),
+            Ok(evicted) => {
+                self.wake.notify_one();
+                if evicted > 0 {
+                    self.dropped.fetch_add(evicted as u64, Ordering::Relaxed);
+                }
+            }
             Err(_) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }

@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use tokio::sync::OwnedMutexGuard;
 use tokio_util::sync::CancellationToken;
 
-use super::Session;
+use super::{QueueBound, Session};
 
 /// A connection's hold on a session. While it exists no other connection is
 /// attached to the same session: a newcomer must first kick this one out
@@ -56,7 +56,7 @@ impl Registry {
         &self,
         client_id: &Arc<str>,
         clean_start: bool,
-        max_queued: usize,
+        bound: QueueBound,
         discard: impl FnOnce(&Arc<Session>),
     ) -> Option<Attached> {
         let existing = self.sessions.lock().get(client_id).cloned();
@@ -76,7 +76,7 @@ impl Registry {
             // connection had no session expiry): start a new one.
             replacing = Some(old.session);
         }
-        let entry = self.insert_new(client_id, max_queued, replacing.as_ref());
+        let entry = self.insert_new(client_id, bound, replacing.as_ref());
         let guard = tokio::time::timeout(TAKEOVER_WAIT, entry.exclusive.clone().lock_owned()).await.ok()?;
         Some(Self::finish(entry.session, false, guard))
     }
@@ -85,9 +85,9 @@ impl Registry {
         self.sessions.lock().get(session.client_id()).is_some_and(|e| Arc::ptr_eq(&e.session, session))
     }
 
-    fn insert_new(&self, client_id: &Arc<str>, max_queued: usize, replacing: Option<&Arc<Session>>) -> Entry {
+    fn insert_new(&self, client_id: &Arc<str>, bound: QueueBound, replacing: Option<&Arc<Session>>) -> Entry {
         let entry = Entry {
-            session: Arc::new(Session::new(client_id.clone(), max_queued)),
+            session: Arc::new(Session::new(client_id.clone(), bound)),
             exclusive: Arc::new(tokio::sync::Mutex::new(())),
         };
         let mut map = self.sessions.lock();
@@ -116,9 +116,9 @@ impl Registry {
     }
 
     /// Registers a session recovered from the store, offline.
-    pub fn restore(&self, client_id: Arc<str>, max_queued: usize) -> Arc<Session> {
+    pub fn restore(&self, client_id: Arc<str>, bound: QueueBound) -> Arc<Session> {
         let entry = Entry {
-            session: Arc::new(Session::new(client_id.clone(), max_queued)),
+            session: Arc::new(Session::new(client_id.clone(), bound)),
             exclusive: Arc::new(tokio::sync::Mutex::new(())),
         };
         let session = entry.session.clone();

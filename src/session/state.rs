@@ -50,6 +50,30 @@ pub struct Inflight {
     pub state: InflightState,
 }
 
+/// How much a session's queue may hold (`limits.max_queued_messages` and
+/// `limits.max_queued_bytes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueBound {
+    /// Most queued messages.
+    pub messages: usize,
+    /// Most queued bytes (topic and payload of each message); 0: no limit.
+    /// A message larger than this still fits an empty queue, so it can be
+    /// delivered at all.
+    pub bytes: usize,
+}
+
+impl QueueBound {
+    /// A bound on the number of messages only.
+    pub fn messages(messages: usize) -> QueueBound {
+        QueueBound { messages, bytes: 0 }
+    }
+}
+
+/// What a queued delivery counts against [`QueueBound::bytes`].
+fn queued_size(d: &Delivery) -> usize {
+    d.message.topic.as_str().len() + d.message.payload.len()
+}
+
 /// Who is attached to a session now, for the admin API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionInfo {
@@ -79,12 +103,20 @@ pub struct Subscription {
 pub struct SessionState {
     /// Subscriptions by filter (as sent, including `$share/`).
     pub subscriptions: HashMap<TopicFilter, Subscription>,
-    /// Deliveries not yet sent (window full or client offline).
+    /// Deliveries not yet sent (window full or client offline). Read it
+    /// freely; add and remove through [`SessionState::push`],
+    /// [`SessionState::pop_pending`], [`SessionState::clear_pending`] and
+    /// [`SessionState::restore_pending`], which keep the byte count.
     pub pending: VecDeque<Delivery>,
+    /// Bytes in `pending`, as [`QueueBound::bytes`] counts them.
+    queued_bytes: usize,
     /// Sent QoS 1/2 deliveries awaiting acknowledgement, in send order.
     pub inflight: VecDeque<Inflight>,
     /// QoS 2 packet ids received and routed but not yet released (PUBREL).
     pub incoming_qos2: HashSet<PacketId>,
+    /// Whether a will waits for its delay (and is in the store): a
+    /// reconnect cancels it there.
+    pub will_pending: bool,
     /// Whether a connection is attached.
     pub online: bool,
     /// Bumped on every attach, so timers armed for an earlier connection
@@ -105,7 +137,7 @@ pub struct SessionState {
     /// yet resumed.
     pub client: Option<Arc<ClientInfo>>,
     next_packet_id: PacketId,
-    max_queued: usize,
+    bound: QueueBound,
 }
 
 /// The first packet id handed out; `PacketId::new(1)` cannot fail.
@@ -116,12 +148,14 @@ const FIRST_PACKET_ID: PacketId = match PacketId::new(1) {
 
 impl SessionState {
     /// Empty state with a queue bound.
-    pub fn new(max_queued: usize) -> SessionState {
+    pub fn new(bound: QueueBound) -> SessionState {
         SessionState {
             subscriptions: HashMap::new(),
             pending: VecDeque::new(),
+            queued_bytes: 0,
             inflight: VecDeque::new(),
             incoming_qos2: HashSet::new(),
+            will_pending: false,
             online: false,
             generation: 0,
             kick: None,
@@ -130,22 +164,79 @@ impl SessionState {
             expiry_s: 0,
             client: None,
             next_packet_id: FIRST_PACKET_ID,
-            max_queued,
+            bound,
         }
     }
 
-    /// Whether the queue is at its bound.
-    pub fn is_full(&self) -> bool {
-        self.pending.len() >= self.max_queued
+    /// Whether `delivery` fits in the queue now.
+    pub fn fits(&self, delivery: &Delivery) -> bool {
+        self.fits_with(self.pending.len(), self.queued_bytes, delivery)
     }
 
-    /// Queues a delivery unless the queue is full.
+    fn fits_with(&self, len: usize, bytes: usize, delivery: &Delivery) -> bool {
+        len < self.bound.messages
+            && (self.bound.bytes == 0 || len == 0 || bytes + queued_size(delivery) <= self.bound.bytes)
+    }
+
+    /// Queues a delivery unless it does not fit.
     pub fn push(&mut self, delivery: Delivery) -> bool {
-        if self.is_full() {
+        if !self.fits(&delivery) {
             return false;
         }
+        self.queued_bytes += queued_size(&delivery);
         self.pending.push_back(delivery);
         true
+    }
+
+    /// Makes room for `incoming` by dropping queued QoS 0 messages, oldest
+    /// first, each handed to `dropped`. Returns how many it dropped, or
+    /// `None` (dropping nothing) when even dropping every queued QoS 0
+    /// message would not make room: QoS 1/2 messages are never evicted.
+    /// The scan runs only when the queue is full.
+    pub fn make_room(&mut self, incoming: &Delivery, mut dropped: impl FnMut(Delivery)) -> Option<usize> {
+        if self.fits(incoming) {
+            return Some(0);
+        }
+        let (n0, bytes0) = self
+            .pending
+            .iter()
+            .filter(|d| d.qos == QoS::AtMostOnce)
+            .fold((0, 0), |(n, b), d| (n + 1, b + queued_size(d)));
+        if n0 == 0 || !self.fits_with(self.pending.len() - n0, self.queued_bytes - bytes0, incoming) {
+            return None;
+        }
+        let mut evicted = 0;
+        while !self.fits(incoming) {
+            let Some(pos) = self.pending.iter().position(|d| d.qos == QoS::AtMostOnce) else { break };
+            if let Some(old) = self.pending.remove(pos) {
+                self.queued_bytes -= queued_size(&old);
+                dropped(old);
+                evicted += 1;
+            }
+        }
+        Some(evicted)
+    }
+
+    /// Takes the oldest queued delivery.
+    pub fn pop_pending(&mut self) -> Option<Delivery> {
+        let delivery = self.pending.pop_front()?;
+        self.queued_bytes -= queued_size(&delivery);
+        Some(delivery)
+    }
+
+    /// Empties the queue.
+    pub fn clear_pending(&mut self) {
+        self.pending.clear();
+        self.queued_bytes = 0;
+    }
+
+    /// Queues what the store recovered, whatever the bound: nothing
+    /// recovered is dropped.
+    pub fn restore_pending(&mut self, deliveries: impl IntoIterator<Item = Delivery>) {
+        for delivery in deliveries {
+            self.queued_bytes += queued_size(&delivery);
+            self.pending.push_back(delivery);
+        }
     }
 
     /// A packet id not used by any in-flight message.
@@ -181,8 +272,8 @@ impl SessionState {
     }
 
     /// Changes the queue bound (a config reload may change it).
-    pub fn set_max_queued(&mut self, max_queued: usize) {
-        self.max_queued = max_queued;
+    pub fn set_queue_bound(&mut self, bound: QueueBound) {
+        self.bound = bound;
     }
 }
 
@@ -192,7 +283,7 @@ mod tests {
 
     #[test]
     fn packet_ids_skip_those_in_flight() {
-        let mut s = SessionState::new(10);
+        let mut s = SessionState::new(QueueBound::messages(10));
         let first = s.allocate_packet_id();
         assert_eq!(first.get(), 1);
         s.next_packet_id = first;
@@ -217,9 +308,44 @@ mod tests {
         assert_eq!(s.allocate_packet_id().get(), 2);
     }
 
+    fn delivery(qos: QoS, payload: &'static [u8]) -> Delivery {
+        let msg = Arc::new(Message::new(
+            crate::codec::TopicName::new("t").expect("valid"),
+            bytes::Bytes::from_static(payload),
+            qos,
+            false,
+            &crate::codec::Properties::default(),
+        ));
+        Delivery { message: msg, qos, retain: false, subscription_ids: vec![], stored: None }
+    }
+
+    #[test]
+    fn the_byte_bound_evicts_qos0_first_and_never_qos1() {
+        // 1 (topic) + 9 (payload) = 10 bytes each; room for 3.
+        let mut s = SessionState::new(QueueBound { messages: 100, bytes: 30 });
+        assert!(s.push(delivery(QoS::AtMostOnce, b"zero-0001")));
+        assert!(s.push(delivery(QoS::AtLeastOnce, b"one--0001")));
+        assert!(s.push(delivery(QoS::AtMostOnce, b"zero-0002")));
+        let next = delivery(QoS::ExactlyOnce, b"two--0001");
+        assert!(!s.fits(&next));
+        let mut gone = Vec::new();
+        assert_eq!(s.make_room(&next, |d| gone.push(d.message.payload.clone())), Some(1));
+        assert_eq!(gone, [bytes::Bytes::from_static(b"zero-0001")], "oldest QoS 0 first");
+        assert!(s.push(next));
+        // Only QoS 1/2 and one QoS 0 left: one more evicts it, then refuse.
+        assert_eq!(s.make_room(&delivery(QoS::AtLeastOnce, b"one--0002"), |_| {}), Some(1));
+        assert!(s.push(delivery(QoS::AtLeastOnce, b"one--0002")));
+        assert_eq!(s.make_room(&delivery(QoS::AtLeastOnce, b"one--0003"), |_| {}), None);
+        assert_eq!(s.pending.len(), 3);
+        while s.pop_pending().is_some() {}
+        assert_eq!(s.queued_bytes, 0);
+        // A message larger than the bound still fits an empty queue.
+        assert!(s.push(delivery(QoS::AtLeastOnce, &[b'x'; 64])));
+    }
+
     #[test]
     fn queue_is_bounded() {
-        let mut s = SessionState::new(1);
+        let mut s = SessionState::new(QueueBound::messages(1));
         let msg = Arc::new(Message::new(
             crate::codec::TopicName::new("t").expect("valid"),
             bytes::Bytes::new(),

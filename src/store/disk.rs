@@ -1,6 +1,7 @@
 //! The on-disk store: a `fjall` database (an LSM tree with a journal) in
 //! one directory, with a keyspace each for retained messages, sessions,
-//! subscriptions and session messages.
+//! subscriptions, session messages, incoming QoS 2 packet ids and pending
+//! wills.
 //!
 //! Reads happen once, at [`DiskStore::open`], which decodes everything so a
 //! corrupt store stops start-up there, naming the directory. Writes go
@@ -13,10 +14,10 @@ use std::time::Instant;
 use fjall::{Database, KeyspaceCreateOptions};
 use parking_lot::Mutex;
 
-use super::record::{self, DeliveryRecord, MessageRecord, SessionRecord, SubscriptionRecord};
+use super::record::{self, DeliveryRecord, MessageRecord, SessionRecord, SubscriptionRecord, WillRecord};
 use super::writer::{self, Durability, Op, Parts, Queue};
-use super::{Barrier, Recovered, Store, StoreError, StoredSession};
-use crate::codec::TopicFilter;
+use super::{Barrier, Group, PendingWill, Recovered, Store, StoreError, StoredSession};
+use crate::codec::{PacketId, TopicFilter};
 use crate::router::Message;
 use crate::session::{Delivery, Inflight, Subscription};
 
@@ -47,12 +48,20 @@ impl DiskStore {
             sessions: keyspace("sessions")?,
             subscriptions: keyspace("subscriptions")?,
             messages: keyspace("messages")?,
+            incoming: keyspace("incoming")?,
+            wills: keyspace("wills")?,
             db: db.clone(),
         };
         restrict_permissions(path).map_err(|e| open_err(&e))?;
-        let (recovered, next_seq) =
+        let (recovered, next_seq, expired) =
             read_all(&parts).map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display())))?;
         let (queue, handle) = writer::start(parts, durability, next_seq).map_err(|e| open_err(&e))?;
+        // Sessions that expired while the broker was down are deleted with
+        // everything they held, so a new session under the same client id
+        // never inherits their subscriptions, messages, ids or will.
+        for client_id in expired {
+            queue.send(Op::SessionEnded(client_id));
+        }
         Ok(DiskStore {
             path: path.to_owned(),
             queue,
@@ -139,6 +148,18 @@ impl Store for DiskStore {
         self.queue.send(Op::Remove(client_id.clone(), stored));
     }
 
+    fn incoming_qos2(&self, client_id: &Arc<str>, packet_id: PacketId, received: bool) {
+        self.queue.send(Op::Incoming(client_id.clone(), packet_id.get(), received));
+    }
+
+    fn will(&self, client_id: &Arc<str>, will: Option<&PendingWill>) {
+        self.queue.send(Op::Will(client_id.clone(), will.cloned()));
+    }
+
+    fn group(&self) -> Group {
+        self.queue.group()
+    }
+
     fn barrier(&self) -> Barrier {
         self.queue.barrier()
     }
@@ -178,8 +199,10 @@ fn restrict_permissions(path: &Path) -> std::io::Result<()> {
 }
 
 /// Decodes every record; drops sessions past their expiry and expired
-/// queued messages. Returns the next message sequence number.
-fn read_all(parts: &Parts) -> Result<(Recovered, u64), String> {
+/// queued messages. Returns the next message sequence number and the
+/// client ids of the expired sessions.
+fn read_all(parts: &Parts) -> Result<(Recovered, u64, Vec<Arc<str>>), String> {
+    let mut expired = Vec::new();
     let (now, now_ms) = (Instant::now(), record::now_ms());
     let mut recovered = Recovered::default();
     for kv in parts.retained.iter() {
@@ -201,6 +224,7 @@ fn read_all(parts: &Parts) -> Result<(Recovered, u64), String> {
         } else {
             let left = u64::from(record.expiry_s).saturating_mul(1000).saturating_sub(offline_ms);
             if left == 0 {
+                expired.push(client_id);
                 continue;
             }
             u32::try_from(left.div_ceil(1000)).unwrap_or(u32::MAX)
@@ -211,6 +235,8 @@ fn read_all(parts: &Parts) -> Result<(Recovered, u64), String> {
             subscriptions: Vec::new(),
             pending: Vec::new(),
             inflight: Vec::new(),
+            incoming_qos2: Vec::new(),
+            will: None,
         };
         read_session(parts, &mut session, (now, now_ms))?;
         recovered.sessions.push(session);
@@ -222,7 +248,7 @@ fn read_all(parts: &Parts) -> Result<(Recovered, u64), String> {
             next_seq = next_seq.max(seq + 1);
         }
     }
-    Ok((recovered, next_seq))
+    Ok((recovered, next_seq, expired))
 }
 
 /// The sequence number at the end of a message key.
@@ -243,6 +269,19 @@ fn read_session(parts: &Parts, session: &mut StoredSession, now: (Instant, u64))
         let record: SubscriptionRecord = record::decode(&value).map_err(|e| bad("subscriptions", &key, &e))?;
         let subscription = record.into_subscription().map_err(|e| bad("subscriptions", &key, &e))?;
         session.subscriptions.push((filter, subscription));
+    }
+    for kv in parts.incoming.prefix(&prefix) {
+        let key = kv.key().map_err(|e| e.to_string())?;
+        let id = key.get(prefix.len()..).and_then(|b| <[u8; 2]>::try_from(b).ok()).map(u16::from_be_bytes);
+        let id = id.and_then(PacketId::new).ok_or_else(|| bad("incoming", &key, &"bad packet id"))?;
+        session.incoming_qos2.push(id);
+    }
+    if let Some(value) = parts.wills.get(session.client_id.as_bytes()).map_err(|e| e.to_string())? {
+        let key = session.client_id.as_bytes();
+        let record: WillRecord = record::decode(&value).map_err(|e| bad("wills", key, &e))?;
+        let message = record.message.into_message(now.0, now.1).map_err(|e| bad("wills", key, &e))?;
+        session.will =
+            Some(PendingWill { message: Arc::new(message), expiry_s: record.expiry_s, due_ms: record.due_ms });
     }
     for kv in parts.messages.prefix(&prefix) {
         let (key, value) = kv.into_inner().map_err(|e| e.to_string())?;

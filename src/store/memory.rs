@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use super::{Recovered, Store, StoreError, StoredSession};
-use crate::codec::{TopicFilter, TopicName};
+use super::{PendingWill, Recovered, Store, StoreError, StoredSession};
+use crate::codec::{PacketId, TopicFilter, TopicName};
 use crate::router::Message;
 use crate::session::{Delivery, Inflight, Subscription};
 
@@ -47,6 +47,8 @@ impl Store for MemoryStore {
             subscriptions: Vec::new(),
             pending: Vec::new(),
             inflight: Vec::new(),
+            incoming_qos2: Vec::new(),
+            will: None,
         });
         entry.expiry_s = expiry_s;
     }
@@ -72,6 +74,21 @@ impl Store for MemoryStore {
         if let Some(s) = self.inner.lock().session(client_id) {
             s.pending = pending;
             s.inflight = inflight;
+        }
+    }
+
+    fn incoming_qos2(&self, client_id: &Arc<str>, packet_id: PacketId, received: bool) {
+        if let Some(s) = self.inner.lock().session(client_id) {
+            s.incoming_qos2.retain(|id| *id != packet_id);
+            if received {
+                s.incoming_qos2.push(packet_id);
+            }
+        }
+    }
+
+    fn will(&self, client_id: &Arc<str>, will: Option<&PendingWill>) {
+        if let Some(s) = self.inner.lock().session(client_id) {
+            s.will = will.cloned();
         }
     }
 

@@ -7,7 +7,9 @@
 //! immediately, QoS 1/2 messages queued for a session with expiry (online
 //! or offline) as they are queued, their QoS 2 handshake state as it moves,
 //! their removal once acknowledged, and a session's queued and
-//! unacknowledged messages again when its connection ends and at shutdown.
+//! unacknowledged messages again when its connection ends and at shutdown,
+//! the QoS 2 packet ids received from its client until released, and a
+//! will waiting for its delay.
 //!
 //! [`MemoryStore`] is the default (`durability = "none"` without a
 //! directory). [`DiskStore`] keeps the copy in a `fjall` database, written
@@ -23,9 +25,10 @@ use std::sync::Arc;
 
 pub use disk::DiskStore;
 pub use memory::MemoryStore;
+pub(crate) use record::now_ms;
 pub use writer::Durability;
 
-use crate::codec::TopicFilter;
+use crate::codec::{PacketId, TopicFilter};
 use crate::router::Message;
 use crate::session::{Delivery, Inflight, Subscription};
 
@@ -64,6 +67,24 @@ pub struct StoredSession {
     pub pending: Vec<Delivery>,
     /// Messages sent and not yet acknowledged.
     pub inflight: Vec<Inflight>,
+    /// Packet ids of QoS 2 PUBLISHes received from the client and not yet
+    /// released (PUBREL).
+    pub incoming_qos2: Vec<PacketId>,
+    /// The will waiting for its Will Delay Interval when the connection
+    /// ended, and when it is due (ms since the Unix epoch).
+    pub will: Option<PendingWill>,
+}
+
+/// A will waiting for its delay, as stored.
+#[derive(Debug, Clone)]
+pub struct PendingWill {
+    /// The will message, without expiry: its Message Expiry Interval
+    /// starts when it is published.
+    pub message: Arc<Message>,
+    /// The will's Message Expiry Interval, seconds.
+    pub expiry_s: Option<u32>,
+    /// When it is due, ms since the Unix epoch.
+    pub due_ms: u64,
 }
 
 /// Everything recovered at start-up.
@@ -120,6 +141,28 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn delivered(&self, client_id: &Arc<str>, stored: u64) {
         let _ = (client_id, stored);
     }
+    /// The client of a session that outlives its connection sent a QoS 2
+    /// PUBLISH with `packet_id` (`received`), or released it with PUBREL
+    /// (`!received`). The connection awaits a barrier before PUBREC and
+    /// PUBCOMP, so after a crash a resent PUBLISH with that id is known
+    /// (acknowledged, not routed twice) and a released id is free again.
+    fn incoming_qos2(&self, client_id: &Arc<str>, packet_id: PacketId, received: bool) {
+        let _ = (client_id, packet_id, received);
+    }
+    /// A will now waits for its delay (`Some`), or no longer does (`None`:
+    /// published, or cancelled by a reconnect), so a crash in between
+    /// neither loses it nor publishes a cancelled one.
+    fn will(&self, client_id: &Arc<str>, will: Option<&PendingWill>) {
+        let _ = (client_id, will);
+    }
+    /// Keeps the changes reported until the returned guard drops in one
+    /// atomic commit (with whatever else is reported meanwhile), so a
+    /// crash keeps all of them or none: the copies of a QoS 2 message
+    /// routed to persistent sessions and its packet id. The caller reports
+    /// those changes without awaiting anything in between.
+    fn group(&self) -> Group {
+        Group(None)
+    }
     /// A future that resolves once every change reported so far is durable
     /// (in `sync` mode; otherwise at once). The connection awaits it before
     /// acknowledging a QoS 1/2 PUBLISH.
@@ -131,6 +174,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// # Errors
     /// [`StoreError`] when stored data cannot be read back.
     fn recover(&self) -> Result<Recovered, StoreError>;
+}
+
+/// Holds changes in one atomic commit while it lives. See [`Store::group`].
+#[derive(Debug)]
+#[must_use = "a group ends when it is dropped"]
+pub struct Group(Option<std::sync::mpsc::Sender<writer::Op>>);
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(writer::Op::GroupEnd);
+        }
+    }
 }
 
 /// Waits until the store has made durable everything reported before it was

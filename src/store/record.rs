@@ -45,7 +45,7 @@ pub(super) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Decod
 }
 
 /// Milliseconds since the Unix epoch, now.
-pub(super) fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
@@ -156,6 +156,16 @@ impl MessageRecord {
             expires_at: self.expires_at_ms.map(|at| now + Duration::from_millis(at.saturating_sub(now_ms))),
         })
     }
+}
+
+/// A will waiting for its delay (key: client id).
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub(super) struct WillRecord {
+    pub message: MessageRecord,
+    /// Message Expiry Interval, seconds, from publication.
+    pub expiry_s: Option<u32>,
+    /// When it is due, ms since the Unix epoch.
+    pub due_ms: u64,
 }
 
 /// A queued or in-flight delivery (key: client id, 0, sequence number).

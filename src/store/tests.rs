@@ -194,3 +194,72 @@ fn messages_are_kept_by_key_until_delivered() {
     assert_eq!(s.pending[0].message.payload, Bytes::from_static(b"queued"));
     assert!(s.pending[0].stored.is_some(), "recovered messages keep their key");
 }
+
+#[test]
+fn incoming_qos2_ids_and_pending_wills_survive_until_released() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    let (client, ended): (Arc<str>, Arc<str>) = ("pub".into(), "ended".into());
+    let id = |n| crate::codec::PacketId::new(n).expect("non-zero");
+    let will = PendingWill { message: message("w/t", b"bye", false, None), expiry_s: Some(30), due_ms: 1234 };
+    {
+        let store = open(&path);
+        store.session_opened(&client, 60);
+        store.incoming_qos2(&client, id(7), true);
+        store.incoming_qos2(&client, id(8), true);
+        store.incoming_qos2(&client, id(7), false);
+        store.will(&client, Some(&will));
+        store.session_opened(&ended, 60);
+        store.incoming_qos2(&ended, id(1), true);
+        store.will(&ended, Some(&will));
+        store.session_ended(&ended);
+        // No session, nothing kept.
+        store.incoming_qos2(&"none".into(), id(1), true);
+        store.close();
+    }
+    let recovered = open(&path).recover().expect("recovers");
+    assert_eq!(recovered.sessions.len(), 1);
+    let s = &recovered.sessions[0];
+    assert_eq!(s.incoming_qos2, vec![id(8)]);
+    let back = s.will.as_ref().expect("will kept");
+    assert_eq!(
+        (back.message.payload.clone(), back.expiry_s, back.due_ms),
+        (Bytes::from_static(b"bye"), Some(30), 1234)
+    );
+    {
+        let store = open(&path);
+        store.will(&client, None);
+        store.close();
+    }
+    assert!(open(&path).recover().expect("recovers").sessions[0].will.is_none(), "a cancelled will is gone");
+}
+
+#[test]
+fn a_session_that_expired_while_down_leaves_nothing_to_a_new_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    let client: Arc<str> = "c".into();
+    let filter = TopicFilter::new("old/#").expect("valid");
+    {
+        let store = open(&path);
+        store.session_opened(&client, 1);
+        store.subscribed(&client, &filter, &subscription());
+        store.incoming_qos2(&client, crate::codec::PacketId::new(3).expect("non-zero"), true);
+        store.will(
+            &client,
+            Some(&PendingWill { message: message("w", b"old", false, None), expiry_s: None, due_ms: 1 }),
+        );
+        store.session_messages(&client, vec![], vec![]);
+        store.close();
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    {
+        let store = open(&path);
+        assert!(store.recover().expect("recovers").sessions.is_empty());
+        store.session_opened(&client, 60);
+        store.close();
+    }
+    let recovered = open(&path).recover().expect("recovers");
+    let s = &recovered.sessions[0];
+    assert!(s.subscriptions.is_empty() && s.incoming_qos2.is_empty() && s.will.is_none(), "{s:?}");
+}

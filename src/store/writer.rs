@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tracing::error;
 
-use super::record::{self, DeliveryRecord, MessageRecord, SessionRecord, SubscriptionRecord};
+use super::record::{self, DeliveryRecord, MessageRecord, SessionRecord, SubscriptionRecord, WillRecord};
 use crate::router::Message;
 use crate::session::{Delivery, Inflight, Subscription};
 
@@ -32,6 +32,11 @@ pub(super) const MAX_BATCH: usize = 1024;
 
 /// How long the writer gathers operations for one sync after the first.
 const GATHER: Duration = Duration::from_millis(1);
+
+/// How long the writer waits for the end of an open group before it
+/// commits anyway. The end follows at once (no await in between), so this
+/// only bounds the damage of a caller that never ends one.
+const GROUP_WAIT: Duration = Duration::from_secs(1);
 
 /// When the store's writes become durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +65,15 @@ pub(crate) enum Op {
     Update(Arc<str>, u64, Inflight),
     /// A stored message was acknowledged.
     Remove(Arc<str>, u64),
+    /// A QoS 2 packet id was received (true) or released (false).
+    Incoming(Arc<str>, u16, bool),
+    /// A will waits for its delay, or no longer does.
+    Will(Arc<str>, Option<super::PendingWill>),
+    /// Opens a group: no commit until its [`Op::GroupEnd`] (see
+    /// [`super::Store::group`]). Not counted.
+    GroupBegin,
+    /// Closes a group. Not counted.
+    GroupEnd,
     /// Someone awaits a barrier: stop gathering and commit now. Not
     /// counted as an operation.
     Flush,
@@ -81,6 +95,8 @@ pub(super) struct Parts {
     pub sessions: Keyspace,
     pub subscriptions: Keyspace,
     pub messages: Keyspace,
+    pub incoming: Keyspace,
+    pub wills: Keyspace,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -89,6 +105,8 @@ enum Part {
     Sessions,
     Subscriptions,
     Messages,
+    Incoming,
+    Wills,
 }
 
 impl Parts {
@@ -98,6 +116,8 @@ impl Parts {
             Part::Sessions => &self.sessions,
             Part::Subscriptions => &self.subscriptions,
             Part::Messages => &self.messages,
+            Part::Incoming => &self.incoming,
+            Part::Wills => &self.wills,
         }
     }
 }
@@ -146,6 +166,15 @@ impl Queue {
         self.next_seq.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Opens a group of changes committed together.
+    pub(super) fn group(&self) -> super::Group {
+        let tx = self.tx.lock();
+        match &tx.1 {
+            Some(sender) if sender.send(Op::GroupBegin).is_ok() => super::Group(Some(sender.clone())),
+            _ => super::Group(None),
+        }
+    }
+
     /// Resolves once everything queued so far is durable (`sync` only).
     pub(super) fn barrier(&self) -> super::Barrier {
         if self.mode != Durability::Sync {
@@ -181,6 +210,7 @@ pub(super) fn start(
         durable: durable_tx,
         done: 0,
         closing: false,
+        groups: 0,
     };
     let handle = std::thread::Builder::new().name("moat-store".to_owned()).spawn(move || writer.run(&rx))?;
     Ok((Queue { tx: Mutex::new((0, Some(tx))), next_seq, durable, mode }, handle))
@@ -197,6 +227,8 @@ struct Writer {
     done: u64,
     /// [`Op::Close`] was received.
     closing: bool,
+    /// Groups open in what was received so far.
+    groups: usize,
 }
 
 impl Writer {
@@ -249,17 +281,34 @@ impl Writer {
         let mut op = first;
         let mut count = 0;
         loop {
-            if matches!(op, Op::Close) {
-                self.closing = true;
-                return count;
-            }
-            if matches!(op, Op::Flush) {
-                if count > 0 {
+            match op {
+                Op::Close => {
+                    self.closing = true;
                     return count;
                 }
-            } else {
-                self.apply(op);
-                count += 1;
+                Op::Flush => {
+                    if count > 0 && self.groups == 0 {
+                        return count;
+                    }
+                }
+                Op::GroupBegin => self.groups += 1,
+                Op::GroupEnd => self.groups = self.groups.saturating_sub(1),
+                op => {
+                    self.apply(op);
+                    count += 1;
+                }
+            }
+            if self.groups > 0 {
+                // Inside a group: no commit before its end.
+                op = match rx.recv_timeout(GROUP_WAIT) {
+                    Ok(op) => op,
+                    Err(_) => {
+                        error!("a store group stayed open; committing it anyway");
+                        self.groups = 0;
+                        return count;
+                    }
+                };
+                continue;
             }
             if count >= MAX_BATCH {
                 return count;
@@ -305,6 +354,8 @@ impl Writer {
                 self.stage(Part::Sessions, client.as_bytes().to_vec(), None);
                 self.remove_prefix(Part::Subscriptions, &client_prefix(&client));
                 self.remove_prefix(Part::Messages, &client_prefix(&client));
+                self.remove_prefix(Part::Incoming, &client_prefix(&client));
+                self.stage(Part::Wills, client.as_bytes().to_vec(), None);
             }
             Op::Subscribed(client, filter, sub) => {
                 if self.session(&client).is_some() {
@@ -330,7 +381,24 @@ impl Writer {
                 }
             }
             Op::Remove(client, seq) => self.stage(Part::Messages, message_key(&client, seq), None),
-            Op::Flush | Op::Close => {}
+            Op::Incoming(client, id, received) => {
+                let mut key = client_prefix(&client);
+                key.extend_from_slice(&id.to_be_bytes());
+                let value = if received && self.session(&client).is_some() { Some(record::encode(&())) } else { None };
+                self.stage(Part::Incoming, key, value);
+            }
+            Op::Will(client, will) => {
+                let value = match will {
+                    Some(w) if self.session(&client).is_some() => Some(record::encode(&WillRecord {
+                        message: MessageRecord::from_message(&w.message, now.0, now.1),
+                        expiry_s: w.expiry_s,
+                        due_ms: w.due_ms,
+                    })),
+                    _ => None,
+                };
+                self.stage(Part::Wills, client.as_bytes().to_vec(), value);
+            }
+            Op::Flush | Op::Close | Op::GroupBegin | Op::GroupEnd => {}
         }
     }
 

@@ -225,6 +225,19 @@ impl Raw {
         }
     }
 
+    /// Sends a QoS 2 PUBLISH (with DUP when resent).
+    fn publish_qos2(&mut self, topic: &str, id: u16, payload: &[u8], dup: bool) -> std::io::Result<()> {
+        let mut packet = self.publish_qos1(topic, id, payload);
+        packet[0] = 0x34 | if dup { 0x08 } else { 0 };
+        self.0.write_all(&packet)
+    }
+
+    /// Sends PUBREL for `id`.
+    fn pubrel(&mut self, id: u16) -> std::io::Result<()> {
+        let [hi, lo] = id.to_be_bytes();
+        self.0.write_all(&[0x62, 2, hi, lo])
+    }
+
     fn expect(&mut self, kind: u8) -> std::io::Result<()> {
         let (got, _) = self.try_packet()?;
         if got == kind { Ok(()) } else { Err(std::io::Error::other(format!("expected {kind:#x}, got {got:#x}"))) }
@@ -485,6 +498,169 @@ fn an_online_persistent_subscriber_loses_nothing_acknowledged_across_sigkill() {
         assert!(twice.is_empty(), "round {round}: QoS 2 delivered more than once: {twice:?}");
     }
     assert!(acked.len() >= 10, "the publishers got some acknowledgements ({})", acked.len());
+    moat.kill().expect("stop");
+    moat.wait().expect("reaped");
+}
+
+/// A QoS 2 message a publisher with a persistent session has not finished:
+/// its packet id, payload, and whether PUBREL went out.
+struct Unfinished {
+    id: u16,
+    payload: String,
+    released: bool,
+}
+
+/// A persistent-session publisher sending QoS 2 on `topic` until the broker
+/// goes away; returns the payloads whose PUBCOMP arrived and the message in
+/// the middle of its handshake, if any.
+fn publish_qos2_until_killed(
+    port: u16,
+    client_id: &'static str,
+    topic: &'static str,
+    round: u32,
+) -> std::thread::JoinHandle<(Vec<String>, Option<Unfinished>)> {
+    std::thread::spawn(move || {
+        let mut done = Vec::new();
+        let Ok(stream) = TcpStream::connect(("127.0.0.1", port)) else { return (done, None) };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+        let mut raw = Raw(stream);
+        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0, 0, 60];
+        body.extend(u16::try_from(client_id.len()).expect("short").to_be_bytes());
+        body.extend(client_id.as_bytes());
+        raw.send(&frame(0x10, &body));
+        if raw.expect(0x20).is_err() {
+            return (done, None);
+        }
+        for id in 1..=u16::MAX {
+            let payload = format!("q{round}-{id}");
+            let mut unfinished = Unfinished { id, payload: payload.clone(), released: false };
+            if raw.publish_qos2(topic, id, payload.as_bytes(), false).is_err() || raw.expect(0x50).is_err() {
+                return (done, Some(unfinished));
+            }
+            unfinished.released = true;
+            if raw.pubrel(id).is_err() || raw.expect(0x70).is_err() {
+                return (done, Some(unfinished));
+            }
+            done.push(payload);
+        }
+        (done, None)
+    })
+}
+
+/// Issue 9, gap 1: a QoS 2 publisher with a persistent session resumes
+/// after the broker was SIGKILLed in the middle of its handshake and
+/// resends (PUBLISH with DUP and the same packet id, or PUBREL once it
+/// sent one); every message is delivered exactly once. Round 0 kills the
+/// broker right after a PUBREC, so the resent PUBLISH must be recognised
+/// from the store.
+#[cfg(unix)]
+#[test]
+fn qos2_publishers_resending_after_sigkill_deliver_exactly_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = config(dir.path(), port);
+    let mut moat = start_moat(&config, port, &[]);
+    let (mut sub, _) = Raw::connect(port, "x2-sub", false);
+    sub.subscribe("x2/#", 2);
+    sub.disconnect();
+
+    // PUBREC received, then the crash, before PUBREL.
+    let (mut publisher, _) = Raw::connect(port, "x2-pub", false);
+    publisher.publish_qos2("x2/t", 7, b"first", false).expect("publish");
+    publisher.expect(0x50).expect("PUBREC");
+    moat.kill().expect("SIGKILL");
+    moat.wait().expect("reaped");
+    let mut unfinished = Some(Unfinished { id: 7, payload: "first".to_owned(), released: false });
+
+    let mut seed = u64::from(std::process::id()) ^ 0x51_7cc1_b727_220a;
+    let (mut acked, mut rx) = (std::collections::BTreeSet::new(), Receiver::default());
+    for round in 0..8 {
+        moat = start_moat(&config, port, &[]);
+        let (mut publisher, present) = Raw::connect(port, "x2-pub", false);
+        assert!(present, "round {round}: the publisher's session survived");
+        if let Some(u) = unfinished.take() {
+            // Resend as the protocol says: the PUBLISH again (DUP) until
+            // PUBREC, then PUBREL until PUBCOMP.
+            if !u.released {
+                publisher.publish_qos2("x2/t", u.id, u.payload.as_bytes(), true).expect("resend");
+                publisher.expect(0x50).expect("PUBREC of the resend");
+            }
+            publisher.pubrel(u.id).expect("PUBREL");
+            let (kind, body) = publisher.packet();
+            assert_eq!((kind, &body[..2]), (0x70, &u.id.to_be_bytes()[..]), "round {round}: PUBCOMP");
+            acked.insert(u.payload);
+        }
+        publisher.disconnect();
+        let (mut sub, present) = Raw::connect(port, "x2-sub", false);
+        assert!(present, "round {round}: the subscriber's session survived");
+        sub.consume(&mut rx, Some(&acked), Duration::from_secs(3));
+        let missing: Vec<_> = acked.iter().filter(|a| !rx.got.contains_key(*a)).collect();
+        assert!(missing.is_empty(), "round {round}: acknowledged but lost: {missing:?}");
+        let twice: Vec<_> = rx.got.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "round {round}: QoS 2 delivered more than once: {twice:?}");
+        sub.disconnect();
+
+        let publisher = publish_qos2_until_killed(port, "x2-pub", "x2/t", round);
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        std::thread::sleep(Duration::from_millis(50 + (seed >> 33) % 200));
+        moat.kill().expect("SIGKILL");
+        moat.wait().expect("reaped");
+        let (done, left) = publisher.join().expect("publisher");
+        acked.extend(done);
+        unfinished = left;
+    }
+    assert!(acked.len() >= 10, "the publisher got some acknowledgements ({})", acked.len());
+}
+
+/// Issue 9, gap 2: a will waiting for its delay when the broker is
+/// SIGKILLed is published after the restart once due; one whose session
+/// expired while the broker was down is dropped; one whose client comes
+/// back first is not published.
+#[cfg(unix)]
+#[tokio::test]
+async fn delayed_wills_survive_sigkill_unless_the_session_ended_or_resumed() {
+    use crate::harness::{V5, delayed_will};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = config(dir.path(), port);
+    let mut moat = start_moat(&config, port, &[]);
+    let options = |id: &str, expiry: u32| {
+        let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", port);
+        o.set_clean_start(false);
+        let mut props = rumqttc::v5::mqttbytes::v5::ConnectProperties::new();
+        props.session_expiry_interval = Some(expiry);
+        o.set_connect_properties(props);
+        o
+    };
+    let with_will = |id: &str, expiry: u32, delay: u32| {
+        let mut o = options(id, expiry);
+        o.set_last_will(delayed_will(&format!("wills/{id}"), id, delay));
+        o
+    };
+    let mut watcher = V5::connect(options("watcher", 600)).await;
+    watcher.subscribe("wills/#", Q5::AtLeastOnce).await;
+    watcher.client.disconnect().await.expect("disconnect");
+    // Due 2 s after the connection drops; its session would end after 1 s
+    // (which would publish it, were the broker up); due after 4 s.
+    let clients = [with_will("kept", 60, 2), with_will("expired", 1, 30), with_will("back", 60, 4)];
+    for opts in clients {
+        V5::connect(opts).await.kill();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    moat.kill().expect("SIGKILL");
+    moat.wait().expect("reaped");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let mut moat = start_moat(&config, port, &[]);
+    let back = V5::connect(options("back", 60)).await;
+    assert!(back.connack.session_present);
+    let mut watcher = V5::connect(options("watcher", 600)).await;
+    assert!(watcher.connack.session_present);
+    assert_eq!(watcher.publish().await.payload, Bytes::from("kept"));
+    // "back" would be due about 4 s after the drop; wait past it.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    watcher.no_publish().await;
+    drop(back);
     moat.kill().expect("stop");
     moat.wait().expect("reaped");
 }

@@ -203,7 +203,8 @@ pub struct V5 {
 }
 
 impl V5 {
-    async fn connect(opts: rumqttc::v5::MqttOptions) -> V5 {
+    /// Connects with `opts` (any broker address) and waits for CONNACK.
+    pub async fn connect(opts: rumqttc::v5::MqttOptions) -> V5 {
         let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 1000);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let pump = tokio::spawn(async move {
