@@ -72,6 +72,7 @@ pub struct Config {
 /// [plugins]
 /// dir = "/etc/moat/plugins"
 /// watch = true                     # reload when the directory changes
+/// cache_dir = "/var/cache/moat"    # compiled plugins (default: under storage.dir)
 /// [plugins.password-file]          # enables the shipped plugin of that name
 /// order = 10
 /// config = { file = "/etc/moat/passwd" }
@@ -84,6 +85,9 @@ pub struct PluginsConfig {
     pub dir: Option<PathBuf>,
     /// Whether a change in `dir` reloads the plugins (default true).
     pub watch: Option<bool>,
+    /// Where compiled plugins are kept between runs. Unset: `plugin-cache`
+    /// under `[storage] dir` when that is set, else nothing is kept.
+    pub cache_dir: Option<PathBuf>,
     /// Shipped plugins enabled by a `[plugins.NAME]` table, with the keys of
     /// a sidecar (order, on_error, config, limits, grants).
     pub shipped: BTreeMap<String, Sidecar>,
@@ -108,7 +112,7 @@ impl<'de> Deserialize<'de> for PluginsConfig {
         impl<'de> serde::de::Visitor<'de> for Visitor {
             type Value = PluginsConfig;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a table with `dir`, `watch` and `[plugins.NAME]` tables of shipped plugins")
+                f.write_str("a table with `dir`, `watch`, `cache_dir` and `[plugins.NAME]` tables of shipped plugins")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<PluginsConfig, A::Error> {
                 let mut config = PluginsConfig::default();
@@ -116,6 +120,7 @@ impl<'de> Deserialize<'de> for PluginsConfig {
                     match key.as_str() {
                         "dir" => config.dir = Some(map.next_value()?),
                         "watch" => config.watch = Some(map.next_value()?),
+                        "cache_dir" => config.cache_dir = Some(map.next_value()?),
                         _ => {
                             let table: Sidecar = map.next_value()?;
                             config.shipped.insert(key, table);
@@ -646,8 +651,17 @@ impl Config {
         if l.max_packet_size < 64 {
             return Err(("limits.max_packet_size".into(), "must be at least 64 bytes".into()));
         }
+        if self.plugins.cache_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
+            return Err(("plugins.cache_dir".into(), "must not be empty".into()));
+        }
         self.admin.validate()?;
         self.storage.validate()
+    }
+
+    /// Where compiled plugins are kept: `[plugins] cache_dir`, else
+    /// `plugin-cache` under `[storage] dir`, else nowhere.
+    pub fn plugin_cache_dir(&self) -> Option<PathBuf> {
+        self.plugins.cache_dir.clone().or_else(|| Some(self.storage.dir.as_ref()?.join("plugin-cache")))
     }
 }
 
@@ -939,6 +953,19 @@ max_queued_bytes = \"1 MiB\"
         assert_eq!(c.storage.durability(), Some(crate::store::Durability::Periodic(Duration::from_millis(250))));
         let c = parse("[storage]\ndir = \"d\"\ndurability = \"none\"\n").expect("valid");
         assert_eq!(c.storage.durability(), Some(crate::store::Durability::None));
+    }
+
+    #[test]
+    fn plugin_cache_dir() {
+        assert_eq!(parse("").expect("valid").plugin_cache_dir(), None);
+        let c = parse("[storage]\ndir = \"/var/lib/moat\"\n").expect("valid");
+        assert_eq!(c.plugin_cache_dir(), Some(PathBuf::from("/var/lib/moat/plugin-cache")));
+        let c = parse("[plugins]\ncache_dir = \"/c\"\n[storage]\ndir = \"/d\"\n").expect("valid");
+        assert_eq!(c.plugin_cache_dir(), Some(PathBuf::from("/c")));
+        let err = parse("[plugins]\ndir = \"p\"\ncache_dir = \"\"\n").expect_err("empty");
+        assert_eq!(err.to_string(), "moat.toml:3: `plugins.cache_dir`: must not be empty");
+        let err = parse("[plugins]\ncache_dir = 5\n").expect_err("not a path");
+        assert!(err.to_string().starts_with("moat.toml:2: `plugins.cache_dir`"), "{err}");
     }
 
     #[test]

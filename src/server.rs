@@ -12,7 +12,7 @@ use tracing::{info, warn};
 use crate::admin::AdminListener;
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::plugin::{LoadError, PluginHost};
+use crate::plugin::LoadError;
 use crate::store::{MemoryStore, Store, StoreError};
 use crate::transport::{BindError, Listener, ListenerError, TlsAcceptor, TlsSetupError};
 
@@ -72,10 +72,19 @@ impl Server {
         let mut host = None;
         let policy =
             crate::reload::load_policy(crate::reload::plugin_dir(&config).as_deref(), &config.plugins, || {
-                let made = PluginHost::new()?;
+                let made = crate::reload::new_host(&config)?;
                 host = Some(made.clone());
                 Ok(made)
             })?;
+        if let Some(host) = &host {
+            let counts = host.compile_counts();
+            tracing::info!(
+                compiled = counts.compiled,
+                from_disk_cache = counts.disk,
+                cache_dir = host.cache_dir().map(|d| d.display().to_string()),
+                "plugins compiled"
+            );
+        }
         let recovered = store.recover()?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {

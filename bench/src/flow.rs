@@ -2,12 +2,13 @@
 //!
 //! Publishers stamp each payload with the send time (nanoseconds since the
 //! run's [`Clock`] base) and a sequence number, write in batches, and at
-//! QoS 1 keep at most `window` messages unacknowledged. Subscribers count
-//! what arrives, acknowledge QoS 1 deliveries in batches and, when asked,
-//! record one latency sample per message.
+//! QoS 1 keep at most `window` messages unacknowledged and, when asked,
+//! record one publish-to-PUBACK latency per message. Subscribers count what
+//! arrives, acknowledge QoS 1 deliveries in batches and, when asked, record
+//! one latency sample per message.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -69,6 +70,17 @@ pub struct PubSpec {
     pub deadline: Instant,
     /// Give up waiting for PUBACKs at this instant.
     pub ack_deadline: Instant,
+    /// At QoS 1, record the time from writing each PUBLISH to reading its
+    /// PUBACK.
+    pub record_ack_latency: bool,
+}
+
+/// Send times by packet id, and the publish-to-PUBACK samples, of one
+/// publisher that records acknowledgement latency.
+struct AckTimes {
+    sent_ns: Vec<AtomicU64>,
+    samples: Mutex<Vec<u64>>,
+    clock: Clock,
 }
 
 /// What one publisher did.
@@ -83,6 +95,8 @@ pub struct PubResult {
     pub writer: Writer,
     /// The read half at QoS 0 (at QoS 1 the PUBACK reader consumed it).
     pub reader: Option<Reader>,
+    /// Publish-to-PUBACK samples in nanoseconds (empty unless recorded).
+    pub ack_latencies: Vec<u64>,
 }
 
 /// Runs one publisher to completion.
@@ -91,8 +105,15 @@ pub async fn publish(client: Client, spec: PubSpec, clock: Clock) -> Result<PubR
     let window = spec.window.clamp(1, usize::from(receive_max));
     let sem = Arc::new(Semaphore::new(window));
     let acked = Arc::new(AtomicU64::new(0));
+    let times = (spec.qos > 0 && spec.record_ack_latency).then(|| {
+        Arc::new(AckTimes {
+            sent_ns: (0..=u16::MAX).map(|_| AtomicU64::new(0)).collect(),
+            samples: Mutex::new(Vec::with_capacity(spec.count.min(1 << 20) as usize)),
+            clock,
+        })
+    });
     let (ack_task, reader) = if spec.qos > 0 {
-        let task = tokio::spawn(read_acks(reader, Arc::clone(&sem), Arc::clone(&acked)));
+        let task = tokio::spawn(read_acks(reader, Arc::clone(&sem), Arc::clone(&acked), times.clone()));
         (Some(task), None)
     } else {
         (None, Some(reader))
@@ -146,6 +167,9 @@ pub async fn publish(client: Client, spec: PubSpec, clock: Clock) -> Result<PubR
                 push_decimal(&mut topic, sent);
             }
             pkid = pkid % u16::MAX + 1;
+            if let Some(times) = &times {
+                times.sent_ns[usize::from(pkid)].store(u64::from_le_bytes(ts), Ordering::Relaxed);
+            }
             let b = &mut writer.buf;
             proto::publish_header(b, version, &topic, spec.qos, spec.retain, pkid, payload.len());
             b.extend_from_slice(&payload);
@@ -170,7 +194,8 @@ pub async fn publish(client: Client, spec: PubSpec, clock: Clock) -> Result<PubR
             }
         }
     };
-    Ok(PubResult { sent, acked, end_ns, writer, reader })
+    let ack_latencies = times.map(|t| std::mem::take(&mut *t.samples.lock().unwrap_or_else(|e| e.into_inner())));
+    Ok(PubResult { sent, acked, end_ns, writer, reader, ack_latencies: ack_latencies.unwrap_or_default() })
 }
 
 /// Appends `n` in decimal without allocating.
@@ -188,19 +213,34 @@ fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
     buf.extend_from_slice(&digits[i..]);
 }
 
-/// Counts PUBACKs and returns their window permits.
-async fn read_acks(mut reader: Reader, sem: Arc<Semaphore>, acked: Arc<AtomicU64>) -> Result<()> {
+/// Counts PUBACKs and returns their window permits; with `times`, records
+/// each one's latency (read time of the batch minus its PUBLISH's send time).
+async fn read_acks(
+    mut reader: Reader,
+    sem: Arc<Semaphore>,
+    acked: Arc<AtomicU64>,
+    times: Option<Arc<AckTimes>>,
+) -> Result<()> {
+    let mut batch = Vec::new();
     loop {
         let mut n = 0;
+        let now = times.as_ref().map_or(0, |t| t.clock.now_ns());
         while let Some((first, body)) = reader.next_packet()? {
             match first >> 4 {
                 kind::PUBACK => {
-                    proto::parse_puback(body)?;
+                    let (pkid, _) = proto::parse_puback(body)?;
+                    if let Some(times) = &times {
+                        let sent = times.sent_ns[usize::from(pkid)].load(Ordering::Relaxed);
+                        batch.push(now.saturating_sub(sent));
+                    }
                     n += 1;
                 }
                 kind::DISCONNECT => bail!("broker sent DISCONNECT to a publisher"),
                 _ => {}
             }
+        }
+        if let Some(times) = times.as_ref().filter(|_| !batch.is_empty()) {
+            times.samples.lock().unwrap_or_else(|e| e.into_inner()).append(&mut batch);
         }
         if n > 0 {
             acked.fetch_add(n as u64, Ordering::Relaxed);

@@ -46,6 +46,7 @@ pub async fn run(args: &Args, addr: SocketAddr, v: Version) -> Result<Report> {
         rate: None,
         deadline,
         ack_deadline: deadline + grace,
+        record_ack_latency: false,
     };
     let mut stored = flow::publish(publisher, spec, clock).await?;
     if let Some(reader) = stored.reader.as_mut() {

@@ -4,7 +4,8 @@
 //! publisher's messages reaching a known number of subscribers. Expected
 //! deliveries are `sum(sent by publisher x its receivers)`; whatever has not
 //! arrived when every subscriber is done or the grace period is over counts
-//! as lost.
+//! as lost. `latency` records delivery latency (payload timestamp to
+//! receipt) and, at QoS 1, publish-to-PUBACK latency.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -161,6 +162,7 @@ pub async fn run_flow(args: &Args, addr: SocketAddr, v: Version) -> Result<Repor
             rate: plan.rate,
             deadline,
             ack_deadline,
+            record_ack_latency: record_latency,
         };
         tasks.push(tokio::spawn(flow::publish(client, spec, clock)));
     }
@@ -169,8 +171,10 @@ pub async fn run_flow(args: &Args, addr: SocketAddr, v: Version) -> Result<Repor
     let mut acked = 0;
     let mut pub_end_ns = start_ns;
     let mut writers = Vec::new();
+    let mut ack_latencies = Vec::new();
     for (t, p) in tasks.into_iter().zip(&plan.pubs) {
-        let r = t.await??;
+        let mut r = t.await??;
+        ack_latencies.append(&mut r.ack_latencies);
         sent += r.sent;
         acked += r.acked;
         expected += r.sent * p.receivers;
@@ -216,6 +220,9 @@ pub async fn run_flow(args: &Args, addr: SocketAddr, v: Version) -> Result<Repor
     }
     if record_latency {
         rep.set("latency_us", report::percentiles(&mut latencies));
+        if args.qos > 0 {
+            rep.set("ack_latency_us", report::percentiles(&mut ack_latencies));
+        }
     }
     Ok(rep)
 }

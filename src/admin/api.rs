@@ -178,15 +178,18 @@ async fn reload(broker: &Arc<Broker>) -> Response {
         }
     };
     let plugins = match &report.plugins {
-        PluginReport::Swapped { generation, added, removed, reloaded, subscriptions_removed, took } => json!({
-            "swapped": true,
-            "generation": generation,
-            "added": added,
-            "removed": removed,
-            "reloaded": reloaded,
-            "subscriptions_removed": subscriptions_removed,
-            "took_ms": u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
-        }),
+        PluginReport::Swapped { generation, added, removed, reloaded, subscriptions_removed, compiled, took } => {
+            json!({
+                "swapped": true,
+                "generation": generation,
+                "added": added,
+                "removed": removed,
+                "reloaded": reloaded,
+                "subscriptions_removed": subscriptions_removed,
+                "compiled": compiled,
+                "took_ms": u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+            })
+        }
         PluginReport::Refused { reason } => json!({ "swapped": false, "reason": reason }),
     };
     Response::json(

@@ -2,7 +2,9 @@
 //! every plugin is instantiated against.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::Duration;
 
@@ -18,6 +20,7 @@ use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
 
 use super::LoadError;
 use super::bindings::{HostState, Plugin};
+use super::cache::DiskCache;
 
 /// How often the ticker bumps the engine's epoch. Deadlines are counted in
 /// ticks, so this is their resolution: 1 ms keeps a 10 ms deadline within
@@ -68,6 +71,27 @@ struct HostInner {
     engine: Engine,
     linker: Linker<HostState>,
     compiled: Mutex<CompiledCache>,
+    disk: Option<DiskCache>,
+    counts: Counts,
+}
+
+/// How each component a host loaded was obtained.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompileCounts {
+    /// Compiled from WebAssembly.
+    pub compiled: u64,
+    /// Reused from this host's memory (loaded before by this process).
+    pub memory: u64,
+    /// Read from the on-disk cache of compiled components.
+    pub disk: u64,
+}
+
+/// [`CompileCounts`] as atomics.
+#[derive(Default)]
+pub(crate) struct Counts {
+    pub(crate) compiled: AtomicU64,
+    pub(crate) memory: AtomicU64,
+    pub(crate) disk: AtomicU64,
 }
 
 /// Components already compiled by this host, keyed by a hash of their bytes
@@ -86,6 +110,22 @@ impl PluginHost {
     /// [`LoadError::Engine`] if wasmtime rejects the configuration or the
     /// ticker thread cannot be spawned.
     pub fn new() -> Result<PluginHost, LoadError> {
+        PluginHost::build(None)
+    }
+
+    /// Like [`PluginHost::new`], with compiled components also kept in
+    /// `cache_dir` (created owner-only if missing), so another process or
+    /// host with the same engine loads them without compiling. A directory
+    /// that cannot be used is logged and the host runs without it: a cache
+    /// never keeps the broker from starting.
+    ///
+    /// # Errors
+    /// As [`PluginHost::new`].
+    pub fn with_disk_cache(cache_dir: &Path) -> Result<PluginHost, LoadError> {
+        PluginHost::build(Some(cache_dir))
+    }
+
+    fn build(cache_dir: Option<&Path>) -> Result<PluginHost, LoadError> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
@@ -96,7 +136,41 @@ impl PluginHost {
         let linker = link(&engine).map_err(|e| LoadError::Engine(e.to_string()))?;
         spawn_ticker(engine.weak())?;
         let compiled = Mutex::new(HashMap::new());
-        Ok(PluginHost { inner: Arc::new(HostInner { engine, linker, compiled }) })
+        let disk = cache_dir.and_then(|dir| match DiskCache::open(dir, &engine) {
+            Ok(cache) => Some(cache),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "compiled plugins will not be cached on disk");
+                None
+            }
+        });
+        let counts = Counts::default();
+        Ok(PluginHost { inner: Arc::new(HostInner { engine, linker, compiled, disk, counts }) })
+    }
+
+    /// How many components this host compiled, and how many it found
+    /// compiled already (in memory, on disk).
+    pub fn compile_counts(&self) -> CompileCounts {
+        let c = &self.inner.counts;
+        CompileCounts {
+            compiled: c.compiled.load(Ordering::Relaxed),
+            memory: c.memory.load(Ordering::Relaxed),
+            disk: c.disk.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The directory of compiled components, when the disk cache is on.
+    pub fn cache_dir(&self) -> Option<&Path> {
+        self.inner.disk.as_ref().map(DiskCache::dir)
+    }
+
+    /// The on-disk cache, when on.
+    pub(crate) fn disk(&self) -> Option<&DiskCache> {
+        self.inner.disk.as_ref()
+    }
+
+    /// The compile counters.
+    pub(crate) fn counts(&self) -> &Counts {
+        &self.inner.counts
     }
 
     /// The shared engine.

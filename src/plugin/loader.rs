@@ -4,6 +4,7 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use wasmtime::component::Component;
 
@@ -118,8 +119,10 @@ impl PluginHost {
     }
 
     /// Compiles `bytes`, or reuses the component compiled from the same
-    /// bytes before. The lock is not held while compiling, so two loads may
-    /// compile the same bytes at once; the second result simply wins.
+    /// bytes before: by this host (memory), or by any process with the same
+    /// engine settings (the disk cache). The lock is not held while
+    /// compiling, so two loads may compile the same bytes at once; the
+    /// second result simply wins.
     fn compile(&self, bytes: Vec<u8>) -> wasmtime::Result<Component> {
         let mut hasher = DefaultHasher::new();
         bytes.hash(&mut hasher);
@@ -127,9 +130,23 @@ impl PluginHost {
         if let Some((cached, component)) = self.compiled().lock().get(&key)
             && **cached == *bytes
         {
+            self.counts().memory.fetch_add(1, Ordering::Relaxed);
             return Ok(component.clone());
         }
-        let component = Component::new(self.engine(), &bytes)?;
+        let component = match self.disk().and_then(|disk| disk.load(self.engine(), &bytes)) {
+            Some(component) => {
+                self.counts().disk.fetch_add(1, Ordering::Relaxed);
+                component
+            }
+            None => {
+                let component = Component::new(self.engine(), &bytes)?;
+                self.counts().compiled.fetch_add(1, Ordering::Relaxed);
+                if let Some(disk) = self.disk() {
+                    disk.store(&bytes, &component);
+                }
+                component
+            }
+        };
         let mut compiled = self.compiled().lock();
         if compiled.len() >= MAX_COMPILED {
             compiled.clear();

@@ -6,7 +6,9 @@
 //! - Loading ([`PluginHost::load_dir`]): each `*.wasm` component is compiled
 //!   once, checked (contract version, imports), pre-linked, instantiated and
 //!   initialised; its sidecar `NAME.toml` ([`PluginSettings`]) gives order,
-//!   config and limits.
+//!   config and limits. Compiled components are kept in memory and, with
+//!   [`PluginHost::with_disk_cache`], in an owner-only directory (`cache`),
+//!   so an unchanged plugin is not compiled again by a reload or a restart.
 //! - [`LoadedPlugin`]: a pool of warm instances, each in its own `Store` with
 //!   a memory cap and a per-call epoch deadline; a failed instance is
 //!   discarded and the next call gets a fresh one.
@@ -20,6 +22,7 @@ use std::sync::Arc;
 use crate::codec::TopicFilter;
 
 mod bindings;
+mod cache;
 mod convert;
 mod engine;
 pub mod fixtures;
@@ -30,7 +33,7 @@ pub mod shipped;
 mod stats;
 
 pub(crate) use convert::{AuthnAnswer, AuthzAnswer, TransformAnswer};
-pub use engine::PluginHost;
+pub use engine::{CompileCounts, PluginHost};
 pub use instance::{LoadedPlugin, PinnedInstance};
 pub use loader::{Source, components_in};
 pub use settings::{Grants, Limits, OnError, PluginSettings, Sidecar, SidecarLimits};

@@ -118,6 +118,9 @@ impl Broker {
         if old.storage != new.storage {
             needs_restart.push("storage".to_owned());
         }
+        if old.plugins.cache_dir != new.plugins.cache_dir {
+            needs_restart.push("plugins.cache_dir".to_owned());
+        }
         if old.admin != new.admin {
             needs_restart.push("admin".to_owned());
         }
@@ -177,6 +180,10 @@ impl Broker {
         };
         let effective =
             Config { log: crate::config::LogConfig { format: old.log.format, ..effective.log }, ..effective };
+        let effective = Config {
+            plugins: crate::config::PluginsConfig { cache_dir: old.plugins.cache_dir.clone(), ..effective.plugins },
+            ..effective
+        };
         self.set_config(effective);
         let plugins = self.reload_plugins_locked().await;
         let report = ConfigReport { applied, tls_reloaded, needs_restart, plugins };

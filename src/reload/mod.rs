@@ -33,7 +33,7 @@ pub use config::{ConfigReport, ConfigSource, ReloadRefused};
 use crate::auth::{Action, Policy};
 use crate::broker::Broker;
 use crate::config::{Config, PluginsConfig};
-use crate::plugin::{LoadError, PluginHost, Source, components_in, shipped};
+use crate::plugin::{CompileCounts, LoadError, PluginHost, Source, components_in, shipped};
 use crate::transport::TlsAcceptor;
 
 /// Changes the log filter at run time (installed by the binary, which owns
@@ -55,6 +55,9 @@ pub enum PluginReport {
         reloaded: Vec<String>,
         /// Subscriptions the new policy forbids, removed from their sessions.
         subscriptions_removed: usize,
+        /// Components compiled for this set; the others were unchanged and
+        /// came compiled from memory or from the disk cache.
+        compiled: u64,
         /// From the start of loading to the end of the swap.
         took: Duration,
     },
@@ -116,15 +119,24 @@ impl Reloader {
         }
     }
 
-    /// The host, made now if no plugin was loaded before.
-    fn host(&self) -> Result<PluginHost, LoadError> {
+    /// The host, made now for `config` if no plugin was loaded before.
+    fn host(&self, config: &Config) -> Result<PluginHost, LoadError> {
         let mut host = self.host.lock();
         if let Some(host) = &*host {
             return Ok(host.clone());
         }
-        let made = PluginHost::new()?;
+        let made = new_host(config)?;
         *host = Some(made.clone());
         Ok(made)
+    }
+}
+
+/// A plugin host with the disk cache `config` asks for
+/// ([`Config::plugin_cache_dir`]).
+pub(crate) fn new_host(config: &Config) -> Result<PluginHost, LoadError> {
+    match config.plugin_cache_dir() {
+        Some(dir) => PluginHost::with_disk_cache(&dir),
+        None => PluginHost::new(),
     }
 }
 
@@ -187,6 +199,12 @@ impl Broker {
         handles.log_filter = log_filter;
     }
 
+    /// How the plugin host compiled or found compiled the components it
+    /// loaded since start-up; `None` before any plugin was loaded.
+    pub fn plugin_compile_counts(&self) -> Option<CompileCounts> {
+        Some(self.reload.host.lock().as_ref()?.compile_counts())
+    }
+
     /// The plugin directory in force.
     pub fn plugin_dir(&self) -> Option<PathBuf> {
         self.reload.dir.borrow().clone()
@@ -211,23 +229,31 @@ impl Broker {
         let dir = self.plugin_dir();
         let config = self.config();
         let broker = self.clone();
-        let loading =
-            tokio::task::spawn_blocking(move || load_policy(dir.as_deref(), &config.plugins, || broker.reload.host()));
+        let before = self.plugin_compile_counts().unwrap_or_default();
+        let loading = tokio::task::spawn_blocking(move || {
+            load_policy(dir.as_deref(), &config.plugins, || broker.reload.host(&config))
+        });
         let report = match loading.await {
-            Ok(Ok(policy)) => self.swap(policy, started).await,
+            Ok(Ok(policy)) => {
+                let compiled = self.plugin_compile_counts().unwrap_or_default().compiled - before.compiled;
+                self.swap(policy, compiled, started).await
+            }
             Ok(Err(e)) => PluginReport::Refused { reason: e.to_string() },
             Err(e) => PluginReport::Refused { reason: format!("loading stopped: {e}") },
         };
         match &report {
-            PluginReport::Swapped { generation, added, removed, reloaded, subscriptions_removed, took } => info!(
-                generation,
-                ?added,
-                ?removed,
-                ?reloaded,
-                subscriptions_removed,
-                took_ms = took.as_millis(),
-                "plugins reloaded"
-            ),
+            PluginReport::Swapped { generation, added, removed, reloaded, subscriptions_removed, compiled, took } => {
+                info!(
+                    generation,
+                    ?added,
+                    ?removed,
+                    ?reloaded,
+                    subscriptions_removed,
+                    compiled,
+                    took_ms = took.as_millis(),
+                    "plugins reloaded"
+                )
+            }
             PluginReport::Refused { reason } => {
                 warn!(reason, "plugin reload refused; the previous plugins keep serving");
             }
@@ -238,7 +264,7 @@ impl Broker {
     }
 
     /// Puts `policy` in force and applies it to existing subscriptions.
-    async fn swap(self: &Arc<Self>, policy: Policy, started: Instant) -> PluginReport {
+    async fn swap(self: &Arc<Self>, policy: Policy, compiled: u64, started: Instant) -> PluginReport {
         let names = |p: &Policy| p.plugins().plugins().iter().map(|p| p.name().to_string()).collect::<Vec<_>>();
         let old = names(&self.policy());
         let new = names(&policy);
@@ -259,6 +285,7 @@ impl Broker {
             removed: old.iter().filter(|n| !new.contains(n)).cloned().collect(),
             reloaded: new.iter().filter(|n| old.contains(n)).cloned().collect(),
             subscriptions_removed,
+            compiled,
             took: started.elapsed(),
         }
     }

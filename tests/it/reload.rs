@@ -332,3 +332,54 @@ async fn admin_reload_applies_a_changed_shipped_plugin_table() {
     let (status, _) = crate::ops::http(admin, "POST", "/api/reload", None).await;
     assert_eq!(status, 401, "reload needs the token");
 }
+
+/// The compiled-component files in `dir`.
+fn cache_entries(dir: &Path) -> Vec<PathBuf> {
+    let entries = std::fs::read_dir(dir).expect("cache dir exists");
+    entries.map(|e| e.expect("entry").path()).filter(|p| p.extension().is_some_and(|x| x == "cwasm")).collect()
+}
+
+#[tokio::test]
+async fn a_restart_takes_compiled_plugins_from_the_disk_cache() {
+    let dir = stage(&[("acl", "topic-prefix", &sidecar("deny"))]);
+    let cache = tempfile::tempdir().expect("tempdir");
+    let cache_dir = cache.path().join("compiled");
+    let tweak = |c: &mut Config| {
+        c.plugins.dir = Some(dir.path().to_owned());
+        c.plugins.cache_dir = Some(cache_dir.clone());
+    };
+
+    // First start: compiled, and kept.
+    let broker = TestBroker::with(tweak).await;
+    let counts = broker.broker.plugin_compile_counts().expect("plugins loaded");
+    assert_eq!((counts.compiled, counts.disk), (1, 0), "{counts:?}");
+    let entries = cache_entries(&cache_dir);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    broker.stop().await;
+
+    // A restart (a new engine) compiles nothing, and the policy is in force.
+    let broker = TestBroker::with(tweak).await;
+    let counts = broker.broker.plugin_compile_counts().expect("plugins loaded");
+    assert_eq!((counts.compiled, counts.disk), (0, 1), "{counts:?}");
+    let mut checker = broker.v5("checker").await;
+    assert_eq!(publish(&mut checker, "deny/t").await, PubAckReason::NotAuthorized);
+    assert_eq!(publish(&mut checker, "open/t").await, PubAckReason::Success);
+    // Neither does a reload of the unchanged plugin.
+    let report = broker.broker.reload_plugins().await;
+    assert!(matches!(report, PluginReport::Swapped { compiled: 0, .. }), "{report:?}");
+    broker.stop().await;
+
+    // A damaged entry is not trusted: the plugin is compiled again, works,
+    // and the entry is written anew.
+    let mut bytes = std::fs::read(&entries[0]).expect("entry");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&entries[0], &bytes).expect("damage the entry");
+    let broker = TestBroker::with(tweak).await;
+    let counts = broker.broker.plugin_compile_counts().expect("plugins loaded");
+    assert_eq!((counts.compiled, counts.disk), (1, 0), "{counts:?}");
+    let mut checker = broker.v5("checker").await;
+    assert_eq!(publish(&mut checker, "deny/t").await, PubAckReason::NotAuthorized);
+    assert_ne!(std::fs::read(&entries[0]).expect("entry rewritten"), bytes);
+    broker.stop().await;
+}
