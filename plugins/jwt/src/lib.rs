@@ -12,7 +12,6 @@ use moat_plugin_sdk::*;
 use serde_json::{Map, Value};
 
 pub mod keys;
-pub mod rules;
 pub mod token;
 
 use keys::Key;
@@ -210,12 +209,15 @@ impl Plugin for Jwt {
             Action::Subscribe => (ATTR_SUBSCRIBE, true),
             Action::Receive | Action::Retained => (ATTR_SUBSCRIBE, false),
         };
+        // Rules speak about the topics a subscription receives, whoever
+        // shares it, as in the `acl` and `rbac` plugins.
+        let topic = if wanted_is_filter { topic_rules::strip_share(topic) } else { topic };
         let user = client.username.as_deref();
         let allowed = granted
             .iter()
             .filter(|(k, _)| k == attr)
-            .filter_map(|(_, rule)| rules::expand(rule, user, &client.client_id))
-            .any(|rule| if wanted_is_filter { rules::covers(&rule, topic) } else { rules::matches(&rule, topic) });
+            .filter_map(|(_, rule)| topic_rules::substitute(rule, user, &client.client_id))
+            .any(|rule| topic_rules::covers(&rule, topic));
         if allowed {
             Decision::Allow(ttl_ms)
         } else {

@@ -303,6 +303,26 @@ fn hostile_names_never_widen_rules() {
 }
 
 #[test]
+fn a_placeholder_in_a_name_is_inserted_literally() {
+    // Substitution is one pass: the user `x%c` on client `dev1` owns
+    // `users/x%c/...`, not the topics of a user called `xdev1`.
+    let mut p = plugin(json!({"match_username": false}));
+    let mut c = claims();
+    c["sub"] = json!("x%c");
+    let client = connected(&mut p, &c, "dev1");
+    assert!(allows(&mut p, &client, Action::Publish, "users/x%c/y"));
+    assert!(!allows(&mut p, &client, Action::Publish, "users/xdev1/y"));
+}
+
+#[test]
+fn shared_subscriptions_are_judged_by_their_topic_filter() {
+    let mut p = plugin(json!({}));
+    let alice = connected(&mut p, &claims(), "dev1");
+    assert!(allows(&mut p, &alice, Action::Subscribe, "$share/g/commands/alice/+"));
+    assert!(!allows(&mut p, &alice, Action::Subscribe, "$share/g/commands/bob/+"));
+}
+
+#[test]
 fn the_latest_grant_replaces_earlier_ones_and_expiry_denies() {
     let mut p = plugin(json!({"leeway_s": 0}));
     let mut client = connected(&mut p, &claims(), "dev1");
