@@ -121,9 +121,13 @@ impl Broker {
         self.policy.read().clone()
     }
 
-    /// Puts a new policy in force (start-up, reload).
-    pub fn set_policy(&self, policy: Policy) {
-        *self.policy.write() = policy;
+    /// Puts a new policy in force (start-up, reload) and returns the one it
+    /// replaces. The caller drops that one: dropping the last handle tears
+    /// down its warm instances and memories, which must happen neither
+    /// under this lock (every publish reads it) nor on a runtime thread.
+    #[must_use = "drop the previous policy off the runtime"]
+    pub fn set_policy(&self, policy: Policy) -> Policy {
+        std::mem::replace(&mut *self.policy.write(), policy)
     }
 
     /// A fresh client identifier for a client that sent an empty one.

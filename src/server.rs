@@ -32,7 +32,16 @@ pub enum ServerError {
     /// A plugin could not be loaded: the broker never runs with part of
     /// its policy missing.
     #[error("plugin refused: {0}")]
-    Plugin(#[from] LoadError),
+    Plugin(LoadError),
+}
+
+// By hand rather than `#[from]`, which would also make the `LoadError` the
+// error's source: the message already includes it, and the binary prints
+// the whole chain, so it said everything twice.
+impl From<LoadError> for ServerError {
+    fn from(e: LoadError) -> ServerError {
+        ServerError::Plugin(e)
+    }
 }
 
 /// A broker with its listeners bound, not yet accepting.

@@ -15,7 +15,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use crate::proto::{self, FrameInfo, Version, kind};
 
 /// Size of each connection's read buffer (it grows for larger packets).
-const READ_BUF: usize = 256 * 1024;
+pub const READ_BUF: usize = 256 * 1024;
 /// Time allowed for the TCP connect plus CONNACK.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -118,12 +118,19 @@ pub struct Client {
 impl Client {
     /// Connects over TCP, sends CONNECT and waits for a successful CONNACK.
     pub async fn connect(addr: SocketAddr, version: Version, client_id: &str) -> Result<Self> {
-        Self::connect_with(addr, version, client_id, READ_BUF).await
+        Self::connect_with(addr, version, client_id, READ_BUF, 0).await
     }
 
     /// Like [`Client::connect`] with a chosen read buffer size (small for
-    /// the many idle connections of the `conn` scenario).
-    pub async fn connect_with(addr: SocketAddr, version: Version, client_id: &str, read_buf: usize) -> Result<Self> {
+    /// the many idle connections of the `conn` scenario) and session expiry
+    /// (see [`proto::connect`]).
+    pub async fn connect_with(
+        addr: SocketAddr,
+        version: Version,
+        client_id: &str,
+        read_buf: usize,
+        session_expiry: u32,
+    ) -> Result<Self> {
         tokio::time::timeout(CONNECT_TIMEOUT, async {
             let stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
             stream.set_nodelay(true)?;
@@ -134,7 +141,7 @@ impl Client {
                 version,
                 receive_max: u16::MAX,
             };
-            proto::connect(&mut client.writer.buf, version, client_id, 600);
+            proto::connect(&mut client.writer.buf, version, client_id, 600, session_expiry);
             client.writer.flush().await?;
             let (first, body) = client.reader.recv().await?;
             ensure!(first >> 4 == kind::CONNACK, "expected CONNACK, got type {}", first >> 4);

@@ -42,7 +42,7 @@ pub async fn run(args: &Args, addr: SocketAddr, v: Version) -> Result<Report> {
         attempted += 1;
         set.spawn(async move {
             let id = format!("mb{tag}-c{i}");
-            let r = Client::connect_with(addr, v, &id, IDLE_READ_BUF).await;
+            let r = Client::connect_with(addr, v, &id, IDLE_READ_BUF, 0).await;
             drop(permit);
             r
         });

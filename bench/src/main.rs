@@ -114,6 +114,12 @@ pub struct Args {
     /// PID of the broker, to report its RSS and CPU time from /proc.
     #[arg(long)]
     pub broker_pid: Option<u32>,
+    /// Session Expiry Interval of the subscribers, in seconds; 0 (the
+    /// default) is a clean session. Above 0 the subscribers' sessions are
+    /// persistent, so a broker with a durable store stores every QoS 1
+    /// message queued for them before acknowledging it.
+    #[arg(long, default_value_t = 0)]
+    pub session_expiry: u32,
     /// Tokio worker threads of the load generator.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,

@@ -83,17 +83,33 @@ fn put_str(buf: &mut Vec<u8>, s: &[u8]) {
     buf.extend_from_slice(s);
 }
 
-/// Appends a CONNECT with a clean session/start, no will and no credentials.
-pub fn connect(buf: &mut Vec<u8>, v: Version, client_id: &str, keep_alive: u16) {
-    let props = usize::from(v.is_v5());
+/// Appends a CONNECT with no will and no credentials. With
+/// `session_expiry` 0 the session is clean (3.1.1) or ends with the
+/// connection (5.0); otherwise it is persistent (3.1.1: clean session 0;
+/// 5.0: a new session with that Session Expiry Interval), so a broker with
+/// a durable store must store what it queues for it.
+pub fn connect(buf: &mut Vec<u8>, v: Version, client_id: &str, keep_alive: u16, session_expiry: u32) {
+    let props = if !v.is_v5() {
+        0
+    } else if session_expiry > 0 {
+        6
+    } else {
+        1
+    };
     let len = 2 + 4 + 1 + 1 + 2 + props + 2 + client_id.len();
     buf.push(0x10);
     put_varint(buf, len);
     put_str(buf, b"MQTT");
     buf.push(if v.is_v5() { 5 } else { 4 });
-    buf.push(0x02); // clean session (3.1.1) / clean start (5.0)
+    // Clean start (5.0) always: the ids are new. Clean session (3.1.1)
+    // only for a non-persistent session.
+    buf.push(if v.is_v5() || session_expiry == 0 { 0x02 } else { 0x00 });
     buf.extend_from_slice(&keep_alive.to_be_bytes());
-    if v.is_v5() {
+    if v.is_v5() && session_expiry > 0 {
+        buf.push(5);
+        buf.push(0x11); // Session Expiry Interval
+        buf.extend_from_slice(&session_expiry.to_be_bytes());
+    } else if v.is_v5() {
         buf.push(0); // no properties
     }
     put_str(buf, client_id.as_bytes());
@@ -346,11 +362,30 @@ mod tests {
     #[test]
     fn partial_frames_wait_for_more() -> Result<()> {
         let mut buf = Vec::new();
-        connect(&mut buf, Version::V5, "x", 60);
+        connect(&mut buf, Version::V5, "x", 60, 0);
         for cut in 0..buf.len() {
             assert!(parse_frame(&buf[..cut])?.is_none());
         }
         assert!(parse_frame(&buf)?.is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn persistent_sessions_in_connect() -> Result<()> {
+        // Fixed header (2) + "MQTT" (6) + level (1), then the flags.
+        const FLAGS: usize = 9;
+        for (v, expiry, flags, tail) in [
+            (Version::V5, 0, 0x02, &[0u8, 0, 1, b'x'][..]),
+            (Version::V5, 300, 0x02, &[5, 0x11, 0, 0, 1, 44, 0, 1, b'x'][..]),
+            (Version::V311, 0, 0x02, &[0, 1, b'x'][..]),
+            (Version::V311, 300, 0x00, &[0, 1, b'x'][..]),
+        ] {
+            let mut buf = Vec::new();
+            connect(&mut buf, v, "x", 60, expiry);
+            assert_eq!(parse_frame(&buf)?.map(|f| f.end), Some(buf.len()), "{v:?} {expiry}");
+            assert_eq!(buf[FLAGS], flags, "{v:?} {expiry}");
+            assert!(buf.ends_with(tail), "{v:?} {expiry}: {buf:?}");
+        }
         Ok(())
     }
 

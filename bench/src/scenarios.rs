@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::client::Client;
+use crate::client::{Client, READ_BUF};
 use crate::flow::{self, Clock, Progress, PubSpec, SubSpec};
 use crate::proto::Version;
 use crate::report::{self, Report, Usage};
@@ -95,10 +95,12 @@ fn plan(args: &Args, prefix: &str) -> Plan {
     }
 }
 
-/// Connects one client per id, all at once.
-pub async fn connect_all(addr: SocketAddr, v: Version, ids: Vec<String>) -> Result<Vec<Client>> {
-    let tasks: Vec<_> =
-        ids.into_iter().map(|id| tokio::spawn(async move { Client::connect(addr, v, &id).await })).collect();
+/// Connects one client per id, all at once, with that session expiry.
+pub async fn connect_all(addr: SocketAddr, v: Version, ids: Vec<String>, session_expiry: u32) -> Result<Vec<Client>> {
+    let tasks: Vec<_> = ids
+        .into_iter()
+        .map(|id| tokio::spawn(async move { Client::connect_with(addr, v, &id, READ_BUF, session_expiry).await }))
+        .collect();
     let mut clients = Vec::with_capacity(tasks.len());
     for t in tasks {
         clients.push(t.await??);
@@ -119,7 +121,7 @@ pub async fn run_flow(args: &Args, addr: SocketAddr, v: Version) -> Result<Repor
     let (stop_tx, stop_rx) = watch::channel(false);
     let sub_ids = (0..plan.subs.len()).map(|i| format!("mb{tag}-s{i}")).collect();
     let mut subs = Vec::new();
-    for (client, filter) in connect_all(addr, v, sub_ids).await?.into_iter().zip(&plan.subs) {
+    for (client, filter) in connect_all(addr, v, sub_ids, args.session_expiry).await?.into_iter().zip(&plan.subs) {
         let spec = SubSpec {
             filter: filter.clone(),
             qos: args.qos,
@@ -139,7 +141,7 @@ pub async fn run_flow(args: &Args, addr: SocketAddr, v: Version) -> Result<Repor
         }
     }
     let pub_ids = (0..plan.pubs.len()).map(|i| format!("mb{tag}-p{i}")).collect();
-    let pub_clients = connect_all(addr, v, pub_ids).await?;
+    let pub_clients = connect_all(addr, v, pub_ids, 0).await?;
 
     let usage = Usage::start(args.broker_pid)?;
     let start = Instant::now();

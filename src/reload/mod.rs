@@ -266,15 +266,17 @@ impl Broker {
     /// Puts `policy` in force and applies it to existing subscriptions.
     async fn swap(self: &Arc<Self>, policy: Policy, compiled: u64, started: Instant) -> PluginReport {
         let names = |p: &Policy| p.plugins().plugins().iter().map(|p| p.name().to_string()).collect::<Vec<_>>();
-        let old = names(&self.policy());
-        let new = names(&policy);
+        let generation = policy.generation();
+        let previous = self.set_policy(policy.clone());
+        let (old, new) = (names(&previous), names(&policy));
         if new.is_empty() && !old.is_empty() {
             warn!("no plugins left: clients are authenticated by the listeners' settings and every action is allowed");
         }
-        let generation = policy.generation();
-        self.set_policy(policy.clone());
         let broker = self.clone();
-        let sweep = tokio::task::spawn_blocking(move || broker.reauthorize(&policy));
+        let sweep = tokio::task::spawn_blocking(move || {
+            drop(previous);
+            broker.reauthorize(&policy)
+        });
         let subscriptions_removed = sweep.await.unwrap_or_else(|e| {
             tracing::error!(error = %e, "re-authorizing subscriptions stopped");
             0

@@ -48,6 +48,11 @@ impl TestBroker {
             listeners: vec![ListenerConfig::tcp("test", SocketAddr::from(([127, 0, 0, 1], 0)))],
             ..Config::default()
         };
+        // One compile cache for every test broker: the same fixtures and
+        // shipped plugins are loaded by dozens of brokers, and compiling them
+        // with the debug build's unoptimised cranelift is most of the suite's
+        // time. Tests about the cache set their own directory.
+        config.plugins.cache_dir = Some(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache"));
         tweak(&mut config);
         let server = Server::bind_with_store(config, store).await.expect("bind test broker");
         let addr = server.local_addrs()[0].1;

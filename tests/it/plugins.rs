@@ -176,6 +176,9 @@ async fn a_broken_plugin_stops_start_up_naming_it() {
     let err = moat::Server::bind(config).await.expect_err("a broken plugin refuses start-up");
     let message = err.to_string();
     assert!(message.contains("old.wasm") && message.contains("moat:plugin@"), "{message}");
+    // As the binary prints it (the whole chain): the reason once.
+    let shown = format!("{:#}", anyhow::Error::from(err));
+    assert_eq!(shown.matches("old.wasm").count(), 1, "{shown}");
 }
 
 #[tokio::test]
