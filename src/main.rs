@@ -15,6 +15,9 @@ use moat::reload::{ConfigSource, LogFilterHook};
 use moat::server::ServerError;
 use moat::store::{DiskStore, MemoryStore, Store};
 
+#[path = "cli/plugin.rs"]
+mod plugin_cli;
+
 /// Exit code for configuration errors (EX_USAGE from sysexits.h).
 const EXIT_CONFIG: u8 = 64;
 
@@ -51,6 +54,12 @@ enum Command {
     /// The password is asked twice on a terminal, read as one line from
     /// standard input otherwise, or given with --password.
     Passwd(PasswdArgs),
+    /// Tools for plugin authors: check a component, start a new plugin.
+    Plugin {
+        /// What to do.
+        #[command(subcommand)]
+        command: plugin_cli::PluginCommand,
+    },
 }
 
 /// Arguments of `moat passwd`.
@@ -119,6 +128,14 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if let Some(Command::Plugin { command }) = &cli.command {
+        // Plugin failures and the plugin's own log lines, at `warn` unless
+        // RUST_LOG says otherwise.
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        return plugin_cli::run(command);
     }
     let source =
         Arc::new(CliSource { config: cli.config.clone(), plugins: cli.plugins.clone(), listen: cli.listen.clone() });

@@ -97,6 +97,27 @@ impl PluginHost {
         self.load_bytes(name, path, bytes, settings)
     }
 
+    /// What the component at `path` declares before anything runs: the
+    /// `moat:plugin` version it targets, its imports and its exports. Only
+    /// compiles (reusing this host's cache, so a following
+    /// [`PluginHost::load_one`] does not compile again); the contract is not
+    /// checked, so a tool can show the imports of a component the broker
+    /// would refuse.
+    ///
+    /// # Errors
+    /// [`LoadError::Io`] or [`LoadError::Invalid`], naming the file.
+    pub fn inspect(&self, path: &Path) -> Result<ComponentInfo, LoadError> {
+        let bytes = std::fs::read(path).map_err(|e| LoadError::Io { path: path.to_owned(), message: e.to_string() })?;
+        let component =
+            self.compile(bytes).map_err(|e| LoadError::Invalid { path: path.to_owned(), message: format!("{e:#}") })?;
+        let ty = component.component_type();
+        let engine = self.engine();
+        let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_owned()).collect();
+        let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
+        let contract_version = imports.iter().chain(&exports).find_map(|n| contract_version(n)).map(str::to_owned);
+        Ok(ComponentInfo { contract_version, imports, exports })
+    }
+
     /// Compiles, checks, links and initialises one component; `path` names
     /// it in errors and logs.
     fn load_bytes(
@@ -179,6 +200,25 @@ impl PluginHost {
             }
         }
         Ok(())
+    }
+}
+
+/// What a component declares about itself: see [`PluginHost::inspect`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ComponentInfo {
+    /// The `moat:plugin` version its imports and exports name, if any.
+    pub contract_version: Option<String>,
+    /// Its imports (interface names with versions), in declaration order.
+    pub imports: Vec<String>,
+    /// Its exports, in declaration order.
+    pub exports: Vec<String>,
+}
+
+impl ComponentInfo {
+    /// Whether the broker offers `import` to plugins (its own `host` and
+    /// `types` interfaces and the capability-free WASI interfaces).
+    pub fn import_allowed(import: &str) -> bool {
+        import_allowed(import)
     }
 }
 

@@ -13,6 +13,9 @@
 //!   a memory cap and a per-call epoch deadline; a failed instance is
 //!   discarded and the next call gets a fresh one.
 //!
+//! - Tools for plugin authors: [`vectors`] (test vectors run by `moat plugin
+//!   check`) and [`scaffold`] (the projects `moat plugin new` writes).
+//!
 //! The broker does not call plugins directly: [`crate::auth::Policy`] runs
 //! the chain over a [`PluginSet`].
 
@@ -28,14 +31,16 @@ mod engine;
 pub mod fixtures;
 mod instance;
 mod loader;
+pub mod scaffold;
 mod settings;
 pub mod shipped;
 mod stats;
+pub mod vectors;
 
 pub(crate) use convert::{AuthnAnswer, AuthzAnswer, TransformAnswer};
 pub use engine::{CompileCounts, PluginHost};
 pub use instance::{LoadedPlugin, PinnedInstance};
-pub use loader::{Source, components_in};
+pub use loader::{ComponentInfo, Source, components_in};
 pub use settings::{Grants, Limits, OnError, PluginSettings, Sidecar, SidecarLimits};
 pub use stats::{PluginStats, StatsSnapshot};
 

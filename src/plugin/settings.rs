@@ -186,17 +186,27 @@ impl PluginSettings {
     /// type errors) when it cannot be read or is invalid.
     pub fn for_component(wasm: &Path) -> Result<PluginSettings, LoadError> {
         let sidecar = wasm.with_extension("toml");
-        match std::fs::read_to_string(&sidecar) {
-            Ok(text) => {
-                let base = sidecar.parent().unwrap_or(Path::new("."));
-                let mut settings = PluginSettings::parse(&text)
-                    .map_err(|message| LoadError::Sidecar { path: sidecar.clone(), message })?;
-                settings.grants.resolve(base).map_err(|message| LoadError::Sidecar { path: sidecar, message })?;
-                Ok(settings)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PluginSettings::default()),
-            Err(e) => Err(LoadError::Sidecar { path: sidecar, message: e.to_string() }),
+        match PluginSettings::from_file(&sidecar) {
+            Err(LoadError::Sidecar { .. }) if !sidecar.exists() => Ok(PluginSettings::default()),
+            other => other,
         }
+    }
+
+    /// Reads a sidecar file (a plugin's settings kept elsewhere, as
+    /// `moat plugin check --config` does), resolving relative grants against
+    /// its directory.
+    ///
+    /// # Errors
+    /// [`LoadError::Sidecar`] naming the file (and the line, for syntax and
+    /// type errors) when it cannot be read or is invalid.
+    pub fn from_file(sidecar: &Path) -> Result<PluginSettings, LoadError> {
+        let text = std::fs::read_to_string(sidecar)
+            .map_err(|e| LoadError::Sidecar { path: sidecar.to_owned(), message: e.to_string() })?;
+        let base = sidecar.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let mut settings =
+            PluginSettings::parse(&text).map_err(|message| LoadError::Sidecar { path: sidecar.to_owned(), message })?;
+        settings.grants.resolve(base).map_err(|message| LoadError::Sidecar { path: sidecar.to_owned(), message })?;
+        Ok(settings)
     }
 
     /// Parses sidecar text. The error is a message for the operator; the

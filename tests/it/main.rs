@@ -19,6 +19,7 @@ mod pki;
 mod plugin_chain;
 mod plugin_hostile;
 mod plugin_support;
+mod plugin_tools;
 mod plugins;
 mod pubsub;
 mod rbac_plugin;
