@@ -47,6 +47,9 @@ pub struct Broker {
     /// handles of run-time settings, and the last outcome.
     pub(crate) reload: Reloader,
     next_assigned_id: AtomicU64,
+    /// The link to the other nodes, with a `[cluster]` section.
+    #[cfg(feature = "cluster")]
+    cluster: Option<crate::cluster::Cluster>,
 }
 
 /// A retained message was refused: the retained store is at
@@ -65,9 +68,19 @@ impl Broker {
     /// A broker whose state starts as what `store` recovered.
     pub fn new(config: Config, store: Arc<dyn Store>, recovered: Recovered, policy: Policy) -> Arc<Broker> {
         let plugin_dir = crate::reload::plugin_dir(&config);
+        #[cfg(feature = "cluster")]
+        let (cluster, router) = match &config.cluster {
+            Some(c) => {
+                let (cluster, interest) = crate::cluster::Cluster::new(c);
+                (Some(cluster), Router::with_interest(interest))
+            }
+            None => (None, Router::default()),
+        };
+        #[cfg(not(feature = "cluster"))]
+        let router = Router::default();
         let broker = Arc::new(Broker {
             config: ArcSwap::from_pointee(config),
-            router: Router::default(),
+            router,
             sessions: Registry::default(),
             metrics: Metrics::default(),
             shutdown: CancellationToken::new(),
@@ -77,6 +90,8 @@ impl Broker {
             authn_permits: Arc::new(tokio::sync::Semaphore::new(authn_concurrency())),
             reload: Reloader::new(plugin_dir),
             next_assigned_id: AtomicU64::new(1),
+            #[cfg(feature = "cluster")]
+            cluster,
         });
         for message in recovered.retained {
             broker.router.retained().set(&message);
@@ -103,6 +118,26 @@ impl Broker {
             broker.arm_expiry(session, 0, stored.expiry_s);
         }
         broker
+    }
+
+    /// The link to the other nodes, when this node is part of a cluster.
+    #[cfg(feature = "cluster")]
+    pub fn cluster(&self) -> Option<&crate::cluster::Cluster> {
+        self.cluster.as_ref()
+    }
+
+    /// Whether publishes also go to other nodes (so no local subscriber
+    /// does not mean nobody receives them).
+    #[cfg(feature = "cluster")]
+    pub fn is_clustered(&self) -> bool {
+        self.cluster.is_some()
+    }
+
+    /// Whether publishes also go to other nodes: never without the
+    /// `cluster` feature.
+    #[cfg(not(feature = "cluster"))]
+    pub fn is_clustered(&self) -> bool {
+        false
     }
 
     /// The configuration in force now. A reload replaces it whole, so read
@@ -159,19 +194,39 @@ impl Broker {
         publisher: Option<&Arc<Session>>,
         refuse_over_quota: bool,
     ) -> Result<usize, RetainedFull> {
-        if message.retain {
-            let config = self.config();
-            let limits = &config.limits;
-            if self.router.retained().set_within(&message, limits.max_retained_messages, limits.max_retained_bytes) {
-                self.store.retain(&message);
-            } else {
-                self.metrics.dropped(DropReason::RetainedFull, 1);
-                if refuse_over_quota {
-                    return Err(RetainedFull);
-                }
-            }
+        if message.retain && !self.retain(&message) && refuse_over_quota {
+            return Err(RetainedFull);
+        }
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = &self.cluster {
+            cluster.forward(&message, self);
         }
         Ok(self.router.route(&message, publisher, &*self.store, &self.metrics))
+    }
+
+    /// Keeps a retained message if the retained store has room; otherwise
+    /// counts it as dropped and returns false.
+    fn retain(&self, message: &Arc<Message>) -> bool {
+        let config = self.config();
+        let limits = &config.limits;
+        if self.router.retained().set_within(message, limits.max_retained_messages, limits.max_retained_bytes) {
+            self.store.retain(message);
+            true
+        } else {
+            self.metrics.dropped(DropReason::RetainedFull, 1);
+            false
+        }
+    }
+
+    /// Routes a message another node of the cluster published: retained
+    /// here too (best effort: a node that was not up misses it), routed
+    /// to the local sessions, never forwarded again.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn deliver_remote(&self, message: Arc<Message>) -> usize {
+        if message.retain {
+            self.retain(&message);
+        }
+        self.router.route(&message, None, &*self.store, &self.metrics)
     }
 
     /// Publishes a message of the broker's own (`$SYS`): retained in memory

@@ -64,6 +64,9 @@ pub struct Config {
     /// `$SYS` topics (`[sys]`).
     #[serde(default)]
     pub sys: SysConfig,
+    /// Clustering over NATS (`[cluster]`); a single node without it.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Where the policy plugins are, and which shipped plugins are enabled.
@@ -144,6 +147,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             admin: AdminConfig::default(),
             sys: SysConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -563,6 +567,74 @@ impl Default for SysConfig {
     }
 }
 
+/// Clustering over NATS (`[cluster]`): nodes exchange publishes through
+/// the NATS servers listed in `nats`.
+///
+/// ```toml
+/// [cluster]
+/// nats = ["nats://10.0.0.5:4222", "nats://10.0.0.6:4222"]
+/// node_id = "moat-1"             # default: random at each start
+/// subject_prefix = "moat"        # NATS subjects are `moat.t.<topic levels>`
+/// ```
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// NATS server URLs (`nats://host:port` or `tls://host:port`); the
+    /// client connects to one and fails over to the others.
+    pub nats: Vec<String>,
+    /// This node's name in the cluster, unique among the nodes; unset, a
+    /// random one is made at start-up.
+    #[serde(default)]
+    pub node_id: Option<String>,
+    /// First subject token(s) of every NATS subject Moat uses, so several
+    /// clusters can share one NATS deployment.
+    #[serde(default = "default_subject_prefix")]
+    pub subject_prefix: String,
+}
+
+/// The `cluster.subject_prefix` when not set.
+pub const DEFAULT_SUBJECT_PREFIX: &str = "moat";
+
+fn default_subject_prefix() -> String {
+    DEFAULT_SUBJECT_PREFIX.to_owned()
+}
+
+/// Characters of a node id and of a subject prefix token: safe in any NATS
+/// subject, queue group and log line.
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '-' || c == '_'
+}
+
+impl ClusterConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
+        if cfg!(not(feature = "cluster")) {
+            return Err(("cluster".into(), "this moat was built without the `cluster` feature".into()));
+        }
+        if self.nats.is_empty() {
+            return Err(("cluster.nats".into(), "needs at least one NATS server URL".into()));
+        }
+        for (i, url) in self.nats.iter().enumerate() {
+            let rest = url.strip_prefix("nats://").or_else(|| url.strip_prefix("tls://"));
+            if rest.is_none_or(|r| r.is_empty() || r.contains(char::is_whitespace)) {
+                return Err((format!("cluster.nats[{i}]"), format!("{url:?} is not a nats:// or tls:// URL")));
+            }
+        }
+        if let Some(id) = &self.node_id
+            && (id.is_empty() || id.len() > 64 || !id.chars().all(is_name_char))
+        {
+            return Err(("cluster.node_id".into(), "must be 1 to 64 characters of A-Z, a-z, 0-9, '-' and '_'".into()));
+        }
+        let prefix = &self.subject_prefix;
+        if prefix.split('.').any(|t| t.is_empty() || !t.chars().all(is_name_char)) {
+            return Err((
+                "cluster.subject_prefix".into(),
+                "must be dot-separated tokens of A-Z, a-z, 0-9, '-' and '_'".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn default_listeners() -> Vec<ListenerConfig> {
     vec![ListenerConfig::tcp("default", SocketAddr::from(([127, 0, 0, 1], 1883)))]
 }
@@ -655,6 +727,9 @@ impl Config {
             return Err(("plugins.cache_dir".into(), "must not be empty".into()));
         }
         self.admin.validate()?;
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         self.storage.validate()
     }
 
@@ -994,6 +1069,32 @@ max_queued_bytes = \"1 MiB\"
         let c = parse("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken = \"s3cret\"\n").expect("token given");
         assert_eq!(c.admin.token.as_ref().map(Secret::expose), Some("s3cret"));
         assert!(!format!("{c:?}").contains("s3cret"), "the token never shows in Debug");
+    }
+
+    #[test]
+    fn cluster_section() {
+        assert_eq!(parse("").expect("valid").cluster, None);
+        let c = parse("[cluster]\nnats = [\"nats://127.0.0.1:4222\", \"tls://n2:4222\"]\n").expect("valid");
+        let cluster = c.cluster.expect("a cluster section");
+        assert_eq!(cluster.nats.len(), 2);
+        assert_eq!((cluster.node_id, cluster.subject_prefix.as_str()), (None, "moat"));
+        let c = parse("[cluster]\nnats = [\"nats://h:1\"]\nnode_id = \"n-1\"\nsubject_prefix = \"acme.moat\"\n")
+            .expect("valid");
+        assert_eq!(c.cluster.and_then(|c| c.node_id).as_deref(), Some("n-1"));
+    }
+
+    #[test]
+    fn cluster_errors_name_line_and_key() {
+        let err = parse("[cluster]\nnats = []\n").expect_err("no server");
+        assert_eq!(err.to_string(), "moat.toml:2: `cluster.nats`: needs at least one NATS server URL");
+        let err = parse("[cluster]\nnats = [\"nats://a:1\",\n  \"http://b:2\"]\n").expect_err("bad scheme");
+        assert!(err.to_string().starts_with("moat.toml:2: `cluster.nats[1]`: \"http://b:2\""), "{err}");
+        let err = parse("[cluster]\nnats = [\"nats://a:1\"]\nnode_id = \"a.b\"\n").expect_err("dot in id");
+        assert!(err.to_string().starts_with("moat.toml:3: `cluster.node_id`"), "{err}");
+        let err = parse("[cluster]\nnats = [\"nats://a:1\"]\nsubject_prefix = \"moat.>\"\n").expect_err("wildcard");
+        assert!(err.to_string().starts_with("moat.toml:3: `cluster.subject_prefix`"), "{err}");
+        let err = parse("[cluster]\nnats = [\"nats://a:1\"]\nnode = \"x\"\n").expect_err("unknown key");
+        assert!(err.to_string().starts_with("moat.toml:3:"), "{err}");
     }
 
     #[test]

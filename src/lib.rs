@@ -13,6 +13,7 @@
 //! - [`store`]: persistence of sessions and retained messages.
 //! - [`reload`]: hot reload of plugins, configuration and certificates.
 //! - [`broker`]: the state shared by all of the above.
+//! - `cluster` (feature `cluster`): nodes exchanging publishes over NATS.
 //! - [`server`]: binding listeners and running until shutdown.
 //! - [`passwd`]: password files for the shipped plugins (`moat passwd`).
 //! - [`metrics`]: counters, the Prometheus text and `$SYS` topics.
@@ -21,6 +22,8 @@
 pub mod admin;
 pub mod auth;
 pub mod broker;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod connection;

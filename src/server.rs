@@ -156,6 +156,10 @@ impl Server {
         if let Some(path) = config_file {
             broker.tasks.spawn(crate::reload::watch::config_file(broker.clone(), path));
         }
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = broker.cluster() {
+            cluster.start(&broker);
+        }
         let mut accept_loops = tokio::task::JoinSet::new();
         for listener in self.listeners {
             if let Ok(addr) = listener.local_addr() {

@@ -135,7 +135,8 @@ where
         }
         let reason = match routed {
             Err(_) => ReasonCode::QUOTA_EXCEEDED,
-            Ok(0) if self.version.is_v5() => ReasonCode::NO_MATCHING_SUBSCRIBERS,
+            // Other nodes may have subscribers this node cannot see.
+            Ok(0) if self.version.is_v5() && !self.broker.is_clustered() => ReasonCode::NO_MATCHING_SUBSCRIBERS,
             Ok(_) => ReasonCode::SUCCESS,
         };
         let ack = |id| PubResp { packet_id: id, reason, properties: Properties::default() };

@@ -83,11 +83,14 @@ pub enum DropReason {
     /// (`limits.max_retained_messages` / `max_retained_bytes`): refused, or
     /// routed without being retained.
     RetainedFull,
+    /// Not forwarded to the other nodes of the cluster: the queue towards
+    /// NATS was full (NATS slow or away) or NATS refused it.
+    Cluster,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         DropReason::QueueFull,
         DropReason::OfflineQos0,
         DropReason::Expired,
@@ -95,6 +98,7 @@ impl DropReason {
         DropReason::NotAuthorized,
         DropReason::Transform,
         DropReason::RetainedFull,
+        DropReason::Cluster,
     ];
 
     /// The `reason` label.
@@ -107,6 +111,7 @@ impl DropReason {
             DropReason::NotAuthorized => "not_authorized",
             DropReason::Transform => "transform",
             DropReason::RetainedFull => "retained_full",
+            DropReason::Cluster => "cluster",
         }
     }
 }

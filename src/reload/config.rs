@@ -127,6 +127,9 @@ impl Broker {
         if old.sys != new.sys {
             needs_restart.push("sys".to_owned());
         }
+        if old.cluster != new.cluster {
+            needs_restart.push("cluster".to_owned());
+        }
 
         // Everything is valid: apply.
         let mut applied = Vec::new();
@@ -176,6 +179,7 @@ impl Broker {
             storage: old.storage.clone(),
             admin: old.admin.clone(),
             sys: old.sys.clone(),
+            cluster: old.cluster.clone(),
             ..new
         };
         let effective =

@@ -28,19 +28,44 @@ use crate::store::Store;
 pub struct Router {
     trie: RwLock<trie::Trie>,
     retained: Retained,
+    /// Where subscriptions added and removed are reported, in trie order,
+    /// when the node is part of a cluster.
+    #[cfg(feature = "cluster")]
+    interest: Option<tokio::sync::mpsc::UnboundedSender<crate::cluster::Interest>>,
 }
 
 impl Router {
+    /// A router that reports every subscription added and removed to the
+    /// cluster link.
+    #[cfg(feature = "cluster")]
+    pub fn with_interest(interest: tokio::sync::mpsc::UnboundedSender<crate::cluster::Interest>) -> Router {
+        Router { interest: Some(interest), ..Router::default() }
+    }
+
     /// Adds or replaces `session`'s subscription. Returns whether the
     /// session already had a subscription with this filter.
     pub fn subscribe(&self, session: &Arc<Session>, filter: &TopicFilter, sub: &crate::session::Subscription) -> bool {
         let subscriber = Subscriber { session: session.clone(), options: sub.options, id: sub.id };
-        self.trie.write().insert(filter.filter(), filter.share_group(), subscriber)
+        let mut trie = self.trie.write();
+        let existed = trie.insert(filter.filter(), filter.share_group(), subscriber);
+        // Reported under the lock, so the cluster link sees adds and
+        // removes of one filter in the order the trie applied them.
+        #[cfg(feature = "cluster")]
+        if !existed && let Some(interest) = &self.interest {
+            let _ = interest.send(crate::cluster::Interest::Add(filter.filter().into()));
+        }
+        existed
     }
 
     /// Removes `session`'s subscription. Returns whether it existed.
     pub fn unsubscribe(&self, session: &Arc<Session>, filter: &TopicFilter) -> bool {
-        self.trie.write().remove(filter.filter(), filter.share_group(), session)
+        let mut trie = self.trie.write();
+        let removed = trie.remove(filter.filter(), filter.share_group(), session);
+        #[cfg(feature = "cluster")]
+        if removed && let Some(interest) = &self.interest {
+            let _ = interest.send(crate::cluster::Interest::Remove(filter.filter().into()));
+        }
+        removed
     }
 
     /// Number of subscriptions in the index.

@@ -8,6 +8,7 @@ mod attacks;
 mod bounds;
 mod cert_identity_plugin;
 mod cli;
+mod cluster;
 mod connect;
 mod durable;
 mod harness;

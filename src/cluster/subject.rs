@@ -1,0 +1,235 @@
+//! MQTT topics and filters as NATS subjects: a pure, reversible mapping.
+//!
+//! A topic `a/b` becomes `{prefix}.t.a.b`; a topic whose first level starts
+//! with `$` goes under `{prefix}.d.` instead, because MQTT wildcards at the
+//! first level never match `$` topics [MQTT-4.7.2-1] while NATS wildcards
+//! would: keeping them in their own branch lets NATS interest follow the
+//! MQTT rule. Filters map level by level, `+` to `*` and a trailing `#` to
+//! `>` plus the parent level (`a/#` matches `a`, NATS `a.>` does not).
+//!
+//! NATS reserves `.`, `*`, `>` and whitespace in subjects and allows no
+//! empty token, while an MQTT level may hold any UTF-8 and be empty. So a
+//! level's bytes outside printable ASCII, and `.`, `*`, `>` and `%`, are
+//! written `%XX` (hex), and an empty level is the token `%` alone, which no
+//! escaped level can produce. The mapping is injective, so NATS interest is
+//! exact, and [`Subjects::topic_of`] inverts it.
+
+use std::fmt::Write;
+
+/// The branch under the prefix for topics not starting with `$`.
+const TOPICS: &str = "t";
+/// The branch for `$` topics.
+const DOLLAR: &str = "d";
+
+/// Maps topics and filters to subjects under one prefix.
+#[derive(Debug, Clone)]
+pub struct Subjects {
+    prefix: String,
+}
+
+impl Subjects {
+    /// Subjects under `prefix` (a valid literal subject, e.g. `moat`).
+    pub fn new(prefix: &str) -> Subjects {
+        Subjects { prefix: prefix.to_owned() }
+    }
+
+    /// The subject a message published to `topic` travels on.
+    pub fn topic(&self, topic: &str) -> String {
+        let mut out = String::with_capacity(self.prefix.len() + 3 + topic.len() + 8);
+        out.push_str(&self.prefix);
+        out.push('.');
+        out.push_str(if topic.starts_with('$') { DOLLAR } else { TOPICS });
+        for level in topic.split('/') {
+            out.push('.');
+            escape(level, &mut out);
+        }
+        out
+    }
+
+    /// The subjects to subscribe to for the (non-shared) MQTT `filter`: one,
+    /// or two for a filter ending in `#` that has a parent level.
+    pub fn filter(&self, filter: &str) -> Vec<String> {
+        let first = filter.split('/').next().unwrap_or_default();
+        let branch = if first.starts_with('$') { DOLLAR } else { TOPICS };
+        let mut subject = format!("{}.{branch}", self.prefix);
+        let mut parent = None;
+        for level in filter.split('/') {
+            match level {
+                "+" => subject.push_str(".*"),
+                "#" => {
+                    // `#` alone matches every topic, and every topic has at
+                    // least one level, so `>` covers it without a parent.
+                    if filter != "#" {
+                        parent = Some(subject.clone());
+                    }
+                    subject.push_str(".>");
+                }
+                literal => {
+                    subject.push('.');
+                    escape(literal, &mut subject);
+                }
+            }
+        }
+        let mut subjects = vec![subject];
+        subjects.extend(parent);
+        subjects
+    }
+
+    /// The topic a subject made by [`Subjects::topic`] stands for, or `None`
+    /// for any other subject.
+    pub fn topic_of(&self, subject: &str) -> Option<String> {
+        let rest = subject.strip_prefix(self.prefix.as_str())?.strip_prefix('.')?;
+        let (branch, levels) = rest.split_once('.')?;
+        let mut topic = String::with_capacity(levels.len());
+        for (i, token) in levels.split('.').enumerate() {
+            if i > 0 {
+                topic.push('/');
+            }
+            unescape(token, &mut topic)?;
+        }
+        // The branch must agree with the topic, or the subject was not ours.
+        (branch == if topic.starts_with('$') { DOLLAR } else { TOPICS }).then_some(topic)
+    }
+}
+
+/// Whether a byte of a level is written as itself.
+fn plain(b: u8) -> bool {
+    b.is_ascii_graphic() && !matches!(b, b'.' | b'*' | b'>' | b'%')
+}
+
+fn escape(level: &str, out: &mut String) {
+    if level.is_empty() {
+        out.push('%');
+        return;
+    }
+    if level.bytes().all(plain) {
+        out.push_str(level);
+        return;
+    }
+    for b in level.bytes() {
+        if plain(b) {
+            out.push(char::from(b));
+        } else {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+}
+
+fn unescape(token: &str, out: &mut String) -> Option<()> {
+    if token == "%" {
+        return Some(());
+    }
+    if token.is_empty() {
+        return None;
+    }
+    if !token.contains('%') {
+        out.push_str(token);
+        return Some(());
+    }
+    let mut bytes = Vec::with_capacity(token.len());
+    let mut rest = token.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' {
+            let hex = tail.get(..2)?;
+            bytes.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(b);
+            rest = tail;
+        }
+    }
+    out.push_str(&String::from_utf8(bytes).ok()?);
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s() -> Subjects {
+        Subjects::new("moat")
+    }
+
+    #[test]
+    fn plain_topics_map_level_by_level() {
+        assert_eq!(s().topic("a/b/c"), "moat.t.a.b.c");
+        assert_eq!(s().topic("a"), "moat.t.a");
+        assert_eq!(Subjects::new("acme.moat").topic("x"), "acme.moat.t.x");
+    }
+
+    #[test]
+    fn reserved_characters_and_empty_levels_are_escaped() {
+        assert_eq!(s().topic("a.b/c*/>/100%"), "moat.t.a%2Eb.c%2A.%3E.100%25");
+        assert_eq!(s().topic("with space/tab\there"), "moat.t.with%20space.tab%09here");
+        assert_eq!(s().topic("/"), "moat.t.%.%");
+        assert_eq!(s().topic("a//b/"), "moat.t.a.%.b.%");
+        assert_eq!(s().topic("grüße"), "moat.t.gr%C3%BC%C3%9Fe");
+        // An escaped level never equals the empty-level token.
+        assert_ne!(s().topic("%"), s().topic(""));
+    }
+
+    #[test]
+    fn dollar_topics_have_their_own_branch() {
+        assert_eq!(s().topic("$SYS/broker/uptime"), "moat.d.$SYS.broker.uptime");
+        assert_eq!(s().filter("$SYS/#"), ["moat.d.$SYS.>", "moat.d.$SYS"]);
+        // A wildcard first level does not match `$` topics in MQTT, and
+        // stays out of the `$` branch in NATS.
+        assert_eq!(s().filter("#"), ["moat.t.>"]);
+        assert_eq!(s().filter("+/x"), ["moat.t.*.x"]);
+    }
+
+    #[test]
+    fn filters_map_wildcards() {
+        assert_eq!(s().filter("a/+/c"), ["moat.t.a.*.c"]);
+        assert_eq!(s().filter("a/b/#"), ["moat.t.a.b.>", "moat.t.a.b"]);
+        assert_eq!(s().filter("+/#"), ["moat.t.*.>", "moat.t.*"]);
+        assert_eq!(s().filter("+"), ["moat.t.*"]);
+        assert_eq!(s().filter("a.b/+"), ["moat.t.a%2Eb.*"]);
+        assert_eq!(s().filter("/+"), ["moat.t.%.*"]);
+    }
+
+    /// What NATS would match, to check filters and topics agree with MQTT.
+    fn nats_matches(subject_filter: &str, subject: &str) -> bool {
+        let f: Vec<&str> = subject_filter.split('.').collect();
+        let t: Vec<&str> = subject.split('.').collect();
+        for (i, token) in f.iter().enumerate() {
+            match *token {
+                ">" => return t.len() > i,
+                "*" if i < t.len() => {}
+                literal if t.get(i) == Some(&literal) => {}
+                _ => return false,
+            }
+        }
+        f.len() == t.len()
+    }
+
+    #[test]
+    fn nats_interest_agrees_with_mqtt_matching() {
+        let filters = ["#", "+", "a/#", "a/+", "+/b", "a/b", "/+", "+/+", "$SYS/#", "$x/+", "a.b/#", "+/#", "a/+/#"];
+        let topics = ["a", "a/b", "a/b/c", "/", "/b", "a/", "$SYS/x", "$x/y", "a.b", "a.b/c", "b", "x/b/c", "%"];
+        for filter in filters {
+            for topic in topics {
+                let name = crate::codec::TopicName::new(topic).expect("valid topic");
+                let mqtt = crate::codec::TopicFilter::new(filter).expect("valid filter").matches(&name);
+                let nats = s().filter(filter).iter().any(|f| nats_matches(f, &s().topic(topic)));
+                assert_eq!(mqtt, nats, "filter {filter:?} topic {topic:?}");
+                // Each topic is matched by at most one subject of a filter.
+                let hits = s().filter(filter).iter().filter(|f| nats_matches(f, &s().topic(topic))).count();
+                assert!(hits <= 1, "filter {filter:?} topic {topic:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn subjects_map_back_to_topics() {
+        for topic in ["a/b", "/", "a//b/", "a.b/c*/>/100%", "$SYS/x", "grüße/ x", "%", "%2E", "$"] {
+            assert_eq!(s().topic_of(&s().topic(topic)).as_deref(), Some(topic));
+        }
+        assert_eq!(s().topic_of("other.t.a"), None);
+        assert_eq!(s().topic_of("moat.t.a.%2"), None);
+        assert_eq!(s().topic_of("moat.t.a..b"), None);
+        assert_eq!(s().topic_of("moat.d.a"), None, "the branch must agree with the topic");
+        assert_eq!(s().topic_of("moat.t.%FF"), None, "not UTF-8");
+    }
+}
