@@ -180,7 +180,8 @@ pub struct ListenerConfig {
     pub max_connections: Option<usize>,
     /// New connections accepted per second on this listener (a token
     /// bucket holding one second's worth, as EMQX's `max_conn_rate`); the
-    /// excess is closed at accept, before anything is read. 0: no limit.
+    /// excess is closed at accept, before anything is read. 0 (the
+    /// default): no limit.
     #[serde(default = "default_connection_rate")]
     pub max_connection_rate: u32,
 }
@@ -207,10 +208,12 @@ impl ListenerConfig {
 }
 
 /// Connections per second a listener accepts unless configured otherwise:
-/// enough for a fleet reconnecting after a broker restart in a few seconds,
-/// low enough that a flood cannot spend the CPU on TLS handshakes.
+/// no limit, as in Mosquitto. A flood is already bounded in memory by
+/// `limits.max_connections` and `connect_timeout_ms`; the right rate
+/// depends on the fleet (how fast it must reconnect after a restart) and on
+/// the CPU a TLS handshake costs, so it is the operator's to set.
 fn default_connection_rate() -> u32 {
-    1000
+    0
 }
 
 /// The WebSocket path when `ws_path` is not set.
@@ -899,12 +902,12 @@ max_queued_bytes = \"1 MiB\"
         let l = &c.limits;
         assert_eq!((l.max_topic_length, l.max_subscriptions_per_client), (65_535, 1000));
         assert_eq!((l.max_user_properties, l.max_publish_rate), (128, 0));
-        assert_eq!((c.listeners[0].max_connections, c.listeners[0].max_connection_rate), (None, 1000));
+        assert_eq!((c.listeners[0].max_connections, c.listeners[0].max_connection_rate), (None, 0));
         let c = parse(
             "[[listeners]]
 bind = \"127.0.0.1:1883\"
 max_connections = 50
-max_connection_rate = 0
+max_connection_rate = 200
 
 [limits]
 max_topic_length = 256
@@ -914,7 +917,7 @@ max_publish_rate = 100
 ",
         )
         .expect("valid");
-        assert_eq!((c.listeners[0].max_connections, c.listeners[0].max_connection_rate), (Some(50), 0));
+        assert_eq!((c.listeners[0].max_connections, c.listeners[0].max_connection_rate), (Some(50), 200));
         assert_eq!(c.limits.max_topic_length, 256);
         assert_eq!(c.limits.decode_limits(u32::MAX).max_user_properties, usize::MAX);
         assert_eq!(c.limits.max_publish_rate, 100);
