@@ -178,6 +178,16 @@ pub struct ListenerConfig {
     /// (default `/mqtt`); other paths get 404.
     #[serde(default)]
     pub ws_path: Option<String>,
+    /// Concurrent connections on this listener, besides the global
+    /// `limits.max_connections`; unset: only the global limit applies.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+    /// New connections accepted per second on this listener (a token
+    /// bucket holding one second's worth, as EMQX's `max_conn_rate`); the
+    /// excess is closed at accept, before anything is read. 0 (the
+    /// default): no limit.
+    #[serde(default = "default_connection_rate")]
+    pub max_connection_rate: u32,
 }
 
 impl ListenerConfig {
@@ -190,6 +200,8 @@ impl ListenerConfig {
             allow_anonymous: Anonymous::Loopback,
             tls: None,
             ws_path: None,
+            max_connections: None,
+            max_connection_rate: default_connection_rate(),
         }
     }
 
@@ -197,6 +209,15 @@ impl ListenerConfig {
     pub fn ws_path(&self) -> &str {
         self.ws_path.as_deref().unwrap_or(DEFAULT_WS_PATH)
     }
+}
+
+/// Connections per second a listener accepts unless configured otherwise:
+/// no limit, as in Mosquitto. A flood is already bounded in memory by
+/// `limits.max_connections` and `connect_timeout_ms`; the right rate
+/// depends on the fleet (how fast it must reconnect after a restart) and on
+/// the CPU a TLS handshake costs, so it is the operator's to set.
+fn default_connection_rate() -> u32 {
+    0
 }
 
 /// The WebSocket path when `ws_path` is not set.
@@ -377,6 +398,22 @@ pub struct Limits {
     pub max_retained_bytes: usize,
     /// Levels in a topic name or filter.
     pub max_topic_levels: usize,
+    /// Bytes in a topic name or filter (at most 65535, the protocol's own
+    /// bound). A PUBLISH or will over it is refused with 0x90 Topic Name
+    /// Invalid, a filter in SUBACK with 0x8F Topic Filter Invalid.
+    pub max_topic_length: usize,
+    /// Subscriptions a client holds at once; 0: no limit. A filter beyond
+    /// it is refused in SUBACK (v5 0x97 Quota exceeded, 3.1.1 0x80).
+    pub max_subscriptions_per_client: usize,
+    /// User properties in one packet (v5); 0: no limit. A packet with more
+    /// is refused (CONNACK or DISCONNECT 0x95 Packet too large) before the
+    /// surplus is decoded.
+    pub max_user_properties: usize,
+    /// PUBLISH packets per second a client may send (a token bucket per
+    /// connection holding one second's worth); 0: no limit. Over the rate,
+    /// QoS 0 is dropped; v5 QoS 1/2 are refused with 0x97 Quota exceeded;
+    /// 3.1.1 QoS 1/2 are acknowledged and dropped. All are counted.
+    pub max_publish_rate: u32,
     /// Time allowed between TCP accept and a complete CONNECT.
     pub connect_timeout_ms: u64,
     /// Largest keep alive granted; larger requests get v5 Server Keep Alive.
@@ -400,6 +437,10 @@ impl Default for Limits {
             max_retained_messages: 100_000,
             max_retained_bytes: 256 * 1024 * 1024,
             max_topic_levels: 64,
+            max_topic_length: 65_535,
+            max_subscriptions_per_client: 1000,
+            max_user_properties: 128,
+            max_publish_rate: 0,
             connect_timeout_ms: 10_000,
             max_keepalive_s: u16::MAX,
             max_session_expiry_s: u32::MAX,
@@ -413,6 +454,18 @@ impl Limits {
     /// The bound of each session's queue.
     pub fn queue_bound(&self) -> crate::session::QueueBound {
         crate::session::QueueBound { messages: self.max_queued_messages, bytes: self.max_queued_bytes }
+    }
+
+    /// What the decoder accepts in one packet from a client, with the
+    /// packet size capped at `max_packet_size` (e.g. smaller for CONNECT).
+    pub fn decode_limits(&self, max_packet_size: u32) -> crate::codec::DecodeLimits {
+        crate::codec::DecodeLimits {
+            max_packet_size: max_packet_size.min(self.max_packet_size),
+            max_user_properties: match self.max_user_properties {
+                0 => usize::MAX,
+                n => n,
+            },
+        }
     }
 
     /// `connect_timeout_ms` as a duration.
@@ -710,12 +763,16 @@ impl Config {
             ("max_packet_size", u64::from(l.max_packet_size)),
             ("max_inflight", u64::from(l.max_inflight)),
             ("max_topic_levels", l.max_topic_levels as u64),
+            ("max_topic_length", l.max_topic_length as u64),
             ("connect_timeout_ms", l.connect_timeout_ms),
         ];
         for (key, value) in positive {
             if value == 0 {
                 return Err((format!("limits.{key}"), "must be greater than 0".into()));
             }
+        }
+        if l.max_topic_length > 65_535 {
+            return Err(("limits.max_topic_length".into(), "MQTT topics cannot exceed 65535 bytes".into()));
         }
         if l.max_packet_size > 268_435_460 {
             return Err(("limits.max_packet_size".into(), "MQTT packets cannot exceed 268435460 bytes".into()));
@@ -772,6 +829,9 @@ fn validate_listener(l: &ListenerConfig) -> Result<(), (String, String)> {
                 format!("listener {name:?}: there is no identity without client_auth"),
             ));
         }
+    }
+    if l.max_connections == Some(0) {
+        return Err((".max_connections".into(), "must be greater than 0".into()));
     }
     if let Some(path) = &l.ws_path {
         if !l.protocol.is_websocket() {
@@ -909,6 +969,41 @@ max_queued_bytes = \"1 MiB\"
         )
         .expect_err("not a number");
         assert!(err.to_string().starts_with("moat.toml:2: `limits.max_queued_bytes`"), "{err}");
+    }
+
+    #[test]
+    fn connection_topic_subscription_property_and_rate_limits() {
+        let c = parse("").expect("valid");
+        let l = &c.limits;
+        assert_eq!((l.max_topic_length, l.max_subscriptions_per_client), (65_535, 1000));
+        assert_eq!((l.max_user_properties, l.max_publish_rate), (128, 0));
+        assert_eq!((c.listeners[0].max_connections, c.listeners[0].max_connection_rate), (None, 0));
+        let c = parse(
+            "[[listeners]]
+bind = \"127.0.0.1:1883\"
+max_connections = 50
+max_connection_rate = 200
+
+[limits]
+max_topic_length = 256
+max_subscriptions_per_client = 0
+max_user_properties = 0
+max_publish_rate = 100
+",
+        )
+        .expect("valid");
+        assert_eq!((c.listeners[0].max_connections, c.listeners[0].max_connection_rate), (Some(50), 200));
+        assert_eq!(c.limits.max_topic_length, 256);
+        assert_eq!(c.limits.decode_limits(u32::MAX).max_user_properties, usize::MAX);
+        assert_eq!(c.limits.max_publish_rate, 100);
+        let err = parse("[limits]\n\nmax_topic_length = 65536\n").expect_err("over the protocol");
+        assert!(err.to_string().starts_with("moat.toml:3: `limits.max_topic_length`"), "{err}");
+        let err = parse("[limits]\nmax_topic_length = 0\n").expect_err("zero");
+        assert!(err.to_string().starts_with("moat.toml:2: `limits.max_topic_length`"), "{err}");
+        let err = parse("[[listeners]]\nbind = \"127.0.0.1:1\"\nmax_connections = 0\n").expect_err("zero");
+        assert!(err.to_string().starts_with("moat.toml:3: `listeners[0].max_connections`"), "{err}");
+        let err = parse("[limits]\nmax_publish_rate = -1\n").expect_err("negative");
+        assert!(err.to_string().starts_with("moat.toml:2: `limits.max_publish_rate`"), "{err}");
     }
 
     #[test]

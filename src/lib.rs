@@ -18,6 +18,7 @@
 //! - [`passwd`]: password files for the shipped plugins (`moat passwd`).
 //! - [`metrics`]: counters, the Prometheus text and `$SYS` topics.
 //! - [`admin`]: the admin HTTP listener (metrics, health, JSON API).
+//! - [`rate`]: the token bucket behind the rate limits.
 
 pub mod admin;
 pub mod auth;
@@ -32,6 +33,7 @@ pub mod fuzzing;
 pub mod metrics;
 pub mod passwd;
 pub mod plugin;
+pub mod rate;
 pub mod reload;
 pub mod router;
 pub mod server;

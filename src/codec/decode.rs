@@ -114,6 +114,10 @@ pub enum DecodeError {
     /// (0x8F)
     #[error("invalid topic filter")]
     InvalidTopicFilter,
+    /// More user properties in one property list than the caller's
+    /// `max_user_properties`; found before the surplus is decoded. (0x95)
+    #[error("too many user properties")]
+    TooManyUserProperties,
 }
 
 impl DecodeError {
@@ -121,7 +125,13 @@ impl DecodeError {
     pub fn reason_code(self) -> ReasonCode {
         use DecodeError as E;
         match self {
-            E::PacketTooLarge => ReasonCode::PACKET_TOO_LARGE,
+            // 0x95 rather than 0x97 Quota exceeded, which a client may read
+            // as "try again later" (it names limits over time in the spec's
+            // examples): the user properties count towards what one packet
+            // may carry, and this packet will never be accepted, which is
+            // what Packet too large says. 0x99 Payload format invalid is
+            // about the payload format indicator, not the properties.
+            E::PacketTooLarge | E::TooManyUserProperties => ReasonCode::PACKET_TOO_LARGE,
             E::UnsupportedProtocolVersion(_) => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
             E::InvalidTopicName => ReasonCode::TOPIC_NAME_INVALID,
             E::InvalidTopicFilter => ReasonCode::TOPIC_FILTER_INVALID,
@@ -151,6 +161,28 @@ impl DecodeError {
     }
 }
 
+/// What a connection accepts in one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeLimits {
+    /// Largest packet, fixed header included (`u32::MAX`: no limit).
+    pub max_packet_size: u32,
+    /// User properties in one property list (`usize::MAX`: no limit).
+    pub max_user_properties: usize,
+}
+
+/// Decodes one packet from the front of `buf`, with no limit on user
+/// properties; see [`decode_with`].
+///
+/// # Errors
+/// [`DecodeError`] when the bytes are not a valid packet.
+pub fn decode(
+    buf: &mut BytesMut,
+    version: ProtocolVersion,
+    max_packet_size: u32,
+) -> Result<Option<Packet>, DecodeError> {
+    decode_with(buf, version, DecodeLimits { max_packet_size, max_user_properties: usize::MAX })
+}
+
 /// Decodes one packet from the front of `buf`.
 ///
 /// Returns `Ok(None)`, leaving `buf` untouched, while the packet is not
@@ -163,10 +195,10 @@ impl DecodeError {
 ///
 /// # Errors
 /// [`DecodeError`] when the bytes are not a valid packet.
-pub fn decode(
+pub fn decode_with(
     buf: &mut BytesMut,
     version: ProtocolVersion,
-    max_packet_size: u32,
+    limits: DecodeLimits,
 ) -> Result<Option<Packet>, DecodeError> {
     let Some(&first) = buf.first() else {
         return Ok(None);
@@ -180,7 +212,7 @@ pub fn decode(
         VarInt::Invalid => return Err(DecodeError::MalformedRemainingLength),
     };
     let total = u64::from(remaining) + 1 + len_len as u64;
-    if total > u64::from(max_packet_size) {
+    if total > u64::from(limits.max_packet_size) {
         return Err(DecodeError::PacketTooLarge);
     }
     let remaining = remaining as usize;
@@ -188,7 +220,8 @@ pub fn decode(
         return Ok(None);
     }
     buf.advance(1 + len_len);
-    let body = Reader::new(buf.split_to(remaining).freeze());
+    let mut body = Reader::new(buf.split_to(remaining).freeze());
+    body.max_user_properties = limits.max_user_properties;
     decode_body::decode_body(packet_type, flags, body, version).map(Some)
 }
 

@@ -56,7 +56,7 @@ pub mod topic;
 pub mod types;
 mod wire;
 
-pub use decode::{DecodeError, connect_version, decode};
+pub use decode::{DecodeError, DecodeLimits, connect_version, decode, decode_with};
 pub use encode::{EncodeError, encode, encoded_len, v311_connack_return_code};
 pub use packet::*;
 pub use topic::{TopicError, TopicFilter, TopicName};

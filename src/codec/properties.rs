@@ -110,7 +110,8 @@ pub(crate) fn decode_properties(r: &mut Reader, context: PropertyContext) -> Res
         // Property length past the end of the packet is malformed.
         return Err(DecodeError::Truncated);
     }
-    let mut r = Reader::new(r.take(len)?);
+    let bytes = r.take(len)?;
+    let mut r = r.nested(bytes);
     let mut p = Properties::default();
     while !r.is_empty() {
         let id = r.varint()?;
@@ -160,6 +161,9 @@ pub(crate) fn decode_properties(r: &mut Reader, context: PropertyContext) -> Res
             0x24 => once(&mut p.maximum_qos, flag(&mut r)?)?,
             0x25 => once(&mut p.retain_available, flag(&mut r)?)?,
             0x26 => {
+                if p.user_properties.len() >= r.max_user_properties {
+                    return Err(DecodeError::TooManyUserProperties);
+                }
                 let key = r.string()?;
                 let value = r.string()?;
                 p.user_properties.push((key, value));

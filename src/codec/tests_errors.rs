@@ -26,6 +26,26 @@ fn packet_too_large_is_reported_from_the_fixed_header() {
 }
 
 #[test]
+fn user_properties_beyond_the_limit_stop_the_decoder() {
+    // PUBLISH "t" QoS 0 with 3 empty user properties, and in a will.
+    let publish = b"\x30\x13\x00\x01t\x0F\x26\x00\x00\x00\x00\x26\x00\x00\x00\x00\x26\x00\x00\x00\x00";
+    let limits = |n| DecodeLimits { max_packet_size: u32::MAX, max_user_properties: n };
+    let decoded = decode_with(&mut BytesMut::from(&publish[..]), V5, limits(3)).expect("at the limit");
+    assert!(matches!(decoded, Some(Packet::Publish(p)) if p.properties.user_properties.len() == 3));
+    let refused = decode_with(&mut BytesMut::from(&publish[..]), V5, limits(2));
+    assert_eq!(refused, Err(E::TooManyUserProperties));
+    assert_eq!(E::TooManyUserProperties.reason_code(), ReasonCode::PACKET_TOO_LARGE);
+    // Will properties of a CONNECT count against the same limit.
+    let mut connect = b"\x00\x04MQTT\x05\x06\x00\x1E\x00\x00\x01c\x0A".to_vec();
+    connect.extend(b"\x26\x00\x00\x00\x00\x26\x00\x00\x00\x00\x00\x01w\x00\x00");
+    let mut framed = vec![0x10, u8::try_from(connect.len()).expect("short")];
+    framed.extend(connect);
+    assert!(decode_with(&mut BytesMut::from(&framed[..]), V5, limits(2)).is_ok());
+    let refused = decode_with(&mut BytesMut::from(&framed[..]), V5, limits(1));
+    assert_eq!(refused, Err(E::TooManyUserProperties));
+}
+
+#[test]
 fn unknown_packet_type() {
     assert_eq!(err(b"\x00\x00", V5), E::UnknownPacketType);
     assert_eq!(err(b"\xF0\x00", V311), E::UnknownPacketType);

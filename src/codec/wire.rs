@@ -16,11 +16,19 @@ pub(crate) const VARINT_MAX: u32 = 268_435_455;
 /// `Truncated` (malformed), never "need more data".
 pub(crate) struct Reader {
     buf: Bytes,
+    /// User properties one property list may hold (the caller's limit,
+    /// checked while decoding so the surplus is never allocated).
+    pub(crate) max_user_properties: usize,
 }
 
 impl Reader {
     pub(crate) fn new(buf: Bytes) -> Reader {
-        Reader { buf }
+        Reader { buf, max_user_properties: usize::MAX }
+    }
+
+    /// A reader over `buf` under the same limits as this one.
+    pub(crate) fn nested(&self, buf: Bytes) -> Reader {
+        Reader { buf, max_user_properties: self.max_user_properties }
     }
 
     pub(crate) fn remaining(&self) -> usize {

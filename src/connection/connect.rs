@@ -14,9 +14,11 @@ use super::Connection;
 use super::policy::{self, AuthFailure};
 use crate::auth::{AuthzCache, ClientInfo};
 use crate::broker::Broker;
-use crate::codec::{self, ConnAck, Connect, DecodeError, Packet, Properties, ProtocolVersion, ReasonCode};
+use crate::codec::{
+    self, ConnAck, Connect, DecodeError, DecodeLimits, Packet, Properties, ProtocolVersion, ReasonCode,
+};
 use crate::config::ListenerConfig;
-use crate::metrics::{LocalCounts, Refusal};
+use crate::metrics::{Limit, LocalCounts, Refusal};
 use crate::session::ConnectionInfo;
 use crate::transport::Peer;
 
@@ -43,7 +45,7 @@ where
     let running = broker.config();
     let limits = &running.limits;
     let mut rbuf = BytesMut::with_capacity(1024);
-    let max_first = limits.max_packet_size.min(MAX_CONNECT_PACKET);
+    let max_first = limits.decode_limits(MAX_CONNECT_PACKET);
     let deadline = peer.connect_deadline.unwrap_or_else(|| Instant::now() + limits.connect_timeout());
     let mut bytes_read = 0;
     let first = tokio::time::timeout_at(deadline, read_first(&mut stream, &mut rbuf, max_first, &mut bytes_read)).await;
@@ -55,6 +57,9 @@ where
                 Err(_) => debug!("no CONNECT before the connect timeout"),
                 Ok(Err(FirstPacketError::Decode(e, version))) => {
                     debug!(error = %e, "invalid first packet");
+                    if e == DecodeError::TooManyUserProperties {
+                        broker.metrics.limit_hit(Limit::UserProperties);
+                    }
                     refuse_bad_connect(&mut stream, version, e).await;
                 }
                 Ok(Err(FirstPacketError::NotConnect)) => debug!("first packet is not CONNECT"),
@@ -161,6 +166,7 @@ where
         aliases: HashMap::new(),
         want_drain: true,
         durable: None,
+        publish_rate: crate::rate::TokenBucket::per_second(limits.max_publish_rate, std::time::Instant::now()),
         counts: LocalCounts { bytes_received: bytes_read, ..LocalCounts::default() },
         attached,
         broker: broker.clone(),
@@ -223,12 +229,14 @@ fn negotiate(
         keep_alive = limits.max_keepalive_s;
         server_keep_alive = Some(keep_alive);
     }
-    let topic_levels_ok = connect
-        .will
-        .as_ref()
-        .is_none_or(|w| w.topic.levels().count() <= limits.max_topic_levels && !w.topic.is_empty());
-    if !topic_levels_ok {
-        return Err(ReasonCode::TOPIC_NAME_INVALID);
+    if let Some(will) = &connect.will {
+        if will.topic.is_empty() {
+            return Err(ReasonCode::TOPIC_NAME_INVALID);
+        }
+        if let Some(limit) = super::topic_over_limit(limits, will.topic.as_str()) {
+            broker.metrics.limit_hit(limit);
+            return Err(ReasonCode::TOPIC_NAME_INVALID);
+        }
     }
     // A verified client certificate authenticates (see connection::identity);
     // plugins and the anonymous policy decide the rest (connection::policy).
@@ -266,7 +274,7 @@ enum FirstPacketError {
 async fn read_first<S>(
     stream: &mut S,
     rbuf: &mut BytesMut,
-    max: u32,
+    limits: DecodeLimits,
     bytes_read: &mut u64,
 ) -> Result<Box<Connect>, FirstPacketError>
 where
@@ -275,7 +283,7 @@ where
     loop {
         let claimed = codec::connect_version(rbuf);
         // The version argument is irrelevant: CONNECT carries its own.
-        match codec::decode(rbuf, ProtocolVersion::V5, max) {
+        match codec::decode_with(rbuf, ProtocolVersion::V5, limits) {
             Ok(Some(Packet::Connect(connect))) => return Ok(connect),
             Ok(Some(_)) => return Err(FirstPacketError::NotConnect),
             Ok(None) => {}

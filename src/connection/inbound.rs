@@ -10,7 +10,7 @@ use crate::codec::{
     Packet, Properties, PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, TopicName, UnsubAck,
     Unsubscribe,
 };
-use crate::metrics::DropReason;
+use crate::metrics::{DropReason, Limit};
 use crate::router::Message;
 use crate::session::{Delivery, InflightState, Subscription};
 
@@ -59,10 +59,19 @@ where
     fn on_publish(&mut self, mut publish: Publish) -> Result<(), Close> {
         self.counts.received(publish.qos);
         publish.topic = self.resolve_alias(&publish)?;
-        if publish.topic.levels().count() > self.broker.config().limits.max_topic_levels {
-            return Err(Close::Protocol(ReasonCode::TOPIC_NAME_INVALID, "too many topic levels"));
+        if let Some(limit) = super::topic_over_limit(&self.broker.config().limits, publish.topic.as_str()) {
+            // Closing rather than a PUBACK 0x90 (which the spec also allows
+            // at QoS 1/2): a QoS 0 publisher could not be told otherwise.
+            self.broker.metrics.limit_hit(limit);
+            return Err(Close::Protocol(ReasonCode::TOPIC_NAME_INVALID, "topic over the length or level limit"));
         }
         let packet_id = publish.packet_id;
+        if let Some(bucket) = &mut self.publish_rate
+            && !bucket.try_take(std::time::Instant::now())
+        {
+            self.over_publish_rate(publish.qos, packet_id);
+            return Ok(());
+        }
         let policy = self.broker.policy();
         // `$SYS/...` belongs to the broker: no client publishes there.
         let permitted = !is_reserved(publish.topic.as_str())
@@ -148,6 +157,28 @@ where
         Ok(())
     }
 
+    /// Answers a PUBLISH over `limits.max_publish_rate` and drops it.
+    ///
+    /// v5 QoS 1/2 get 0x97 Quota exceeded: 0x96 Message rate too high is
+    /// defined for DISCONNECT only, and closing would make a well-behaved
+    /// client reconnect and resend at once. 3.1.1 cannot refuse, so QoS 1/2
+    /// are acknowledged and dropped, as Mosquitto does for a publish it
+    /// refuses (EMQX throttles by reading slower instead, which holds the
+    /// connection's buffers; dropping keeps the cost bounded and counted).
+    fn over_publish_rate(&mut self, qos: QoS, packet_id: Option<crate::codec::PacketId>) {
+        self.broker.metrics.limit_hit(Limit::PublishRate);
+        self.broker.metrics.dropped(DropReason::PublishRate, 1);
+        let reason = if self.version.is_v5() { ReasonCode::QUOTA_EXCEEDED } else { ReasonCode::SUCCESS };
+        let ack = |id| PubResp { packet_id: id, reason, properties: Properties::default() };
+        match (qos, packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => self.send(&Packet::PubAck(ack(id))),
+            // No QoS 2 state is kept: a v5 refusal ends the exchange, and a
+            // 3.1.1 PUBREL that follows is answered PUBCOMP like any other.
+            (QoS::ExactlyOnce, Some(id)) => self.send(&Packet::PubRec(ack(id))),
+            _ => {}
+        }
+    }
+
     /// Applies the v5 topic alias rules [MQTT-3.3.2-*] and returns the
     /// full topic name.
     fn resolve_alias(&mut self, publish: &Publish) -> Result<TopicName, Close> {
@@ -223,15 +254,36 @@ where
         let sub_id = subscribe.properties.subscription_identifiers.first().copied();
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         let mut retained = Vec::new();
-        let max_levels = self.broker.config().limits.max_topic_levels;
+        let running = self.broker.config();
+        let limits = &running.limits;
         for (filter, mut options) in subscribe.filters {
             let shared = filter.share_group().is_some();
             if shared && options.no_local {
                 return Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "No Local on a shared subscription"));
             }
-            if filter.filter().split('/').count() > max_levels {
+            let over = if filter.as_str().len() > limits.max_topic_length {
+                Some(Limit::TopicLength)
+            } else if filter.filter().split('/').count() > limits.max_topic_levels {
+                Some(Limit::TopicLevels)
+            } else {
+                None
+            };
+            if let Some(limit) = over {
+                self.broker.metrics.limit_hit(limit);
                 reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
                 continue;
+            }
+            if limits.max_subscriptions_per_client > 0 {
+                let state = self.attached.session.lock();
+                let full = state.subscriptions.len() >= limits.max_subscriptions_per_client
+                    && !state.subscriptions.contains_key(&filter);
+                drop(state);
+                if full {
+                    // 3.1.1 SUBACK turns every failure into 0x80.
+                    self.broker.metrics.limit_hit(Limit::Subscriptions);
+                    reasons.push(ReasonCode::QUOTA_EXCEEDED);
+                    continue;
+                }
             }
             let policy = self.broker.policy();
             if !self.allowed_by(&policy, Action::Subscribe, filter.as_str(), options.qos, false) {

@@ -25,7 +25,7 @@ use crate::auth::{Action, AuthzCache, ClientInfo};
 use crate::broker::Broker;
 use crate::codec::{self, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode, TopicName, Will};
 use crate::config::ListenerConfig;
-use crate::metrics::LocalCounts;
+use crate::metrics::{Limit, LocalCounts};
 use crate::session::Attached;
 use crate::transport::Peer;
 
@@ -116,6 +116,9 @@ struct Connection<S> {
     /// Durable store (issue 9): acknowledgements in `wbuf` are sent only
     /// once this resolves, i.e. once what they acknowledge is durable.
     durable: Option<crate::store::Barrier>,
+    /// The client's `limits.max_publish_rate` as of CONNECT; `None`
+    /// when unlimited, so an unset limit costs one branch per PUBLISH.
+    publish_rate: Option<crate::rate::TokenBucket>,
     /// Messages and bytes counted since the last flush into the broker's
     /// metrics (once per loop turn, not per message).
     counts: LocalCounts,
@@ -198,11 +201,15 @@ where
 
     /// Decodes and handles every complete packet in the read buffer.
     fn process_input(&mut self) -> Result<(), Close> {
-        let max = self.broker.config().limits.max_packet_size;
+        let limits = self.broker.config().limits.decode_limits(u32::MAX);
         loop {
-            match codec::decode(&mut self.rbuf, self.version, max) {
+            match codec::decode_with(&mut self.rbuf, self.version, limits) {
                 Ok(Some(packet)) => self.handle(packet)?,
                 Ok(None) => return Ok(()),
+                Err(codec::DecodeError::TooManyUserProperties) => {
+                    self.broker.metrics.limit_hit(Limit::UserProperties);
+                    return Err(Close::Protocol(ReasonCode::PACKET_TOO_LARGE, "too many user properties"));
+                }
                 Err(e) => return Err(Close::Protocol(e.reason_code(), "malformed packet")),
             }
         }
@@ -276,6 +283,18 @@ where
         self.broker.metrics.flush(&mut self.counts);
         let expiry = self.session_expiry_s;
         self.broker.detach(self.attached, will, expiry);
+    }
+}
+
+/// The topic limit a topic name or filter breaks, if any: its length in
+/// bytes (`limits.max_topic_length`) or its levels (`max_topic_levels`).
+fn topic_over_limit(limits: &crate::config::Limits, topic: &str) -> Option<Limit> {
+    if topic.len() > limits.max_topic_length {
+        Some(Limit::TopicLength)
+    } else if topic.split('/').count() > limits.max_topic_levels {
+        Some(Limit::TopicLevels)
+    } else {
+        None
     }
 }
 

@@ -222,13 +222,18 @@ where
     codec::encode(&auth, ProtocolVersion::V5, &mut out).map_err(|_| AuthFailure::Closed)?;
     stream.write_all(&out).await.map_err(|_| AuthFailure::Closed)?;
     stream.flush().await.map_err(|_| AuthFailure::Closed)?;
-    let max = broker.config().limits.max_packet_size;
+    let limits = broker.config().limits.decode_limits(u32::MAX);
     loop {
-        match codec::decode(rbuf, ProtocolVersion::V5, max) {
+        match codec::decode_with(rbuf, ProtocolVersion::V5, limits) {
             Ok(Some(Packet::Auth(reply))) => return answer_data(reply, method).map_err(AuthFailure::Refused),
             Ok(Some(_)) => return Err(AuthFailure::Refused(ReasonCode::PROTOCOL_ERROR)),
             Ok(None) => {}
-            Err(e) => return Err(AuthFailure::Refused(e.reason_code())),
+            Err(e) => {
+                if e == codec::DecodeError::TooManyUserProperties {
+                    broker.metrics.limit_hit(crate::metrics::Limit::UserProperties);
+                }
+                return Err(AuthFailure::Refused(e.reason_code()));
+            }
         }
         match stream.read_buf(rbuf).await {
             Ok(0) | Err(_) => return Err(AuthFailure::Closed),

@@ -26,6 +26,10 @@ use crate::codec::QoS;
 pub enum Refusal {
     /// `limits.max_connections` was reached.
     MaxConnections,
+    /// The listener's `max_connections` was reached.
+    ListenerMaxConnections,
+    /// The listener's `max_connection_rate` was exceeded.
+    ConnectionRate,
     /// The TLS handshake or WebSocket upgrade failed or timed out.
     Transport,
     /// No valid CONNECT (timeout, not MQTT, malformed, unsupported version).
@@ -40,8 +44,10 @@ pub enum Refusal {
 
 impl Refusal {
     /// Every reason, in label order.
-    pub const ALL: [Refusal; 6] = [
+    pub const ALL: [Refusal; 8] = [
         Refusal::MaxConnections,
+        Refusal::ListenerMaxConnections,
+        Refusal::ConnectionRate,
         Refusal::Transport,
         Refusal::Protocol,
         Refusal::Invalid,
@@ -53,6 +59,8 @@ impl Refusal {
     pub fn label(self) -> &'static str {
         match self {
             Refusal::MaxConnections => "max_connections",
+            Refusal::ListenerMaxConnections => "listener_max_connections",
+            Refusal::ConnectionRate => "connection_rate",
             Refusal::Transport => "transport",
             Refusal::Protocol => "protocol",
             Refusal::Invalid => "invalid_connect",
@@ -86,11 +94,13 @@ pub enum DropReason {
     /// Not forwarded to the other nodes of the cluster: the queue towards
     /// NATS was full (NATS slow or away) or NATS refused it.
     Cluster,
+    /// Over the publisher's `limits.max_publish_rate`.
+    PublishRate,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::QueueFull,
         DropReason::OfflineQos0,
         DropReason::Expired,
@@ -99,6 +109,7 @@ impl DropReason {
         DropReason::Transform,
         DropReason::RetainedFull,
         DropReason::Cluster,
+        DropReason::PublishRate,
     ];
 
     /// The `reason` label.
@@ -112,6 +123,72 @@ impl DropReason {
             DropReason::Transform => "transform",
             DropReason::RetainedFull => "retained_full",
             DropReason::Cluster => "cluster",
+            DropReason::PublishRate => "publish_rate",
+        }
+    }
+}
+
+/// A configured limit that a client ran into. Each hit is counted once,
+/// whatever else it causes (a refused connection, a dropped message, a
+/// refused subscription or a closed connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// `limits.max_connections`.
+    MaxConnections,
+    /// A listener's `max_connections`.
+    ListenerMaxConnections,
+    /// A listener's `max_connection_rate`.
+    ConnectionRate,
+    /// `limits.max_topic_levels`.
+    TopicLevels,
+    /// `limits.max_topic_length`.
+    TopicLength,
+    /// `limits.max_subscriptions_per_client`.
+    Subscriptions,
+    /// `limits.max_user_properties`.
+    UserProperties,
+    /// `limits.max_publish_rate`.
+    PublishRate,
+}
+
+impl Limit {
+    /// Every limit, in label order.
+    pub const ALL: [Limit; 8] = [
+        Limit::MaxConnections,
+        Limit::ListenerMaxConnections,
+        Limit::ConnectionRate,
+        Limit::TopicLevels,
+        Limit::TopicLength,
+        Limit::Subscriptions,
+        Limit::UserProperties,
+        Limit::PublishRate,
+    ];
+
+    /// The `limit` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Limit::MaxConnections => "max_connections",
+            Limit::ListenerMaxConnections => "listener_max_connections",
+            Limit::ConnectionRate => "max_connection_rate",
+            Limit::TopicLevels => "max_topic_levels",
+            Limit::TopicLength => "max_topic_length",
+            Limit::Subscriptions => "max_subscriptions_per_client",
+            Limit::UserProperties => "max_user_properties",
+            Limit::PublishRate => "max_publish_rate",
+        }
+    }
+
+    /// The `$SYS` topic of its counter.
+    pub fn sys_topic(self) -> &'static str {
+        match self {
+            Limit::MaxConnections => "$SYS/broker/limits/max_connections",
+            Limit::ListenerMaxConnections => "$SYS/broker/limits/listener_max_connections",
+            Limit::ConnectionRate => "$SYS/broker/limits/max_connection_rate",
+            Limit::TopicLevels => "$SYS/broker/limits/max_topic_levels",
+            Limit::TopicLength => "$SYS/broker/limits/max_topic_length",
+            Limit::Subscriptions => "$SYS/broker/limits/max_subscriptions_per_client",
+            Limit::UserProperties => "$SYS/broker/limits/max_user_properties",
+            Limit::PublishRate => "$SYS/broker/limits/max_publish_rate",
         }
     }
 }
@@ -132,6 +209,7 @@ pub struct Metrics {
     bytes_received: AtomicU64,
     bytes_sent: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
+    limit_hits: [AtomicU64; Limit::ALL.len()],
     auth_successes: AtomicU64,
     auth_failures: AtomicU64,
     reloads_ok: AtomicU64,
@@ -152,6 +230,7 @@ impl Default for Metrics {
             bytes_received: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             dropped: Default::default(),
+            limit_hits: Default::default(),
             auth_successes: AtomicU64::new(0),
             auth_failures: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
@@ -181,6 +260,8 @@ pub struct Snapshot {
     pub bytes_sent: u64,
     /// Messages dropped, per [`DropReason::ALL`].
     pub dropped: [u64; DropReason::ALL.len()],
+    /// Limit hits, per [`Limit::ALL`].
+    pub limit_hits: [u64; Limit::ALL.len()],
     /// Clients admitted at CONNECT (by a plugin, a certificate or as anonymous).
     pub auth_successes: u64,
     /// Clients refused by authentication.
@@ -251,6 +332,26 @@ impl Metrics {
         add(&self.dropped[reason as usize], n);
     }
 
+    /// A client ran into a configured limit.
+    pub fn limit_hit(&self, limit: Limit) {
+        self.limit_hits[limit as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Limit hits of one kind so far.
+    pub fn limit_hits(&self, limit: Limit) -> u64 {
+        self.limit_hits[limit as usize].load(Ordering::Relaxed)
+    }
+
+    /// Connections refused for one reason so far.
+    pub fn refusals(&self, reason: Refusal) -> u64 {
+        self.refused[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Messages dropped for one reason so far.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.dropped[reason as usize].load(Ordering::Relaxed)
+    }
+
     /// The outcome of authentication at CONNECT.
     pub fn authenticated(&self, success: bool) {
         let counter = if success { &self.auth_successes } else { &self.auth_failures };
@@ -292,6 +393,7 @@ impl Metrics {
             bytes_received: load(&self.bytes_received),
             bytes_sent: load(&self.bytes_sent),
             dropped: std::array::from_fn(|i| load(&self.dropped[i])),
+            limit_hits: std::array::from_fn(|i| load(&self.limit_hits[i])),
             auth_successes: load(&self.auth_successes),
             auth_failures: load(&self.auth_failures),
             reloads_ok: load(&self.reloads_ok),
@@ -338,6 +440,8 @@ mod tests {
     fn label_tables_follow_the_enums() {
         assert!(Refusal::ALL.iter().enumerate().all(|(i, r)| *r as usize == i));
         assert!(DropReason::ALL.iter().enumerate().all(|(i, r)| *r as usize == i));
+        assert!(Limit::ALL.iter().enumerate().all(|(i, l)| *l as usize == i));
+        assert!(Limit::ALL.iter().all(|l| l.sys_topic().ends_with(l.label())));
     }
 
     #[test]

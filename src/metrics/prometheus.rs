@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::{BUCKETS_US, DropReason, Refusal};
+use super::{BUCKETS_US, DropReason, Limit, Refusal};
 use crate::broker::Broker;
 use crate::plugin::StatsSnapshot;
 
@@ -48,6 +48,10 @@ pub fn render(broker: &Broker) -> String {
     );
     for (reason, n) in DropReason::ALL.iter().zip(s.dropped) {
         line(w, "moat_dropped_messages_total", &format!("reason=\"{}\"", reason.label()), n);
+    }
+    header(w, "moat_limit_hits_total", "counter", "Times a client ran into a configured limit, by limit.");
+    for (limit, n) in Limit::ALL.iter().zip(s.limit_hits) {
+        line(w, "moat_limit_hits_total", &format!("limit=\"{}\"", limit.label()), n);
     }
     header(w, "moat_auth_total", "counter", "Authentication decisions at CONNECT, by outcome.");
     line(w, "moat_auth_total", "outcome=\"success\"", s.auth_successes);

@@ -33,7 +33,7 @@ pub async fn run(broker: Arc<Broker>, interval: Duration) {
 /// The topics and values now.
 pub fn topics(broker: &Broker) -> Vec<(&'static str, String)> {
     let s = broker.metrics.snapshot();
-    vec![
+    let mut topics = vec![
         ("$SYS/broker/version", VERSION.to_owned()),
         ("$SYS/broker/uptime", format!("{} seconds", s.uptime_s)),
         ("$SYS/broker/clients/connected", s.connections_current.to_string()),
@@ -48,7 +48,12 @@ pub fn topics(broker: &Broker) -> Vec<(&'static str, String)> {
         ("$SYS/broker/bytes/sent", s.bytes_sent.to_string()),
         ("$SYS/broker/retained messages/count", broker.router.retained().len().to_string()),
         ("$SYS/broker/subscriptions/count", broker.router.subscription_count().to_string()),
-    ]
+        ("$SYS/broker/clients/refused", s.refused.iter().sum::<u64>().to_string()),
+    ];
+    for (limit, n) in crate::metrics::Limit::ALL.iter().zip(s.limit_hits) {
+        topics.push((limit.sys_topic(), n.to_string()));
+    }
+    topics
 }
 
 /// Publishes every `$SYS` topic once, retained.

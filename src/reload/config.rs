@@ -147,6 +147,10 @@ impl Broker {
                 max_retained_messages,
                 max_retained_bytes,
                 max_topic_levels,
+                max_topic_length,
+                max_subscriptions_per_client,
+                max_user_properties,
+                max_publish_rate,
                 connect_timeout_ms,
                 max_keepalive_s,
                 max_session_expiry_s,
@@ -263,6 +267,12 @@ fn restart_only(old: &ListenerConfig, new: &ListenerConfig) -> Vec<String> {
     }
     if old.allow_anonymous != new.allow_anonymous {
         out.push(format!("listener {name:?}: allow_anonymous = {:?}", new.allow_anonymous));
+    }
+    if old.max_connections != new.max_connections {
+        out.push(format!("listener {name:?}: max_connections = {:?}", new.max_connections));
+    }
+    if old.max_connection_rate != new.max_connection_rate {
+        out.push(format!("listener {name:?}: max_connection_rate = {}", new.max_connection_rate));
     }
     if old.ws_path != new.ws_path {
         out.push(format!("listener {name:?}: ws_path = {:?}", new.ws_path));

@@ -16,6 +16,7 @@ pub mod ws;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -27,6 +28,8 @@ pub use tls::{ServerConfigs, TlsAcceptor, TlsSetupError};
 
 use crate::broker::Broker;
 use crate::config::{ListenerConfig, ListenerProtocol};
+use crate::metrics::{Limit, Refusal};
+use crate::rate::TokenBucket;
 
 /// A bound listener, ready to accept.
 #[derive(Debug)]
@@ -97,7 +100,14 @@ impl Listener {
     }
 
     /// Accepts until shutdown, spawning one task per connection.
+    ///
+    /// A connection over the listener's rate, its own `max_connections` or
+    /// the global one (`permits`) is closed at once, before a byte is read
+    /// or a task spawned, and counted.
     pub async fn run(self, broker: Arc<Broker>, permits: Arc<Semaphore>) {
+        let own_permits = self.config.max_connections.map(|n| Arc::new(Semaphore::new(n)));
+        // The loop is the bucket's only user: plain integers, no lock.
+        let mut rate = TokenBucket::per_second(self.config.max_connection_rate, Instant::now());
         loop {
             let accepted = tokio::select! {
                 () = broker.shutdown.cancelled() => return,
@@ -112,9 +122,27 @@ impl Listener {
                     continue;
                 }
             };
+            if let Some(bucket) = &mut rate
+                && !bucket.try_take(Instant::now())
+            {
+                debug!(%peer, listener = %self.config.name, "connection refused: max_connection_rate exceeded");
+                refuse(&broker, Refusal::ConnectionRate, Limit::ConnectionRate);
+                continue;
+            }
+            let own_permit = match &own_permits {
+                Some(own) => match own.clone().try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => {
+                        debug!(%peer, listener = %self.config.name, "connection refused: listener max_connections");
+                        refuse(&broker, Refusal::ListenerMaxConnections, Limit::ListenerMaxConnections);
+                        continue;
+                    }
+                },
+                None => None,
+            };
             let Ok(permit) = permits.clone().try_acquire_owned() else {
                 debug!(%peer, "connection refused: max_connections reached");
-                broker.metrics.refused(crate::metrics::Refusal::MaxConnections);
+                refuse(&broker, Refusal::MaxConnections, Limit::MaxConnections);
                 continue;
             };
             let _ = stream.set_nodelay(true);
@@ -126,9 +154,17 @@ impl Listener {
                     crate::connection::serve(broker, stream, peer, config).await;
                 }
                 drop(permit);
+                drop(own_permit);
             });
         }
     }
+}
+
+/// Counts a connection refused at accept; the caller drops the socket,
+/// which closes it unread.
+fn refuse(broker: &Broker, reason: Refusal, limit: Limit) {
+    broker.metrics.refused(reason);
+    broker.metrics.limit_hit(limit);
 }
 
 /// Runs the TLS handshake and the WebSocket upgrade the listener calls for,
@@ -186,7 +222,7 @@ async fn establish(
         }
     };
     if established.is_none() {
-        broker.metrics.refused(crate::metrics::Refusal::Transport);
+        broker.metrics.refused(Refusal::Transport);
     }
     established
 }

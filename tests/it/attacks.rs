@@ -10,8 +10,10 @@ use tokio::time::Instant;
 
 use crate::harness::{Raw, TestBroker, WAIT, connect_v4, connect_v5, frame, varint};
 
+mod load;
+
 /// A normal subscriber and publisher can still talk through the broker.
-async fn still_serves(broker: &TestBroker) {
+pub(crate) async fn still_serves(broker: &TestBroker) {
     let mut sub = broker.v4("healthy-sub").await;
     sub.subscribe("ok", Q4::AtMostOnce).await;
     let publisher = broker.v5("healthy-pub").await;
@@ -35,7 +37,7 @@ async fn read_packet(raw: &mut Raw) -> (u8, Vec<u8>) {
 }
 
 /// A raw v5 client past CONNACK.
-async fn raw_v5(broker: &TestBroker, id: &str) -> Raw {
+pub(crate) async fn raw_v5(broker: &TestBroker, id: &str) -> Raw {
     let mut raw = broker.raw().await;
     raw.send(&connect_v5(id)).await;
     let (first, body) = read_packet(&mut raw).await;
@@ -44,14 +46,14 @@ async fn raw_v5(broker: &TestBroker, id: &str) -> Raw {
 }
 
 /// A UTF-8 string field.
-fn string(s: &str) -> Vec<u8> {
+pub(crate) fn string(s: &str) -> Vec<u8> {
     let mut out = u16::try_from(s.len()).expect("short string").to_be_bytes().to_vec();
     out.extend(s.as_bytes());
     out
 }
 
 /// A v5 PUBLISH with no properties.
-fn publish_v5(topic: &str, qos: u8, dup: bool, id: u16, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn publish_v5(topic: &str, qos: u8, dup: bool, id: u16, payload: &[u8]) -> Vec<u8> {
     let mut body = string(topic);
     if qos > 0 {
         body.extend(id.to_be_bytes());
@@ -62,7 +64,7 @@ fn publish_v5(topic: &str, qos: u8, dup: bool, id: u16, payload: &[u8]) -> Vec<u
 }
 
 /// Expects a DISCONNECT from the broker, then the close; returns its reason.
-async fn disconnect_reason(raw: &mut Raw) -> u8 {
+pub(crate) async fn disconnect_reason(raw: &mut Raw) -> u8 {
     let reply = raw.read_to_close().await;
     match reply.as_slice() {
         [0xE0, _, code, ..] => *code,
@@ -172,8 +174,19 @@ fn publish_with_user_properties(n: usize) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn user_properties_100000_handled_within_max_packet_size() {
+async fn user_properties_100000_refused_by_default_before_decoding_them() {
     let broker = TestBroker::start().await;
+    let mut raw = raw_v5(&broker, "props-pub").await;
+    raw.send(&publish_with_user_properties(100_000)).await;
+    assert_eq!(disconnect_reason(&mut raw).await, 0x95);
+    assert_eq!(broker.broker.metrics.limit_hits(moat::metrics::Limit::UserProperties), 1);
+    still_serves(&broker).await;
+}
+
+#[tokio::test]
+async fn user_properties_100000_handled_within_max_packet_size() {
+    // Without a limit on user properties, only the packet size bounds them.
+    let broker = TestBroker::with(|c| c.limits.max_user_properties = 0).await;
     let mut watcher = broker
         .v5_with("props-watcher", |o| {
             o.set_max_packet_size(Some(2 * 1024 * 1024));

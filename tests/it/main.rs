@@ -13,6 +13,7 @@ mod connect;
 mod durable;
 mod harness;
 mod jwt_plugin;
+mod limits;
 mod malformed;
 mod ops;
 mod password_file;

@@ -21,7 +21,7 @@ fn tls(config: Arc<rustls::ClientConfig>) -> Transport {
 
 /// Connects an MQTT 5 client over TLS; the CONNACK code, or the error that
 /// ended the attempt.
-async fn try_v5(broker: &TestBroker, id: &str, config: Arc<rustls::ClientConfig>) -> Result<V5Code, String> {
+pub(crate) async fn try_v5(broker: &TestBroker, id: &str, config: Arc<rustls::ClientConfig>) -> Result<V5Code, String> {
     let mut opts = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", broker.addr.port());
     opts.set_transport(tls(config));
     let (_client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 10);
