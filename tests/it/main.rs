@@ -20,6 +20,7 @@ mod plugin_chain;
 mod plugin_hostile;
 mod plugin_support;
 mod plugins;
+mod polyglot;
 mod pubsub;
 mod rbac_plugin;
 mod reload;
