@@ -23,6 +23,7 @@ mod plugin_hostile;
 mod plugin_support;
 mod plugin_tools;
 mod plugins;
+mod polyglot;
 mod pubsub;
 mod rbac_plugin;
 mod reload;
