@@ -110,12 +110,14 @@ impl Broker {
                 broker.router.subscribe(&session, &filter, &subscription);
                 session.lock().subscriptions.insert(filter, subscription);
             }
+            let timers = CancellationToken::new();
+            session.lock().timers = Some(timers.clone());
             if let Some(will) = stored.will {
                 // Due while the broker was down: publish it now.
                 let wait = Duration::from_millis(will.due_ms.saturating_sub(crate::store::now_ms()));
-                broker.schedule_will(session.clone(), 0, will, wait);
+                broker.schedule_will(session.clone(), 0, will, wait, timers.clone());
             }
-            broker.arm_expiry(session, 0, stored.expiry_s);
+            broker.arm_expiry(session, 0, stored.expiry_s, timers);
         }
         broker
     }
@@ -309,12 +311,14 @@ impl Broker {
     pub fn detach(self: &Arc<Self>, attached: Attached, will: Option<Will>, expiry_s: u32) {
         let session = attached.session.clone();
         let generation = attached.generation;
+        let timers = CancellationToken::new();
         {
             let mut state = session.lock();
             state.online = false;
             state.kick = None;
             state.connection = None;
             state.expiry_s = expiry_s;
+            state.timers = Some(timers.clone());
         }
         // A will that waits for its delay is stored while this connection
         // still holds the session, so a reconnect's cancel comes after it.
@@ -347,25 +351,34 @@ impl Broker {
             self.discard(&session);
         } else {
             self.save_messages(&session);
-            self.arm_expiry(session.clone(), generation, expiry_s);
+            self.arm_expiry(session.clone(), generation, expiry_s, timers.clone());
         }
         drop(attached);
         if let Some(message) = now {
             self.publish(message, Some(&session));
         }
         if let Some((will, wait)) = delayed {
-            self.schedule_will(session, generation, will, wait);
+            self.schedule_will(session, generation, will, wait, timers);
         }
     }
 
     /// Publishes a will after `wait` unless a connection attached to
-    /// `session` since `generation`; then forgets it in the store.
-    fn schedule_will(self: &Arc<Self>, session: Arc<Session>, generation: u64, will: PendingWill, wait: Duration) {
+    /// `session` since `generation` (which cancels `timers`); then forgets
+    /// it in the store.
+    fn schedule_will(
+        self: &Arc<Self>,
+        session: Arc<Session>,
+        generation: u64,
+        will: PendingWill,
+        wait: Duration,
+        timers: CancellationToken,
+    ) {
         let broker = self.clone();
         self.tasks.spawn(async move {
             tokio::select! {
                 () = tokio::time::sleep(wait) => {}
                 () = broker.shutdown.cancelled() => {}
+                () = timers.cancelled() => return,
             }
             let due = {
                 let mut state = session.lock();
@@ -387,8 +400,9 @@ impl Broker {
         });
     }
 
-    /// Ends `session` after `expiry_s` unless a connection attaches first.
-    fn arm_expiry(self: &Arc<Self>, session: Arc<Session>, generation: u64, expiry_s: u32) {
+    /// Ends `session` after `expiry_s` unless a connection attaches first
+    /// (which cancels `timers`).
+    fn arm_expiry(self: &Arc<Self>, session: Arc<Session>, generation: u64, expiry_s: u32, timers: CancellationToken) {
         if expiry_s == u32::MAX {
             return;
         }
@@ -397,6 +411,7 @@ impl Broker {
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_secs(u64::from(expiry_s))) => {}
                 () = broker.shutdown.cancelled() => return,
+                () = timers.cancelled() => return,
             }
             let expired = {
                 let state = session.lock();

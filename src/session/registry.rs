@@ -108,6 +108,9 @@ impl Registry {
             let mut state = session.lock();
             state.online = true;
             state.generation += 1;
+            if let Some(timers) = state.timers.take() {
+                timers.cancel();
+            }
             state.kick = Some(kicked.clone());
             state.kicked_by_admin = false;
             state.generation

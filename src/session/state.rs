@@ -124,6 +124,11 @@ pub struct SessionState {
     pub generation: u64,
     /// Cancelled to make the attached connection leave (takeover, kick).
     pub kick: Option<CancellationToken>,
+    /// Cancelled when a connection attaches, so the expiry and delayed-will
+    /// timers armed at the last detach end at once. (Each holds the session:
+    /// left to run out, a device reconnecting every minute with a day's
+    /// expiry would pin 1,440 of them.)
+    pub timers: Option<CancellationToken>,
     /// Set with `kick` cancelled when an operator disconnects the client,
     /// so the connection says 0x98 rather than 0x8E (taken over).
     pub kicked_by_admin: bool,
@@ -159,6 +164,7 @@ impl SessionState {
             online: false,
             generation: 0,
             kick: None,
+            timers: None,
             kicked_by_admin: false,
             connection: None,
             expiry_s: 0,

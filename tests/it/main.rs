@@ -31,6 +31,7 @@ mod retained;
 mod scram_plugin;
 mod session;
 mod shared;
+mod soak;
 mod tls;
 mod will;
 mod ws;

@@ -168,3 +168,36 @@ async fn takeover_of_a_session_without_expiry_leaves_the_newcomer_working() {
     let _third = broker.v5("again").await;
     assert_eq!(second.disconnect_reason().await, DisconnectReasonCode::SessionTakenOver);
 }
+
+#[tokio::test]
+async fn reconnecting_ends_the_timers_of_the_previous_disconnect() {
+    // A device on a flaky network: disconnects and resumptions of one
+    // session with a long expiry. Each disconnect arms an expiry timer; each
+    // resumption must end it, or every cycle would keep a task (and the
+    // session) alive until its expiry.
+    let broker = TestBroker::start().await;
+    let opts = |o: &mut rumqttc::v5::MqttOptions| {
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(3600));
+    };
+    let cycle = || async {
+        let client = broker.v5_with("flaky", opts).await;
+        client.client.disconnect().await.expect("disconnect");
+        // The broker has detached the session once it accepts the next
+        // connection; wait for the DISCONNECT to be read.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    cycle().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The broker's own tasks (plugin directory watch, ...) and one timer.
+    let after_one = broker.broker.tasks.len();
+    for _ in 0..19 {
+        cycle().await;
+    }
+    let end = std::time::Instant::now() + crate::harness::WAIT;
+    while broker.broker.tasks.len() > after_one {
+        let extra = broker.broker.tasks.len() - after_one;
+        assert!(std::time::Instant::now() < end, "{extra} more tasks after 20 cycles than after 1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
