@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 use super::{Request, Response};
 use crate::broker::Broker;
 use crate::metrics::prometheus;
-use crate::plugin::Hook;
 use crate::reload::PluginReport;
 
 /// Answers one request.
@@ -115,16 +114,7 @@ fn plugins(broker: &Broker) -> Value {
             let settings = p.settings();
             let limits = &settings.limits;
             let stats = p.stats().snapshot();
-            let hooks: Vec<&str> = p
-                .manifest()
-                .hooks
-                .iter()
-                .map(|h| match h {
-                    Hook::Authenticate => "authenticate",
-                    Hook::Authorize => "authorize",
-                    Hook::Transform => "transform",
-                })
-                .collect();
+            let hooks: Vec<&str> = p.manifest().hooks.iter().map(|h| h.name()).collect();
             let filters: Vec<&str> = p.manifest().transform_filters.iter().map(|f| f.as_str()).collect();
             json!({
                 "name": &**p.name(),

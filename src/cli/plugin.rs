@@ -177,15 +177,7 @@ fn print_settings(settings: &PluginSettings, from: &str) {
 
 fn print_manifest(plugin: &LoadedPlugin) {
     let m = plugin.manifest();
-    let hooks: Vec<&str> = m
-        .hooks
-        .iter()
-        .map(|h| match h {
-            Hook::Authenticate => "authenticate",
-            Hook::Authorize => "authorize",
-            Hook::Transform => "transform",
-        })
-        .collect();
+    let hooks: Vec<&str> = m.hooks.iter().map(|h| h.name()).collect();
     println!("hooks      {}", if hooks.is_empty() { "none".to_owned() } else { hooks.join(", ") });
     let filters: Vec<&str> = m.transform_filters.iter().map(|f| f.filter()).collect();
     if m.implements(Hook::Transform) || !filters.is_empty() {

@@ -164,6 +164,17 @@ pub enum Hook {
     Transform,
 }
 
+impl Hook {
+    /// The name operators see (admin API, `moat plugin check`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Authenticate => "authenticate",
+            Hook::Authorize => "authorize",
+            Hook::Transform => "transform",
+        }
+    }
+}
+
 /// What a plugin declared at `init`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Manifest {
