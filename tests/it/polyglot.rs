@@ -32,7 +32,10 @@ fn built_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins/examples/target")
 }
 
-/// The compiled-component cache every broker of these tests shares.
+/// The compiled-component cache every broker of these tests shares. Its own,
+/// not the harness's `plugin-cache`: that one keeps at most 64 entries and
+/// the other tests write many, and evicting a Python component would cost
+/// another 20 s compile.
 fn cache_dir() -> PathBuf {
     Path::new(env!("CARGO_TARGET_TMPDIR")).join("polyglot-plugin-cache")
 }
