@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::metrics::{DropReason, Metrics};
 use crate::reload::Reloader;
 use crate::router::{Message, Router};
-use crate::session::{Attached, Registry, Session};
+use crate::session::{Attached, Held, Registry, Session};
 use crate::store::{PendingWill, Recovered, Store};
 
 /// State shared by every connection: configuration, subscriptions,
@@ -180,13 +180,16 @@ impl Broker {
     /// A retained message the retained store has no room for is routed
     /// without being retained (and counted as dropped, `retained_full`).
     pub fn publish(&self, message: Message, publisher: Option<&Arc<Session>>) -> usize {
-        self.publish_shared(Arc::new(message), publisher, false).unwrap_or(0)
+        self.publish_shared(Arc::new(message), publisher, false, None).unwrap_or(0)
     }
 
     /// [`Broker::publish`] of a message already shared. With
     /// `refuse_over_quota`, a retained message the retained store has no
     /// room for (`limits.max_retained_messages`, `max_retained_bytes`) is
     /// not published at all, so the publisher can be told (v5 0x97).
+    /// With `held`, QoS 1/2 deliveries that full queues of online sessions
+    /// refuse are handed back there for the publisher to hold
+    /// ([`Session::offer`]).
     ///
     /// # Errors
     /// [`RetainedFull`] when the message was refused.
@@ -195,6 +198,7 @@ impl Broker {
         message: Arc<Message>,
         publisher: Option<&Arc<Session>>,
         refuse_over_quota: bool,
+        held: Option<&mut Vec<Held>>,
     ) -> Result<usize, RetainedFull> {
         if message.retain && !self.retain(&message) && refuse_over_quota {
             return Err(RetainedFull);
@@ -203,7 +207,7 @@ impl Broker {
         if let Some(cluster) = &self.cluster {
             cluster.forward(&message, self);
         }
-        Ok(self.router.route(&message, publisher, &*self.store, &self.metrics))
+        Ok(self.router.route(&message, publisher, &*self.store, &self.metrics, held))
     }
 
     /// Keeps a retained message if the retained store has room; otherwise
@@ -228,7 +232,7 @@ impl Broker {
         if message.retain {
             self.retain(&message);
         }
-        self.router.route(&message, None, &*self.store, &self.metrics)
+        self.router.route(&message, None, &*self.store, &self.metrics, None)
     }
 
     /// Publishes a message of the broker's own (`$SYS`): retained in memory
@@ -239,7 +243,7 @@ impl Broker {
         if message.retain {
             self.router.retained().set(&message);
         }
-        self.router.route(&message, None, &*self.store, &self.metrics)
+        self.router.route(&message, None, &*self.store, &self.metrics, None)
     }
 
     /// Disconnects the client connected as `client_id` (admin API); a v5
@@ -320,6 +324,9 @@ impl Broker {
             state.expiry_s = expiry_s;
             state.timers = Some(timers.clone());
         }
+        // Publishers holding deliveries for it offer them again: offline,
+        // a full queue drops rather than holds.
+        session.release_waiting();
         // A will that waits for its delay is stored while this connection
         // still holds the session, so a reconnect's cancel comes after it.
         let mut delayed = None;

@@ -389,6 +389,14 @@ pub struct Limits {
     /// queue bound, queued QoS 0 messages are evicted (oldest first) before
     /// a new message is refused; QoS 1/2 messages are never evicted.
     pub max_queued_bytes: usize,
+    /// How long a publisher is held back when a QoS 1/2 message meets the
+    /// full queue of a connected subscriber: its acknowledgement and its
+    /// next packets wait until that queue drains to half, so a subscriber
+    /// that keeps up loses nothing. If the wait runs out, the message is
+    /// dropped for that subscriber (counted) and, until its queue drains
+    /// to half, so is every message that does not fit, without waiting.
+    /// 0: drop at once (Mosquitto's behaviour).
+    pub queue_full_wait_ms: u64,
     /// Retained messages kept; 0: no limit. A retained message on a new
     /// topic beyond it is refused (v5 QoS 1/2: 0x97 Quota exceeded) or, at
     /// QoS 0 and for 3.1.1 clients, delivered but not retained.
@@ -434,6 +442,7 @@ impl Default for Limits {
             max_inflight: 64,
             max_queued_messages: 1000,
             max_queued_bytes: 0,
+            queue_full_wait_ms: 1000,
             max_retained_messages: 100_000,
             max_retained_bytes: 256 * 1024 * 1024,
             max_topic_levels: 64,

@@ -38,7 +38,7 @@ pub(super) async fn handshake<S>(
     mut stream: S,
     peer: Peer,
     listener: &ListenerConfig,
-) -> Option<Connection<S>>
+) -> Option<Box<Connection<S>>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -151,14 +151,16 @@ where
     }
     let connack = ConnAck { session_present: attached.present, reason: ReasonCode::SUCCESS, properties };
     let props = &connect.properties;
-    let mut conn = Connection {
+    let mut conn = Box::new(Connection {
         stream,
-        rbuf,
-        wbuf: BytesMut::with_capacity(4096),
+        // Usually empty by now; if so, nothing is held until the client
+        // sends again (see `read_some`).
+        rbuf: if rbuf.is_empty() { BytesMut::new() } else { rbuf },
+        wbuf: BytesMut::new(),
         version,
         keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
         last_read: Instant::now(),
-        will: connect.will.clone(),
+        will: connect.will.clone().map(Box::new),
         session_expiry_s,
         connect_expiry_zero: session_expiry_s == 0,
         send_window: usize::from(props.receive_maximum.unwrap_or(u16::MAX).min(limits.max_inflight)),
@@ -173,8 +175,9 @@ where
         authz: AuthzCache::new(AUTHZ_CACHE_ENTRIES),
         auth_method: authenticated.method,
         reauth: None,
+        held: None,
         client,
-    };
+    });
     debug!(
         version = ?version,
         clean_start = connect.clean_start,

@@ -12,7 +12,34 @@ use crate::codec::{
 };
 use crate::metrics::{DropReason, Limit};
 use crate::router::Message;
-use crate::session::{Delivery, InflightState, Subscription};
+use crate::session::{Delivery, Held, InflightState, Refusal, Subscription};
+
+/// A QoS 1/2 publish some of whose deliveries met full queues of
+/// connected subscribers. The connection holds them, and the publish's
+/// acknowledgement, and reads nothing more from its client until they are
+/// queued or `limits.queue_full_wait_ms` runs out: the publisher is paced
+/// by the slowest subscriber it shares a topic with, as TCP would pace it,
+/// rather than acknowledged and then dropped.
+pub(super) struct HeldPublish {
+    deliveries: Vec<Held>,
+    /// PUBACK or PUBREC, sent once nothing is held.
+    ack: Option<Packet>,
+    /// A QoS 2 packet id to record in the store once the copies are.
+    qos2_stored: Option<crate::codec::PacketId>,
+    until: tokio::time::Instant,
+}
+
+impl HeldPublish {
+    /// A session whose queue holds this publish back.
+    pub(super) fn first_session(&self) -> Option<Arc<crate::session::Session>> {
+        self.deliveries.first().map(|h| h.session.clone())
+    }
+
+    /// When the wait runs out.
+    pub(super) fn until(&self) -> tokio::time::Instant {
+        self.until
+    }
+}
 
 impl<S> Connection<S>
 where
@@ -119,8 +146,13 @@ where
         // A v5 QoS 1/2 publisher can be told the retained store is full;
         // anyone else's message is delivered without being retained.
         let refuse = self.version.is_v5() && publish.qos != QoS::AtMostOnce;
+        let wait_ms = self.broker.config().limits.queue_full_wait_ms;
+        let mut held = Vec::new();
+        let hold = (publish.qos != QoS::AtMostOnce && wait_ms > 0).then_some(&mut held);
         let routed = match transformed {
-            Some(Some(message)) => self.broker.publish_shared(Arc::new(message), Some(&self.attached.session), refuse),
+            Some(Some(message)) => {
+                self.broker.publish_shared(Arc::new(message), Some(&self.attached.session), refuse, hold)
+            }
             Some(None) => {
                 self.broker.metrics.dropped(DropReason::Transform, 1);
                 Ok(0)
@@ -133,7 +165,9 @@ where
             // The refusal ends the QoS 2 exchange: no state is kept.
             self.attached.session.lock().incoming_qos2.remove(&id);
         }
-        if let Some(id) = store_id {
+        if let Some(id) = store_id
+            && held.is_empty()
+        {
             // Once durable, a resend after a crash is known as one.
             self.broker.store.incoming_qos2(self.attached.session.client_id(), id, true);
         }
@@ -149,12 +183,69 @@ where
             Ok(_) => ReasonCode::SUCCESS,
         };
         let ack = |id| PubResp { packet_id: id, reason, properties: Properties::default() };
-        match (publish.qos, packet_id) {
-            (QoS::AtLeastOnce, Some(id)) => self.send(&Packet::PubAck(ack(id))),
-            (QoS::ExactlyOnce, Some(id)) => self.send(&Packet::PubRec(ack(id))),
-            _ => {}
+        let ack = match (publish.qos, packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => Some(Packet::PubAck(ack(id))),
+            (QoS::ExactlyOnce, Some(id)) => Some(Packet::PubRec(ack(id))),
+            _ => None,
+        };
+        if held.is_empty() {
+            if let Some(ack) = ack {
+                self.send(&ack);
+            }
+        } else {
+            let until = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+            self.held = Some(Box::new(HeldPublish { deliveries: held, ack, qos2_stored: store_id, until }));
         }
         Ok(())
+    }
+
+    /// Offers the held deliveries of a publish again; once none is left
+    /// (queued, or dropped for another reason such as the subscriber
+    /// going offline), acknowledges it and reads on. Returns whether it
+    /// got that far.
+    pub(super) fn offer_held(&mut self) -> Result<bool, Close> {
+        let Some(held) = &mut self.held else { return Ok(true) };
+        let store = &*self.broker.store;
+        let metrics = &self.broker.metrics;
+        for Held { session, delivery } in std::mem::take(&mut held.deliveries) {
+            match session.offer(delivery, Some(store)) {
+                Ok(evicted) => metrics.dropped(DropReason::QueueFull, evicted as u64),
+                Err(Refusal::Dropped(reason)) => metrics.dropped(reason, 1),
+                Err(Refusal::Full(delivery)) => held.deliveries.push(Held { session, delivery }),
+            }
+        }
+        if !held.deliveries.is_empty() {
+            return Ok(false);
+        }
+        self.release_held()?;
+        Ok(true)
+    }
+
+    /// `limits.queue_full_wait_ms` ran out: drops what is still held
+    /// (counted), marks those subscribers slow, acknowledges and reads on.
+    pub(super) fn give_up_held(&mut self) -> Result<(), Close> {
+        if let Some(held) = &mut self.held {
+            for Held { session, .. } in held.deliveries.drain(..) {
+                session.mark_slow();
+                self.broker.metrics.dropped(DropReason::QueueFull, 1);
+            }
+        }
+        self.release_held()
+    }
+
+    /// Acknowledges a held publish and handles the packets that arrived
+    /// while it was held.
+    fn release_held(&mut self) -> Result<(), Close> {
+        let Some(held) = self.held.take() else { return Ok(()) };
+        if let Some(id) = held.qos2_stored {
+            self.broker.store.incoming_qos2(self.attached.session.client_id(), id, true);
+        }
+        // The copies queued since the publish were stored since, too.
+        self.await_store();
+        if let Some(ack) = held.ack {
+            self.send(&ack);
+        }
+        self.process_input()
     }
 
     /// Answers a PUBLISH over `limits.max_publish_rate` and drops it.

@@ -19,6 +19,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field};
 
 use crate::auth::{Action, AuthzCache, ClientInfo};
@@ -26,7 +27,7 @@ use crate::broker::Broker;
 use crate::codec::{self, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode, TopicName, Will};
 use crate::config::ListenerConfig;
 use crate::metrics::{Limit, LocalCounts};
-use crate::session::Attached;
+use crate::session::{Attached, Session};
 use crate::transport::Peer;
 
 /// Why a connection ended.
@@ -88,7 +89,9 @@ struct Connection<S> {
     /// 1.5 times the negotiated keep alive; `None` when keep alive is off.
     keep_alive: Option<Duration>,
     last_read: Instant,
-    will: Option<Will>,
+    /// Boxed, like `reauth`: each is large, rare or short-lived, and this
+    /// struct lives as long as the connection.
+    will: Option<Box<Will>>,
     session_expiry_s: u32,
     /// Whether CONNECT asked for a non-zero session expiry (v5), which a
     /// DISCONNECT may not change from zero [MQTT-3.14.2-2].
@@ -112,7 +115,7 @@ struct Connection<S> {
     auth_method: Option<String>,
     /// A re-authentication exchange under way, pinned to the plugin
     /// instance conducting it.
-    reauth: Option<crate::auth::AuthExchange>,
+    reauth: Option<Box<crate::auth::AuthExchange>>,
     /// Durable store (issue 9): acknowledgements in `wbuf` are sent only
     /// once this resolves, i.e. once what they acknowledge is durable.
     durable: Option<crate::store::Barrier>,
@@ -122,6 +125,9 @@ struct Connection<S> {
     /// Messages and bytes counted since the last flush into the broker's
     /// metrics (once per loop turn, not per message).
     counts: LocalCounts,
+    /// A publish waiting for room in full subscriber queues; while it is,
+    /// nothing more is read from the client.
+    held: Option<Box<inbound::HeldPublish>>,
 }
 
 /// Serves one client connection to the end, over a stream on which any
@@ -135,7 +141,10 @@ where
     let addr = peer.addr;
     let span = tracing::debug_span!("conn", peer = %addr, listener = %listener.name, client_id = field::Empty);
     async move {
-        let Some(conn) = connect::handshake(broker, stream, peer, &listener).await else {
+        // The handshake (CONNECT, authentication) is boxed: its states are
+        // large and short-lived, and the task's future, held for as long as
+        // the client stays connected, is as large as its largest state.
+        let Some(conn) = Box::pin(connect::handshake(broker, stream, peer, &listener)).await else {
             return;
         };
         conn.run().await;
@@ -148,14 +157,16 @@ impl<S> Connection<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    async fn run(mut self) {
+    /// Boxed: moving the connection into this future would otherwise keep
+    /// a second copy of it in the task's state.
+    async fn run(mut self: Box<Self>) {
         self.broker.metrics.connection_opened();
-        let close = match self.resume().await {
+        let close = match Box::pin(self.resume()).await {
             Ok(()) => self.serve_packets().await,
             Err(close) => close,
         };
         self.broker.metrics.connection_closed();
-        self.finish(close).await;
+        Box::pin(self.finish(close)).await;
     }
 
     /// The main loop: read packets, deliver queued messages, watch keep
@@ -176,12 +187,16 @@ where
                 return close;
             }
             self.broker.metrics.flush(&mut self.counts);
+            if self.held.is_some() {
+                match self.wait_held(&kicked, &shutdown, &session).await {
+                    Ok(()) => continue,
+                    Err(close) => return close,
+                }
+            }
             let deadline = self.keep_alive.map(|ka| self.last_read + ka);
             tokio::select! {
                 biased;
-                () = kicked.cancelled() => {
-                    return if session.lock().kicked_by_admin { Close::Kicked } else { Close::TakenOver };
-                }
+                () = kicked.cancelled() => return kicked_close(&session),
                 () = shutdown.cancelled() => return Close::Shutdown,
                 read = read_some(&mut self.stream, &mut self.rbuf) => match read {
                     Ok(0) | Err(_) => return Close::ConnectionLost,
@@ -191,6 +206,7 @@ where
                         if let Err(close) = self.process_input() {
                             return close;
                         }
+                        settle_read_buffer(&mut self.rbuf, n);
                     }
                 },
                 () = session.woken() => self.want_drain = true,
@@ -199,10 +215,47 @@ where
         }
     }
 
-    /// Decodes and handles every complete packet in the read buffer.
+    /// Waits, without reading from the client, for room for a held
+    /// publish (see [`inbound::HeldPublish`]), still delivering to this
+    /// client meanwhile.
+    async fn wait_held(
+        &mut self,
+        kicked: &CancellationToken,
+        shutdown: &CancellationToken,
+        own: &Session,
+    ) -> Result<(), Close> {
+        let Some(first) = self.held.as_ref().and_then(|h| h.first_session()) else {
+            return self.offer_held().map(drop);
+        };
+        // Registered before offering again, so a wake in between counts.
+        let room = first.room();
+        tokio::pin!(room);
+        room.as_mut().enable();
+        if self.offer_held()? {
+            return Ok(());
+        }
+        let until = self.held.as_ref().map_or_else(Instant::now, |h| h.until());
+        tokio::select! {
+            biased;
+            () = kicked.cancelled() => Err(kicked_close(own)),
+            () = shutdown.cancelled() => Err(Close::Shutdown),
+            () = &mut room => Ok(()),
+            () = own.woken() => {
+                self.want_drain = true;
+                Ok(())
+            }
+            () = tokio::time::sleep_until(until) => {
+                // A last offer, so a queue that has room now is not given up.
+                if self.offer_held()? { Ok(()) } else { self.give_up_held() }
+            }
+        }
+    }
+
+    /// Decodes and handles every complete packet in the read buffer, up to
+    /// a publish that has to be held.
     fn process_input(&mut self) -> Result<(), Close> {
         let limits = self.broker.config().limits.decode_limits(u32::MAX);
-        loop {
+        while self.held.is_none() {
             match codec::decode_with(&mut self.rbuf, self.version, limits) {
                 Ok(Some(packet)) => self.handle(packet)?,
                 Ok(None) => return Ok(()),
@@ -213,6 +266,7 @@ where
                 Err(e) => return Err(Close::Protocol(e.reason_code(), "malformed packet")),
             }
         }
+        Ok(())
     }
 
     /// Queues a packet for the next flush.
@@ -249,13 +303,20 @@ where
             self.counts.bytes_sent += self.wbuf.len() as u64;
             // A no-op on TCP; TLS and WebSocket streams may hold data back.
             self.stream.flush().await?;
-            self.wbuf.clear();
+            // A quiet connection gives its buffer back (each idle client
+            // would otherwise hold one); a busy one keeps it for the next
+            // batch.
+            if self.wbuf.len() < WRITE_KEEP {
+                self.wbuf = BytesMut::new();
+            } else {
+                self.wbuf.clear();
+            }
         }
         Ok(())
     }
 
     /// Says goodbye where the protocol allows, then hands the session back.
-    async fn finish(mut self, close: Close) {
+    async fn finish(mut self: Box<Self>, close: Close) {
         match close {
             Close::Protocol(code, why) => debug!(reason = %code, why, "closing: protocol error"),
             other => debug!(reason = ?other, "connection closed"),
@@ -273,7 +334,7 @@ where
             self.stream.shutdown().await.ok();
         })
         .await;
-        let mut will = if close.publishes_will() { self.will.take() } else { None };
+        let mut will = if close.publishes_will() { self.will.take().map(|w| *w) } else { None };
         if let Some(w) = &will
             && (inbound::is_reserved(w.topic.as_str())
                 || !self.allowed(Action::Will, w.topic.as_str(), w.qos, w.retain))
@@ -284,6 +345,11 @@ where
         let expiry = self.session_expiry_s;
         self.broker.detach(self.attached, will, expiry);
     }
+}
+
+/// Why the session's `kick` token was cancelled.
+fn kicked_close(session: &Session) -> Close {
+    if session.lock().kicked_by_admin { Close::Kicked } else { Close::TakenOver }
 }
 
 /// The topic limit a topic name or filter breaks, if any: its length in
@@ -298,19 +364,55 @@ fn topic_over_limit(limits: &crate::config::Limits, topic: &str) -> Option<Limit
     }
 }
 
-/// Spare room kept in the read buffer: small, because idle connections are
-/// the common case and each holds its buffer.
+/// Idle connections are the common case, so a quiet connection holds no
+/// buffers between packets: it reads into this much stack and keeps only
+/// what it read (which the decoded packets then share, so a queued or
+/// retained message pins its own bytes, not a large buffer). A read that
+/// fills it marks the connection busy.
+const SCRATCH: usize = 4 * 1024;
+/// Spare room for the rest of a packet that a quiet connection has only
+/// partly sent.
 const READ_RESERVE: usize = 2 * 1024;
-/// Spare room once a read has filled the buffer: a busy publisher gets
+/// Spare room while reads fill what they are given: a busy publisher gets
 /// larger reads (fewer syscalls, bigger batches per group commit).
 const READ_RESERVE_BUSY: usize = 64 * 1024;
+/// A flush smaller than this gives the write buffer back.
+const WRITE_KEEP: usize = 4 * 1024;
 
-/// Reads what is available, growing the buffer's spare room when the last
-/// read filled it. Cancel-safe, like `read_buf`.
+/// Reads what is available: into the stack when the connection holds no
+/// read buffer, else into the buffer's spare room. Cancel-safe, like
+/// `read_buf`.
 async fn read_some<S: AsyncRead + Unpin>(stream: &mut S, rbuf: &mut BytesMut) -> std::io::Result<usize> {
-    let spare = rbuf.capacity() - rbuf.len();
-    rbuf.reserve(if spare == 0 { READ_RESERVE_BUSY } else { READ_RESERVE });
-    stream.read_buf(rbuf).await
+    if rbuf.capacity() > rbuf.len() {
+        return stream.read_buf(rbuf).await;
+    }
+    if !rbuf.is_empty() {
+        rbuf.reserve(READ_RESERVE);
+        return stream.read_buf(rbuf).await;
+    }
+    std::future::poll_fn(|cx| {
+        // On the stack of this poll only, never in the task's state.
+        let mut scratch = [const { std::mem::MaybeUninit::<u8>::uninit() }; SCRATCH];
+        let mut buf = tokio::io::ReadBuf::uninit(&mut scratch);
+        std::task::ready!(std::pin::Pin::new(&mut *stream).poll_read(cx, &mut buf))?;
+        rbuf.extend_from_slice(buf.filled());
+        std::task::Poll::Ready(Ok(buf.filled().len()))
+    })
+    .await
+}
+
+/// After the packets of an `n`-byte read are handled, sizes the read buffer
+/// for the next read: none at all when the connection is quiet and nothing
+/// is left over, room for the rest of a partly sent packet, or a large
+/// buffer while reads come back full.
+fn settle_read_buffer(rbuf: &mut BytesMut, n: usize) {
+    if n >= SCRATCH {
+        rbuf.reserve(READ_RESERVE_BUSY);
+    } else if rbuf.is_empty() {
+        *rbuf = BytesMut::new();
+    } else {
+        rbuf.reserve(READ_RESERVE);
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -97,6 +97,7 @@ where
                 state.inflight.push_back(entry);
             }
         }
+        session.notify_room(&mut state);
         drop(state);
         if stored_qos2 {
             self.await_store();

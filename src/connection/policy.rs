@@ -322,7 +322,7 @@ where
             auth_data: auth.properties.authentication_data,
         };
         // The exchange is taken out, so any answer but `continue` ends it.
-        let mut exchange = self.reauth.take();
+        let mut exchange = self.reauth.take().map(|e| *e);
         match self.broker.policy().authenticate_step(&mut exchange, &self.client, &credentials) {
             AuthnOutcome::Allow(grant) => {
                 self.client.apply_grant(&grant);
@@ -333,7 +333,7 @@ where
                 Ok(())
             }
             AuthnOutcome::Continue { data, .. } => {
-                self.reauth = exchange;
+                self.reauth = exchange.map(Box::new);
                 self.send(&auth_packet(ReasonCode::CONTINUE_AUTHENTICATION, &method, data));
                 Ok(())
             }

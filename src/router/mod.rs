@@ -20,7 +20,7 @@ pub use trie::{Match, Subscriber};
 
 use crate::codec::{QoS, TopicFilter};
 use crate::metrics::{DropReason, Metrics};
-use crate::session::{Delivery, Session};
+use crate::session::{Delivery, Held, Refusal, Session};
 use crate::store::Store;
 
 /// Subscriptions and retained messages.
@@ -82,13 +82,16 @@ impl Router {
     /// No Local. Messages queued for offline sessions go to `store` too.
     /// Returns the number of sessions it was delivered to.
     /// Drops (full queues, QoS 0 for offline sessions) are counted in
-    /// `metrics`.
+    /// `metrics`. With `held`, QoS 1/2 deliveries that a full queue of an
+    /// online session refuses are put there instead of being dropped
+    /// ([`Session::offer`]); they count as delivered.
     pub fn route(
         &self,
         message: &Arc<Message>,
         publisher: Option<&Arc<Session>>,
         store: &dyn Store,
         metrics: &Metrics,
+        mut held: Option<&mut Vec<Held>>,
     ) -> usize {
         let mut matches = Vec::new();
         self.trie.read().matches(message.topic.as_str(), &mut matches);
@@ -120,10 +123,21 @@ impl Router {
             };
             // A full queue still counts as a matching subscriber (v5 PUBACK
             // reason); the drop is counted instead.
-            match group[0].session.enqueue_and_store(delivery, Some(store)) {
-                Ok(0) => {}
-                Ok(evicted) => metrics.dropped(DropReason::QueueFull, evicted as u64),
-                Err(reason) => metrics.dropped(reason, 1),
+            let session = &group[0].session;
+            // Never the publisher's own session: its queue drains as its
+            // client acknowledges, which the held-back publisher would not
+            // be reading.
+            let own = publisher.is_some_and(|me| Arc::ptr_eq(me, session));
+            match held.as_deref_mut().filter(|_| !own) {
+                Some(held) => match session.offer(delivery, Some(store)) {
+                    Ok(evicted) => metrics.dropped(DropReason::QueueFull, evicted as u64),
+                    Err(Refusal::Dropped(reason)) => metrics.dropped(reason, 1),
+                    Err(Refusal::Full(delivery)) => held.push(Held { session: session.clone(), delivery }),
+                },
+                None => match session.enqueue_and_store(delivery, Some(store)) {
+                    Ok(evicted) => metrics.dropped(DropReason::QueueFull, evicted as u64),
+                    Err(reason) => metrics.dropped(reason, 1),
+                },
             }
             delivered += 1;
             i = j;

@@ -19,6 +19,25 @@ use tokio::sync::Notify;
 pub use registry::{Attached, Registry};
 pub use state::{ConnectionInfo, Delivery, Inflight, InflightState, QueueBound, SessionState, Subscription};
 
+/// Why [`Session::offer`] did not queue a delivery.
+#[derive(Debug)]
+pub enum Refusal {
+    /// Dropped and counted in the session, for this reason.
+    Dropped(DropReason),
+    /// The queue is full and the session online: the delivery is handed
+    /// back for the publisher to hold until [`Session::room`].
+    Full(Delivery),
+}
+
+/// A delivery a full queue handed back, held by its publisher.
+#[derive(Debug)]
+pub struct Held {
+    /// Whose queue refused it.
+    pub session: Arc<Session>,
+    /// The delivery, to offer again.
+    pub delivery: Delivery,
+}
+
 use crate::codec::QoS;
 use crate::metrics::DropReason;
 use crate::store::Store;
@@ -31,6 +50,9 @@ pub struct Session {
     state: Mutex<SessionState>,
     /// Wakes the attached connection when deliveries are queued.
     wake: Notify,
+    /// Wakes publishers holding deliveries this session's full queue
+    /// refused, once it has drained to half (see [`Session::offer`]).
+    room: Notify,
     /// Messages dropped because the queue was full or the client offline.
     dropped: AtomicU64,
 }
@@ -42,6 +64,7 @@ impl Session {
             client_id,
             state: Mutex::new(SessionState::new(bound)),
             wake: Notify::new(),
+            room: Notify::new(),
             dropped: AtomicU64::new(0),
         }
     }
@@ -81,7 +104,30 @@ impl Session {
     ///
     /// # Errors
     /// Why the delivery was dropped.
-    pub fn enqueue_and_store(&self, mut delivery: Delivery, store: Option<&dyn Store>) -> Result<usize, DropReason> {
+    pub fn enqueue_and_store(&self, delivery: Delivery, store: Option<&dyn Store>) -> Result<usize, DropReason> {
+        match self.offer_inner(delivery, store, false) {
+            Ok(evicted) => Ok(evicted),
+            Err(Refusal::Dropped(reason)) => Err(reason),
+            // Not asked to hold it back: a drop like any other.
+            Err(Refusal::Full(_)) => Err(DropReason::QueueFull),
+        }
+    }
+
+    /// [`Session::enqueue_and_store`], except that a QoS 1/2 delivery the
+    /// full queue of an online session has no room for comes back
+    /// ([`Refusal::Full`]) instead of being dropped, so that its publisher
+    /// can hold it and its acknowledgement until the subscriber catches up
+    /// ([`Session::room`]). Not while the session is [marked
+    /// slow](Session::mark_slow): a subscriber that does not catch up
+    /// costs each publisher one wait, not one per message.
+    ///
+    /// # Errors
+    /// Why the delivery was not queued.
+    pub fn offer(&self, delivery: Delivery, store: Option<&dyn Store>) -> Result<usize, Refusal> {
+        self.offer_inner(delivery, store, true)
+    }
+
+    fn offer_inner(&self, mut delivery: Delivery, store: Option<&dyn Store>, hold: bool) -> Result<usize, Refusal> {
         let accepted = {
             let mut state = self.state.lock();
             if !state.online && delivery.qos == QoS::AtMostOnce {
@@ -95,6 +141,10 @@ impl Session {
                     }
                 };
                 match state.make_room(&delivery, forget) {
+                    None if hold && state.online && !state.slow && delivery.qos != QoS::AtMostOnce => {
+                        state.publishers_waiting = true;
+                        return Err(Refusal::Full(delivery));
+                    }
                     None => Err(DropReason::QueueFull),
                     Some(evicted) => {
                         if let Some(store) = store
@@ -119,7 +169,40 @@ impl Session {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
-        accepted
+        accepted.map_err(Refusal::Dropped)
+    }
+
+    /// Resolves when this session's queue has drained to half after
+    /// refusing a delivery to a publisher, or the session went offline or
+    /// was marked slow: the time to offer it again. Create the future
+    /// before the offer, so a wake in between is not missed.
+    pub fn room(&self) -> tokio::sync::futures::Notified<'_> {
+        self.room.notified()
+    }
+
+    /// Wakes the publishers waiting for room if the queue has drained to
+    /// half; called under the session lock by whoever takes from the queue.
+    pub fn notify_room(&self, state: &mut SessionState) {
+        if state.publishers_waiting && state.half_empty() {
+            state.publishers_waiting = false;
+            state.slow = false;
+            self.room.notify_waiters();
+        }
+    }
+
+    /// A publisher waited `limits.queue_full_wait_ms` for room in vain and
+    /// dropped the delivery it held: until the queue drains to half,
+    /// deliveries that do not fit are dropped at once.
+    pub fn mark_slow(&self) {
+        self.state.lock().slow = true;
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        self.room.notify_waiters();
+    }
+
+    /// Wakes every waiting publisher (the session went offline, or its
+    /// queue was emptied), so they offer again and learn the outcome.
+    pub fn release_waiting(&self) {
+        self.room.notify_waiters();
     }
 
     /// Resolves when deliveries may be waiting. Cancel-safe.

@@ -141,6 +141,12 @@ pub struct SessionState {
     /// sessions alike. `None` for a session restored from the store and not
     /// yet resumed.
     pub client: Option<Arc<ClientInfo>>,
+    /// A publisher holds a delivery this queue refused (full) and waits
+    /// for it to drain to half.
+    pub publishers_waiting: bool,
+    /// A publisher waited for room in vain: deliveries that do not fit are
+    /// dropped at once until the queue drains to half.
+    pub slow: bool,
     next_packet_id: PacketId,
     bound: QueueBound,
 }
@@ -169,9 +175,19 @@ impl SessionState {
             connection: None,
             expiry_s: 0,
             client: None,
+            publishers_waiting: false,
+            slow: false,
             next_packet_id: FIRST_PACKET_ID,
             bound,
         }
+    }
+
+    /// Whether the queue holds at most half of what its bound allows: the
+    /// point at which waiting publishers are let in again (not at the first
+    /// free slot, so each wake lets a batch through).
+    pub fn half_empty(&self) -> bool {
+        self.pending.len() <= self.bound.messages / 2
+            && (self.bound.bytes == 0 || self.queued_bytes <= self.bound.bytes / 2)
     }
 
     /// Whether `delivery` fits in the queue now.

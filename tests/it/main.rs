@@ -5,6 +5,7 @@
 
 mod acl_plugin;
 mod attacks;
+mod backpressure;
 mod bounds;
 mod cert_identity_plugin;
 mod cli;

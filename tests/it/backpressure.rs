@@ -1,0 +1,149 @@
+//! Publishers held back by full subscriber queues (`limits.queue_full_wait_ms`):
+//! a QoS 1/2 message that meets the full queue of a connected subscriber is
+//! held with its acknowledgement until the queue drains, instead of being
+//! acknowledged and dropped.
+
+use std::time::Duration;
+
+use moat::metrics::DropReason;
+use rumqttc::v5::mqttbytes::QoS as Q5;
+use rumqttc::v5::mqttbytes::v5::Packet as V5Packet;
+use tokio::net::TcpSocket;
+use tokio::time::Instant;
+
+use crate::harness::{Raw, TestBroker, WAIT, connect_v4, frame};
+
+/// A 3.1.1 subscriber on a raw socket, so the test decides when it reads
+/// and acknowledges.
+async fn raw_subscriber(broker: &TestBroker, id: &str, filter: &str, receive_buffer: Option<u32>) -> Raw {
+    let socket = TcpSocket::new_v4().expect("socket");
+    if let Some(size) = receive_buffer {
+        socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
+    }
+    let mut raw = Raw(socket.connect(broker.addr).await.expect("connect"));
+    raw.send(&connect_v4(id)).await;
+    assert_eq!(raw.read_packet().await.0, 0x20, "CONNACK");
+    let mut subscribe = vec![0, 1];
+    subscribe.extend((filter.len() as u16).to_be_bytes());
+    subscribe.extend(filter.as_bytes());
+    subscribe.push(1);
+    raw.send(&frame(0x82, &subscribe)).await;
+    assert_eq!(raw.read_packet().await.0, 0x90, "SUBACK");
+    raw
+}
+
+/// Waits for `n` PUBACKs on `publisher`, bounded by `bound`; all must say
+/// Success while the topic has subscribers.
+async fn pubacks(publisher: &mut crate::harness::V5, n: usize, bound: Duration) -> usize {
+    pubacks_any(publisher, n, bound, true).await
+}
+
+async fn pubacks_any(publisher: &mut crate::harness::V5, n: usize, bound: Duration, success: bool) -> usize {
+    let deadline = Instant::now() + bound;
+    let mut acked = 0;
+    while acked < n {
+        match tokio::time::timeout_at(deadline, publisher.next()).await {
+            Ok(Some(V5Packet::PubAck(ack))) => {
+                if success {
+                    assert_eq!(ack.reason, rumqttc::v5::mqttbytes::v5::PubAckReason::Success);
+                }
+                acked += 1;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    acked
+}
+
+#[tokio::test]
+async fn a_publisher_waits_for_a_slow_subscriber_and_nothing_is_lost() {
+    let broker = TestBroker::with(|c| {
+        c.limits.max_queued_messages = 10;
+        c.limits.max_inflight = 5;
+    })
+    .await;
+    let mut subscriber = raw_subscriber(&broker, "slow", "bp/t", None).await;
+    let mut publisher = broker.v5("fast").await;
+    const N: usize = 200;
+    for i in 0..N {
+        publisher.client.publish("bp/t", Q5::AtLeastOnce, false, format!("{i:04}")).await.expect("publish");
+    }
+    // The subscriber has not read yet: 5 in flight and 10 queued fit, so
+    // the publisher is held at its 16th message.
+    let early = pubacks(&mut publisher, N, Duration::from_millis(300)).await;
+    assert!(early < N, "all {N} acknowledged before the subscriber read one");
+    // Now it reads and acknowledges each message, slowly at first.
+    let mut received = Vec::with_capacity(N);
+    let started = Instant::now();
+    while received.len() < N {
+        assert!(started.elapsed() < 2 * WAIT, "only {} of {N} delivered", received.len());
+        let (first, body) = subscriber.read_packet().await;
+        assert_eq!(first & 0xf0, 0x30, "PUBLISH");
+        let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+        let id = [body[2 + topic_len], body[3 + topic_len]];
+        received.push(String::from_utf8(body[4 + topic_len..].to_vec()).expect("utf-8"));
+        subscriber.send(&frame(0x40, &id)).await;
+        if received.len() < 30 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let expected: Vec<String> = (0..N).map(|i| format!("{i:04}")).collect();
+    assert_eq!(received, expected, "every message, in order");
+    assert_eq!(early + pubacks(&mut publisher, N - early, WAIT).await, N, "every message acknowledged");
+    assert_eq!(broker.broker.metrics.drops(DropReason::QueueFull), 0);
+}
+
+#[tokio::test]
+async fn a_subscriber_that_never_catches_up_holds_a_publisher_once_then_its_messages_drop() {
+    let broker = TestBroker::with(|c| {
+        c.limits.max_queued_messages = 5;
+        c.limits.max_inflight = 2;
+        c.limits.queue_full_wait_ms = 300;
+    })
+    .await;
+    let stuck = raw_subscriber(&broker, "stuck", "bp/stuck", Some(4096)).await;
+    let mut keeps_up = broker.v5("keeps-up").await;
+    keeps_up.subscribe("bp/stuck", Q5::AtLeastOnce).await;
+    let mut publisher = broker.v5("publisher").await;
+    const N: usize = 50;
+    let started = Instant::now();
+    for i in 0..N {
+        publisher.client.publish("bp/stuck", Q5::AtLeastOnce, false, format!("{i}")).await.expect("publish");
+    }
+    assert_eq!(pubacks(&mut publisher, N, WAIT).await, N, "every message acknowledged in the end");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(250), "the publisher was not held ({took:?})");
+    // 2 in flight and 5 queued reached the stuck subscriber; the rest were
+    // dropped for it: the held one after the wait, the others at once.
+    let dropped = broker.broker.metrics.drops(DropReason::QueueFull);
+    assert_eq!(dropped, (N - 7) as u64);
+    // The subscriber that keeps up got everything.
+    for i in 0..N {
+        assert_eq!(keeps_up.publish().await.payload, format!("{i}").as_bytes());
+    }
+    drop(stuck);
+}
+
+#[tokio::test]
+async fn a_held_publisher_is_released_when_the_subscriber_goes_away() {
+    let broker = TestBroker::with(|c| {
+        c.limits.max_queued_messages = 5;
+        c.limits.max_inflight = 2;
+        c.limits.queue_full_wait_ms = 60_000;
+    })
+    .await;
+    let stuck = raw_subscriber(&broker, "leaving", "bp/leave", Some(4096)).await;
+    let mut publisher = broker.v5("publisher").await;
+    for i in 0..20 {
+        publisher.client.publish("bp/leave", Q5::AtLeastOnce, false, format!("{i}")).await.expect("publish");
+    }
+    let early = pubacks(&mut publisher, 20, Duration::from_millis(300)).await;
+    assert!(early < 20, "not held");
+    drop(stuck);
+    // Well before the 60 s wait: the session went offline, and the held
+    // message and those after it were acknowledged.
+    // Those after it find no subscriber (v5 0x10).
+    let rest = pubacks_any(&mut publisher, 20 - early, WAIT, false).await;
+    assert_eq!(rest, 20 - early, "the rest acknowledged once it left");
+}
