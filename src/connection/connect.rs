@@ -176,6 +176,8 @@ where
         auth_method: authenticated.method,
         reauth: None,
         held: None,
+        input_pending: false,
+        retained: std::collections::VecDeque::new(),
         client,
     });
     debug!(

@@ -424,14 +424,11 @@ where
         let suback = SubAck { packet_id: subscribe.packet_id, properties: Properties::default(), reasons };
         self.send(&Packet::SubAck(suback));
         if !retained.is_empty() {
-            let session = &self.attached.session;
-            for delivery in retained {
-                match session.enqueue(delivery) {
-                    Ok(0) => {}
-                    Ok(evicted) => self.broker.metrics.dropped(DropReason::QueueFull, evicted as u64),
-                    Err(reason) => self.broker.metrics.dropped(reason, 1),
-                }
-            }
+            // Not through the session's queue, whose bound is for messages
+            // arriving faster than the client reads: a `#` subscription
+            // may match many more retained messages than that, and each is
+            // owed. They are sent ahead of the queue, within the window.
+            self.retained.extend(retained);
             self.want_drain = true;
         }
         Ok(())

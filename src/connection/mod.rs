@@ -128,6 +128,12 @@ struct Connection<S> {
     /// A publish waiting for room in full subscriber queues; while it is,
     /// nothing more is read from the client.
     held: Option<Box<inbound::HeldPublish>>,
+    /// Retained messages matched by new subscriptions, not yet sent: they
+    /// go out ahead of the session's queue as the window allows.
+    retained: std::collections::VecDeque<crate::session::Delivery>,
+    /// The read buffer holds packets not yet handled: the last turn
+    /// stopped at [`INPUT_BATCH`] to let other tasks run.
+    input_pending: bool,
 }
 
 /// Serves one client connection to the end, over a stream on which any
@@ -193,6 +199,15 @@ where
                     Err(close) => return close,
                 }
             }
+            if self.input_pending {
+                // The subscribers this client's messages went to get to
+                // run (and drain their queues) before it goes on.
+                tokio::task::yield_now().await;
+                if let Err(close) = self.process_input() {
+                    return close;
+                }
+                continue;
+            }
             let deadline = self.keep_alive.map(|ka| self.last_read + ka);
             tokio::select! {
                 biased;
@@ -255,7 +270,11 @@ where
     /// a publish that has to be held.
     fn process_input(&mut self) -> Result<(), Close> {
         let limits = self.broker.config().limits.decode_limits(u32::MAX);
-        while self.held.is_none() {
+        self.input_pending = false;
+        for _ in 0..INPUT_BATCH {
+            if self.held.is_some() {
+                return Ok(());
+            }
             match codec::decode_with(&mut self.rbuf, self.version, limits) {
                 Ok(Some(packet)) => self.handle(packet)?,
                 Ok(None) => return Ok(()),
@@ -266,6 +285,7 @@ where
                 Err(e) => return Err(Close::Protocol(e.reason_code(), "malformed packet")),
             }
         }
+        self.input_pending = true;
         Ok(())
     }
 
@@ -334,6 +354,11 @@ where
             self.stream.shutdown().await.ok();
         })
         .await;
+        if self.session_expiry_s > 0 {
+            // Still owed to a session that outlives this connection.
+            let owed = self.retained.drain(..).filter(|d| d.qos != crate::codec::QoS::AtMostOnce);
+            self.attached.session.lock().restore_pending(owed);
+        }
         let mut will = if close.publishes_will() { self.will.take().map(|w| *w) } else { None };
         if let Some(w) = &will
             && (inbound::is_reserved(w.topic.as_str())
@@ -346,6 +371,14 @@ where
         self.broker.detach(self.attached, will, expiry);
     }
 }
+
+/// Packets handled in one turn before the connection yields. A busy
+/// publisher's read holds hundreds; handled in one go, they would fill the
+/// queue of a subscriber they all go to (QoS 0 would then be dropped)
+/// before that subscriber's task ran once. Mosquitto, single-threaded,
+/// writes to subscribers as it goes; yielding every batch gets close to
+/// that, and flushes the batch's acknowledgements early.
+const INPUT_BATCH: usize = 64;
 
 /// Why the session's `kick` token was cancelled.
 fn kicked_close(session: &Session) -> Close {

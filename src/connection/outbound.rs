@@ -44,11 +44,13 @@ where
         let broker = self.broker.clone();
         let store = &*broker.store;
         let (mut expired, mut refused, mut too_large) = (0, 0, 0);
-        while let Some(front) = state.pending.front() {
+        // Retained messages for new subscriptions first, then the queue.
+        while let Some(front) = self.retained.front().or(state.pending.front()) {
             if front.qos != QoS::AtMostOnce && state.inflight.len() >= self.send_window {
                 break;
             }
-            let Some(delivery) = state.pop_pending() else { break };
+            let next = if self.retained.is_empty() { state.pop_pending() } else { self.retained.pop_front() };
+            let Some(delivery) = next else { break };
             if delivery.message.is_expired(now) {
                 forget(store, client_id, &delivery);
                 expired += 1;

@@ -75,3 +75,37 @@ async fn mqtt_3_8_4_retain_handling() {
     if_new.suback().await;
     if_new.no_publish().await;
 }
+
+#[tokio::test]
+async fn every_retained_message_reaches_a_new_subscriber_beyond_the_queue_bound() {
+    // The queue bound is for live messages arriving faster than a client
+    // reads; a `#` subscription owed more retained messages gets them all.
+    let broker = TestBroker::with(|c| {
+        c.limits.max_queued_messages = 10;
+        c.limits.max_inflight = 4;
+    })
+    .await;
+    let mut publisher = broker.v5("p").await;
+    const N: usize = 100;
+    for i in 0..N {
+        let qos = if i % 2 == 0 { Q5::AtMostOnce } else { Q5::AtLeastOnce };
+        publisher.client.publish(format!("many/{i:03}"), qos, true, format!("{i}")).await.expect("publish");
+    }
+    // A round trip through the broker after the last publish: all stored.
+    publisher.subscribe("many/099", Q5::AtMostOnce).await;
+    assert_eq!(publisher.publish().await.payload, Bytes::from("99"));
+    for qos in [Q5::AtMostOnce, Q5::AtLeastOnce] {
+        let mut late = broker.v5(&format!("late-{qos:?}")).await;
+        late.subscribe("many/#", qos).await;
+        let mut got = Vec::with_capacity(N);
+        for _ in 0..N {
+            let p = late.publish().await;
+            assert!(p.retain);
+            got.push(String::from_utf8(p.payload.to_vec()).expect("utf-8"));
+        }
+        got.sort_by_key(|s| s.parse::<usize>().expect("number"));
+        assert_eq!(got, (0..N).map(|i| i.to_string()).collect::<Vec<_>>());
+        late.no_publish().await;
+    }
+    assert_eq!(broker.broker.metrics.drops(moat::metrics::DropReason::QueueFull), 0);
+}
