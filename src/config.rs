@@ -379,6 +379,10 @@ impl<'de> Deserialize<'de> for Anonymous {
 pub struct Limits {
     /// Concurrent connections across all listeners.
     pub max_connections: usize,
+    /// New connections per second across all listeners (a token bucket
+    /// holding one second's worth), on top of each listener's own
+    /// `max_connection_rate`; 0: no limit. Set at start-up.
+    pub max_connection_rate: u32,
     /// Largest packet accepted from a client, in bytes (v5 Maximum Packet Size).
     pub max_packet_size: u32,
     /// QoS 1/2 messages in flight per direction per client (v5 Receive Maximum).
@@ -438,6 +442,7 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             max_connections: 100_000,
+            max_connection_rate: 0,
             max_packet_size: 1024 * 1024,
             max_inflight: 64,
             max_queued_messages: 1000,

@@ -151,6 +151,10 @@ impl Server {
         let max_connections = broker.config().limits.max_connections;
         let permits = Arc::new(Semaphore::new(max_connections));
         broker.reload.handles.lock().permits = Some((permits.clone(), max_connections));
+        let rate = Arc::new(parking_lot::Mutex::new(crate::rate::TokenBucket::per_second(
+            broker.config().limits.max_connection_rate,
+            std::time::Instant::now(),
+        )));
         broker.tasks.spawn(crate::reload::watch::plugins(broker.clone()));
         let config_file = broker.reload.handles.lock().source.as_ref().and_then(|s| s.path().map(Path::to_owned));
         if let Some(path) = config_file {
@@ -165,7 +169,7 @@ impl Server {
             if let Ok(addr) = listener.local_addr() {
                 info!(listener = %listener.config().name, %addr, "listening");
             }
-            accept_loops.spawn(listener.run(broker.clone(), permits.clone()));
+            accept_loops.spawn(listener.run(broker.clone(), permits.clone(), rate.clone()));
         }
         if let Some(admin) = self.admin {
             accept_loops.spawn(admin.run(broker.clone()));

@@ -101,13 +101,19 @@ impl Listener {
 
     /// Accepts until shutdown, spawning one task per connection.
     ///
-    /// A connection over the listener's rate, its own `max_connections` or
-    /// the global one (`permits`) is closed at once, before a byte is read
-    /// or a task spawned, and counted.
-    pub async fn run(self, broker: Arc<Broker>, permits: Arc<Semaphore>) {
+    /// A connection over the listener's rate, the global rate (`rate`,
+    /// shared by all listeners), its own `max_connections` or the global
+    /// one (`permits`) is closed at once, before a byte is read or a task
+    /// spawned, and counted.
+    pub async fn run(
+        self,
+        broker: Arc<Broker>,
+        permits: Arc<Semaphore>,
+        rate: Arc<parking_lot::Mutex<Option<TokenBucket>>>,
+    ) {
         let own_permits = self.config.max_connections.map(|n| Arc::new(Semaphore::new(n)));
         // The loop is the bucket's only user: plain integers, no lock.
-        let mut rate = TokenBucket::per_second(self.config.max_connection_rate, Instant::now());
+        let mut own_rate = TokenBucket::per_second(self.config.max_connection_rate, Instant::now());
         loop {
             let accepted = tokio::select! {
                 () = broker.shutdown.cancelled() => return,
@@ -122,10 +128,17 @@ impl Listener {
                     continue;
                 }
             };
-            if let Some(bucket) = &mut rate
+            if let Some(bucket) = &mut own_rate
                 && !bucket.try_take(Instant::now())
             {
-                debug!(%peer, listener = %self.config.name, "connection refused: max_connection_rate exceeded");
+                debug!(%peer, listener = %self.config.name, "connection refused: listener max_connection_rate exceeded");
+                refuse(&broker, Refusal::ConnectionRate, Limit::ConnectionRate);
+                continue;
+            }
+            if let Some(bucket) = &mut *rate.lock()
+                && !bucket.try_take(Instant::now())
+            {
+                debug!(%peer, "connection refused: limits.max_connection_rate exceeded");
                 refuse(&broker, Refusal::ConnectionRate, Limit::ConnectionRate);
                 continue;
             }

@@ -89,6 +89,37 @@ async fn connection_rate_over_the_listener_bucket_closed_at_accept() {
     still_serves(&broker).await;
 }
 
+#[tokio::test]
+async fn connection_rate_over_the_global_bucket_closed_at_accept_on_every_listener() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    let second = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let broker = TestBroker::with(|c| {
+        c.limits.max_connection_rate = 3;
+        c.listeners.push(moat::config::ListenerConfig::tcp("second", second));
+    })
+    .await;
+    let mut burst = Vec::new();
+    for i in 0..10 {
+        // Alternating listeners: one bucket for both.
+        let addr = if i % 2 == 0 { broker.addr } else { second };
+        burst.push(Raw(tokio::net::TcpStream::connect(addr).await.expect("connect")));
+    }
+    let mut refused = 0;
+    for raw in &mut burst {
+        if closed_unread(raw).await {
+            refused += 1;
+        }
+    }
+    // As for the listener bucket: 3 admitted, one or two more on a slow
+    // machine while the burst is accepted.
+    assert!((5..=7).contains(&refused), "{refused} of 10 refused");
+    assert_eq!(broker.broker.metrics.refusals(Refusal::ConnectionRate), refused);
+    assert_eq!(hits(&broker, Limit::ConnectionRate), refused);
+    drop(burst);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    still_serves(&broker).await;
+}
+
 /// A v5 SUBSCRIBE of `filters` at QoS 1.
 fn subscribe_v5(id: u16, filters: &[&str]) -> Vec<u8> {
     let mut body = id.to_be_bytes().to_vec();
