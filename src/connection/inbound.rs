@@ -428,7 +428,12 @@ where
             // arriving faster than the client reads: a `#` subscription
             // may match many more retained messages than that, and each is
             // owed. They are sent ahead of the queue, within the window.
-            self.retained.extend(retained);
+            // Bounded by the store's size, so re-subscribing in a loop
+            // cannot pile up copies.
+            let room = self.broker.router.retained().len().saturating_sub(self.retained.len());
+            let over = retained.len().saturating_sub(room);
+            self.broker.metrics.dropped(DropReason::QueueFull, over as u64);
+            self.retained.extend(retained.into_iter().take(room));
             self.want_drain = true;
         }
         Ok(())
