@@ -1,6 +1,8 @@
 //! Conversions between the broker's types (`crate::auth`) and the generated
 //! WIT types, and the checks on what a plugin answers: size and validity.
 
+use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -35,19 +37,60 @@ pub(crate) enum TransformAnswer {
     Drop(String),
 }
 
-pub(crate) fn client(c: &ClientInfo) -> types::ClientInfo {
-    types::ClientInfo {
-        client_id: c.client_id.clone(),
-        username: c.username.clone(),
-        peer_address: c.peer_address.to_string(),
-        listener: c.listener.clone(),
-        protocol_version: c.protocol.level(),
-        tls: c.tls.as_ref().map(|t| types::TlsIdentity {
-            subject: t.subject.clone(),
-            sans: t.sans.clone(),
-            sha256_fingerprint: t.sha256_fingerprint.clone(),
-        }),
-        attributes: c.attributes.clone(),
+/// The WIT record of the last client an instance was called for, refreshed
+/// in place before each call: `clone_from` reuses the strings' buffers, and
+/// the peer address is formatted again only when it changed, so a warm call
+/// copies a few bytes instead of allocating and formatting every field.
+pub(crate) struct ClientScratch {
+    record: types::ClientInfo,
+    peer: Option<SocketAddr>,
+}
+
+impl Default for ClientScratch {
+    fn default() -> Self {
+        let record = types::ClientInfo {
+            client_id: String::new(),
+            username: None,
+            peer_address: String::new(),
+            listener: String::new(),
+            protocol_version: 0,
+            tls: None,
+            attributes: Vec::new(),
+        };
+        ClientScratch { record, peer: None }
+    }
+}
+
+impl ClientScratch {
+    /// Makes the record describe `c`, and returns it.
+    pub(crate) fn fill(&mut self, c: &ClientInfo) -> &types::ClientInfo {
+        let r = &mut self.record;
+        r.client_id.clone_from(&c.client_id);
+        r.username.clone_from(&c.username);
+        if self.peer != Some(c.peer_address) {
+            r.peer_address.clear();
+            // Formatting into a `String` cannot fail.
+            let _ = write!(r.peer_address, "{}", c.peer_address);
+            self.peer = Some(c.peer_address);
+        }
+        r.listener.clone_from(&c.listener);
+        r.protocol_version = c.protocol.level();
+        match (&mut r.tls, c.tls.as_deref()) {
+            (Some(to), Some(from)) => {
+                to.subject.clone_from(&from.subject);
+                to.sans.clone_from(&from.sans);
+                to.sha256_fingerprint.clone_from(&from.sha256_fingerprint);
+            }
+            (to, from) => {
+                *to = from.map(|t| types::TlsIdentity {
+                    subject: t.subject.clone(),
+                    sans: t.sans.clone(),
+                    sha256_fingerprint: t.sha256_fingerprint.clone(),
+                });
+            }
+        }
+        r.attributes.clone_from(&c.attributes);
+        &self.record
     }
 }
 
@@ -86,17 +129,63 @@ fn qos_from(q: types::Qos) -> QoS {
     }
 }
 
-pub(crate) fn message(m: &PluginMessage) -> types::Message {
-    types::Message {
-        topic: m.topic.as_str().to_owned(),
-        payload: m.payload.to_vec(),
-        qos: qos(m.qos),
-        retain: m.retain,
-        content_type: m.content_type.clone(),
-        response_topic: m.response_topic.clone(),
-        correlation_data: m.correlation_data.as_ref().map(|d| d.to_vec()),
-        user_properties: m.user_properties.clone(),
-        message_expiry: m.message_expiry,
+/// Payload buffers up to this size stay with the instance for the next
+/// call; a larger one is freed after its call, so one big publish does not
+/// pin its size in every warm instance.
+const KEPT_PAYLOAD_BYTES: usize = 64 * 1024;
+
+/// The WIT record of the last message an instance transformed, refreshed in
+/// place like [`ClientScratch`].
+pub(crate) struct MessageScratch {
+    record: types::Message,
+}
+
+impl Default for MessageScratch {
+    fn default() -> Self {
+        let record = types::Message {
+            topic: String::new(),
+            payload: Vec::new(),
+            qos: types::Qos::AtMostOnce,
+            retain: false,
+            content_type: None,
+            response_topic: None,
+            correlation_data: None,
+            user_properties: Vec::new(),
+            message_expiry: None,
+        };
+        MessageScratch { record }
+    }
+}
+
+impl MessageScratch {
+    /// Makes the record describe `m`, and returns it.
+    pub(crate) fn fill(&mut self, m: &PluginMessage) -> &types::Message {
+        let r = &mut self.record;
+        r.topic.clear();
+        r.topic.push_str(m.topic.as_str());
+        r.payload.clear();
+        r.payload.extend_from_slice(&m.payload);
+        r.qos = qos(m.qos);
+        r.retain = m.retain;
+        r.content_type.clone_from(&m.content_type);
+        r.response_topic.clone_from(&m.response_topic);
+        match (&mut r.correlation_data, &m.correlation_data) {
+            (Some(to), Some(from)) => {
+                to.clear();
+                to.extend_from_slice(from);
+            }
+            (to, from) => *to = from.as_ref().map(|d| d.to_vec()),
+        }
+        r.user_properties.clone_from(&m.user_properties);
+        r.message_expiry = m.message_expiry;
+        &self.record
+    }
+
+    /// Frees a payload buffer too large to keep between calls.
+    pub(crate) fn release_large(&mut self) {
+        if self.record.payload.capacity() > KEPT_PAYLOAD_BYTES {
+            self.record.payload = Vec::new();
+        }
     }
 }
 
@@ -210,4 +299,95 @@ fn message_from(m: types::Message) -> Result<PluginMessage, CallFailure> {
         user_properties: m.user_properties,
         message_expiry: m.message_expiry,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::auth::TlsIdentity;
+    use crate::codec::ProtocolVersion;
+
+    fn alice() -> ClientInfo {
+        ClientInfo {
+            client_id: "alice-sensor".into(),
+            username: Some("alice".into()),
+            peer_address: "192.0.2.7:40000".parse().expect("address"),
+            listener: "tls".into(),
+            protocol: ProtocolVersion::V5,
+            tls: Some(Arc::new(TlsIdentity {
+                subject: "CN=alice".into(),
+                common_name: Some("alice".into()),
+                sans: vec!["DNS:alice.example".into()],
+                sha256_fingerprint: "ab".repeat(32),
+            })),
+            attributes: vec![("role".into(), "admin".into())],
+        }
+    }
+
+    fn bob() -> ClientInfo {
+        ClientInfo {
+            client_id: "b".into(),
+            username: None,
+            peer_address: "[2001:db8::1]:1883".parse().expect("address"),
+            listener: "tcp".into(),
+            protocol: ProtocolVersion::V311,
+            tls: None,
+            attributes: Vec::new(),
+        }
+    }
+
+    /// What a fresh record of `c` holds, as text to compare.
+    fn fresh(c: &ClientInfo) -> String {
+        format!("{:?}", ClientScratch::default().fill(c))
+    }
+
+    #[test]
+    fn a_reused_client_record_holds_only_the_new_client() {
+        let mut scratch = ClientScratch::default();
+        for client in [alice(), bob(), alice(), alice(), bob()] {
+            assert_eq!(format!("{:?}", scratch.fill(&client)), fresh(&client));
+        }
+        let record = scratch.fill(&alice());
+        assert_eq!(record.peer_address, "192.0.2.7:40000");
+        assert_eq!(record.tls.as_ref().map(|t| t.subject.as_str()), Some("CN=alice"));
+        let record = scratch.fill(&bob());
+        assert_eq!(record.peer_address, "[2001:db8::1]:1883");
+        assert!(record.tls.is_none() && record.attributes.is_empty() && record.username.is_none());
+    }
+
+    #[test]
+    fn a_reused_message_record_holds_only_the_new_message() {
+        let topic = |t: &str| TopicName::new(t).expect("topic");
+        let mut rich = PluginMessage::new(topic("a/b"), Bytes::from_static(b"hello"), QoS::ExactlyOnce, true);
+        rich.content_type = Some("text/plain".into());
+        rich.response_topic = Some("reply/here".into());
+        rich.correlation_data = Some(Bytes::from_static(b"id-1"));
+        rich.user_properties = vec![("k".into(), "v".into())];
+        rich.message_expiry = Some(30);
+        let plain = PluginMessage::new(topic("c"), Bytes::new(), QoS::AtMostOnce, false);
+        let fresh = |m: &PluginMessage| format!("{:?}", MessageScratch::default().fill(m));
+        let mut scratch = MessageScratch::default();
+        for message in [&rich, &plain, &rich, &rich, &plain] {
+            assert_eq!(format!("{:?}", scratch.fill(message)), fresh(message));
+        }
+        let record = scratch.fill(&rich);
+        assert_eq!((record.topic.as_str(), record.payload.as_slice()), ("a/b", &b"hello"[..]));
+        assert_eq!(record.correlation_data.as_deref(), Some(&b"id-1"[..]));
+    }
+
+    #[test]
+    fn a_large_payload_buffer_is_not_kept() {
+        let big = PluginMessage::new(
+            TopicName::new("big").expect("topic"),
+            Bytes::from(vec![0; KEPT_PAYLOAD_BYTES + 1]),
+            QoS::AtMostOnce,
+            false,
+        );
+        let mut scratch = MessageScratch::default();
+        scratch.fill(&big);
+        scratch.release_large();
+        assert_eq!(scratch.record.payload.capacity(), 0);
+    }
 }

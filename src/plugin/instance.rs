@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use wasmtime::{Engine, Store, Trap};
 
 use super::bindings::{self, HostState, MemoryCapExceeded, PluginPre};
-use super::convert::{self, AuthnAnswer, AuthzAnswer, TransformAnswer};
+use super::convert::{self, AuthnAnswer, AuthzAnswer, ClientScratch, MessageScratch, TransformAnswer};
 use super::engine::EPOCH_TICK;
 use super::{CallFailure, Manifest, PluginSettings, PluginStats};
 use crate::auth::{Action, ClientInfo, Credentials, PluginMessage};
@@ -23,10 +23,13 @@ use crate::codec::QoS;
 /// (Python, JavaScript) need far more than one hook call's deadline.
 const MIN_INIT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A warm instance: its own store and the typed handle to its exports.
+/// A warm instance: its own store, the typed handle to its exports, and the
+/// records last lowered into it, reused by the next call.
 struct Slot {
     store: Store<HostState>,
     exports: bindings::Plugin,
+    client: ClientScratch,
+    message: MessageScratch,
 }
 
 /// An instance held out of the pool for one MQTT 5 enhanced-authentication
@@ -116,10 +119,11 @@ impl LoadedPlugin {
         creds: &Credentials,
         pinned: Option<PinnedInstance>,
     ) -> Result<(AuthnAnswer, Option<PinnedInstance>), CallFailure> {
-        let (client, creds) = (convert::client(client), convert::credentials(creds));
+        let creds = convert::credentials(creds);
         let limit = self.settings.limits.max_answer_bytes;
-        let call = |e: &bindings::Plugin, s: &mut Store<HostState>| {
-            e.moat_plugin_authn().call_authenticate(s, &client, &creds)
+        let call = |slot: &mut Slot| {
+            let client = slot.client.fill(client);
+            slot.exports.moat_plugin_authn().call_authenticate(&mut slot.store, client, &creds)
         };
         let keep = |o: &bindings::authn::AuthOutcome| matches!(o, bindings::authn::AuthOutcome::Continue(_));
         self.call_on(pinned.map(|p| p.0), call, keep)
@@ -136,12 +140,14 @@ impl LoadedPlugin {
         qos: QoS,
         retain: bool,
     ) -> Result<AuthzAnswer, CallFailure> {
-        let client = convert::client(client);
         let (action, qos) = (convert::action(action), convert::qos(qos));
         let limit = self.settings.limits.max_answer_bytes;
-        self.call(|e, s| e.moat_plugin_authz().call_authorize(s, &client, action, topic, qos, retain))
-            .and_then(|d| convert::authz_answer(d, limit))
-            .inspect_err(|f| self.stats.failure(&self.name, f))
+        self.call(|slot| {
+            let client = slot.client.fill(client);
+            slot.exports.moat_plugin_authz().call_authorize(&mut slot.store, client, action, topic, qos, retain)
+        })
+        .and_then(|d| convert::authz_answer(d, limit))
+        .inspect_err(|f| self.stats.failure(&self.name, f))
     }
 
     /// Calls `on-publish`. A failure has been counted and logged already.
@@ -150,11 +156,15 @@ impl LoadedPlugin {
         client: &ClientInfo,
         message: &PluginMessage,
     ) -> Result<TransformAnswer, CallFailure> {
-        let (client, message) = (convert::client(client), convert::message(message));
         let limit = self.settings.limits.max_answer_bytes;
-        self.call(|e, s| e.moat_plugin_transform().call_on_publish(s, &client, &message))
-            .and_then(|o| convert::transform_answer(o, limit))
-            .inspect_err(|f| self.stats.failure(&self.name, f))
+        self.call(|slot| {
+            let (client, message) = (slot.client.fill(client), slot.message.fill(message));
+            let outcome = slot.exports.moat_plugin_transform().call_on_publish(&mut slot.store, client, message);
+            slot.message.release_large();
+            outcome
+        })
+        .and_then(|o| convert::transform_answer(o, limit))
+        .inspect_err(|f| self.stats.failure(&self.name, f))
     }
 
     /// Runs one export on a warm instance under the call deadline. An
@@ -163,10 +173,7 @@ impl LoadedPlugin {
     /// state is whatever the guest left half-done. An instance near its
     /// memory cap is retired too, and so are instances beyond the number
     /// kept warm (made when more calls ran at once than were idle).
-    fn call<R>(
-        &self,
-        f: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
-    ) -> Result<R, CallFailure> {
+    fn call<R>(&self, f: impl FnOnce(&mut Slot) -> wasmtime::Result<R>) -> Result<R, CallFailure> {
         self.call_on(None, f, |_| false).map(|(answer, _)| answer)
     }
 
@@ -175,7 +182,7 @@ impl LoadedPlugin {
     fn call_on<R>(
         &self,
         pinned: Option<Slot>,
-        f: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Slot) -> wasmtime::Result<R>,
         keep: impl FnOnce(&R) -> bool,
     ) -> Result<(R, Option<Slot>), CallFailure> {
         self.stats.call();
@@ -188,7 +195,7 @@ impl LoadedPlugin {
     fn call_timed<R>(
         &self,
         pinned: Option<Slot>,
-        f: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&mut Slot) -> wasmtime::Result<R>,
         keep: impl FnOnce(&R) -> bool,
     ) -> Result<(R, Option<Slot>), CallFailure> {
         let popped = match pinned {
@@ -203,7 +210,7 @@ impl LoadedPlugin {
         // A host function that panics (a WASI call that cannot run on this
         // thread, a wasmtime bug) unwinds through the guest; it must cost
         // this call and this instance, never the connection task.
-        let answer = std::panic::catch_unwind(AssertUnwindSafe(|| f(&slot.exports, &mut slot.store)))
+        let answer = std::panic::catch_unwind(AssertUnwindSafe(|| f(&mut slot)))
             .map_err(|_| CallFailure::Trap("a host function panicked during the call".into()))?
             .map_err(classify)?;
         if keep(&answer) {
@@ -285,7 +292,8 @@ fn instantiate_here(
         other => other,
     })?;
     let manifest = exports.moat_plugin_lifecycle().call_init(&mut store, &settings.config_json).map_err(classify)?;
-    Ok((Slot { store, exports }, manifest))
+    let (client, message) = (ClientScratch::default(), MessageScratch::default());
+    Ok((Slot { store, exports, client, message }, manifest))
 }
 
 /// Epoch ticks for a deadline: one more than the whole ticks in it, because

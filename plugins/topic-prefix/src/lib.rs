@@ -9,6 +9,9 @@ use moat_plugin_sdk::*;
 /// The configured prefix pattern and cache lifetime.
 pub struct TopicPrefix {
     pattern: String,
+    /// Whether the pattern holds `%u` or `%c`. Without them the pattern is
+    /// the prefix itself, and a call compares without building a string.
+    placeholders: bool,
     deny: Option<String>,
     cache_ms: Option<u32>,
 }
@@ -22,7 +25,8 @@ impl Plugin for TopicPrefix {
             Some(ms) => Some(u32::try_from(ms).map_err(|_| "cache_ms is too large".to_owned())?),
         };
         let deny = config.str("deny_prefix").map(str::to_owned);
-        Ok((TopicPrefix { pattern, deny, cache_ms }, Manifest::new().authorize()))
+        let placeholders = pattern.contains("%u") || pattern.contains("%c");
+        Ok((TopicPrefix { pattern, placeholders, deny, cache_ms }, Manifest::new().authorize()))
     }
 
     fn authorize(&mut self, client: &ClientInfo, _action: Action, topic: &str, _qos: QoS, _retain: bool) -> Decision {
@@ -30,6 +34,9 @@ impl Plugin for TopicPrefix {
             && topic.starts_with(deny.as_str())
         {
             return Decision::Deny(format!("{topic} is under {deny}"));
+        }
+        if !self.placeholders {
+            return if topic.starts_with(&self.pattern) { Decision::Allow(self.cache_ms) } else { Decision::Ignore };
         }
         let user = client.username.as_deref().unwrap_or("");
         if self.pattern.contains("%u") && user.is_empty() {
