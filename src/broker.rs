@@ -201,8 +201,11 @@ impl Broker {
             return Err(RetainedFull);
         }
         #[cfg(feature = "cluster")]
-        if let Some(cluster) = &self.cluster {
-            cluster.forward(&message, retained, self);
+        if let Some(cluster) = &self.cluster
+            && !cluster.forward(&message, retained, self)
+        {
+            // Not handed to NATS: no node would serve the share groups.
+            return Ok(self.router.route(&message, publisher, &*self.store, &self.metrics));
         }
         Ok(self.router.route_scoped(&message, publisher, self.local_scope(), &*self.store, &self.metrics))
     }

@@ -187,9 +187,12 @@ impl Cluster {
 
     /// Hands a message published on this node to the other nodes, and,
     /// when this node `retained` it, to the retained stream. Never waits:
-    /// with a queue full the message stays local and is counted.
-    pub(crate) fn forward(&self, message: &Arc<Message>, retained: bool, broker: &Broker) {
-        if self.outbound.try_send(message.clone()).is_err() {
+    /// with a queue full, or a topic too long for a subject, the message
+    /// stays local, is counted, and `false` is returned.
+    pub(crate) fn forward(&self, message: &Arc<Message>, retained: bool, broker: &Broker) -> bool {
+        let fits = self.subjects.fits(message.topic.as_str(), MAX_SUBJECT_BYTES);
+        let forwarded = fits && self.outbound.try_send(message.clone()).is_ok();
+        if !forwarded {
             broker.metrics.dropped(DropReason::Cluster, 1);
         }
         if retained {
@@ -201,6 +204,7 @@ impl Cluster {
                 broker.metrics.dropped(DropReason::Cluster, 1);
             }
         }
+        forwarded
     }
 
     /// Connects to NATS and starts the outbound and interest tasks (once;
@@ -297,12 +301,8 @@ impl Link {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(envelope::NODE_HEADER, &*self.node_id);
             headers.insert(envelope::MESSAGE_HEADER, envelope::encode(&message, Instant::now()).as_str());
+            // `forward` let only topics whose subject fits through.
             let subject = self.subjects.topic(message.topic.as_str());
-            if subject.len() > MAX_SUBJECT_BYTES {
-                debug!(bytes = subject.len(), "cluster: topic too long for a NATS subject; not forwarded");
-                broker.metrics.dropped(DropReason::Cluster, 1);
-                continue;
-            }
             if let Err(e) = client.publish_with_headers(subject, headers, message.payload.clone()).await {
                 debug!(error = %e, "cluster: publish to NATS failed");
                 broker.metrics.dropped(DropReason::Cluster, 1);

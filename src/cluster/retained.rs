@@ -87,6 +87,9 @@ pub(super) struct RetainedSync {
     watching: AtomicBool,
     /// Whether the watch has replayed the stream once.
     synced: AtomicBool,
+    /// Whether the last write failed: only the first failure of a run is
+    /// logged at warn (NATS away fails every write).
+    failing: AtomicBool,
 }
 
 impl RetainedSync {
@@ -99,6 +102,7 @@ impl RetainedSync {
             written: Mutex::new(HashMap::new()),
             watching: AtomicBool::new(false),
             synced: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
         }
     }
 
@@ -191,7 +195,7 @@ impl RetainedSync {
             let ack = match js.publish_with_headers(subject, headers, message.payload.clone()).await {
                 Ok(ack) => ack,
                 Err(e) => {
-                    warn!(error = %e, "cluster: retained message not written to JetStream; it stays on this node");
+                    self.failed(&e);
                     self.end_write(topic, None, &broker);
                     broker.metrics.dropped(DropReason::Cluster, 1);
                     continue;
@@ -209,14 +213,26 @@ impl RetainedSync {
                     result = ack.into_future() => result,
                 };
                 match result {
-                    Ok(ack) => sync.end_write(&topic, Some(ack.sequence), &acked_broker),
+                    Ok(ack) => {
+                        sync.failing.store(false, Ordering::Relaxed);
+                        sync.end_write(&topic, Some(ack.sequence), &acked_broker);
+                    }
                     Err(e) => {
-                        warn!(error = %e, "cluster: JetStream did not store a retained message; it stays on this node");
+                        sync.failed(&e);
                         sync.end_write(&topic, None, &acked_broker);
                         acked_broker.metrics.dropped(DropReason::Cluster, 1);
                     }
                 }
             });
+        }
+    }
+
+    /// Logs a failed write: at warn the first of a run, then at debug.
+    fn failed(&self, error: &dyn std::fmt::Display) {
+        if self.failing.swap(true, Ordering::Relaxed) {
+            debug!(%error, "cluster: retained message not stored in JetStream");
+        } else {
+            warn!(%error, "cluster: retained messages not stored in JetStream stay on this node until it is back");
         }
     }
 

@@ -75,6 +75,16 @@ impl Subjects {
         subjects
     }
 
+    /// Whether the subject of `topic` is at most `max` bytes long, without
+    /// building it when the answer is plain (escaping at most triples a
+    /// byte).
+    pub fn fits(&self, topic: &str, max: usize) -> bool {
+        // `{prefix}.t`, then per level a `.` and the level escaped: at most
+        // 3 bytes per byte, or `%` for an empty one.
+        let worst = self.prefix.len() + 2 + 3 * topic.len() + 2;
+        worst <= max || self.topic(topic).len() <= max
+    }
+
     /// The NATS queue group of share group `group` with (non-shared)
     /// `filter`: `{prefix}.s.{group}.{filter levels}`, escaped as topics
     /// are, so distinct pairs never share a queue group (NATS merges queue
@@ -243,6 +253,15 @@ mod tests {
                 let hits = s().filter(filter).iter().filter(|f| nats_matches(f, &s().topic(topic))).count();
                 assert!(hits <= 1, "filter {filter:?} topic {topic:?}");
             }
+        }
+    }
+
+    #[test]
+    fn fits_agrees_with_the_subject_length() {
+        for topic in ["a", "/", "a//b/", "grüße", "a.b/c*/>/100%", "$SYS/x", &"x/".repeat(40), &"é".repeat(30)] {
+            let len = s().topic(topic).len();
+            assert!(s().fits(topic, len), "{topic:?}");
+            assert!(!s().fits(topic, len - 1), "{topic:?}");
         }
     }
 

@@ -546,3 +546,21 @@ async fn shared_subscriptions_split_messages_across_nodes() {
     assert_eq!(plain_got, (0..N).collect::<Vec<_>>());
     plain.no_publish().await;
 }
+
+#[tokio::test]
+async fn share_groups_get_messages_too_long_for_nats_locally() {
+    let nats = Nats::start().await;
+    let a = node(&nats.url(), "a").await;
+    let mut member = a.v5("member").await;
+    member.subscribe("$share/g/#", QoS::AtLeastOnce).await;
+    nats.until_share_subjects("a", &["moat.t.>"]).await;
+    let publisher = a.v5("pub").await;
+    // Each `é` is written `%C3%A9`: 3600 bytes of subject, past the 3 KiB
+    // NATS gets.
+    let long = "é".repeat(600);
+    publish(&publisher, &long, QoS::AtLeastOnce, "local").await;
+    publish(&publisher, "short", QoS::AtLeastOnce, "via NATS").await;
+    assert_eq!(received(&mut member).await.1, "local");
+    assert_eq!(received(&mut member).await.1, "via NATS");
+    member.no_publish().await;
+}
