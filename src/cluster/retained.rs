@@ -246,7 +246,10 @@ impl RetainedSync {
                 () = broker.shutdown.cancelled() => return,
                 outcome = self.watch_once(&js, &client, &broker) => outcome,
             };
-            self.watching.store(false, Ordering::Relaxed);
+            // A watch that ran makes the next failure a new outage (warned).
+            if self.watching.swap(false, Ordering::Relaxed) {
+                failures = 0;
+            }
             if let Err(e) = outcome {
                 if failures == 0 {
                     warn!(

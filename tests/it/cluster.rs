@@ -45,7 +45,7 @@ struct Nats {
     port: u16,
     monitor: u16,
     /// JetStream's store, when enabled.
-    _store: Option<tempfile::TempDir>,
+    store: Option<tempfile::TempDir>,
 }
 
 impl Nats {
@@ -61,21 +61,31 @@ impl Nats {
 
     /// Starts nats-server on 127.0.0.1:`port` and waits until it accepts.
     async fn start_on(port: u16, jetstream: bool) -> Nats {
-        let monitor = free_port();
-        let mut command = Command::new(nats_binary());
-        command.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor.to_string()]);
         let store = jetstream.then(|| tempfile::tempdir().expect("JetStream store"));
-        if let Some(dir) = &store {
+        let mut nats = Nats { child: None, port, monitor: free_port(), store };
+        nats.spawn().await;
+        nats
+    }
+
+    /// Runs the server process and waits until it accepts.
+    async fn spawn(&mut self) {
+        let mut command = Command::new(nats_binary());
+        command.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-m", &self.monitor.to_string()]);
+        if let Some(dir) = &self.store {
             command.arg("-js").arg("-sd").arg(dir.path());
         }
-        let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn nats-server");
-        let nats = Nats { child: Some(child), port, monitor, _store: store };
+        self.child = Some(command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn nats-server"));
         let deadline = tokio::time::Instant::now() + NATS_WAIT;
-        while TcpStream::connect(("127.0.0.1", monitor)).await.is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "nats-server did not start on port {port}");
+        while TcpStream::connect(("127.0.0.1", self.monitor)).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "nats-server did not start on port {}", self.port);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        nats
+    }
+
+    /// Kills the server and starts it again on the same port and store.
+    async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
     }
 
     fn url(&self) -> String {
@@ -563,4 +573,30 @@ async fn share_groups_get_messages_too_long_for_nats_locally() {
     assert_eq!(received(&mut member).await.1, "local");
     assert_eq!(received(&mut member).await.1, "via NATS");
     member.no_publish().await;
+}
+
+#[tokio::test]
+async fn retained_messages_follow_the_stream_after_nats_restarts() {
+    let mut nats = Nats::start().await;
+    let (a, b) = (node(&nats.url(), "a").await, node(&nats.url(), "b").await);
+    until_synced(&a).await;
+    until_synced(&b).await;
+    let publisher = a.v5("pub").await;
+    retain(&publisher, "k", "one").await;
+    until_retained(&b, "k", Some("one")).await;
+
+    nats.restart().await;
+    nats.until_subjects("a", &[]).await;
+    nats.until_subjects("b", &[]).await;
+    retain(&publisher, "k", "two").await;
+    until_retained(&b, "k", Some("two")).await;
+    retain(&publisher, "k", "").await;
+    until_retained(&b, "k", None).await;
+    // And a node started now reads the stream the restarted server kept.
+    retain(&publisher, "kept", "on disk").await;
+    until_retained(&a, "kept", Some("on disk")).await;
+    let c = node(&nats.url(), "c").await;
+    until_synced(&c).await;
+    until_retained(&c, "kept", Some("on disk")).await;
+    assert_eq!(retained_on(&c, "k"), None);
 }
