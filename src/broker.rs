@@ -13,7 +13,7 @@ use crate::codec::Will;
 use crate::config::Config;
 use crate::metrics::{DropReason, Metrics};
 use crate::reload::Reloader;
-use crate::router::{Message, Router};
+use crate::router::{Message, Router, Scope};
 use crate::session::{Attached, Held, Registry, Session};
 use crate::store::{PendingWill, Recovered, Store};
 
@@ -200,14 +200,29 @@ impl Broker {
         refuse_over_quota: bool,
         held: Option<&mut Vec<Held>>,
     ) -> Result<usize, RetainedFull> {
-        if message.retain && !self.retain(&message) && refuse_over_quota {
+        let retained = message.retain && self.retain(&message);
+        if message.retain && !retained && refuse_over_quota {
             return Err(RetainedFull);
         }
         #[cfg(feature = "cluster")]
-        if let Some(cluster) = &self.cluster {
-            cluster.forward(&message, self);
+        if let Some(cluster) = &self.cluster
+            && !cluster.forward(&message, retained, self)
+        {
+            // Not handed to NATS: no node would serve the share groups.
+            return Ok(self.router.route(&message, publisher, &*self.store, &self.metrics, held));
         }
-        Ok(self.router.route(&message, publisher, &*self.store, &self.metrics, held))
+        Ok(self.router.route_scoped(&message, publisher, self.local_scope(), &*self.store, &self.metrics, held))
+    }
+
+    /// Which local subscriptions a publish reaches here: all, or, while the
+    /// cluster serves share groups across nodes, all but the share groups
+    /// (their members get it from the node NATS picks).
+    fn local_scope(&self) -> Scope<'static> {
+        #[cfg(feature = "cluster")]
+        if self.cluster.as_ref().is_some_and(crate::cluster::Cluster::shares_across_nodes) {
+            return Scope::Plain;
+        }
+        Scope::All
     }
 
     /// Keeps a retained message if the retained store has room; otherwise
@@ -224,15 +239,31 @@ impl Broker {
         }
     }
 
-    /// Routes a message another node of the cluster published: retained
-    /// here too (best effort: a node that was not up misses it), routed
-    /// to the local sessions, never forwarded again.
+    /// Routes a message another node of the cluster published to the
+    /// local sessions, never forwarded again. A retained one is retained
+    /// here too only while the cluster's retained stream is not watched
+    /// (best effort: a node that was not up misses it); otherwise the
+    /// stream sets the store, in its one order.
     #[cfg(feature = "cluster")]
     pub(crate) fn deliver_remote(&self, message: Arc<Message>) -> usize {
-        if message.retain {
+        if message.retain && !self.cluster.as_ref().is_some_and(crate::cluster::Cluster::retained_watched) {
             self.retain(&message);
         }
-        self.router.route(&message, None, &*self.store, &self.metrics, None)
+        self.router.route_scoped(&message, None, self.local_scope(), &*self.store, &self.metrics, None)
+    }
+
+    /// Routes a message NATS handed to this node for one share group: to
+    /// one member of `group` with exactly `filter`.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn deliver_shared(&self, message: Arc<Message>, filter: &str, group: &str) -> usize {
+        self.router.route_scoped(&message, None, Scope::Group { filter, group }, &*self.store, &self.metrics, None)
+    }
+
+    /// Sets the retained message of a topic from the cluster's retained
+    /// stream (an empty payload clears it), within the retained limits.
+    #[cfg(feature = "cluster")]
+    pub(crate) fn retain_from_cluster(&self, message: &Arc<Message>) {
+        self.retain(message);
     }
 
     /// Publishes a message of the broker's own (`$SYS`): retained in memory

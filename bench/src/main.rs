@@ -65,6 +65,14 @@ pub struct Args {
     /// Broker port.
     #[arg(long, default_value_t = 1883)]
     pub port: u16,
+    /// Port the subscribers of `fanin`, `fanout`, `pairs` and `latency`
+    /// connect to, when not `--port`: another node of a cluster.
+    #[arg(long)]
+    pub sub_port: Option<u16>,
+    /// Seconds to wait between the last SUBACK and the first publish (a
+    /// cluster node subscribes on NATS after its SUBACK).
+    #[arg(long, default_value_t = 0.0)]
+    pub settle: f64,
     /// MQTT version: 3 (3.1.1) or 5.
     #[arg(long, default_value_t = 5)]
     pub mqtt: u8,
@@ -153,23 +161,27 @@ fn main() -> Result<()> {
         bail!("--time and --rate must be positive and --grace not negative");
     }
     let addr = loopback_addr(&args.host, args.port)?;
+    let sub_addr = loopback_addr(&args.host, args.sub_port.unwrap_or(args.port))?;
+    if !(args.settle >= 0.0 && args.settle.is_finite()) {
+        bail!("--settle must be a number of seconds, not negative");
+    }
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build()?;
     // Hard bound on the whole run, whatever the broker does.
-    let limit = Duration::from_secs_f64(args.time * 2.0 + args.grace + 30.0);
+    let limit = Duration::from_secs_f64(args.time * 2.0 + args.grace + args.settle + 30.0);
     runtime.block_on(async {
-        tokio::time::timeout(limit, run(&args, addr))
+        tokio::time::timeout(limit, run(&args, addr, sub_addr))
             .await
             .with_context(|| format!("run exceeded its {limit:?} wall-time bound"))?
     })
 }
 
-async fn run(args: &Args, addr: SocketAddr) -> Result<()> {
+async fn run(args: &Args, addr: SocketAddr, sub_addr: SocketAddr) -> Result<()> {
     let version = proto::Version::from_arg(args.mqtt)?;
     let report = match args.scenario {
         Scenario::Conn => conn::run(args, addr, version).await?,
         Scenario::Retained => retained::run(args, addr, version).await?,
-        _ => scenarios::run_flow(args, addr, version).await?,
+        _ => scenarios::run_flow(args, addr, sub_addr, version).await?,
     };
     report.print();
     Ok(())

@@ -108,8 +108,9 @@ pub async fn connect_all(addr: SocketAddr, v: Version, ids: Vec<String>, session
     Ok(clients)
 }
 
-/// Runs `fanin`, `fanout`, `pairs` or `latency`.
-pub async fn run_flow(args: &Args, addr: SocketAddr, v: Version) -> Result<Report> {
+/// Runs `fanin`, `fanout`, `pairs` or `latency`: publishers on `addr`,
+/// subscribers on `sub_addr`.
+pub async fn run_flow(args: &Args, addr: SocketAddr, sub_addr: SocketAddr, v: Version) -> Result<Report> {
     let prefix = topic_prefix();
     let plan = plan(args, &prefix);
     let tag = std::process::id();
@@ -121,7 +122,7 @@ pub async fn run_flow(args: &Args, addr: SocketAddr, v: Version) -> Result<Repor
     let (stop_tx, stop_rx) = watch::channel(false);
     let sub_ids = (0..plan.subs.len()).map(|i| format!("mb{tag}-s{i}")).collect();
     let mut subs = Vec::new();
-    for (client, filter) in connect_all(addr, v, sub_ids, args.session_expiry).await?.into_iter().zip(&plan.subs) {
+    for (client, filter) in connect_all(sub_addr, v, sub_ids, args.session_expiry).await?.into_iter().zip(&plan.subs) {
         let spec = SubSpec {
             filter: filter.clone(),
             qos: args.qos,
@@ -140,6 +141,7 @@ pub async fn run_flow(args: &Args, addr: SocketAddr, v: Version) -> Result<Repor
             anyhow::bail!("subscriber ended before its SUBACK");
         }
     }
+    tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let pub_ids = (0..plan.pubs.len()).map(|i| format!("mb{tag}-p{i}")).collect();
     let pub_clients = connect_all(addr, v, pub_ids, 0).await?;
 

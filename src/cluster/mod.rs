@@ -1,8 +1,9 @@
-//! Clustering over core NATS: publishes cross nodes, everything else stays
-//! local.
+//! Clustering over NATS: publishes cross nodes over core NATS, retained
+//! messages through a JetStream stream, share groups through NATS queue
+//! groups; sessions stay local.
 //!
 //! Each node keeps its connections, sessions, plugins and subscription trie.
-//! What it adds is one NATS connection and three kinds of task:
+//! What it adds is two NATS connections and these tasks:
 //! - **Outbound**: every message published on this node (not `$SYS`) is
 //!   handed, as the `Arc` the router already holds, to a bounded queue, and
 //!   one task publishes it on its subject ([`subject`]). Publishing
@@ -15,38 +16,54 @@
 //!   counted (`moat_dropped_messages_total{reason="cluster"}`).
 //! - **Interest**: the router reports each filter that gains its first or
 //!   loses its last subscription (of any session, in trie order); this task
-//!   keeps a count per NATS subject and holds one NATS subscription per
-//!   distinct subject.
+//!   keeps a count per NATS subject and queue group and holds one NATS
+//!   subscription per distinct pair.
 //! - **Inbound**, one per NATS subscription: decodes and routes what peers
 //!   sent, like a local publish minus the forwarding (no loops).
+//! - **Retained** ([`retained`]): a writer copies each retained publish (and
+//!   clear) to the stream, and a watch keeps the local retained store
+//!   current from it; the stream's order decides conflicts.
 //!
-//! No echo, no duplicates: the connection is made with `no_echo`, and the
-//! origin's node id travels in a header and is checked. Every subscription
-//! of a node joins the NATS queue group named by its node id, so a message
-//! matching several of a node's subjects (`a/+` and `+/b`) still reaches
-//! that node once; the node's own trie then merges its sessions' overlapping
-//! subscriptions as for a local publish.
+//! No echo, no duplicates: the main connection is made with `no_echo`, and
+//! the origin's node id travels in a header and is checked. Every
+//! non-shared subscription of a node joins the NATS queue group named by
+//! its node id, so a message matching several of a node's subjects (`a/+`
+//! and `+/b`) still reaches that node once; the node's own trie then merges
+//! its sessions' overlapping subscriptions as for a local publish, share
+//! groups left out.
+//!
+//! Share groups: a node with members of `$share/{group}/{filter}` holds,
+//! on its second connection (with echo, so its own publishes can come back
+//! to it), a queue subscription per subject of the filter in the queue
+//! group [`Subjects::share_queue`]; NATS gives each message to one such
+//! node and that node picks one member. While that connection is up, local
+//! publishes and plain inbound messages skip share groups
+//! ([`crate::router::Scope::Plain`]); while it is down, every node serves
+//! its own members (one copy per node, as a single node would).
 //!
 //! Guarantees: core NATS delivers at most once, so a message crosses nodes
 //! at most once whatever its QoS; the publisher's PUBACK means "routed
 //! locally and handed to NATS", not "delivered everywhere". Order from one
 //! publisher on one topic is kept while that topic matches a single one of
 //! the receiving node's subjects (NATS keeps order per subscription).
+//! Retained messages are the exception: JetStream stores them, so a node
+//! started later, or away meanwhile, still gets them.
 //!
-//! Hooks for the JetStream increment (issue 12): messages for persistent
-//! sessions would go from [`Cluster::forward`] to a stream and the PUBACK
-//! would wait for its ack (as the connection already waits for the store
-//! through `await_store`); [`Cluster::node_id`] names the owner in the
-//! session-ownership KV bucket; the inbound path already routes through
-//! `Broker::deliver_remote`, which a durable consumer per session would
-//! feed instead of a core subscription.
+//! Hooks for the next JetStream increment (issue 12): messages for
+//! persistent sessions would go from [`Cluster::forward`] to a stream and
+//! the PUBACK would wait for its ack (as the connection already waits for
+//! the store through `await_store`); [`Cluster::node_id`] names the owner
+//! in the session-ownership KV bucket; the inbound path already routes
+//! through `Broker::deliver_remote`, which a durable consumer per session
+//! would feed instead of a core subscription.
 
 mod envelope;
+mod retained;
 pub mod subject;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -60,6 +77,7 @@ use crate::codec::TopicName;
 use crate::config::ClusterConfig;
 use crate::metrics::DropReason;
 use crate::router::Message;
+use retained::RetainedSync;
 pub use subject::Subjects;
 
 /// Messages waiting to be handed to NATS before new ones are dropped.
@@ -74,13 +92,15 @@ const SUBSCRIPTION_CAPACITY: usize = 4 * 1024;
 /// remote messages (logged).
 const MAX_SUBJECT_BYTES: usize = 3 * 1024;
 
-/// A change of local interest, reported by the router in trie order.
+/// A change of local interest, reported by the router in trie order: a
+/// filter (without `$share/{group}/`) and, for a shared subscription, its
+/// share group.
 #[derive(Debug)]
 pub enum Interest {
-    /// A session subscribed to this filter (without `$share/{group}/`).
-    Add(Box<str>),
+    /// A session subscribed to this filter.
+    Add(Box<str>, Option<Box<str>>),
     /// A session's subscription to this filter went away.
-    Remove(Box<str>),
+    Remove(Box<str>, Option<Box<str>>),
 }
 
 /// This node's link to the others.
@@ -90,15 +110,23 @@ pub struct Cluster {
     servers: Vec<String>,
     subjects: Subjects,
     outbound: mpsc::Sender<Arc<Message>>,
+    /// Retained messages (and clears) on their way to the retained stream.
+    retained_out: mpsc::Sender<Arc<Message>>,
+    retained: Arc<RetainedSync>,
     /// Taken by [`Cluster::start`].
     pending: Mutex<Option<Receivers>>,
     /// NATS subscriptions held now.
     subscriptions: Arc<AtomicUsize>,
+    /// Whether the connection holding the share groups' queue
+    /// subscriptions is up, so NATS picks the node serving each message of
+    /// a share group (otherwise every node serves its own members).
+    shares: Arc<AtomicBool>,
 }
 
 #[derive(Debug)]
 struct Receivers {
     outbound: mpsc::Receiver<Arc<Message>>,
+    retained: mpsc::Receiver<Arc<Message>>,
     interest: mpsc::UnboundedReceiver<Interest>,
 }
 
@@ -108,14 +136,22 @@ impl Cluster {
     pub fn new(config: &ClusterConfig) -> (Cluster, mpsc::UnboundedSender<Interest>) {
         let (outbound, outbound_rx) = mpsc::channel(OUTBOUND_CAPACITY);
         let (interest, interest_rx) = mpsc::unbounded_channel();
-        let node_id = config.node_id.clone().unwrap_or_else(random_node_id).into();
+        let (retained_out, retained_rx) = mpsc::channel(retained::QUEUE_CAPACITY);
+        let node_id: Arc<str> = config.node_id.clone().unwrap_or_else(random_node_id).into();
         let cluster = Cluster {
+            retained: Arc::new(RetainedSync::new(&config.subject_prefix, node_id.clone())),
             node_id,
             servers: config.nats.clone(),
             subjects: Subjects::new(&config.subject_prefix),
             outbound,
-            pending: Mutex::new(Some(Receivers { outbound: outbound_rx, interest: interest_rx })),
+            retained_out,
+            pending: Mutex::new(Some(Receivers {
+                outbound: outbound_rx,
+                retained: retained_rx,
+                interest: interest_rx,
+            })),
             subscriptions: Arc::new(AtomicUsize::new(0)),
+            shares: Arc::new(AtomicBool::new(false)),
         };
         (cluster, interest)
     }
@@ -131,12 +167,44 @@ impl Cluster {
         self.subscriptions.load(Ordering::Relaxed)
     }
 
-    /// Hands a message published on this node to the other nodes. Never
-    /// waits: with the queue full the message stays local and is counted.
-    pub(crate) fn forward(&self, message: &Arc<Message>, broker: &Broker) {
-        if self.outbound.try_send(message.clone()).is_err() {
+    /// Whether share groups are served across nodes now (NATS picks one
+    /// node per message), rather than by every node for its own members.
+    pub fn shares_across_nodes(&self) -> bool {
+        self.shares.load(Ordering::Relaxed)
+    }
+
+    /// Whether the retained stream is watched now, so it (rather than
+    /// retained messages arriving over core NATS) sets the retained store.
+    pub fn retained_watched(&self) -> bool {
+        self.retained.watching()
+    }
+
+    /// Whether this node has read the whole retained stream once since it
+    /// started (retained messages published before it started are here).
+    pub fn retained_synced(&self) -> bool {
+        self.retained.synced()
+    }
+
+    /// Hands a message published on this node to the other nodes, and,
+    /// when this node `retained` it, to the retained stream. Never waits:
+    /// with a queue full, or a topic too long for a subject, the message
+    /// stays local, is counted, and `false` is returned.
+    pub(crate) fn forward(&self, message: &Arc<Message>, retained: bool, broker: &Broker) -> bool {
+        let fits = self.subjects.fits(message.topic.as_str(), MAX_SUBJECT_BYTES);
+        let forwarded = fits && self.outbound.try_send(message.clone()).is_ok();
+        if !forwarded {
             broker.metrics.dropped(DropReason::Cluster, 1);
         }
+        if retained {
+            // Counted before it is queued, so the writer's end (a failure)
+            // never comes first.
+            self.retained.begin_write(message.topic.as_str());
+            if self.retained_out.try_send(message.clone()).is_err() {
+                self.retained.end_write(message.topic.as_str(), None, broker);
+                broker.metrics.dropped(DropReason::Cluster, 1);
+            }
+        }
+        forwarded
     }
 
     /// Connects to NATS and starts the outbound and interest tasks (once;
@@ -145,27 +213,37 @@ impl Cluster {
     /// meanwhile, and publishes are not forwarded while the queue is full.
     pub fn start(&self, broker: &Arc<Broker>) {
         let Some(receivers) = self.pending.lock().take() else { return };
-        let options = async_nats::ConnectOptions::new()
-            .name(format!("moat {}", self.node_id))
-            .no_echo()
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .subscription_capacity(SUBSCRIPTION_CAPACITY)
-            .reconnect_delay_callback(reconnect_delay)
-            .event_callback(|event| async move { log_event(&event) });
+        let main = connect_options(format!("moat {}", self.node_id)).no_echo();
+        // Share groups' queue subscriptions live on a second connection: a
+        // node's own publishes must reach them (NATS may pick this node),
+        // and the main connection does not see its own publishes.
+        let shares = self.shares.clone();
+        let share = connect_options(format!("moat {} shares", self.node_id)).event_callback(move |event| {
+            let shares = shares.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => shares.store(true, Ordering::Relaxed),
+                    async_nats::Event::Disconnected => shares.store(false, Ordering::Relaxed),
+                    _ => {}
+                }
+                log_event(&event);
+            }
+        });
         let servers = self.servers.clone();
         let link = Link {
             node_id: self.node_id.clone(),
             subjects: self.subjects.clone(),
             subscriptions: self.subscriptions.clone(),
         };
+        let retained = self.retained.clone();
         let broker = broker.clone();
         let tasks = broker.tasks.clone();
         tasks.spawn(async move {
-            // With retry_on_initial_connect this returns at once; the
-            // connection is made (and remade) in the background.
-            let client = match options.connect(servers.clone()).await {
-                Ok(client) => client,
+            // With retry_on_initial_connect these return at once; the
+            // connections are made (and remade) in the background.
+            let (client, share) = match tokio::try_join!(main.connect(servers.clone()), share.connect(servers.clone()))
+            {
+                Ok(clients) => clients,
                 Err(e) => {
                     error!(error = %e, "cluster: cannot set up the NATS client; this node runs alone");
                     return;
@@ -174,9 +252,23 @@ impl Cluster {
             info!(node_id = %link.node_id, servers = ?servers, "cluster: NATS client started");
             let link = Arc::new(link);
             broker.tasks.spawn(link.clone().publish(client.clone(), receivers.outbound, broker.clone()));
-            link.interest(client, receivers.interest, broker).await;
+            broker.tasks.spawn(retained.clone().write(client.clone(), receivers.retained, broker.clone()));
+            broker.tasks.spawn(retained.watch(client.clone(), broker.clone()));
+            link.interest(client, share, receivers.interest, broker).await;
         });
     }
+}
+
+/// Options both connections share: named, reconnecting for ever, retrying
+/// the first connect, events logged.
+fn connect_options(name: String) -> async_nats::ConnectOptions {
+    async_nats::ConnectOptions::new()
+        .name(name)
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
+        .reconnect_delay_callback(reconnect_delay)
+        .event_callback(|event| async move { log_event(&event) })
 }
 
 /// What the cluster tasks share.
@@ -209,12 +301,8 @@ impl Link {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(envelope::NODE_HEADER, &*self.node_id);
             headers.insert(envelope::MESSAGE_HEADER, envelope::encode(&message, Instant::now()).as_str());
+            // `forward` let only topics whose subject fits through.
             let subject = self.subjects.topic(message.topic.as_str());
-            if subject.len() > MAX_SUBJECT_BYTES {
-                debug!(bytes = subject.len(), "cluster: topic too long for a NATS subject; not forwarded");
-                broker.metrics.dropped(DropReason::Cluster, 1);
-                continue;
-            }
             if let Err(e) = client.publish_with_headers(subject, headers, message.payload.clone()).await {
                 debug!(error = %e, "cluster: publish to NATS failed");
                 broker.metrics.dropped(DropReason::Cluster, 1);
@@ -225,14 +313,19 @@ impl Link {
     }
 
     /// Keeps one NATS subscription per distinct subject of the local
-    /// filters until shutdown.
+    /// filters (queue group: the node id), and one per subject and share
+    /// group of the shared ones (queue group: the share group and filter,
+    /// on the `share` connection), until shutdown.
     async fn interest(
         self: Arc<Self>,
         client: async_nats::Client,
+        share: async_nats::Client,
         mut rx: mpsc::UnboundedReceiver<Interest>,
         broker: Arc<Broker>,
     ) {
-        let mut held: HashMap<String, (usize, CancellationToken)> = HashMap::new();
+        // By subject and queue group: a count of local subscriptions and
+        // the handle that ends the NATS subscription.
+        let mut held: HashMap<(String, String), (usize, CancellationToken)> = HashMap::new();
         loop {
             let change = tokio::select! {
                 () = broker.shutdown.cancelled() => break,
@@ -242,36 +335,48 @@ impl Link {
                 },
             };
             match change {
-                Interest::Add(filter) => {
+                Interest::Add(filter, group) => {
+                    let queue = match &group {
+                        Some(g) => self.subjects.share_queue(g, &filter),
+                        None => self.node_id.to_string(),
+                    };
                     for subject in self.subjects.filter(&filter) {
-                        if let Some((count, _)) = held.get_mut(&subject) {
+                        let key = (subject, queue.clone());
+                        if let Some((count, _)) = held.get_mut(&key) {
                             *count += 1;
                             continue;
                         }
-                        if subject.len() > MAX_SUBJECT_BYTES {
+                        if key.0.len() + key.1.len() > MAX_SUBJECT_BYTES {
                             warn!(%filter, "cluster: filter too long for a NATS subject; it gets local messages only");
                             continue;
                         }
-                        let subscriber = match client.queue_subscribe(subject.clone(), self.node_id.to_string()).await {
+                        let nats = if group.is_some() { &share } else { &client };
+                        let subscriber = match nats.queue_subscribe(key.0.clone(), key.1.clone()).await {
                             Ok(subscriber) => subscriber,
                             Err(e) => {
-                                error!(error = %e, %subject, "cluster: NATS subscribe failed");
+                                error!(error = %e, subject = %key.0, "cluster: NATS subscribe failed");
                                 continue;
                             }
                         };
                         let stop = broker.shutdown.child_token();
-                        held.insert(subject, (1, stop.clone()));
+                        held.insert(key, (1, stop.clone()));
                         self.subscriptions.fetch_add(1, Ordering::Relaxed);
-                        broker.tasks.spawn(self.clone().inbound(subscriber, stop, broker.clone()));
+                        let target = group.as_ref().map(|g| (filter.clone(), g.clone()));
+                        broker.tasks.spawn(self.clone().inbound(subscriber, target, stop, broker.clone()));
                     }
                 }
-                Interest::Remove(filter) => {
+                Interest::Remove(filter, group) => {
+                    let queue = match &group {
+                        Some(g) => self.subjects.share_queue(g, &filter),
+                        None => self.node_id.to_string(),
+                    };
                     for subject in self.subjects.filter(&filter) {
-                        let Some((count, stop)) = held.get_mut(&subject) else { continue };
+                        let key = (subject, queue.clone());
+                        let Some((count, stop)) = held.get_mut(&key) else { continue };
                         *count -= 1;
                         if *count == 0 {
                             stop.cancel();
-                            held.remove(&subject);
+                            held.remove(&key);
                             self.subscriptions.fetch_sub(1, Ordering::Relaxed);
                         }
                     }
@@ -282,9 +387,12 @@ impl Link {
 
     /// Routes what peers publish on one subscription until it is dropped
     /// (the NATS subscription ends with it).
+    /// `shared` names the filter and share group of a share group's
+    /// subscription, whose messages (this node's own too) go to one member.
     async fn inbound(
         self: Arc<Self>,
         mut subscriber: async_nats::Subscriber,
+        shared: Option<(Box<str>, Box<str>)>,
         stop: CancellationToken,
         broker: Arc<Broker>,
     ) {
@@ -296,21 +404,24 @@ impl Link {
                     None => break,
                 },
             };
-            let Some(message) = self.decode(nats) else { continue };
-            broker.deliver_remote(Arc::new(message));
+            let Some(message) = self.decode(nats, shared.is_some()) else { continue };
+            match &shared {
+                Some((filter, group)) => broker.deliver_shared(Arc::new(message), filter, group),
+                None => broker.deliver_remote(Arc::new(message)),
+            };
         }
         // Dropping the subscriber unsubscribes without waiting (NATS may be
         // away with the client's queue full).
         drop(subscriber);
     }
 
-    /// The message a peer sent, or `None` for our own, or for one this
-    /// version cannot read (logged at debug: peers run other versions
-    /// during an upgrade).
-    fn decode(&self, nats: async_nats::Message) -> Option<Message> {
+    /// The message a node sent, or `None` for our own (unless `own`), or
+    /// for one this version cannot read (logged at debug: peers run other
+    /// versions during an upgrade).
+    fn decode(&self, nats: async_nats::Message, own: bool) -> Option<Message> {
         let headers = nats.headers.as_ref()?;
         let origin = headers.get(envelope::NODE_HEADER)?;
-        if origin.as_str() == &*self.node_id {
+        if !own && origin.as_str() == &*self.node_id {
             return None;
         }
         let Some(topic) = self.subjects.topic_of(nats.subject.as_str()).and_then(|t| TopicName::new(&t).ok()) else {

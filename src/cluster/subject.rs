@@ -75,6 +75,41 @@ impl Subjects {
         subjects
     }
 
+    /// Whether the subject of `topic` is at most `max` bytes long, without
+    /// building it when the answer is plain (escaping at most triples a
+    /// byte).
+    pub fn fits(&self, topic: &str, max: usize) -> bool {
+        // `{prefix}.t`, then per level a `.` and the level escaped: at most
+        // 3 bytes per byte, or `%` for an empty one.
+        let worst = self.prefix.len() + 2 + 3 * topic.len() + 2;
+        worst <= max || self.topic(topic).len() <= max
+    }
+
+    /// The NATS queue group of share group `group` with (non-shared)
+    /// `filter`: `{prefix}.s.{group}.{filter levels}`, escaped as topics
+    /// are, so distinct pairs never share a queue group (NATS merges queue
+    /// groups of one name across the subjects a message matches).
+    pub fn share_queue(&self, group: &str, filter: &str) -> String {
+        let mut out = format!("{}.s.", self.prefix);
+        escape(group, &mut out);
+        for level in filter.split('/') {
+            out.push('.');
+            // Wildcards written as escapes too: a queue group name is a
+            // literal, and `+` or `#` never stands inside a filter level.
+            match level {
+                "+" => out.push_str("%2B"),
+                "#" => out.push_str("%23"),
+                literal => escape(literal, &mut out),
+            }
+        }
+        out
+    }
+
+    /// The wildcard subject every topic's subject matches (`{prefix}.>`).
+    pub fn everything(&self) -> String {
+        format!("{}.>", self.prefix)
+    }
+
     /// The topic a subject made by [`Subjects::topic`] stands for, or `None`
     /// for any other subject.
     pub fn topic_of(&self, subject: &str) -> Option<String> {
@@ -219,6 +254,23 @@ mod tests {
                 assert!(hits <= 1, "filter {filter:?} topic {topic:?}");
             }
         }
+    }
+
+    #[test]
+    fn fits_agrees_with_the_subject_length() {
+        for topic in ["a", "/", "a//b/", "grüße", "a.b/c*/>/100%", "$SYS/x", &"x/".repeat(40), &"é".repeat(30)] {
+            let len = s().topic(topic).len();
+            assert!(s().fits(topic, len), "{topic:?}");
+            assert!(!s().fits(topic, len - 1), "{topic:?}");
+        }
+    }
+
+    #[test]
+    fn share_queues_differ_by_group_and_filter() {
+        assert_eq!(s().share_queue("g", "a/+/#"), "moat.s.g.a.%2B.%23");
+        assert_eq!(s().share_queue("g.h", "a b"), "moat.s.g%2Eh.a%20b");
+        assert_ne!(s().share_queue("g", "a/b"), s().share_queue("g/a", "b"));
+        assert_ne!(s().share_queue("g", "a/b"), s().share_queue("g", "a.b"));
     }
 
     #[test]

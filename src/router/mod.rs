@@ -23,6 +23,23 @@ use crate::metrics::{DropReason, Metrics};
 use crate::session::{Delivery, Held, Refusal, Session};
 use crate::store::Store;
 
+/// Which subscriptions a message is routed to.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// Every matching subscription, one member per share group.
+    All,
+    /// Matching subscriptions outside share groups (the cluster picks the
+    /// node that serves each group).
+    Plain,
+    /// One member of share group `group` of exactly `filter`.
+    Group {
+        /// The shared subscription's filter, without `$share/{group}/`.
+        filter: &'a str,
+        /// The share group's name.
+        group: &'a str,
+    },
+}
+
 /// Subscriptions and retained messages.
 #[derive(Debug, Default)]
 pub struct Router {
@@ -52,7 +69,8 @@ impl Router {
         // removes of one filter in the order the trie applied them.
         #[cfg(feature = "cluster")]
         if !existed && let Some(interest) = &self.interest {
-            let _ = interest.send(crate::cluster::Interest::Add(filter.filter().into()));
+            let _ = interest
+                .send(crate::cluster::Interest::Add(filter.filter().into(), filter.share_group().map(Into::into)));
         }
         existed
     }
@@ -63,7 +81,8 @@ impl Router {
         let removed = trie.remove(filter.filter(), filter.share_group(), session);
         #[cfg(feature = "cluster")]
         if removed && let Some(interest) = &self.interest {
-            let _ = interest.send(crate::cluster::Interest::Remove(filter.filter().into()));
+            let _ = interest
+                .send(crate::cluster::Interest::Remove(filter.filter().into(), filter.share_group().map(Into::into)));
         }
         removed
     }
@@ -91,10 +110,27 @@ impl Router {
         publisher: Option<&Arc<Session>>,
         store: &dyn Store,
         metrics: &Metrics,
+        held: Option<&mut Vec<Held>>,
+    ) -> usize {
+        self.route_scoped(message, publisher, Scope::All, store, metrics, held)
+    }
+
+    /// [`Router::route`] to the subscriptions `scope` names.
+    pub fn route_scoped(
+        &self,
+        message: &Arc<Message>,
+        publisher: Option<&Arc<Session>>,
+        scope: Scope<'_>,
+        store: &dyn Store,
+        metrics: &Metrics,
         mut held: Option<&mut Vec<Held>>,
     ) -> usize {
         let mut matches = Vec::new();
-        self.trie.read().matches(message.topic.as_str(), &mut matches);
+        match scope {
+            Scope::All => self.trie.read().matches(message.topic.as_str(), &mut matches),
+            Scope::Plain => self.trie.read().matches_scoped(message.topic.as_str(), false, &mut matches),
+            Scope::Group { filter, group } => matches.extend(self.trie.read().group_member(filter, group)),
+        }
         if matches.is_empty() {
             return 0;
         }

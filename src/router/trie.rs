@@ -125,9 +125,24 @@ impl Trie {
     /// Appends every subscription matching `topic` to `out`; for each share
     /// group, one member chosen round-robin, preferring connected members.
     pub fn matches(&self, topic: &str, out: &mut Vec<Match>) {
+        self.matches_scoped(topic, true, out);
+    }
+
+    /// [`Trie::matches`], leaving out the share groups unless `groups`.
+    pub fn matches_scoped(&self, topic: &str, groups: bool, out: &mut Vec<Match>) {
         let levels: Vec<&str> = topic.split('/').collect();
         let system = topic.starts_with('$');
-        collect(&self.root, &levels, system, out);
+        collect(&self.root, &levels, system, groups, out);
+    }
+
+    /// One member of share group `group` of exactly `filter` (not a
+    /// match: the filter itself), chosen as [`Trie::matches`] does.
+    pub fn group_member(&self, filter: &str, group: &str) -> Option<Match> {
+        let mut node = &self.root;
+        for level in filter.split('/') {
+            node = node.children.get(level)?;
+        }
+        pick_member(node.groups.get(group)?).map(Match::from)
     }
 }
 
@@ -159,27 +174,30 @@ fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, session: &Ar
     removed
 }
 
-fn collect(node: &Node, levels: &[&str], system: bool, out: &mut Vec<Match>) {
+fn collect(node: &Node, levels: &[&str], system: bool, groups: bool, out: &mut Vec<Match>) {
     // `#` matches the parent level too ("a/#" matches "a"), and every child.
     // At the first level of a `$` topic wildcards match nothing [MQTT-4.7.2-1].
     let wildcards_allowed = !system;
     if wildcards_allowed && let Some(hash) = node.children.get("#") {
-        push_all(hash, out);
+        push_all(hash, groups, out);
     }
     let Some((first, rest)) = levels.split_first() else {
-        push_all(node, out);
+        push_all(node, groups, out);
         return;
     };
     if let Some(child) = node.children.get(*first) {
-        collect(child, rest, false, out);
+        collect(child, rest, false, groups, out);
     }
     if wildcards_allowed && let Some(plus) = node.children.get("+") {
-        collect(plus, rest, false, out);
+        collect(plus, rest, false, groups, out);
     }
 }
 
-fn push_all(node: &Node, out: &mut Vec<Match>) {
+fn push_all(node: &Node, groups: bool, out: &mut Vec<Match>) {
     out.extend(node.subscribers.iter().map(Match::from));
+    if !groups {
+        return;
+    }
     for group in node.groups.values() {
         if let Some(member) = pick_member(group) {
             out.push(Match::from(member));
@@ -249,5 +267,12 @@ mod tests {
         }
         assert_eq!(seen.iter().filter(|s| *s == "a").count(), 2);
         assert_eq!(seen.iter().filter(|s| *s == "b").count(), 2);
+        let mut plain = Vec::new();
+        t.matches_scoped("t", false, &mut plain);
+        assert!(plain.is_empty(), "groups left out");
+        let picked: Vec<_> = (0..2).filter_map(|_| t.group_member("t", "g")).collect();
+        assert_ne!(picked[0].session.client_id(), picked[1].session.client_id());
+        assert!(t.group_member("+", "g").is_none(), "the filter itself, not a match");
+        assert!(t.group_member("t", "h").is_none());
     }
 }

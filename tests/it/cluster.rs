@@ -1,5 +1,6 @@
 //! Clustering over NATS: nodes on one nats-server (started here on a free
-//! 127.0.0.1 port from the binary scripts/test installs), real clients on
+//! 127.0.0.1 port from the binary scripts/test installs, with JetStream in
+//! a temporary directory unless a test says otherwise), real clients on
 //! different nodes. The NATS server's own view (`/connz?subs=1` on its
 //! monitoring port) tells when a node's subscriptions are in place, and
 //! how many there are.
@@ -43,29 +44,48 @@ struct Nats {
     child: Option<Child>,
     port: u16,
     monitor: u16,
+    /// JetStream's store, when enabled.
+    store: Option<tempfile::TempDir>,
 }
 
 impl Nats {
+    /// A server with JetStream.
     async fn start() -> Nats {
-        Nats::start_on(free_port()).await
+        Nats::start_on(free_port(), true).await
+    }
+
+    /// A server with core NATS only.
+    async fn start_core() -> Nats {
+        Nats::start_on(free_port(), false).await
     }
 
     /// Starts nats-server on 127.0.0.1:`port` and waits until it accepts.
-    async fn start_on(port: u16) -> Nats {
-        let monitor = free_port();
-        let child = Command::new(nats_binary())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nats-server");
-        let nats = Nats { child: Some(child), port, monitor };
+    async fn start_on(port: u16, jetstream: bool) -> Nats {
+        let store = jetstream.then(|| tempfile::tempdir().expect("JetStream store"));
+        let mut nats = Nats { child: None, port, monitor: free_port(), store };
+        nats.spawn().await;
+        nats
+    }
+
+    /// Runs the server process and waits until it accepts.
+    async fn spawn(&mut self) {
+        let mut command = Command::new(nats_binary());
+        command.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-m", &self.monitor.to_string()]);
+        if let Some(dir) = &self.store {
+            command.arg("-js").arg("-sd").arg(dir.path());
+        }
+        self.child = Some(command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn nats-server"));
         let deadline = tokio::time::Instant::now() + NATS_WAIT;
-        while TcpStream::connect(("127.0.0.1", monitor)).await.is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "nats-server did not start on port {port}");
+        while TcpStream::connect(("127.0.0.1", self.monitor)).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "nats-server did not start on port {}", self.port);
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        nats
+    }
+
+    /// Kills the server and starts it again on the same port and store.
+    async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
     }
 
     fn url(&self) -> String {
@@ -83,7 +103,8 @@ impl Nats {
     /// `GET path` on the monitoring port, as JSON.
     async fn monitor(&self, path: &str) -> serde_json::Value {
         let mut stream = TcpStream::connect(("127.0.0.1", self.monitor)).await.expect("monitor port");
-        let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        // HTTP/1.0: the answer comes whole, never chunked.
+        let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.expect("send request");
         let mut response = Vec::new();
         tokio::time::timeout(crate::harness::WAIT, stream.read_to_end(&mut response))
@@ -95,22 +116,33 @@ impl Nats {
         serde_json::from_str(body).expect("JSON")
     }
 
-    /// The subjects node `id` is subscribed to, sorted; `None` while it is
-    /// not connected.
-    async fn subjects(&self, id: &str) -> Option<Vec<String>> {
+    /// The subjects the connection `name` is subscribed to for MQTT
+    /// filters, sorted (not the `_INBOX.` ones JetStream replies and the
+    /// retained watch use); `None` while it is not connected.
+    async fn subjects(&self, name: &str) -> Option<Vec<String>> {
         let connz = self.monitor("/connz?subs=1").await;
-        let name = format!("moat {id}");
-        let conn = connz["connections"].as_array()?.iter().find(|c| c["name"] == name.as_str())?.clone();
+        let conn = connz["connections"].as_array()?.iter().find(|c| c["name"] == name)?.clone();
         let mut subjects: Vec<String> = conn["subscriptions_list"]
             .as_array()
             .map(|l| l.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
             .unwrap_or_default();
+        subjects.retain(|s| !s.starts_with("_INBOX."));
         subjects.sort();
         Some(subjects)
     }
 
     /// Waits until node `id` is connected with exactly `expected` subjects.
     async fn until_subjects(&self, id: &str, expected: &[&str]) {
+        self.until_connection_subjects(&format!("moat {id}"), expected).await;
+    }
+
+    /// Waits until node `id`'s connection for share groups is connected
+    /// with exactly `expected` subjects.
+    async fn until_share_subjects(&self, id: &str, expected: &[&str]) {
+        self.until_connection_subjects(&format!("moat {id} shares"), expected).await;
+    }
+
+    async fn until_connection_subjects(&self, id: &str, expected: &[&str]) {
         let mut expected: Vec<String> = expected.iter().map(|s| (*s).to_owned()).collect();
         expected.sort();
         let deadline = tokio::time::Instant::now() + NATS_WAIT;
@@ -271,7 +303,7 @@ async fn nodes_serve_local_clients_while_nats_is_away_and_reconnect() {
     publish(&local, "r/1", QoS::AtLeastOnce, "alone").await;
     assert_eq!(received(&mut sub).await.1, "alone");
 
-    let mut nats = Nats::start_on(port).await;
+    let mut nats = Nats::start_on(port, false).await;
     nats.until_subjects("a", &["moat.t.r.>", "moat.t.r"]).await;
     nats.until_subjects("b", &[]).await;
     let remote = b.v5("remote").await;
@@ -282,7 +314,7 @@ async fn nodes_serve_local_clients_while_nats_is_away_and_reconnect() {
     publish(&local, "r/3", QoS::AtLeastOnce, "away").await;
     assert_eq!(received(&mut sub).await.1, "away");
 
-    let nats = Nats::start_on(port).await;
+    let nats = Nats::start_on(port, false).await;
     nats.until_subjects("a", &["moat.t.r.>", "moat.t.r"]).await;
     nats.until_subjects("b", &[]).await;
     publish(&remote, "r/4", QoS::AtLeastOnce, "back").await;
@@ -291,8 +323,8 @@ async fn nodes_serve_local_clients_while_nats_is_away_and_reconnect() {
 }
 
 #[tokio::test]
-async fn retained_messages_are_copied_to_running_nodes() {
-    let nats = Nats::start().await;
+async fn without_jetstream_retained_messages_are_copied_to_running_nodes() {
+    let nats = Nats::start_core().await;
     let (a, b) = (node(&nats.url(), "a").await, node(&nats.url(), "b").await);
     let mut watcher = a.v5("watcher").await;
     watcher.subscribe("k/#", QoS::AtLeastOnce).await;
@@ -306,4 +338,265 @@ async fn retained_messages_are_copied_to_running_nodes() {
     let p = late.publish().await;
     assert!(p.retain, "delivered as retained");
     assert_eq!(&p.payload[..], b"kept");
+    let cluster = a.broker.cluster().expect("clustered");
+    assert!(!cluster.retained_watched(), "no stream without JetStream");
+}
+
+/// The payload of `node`'s retained message on `topic`.
+fn retained_on(node: &TestBroker, topic: &str) -> Option<String> {
+    let filter = moat::codec::TopicFilter::new(topic).expect("a topic is a filter");
+    let found = node.broker.router.retained().matching(&filter);
+    found.first().map(|m| String::from_utf8_lossy(&m.payload).into_owned())
+}
+
+/// Waits until `node`'s retained message on `topic` is `expected`.
+async fn until_retained(node: &TestBroker, topic: &str, expected: Option<&str>) {
+    let deadline = tokio::time::Instant::now() + NATS_WAIT;
+    loop {
+        let now = retained_on(node, topic);
+        if now.as_deref() == expected {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{topic}: retained {now:?}, expected {expected:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until `node` has read the whole retained stream once.
+async fn until_synced(node: &TestBroker) {
+    let cluster = node.broker.cluster().expect("clustered");
+    let deadline = tokio::time::Instant::now() + NATS_WAIT;
+    while !cluster.retained_synced() {
+        assert!(tokio::time::Instant::now() < deadline, "retained stream not read");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn retain(client: &V5, topic: &str, payload: &str) {
+    client.client.publish(topic, QoS::AtLeastOnce, true, payload.as_bytes().to_vec()).await.expect("publish");
+}
+
+/// The retained messages a new subscription to `filter` on `client` gets:
+/// topics and payloads, sorted.
+async fn retained_for(client: &mut V5, filter: &str, n: usize) -> Vec<(String, String)> {
+    client.subscribe(filter, QoS::AtLeastOnce).await;
+    let mut all = Vec::with_capacity(n);
+    for _ in 0..n {
+        let p = client.publish().await;
+        assert!(p.retain, "delivered as retained");
+        all.push((String::from_utf8_lossy(&p.topic).into_owned(), String::from_utf8_lossy(&p.payload).into_owned()));
+    }
+    client.no_publish().await;
+    all.sort();
+    all
+}
+
+#[tokio::test]
+async fn retained_messages_reach_nodes_started_later_and_clears_follow() {
+    let nats = Nats::start().await;
+    let a = node(&nats.url(), "a").await;
+    until_synced(&a).await;
+    let publisher = a.v5("pub").await;
+    retain(&publisher, "k/before", "early").await;
+    retain(&publisher, "k/gone", "cleared later").await;
+    until_retained(&a, "k/gone", Some("cleared later")).await;
+
+    // Node b starts after both were retained, and reads them from the stream.
+    let b = node(&nats.url(), "b").await;
+    until_synced(&b).await;
+    let mut sub = b.v5("sub").await;
+    let expected = [("k/before".to_owned(), "early".to_owned()), ("k/gone".to_owned(), "cleared later".to_owned())];
+    assert_eq!(retained_for(&mut sub, "k/#", 2).await, expected);
+
+    // One retained while b runs, and a clear.
+    retain(&publisher, "k/after", "late").await;
+    retain(&publisher, "k/gone", "").await;
+    until_retained(&b, "k/after", Some("late")).await;
+    until_retained(&b, "k/gone", None).await;
+    let mut fresh = b.v5("fresh").await;
+    let expected = [("k/after".to_owned(), "late".to_owned()), ("k/before".to_owned(), "early".to_owned())];
+    assert_eq!(retained_for(&mut fresh, "k/#", 2).await, expected);
+
+    // A node started after the clear does not see the cleared message.
+    let c = node(&nats.url(), "c").await;
+    until_synced(&c).await;
+    let mut third = c.v5("third").await;
+    assert_eq!(retained_for(&mut third, "k/#", 2).await, expected);
+    assert_eq!(retained_on(&c, "k/gone"), None);
+}
+
+#[tokio::test]
+async fn concurrent_retained_publishes_end_with_one_copy_everywhere() {
+    let nats = Nats::start().await;
+    let (a, b) = (node(&nats.url(), "a").await, node(&nats.url(), "b").await);
+    until_synced(&a).await;
+    until_synced(&b).await;
+    let (pub_a, pub_b) = (a.v5("pub-a").await, b.v5("pub-b").await);
+    for round in 0..20 {
+        let (from_a, from_b) = (format!("a{round}"), format!("b{round}"));
+        tokio::join!(retain(&pub_a, "race", &from_a), retain(&pub_b, "race", &from_b));
+    }
+    // Both nodes settle on the copy the stream stored last, whichever it is.
+    let deadline = tokio::time::Instant::now() + NATS_WAIT;
+    loop {
+        let (on_a, on_b) = (retained_on(&a, "race"), retained_on(&b, "race"));
+        if on_a == on_b && on_a.as_deref().is_some_and(|p| p.ends_with("19")) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "nodes disagree: {on_a:?} on a, {on_b:?} on b");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // And they stay there.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(retained_on(&a, "race"), retained_on(&b, "race"));
+}
+
+#[tokio::test]
+async fn retain_handling_applies_to_messages_retained_on_other_nodes() {
+    use rumqttc::v5::mqttbytes::v5::{Filter, RetainForwardRule};
+    let nats = Nats::start().await;
+    let (a, b) = (node(&nats.url(), "a").await, node(&nats.url(), "b").await);
+    until_synced(&a).await;
+    let publisher = a.v5("pub").await;
+    retain(&publisher, "h", "kept").await;
+    until_retained(&b, "h", Some("kept")).await;
+
+    let mut never = b.v5("never").await;
+    let mut f = Filter::new("h", QoS::AtMostOnce);
+    f.retain_forward_rule = RetainForwardRule::Never;
+    never.client.subscribe_many([f]).await.expect("subscribe");
+    never.suback().await;
+    never.no_publish().await;
+
+    let mut if_new = b.v5("if-new").await;
+    let mut f = Filter::new("h", QoS::AtMostOnce);
+    f.retain_forward_rule = RetainForwardRule::OnNewSubscribe;
+    if_new.client.subscribe_many([f.clone()]).await.expect("subscribe");
+    if_new.suback().await;
+    assert_eq!(&if_new.publish().await.payload[..], b"kept");
+    if_new.client.subscribe_many([f]).await.expect("subscribe again");
+    if_new.suback().await;
+    if_new.no_publish().await;
+
+    let mut every = b.v5("every").await;
+    let f = Filter::new("h", QoS::AtMostOnce);
+    for _ in 0..2 {
+        every.client.subscribe_many([f.clone()]).await.expect("subscribe");
+        every.suback().await;
+        let p = every.publish().await;
+        assert!(p.retain);
+        assert_eq!(&p.payload[..], b"kept");
+    }
+}
+
+#[tokio::test]
+async fn retained_messages_wait_for_jetstream_when_nats_starts_late() {
+    // Nothing listens on the NATS port yet: node a serves retained
+    // messages locally.
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let a = node(&url, "a").await;
+    let publisher = a.v5("pub").await;
+    retain(&publisher, "late/local", "here").await;
+    let mut local = a.v5("local").await;
+    assert_eq!(retained_for(&mut local, "late/#", 1).await, [("late/local".to_owned(), "here".to_owned())]);
+    assert!(!a.broker.cluster().expect("clustered").retained_watched());
+
+    // JetStream comes up: retained messages published from now on reach
+    // node b, started later; the one retained while NATS was away stays on a.
+    let _nats = Nats::start_on(port, true).await;
+    until_synced(&a).await;
+    retain(&publisher, "late/shared", "everywhere").await;
+    let b = node(&url, "b").await;
+    until_synced(&b).await;
+    until_retained(&b, "late/shared", Some("everywhere")).await;
+    assert_eq!(retained_on(&b, "late/local"), None);
+    assert_eq!(retained_on(&a, "late/local").as_deref(), Some("here"));
+}
+
+#[tokio::test]
+async fn shared_subscriptions_split_messages_across_nodes() {
+    const N: usize = 200;
+    let nats = Nats::start().await;
+    let (a, b) = (node(&nats.url(), "a").await, node(&nats.url(), "b").await);
+    let mut on_a = a.v5("member-a").await;
+    on_a.subscribe("$share/g/s/+", QoS::AtLeastOnce).await;
+    let mut on_b = b.v5("member-b").await;
+    on_b.subscribe("$share/g/s/+", QoS::AtLeastOnce).await;
+    // A plain subscriber beside the group still gets every message.
+    let mut plain = b.v5("plain").await;
+    plain.subscribe("s/+", QoS::AtLeastOnce).await;
+    nats.until_share_subjects("a", &["moat.t.s.*"]).await;
+    nats.until_share_subjects("b", &["moat.t.s.*"]).await;
+    nats.until_subjects("a", &[]).await;
+    nats.until_subjects("b", &["moat.t.s.*"]).await;
+
+    // Half published on each node.
+    let (pub_a, pub_b) = (a.v5("pub-a").await, b.v5("pub-b").await);
+    for i in 0..N {
+        let publisher = if i % 2 == 0 { &pub_a } else { &pub_b };
+        publish(publisher, &format!("s/{i}"), QoS::AtLeastOnce, &i.to_string()).await;
+    }
+    let mut got = (Vec::new(), Vec::new());
+    while got.0.len() + got.1.len() < N {
+        tokio::select! {
+            p = on_a.publish() => got.0.push(String::from_utf8_lossy(&p.payload).into_owned()),
+            p = on_b.publish() => got.1.push(String::from_utf8_lossy(&p.payload).into_owned()),
+        }
+    }
+    on_a.no_publish().await;
+    on_b.no_publish().await;
+    let mut all: Vec<usize> = got.0.iter().chain(&got.1).map(|p| p.parse().expect("a number")).collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..N).collect::<Vec<_>>(), "each message once in the group");
+    assert!(!got.0.is_empty() && !got.1.is_empty(), "both members served: {} and {}", got.0.len(), got.1.len());
+    let mut plain_got: Vec<usize> =
+        received_n(&mut plain, N).await.into_iter().map(|(_, p)| p.parse().expect("a number")).collect();
+    plain_got.sort_unstable();
+    assert_eq!(plain_got, (0..N).collect::<Vec<_>>());
+    plain.no_publish().await;
+}
+
+#[tokio::test]
+async fn share_groups_get_messages_too_long_for_nats_locally() {
+    let nats = Nats::start().await;
+    let a = node(&nats.url(), "a").await;
+    let mut member = a.v5("member").await;
+    member.subscribe("$share/g/#", QoS::AtLeastOnce).await;
+    nats.until_share_subjects("a", &["moat.t.>"]).await;
+    let publisher = a.v5("pub").await;
+    // Each `é` is written `%C3%A9`: 3600 bytes of subject, past the 3 KiB
+    // NATS gets.
+    let long = "é".repeat(600);
+    publish(&publisher, &long, QoS::AtLeastOnce, "local").await;
+    publish(&publisher, "short", QoS::AtLeastOnce, "via NATS").await;
+    assert_eq!(received(&mut member).await.1, "local");
+    assert_eq!(received(&mut member).await.1, "via NATS");
+    member.no_publish().await;
+}
+
+#[tokio::test]
+async fn retained_messages_follow_the_stream_after_nats_restarts() {
+    let mut nats = Nats::start().await;
+    let (a, b) = (node(&nats.url(), "a").await, node(&nats.url(), "b").await);
+    until_synced(&a).await;
+    until_synced(&b).await;
+    let publisher = a.v5("pub").await;
+    retain(&publisher, "k", "one").await;
+    until_retained(&b, "k", Some("one")).await;
+
+    nats.restart().await;
+    nats.until_subjects("a", &[]).await;
+    nats.until_subjects("b", &[]).await;
+    retain(&publisher, "k", "two").await;
+    until_retained(&b, "k", Some("two")).await;
+    retain(&publisher, "k", "").await;
+    until_retained(&b, "k", None).await;
+    // And a node started now reads the stream the restarted server kept.
+    retain(&publisher, "kept", "on disk").await;
+    until_retained(&a, "kept", Some("on disk")).await;
+    let c = node(&nats.url(), "c").await;
+    until_synced(&c).await;
+    until_retained(&c, "kept", Some("on disk")).await;
+    assert_eq!(retained_on(&c, "k"), None);
 }
