@@ -381,7 +381,7 @@ pub struct Limits {
     pub max_connections: usize,
     /// New connections per second across all listeners (a token bucket
     /// holding one second's worth), on top of each listener's own
-    /// `max_connection_rate`; 0: no limit. Set at start-up.
+    /// `max_connection_rate`; 0: no limit. A reload applies it at once.
     pub max_connection_rate: u32,
     /// Largest packet accepted from a client, in bytes (v5 Maximum Packet Size).
     pub max_packet_size: u32,
@@ -424,7 +424,8 @@ pub struct Limits {
     /// PUBLISH packets per second a client may send (a token bucket per
     /// connection holding one second's worth); 0: no limit. Over the rate,
     /// QoS 0 is dropped; v5 QoS 1/2 are refused with 0x97 Quota exceeded;
-    /// 3.1.1 QoS 1/2 are acknowledged and dropped. All are counted.
+    /// 3.1.1 QoS 1/2 are acknowledged and dropped. All are counted. A
+    /// reload applies it to connected clients too.
     pub max_publish_rate: u32,
     /// Time allowed between TCP accept and a complete CONNECT.
     pub connect_timeout_ms: u64,

@@ -1,9 +1,8 @@
 //! [`TokenBucket`]: the rate limiter behind `max_connection_rate` (one per
-//! listener, owned by its accept loop) and `max_publish_rate` (one per
-//! connection, owned by its task).
+//! listener, owned by its accept loop, and one for all listeners behind a
+//! lock) and `max_publish_rate` (one per connection, owned by its task).
 //!
-//! Each owner is a single task, so the bucket is plain integers: no atomic,
-//! no lock, no allocation. Credit is kept in nanoseconds of refill time, so
+//! The bucket is plain integers: no atomic, no allocation. Credit is kept in nanoseconds of refill time, so
 //! taking a token is a subtraction and the rate needs no floating point.
 
 use std::time::Instant;
@@ -18,6 +17,8 @@ const BURST_NS: u64 = 1_000_000_000;
 pub struct TokenBucket {
     /// Refill time of one token.
     cost_ns: u64,
+    /// The rate it was made for.
+    per_second: u32,
     /// Refill time banked, at most [`BURST_NS`].
     credit_ns: u64,
     last: Instant,
@@ -28,7 +29,16 @@ impl TokenBucket {
     /// limit (so an unset limit costs the caller one branch on `Option`).
     pub fn per_second(per_second: u32, now: Instant) -> Option<TokenBucket> {
         let cost_ns = BURST_NS / u64::from(per_second).max(1);
-        (per_second > 0).then_some(TokenBucket { cost_ns, credit_ns: BURST_NS, last: now })
+        (per_second > 0).then_some(TokenBucket { cost_ns, per_second, credit_ns: BURST_NS, last: now })
+    }
+
+    /// Makes `bucket` follow a configured rate that a reload may change: a
+    /// new, full bucket when `per_second` differs from the one it was made
+    /// for (0: no limit), else nothing.
+    pub fn follow(bucket: &mut Option<TokenBucket>, per_second: u32, now: Instant) {
+        if bucket.as_ref().map_or(0, |b| b.per_second) != per_second {
+            *bucket = TokenBucket::per_second(per_second, now);
+        }
     }
 
     /// Takes one token if there is one.

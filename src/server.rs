@@ -155,6 +155,7 @@ impl Server {
             broker.config().limits.max_connection_rate,
             std::time::Instant::now(),
         )));
+        broker.reload.handles.lock().connection_rate = Some(rate.clone());
         broker.tasks.spawn(crate::reload::watch::plugins(broker.clone()));
         let config_file = broker.reload.handles.lock().source.as_ref().and_then(|s| s.path().map(Path::to_owned));
         if let Some(path) = config_file {

@@ -86,15 +86,19 @@ where
     fn on_publish(&mut self, mut publish: Publish) -> Result<(), Close> {
         self.counts.received(publish.qos);
         publish.topic = self.resolve_alias(&publish)?;
-        if let Some(limit) = super::topic_over_limit(&self.broker.config().limits, publish.topic.as_str()) {
+        let running = self.broker.config();
+        if let Some(limit) = super::topic_over_limit(&running.limits, publish.topic.as_str()) {
             // Closing rather than a PUBACK 0x90 (which the spec also allows
             // at QoS 1/2): a QoS 0 publisher could not be told otherwise.
             self.broker.metrics.limit_hit(limit);
             return Err(Close::Protocol(ReasonCode::TOPIC_NAME_INVALID, "topic over the length or level limit"));
         }
         let packet_id = publish.packet_id;
+        let now = std::time::Instant::now();
+        // A reload may have changed the rate; a new one starts full.
+        crate::rate::TokenBucket::follow(&mut self.publish_rate, running.limits.max_publish_rate, now);
         if let Some(bucket) = &mut self.publish_rate
-            && !bucket.try_take(std::time::Instant::now())
+            && !bucket.try_take(now)
         {
             self.over_publish_rate(publish.qos, packet_id);
             return Ok(());
@@ -146,7 +150,7 @@ where
         // A v5 QoS 1/2 publisher can be told the retained store is full;
         // anyone else's message is delivered without being retained.
         let refuse = self.version.is_v5() && publish.qos != QoS::AtMostOnce;
-        let wait_ms = self.broker.config().limits.queue_full_wait_ms;
+        let wait_ms = running.limits.queue_full_wait_ms;
         let mut held = Vec::new();
         let hold = (publish.qos != QoS::AtMostOnce && wait_ms > 0).then_some(&mut held);
         let routed = match transformed {

@@ -119,7 +119,7 @@ struct Connection<S> {
     /// Durable store (issue 9): acknowledgements in `wbuf` are sent only
     /// once this resolves, i.e. once what they acknowledge is durable.
     durable: Option<crate::store::Barrier>,
-    /// The client's `limits.max_publish_rate` as of CONNECT; `None`
+    /// The client's `limits.max_publish_rate` (following reloads); `None`
     /// when unlimited, so an unset limit costs one branch per PUBLISH.
     publish_rate: Option<crate::rate::TokenBucket>,
     /// Messages and bytes counted since the last flush into the broker's

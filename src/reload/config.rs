@@ -9,6 +9,7 @@ use tracing::{info, warn};
 use super::{PluginReport, plugin_dir};
 use crate::broker::Broker;
 use crate::config::{Config, ConfigError, ListenerConfig, TlsConfig};
+use crate::rate::TokenBucket;
 use crate::transport::{ServerConfigs, TlsAcceptor};
 
 /// Where the running configuration came from, so a reload can read it
@@ -140,10 +141,12 @@ impl Broker {
             new.limits,
             [
                 max_connections,
+                max_connection_rate,
                 max_packet_size,
                 max_inflight,
                 max_queued_messages,
                 max_queued_bytes,
+                queue_full_wait_ms,
                 max_retained_messages,
                 max_retained_bytes,
                 max_topic_levels,
@@ -241,6 +244,9 @@ impl Broker {
                 });
             }
             *count = wanted;
+        }
+        if let Some(rate) = &handles.connection_rate {
+            TokenBucket::follow(&mut rate.lock(), new.limits.max_connection_rate, std::time::Instant::now());
         }
         if old.log.level != new.log.level
             && let Some(set) = &handles.log_filter

@@ -34,6 +34,7 @@ use crate::auth::{Action, Policy};
 use crate::broker::Broker;
 use crate::config::{Config, PluginsConfig};
 use crate::plugin::{CompileCounts, LoadError, PluginHost, Source, components_in, shipped};
+use crate::rate::TokenBucket;
 use crate::transport::TlsAcceptor;
 
 /// Changes the log filter at run time (installed by the binary, which owns
@@ -96,6 +97,8 @@ pub(crate) struct RunHandles {
     pub(crate) tls: Vec<(String, Arc<TlsAcceptor>)>,
     /// The connection permits and how many there are.
     pub(crate) permits: Option<(Arc<Semaphore>, usize)>,
+    /// The connection-rate bucket shared by all listeners.
+    pub(crate) connection_rate: Option<Arc<Mutex<Option<TokenBucket>>>>,
     /// Where the configuration comes from, to read it again.
     pub(crate) source: Option<Arc<dyn ConfigSource>>,
     /// Applies a new log filter.

@@ -295,6 +295,48 @@ async fn config_reload_refuses_an_invalid_file_and_applies_a_valid_one() {
     broker.v5("after").await;
 }
 
+/// The rate limits follow a reload: a connected client's publish rate and
+/// the connection rate shared by all listeners.
+#[tokio::test]
+async fn config_reload_changes_the_rate_limits_in_force() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("moat.toml");
+    let listener = "[[listeners]]\nname = \"test\"\nbind = \"127.0.0.1:0\"\n\n";
+    std::fs::write(&file, listener).expect("write");
+    let loaded = Config::load(&file).expect("valid");
+    let broker = TestBroker::with(|c| *c = loaded).await;
+    broker.broker.set_reload_hooks(Some(Arc::new(File(file.clone()))), None);
+    let mut client = broker.v5("rated").await;
+    for _ in 0..10 {
+        assert_eq!(publish(&mut client, "rate/x").await, PubAckReason::Success, "no limit yet");
+    }
+
+    std::fs::write(&file, format!("{listener}[limits]\nmax_publish_rate = 2\nmax_connection_rate = 1\n"))
+        .expect("write");
+    let report = broker.broker.reload().await.expect("valid file");
+    assert_eq!(report.applied, ["limits.max_connection_rate = 1", "limits.max_publish_rate = 2"]);
+    // A full bucket of 2, then refused (refilling at one per 500 ms).
+    let mut reasons = Vec::new();
+    for _ in 0..6 {
+        reasons.push(publish(&mut client, "rate/x").await);
+    }
+    assert!(reasons.contains(&PubAckReason::QuotaExceeded), "{reasons:?}");
+    assert!(reasons[..2].iter().all(|r| *r == PubAckReason::Success), "{reasons:?}");
+    // One connection per second now: of a burst of 3, at least one refused.
+    let mut burst = Vec::new();
+    for _ in 0..3 {
+        burst.push(broker.raw().await);
+    }
+    let mut refused = 0;
+    for raw in &mut burst {
+        if crate::limits::closed_unread(raw).await {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 1, "no connection refused after the reload");
+    assert_eq!(broker.broker.metrics.refusals(moat::metrics::Refusal::ConnectionRate), refused);
+}
+
 /// `POST /api/reload` on the admin listener reads the file again, like
 /// SIGHUP: a shipped plugin's changed `[plugins.NAME]` table is in force
 /// for connected clients, and the report names the table without its
