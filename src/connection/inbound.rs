@@ -241,6 +241,9 @@ where
     /// while it was held.
     fn release_held(&mut self) -> Result<(), Close> {
         let Some(held) = self.held.take() else { return Ok(()) };
+        // The client's keep alive counts from here: it was the broker
+        // that was not reading.
+        self.last_read = tokio::time::Instant::now();
         if let Some(id) = held.qos2_stored {
             self.broker.store.incoming_qos2(self.attached.session.client_id(), id, true);
         }
