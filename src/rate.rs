@@ -2,8 +2,9 @@
 //! listener, owned by its accept loop, and one for all listeners behind a
 //! lock) and `max_publish_rate` (one per connection, owned by its task).
 //!
-//! The bucket is plain integers: no atomic, no allocation. Credit is kept in nanoseconds of refill time, so
-//! taking a token is a subtraction and the rate needs no floating point.
+//! The bucket is plain integers: no atomic, no allocation. Credit is kept in
+//! nanoseconds of refill time, so taking a token is a subtraction and the
+//! rate needs no floating point.
 
 use std::time::Instant;
 

@@ -150,12 +150,15 @@ impl Server {
         let broker = self.broker;
         let max_connections = broker.config().limits.max_connections;
         let permits = Arc::new(Semaphore::new(max_connections));
-        broker.reload.handles.lock().permits = Some((permits.clone(), max_connections));
         let rate = Arc::new(parking_lot::Mutex::new(crate::rate::TokenBucket::per_second(
             broker.config().limits.max_connection_rate,
             std::time::Instant::now(),
         )));
-        broker.reload.handles.lock().connection_rate = Some(rate.clone());
+        {
+            let mut handles = broker.reload.handles.lock();
+            handles.permits = Some((permits.clone(), max_connections));
+            handles.connection_rate = Some(rate.clone());
+        }
         broker.tasks.spawn(crate::reload::watch::plugins(broker.clone()));
         let config_file = broker.reload.handles.lock().source.as_ref().and_then(|s| s.path().map(Path::to_owned));
         if let Some(path) = config_file {

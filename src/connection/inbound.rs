@@ -3,6 +3,8 @@
 use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::{Close, Connection};
 use crate::auth::Action;
@@ -12,7 +14,7 @@ use crate::codec::{
 };
 use crate::metrics::{DropReason, Limit};
 use crate::router::Message;
-use crate::session::{Delivery, Held, InflightState, Refusal, Subscription};
+use crate::session::{Delivery, Held, InflightState, Session, Subscription};
 
 /// A QoS 1/2 publish some of whose deliveries met full queues of
 /// connected subscribers. The connection holds them, and the publish's
@@ -26,19 +28,7 @@ pub(super) struct HeldPublish {
     ack: Option<Packet>,
     /// A QoS 2 packet id to record in the store once the copies are.
     qos2_stored: Option<crate::codec::PacketId>,
-    until: tokio::time::Instant,
-}
-
-impl HeldPublish {
-    /// A session whose queue holds this publish back.
-    pub(super) fn first_session(&self) -> Option<Arc<crate::session::Session>> {
-        self.deliveries.first().map(|h| h.session.clone())
-    }
-
-    /// When the wait runs out.
-    pub(super) fn until(&self) -> tokio::time::Instant {
-        self.until
-    }
+    until: Instant,
 }
 
 impl<S> Connection<S>
@@ -197,10 +187,46 @@ where
                 self.send(&ack);
             }
         } else {
-            let until = tokio::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+            let until = Instant::now() + std::time::Duration::from_millis(wait_ms);
             self.held = Some(Box::new(HeldPublish { deliveries: held, ack, qos2_stored: store_id, until }));
         }
         Ok(())
+    }
+
+    /// Waits, without reading from the client, for room for a held
+    /// publish (see [`HeldPublish`]), still delivering to this
+    /// client meanwhile.
+    pub(super) async fn wait_held(
+        &mut self,
+        kicked: &CancellationToken,
+        shutdown: &CancellationToken,
+        own: &Session,
+    ) -> Result<(), Close> {
+        let Some(first) = self.held.as_ref().and_then(|h| h.deliveries.first()).map(|h| h.session.clone()) else {
+            return self.offer_held().map(drop);
+        };
+        // Registered before offering again, so a wake in between counts.
+        let room = first.room();
+        tokio::pin!(room);
+        room.as_mut().enable();
+        if self.offer_held()? {
+            return Ok(());
+        }
+        let until = self.held.as_ref().map_or_else(Instant::now, |h| h.until);
+        tokio::select! {
+            biased;
+            () = kicked.cancelled() => Err(super::kicked_close(own)),
+            () = shutdown.cancelled() => Err(Close::Shutdown),
+            () = &mut room => Ok(()),
+            () = own.woken() => {
+                self.want_drain = true;
+                Ok(())
+            }
+            () = tokio::time::sleep_until(until) => {
+                // A last offer, so a queue that has room now is not given up.
+                if self.offer_held()? { Ok(()) } else { self.give_up_held() }
+            }
+        }
     }
 
     /// Offers the held deliveries of a publish again; once none is left
@@ -209,14 +235,8 @@ where
     /// got that far.
     pub(super) fn offer_held(&mut self) -> Result<bool, Close> {
         let Some(held) = &mut self.held else { return Ok(true) };
-        let store = &*self.broker.store;
-        let metrics = &self.broker.metrics;
         for Held { session, delivery } in std::mem::take(&mut held.deliveries) {
-            match session.offer(delivery, Some(store)) {
-                Ok(evicted) => metrics.dropped(DropReason::QueueFull, evicted as u64),
-                Err(Refusal::Dropped(reason)) => metrics.dropped(reason, 1),
-                Err(Refusal::Full(delivery)) => held.deliveries.push(Held { session, delivery }),
-            }
+            Held::offer(&session, delivery, &*self.broker.store, &self.broker.metrics, &mut held.deliveries);
         }
         if !held.deliveries.is_empty() {
             return Ok(false);
@@ -243,7 +263,7 @@ where
         let Some(held) = self.held.take() else { return Ok(()) };
         // The client's keep alive counts from here: it was the broker
         // that was not reading.
-        self.last_read = tokio::time::Instant::now();
+        self.last_read = Instant::now();
         if let Some(id) = held.qos2_stored {
             self.broker.store.incoming_qos2(self.attached.session.client_id(), id, true);
         }

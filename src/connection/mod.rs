@@ -19,7 +19,6 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, field};
 
 use crate::auth::{Action, AuthzCache, ClientInfo};
@@ -226,42 +225,6 @@ where
                 },
                 () = session.woken() => self.want_drain = true,
                 () = sleep_until_opt(deadline) => return Close::KeepAliveTimeout,
-            }
-        }
-    }
-
-    /// Waits, without reading from the client, for room for a held
-    /// publish (see [`inbound::HeldPublish`]), still delivering to this
-    /// client meanwhile.
-    async fn wait_held(
-        &mut self,
-        kicked: &CancellationToken,
-        shutdown: &CancellationToken,
-        own: &Session,
-    ) -> Result<(), Close> {
-        let Some(first) = self.held.as_ref().and_then(|h| h.first_session()) else {
-            return self.offer_held().map(drop);
-        };
-        // Registered before offering again, so a wake in between counts.
-        let room = first.room();
-        tokio::pin!(room);
-        room.as_mut().enable();
-        if self.offer_held()? {
-            return Ok(());
-        }
-        let until = self.held.as_ref().map_or_else(Instant::now, |h| h.until());
-        tokio::select! {
-            biased;
-            () = kicked.cancelled() => Err(kicked_close(own)),
-            () = shutdown.cancelled() => Err(Close::Shutdown),
-            () = &mut room => Ok(()),
-            () = own.woken() => {
-                self.want_drain = true;
-                Ok(())
-            }
-            () = tokio::time::sleep_until(until) => {
-                // A last offer, so a queue that has room now is not given up.
-                if self.offer_held()? { Ok(()) } else { self.give_up_held() }
             }
         }
     }

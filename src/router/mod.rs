@@ -20,7 +20,7 @@ pub use trie::{Match, Subscriber};
 
 use crate::codec::{QoS, TopicFilter};
 use crate::metrics::{DropReason, Metrics};
-use crate::session::{Delivery, Held, Refusal, Session};
+use crate::session::{Delivery, Held, Session};
 use crate::store::Store;
 
 /// Which subscriptions a message is routed to.
@@ -165,11 +165,7 @@ impl Router {
             // be reading.
             let own = publisher.is_some_and(|me| Arc::ptr_eq(me, session));
             match held.as_deref_mut().filter(|_| !own) {
-                Some(held) => match session.offer(delivery, Some(store)) {
-                    Ok(evicted) => metrics.dropped(DropReason::QueueFull, evicted as u64),
-                    Err(Refusal::Dropped(reason)) => metrics.dropped(reason, 1),
-                    Err(Refusal::Full(delivery)) => held.push(Held { session: session.clone(), delivery }),
-                },
+                Some(held) => Held::offer(session, delivery, store, metrics, held),
                 None => match session.enqueue_and_store(delivery, Some(store)) {
                     Ok(evicted) => metrics.dropped(DropReason::QueueFull, evicted as u64),
                     Err(reason) => metrics.dropped(reason, 1),

@@ -38,8 +38,27 @@ pub struct Held {
     pub delivery: Delivery,
 }
 
+impl Held {
+    /// Offers `delivery` to `session` ([`Session::offer`]): queued, or
+    /// dropped and counted in `metrics`, or, when the full queue hands it
+    /// back, added to `held`.
+    pub fn offer(
+        session: &Arc<Session>,
+        delivery: Delivery,
+        store: &dyn Store,
+        metrics: &Metrics,
+        held: &mut Vec<Held>,
+    ) {
+        match session.offer(delivery, Some(store)) {
+            Ok(evicted) => metrics.dropped(DropReason::QueueFull, evicted as u64),
+            Err(Refusal::Dropped(reason)) => metrics.dropped(reason, 1),
+            Err(Refusal::Full(delivery)) => held.push(Held { session: session.clone(), delivery }),
+        }
+    }
+}
+
 use crate::codec::QoS;
-use crate::metrics::DropReason;
+use crate::metrics::{DropReason, Metrics};
 use crate::store::Store;
 
 /// A client session, shared by the registry, the subscription index and the
