@@ -13,13 +13,19 @@
 //!   publisher, needs a second trie and leaves windows in which a new remote
 //!   subscription misses messages. The publisher never waits: when the
 //!   queue is full (NATS slow or away) the message is not forwarded and is
-//!   counted (`moat_dropped_messages_total{reason="cluster"}`).
+//!   counted (`moat_dropped_messages_total{reason="cluster"}`). The task
+//!   takes what is queued in batches and waits while the NATS client's own
+//!   queue is full, so the connection paces it; the queue in front of it,
+//!   bounded in messages and bytes, absorbs bursts meanwhile.
 //! - **Interest**: the router reports each filter that gains its first or
 //!   loses its last subscription (of any session, in trie order); this task
 //!   keeps a count per NATS subject and queue group and holds one NATS
 //!   subscription per distinct pair.
 //! - **Inbound**, one per NATS subscription: decodes and routes what peers
-//!   sent, like a local publish minus the forwarding (no loops).
+//!   sent, like a local publish minus the forwarding (no loops), a batch
+//!   of what the client buffered at a time. What the client cannot buffer
+//!   (a slow consumer) it drops and reports; those are counted
+//!   (`reason="cluster_inbound"`).
 //! - **Retained** ([`retained`]): a writer copies each retained publish (and
 //!   clear) to the stream, and a watch keeps the local retained store
 //!   current from it; the stream's order decides conflicts.
@@ -80,11 +86,20 @@ use crate::router::Message;
 use retained::RetainedSync;
 pub use subject::Subjects;
 
-/// Messages waiting to be handed to NATS before new ones are dropped.
-const OUTBOUND_CAPACITY: usize = 16 * 1024;
-/// Messages one NATS subscription buffers before the client reports a slow
-/// consumer (the async-nats default, 65536, is a lot of memory per filter).
-const SUBSCRIPTION_CAPACITY: usize = 4 * 1024;
+/// Messages waiting to be handed to NATS before new ones are dropped...
+const OUTBOUND_CAPACITY: usize = 64 * 1024;
+/// ... and bytes (topics and payloads) of them: enough for a burst of
+/// small messages at full speed, bounded for large ones.
+const OUTBOUND_BYTES: usize = 64 * 1024 * 1024;
+/// Messages the outbound task takes from its queue at once.
+const OUTBOUND_BATCH: usize = 256;
+/// Messages one NATS subscription buffers before the client drops new
+/// ones (a slow consumer). The channel allocates as it fills, so an idle
+/// subscription costs nothing; a full one holds at most this many of the
+/// server's `max_payload` (1 MiB by default).
+const SUBSCRIPTION_CAPACITY: usize = 64 * 1024;
+/// Messages of one subscription routed in one go.
+const INBOUND_BATCH: usize = 256;
 /// Longest subject sent to NATS. Its protocol lines (`HPUB subject ...`,
 /// `SUB subject ...`) may not exceed the server's `max_control_line`
 /// (4 KiB by default) or it drops the whole connection; an MQTT topic may
@@ -110,6 +125,8 @@ pub struct Cluster {
     servers: Vec<String>,
     subjects: Subjects,
     outbound: mpsc::Sender<Arc<Message>>,
+    /// Bytes of the messages in `outbound` ([`queued_size`]).
+    queued_bytes: Arc<AtomicUsize>,
     /// Retained messages (and clears) on their way to the retained stream.
     retained_out: mpsc::Sender<Arc<Message>>,
     retained: Arc<RetainedSync>,
@@ -144,6 +161,7 @@ impl Cluster {
             servers: config.nats.clone(),
             subjects: Subjects::new(&config.subject_prefix),
             outbound,
+            queued_bytes: Arc::new(AtomicUsize::new(0)),
             retained_out,
             pending: Mutex::new(Some(Receivers {
                 outbound: outbound_rx,
@@ -187,11 +205,11 @@ impl Cluster {
 
     /// Hands a message published on this node to the other nodes, and,
     /// when this node `retained` it, to the retained stream. Never waits:
-    /// with a queue full, or a topic too long for a subject, the message
-    /// stays local, is counted, and `false` is returned.
+    /// with the queue full (in messages or bytes), or a topic too long for
+    /// a subject, the message stays local, is counted, and `false` is
+    /// returned.
     pub(crate) fn forward(&self, message: &Arc<Message>, retained: bool, broker: &Broker) -> bool {
-        let fits = self.subjects.fits(message.topic.as_str(), MAX_SUBJECT_BYTES);
-        let forwarded = fits && self.outbound.try_send(message.clone()).is_ok();
+        let forwarded = self.subjects.fits(message.topic.as_str(), MAX_SUBJECT_BYTES) && self.enqueue(message);
         if !forwarded {
             broker.metrics.dropped(DropReason::Cluster, 1);
         }
@@ -207,26 +225,45 @@ impl Cluster {
         forwarded
     }
 
+    /// Puts `message` in the queue towards NATS if it has room.
+    fn enqueue(&self, message: &Arc<Message>) -> bool {
+        let size = queued_size(message);
+        // Taken first, given back on refusal: concurrent publishers can
+        // never together pass the bound.
+        if self.queued_bytes.fetch_add(size, Ordering::Relaxed) + size > OUTBOUND_BYTES
+            || self.outbound.try_send(message.clone()).is_err()
+        {
+            self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
     /// Connects to NATS and starts the outbound and interest tasks (once;
     /// later calls do nothing). A NATS server that cannot be reached is
     /// logged at error and retried for ever; local clients are served
     /// meanwhile, and publishes are not forwarded while the queue is full.
     pub fn start(&self, broker: &Arc<Broker>) {
         let Some(receivers) = self.pending.lock().take() else { return };
-        let main = connect_options(format!("moat {}", self.node_id)).no_echo();
+        let events = Arc::new(Events { broker: Arc::downgrade(broker), last_slow_warning: Mutex::new(None) });
+        let main_events = events.clone();
+        let main = connect_options(format!("moat {}", self.node_id)).no_echo().event_callback(move |event| {
+            let events = main_events.clone();
+            async move { events.record(&event) }
+        });
         // Share groups' queue subscriptions live on a second connection: a
         // node's own publishes must reach them (NATS may pick this node),
         // and the main connection does not see its own publishes.
         let shares = self.shares.clone();
         let share = connect_options(format!("moat {} shares", self.node_id)).event_callback(move |event| {
-            let shares = shares.clone();
+            let (shares, events) = (shares.clone(), events.clone());
             async move {
                 match event {
                     async_nats::Event::Connected => shares.store(true, Ordering::Relaxed),
                     async_nats::Event::Disconnected => shares.store(false, Ordering::Relaxed),
                     _ => {}
                 }
-                log_event(&event);
+                events.record(&event);
             }
         });
         let servers = self.servers.clone();
@@ -234,6 +271,7 @@ impl Cluster {
             node_id: self.node_id.clone(),
             subjects: self.subjects.clone(),
             subscriptions: self.subscriptions.clone(),
+            queued_bytes: self.queued_bytes.clone(),
         };
         let retained = self.retained.clone();
         let broker = broker.clone();
@@ -260,7 +298,7 @@ impl Cluster {
 }
 
 /// Options both connections share: named, reconnecting for ever, retrying
-/// the first connect, events logged.
+/// the first connect.
 fn connect_options(name: String) -> async_nats::ConnectOptions {
     async_nats::ConnectOptions::new()
         .name(name)
@@ -268,7 +306,42 @@ fn connect_options(name: String) -> async_nats::ConnectOptions {
         .max_reconnects(None)
         .subscription_capacity(SUBSCRIPTION_CAPACITY)
         .reconnect_delay_callback(reconnect_delay)
-        .event_callback(|event| async move { log_event(&event) })
+}
+
+/// What the NATS clients report: logged, and messages they dropped counted.
+#[derive(Debug)]
+struct Events {
+    /// Weak: the clients' event tasks must not keep the broker alive.
+    broker: std::sync::Weak<Broker>,
+    /// When a slow consumer was last logged; one warning per interval says
+    /// enough (the client reports each dropped message).
+    last_slow_warning: Mutex<Option<Instant>>,
+}
+
+impl Events {
+    /// Quiet time between two slow-consumer warnings.
+    const SLOW_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+    fn record(&self, event: &async_nats::Event) {
+        match event {
+            async_nats::Event::Connected => info!("cluster: connected to NATS"),
+            async_nats::Event::Disconnected => {
+                error!("cluster: disconnected from NATS; serving local clients only, reconnecting");
+            }
+            async_nats::Event::SlowConsumer(sid) => {
+                if let Some(broker) = self.broker.upgrade() {
+                    broker.metrics.dropped(DropReason::ClusterInbound, 1);
+                }
+                let now = Instant::now();
+                let mut last = self.last_slow_warning.lock();
+                if last.is_none_or(|at| now.duration_since(at) >= Self::SLOW_WARNING_INTERVAL) {
+                    *last = Some(now);
+                    warn!(sid, "cluster: this node fell behind a NATS subscription; messages from other nodes lost");
+                }
+            }
+            other => warn!(event = %other, "cluster: NATS event"),
+        }
+    }
 }
 
 /// What the cluster tasks share.
@@ -277,35 +350,51 @@ struct Link {
     node_id: Arc<str>,
     subjects: Subjects,
     subscriptions: Arc<AtomicUsize>,
+    /// [`Cluster::queued_bytes`].
+    queued_bytes: Arc<AtomicUsize>,
+}
+
+/// What a queued message counts against [`OUTBOUND_BYTES`].
+fn queued_size(message: &Message) -> usize {
+    message.topic.as_str().len() + message.payload.len()
 }
 
 impl Link {
-    /// Publishes this node's messages until shutdown.
+    /// Publishes this node's messages until shutdown, taking from the
+    /// queue what is there (up to [`OUTBOUND_BATCH`]) in one go. Handing a
+    /// message to the client waits while the client's own command queue is
+    /// full, so the NATS connection paces this task; local publishers only
+    /// ever `try_send` into the queue in front of it and never wait.
     async fn publish(
         self: Arc<Self>,
         client: async_nats::Client,
         mut rx: mpsc::Receiver<Arc<Message>>,
         broker: Arc<Broker>,
     ) {
+        let mut batch = Vec::with_capacity(OUTBOUND_BATCH);
         loop {
-            let message = tokio::select! {
+            let taken = tokio::select! {
                 () = broker.shutdown.cancelled() => break,
-                message = rx.recv() => match message {
-                    Some(message) => message,
-                    None => break,
-                },
+                taken = rx.recv_many(&mut batch, OUTBOUND_BATCH) => taken,
             };
-            if message.is_expired(Instant::now()) {
-                continue;
+            if taken == 0 {
+                break;
             }
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(envelope::NODE_HEADER, &*self.node_id);
-            headers.insert(envelope::MESSAGE_HEADER, envelope::encode(&message, Instant::now()).as_str());
-            // `forward` let only topics whose subject fits through.
-            let subject = self.subjects.topic(message.topic.as_str());
-            if let Err(e) = client.publish_with_headers(subject, headers, message.payload.clone()).await {
-                debug!(error = %e, "cluster: publish to NATS failed");
-                broker.metrics.dropped(DropReason::Cluster, 1);
+            let now = Instant::now();
+            for message in batch.drain(..) {
+                self.queued_bytes.fetch_sub(queued_size(&message), Ordering::Relaxed);
+                if message.is_expired(now) {
+                    continue;
+                }
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(envelope::NODE_HEADER, &*self.node_id);
+                headers.insert(envelope::MESSAGE_HEADER, envelope::encode(&message, now).as_str());
+                // `forward` let only topics whose subject fits through.
+                let subject = self.subjects.topic(message.topic.as_str());
+                if let Err(e) = client.publish_with_headers(subject, headers, message.payload.clone()).await {
+                    debug!(error = %e, "cluster: publish to NATS failed");
+                    broker.metrics.dropped(DropReason::Cluster, 1);
+                }
             }
         }
         // Hand what was published to the server before the process ends.
@@ -396,19 +485,24 @@ impl Link {
         stop: CancellationToken,
         broker: Arc<Broker>,
     ) {
+        // What the client has buffered is routed in one go, without a
+        // wake-up per message, so this task keeps up with the connection.
+        let mut batches = (&mut subscriber).ready_chunks(INBOUND_BATCH);
         loop {
-            let nats = tokio::select! {
+            let batch = tokio::select! {
                 () = stop.cancelled() => break,
-                nats = subscriber.next() => match nats {
-                    Some(nats) => nats,
+                batch = batches.next() => match batch {
+                    Some(batch) => batch,
                     None => break,
                 },
             };
-            let Some(message) = self.decode(nats, shared.is_some()) else { continue };
-            match &shared {
-                Some((filter, group)) => broker.deliver_shared(Arc::new(message), filter, group),
-                None => broker.deliver_remote(Arc::new(message)),
-            };
+            for nats in batch {
+                let Some(message) = self.decode(nats, shared.is_some()) else { continue };
+                match &shared {
+                    Some((filter, group)) => broker.deliver_shared(Arc::new(message), filter, group),
+                    None => broker.deliver_remote(Arc::new(message)),
+                };
+            }
         }
         // Dropping the subscriber unsubscribes without waiting (NATS may be
         // away with the client's queue full).
@@ -441,17 +535,6 @@ impl Link {
 fn reconnect_delay(attempts: usize) -> Duration {
     let exp = u32::try_from(attempts.saturating_sub(1)).unwrap_or(u32::MAX).min(6);
     if attempts <= 1 { Duration::ZERO } else { Duration::from_millis(62 * 2u64.pow(exp)).min(Duration::from_secs(2)) }
-}
-
-fn log_event(event: &async_nats::Event) {
-    match event {
-        async_nats::Event::Connected => info!("cluster: connected to NATS"),
-        async_nats::Event::Disconnected => {
-            error!("cluster: disconnected from NATS; serving local clients only, reconnecting");
-        }
-        async_nats::Event::SlowConsumer(sid) => warn!(sid, "cluster: a NATS subscription fell behind; messages lost"),
-        other => warn!(event = %other, "cluster: NATS event"),
-    }
 }
 
 /// A node id unique enough for one cluster: 64 random bits.

@@ -92,15 +92,20 @@ pub enum DropReason {
     /// routed without being retained.
     RetainedFull,
     /// Not forwarded to the other nodes of the cluster: the queue towards
-    /// NATS was full (NATS slow or away) or NATS refused it.
+    /// NATS was full (NATS slow or away), the topic too long for a subject,
+    /// or NATS refused it.
     Cluster,
+    /// Sent by another node but dropped on arrival: this node's NATS client
+    /// buffered as much of a subscription as it may (a slow consumer).
+    /// Counted as the client reports them, which may be fewer.
+    ClusterInbound,
     /// Over the publisher's `limits.max_publish_rate`.
     PublishRate,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::QueueFull,
         DropReason::OfflineQos0,
         DropReason::Expired,
@@ -109,6 +114,7 @@ impl DropReason {
         DropReason::Transform,
         DropReason::RetainedFull,
         DropReason::Cluster,
+        DropReason::ClusterInbound,
         DropReason::PublishRate,
     ];
 
@@ -123,6 +129,7 @@ impl DropReason {
             DropReason::Transform => "transform",
             DropReason::RetainedFull => "retained_full",
             DropReason::Cluster => "cluster",
+            DropReason::ClusterInbound => "cluster_inbound",
             DropReason::PublishRate => "publish_rate",
         }
     }

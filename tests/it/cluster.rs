@@ -600,3 +600,60 @@ async fn retained_messages_follow_the_stream_after_nats_restarts() {
     until_retained(&c, "kept", Some("on disk")).await;
     assert_eq!(retained_on(&c, "k"), None);
 }
+
+#[tokio::test]
+async fn a_burst_across_nodes_arrives_complete_when_the_subscriber_keeps_up() {
+    // More than the queues on the way held before (16 Ki messages towards
+    // NATS on the publishing node, 4 Ki per NATS subscription on the
+    // receiving one), published as fast as the client can.
+    const N: usize = 20_000;
+    let nats = Nats::start_core().await;
+    let burst_node = |id: &'static str| {
+        let cluster =
+            ClusterConfig { nats: vec![nats.url()], node_id: Some(id.to_owned()), subject_prefix: "moat".into() };
+        TestBroker::with(move |c| {
+            c.cluster = Some(cluster);
+            c.limits.max_queued_messages = N;
+        })
+    };
+    let (a, b) = (burst_node("a").await, burst_node("b").await);
+    let mut sub = b.v5("sub").await;
+    sub.subscribe("burst/+", QoS::AtLeastOnce).await;
+    nats.until_subjects("b", &["moat.t.burst.*"]).await;
+
+    let publisher = a.v5("pub").await;
+    let send = tokio::spawn(async move {
+        for i in 0..N {
+            let topic = format!("burst/{}", i % 8);
+            publisher
+                .client
+                .publish(topic, QoS::AtLeastOnce, false, i.to_string().into_bytes())
+                .await
+                .expect("publish");
+        }
+        publisher
+    });
+    let mut seen = vec![false; N];
+    for _ in 0..N {
+        // Shorter than the wait of `publish`, so that a loss is reported.
+        let p = tokio::time::timeout(Duration::from_secs(4), sub.publish()).await.unwrap_or_else(|_| {
+            let lost = seen.iter().filter(|s| !**s).count();
+            panic!("{lost} of {N} messages missing; dropped on a: {:?}", drops(&a));
+        });
+        let i: usize = String::from_utf8_lossy(&p.payload).parse().expect("a number");
+        assert!(!std::mem::replace(&mut seen[i], true), "message {i} twice");
+    }
+    let _publisher = send.await.expect("publisher task");
+    sub.no_publish().await;
+    for node in [&a, &b] {
+        assert_eq!(drops(node), [0, 0, 0], "dropped (cluster, cluster_inbound, queue_full)");
+    }
+}
+
+/// Messages `node` dropped towards NATS, on arrival from NATS, and for full
+/// session queues.
+fn drops(node: &TestBroker) -> [u64; 3] {
+    use moat::metrics::DropReason;
+    let m = &node.broker.metrics;
+    [m.drops(DropReason::Cluster), m.drops(DropReason::ClusterInbound), m.drops(DropReason::QueueFull)]
+}
