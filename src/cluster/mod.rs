@@ -372,14 +372,8 @@ impl Link {
         broker: Arc<Broker>,
     ) {
         let mut batch = Vec::with_capacity(OUTBOUND_BATCH);
-        loop {
-            let taken = tokio::select! {
-                () = broker.shutdown.cancelled() => break,
-                taken = rx.recv_many(&mut batch, OUTBOUND_BATCH) => taken,
-            };
-            if taken == 0 {
-                break;
-            }
+        // `recv_many` takes nothing only when every sender is gone.
+        while let Some(1..) = broker.shutdown.run_until_cancelled(rx.recv_many(&mut batch, OUTBOUND_BATCH)).await {
             let now = Instant::now();
             for message in batch.drain(..) {
                 self.queued_bytes.fetch_sub(queued_size(&message), Ordering::Relaxed);
@@ -415,14 +409,7 @@ impl Link {
         // By subject and queue group: a count of local subscriptions and
         // the handle that ends the NATS subscription.
         let mut held: HashMap<(String, String), (usize, CancellationToken)> = HashMap::new();
-        loop {
-            let change = tokio::select! {
-                () = broker.shutdown.cancelled() => break,
-                change = rx.recv() => match change {
-                    Some(change) => change,
-                    None => break,
-                },
-            };
+        while let Some(Some(change)) = broker.shutdown.run_until_cancelled(rx.recv()).await {
             match change {
                 Interest::Add(filter, group) => {
                     let queue = match &group {
@@ -488,14 +475,7 @@ impl Link {
         // What the client has buffered is routed in one go, without a
         // wake-up per message, so this task keeps up with the connection.
         let mut batches = (&mut subscriber).ready_chunks(INBOUND_BATCH);
-        loop {
-            let batch = tokio::select! {
-                () = stop.cancelled() => break,
-                batch = batches.next() => match batch {
-                    Some(batch) => batch,
-                    None => break,
-                },
-            };
+        while let Some(Some(batch)) = stop.run_until_cancelled(batches.next()).await {
             for nats in batch {
                 let Some(message) = self.decode(nats, shared.is_some()) else { continue };
                 match &shared {

@@ -173,14 +173,7 @@ impl RetainedSync {
         broker: Arc<Broker>,
     ) {
         let js = jetstream::new(client);
-        loop {
-            let message = tokio::select! {
-                () = broker.shutdown.cancelled() => break,
-                message = rx.recv() => match message {
-                    Some(message) => message,
-                    None => break,
-                },
-            };
+        while let Some(Some(message)) = broker.shutdown.run_until_cancelled(rx.recv()).await {
             let topic = message.topic.as_str();
             let subject = self.subjects.topic(topic);
             if !self.watching() || subject.len() > MAX_SUBJECT_BYTES {
@@ -208,10 +201,7 @@ impl RetainedSync {
             let acked_broker = broker.clone();
             let topic = topic.to_owned();
             broker.tasks.spawn(async move {
-                let result = tokio::select! {
-                    () = acked_broker.shutdown.cancelled() => return,
-                    result = ack.into_future() => result,
-                };
+                let Some(result) = acked_broker.shutdown.run_until_cancelled(ack.into_future()).await else { return };
                 match result {
                     Ok(ack) => {
                         sync.failing.store(false, Ordering::Relaxed);
@@ -242,9 +232,9 @@ impl RetainedSync {
         let js = jetstream::new(client.clone());
         let mut failures = 0u32;
         loop {
-            let outcome = tokio::select! {
-                () = broker.shutdown.cancelled() => return,
-                outcome = self.watch_once(&js, &client, &broker) => outcome,
+            let Some(outcome) = broker.shutdown.run_until_cancelled(self.watch_once(&js, &client, &broker)).await
+            else {
+                return;
             };
             // A watch that ran makes the next failure a new outage (warned).
             if self.watching.swap(false, Ordering::Relaxed) {
@@ -263,9 +253,8 @@ impl RetainedSync {
             }
             failures = failures.saturating_add(1);
             let wait = Duration::from_millis(250 * u64::from(failures.min(20))).min(RETRY_MAX);
-            tokio::select! {
-                () = broker.shutdown.cancelled() => return,
-                () = tokio::time::sleep(wait) => {}
+            if broker.shutdown.run_until_cancelled(tokio::time::sleep(wait)).await.is_none() {
+                return;
             }
         }
     }
