@@ -15,7 +15,7 @@ use crate::metrics::{DropReason, Metrics};
 use crate::reload::Reloader;
 use crate::router::{Message, Router, Scope};
 use crate::session::{Attached, Held, Registry, Session};
-use crate::store::{PendingWill, Recovered, Store};
+use crate::store::{PendingWill, Recovered, Store, StoredSession};
 
 /// State shared by every connection: configuration, subscriptions,
 /// sessions, and the shutdown signal.
@@ -96,30 +96,94 @@ impl Broker {
         for message in recovered.retained {
             broker.router.retained().set(&message);
         }
-        for stored in recovered.sessions {
-            let session = broker.sessions.restore(stored.client_id.clone(), broker.config().limits.queue_bound());
-            {
-                let mut state = session.lock();
-                state.expiry_s = stored.expiry_s;
-                state.restore_pending(stored.pending);
-                state.inflight.extend(stored.inflight);
-                state.incoming_qos2.extend(stored.incoming_qos2);
-                state.will_pending = stored.will.is_some();
-            }
-            for (filter, subscription) in stored.subscriptions {
-                broker.router.subscribe(&session, &filter, &subscription);
-                session.lock().subscriptions.insert(filter, subscription);
-            }
+        for mut stored in recovered.sessions {
+            let will = stored.will.take();
+            let expiry_s = stored.expiry_s;
+            let session = broker.restore(stored);
+            session.lock().will_pending = will.is_some();
             let timers = CancellationToken::new();
             session.lock().timers = Some(timers.clone());
-            if let Some(will) = stored.will {
+            if let Some(will) = will {
                 // Due while the broker was down: publish it now.
                 let wait = Duration::from_millis(will.due_ms.saturating_sub(crate::store::now_ms()));
                 broker.schedule_will(session.clone(), 0, will, wait, timers.clone());
             }
-            broker.arm_expiry(session, 0, stored.expiry_s, timers);
+            broker.arm_expiry(session, 0, expiry_s, timers);
         }
         broker
+    }
+
+    /// Registers `stored` (its will aside) as an offline session and
+    /// subscribes it.
+    fn restore(&self, stored: StoredSession) -> Arc<Session> {
+        let session = self.sessions.restore(stored.client_id.clone(), self.config().limits.queue_bound());
+        {
+            let mut state = session.lock();
+            state.expiry_s = stored.expiry_s;
+            state.restore_pending(stored.pending);
+            state.inflight.extend(stored.inflight);
+            state.incoming_qos2.extend(stored.incoming_qos2);
+        }
+        for (filter, subscription) in stored.subscriptions {
+            self.router.subscribe(&session, &filter, &subscription);
+            session.lock().subscriptions.insert(filter, subscription);
+        }
+        session
+    }
+
+    /// Ends the session of `client_id` here for another node, which takes
+    /// it over: the attached connection leaves (v5: 0x8E Session taken
+    /// over), a will waiting for its delay is cancelled as a reconnect
+    /// cancels it, and unless `keep` is false the session is returned to
+    /// be moved. `None` when there is no session to move.
+    #[cfg(feature = "cluster")]
+    pub(crate) async fn hand_over(&self, client_id: &str, keep: bool) -> Option<StoredSession> {
+        let taken = self.sessions.take(client_id, |session| {
+            let moved = {
+                let mut state = session.lock();
+                if let Some(timers) = state.timers.take() {
+                    timers.cancel();
+                }
+                if std::mem::take(&mut state.will_pending) {
+                    self.store.will(session.client_id(), None);
+                }
+                keep.then(|| StoredSession {
+                    client_id: session.client_id().clone(),
+                    expiry_s: state.expiry_s,
+                    subscriptions: state.subscriptions.iter().map(|(f, s)| (f.clone(), s.clone())).collect(),
+                    pending: state.pending.iter().cloned().collect(),
+                    inflight: state.inflight.iter().cloned().collect(),
+                    incoming_qos2: state.incoming_qos2.iter().copied().collect(),
+                    will: None,
+                })
+            };
+            self.discard(session);
+            moved
+        });
+        taken.await.flatten()
+    }
+
+    /// Takes in a session another node handed over: it replaces any
+    /// session this node still had for that client (left from before the
+    /// other node took the client over), and goes to the store as a
+    /// session that outlives its connection would.
+    #[cfg(feature = "cluster")]
+    fn adopt(&self, stored: StoredSession) {
+        if let Some(stale) = self.sessions.get(&stored.client_id) {
+            self.discard(&stale);
+        }
+        let session = self.restore(stored);
+        let client_id = session.client_id();
+        let state = session.lock();
+        self.store.session_opened(client_id, state.expiry_s);
+        for (filter, subscription) in &state.subscriptions {
+            self.store.subscribed(client_id, filter, subscription);
+        }
+        for id in &state.incoming_qos2 {
+            self.store.incoming_qos2(client_id, *id, true);
+        }
+        drop(state);
+        self.save_messages(&session);
     }
 
     /// The link to the other nodes, when this node is part of a cluster.
@@ -295,8 +359,23 @@ impl Broker {
 
     /// Attaches a connection to the session of `client_id`.
     pub async fn attach(&self, client_id: &Arc<str>, clean_start: bool) -> Option<Attached> {
+        // One node holds a client's session: claim it from the node that
+        // had it, which disconnects its connection and hands it over.
+        #[cfg(feature = "cluster")]
+        let mut claim = crate::cluster::Claim::default();
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = &self.cluster {
+            claim = cluster.claim(client_id, clean_start).await;
+            if let Some(moved) = claim.moved.take() {
+                self.adopt(moved);
+            }
+        }
         let bound = self.config().limits.queue_bound();
         let attached = self.sessions.attach(client_id, clean_start, bound, |old| self.discard(old)).await?;
+        #[cfg(feature = "cluster")]
+        if claim.revision.is_some() {
+            attached.session.lock().claimed = claim.revision;
+        }
         // A reconnect cancels a will waiting for its delay [MQTT-3.1.3-9].
         if std::mem::take(&mut attached.session.lock().will_pending) {
             self.store.will(client_id, None);
@@ -306,17 +385,21 @@ impl Broker {
 
     /// Ends a session: removes its subscriptions and forgets it.
     pub fn discard(&self, session: &Arc<Session>) {
-        let filters: Vec<_> = {
+        let (filters, claimed): (Vec<_>, _) = {
             let mut state = session.lock();
             state.clear_pending();
             state.inflight.clear();
-            state.subscriptions.drain().map(|(f, _)| f).collect()
+            (state.subscriptions.drain().map(|(f, _)| f).collect(), state.claimed.take())
         };
         for filter in &filters {
             self.router.unsubscribe(session, filter);
         }
         if self.sessions.remove(session) {
             self.store.session_ended(session.client_id());
+            #[cfg(feature = "cluster")]
+            if let (Some(cluster), Some(revision)) = (&self.cluster, claimed) {
+                cluster.release(session.client_id(), revision, self);
+            }
         }
     }
 

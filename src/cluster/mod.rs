@@ -1,6 +1,7 @@
 //! Clustering over NATS: publishes cross nodes over core NATS, retained
 //! messages through a JetStream stream, share groups through NATS queue
-//! groups; sessions stay local.
+//! groups; each session is held by one node, which the client's connection
+//! claims ([`ownership`]).
 //!
 //! Each node keeps its connections, sessions, plugins and subscription trie.
 //! What it adds is two NATS connections and these tasks:
@@ -64,6 +65,7 @@
 //! would feed instead of a core subscription.
 
 mod envelope;
+mod ownership;
 mod retained;
 pub mod subject;
 
@@ -83,6 +85,8 @@ use crate::codec::TopicName;
 use crate::config::ClusterConfig;
 use crate::metrics::DropReason;
 use crate::router::Message;
+pub use ownership::Claim;
+use ownership::Ownership;
 use retained::RetainedSync;
 pub use subject::Subjects;
 
@@ -130,6 +134,7 @@ pub struct Cluster {
     /// Retained messages (and clears) on their way to the retained stream.
     retained_out: mpsc::Sender<Arc<Message>>,
     retained: Arc<RetainedSync>,
+    ownership: Arc<Ownership>,
     /// Taken by [`Cluster::start`].
     pending: Mutex<Option<Receivers>>,
     /// NATS subscriptions held now.
@@ -157,6 +162,7 @@ impl Cluster {
         let node_id: Arc<str> = config.node_id.clone().unwrap_or_else(random_node_id).into();
         let cluster = Cluster {
             retained: Arc::new(RetainedSync::new(&config.subject_prefix, node_id.clone())),
+            ownership: Arc::new(Ownership::new(&config.subject_prefix, node_id.clone())),
             node_id,
             servers: config.nats.clone(),
             subjects: Subjects::new(&config.subject_prefix),
@@ -201,6 +207,19 @@ impl Cluster {
     /// started (retained messages published before it started are here).
     pub fn retained_synced(&self) -> bool {
         self.retained.synced()
+    }
+
+    /// Claims the session of `client_id` for this node before a
+    /// connection attaches to it ([`ownership`]): the node that held it
+    /// disconnects the client there and hands the session over (unless
+    /// `clean_start`).
+    pub(crate) async fn claim(&self, client_id: &str, clean_start: bool) -> Claim {
+        self.ownership.claim(client_id, clean_start).await
+    }
+
+    /// The session of `client_id`, claimed with `revision`, ended here.
+    pub(crate) fn release(&self, client_id: &str, revision: u64, broker: &Broker) {
+        self.ownership.release(client_id, revision, broker);
     }
 
     /// Hands a message published on this node to the other nodes, and,
@@ -274,6 +293,7 @@ impl Cluster {
             queued_bytes: self.queued_bytes.clone(),
         };
         let retained = self.retained.clone();
+        let ownership = self.ownership.clone();
         let broker = broker.clone();
         let tasks = broker.tasks.clone();
         tasks.spawn(async move {
@@ -292,6 +312,7 @@ impl Cluster {
             broker.tasks.spawn(link.clone().publish(client.clone(), receivers.outbound, broker.clone()));
             broker.tasks.spawn(retained.clone().write(client.clone(), receivers.retained, broker.clone()));
             broker.tasks.spawn(retained.watch(client.clone(), broker.clone()));
+            broker.tasks.spawn(ownership.run(client.clone(), broker.clone()));
             link.interest(client, share, receivers.interest, broker).await;
         });
     }

@@ -118,6 +118,20 @@ impl Registry {
         Attached { session, present, kicked, generation, _exclusive: guard }
     }
 
+    /// Makes the connection attached to the session of `client_id` (if
+    /// any) leave, waits until it has let go, and calls `take` with the
+    /// session while holding it, so no connection attaches meanwhile.
+    /// `None` when there is no such session, it ended while the old
+    /// connection left, or that connection did not let go in time.
+    pub async fn take<R>(&self, client_id: &str, take: impl FnOnce(&Arc<Session>) -> R) -> Option<R> {
+        let entry = self.sessions.lock().get(client_id).cloned()?;
+        if let Some(kick) = entry.session.lock().kick.take() {
+            kick.cancel();
+        }
+        let _guard = tokio::time::timeout(TAKEOVER_WAIT, entry.exclusive.lock_owned()).await.ok()?;
+        self.is_registered(&entry.session).then(|| take(&entry.session))
+    }
+
     /// Registers a session recovered from the store, offline.
     pub fn restore(&self, client_id: Arc<str>, bound: QueueBound) -> Arc<Session> {
         let entry = Entry {

@@ -132,6 +132,10 @@ pub struct SessionState {
     /// Set with `kick` cancelled when an operator disconnects the client,
     /// so the connection says 0x98 rather than 0x8E (taken over).
     pub kicked_by_admin: bool,
+    /// In a cluster: the revision of the ownership entry this node wrote
+    /// when the connection attached, so the session's end can remove that
+    /// entry unless another claim (on any node) came after it.
+    pub claimed: Option<u64>,
     /// The attached connection, while one is.
     pub connection: Option<ConnectionInfo>,
     /// Session expiry interval, seconds, as last negotiated.
@@ -172,6 +176,7 @@ impl SessionState {
             kick: None,
             timers: None,
             kicked_by_admin: false,
+            claimed: None,
             connection: None,
             expiry_s: 0,
             client: None,

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{PacketId, Properties, QoS, RetainHandling, SubscriptionOptions, TopicName};
+use super::StoredSession;
+use crate::codec::{PacketId, Properties, QoS, RetainHandling, SubscriptionOptions, TopicFilter, TopicName};
 use crate::router::Message;
 use crate::session::{Delivery, Inflight, InflightState, Subscription};
 
@@ -223,6 +224,80 @@ impl DeliveryRecord {
     }
 }
 
+/// A whole session on its way from one cluster node to another (not
+/// stored: the receiving node stores it its own way).
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct TransferRecord {
+    client_id: String,
+    expiry_s: u32,
+    subscriptions: Vec<(String, SubscriptionRecord)>,
+    /// In-flight deliveries first (in send order), then pending ones.
+    messages: Vec<DeliveryRecord>,
+    incoming_qos2: Vec<u16>,
+}
+
+/// Encodes `session` (its will left out) for another node: see
+/// [`decode_session`].
+pub(crate) fn encode_session(session: &StoredSession) -> Vec<u8> {
+    let (now, now_ms) = (Instant::now(), now_ms());
+    let inflight = session.inflight.iter().map(|i| DeliveryRecord::inflight(i, now, now_ms));
+    let pending = session.pending.iter().map(|d| DeliveryRecord::pending(d, now, now_ms));
+    encode(&TransferRecord {
+        client_id: session.client_id.to_string(),
+        expiry_s: session.expiry_s,
+        subscriptions: session
+            .subscriptions
+            .iter()
+            .map(|(f, s)| (f.as_str().to_owned(), SubscriptionRecord::from_subscription(s)))
+            .collect(),
+        messages: inflight.chain(pending).collect(),
+        incoming_qos2: session.incoming_qos2.iter().map(|id| id.get()).collect(),
+    })
+}
+
+/// A session another node encoded with [`encode_session`]. Its messages
+/// carry no store key (this node's store gives them one) and expiry keeps
+/// running by the wall clock.
+///
+/// # Errors
+/// [`DecodeError`] for bytes that are no such session.
+pub(crate) fn decode_session(bytes: &[u8]) -> Result<StoredSession, DecodeError> {
+    let record: TransferRecord = decode(bytes)?;
+    let (now, now_ms) = (Instant::now(), now_ms());
+    let mut session = StoredSession {
+        client_id: record.client_id.into(),
+        expiry_s: record.expiry_s,
+        subscriptions: Vec::with_capacity(record.subscriptions.len()),
+        pending: Vec::new(),
+        inflight: Vec::new(),
+        incoming_qos2: Vec::with_capacity(record.incoming_qos2.len()),
+        will: None,
+    };
+    for (filter, subscription) in record.subscriptions {
+        let filter = TopicFilter::new(&filter).map_err(|e| DecodeError(format!("filter {filter:?}: {e}")))?;
+        session.subscriptions.push((filter, subscription.into_subscription()?));
+    }
+    for message in record.messages {
+        if message.message.is_expired(now_ms) {
+            continue;
+        }
+        match message.into_parts(0, now, now_ms)? {
+            Ok(mut delivery) => {
+                delivery.stored = None;
+                session.pending.push(delivery);
+            }
+            Err(mut inflight) => {
+                inflight.delivery.stored = None;
+                session.inflight.push(inflight);
+            }
+        }
+    }
+    for id in record.incoming_qos2 {
+        session.incoming_qos2.push(PacketId::new(id).ok_or_else(|| DecodeError("packet id 0".to_owned()))?);
+    }
+    Ok(session)
+}
+
 fn qos(n: u8) -> Result<QoS, DecodeError> {
     QoS::from_u8(n).ok_or_else(|| DecodeError(format!("bad QoS {n}")))
 }
@@ -303,6 +378,45 @@ mod tests {
         let bytes = encode(&SubscriptionRecord::from_subscription(&sub));
         let back = decode::<SubscriptionRecord>(&bytes).expect("decodes").into_subscription().expect("valid");
         assert_eq!(back, sub);
+    }
+
+    #[test]
+    fn a_session_moves_whole_between_nodes() {
+        let delivery = |payload: &'static str, stored| Delivery {
+            message: Arc::new(Message { payload: Bytes::from_static(payload.as_bytes()), ..message() }),
+            qos: QoS::ExactlyOnce,
+            retain: true,
+            subscription_ids: vec![1, 2],
+            stored,
+        };
+        let sent = Inflight {
+            packet_id: PacketId::new(9).expect("non-zero"),
+            delivery: delivery("sent", Some(4)),
+            state: InflightState::AwaitPubRec,
+        };
+        let mut expired = delivery("expired", None);
+        Arc::make_mut(&mut expired.message).expires_at = Some(Instant::now());
+        let subscription = Subscription { options: SubscriptionOptions::default(), id: Some(5) };
+        let session = StoredSession {
+            client_id: "dev/ü".into(),
+            expiry_s: 3600,
+            subscriptions: vec![(TopicFilter::new("a/+/#").expect("valid"), subscription.clone())],
+            pending: vec![delivery("queued", Some(5)), expired],
+            inflight: vec![sent],
+            incoming_qos2: vec![PacketId::new(77).expect("non-zero")],
+            will: None,
+        };
+        let back = decode_session(&encode_session(&session)).expect("decodes");
+        assert_eq!((&*back.client_id, back.expiry_s), ("dev/ü", 3600));
+        assert_eq!(back.subscriptions, session.subscriptions);
+        assert_eq!(back.incoming_qos2, session.incoming_qos2);
+        // The expired message stays behind; store keys stay with the old node.
+        let [queued] = &back.pending[..] else { panic!("one pending: {:?}", back.pending) };
+        assert_eq!((&queued.message.payload[..], queued.stored, queued.retain), (&b"queued"[..], None, true));
+        assert_eq!(queued.subscription_ids, vec![1, 2]);
+        let [sent] = &back.inflight[..] else { panic!("one in flight") };
+        assert_eq!((sent.packet_id.get(), sent.state, sent.delivery.stored), (9, InflightState::AwaitPubRec, None));
+        assert!(decode_session(b"\x01garbage").is_err());
     }
 
     #[test]

@@ -118,7 +118,8 @@ impl Nats {
 
     /// The subjects the connection `name` is subscribed to for MQTT
     /// filters, sorted (not the `_INBOX.` ones JetStream replies and the
-    /// retained watch use); `None` while it is not connected.
+    /// retained watch use, nor the node's own `moat.n.` requests);
+    /// `None` while it is not connected.
     async fn subjects(&self, name: &str) -> Option<Vec<String>> {
         let connz = self.monitor("/connz?subs=1").await;
         let conn = connz["connections"].as_array()?.iter().find(|c| c["name"] == name)?.clone();
@@ -126,9 +127,28 @@ impl Nats {
             .as_array()
             .map(|l| l.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
             .unwrap_or_default();
-        subjects.retain(|s| !s.starts_with("_INBOX."));
+        subjects.retain(|s| !s.starts_with("_INBOX.") && !s.starts_with("moat.n."));
         subjects.sort();
         Some(subjects)
+    }
+
+    /// Waits until node `id` takes takeover requests (its session
+    /// ownership bucket is set up).
+    async fn until_owning(&self, id: &str) {
+        let (name, subject) = (format!("moat {id}"), format!("moat.n.{id}.takeover"));
+        let deadline = tokio::time::Instant::now() + NATS_WAIT;
+        loop {
+            let connz = self.monitor("/connz?subs=1").await;
+            let conns = connz["connections"].as_array().cloned().unwrap_or_default();
+            let conn = conns.iter().find(|c| c["name"] == *name);
+            if conn
+                .is_some_and(|c| c["subscriptions_list"].as_array().is_some_and(|l| l.iter().any(|s| *s == *subject)))
+            {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "node {id} never took takeover requests");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// Waits until node `id` is connected with exactly `expected` subjects.
@@ -656,4 +676,71 @@ fn drops(node: &TestBroker) -> [u64; 3] {
     use moat::metrics::DropReason;
     let m = &node.broker.metrics;
     [m.drops(DropReason::Cluster), m.drops(DropReason::ClusterInbound), m.drops(DropReason::QueueFull)]
+}
+
+/// A persistent v5 session (clean start off, a ten-minute expiry).
+fn persistent(o: &mut rumqttc::v5::MqttOptions) {
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(600));
+}
+
+#[tokio::test]
+async fn a_persistent_session_moves_to_the_node_its_client_reconnects_to() {
+    let nats = Nats::start().await;
+    let (a, b) = (node(&nats.url(), "a").await, node(&nats.url(), "b").await);
+    nats.until_owning("a").await;
+    nats.until_owning("b").await;
+    let mut device = a.v5_with("mover", persistent).await;
+    assert!(!device.connack.session_present);
+    device.subscribe("m/#", QoS::AtLeastOnce).await;
+    device.client.disconnect().await.expect("disconnect");
+    assert!(device.next().await.is_none_or(|p| !matches!(p, V5Packet::Publish(_))));
+    // Queued on node a while the device is away.
+    let publisher = a.v5("pub-a").await;
+    for i in 1..=3 {
+        publish(&publisher, &format!("m/{i}"), QoS::AtLeastOnce, &i.to_string()).await;
+    }
+    tokio::time::timeout(crate::harness::WAIT, async {
+        while a.broker.sessions.get("mover").is_none_or(|s| s.lock().pending.len() < 3) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("three messages queued on node a");
+
+    // The device comes back through node b: same session, what was queued.
+    let mut device = b.v5_with("mover", persistent).await;
+    assert!(device.connack.session_present, "the session followed the client to node b");
+    for i in 1..=3 {
+        assert_eq!(received(&mut device).await, (format!("m/{i}"), i.to_string(), QoS::AtLeastOnce));
+    }
+    assert!(a.broker.sessions.get("mover").is_none(), "node a let the session go");
+    // Its subscription moved too: node b subscribes on NATS, node a no more.
+    nats.until_subjects("b", &["moat.t.m.>", "moat.t.m"]).await;
+    nats.until_subjects("a", &[]).await;
+    publish(&publisher, "m/4", QoS::AtLeastOnce, "4").await;
+    assert_eq!(received(&mut device).await, ("m/4".into(), "4".into(), QoS::AtLeastOnce));
+    device.no_publish().await;
+}
+
+#[tokio::test]
+async fn a_client_connecting_through_another_node_takes_its_connection_over() {
+    let nats = Nats::start().await;
+    let (a, b) = (node(&nats.url(), "a").await, node(&nats.url(), "b").await);
+    nats.until_owning("a").await;
+    nats.until_owning("b").await;
+    let mut first = a.v5_with("twin", persistent).await;
+    first.subscribe("x/#", QoS::AtLeastOnce).await;
+
+    let mut second = b.v5_with("twin", persistent).await;
+    assert_eq!(first.disconnect_reason().await, rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver);
+    assert!(second.connack.session_present);
+    assert!(b.broker.sessions.get("twin").is_some_and(|s| s.lock().subscriptions.len() == 1));
+
+    // A clean start back on node a ends the session on node b.
+    let third = a.v5("twin").await;
+    assert_eq!(second.disconnect_reason().await, rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver);
+    assert!(!third.connack.session_present);
+    assert!(b.broker.sessions.get("twin").is_none());
+    assert!(a.broker.sessions.get("twin").is_some_and(|s| s.lock().subscriptions.is_empty()));
 }

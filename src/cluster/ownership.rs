@@ -1,0 +1,274 @@
+//! Session ownership across nodes: one node holds a client's session at a
+//! time, recorded in the JetStream key-value bucket `{PREFIX}_SESSIONS`
+//! (key: the client id, value: the owning node's id).
+//!
+//! A client connecting to a node claims its entry first, with
+//! compare-and-swap on the entry's revision, so of two nodes claiming at
+//! once one wins and the other reads again. When the entry named another
+//! node, the new owner asks that node (a NATS request on
+//! `{prefix}.n.{node id}.takeover`) to let the client go: it disconnects
+//! the client's connection there (v5: DISCONNECT 0x8E Session taken over),
+//! cancels a will waiting for its delay (a reconnect cancels it
+//! [MQTT-3.1.3-9]), ends the session there and answers with it (its
+//! subscriptions, queued and in-flight messages and QoS 2 state) unless
+//! the client asked for a clean start. The new owner adopts it and the
+//! client resumes it with Session Present, whichever node it had.
+//!
+//! The entry is removed when the session ends for good (expiry, or a
+//! connection without a session ending), only if it still has the
+//! revision this node's claim wrote: a later claim, on any node, keeps it.
+//!
+//! What this does not cover yet (issue 12): a node that dies takes the
+//! sessions it held with it until it restarts (the claim asks it in vain
+//! and the client starts afresh elsewhere), and messages published in the
+//! moment between the old node unsubscribing and the new one subscribing
+//! are not queued for the moved session. Without JetStream (or while it
+//! is away) claims are skipped after [`CLAIM_WAIT`] and each node keeps
+//! its own sessions, as before clustering.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use tracing::{debug, info, warn};
+
+use crate::broker::Broker;
+use crate::store::StoredSession;
+
+/// Longest a connecting client waits for its claim (and the handover)
+/// before its node serves it without one.
+pub(super) const CLAIM_WAIT: Duration = Duration::from_secs(3);
+/// Longest wait between attempts to set up the bucket.
+const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Claims retried when another node changed the entry in between.
+const CLAIM_ATTEMPTS: usize = 3;
+/// Client ids longer than this are keyed by their SHA-256: a key is part
+/// of a NATS subject.
+const MAX_PLAIN_KEY: usize = 256;
+
+/// The outcome of [`Ownership::claim`].
+#[derive(Debug, Default)]
+pub struct Claim {
+    /// The revision this node wrote, `None` when the bucket could not be
+    /// used (the session is then this node's alone).
+    pub revision: Option<u64>,
+    /// The session the previous owner handed over.
+    pub moved: Option<StoredSession>,
+}
+
+/// This node's side of session ownership.
+#[derive(Debug)]
+pub(super) struct Ownership {
+    bucket: String,
+    node_id: Arc<str>,
+    /// The request subject of node `{id}` is this plus `{id}.takeover`.
+    node_prefix: String,
+    /// The bucket and a client for requests, once set up.
+    link: Mutex<Option<(kv::Store, async_nats::Client)>>,
+    /// Whether a claim failed since the last one that worked: only the
+    /// first failure of a run is logged at warn.
+    failing: AtomicBool,
+}
+
+impl Ownership {
+    /// Ownership for a cluster under `prefix`, for node `node_id`.
+    pub(super) fn new(prefix: &str, node_id: Arc<str>) -> Ownership {
+        Ownership {
+            bucket: format!("{}_SESSIONS", prefix.replace('.', "_").to_uppercase()),
+            node_prefix: format!("{prefix}.n."),
+            node_id,
+            link: Mutex::new(None),
+            failing: AtomicBool::new(false),
+        }
+    }
+
+    fn takeover_subject(&self, node: &str) -> String {
+        format!("{}{node}.takeover", self.node_prefix)
+    }
+
+    /// Claims the session of `client_id` for this node, bringing it over
+    /// from the node that held it (dropped there when `clean_start`).
+    /// Waits at most [`CLAIM_WAIT`].
+    pub(super) async fn claim(&self, client_id: &str, clean_start: bool) -> Claim {
+        let Some((kv, client)) = self.link.lock().clone() else { return Claim::default() };
+        // NATS away: do not make every connecting client wait for it.
+        if client.connection_state() != async_nats::connection::State::Connected {
+            return Claim::default();
+        }
+        let claiming = async {
+            let (revision, previous) = self.claim_key(&kv, &key(client_id)).await?;
+            let mut moved = None;
+            if let Some(node) = previous {
+                let mut request = Vec::with_capacity(1 + client_id.len());
+                request.push(u8::from(clean_start));
+                request.extend_from_slice(client_id.as_bytes());
+                match client.request(self.takeover_subject(&node), request.into()).await {
+                    Ok(reply) if reply.payload.is_empty() => {}
+                    Ok(reply) => match crate::store::decode_session(&reply.payload) {
+                        Ok(session) if &*session.client_id == client_id => moved = Some(session),
+                        Ok(_) => warn!(%node, "cluster: a node handed over another client's session; ignored"),
+                        Err(e) => warn!(%node, error = %e, "cluster: a handed-over session cannot be read; ignored"),
+                    },
+                    // Gone (no responders) or too slow: the session stays
+                    // where it was, the client starts afresh here.
+                    Err(e) => info!(%node, error = %e, "cluster: the node that held this session did not hand it over"),
+                }
+            }
+            Ok::<_, async_nats::Error>(Claim { revision: Some(revision), moved })
+        };
+        match tokio::time::timeout(CLAIM_WAIT, claiming).await {
+            Ok(Ok(claim)) => {
+                self.failing.store(false, Ordering::Relaxed);
+                claim
+            }
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timed out".to_owned(),
+                };
+                if self.failing.swap(true, Ordering::Relaxed) {
+                    debug!(%error, "cluster: session ownership not claimed");
+                } else {
+                    warn!(%error, bucket = %self.bucket, "cluster: session ownership not claimed; this node serves the client without it");
+                }
+                Claim::default()
+            }
+        }
+    }
+
+    /// Writes this node into the entry `key` with compare-and-swap; returns
+    /// the revision written and the node the entry named before (if
+    /// another).
+    async fn claim_key(&self, kv: &kv::Store, key: &str) -> Result<(u64, Option<String>), async_nats::Error> {
+        let mine = Bytes::copy_from_slice(self.node_id.as_bytes());
+        let mut last_error: async_nats::Error = "no attempt".into();
+        for _ in 0..CLAIM_ATTEMPTS {
+            let entry = kv.entry(key).await?;
+            let written = match entry {
+                Some(entry) if entry.operation == kv::Operation::Put => {
+                    let previous = String::from_utf8_lossy(&entry.value).into_owned();
+                    let previous = (previous != *self.node_id).then_some(previous);
+                    kv.update(key, mine.clone(), entry.revision).await.map(|r| (r, previous)).map_err(Into::into)
+                }
+                _ => kv.create(key, mine.clone()).await.map(|r| (r, None)).map_err(Into::into),
+            };
+            match written {
+                Ok(written) => return Ok(written),
+                // Another claim came in between: read again.
+                Err(e) => last_error = e,
+            }
+        }
+        Err(last_error)
+    }
+
+    /// Removes the entry of `client_id` if it still has `revision` (its
+    /// session ended here and no claim came since). In the background:
+    /// the session's end does not wait for NATS.
+    pub(super) fn release(&self, client_id: &str, revision: u64, broker: &Broker) {
+        let Some((kv, _)) = self.link.lock().clone() else { return };
+        let key = key(client_id);
+        broker.tasks.spawn(async move {
+            // Fails when a later claim changed the entry: as it should.
+            let _ = tokio::time::timeout(CLAIM_WAIT, kv.delete_expect_revision(key, Some(revision))).await;
+        });
+    }
+
+    /// Sets up the bucket (retrying while JetStream is away), then answers
+    /// other nodes' takeover requests until shutdown.
+    pub(super) async fn run(self: Arc<Self>, client: async_nats::Client, broker: Arc<Broker>) {
+        let js = jetstream::new(client.clone());
+        let mut failures = 0u32;
+        let kv = loop {
+            let setting_up = async {
+                match js.get_key_value(self.bucket.as_str()).await {
+                    Ok(kv) => Ok(kv),
+                    Err(_) => {
+                        js.create_key_value(kv::Config {
+                            bucket: self.bucket.clone(),
+                            description: "moat: which node holds each client's session".to_owned(),
+                            history: 1,
+                            storage: jetstream::stream::StorageType::File,
+                            ..kv::Config::default()
+                        })
+                        .await
+                    }
+                }
+            };
+            let Some(outcome) = broker.shutdown.run_until_cancelled(setting_up).await else { return };
+            match outcome {
+                Ok(kv) => break kv,
+                Err(e) if failures == 0 => warn!(
+                    error = %e,
+                    bucket = %self.bucket,
+                    "cluster: no JetStream bucket for session ownership; each node keeps its own sessions until it is back"
+                ),
+                Err(e) => debug!(error = %e, "cluster: session ownership bucket still unavailable"),
+            }
+            failures = failures.saturating_add(1);
+            let wait = Duration::from_millis(250 * u64::from(failures.min(20))).min(RETRY_MAX);
+            if broker.shutdown.run_until_cancelled(tokio::time::sleep(wait)).await.is_none() {
+                return;
+            }
+        };
+        // Claims work from here on; requests from others once subscribed.
+        *self.link.lock() = Some((kv, client.clone()));
+        let mut requests = match client.subscribe(self.takeover_subject(&self.node_id)).await {
+            Ok(requests) => requests,
+            Err(e) => {
+                warn!(error = %e, "cluster: cannot take takeover requests; sessions stay on their nodes");
+                return;
+            }
+        };
+        info!(bucket = %self.bucket, "cluster: session ownership across nodes");
+        while let Some(Some(request)) = broker.shutdown.run_until_cancelled(requests.next()).await {
+            let (broker, client) = (broker.clone(), client.clone());
+            broker.clone().tasks.spawn(async move {
+                let Some(reply) = request.reply else { return };
+                let Some((&clean_start, id)) = request.payload.split_first() else { return };
+                let Ok(client_id) = std::str::from_utf8(id) else { return };
+                let moved = broker.hand_over(client_id, clean_start == 0).await;
+                debug!(client_id, moved = moved.is_some(), "cluster: session handed over to another node");
+                let answer = moved.map(|s| crate::store::encode_session(&s)).unwrap_or_default();
+                let _ = client.publish(reply, answer.into()).await;
+            });
+        }
+    }
+}
+
+/// The bucket key of `client_id`: its bytes in hex (a key allows few
+/// characters), or for a long id `h` and the hex SHA-256 of it.
+fn key(client_id: &str) -> String {
+    let hex = |bytes: &[u8]| {
+        bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            // Writing to a String cannot fail.
+            let _ = std::fmt::Write::write_fmt(&mut s, format_args!("{b:02x}"));
+            s
+        })
+    };
+    if client_id.len() <= MAX_PLAIN_KEY {
+        hex(client_id.as_bytes())
+    } else {
+        format!("h{}", hex(ring::digest::digest(&ring::digest::SHA256, client_id.as_bytes()).as_ref()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_valid_and_distinct() {
+        let long = "x".repeat(1000);
+        let keys = [key("a"), key("A"), key("dev/1.x"), key("ünï"), key(&long), key(&long[..999])];
+        for k in &keys {
+            assert!(k.chars().all(|c| c.is_ascii_alphanumeric()), "{k}");
+            assert!(k.len() <= 2 * MAX_PLAIN_KEY, "{k}");
+        }
+        let distinct: std::collections::HashSet<_> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len());
+    }
+}
