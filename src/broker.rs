@@ -512,12 +512,28 @@ impl Broker {
             if due {
                 // Published before it is forgotten: a crash in between
                 // publishes it twice rather than never.
-                let mut message = Arc::unwrap_or_clone(will.message);
-                message.expires_at =
-                    will.expiry_s.map(|s| std::time::Instant::now() + Duration::from_secs(u64::from(s)));
-                broker.publish(message, Some(&session));
+                broker.publish_will(will, Some(&session));
                 broker.store.will(session.client_id(), None);
             }
+        });
+    }
+
+    /// Publishes `will` now, its expiry counting from now.
+    fn publish_will(&self, will: PendingWill, session: Option<&Arc<Session>>) {
+        let mut message = Arc::unwrap_or_clone(will.message);
+        message.expires_at = will.expiry_s.map(|s| std::time::Instant::now() + Duration::from_secs(u64::from(s)));
+        self.publish(message, session);
+    }
+
+    /// Publishes the will of a client whose node died when it is due (or
+    /// at once at shutdown, since nothing else would publish it).
+    #[cfg(feature = "cluster")]
+    pub(crate) fn publish_will_later(self: &Arc<Self>, will: PendingWill) {
+        let broker = self.clone();
+        self.tasks.spawn(async move {
+            let wait = Duration::from_millis(will.due_ms.saturating_sub(crate::store::now_ms()));
+            let _ = broker.shutdown.run_until_cancelled(tokio::time::sleep(wait)).await;
+            broker.publish_will(will, None);
         });
     }
 

@@ -643,6 +643,7 @@ impl Default for SysConfig {
 /// nats = ["nats://10.0.0.5:4222", "nats://10.0.0.6:4222"]
 /// node_id = "moat-1"             # default: random at each start
 /// subject_prefix = "moat"        # NATS subjects are `moat.t.<topic levels>`
+/// node_timeout_s = 15            # silent this long: dead, its clients' wills go out
 /// ```
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -658,6 +659,17 @@ pub struct ClusterConfig {
     /// clusters can share one NATS deployment.
     #[serde(default = "default_subject_prefix")]
     pub subject_prefix: String,
+    /// Seconds without a heartbeat after which the other nodes count a
+    /// node as dead and publish the wills of the clients it had.
+    #[serde(default = "default_node_timeout_s")]
+    pub node_timeout_s: u32,
+}
+
+/// The `cluster.node_timeout_s` when not set.
+pub const DEFAULT_NODE_TIMEOUT_S: u32 = 15;
+
+fn default_node_timeout_s() -> u32 {
+    DEFAULT_NODE_TIMEOUT_S
 }
 
 /// The `cluster.subject_prefix` when not set.
@@ -674,6 +686,16 @@ fn is_name_char(c: char) -> bool {
 }
 
 impl ClusterConfig {
+    /// A cluster on the NATS servers `nats`, everything else by default.
+    pub fn new(nats: Vec<String>) -> ClusterConfig {
+        ClusterConfig {
+            nats,
+            node_id: None,
+            subject_prefix: default_subject_prefix(),
+            node_timeout_s: DEFAULT_NODE_TIMEOUT_S,
+        }
+    }
+
     fn validate(&self) -> Result<(), (String, String)> {
         if cfg!(not(feature = "cluster")) {
             return Err(("cluster".into(), "this moat was built without the `cluster` feature".into()));
@@ -691,6 +713,9 @@ impl ClusterConfig {
             && (id.is_empty() || id.len() > 64 || !id.chars().all(is_name_char))
         {
             return Err(("cluster.node_id".into(), "must be 1 to 64 characters of A-Z, a-z, 0-9, '-' and '_'".into()));
+        }
+        if !(1..=3600).contains(&self.node_timeout_s) {
+            return Err(("cluster.node_timeout_s".into(), "must be 1 to 3600 seconds".into()));
         }
         let prefix = &self.subject_prefix;
         if prefix.split('.').any(|t| t.is_empty() || !t.chars().all(is_name_char)) {
@@ -1187,7 +1212,7 @@ max_publish_rate = 100
         let c = parse("[cluster]\nnats = [\"nats://127.0.0.1:4222\", \"tls://n2:4222\"]\n").expect("valid");
         let cluster = c.cluster.expect("a cluster section");
         assert_eq!(cluster.nats.len(), 2);
-        assert_eq!((cluster.node_id, cluster.subject_prefix.as_str()), (None, "moat"));
+        assert_eq!(cluster, ClusterConfig::new(cluster.nats.clone()));
         let c = parse("[cluster]\nnats = [\"nats://h:1\"]\nnode_id = \"n-1\"\nsubject_prefix = \"acme.moat\"\n")
             .expect("valid");
         assert_eq!(c.cluster.and_then(|c| c.node_id).as_deref(), Some("n-1"));
@@ -1203,6 +1228,8 @@ max_publish_rate = 100
         assert!(err.to_string().starts_with("moat.toml:3: `cluster.node_id`"), "{err}");
         let err = parse("[cluster]\nnats = [\"nats://a:1\"]\nsubject_prefix = \"moat.>\"\n").expect_err("wildcard");
         assert!(err.to_string().starts_with("moat.toml:3: `cluster.subject_prefix`"), "{err}");
+        let err = parse("[cluster]\nnats = [\"nats://a:1\"]\nnode_timeout_s = 0\n").expect_err("no timeout");
+        assert_eq!(err.to_string(), "moat.toml:3: `cluster.node_timeout_s`: must be 1 to 3600 seconds");
         let err = parse("[cluster]\nnats = [\"nats://a:1\"]\nnode = \"x\"\n").expect_err("unknown key");
         assert!(err.to_string().starts_with("moat.toml:3:"), "{err}");
     }

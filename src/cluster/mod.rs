@@ -1,7 +1,8 @@
 //! Clustering over NATS: publishes cross nodes over core NATS, retained
 //! messages through a JetStream stream, share groups through NATS queue
 //! groups; each session is held by one node, which the client's connection
-//! claims ([`ownership`]).
+//! claims ([`ownership`]); wills of a node that died are published by
+//! another ([`wills`]).
 //!
 //! Each node keeps its connections, sessions, plugins and subscription trie.
 //! What it adds is two NATS connections and these tasks:
@@ -68,12 +69,14 @@ mod envelope;
 mod ownership;
 mod retained;
 pub mod subject;
+mod wills;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::mpsc;
@@ -89,6 +92,7 @@ pub use ownership::Claim;
 use ownership::Ownership;
 use retained::RetainedSync;
 pub use subject::Subjects;
+use wills::Wills;
 
 /// Messages waiting to be handed to NATS before new ones are dropped...
 const OUTBOUND_CAPACITY: usize = 64 * 1024;
@@ -135,6 +139,7 @@ pub struct Cluster {
     retained_out: mpsc::Sender<Arc<Message>>,
     retained: Arc<RetainedSync>,
     ownership: Arc<Ownership>,
+    wills: Arc<Wills>,
     /// Taken by [`Cluster::start`].
     pending: Mutex<Option<Receivers>>,
     /// NATS subscriptions held now.
@@ -163,6 +168,11 @@ impl Cluster {
         let cluster = Cluster {
             retained: Arc::new(RetainedSync::new(&config.subject_prefix, node_id.clone())),
             ownership: Arc::new(Ownership::new(&config.subject_prefix, node_id.clone())),
+            wills: Arc::new(Wills::new(
+                &config.subject_prefix,
+                node_id.clone(),
+                Duration::from_secs(u64::from(config.node_timeout_s)),
+            )),
             node_id,
             servers: config.nats.clone(),
             subjects: Subjects::new(&config.subject_prefix),
@@ -220,6 +230,18 @@ impl Cluster {
     /// The session of `client_id`, claimed with `revision`, ended here.
     pub(crate) fn release(&self, client_id: &str, revision: u64, broker: &Broker) {
         self.ownership.release(client_id, revision, broker);
+    }
+
+    /// Registers the will of `client_id`'s new connection, so that another
+    /// node publishes it `delay_s` after this one is found dead
+    /// ([`wills`]). The revision to unregister it with, if registered.
+    pub(crate) async fn register_will(&self, client_id: &str, will: &crate::codec::Will, delay_s: u32) -> Option<u64> {
+        self.wills.register(client_id, will, delay_s).await
+    }
+
+    /// The connection whose will was registered as `revision` ended here.
+    pub(crate) fn unregister_will(&self, client_id: &str, revision: u64, broker: &Broker) {
+        self.wills.unregister(client_id, revision, broker);
     }
 
     /// Hands a message published on this node to the other nodes, and,
@@ -294,6 +316,7 @@ impl Cluster {
         };
         let retained = self.retained.clone();
         let ownership = self.ownership.clone();
+        let wills = self.wills.clone();
         let broker = broker.clone();
         let tasks = broker.tasks.clone();
         tasks.spawn(async move {
@@ -313,6 +336,7 @@ impl Cluster {
             broker.tasks.spawn(retained.clone().write(client.clone(), receivers.retained, broker.clone()));
             broker.tasks.spawn(retained.watch(client.clone(), broker.clone()));
             broker.tasks.spawn(ownership.run(client.clone(), broker.clone()));
+            broker.tasks.spawn(wills.run(client.clone(), broker.clone()));
             link.interest(client, share, receivers.interest, broker).await;
         });
     }
@@ -529,6 +553,46 @@ impl Link {
             debug!(origin = origin.as_str(), "cluster: message in an unknown format; ignored");
         }
         message
+    }
+}
+
+/// Longest wait between attempts to set up JetStream buckets.
+const BUCKET_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Opens the key-value buckets of `configs`, creating those missing, and
+/// retries while JetStream is away: the first failure is logged at warn,
+/// saying what that means (`without`). `None` at shutdown.
+async fn open_buckets<const N: usize>(
+    client: &async_nats::Client,
+    configs: [kv::Config; N],
+    broker: &Broker,
+    without: &str,
+) -> Option<[kv::Store; N]> {
+    let js = jetstream::new(client.clone());
+    let mut failures = 0u32;
+    loop {
+        let opening = async {
+            let mut buckets = Vec::with_capacity(N);
+            for config in &configs {
+                let bucket = match js.get_key_value(config.bucket.as_str()).await {
+                    Ok(bucket) => bucket,
+                    Err(_) => js.create_key_value(config.clone()).await?,
+                };
+                buckets.push(bucket);
+            }
+            Ok::<_, async_nats::Error>(buckets)
+        };
+        match broker.shutdown.run_until_cancelled(opening).await? {
+            Ok(buckets) => return buckets.try_into().ok(),
+            Err(e) if failures == 0 => {
+                let names: Vec<_> = configs.iter().map(|c| c.bucket.as_str()).collect();
+                warn!(error = %e, buckets = ?names, "cluster: no JetStream buckets; {without}");
+            }
+            Err(e) => debug!(error = %e, "cluster: JetStream buckets still unavailable"),
+        }
+        failures = failures.saturating_add(1);
+        let wait = Duration::from_millis(250 * u64::from(failures.min(20))).min(BUCKET_RETRY_MAX);
+        broker.shutdown.run_until_cancelled(tokio::time::sleep(wait)).await?;
     }
 }
 

@@ -42,8 +42,6 @@ use crate::store::StoredSession;
 /// Longest a connecting client waits for its claim (and the handover)
 /// before its node serves it without one.
 pub(super) const CLAIM_WAIT: Duration = Duration::from_secs(3);
-/// Longest wait between attempts to set up the bucket.
-const RETRY_MAX: Duration = Duration::from_secs(5);
 /// Claims retried when another node changed the entry in between.
 const CLAIM_ATTEMPTS: usize = 3;
 /// Client ids longer than this are keyed by their SHA-256: a key is part
@@ -180,40 +178,15 @@ impl Ownership {
     /// Sets up the bucket (retrying while JetStream is away), then answers
     /// other nodes' takeover requests until shutdown.
     pub(super) async fn run(self: Arc<Self>, client: async_nats::Client, broker: Arc<Broker>) {
-        let js = jetstream::new(client.clone());
-        let mut failures = 0u32;
-        let kv = loop {
-            let setting_up = async {
-                match js.get_key_value(self.bucket.as_str()).await {
-                    Ok(kv) => Ok(kv),
-                    Err(_) => {
-                        js.create_key_value(kv::Config {
-                            bucket: self.bucket.clone(),
-                            description: "moat: which node holds each client's session".to_owned(),
-                            history: 1,
-                            storage: jetstream::stream::StorageType::File,
-                            ..kv::Config::default()
-                        })
-                        .await
-                    }
-                }
-            };
-            let Some(outcome) = broker.shutdown.run_until_cancelled(setting_up).await else { return };
-            match outcome {
-                Ok(kv) => break kv,
-                Err(e) if failures == 0 => warn!(
-                    error = %e,
-                    bucket = %self.bucket,
-                    "cluster: no JetStream bucket for session ownership; each node keeps its own sessions until it is back"
-                ),
-                Err(e) => debug!(error = %e, "cluster: session ownership bucket still unavailable"),
-            }
-            failures = failures.saturating_add(1);
-            let wait = Duration::from_millis(250 * u64::from(failures.min(20))).min(RETRY_MAX);
-            if broker.shutdown.run_until_cancelled(tokio::time::sleep(wait)).await.is_none() {
-                return;
-            }
+        let config = kv::Config {
+            bucket: self.bucket.clone(),
+            description: "moat: which node holds each client's session".to_owned(),
+            history: 1,
+            storage: jetstream::stream::StorageType::File,
+            ..kv::Config::default()
         };
+        let without = "each node keeps its own sessions until it is back";
+        let Some([kv]) = super::open_buckets(&client, [config], &broker, without).await else { return };
         // Claims work from here on; requests from others once subscribed.
         *self.link.lock() = Some((kv, client.clone()));
         let mut requests = match client.subscribe(self.takeover_subject(&self.node_id)).await {
@@ -241,7 +214,7 @@ impl Ownership {
 
 /// The bucket key of `client_id`: its bytes in hex (a key allows few
 /// characters), or for a long id `h` and the hex SHA-256 of it.
-fn key(client_id: &str) -> String {
+pub(super) fn key(client_id: &str) -> String {
     let hex = |bytes: &[u8]| {
         bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
             // Writing to a String cannot fail.

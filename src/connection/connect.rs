@@ -161,6 +161,7 @@ where
         keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
         last_read: Instant::now(),
         will: connect.will.clone().map(Box::new),
+        will_registered: None,
         session_expiry_s,
         connect_expiry_zero: session_expiry_s == 0,
         send_window: usize::from(props.receive_maximum.unwrap_or(u16::MAX).min(limits.max_inflight)),
@@ -180,6 +181,8 @@ where
         retained: std::collections::VecDeque::new(),
         client,
     });
+    #[cfg(feature = "cluster")]
+    register_will(&mut conn).await;
     debug!(
         version = ?version,
         clean_start = connect.clean_start,
@@ -189,6 +192,25 @@ where
     );
     conn.send(&Packet::ConnAck(connack));
     Some(conn)
+}
+
+/// In a cluster, registers the connection's will (if the policy allows
+/// it) so that another node publishes it should this one die.
+#[cfg(feature = "cluster")]
+async fn register_will<S>(conn: &mut Connection<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let Some(will) = conn.will.as_deref().cloned() else { return };
+    let broker = conn.broker.clone();
+    let Some(cluster) = broker.cluster() else { return };
+    if super::inbound::is_reserved(will.topic.as_str())
+        || !conn.allowed(crate::auth::Action::Will, will.topic.as_str(), will.qos, will.retain)
+    {
+        return;
+    }
+    let delay_s = will.properties.will_delay_interval.unwrap_or(0).min(conn.session_expiry_s);
+    conn.will_registered = cluster.register_will(&conn.client.client_id, &will, delay_s).await;
 }
 
 /// What CONNECT negotiated.

@@ -91,6 +91,9 @@ struct Connection<S> {
     /// Boxed, like `reauth`: each is large, rare or short-lived, and this
     /// struct lives as long as the connection.
     will: Option<Box<Will>>,
+    /// In a cluster: the revision under which the will is registered for
+    /// other nodes to publish should this one die (`cluster::wills`).
+    will_registered: Option<u64>,
     session_expiry_s: u32,
     /// Whether CONNECT asked for a non-zero session expiry (v5), which a
     /// DISCONNECT may not change from zero [MQTT-3.14.2-2].
@@ -328,6 +331,11 @@ where
                 || !self.allowed(Action::Will, w.topic.as_str(), w.qos, w.retain))
         {
             will = None;
+        }
+        // This node takes care of the will now.
+        #[cfg(feature = "cluster")]
+        if let (Some(cluster), Some(revision)) = (self.broker.cluster(), self.will_registered) {
+            cluster.unregister_will(&self.client.client_id, revision, &self.broker);
         }
         self.broker.metrics.flush(&mut self.counts);
         let expiry = self.session_expiry_s;

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 pub use disk::DiskStore;
 pub use memory::MemoryStore;
-pub(crate) use record::{decode_session, encode_session, now_ms};
+pub(crate) use record::{decode_session, decode_will, encode_session, encode_will, now_ms};
 pub use writer::Durability;
 
 use crate::codec::{PacketId, TopicFilter};

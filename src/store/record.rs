@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::StoredSession;
-use crate::codec::{PacketId, Properties, QoS, RetainHandling, SubscriptionOptions, TopicFilter, TopicName};
+use super::{PendingWill, StoredSession};
+use crate::codec::{PacketId, Properties, QoS, RetainHandling, SubscriptionOptions, TopicFilter, TopicName, Will};
 use crate::router::Message;
 use crate::session::{Delivery, Inflight, InflightState, Subscription};
 
@@ -298,6 +298,44 @@ pub(crate) fn decode_session(bytes: &[u8]) -> Result<StoredSession, DecodeError>
     Ok(session)
 }
 
+/// The will of a connected client, registered with the cluster so that
+/// another node can publish it if this one dies.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct LiveWillRecord {
+    message: MessageRecord,
+    /// Message Expiry Interval, seconds, from publication.
+    expiry_s: Option<u32>,
+    /// Seconds to wait before publishing it.
+    delay_s: u32,
+}
+
+/// Encodes `will`, to be published `delay_s` after its connection is
+/// found gone: see [`decode_will`].
+pub(crate) fn encode_will(will: &Will, delay_s: u32) -> Vec<u8> {
+    let mut message = Message::new(will.topic.clone(), will.payload.clone(), will.qos, will.retain, &will.properties);
+    // Its expiry starts when it is published.
+    message.expires_at = None;
+    encode(&LiveWillRecord {
+        message: MessageRecord::from_message(&message, Instant::now(), now_ms()),
+        expiry_s: will.properties.message_expiry_interval,
+        delay_s,
+    })
+}
+
+/// A will encoded by [`encode_will`], due its delay from now.
+///
+/// # Errors
+/// [`DecodeError`] for bytes that are no such will.
+pub(crate) fn decode_will(bytes: &[u8]) -> Result<PendingWill, DecodeError> {
+    let record: LiveWillRecord = decode(bytes)?;
+    let (now, now_ms) = (Instant::now(), now_ms());
+    Ok(PendingWill {
+        message: Arc::new(record.message.into_message(now, now_ms)?),
+        expiry_s: record.expiry_s,
+        due_ms: now_ms + u64::from(record.delay_s) * 1000,
+    })
+}
+
 fn qos(n: u8) -> Result<QoS, DecodeError> {
     QoS::from_u8(n).ok_or_else(|| DecodeError(format!("bad QoS {n}")))
 }
@@ -417,6 +455,29 @@ mod tests {
         let [sent] = &back.inflight[..] else { panic!("one in flight") };
         assert_eq!((sent.packet_id.get(), sent.state, sent.delivery.stored), (9, InflightState::AwaitPubRec, None));
         assert!(decode_session(b"\x01garbage").is_err());
+    }
+
+    #[test]
+    fn a_live_will_keeps_its_properties_and_is_due_after_its_delay() {
+        let props = Properties { message_expiry_interval: Some(30), ..message().properties };
+        let will = Will {
+            topic: TopicName::new("dead/1").expect("valid"),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            properties: props,
+        };
+        let before = now_ms();
+        let back = decode_will(&encode_will(&will, 5)).expect("decodes");
+        assert!((before + 5000..=now_ms() + 5000).contains(&back.due_ms));
+        assert_eq!(back.expiry_s, Some(30));
+        let m = &back.message;
+        assert_eq!(
+            (m.topic.as_str(), &m.payload[..], m.qos, m.retain),
+            ("dead/1", &b"gone"[..], QoS::AtLeastOnce, true)
+        );
+        assert_eq!(m.expires_at, None, "its expiry starts at publication");
+        assert_eq!(m.properties.content_type.as_deref(), Some("text/plain"));
     }
 
     #[test]

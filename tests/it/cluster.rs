@@ -185,8 +185,7 @@ impl Drop for Nats {
 
 /// A broker that is node `id` of the cluster on `url`.
 async fn node(url: &str, id: &str) -> TestBroker {
-    let cluster =
-        ClusterConfig { nats: vec![url.to_owned()], node_id: Some(id.to_owned()), subject_prefix: "moat".into() };
+    let cluster = ClusterConfig { node_id: Some(id.to_owned()), ..ClusterConfig::new(vec![url.to_owned()]) };
     TestBroker::with(|c| c.cluster = Some(cluster)).await
 }
 
@@ -629,8 +628,7 @@ async fn a_burst_across_nodes_arrives_complete_when_the_subscriber_keeps_up() {
     const N: usize = 20_000;
     let nats = Nats::start_core().await;
     let burst_node = |id: &'static str| {
-        let cluster =
-            ClusterConfig { nats: vec![nats.url()], node_id: Some(id.to_owned()), subject_prefix: "moat".into() };
+        let cluster = ClusterConfig { node_id: Some(id.to_owned()), ..ClusterConfig::new(vec![nats.url()]) };
         TestBroker::with(move |c| {
             c.cluster = Some(cluster);
             c.limits.max_queued_messages = N;
@@ -743,4 +741,91 @@ async fn a_client_connecting_through_another_node_takes_its_connection_over() {
     assert!(!third.connack.session_present);
     assert!(b.broker.sessions.get("twin").is_none());
     assert!(a.broker.sessions.get("twin").is_some_and(|s| s.lock().subscriptions.is_empty()));
+}
+
+/// Node `id` as a `moat` process of its own, listening on `port`, so that
+/// it can die for real (SIGKILL); it counts a silent node dead after 1 s.
+struct Process(Child);
+
+impl Process {
+    async fn start(nats: &Nats, id: &str, port: u16, dir: &std::path::Path) -> Process {
+        let config = dir.join(format!("{id}.toml"));
+        let text = format!(
+            "[[listeners]]\nbind = \"127.0.0.1:{port}\"\n\n[cluster]\nnats = [\"{}\"]\nnode_id = \"{id}\"\nnode_timeout_s = 1\n",
+            nats.url()
+        );
+        std::fs::write(&config, text).expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_moat"))
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start moat");
+        let deadline = tokio::time::Instant::now() + NATS_WAIT;
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "node {id} did not start listening");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Process(child)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_wills_of_a_dead_nodes_clients_are_published_by_another_node_once() {
+    let nats = Nats::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let doomed = Process::start(&nats, "doomed", port, dir.path()).await;
+    let watching = |id: &str| ClusterConfig {
+        node_id: Some(id.to_owned()),
+        node_timeout_s: 1,
+        ..ClusterConfig::new(vec![nats.url()])
+    };
+    let b = TestBroker::with(|c| c.cluster = Some(watching("b"))).await;
+    let c = TestBroker::with(|c| c.cluster = Some(watching("c"))).await;
+    nats.until_owning("doomed").await;
+    let mut watcher = b.v5("watcher").await;
+    watcher.subscribe("will/#", QoS::AtLeastOnce).await;
+
+    let client = |id: &str, will: rumqttc::v5::mqttbytes::v5::LastWill| {
+        let mut opts = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_last_will(will);
+        opts
+    };
+    let will = |topic: &str| rumqttc::v5::mqttbytes::v5::LastWill::new(topic, "gone", QoS::AtLeastOnce, false, None);
+    let _dying = V5::connect(client("dying", will("will/dying"))).await;
+    // A clean disconnect drops its will, and its registration.
+    let polite = V5::connect(client("polite", will("will/polite"))).await;
+    polite.client.disconnect().await.expect("disconnect");
+    // Registered wills are in the bucket's stream: two registrations and a
+    // deletion, which replaces the polite client's registration.
+    let deadline = tokio::time::Instant::now() + NATS_WAIT;
+    loop {
+        let jsz = nats.monitor("/jsz?streams=true").await;
+        let streams = jsz["account_details"][0]["stream_detail"].as_array().cloned().unwrap_or_default();
+        let wills = streams.iter().find(|s| s["name"] == "KV_MOAT_WILLS");
+        if wills.is_some_and(|s| s["state"]["last_seq"] == 3 && s["state"]["messages"] == 2) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "wills not registered: {wills:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    drop(doomed);
+    let p = watcher.publish().await;
+    assert_eq!((&p.topic[..], &p.payload[..]), (&b"will/dying"[..], &b"gone"[..]));
+    // Nodes b and c both noticed; one published. The polite client's will
+    // never goes out.
+    watcher.no_publish().await;
+    drop(c);
 }
