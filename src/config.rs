@@ -644,6 +644,7 @@ impl Default for SysConfig {
 /// node_id = "moat-1"             # default: random at each start
 /// subject_prefix = "moat"        # NATS subjects are `moat.t.<topic levels>`
 /// node_timeout_s = 15            # silent this long: dead, its clients' wills go out
+/// replicas = 1                  # of the JetStream streams and buckets Moat creates
 /// ```
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -663,6 +664,16 @@ pub struct ClusterConfig {
     /// node as dead and publish the wills of the clients it had.
     #[serde(default = "default_node_timeout_s")]
     pub node_timeout_s: u32,
+    /// Replicas of the JetStream streams and buckets a node creates when
+    /// they do not exist yet (retained messages, session owners, wills,
+    /// heartbeats): 1 for a single JetStream server, 3 for a cluster of
+    /// three that should survive losing one.
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+}
+
+fn default_replicas() -> usize {
+    1
 }
 
 /// The `cluster.node_timeout_s` when not set.
@@ -693,6 +704,7 @@ impl ClusterConfig {
             node_id: None,
             subject_prefix: default_subject_prefix(),
             node_timeout_s: DEFAULT_NODE_TIMEOUT_S,
+            replicas: default_replicas(),
         }
     }
 
@@ -713,6 +725,9 @@ impl ClusterConfig {
             && (id.is_empty() || id.len() > 64 || !id.chars().all(is_name_char))
         {
             return Err(("cluster.node_id".into(), "must be 1 to 64 characters of A-Z, a-z, 0-9, '-' and '_'".into()));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(("cluster.replicas".into(), "must be 1 to 5 (JetStream's limit)".into()));
         }
         if !(1..=3600).contains(&self.node_timeout_s) {
             return Err(("cluster.node_timeout_s".into(), "must be 1 to 3600 seconds".into()));
@@ -1230,6 +1245,8 @@ max_publish_rate = 100
         assert!(err.to_string().starts_with("moat.toml:3: `cluster.subject_prefix`"), "{err}");
         let err = parse("[cluster]\nnats = [\"nats://a:1\"]\nnode_timeout_s = 0\n").expect_err("no timeout");
         assert_eq!(err.to_string(), "moat.toml:3: `cluster.node_timeout_s`: must be 1 to 3600 seconds");
+        let err = parse("[cluster]\nnats = [\"nats://a:1\"]\nreplicas = 7\n").expect_err("too many");
+        assert_eq!(err.to_string(), "moat.toml:3: `cluster.replicas`: must be 1 to 5 (JetStream's limit)");
         let err = parse("[cluster]\nnats = [\"nats://a:1\"]\nnode = \"x\"\n").expect_err("unknown key");
         assert!(err.to_string().starts_with("moat.toml:3:"), "{err}");
     }

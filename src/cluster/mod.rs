@@ -166,13 +166,9 @@ impl Cluster {
         let (retained_out, retained_rx) = mpsc::channel(retained::QUEUE_CAPACITY);
         let node_id: Arc<str> = config.node_id.clone().unwrap_or_else(random_node_id).into();
         let cluster = Cluster {
-            retained: Arc::new(RetainedSync::new(&config.subject_prefix, node_id.clone())),
-            ownership: Arc::new(Ownership::new(&config.subject_prefix, node_id.clone())),
-            wills: Arc::new(Wills::new(
-                &config.subject_prefix,
-                node_id.clone(),
-                Duration::from_secs(u64::from(config.node_timeout_s)),
-            )),
+            retained: Arc::new(RetainedSync::new(config, node_id.clone())),
+            ownership: Arc::new(Ownership::new(config, node_id.clone())),
+            wills: Arc::new(Wills::new(config, node_id.clone())),
             node_id,
             servers: config.nats.clone(),
             subjects: Subjects::new(&config.subject_prefix),
@@ -553,6 +549,25 @@ impl Link {
             debug!(origin = origin.as_str(), "cluster: message in an unknown format; ignored");
         }
         message
+    }
+}
+
+/// The name of the JetStream stream or bucket `suffix` of the cluster
+/// under subject `prefix`: `moat` gives `MOAT_{suffix}`.
+fn jetstream_name(prefix: &str, suffix: &str) -> String {
+    format!("{}_{suffix}", prefix.replace('.', "_").to_uppercase())
+}
+
+/// A key-value bucket of one value per key, on file storage with the
+/// configured replicas.
+fn bucket_config(config: &ClusterConfig, suffix: &str, description: &str) -> kv::Config {
+    kv::Config {
+        bucket: jetstream_name(&config.subject_prefix, suffix),
+        description: description.to_owned(),
+        history: 1,
+        storage: jetstream::stream::StorageType::File,
+        num_replicas: config.replicas,
+        ..kv::Config::default()
     }
 }
 

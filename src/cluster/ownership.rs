@@ -30,13 +30,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
 use crate::broker::Broker;
+use crate::config::ClusterConfig;
 use crate::store::StoredSession;
 
 /// Longest a connecting client waits for its claim (and the handover)
@@ -61,7 +62,7 @@ pub struct Claim {
 /// This node's side of session ownership.
 #[derive(Debug)]
 pub(super) struct Ownership {
-    bucket: String,
+    bucket: kv::Config,
     node_id: Arc<str>,
     /// The request subject of node `{id}` is this plus `{id}.takeover`.
     node_prefix: String,
@@ -73,11 +74,11 @@ pub(super) struct Ownership {
 }
 
 impl Ownership {
-    /// Ownership for a cluster under `prefix`, for node `node_id`.
-    pub(super) fn new(prefix: &str, node_id: Arc<str>) -> Ownership {
+    /// Ownership for the cluster of `config`, for node `node_id`.
+    pub(super) fn new(config: &ClusterConfig, node_id: Arc<str>) -> Ownership {
         Ownership {
-            bucket: format!("{}_SESSIONS", prefix.replace('.', "_").to_uppercase()),
-            node_prefix: format!("{prefix}.n."),
+            bucket: super::bucket_config(config, "SESSIONS", "moat: which node holds each client's session"),
+            node_prefix: format!("{}.n.", config.subject_prefix),
             node_id,
             link: Mutex::new(None),
             failing: AtomicBool::new(false),
@@ -131,7 +132,7 @@ impl Ownership {
                 if self.failing.swap(true, Ordering::Relaxed) {
                     debug!(%error, "cluster: session ownership not claimed");
                 } else {
-                    warn!(%error, bucket = %self.bucket, "cluster: session ownership not claimed; this node serves the client without it");
+                    warn!(%error, bucket = %self.bucket.bucket, "cluster: session ownership not claimed; this node serves the client without it");
                 }
                 Claim::default()
             }
@@ -178,15 +179,8 @@ impl Ownership {
     /// Sets up the bucket (retrying while JetStream is away), then answers
     /// other nodes' takeover requests until shutdown.
     pub(super) async fn run(self: Arc<Self>, client: async_nats::Client, broker: Arc<Broker>) {
-        let config = kv::Config {
-            bucket: self.bucket.clone(),
-            description: "moat: which node holds each client's session".to_owned(),
-            history: 1,
-            storage: jetstream::stream::StorageType::File,
-            ..kv::Config::default()
-        };
         let without = "each node keeps its own sessions until it is back";
-        let Some([kv]) = super::open_buckets(&client, [config], &broker, without).await else { return };
+        let Some([kv]) = super::open_buckets(&client, [self.bucket.clone()], &broker, without).await else { return };
         // Claims work from here on; requests from others once subscribed.
         *self.link.lock() = Some((kv, client.clone()));
         let mut requests = match client.subscribe(self.takeover_subject(&self.node_id)).await {
@@ -196,7 +190,7 @@ impl Ownership {
                 return;
             }
         };
-        info!(bucket = %self.bucket, "cluster: session ownership across nodes");
+        info!(bucket = %self.bucket.bucket, "cluster: session ownership across nodes");
         while let Some(Some(request)) = broker.shutdown.run_until_cancelled(requests.next()).await {
             let (broker, client) = (broker.clone(), client.clone());
             broker.clone().tasks.spawn(async move {

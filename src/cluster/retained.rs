@@ -49,6 +49,7 @@ use tracing::{debug, info, warn};
 use super::{MAX_SUBJECT_BYTES, Subjects, envelope};
 use crate::broker::Broker;
 use crate::codec::{Properties, TopicName};
+use crate::config::ClusterConfig;
 use crate::metrics::DropReason;
 use crate::router::Message;
 
@@ -79,6 +80,8 @@ pub(super) struct RetainedSync {
     /// Subjects of the stream: `{prefix}.r.` + a topic's subject.
     subjects: Subjects,
     stream_name: String,
+    /// Replicas of the stream, when this node creates it.
+    replicas: usize,
     node_id: Arc<str>,
     /// Topics this node wrote whose copy in the stream the watch has not
     /// reached yet. Decisions to apply a copy are taken under this lock.
@@ -93,11 +96,12 @@ pub(super) struct RetainedSync {
 }
 
 impl RetainedSync {
-    /// The state for a cluster under `prefix`, for node `node_id`.
-    pub(super) fn new(prefix: &str, node_id: Arc<str>) -> RetainedSync {
+    /// The state for the cluster of `config`, for node `node_id`.
+    pub(super) fn new(config: &ClusterConfig, node_id: Arc<str>) -> RetainedSync {
         RetainedSync {
-            subjects: Subjects::new(&format!("{prefix}.r")),
-            stream_name: format!("{}_RETAINED", prefix.replace('.', "_").to_uppercase()),
+            subjects: Subjects::new(&format!("{}.r", config.subject_prefix)),
+            stream_name: super::jetstream_name(&config.subject_prefix, "RETAINED"),
+            replicas: config.replicas,
             node_id,
             written: Mutex::new(HashMap::new()),
             watching: AtomicBool::new(false),
@@ -273,7 +277,7 @@ impl RetainedSync {
                 subjects: vec![self.subjects.everything()],
                 max_messages_per_subject: 1,
                 storage: stream::StorageType::File,
-                num_replicas: 1,
+                num_replicas: self.replicas,
                 ..stream::Config::default()
             })
             .await?;

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use parking_lot::Mutex;
@@ -36,12 +36,13 @@ use tracing::{debug, info, warn};
 use super::ownership::key;
 use crate::broker::Broker;
 use crate::codec::Will;
+use crate::config::ClusterConfig;
 
 /// This node's side of the wills of dead nodes.
 #[derive(Debug)]
 pub(super) struct Wills {
-    wills_bucket: String,
-    nodes_bucket: String,
+    wills_bucket: kv::Config,
+    nodes_bucket: kv::Config,
     node_id: Arc<str>,
     timeout: Duration,
     /// The wills bucket, once set up.
@@ -49,15 +50,13 @@ pub(super) struct Wills {
 }
 
 impl Wills {
-    /// Wills for a cluster under `prefix`, for node `node_id`, which counts
-    /// a node dead after `timeout` without a heartbeat.
-    pub(super) fn new(prefix: &str, node_id: Arc<str>, timeout: Duration) -> Wills {
-        let upper = prefix.replace('.', "_").to_uppercase();
+    /// Wills for the cluster of `config`, for node `node_id`.
+    pub(super) fn new(config: &ClusterConfig, node_id: Arc<str>) -> Wills {
         Wills {
-            wills_bucket: format!("{upper}_WILLS"),
-            nodes_bucket: format!("{upper}_NODES"),
+            wills_bucket: super::bucket_config(config, "WILLS", "moat: wills of connected clients, by node"),
+            nodes_bucket: super::bucket_config(config, "NODES", "moat: node heartbeats"),
             node_id,
-            timeout,
+            timeout: Duration::from_secs(u64::from(config.node_timeout_s)),
             wills: Mutex::new(None),
         }
     }
@@ -99,17 +98,7 @@ impl Wills {
     /// Sets up the buckets, publishes what this node left behind, then
     /// beats and watches the other nodes' hearts until shutdown.
     pub(super) async fn run(self: Arc<Self>, client: async_nats::Client, broker: Arc<Broker>) {
-        let bucket = |bucket: &str, description: &str| kv::Config {
-            bucket: bucket.to_owned(),
-            description: description.to_owned(),
-            history: 1,
-            storage: jetstream::stream::StorageType::File,
-            ..kv::Config::default()
-        };
-        let configs = [
-            bucket(&self.wills_bucket, "moat: wills of connected clients, by node"),
-            bucket(&self.nodes_bucket, "moat: node heartbeats"),
-        ];
+        let configs = [self.wills_bucket.clone(), self.nodes_bucket.clone()];
         let without = "wills of clients of nodes that die are lost";
         let Some([wills, nodes]) = super::open_buckets(&client, configs, &broker, without).await else { return };
         *self.wills.lock() = Some(wills.clone());
@@ -219,8 +208,11 @@ mod tests {
 
     #[test]
     fn registrations_are_keyed_under_their_node() {
-        let wills = Wills::new("acme.moat", "n-1".into(), Duration::from_secs(3));
+        let config = ClusterConfig { subject_prefix: "acme.moat".into(), replicas: 3, ..ClusterConfig::new(vec![]) };
+        let wills = Wills::new(&config, "n-1".into());
         assert_eq!(wills.key("a"), "n-1.61");
-        assert_eq!((wills.wills_bucket.as_str(), wills.nodes_bucket.as_str()), ("ACME_MOAT_WILLS", "ACME_MOAT_NODES"));
+        let (w, n) = (&wills.wills_bucket, &wills.nodes_bucket);
+        assert_eq!((w.bucket.as_str(), n.bucket.as_str()), ("ACME_MOAT_WILLS", "ACME_MOAT_NODES"));
+        assert_eq!((w.num_replicas, n.history), (3, 1));
     }
 }

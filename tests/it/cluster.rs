@@ -46,6 +46,8 @@ struct Nats {
     monitor: u16,
     /// JetStream's store, when enabled.
     store: Option<tempfile::TempDir>,
+    /// More arguments: the NATS cluster this server is part of.
+    args: Vec<String>,
 }
 
 impl Nats {
@@ -62,9 +64,38 @@ impl Nats {
     /// Starts nats-server on 127.0.0.1:`port` and waits until it accepts.
     async fn start_on(port: u16, jetstream: bool) -> Nats {
         let store = jetstream.then(|| tempfile::tempdir().expect("JetStream store"));
-        let mut nats = Nats { child: None, port, monitor: free_port(), store };
+        let mut nats = Nats { child: None, port, monitor: free_port(), store, args: Vec::new() };
         nats.spawn().await;
         nats
+    }
+
+    /// `n` servers with JetStream in one NATS cluster (`s0`, `s1`, ...),
+    /// once each reports itself healthy (JetStream ready).
+    async fn cluster(n: usize) -> Vec<Nats> {
+        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let all = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let mut servers = Vec::with_capacity(n);
+        for (i, route) in routes.iter().enumerate() {
+            let args = ["-n", &format!("s{i}"), "--cluster_name", "moat", "--cluster"];
+            let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+            args.extend([format!("nats://127.0.0.1:{route}"), "--routes".to_owned(), all.clone()]);
+            let store = Some(tempfile::tempdir().expect("JetStream store"));
+            let mut nats = Nats { child: None, port: free_port(), monitor: free_port(), store, args };
+            nats.spawn().await;
+            servers.push(nats);
+        }
+        for server in &servers {
+            let deadline = tokio::time::Instant::now() + NATS_WAIT;
+            loop {
+                let health = server.monitor("/healthz").await;
+                if health["status"] == "ok" {
+                    break;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "NATS cluster not healthy: {health}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        servers
     }
 
     /// Runs the server process and waits until it accepts.
@@ -74,6 +105,7 @@ impl Nats {
         if let Some(dir) = &self.store {
             command.arg("-js").arg("-sd").arg(dir.path());
         }
+        command.args(&self.args);
         self.child = Some(command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn nats-server"));
         let deadline = tokio::time::Instant::now() + NATS_WAIT;
         while TcpStream::connect(("127.0.0.1", self.monitor)).await.is_err() {
@@ -135,20 +167,25 @@ impl Nats {
     /// Waits until node `id` takes takeover requests (its session
     /// ownership bucket is set up).
     async fn until_owning(&self, id: &str) {
+        until_owning_on(std::slice::from_ref(self), id).await;
+    }
+
+    /// Whether node `id` is connected to this server and takes takeover
+    /// requests.
+    async fn takes_takeovers(&self, id: &str) -> bool {
         let (name, subject) = (format!("moat {id}"), format!("moat.n.{id}.takeover"));
-        let deadline = tokio::time::Instant::now() + NATS_WAIT;
-        loop {
-            let connz = self.monitor("/connz?subs=1").await;
-            let conns = connz["connections"].as_array().cloned().unwrap_or_default();
-            let conn = conns.iter().find(|c| c["name"] == *name);
-            if conn
-                .is_some_and(|c| c["subscriptions_list"].as_array().is_some_and(|l| l.iter().any(|s| *s == *subject)))
-            {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "node {id} never took takeover requests");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let connz = self.monitor("/connz?subs=1").await;
+        let conns = connz["connections"].as_array().cloned().unwrap_or_default();
+        let conn = conns.iter().find(|c| c["name"] == *name);
+        conn.is_some_and(|c| c["subscriptions_list"].as_array().is_some_and(|l| l.iter().any(|s| *s == *subject)))
+    }
+
+    /// The server leading JetStream stream `name` (its `-n` name).
+    async fn stream_leader(&self, name: &str) -> String {
+        let jsz = self.monitor("/jsz?streams=true").await;
+        let streams = jsz["account_details"][0]["stream_detail"].as_array().cloned().unwrap_or_default();
+        let stream = streams.iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("no stream {name}: {jsz}"));
+        stream["cluster"]["leader"].as_str().expect("a leader").to_owned()
     }
 
     /// Waits until node `id` is connected with exactly `expected` subjects.
@@ -174,6 +211,20 @@ impl Nats {
             assert!(tokio::time::Instant::now() < deadline, "node {id}: subjects {now:?}, expected {expected:?}");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+}
+
+/// Waits until node `id` takes takeover requests on one of `servers`.
+async fn until_owning_on(servers: &[Nats], id: &str) {
+    let deadline = tokio::time::Instant::now() + NATS_WAIT;
+    loop {
+        for server in servers {
+            if server.takes_takeovers(id).await {
+                return;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "node {id} never took takeover requests");
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -828,4 +879,50 @@ async fn the_wills_of_a_dead_nodes_clients_are_published_by_another_node_once() 
     // never goes out.
     watcher.no_publish().await;
     drop(c);
+}
+
+#[tokio::test]
+async fn retained_messages_and_sessions_survive_losing_the_jetstream_leader() {
+    let mut servers = Nats::cluster(3).await;
+    let urls: Vec<String> = servers.iter().map(Nats::url).collect();
+    let replicated =
+        |id: &str| ClusterConfig { node_id: Some(id.to_owned()), replicas: 3, ..ClusterConfig::new(urls.clone()) };
+    let a = TestBroker::with(|c| c.cluster = Some(replicated("a"))).await;
+    until_synced(&a).await;
+    until_owning_on(&servers, "a").await;
+    let publisher = a.v5("pub").await;
+    retain(&publisher, "k/kept", "replicated").await;
+    let mut first = a.v5_with("mover", persistent).await;
+    first.subscribe("m/#", QoS::AtLeastOnce).await;
+    // Stored in JetStream (three replicas) before the leader goes.
+    let deadline = tokio::time::Instant::now() + NATS_WAIT;
+    loop {
+        let jsz = servers[0].monitor("/jsz?streams=true&config=true").await;
+        let streams = jsz["account_details"][0]["stream_detail"].as_array().cloned().unwrap_or_default();
+        let retained = streams.iter().find(|s| s["name"] == "MOAT_RETAINED");
+        if retained.is_some_and(|s| s["state"]["messages"] == 1 && s["config"]["num_replicas"] == 3) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "retained message not stored: {retained:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    let leader = servers[0].stream_leader("MOAT_RETAINED").await;
+    let index: usize = leader.trim_start_matches('s').parse().expect("server name s{i}");
+    servers[index].kill();
+    let alive: Vec<Nats> = servers.into_iter().enumerate().filter(|(i, _)| *i != index).map(|(_, s)| s).collect();
+
+    // A node started now reads the stream from the two servers left.
+    let b = TestBroker::with(|c| c.cluster = Some(replicated("b"))).await;
+    until_synced(&b).await;
+    let mut sub = b.v5("sub").await;
+    assert_eq!(retained_for(&mut sub, "k/#", 1).await, [("k/kept".to_owned(), "replicated".to_owned())]);
+    // And session ownership still works: the client moves from a to b.
+    until_owning_on(&alive, "a").await;
+    until_owning_on(&alive, "b").await;
+    let mut second = b.v5_with("mover", persistent).await;
+    assert_eq!(first.disconnect_reason().await, rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver);
+    assert!(second.connack.session_present);
+    publish(&publisher, "m/1", QoS::AtLeastOnce, "after").await;
+    assert_eq!(received(&mut second).await, ("m/1".into(), "after".into(), QoS::AtLeastOnce));
 }
