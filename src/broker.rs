@@ -366,8 +366,22 @@ impl Broker {
         #[cfg(feature = "cluster")]
         if let Some(cluster) = &self.cluster {
             claim = cluster.claim(client_id, clean_start).await;
-            if let Some(moved) = claim.moved.take() {
+            let mut moved = claim.moved.take();
+            let local = self.sessions.get(client_id);
+            if clean_start {
+                if claim.parked || local.is_some_and(|s| s.lock().parked) {
+                    cluster.forget_parked(client_id, self);
+                }
+            } else if claim.parked && moved.is_none() && local.is_none() {
+                // Parked by a node that is gone (or forgot it): JetStream
+                // keeps it.
+                moved = cluster.recover(client_id).await;
+            }
+            if let Some(moved) = moved {
                 self.adopt(moved);
+            }
+            if !clean_start && let Some(session) = self.sessions.get(client_id) {
+                cluster.unpark(&session, claim.parked, self).await;
             }
         }
         let bound = self.config().limits.queue_bound();
@@ -473,6 +487,10 @@ impl Broker {
         } else {
             self.save_messages(&session);
             self.arm_expiry(session.clone(), generation, expiry_s, timers.clone());
+            #[cfg(feature = "cluster")]
+            if let Some(cluster) = &self.cluster {
+                cluster.park(session.clone(), self);
+            }
         }
         drop(attached);
         if let Some(message) = now {

@@ -67,6 +67,7 @@
 
 mod envelope;
 mod ownership;
+mod queue;
 mod retained;
 pub mod subject;
 mod wills;
@@ -90,6 +91,7 @@ use crate::metrics::DropReason;
 use crate::router::Message;
 pub use ownership::Claim;
 use ownership::Ownership;
+use queue::Queue;
 use retained::RetainedSync;
 pub use subject::Subjects;
 use wills::Wills;
@@ -140,6 +142,7 @@ pub struct Cluster {
     retained: Arc<RetainedSync>,
     ownership: Arc<Ownership>,
     wills: Arc<Wills>,
+    queue: Arc<Queue>,
     /// Taken by [`Cluster::start`].
     pending: Mutex<Option<Receivers>>,
     /// NATS subscriptions held now.
@@ -169,6 +172,7 @@ impl Cluster {
             retained: Arc::new(RetainedSync::new(config, node_id.clone())),
             ownership: Arc::new(Ownership::new(config, node_id.clone())),
             wills: Arc::new(Wills::new(config, node_id.clone())),
+            queue: Arc::new(Queue::new(config)),
             node_id,
             servers: config.nats.clone(),
             subjects: Subjects::new(&config.subject_prefix),
@@ -226,6 +230,45 @@ impl Cluster {
     /// The session of `client_id`, claimed with `revision`, ended here.
     pub(crate) fn release(&self, client_id: &str, revision: u64, broker: &Broker) {
         self.ownership.release(client_id, revision, broker);
+    }
+
+    /// Parks `session`, whose connection ended and which outlives it, in
+    /// JetStream ([`queue`]): its QoS 1/2 messages are kept there from now
+    /// on, whatever happens to this node.
+    pub(crate) fn park(&self, session: Arc<crate::session::Session>, broker: &Broker) {
+        let (queue, ownership) = (self.queue.clone(), self.ownership.clone());
+        broker.tasks.spawn(async move {
+            if !queue.park(&session).await {
+                return;
+            }
+            // Whoever claims the session next is told to look in JetStream.
+            let Some(revision) = session.lock().claimed else { return };
+            if let Some(marked) = ownership.mark_parked(session.client_id(), revision).await {
+                let mut state = session.lock();
+                if state.claimed == Some(revision) {
+                    state.claimed = Some(marked);
+                }
+            }
+        });
+    }
+
+    /// The parked session of `client_id` whose node is gone, if JetStream
+    /// keeps one.
+    pub(crate) async fn recover(&self, client_id: &str) -> Option<crate::store::StoredSession> {
+        self.queue.recover(client_id).await
+    }
+
+    /// Before a connection attaches to `session`: takes in what JetStream
+    /// kept for it while it was parked (here or, when `elsewhere`, where it
+    /// was before) and unparks it.
+    pub(crate) async fn unpark(&self, session: &Arc<crate::session::Session>, elsewhere: bool, broker: &Broker) {
+        self.queue.unpark(session, elsewhere, broker).await;
+    }
+
+    /// A clean start for `client_id`: what JetStream kept for its old
+    /// session goes.
+    pub(crate) fn forget_parked(&self, client_id: &str, broker: &Broker) {
+        self.queue.forget(client_id, broker);
     }
 
     /// Registers the will of `client_id`'s new connection, so that another
@@ -313,6 +356,7 @@ impl Cluster {
         let retained = self.retained.clone();
         let ownership = self.ownership.clone();
         let wills = self.wills.clone();
+        let queue = self.queue.clone();
         let broker = broker.clone();
         let tasks = broker.tasks.clone();
         tasks.spawn(async move {
@@ -333,6 +377,7 @@ impl Cluster {
             broker.tasks.spawn(retained.watch(client.clone(), broker.clone()));
             broker.tasks.spawn(ownership.run(client.clone(), broker.clone()));
             broker.tasks.spawn(wills.run(client.clone(), broker.clone()));
+            broker.tasks.spawn(queue.run(client.clone(), broker.clone()));
             link.interest(client, share, receivers.interest, broker).await;
         });
     }
@@ -368,6 +413,14 @@ impl Events {
             async_nats::Event::Connected => info!("cluster: connected to NATS"),
             async_nats::Event::Disconnected => {
                 error!("cluster: disconnected from NATS; serving local clients only, reconnecting");
+                // Nothing reaches JetStream now: parked sessions queue here
+                // again (what JetStream kept is still taken in when they
+                // resume).
+                if let Some(broker) = self.broker.upgrade() {
+                    for session in broker.sessions.all() {
+                        session.lock().parked = false;
+                    }
+                }
             }
             async_nats::Event::SlowConsumer(sid) => {
                 if let Some(broker) = self.broker.upgrade() {
@@ -626,12 +679,16 @@ fn random_node_id() -> String {
         let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         bytes = (u64::from(std::process::id()) ^ nanos as u64).to_be_bytes();
     }
-    let mut id = String::from("moat-");
-    for b in bytes {
+    format!("moat-{}", hex(&bytes))
+}
+
+/// `bytes` in lowercase hex.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
         // Writing to a String cannot fail.
-        let _ = std::fmt::Write::write_fmt(&mut id, format_args!("{b:02x}"));
-    }
-    id
+        let _ = std::fmt::Write::write_fmt(&mut s, format_args!("{b:02x}"));
+        s
+    })
 }
 
 #[cfg(test)]

@@ -57,7 +57,19 @@ pub struct Claim {
     pub revision: Option<u64>,
     /// The session the previous owner handed over.
     pub moved: Option<StoredSession>,
+    /// Whether the entry said the session was parked in JetStream
+    /// (`cluster::queue`) when this claim replaced it.
+    pub parked: bool,
 }
+
+/// The value of an entry: the owner's node id, and ` parked` once it
+/// parked the session (node ids have no spaces).
+fn entry_value(node: &str, parked: bool) -> Bytes {
+    Bytes::from(if parked { format!("{node} {PARKED}") } else { node.to_owned() })
+}
+
+/// The marker of a parked session in an entry's value.
+const PARKED: &str = "parked";
 
 /// This node's side of session ownership.
 #[derive(Debug)]
@@ -100,12 +112,17 @@ impl Ownership {
         }
         let claiming = async {
             let (revision, previous) = self.claim_key(&kv, &key(client_id)).await?;
-            let mut moved = None;
-            if let Some(node) = previous {
+            let (mut moved, mut parked) = (None, false);
+            if let Some(previous) = previous {
+                let (node, state) = previous.split_once(' ').unwrap_or((&previous, ""));
+                parked = state == PARKED;
+                if node == &*self.node_id {
+                    return Ok(Claim { revision: Some(revision), moved, parked });
+                }
                 let mut request = Vec::with_capacity(1 + client_id.len());
                 request.push(u8::from(clean_start));
                 request.extend_from_slice(client_id.as_bytes());
-                match client.request(self.takeover_subject(&node), request.into()).await {
+                match client.request(self.takeover_subject(node), request.into()).await {
                     Ok(reply) if reply.payload.is_empty() => {}
                     Ok(reply) => match crate::store::decode_session(&reply.payload) {
                         Ok(session) if &*session.client_id == client_id => moved = Some(session),
@@ -117,7 +134,7 @@ impl Ownership {
                     Err(e) => info!(%node, error = %e, "cluster: the node that held this session did not hand it over"),
                 }
             }
-            Ok::<_, async_nats::Error>(Claim { revision: Some(revision), moved })
+            Ok::<_, async_nats::Error>(Claim { revision: Some(revision), moved, parked })
         };
         match tokio::time::timeout(CLAIM_WAIT, claiming).await {
             Ok(Ok(claim)) => {
@@ -140,18 +157,16 @@ impl Ownership {
     }
 
     /// Writes this node into the entry `key` with compare-and-swap; returns
-    /// the revision written and the node the entry named before (if
-    /// another).
+    /// the revision written and the value the entry had before (if any).
     async fn claim_key(&self, kv: &kv::Store, key: &str) -> Result<(u64, Option<String>), async_nats::Error> {
-        let mine = Bytes::copy_from_slice(self.node_id.as_bytes());
+        let mine = entry_value(&self.node_id, false);
         let mut last_error: async_nats::Error = "no attempt".into();
         for _ in 0..CLAIM_ATTEMPTS {
             let entry = kv.entry(key).await?;
             let written = match entry {
                 Some(entry) if entry.operation == kv::Operation::Put => {
                     let previous = String::from_utf8_lossy(&entry.value).into_owned();
-                    let previous = (previous != *self.node_id).then_some(previous);
-                    kv.update(key, mine.clone(), entry.revision).await.map(|r| (r, previous)).map_err(Into::into)
+                    kv.update(key, mine.clone(), entry.revision).await.map(|r| (r, Some(previous))).map_err(Into::into)
                 }
                 _ => kv.create(key, mine.clone()).await.map(|r| (r, None)).map_err(Into::into),
             };
@@ -162,6 +177,15 @@ impl Ownership {
             }
         }
         Err(last_error)
+    }
+
+    /// Marks the entry of `client_id`, claimed with `revision`, as parked
+    /// (unless a claim came since), so whoever claims it next knows to look
+    /// in JetStream. The new revision, if written.
+    pub(super) async fn mark_parked(&self, client_id: &str, revision: u64) -> Option<u64> {
+        let (kv, _) = self.link.lock().clone()?;
+        let marking = kv.update(key(client_id), entry_value(&self.node_id, true), revision);
+        tokio::time::timeout(CLAIM_WAIT, marking).await.ok()?.ok()
     }
 
     /// Removes the entry of `client_id` if it still has `revision` (its
@@ -209,17 +233,10 @@ impl Ownership {
 /// The bucket key of `client_id`: its bytes in hex (a key allows few
 /// characters), or for a long id `h` and the hex SHA-256 of it.
 pub(super) fn key(client_id: &str) -> String {
-    let hex = |bytes: &[u8]| {
-        bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            // Writing to a String cannot fail.
-            let _ = std::fmt::Write::write_fmt(&mut s, format_args!("{b:02x}"));
-            s
-        })
-    };
     if client_id.len() <= MAX_PLAIN_KEY {
-        hex(client_id.as_bytes())
+        super::hex(client_id.as_bytes())
     } else {
-        format!("h{}", hex(ring::digest::digest(&ring::digest::SHA256, client_id.as_bytes()).as_ref()))
+        format!("h{}", super::hex(ring::digest::digest(&ring::digest::SHA256, client_id.as_bytes()).as_ref()))
     }
 }
 

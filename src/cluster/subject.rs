@@ -127,6 +127,56 @@ impl Subjects {
     }
 }
 
+/// Whether every subject the NATS pattern `inner` matches also matches the
+/// pattern `outer` (`*` one token, `>` the rest).
+pub fn covers(outer: &str, inner: &str) -> bool {
+    let (mut outer, mut inner) = (outer.split('.'), inner.split('.'));
+    loop {
+        match (outer.next(), inner.next()) {
+            (Some(">"), Some(_)) | (None, None) => return true,
+            (Some("*"), Some(token)) if token != ">" => {}
+            (Some(a), Some(b)) if a == b => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Whether some subject matches both NATS patterns.
+pub fn collide(a: &str, b: &str) -> bool {
+    let (mut a, mut b) = (a.split('.'), b.split('.'));
+    loop {
+        match (a.next(), b.next()) {
+            (Some(">"), Some(_)) | (Some(_), Some(">")) | (None, None) => return true,
+            (Some("*"), Some(_)) | (Some(_), Some("*")) => {}
+            (Some(x), Some(y)) if x == y => {}
+            _ => return false,
+        }
+    }
+}
+
+/// Patterns that together match what `patterns` match (or more), no two
+/// of which collide: JetStream refuses a consumer whose filter subjects
+/// overlap. Those another one covers go; if some still collide (`a.>` and
+/// `*.b`), `broaden` gives the pattern that replaces a colliding one.
+pub fn disjoint(mut patterns: Vec<String>, broaden: impl Fn(&str) -> String) -> Vec<String> {
+    loop {
+        patterns.sort();
+        patterns.dedup();
+        let all = patterns.clone();
+        patterns.retain(|p| !all.iter().any(|other| other != p && covers(other, p)));
+        let clash =
+            patterns.iter().enumerate().find_map(|(i, p)| patterns[i + 1..].iter().any(|q| collide(p, q)).then_some(i));
+        let Some(i) = clash else { return patterns };
+        let broader = broaden(&patterns[i]);
+        if broader == patterns[i] {
+            // Nothing broader: cannot happen with the branch wildcards
+            // `broaden` gives, which cover every pattern under them.
+            return patterns;
+        }
+        patterns[i] = broader;
+    }
+}
+
 /// Whether a byte of a level is written as itself.
 fn plain(b: u8) -> bool {
     b.is_ascii_graphic() && !matches!(b, b'.' | b'*' | b'>' | b'%')
@@ -271,6 +321,27 @@ mod tests {
         assert_eq!(s().share_queue("g.h", "a b"), "moat.s.g%2Eh.a%20b");
         assert_ne!(s().share_queue("g", "a/b"), s().share_queue("g/a", "b"));
         assert_ne!(s().share_queue("g", "a/b"), s().share_queue("g", "a.b"));
+    }
+
+    #[test]
+    fn coverage_follows_nats_wildcards() {
+        assert!(covers("m.t.a.>", "m.t.a.b.c"));
+        assert!(covers("m.t.a.>", "m.t.a.*"));
+        assert!(covers("m.t.*.b", "m.t.*.b"));
+        assert!(covers("m.t.*.b", "m.t.x.b"));
+        assert!(!covers("m.t.a.>", "m.t.a"));
+        assert!(!covers("m.t.*.b", "m.t.>"));
+        assert!(!covers("m.t.a.b", "m.t.a.*"));
+        assert!(!covers("m.t.a", "m.t.a.b"));
+        assert!(collide("m.t.a.>", "m.t.*.c"));
+        assert!(collide("m.t.*", "m.t.a"));
+        assert!(!collide("m.t.a.>", "m.t.a"));
+        assert!(!collide("m.t.*.b", "m.t.*.c"));
+        let branch = |p: &str| format!("{}.>", p.split('.').take(2).collect::<Vec<_>>().join("."));
+        let all = ["m.t.a.>", "m.t.a", "m.t.a.b", "m.t.x.c", "m.t.a.b", "m.d.$x"].map(str::to_owned);
+        assert_eq!(disjoint(all.to_vec(), branch), ["m.d.$x", "m.t.a", "m.t.a.>", "m.t.x.c"]);
+        let clashing = ["m.t.a.>", "m.t.*.c", "m.d.$x"].map(str::to_owned);
+        assert_eq!(disjoint(clashing.to_vec(), branch), ["m.d.$x", "m.t.>"]);
     }
 
     #[test]

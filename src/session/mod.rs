@@ -149,6 +149,10 @@ impl Session {
     fn offer_inner(&self, mut delivery: Delivery, store: Option<&dyn Store>, hold: bool) -> Result<usize, Refusal> {
         let accepted = {
             let mut state = self.state.lock();
+            if state.parked && delivery.qos != QoS::AtMostOnce {
+                // JetStream keeps it for the session (`cluster::queue`).
+                return Ok(0);
+            }
             if !state.online && delivery.qos == QoS::AtMostOnce {
                 Err(DropReason::OfflineQos0)
             } else {

@@ -136,6 +136,12 @@ pub struct SessionState {
     /// when the connection attached, so the session's end can remove that
     /// entry unless another claim (on any node) came after it.
     pub claimed: Option<u64>,
+    /// In a cluster: JetStream keeps this offline session's QoS 1/2
+    /// messages (`cluster::queue`), so none are queued here.
+    pub parked: bool,
+    /// Bumped when the session is parked or resumed, so a park that
+    /// finishes after the session resumed knows it came too late.
+    pub parking: u64,
     /// The attached connection, while one is.
     pub connection: Option<ConnectionInfo>,
     /// Session expiry interval, seconds, as last negotiated.
@@ -177,6 +183,8 @@ impl SessionState {
             timers: None,
             kicked_by_admin: false,
             claimed: None,
+            parked: false,
+            parking: 0,
             connection: None,
             expiry_s: 0,
             client: None,

@@ -727,6 +727,33 @@ fn drops(node: &TestBroker) -> [u64; 3] {
     [m.drops(DropReason::Cluster), m.drops(DropReason::ClusterInbound), m.drops(DropReason::QueueFull)]
 }
 
+/// Waits until node `node` has parked the session of `client_id`.
+async fn until_parked(node: &TestBroker, client_id: &str) {
+    let deadline = tokio::time::Instant::now() + NATS_WAIT;
+    while node.broker.sessions.get(client_id).is_none_or(|s| !s.lock().parked) {
+        assert!(tokio::time::Instant::now() < deadline, "{client_id} never parked");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the one parked session's consumer has `n` messages for it.
+async fn until_consumer_holds(nats: &Nats, n: u64) {
+    let deadline = tokio::time::Instant::now() + NATS_WAIT;
+    loop {
+        let jsz = nats.monitor("/jsz?streams=true&consumers=true").await;
+        let streams = jsz["account_details"][0]["stream_detail"].as_array().cloned().unwrap_or_default();
+        let queue = streams.iter().find(|s| s["name"] == "MOAT_QUEUE").cloned().unwrap_or_default();
+        let consumers = queue["consumer_detail"].as_array().cloned().unwrap_or_default();
+        if let [consumer] = &consumers[..]
+            && consumer["num_pending"] == n
+        {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "parked messages: {consumers:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 /// A persistent v5 session (clean start off, a ten-minute expiry).
 fn persistent(o: &mut rumqttc::v5::MqttOptions) {
     o.set_clean_start(false);
@@ -744,18 +771,15 @@ async fn a_persistent_session_moves_to_the_node_its_client_reconnects_to() {
     device.subscribe("m/#", QoS::AtLeastOnce).await;
     device.client.disconnect().await.expect("disconnect");
     assert!(device.next().await.is_none_or(|p| !matches!(p, V5Packet::Publish(_))));
-    // Queued on node a while the device is away.
+    // Node a parks the session in JetStream, which keeps what is
+    // published while the device is away.
+    until_parked(&a, "mover").await;
     let publisher = a.v5("pub-a").await;
     for i in 1..=3 {
         publish(&publisher, &format!("m/{i}"), QoS::AtLeastOnce, &i.to_string()).await;
     }
-    tokio::time::timeout(crate::harness::WAIT, async {
-        while a.broker.sessions.get("mover").is_none_or(|s| s.lock().pending.len() < 3) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("three messages queued on node a");
+    until_consumer_holds(&nats, 3).await;
+    assert!(a.broker.sessions.get("mover").is_some_and(|s| s.lock().pending.is_empty()), "nothing queued on a");
 
     // The device comes back through node b: same session, what was queued.
     let mut device = b.v5_with("mover", persistent).await;
@@ -925,4 +949,116 @@ async fn retained_messages_and_sessions_survive_losing_the_jetstream_leader() {
     assert!(second.connack.session_present);
     publish(&publisher, "m/1", QoS::AtLeastOnce, "after").await;
     assert_eq!(received(&mut second).await, ("m/1".into(), "after".into(), QoS::AtLeastOnce));
+}
+
+#[tokio::test]
+async fn a_session_parked_on_a_node_that_dies_resumes_elsewhere_with_its_messages() {
+    let nats = Nats::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let doomed = Process::start(&nats, "doomed", port, dir.path()).await;
+    let b = node(&nats.url(), "b").await;
+    nats.until_owning("doomed").await;
+    nats.until_owning("b").await;
+    let mut opts = rumqttc::v5::MqttOptions::new("sleeper", "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    persistent(&mut opts);
+    let mut device = V5::connect(opts).await;
+    device.subscribe("s/#", QoS::AtLeastOnce).await;
+    device.subscribe("s/+/x", QoS::ExactlyOnce).await;
+    device.client.disconnect().await.expect("disconnect");
+    until_consumer_holds(&nats, 0).await;
+
+    // Published on node b while the device sleeps, then its node dies.
+    let publisher = b.v5("pub").await;
+    publish(&publisher, "s/1", QoS::AtLeastOnce, "one").await;
+    publish(&publisher, "s/2/x", QoS::ExactlyOnce, "two").await;
+    publish(&publisher, "s/3", QoS::AtMostOnce, "zero").await;
+    until_consumer_holds(&nats, 3).await;
+    drop(doomed);
+
+    let mut device = b.v5_with("sleeper", persistent).await;
+    assert!(device.connack.session_present, "the session came back from JetStream");
+    assert_eq!(received(&mut device).await, ("s/1".into(), "one".into(), QoS::AtLeastOnce));
+    assert_eq!(received(&mut device).await, ("s/2/x".into(), "two".into(), QoS::ExactlyOnce));
+    // QoS 0 is not kept for an offline session; nothing comes twice.
+    device.no_publish().await;
+    // Its subscriptions came back too.
+    publish(&publisher, "s/4", QoS::AtLeastOnce, "awake").await;
+    assert_eq!(received(&mut device).await, ("s/4".into(), "awake".into(), QoS::AtLeastOnce));
+    until_consumer_gone(&nats).await;
+}
+
+/// Waits until no parked session's consumer is left.
+async fn until_consumer_gone(nats: &Nats) {
+    let deadline = tokio::time::Instant::now() + NATS_WAIT;
+    loop {
+        let jsz = nats.monitor("/jsz?streams=true&consumers=true").await;
+        let streams = jsz["account_details"][0]["stream_detail"].as_array().cloned().unwrap_or_default();
+        let queue = streams.iter().find(|s| s["name"] == "MOAT_QUEUE").cloned().unwrap_or_default();
+        if queue["consumer_detail"].as_array().is_none_or(Vec::is_empty) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "consumer left: {queue}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_parked_session_resumes_on_its_node_and_a_clean_start_drops_what_was_parked() {
+    let nats = Nats::start().await;
+    let (a, b) = (node(&nats.url(), "a").await, node(&nats.url(), "b").await);
+    nats.until_owning("a").await;
+    nats.until_owning("b").await;
+    let mut device = a.v5_with("napper", persistent).await;
+    device.subscribe("p/#", QoS::AtLeastOnce).await;
+    device.client.disconnect().await.expect("disconnect");
+    until_parked(&a, "napper").await;
+    let publisher = b.v5("pub").await;
+    publish(&publisher, "p/1", QoS::AtLeastOnce, "1").await;
+    publish(&publisher, "p/2", QoS::AtLeastOnce, "2").await;
+    until_consumer_holds(&nats, 2).await;
+
+    // Back on the same node: what JetStream kept, once.
+    let mut device = a.v5_with("napper", persistent).await;
+    assert!(device.connack.session_present);
+    assert_eq!(received(&mut device).await.1, "1");
+    assert_eq!(received(&mut device).await.1, "2");
+    device.no_publish().await;
+    until_consumer_gone(&nats).await;
+    assert!(a.broker.sessions.get("napper").is_some_and(|s| !s.lock().parked));
+
+    // Parked again; a clean start through node b drops it all.
+    device.client.disconnect().await.expect("disconnect");
+    until_parked(&a, "napper").await;
+    publish(&publisher, "p/3", QoS::AtLeastOnce, "3").await;
+    until_consumer_holds(&nats, 1).await;
+    let mut fresh = b.v5("napper").await;
+    assert!(!fresh.connack.session_present);
+    until_consumer_gone(&nats).await;
+    fresh.subscribe("p/#", QoS::AtLeastOnce).await;
+    fresh.no_publish().await;
+}
+
+#[tokio::test]
+async fn parked_sessions_queue_on_their_node_again_while_nats_is_away() {
+    let mut nats = Nats::start().await;
+    let a = node(&nats.url(), "a").await;
+    nats.until_owning("a").await;
+    let mut device = a.v5_with("dozer", persistent).await;
+    device.subscribe("z/#", QoS::AtLeastOnce).await;
+    device.client.disconnect().await.expect("disconnect");
+    until_parked(&a, "dozer").await;
+
+    nats.kill();
+    let deadline = tokio::time::Instant::now() + NATS_WAIT;
+    while a.broker.sessions.get("dozer").is_some_and(|s| s.lock().parked) {
+        assert!(tokio::time::Instant::now() < deadline, "still parked with NATS gone");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let publisher = a.v5("pub").await;
+    publish(&publisher, "z/1", QoS::AtLeastOnce, "local").await;
+    let mut device = a.v5_with("dozer", persistent).await;
+    assert!(device.connack.session_present);
+    assert_eq!(received(&mut device).await.1, "local");
 }
