@@ -80,12 +80,12 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, kv};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::broker::Broker;
-use crate::codec::TopicName;
+use crate::codec::{QoS, TopicName};
 use crate::config::ClusterConfig;
 use crate::metrics::DropReason;
 use crate::router::Message;
@@ -103,6 +103,9 @@ const OUTBOUND_CAPACITY: usize = 64 * 1024;
 const OUTBOUND_BYTES: usize = 64 * 1024 * 1024;
 /// Messages the outbound task takes from its queue at once.
 const OUTBOUND_BATCH: usize = 256;
+/// Longest a publisher's acknowledgement waits for JetStream to store its
+/// message; past it, the message counts as sent.
+const STORE_WAIT: Duration = Duration::from_secs(2);
 /// Messages one NATS subscription buffers before the client drops new
 /// ones (a slow consumer). The channel allocates as it fills, so an idle
 /// subscription costs nothing; a full one holds at most this many of the
@@ -137,6 +140,13 @@ pub struct Cluster {
     outbound: mpsc::Sender<Arc<Message>>,
     /// Bytes of the messages in `outbound` ([`queued_size`]).
     queued_bytes: Arc<AtomicUsize>,
+    /// QoS 1/2 messages put in `outbound` so far. Locked across the
+    /// `try_send`, so the count follows the queue's order.
+    handed: Mutex<u64>,
+    /// How many of those NATS has taken as far as their publishers need:
+    /// stored by JetStream when a session is parked somewhere, sent
+    /// otherwise. Advances in queue order.
+    stored: Arc<watch::Sender<u64>>,
     /// Retained messages (and clears) on their way to the retained stream.
     retained_out: mpsc::Sender<Arc<Message>>,
     retained: Arc<RetainedSync>,
@@ -178,6 +188,8 @@ impl Cluster {
             subjects: Subjects::new(&config.subject_prefix),
             outbound,
             queued_bytes: Arc::new(AtomicUsize::new(0)),
+            handed: Mutex::new(0),
+            stored: Arc::new(watch::Sender::new(0)),
             retained_out,
             pending: Mutex::new(Some(Receivers {
                 outbound: outbound_rx,
@@ -310,13 +322,30 @@ impl Cluster {
         let size = queued_size(message);
         // Taken first, given back on refusal: concurrent publishers can
         // never together pass the bound.
-        if self.queued_bytes.fetch_add(size, Ordering::Relaxed) + size > OUTBOUND_BYTES
-            || self.outbound.try_send(message.clone()).is_err()
-        {
+        let sent = self.queued_bytes.fetch_add(size, Ordering::Relaxed) + size <= OUTBOUND_BYTES
+            && if message.qos == QoS::AtMostOnce {
+                self.outbound.try_send(message.clone()).is_ok()
+            } else {
+                let mut handed = self.handed.lock();
+                let sent = self.outbound.try_send(message.clone()).is_ok();
+                *handed += u64::from(sent);
+                sent
+            };
+        if !sent {
             self.queued_bytes.fetch_sub(size, Ordering::Relaxed);
-            return false;
         }
-        true
+        sent
+    }
+
+    /// What a publisher's PUBACK/PUBREC waits for: every QoS 1/2 message
+    /// this node handed to the cluster so far stored by JetStream (while
+    /// a session is parked somewhere; [`queue`]) or sent. `None` when
+    /// that is so already.
+    pub(crate) fn stored(&self) -> Option<crate::store::Barrier> {
+        let target = *self.handed.lock();
+        let done = self.stored.subscribe();
+        let behind = *done.borrow() < target;
+        behind.then(|| crate::store::Barrier::until(done, target))
     }
 
     /// Connects to NATS and starts the outbound and interest tasks (once;
@@ -352,6 +381,8 @@ impl Cluster {
             subjects: self.subjects.clone(),
             subscriptions: self.subscriptions.clone(),
             queued_bytes: self.queued_bytes.clone(),
+            stored: self.stored.clone(),
+            queue: self.queue.clone(),
         };
         let retained = self.retained.clone();
         let ownership = self.ownership.clone();
@@ -446,6 +477,18 @@ struct Link {
     subscriptions: Arc<AtomicUsize>,
     /// [`Cluster::queued_bytes`].
     queued_bytes: Arc<AtomicUsize>,
+    /// [`Cluster::stored`].
+    stored: Arc<watch::Sender<u64>>,
+    queue: Arc<Queue>,
+}
+
+/// What a QoS 1/2 message handed to NATS still waits for before its
+/// publisher may be acknowledged.
+enum Pending {
+    /// Nothing: sent (or dropped, counted).
+    Sent,
+    /// JetStream's ack, due by the instant.
+    Stored(async_nats::jetstream::context::PublishAckFuture, Instant),
 }
 
 /// What a queued message counts against [`OUTBOUND_BYTES`].
@@ -466,27 +509,62 @@ impl Link {
         broker: Arc<Broker>,
     ) {
         let mut batch = Vec::with_capacity(OUTBOUND_BATCH);
+        let js = async_nats::jetstream::new(client.clone());
+        let (acks, pending) = mpsc::channel(OUTBOUND_CAPACITY);
+        broker.tasks.spawn(self.clone().acknowledge(pending));
         // `recv_many` takes nothing only when every sender is gone.
         while let Some(1..) = broker.shutdown.run_until_cancelled(rx.recv_many(&mut batch, OUTBOUND_BATCH)).await {
             let now = Instant::now();
+            // Stored by JetStream before acknowledged, while a session is
+            // parked somewhere and NATS is there to ask.
+            let store = self.queue.wanted() && client.connection_state() == async_nats::connection::State::Connected;
             for message in batch.drain(..) {
                 self.queued_bytes.fetch_sub(queued_size(&message), Ordering::Relaxed);
-                if message.is_expired(now) {
-                    continue;
+                let counted = message.qos != QoS::AtMostOnce;
+                let mut pending = Pending::Sent;
+                if !message.is_expired(now) {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(envelope::NODE_HEADER, &*self.node_id);
+                    headers.insert(envelope::MESSAGE_HEADER, envelope::encode(&message, now).as_str());
+                    // `forward` let only topics whose subject fits through.
+                    let subject = self.subjects.topic(message.topic.as_str());
+                    let payload = message.payload.clone();
+                    let sent = if store && counted {
+                        js.publish_with_headers(subject, headers, payload)
+                            .await
+                            .map(|ack| pending = Pending::Stored(ack, now + STORE_WAIT))
+                            .map_err(async_nats::Error::from)
+                    } else {
+                        client.publish_with_headers(subject, headers, payload).await.map_err(Into::into)
+                    };
+                    if let Err(e) = sent {
+                        debug!(error = %e, "cluster: publish to NATS failed");
+                        broker.metrics.dropped(DropReason::Cluster, 1);
+                    }
                 }
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert(envelope::NODE_HEADER, &*self.node_id);
-                headers.insert(envelope::MESSAGE_HEADER, envelope::encode(&message, now).as_str());
-                // `forward` let only topics whose subject fits through.
-                let subject = self.subjects.topic(message.topic.as_str());
-                if let Err(e) = client.publish_with_headers(subject, headers, message.payload.clone()).await {
-                    debug!(error = %e, "cluster: publish to NATS failed");
-                    broker.metrics.dropped(DropReason::Cluster, 1);
+                if counted && acks.send(pending).await.is_err() {
+                    break;
                 }
             }
         }
         // Hand what was published to the server before the process ends.
         let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
+    }
+
+    /// Advances [`Cluster::stored`] over each QoS 1/2 message in queue
+    /// order, once JetStream has stored it (or failed to, counted: the
+    /// message went out to the running nodes all the same).
+    async fn acknowledge(self: Arc<Self>, mut pending: mpsc::Receiver<Pending>) {
+        while let Some(next) = pending.recv().await {
+            if let Pending::Stored(ack, due) = next {
+                match tokio::time::timeout_at(due.into(), ack.into_future()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => debug!(error = %e, "cluster: JetStream did not store a message"),
+                    Err(_) => debug!("cluster: JetStream did not store a message in time"),
+                }
+            }
+            self.stored.send_modify(|n| *n += 1);
+        }
     }
 
     /// Keeps one NATS subscription per distinct subject of the local

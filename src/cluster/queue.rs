@@ -30,10 +30,16 @@
 //! consumer's deletion, may arrive twice (QoS 1 allows it; QoS 2 should
 //! not). No Local cannot be applied to parked messages (the publisher is
 //! not known), and messages queued on a node before the session was parked
-//! die with that node. A publisher's PUBACK does not wait for JetStream.
+//! die with that node.
+//!
+//! **Publishers.** While any session is parked ([`Queue::wanted`]), QoS 1/2
+//! messages go to NATS as JetStream publishes, and their publishers'
+//! PUBACK/PUBREC wait until JetStream has stored them (or answered that
+//! no parked session wants them): see [`super::Cluster::stored`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -54,6 +60,8 @@ use crate::store::StoredSession;
 const SESSION_METADATA: &str = "moat-session";
 /// Messages taken from a consumer at once.
 const TAKE_BATCH: usize = 256;
+/// How often a node looks whether any session is parked.
+const WANTED_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest wait between attempts to set up the stream.
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
@@ -66,6 +74,9 @@ pub(super) struct Queue {
     prefix: String,
     /// The stream, once set up.
     stream: Mutex<Option<stream::Stream>>,
+    /// Whether any session (on any node) is parked: only then does a
+    /// publisher's acknowledgement wait for JetStream.
+    wanted: AtomicBool,
 }
 
 impl Queue {
@@ -85,6 +96,7 @@ impl Queue {
             subjects: Subjects::new(prefix),
             prefix: prefix.clone(),
             stream: Mutex::new(None),
+            wanted: AtomicBool::new(false),
         }
     }
 
@@ -100,7 +112,8 @@ impl Queue {
             match outcome {
                 Ok(stream) => {
                     info!(stream = %self.config.name, "cluster: persistent sessions park in JetStream");
-                    *self.stream.lock() = Some(stream);
+                    *self.stream.lock() = Some(stream.clone());
+                    self.watch_consumers(stream, &broker).await;
                     return;
                 }
                 Err(e) if failures == 0 => warn!(
@@ -116,6 +129,28 @@ impl Queue {
                 return;
             }
         }
+    }
+
+    /// Keeps [`Queue::wanted`] current (once per [`WANTED_INTERVAL`])
+    /// until shutdown.
+    async fn watch_consumers(&self, mut stream: stream::Stream, broker: &Broker) {
+        loop {
+            // A failed look keeps the last answer.
+            if let Ok(Ok(info)) = tokio::time::timeout(CLAIM_WAIT, stream.info()).await {
+                self.wanted.store(info.state.consumer_count > 0, Ordering::Relaxed);
+            }
+            if broker.shutdown.run_until_cancelled(tokio::time::sleep(WANTED_INTERVAL)).await.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Whether a session is parked somewhere, so JetStream must have stored
+    /// a QoS 1/2 message before its publisher is acknowledged. (A node
+    /// learns of the first parked session within [`WANTED_INTERVAL`]; the
+    /// stream captures messages meanwhile all the same.)
+    pub(super) fn wanted(&self) -> bool {
+        self.wanted.load(Ordering::Relaxed)
     }
 
     fn stream(&self) -> Option<stream::Stream> {
@@ -174,6 +209,7 @@ impl Queue {
                     state.parked |= current;
                     current
                 };
+                self.wanted.store(true, Ordering::Relaxed);
                 if !parked {
                     // Resumed meanwhile: the session has its messages.
                     let _ = stream.delete_consumer(&name).await;

@@ -169,6 +169,7 @@ where
         aliases: HashMap::new(),
         want_drain: true,
         durable: None,
+        replicated: None,
         publish_rate: crate::rate::TokenBucket::per_second(limits.max_publish_rate, std::time::Instant::now()),
         counts: LocalCounts { bytes_received: bytes_read, ..LocalCounts::default() },
         attached,

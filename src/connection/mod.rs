@@ -121,6 +121,8 @@ struct Connection<S> {
     /// Durable store (issue 9): acknowledgements in `wbuf` are sent only
     /// once this resolves, i.e. once what they acknowledge is durable.
     durable: Option<crate::store::Barrier>,
+    /// In a cluster, the same for JetStream: see `Cluster::stored`.
+    replicated: Option<crate::store::Barrier>,
     /// The client's `limits.max_publish_rate` (following reloads); `None`
     /// when unlimited, so an unset limit costs one branch per PUBLISH.
     publish_rate: Option<crate::rate::TokenBucket>,
@@ -269,12 +271,20 @@ where
     fn await_store(&mut self) {
         let barrier = self.broker.store.barrier();
         self.durable = (!barrier.is_ready()).then_some(barrier);
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = self.broker.cluster() {
+            self.replicated = cluster.stored();
+        }
     }
 
     /// Durable store (issue 9): waits until the PUBACKs/PUBRECs queued in
     /// `wbuf` acknowledge durable messages. When the store has failed they
     /// are dropped unsent and the connection closes, so the client resends.
     async fn await_durable(&mut self) -> Result<(), Close> {
+        if let Some(barrier) = self.replicated.take() {
+            // Fails only when the cluster link is gone (shutdown).
+            let _ = barrier.wait().await;
+        }
         let Some(barrier) = self.durable.take() else { return Ok(()) };
         if barrier.wait().await.is_err() {
             self.wbuf.clear();

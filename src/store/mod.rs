@@ -219,6 +219,12 @@ impl Barrier {
         Barrier(Some(Waiting { durable, target, nudge }))
     }
 
+    /// Waits until the count in `done` reaches `target`: the same wait for
+    /// durability somewhere other than this store (a cluster's JetStream).
+    pub(crate) fn until(done: tokio::sync::watch::Receiver<u64>, target: u64) -> Barrier {
+        Barrier::waiting(done, target, None)
+    }
+
     /// Whether there is nothing to wait for.
     pub fn is_ready(&self) -> bool {
         self.0.as_ref().is_none_or(|w| *w.durable.borrow() >= w.target)

@@ -1062,3 +1062,32 @@ async fn parked_sessions_queue_on_their_node_again_while_nats_is_away() {
     assert!(device.connack.session_present);
     assert_eq!(received(&mut device).await.1, "local");
 }
+
+#[tokio::test]
+async fn while_a_session_is_parked_a_puback_waits_for_jetstream_to_store_the_message() {
+    let nats = Nats::start().await;
+    let a = node(&nats.url(), "a").await;
+    nats.until_owning("a").await;
+    let mut device = a.v5_with("waiting", persistent).await;
+    device.subscribe("w/#", QoS::AtLeastOnce).await;
+    device.client.disconnect().await.expect("disconnect");
+    until_parked(&a, "waiting").await;
+    let mut publisher = a.v5("pub").await;
+
+    // JetStream cannot answer while its server is stopped: no PUBACK.
+    let pid = nats.child.as_ref().expect("running").id().to_string();
+    let signal = |sig: &str| {
+        let status = Command::new("kill").args([sig, &pid]).status().expect("kill");
+        assert!(status.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    publisher.client.publish("w/1", QoS::AtLeastOnce, false, "kept").await.expect("publish");
+    let early = tokio::time::timeout(Duration::from_millis(500), async {
+        while !matches!(publisher.next().await, Some(V5Packet::PubAck(_))) {}
+    })
+    .await;
+    signal("-CONT");
+    assert!(early.is_err(), "PUBACK before JetStream stored the message");
+    while !matches!(publisher.next().await, Some(V5Packet::PubAck(_))) {}
+    until_consumer_holds(&nats, 1).await;
+}
