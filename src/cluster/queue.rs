@@ -39,7 +39,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -77,6 +77,9 @@ pub(super) struct Queue {
     /// Whether any session (on any node) is parked: only then does a
     /// publisher's acknowledgement wait for JetStream.
     wanted: AtomicBool,
+    /// Parks on this node so far: a look at the stream that started before
+    /// the latest one may not turn `wanted` off.
+    parks: AtomicU64,
 }
 
 impl Queue {
@@ -97,6 +100,7 @@ impl Queue {
             prefix: prefix.clone(),
             stream: Mutex::new(None),
             wanted: AtomicBool::new(false),
+            parks: AtomicU64::new(0),
         }
     }
 
@@ -135,9 +139,14 @@ impl Queue {
     /// until shutdown.
     async fn watch_consumers(&self, mut stream: stream::Stream, broker: &Broker) {
         loop {
-            // A failed look keeps the last answer.
+            let parks = self.parks.load(Ordering::Acquire);
+            // A failed look keeps the last answer, and so does one that a
+            // park here overtook.
             if let Ok(Ok(info)) = tokio::time::timeout(CLAIM_WAIT, stream.info()).await {
-                self.wanted.store(info.state.consumer_count > 0, Ordering::Relaxed);
+                let wanted = info.state.consumer_count > 0;
+                if wanted || self.parks.load(Ordering::Acquire) == parks {
+                    self.wanted.store(wanted, Ordering::Release);
+                }
             }
             if broker.shutdown.run_until_cancelled(tokio::time::sleep(WANTED_INTERVAL)).await.is_none() {
                 return;
@@ -150,7 +159,7 @@ impl Queue {
     /// learns of the first parked session within [`WANTED_INTERVAL`]; the
     /// stream captures messages meanwhile all the same.)
     pub(super) fn wanted(&self) -> bool {
-        self.wanted.load(Ordering::Relaxed)
+        self.wanted.load(Ordering::Acquire)
     }
 
     fn stream(&self) -> Option<stream::Stream> {
@@ -201,6 +210,10 @@ impl Queue {
             metadata: HashMap::from([(SESSION_METADATA.to_owned(), hex(&crate::store::encode_session(&record)))]),
             ..consumer::pull::Config::default()
         };
+        // Publishers here wait for JetStream from before the session is
+        // parked: none of its messages is acknowledged unstored.
+        self.parks.fetch_add(1, Ordering::AcqRel);
+        self.wanted.store(true, Ordering::Release);
         match tokio::time::timeout(CLAIM_WAIT, stream.create_consumer(config)).await {
             Ok(Ok(_)) => {
                 let parked = {
@@ -209,7 +222,6 @@ impl Queue {
                     state.parked |= current;
                     current
                 };
-                self.wanted.store(true, Ordering::Relaxed);
                 if !parked {
                     // Resumed meanwhile: the session has its messages.
                     let _ = stream.delete_consumer(&name).await;

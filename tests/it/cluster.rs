@@ -180,12 +180,18 @@ impl Nats {
         conn.is_some_and(|c| c["subscriptions_list"].as_array().is_some_and(|l| l.iter().any(|s| *s == *subject)))
     }
 
+    /// JetStream's view of stream `name` (with its config and consumers),
+    /// `Null` while there is none.
+    async fn stream(&self, name: &str) -> serde_json::Value {
+        let jsz = self.monitor("/jsz?streams=true&config=true&consumers=true").await;
+        let streams = jsz["account_details"][0]["stream_detail"].as_array().cloned().unwrap_or_default();
+        streams.into_iter().find(|s| s["name"] == name).unwrap_or_default()
+    }
+
     /// The server leading JetStream stream `name` (its `-n` name).
     async fn stream_leader(&self, name: &str) -> String {
-        let jsz = self.monitor("/jsz?streams=true").await;
-        let streams = jsz["account_details"][0]["stream_detail"].as_array().cloned().unwrap_or_default();
-        let stream = streams.iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("no stream {name}: {jsz}"));
-        stream["cluster"]["leader"].as_str().expect("a leader").to_owned()
+        let stream = self.stream(name).await;
+        stream["cluster"]["leader"].as_str().unwrap_or_else(|| panic!("no leader of {name}: {stream}")).to_owned()
     }
 
     /// Waits until node `id` is connected with exactly `expected` subjects.
@@ -727,6 +733,14 @@ fn drops(node: &TestBroker) -> [u64; 3] {
     [m.drops(DropReason::Cluster), m.drops(DropReason::ClusterInbound), m.drops(DropReason::QueueFull)]
 }
 
+/// Nodes `a` and `b` on `nats`, once both take part in session ownership.
+async fn owning_pair(nats: &Nats) -> (TestBroker, TestBroker) {
+    let (a, b) = (node(&nats.url(), "a").await, node(&nats.url(), "b").await);
+    nats.until_owning("a").await;
+    nats.until_owning("b").await;
+    (a, b)
+}
+
 /// Waits until node `node` has parked the session of `client_id`.
 async fn until_parked(node: &TestBroker, client_id: &str) {
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
@@ -740,9 +754,7 @@ async fn until_parked(node: &TestBroker, client_id: &str) {
 async fn until_consumer_holds(nats: &Nats, n: u64) {
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
     loop {
-        let jsz = nats.monitor("/jsz?streams=true&consumers=true").await;
-        let streams = jsz["account_details"][0]["stream_detail"].as_array().cloned().unwrap_or_default();
-        let queue = streams.iter().find(|s| s["name"] == "MOAT_QUEUE").cloned().unwrap_or_default();
+        let queue = nats.stream("MOAT_QUEUE").await;
         let consumers = queue["consumer_detail"].as_array().cloned().unwrap_or_default();
         if let [consumer] = &consumers[..]
             && consumer["num_pending"] == n
@@ -763,9 +775,7 @@ fn persistent(o: &mut rumqttc::v5::MqttOptions) {
 #[tokio::test]
 async fn a_persistent_session_moves_to_the_node_its_client_reconnects_to() {
     let nats = Nats::start().await;
-    let (a, b) = (node(&nats.url(), "a").await, node(&nats.url(), "b").await);
-    nats.until_owning("a").await;
-    nats.until_owning("b").await;
+    let (a, b) = owning_pair(&nats).await;
     let mut device = a.v5_with("mover", persistent).await;
     assert!(!device.connack.session_present);
     device.subscribe("m/#", QoS::AtLeastOnce).await;
@@ -799,9 +809,7 @@ async fn a_persistent_session_moves_to_the_node_its_client_reconnects_to() {
 #[tokio::test]
 async fn a_client_connecting_through_another_node_takes_its_connection_over() {
     let nats = Nats::start().await;
-    let (a, b) = (node(&nats.url(), "a").await, node(&nats.url(), "b").await);
-    nats.until_owning("a").await;
-    nats.until_owning("b").await;
+    let (a, b) = owning_pair(&nats).await;
     let mut first = a.v5_with("twin", persistent).await;
     first.subscribe("x/#", QoS::AtLeastOnce).await;
 
@@ -886,13 +894,11 @@ async fn the_wills_of_a_dead_nodes_clients_are_published_by_another_node_once() 
     // deletion, which replaces the polite client's registration.
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
     loop {
-        let jsz = nats.monitor("/jsz?streams=true").await;
-        let streams = jsz["account_details"][0]["stream_detail"].as_array().cloned().unwrap_or_default();
-        let wills = streams.iter().find(|s| s["name"] == "KV_MOAT_WILLS");
-        if wills.is_some_and(|s| s["state"]["last_seq"] == 3 && s["state"]["messages"] == 2) {
+        let wills = nats.stream("KV_MOAT_WILLS").await;
+        if wills["state"]["last_seq"] == 3 && wills["state"]["messages"] == 2 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "wills not registered: {wills:?}");
+        assert!(tokio::time::Instant::now() < deadline, "wills not registered: {wills}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 
@@ -921,13 +927,11 @@ async fn retained_messages_and_sessions_survive_losing_the_jetstream_leader() {
     // Stored in JetStream (three replicas) before the leader goes.
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
     loop {
-        let jsz = servers[0].monitor("/jsz?streams=true&config=true").await;
-        let streams = jsz["account_details"][0]["stream_detail"].as_array().cloned().unwrap_or_default();
-        let retained = streams.iter().find(|s| s["name"] == "MOAT_RETAINED");
-        if retained.is_some_and(|s| s["state"]["messages"] == 1 && s["config"]["num_replicas"] == 3) {
+        let retained = servers[0].stream("MOAT_RETAINED").await;
+        if retained["state"]["messages"] == 1 && retained["config"]["num_replicas"] == 3 {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "retained message not stored: {retained:?}");
+        assert!(tokio::time::Instant::now() < deadline, "retained message not stored: {retained}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 
@@ -941,9 +945,20 @@ async fn retained_messages_and_sessions_survive_losing_the_jetstream_leader() {
     until_synced(&b).await;
     let mut sub = b.v5("sub").await;
     assert_eq!(retained_for(&mut sub, "k/#", 1).await, [("k/kept".to_owned(), "replicated".to_owned())]);
-    // And session ownership still works: the client moves from a to b.
+    // And session ownership still works, once its bucket has a new leader:
+    // the client moves from a to b.
     until_owning_on(&alive, "a").await;
     until_owning_on(&alive, "b").await;
+    let deadline = tokio::time::Instant::now() + NATS_WAIT;
+    loop {
+        let sessions = alive[0].stream("KV_MOAT_SESSIONS").await;
+        let leader = sessions["cluster"]["leader"].as_str().unwrap_or_default();
+        if !leader.is_empty() && leader != format!("s{index}") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no new leader for the sessions bucket: {sessions}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut second = b.v5_with("mover", persistent).await;
     assert_eq!(first.disconnect_reason().await, rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver);
     assert!(second.connack.session_present);
@@ -993,9 +1008,7 @@ async fn a_session_parked_on_a_node_that_dies_resumes_elsewhere_with_its_message
 async fn until_consumer_gone(nats: &Nats) {
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
     loop {
-        let jsz = nats.monitor("/jsz?streams=true&consumers=true").await;
-        let streams = jsz["account_details"][0]["stream_detail"].as_array().cloned().unwrap_or_default();
-        let queue = streams.iter().find(|s| s["name"] == "MOAT_QUEUE").cloned().unwrap_or_default();
+        let queue = nats.stream("MOAT_QUEUE").await;
         if queue["consumer_detail"].as_array().is_none_or(Vec::is_empty) {
             return;
         }
@@ -1007,9 +1020,7 @@ async fn until_consumer_gone(nats: &Nats) {
 #[tokio::test]
 async fn a_parked_session_resumes_on_its_node_and_a_clean_start_drops_what_was_parked() {
     let nats = Nats::start().await;
-    let (a, b) = (node(&nats.url(), "a").await, node(&nats.url(), "b").await);
-    nats.until_owning("a").await;
-    nats.until_owning("b").await;
+    let (a, b) = owning_pair(&nats).await;
     let mut device = a.v5_with("napper", persistent).await;
     device.subscribe("p/#", QoS::AtLeastOnce).await;
     device.client.disconnect().await.expect("disconnect");
