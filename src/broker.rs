@@ -144,6 +144,9 @@ impl Broker {
                 if let Some(timers) = state.timers.take() {
                     timers.cancel();
                 }
+                // A park of the connection that just left is called off;
+                // the new node takes over any the session already had.
+                state.parking += 1;
                 if std::mem::take(&mut state.will_pending) {
                     self.store.will(session.client_id(), None);
                 }
@@ -359,42 +362,52 @@ impl Broker {
 
     /// Attaches a connection to the session of `client_id`.
     pub async fn attach(&self, client_id: &Arc<str>, clean_start: bool) -> Option<Attached> {
-        // One node holds a client's session: claim it from the node that
-        // had it, which disconnects its connection and hands it over.
-        #[cfg(feature = "cluster")]
-        let mut claim = crate::cluster::Claim::default();
-        #[cfg(feature = "cluster")]
-        if let Some(cluster) = &self.cluster {
-            claim = cluster.claim(client_id, clean_start).await;
-            let mut moved = claim.moved.take();
-            let local = self.sessions.get(client_id);
-            if clean_start {
-                if claim.parked || local.is_some_and(|s| s.lock().parked) {
-                    cluster.forget_parked(client_id, self);
-                }
-            } else if claim.parked && moved.is_none() && local.is_none() {
-                // Parked by a node that is gone (or forgot it): JetStream
-                // keeps it.
-                moved = cluster.recover(client_id).await;
-            }
-            if let Some(moved) = moved {
-                self.adopt(moved);
-            }
-            if !clean_start && let Some(session) = self.sessions.get(client_id) {
-                cluster.unpark(&session, claim.parked, self).await;
-            }
-        }
+        let claimed = self.claim(client_id, clean_start).await;
         let bound = self.config().limits.queue_bound();
         let attached = self.sessions.attach(client_id, clean_start, bound, |old| self.discard(old)).await?;
-        #[cfg(feature = "cluster")]
-        if claim.revision.is_some() {
-            attached.session.lock().claimed = claim.revision;
+        if claimed.is_some() {
+            attached.session.lock().claimed = claimed;
         }
         // A reconnect cancels a will waiting for its delay [MQTT-3.1.3-9].
         if std::mem::take(&mut attached.session.lock().will_pending) {
             self.store.will(client_id, None);
         }
         Some(attached)
+    }
+
+    /// In a cluster, before a connection attaches: claims the session of
+    /// `client_id` for this node, bringing it over from the node that held
+    /// it, or back from JetStream if it was parked there, with the messages
+    /// kept for it (`cluster::ownership`, `cluster::queue`). Returns the
+    /// revision of the claim, if one was made.
+    async fn claim(&self, client_id: &Arc<str>, clean_start: bool) -> Option<u64> {
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = &self.cluster {
+            let mut claim = cluster.claim(client_id, clean_start).await;
+            let mut moved = claim.moved.take();
+            let local = self.sessions.get(client_id);
+            if clean_start {
+                if claim.parked || local.is_some_and(|s| s.lock().parked) {
+                    cluster.forget_parked(client_id, self);
+                }
+                return claim.revision;
+            }
+            if claim.parked && moved.is_none() && local.is_none() {
+                // Parked by a node that is gone (or forgot it).
+                moved = cluster.recover(client_id).await;
+            }
+            // A session that moved may have been parked where it was.
+            let elsewhere = claim.parked || moved.is_some();
+            if let Some(moved) = moved {
+                self.adopt(moved);
+            }
+            if let Some(session) = self.sessions.get(client_id) {
+                cluster.unpark(&session, elsewhere, self).await;
+            }
+            return claim.revision;
+        }
+        let _ = (client_id, clean_start);
+        None
     }
 
     /// Ends a session: removes its subscriptions and forgets it.
@@ -415,6 +428,8 @@ impl Broker {
                 cluster.release(session.client_id(), revision, self);
             }
         }
+        #[cfg(not(feature = "cluster"))]
+        let _ = claimed;
     }
 
     /// Saves every session's messages to the store (at shutdown).

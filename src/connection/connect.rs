@@ -161,6 +161,7 @@ where
         keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
         last_read: Instant::now(),
         will: connect.will.clone().map(Box::new),
+        #[cfg(feature = "cluster")]
         will_registered: None,
         session_expiry_s,
         connect_expiry_zero: session_expiry_s == 0,

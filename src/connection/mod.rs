@@ -93,6 +93,7 @@ struct Connection<S> {
     will: Option<Box<Will>>,
     /// In a cluster: the revision under which the will is registered for
     /// other nodes to publish should this one die (`cluster::wills`).
+    #[cfg(feature = "cluster")]
     will_registered: Option<u64>,
     session_expiry_s: u32,
     /// Whether CONNECT asked for a non-zero session expiry (v5), which a

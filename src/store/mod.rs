@@ -19,13 +19,17 @@
 mod disk;
 mod memory;
 mod record;
+#[cfg(feature = "cluster")]
+mod transfer;
 mod writer;
 
 use std::sync::Arc;
 
 pub use disk::DiskStore;
 pub use memory::MemoryStore;
-pub(crate) use record::{decode_session, decode_will, encode_session, encode_will, now_ms};
+pub(crate) use record::now_ms;
+#[cfg(feature = "cluster")]
+pub(crate) use transfer::{decode_session, decode_will, encode_session, encode_will};
 pub use writer::Durability;
 
 use crate::codec::{PacketId, TopicFilter};
@@ -221,6 +225,7 @@ impl Barrier {
 
     /// Waits until the count in `done` reaches `target`: the same wait for
     /// durability somewhere other than this store (a cluster's JetStream).
+    #[cfg(feature = "cluster")]
     pub(crate) fn until(done: tokio::sync::watch::Receiver<u64>, target: u64) -> Barrier {
         Barrier::waiting(done, target, None)
     }

@@ -13,8 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{PendingWill, StoredSession};
-use crate::codec::{PacketId, Properties, QoS, RetainHandling, SubscriptionOptions, TopicFilter, TopicName, Will};
+use crate::codec::{PacketId, Properties, QoS, RetainHandling, SubscriptionOptions, TopicName};
 use crate::router::Message;
 use crate::session::{Delivery, Inflight, InflightState, Subscription};
 
@@ -24,7 +23,7 @@ const FORMAT: u8 = 1;
 /// A record that cannot be decoded.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
-pub struct DecodeError(String);
+pub struct DecodeError(pub(super) String);
 
 /// Encodes `value` behind the format byte.
 pub(super) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -224,118 +223,6 @@ impl DeliveryRecord {
     }
 }
 
-/// A whole session on its way from one cluster node to another (not
-/// stored: the receiving node stores it its own way).
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
-struct TransferRecord {
-    client_id: String,
-    expiry_s: u32,
-    subscriptions: Vec<(String, SubscriptionRecord)>,
-    /// In-flight deliveries first (in send order), then pending ones.
-    messages: Vec<DeliveryRecord>,
-    incoming_qos2: Vec<u16>,
-}
-
-/// Encodes `session` (its will left out) for another node: see
-/// [`decode_session`].
-pub(crate) fn encode_session(session: &StoredSession) -> Vec<u8> {
-    let (now, now_ms) = (Instant::now(), now_ms());
-    let inflight = session.inflight.iter().map(|i| DeliveryRecord::inflight(i, now, now_ms));
-    let pending = session.pending.iter().map(|d| DeliveryRecord::pending(d, now, now_ms));
-    encode(&TransferRecord {
-        client_id: session.client_id.to_string(),
-        expiry_s: session.expiry_s,
-        subscriptions: session
-            .subscriptions
-            .iter()
-            .map(|(f, s)| (f.as_str().to_owned(), SubscriptionRecord::from_subscription(s)))
-            .collect(),
-        messages: inflight.chain(pending).collect(),
-        incoming_qos2: session.incoming_qos2.iter().map(|id| id.get()).collect(),
-    })
-}
-
-/// A session another node encoded with [`encode_session`]. Its messages
-/// carry no store key (this node's store gives them one) and expiry keeps
-/// running by the wall clock.
-///
-/// # Errors
-/// [`DecodeError`] for bytes that are no such session.
-pub(crate) fn decode_session(bytes: &[u8]) -> Result<StoredSession, DecodeError> {
-    let record: TransferRecord = decode(bytes)?;
-    let (now, now_ms) = (Instant::now(), now_ms());
-    let mut session = StoredSession {
-        client_id: record.client_id.into(),
-        expiry_s: record.expiry_s,
-        subscriptions: Vec::with_capacity(record.subscriptions.len()),
-        pending: Vec::new(),
-        inflight: Vec::new(),
-        incoming_qos2: Vec::with_capacity(record.incoming_qos2.len()),
-        will: None,
-    };
-    for (filter, subscription) in record.subscriptions {
-        let filter = TopicFilter::new(&filter).map_err(|e| DecodeError(format!("filter {filter:?}: {e}")))?;
-        session.subscriptions.push((filter, subscription.into_subscription()?));
-    }
-    for message in record.messages {
-        if message.message.is_expired(now_ms) {
-            continue;
-        }
-        match message.into_parts(0, now, now_ms)? {
-            Ok(mut delivery) => {
-                delivery.stored = None;
-                session.pending.push(delivery);
-            }
-            Err(mut inflight) => {
-                inflight.delivery.stored = None;
-                session.inflight.push(inflight);
-            }
-        }
-    }
-    for id in record.incoming_qos2 {
-        session.incoming_qos2.push(PacketId::new(id).ok_or_else(|| DecodeError("packet id 0".to_owned()))?);
-    }
-    Ok(session)
-}
-
-/// The will of a connected client, registered with the cluster so that
-/// another node can publish it if this one dies.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
-struct LiveWillRecord {
-    message: MessageRecord,
-    /// Message Expiry Interval, seconds, from publication.
-    expiry_s: Option<u32>,
-    /// Seconds to wait before publishing it.
-    delay_s: u32,
-}
-
-/// Encodes `will`, to be published `delay_s` after its connection is
-/// found gone: see [`decode_will`].
-pub(crate) fn encode_will(will: &Will, delay_s: u32) -> Vec<u8> {
-    let mut message = Message::new(will.topic.clone(), will.payload.clone(), will.qos, will.retain, &will.properties);
-    // Its expiry starts when it is published.
-    message.expires_at = None;
-    encode(&LiveWillRecord {
-        message: MessageRecord::from_message(&message, Instant::now(), now_ms()),
-        expiry_s: will.properties.message_expiry_interval,
-        delay_s,
-    })
-}
-
-/// A will encoded by [`encode_will`], due its delay from now.
-///
-/// # Errors
-/// [`DecodeError`] for bytes that are no such will.
-pub(crate) fn decode_will(bytes: &[u8]) -> Result<PendingWill, DecodeError> {
-    let record: LiveWillRecord = decode(bytes)?;
-    let (now, now_ms) = (Instant::now(), now_ms());
-    Ok(PendingWill {
-        message: Arc::new(record.message.into_message(now, now_ms)?),
-        expiry_s: record.expiry_s,
-        due_ms: now_ms + u64::from(record.delay_s) * 1000,
-    })
-}
-
 fn qos(n: u8) -> Result<QoS, DecodeError> {
     QoS::from_u8(n).ok_or_else(|| DecodeError(format!("bad QoS {n}")))
 }
@@ -416,68 +303,6 @@ mod tests {
         let bytes = encode(&SubscriptionRecord::from_subscription(&sub));
         let back = decode::<SubscriptionRecord>(&bytes).expect("decodes").into_subscription().expect("valid");
         assert_eq!(back, sub);
-    }
-
-    #[test]
-    fn a_session_moves_whole_between_nodes() {
-        let delivery = |payload: &'static str, stored| Delivery {
-            message: Arc::new(Message { payload: Bytes::from_static(payload.as_bytes()), ..message() }),
-            qos: QoS::ExactlyOnce,
-            retain: true,
-            subscription_ids: vec![1, 2],
-            stored,
-        };
-        let sent = Inflight {
-            packet_id: PacketId::new(9).expect("non-zero"),
-            delivery: delivery("sent", Some(4)),
-            state: InflightState::AwaitPubRec,
-        };
-        let mut expired = delivery("expired", None);
-        Arc::make_mut(&mut expired.message).expires_at = Some(Instant::now());
-        let subscription = Subscription { options: SubscriptionOptions::default(), id: Some(5) };
-        let session = StoredSession {
-            client_id: "dev/ü".into(),
-            expiry_s: 3600,
-            subscriptions: vec![(TopicFilter::new("a/+/#").expect("valid"), subscription.clone())],
-            pending: vec![delivery("queued", Some(5)), expired],
-            inflight: vec![sent],
-            incoming_qos2: vec![PacketId::new(77).expect("non-zero")],
-            will: None,
-        };
-        let back = decode_session(&encode_session(&session)).expect("decodes");
-        assert_eq!((&*back.client_id, back.expiry_s), ("dev/ü", 3600));
-        assert_eq!(back.subscriptions, session.subscriptions);
-        assert_eq!(back.incoming_qos2, session.incoming_qos2);
-        // The expired message stays behind; store keys stay with the old node.
-        let [queued] = &back.pending[..] else { panic!("one pending: {:?}", back.pending) };
-        assert_eq!((&queued.message.payload[..], queued.stored, queued.retain), (&b"queued"[..], None, true));
-        assert_eq!(queued.subscription_ids, vec![1, 2]);
-        let [sent] = &back.inflight[..] else { panic!("one in flight") };
-        assert_eq!((sent.packet_id.get(), sent.state, sent.delivery.stored), (9, InflightState::AwaitPubRec, None));
-        assert!(decode_session(b"\x01garbage").is_err());
-    }
-
-    #[test]
-    fn a_live_will_keeps_its_properties_and_is_due_after_its_delay() {
-        let props = Properties { message_expiry_interval: Some(30), ..message().properties };
-        let will = Will {
-            topic: TopicName::new("dead/1").expect("valid"),
-            payload: Bytes::from_static(b"gone"),
-            qos: QoS::AtLeastOnce,
-            retain: true,
-            properties: props,
-        };
-        let before = now_ms();
-        let back = decode_will(&encode_will(&will, 5)).expect("decodes");
-        assert!((before + 5000..=now_ms() + 5000).contains(&back.due_ms));
-        assert_eq!(back.expiry_s, Some(30));
-        let m = &back.message;
-        assert_eq!(
-            (m.topic.as_str(), &m.payload[..], m.qos, m.retain),
-            ("dead/1", &b"gone"[..], QoS::AtLeastOnce, true)
-        );
-        assert_eq!(m.expires_at, None, "its expiry starts at publication");
-        assert_eq!(m.properties.content_type.as_deref(), Some("text/plain"));
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod backpressure;
 mod bounds;
 mod cert_identity_plugin;
 mod cli;
+#[cfg(feature = "cluster")]
 mod cluster;
 mod connect;
 mod durable;
