@@ -358,7 +358,7 @@ impl Cluster {
         let main_events = events.clone();
         let main = connect_options(format!("moat {}", self.node_id)).no_echo().event_callback(move |event| {
             let events = main_events.clone();
-            async move { events.record(&event) }
+            async move { events.record(&event, true) }
         });
         // Share groups' queue subscriptions live on a second connection: a
         // node's own publishes must reach them (NATS may pick this node),
@@ -372,7 +372,7 @@ impl Cluster {
                     async_nats::Event::Disconnected => shares.store(false, Ordering::Relaxed),
                     _ => {}
                 }
-                events.record(&event);
+                events.record(&event, false);
             }
         });
         let servers = self.servers.clone();
@@ -439,7 +439,9 @@ impl Events {
     /// Quiet time between two slow-consumer warnings.
     const SLOW_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
-    fn record(&self, event: &async_nats::Event) {
+    /// Logs (and acts on) `event` of the main connection (`main`) or the
+    /// share groups' one.
+    fn record(&self, event: &async_nats::Event, main: bool) {
         match event {
             async_nats::Event::Connected => info!("cluster: connected to NATS"),
             async_nats::Event::Disconnected => {
@@ -447,7 +449,7 @@ impl Events {
                 // Nothing reaches JetStream now: parked sessions queue here
                 // again (what JetStream kept is still taken in when they
                 // resume).
-                if let Some(broker) = self.broker.upgrade() {
+                if let Some(broker) = self.broker.upgrade().filter(|_| main) {
                     for session in broker.sessions.all() {
                         session.lock().parked = false;
                     }
