@@ -752,16 +752,26 @@ async fn until_parked(node: &TestBroker, client_id: &str) {
 
 /// Waits until the one parked session's consumer has `n` messages for it.
 async fn until_consumer_holds(nats: &Nats, n: u64) {
+    until_consumer_holds_on(std::slice::from_ref(nats), n).await;
+}
+
+/// [`until_consumer_holds`] as one of `servers` (the consumer's leader;
+/// the others' view may lag) reports it.
+async fn until_consumer_holds_on(servers: &[Nats], n: u64) {
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
     loop {
-        let queue = nats.stream("MOAT_QUEUE").await;
-        let consumers = queue["consumer_detail"].as_array().cloned().unwrap_or_default();
-        if let [consumer] = &consumers[..]
-            && consumer["num_pending"] == n
-        {
-            return;
+        let mut seen = Vec::new();
+        for server in servers {
+            let queue = server.stream("MOAT_QUEUE").await;
+            let consumers = queue["consumer_detail"].as_array().cloned().unwrap_or_default();
+            if let [consumer] = &consumers[..]
+                && consumer["num_pending"] == n
+            {
+                return;
+            }
+            seen.push(consumers);
         }
-        assert!(tokio::time::Instant::now() < deadline, "parked messages: {consumers:?}");
+        assert!(tokio::time::Instant::now() < deadline, "parked messages: {seen:?}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -912,7 +922,7 @@ async fn the_wills_of_a_dead_nodes_clients_are_published_by_another_node_once() 
 }
 
 #[tokio::test]
-async fn retained_messages_and_sessions_survive_losing_the_jetstream_leader() {
+async fn what_jetstream_keeps_survives_losing_the_queue_streams_leader() {
     let mut servers = Nats::cluster(3).await;
     let urls: Vec<String> = servers.iter().map(Nats::url).collect();
     let replicated =
@@ -924,6 +934,14 @@ async fn retained_messages_and_sessions_survive_losing_the_jetstream_leader() {
     retain(&publisher, "k/kept", "replicated").await;
     let mut first = a.v5_with("mover", persistent).await;
     first.subscribe("m/#", QoS::AtLeastOnce).await;
+    // A session parked with two messages kept for it.
+    let mut sleeper = a.v5_with("sleeper", persistent).await;
+    sleeper.subscribe("q/#", QoS::AtLeastOnce).await;
+    sleeper.client.disconnect().await.expect("disconnect");
+    until_parked(&a, "sleeper").await;
+    publish(&publisher, "q/1", QoS::AtLeastOnce, "one").await;
+    publish(&publisher, "q/2", QoS::AtLeastOnce, "two").await;
+    until_consumer_holds_on(&servers, 2).await;
     // Stored in JetStream (three replicas) before the leader goes.
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
     loop {
@@ -935,35 +953,41 @@ async fn retained_messages_and_sessions_survive_losing_the_jetstream_leader() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 
-    let leader = servers[0].stream_leader("MOAT_RETAINED").await;
+    let leader = servers[0].stream_leader("MOAT_QUEUE").await;
     let index: usize = leader.trim_start_matches('s').parse().expect("server name s{i}");
     servers[index].kill();
     let alive: Vec<Nats> = servers.into_iter().enumerate().filter(|(i, _)| *i != index).map(|(_, s)| s).collect();
 
-    // A node started now reads the stream from the two servers left.
+    // A node started now reads the retained stream from the two servers left.
     let b = TestBroker::with(|c| c.cluster = Some(replicated("b"))).await;
     until_synced(&b).await;
     let mut sub = b.v5("sub").await;
     assert_eq!(retained_for(&mut sub, "k/#", 1).await, [("k/kept".to_owned(), "replicated".to_owned())]);
-    // And session ownership still works, once its bucket has a new leader:
-    // the client moves from a to b.
+    // Once the streams have new leaders, sessions move and come back from
+    // JetStream as before.
     until_owning_on(&alive, "a").await;
     until_owning_on(&alive, "b").await;
-    let deadline = tokio::time::Instant::now() + NATS_WAIT;
-    loop {
-        let sessions = alive[0].stream("KV_MOAT_SESSIONS").await;
-        let leader = sessions["cluster"]["leader"].as_str().unwrap_or_default();
-        if !leader.is_empty() && leader != format!("s{index}") {
-            break;
+    for stream in ["KV_MOAT_SESSIONS", "MOAT_QUEUE"] {
+        let deadline = tokio::time::Instant::now() + NATS_WAIT;
+        loop {
+            let info = alive[0].stream(stream).await;
+            let leader = info["cluster"]["leader"].as_str().unwrap_or_default();
+            if !leader.is_empty() && leader != format!("s{index}") {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no new leader for {stream}: {info}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no new leader for the sessions bucket: {sessions}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut second = b.v5_with("mover", persistent).await;
     assert_eq!(first.disconnect_reason().await, rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver);
     assert!(second.connack.session_present);
     publish(&publisher, "m/1", QoS::AtLeastOnce, "after").await;
     assert_eq!(received(&mut second).await, ("m/1".into(), "after".into(), QoS::AtLeastOnce));
+    let mut sleeper = b.v5_with("sleeper", persistent).await;
+    assert!(sleeper.connack.session_present);
+    assert_eq!(received(&mut sleeper).await, ("q/1".into(), "one".into(), QoS::AtLeastOnce));
+    assert_eq!(received(&mut sleeper).await, ("q/2".into(), "two".into(), QoS::AtLeastOnce));
 }
 
 #[tokio::test]
