@@ -60,6 +60,8 @@ use crate::store::StoredSession;
 const SESSION_METADATA: &str = "moat-session";
 /// Messages taken from a consumer at once.
 const TAKE_BATCH: usize = 256;
+/// How long one take waits for the messages the consumer said it has.
+const TAKE_WAIT: Duration = Duration::from_secs(1);
 /// How often a node looks whether any session is parked.
 const WANTED_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest wait between attempts to set up the stream.
@@ -274,33 +276,35 @@ impl Queue {
         };
         let name = consumer_name(session.client_id());
         let unparking = async {
-            let consumer = match stream.get_consumer::<consumer::pull::Config>(&name).await {
+            let mut consumer = match stream.get_consumer::<consumer::pull::Config>(&name).await {
                 Ok(consumer) => consumer,
                 Err(e) if not_found(&e) => return Ok(false),
                 Err(e) => return Err(e),
             };
             let mut taken = Vec::new();
-            self.take(&consumer, session, &mut taken).await?;
+            self.take(&mut consumer, session, &mut taken).await?;
             {
                 let mut state = session.lock();
                 state.parked = false;
                 push(session, &mut state, taken.drain(..), broker);
             }
             // What was stored while the first take ran.
-            self.take(&consumer, session, &mut taken).await?;
+            self.take(&mut consumer, session, &mut taken).await?;
             push(session, &mut session.lock(), taken.drain(..), broker);
             Ok(true)
         };
         let outcome = tokio::time::timeout(CLAIM_WAIT * 4, unparking).await;
         session.lock().parked = false;
         match outcome {
-            Ok(Ok(false)) => return,
-            Ok(Ok(true)) => {}
+            Ok(Ok(true)) => {
+                let _ = tokio::time::timeout(CLAIM_WAIT, stream.delete_consumer(&name)).await;
+            }
+            Ok(Ok(false)) => {}
+            // The consumer stays: what it still holds comes with the next
+            // resume (perhaps twice), rather than never.
             Ok(Err(e)) => warn!(error = %e, "cluster: messages parked in JetStream not all taken in"),
             Err(_) => warn!("cluster: messages parked in JetStream not all taken in in time"),
         }
-        // Whatever the take got, the consumer has done its job.
-        let _ = tokio::time::timeout(CLAIM_WAIT, stream.delete_consumer(&name)).await;
     }
 
     /// Deletes the consumer of `client_id`'s parked session, if any, in
@@ -314,15 +318,20 @@ impl Queue {
     }
 
     /// Takes everything the consumer holds now, as deliveries for
-    /// `session`.
+    /// `session`. The consumer says how many that is: a fetch may come back
+    /// short of it (a consumer leader just elected is still catching up),
+    /// so fetches wait a little and go on until that many came, or until
+    /// one brings nothing.
     async fn take(
         &self,
-        consumer: &consumer::Consumer<consumer::pull::Config>,
+        consumer: &mut consumer::Consumer<consumer::pull::Config>,
         session: &Session,
         out: &mut Vec<Delivery>,
     ) -> Result<(), async_nats::Error> {
-        loop {
-            let mut batch = consumer.fetch().max_messages(TAKE_BATCH).messages().await?;
+        let mut left = consumer.info().await?.num_pending;
+        while left > 0 {
+            let wanted = usize::try_from(left).unwrap_or(usize::MAX).min(TAKE_BATCH);
+            let mut batch = consumer.batch().max_messages(wanted).expires(TAKE_WAIT).messages().await?;
             let mut got = 0;
             while let Some(message) = batch.next().await {
                 let message = message?;
@@ -334,10 +343,12 @@ impl Queue {
                     out.push(delivery);
                 }
             }
-            if got < TAKE_BATCH {
-                return Ok(());
+            if got == 0 {
+                return Err(format!("{left} parked messages did not come").into());
             }
+            left = left.saturating_sub(got);
         }
+        Ok(())
     }
 
     /// The message a node published, as stored `published` (its expiry

@@ -170,10 +170,10 @@ impl Nats {
         until_owning_on(std::slice::from_ref(self), id).await;
     }
 
-    /// Whether node `id` is connected to this server and takes takeover
-    /// requests.
-    async fn takes_takeovers(&self, id: &str) -> bool {
-        let (name, subject) = (format!("moat {id}"), format!("moat.n.{id}.takeover"));
+    /// Whether node `id` is connected to this server and subscribed to
+    /// `subject`.
+    async fn has_subject(&self, id: &str, subject: &str) -> bool {
+        let name = format!("moat {id}");
         let connz = self.monitor("/connz?subs=1").await;
         let conns = connz["connections"].as_array().cloned().unwrap_or_default();
         let conn = conns.iter().find(|c| c["name"] == *name);
@@ -222,14 +222,19 @@ impl Nats {
 
 /// Waits until node `id` takes takeover requests on one of `servers`.
 async fn until_owning_on(servers: &[Nats], id: &str) {
+    until_subject_on(servers, id, &format!("moat.n.{id}.takeover")).await;
+}
+
+/// Waits until node `id` is subscribed to `subject` on one of `servers`.
+async fn until_subject_on(servers: &[Nats], id: &str, subject: &str) {
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
     loop {
         for server in servers {
-            if server.takes_takeovers(id).await {
+            if server.has_subject(id, subject).await {
                 return;
             }
         }
-        assert!(tokio::time::Instant::now() < deadline, "node {id} never took takeover requests");
+        assert!(tokio::time::Instant::now() < deadline, "node {id} never subscribed to {subject}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -967,21 +972,22 @@ async fn what_jetstream_keeps_survives_losing_the_queue_streams_leader() {
     // JetStream as before.
     until_owning_on(&alive, "a").await;
     until_owning_on(&alive, "b").await;
-    for stream in ["KV_MOAT_SESSIONS", "MOAT_QUEUE"] {
-        let deadline = tokio::time::Instant::now() + NATS_WAIT;
-        loop {
-            let info = alive[0].stream(stream).await;
-            let leader = info["cluster"]["leader"].as_str().unwrap_or_default();
-            if !leader.is_empty() && leader != format!("s{index}") {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "no new leader for {stream}: {info}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+    let killed = format!("s{index}");
+    let led = |cluster: &serde_json::Value| cluster["leader"].as_str().is_some_and(|l| !l.is_empty() && l != killed);
+    let deadline = tokio::time::Instant::now() + NATS_WAIT;
+    loop {
+        let (sessions, queue) = (alive[0].stream("KV_MOAT_SESSIONS").await, alive[0].stream("MOAT_QUEUE").await);
+        // The parked session's consumer has a raft group of its own.
+        if led(&sessions["cluster"]) && led(&queue["cluster"]) && led(&queue["consumer_detail"][0]["cluster"]) {
+            break;
         }
+        assert!(tokio::time::Instant::now() < deadline, "no new leaders: {sessions} {queue}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut second = b.v5_with("mover", persistent).await;
     assert_eq!(first.disconnect_reason().await, rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver);
     assert!(second.connack.session_present);
+    until_subject_on(&alive, "b", "moat.t.m.>").await;
     publish(&publisher, "m/1", QoS::AtLeastOnce, "after").await;
     assert_eq!(received(&mut second).await, ("m/1".into(), "after".into(), QoS::AtLeastOnce));
     let mut sleeper = b.v5_with("sleeper", persistent).await;
