@@ -244,6 +244,12 @@ impl Cluster {
         self.ownership.release(client_id, revision, broker);
     }
 
+    /// Whether sessions whose client is away park in JetStream now (the
+    /// stream for it is set up).
+    pub fn parks_sessions(&self) -> bool {
+        self.queue.ready()
+    }
+
     /// Parks `session`, whose connection ended and which outlives it, in
     /// JetStream ([`queue`]): its QoS 1/2 messages are kept there from now
     /// on, whatever happens to this node.

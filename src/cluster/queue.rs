@@ -79,9 +79,11 @@ pub(super) struct Queue {
     /// Whether any session (on any node) is parked: only then does a
     /// publisher's acknowledgement wait for JetStream.
     wanted: AtomicBool,
-    /// Parks on this node so far: a look at the stream that started before
-    /// the latest one may not turn `wanted` off.
-    parks: AtomicU64,
+    /// Parks begun and finished on this node so far: a look at the stream
+    /// that began while one was under way, or that one overtook, may not
+    /// turn `wanted` off (it may not show that park's consumer).
+    parks_begun: AtomicU64,
+    parks_done: AtomicU64,
 }
 
 impl Queue {
@@ -102,7 +104,8 @@ impl Queue {
             prefix: prefix.clone(),
             stream: Mutex::new(None),
             wanted: AtomicBool::new(false),
-            parks: AtomicU64::new(0),
+            parks_begun: AtomicU64::new(0),
+            parks_done: AtomicU64::new(0),
         }
     }
 
@@ -141,12 +144,13 @@ impl Queue {
     /// until shutdown.
     async fn watch_consumers(&self, mut stream: stream::Stream, broker: &Broker) {
         loop {
-            let parks = self.parks.load(Ordering::Acquire);
+            let begun = self.parks_begun.load(Ordering::Acquire);
+            let settled = self.parks_done.load(Ordering::Acquire) == begun;
             // A failed look keeps the last answer, and so does one that a
-            // park here overtook.
+            // park here may have overtaken.
             if let Ok(Ok(info)) = tokio::time::timeout(CLAIM_WAIT, stream.info()).await {
                 let wanted = info.state.consumer_count > 0;
-                if wanted || self.parks.load(Ordering::Acquire) == parks {
+                if wanted || (settled && self.parks_begun.load(Ordering::Acquire) == begun) {
                     self.wanted.store(wanted, Ordering::Release);
                 }
             }
@@ -166,6 +170,13 @@ impl Queue {
 
     fn stream(&self) -> Option<stream::Stream> {
         self.stream.lock().clone()
+    }
+
+    /// Whether the stream is set up, so sessions park and resume through
+    /// it. (Until it is, a resuming session's parked messages stay in
+    /// JetStream for its next resume.)
+    pub(super) fn ready(&self) -> bool {
+        self.stream.lock().is_some()
     }
 
     /// Parks `session`, whose connection just ended and which outlives it.
@@ -212,11 +223,17 @@ impl Queue {
             metadata: HashMap::from([(SESSION_METADATA.to_owned(), hex(&crate::store::encode_session(&record)))]),
             ..consumer::pull::Config::default()
         };
+        // Resumed (or handed over) since: nothing to park.
+        if session.lock().parking != epoch {
+            return false;
+        }
         // Publishers here wait for JetStream from before the session is
         // parked: none of its messages is acknowledged unstored.
-        self.parks.fetch_add(1, Ordering::AcqRel);
+        self.parks_begun.fetch_add(1, Ordering::AcqRel);
         self.wanted.store(true, Ordering::Release);
-        match tokio::time::timeout(CLAIM_WAIT, stream.create_consumer(config)).await {
+        let created = tokio::time::timeout(CLAIM_WAIT, stream.create_consumer(config)).await;
+        self.parks_done.fetch_add(1, Ordering::AcqRel);
+        match created {
             Ok(Ok(_)) => {
                 let parked = {
                     let mut state = session.lock();

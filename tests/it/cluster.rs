@@ -966,6 +966,11 @@ async fn what_jetstream_keeps_survives_losing_the_queue_streams_leader() {
     // A node started now reads the retained stream from the two servers left.
     let b = TestBroker::with(|c| c.cluster = Some(replicated("b"))).await;
     until_synced(&b).await;
+    let deadline = tokio::time::Instant::now() + NATS_WAIT;
+    while !b.broker.cluster().expect("clustered").parks_sessions() {
+        assert!(tokio::time::Instant::now() < deadline, "node b never set up the queue stream");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut sub = b.v5("sub").await;
     assert_eq!(retained_for(&mut sub, "k/#", 1).await, [("k/kept".to_owned(), "replicated".to_owned())]);
     // Once the streams have new leaders, sessions move and come back from
