@@ -6,7 +6,8 @@
 //! fixture plugins first, in the dev profile; pass a directory holding
 //! `topic_prefix.wasm` and `payload_upper.wasm` to measure other builds of
 //! them, e.g. `plugins/target/wasm32-wasip2/release`). Not a test: it prints figures and each plugin's
-//! counters.
+//! counters. `PLUGIN_CALL_ITERATIONS=N` measures N calls per figure instead
+//! of 200,000 (after N/10 warm-up calls), e.g. for a run under callgrind.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -18,7 +19,13 @@ use moat::codec::{ProtocolVersion, QoS, TopicName};
 use moat::plugin::fixtures::fixtures;
 use moat::plugin::{PluginHost, PluginSettings};
 
+/// Calls per figure unless `PLUGIN_CALL_ITERATIONS` says otherwise (fewer
+/// make a run under callgrind affordable).
 const ITERATIONS: u32 = 200_000;
+
+fn iterations() -> u32 {
+    std::env::var("PLUGIN_CALL_ITERATIONS").ok().and_then(|n| n.parse().ok()).unwrap_or(ITERATIONS)
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let host = PluginHost::new()?;
@@ -82,13 +89,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Mean nanoseconds per call of `f`, after a warm-up.
 fn measure(mut f: impl FnMut()) -> f64 {
-    for _ in 0..ITERATIONS / 10 {
+    let iterations = iterations().max(1);
+    for _ in 0..iterations / 10 {
         f();
     }
     let started = Instant::now();
-    for _ in 0..ITERATIONS {
+    for _ in 0..iterations {
         f();
     }
     let elapsed: Duration = started.elapsed();
-    elapsed.as_nanos() as f64 / f64::from(ITERATIONS)
+    elapsed.as_nanos() as f64 / f64::from(iterations)
 }

@@ -50,6 +50,8 @@
 use std::any::Any;
 use std::cell::RefCell;
 
+#[cfg(any(test, all(feature = "allocator", target_arch = "wasm32", not(target_feature = "atomics"))))]
+mod alloc;
 mod config;
 mod export;
 mod host;
@@ -225,6 +227,21 @@ thread_local! {
     /// The instance built by `init`. A WebAssembly instance is single
     /// threaded, so a thread-local cell is the whole of the plugin's state.
     static INSTANCE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+}
+
+/// Marks plugin code running (see `alloc::hook_started`); a no-op without
+/// the SDK's allocator.
+#[inline]
+fn hook_started() {
+    #[cfg(all(feature = "allocator", target_arch = "wasm32", not(target_feature = "atomics")))]
+    alloc::hook_started();
+}
+
+/// Marks plugin code done until the next hook (see `alloc::hook_finished`).
+#[inline]
+fn hook_finished() {
+    #[cfg(all(feature = "allocator", target_arch = "wasm32", not(target_feature = "atomics")))]
+    alloc::hook_finished();
 }
 
 /// Runs `f` on the plugin instance, or returns `None` before `init`.
