@@ -293,10 +293,14 @@ impl Queue {
         };
         let name = consumer_name(session.client_id());
         let unparking = async {
-            let mut consumer = match stream.get_consumer::<consumer::pull::Config>(&name).await {
-                Ok(consumer) => consumer,
-                Err(e) if not_found(&e) => return Ok(false),
-                Err(e) => return Err(e),
+            // Looking costs the connecting client's CONNACK its wait:
+            // bounded apart, as most sessions were never parked.
+            let looking = stream.get_consumer::<consumer::pull::Config>(&name);
+            let mut consumer = match tokio::time::timeout(CLAIM_WAIT, looking).await {
+                Ok(Ok(consumer)) => consumer,
+                Ok(Err(e)) if not_found(&e) => return Ok(false),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err("JetStream did not answer".into()),
             };
             let mut taken = Vec::new();
             self.take(&mut consumer, session, &mut taken).await?;
@@ -310,7 +314,7 @@ impl Queue {
             push(session, &mut session.lock(), taken.drain(..), broker);
             Ok(true)
         };
-        let outcome = tokio::time::timeout(CLAIM_WAIT * 4, unparking).await;
+        let outcome = tokio::time::timeout(CLAIM_WAIT * 3, unparking).await;
         session.lock().parked = false;
         match outcome {
             Ok(Ok(true)) => {

@@ -982,20 +982,33 @@ async fn what_jetstream_keeps_survives_losing_the_queue_streams_leader() {
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
     loop {
         let (sessions, queue) = (alive[0].stream("KV_MOAT_SESSIONS").await, alive[0].stream("MOAT_QUEUE").await);
-        // The parked session's consumer has a raft group of its own.
-        if led(&sessions["cluster"]) && led(&queue["cluster"]) && led(&queue["consumer_detail"][0]["cluster"]) {
+        let meta = alive[0].monitor("/jsz").await;
+        // JetStream's API, the streams, and the parked session's consumer
+        // (a raft group of its own) each elect a leader.
+        if led(&meta["meta_cluster"])
+            && led(&sessions["cluster"])
+            && led(&queue["cluster"])
+            && led(&queue["consumer_detail"][0]["cluster"])
+        {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no new leaders: {sessions} {queue}");
+        assert!(tokio::time::Instant::now() < deadline, "no new leaders: {meta} {sessions} {queue}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut second = b.v5_with("mover", persistent).await;
+    // JetStream just lost a server: its answers may be slow for a while.
+    let resume = |id: &str| {
+        let mut opts = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", b.addr.port());
+        opts.set_keep_alive(Duration::from_secs(30));
+        persistent(&mut opts);
+        V5::connect_within(opts, NATS_WAIT)
+    };
+    let mut second = resume("mover").await;
     assert_eq!(first.disconnect_reason().await, rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver);
     assert!(second.connack.session_present);
     until_subject_on(&alive, "b", "moat.t.m.>").await;
     publish(&publisher, "m/1", QoS::AtLeastOnce, "after").await;
     assert_eq!(received(&mut second).await, ("m/1".into(), "after".into(), QoS::AtLeastOnce));
-    let mut sleeper = b.v5_with("sleeper", persistent).await;
+    let mut sleeper = resume("sleeper").await;
     assert!(sleeper.connack.session_present);
     assert_eq!(received(&mut sleeper).await, ("q/1".into(), "one".into(), QoS::AtLeastOnce));
     assert_eq!(received(&mut sleeper).await, ("q/2".into(), "two".into(), QoS::AtLeastOnce));

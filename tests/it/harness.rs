@@ -210,6 +210,12 @@ pub struct V5 {
 impl V5 {
     /// Connects with `opts` (any broker address) and waits for CONNACK.
     pub async fn connect(opts: rumqttc::v5::MqttOptions) -> V5 {
+        V5::connect_within(opts, WAIT).await
+    }
+
+    /// [`V5::connect`], waiting up to `wait` for CONNACK (a broker that
+    /// must first hear from a cluster may take longer than usual).
+    pub async fn connect_within(opts: rumqttc::v5::MqttOptions, wait: Duration) -> V5 {
         let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 1000);
         let (tx, mut rx) = mpsc::unbounded_channel();
         let pump = tokio::spawn(async move {
@@ -234,7 +240,7 @@ impl V5 {
             }
         });
         let connack = loop {
-            match tokio::time::timeout(WAIT, rx.recv()).await.expect("CONNACK in time") {
+            match tokio::time::timeout(wait, rx.recv()).await.expect("CONNACK in time") {
                 Some(V5Packet::ConnAck(ack)) => break ack,
                 Some(_) => {}
                 None => panic!("connection closed before CONNACK"),
