@@ -82,29 +82,15 @@ static ALLOCATOR: SizeClasses = SizeClasses::new();
 #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
 #[unsafe(export_name = "cabi_realloc")]
 unsafe extern "C" fn cabi_realloc(old: *mut u8, old_len: usize, align: usize, new_len: usize) -> *mut u8 {
-    if !BETWEEN_HOOKS.load(Ordering::Relaxed) {
+    if BETWEEN_HOOKS.load(Ordering::Relaxed) {
+        // SAFETY: as this function's; the blocks are the allocator's.
+        unsafe { realloc_in(&ALLOCATOR, old, old_len, align, new_len) }
+    } else {
         // Inside a hook the host calls this for the results of imports, and
         // wasi-libc frees those with C `free`: they must be `malloc`'s.
         // SAFETY: wasi-libc's own `cabi_realloc` does exactly this.
-        return unsafe { libc_realloc(old, old_len, align, new_len) };
+        unsafe { realloc_in(&System, old, old_len, align, new_len) }
     }
-    let block = if old_len == 0 {
-        if new_len == 0 {
-            // Nothing to allocate; any aligned, non-null address will do.
-            return align as *mut u8;
-        }
-        // SAFETY: `align` is a power of two per the ABI, `new_len` not zero.
-        unsafe { ALLOCATOR.alloc(Layout::from_size_align_unchecked(new_len, align)) }
-    } else {
-        // SAFETY: `old` came from here with this size and alignment.
-        unsafe { ALLOCATOR.realloc(old, Layout::from_size_align_unchecked(old_len, align), new_len) }
-    };
-    if block.is_null() {
-        // Out of memory below the cap (the cap itself traps in the host):
-        // trap rather than hand the host a null pointer.
-        core::arch::wasm32::unreachable();
-    }
-    block
 }
 
 /// Whether no hook is running, i.e. a `cabi_realloc` call comes from the
@@ -130,23 +116,32 @@ pub(crate) fn hook_finished() {
     BETWEEN_HOOKS.store(true, Ordering::Relaxed);
 }
 
-/// `cabi_realloc` on C `malloc`, as wasi-libc's.
+/// `cabi_realloc` on `allocator`.
 ///
 /// # Safety
-/// As [`cabi_realloc`], for blocks from `malloc`.
+/// As [`cabi_realloc`], for blocks of `allocator`.
 #[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
-unsafe fn libc_realloc(old: *mut u8, old_len: usize, align: usize, new_len: usize) -> *mut u8 {
+unsafe fn realloc_in(
+    allocator: &impl GlobalAlloc,
+    old: *mut u8,
+    old_len: usize,
+    align: usize,
+    new_len: usize,
+) -> *mut u8 {
     if old_len == 0 && new_len == 0 {
+        // Nothing to allocate; any aligned, non-null address will do.
         return align as *mut u8;
     }
     let block = if old_len == 0 {
-        // SAFETY: a power-of-two alignment and a non-zero size.
-        unsafe { System.alloc(Layout::from_size_align_unchecked(new_len, align)) }
+        // SAFETY: `align` is a power of two per the ABI, `new_len` not zero.
+        unsafe { allocator.alloc(Layout::from_size_align_unchecked(new_len, align)) }
     } else {
-        // SAFETY: `old` came from `malloc` with this size and alignment.
-        unsafe { System.realloc(old, Layout::from_size_align_unchecked(old_len, align), new_len) }
+        // SAFETY: `old` came from `allocator` with this size and alignment.
+        unsafe { allocator.realloc(old, Layout::from_size_align_unchecked(old_len, align), new_len) }
     };
     if block.is_null() {
+        // Out of memory below the cap (the cap itself traps in the host):
+        // trap rather than hand the host a null pointer.
         core::arch::wasm32::unreachable();
     }
     block
