@@ -5,7 +5,7 @@
 //! copied) and the topic is the subject; everything else is `postcard`
 //! behind a format byte, in base64 because header values are text lines.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
@@ -35,6 +35,13 @@ struct Envelope<'a> {
     correlation_data: Option<&'a [u8]>,
     #[serde(borrow)]
     user_properties: Vec<(&'a str, &'a str)>,
+}
+
+/// Makes the expiry of `message`, read from JetStream at `now`, count from
+/// `published`, when JetStream stored it, not from when it was read.
+pub fn stored_at(message: &mut Message, published: SystemTime, now: Instant) {
+    let age = SystemTime::now().duration_since(published).unwrap_or_default();
+    message.expires_at = message.expires_at.map(|at| at.checked_sub(age).unwrap_or(now));
 }
 
 /// The [`MESSAGE_HEADER`] value for `message`.

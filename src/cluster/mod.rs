@@ -710,12 +710,43 @@ fn bucket_config(config: &ClusterConfig, suffix: &str, description: &str) -> kv:
     }
 }
 
-/// Longest wait between attempts to set up JetStream buckets.
-const BUCKET_RETRY_MAX: Duration = Duration::from_secs(5);
+/// Longest a node waits for one JetStream exchange made for a client that
+/// connects or leaves (a claim, a park, a look at a consumer), so that
+/// JetStream being slow or away delays the client rather than stalls it.
+const JETSTREAM_WAIT: Duration = Duration::from_secs(3);
+
+/// Longest wait between attempts to set up JetStream streams and buckets.
+const SETUP_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// The wait before the next attempt to set up JetStream after `failures`
+/// failed ones: a quarter second more per failure, at most
+/// [`SETUP_RETRY_MAX`].
+fn setup_retry_delay(failures: u32) -> Duration {
+    Duration::from_millis(250 * u64::from(failures.min(20))).min(SETUP_RETRY_MAX)
+}
+
+/// Runs `attempt` until it succeeds, retrying while JetStream is away: the
+/// first failure is logged at warn, naming `what` and saying what its
+/// absence means (`without`), later ones at debug. `None` at shutdown.
+async fn set_up<T, F>(broker: &Broker, what: &str, without: &str, mut attempt: impl FnMut() -> F) -> Option<T>
+where
+    F: std::future::Future<Output = Result<T, async_nats::Error>>,
+{
+    let mut failures = 0u32;
+    loop {
+        match broker.shutdown.run_until_cancelled(attempt()).await? {
+            Ok(done) => return Some(done),
+            Err(e) if failures == 0 => warn!(error = %e, "cluster: no JetStream {what}; {without}"),
+            Err(e) => debug!(error = %e, "cluster: JetStream {what} still unavailable"),
+        }
+        failures = failures.saturating_add(1);
+        broker.shutdown.run_until_cancelled(tokio::time::sleep(setup_retry_delay(failures))).await?;
+    }
+}
 
 /// Opens the key-value buckets of `configs`, creating those missing, and
-/// retries while JetStream is away: the first failure is logged at warn,
-/// saying what that means (`without`). `None` at shutdown.
+/// retries while JetStream is away ([`set_up`]; `without` says what their
+/// absence means). `None` at shutdown.
 async fn open_buckets<const N: usize>(
     client: &async_nats::Client,
     configs: [kv::Config; N],
@@ -723,31 +754,21 @@ async fn open_buckets<const N: usize>(
     without: &str,
 ) -> Option<[kv::Store; N]> {
     let js = jetstream::new(client.clone());
-    let mut failures = 0u32;
-    loop {
-        let opening = async {
-            let mut buckets = Vec::with_capacity(N);
-            for config in &configs {
-                let bucket = match js.get_key_value(config.bucket.as_str()).await {
-                    Ok(bucket) => bucket,
-                    Err(_) => js.create_key_value(config.clone()).await?,
-                };
-                buckets.push(bucket);
-            }
-            Ok::<_, async_nats::Error>(buckets)
-        };
-        match broker.shutdown.run_until_cancelled(opening).await? {
-            Ok(buckets) => return buckets.try_into().ok(),
-            Err(e) if failures == 0 => {
-                let names: Vec<_> = configs.iter().map(|c| c.bucket.as_str()).collect();
-                warn!(error = %e, buckets = ?names, "cluster: no JetStream buckets; {without}");
-            }
-            Err(e) => debug!(error = %e, "cluster: JetStream buckets still unavailable"),
+    let names: Vec<_> = configs.iter().map(|c| c.bucket.as_str()).collect();
+    let what = format!("buckets {}", names.join(", "));
+    let buckets = set_up(broker, &what, without, || async {
+        let mut buckets = Vec::with_capacity(N);
+        for config in &configs {
+            let bucket = match js.get_key_value(config.bucket.as_str()).await {
+                Ok(bucket) => bucket,
+                Err(_) => js.create_key_value(config.clone()).await?,
+            };
+            buckets.push(bucket);
         }
-        failures = failures.saturating_add(1);
-        let wait = Duration::from_millis(250 * u64::from(failures.min(20))).min(BUCKET_RETRY_MAX);
-        broker.shutdown.run_until_cancelled(tokio::time::sleep(wait)).await?;
-    }
+        Ok(buckets)
+    })
+    .await?;
+    buckets.try_into().ok()
 }
 
 /// Reconnect at once, then back off to at most two seconds.

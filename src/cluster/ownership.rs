@@ -23,12 +23,11 @@
 //! and the client starts afresh elsewhere), and messages published in the
 //! moment between the old node unsubscribing and the new one subscribing
 //! are not queued for the moved session. Without JetStream (or while it
-//! is away) claims are skipped after [`CLAIM_WAIT`] and each node keeps
+//! is away) claims are skipped after [`JETSTREAM_WAIT`] and each node keeps
 //! its own sessions, as before clustering.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use bytes::Bytes;
@@ -36,13 +35,11 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
+use super::JETSTREAM_WAIT;
 use crate::broker::Broker;
 use crate::config::ClusterConfig;
 use crate::store::StoredSession;
 
-/// Longest a connecting client waits for its claim (and the handover)
-/// before its node serves it without one.
-pub(super) const CLAIM_WAIT: Duration = Duration::from_secs(3);
 /// Claims retried when another node changed the entry in between.
 const CLAIM_ATTEMPTS: usize = 3;
 /// Client ids longer than this are keyed by their SHA-256: a key is part
@@ -103,7 +100,7 @@ impl Ownership {
 
     /// Claims the session of `client_id` for this node, bringing it over
     /// from the node that held it (dropped there when `clean_start`).
-    /// Waits at most [`CLAIM_WAIT`].
+    /// Waits at most [`JETSTREAM_WAIT`].
     pub(super) async fn claim(&self, client_id: &str, clean_start: bool) -> Claim {
         let Some((kv, client)) = self.link.lock().clone() else { return Claim::default() };
         // NATS away: do not make every connecting client wait for it.
@@ -136,7 +133,7 @@ impl Ownership {
             }
             Ok::<_, async_nats::Error>(Claim { revision: Some(revision), moved, parked })
         };
-        match tokio::time::timeout(CLAIM_WAIT, claiming).await {
+        match tokio::time::timeout(JETSTREAM_WAIT, claiming).await {
             Ok(Ok(claim)) => {
                 self.failing.store(false, Ordering::Relaxed);
                 claim
@@ -185,7 +182,7 @@ impl Ownership {
     pub(super) async fn mark_parked(&self, client_id: &str, revision: u64) -> Option<u64> {
         let (kv, _) = self.link.lock().clone()?;
         let marking = kv.update(key(client_id), entry_value(&self.node_id, true), revision);
-        tokio::time::timeout(CLAIM_WAIT, marking).await.ok()?.ok()
+        tokio::time::timeout(JETSTREAM_WAIT, marking).await.ok()?.ok()
     }
 
     /// Removes the entry of `client_id` if it still has `revision` (its
@@ -196,7 +193,7 @@ impl Ownership {
         let key = key(client_id);
         broker.tasks.spawn(async move {
             // Fails when a later claim changed the entry: as it should.
-            let _ = tokio::time::timeout(CLAIM_WAIT, kv.delete_expect_revision(key, Some(revision))).await;
+            let _ = tokio::time::timeout(JETSTREAM_WAIT, kv.delete_expect_revision(key, Some(revision))).await;
         });
     }
 

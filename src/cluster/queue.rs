@@ -47,9 +47,8 @@ use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
-use super::ownership::CLAIM_WAIT;
 use super::subject::{Subjects, disjoint};
-use super::{envelope, hex};
+use super::{JETSTREAM_WAIT, envelope, hex};
 use crate::broker::Broker;
 use crate::codec::{QoS, TopicName};
 use crate::config::ClusterConfig;
@@ -64,8 +63,6 @@ const TAKE_BATCH: usize = 256;
 const TAKE_WAIT: Duration = Duration::from_secs(1);
 /// How often a node looks whether any session is parked.
 const WANTED_INTERVAL: Duration = Duration::from_secs(1);
-/// Longest wait between attempts to set up the stream.
-const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// This node's side of the queue stream.
 #[derive(Debug)]
@@ -109,35 +106,17 @@ impl Queue {
         }
     }
 
-    /// Sets up the stream, retrying while JetStream is away.
+    /// Sets up the stream, retrying while JetStream is away, then keeps
+    /// [`Queue::wanted`] current.
     pub(super) async fn run(self: Arc<Self>, client: async_nats::Client, broker: Arc<Broker>) {
         let js = jetstream::new(client);
-        let mut failures = 0u32;
-        loop {
-            let Some(outcome) = broker.shutdown.run_until_cancelled(js.get_or_create_stream(self.config.clone())).await
-            else {
-                return;
-            };
-            match outcome {
-                Ok(stream) => {
-                    info!(stream = %self.config.name, "cluster: persistent sessions park in JetStream");
-                    *self.stream.lock() = Some(stream.clone());
-                    self.watch_consumers(stream, &broker).await;
-                    return;
-                }
-                Err(e) if failures == 0 => warn!(
-                    error = %e,
-                    stream = %self.config.name,
-                    "cluster: no JetStream stream for persistent sessions; each node queues for its own until it is back"
-                ),
-                Err(e) => debug!(error = %e, "cluster: queue stream still unavailable"),
-            }
-            failures = failures.saturating_add(1);
-            let wait = Duration::from_millis(250 * u64::from(failures.min(20))).min(RETRY_MAX);
-            if broker.shutdown.run_until_cancelled(tokio::time::sleep(wait)).await.is_none() {
-                return;
-            }
-        }
+        let what = format!("stream {} for persistent sessions", self.config.name);
+        let without = "each node queues for its own until it is back";
+        let creating = || async { js.get_or_create_stream(self.config.clone()).await.map_err(Into::into) };
+        let Some(stream) = super::set_up(&broker, &what, without, creating).await else { return };
+        info!(stream = %self.config.name, "cluster: persistent sessions park in JetStream");
+        *self.stream.lock() = Some(stream.clone());
+        self.watch_consumers(stream, &broker).await;
     }
 
     /// Keeps [`Queue::wanted`] current (once per [`WANTED_INTERVAL`])
@@ -148,7 +127,7 @@ impl Queue {
             let settled = self.parks_done.load(Ordering::Acquire) == begun;
             // A failed look keeps the last answer, and so does one that a
             // park here may have overtaken.
-            if let Ok(Ok(info)) = tokio::time::timeout(CLAIM_WAIT, stream.info()).await {
+            if let Ok(Ok(info)) = tokio::time::timeout(JETSTREAM_WAIT, stream.info()).await {
                 let wanted = info.state.consumer_count > 0;
                 if wanted || (settled && self.parks_begun.load(Ordering::Acquire) == begun) {
                     self.wanted.store(wanted, Ordering::Release);
@@ -231,7 +210,7 @@ impl Queue {
         // parked: none of its messages is acknowledged unstored.
         self.parks_begun.fetch_add(1, Ordering::AcqRel);
         self.wanted.store(true, Ordering::Release);
-        let created = tokio::time::timeout(CLAIM_WAIT, stream.create_consumer(config)).await;
+        let created = tokio::time::timeout(JETSTREAM_WAIT, stream.create_consumer(config)).await;
         self.parks_done.fetch_add(1, Ordering::AcqRel);
         match created {
             Ok(Ok(_)) => {
@@ -265,7 +244,7 @@ impl Queue {
         let stream = self.stream()?;
         let name = consumer_name(client_id);
         let looking = stream.get_consumer::<consumer::pull::Config>(&name);
-        let consumer = tokio::time::timeout(CLAIM_WAIT, looking).await.ok()?.ok()?;
+        let consumer = tokio::time::timeout(JETSTREAM_WAIT, looking).await.ok()?.ok()?;
         let record = consumer.cached_info().config.metadata.get(SESSION_METADATA)?;
         match unhex(record).map(|bytes| crate::store::decode_session(&bytes)) {
             Some(Ok(session)) if &*session.client_id == client_id => Some(session),
@@ -296,7 +275,7 @@ impl Queue {
             // Looking costs the connecting client's CONNACK its wait:
             // bounded apart, as most sessions were never parked.
             let looking = stream.get_consumer::<consumer::pull::Config>(&name);
-            let mut consumer = match tokio::time::timeout(CLAIM_WAIT, looking).await {
+            let mut consumer = match tokio::time::timeout(JETSTREAM_WAIT, looking).await {
                 Ok(Ok(consumer)) => consumer,
                 Ok(Err(e)) if not_found(&e) => return Ok(false),
                 Ok(Err(e)) => return Err(e),
@@ -314,11 +293,11 @@ impl Queue {
             push(session, &mut session.lock(), taken.drain(..), broker);
             Ok(true)
         };
-        let outcome = tokio::time::timeout(CLAIM_WAIT * 3, unparking).await;
+        let outcome = tokio::time::timeout(JETSTREAM_WAIT * 3, unparking).await;
         session.lock().parked = false;
         match outcome {
             Ok(Ok(true)) => {
-                let _ = tokio::time::timeout(CLAIM_WAIT, stream.delete_consumer(&name)).await;
+                let _ = tokio::time::timeout(JETSTREAM_WAIT, stream.delete_consumer(&name)).await;
             }
             Ok(Ok(false)) => {}
             // The consumer stays: what it still holds comes with the next
@@ -334,7 +313,7 @@ impl Queue {
         let Some(stream) = self.stream() else { return };
         let name = consumer_name(client_id);
         broker.tasks.spawn(async move {
-            let _ = tokio::time::timeout(CLAIM_WAIT, stream.delete_consumer(&name)).await;
+            let _ = tokio::time::timeout(JETSTREAM_WAIT, stream.delete_consumer(&name)).await;
         });
     }
 
@@ -380,8 +359,9 @@ impl Queue {
         let header = nats.headers.as_ref()?.get(envelope::MESSAGE_HEADER)?.as_str().to_owned();
         let now = Instant::now();
         let mut message = envelope::decode(topic, nats.payload, &header, now)?;
-        let age = published.and_then(|p| SystemTime::now().duration_since(p).ok()).unwrap_or_default();
-        message.expires_at = message.expires_at.map(|at| at.checked_sub(age).unwrap_or(now));
+        if let Some(published) = published {
+            envelope::stored_at(&mut message, published, now);
+        }
         (!message.is_expired(now)).then_some(message)
     }
 }

@@ -37,7 +37,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;
@@ -56,8 +56,6 @@ use crate::router::Message;
 /// Retained writes waiting to be handed to JetStream before new ones are
 /// dropped (and counted).
 pub(super) const QUEUE_CAPACITY: usize = 4 * 1024;
-/// Longest wait between attempts to set up the stream and its watch.
-const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// What the watch and this node's writes know of a topic this node wrote.
 #[derive(Debug, Default)]
@@ -256,7 +254,7 @@ impl RetainedSync {
                 }
             }
             failures = failures.saturating_add(1);
-            let wait = Duration::from_millis(250 * u64::from(failures.min(20))).min(RETRY_MAX);
+            let wait = super::setup_retry_delay(failures);
             if broker.shutdown.run_until_cancelled(tokio::time::sleep(wait)).await.is_none() {
                 return;
             }
@@ -334,9 +332,7 @@ impl RetainedSync {
             debug!(%topic, "cluster: retained message in an unknown format; ignored");
             return;
         };
-        // The expiry counts from when the stream stored the message.
-        let age = SystemTime::now().duration_since(published).unwrap_or_default();
-        message.expires_at = message.expires_at.map(|at| at.checked_sub(age).unwrap_or(now));
+        envelope::stored_at(&mut message, published, now);
         if message.is_expired(now) {
             message = Message::new(name, Bytes::new(), message.qos, true, &Properties::default());
         }

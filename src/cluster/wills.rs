@@ -33,6 +33,7 @@ use futures_util::TryStreamExt;
 use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
+use super::JETSTREAM_WAIT;
 use super::ownership::key;
 use crate::broker::Broker;
 use crate::codec::Will;
@@ -68,7 +69,7 @@ impl Wills {
     pub(super) async fn register(&self, client_id: &str, will: &Will, delay_s: u32) -> Option<u64> {
         let wills = self.wills.lock().clone()?;
         let value = Bytes::from(crate::store::encode_will(will, delay_s));
-        let put = tokio::time::timeout(super::ownership::CLAIM_WAIT, wills.put(self.key(client_id), value));
+        let put = tokio::time::timeout(JETSTREAM_WAIT, wills.put(self.key(client_id), value));
         match put.await {
             Ok(Ok(revision)) => Some(revision),
             Ok(Err(e)) => {
@@ -87,7 +88,7 @@ impl Wills {
         let key = self.key(client_id);
         broker.tasks.spawn(async move {
             let deleting = wills.delete_expect_revision(key, Some(revision));
-            let _ = tokio::time::timeout(super::ownership::CLAIM_WAIT, deleting).await;
+            let _ = tokio::time::timeout(JETSTREAM_WAIT, deleting).await;
         });
     }
 
