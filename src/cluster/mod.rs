@@ -343,11 +343,15 @@ impl Cluster {
         sent
     }
 
-    /// What a publisher's PUBACK/PUBREC waits for: every QoS 1/2 message
-    /// this node handed to the cluster so far stored by JetStream (while
-    /// a session is parked somewhere; [`queue`]) or sent. `None` when
-    /// that is so already.
+    /// What a publisher's PUBACK/PUBREC waits for while a session is
+    /// parked somewhere ([`queue`]): every QoS 1/2 message this node handed
+    /// to the cluster so far stored by JetStream (or sent, if handed out
+    /// before). `None` when nothing is parked, so the acknowledgement does
+    /// not wait for the queue towards NATS, or when that is so already.
     pub(crate) fn stored(&self) -> Option<crate::store::Barrier> {
+        if !self.queue.wanted() {
+            return None;
+        }
         let target = *self.handed.lock();
         let done = self.stored.subscribe();
         let behind = *done.borrow() < target;
