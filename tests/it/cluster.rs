@@ -999,6 +999,7 @@ async fn what_jetstream_keeps_survives_losing_the_queue_streams_leader() {
     let resume = |id: &str| {
         let mut opts = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", b.addr.port());
         opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_connection_timeout(NATS_WAIT.as_secs());
         persistent(&mut opts);
         V5::connect_within(opts, NATS_WAIT)
     };
