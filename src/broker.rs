@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::metrics::{DropReason, Metrics};
 use crate::reload::Reloader;
 use crate::router::{Message, Router, Scope};
-use crate::session::{Attached, Held, Registry, Session};
+use crate::session::{Attached, Delivery, Held, Registry, Session};
 use crate::store::{PendingWill, Recovered, Store, StoredSession};
 
 /// State shared by every connection: configuration, subscriptions,
@@ -144,9 +144,10 @@ impl Broker {
                 if let Some(timers) = state.timers.take() {
                     timers.cancel();
                 }
-                // A park of the connection that just left is called off;
-                // the new node takes over any the session already had.
+                // An update of its consumer by the connection that just left
+                // is called off; the new node takes the consumer over.
                 state.parking += 1;
+                state.kept = false;
                 if std::mem::take(&mut state.will_pending) {
                     self.store.will(session.client_id(), None);
                 }
@@ -273,7 +274,7 @@ impl Broker {
         }
         #[cfg(feature = "cluster")]
         if let Some(cluster) = &self.cluster
-            && !cluster.forward(&message, retained, self)
+            && !cluster.forward(&message, publisher.map(|p| p.client_id()), retained, self)
         {
             // Not handed to NATS: no node would serve the share groups.
             return Ok(self.router.route(&message, publisher, &*self.store, &self.metrics, held));
@@ -377,9 +378,9 @@ impl Broker {
 
     /// In a cluster, before a connection attaches: claims the session of
     /// `client_id` for this node, bringing it over from the node that held
-    /// it, or back from JetStream if it was parked there, with the messages
-    /// kept for it (`cluster::ownership`, `cluster::queue`). Returns the
-    /// revision of the claim, if one was made.
+    /// it, or back from its consumer's record if that node is gone
+    /// (`cluster::ownership`, `cluster::queue`). Returns the revision of
+    /// the claim, if one was made.
     async fn claim(&self, client_id: &Arc<str>, clean_start: bool) -> Option<u64> {
         #[cfg(feature = "cluster")]
         if let Some(cluster) = &self.cluster {
@@ -387,22 +388,24 @@ impl Broker {
             let mut moved = claim.moved.take();
             let local = self.sessions.get(client_id);
             if clean_start {
-                if claim.parked || local.is_some_and(|s| s.lock().parked) {
-                    cluster.forget_parked(client_id, self);
+                if claim.kept || local.is_some_and(|s| s.lock().kept) {
+                    cluster.forget_session(client_id, self);
                 }
                 return claim.revision;
             }
-            if claim.parked && moved.is_none() && local.is_none() {
-                // Parked by a node that is gone (or forgot it).
+            if claim.kept && moved.is_none() && local.is_none() {
+                // Kept by a node that is gone (or forgot it).
                 moved = cluster.recover(client_id).await;
             }
-            // A session that moved may have been parked where it was.
-            let elsewhere = claim.parked || moved.is_some();
             if let Some(moved) = moved {
                 self.adopt(moved);
             }
-            if let Some(session) = self.sessions.get(client_id) {
-                cluster.unpark(&session, elsewhere, self).await;
+            // JetStream keeps its messages (whoever held it said so): none
+            // are queued here until its connection feeds from the consumer.
+            if claim.kept
+                && let Some(session) = self.sessions.get(client_id)
+            {
+                session.lock().kept = true;
             }
             return claim.revision;
         }
@@ -432,6 +435,16 @@ impl Broker {
         let _ = claimed;
     }
 
+    /// A session that ended was `kept` in JetStream: its consumer goes.
+    fn forget_kept(&self, session: &Session, kept: bool) {
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = self.cluster.as_ref().filter(|_| kept) {
+            cluster.forget_session(session.client_id(), self);
+        }
+        #[cfg(not(feature = "cluster"))]
+        let _ = (session, kept);
+    }
+
     /// Saves every session's messages to the store (at shutdown).
     pub fn persist_sessions(&self) {
         for session in self.sessions.all() {
@@ -443,14 +456,40 @@ impl Broker {
         // Under the lock, so messages queued to the store later
         // (`Store::queued`) come after this snapshot, never before. Messages
         // without a key get one here, so their delivery deletes them.
+        // Messages JetStream keeps are not stored twice: after a restart,
+        // JetStream delivers them again.
         let mut state = session.lock();
         let state = &mut *state;
         let unkeyed = state.inflight.iter_mut().map(|i| &mut i.delivery).chain(state.pending.iter_mut());
-        for delivery in unkeyed.filter(|d| d.stored.is_none()) {
+        for delivery in unkeyed.filter(|d| d.stored.is_none() && d.jetstream.is_none()) {
             delivery.stored = self.store.message_key();
         }
-        let (pending, inflight) = (state.pending.iter().cloned().collect(), state.inflight.iter().cloned().collect());
+        let pending = state.pending.iter().filter(|d| d.jetstream.is_none()).cloned().collect();
+        let inflight = state.inflight.iter().filter(|i| i.delivery.jetstream.is_none()).cloned().collect();
         self.store.session_messages(session.client_id(), pending, inflight);
+    }
+
+    /// A delivery is done with (the client acknowledged it, or it was
+    /// dropped on its way out): the store forgets it and, in a cluster,
+    /// JetStream stops keeping it.
+    pub(crate) fn delivered(&self, client_id: &Arc<str>, delivery: &Delivery) {
+        if let Some(stored) = delivery.stored {
+            self.store.delivered(client_id, stored);
+        }
+        if let Some(ack) = &delivery.jetstream {
+            self.acknowledged(ack);
+        }
+    }
+
+    /// Tells JetStream that a message it keeps for a session reached its
+    /// client (or never will).
+    pub(crate) fn acknowledged(&self, ack: &crate::session::JetStreamAck) {
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = &self.cluster {
+            cluster.acknowledge(ack);
+        }
+        #[cfg(not(feature = "cluster"))]
+        let _ = ack;
     }
 
     /// Called when a connection ends: publishes or schedules the will,
@@ -459,14 +498,18 @@ impl Broker {
         let session = attached.session.clone();
         let generation = attached.generation;
         let timers = CancellationToken::new();
-        {
+        let kept = {
             let mut state = session.lock();
             state.online = false;
             state.kick = None;
             state.connection = None;
             state.expiry_s = expiry_s;
             state.timers = Some(timers.clone());
-        }
+            if let Some(feeding) = state.feeding.take() {
+                feeding.cancel();
+            }
+            state.kept
+        };
         // Publishers holding deliveries for it offer them again: offline,
         // a full queue drops rather than holds.
         session.release_waiting();
@@ -499,11 +542,12 @@ impl Broker {
             // End the session while this connection still holds it, so a
             // client taking over waits for the end and then starts afresh.
             self.discard(&session);
+            self.forget_kept(&session, kept);
         } else {
             self.save_messages(&session);
             self.arm_expiry(session.clone(), generation, expiry_s, timers.clone());
             #[cfg(feature = "cluster")]
-            if let Some(cluster) = &self.cluster {
+            if let Some(cluster) = self.cluster.as_ref().filter(|_| kept) {
                 cluster.park(session.clone(), self);
             }
         }
@@ -589,6 +633,8 @@ impl Broker {
             };
             if expired {
                 broker.discard(&session);
+                let kept = session.lock().kept;
+                broker.forget_kept(&session, kept);
             }
         });
     }

@@ -644,6 +644,7 @@ impl Default for SysConfig {
 /// node_id = "moat-1"             # default: random at each start
 /// subject_prefix = "moat"        # NATS subjects are `moat.t.<topic levels>`
 /// node_timeout_s = 15            # silent this long: dead, its clients' wills go out
+/// redelivery_s = 30              # a kept message unacknowledged this long is sent again
 /// replicas = 1                  # of the JetStream streams and buckets Moat creates
 /// ```
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -664,6 +665,12 @@ pub struct ClusterConfig {
     /// node as dead and publish the wills of the clients it had.
     #[serde(default = "default_node_timeout_s")]
     pub node_timeout_s: u32,
+    /// Seconds JetStream waits for a client to acknowledge a message it
+    /// keeps for a persistent session before delivering it again: also
+    /// how long the messages a dead node had sent its clients, unacknowledged,
+    /// take to reach them again through another node.
+    #[serde(default = "default_redelivery_s")]
+    pub redelivery_s: u32,
     /// Replicas of the JetStream streams and buckets a node creates when
     /// they do not exist yet (retained messages, session owners, wills,
     /// heartbeats): 1 for a single JetStream server, 3 for a cluster of
@@ -681,6 +688,13 @@ pub const DEFAULT_NODE_TIMEOUT_S: u32 = 15;
 
 fn default_node_timeout_s() -> u32 {
     DEFAULT_NODE_TIMEOUT_S
+}
+
+/// The `cluster.redelivery_s` when not set.
+pub const DEFAULT_REDELIVERY_S: u32 = 30;
+
+fn default_redelivery_s() -> u32 {
+    DEFAULT_REDELIVERY_S
 }
 
 /// The `cluster.subject_prefix` when not set.
@@ -704,6 +718,7 @@ impl ClusterConfig {
             node_id: None,
             subject_prefix: default_subject_prefix(),
             node_timeout_s: DEFAULT_NODE_TIMEOUT_S,
+            redelivery_s: DEFAULT_REDELIVERY_S,
             replicas: default_replicas(),
         }
     }
@@ -731,6 +746,9 @@ impl ClusterConfig {
         }
         if !(1..=3600).contains(&self.node_timeout_s) {
             return Err(("cluster.node_timeout_s".into(), "must be 1 to 3600 seconds".into()));
+        }
+        if !(1..=3600).contains(&self.redelivery_s) {
+            return Err(("cluster.redelivery_s".into(), "must be 1 to 3600 seconds".into()));
         }
         let prefix = &self.subject_prefix;
         if prefix.split('.').any(|t| t.is_empty() || !t.chars().all(is_name_char)) {

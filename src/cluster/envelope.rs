@@ -17,6 +17,9 @@ use crate::router::Message;
 
 /// The header carrying the origin node's id.
 pub const NODE_HEADER: &str = "Moat-Node";
+/// The header carrying the publisher's client id, on QoS 1/2 messages
+/// only: a kept session's No Local needs it (`queue`).
+pub const CLIENT_HEADER: &str = "Moat-Client";
 /// The header carrying the [`Envelope`].
 pub const MESSAGE_HEADER: &str = "Moat-Msg";
 

@@ -1,8 +1,9 @@
 //! Clustering over NATS: publishes cross nodes over core NATS, retained
 //! messages through a JetStream stream, share groups through NATS queue
 //! groups; each session is held by one node, which the client's connection
-//! claims ([`ownership`]); wills of a node that died are published by
-//! another ([`wills`]).
+//! claims ([`ownership`]); QoS 1/2 messages for persistent sessions are
+//! kept in JetStream and fed to them from there ([`queue`]); wills of a
+//! node that died are published by another ([`wills`]).
 //!
 //! Each node keeps its connections, sessions, plugins and subscription trie.
 //! What it adds is two NATS connections and these tasks:
@@ -50,20 +51,15 @@
 //! its own members (one copy per node, as a single node would).
 //!
 //! Guarantees: core NATS delivers at most once, so a message crosses nodes
-//! at most once whatever its QoS; the publisher's PUBACK means "routed
-//! locally and handed to NATS", not "delivered everywhere". Order from one
+//! at most once for clean sessions whatever its QoS, and the publisher's
+//! PUBACK means "routed locally and handed to NATS". For persistent
+//! sessions JetStream keeps QoS 1/2 messages until their clients have
+//! them, and while any such session exists a PUBACK means "stored by
+//! JetStream" ([`queue`], [`Cluster::stored`]). Order from one
 //! publisher on one topic is kept while that topic matches a single one of
 //! the receiving node's subjects (NATS keeps order per subscription).
 //! Retained messages are the exception: JetStream stores them, so a node
 //! started later, or away meanwhile, still gets them.
-//!
-//! Hooks for the next JetStream increment (issue 12): messages for
-//! persistent sessions would go from [`Cluster::forward`] to a stream and
-//! the PUBACK would wait for its ack (as the connection already waits for
-//! the store through `await_store`); [`Cluster::node_id`] names the owner
-//! in the session-ownership KV bucket; the inbound path already routes
-//! through `Broker::deliver_remote`, which a durable consumer per session
-//! would feed instead of a core subscription.
 
 mod envelope;
 mod ownership;
@@ -137,14 +133,14 @@ pub struct Cluster {
     node_id: Arc<str>,
     servers: Vec<String>,
     subjects: Subjects,
-    outbound: mpsc::Sender<Arc<Message>>,
+    outbound: mpsc::Sender<Outgoing>,
     /// Bytes of the messages in `outbound` ([`queued_size`]).
     queued_bytes: Arc<AtomicUsize>,
     /// QoS 1/2 messages put in `outbound` so far. Locked across the
     /// `try_send`, so the count follows the queue's order.
     handed: Mutex<u64>,
     /// How many of those NATS has taken as far as their publishers need:
-    /// stored by JetStream when a session is parked somewhere, sent
+    /// stored by JetStream when a session is kept somewhere, sent
     /// otherwise. Advances in queue order.
     stored: Arc<watch::Sender<u64>>,
     /// Retained messages (and clears) on their way to the retained stream.
@@ -163,9 +159,14 @@ pub struct Cluster {
     shares: Arc<AtomicBool>,
 }
 
+/// A message on its way to NATS, and the client id of its publisher (for
+/// No Local where it is delivered from JetStream), if a client published
+/// it at QoS 1 or 2.
+type Outgoing = (Arc<Message>, Option<Arc<str>>);
+
 #[derive(Debug)]
 struct Receivers {
-    outbound: mpsc::Receiver<Arc<Message>>,
+    outbound: mpsc::Receiver<Outgoing>,
     retained: mpsc::Receiver<Arc<Message>>,
     interest: mpsc::UnboundedReceiver<Interest>,
 }
@@ -244,49 +245,64 @@ impl Cluster {
         self.ownership.release(client_id, revision, broker);
     }
 
-    /// Whether sessions whose client is away park in JetStream now (the
-    /// stream for it is set up).
-    pub fn parks_sessions(&self) -> bool {
+    /// Whether persistent sessions are kept in JetStream now (the stream
+    /// for it is set up).
+    pub fn keeps_sessions(&self) -> bool {
         self.queue.ready()
     }
 
-    /// Parks `session`, whose connection ended and which outlives it, in
-    /// JetStream ([`queue`]): its QoS 1/2 messages are kept there from now
-    /// on, whatever happens to this node.
-    pub(crate) fn park(&self, session: Arc<crate::session::Session>, broker: &Broker) {
-        let (queue, ownership) = (self.queue.clone(), self.ownership.clone());
-        broker.tasks.spawn(async move {
-            if !queue.park(&session).await {
-                return;
+    /// Keeps `session`, whose connection (with a Receive Maximum of
+    /// `window`) is attached, in JetStream ([`queue`]) if it outlives the
+    /// connection and has QoS 1/2 subscriptions, and feeds the connection
+    /// from it; otherwise stops keeping it. Called when the connection is
+    /// set up (`first`) and whenever its subscriptions change.
+    pub(crate) async fn keep(
+        &self,
+        session: &Arc<crate::session::Session>,
+        window: usize,
+        first: bool,
+        broker: &Arc<Broker>,
+    ) {
+        let newly = !session.lock().kept;
+        let kept = self.queue.keep(session, window, broker).await;
+        if !kept || !(first || newly) {
+            return;
+        }
+        // Whoever claims the session next is told to look in JetStream
+        // (the claim that attached this connection did not say so).
+        let Some(revision) = session.lock().claimed else { return };
+        if let Some(marked) = self.ownership.mark_kept(session.client_id(), revision).await {
+            let mut state = session.lock();
+            if state.claimed == Some(revision) {
+                state.claimed = Some(marked);
             }
-            // Whoever claims the session next is told to look in JetStream.
-            let Some(revision) = session.lock().claimed else { return };
-            if let Some(marked) = ownership.mark_parked(session.client_id(), revision).await {
-                let mut state = session.lock();
-                if state.claimed == Some(revision) {
-                    state.claimed = Some(marked);
-                }
-            }
-        });
+        }
     }
 
-    /// The parked session of `client_id` whose node is gone, if JetStream
+    /// The connection of kept `session` ended with a new session expiry:
+    /// its consumer's record follows, in the background.
+    pub(crate) fn park(&self, session: Arc<crate::session::Session>, broker: &Broker) {
+        let queue = self.queue.clone();
+        let window = usize::from(broker.config().limits.max_inflight);
+        broker.tasks.spawn(async move { queue.park(&session, window).await });
+    }
+
+    /// The kept session of `client_id` whose node is gone, if JetStream
     /// keeps one.
     pub(crate) async fn recover(&self, client_id: &str) -> Option<crate::store::StoredSession> {
         self.queue.recover(client_id).await
     }
 
-    /// Before a connection attaches to `session`: takes in what JetStream
-    /// kept for it while it was parked (here or, when `elsewhere`, where it
-    /// was before) and unparks it.
-    pub(crate) async fn unpark(&self, session: &Arc<crate::session::Session>, elsewhere: bool, broker: &Broker) {
-        self.queue.unpark(session, elsewhere, broker).await;
+    /// The session of `client_id` ended, or a clean start replaces it:
+    /// what JetStream kept for it goes.
+    pub(crate) fn forget_session(&self, client_id: &str, broker: &Broker) {
+        self.queue.forget(client_id, broker);
     }
 
-    /// A clean start for `client_id`: what JetStream kept for its old
-    /// session goes.
-    pub(crate) fn forget_parked(&self, client_id: &str, broker: &Broker) {
-        self.queue.forget(client_id, broker);
+    /// Tells JetStream that a message it kept for a session reached the
+    /// client (or never will).
+    pub(crate) fn acknowledge(&self, ack: &crate::session::JetStreamAck) {
+        self.queue.acknowledge(ack);
     }
 
     /// Registers the will of `client_id`'s new connection, so that another
@@ -306,8 +322,15 @@ impl Cluster {
     /// with the queue full (in messages or bytes), or a topic too long for
     /// a subject, the message stays local, is counted, and `false` is
     /// returned.
-    pub(crate) fn forward(&self, message: &Arc<Message>, retained: bool, broker: &Broker) -> bool {
-        let forwarded = self.subjects.fits(message.topic.as_str(), MAX_SUBJECT_BYTES) && self.enqueue(message);
+    pub(crate) fn forward(
+        &self,
+        message: &Arc<Message>,
+        publisher: Option<&Arc<str>>,
+        retained: bool,
+        broker: &Broker,
+    ) -> bool {
+        let forwarded =
+            self.subjects.fits(message.topic.as_str(), MAX_SUBJECT_BYTES) && self.enqueue(message, publisher);
         if !forwarded {
             broker.metrics.dropped(DropReason::Cluster, 1);
         }
@@ -324,16 +347,16 @@ impl Cluster {
     }
 
     /// Puts `message` in the queue towards NATS if it has room.
-    fn enqueue(&self, message: &Arc<Message>) -> bool {
+    fn enqueue(&self, message: &Arc<Message>, publisher: Option<&Arc<str>>) -> bool {
         let size = queued_size(message);
         // Taken first, given back on refusal: concurrent publishers can
         // never together pass the bound.
         let sent = self.queued_bytes.fetch_add(size, Ordering::Relaxed) + size <= OUTBOUND_BYTES
             && if message.qos == QoS::AtMostOnce {
-                self.outbound.try_send(message.clone()).is_ok()
+                self.outbound.try_send((message.clone(), None)).is_ok()
             } else {
                 let mut handed = self.handed.lock();
-                let sent = self.outbound.try_send(message.clone()).is_ok();
+                let sent = self.outbound.try_send((message.clone(), publisher.cloned())).is_ok();
                 *handed += u64::from(sent);
                 sent
             };
@@ -344,9 +367,9 @@ impl Cluster {
     }
 
     /// What a publisher's PUBACK/PUBREC waits for while a session is
-    /// parked somewhere ([`queue`]): every QoS 1/2 message this node handed
+    /// kept somewhere ([`queue`]): every QoS 1/2 message this node handed
     /// to the cluster so far stored by JetStream (or sent, if handed out
-    /// before). `None` when nothing is parked, so the acknowledgement does
+    /// before). `None` when nothing is kept, so the acknowledgement does
     /// not wait for the queue towards NATS, or when that is so already.
     pub(crate) fn stored(&self) -> Option<crate::store::Barrier> {
         if !self.queue.wanted() {
@@ -456,12 +479,16 @@ impl Events {
             async_nats::Event::Connected => info!("cluster: connected to NATS"),
             async_nats::Event::Disconnected => {
                 error!("cluster: disconnected from NATS; serving local clients only, reconnecting");
-                // Nothing reaches JetStream now: parked sessions queue here
+                // Nothing reaches JetStream now: kept sessions queue here
                 // again (what JetStream kept is still taken in when they
                 // resume).
                 if let Some(broker) = self.broker.upgrade().filter(|_| main) {
                     for session in broker.sessions.all() {
-                        session.lock().parked = false;
+                        let mut state = session.lock();
+                        state.kept = false;
+                        if let Some(feeding) = state.feeding.take() {
+                            feeding.cancel();
+                        }
                     }
                 }
             }
@@ -517,7 +544,7 @@ impl Link {
     async fn publish(
         self: Arc<Self>,
         client: async_nats::Client,
-        mut rx: mpsc::Receiver<Arc<Message>>,
+        mut rx: mpsc::Receiver<Outgoing>,
         broker: Arc<Broker>,
     ) {
         let mut batch = Vec::with_capacity(OUTBOUND_BATCH);
@@ -528,9 +555,9 @@ impl Link {
         while let Some(1..) = broker.shutdown.run_until_cancelled(rx.recv_many(&mut batch, OUTBOUND_BATCH)).await {
             let now = Instant::now();
             // Stored by JetStream before acknowledged, while a session is
-            // parked somewhere and NATS is there to ask.
+            // kept somewhere and NATS is there to ask.
             let store = self.queue.wanted() && client.connection_state() == async_nats::connection::State::Connected;
-            for message in batch.drain(..) {
+            for (message, publisher) in batch.drain(..) {
                 self.queued_bytes.fetch_sub(queued_size(&message), Ordering::Relaxed);
                 let counted = message.qos != QoS::AtMostOnce;
                 let mut pending = Pending::Sent;
@@ -538,6 +565,9 @@ impl Link {
                     let mut headers = async_nats::HeaderMap::new();
                     headers.insert(envelope::NODE_HEADER, &*self.node_id);
                     headers.insert(envelope::MESSAGE_HEADER, envelope::encode(&message, now).as_str());
+                    if let Some(publisher) = publisher {
+                        headers.insert(envelope::CLIENT_HEADER, &*publisher);
+                    }
                     // `forward` let only topics whose subject fits through.
                     let subject = self.subjects.topic(message.topic.as_str());
                     let payload = message.payload.clone();
@@ -715,7 +745,7 @@ fn bucket_config(config: &ClusterConfig, suffix: &str, description: &str) -> kv:
 }
 
 /// Longest a node waits for one JetStream exchange made for a client that
-/// connects or leaves (a claim, a park, a look at a consumer), so that
+/// connects or leaves (a claim, a consumer set up, a look at one), so that
 /// JetStream being slow or away delays the client rather than stalls it.
 const JETSTREAM_WAIT: Duration = Duration::from_secs(3);
 

@@ -54,19 +54,20 @@ pub struct Claim {
     pub revision: Option<u64>,
     /// The session the previous owner handed over.
     pub moved: Option<StoredSession>,
-    /// Whether the entry said the session was parked in JetStream
+    /// Whether the entry said the session was kept in JetStream
     /// (`cluster::queue`) when this claim replaced it.
-    pub parked: bool,
+    pub kept: bool,
 }
 
 /// The value of an entry: the owner's node id, and ` parked` once it
-/// parked the session (node ids have no spaces).
-fn entry_value(node: &str, parked: bool) -> Bytes {
-    Bytes::from(if parked { format!("{node} {PARKED}") } else { node.to_owned() })
+/// keeps the session in JetStream (node ids have no spaces).
+fn entry_value(node: &str, kept: bool) -> Bytes {
+    Bytes::from(if kept { format!("{node} {KEPT}") } else { node.to_owned() })
 }
 
-/// The marker of a parked session in an entry's value.
-const PARKED: &str = "parked";
+/// The marker of a session kept in JetStream in an entry's value (its
+/// first name, kept so that nodes of the previous version understand it).
+const KEPT: &str = "parked";
 
 /// This node's side of session ownership.
 #[derive(Debug)]
@@ -109,12 +110,12 @@ impl Ownership {
         }
         let claiming = async {
             let (revision, previous) = self.claim_key(&kv, &key(client_id)).await?;
-            let (mut moved, mut parked) = (None, false);
+            let (mut moved, mut kept) = (None, false);
             if let Some(previous) = previous {
                 let (node, state) = previous.split_once(' ').unwrap_or((&previous, ""));
-                parked = state == PARKED;
+                kept = state == KEPT;
                 if node == &*self.node_id {
-                    return Ok(Claim { revision: Some(revision), moved, parked });
+                    return Ok(Claim { revision: Some(revision), moved, kept });
                 }
                 let mut request = Vec::with_capacity(1 + client_id.len());
                 request.push(u8::from(clean_start));
@@ -131,7 +132,7 @@ impl Ownership {
                     Err(e) => info!(%node, error = %e, "cluster: the node that held this session did not hand it over"),
                 }
             }
-            Ok::<_, async_nats::Error>(Claim { revision: Some(revision), moved, parked })
+            Ok::<_, async_nats::Error>(Claim { revision: Some(revision), moved, kept })
         };
         match tokio::time::timeout(JETSTREAM_WAIT, claiming).await {
             Ok(Ok(claim)) => {
@@ -176,10 +177,10 @@ impl Ownership {
         Err(last_error)
     }
 
-    /// Marks the entry of `client_id`, claimed with `revision`, as parked
+    /// Marks the entry of `client_id`, claimed with `revision`, as kept in JetStream
     /// (unless a claim came since), so whoever claims it next knows to look
     /// in JetStream. The new revision, if written.
-    pub(super) async fn mark_parked(&self, client_id: &str, revision: u64) -> Option<u64> {
+    pub(super) async fn mark_kept(&self, client_id: &str, revision: u64) -> Option<u64> {
         let (kv, _) = self.link.lock().clone()?;
         let marking = kv.update(key(client_id), entry_value(&self.node_id, true), revision);
         tokio::time::timeout(JETSTREAM_WAIT, marking).await.ok()?.ok()

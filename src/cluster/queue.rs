@@ -1,41 +1,46 @@
-//! Messages for persistent sessions whose client is away, kept in
-//! JetStream so that they outlive the node that held the session.
+//! Messages for persistent sessions, kept in JetStream so that they
+//! outlive the node that holds the session.
 //!
 //! The stream `{PREFIX}_QUEUE` captures the subjects every node already
 //! publishes on (`{prefix}.t.>`, `{prefix}.d.>`) with interest retention:
 //! JetStream keeps a message only while a consumer wants it, so the
-//! stream costs nothing while no session is parked, and publishers send
+//! stream costs nothing while no session is kept, and publishers send
 //! nothing extra.
 //!
-//! **Park.** When the connection of a session that outlives it ends, its
-//! node creates a durable consumer for the session (named after the
-//! client id, not the node) whose filters are the subjects of its QoS 1/2
-//! subscriptions, with the session's subscriptions and expiry in the
-//! consumer's metadata and its inactivity threshold set to the session
-//! expiry (so JetStream drops it when the session would have ended). From
-//! then on the session is *parked*: the node queues no QoS 1/2 message for
-//! it any more ([`crate::session::SessionState::parked`]); JetStream does.
-//! What was queued before stays in the session's own queue.
+//! **Keep.** When a connection with a session that outlives it is set up
+//! (and whenever its subscriptions change), its node makes sure the
+//! session has a durable consumer (named after the client id, not the
+//! node) whose filters are the subjects of its QoS 1/2 subscriptions,
+//! with the session's subscriptions and expiry in the consumer's metadata,
+//! its inactivity threshold set to the session expiry (so JetStream drops
+//! it when the session would have ended), and at most the client's Receive
+//! Maximum of messages unacknowledged. From then on the session is *kept*
+//! ([`crate::session::SessionState::kept`]): the router queues no QoS 1/2
+//! message for it; while a connection is attached, the node takes them
+//! from the consumer, matched against the session's subscriptions as a
+//! delivery would be, and acknowledges each to JetStream once the client
+//! has it (PUBACK, or PUBREC for QoS 2) or it is dropped on its way out.
+//! Nothing a publisher was acknowledged for is lost when the subscriber's
+//! node dies: JetStream delivers what was not acknowledged again after
+//! `[cluster] redelivery_s`.
 //!
-//! **Unpark.** A connection resuming the session, on any node, first takes
-//! in what the consumer holds (matched against the session's
-//! subscriptions, as a delivery would be), unparks the session, takes in
-//! what arrived meanwhile and deletes the consumer. If the session's node
-//! is gone, the consumer's metadata brings the session back (its
-//! subscriptions and expiry) on the new node: the client gets Session
-//! Present and every QoS 1/2 message published since it went away.
+//! **Away.** When the connection ends, nothing takes from the consumer;
+//! JetStream holds the messages. The client resumes on any node: the
+//! session moves there (`ownership`), or, if its node is gone, comes back
+//! from the consumer's metadata ([`Queue::recover`]), and the new
+//! connection takes from the same consumer.
 //!
-//! Limits: a message published in the moment between the consumer being
-//! created and the session being parked, or between the last take and the
-//! consumer's deletion, may arrive twice (QoS 1 allows it; QoS 2 should
-//! not). No Local cannot be applied to parked messages (the publisher is
-//! not known), and messages queued on a node before the session was parked
-//! die with that node.
+//! Limits: messages published while a session becomes kept may arrive
+//! twice (QoS 1 allows it; QoS 2 should not), and messages queued on a
+//! node before its session was kept die with that node. A message
+//! JetStream delivers again (its acknowledgement was lost, or the client
+//! took longer than `redelivery_s`) is recognised by its stream sequence
+//! while the session still holds it, not after.
 //!
-//! **Publishers.** While any session is parked ([`Queue::wanted`]), QoS 1/2
+//! **Publishers.** While any session is kept ([`Queue::wanted`]), QoS 1/2
 //! messages go to NATS as JetStream publishes, and their publishers'
 //! PUBACK/PUBREC wait until JetStream has stored them (or answered that
-//! no parked session wants them): see [`super::Cluster::stored`].
+//! no kept session wants them): see [`super::Cluster::stored`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,6 +50,8 @@ use std::time::{Duration, Instant, SystemTime};
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::subject::{Subjects, disjoint};
@@ -52,16 +59,14 @@ use super::{JETSTREAM_WAIT, envelope, hex};
 use crate::broker::Broker;
 use crate::codec::{QoS, TopicName};
 use crate::config::ClusterConfig;
-use crate::session::{Delivery, Session, Subscription};
+use crate::session::{Delivery, JetStreamAck, Session, SessionState, Subscription};
 use crate::store::StoredSession;
 
-/// Metadata key of the session record on a parked session's consumer.
+/// Metadata key of the session record on a kept session's consumer.
 const SESSION_METADATA: &str = "moat-session";
-/// Messages taken from a consumer at once.
-const TAKE_BATCH: usize = 256;
-/// How long one take waits for the messages the consumer said it has.
-const TAKE_WAIT: Duration = Duration::from_secs(1);
-/// How often a node looks whether any session is parked.
+/// Idle heartbeat of a connection's pull from its session's consumer.
+const FEED_HEARTBEAT: Duration = Duration::from_secs(5);
+/// How often a node looks whether any session is kept.
 const WANTED_INTERVAL: Duration = Duration::from_secs(1);
 
 /// This node's side of the queue stream.
@@ -71,26 +76,35 @@ pub(super) struct Queue {
     /// Topic subjects (`{prefix}.t...`), as the stream captures them.
     subjects: Subjects,
     prefix: String,
+    /// How long JetStream waits for an acknowledgement before it delivers a
+    /// message again (`[cluster] redelivery_s`).
+    ack_wait: Duration,
     /// The stream, once set up.
     stream: Mutex<Option<stream::Stream>>,
-    /// Whether any session (on any node) is parked: only then does a
+    /// Whether any session (on any node) is kept: only then does a
     /// publisher's acknowledgement wait for JetStream.
     wanted: AtomicBool,
-    /// Parks begun and finished on this node so far: a look at the stream
-    /// that began while one was under way, or that one overtook, may not
-    /// turn `wanted` off (it may not show that park's consumer).
-    parks_begun: AtomicU64,
-    parks_done: AtomicU64,
+    /// Consumer set-ups begun and finished on this node so far: a look at
+    /// the stream that began while one was under way, or that one
+    /// overtook, may not turn `wanted` off (it may not show that consumer).
+    set_ups_begun: AtomicU64,
+    set_ups_done: AtomicU64,
+    /// Reply subjects of messages to acknowledge to JetStream, for the
+    /// task that publishes them ([`Queue::acknowledge`]).
+    acks: mpsc::UnboundedSender<Arc<str>>,
+    /// Taken by [`Queue::run`].
+    acks_rx: Mutex<Option<mpsc::UnboundedReceiver<Arc<str>>>>,
 }
 
 impl Queue {
     /// The queue of the cluster of `config`.
     pub(super) fn new(config: &ClusterConfig) -> Queue {
         let prefix = &config.subject_prefix;
+        let (acks, acks_rx) = mpsc::unbounded_channel();
         Queue {
             config: stream::Config {
                 name: super::jetstream_name(prefix, "QUEUE"),
-                description: Some("moat: messages for persistent sessions whose client is away".to_owned()),
+                description: Some("moat: messages for persistent sessions".to_owned()),
                 subjects: vec![format!("{prefix}.t.>"), format!("{prefix}.d.>")],
                 retention: stream::RetentionPolicy::Interest,
                 storage: stream::StorageType::File,
@@ -99,22 +113,28 @@ impl Queue {
             },
             subjects: Subjects::new(prefix),
             prefix: prefix.clone(),
+            ack_wait: Duration::from_secs(u64::from(config.redelivery_s)),
             stream: Mutex::new(None),
             wanted: AtomicBool::new(false),
-            parks_begun: AtomicU64::new(0),
-            parks_done: AtomicU64::new(0),
+            set_ups_begun: AtomicU64::new(0),
+            set_ups_done: AtomicU64::new(0),
+            acks,
+            acks_rx: Mutex::new(Some(acks_rx)),
         }
     }
 
     /// Sets up the stream, retrying while JetStream is away, then keeps
-    /// [`Queue::wanted`] current.
+    /// [`Queue::wanted`] current; acknowledges messages meanwhile.
     pub(super) async fn run(self: Arc<Self>, client: async_nats::Client, broker: Arc<Broker>) {
+        if let Some(acks) = self.acks_rx.lock().take() {
+            broker.tasks.spawn(acknowledge(client.clone(), acks, broker.shutdown.clone()));
+        }
         let js = jetstream::new(client);
         let what = format!("stream {} for persistent sessions", self.config.name);
         let without = "each node queues for its own until it is back";
         let creating = || async { js.get_or_create_stream(self.config.clone()).await.map_err(Into::into) };
         let Some(stream) = super::set_up(&broker, &what, without, creating).await else { return };
-        info!(stream = %self.config.name, "cluster: persistent sessions park in JetStream");
+        info!(stream = %self.config.name, "cluster: persistent sessions are kept in JetStream");
         *self.stream.lock() = Some(stream.clone());
         self.watch_consumers(stream, &broker).await;
     }
@@ -123,13 +143,13 @@ impl Queue {
     /// until shutdown.
     async fn watch_consumers(&self, mut stream: stream::Stream, broker: &Broker) {
         loop {
-            let begun = self.parks_begun.load(Ordering::Acquire);
-            let settled = self.parks_done.load(Ordering::Acquire) == begun;
+            let begun = self.set_ups_begun.load(Ordering::Acquire);
+            let settled = self.set_ups_done.load(Ordering::Acquire) == begun;
             // A failed look keeps the last answer, and so does one that a
-            // park here may have overtaken.
+            // consumer set up here may have overtaken.
             if let Ok(Ok(info)) = tokio::time::timeout(JETSTREAM_WAIT, stream.info()).await {
                 let wanted = info.state.consumer_count > 0;
-                if wanted || (settled && self.parks_begun.load(Ordering::Acquire) == begun) {
+                if wanted || (settled && self.set_ups_begun.load(Ordering::Acquire) == begun) {
                     self.wanted.store(wanted, Ordering::Release);
                 }
             }
@@ -139,10 +159,11 @@ impl Queue {
         }
     }
 
-    /// Whether a session is parked somewhere, so JetStream must have stored
+    /// Whether a session is kept somewhere, so JetStream must have stored
     /// a QoS 1/2 message before its publisher is acknowledged. (A node
-    /// learns of the first parked session within [`WANTED_INTERVAL`]; the
-    /// stream captures messages meanwhile all the same.)
+    /// learns of the first kept session elsewhere within
+    /// [`WANTED_INTERVAL`]; the stream captures messages meanwhile all the
+    /// same.)
     pub(super) fn wanted(&self) -> bool {
         self.wanted.load(Ordering::Acquire)
     }
@@ -151,95 +172,143 @@ impl Queue {
         self.stream.lock().clone()
     }
 
-    /// Whether the stream is set up, so sessions park and resume through
-    /// it. (Until it is, a resuming session's parked messages stay in
-    /// JetStream for its next resume.)
+    /// Whether the stream is set up, so sessions are kept in it.
     pub(super) fn ready(&self) -> bool {
         self.stream.lock().is_some()
     }
 
-    /// Parks `session`, whose connection just ended and which outlives it.
-    /// A session with no QoS 1/2 subscription has nothing to keep and is
-    /// not parked. Returns whether it is parked now.
-    pub(super) async fn park(&self, session: &Arc<Session>) -> bool {
-        let Some(stream) = self.stream() else { return false };
-        let (epoch, record, filters) = {
-            let mut state = session.lock();
-            state.parking += 1;
-            let filters: Vec<String> = state
-                .subscriptions
-                .iter()
-                .filter(|(f, s)| f.share_group().is_none() && s.options.qos != QoS::AtMostOnce)
-                .flat_map(|(f, _)| self.subjects.filter(f.filter()))
-                .collect();
-            if filters.is_empty() {
-                return false;
-            }
-            let record = StoredSession {
-                client_id: session.client_id().clone(),
-                expiry_s: state.expiry_s,
-                subscriptions: state.subscriptions.iter().map(|(f, s)| (f.clone(), s.clone())).collect(),
-                pending: Vec::new(),
-                inflight: Vec::new(),
-                incoming_qos2: Vec::new(),
-                will: None,
-            };
-            (state.parking, record, filters)
+    /// The consumer of `session` as its state says it should be, or `None`
+    /// when it has no QoS 1/2 subscription to keep messages for.
+    fn consumer_config(
+        &self,
+        session: &Session,
+        state: &SessionState,
+        window: usize,
+    ) -> Option<consumer::pull::Config> {
+        let filters: Vec<String> = state
+            .subscriptions
+            .iter()
+            .filter(|(f, s)| f.share_group().is_none() && s.options.qos != QoS::AtMostOnce)
+            .flat_map(|(f, _)| self.subjects.filter(f.filter()))
+            .collect();
+        if filters.is_empty() {
+            return None;
+        }
+        let record = StoredSession {
+            client_id: session.client_id().clone(),
+            expiry_s: state.expiry_s,
+            subscriptions: state.subscriptions.iter().map(|(f, s)| (f.clone(), s.clone())).collect(),
+            pending: Vec::new(),
+            inflight: Vec::new(),
+            incoming_qos2: Vec::new(),
+            will: None,
         };
-        let name = consumer_name(session.client_id());
-        let config = consumer::pull::Config {
-            durable_name: Some(name.clone()),
-            description: Some("moat: a persistent session whose client is away".to_owned()),
-            // Whatever overlaps is merged up to the whole branch: the take
-            // matches every message against the subscriptions anyway.
+        Some(consumer::pull::Config {
+            durable_name: Some(consumer_name(session.client_id())),
+            description: Some("moat: a persistent session".to_owned()),
+            // Whatever overlaps is merged up to the whole branch: each
+            // message is matched against the subscriptions anyway.
             filter_subjects: disjoint(filters, |p| branch(&self.prefix, p)),
             deliver_policy: consumer::DeliverPolicy::New,
-            ack_policy: consumer::AckPolicy::None,
-            inactive_threshold: match record.expiry_s {
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            max_ack_pending: i64::try_from(window.max(1)).unwrap_or(i64::MAX),
+            inactive_threshold: match state.expiry_s {
                 u32::MAX => Duration::ZERO,
                 s => Duration::from_secs(u64::from(s)),
             },
             metadata: HashMap::from([(SESSION_METADATA.to_owned(), hex(&crate::store::encode_session(&record)))]),
             ..consumer::pull::Config::default()
-        };
-        // Resumed (or handed over) since: nothing to park.
-        if session.lock().parking != epoch {
-            return false;
-        }
-        // Publishers here wait for JetStream from before the session is
-        // parked: none of its messages is acknowledged unstored.
-        self.parks_begun.fetch_add(1, Ordering::AcqRel);
+        })
+    }
+
+    /// Creates or updates the consumer `config`, counted as a set-up for
+    /// [`Queue::wanted`], which it turns on first: publishers here wait for
+    /// JetStream from before the session is kept.
+    async fn set_consumer(
+        &self,
+        stream: &stream::Stream,
+        config: consumer::pull::Config,
+    ) -> Result<consumer::Consumer<consumer::pull::Config>, async_nats::Error> {
+        self.set_ups_begun.fetch_add(1, Ordering::AcqRel);
         self.wanted.store(true, Ordering::Release);
         let created = tokio::time::timeout(JETSTREAM_WAIT, stream.create_consumer(config)).await;
-        self.parks_done.fetch_add(1, Ordering::AcqRel);
-        match created {
-            Ok(Ok(_)) => {
-                let parked = {
+        self.set_ups_done.fetch_add(1, Ordering::AcqRel);
+        Ok(created.map_err(|_| "JetStream did not answer")??)
+    }
+
+    /// Keeps `session`, whose connection is attached, in JetStream if it
+    /// outlives the connection and has QoS 1/2 subscriptions, and takes its
+    /// messages from its consumer (at most `window` unacknowledged);
+    /// otherwise stops keeping it. Returns whether it is kept.
+    pub(super) async fn keep(self: &Arc<Self>, session: &Arc<Session>, window: usize, broker: &Arc<Broker>) -> bool {
+        let Some(stream) = self.stream() else { return false };
+        let (epoch, config, was) = {
+            let mut state = session.lock();
+            state.parking += 1;
+            let config = (state.expiry_s > 0).then(|| self.consumer_config(session, &state, window)).flatten();
+            (state.parking, config, state.kept)
+        };
+        let Some(config) = config else {
+            if was {
+                {
                     let mut state = session.lock();
-                    let current = state.parking == epoch && !state.online;
-                    state.parked |= current;
-                    current
-                };
-                if !parked {
-                    // Resumed meanwhile: the session has its messages.
-                    let _ = stream.delete_consumer(&name).await;
+                    state.kept = false;
+                    if let Some(feeding) = state.feeding.take() {
+                        feeding.cancel();
+                    }
                 }
-                parked
+                let name = consumer_name(session.client_id());
+                let _ = tokio::time::timeout(JETSTREAM_WAIT, stream.delete_consumer(&name)).await;
             }
-            Ok(Err(e)) => {
-                debug!(error = %e, "cluster: session not parked; its node queues for it");
-                false
+            return false;
+        };
+        let consumer = match self.set_consumer(&stream, config).await {
+            Ok(consumer) => consumer,
+            Err(e) => {
+                warn!(error = %e, "cluster: session not kept in JetStream; this node queues for it");
+                return was;
             }
-            Err(_) => {
-                debug!("cluster: session not parked in time; its node queues for it");
-                false
+        };
+        let mut state = session.lock();
+        // Handed over to another node meanwhile.
+        if state.parking != epoch {
+            return false;
+        }
+        state.kept = true;
+        if state.online && state.feeding.is_none() {
+            let stop = broker.shutdown.child_token();
+            state.feeding = Some(stop.clone());
+            let feeder = Feeder { queue: self.clone(), session: session.clone(), window, stop };
+            broker.tasks.spawn(feeder.run(consumer, broker.clone()));
+        }
+        true
+    }
+
+    /// The connection of kept `session` ended with a new session expiry:
+    /// its consumer's record and inactivity threshold follow.
+    pub(super) async fn park(&self, session: &Arc<Session>, window: usize) {
+        let Some(stream) = self.stream() else { return };
+        let (epoch, config) = {
+            let mut state = session.lock();
+            if !state.kept || state.online {
+                return;
             }
+            state.parking += 1;
+            (state.parking, self.consumer_config(session, &state, window))
+        };
+        let Some(config) = config else { return };
+        if let Err(e) = self.set_consumer(&stream, config).await {
+            debug!(error = %e, "cluster: a kept session's new expiry not recorded in JetStream");
+        } else if session.lock().parking != epoch {
+            debug!("cluster: a kept session resumed while its expiry was recorded");
         }
     }
 
-    /// The session of `client_id` as its parked consumer records it (its
-    /// subscriptions and expiry; the messages follow in [`Queue::unpark`]),
-    /// for a node taking over a client whose node is gone.
+    /// The session of `client_id` as its consumer records it (its
+    /// subscriptions and expiry; the messages follow once its connection
+    /// takes from the consumer), for a node taking over a client whose
+    /// node is gone.
     pub(super) async fn recover(&self, client_id: &str) -> Option<StoredSession> {
         let stream = self.stream()?;
         let name = consumer_name(client_id);
@@ -249,66 +318,14 @@ impl Queue {
         match unhex(record).map(|bytes| crate::store::decode_session(&bytes)) {
             Some(Ok(session)) if &*session.client_id == client_id => Some(session),
             _ => {
-                warn!("cluster: a parked session's record cannot be read; the client starts afresh");
+                warn!("cluster: a kept session's record cannot be read; the client starts afresh");
                 None
             }
         }
     }
 
-    /// Before a connection attaches to `session`: if it is parked (here,
-    /// or, when `elsewhere`, where it was before), moves what its consumer
-    /// holds into it, unparks it and deletes the consumer. A park still
-    /// under way is called off either way.
-    pub(super) async fn unpark(&self, session: &Arc<Session>, elsewhere: bool, broker: &Broker) {
-        let parked = {
-            let mut state = session.lock();
-            state.parking += 1;
-            state.parked
-        };
-        let stream = self.stream();
-        let Some(stream) = stream.filter(|_| parked || elsewhere) else {
-            session.lock().parked = false;
-            return;
-        };
-        let name = consumer_name(session.client_id());
-        let unparking = async {
-            // Looking costs the connecting client's CONNACK its wait:
-            // bounded apart, as most sessions were never parked.
-            let looking = stream.get_consumer::<consumer::pull::Config>(&name);
-            let mut consumer = match tokio::time::timeout(JETSTREAM_WAIT, looking).await {
-                Ok(Ok(consumer)) => consumer,
-                Ok(Err(e)) if not_found(&e) => return Ok(false),
-                Ok(Err(e)) => return Err(e),
-                Err(_) => return Err("JetStream did not answer".into()),
-            };
-            let mut taken = Vec::new();
-            self.take(&mut consumer, session, &mut taken).await?;
-            {
-                let mut state = session.lock();
-                state.parked = false;
-                push(session, &mut state, taken.drain(..), broker);
-            }
-            // What was stored while the first take ran.
-            self.take(&mut consumer, session, &mut taken).await?;
-            push(session, &mut session.lock(), taken.drain(..), broker);
-            Ok(true)
-        };
-        let outcome = tokio::time::timeout(JETSTREAM_WAIT * 3, unparking).await;
-        session.lock().parked = false;
-        match outcome {
-            Ok(Ok(true)) => {
-                let _ = tokio::time::timeout(JETSTREAM_WAIT, stream.delete_consumer(&name)).await;
-            }
-            Ok(Ok(false)) => {}
-            // The consumer stays: what it still holds comes with the next
-            // resume (perhaps twice), rather than never.
-            Ok(Err(e)) => warn!(error = %e, "cluster: messages parked in JetStream not all taken in"),
-            Err(_) => warn!("cluster: messages parked in JetStream not all taken in in time"),
-        }
-    }
-
-    /// Deletes the consumer of `client_id`'s parked session, if any, in
-    /// the background: a clean start drops what it kept.
+    /// Deletes the consumer of `client_id`'s session, if any, in the
+    /// background: the session ended, or a clean start drops what it kept.
     pub(super) fn forget(&self, client_id: &str, broker: &Broker) {
         let Some(stream) = self.stream() else { return };
         let name = consumer_name(client_id);
@@ -317,91 +334,142 @@ impl Queue {
         });
     }
 
-    /// Takes everything the consumer holds now, as deliveries for
-    /// `session`. The consumer says how many that is: a fetch may come back
-    /// short of it (a consumer leader just elected is still catching up),
-    /// so fetches wait a little and go on until that many came, or until
-    /// one brings nothing.
-    async fn take(
-        &self,
-        consumer: &mut consumer::Consumer<consumer::pull::Config>,
-        session: &Session,
-        out: &mut Vec<Delivery>,
-    ) -> Result<(), async_nats::Error> {
-        let mut left = consumer.info().await?.num_pending;
-        while left > 0 {
-            let wanted = usize::try_from(left).unwrap_or(usize::MAX).min(TAKE_BATCH);
-            let mut batch = consumer.batch().max_messages(wanted).expires(TAKE_WAIT).messages().await?;
-            let mut got = 0;
-            while let Some(message) = batch.next().await {
-                let message = message?;
-                got += 1;
-                let published = message.info().map(|i| SystemTime::from(i.published)).ok();
-                let Some(message) = self.decode(message.message, published) else { continue };
-                let state = session.lock();
-                if let Some(delivery) = delivery(Arc::new(message), &state.subscriptions) {
-                    out.push(delivery);
-                }
-            }
-            if got == 0 {
-                return Err(format!("{left} parked messages did not come").into());
-            }
-            left = left.saturating_sub(got);
-        }
-        Ok(())
+    /// Tells JetStream, in the background, that the message it delivered
+    /// with `ack` reached its client (or never will).
+    pub(super) fn acknowledge(&self, ack: &JetStreamAck) {
+        // Fails only at shutdown, when JetStream delivers it again later.
+        let _ = self.acks.send(ack.reply.clone());
     }
 
     /// The message a node published, as stored `published` (its expiry
-    /// counts from then).
-    fn decode(&self, nats: async_nats::Message, published: Option<SystemTime>) -> Option<crate::router::Message> {
+    /// counts from then); `None` if unreadable or expired.
+    fn decode(&self, nats: async_nats::Message, published: SystemTime) -> Option<crate::router::Message> {
         let topic = self.subjects.topic_of(nats.subject.as_str())?;
         let topic = TopicName::new(&topic).ok()?;
         let header = nats.headers.as_ref()?.get(envelope::MESSAGE_HEADER)?.as_str().to_owned();
         let now = Instant::now();
         let mut message = envelope::decode(topic, nats.payload, &header, now)?;
-        if let Some(published) = published {
-            envelope::stored_at(&mut message, published, now);
-        }
+        envelope::stored_at(&mut message, published, now);
         (!message.is_expired(now)).then_some(message)
     }
 }
 
-/// Whether `error` says the consumer does not exist.
-fn not_found(error: &async_nats::Error) -> bool {
-    error
-        .downcast_ref::<jetstream::context::ConsumerInfoError>()
-        .is_some_and(|e| e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound)
-}
-
-/// Queues taken deliveries in order, to the store too, counting what does
-/// not fit.
-fn push(
-    session: &Session,
-    state: &mut crate::session::SessionState,
-    deliveries: impl Iterator<Item = Delivery>,
-    broker: &Broker,
-) {
-    for mut delivery in deliveries {
-        if state.expiry_s > 0 {
-            delivery.stored = broker.store.queued(session.client_id(), &delivery);
-        }
-        if !state.push(delivery) {
-            broker.metrics.dropped(crate::metrics::DropReason::QueueFull, 1);
+/// Publishes the acknowledgements [`Queue::acknowledge`] queues, until
+/// shutdown.
+async fn acknowledge(client: async_nats::Client, mut acks: mpsc::UnboundedReceiver<Arc<str>>, stop: CancellationToken) {
+    while let Some(Some(reply)) = stop.run_until_cancelled(acks.recv()).await {
+        if let Err(e) = client.publish(async_nats::Subject::from(&*reply), bytes::Bytes::new()).await {
+            debug!(error = %e, "cluster: acknowledgement to JetStream not sent; the message comes again");
         }
     }
 }
 
+/// Takes a kept session's messages from its consumer while its connection
+/// is attached.
+struct Feeder {
+    queue: Arc<Queue>,
+    session: Arc<Session>,
+    /// Messages asked for at once: the client's window.
+    window: usize,
+    /// Cancelled when the connection ends.
+    stop: CancellationToken,
+}
+
+impl Feeder {
+    /// Pulls from `consumer` until stopped, starting over (after a pause)
+    /// whenever the pull ends or fails, as it does while JetStream is away.
+    async fn run(self, consumer: consumer::Consumer<consumer::pull::Config>, broker: Arc<Broker>) {
+        let mut failures = 0;
+        loop {
+            let pulling = consumer.stream().max_messages_per_batch(self.window).heartbeat(FEED_HEARTBEAT).messages();
+            match self.stop.run_until_cancelled(pulling).await {
+                None => return,
+                Some(Ok(mut messages)) => {
+                    while let Some(Some(next)) = self.stop.run_until_cancelled(messages.next()).await {
+                        match next {
+                            Ok(message) => {
+                                failures = 0;
+                                self.take_in(message, &broker);
+                            }
+                            Err(e) => {
+                                debug!(error = %e, "cluster: taking a kept session's messages failed; again");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Some(Err(e)) => debug!(error = %e, "cluster: cannot take a kept session's messages; again"),
+            }
+            failures += 1;
+            let pause = super::setup_retry_delay(failures);
+            if self.stop.run_until_cancelled(tokio::time::sleep(pause)).await.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Queues one message from the consumer for the session, or
+    /// acknowledges it at once when the session has no use for it.
+    fn take_in(&self, message: jetstream::Message, broker: &Broker) {
+        let Ok(info) = message.info() else { return };
+        let (seq, delivered, published) = (info.stream_sequence, info.delivered, SystemTime::from(info.published));
+        let Some(reply) = message.message.reply.as_ref().map(|r| Arc::<str>::from(r.as_str())) else { return };
+        let ack = JetStreamAck { seq, reply };
+        let own = message
+            .message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(envelope::CLIENT_HEADER))
+            .is_some_and(|c| c.as_str() == &**self.session.client_id());
+        let decoded = self.queue.decode(message.message, published);
+        let mut state = self.session.lock();
+        if delivered > 1 && redelivered(&mut state, &ack) {
+            return;
+        }
+        let Some(mut delivery) = decoded.and_then(|m| self::delivery(Arc::new(m), &state.subscriptions, own)) else {
+            drop(state);
+            broker.acknowledged(&ack);
+            return;
+        };
+        delivery.jetstream = Some(ack);
+        if state.push(delivery) {
+            drop(state);
+            self.session.wake();
+        } else {
+            debug!("cluster: a kept session's queue is full; JetStream delivers the message again later");
+        }
+    }
+}
+
+/// Whether the session still holds the message JetStream delivered again
+/// as `ack` (its acknowledgement was lost, or the client is slow): if so,
+/// it is acknowledged with the new delivery's subject when its time comes.
+fn redelivered(state: &mut SessionState, ack: &JetStreamAck) -> bool {
+    let state = &mut *state;
+    let held = state.inflight.iter_mut().map(|i| &mut i.delivery).chain(state.pending.iter_mut());
+    for delivery in held {
+        if let Some(mine) = delivery.jetstream.as_mut().filter(|j| j.seq == ack.seq) {
+            mine.reply = ack.reply.clone();
+            return true;
+        }
+    }
+    false
+}
+
 /// The delivery of `message` to a session with `subscriptions`, as the
-/// router would make it; `None` unless some non-shared subscription
-/// matches at QoS 1 or 2.
+/// router would make it (with No Local applied when the session's own
+/// client published it: `own`); `None` unless some non-shared
+/// subscription matches at QoS 1 or 2.
 fn delivery(
     message: Arc<crate::router::Message>,
     subscriptions: &HashMap<crate::codec::TopicFilter, Subscription>,
+    own: bool,
 ) -> Option<Delivery> {
     let mut granted = None;
     let (mut retain, mut ids) = (false, Vec::new());
     for (filter, sub) in subscriptions {
         if filter.share_group().is_some()
+            || (own && sub.options.no_local)
             || !crate::codec::topic::filter_matches(filter.filter(), message.topic.as_str())
         {
             continue;
@@ -417,6 +485,7 @@ fn delivery(
         qos,
         subscription_ids: ids,
         stored: None,
+        jetstream: None,
     })
 }
 
@@ -476,14 +545,19 @@ mod tests {
             let topic = TopicName::new(topic).expect("valid");
             Arc::new(crate::router::Message::new(topic, bytes::Bytes::new(), qos, true, &Properties::default()))
         };
-        let d = delivery(message("a/b", QoS::ExactlyOnce), &subscriptions).expect("matches");
+        let d = delivery(message("a/b", QoS::ExactlyOnce), &subscriptions, false).expect("matches");
         let mut ids = d.subscription_ids.clone();
         ids.sort_unstable();
         assert_eq!((d.qos, d.retain, ids), (QoS::ExactlyOnce, true, vec![1, 2]));
-        let d = delivery(message("a/b/c", QoS::ExactlyOnce), &subscriptions).expect("matches");
+        let d = delivery(message("a/b/c", QoS::ExactlyOnce), &subscriptions, false).expect("matches");
         assert_eq!((d.qos, d.retain, d.subscription_ids), (QoS::AtLeastOnce, false, vec![1]));
-        assert!(delivery(message("zero/1", QoS::AtLeastOnce), &subscriptions).is_none(), "granted QoS 0");
-        assert!(delivery(message("a/b", QoS::AtMostOnce), &subscriptions).is_none(), "published at QoS 0");
-        assert!(delivery(message("b", QoS::AtLeastOnce), &subscriptions).is_none());
+        assert!(delivery(message("zero/1", QoS::AtLeastOnce), &subscriptions, false).is_none(), "granted QoS 0");
+        assert!(delivery(message("a/b", QoS::AtMostOnce), &subscriptions, false).is_none(), "published at QoS 0");
+        assert!(delivery(message("b", QoS::AtLeastOnce), &subscriptions, false).is_none());
+        let mut mine = sub(QoS::AtLeastOnce, Some(4), false);
+        mine.options.no_local = true;
+        let subscriptions = HashMap::from([(TopicFilter::new("own/#").expect("valid"), mine)]);
+        assert!(delivery(message("own/1", QoS::AtLeastOnce), &subscriptions, true).is_none(), "No Local");
+        assert!(delivery(message("own/1", QoS::AtLeastOnce), &subscriptions, false).is_some());
     }
 }

@@ -163,6 +163,8 @@ where
         will: connect.will.clone().map(Box::new),
         #[cfg(feature = "cluster")]
         will_registered: None,
+        #[cfg(feature = "cluster")]
+        subscriptions_changed: false,
         session_expiry_s,
         connect_expiry_zero: session_expiry_s == 0,
         send_window: usize::from(props.receive_maximum.unwrap_or(u16::MAX).min(limits.max_inflight)),
@@ -184,7 +186,10 @@ where
         client,
     });
     #[cfg(feature = "cluster")]
-    register_will(&mut conn).await;
+    {
+        register_will(&mut conn).await;
+        conn.keep(true).await;
+    }
     debug!(
         version = ?version,
         clean_start = connect.clean_start,

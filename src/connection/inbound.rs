@@ -321,9 +321,7 @@ where
         let done = self.attached.session.lock().take_inflight(ack.packet_id, expected);
         if let Some(done) = done {
             self.want_drain = true;
-            if let Some(stored) = done.delivery.stored {
-                self.broker.store.delivered(self.attached.session.client_id(), stored);
-            }
+            self.broker.delivered(self.attached.session.client_id(), &done.delivery);
         }
     }
 
@@ -336,8 +334,12 @@ where
         }
         let (known, stored) = {
             let mut state = self.attached.session.lock();
-            let (known, moved) = state.mark_released(id);
-            let moved = moved.filter(|e| e.delivery.stored.is_some());
+            let (known, mut moved) = state.mark_released(id);
+            // The client has the message: JetStream need not keep it.
+            if let Some(ack) = moved.as_mut().and_then(|e| e.delivery.jetstream.take()) {
+                self.broker.acknowledged(&ack);
+            }
+            let moved = moved.map(|e| &*e).filter(|e| e.delivery.stored.is_some());
             if let Some(entry) = moved {
                 self.broker.store.delivery_state(self.attached.session.client_id(), entry);
             }
@@ -444,12 +446,17 @@ where
                         retain: true,
                         subscription_ids: sub_id.into_iter().collect(),
                         stored: None,
+                        jetstream: None,
                     });
                 }
             }
         }
         let suback = SubAck { packet_id: subscribe.packet_id, properties: Properties::default(), reasons };
         self.send(&Packet::SubAck(suback));
+        #[cfg(feature = "cluster")]
+        {
+            self.subscriptions_changed = true;
+        }
         if !retained.is_empty() {
             // Not through the session's queue, whose bound is for messages
             // arriving faster than the client reads: a `#` subscription
@@ -473,6 +480,10 @@ where
             self.broker.router.unsubscribe(&self.attached.session, filter);
             self.broker.store.unsubscribed(self.attached.session.client_id(), filter);
             reasons.push(if removed { ReasonCode::SUCCESS } else { ReasonCode::NO_SUBSCRIPTION_EXISTED });
+        }
+        #[cfg(feature = "cluster")]
+        {
+            self.subscriptions_changed = true;
         }
         let unsuback = UnsubAck { packet_id: unsubscribe.packet_id, properties: Properties::default(), reasons };
         self.send(&Packet::UnsubAck(unsuback));

@@ -95,6 +95,11 @@ struct Connection<S> {
     /// other nodes to publish should this one die (`cluster::wills`).
     #[cfg(feature = "cluster")]
     will_registered: Option<u64>,
+    /// In a cluster: a SUBSCRIBE or UNSUBSCRIBE changed the session's
+    /// subscriptions, so its consumer in JetStream follows before the
+    /// acknowledgement goes out (`Cluster::keep`).
+    #[cfg(feature = "cluster")]
+    subscriptions_changed: bool,
     session_expiry_s: u32,
     /// Whether CONNECT asked for a non-zero session expiry (v5), which a
     /// DISCONNECT may not change from zero [MQTT-3.14.2-2].
@@ -191,6 +196,11 @@ where
                 self.want_drain = false;
                 self.drain();
             }
+            #[cfg(feature = "cluster")]
+            if std::mem::take(&mut self.subscriptions_changed) {
+                // Boxed: rare, and large next to the idle connection.
+                Box::pin(self.keep(false)).await;
+            }
             if let Err(close) = self.await_durable().await {
                 return close;
             }
@@ -264,6 +274,16 @@ where
         // would be a broker bug, so it is logged rather than sent half-built.
         if let Err(e) = codec::encode(packet, self.version, &mut self.wbuf) {
             tracing::error!(error = %e, "could not encode an outgoing packet");
+        }
+    }
+
+    /// In a cluster: keeps the session in JetStream, or stops keeping it,
+    /// as its expiry and subscriptions now ask (`Cluster::keep`); `first`
+    /// when the connection is set up.
+    #[cfg(feature = "cluster")]
+    async fn keep(&mut self, first: bool) {
+        if let Some(cluster) = self.broker.cluster() {
+            cluster.keep(&self.attached.session, self.send_window, first, &self.broker).await;
         }
     }
 

@@ -52,7 +52,7 @@ where
             let next = if self.retained.is_empty() { state.pop_pending() } else { self.retained.pop_front() };
             let Some(delivery) = next else { break };
             if delivery.message.is_expired(now) {
-                forget(store, client_id, &delivery);
+                broker.delivered(client_id, &delivery);
                 expired += 1;
                 continue;
             }
@@ -62,7 +62,7 @@ where
             // repeated topics without calling a plugin.
             let message = &delivery.message;
             if !self.allowed_by(&policy, Action::Receive, message.topic.as_str(), delivery.qos, delivery.retain) {
-                forget(store, client_id, &delivery);
+                broker.delivered(client_id, &delivery);
                 refused += 1;
                 continue;
             }
@@ -71,7 +71,7 @@ where
             if !self.fits_client(&publish) {
                 // The client cannot take it; behave as if delivered
                 // [MQTT-3.1.2-25].
-                forget(store, client_id, &delivery);
+                broker.delivered(client_id, &delivery);
                 too_large += 1;
                 continue;
             }
@@ -79,7 +79,7 @@ where
             self.counts.sent(delivery.qos);
             if packet_id.is_none() {
                 // A QoS 0 message kept when the connection ended is done.
-                forget(store, client_id, &delivery);
+                broker.delivered(client_id, &delivery);
             }
             if let Some(packet_id) = packet_id {
                 let waiting = if delivery.qos == QoS::AtLeastOnce {
@@ -136,12 +136,5 @@ where
             None => true,
             Some(max) => codec::encoded_len(packet, self.version).is_ok_and(|len| len <= max as usize),
         }
-    }
-}
-
-/// Deletes a stored delivery the broker dropped instead of sending.
-fn forget(store: &dyn crate::store::Store, client_id: &std::sync::Arc<str>, delivery: &Delivery) {
-    if let Some(stored) = delivery.stored {
-        store.delivered(client_id, stored);
     }
 }

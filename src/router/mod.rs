@@ -156,6 +156,7 @@ impl Router {
                 retain: message.retain && group.iter().any(|m| m.retain_as_published),
                 subscription_ids: group.iter().filter_map(|m| m.id).collect(),
                 stored: None,
+                jetstream: None,
             };
             // A full queue still counts as a matching subscriber (v5 PUBACK
             // reason); the drop is counted instead.

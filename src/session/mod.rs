@@ -17,7 +17,9 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 pub use registry::{Attached, Registry};
-pub use state::{ConnectionInfo, Delivery, Inflight, InflightState, QueueBound, SessionState, Subscription};
+pub use state::{
+    ConnectionInfo, Delivery, Inflight, InflightState, JetStreamAck, QueueBound, SessionState, Subscription,
+};
 
 /// Why [`Session::offer`] did not queue a delivery.
 #[derive(Debug)]
@@ -149,7 +151,7 @@ impl Session {
     fn offer_inner(&self, mut delivery: Delivery, store: Option<&dyn Store>, hold: bool) -> Result<usize, Refusal> {
         let accepted = {
             let mut state = self.state.lock();
-            if state.parked && delivery.qos != QoS::AtMostOnce {
+            if state.kept && delivery.qos != QoS::AtMostOnce {
                 // JetStream keeps it for the session (`cluster::queue`).
                 return Ok(0);
             }

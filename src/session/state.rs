@@ -25,6 +25,20 @@ pub struct Delivery {
     /// (a QoS 1/2 message for a session that outlives its connection), so
     /// the acknowledgement that completes it can delete it.
     pub stored: Option<u64>,
+    /// In a cluster, for a message JetStream keeps for this session: what
+    /// acknowledges it there once the client has it.
+    pub jetstream: Option<JetStreamAck>,
+}
+
+/// How to acknowledge a message to JetStream: the stream sequence it is
+/// stored under (a redelivery carries the same) and the reply subject of
+/// its latest delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JetStreamAck {
+    /// Stream sequence.
+    pub seq: u64,
+    /// Subject an acknowledgement is published on.
+    pub reply: Arc<str>,
 }
 
 /// Where an outgoing QoS 1/2 message is in its handshake.
@@ -136,11 +150,17 @@ pub struct SessionState {
     /// when the connection attached, so the session's end can remove that
     /// entry unless another claim (on any node) came after it.
     pub claimed: Option<u64>,
-    /// In a cluster: JetStream keeps this offline session's QoS 1/2
-    /// messages (`cluster::queue`), so none are queued here.
-    pub parked: bool,
-    /// Bumped when the session is parked or resumed, so a park that
-    /// finishes after the session resumed knows it came too late.
+    /// In a cluster: JetStream keeps this session's QoS 1/2 messages
+    /// (`cluster::queue`), online or not, so the router queues none here;
+    /// they come from the session's consumer while a connection is
+    /// attached.
+    pub kept: bool,
+    /// In a cluster: cancelled to stop taking messages from the session's
+    /// consumer (the connection ended).
+    pub feeding: Option<CancellationToken>,
+    /// Bumped when the session's consumer is set up or its connection
+    /// ends, so an update of the consumer that was overtaken by another
+    /// knows it came too late.
     pub parking: u64,
     /// The attached connection, while one is.
     pub connection: Option<ConnectionInfo>,
@@ -183,7 +203,8 @@ impl SessionState {
             timers: None,
             kicked_by_admin: false,
             claimed: None,
-            parked: false,
+            kept: false,
+            feeding: None,
             parking: 0,
             connection: None,
             expiry_s: 0,
@@ -293,7 +314,7 @@ impl SessionState {
 
     /// Moves a QoS 2 entry from awaiting PUBREC to awaiting PUBCOMP.
     /// Returns whether the id is known, and the entry if it changed state.
-    pub fn mark_released(&mut self, id: PacketId) -> (bool, Option<&Inflight>) {
+    pub fn mark_released(&mut self, id: PacketId) -> (bool, Option<&mut Inflight>) {
         match self.inflight.iter().position(|i| i.packet_id == id && i.state == InflightState::AwaitPubRec) {
             Some(pos) => match self.inflight.get_mut(pos) {
                 Some(entry) => {
@@ -337,6 +358,7 @@ mod tests {
                 retain: false,
                 subscription_ids: vec![],
                 stored: None,
+                jetstream: None,
             },
             state: InflightState::AwaitPubAck,
         });
@@ -351,7 +373,7 @@ mod tests {
             false,
             &crate::codec::Properties::default(),
         ));
-        Delivery { message: msg, qos, retain: false, subscription_ids: vec![], stored: None }
+        Delivery { message: msg, qos, retain: false, subscription_ids: vec![], stored: None, jetstream: None }
     }
 
     #[test]
@@ -388,7 +410,14 @@ mod tests {
             false,
             &crate::codec::Properties::default(),
         ));
-        let d = Delivery { message: msg, qos: QoS::AtMostOnce, retain: false, subscription_ids: vec![], stored: None };
+        let d = Delivery {
+            message: msg,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            subscription_ids: vec![],
+            stored: None,
+            jetstream: None,
+        };
         assert!(s.push(d.clone()));
         assert!(!s.push(d));
     }

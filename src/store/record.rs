@@ -210,6 +210,7 @@ impl DeliveryRecord {
             retain: self.retain,
             subscription_ids: self.subscription_ids,
             stored: Some(seq),
+            jetstream: None,
         };
         let Some((id, state)) = self.inflight else { return Ok(Ok(delivery)) };
         let packet_id = PacketId::new(id).ok_or_else(|| DecodeError("packet id 0".to_owned()))?;
@@ -279,6 +280,7 @@ mod tests {
             retain: false,
             subscription_ids: vec![7],
             stored: None,
+            jetstream: None,
         };
         let packet_id = PacketId::new(42).expect("non-zero");
         let inflight = Inflight { packet_id, delivery, state: InflightState::AwaitPubComp };

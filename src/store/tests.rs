@@ -16,7 +16,14 @@ fn message(topic: &str, payload: &'static [u8], retain: bool, expiry_s: Option<u
 }
 
 fn delivery(m: &Arc<Message>) -> Delivery {
-    Delivery { message: m.clone(), qos: QoS::AtLeastOnce, retain: false, subscription_ids: vec![], stored: None }
+    Delivery {
+        message: m.clone(),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        subscription_ids: vec![],
+        stored: None,
+        jetstream: None,
+    }
 }
 
 fn subscription() -> Subscription {

@@ -12,6 +12,7 @@ use super::record::{DecodeError, DeliveryRecord, MessageRecord, SubscriptionReco
 use super::{PendingWill, StoredSession};
 use crate::codec::{PacketId, TopicFilter, Will};
 use crate::router::Message;
+use crate::session::JetStreamAck;
 
 /// A whole session on its way from one cluster node to another (not
 /// stored: the receiving node stores it its own way).
@@ -23,6 +24,9 @@ struct TransferRecord {
     /// In-flight deliveries first (in send order), then pending ones.
     messages: Vec<DeliveryRecord>,
     incoming_qos2: Vec<u16>,
+    /// For each of `messages`, how to acknowledge it to JetStream if
+    /// JetStream keeps it: stream sequence and reply subject.
+    jetstream: Vec<Option<(u64, String)>>,
 }
 
 /// Encodes `session` (its will left out) for another node: see
@@ -41,6 +45,9 @@ pub(crate) fn encode_session(session: &StoredSession) -> Vec<u8> {
             .collect(),
         messages: inflight.chain(pending).collect(),
         incoming_qos2: session.incoming_qos2.iter().map(|id| id.get()).collect(),
+        jetstream: (session.inflight.iter().map(|i| &i.delivery).chain(&session.pending))
+            .map(|d| d.jetstream.as_ref().map(|j| (j.seq, j.reply.to_string())))
+            .collect(),
     })
 }
 
@@ -66,17 +73,21 @@ pub(crate) fn decode_session(bytes: &[u8]) -> Result<StoredSession, DecodeError>
         let filter = TopicFilter::new(&filter).map_err(|e| DecodeError(format!("filter {filter:?}: {e}")))?;
         session.subscriptions.push((filter, subscription.into_subscription()?));
     }
+    let mut acks = record.jetstream.into_iter();
     for message in record.messages {
-        if message.message.is_expired(now_ms) {
+        let jetstream = acks.next().flatten().map(|(seq, reply)| JetStreamAck { seq, reply: reply.into() });
+        // An expired one JetStream keeps still travels: the node that would
+        // have sent it acknowledges it there instead.
+        if message.message.is_expired(now_ms) && jetstream.is_none() {
             continue;
         }
         match message.into_parts(0, now, now_ms)? {
             Ok(mut delivery) => {
-                delivery.stored = None;
+                (delivery.stored, delivery.jetstream) = (None, jetstream);
                 session.pending.push(delivery);
             }
             Err(mut inflight) => {
-                inflight.delivery.stored = None;
+                (inflight.delivery.stored, inflight.delivery.jetstream) = (None, jetstream);
                 session.inflight.push(inflight);
             }
         }
@@ -156,10 +167,12 @@ mod tests {
             retain: true,
             subscription_ids: vec![1, 2],
             stored,
+            jetstream: None,
         };
+        let ack = JetStreamAck { seq: 12, reply: "$JS.ACK.Q.s1.1.12.3.0.0".into() };
         let sent = Inflight {
             packet_id: PacketId::new(9).expect("non-zero"),
-            delivery: delivery("sent", Some(4)),
+            delivery: Delivery { jetstream: Some(ack.clone()), ..delivery("sent", Some(4)) },
             state: InflightState::AwaitPubRec,
         };
         let mut expired = delivery("expired", None);
@@ -184,6 +197,7 @@ mod tests {
         assert_eq!(queued.subscription_ids, vec![1, 2]);
         let [sent] = &back.inflight[..] else { panic!("one in flight") };
         assert_eq!((sent.packet_id.get(), sent.state, sent.delivery.stored), (9, InflightState::AwaitPubRec, None));
+        assert_eq!((sent.delivery.jetstream.as_ref(), queued.jetstream.as_ref()), (Some(&ack), None));
         assert!(decode_session(b"\x01garbage").is_err());
     }
 

@@ -746,16 +746,17 @@ async fn owning_pair(nats: &Nats) -> (TestBroker, TestBroker) {
     (a, b)
 }
 
-/// Waits until node `node` has parked the session of `client_id`.
-async fn until_parked(node: &TestBroker, client_id: &str) {
+/// Waits until node `node` keeps the session of `client_id` in JetStream.
+async fn until_kept(node: &TestBroker, client_id: &str) {
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
-    while node.broker.sessions.get(client_id).is_none_or(|s| !s.lock().parked) {
-        assert!(tokio::time::Instant::now() < deadline, "{client_id} never parked");
+    while node.broker.sessions.get(client_id).is_none_or(|s| !s.lock().kept) {
+        assert!(tokio::time::Instant::now() < deadline, "{client_id} never kept");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
-/// Waits until the one parked session's consumer has `n` messages for it.
+/// Waits until the kept sessions' consumers have `n` messages not yet
+/// delivered.
 async fn until_consumer_holds(nats: &Nats, n: u64) {
     until_consumer_holds_on(std::slice::from_ref(nats), n).await;
 }
@@ -769,14 +770,13 @@ async fn until_consumer_holds_on(servers: &[Nats], n: u64) {
         for server in servers {
             let queue = server.stream("MOAT_QUEUE").await;
             let consumers = queue["consumer_detail"].as_array().cloned().unwrap_or_default();
-            if let [consumer] = &consumers[..]
-                && consumer["num_pending"] == n
-            {
+            let pending: u64 = consumers.iter().filter_map(|c| c["num_pending"].as_u64()).sum();
+            if !consumers.is_empty() && pending == n {
                 return;
             }
             seen.push(consumers);
         }
-        assert!(tokio::time::Instant::now() < deadline, "parked messages: {seen:?}");
+        assert!(tokio::time::Instant::now() < deadline, "kept messages: {seen:?}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -798,7 +798,7 @@ async fn a_persistent_session_moves_to_the_node_its_client_reconnects_to() {
     assert!(device.next().await.is_none_or(|p| !matches!(p, V5Packet::Publish(_))));
     // Node a parks the session in JetStream, which keeps what is
     // published while the device is away.
-    until_parked(&a, "mover").await;
+    until_kept(&a, "mover").await;
     let publisher = a.v5("pub-a").await;
     for i in 1..=3 {
         publish(&publisher, &format!("m/{i}"), QoS::AtLeastOnce, &i.to_string()).await;
@@ -849,7 +849,7 @@ impl Process {
     async fn start(nats: &Nats, id: &str, port: u16, dir: &std::path::Path) -> Process {
         let config = dir.join(format!("{id}.toml"));
         let text = format!(
-            "[[listeners]]\nbind = \"127.0.0.1:{port}\"\n\n[cluster]\nnats = [\"{}\"]\nnode_id = \"{id}\"\nnode_timeout_s = 1\n",
+            "[[listeners]]\nbind = \"127.0.0.1:{port}\"\n\n[cluster]\nnats = [\"{}\"]\nnode_id = \"{id}\"\nnode_timeout_s = 1\nredelivery_s = 2\n",
             nats.url()
         );
         std::fs::write(&config, text).expect("write config");
@@ -943,7 +943,7 @@ async fn what_jetstream_keeps_survives_losing_the_queue_streams_leader() {
     let mut sleeper = a.v5_with("sleeper", persistent).await;
     sleeper.subscribe("q/#", QoS::AtLeastOnce).await;
     sleeper.client.disconnect().await.expect("disconnect");
-    until_parked(&a, "sleeper").await;
+    until_kept(&a, "sleeper").await;
     publish(&publisher, "q/1", QoS::AtLeastOnce, "one").await;
     publish(&publisher, "q/2", QoS::AtLeastOnce, "two").await;
     until_consumer_holds_on(&servers, 2).await;
@@ -967,7 +967,7 @@ async fn what_jetstream_keeps_survives_losing_the_queue_streams_leader() {
     let b = TestBroker::with(|c| c.cluster = Some(replicated("b"))).await;
     until_synced(&b).await;
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
-    while !b.broker.cluster().expect("clustered").parks_sessions() {
+    while !b.broker.cluster().expect("clustered").keeps_sessions() {
         assert!(tokio::time::Instant::now() < deadline, "node b never set up the queue stream");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -983,12 +983,12 @@ async fn what_jetstream_keeps_survives_losing_the_queue_streams_leader() {
     loop {
         let (sessions, queue) = (alive[0].stream("KV_MOAT_SESSIONS").await, alive[0].stream("MOAT_QUEUE").await);
         let meta = alive[0].monitor("/jsz").await;
-        // JetStream's API, the streams, and the parked session's consumer
-        // (a raft group of its own) each elect a leader.
+        // JetStream's API, the streams, and each kept session's consumer
+        // (a raft group of its own) elect a leader.
         if led(&meta["meta_cluster"])
             && led(&sessions["cluster"])
             && led(&queue["cluster"])
-            && led(&queue["consumer_detail"][0]["cluster"])
+            && queue["consumer_detail"].as_array().is_some_and(|c| c.iter().all(|c| led(&c["cluster"])))
         {
             break;
         }
@@ -1013,6 +1013,66 @@ async fn what_jetstream_keeps_survives_losing_the_queue_streams_leader() {
     assert!(sleeper.connack.session_present);
     assert_eq!(received(&mut sleeper).await, ("q/1".into(), "one".into(), QoS::AtLeastOnce));
     assert_eq!(received(&mut sleeper).await, ("q/2".into(), "two".into(), QoS::AtLeastOnce));
+}
+
+/// Waits until the kept sessions' consumers have every message delivered
+/// and acknowledged.
+async fn until_consumer_acknowledged(nats: &Nats) {
+    let deadline = tokio::time::Instant::now() + NATS_WAIT;
+    loop {
+        let queue = nats.stream("MOAT_QUEUE").await;
+        let consumers = queue["consumer_detail"].as_array().cloned().unwrap_or_default();
+        if consumers.iter().all(|c| c["num_pending"] == 0 && c["num_ack_pending"] == 0) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "unacknowledged: {queue}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_connected_sessions_unacknowledged_messages_survive_its_node_dying() {
+    let nats = Nats::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let doomed = Process::start(&nats, "doomed", port, dir.path()).await;
+    let config = ClusterConfig { node_id: Some("b".into()), redelivery_s: 2, ..ClusterConfig::new(vec![nats.url()]) };
+    let b = TestBroker::with(|c| c.cluster = Some(config)).await;
+    nats.until_owning("doomed").await;
+    nats.until_owning("b").await;
+    // Connected through the node that dies, and slow to acknowledge.
+    let mut opts = rumqttc::v5::MqttOptions::new("reader", "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_manual_acks(true);
+    persistent(&mut opts);
+    let mut device = V5::connect(opts).await;
+    device.subscribe("c/#", QoS::AtLeastOnce).await;
+    until_consumer_holds(&nats, 0).await;
+
+    let mut publisher = b.v5("pub").await;
+    for i in 1..=3 {
+        publish(&publisher, &format!("c/{i}"), QoS::AtLeastOnce, &i.to_string()).await;
+    }
+    let mut acked = 0;
+    while acked < 3 {
+        acked += usize::from(matches!(publisher.next().await, Some(V5Packet::PubAck(_))));
+    }
+    for i in 1..=3 {
+        assert_eq!(received(&mut device).await, (format!("c/{i}"), i.to_string(), QoS::AtLeastOnce));
+    }
+    // The messages reached the client, which had not acknowledged them,
+    // when its node died.
+    drop(doomed);
+
+    let mut device = b.v5_with("reader", persistent).await;
+    assert!(device.connack.session_present, "the session came back from JetStream");
+    for i in 1..=3 {
+        assert_eq!(received(&mut device).await, (format!("c/{i}"), i.to_string(), QoS::AtLeastOnce));
+    }
+    device.no_publish().await;
+    until_consumer_acknowledged(&nats).await;
+    publish(&publisher, "c/4", QoS::AtLeastOnce, "4").await;
+    assert_eq!(received(&mut device).await, ("c/4".into(), "4".into(), QoS::AtLeastOnce));
 }
 
 #[tokio::test]
@@ -1050,10 +1110,10 @@ async fn a_session_parked_on_a_node_that_dies_resumes_elsewhere_with_its_message
     // Its subscriptions came back too.
     publish(&publisher, "s/4", QoS::AtLeastOnce, "awake").await;
     assert_eq!(received(&mut device).await, ("s/4".into(), "awake".into(), QoS::AtLeastOnce));
-    until_consumer_gone(&nats).await;
+    until_consumer_acknowledged(&nats).await;
 }
 
-/// Waits until no parked session's consumer is left.
+/// Waits until no kept session's consumer is left.
 async fn until_consumer_gone(nats: &Nats) {
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
     loop {
@@ -1073,7 +1133,7 @@ async fn a_parked_session_resumes_on_its_node_and_a_clean_start_drops_what_was_p
     let mut device = a.v5_with("napper", persistent).await;
     device.subscribe("p/#", QoS::AtLeastOnce).await;
     device.client.disconnect().await.expect("disconnect");
-    until_parked(&a, "napper").await;
+    until_kept(&a, "napper").await;
     let publisher = b.v5("pub").await;
     publish(&publisher, "p/1", QoS::AtLeastOnce, "1").await;
     publish(&publisher, "p/2", QoS::AtLeastOnce, "2").await;
@@ -1085,12 +1145,12 @@ async fn a_parked_session_resumes_on_its_node_and_a_clean_start_drops_what_was_p
     assert_eq!(received(&mut device).await.1, "1");
     assert_eq!(received(&mut device).await.1, "2");
     device.no_publish().await;
-    until_consumer_gone(&nats).await;
-    assert!(a.broker.sessions.get("napper").is_some_and(|s| !s.lock().parked));
+    until_consumer_acknowledged(&nats).await;
+    assert!(a.broker.sessions.get("napper").is_some_and(|s| s.lock().kept));
 
     // Parked again; a clean start through node b drops it all.
     device.client.disconnect().await.expect("disconnect");
-    until_parked(&a, "napper").await;
+    until_kept(&a, "napper").await;
     publish(&publisher, "p/3", QoS::AtLeastOnce, "3").await;
     until_consumer_holds(&nats, 1).await;
     let mut fresh = b.v5("napper").await;
@@ -1108,11 +1168,11 @@ async fn parked_sessions_queue_on_their_node_again_while_nats_is_away() {
     let mut device = a.v5_with("dozer", persistent).await;
     device.subscribe("z/#", QoS::AtLeastOnce).await;
     device.client.disconnect().await.expect("disconnect");
-    until_parked(&a, "dozer").await;
+    until_kept(&a, "dozer").await;
 
     nats.kill();
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
-    while a.broker.sessions.get("dozer").is_some_and(|s| s.lock().parked) {
+    while a.broker.sessions.get("dozer").is_some_and(|s| s.lock().kept) {
         assert!(tokio::time::Instant::now() < deadline, "still parked with NATS gone");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -1131,7 +1191,7 @@ async fn while_a_session_is_parked_a_puback_waits_for_jetstream_to_store_the_mes
     let mut device = a.v5_with("waiting", persistent).await;
     device.subscribe("w/#", QoS::AtLeastOnce).await;
     device.client.disconnect().await.expect("disconnect");
-    until_parked(&a, "waiting").await;
+    until_kept(&a, "waiting").await;
     let mut publisher = a.v5("pub").await;
 
     // JetStream cannot answer while its server is stopped: no PUBACK.
@@ -1150,4 +1210,22 @@ async fn while_a_session_is_parked_a_puback_waits_for_jetstream_to_store_the_mes
     assert!(early.is_err(), "PUBACK before JetStream stored the message");
     while !matches!(publisher.next().await, Some(V5Packet::PubAck(_))) {}
     until_consumer_holds(&nats, 1).await;
+}
+
+#[tokio::test]
+async fn no_local_holds_for_a_session_fed_from_jetstream() {
+    let nats = Nats::start().await;
+    let a = node(&nats.url(), "a").await;
+    nats.until_owning("a").await;
+    let mut me = a.v5_with("me", persistent).await;
+    let mut filter = rumqttc::v5::mqttbytes::v5::Filter::new("chat", QoS::AtLeastOnce);
+    filter.nolocal = true;
+    me.client.subscribe_many([filter]).await.expect("subscribe");
+    me.suback().await;
+    until_kept(&a, "me").await;
+    publish(&me, "chat", QoS::AtLeastOnce, "mine").await;
+    me.no_publish().await;
+    let other = a.v5("other").await;
+    publish(&other, "chat", QoS::AtLeastOnce, "theirs").await;
+    assert_eq!(received(&mut me).await, ("chat".into(), "theirs".into(), QoS::AtLeastOnce));
 }
