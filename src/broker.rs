@@ -417,6 +417,9 @@ impl Broker {
     pub fn discard(&self, session: &Arc<Session>) {
         let (filters, claimed): (Vec<_>, _) = {
             let mut state = session.lock();
+            if let Some(feeding) = state.feeding.take() {
+                feeding.cancel();
+            }
             state.clear_pending();
             state.inflight.clear();
             (state.subscriptions.drain().map(|(f, _)| f).collect(), state.claimed.take())

@@ -1263,6 +1263,8 @@ max_publish_rate = 100
         assert!(err.to_string().starts_with("moat.toml:3: `cluster.subject_prefix`"), "{err}");
         let err = parse("[cluster]\nnats = [\"nats://a:1\"]\nnode_timeout_s = 0\n").expect_err("no timeout");
         assert_eq!(err.to_string(), "moat.toml:3: `cluster.node_timeout_s`: must be 1 to 3600 seconds");
+        let err = parse("[cluster]\nnats = [\"nats://a:1\"]\nredelivery_s = 7200\n").expect_err("too long");
+        assert_eq!(err.to_string(), "moat.toml:3: `cluster.redelivery_s`: must be 1 to 3600 seconds");
         let err = parse("[cluster]\nnats = [\"nats://a:1\"]\nreplicas = 7\n").expect_err("too many");
         assert_eq!(err.to_string(), "moat.toml:3: `cluster.replicas`: must be 1 to 5 (JetStream's limit)");
         let err = parse("[cluster]\nnats = [\"nats://a:1\"]\nnode = \"x\"\n").expect_err("unknown key");

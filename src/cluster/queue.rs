@@ -24,8 +24,10 @@
 //! node dies: JetStream delivers what was not acknowledged again after
 //! `[cluster] redelivery_s`.
 //!
-//! **Away.** When the connection ends, nothing takes from the consumer;
-//! JetStream holds the messages. The client resumes on any node: the
+//! **Away.** When the connection ends, the node stops taking from the
+//! consumer (pulling on for an absent client would have JetStream deliver
+//! what the session holds again every `redelivery_s`); the session keeps
+//! what it took, JetStream the rest. The client resumes on any node: the
 //! session moves there (`ownership`), or, if its node is gone, comes back
 //! from the consumer's metadata ([`Queue::recover`]), and the new
 //! connection takes from the same consumer.
@@ -35,7 +37,9 @@
 //! node before its session was kept die with that node. A message
 //! JetStream delivers again (its acknowledgement was lost, or the client
 //! took longer than `redelivery_s`) is recognised by its stream sequence
-//! while the session still holds it, not after.
+//! while the session still holds it, not after. A message JetStream sent
+//! towards a pull the moment its connection ended reaches the client only
+//! when it is delivered again, after `redelivery_s`.
 //!
 //! **Publishers.** While any session is kept ([`Queue::wanted`]), QoS 1/2
 //! messages go to NATS as JetStream publishes, and their publishers'
@@ -239,8 +243,9 @@ impl Queue {
 
     /// Keeps `session`, whose connection is attached, in JetStream if it
     /// outlives the connection and has QoS 1/2 subscriptions, and takes its
-    /// messages from its consumer (at most `window` unacknowledged);
-    /// otherwise stops keeping it. Returns whether it is kept.
+    /// messages from its consumer (at most `window` unacknowledged) while
+    /// the connection lasts; otherwise stops keeping it. Returns whether it
+    /// is kept.
     pub(super) async fn keep(self: &Arc<Self>, session: &Arc<Session>, window: usize, broker: &Arc<Broker>) -> bool {
         let Some(stream) = self.stream() else { return false };
         let (epoch, config, was) = {
@@ -371,7 +376,8 @@ struct Feeder {
     session: Arc<Session>,
     /// Messages asked for at once: the client's window.
     window: usize,
-    /// Cancelled when the connection ends.
+    /// Cancelled when the connection ends (or the session is no longer
+    /// kept).
     stop: CancellationToken,
 }
 
@@ -431,7 +437,7 @@ impl Feeder {
             broker.acknowledged(&ack);
             return;
         };
-        delivery.jetstream = Some(ack);
+        delivery.jetstream = Some(Box::new(ack));
         if state.push(delivery) {
             drop(state);
             self.session.wake();

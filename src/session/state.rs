@@ -26,8 +26,9 @@ pub struct Delivery {
     /// the acknowledgement that completes it can delete it.
     pub stored: Option<u64>,
     /// In a cluster, for a message JetStream keeps for this session: what
-    /// acknowledges it there once the client has it.
-    pub jetstream: Option<JetStreamAck>,
+    /// acknowledges it there once the client has it. Boxed: most
+    /// deliveries have none, and every queued one carries the field.
+    pub jetstream: Option<Box<JetStreamAck>>,
 }
 
 /// How to acknowledge a message to JetStream: the stream sequence it is
@@ -156,7 +157,7 @@ pub struct SessionState {
     /// attached.
     pub kept: bool,
     /// In a cluster: cancelled to stop taking messages from the session's
-    /// consumer (the connection ended).
+    /// consumer (the connection ended, or the session left this node).
     pub feeding: Option<CancellationToken>,
     /// Bumped when the session's consumer is set up or its connection
     /// ends, so an update of the consumer that was overtaken by another

@@ -75,7 +75,7 @@ pub(crate) fn decode_session(bytes: &[u8]) -> Result<StoredSession, DecodeError>
     }
     let mut acks = record.jetstream.into_iter();
     for message in record.messages {
-        let jetstream = acks.next().flatten().map(|(seq, reply)| JetStreamAck { seq, reply: reply.into() });
+        let jetstream = acks.next().flatten().map(|(seq, reply)| Box::new(JetStreamAck { seq, reply: reply.into() }));
         // An expired one JetStream keeps still travels: the node that would
         // have sent it acknowledges it there instead.
         if message.message.is_expired(now_ms) && jetstream.is_none() {
@@ -172,7 +172,7 @@ mod tests {
         let ack = JetStreamAck { seq: 12, reply: "$JS.ACK.Q.s1.1.12.3.0.0".into() };
         let sent = Inflight {
             packet_id: PacketId::new(9).expect("non-zero"),
-            delivery: Delivery { jetstream: Some(ack.clone()), ..delivery("sent", Some(4)) },
+            delivery: Delivery { jetstream: Some(Box::new(ack.clone())), ..delivery("sent", Some(4)) },
             state: InflightState::AwaitPubRec,
         };
         let mut expired = delivery("expired", None);
@@ -197,7 +197,7 @@ mod tests {
         assert_eq!(queued.subscription_ids, vec![1, 2]);
         let [sent] = &back.inflight[..] else { panic!("one in flight") };
         assert_eq!((sent.packet_id.get(), sent.state, sent.delivery.stored), (9, InflightState::AwaitPubRec, None));
-        assert_eq!((sent.delivery.jetstream.as_ref(), queued.jetstream.as_ref()), (Some(&ack), None));
+        assert_eq!((sent.delivery.jetstream.as_deref(), queued.jetstream.as_deref()), (Some(&ack), None));
         assert!(decode_session(b"\x01garbage").is_err());
     }
 

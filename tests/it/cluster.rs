@@ -245,9 +245,11 @@ impl Drop for Nats {
     }
 }
 
-/// A broker that is node `id` of the cluster on `url`.
+/// A node of the cluster on `url`; JetStream delivers unacknowledged
+/// messages again after 2 s (the default 30 s would outlast the tests).
 async fn node(url: &str, id: &str) -> TestBroker {
-    let cluster = ClusterConfig { node_id: Some(id.to_owned()), ..ClusterConfig::new(vec![url.to_owned()]) };
+    let cluster =
+        ClusterConfig { node_id: Some(id.to_owned()), redelivery_s: 2, ..ClusterConfig::new(vec![url.to_owned()]) };
     TestBroker::with(|c| c.cluster = Some(cluster)).await
 }
 
@@ -756,7 +758,7 @@ async fn until_kept(node: &TestBroker, client_id: &str) {
 }
 
 /// Waits until the kept sessions' consumers have `n` messages not yet
-/// delivered.
+/// acknowledged (delivered to a node or not).
 async fn until_consumer_holds(nats: &Nats, n: u64) {
     until_consumer_holds_on(std::slice::from_ref(nats), n).await;
 }
@@ -770,7 +772,11 @@ async fn until_consumer_holds_on(servers: &[Nats], n: u64) {
         for server in servers {
             let queue = server.stream("MOAT_QUEUE").await;
             let consumers = queue["consumer_detail"].as_array().cloned().unwrap_or_default();
-            let pending: u64 = consumers.iter().filter_map(|c| c["num_pending"].as_u64()).sum();
+            let pending: u64 = consumers
+                .iter()
+                .flat_map(|c| [&c["num_pending"], &c["num_ack_pending"]])
+                .filter_map(serde_json::Value::as_u64)
+                .sum();
             if !consumers.is_empty() && pending == n {
                 return;
             }
