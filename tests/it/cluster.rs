@@ -1021,19 +1021,28 @@ async fn what_jetstream_keeps_survives_losing_the_queue_streams_leader() {
     assert_eq!(received(&mut sleeper).await, ("q/2".into(), "two".into(), QoS::AtLeastOnce));
 }
 
-/// Waits until the kept sessions' consumers have every message delivered
-/// and acknowledged.
-async fn until_consumer_acknowledged(nats: &Nats) {
+/// Waits until the queue stream's state (its consumers in
+/// `consumer_detail`) satisfies `done`; `what` names what is awaited.
+async fn until_queue(nats: &Nats, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
     loop {
         let queue = nats.stream("MOAT_QUEUE").await;
-        let consumers = queue["consumer_detail"].as_array().cloned().unwrap_or_default();
-        if consumers.iter().all(|c| c["num_pending"] == 0 && c["num_ack_pending"] == 0) {
+        if done(&queue) {
             return;
         }
-        assert!(tokio::time::Instant::now() < deadline, "unacknowledged: {queue}");
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {queue}");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// Waits until the kept sessions' consumers have every message delivered
+/// and acknowledged.
+async fn until_consumer_acknowledged(nats: &Nats) {
+    until_queue(nats, "all acknowledged", |queue| {
+        let consumers = queue["consumer_detail"].as_array().cloned().unwrap_or_default();
+        consumers.iter().all(|c| c["num_pending"] == 0 && c["num_ack_pending"] == 0)
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -1121,15 +1130,7 @@ async fn a_session_parked_on_a_node_that_dies_resumes_elsewhere_with_its_message
 
 /// Waits until no kept session's consumer is left.
 async fn until_consumer_gone(nats: &Nats) {
-    let deadline = tokio::time::Instant::now() + NATS_WAIT;
-    loop {
-        let queue = nats.stream("MOAT_QUEUE").await;
-        if queue["consumer_detail"].as_array().is_none_or(Vec::is_empty) {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "consumer left: {queue}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    until_queue(nats, "no consumer left", |queue| queue["consumer_detail"].as_array().is_none_or(Vec::is_empty)).await;
 }
 
 #[tokio::test]
