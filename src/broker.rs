@@ -155,8 +155,11 @@ impl Broker {
                     client_id: session.client_id().clone(),
                     expiry_s: state.expiry_s,
                     subscriptions: state.subscriptions.iter().map(|(f, s)| (f.clone(), s.clone())).collect(),
-                    pending: state.pending.iter().cloned().collect(),
-                    inflight: state.inflight.iter().cloned().collect(),
+                    // Taken, not copied: the deliveries move to the new
+                    // node, which answers JetStream for them; the discard
+                    // below gives back only what stays.
+                    pending: std::mem::take(&mut state.pending).into(),
+                    inflight: std::mem::take(&mut state.inflight).into(),
                     incoming_qos2: state.incoming_qos2.iter().copied().collect(),
                     will: None,
                 })
@@ -276,21 +279,28 @@ impl Broker {
         if let Some(cluster) = &self.cluster
             && !cluster.forward(&message, publisher.map(|p| p.client_id()), retained, self)
         {
-            // Not handed to NATS: no node would serve the share groups.
+            // Not handed to NATS: no node would serve the share groups, and
+            // JetStream does not have it for kept sessions.
             return Ok(self.router.route(&message, publisher, &*self.store, &self.metrics, held));
         }
         Ok(self.router.route_scoped(&message, publisher, self.local_scope(), &*self.store, &self.metrics, held))
     }
 
-    /// Which local subscriptions a publish reaches here: all, or, while the
+    /// Which local subscriptions a message that went through NATS (or is
+    /// published here without a cluster) reaches here: all, or, while the
     /// cluster serves share groups across nodes, all but the share groups
-    /// (their members get it from the node NATS picks).
+    /// (their members get it from the node NATS picks). With sessions kept
+    /// in JetStream, the queue stream holds it for them.
     fn local_scope(&self) -> Scope<'static> {
         #[cfg(feature = "cluster")]
-        if self.cluster.as_ref().is_some_and(crate::cluster::Cluster::shares_across_nodes) {
-            return Scope::Plain;
+        if let Some(cluster) = &self.cluster {
+            let in_queue = cluster.keeps_sessions();
+            return match cluster.shares_across_nodes() {
+                true => Scope::Plain { in_queue },
+                false => Scope::All { in_queue },
+            };
         }
-        Scope::All
+        Scope::All { in_queue: false }
     }
 
     /// Keeps a retained message if the retained store has room; otherwise
@@ -419,6 +429,15 @@ impl Broker {
             let mut state = session.lock();
             if let Some(feeding) = state.feeding.take() {
                 feeding.cancel();
+            }
+            // What JetStream delivered for it goes back, to be delivered
+            // again at once (to another member of a share group).
+            #[cfg(feature = "cluster")]
+            if let Some(cluster) = &self.cluster {
+                let inflight = state.inflight.iter().map(|i| &i.delivery);
+                for ack in state.pending.iter().chain(inflight).filter_map(|d| d.jetstream.as_deref()) {
+                    cluster.give_back(ack);
+                }
             }
             state.clear_pending();
             state.inflight.clear();

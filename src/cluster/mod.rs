@@ -48,7 +48,10 @@
 //! node and that node picks one member. While that connection is up, local
 //! publishes and plain inbound messages skip share groups
 //! ([`crate::router::Scope::Plain`]); while it is down, every node serves
-//! its own members (one copy per node, as a single node would).
+//! its own members (one copy per node, as a single node would). With
+//! JetStream, a group's QoS 1/2 messages come from its durable consumer
+//! instead ([`queue`]), so they outlive the node that took them; the
+//! queue subscription then passes over them.
 //!
 //! Guarantees: core NATS delivers at most once, so a message crosses nodes
 //! at most once for clean sessions whatever its QoS, and the publisher's
@@ -305,6 +308,12 @@ impl Cluster {
         self.queue.acknowledge(ack);
     }
 
+    /// Gives a message JetStream delivered for a session back, for it to
+    /// be delivered again soon: the session dropped it.
+    pub(crate) fn give_back(&self, ack: &crate::session::JetStreamAck) {
+        self.queue.give_back(ack);
+    }
+
     /// Registers the will of `client_id`'s new connection, so that another
     /// node publishes it `delay_s` after this one is found dead
     /// ([`wills`]). The revision to unregister it with, if registered.
@@ -530,6 +539,21 @@ enum Pending {
     Stored(async_nats::jetstream::context::PublishAckFuture, Instant),
 }
 
+/// A local share group's count of members, the handle that ends serving
+/// it from its consumer ([`Queue::share`]), and whether that is under way.
+type Serving = (usize, CancellationToken, Arc<AtomicBool>);
+
+/// A share group whose NATS queue subscription an inbound task serves.
+#[derive(Debug)]
+struct Share {
+    /// The filter, without `$share/{group}/`.
+    filter: Box<str>,
+    group: Box<str>,
+    /// Whether the group is served from its consumer in JetStream now
+    /// ([`Queue::share`]), which then brings its QoS 1/2 messages.
+    durable: Arc<AtomicBool>,
+}
+
 /// What a queued message counts against [`OUTBOUND_BYTES`].
 fn queued_size(message: &Message) -> usize {
     message.topic.as_str().len() + message.payload.len()
@@ -623,9 +647,28 @@ impl Link {
         // By subject and queue group: a count of local subscriptions and
         // the handle that ends the NATS subscription.
         let mut held: HashMap<(String, String), (usize, CancellationToken)> = HashMap::new();
+        // By filter and share group: a count of local members, the handle
+        // that ends serving the group from its consumer, and whether it is.
+        let mut shares: HashMap<(Box<str>, Box<str>), Serving> = HashMap::new();
         while let Some(Some(change)) = broker.shutdown.run_until_cancelled(rx.recv()).await {
             match change {
                 Interest::Add(filter, group) => {
+                    let durable = group.as_ref().map(|g| {
+                        let (count, _, durable) = shares.entry((filter.clone(), g.clone())).or_insert_with(|| {
+                            let (stop, durable) = (broker.shutdown.child_token(), Arc::new(AtomicBool::new(false)));
+                            let serving = self.queue.clone().share(
+                                filter.clone(),
+                                g.clone(),
+                                durable.clone(),
+                                stop.clone(),
+                                broker.clone(),
+                            );
+                            broker.tasks.spawn(serving);
+                            (0, stop, durable)
+                        });
+                        *count += 1;
+                        durable.clone()
+                    });
                     let queue = match &group {
                         Some(g) => self.subjects.share_queue(g, &filter),
                         None => self.node_id.to_string(),
@@ -651,11 +694,25 @@ impl Link {
                         let stop = broker.shutdown.child_token();
                         held.insert(key, (1, stop.clone()));
                         self.subscriptions.fetch_add(1, Ordering::Relaxed);
-                        let target = group.as_ref().map(|g| (filter.clone(), g.clone()));
+                        let target = group.as_ref().zip(durable.clone()).map(|(g, durable)| Share {
+                            filter: filter.clone(),
+                            group: g.clone(),
+                            durable,
+                        });
                         broker.tasks.spawn(self.clone().inbound(subscriber, target, stop, broker.clone()));
                     }
                 }
                 Interest::Remove(filter, group) => {
+                    if let Some(g) = &group {
+                        let key = (filter.clone(), g.clone());
+                        if let Some((count, stop, _)) = shares.get_mut(&key) {
+                            *count -= 1;
+                            if *count == 0 {
+                                stop.cancel();
+                                shares.remove(&key);
+                            }
+                        }
+                    }
                     let queue = match &group {
                         Some(g) => self.subjects.share_queue(g, &filter),
                         None => self.node_id.to_string(),
@@ -677,12 +734,12 @@ impl Link {
 
     /// Routes what peers publish on one subscription until it is dropped
     /// (the NATS subscription ends with it).
-    /// `shared` names the filter and share group of a share group's
-    /// subscription, whose messages (this node's own too) go to one member.
+    /// `shared` is set for a share group's subscription, whose messages
+    /// (this node's own too) go to one member.
     async fn inbound(
         self: Arc<Self>,
         mut subscriber: async_nats::Subscriber,
-        shared: Option<(Box<str>, Box<str>)>,
+        shared: Option<Share>,
         stop: CancellationToken,
         broker: Arc<Broker>,
     ) {
@@ -693,7 +750,9 @@ impl Link {
             for nats in batch {
                 let Some(message) = self.decode(nats, shared.is_some()) else { continue };
                 match &shared {
-                    Some((filter, group)) => broker.deliver_shared(Arc::new(message), filter, group),
+                    // The group's consumer has it.
+                    Some(share) if message.qos != QoS::AtMostOnce && share.durable.load(Ordering::Acquire) => 0,
+                    Some(share) => broker.deliver_shared(Arc::new(message), &share.filter, &share.group),
                     None => broker.deliver_remote(Arc::new(message)),
                 };
             }

@@ -41,6 +41,15 @@
 //! towards a pull the moment its connection ended reaches the client only
 //! when it is delivered again, after `redelivery_s`.
 //!
+//! **Share groups.** A share group's QoS 1/2 messages are kept the same
+//! way, in a durable consumer per group and filter ([`Queue::share`]):
+//! each node with members of the group pulls from it while one of them
+//! is connected there, so JetStream spreads the messages over those
+//! nodes, and each goes to one connected member, acknowledged when its
+//! client has it. What a dying node took is delivered again (to a member
+//! elsewhere) after `redelivery_s`; what a member drops is given back at
+//! once. While no member is connected, the messages wait in JetStream.
+//!
 //! **Publishers.** While any session is kept ([`Queue::wanted`]), QoS 1/2
 //! messages go to NATS as JetStream publishes, and their publishers'
 //! PUBACK/PUBREC wait until JetStream has stored them (or answered that
@@ -72,6 +81,20 @@ const SESSION_METADATA: &str = "moat-session";
 const FEED_HEARTBEAT: Duration = Duration::from_secs(5);
 /// How often a node looks whether any session is kept.
 const WANTED_INTERVAL: Duration = Duration::from_secs(1);
+/// Messages a node asks a share group's consumer for at once...
+const SHARE_BATCH: usize = 64;
+/// ... and how long it waits for them, which is also how long it takes
+/// to stop pulling once its last member there went offline.
+const SHARE_PULL: Duration = Duration::from_secs(1);
+/// Messages of one share group JetStream hands out unacknowledged.
+const SHARE_ACK_PENDING: i64 = 4096;
+/// How long a share group's consumer outlives its last pull at least (a
+/// node restarting, its members reconnecting), and the longest session
+/// expiry among the members a node sees when it sets the consumer up.
+const SHARE_IDLE_MIN: Duration = Duration::from_secs(60);
+/// How long JetStream waits before it offers again a message a node gave
+/// back (no member of the group online there, or its queue full).
+const GIVE_BACK_DELAY: Duration = Duration::from_secs(1);
 
 /// This node's side of the queue stream.
 #[derive(Debug)]
@@ -93,12 +116,17 @@ pub(super) struct Queue {
     /// overtook, may not turn `wanted` off (it may not show that consumer).
     set_ups_begun: AtomicU64,
     set_ups_done: AtomicU64,
-    /// Reply subjects of messages to acknowledge to JetStream, for the
-    /// task that publishes them ([`Queue::acknowledge`]).
-    acks: mpsc::UnboundedSender<Arc<str>>,
+    /// Reply subjects of messages to acknowledge to JetStream (or give
+    /// back), for the task that publishes the answers
+    /// ([`Queue::acknowledge`], [`Queue::give_back`]).
+    acks: mpsc::UnboundedSender<Answer>,
     /// Taken by [`Queue::run`].
-    acks_rx: Mutex<Option<mpsc::UnboundedReceiver<Arc<str>>>>,
+    acks_rx: Mutex<Option<mpsc::UnboundedReceiver<Answer>>>,
 }
+
+/// What a node tells JetStream of a message it delivered: on this reply
+/// subject, that it was handled (`true`) or given back.
+type Answer = (Arc<str>, bool);
 
 impl Queue {
     /// The queue of the cluster of `config`.
@@ -343,7 +371,158 @@ impl Queue {
     /// with `ack` reached its client (or never will).
     pub(super) fn acknowledge(&self, ack: &JetStreamAck) {
         // Fails only at shutdown, when JetStream delivers it again later.
-        let _ = self.acks.send(ack.reply.clone());
+        let _ = self.acks.send((ack.reply.clone(), true));
+    }
+
+    /// Gives a message JetStream delivered with `ack` back, in the
+    /// background, for it to deliver again soon (to another member of a
+    /// share group), rather than after `redelivery_s`.
+    pub(super) fn give_back(&self, ack: &JetStreamAck) {
+        let _ = self.acks.send((ack.reply.clone(), false));
+    }
+
+    /// Serves share group `group` of `filter` from its consumer until
+    /// `stop` (this node's last member of it left): sets the consumer up
+    /// once the stream is, raises `durable` while it is (QoS 1/2 messages
+    /// then reach the group from the consumer only, not through its NATS
+    /// queue group), and takes messages while a member is online here.
+    /// JetStream spreads them over the nodes that take.
+    pub(super) async fn share(
+        self: Arc<Self>,
+        filter: Box<str>,
+        group: Box<str>,
+        durable: Arc<AtomicBool>,
+        stop: CancellationToken,
+        broker: Arc<Broker>,
+    ) {
+        let mut failures = 0;
+        loop {
+            if let Some(stream) = self.stream() {
+                let config = self.share_config(&filter, &group, &broker);
+                match stop.run_until_cancelled(self.set_consumer(&stream, config)).await {
+                    None => break,
+                    Some(Ok(consumer)) => {
+                        failures = 0;
+                        durable.store(true, Ordering::Release);
+                        if self.serve_share(&consumer, &filter, &group, &stop, &broker).await.is_none() {
+                            break;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        durable.store(false, Ordering::Release);
+                        if failures == 0 {
+                            warn!(error = %e, %group, %filter, "cluster: share group not kept in JetStream; NATS spreads its messages, at most once, meanwhile");
+                        }
+                    }
+                }
+            }
+            failures += 1;
+            if stop.run_until_cancelled(tokio::time::sleep(super::setup_retry_delay(failures))).await.is_none() {
+                break;
+            }
+        }
+        durable.store(false, Ordering::Release);
+    }
+
+    /// The consumer of share group `group` of `filter`. It outlives the
+    /// last node pulling from it by the longest session expiry among the
+    /// members here, at least [`SHARE_IDLE_MIN`].
+    fn share_config(&self, filter: &str, group: &str, broker: &Broker) -> consumer::pull::Config {
+        let expiry = broker.router.share_members(filter, group).iter().map(|s| s.lock().expiry_s).max().unwrap_or(0);
+        consumer::pull::Config {
+            durable_name: Some(share_consumer_name(filter, group)),
+            description: Some("moat: a share group".to_owned()),
+            filter_subjects: disjoint(self.subjects.filter(filter), |p| branch(&self.prefix, p)),
+            deliver_policy: consumer::DeliverPolicy::New,
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: self.ack_wait,
+            max_ack_pending: SHARE_ACK_PENDING,
+            inactive_threshold: match expiry {
+                u32::MAX => Duration::ZERO,
+                s => Duration::from_secs(u64::from(s)).max(SHARE_IDLE_MIN),
+            },
+            ..consumer::pull::Config::default()
+        }
+    }
+
+    /// Takes share group messages from `consumer` while a member is online
+    /// here. `None` once stopped; `Some` when the consumer failed (it is
+    /// set up again).
+    async fn serve_share(
+        &self,
+        consumer: &consumer::Consumer<consumer::pull::Config>,
+        filter: &str,
+        group: &str,
+        stop: &CancellationToken,
+        broker: &Broker,
+    ) -> Option<()> {
+        loop {
+            if !broker.router.share_member(filter, group).is_some_and(|m| m.session.lock().online) {
+                stop.run_until_cancelled(tokio::time::sleep(SHARE_PULL)).await?;
+                continue;
+            }
+            let pulling = consumer.batch().max_messages(SHARE_BATCH).expires(SHARE_PULL).messages();
+            let mut batch = match stop.run_until_cancelled(pulling).await? {
+                Ok(batch) => batch,
+                Err(e) => {
+                    debug!(error = %e, "cluster: cannot take a share group's messages; again");
+                    return Some(());
+                }
+            };
+            while let Some(next) = stop.run_until_cancelled(batch.next()).await? {
+                match next {
+                    Ok(message) => self.take_shared(message, filter, group, broker),
+                    Err(e) => {
+                        debug!(error = %e, "cluster: taking a share group's messages failed; again");
+                        return Some(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues one QoS 1/2 message from a share group's consumer for an
+    /// online member, acknowledged to JetStream once its client has it;
+    /// gives it back when no member here can take it now.
+    fn take_shared(&self, message: jetstream::Message, filter: &str, group: &str, broker: &Broker) {
+        let Ok(info) = message.info() else { return };
+        let (seq, delivered, published) = (info.stream_sequence, info.delivered, SystemTime::from(info.published));
+        let Some(reply) = message.message.reply.as_ref().map(|r| Arc::<str>::from(r.as_str())) else { return };
+        let ack = JetStreamAck { seq, reply };
+        // QoS 0 messages reach share groups through NATS queue groups.
+        let Some(message) = self.decode(message.message, published).filter(|m| m.qos != QoS::AtMostOnce) else {
+            self.acknowledge(&ack);
+            return;
+        };
+        if delivered > 1 && broker.router.share_members(filter, group).iter().any(|s| redelivered(&mut s.lock(), &ack))
+        {
+            return;
+        }
+        let Some(member) = broker.router.share_member(filter, group) else {
+            self.give_back(&ack);
+            return;
+        };
+        let qos = message.qos.min(member.qos);
+        let delivery = Delivery {
+            retain: message.retain && member.retain_as_published,
+            message: Arc::new(message),
+            qos,
+            subscription_ids: member.id.into_iter().collect(),
+            stored: None,
+            // Granted QoS 0: handled once queued.
+            jetstream: (qos != QoS::AtMostOnce).then(|| Box::new(ack.clone())),
+        };
+        let mut state = member.session.lock();
+        if !(state.online && state.push(delivery)) {
+            drop(state);
+            self.give_back(&ack);
+            return;
+        }
+        drop(state);
+        member.session.wake();
+        if qos == QoS::AtMostOnce {
+            self.acknowledge(&ack);
+        }
     }
 
     /// The message a node published, as stored `published` (its expiry
@@ -359,11 +538,13 @@ impl Queue {
     }
 }
 
-/// Publishes the acknowledgements [`Queue::acknowledge`] queues, until
-/// shutdown.
-async fn acknowledge(client: async_nats::Client, mut acks: mpsc::UnboundedReceiver<Arc<str>>, stop: CancellationToken) {
-    while let Some(Some(reply)) = stop.run_until_cancelled(acks.recv()).await {
-        if let Err(e) = client.publish(async_nats::Subject::from(&*reply), bytes::Bytes::new()).await {
+/// Publishes the answers [`Queue::acknowledge`] and [`Queue::give_back`]
+/// queue, until shutdown.
+async fn acknowledge(client: async_nats::Client, mut acks: mpsc::UnboundedReceiver<Answer>, stop: CancellationToken) {
+    let give_back = bytes::Bytes::from(format!("-NAK {{\"delay\": {}}}", GIVE_BACK_DELAY.as_nanos()));
+    while let Some(Some((reply, handled))) = stop.run_until_cancelled(acks.recv()).await {
+        let answer = if handled { bytes::Bytes::new() } else { give_back.clone() };
+        if let Err(e) = client.publish(async_nats::Subject::from(&*reply), answer).await {
             debug!(error = %e, "cluster: acknowledgement to JetStream not sent; the message comes again");
         }
     }
@@ -508,6 +689,16 @@ fn consumer_name(client_id: &str) -> String {
     format!("s{}", hex(ring::digest::digest(&ring::digest::SHA256, client_id.as_bytes()).as_ref()))
 }
 
+/// The consumer of share group `group` of `filter`: `g` and the hex
+/// SHA-256 of both.
+fn share_consumer_name(filter: &str, group: &str) -> String {
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in [group, "\0", filter] {
+        context.update(part.as_bytes());
+    }
+    format!("g{}", hex(context.finish().as_ref()))
+}
+
 fn unhex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
@@ -527,6 +718,10 @@ mod tests {
         assert_eq!(unhex("zz"), None);
         let name = consumer_name("dev/1");
         assert!(name.len() == 65 && name.starts_with('s') && name.chars().all(|c| c.is_ascii_alphanumeric()));
+        let name = share_consumer_name("a/#", "g");
+        assert!(name.len() == 65 && name.starts_with('g') && name.chars().all(|c| c.is_ascii_alphanumeric()));
+        // The separator keeps `g`+`a/b` and `ga`+`/b` apart.
+        assert_ne!(share_consumer_name("/b", "ga"), share_consumer_name("a/b", "g"));
     }
 
     #[test]

@@ -236,7 +236,9 @@ where
     pub(super) fn offer_held(&mut self) -> Result<bool, Close> {
         let Some(held) = &mut self.held else { return Ok(true) };
         for Held { session, delivery } in std::mem::take(&mut held.deliveries) {
-            Held::offer(&session, delivery, &*self.broker.store, &self.broker.metrics, &mut held.deliveries);
+            // Not left to JetStream: a session kept since its consumer was
+            // made after the message (it takes only new ones).
+            Held::offer(&session, delivery, false, &*self.broker.store, &self.broker.metrics, &mut held.deliveries);
         }
         if !held.deliveries.is_empty() {
             return Ok(false);

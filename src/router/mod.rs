@@ -27,10 +27,18 @@ use crate::store::Store;
 #[derive(Debug, Clone, Copy)]
 pub enum Scope<'a> {
     /// Every matching subscription, one member per share group.
-    All,
+    All {
+        /// Whether the cluster's queue stream holds the message, so that
+        /// sessions kept in JetStream take it from there
+        /// ([`crate::session::SessionState::kept`]).
+        in_queue: bool,
+    },
     /// Matching subscriptions outside share groups (the cluster picks the
     /// node that serves each group).
-    Plain,
+    Plain {
+        /// As for [`Scope::All`].
+        in_queue: bool,
+    },
     /// One member of share group `group` of exactly `filter`.
     Group {
         /// The shared subscription's filter, without `$share/{group}/`.
@@ -75,6 +83,17 @@ impl Router {
         existed
     }
 
+    /// One member of share group `group` of exactly `filter`, online if
+    /// one is, chosen in turn as for a routed message.
+    pub fn share_member(&self, filter: &str, group: &str) -> Option<Match> {
+        self.trie.read().group_member(filter, group)
+    }
+
+    /// The sessions of every member of share group `group` of `filter`.
+    pub fn share_members(&self, filter: &str, group: &str) -> Vec<Arc<Session>> {
+        self.trie.read().group_sessions(filter, group)
+    }
+
     /// Removes `session`'s subscription. Returns whether it existed.
     pub fn unsubscribe(&self, session: &Arc<Session>, filter: &TopicFilter) -> bool {
         let mut trie = self.trie.write();
@@ -112,7 +131,7 @@ impl Router {
         metrics: &Metrics,
         held: Option<&mut Vec<Held>>,
     ) -> usize {
-        self.route_scoped(message, publisher, Scope::All, store, metrics, held)
+        self.route_scoped(message, publisher, Scope::All { in_queue: false }, store, metrics, held)
     }
 
     /// [`Router::route`] to the subscriptions `scope` names.
@@ -126,11 +145,20 @@ impl Router {
         mut held: Option<&mut Vec<Held>>,
     ) -> usize {
         let mut matches = Vec::new();
-        match scope {
-            Scope::All => self.trie.read().matches(message.topic.as_str(), &mut matches),
-            Scope::Plain => self.trie.read().matches_scoped(message.topic.as_str(), false, &mut matches),
-            Scope::Group { filter, group } => matches.extend(self.trie.read().group_member(filter, group)),
-        }
+        let in_queue = match scope {
+            Scope::All { in_queue } => {
+                self.trie.read().matches(message.topic.as_str(), &mut matches);
+                in_queue
+            }
+            Scope::Plain { in_queue } => {
+                self.trie.read().matches_scoped(message.topic.as_str(), false, &mut matches);
+                in_queue
+            }
+            Scope::Group { filter, group } => {
+                matches.extend(self.trie.read().group_member(filter, group));
+                false
+            }
+        };
         if matches.is_empty() {
             return 0;
         }
@@ -161,13 +189,16 @@ impl Router {
             // A full queue still counts as a matching subscriber (v5 PUBACK
             // reason); the drop is counted instead.
             let session = &group[0].session;
+            // A kept session's consumer has the message if one of its
+            // plain subscriptions matched (share groups have their own).
+            let covered = in_queue && group.iter().any(|m| !m.shared);
             // Never the publisher's own session: its queue drains as its
             // client acknowledges, which the held-back publisher would not
             // be reading.
             let own = publisher.is_some_and(|me| Arc::ptr_eq(me, session));
             match held.as_deref_mut().filter(|_| !own) {
-                Some(held) => Held::offer(session, delivery, store, metrics, held),
-                None => match session.enqueue_and_store(delivery, Some(store)) {
+                Some(held) => Held::offer(session, delivery, covered, store, metrics, held),
+                None => match session.enqueue_and_store(delivery, Some(store), covered) {
                     Ok(evicted) => metrics.dropped(DropReason::QueueFull, evicted as u64),
                     Err(reason) => metrics.dropped(reason, 1),
                 },

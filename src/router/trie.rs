@@ -34,16 +34,19 @@ pub struct Match {
     pub no_local: bool,
     /// Subscription identifier.
     pub id: Option<u32>,
+    /// Whether the subscription is a share group's.
+    pub shared: bool,
 }
 
 impl Match {
-    fn from(sub: &Subscriber) -> Match {
+    fn from(sub: &Subscriber, shared: bool) -> Match {
         Match {
             session: sub.session.clone(),
             qos: sub.options.qos,
             retain_as_published: sub.options.retain_as_published,
             no_local: sub.options.no_local,
             id: sub.id,
+            shared,
         }
     }
 }
@@ -138,11 +141,20 @@ impl Trie {
     /// One member of share group `group` of exactly `filter` (not a
     /// match: the filter itself), chosen as [`Trie::matches`] does.
     pub fn group_member(&self, filter: &str, group: &str) -> Option<Match> {
+        pick_member(self.group(filter, group)?).map(|m| Match::from(m, true))
+    }
+
+    /// The sessions of every member of share group `group` of `filter`.
+    pub fn group_sessions(&self, filter: &str, group: &str) -> Vec<Arc<Session>> {
+        self.group(filter, group).map_or_else(Vec::new, |g| g.members.iter().map(|m| m.session.clone()).collect())
+    }
+
+    fn group(&self, filter: &str, group: &str) -> Option<&ShareGroup> {
         let mut node = &self.root;
         for level in filter.split('/') {
             node = node.children.get(level)?;
         }
-        pick_member(node.groups.get(group)?).map(Match::from)
+        node.groups.get(group)
     }
 }
 
@@ -194,13 +206,13 @@ fn collect(node: &Node, levels: &[&str], system: bool, groups: bool, out: &mut V
 }
 
 fn push_all(node: &Node, groups: bool, out: &mut Vec<Match>) {
-    out.extend(node.subscribers.iter().map(Match::from));
+    out.extend(node.subscribers.iter().map(|s| Match::from(s, false)));
     if !groups {
         return;
     }
     for group in node.groups.values() {
         if let Some(member) = pick_member(group) {
-            out.push(Match::from(member));
+            out.push(Match::from(member, true));
         }
     }
 }

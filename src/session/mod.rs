@@ -47,11 +47,12 @@ impl Held {
     pub fn offer(
         session: &Arc<Session>,
         delivery: Delivery,
+        covered: bool,
         store: &dyn Store,
         metrics: &Metrics,
         held: &mut Vec<Held>,
     ) {
-        match session.offer(delivery, Some(store)) {
+        match session.offer(delivery, Some(store), covered) {
             Ok(evicted) => metrics.dropped(DropReason::QueueFull, evicted as u64),
             Err(Refusal::Dropped(reason)) => metrics.dropped(reason, 1),
             Err(Refusal::Full(delivery)) => held.push(Held { session: session.clone(), delivery }),
@@ -114,19 +115,27 @@ impl Session {
     /// # Errors
     /// Why the delivery was dropped.
     pub fn enqueue(&self, delivery: Delivery) -> Result<usize, DropReason> {
-        self.enqueue_and_store(delivery, None)
+        self.enqueue_and_store(delivery, None, false)
     }
 
     /// [`Session::enqueue`], and a QoS 1/2 message for a session that
     /// outlives its connection (online or offline) is also given to `store`
     /// (under the session lock, so the store sees it in queue order with the
     /// snapshot taken when the connection ended). Clean sessions never
-    /// reach the store.
+    /// reach the store. A QoS 1/2 delivery that JetStream has for the
+    /// session (`covered`: the cluster's queue stream holds the message
+    /// and a plain subscription matched it) is left to JetStream while the
+    /// session is [kept](crate::session::SessionState::kept).
     ///
     /// # Errors
     /// Why the delivery was dropped.
-    pub fn enqueue_and_store(&self, delivery: Delivery, store: Option<&dyn Store>) -> Result<usize, DropReason> {
-        match self.offer_inner(delivery, store, false) {
+    pub fn enqueue_and_store(
+        &self,
+        delivery: Delivery,
+        store: Option<&dyn Store>,
+        covered: bool,
+    ) -> Result<usize, DropReason> {
+        match self.offer_inner(delivery, store, false, covered) {
             Ok(evicted) => Ok(evicted),
             Err(Refusal::Dropped(reason)) => Err(reason),
             // Not asked to hold it back: a drop like any other.
@@ -144,14 +153,20 @@ impl Session {
     ///
     /// # Errors
     /// Why the delivery was not queued.
-    pub fn offer(&self, delivery: Delivery, store: Option<&dyn Store>) -> Result<usize, Refusal> {
-        self.offer_inner(delivery, store, true)
+    pub fn offer(&self, delivery: Delivery, store: Option<&dyn Store>, covered: bool) -> Result<usize, Refusal> {
+        self.offer_inner(delivery, store, true, covered)
     }
 
-    fn offer_inner(&self, mut delivery: Delivery, store: Option<&dyn Store>, hold: bool) -> Result<usize, Refusal> {
+    fn offer_inner(
+        &self,
+        mut delivery: Delivery,
+        store: Option<&dyn Store>,
+        hold: bool,
+        covered: bool,
+    ) -> Result<usize, Refusal> {
         let accepted = {
             let mut state = self.state.lock();
-            if state.kept && delivery.qos != QoS::AtMostOnce {
+            if covered && state.kept && delivery.qos != QoS::AtMostOnce {
                 // JetStream keeps it for the session (`cluster::queue`).
                 return Ok(0);
             }

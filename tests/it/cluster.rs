@@ -1236,3 +1236,79 @@ async fn no_local_holds_for_a_session_fed_from_jetstream() {
     publish(&other, "chat", QoS::AtLeastOnce, "theirs").await;
     assert_eq!(received(&mut me).await, ("chat".into(), "theirs".into(), QoS::AtLeastOnce));
 }
+
+/// Waits until `n` pulls wait on a share group's consumer (nodes with a
+/// member online take from it).
+async fn until_share_pulls(nats: &Nats, n: u64) {
+    until_queue(nats, &format!("{n} pulls on a share group's consumer"), |queue| {
+        let consumers = queue["consumer_detail"].as_array().cloned().unwrap_or_default();
+        consumers.iter().any(|c| {
+            c["name"].as_str().is_some_and(|name| name.starts_with('g')) && c["num_waiting"].as_u64() >= Some(n)
+        })
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_share_groups_acknowledged_messages_survive_the_death_of_a_members_node() {
+    const N: usize = 5;
+    let nats = Nats::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let doomed = Process::start(&nats, "doomed", port, dir.path()).await;
+    let b = node(&nats.url(), "b").await;
+    // The one member at first, and it never acknowledges.
+    let mut opts = rumqttc::v5::MqttOptions::new("slow-member", "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_manual_acks(true);
+    let mut slow = V5::connect(opts).await;
+    slow.subscribe("$share/g/work/#", QoS::AtLeastOnce).await;
+    until_share_pulls(&nats, 1).await;
+
+    let mut publisher = b.v5("pub").await;
+    for i in 0..N {
+        publish(&publisher, &format!("work/{i}"), QoS::AtLeastOnce, &i.to_string()).await;
+    }
+    let mut acked = 0;
+    while acked < N {
+        acked += usize::from(matches!(publisher.next().await, Some(V5Packet::PubAck(_))));
+    }
+    let mut got: Vec<String> = received_n(&mut slow, N).await.into_iter().map(|(_, p)| p).collect();
+    got.sort();
+    assert_eq!(got, (0..N).map(|i| i.to_string()).collect::<Vec<_>>());
+
+    // A second member joins on b; the first one's node dies with every
+    // message unacknowledged.
+    let mut member = b.v5("member").await;
+    member.subscribe("$share/g/work/#", QoS::AtLeastOnce).await;
+    until_share_pulls(&nats, 2).await;
+    drop(doomed);
+    let mut got: Vec<String> = received_n(&mut member, N).await.into_iter().map(|(_, p)| p).collect();
+    got.sort();
+    assert_eq!(got, (0..N).map(|i| i.to_string()).collect::<Vec<_>>(), "JetStream delivered them again");
+    member.no_publish().await;
+    until_consumer_acknowledged(&nats).await;
+}
+
+#[tokio::test]
+async fn a_kept_session_gets_what_jetstream_does_not_keep_for_it() {
+    let nats = Nats::start().await;
+    let a = node(&nats.url(), "a").await;
+    nats.until_owning("a").await;
+    let mut device = a.v5_with("kept", persistent).await;
+    device.subscribe("k/#", QoS::AtLeastOnce).await;
+    device.subscribe("$share/g/s/#", QoS::AtLeastOnce).await;
+    until_kept(&a, "kept").await;
+    let publisher = a.v5("pub").await;
+    // Its share group's messages come from the group's consumer...
+    publish(&publisher, "s/1", QoS::AtLeastOnce, "shared").await;
+    assert_eq!(received(&mut device).await, ("s/1".into(), "shared".into(), QoS::AtLeastOnce));
+    // ... and a topic too long for NATS stays on its node, so the session
+    // gets it from there.
+    let long = format!("k/{}", "é".repeat(600));
+    publish(&publisher, &long, QoS::AtLeastOnce, "local").await;
+    assert_eq!(received(&mut device).await, (long, "local".into(), QoS::AtLeastOnce));
+    publish(&publisher, "k/1", QoS::AtLeastOnce, "kept").await;
+    assert_eq!(received(&mut device).await, ("k/1".into(), "kept".into(), QoS::AtLeastOnce));
+    device.no_publish().await;
+}
