@@ -520,17 +520,17 @@ impl Broker {
         let session = attached.session.clone();
         let generation = attached.generation;
         let timers = CancellationToken::new();
-        let kept = {
+        let (kept, expiry_changed) = {
             let mut state = session.lock();
             state.online = false;
             state.kick = None;
             state.connection = None;
-            state.expiry_s = expiry_s;
+            let expiry_changed = std::mem::replace(&mut state.expiry_s, expiry_s) != expiry_s;
             state.timers = Some(timers.clone());
             if let Some(feeding) = state.feeding.take() {
                 feeding.cancel();
             }
-            state.kept
+            (state.kept, expiry_changed)
         };
         // Publishers holding deliveries for it offer them again: offline,
         // a full queue drops rather than holds.
@@ -568,10 +568,14 @@ impl Broker {
         } else {
             self.save_messages(&session);
             self.arm_expiry(session.clone(), generation, expiry_s, timers.clone());
+            // The consumer records the expiry: rewritten only if the
+            // DISCONNECT changed it.
             #[cfg(feature = "cluster")]
-            if let Some(cluster) = self.cluster.as_ref().filter(|_| kept) {
+            if let Some(cluster) = self.cluster.as_ref().filter(|_| kept && expiry_changed) {
                 cluster.park(session.clone(), self);
             }
+            #[cfg(not(feature = "cluster"))]
+            let _ = expiry_changed;
         }
         drop(attached);
         if let Some(message) = now {
