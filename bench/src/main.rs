@@ -128,6 +128,12 @@ pub struct Args {
     /// message queued for them before acknowledging it.
     #[arg(long, default_value_t = 0)]
     pub session_expiry: u32,
+    /// Subscribe as members of share groups named so
+    /// (`$share/{NAME}/{filter}`): in `fanin`, `pairs` and `latency`,
+    /// where each filter has one subscriber, every group has one member
+    /// and gets every message, so the counts stay the same.
+    #[arg(long)]
+    pub share_group: Option<String>,
     /// Tokio worker threads of the load generator.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
@@ -164,6 +170,9 @@ fn main() -> Result<()> {
     let sub_addr = loopback_addr(&args.host, args.sub_port.unwrap_or(args.port))?;
     if !(args.settle >= 0.0 && args.settle.is_finite()) {
         bail!("--settle must be a number of seconds, not negative");
+    }
+    if args.share_group.is_some() && !matches!(args.scenario, Scenario::Fanin | Scenario::Pairs | Scenario::Latency) {
+        bail!("--share-group applies to fanin, pairs and latency (one subscriber per filter)");
     }
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build()?;

@@ -124,7 +124,10 @@ pub async fn run_flow(args: &Args, addr: SocketAddr, sub_addr: SocketAddr, v: Ve
     let mut subs = Vec::new();
     for (client, filter) in connect_all(sub_addr, v, sub_ids, args.session_expiry).await?.into_iter().zip(&plan.subs) {
         let spec = SubSpec {
-            filter: filter.clone(),
+            filter: match &args.share_group {
+                Some(group) => format!("$share/{group}/{filter}"),
+                None => filter.clone(),
+            },
             qos: args.qos,
             record_latency,
             expected: if record_latency { expected_each } else { 0 },
