@@ -275,19 +275,22 @@ async fn received_n(client: &mut V5, n: usize) -> Vec<(String, String)> {
 }
 
 #[tokio::test]
-async fn qos0_and_qos1_reach_subscribers_on_other_nodes_once() {
+async fn qos0_1_and_2_reach_subscribers_on_other_nodes_once() {
     let nats = Nats::start().await;
     let (a, b, c) = (node(&nats.url(), "a").await, node(&nats.url(), "b").await, node(&nats.url(), "c").await);
     let mut sub_a = a.v5("sub-a").await;
     sub_a.subscribe("t/+", QoS::AtLeastOnce).await;
+    sub_a.subscribe("two", QoS::ExactlyOnce).await;
     let mut sub_c = c.v5("sub-c").await;
     sub_c.subscribe("t/#", QoS::AtMostOnce).await;
     let mut local = b.v5("local-b").await;
     local.subscribe("t/#", QoS::AtLeastOnce).await;
-    nats.until_subjects("a", &["moat.t.t.*"]).await;
+    nats.until_subjects("a", &["moat.t.t.*", "moat.t.two"]).await;
     nats.until_subjects("c", &["moat.t.t.>", "moat.t.t"]).await;
 
     let publisher = b.v5("pub-b").await;
+    publish(&publisher, "two", QoS::ExactlyOnce, "2").await;
+    assert_eq!(received(&mut sub_a).await, ("two".into(), "2".into(), QoS::ExactlyOnce));
     publish(&publisher, "t/zero", QoS::AtMostOnce, "0").await;
     publish(&publisher, "t/one", QoS::AtLeastOnce, "1").await;
     for client in [&mut sub_a, &mut local] {
