@@ -19,8 +19,11 @@ pub struct AuthzCache {
     len: usize,
     /// Keyed by topic first so a lookup borrows the caller's `&str` instead
     /// of allocating a key on every publish; the few questions asked about
-    /// one topic sit in a short vector.
-    entries: HashMap<Box<str>, Vec<(Question, Entry)>>,
+    /// one topic sit in a short vector. Hashed with foldhash, not SipHash:
+    /// every publish and delivery looks a topic up here, and a client
+    /// crafting colliding topics slows only its own cache, which holds a
+    /// few dozen entries.
+    entries: HashMap<Box<str>, Vec<(Question, Entry)>, foldhash::fast::RandomState>,
 }
 
 /// What was asked about a topic. QoS and retain are part of it because a
@@ -41,7 +44,7 @@ struct Entry {
 impl AuthzCache {
     /// An empty cache holding at most `capacity` verdicts.
     pub fn new(capacity: usize) -> AuthzCache {
-        AuthzCache { capacity, generation: 0, len: 0, entries: HashMap::new() }
+        AuthzCache { capacity, generation: 0, len: 0, entries: HashMap::default() }
     }
 
     /// Number of verdicts held.

@@ -96,7 +96,7 @@ where
         let policy = self.broker.policy();
         // `$SYS/...` belongs to the broker: no client publishes there.
         let permitted = !is_reserved(publish.topic.as_str())
-            && self.allowed_by(&policy, Action::Publish, publish.topic.as_str(), publish.qos, publish.retain);
+            && self.allowed_by(&policy, now, Action::Publish, publish.topic.as_str(), publish.qos, publish.retain);
         if !permitted {
             self.broker.metrics.dropped(DropReason::NotAuthorized, 1);
         }
@@ -408,7 +408,14 @@ where
                 }
             }
             let policy = self.broker.policy();
-            if !self.allowed_by(&policy, Action::Subscribe, filter.as_str(), options.qos, false) {
+            if !self.allowed_by(
+                &policy,
+                std::time::Instant::now(),
+                Action::Subscribe,
+                filter.as_str(),
+                options.qos,
+                false,
+            ) {
                 reasons.push(ReasonCode::NOT_AUTHORIZED);
                 continue;
             }

@@ -61,7 +61,7 @@ where
             // under the session lock, but the connection's cache answers
             // repeated topics without calling a plugin.
             let message = &delivery.message;
-            if !self.allowed_by(&policy, Action::Receive, message.topic.as_str(), delivery.qos, delivery.retain) {
+            if !self.allowed_by(&policy, now, Action::Receive, message.topic.as_str(), delivery.qos, delivery.retain) {
                 broker.delivered(client_id, &delivery);
                 refused += 1;
                 continue;
