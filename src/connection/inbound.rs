@@ -408,14 +408,8 @@ where
                 }
             }
             let policy = self.broker.policy();
-            if !self.allowed_by(
-                &policy,
-                std::time::Instant::now(),
-                Action::Subscribe,
-                filter.as_str(),
-                options.qos,
-                false,
-            ) {
+            let now = std::time::Instant::now();
+            if !self.allowed_by(&policy, now, Action::Subscribe, filter.as_str(), options.qos, false) {
                 reasons.push(ReasonCode::NOT_AUTHORIZED);
                 continue;
             }
