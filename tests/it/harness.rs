@@ -251,8 +251,15 @@ impl V5 {
 
     /// The next incoming PUBLISH.
     pub async fn publish(&mut self) -> rumqttc::v5::mqttbytes::v5::Publish {
+        self.publish_within(WAIT).await
+    }
+
+    /// [`V5::publish`], waiting up to `wait` for each packet (a broker that
+    /// must first hear from a cluster may take longer than usual).
+    pub async fn publish_within(&mut self, wait: Duration) -> rumqttc::v5::mqttbytes::v5::Publish {
         loop {
-            match self.next().await {
+            let next = tokio::time::timeout(wait, self.rx.recv()).await.expect("packet in time");
+            match next {
                 Some(V5Packet::Publish(p)) => return p,
                 Some(_) => {}
                 None => panic!("connection closed while waiting for PUBLISH"),
