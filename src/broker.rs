@@ -295,10 +295,7 @@ impl Broker {
         #[cfg(feature = "cluster")]
         if let Some(cluster) = &self.cluster {
             let in_queue = cluster.keeps_sessions();
-            return match cluster.shares_across_nodes() {
-                true => Scope::Plain { in_queue },
-                false => Scope::All { in_queue },
-            };
+            return if cluster.shares_across_nodes() { Scope::Plain { in_queue } } else { Scope::All { in_queue } };
         }
         Scope::All { in_queue: false }
     }

@@ -485,10 +485,7 @@ impl Queue {
     /// online member, acknowledged to JetStream once its client has it;
     /// gives it back when no member here can take it now.
     fn take_shared(&self, message: jetstream::Message, filter: &str, group: &str, broker: &Broker) {
-        let Ok(info) = message.info() else { return };
-        let (seq, delivered, published) = (info.stream_sequence, info.delivered, SystemTime::from(info.published));
-        let Some(reply) = message.message.reply.as_ref().map(|r| Arc::<str>::from(r.as_str())) else { return };
-        let ack = JetStreamAck { seq, reply };
+        let Some(Pulled { ack, delivered, published }) = Pulled::of(&message) else { return };
         // QoS 0 messages reach share groups through NATS queue groups.
         let Some(message) = self.decode(message.message, published).filter(|m| m.qos != QoS::AtMostOnce) else {
             self.acknowledge(&ack);
@@ -535,6 +532,27 @@ impl Queue {
         let mut message = envelope::decode(topic, nats.payload, &header, now)?;
         envelope::stored_at(&mut message, published, now);
         (!message.is_expired(now)).then_some(message)
+    }
+}
+
+/// What a message pulled from a consumer says of itself.
+struct Pulled {
+    /// How to answer JetStream for it.
+    ack: JetStreamAck,
+    /// How many times JetStream has delivered it (1 the first time).
+    delivered: i64,
+    /// When JetStream stored it.
+    published: SystemTime,
+}
+
+impl Pulled {
+    /// `None` for a message without JetStream's metadata or reply subject
+    /// (nothing to answer).
+    fn of(message: &jetstream::Message) -> Option<Pulled> {
+        let info = message.info().ok()?;
+        let reply = Arc::<str>::from(message.message.reply.as_ref()?.as_str());
+        let ack = JetStreamAck { seq: info.stream_sequence, reply };
+        Some(Pulled { ack, delivered: info.delivered, published: SystemTime::from(info.published) })
     }
 }
 
@@ -598,10 +616,7 @@ impl Feeder {
     /// Queues one message from the consumer for the session, or
     /// acknowledges it at once when the session has no use for it.
     fn take_in(&self, message: jetstream::Message, broker: &Broker) {
-        let Ok(info) = message.info() else { return };
-        let (seq, delivered, published) = (info.stream_sequence, info.delivered, SystemTime::from(info.published));
-        let Some(reply) = message.message.reply.as_ref().map(|r| Arc::<str>::from(r.as_str())) else { return };
-        let ack = JetStreamAck { seq, reply };
+        let Some(Pulled { ack, delivered, published }) = Pulled::of(&message) else { return };
         let own = message
             .message
             .headers

@@ -258,8 +258,7 @@ impl V5 {
     /// must first hear from a cluster may take longer than usual).
     pub async fn publish_within(&mut self, wait: Duration) -> rumqttc::v5::mqttbytes::v5::Publish {
         loop {
-            let next = tokio::time::timeout(wait, self.rx.recv()).await.expect("packet in time");
-            match next {
+            match self.next_within(wait).await {
                 Some(V5Packet::Publish(p)) => return p,
                 Some(_) => {}
                 None => panic!("connection closed while waiting for PUBLISH"),
@@ -269,7 +268,12 @@ impl V5 {
 
     /// The next incoming packet, or `None` when the connection ended.
     pub async fn next(&mut self) -> Option<V5Packet> {
-        tokio::time::timeout(WAIT, self.rx.recv()).await.expect("packet in time")
+        self.next_within(WAIT).await
+    }
+
+    /// [`V5::next`], waiting up to `wait`.
+    async fn next_within(&mut self, wait: Duration) -> Option<V5Packet> {
+        tokio::time::timeout(wait, self.rx.recv()).await.expect("packet in time")
     }
 
     /// Asserts no PUBLISH arrives for a short while.
