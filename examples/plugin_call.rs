@@ -27,7 +27,10 @@ fn iterations() -> u32 {
     std::env::var("PLUGIN_CALL_ITERATIONS").ok().and_then(|n| n.parse().ok()).unwrap_or(ITERATIONS)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// A current-thread runtime, as a connection task runs its calls: each
+/// call is awaited where it is made.
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let host = PluginHost::new()?;
     let prefix = PluginSettings::parse("[config]\nprefix = \"bench/\"\n")?;
     let upper = PluginSettings::parse("[config]\nfilters = [\"upper/#\"]\n")?;
@@ -47,37 +50,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         attributes: Vec::new(),
     };
 
-    let authorize = measure(|| {
-        let v = policy.authorize(&client, Action::Publish, black_box("bench/sensor/1"), QoS::AtMostOnce, false);
+    let authorize = measure(async || {
+        let v = policy.authorize(&client, Action::Publish, black_box("bench/sensor/1"), QoS::AtMostOnce, false).await;
         black_box(v);
-    });
+    })
+    .await;
     println!("warm authorize (wasm):   {:>8.0} ns/call", authorize);
 
     // The same question with empty strings: shows how much of a call is
     // copying the client record into the guest (one guest allocation per
     // non-empty string).
     let bare = ClientInfo { client_id: String::new(), listener: String::new(), ..client.clone() };
-    let bare_cost = measure(|| {
-        black_box(policy.authorize(&bare, Action::Publish, black_box("bench/1"), QoS::AtMostOnce, false));
-    });
+    let bare_cost = measure(async || {
+        black_box(policy.authorize(&bare, Action::Publish, black_box("bench/1"), QoS::AtMostOnce, false).await);
+    })
+    .await;
     println!("authorize, bare client:  {:>8.0} ns/call", bare_cost);
 
     let mut cache = AuthzCache::new(1024);
-    let cached = measure(|| {
-        black_box(cache.check(&policy, &client, Action::Publish, black_box("bench/sensor/1"), QoS::AtMostOnce, false));
-    });
+    let cached = measure(async || {
+        let check = cache.check(&policy, &client, Action::Publish, black_box("bench/sensor/1"), QoS::AtMostOnce, false);
+        black_box(check.await);
+    })
+    .await;
     println!("authorize, cache hit:    {:>8.0} ns/call", cached);
 
     let message =
         PluginMessage::new(TopicName::new("upper/sensor/1")?, Bytes::from(vec![b'a'; 64]), QoS::AtMostOnce, false);
-    let transform = measure(|| {
-        black_box(policy.transform(&client, black_box(&message)));
-    });
+    let transform = measure(async || {
+        black_box(policy.transform(&client, black_box(&message)).await);
+    })
+    .await;
     println!("warm transform (wasm):   {:>8.0} ns/call", transform);
 
-    let bypass = measure(|| {
+    let bypass = measure(async || {
         black_box(policy.wants_transform(black_box("plain/sensor/1")));
-    });
+    })
+    .await;
     println!("wants_transform bypass:  {:>8.0} ns/call", bypass);
     // On a loaded machine a descheduled thread can miss the 10 ms wall-clock
     // deadline; such calls fail closed and show up here.
@@ -88,14 +97,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// Mean nanoseconds per call of `f`, after a warm-up.
-fn measure(mut f: impl FnMut()) -> f64 {
+async fn measure(mut f: impl AsyncFnMut()) -> f64 {
     let iterations = iterations().max(1);
     for _ in 0..iterations / 10 {
-        f();
+        f().await;
     }
     let started = Instant::now();
     for _ in 0..iterations {
-        f();
+        f().await;
     }
     let elapsed: Duration = started.elapsed();
     elapsed.as_nanos() as f64 / f64::from(iterations)

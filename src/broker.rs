@@ -38,11 +38,6 @@ pub struct Broker {
     /// The plugin chain in force; replaced whole on reload. A sync lock is
     /// right here: readers clone an `Arc` and let go at once.
     policy: parking_lot::RwLock<Policy>,
-    /// Bounds the authentication chain calls running at once (see
-    /// [`authn_concurrency`]): a flood of logins against a slow password
-    /// hash queues here, under each client's connect deadline, instead of
-    /// occupying every blocking thread.
-    pub(crate) authn_permits: Arc<tokio::sync::Semaphore>,
     /// What hot reload needs: the plugin host, the watched directory, the
     /// handles of run-time settings, and the last outcome.
     pub(crate) reload: Reloader,
@@ -57,12 +52,6 @@ pub struct Broker {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("the retained store is full")]
 pub struct RetainedFull;
-
-/// How many authentication chain calls may run at once: one per core (at
-/// least two), since a password hash is CPU-bound work.
-pub fn authn_concurrency() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()).max(2)
-}
 
 impl Broker {
     /// A broker whose state starts as what `store` recovered.
@@ -87,7 +76,6 @@ impl Broker {
             tasks: TaskTracker::new(),
             store,
             policy: parking_lot::RwLock::new(policy),
-            authn_permits: Arc::new(tokio::sync::Semaphore::new(authn_concurrency())),
             reload: Reloader::new(plugin_dir),
             next_assigned_id: AtomicU64::new(1),
             #[cfg(feature = "cluster")]

@@ -185,6 +185,13 @@ pub enum AuthnOutcome {
         /// Authentication Data for the AUTH packet.
         data: Vec<u8>,
     },
+    /// The plugin would continue an exchange but holds as many as its
+    /// `limits.exchanges` allows: refuse the client with Quota Exceeded
+    /// (0x97) rather than queue it.
+    Busy {
+        /// The plugin that is full.
+        plugin: Arc<str>,
+    },
 }
 
 /// The authorization chain's answer.

@@ -124,7 +124,7 @@ fn check(args: &CheckArgs) -> ExitCode {
     };
     print_settings(&settings, &from);
     let plugin = match host.load_one(args.file.clone(), settings) {
-        Ok(plugin) => plugin,
+        Ok(plugin) => std::sync::Arc::new(plugin),
         Err(e) => return fail(EXIT_LOAD, format_args!("plugin {name} does not load: {e}")),
     };
     print_manifest(&plugin);
@@ -185,7 +185,7 @@ fn print_manifest(plugin: &LoadedPlugin) {
     }
 }
 
-fn run_vectors(plugin: &LoadedPlugin, path: &Path, vectors: &Vectors) -> ExitCode {
+fn run_vectors(plugin: &std::sync::Arc<LoadedPlugin>, path: &Path, vectors: &Vectors) -> ExitCode {
     println!("vectors    {} ({})", path.display(), vectors.len());
     let results = vectors.run(plugin);
     let failed = results.iter().filter(|r| !r.passed()).count();

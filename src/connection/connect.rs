@@ -212,7 +212,7 @@ where
     let broker = conn.broker.clone();
     let Some(cluster) = broker.cluster() else { return };
     if super::inbound::is_reserved(will.topic.as_str())
-        || !conn.allowed(crate::auth::Action::Will, will.topic.as_str(), will.qos, will.retain)
+        || !conn.allowed(crate::auth::Action::Will, will.topic.as_str(), will.qos, will.retain).await
     {
         return;
     }

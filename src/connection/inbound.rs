@@ -35,10 +35,12 @@ impl<S> Connection<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    /// Dispatches one packet.
-    pub(super) fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+    /// Dispatches one packet. Asynchronous only where a plugin may be
+    /// asked (PUBLISH, SUBSCRIBE, AUTH); a plugin that answers at once
+    /// (nearly all calls) costs no suspension.
+    pub(super) async fn handle(&mut self, packet: Packet) -> Result<(), Close> {
         match packet {
-            Packet::Publish(publish) => self.on_publish(publish),
+            Packet::Publish(publish) => self.on_publish(publish).await,
             Packet::PubAck(ack) => {
                 self.on_ack(ack, InflightState::AwaitPubAck);
                 Ok(())
@@ -55,7 +57,8 @@ where
                 self.on_ack(comp, InflightState::AwaitPubComp);
                 Ok(())
             }
-            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe),
+            // Boxed: rare, and their futures are the largest here.
+            Packet::Subscribe(subscribe) => Box::pin(self.on_subscribe(subscribe)).await,
             Packet::Unsubscribe(unsubscribe) => {
                 self.on_unsubscribe(unsubscribe);
                 Ok(())
@@ -66,14 +69,14 @@ where
             }
             Packet::Disconnect(disconnect) => Err(self.on_disconnect(&disconnect)),
             Packet::Connect(_) => Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "second CONNECT")),
-            Packet::Auth(auth) => self.on_auth(auth),
+            Packet::Auth(auth) => Box::pin(self.on_auth(auth)).await,
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
                 Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "packet only a server may send"))
             }
         }
     }
 
-    fn on_publish(&mut self, mut publish: Publish) -> Result<(), Close> {
+    async fn on_publish(&mut self, mut publish: Publish) -> Result<(), Close> {
         self.counts.received(publish.qos);
         publish.topic = self.resolve_alias(&publish)?;
         let running = self.broker.config();
@@ -96,7 +99,9 @@ where
         let policy = self.broker.policy();
         // `$SYS/...` belongs to the broker: no client publishes there.
         let permitted = !is_reserved(publish.topic.as_str())
-            && self.allowed_by(&policy, now, Action::Publish, publish.topic.as_str(), publish.qos, publish.retain);
+            && self
+                .allowed_by(&policy, now, Action::Publish, publish.topic.as_str(), publish.qos, publish.retain)
+                .await;
         if !permitted {
             self.broker.metrics.dropped(DropReason::NotAuthorized, 1);
         }
@@ -133,7 +138,9 @@ where
         // 3.1.1 has no way to refuse a PUBLISH: it is acknowledged and
         // dropped, as Mosquitto does.
         let message = Message::new(publish.topic, publish.payload, publish.qos, publish.retain, &publish.properties);
-        let transformed = permitted.then(|| self.transform(&policy, message));
+        // Boxed: transforms are rare next to publishes, and the future is
+        // large next to the connection's (kept for its whole life).
+        let transformed = if permitted { Some(Box::pin(self.transform(&policy, message)).await) } else { None };
         // The copies for persistent sessions and the packet id are
         // committed together, so a crash keeps both or neither.
         let group = store_id.map(|_| self.broker.store.group());
@@ -259,8 +266,8 @@ where
         self.release_held()
     }
 
-    /// Acknowledges a held publish and handles the packets that arrived
-    /// while it was held.
+    /// Acknowledges a held publish; the packets that arrived while it was
+    /// held are handled next.
     fn release_held(&mut self) -> Result<(), Close> {
         let Some(held) = self.held.take() else { return Ok(()) };
         // The client's keep alive counts from here: it was the broker
@@ -274,7 +281,8 @@ where
         if let Some(ack) = held.ack {
             self.send(&ack);
         }
-        self.process_input()
+        self.input_pending = true;
+        Ok(())
     }
 
     /// Answers a PUBLISH over `limits.max_publish_rate` and drops it.
@@ -372,7 +380,7 @@ where
         self.send(&Packet::PubComp(comp));
     }
 
-    fn on_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Close> {
+    async fn on_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Close> {
         let sub_id = subscribe.properties.subscription_identifiers.first().copied();
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         let mut retained = Vec::new();
@@ -409,7 +417,7 @@ where
             }
             let policy = self.broker.policy();
             let now = std::time::Instant::now();
-            if !self.allowed_by(&policy, now, Action::Subscribe, filter.as_str(), options.qos, false) {
+            if !self.allowed_by(&policy, now, Action::Subscribe, filter.as_str(), options.qos, false).await {
                 reasons.push(ReasonCode::NOT_AUTHORIZED);
                 continue;
             }
@@ -422,7 +430,7 @@ where
             // may have swept the session's subscriptions before this one was
             // added; ask the policy in force now, so none slips through.
             if self.broker.policy().generation() != policy.generation()
-                && !self.allowed(Action::Subscribe, filter.as_str(), options.qos, false)
+                && !self.allowed(Action::Subscribe, filter.as_str(), options.qos, false).await
             {
                 self.attached.session.lock().subscriptions.remove(&filter);
                 self.broker.router.unsubscribe(&self.attached.session, &filter);
@@ -440,7 +448,7 @@ where
                 };
             if send_retained {
                 for message in self.broker.router.retained().matching(&filter) {
-                    if !self.allowed(Action::Retained, message.topic.as_str(), message.qos, true) {
+                    if !self.allowed(Action::Retained, message.topic.as_str(), message.qos, true).await {
                         continue;
                     }
                     retained.push(Delivery {

@@ -194,7 +194,7 @@ where
         loop {
             if self.want_drain {
                 self.want_drain = false;
-                self.drain();
+                self.drain().await;
             }
             #[cfg(feature = "cluster")]
             if std::mem::take(&mut self.subscriptions_changed) {
@@ -218,7 +218,7 @@ where
                 // The subscribers this client's messages went to get to
                 // run (and drain their queues) before it goes on.
                 tokio::task::yield_now().await;
-                if let Err(close) = self.process_input() {
+                if let Err(close) = Box::pin(self.process_input()).await {
                     return close;
                 }
                 continue;
@@ -233,7 +233,10 @@ where
                     Ok(n) => {
                         self.counts.bytes_received += n as u64;
                         self.last_read = Instant::now();
-                        if let Err(close) = self.process_input() {
+                        // Boxed, once per read: handling a packet may wait
+                        // for a plugin, and the states of that wait would
+                        // otherwise be kept in every idle connection's task.
+                        if let Err(close) = Box::pin(self.process_input()).await {
                             return close;
                         }
                         settle_read_buffer(&mut self.rbuf, n);
@@ -247,7 +250,7 @@ where
 
     /// Decodes and handles every complete packet in the read buffer, up to
     /// a publish that has to be held.
-    fn process_input(&mut self) -> Result<(), Close> {
+    async fn process_input(&mut self) -> Result<(), Close> {
         let limits = self.broker.config().limits.decode_limits(u32::MAX);
         self.input_pending = false;
         for _ in 0..INPUT_BATCH {
@@ -255,7 +258,7 @@ where
                 return Ok(());
             }
             match codec::decode_with(&mut self.rbuf, self.version, limits) {
-                Ok(Some(packet)) => self.handle(packet)?,
+                Ok(Some(packet)) => self.handle(packet).await?,
                 Ok(None) => return Ok(()),
                 Err(codec::DecodeError::TooManyUserProperties) => {
                     self.broker.metrics.limit_hit(Limit::UserProperties);
@@ -359,7 +362,7 @@ where
         let mut will = if close.publishes_will() { self.will.take().map(|w| *w) } else { None };
         if let Some(w) = &will
             && (inbound::is_reserved(w.topic.as_str())
-                || !self.allowed(Action::Will, w.topic.as_str(), w.qos, w.retain))
+                || !self.allowed(Action::Will, w.topic.as_str(), w.qos, w.retain).await)
         {
             will = None;
         }

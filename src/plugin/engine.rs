@@ -14,9 +14,9 @@ use wasmtime::{Config, Engine, EngineWeak};
 use wasmtime_wasi::cli::{WasiCli, WasiCliView};
 use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
 use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
-use wasmtime_wasi::p2::bindings as wasi_async;
-use wasmtime_wasi::p2::bindings::sync as wasi;
+use wasmtime_wasi::p2::bindings as wasi;
 use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
+use wasmtime_wasi_io::bindings::wasi::io;
 
 use super::LoadError;
 use super::bindings::{HostState, Plugin};
@@ -130,7 +130,9 @@ impl PluginHost {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         // Component-model concurrency costs ~3x per call (1.0–1.3 µs instead
-        // of 0.4 µs for a warm authorize) and no plugin hook is async.
+        // of 0.4 µs for a warm authorize) and no plugin hook is async. Hooks
+        // still run on fibers (`call_async`), which is what lets a guest
+        // blocked in WASI be suspended and ended at its deadline.
         config.concurrency_support(false);
         let engine = Engine::new(&config).map_err(|e| LoadError::Engine(e.to_string()))?;
         let linker = link(&engine).map_err(|e| LoadError::Engine(e.to_string()))?;
@@ -219,34 +221,37 @@ fn link(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut l, |s| s)?;
 
     let cli = <HostState as WasiCliView>::cli;
-    wasi_async::cli::environment::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
-    wasi_async::cli::exit::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
-    wasi_async::cli::stdin::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
-    wasi_async::cli::stdout::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
-    wasi_async::cli::stderr::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
-    wasi_async::cli::terminal_input::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
-    wasi_async::cli::terminal_output::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
-    wasi_async::cli::terminal_stdin::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
-    wasi_async::cli::terminal_stdout::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
-    wasi_async::cli::terminal_stderr::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
+    wasi::cli::environment::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
+    wasi::cli::exit::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
+    wasi::cli::stdin::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
+    wasi::cli::stdout::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
+    wasi::cli::stderr::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
+    wasi::cli::terminal_input::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
+    wasi::cli::terminal_output::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
+    wasi::cli::terminal_stdin::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
+    wasi::cli::terminal_stdout::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
+    wasi::cli::terminal_stderr::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
 
     let clocks = <HostState as WasiClocksView>::clocks;
-    wasi_async::clocks::wall_clock::add_to_linker::<HostState, WasiClocks>(&mut l, clocks)?;
-    wasi_async::clocks::monotonic_clock::add_to_linker::<HostState, WasiClocks>(&mut l, clocks)?;
+    wasi::clocks::wall_clock::add_to_linker::<HostState, WasiClocks>(&mut l, clocks)?;
+    wasi::clocks::monotonic_clock::add_to_linker::<HostState, WasiClocks>(&mut l, clocks)?;
 
     let random = <HostState as WasiRandomView>::random;
-    wasi_async::random::random::add_to_linker::<HostState, WasiRandom>(&mut l, random)?;
-    wasi_async::random::insecure::add_to_linker::<HostState, WasiRandom>(&mut l, random)?;
-    wasi_async::random::insecure_seed::add_to_linker::<HostState, WasiRandom>(&mut l, random)?;
+    wasi::random::random::add_to_linker::<HostState, WasiRandom>(&mut l, random)?;
+    wasi::random::insecure::add_to_linker::<HostState, WasiRandom>(&mut l, random)?;
+    wasi::random::insecure_seed::add_to_linker::<HostState, WasiRandom>(&mut l, random)?;
 
+    // The asynchronous bindings throughout: a guest blocked in `poll` (a
+    // sleep, a clock subscription) suspends its fiber, where the call's
+    // deadline can end it, instead of blocking the thread.
     let table = HostState::table;
-    wasmtime_wasi_io::bindings::wasi::io::error::add_to_linker::<HostState, HasTable>(&mut l, table)?;
-    wasi::io::poll::add_to_linker::<HostState, HasTable>(&mut l, table)?;
-    wasi::io::streams::add_to_linker::<HostState, HasTable>(&mut l, table)?;
+    io::error::add_to_linker::<HostState, HasTable>(&mut l, table)?;
+    io::poll::add_to_linker::<HostState, HasTable>(&mut l, table)?;
+    io::streams::add_to_linker::<HostState, HasTable>(&mut l, table)?;
 
     let fs = <HostState as WasiFilesystemView>::filesystem;
     wasi::filesystem::types::add_to_linker::<HostState, WasiFilesystem>(&mut l, fs)?;
-    wasi_async::filesystem::preopens::add_to_linker::<HostState, WasiFilesystem>(&mut l, fs)?;
+    wasi::filesystem::preopens::add_to_linker::<HostState, WasiFilesystem>(&mut l, fs)?;
     Ok(l)
 }
 

@@ -31,6 +31,7 @@ mod engine;
 pub mod fixtures;
 mod instance;
 mod loader;
+mod output;
 pub mod scaffold;
 mod settings;
 pub mod shipped;
@@ -39,8 +40,9 @@ pub mod vectors;
 
 pub(crate) use convert::{AuthnAnswer, AuthzAnswer, TransformAnswer};
 pub use engine::{CompileCounts, PluginHost};
-pub use instance::{LoadedPlugin, PinnedInstance};
+pub use instance::{LoadedPlugin, PinnedInstance, authn_concurrency};
 pub use loader::{ComponentInfo, Source, components_in};
+pub use output::{OutputLevel, OutputSettings};
 pub use settings::{Grants, Limits, OnError, PluginSettings, Sidecar, SidecarLimits};
 pub use stats::{PluginStats, StatsSnapshot};
 
@@ -151,6 +153,51 @@ pub enum CallFailure {
     /// The answer could not be used (invalid topic, invalid encoding...).
     #[error("malformed answer: {0}")]
     Malformed(String),
+    /// The plugin holds as many enhanced-authentication exchanges as its
+    /// `limits.exchanges` allows; the new one is refused, not queued.
+    #[error("too many authentication exchanges in progress")]
+    Busy,
+}
+
+/// Runs a plugin call (a future of this module) to its end from
+/// synchronous code: loading, the reload's sweep, `moat plugin check`.
+///
+/// Calls need a Tokio runtime with a timer (deadlines, and WASI clocks
+/// that guests wait on). On a multi-threaded runtime's thread — a worker
+/// or the blocking pool — the call runs there; elsewhere, on a small
+/// runtime of the plugin host's own. A current-thread runtime cannot lend
+/// its only thread, so from one the call runs on another thread.
+pub(crate) fn block_on<F>(call: F) -> F::Output
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| handle.block_on(call))
+        }
+        Ok(_) => std::thread::scope(|scope| match scope.spawn(|| own_runtime().block_on(call)).join() {
+            Ok(output) => output,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }),
+        Err(_) => own_runtime().block_on(call),
+    }
+}
+
+/// The plugin host's own runtime, for calls made outside any runtime.
+fn own_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        // Building a runtime fails only when threads cannot be made, and
+        // then nothing in the broker could run.
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("moat-plugin-host")
+            .enable_time()
+            .build()
+            .expect("the plugin host's runtime")
+    })
 }
 
 /// A hook a plugin can implement.

@@ -10,6 +10,11 @@
 //! timeout_ms = 10
 //! instances = 4
 //! max_answer_bytes = 65536
+//! exchanges = 64             # MQTT 5 AUTH exchanges holding an instance at once
+//! [output]                   # what the guest prints (stdout, stderr, host.log)
+//! level = "info"             # "off" | "error" | "warn" | "info" | "debug" | "trace"
+//! lines_per_s = 20
+//! bytes_per_s = 8192
 //! [grants]
 //! read = ["/etc/moat/auth"]  # directories the plugin may read
 //! ```
@@ -26,6 +31,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::LoadError;
+use super::output::{OutputLevel, OutputSettings};
 
 /// What happens to a publish when its transform plugin fails (trap,
 /// timeout, out of memory, oversized or malformed answer).
@@ -54,11 +60,21 @@ pub struct Limits {
     /// Largest answer accepted from one call (strings, lists and messages
     /// summed); a larger one counts as a failure.
     pub max_answer_bytes: usize,
+    /// MQTT 5 enhanced-authentication exchanges that may each hold an
+    /// instance between their steps at once; beyond it a new exchange is
+    /// refused (CONNACK 0x97), not queued.
+    pub exchanges: usize,
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { memory_bytes: 32 << 20, timeout: Duration::from_millis(10), instances: 4, max_answer_bytes: 64 << 10 }
+        Limits {
+            memory_bytes: 32 << 20,
+            timeout: Duration::from_millis(10),
+            instances: 4,
+            max_answer_bytes: 64 << 10,
+            exchanges: 64,
+        }
     }
 }
 
@@ -75,6 +91,8 @@ pub struct PluginSettings {
     pub on_error: OnError,
     /// What the plugin may reach outside its sandbox.
     pub grants: Grants,
+    /// How its output reaches the log.
+    pub output: OutputSettings,
 }
 
 impl Default for PluginSettings {
@@ -85,6 +103,7 @@ impl Default for PluginSettings {
             limits: Limits::default(),
             on_error: OnError::Drop,
             grants: Grants::default(),
+            output: OutputSettings::default(),
         }
     }
 }
@@ -137,6 +156,20 @@ pub struct Sidecar {
     pub limits: Option<SidecarLimits>,
     /// Capabilities granted.
     pub grants: Option<Grants>,
+    /// How its output reaches the log.
+    pub output: Option<SidecarOutput>,
+}
+
+/// The `[output]` table of a sidecar.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SidecarOutput {
+    /// The level output is logged at.
+    pub level: Option<OutputLevel>,
+    /// Most lines logged per second.
+    pub lines_per_s: Option<u32>,
+    /// Most bytes logged per second.
+    pub bytes_per_s: Option<u32>,
 }
 
 /// The `[limits]` table of a sidecar.
@@ -151,6 +184,8 @@ pub struct SidecarLimits {
     pub instances: Option<u32>,
     /// Largest answer in bytes.
     pub max_answer_bytes: Option<u32>,
+    /// Enhanced-authentication exchanges holding an instance at once.
+    pub exchanges: Option<u32>,
 }
 
 impl Sidecar {
@@ -164,8 +199,17 @@ impl Sidecar {
                 timeout_ms: l.timeout_ms.or(d.timeout_ms),
                 instances: l.instances.or(d.instances),
                 max_answer_bytes: l.max_answer_bytes.or(d.max_answer_bytes),
+                exchanges: l.exchanges.or(d.exchanges),
             }),
             (l, d) => l.or(d),
+        };
+        let output = match (self.output, defaults.output) {
+            (Some(o), Some(d)) => Some(SidecarOutput {
+                level: o.level.or(d.level),
+                lines_per_s: o.lines_per_s.or(d.lines_per_s),
+                bytes_per_s: o.bytes_per_s.or(d.bytes_per_s),
+            }),
+            (o, d) => o.or(d),
         };
         Sidecar {
             order: self.order.or(defaults.order),
@@ -173,6 +217,7 @@ impl Sidecar {
             config: self.config.or(defaults.config),
             limits,
             grants: self.grants.or(defaults.grants),
+            output,
         }
     }
 }
@@ -244,6 +289,23 @@ impl PluginSettings {
                 Some(n) => positive("limits.max_answer_bytes", n)?,
                 None => defaults.max_answer_bytes,
             },
+            exchanges: match limits.exchanges {
+                Some(n) => usize::try_from(n).map_err(|_| "limits.exchanges is too large".to_owned())?,
+                None => defaults.exchanges,
+            },
+        };
+        let output_defaults = OutputSettings::default();
+        let output = sidecar.output.unwrap_or_default();
+        let output = OutputSettings {
+            level: output.level.unwrap_or(output_defaults.level),
+            lines_per_s: match output.lines_per_s {
+                Some(n) => positive("output.lines_per_s", n).map(|_| n)?,
+                None => output_defaults.lines_per_s,
+            },
+            bytes_per_s: match output.bytes_per_s {
+                Some(n) => positive("output.bytes_per_s", n).map(|_| n)?,
+                None => output_defaults.bytes_per_s,
+            },
         };
         let config = sidecar.config.unwrap_or_default();
         let config_json = serde_json::to_string(&config).map_err(|e| format!("config: {e}"))?;
@@ -253,6 +315,7 @@ impl PluginSettings {
             limits,
             on_error: sidecar.on_error.unwrap_or_default(),
             grants: sidecar.grants.unwrap_or_default(),
+            output,
         })
     }
 }

@@ -1,9 +1,12 @@
-//! Per-plugin counters, read later by metrics, and log-once bookkeeping so a
-//! plugin failing on every call does not flood the log.
+//! Per-plugin counters, read later by metrics, and rate-limited failure
+//! lines, so a plugin failing on every call does not flood the log.
 
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-use super::CallFailure;
+use parking_lot::Mutex;
+
+use super::{CallFailure, Hook};
 use crate::metrics::{Histogram, HistogramSnapshot};
 
 /// Counters of one plugin since it was loaded.
@@ -15,11 +18,19 @@ pub struct PluginStats {
     timeouts: AtomicU64,
     out_of_memory: AtomicU64,
     bad_answers: AtomicU64,
+    exchanges_refused: AtomicU64,
     /// How long calls took, including failed ones.
     latency: Histogram,
-    /// One bit per failure cause already logged.
-    logged: AtomicU8,
+    /// Per failure cause: when it was last logged and how many failures of
+    /// that cause went unlogged since.
+    logged: Mutex<[Option<(Instant, u64)>; CAUSES]>,
 }
+
+/// Failure causes logged apart (see [`PluginStats::failure`]).
+const CAUSES: usize = 5;
+
+/// At most one line per cause per plugin in this interval.
+const LOG_EVERY: Duration = Duration::from_secs(1);
 
 /// A copy of a plugin's counters at one moment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -37,6 +48,9 @@ pub struct StatsSnapshot {
     pub out_of_memory: u64,
     /// Answers refused as oversized or malformed.
     pub bad_answers: u64,
+    /// Enhanced-authentication exchanges refused because the plugin held
+    /// `limits.exchanges` of them already.
+    pub exchanges_refused: u64,
     /// Call durations.
     pub latency: HistogramSnapshot,
 }
@@ -54,19 +68,37 @@ impl PluginStats {
         self.denials.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a failure and logs it the first time this cause is seen for
-    /// this plugin. The message never holds credentials or payloads: a
-    /// failure's text is built by the host, not copied from the guest's data.
-    pub(crate) fn failure(&self, plugin: &str, failure: &CallFailure) {
-        let (counter, bit) = match failure {
-            CallFailure::Timeout => (&self.timeouts, 1),
-            CallFailure::OutOfMemory => (&self.out_of_memory, 2),
-            CallFailure::Trap(_) | CallFailure::Instantiate(_) => (&self.traps, 4),
-            CallFailure::Oversized { .. } | CallFailure::Malformed(_) => (&self.bad_answers, 8),
+    /// Counts a failure and logs it at `warn` with the plugin, the hook and
+    /// the cause (a guest's panic message among them), at most once a
+    /// second per cause, saying how many went unlogged since. The message
+    /// never holds credentials or payloads: a failure's text is built by
+    /// the host, or is what the guest wrote to stderr (escaped).
+    pub(crate) fn failure(&self, plugin: &str, hook: Hook, failure: &CallFailure) {
+        let (counter, cause) = match failure {
+            CallFailure::Timeout => (&self.timeouts, 0),
+            CallFailure::OutOfMemory => (&self.out_of_memory, 1),
+            CallFailure::Trap(_) | CallFailure::Instantiate(_) => (&self.traps, 2),
+            CallFailure::Oversized { .. } | CallFailure::Malformed(_) => (&self.bad_answers, 3),
+            CallFailure::Busy => (&self.exchanges_refused, 4),
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        if self.logged.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
-            tracing::warn!(plugin, cause = %failure, "plugin call failed (logged once per cause; see counters)");
+        let now = Instant::now();
+        let unlogged = {
+            let mut logged = self.logged.lock();
+            let entry = &mut logged[cause];
+            if let Some((last, skipped)) = entry
+                && now.duration_since(*last) < LOG_EVERY
+            {
+                *skipped += 1;
+                return;
+            }
+            entry.replace((now, 0)).map_or(0, |(_, skipped)| skipped)
+        };
+        let hook = hook.name();
+        if unlogged > 0 {
+            tracing::warn!(plugin, hook, cause = %failure, unlogged, "plugin call failed (and {unlogged} more since the last line)");
+        } else {
+            tracing::warn!(plugin, hook, cause = %failure, "plugin call failed");
         }
     }
 
@@ -79,6 +111,7 @@ impl PluginStats {
             timeouts: self.timeouts.load(Ordering::Relaxed),
             out_of_memory: self.out_of_memory.load(Ordering::Relaxed),
             bad_answers: self.bad_answers.load(Ordering::Relaxed),
+            exchanges_refused: self.exchanges_refused.load(Ordering::Relaxed),
             latency: self.latency.snapshot(),
         }
     }

@@ -313,7 +313,9 @@ impl Broker {
             };
             let Some(client) = client else { continue };
             for (filter, qos) in subscriptions {
-                if policy.authorize(&client, Action::Subscribe, filter.as_str(), qos, false).allowed {
+                let verdict =
+                    crate::plugin::block_on(policy.authorize(&client, Action::Subscribe, filter.as_str(), qos, false));
+                if verdict.allowed {
                     continue;
                 }
                 if session.lock().subscriptions.remove(&filter).is_none() {

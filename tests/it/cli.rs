@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn moat() -> Command {
+pub(crate) fn moat() -> Command {
     Command::new(env!("CARGO_BIN_EXE_moat"))
 }
 
@@ -59,7 +59,7 @@ fn sigterm_shuts_down_gracefully() {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
@@ -147,7 +147,7 @@ fn passwd_refuses_empty_passwords_and_bad_user_names() {
 }
 
 /// Collects the lines a child writes to stderr, on a thread.
-fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+pub(crate) fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
     use std::io::BufRead;
     let stderr = child.stderr.take().expect("piped stderr");
     let (tx, rx) = std::sync::mpsc::channel();

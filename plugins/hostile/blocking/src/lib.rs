@@ -1,0 +1,80 @@
+//! Hostile fixture: blocks in WASI calls, where no epoch is checked, and
+//! prints. Only the host's deadline on a suspended call can stop the
+//! blocking ones.
+//!
+//! Behaves well (allow / pass) unless the user name (else the client id)
+//! up to its first `-`, or the topic's first level, names a behaviour:
+//! - `sleep`: `std::thread::sleep` for an hour (a clock subscription);
+//! - `poll`: `wasi:io/poll.poll` on a pollable that is never ready;
+//! - `stdin`: reads stdin to its end;
+//! - `print`: writes a line to stdout and one to stderr, then answers.
+//!
+//! With `{"init": "sleep"}` (or `"poll"`, `"print"`) as its config, `init`
+//! does the same.
+
+use std::io::Read;
+use std::time::Duration;
+
+use moat_plugin_sdk::*;
+
+/// The hostile guest.
+pub struct Hostile;
+
+/// Does what `what` names; returns for the behaviours that end.
+fn behave(what: &str) {
+    match what {
+        "sleep" => std::thread::sleep(Duration::from_secs(3600)),
+        "poll" => {
+            // An instant that never comes: the poll never returns.
+            let never = wasip2::clocks::monotonic_clock::subscribe_instant(u64::MAX);
+            wasip2::io::poll::poll(&[&never]);
+        }
+        "stdin" => {
+            let mut all = Vec::new();
+            let _ = std::io::stdin().read_to_end(&mut all);
+        }
+        "print" => {
+            println!("hello from the guest's stdout");
+            eprintln!("and from its stderr");
+        }
+        _ => {}
+    }
+}
+
+/// The behaviour a topic names: its first level.
+fn first_level(topic: &str) -> &str {
+    topic.split('/').next().unwrap_or("")
+}
+
+/// The behaviour a client names: its user name, else its client id, up to
+/// the first `-` (so clients `sleep-1`, `sleep-2` all sleep).
+fn named_by(client: &ClientInfo, credentials: &Credentials) -> String {
+    let name = credentials.username.as_deref().unwrap_or(&client.client_id);
+    name.split('-').next().unwrap_or("").to_owned()
+}
+
+impl Plugin for Hostile {
+    fn init(config: Config) -> Result<(Self, Manifest), String> {
+        if let Some(what) = config.str("init") {
+            behave(what);
+        }
+        Ok((Hostile, Manifest::new().authenticate().authorize().transform(["#"])))
+    }
+
+    fn authenticate(&mut self, client: &ClientInfo, credentials: &Credentials) -> AuthOutcome {
+        behave(&named_by(client, credentials));
+        AuthOutcome::Allow(Grant::plain())
+    }
+
+    fn authorize(&mut self, _client: &ClientInfo, _action: Action, topic: &str, _qos: QoS, _retain: bool) -> Decision {
+        behave(first_level(topic));
+        Decision::Allow(None)
+    }
+
+    fn on_publish(&mut self, _client: &ClientInfo, message: Message) -> TransformOutcome {
+        behave(first_level(&message.topic));
+        TransformOutcome::Pass
+    }
+}
+
+export_plugin!(Hostile);
