@@ -133,6 +133,9 @@ fn plugins(broker: &Broker) -> Value {
                     "traps": stats.traps,
                     "timeouts": stats.timeouts,
                     "out_of_memory": stats.out_of_memory,
+                    "exchanges_refused": stats.exchanges_refused,
+                    "output_lines": stats.output_lines,
+                    "output_dropped": stats.output_dropped,
                     "bad_answers": stats.bad_answers,
                 },
             })

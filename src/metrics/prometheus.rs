@@ -91,13 +91,22 @@ type Counter = fn(&StatsSnapshot) -> u64;
 /// Per-plugin counters and the call latency histogram.
 fn render_plugins(w: &mut String, broker: &Broker) {
     let stats = broker.policy().stats();
-    let counters: [(&str, &str, Counter); 6] = [
+    let counters: [(&str, &str, Counter); 9] = [
         ("moat_plugin_calls_total", "Hook calls, failed ones included.", |s| s.calls),
         ("moat_plugin_denials_total", "Denials: deny answers and failures that denied.", |s| s.denials),
         ("moat_plugin_traps_total", "Calls that trapped (panic, abort, failed instantiation).", |s| s.traps),
         ("moat_plugin_timeouts_total", "Calls interrupted at their deadline.", |s| s.timeouts),
         ("moat_plugin_out_of_memory_total", "Calls that hit the memory cap.", |s| s.out_of_memory),
         ("moat_plugin_bad_answers_total", "Answers refused as oversized or malformed.", |s| s.bad_answers),
+        ("moat_plugin_exchanges_refused_total", "MQTT 5 AUTH exchanges refused: limits.exchanges held.", |s| {
+            s.exchanges_refused
+        }),
+        ("moat_plugin_output_lines_total", "Lines of plugin output (stdout, stderr, host.log) logged.", |s| {
+            s.output_lines
+        }),
+        ("moat_plugin_output_dropped_total", "Lines of plugin output dropped (rate, per-call share, off).", |s| {
+            s.output_dropped
+        }),
     ];
     for (name, help, get) in counters {
         header(w, name, "counter", help);

@@ -72,9 +72,15 @@ impl HostState {
     /// When a granted directory cannot be opened (removed since load).
     pub(crate) fn new(log: Arc<PluginLog>, memory_cap: usize, grants: &Grants) -> Result<HostState> {
         // The builder's defaults are the sandbox: no environment, no
-        // arguments, no preopened directories, empty stdin, and the socket
-        // interfaces are not even linked. Output goes to the log.
+        // arguments, no preopened directories, empty stdin, no network.
+        // Output goes to the log.
         let mut wasi = WasiCtxBuilder::new();
+        // The defaults already; said again because every socket a guest
+        // opens must be refused whatever a later wasmtime defaults to.
+        wasi.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(std::future::ready(false)));
         let capture = Arc::new(Capture::default());
         wasi.stdout(GuestPipe::new(capture.clone(), Stream::Stdout));
         wasi.stderr(GuestPipe::new(capture.clone(), Stream::Stderr));

@@ -16,6 +16,7 @@ use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
 use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
 use wasmtime_wasi::p2::bindings as wasi;
 use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
+use wasmtime_wasi::sockets::{WasiSockets, WasiSocketsView};
 use wasmtime_wasi_io::bindings::wasi::io;
 
 use super::LoadError;
@@ -28,9 +29,12 @@ use super::cache::DiskCache;
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// WASI interfaces a plugin may import, without version. They are linked to
-/// an empty context: they exist because guest languages' standard libraries
-/// import them at start-up, not to grant anything. Everything else — notably
-/// `wasi:sockets/*` and `wasi:http/*` — is refused at load.
+/// a context that grants nothing beyond a plugin's `grants`: they exist
+/// because guest languages' standard libraries import them at start-up
+/// (CPython's imports the socket interfaces), not to grant anything. Every
+/// socket is refused at run time (`access-denied`): the context allows no
+/// TCP, no UDP, no name lookup and no address. Everything else — notably
+/// `wasi:http/*` — is refused at load.
 pub(crate) const WASI_INTERFACES: &[&str] = &[
     "wasi:cli/environment",
     "wasi:cli/exit",
@@ -52,6 +56,13 @@ pub(crate) const WASI_INTERFACES: &[&str] = &[
     "wasi:io/streams",
     "wasi:filesystem/types",
     "wasi:filesystem/preopens",
+    "wasi:sockets/network",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+    "wasi:sockets/ip-name-lookup",
 ];
 
 /// The WASI version family linked above (0.2.x; semver-compatible minors).
@@ -252,6 +263,18 @@ fn link(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     let fs = <HostState as WasiFilesystemView>::filesystem;
     wasi::filesystem::types::add_to_linker::<HostState, WasiFilesystem>(&mut l, fs)?;
     wasi::filesystem::preopens::add_to_linker::<HostState, WasiFilesystem>(&mut l, fs)?;
+
+    // Linked so that standard libraries importing them load; the context
+    // refuses every use (see `HostState::new`).
+    let sockets = <HostState as WasiSocketsView>::sockets;
+    let options = wasi::sockets::network::LinkOptions::default();
+    wasi::sockets::network::add_to_linker::<HostState, WasiSockets>(&mut l, &options, sockets)?;
+    wasi::sockets::instance_network::add_to_linker::<HostState, WasiSockets>(&mut l, sockets)?;
+    wasi::sockets::tcp::add_to_linker::<HostState, WasiSockets>(&mut l, sockets)?;
+    wasi::sockets::tcp_create_socket::add_to_linker::<HostState, WasiSockets>(&mut l, sockets)?;
+    wasi::sockets::udp::add_to_linker::<HostState, WasiSockets>(&mut l, sockets)?;
+    wasi::sockets::udp_create_socket::add_to_linker::<HostState, WasiSockets>(&mut l, sockets)?;
+    wasi::sockets::ip_name_lookup::add_to_linker::<HostState, WasiSockets>(&mut l, sockets)?;
     Ok(l)
 }
 

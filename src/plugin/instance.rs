@@ -98,7 +98,7 @@ pub struct LoadedPlugin {
     engine: Engine,
     pre: PluginPre<HostState>,
     idle: Mutex<Vec<Slot>>,
-    stats: PluginStats,
+    stats: Arc<PluginStats>,
     log: Arc<PluginLog>,
     deadline_ticks: u64,
     /// Authentication calls in progress, each on the blocking pool: a flood
@@ -122,7 +122,8 @@ impl LoadedPlugin {
         engine: Engine,
         pre: PluginPre<HostState>,
     ) -> Result<LoadedPlugin, String> {
-        let log = Arc::new(PluginLog::new(name.clone(), settings.output));
+        let stats = Arc::new(PluginStats::default());
+        let log = Arc::new(PluginLog::new(name.clone(), settings.output, stats.clone()));
         let (slot, manifest) =
             super::block_on(instantiate(&engine, &pre, &log, &settings)).map_err(|f| f.to_string())?;
         let manifest = Manifest::from_wit(manifest?)?;
@@ -134,7 +135,7 @@ impl LoadedPlugin {
             engine,
             pre,
             idle: Mutex::new(vec![slot]),
-            stats: PluginStats::default(),
+            stats,
             log,
             deadline_ticks,
             authn_permits: Arc::new(Semaphore::new(authn_concurrency())),
@@ -166,11 +167,6 @@ impl LoadedPlugin {
     /// Its counters.
     pub fn stats(&self) -> &PluginStats {
         &self.stats
-    }
-
-    /// Lines of its output logged and dropped since it was loaded.
-    pub fn output_counts(&self) -> (u64, u64) {
-        self.log.counts()
     }
 
     /// Calls `authenticate` on `pinned`, or on a pooled instance when there

@@ -11,12 +11,14 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+
+use super::PluginStats;
 use serde::Deserialize;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
@@ -198,8 +200,8 @@ pub(crate) struct PluginLog {
     plugin: Arc<str>,
     settings: OutputSettings,
     window: Mutex<Window>,
-    lines: AtomicU64,
-    dropped: AtomicU64,
+    /// Where lines logged and dropped are counted.
+    stats: Arc<PluginStats>,
 }
 
 /// Lines and bytes logged in the current one-second window.
@@ -213,15 +215,9 @@ struct Window {
 }
 
 impl PluginLog {
-    pub(crate) fn new(plugin: Arc<str>, settings: OutputSettings) -> PluginLog {
+    pub(crate) fn new(plugin: Arc<str>, settings: OutputSettings, stats: Arc<PluginStats>) -> PluginLog {
         let window = Window { start: Instant::now(), lines: 0, bytes: 0, dropped: 0 };
-        PluginLog { plugin, settings, window: Mutex::new(window), lines: AtomicU64::new(0), dropped: AtomicU64::new(0) }
-    }
-
-    /// Lines logged and lines dropped (by the rate, the per-call buffer or
-    /// `level = "off"`) since the plugin was loaded.
-    pub(crate) fn counts(&self) -> (u64, u64) {
-        (self.lines.load(Ordering::Relaxed), self.dropped.load(Ordering::Relaxed))
+        PluginLog { plugin, settings, window: Mutex::new(window), stats }
     }
 
     /// Logs what a call wrote, line by line, `hook` naming the call. When
@@ -229,7 +225,8 @@ impl PluginLog {
     /// of logged, for the failure's cause.
     pub(crate) fn emit(&self, hook: &str, written: Written, keep_stderr: bool) -> Option<String> {
         if written.dropped > 0 {
-            self.dropped.fetch_add(written.dropped.div_ceil(80), Ordering::Relaxed);
+            // Counted in lines, at a typical line's length.
+            self.stats.output_dropped(written.dropped.div_ceil(80));
         }
         self.lines_of(hook, Stream::Stdout, &written.stdout);
         if keep_stderr {
@@ -253,10 +250,10 @@ impl PluginLog {
 
     fn line(&self, hook: &str, source: &str, line: &str, level: OutputLevel) {
         if level == OutputLevel::Off || !self.admit(line.len()) {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.stats.output_dropped(1);
             return;
         }
-        self.lines.fetch_add(1, Ordering::Relaxed);
+        self.stats.output_logged();
         let text = printable(line);
         let plugin = &*self.plugin;
         match level {

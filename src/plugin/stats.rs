@@ -19,6 +19,8 @@ pub struct PluginStats {
     out_of_memory: AtomicU64,
     bad_answers: AtomicU64,
     exchanges_refused: AtomicU64,
+    output_lines: AtomicU64,
+    output_dropped: AtomicU64,
     /// How long calls took, including failed ones.
     latency: Histogram,
     /// Per failure cause: when it was last logged and how many failures of
@@ -51,6 +53,11 @@ pub struct StatsSnapshot {
     /// Enhanced-authentication exchanges refused because the plugin held
     /// `limits.exchanges` of them already.
     pub exchanges_refused: u64,
+    /// Lines of the plugin's output (stdout, stderr, `host.log`) logged.
+    pub output_lines: u64,
+    /// Lines of its output dropped: over its rate, over a call's share,
+    /// or `[output] level = "off"`.
+    pub output_dropped: u64,
     /// Call durations.
     pub latency: HistogramSnapshot,
 }
@@ -62,6 +69,14 @@ impl PluginStats {
 
     pub(crate) fn elapsed(&self, took: std::time::Duration) {
         self.latency.record(took);
+    }
+
+    pub(crate) fn output_logged(&self) {
+        self.output_lines.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn output_dropped(&self, lines: u64) {
+        self.output_dropped.fetch_add(lines, Ordering::Relaxed);
     }
 
     pub(crate) fn denial(&self) {
@@ -112,6 +127,8 @@ impl PluginStats {
             out_of_memory: self.out_of_memory.load(Ordering::Relaxed),
             bad_answers: self.bad_answers.load(Ordering::Relaxed),
             exchanges_refused: self.exchanges_refused.load(Ordering::Relaxed),
+            output_lines: self.output_lines.load(Ordering::Relaxed),
+            output_dropped: self.output_dropped.load(Ordering::Relaxed),
             latency: self.latency.snapshot(),
         }
     }

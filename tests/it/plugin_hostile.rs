@@ -16,7 +16,7 @@ fn forbidden_import_is_refused_naming_the_import() {
     let text = err.to_string();
     match &err {
         LoadError::ForbiddenImport { import, .. } => {
-            assert!(import.starts_with("wasi:sockets/"), "{text}")
+            assert!(import.starts_with("wasi:http/"), "{text}")
         }
         other => panic!("expected a forbidden import, got {other}"),
     }

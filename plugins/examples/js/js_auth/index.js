@@ -48,7 +48,8 @@ export const lifecycle = {
     const clear = table(config, "users");
     users = new Map([...clear].map(([name, pw]) => [name, utf8Encode(pw)]));
     roles = table(config, "roles");
-    host.log("info", `js_auth: ${users.size} users`);
+    // What a plugin prints goes to the broker's log, tagged with its name.
+    console.log(`js_auth: ${users.size} users`);
     return { hooks: ["authenticate"], transformFilters: [] };
   },
 };

@@ -2,7 +2,7 @@
 //! never ready, stdin) or print: every hook is held to its deadline,
 //! whatever the guest calls, and a blocked guest holds neither a runtime
 //! worker nor the threads other plugins' clients need. Output goes to the
-//! log and never fails the call. Fixture: `plugins/hostile/blocking`.
+//! log and never fails the call. Fixture: `plugins/hostile/wasi-calls`.
 
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,7 @@ fn ended_at_the_deadline(started: Instant, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_hook_is_held_to_its_deadline_whatever_the_guest_waits_on() {
-    let p = policy(&[("blocking", "blocking", &sidecar())]);
+    let p = policy(&[("wasi-calls", "wasi-calls", &sidecar())]);
     let c = client(Some("u"));
     for how in ["sleep", "poll"] {
         let started = Instant::now();
@@ -51,7 +51,7 @@ async fn every_hook_is_held_to_its_deadline_whatever_the_guest_waits_on() {
         assert!(matches!(p.transform(&c, &message).await, TransformOutcome::Drop { .. }), "{how}");
         ended_at_the_deadline(started, &format!("transform, {how}"));
     }
-    assert_eq!(stats(&p, "blocking").timeouts, 6);
+    assert_eq!(stats(&p, "wasi-calls").timeouts, 6);
     // Reading stdin is not blocking: it is empty, and the call answers.
     assert!(p.authorize(&c, Action::Publish, "stdin/1", QoS::AtMostOnce, false).await.allowed);
     // And the plugin still answers once its stuck instances are gone.
@@ -63,7 +63,7 @@ async fn every_hook_is_held_to_its_deadline_whatever_the_guest_waits_on() {
 async fn an_init_that_blocks_is_refused_at_its_deadline_naming_the_plugin() {
     for how in ["sleep", "poll"] {
         let started = Instant::now();
-        let err = load(&[("stuck", "blocking", &format!("[config]\ninit = \"{how}\"\n{}", sidecar()))])
+        let err = load(&[("stuck", "wasi-calls", &format!("[config]\ninit = \"{how}\"\n{}", sidecar()))])
             .expect_err("a stuck init must not load");
         let took = started.elapsed();
         // `init` gets at least one second.
@@ -75,7 +75,7 @@ async fn an_init_that_blocks_is_refused_at_its_deadline_naming_the_plugin() {
 
 #[tokio::test]
 async fn printing_never_fails_a_call() {
-    let p = policy(&[("printer", "blocking", "[config]\ninit = \"print\"\n")]);
+    let p = policy(&[("printer", "wasi-calls", "[config]\ninit = \"print\"\n")]);
     let c = client(Some("u"));
     assert!(p.authorize(&c, Action::Publish, "print/1", QoS::AtMostOnce, false).await.allowed);
     assert!(matches!(p.authenticate(&c, &login("print")).await, AuthnOutcome::Allow(_)));
@@ -83,9 +83,8 @@ async fn printing_never_fails_a_call() {
     assert_eq!(p.transform(&c, &message).await, TransformOutcome::Pass);
     let s = stats(&p, "printer");
     assert_eq!((s.traps, s.denials), (0, 0), "{s:?}");
-    let plugin = &p.plugins().plugins()[0];
     // Two lines from init and two from each of the three calls.
-    assert_eq!(plugin.output_counts(), (8, 0));
+    assert_eq!((s.output_lines, s.output_dropped), (8, 0));
 }
 
 /// Clients whose CONNECT never reaches a stuck authenticator connect as
@@ -96,7 +95,7 @@ async fn printing_never_fails_a_call() {
 async fn a_stuck_authenticator_delays_only_the_clients_that_reach_it() {
     let plugins = [
         ("a-allow", "allow-list", "order = 1\n[config]\nusers = [\"alice\"]\n"),
-        ("b-blocking", "blocking", "order = 2\n[limits]\ntimeout_ms = 1500\n"),
+        ("b-blocking", "wasi-calls", "order = 2\n[limits]\ntimeout_ms = 1500\n"),
     ];
     let dir = stage(&plugins);
     let path = dir.path().to_owned();
@@ -134,7 +133,7 @@ async fn a_stuck_authenticator_delays_only_the_clients_that_reach_it() {
 /// runtime's workers keep serving everyone else meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sleeping_authorizer_holds_no_runtime_worker() {
-    let dir = stage(&[("blocking", "blocking", "[limits]\ntimeout_ms = 3000\n")]);
+    let dir = stage(&[("wasi-calls", "wasi-calls", "[limits]\ntimeout_ms = 3000\n")]);
     let path = dir.path().to_owned();
     let broker = TestBroker::with(|c| c.plugins.dir = Some(path)).await;
     // Four subscribers (twice the workers) whose SUBSCRIBE sleeps 3 s.
@@ -191,7 +190,7 @@ fn a_guest_panic_and_guest_output_reach_the_log_as_the_guests_words() {
         assert!(!text.contains("backtrace") && !text.contains("host function panicked"), "{text}");
     }
 
-    let plugins = crate::plugin_support::stage(&[("boom", "panic", ""), ("printer", "blocking", "")]);
+    let plugins = crate::plugin_support::stage(&[("boom", "panic", ""), ("printer", "wasi-calls", "")]);
     let port = free_port();
     let config = dir.path().join("moat.toml");
     let plugin_dir = plugins.path().to_str().expect("utf-8 path");
@@ -253,4 +252,25 @@ fn until(lines: &std::sync::mpsc::Receiver<String>, parts: &[&str], seen: &mut V
             return;
         }
     }
+}
+
+/// The socket interfaces are linked (CPython's standard library imports
+/// them) but give a plugin no network: a connection to a listening port on
+/// this machine is refused inside the guest and never reaches the port.
+#[tokio::test]
+async fn every_socket_a_plugin_opens_is_refused() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("non-blocking");
+    let port = listener.local_addr().expect("address").port();
+    let set = load(&[("dialer", "wasi-calls", "")]).expect("a plugin importing wasi:sockets loads");
+    let vectors = moat::plugin::vectors::Vectors::parse(&format!(
+        "[[vector]]\nhook = \"authorize\"\naction = \"publish\"\ntopic = \"dial/{port}\"\nexpect = \"deny\"\n"
+    ))
+    .expect("vectors");
+    let result = &vectors.run(&set.plugins()[0])[0];
+    assert!(result.passed(), "{result:?}");
+    assert!(result.observed.contains("could not connect"), "{}", result.observed);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let accepted = listener.accept();
+    assert!(matches!(&accepted, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock), "{accepted:?}");
 }

@@ -1,13 +1,15 @@
-//! Hostile fixture: blocks in WASI calls, where no epoch is checked, and
-//! prints. Only the host's deadline on a suspended call can stop the
-//! blocking ones.
+//! Hostile fixture: makes the WASI calls a sandbox must contain. It blocks
+//! in WASI calls, where no epoch is checked (only the host's deadline on a
+//! suspended call can stop it), prints, and dials out.
 //!
 //! Behaves well (allow / pass) unless the user name (else the client id)
 //! up to its first `-`, or the topic's first level, names a behaviour:
 //! - `sleep`: `std::thread::sleep` for an hour (a clock subscription);
 //! - `poll`: `wasi:io/poll.poll` on a pollable that is never ready;
 //! - `stdin`: reads stdin to its end;
-//! - `print`: writes a line to stdout and one to stderr, then answers.
+//! - `print`: writes a line to stdout and one to stderr, then answers;
+//! - `dial`: connects to 127.0.0.1 on the port of the topic's second
+//!   level (`dial/1883`) and denies with what happened.
 //!
 //! With `{"init": "sleep"}` (or `"poll"`, `"print"`) as its config, `init`
 //! does the same.
@@ -41,6 +43,14 @@ fn behave(what: &str) {
     }
 }
 
+/// Connects to 127.0.0.1:`port`; says what happened.
+fn dial(port: &str) -> String {
+    match std::net::TcpStream::connect(format!("127.0.0.1:{port}")) {
+        Ok(_) => "connected".into(),
+        Err(e) => format!("could not connect: {e}"),
+    }
+}
+
 /// The behaviour a topic names: its first level.
 fn first_level(topic: &str) -> &str {
     topic.split('/').next().unwrap_or("")
@@ -67,6 +77,9 @@ impl Plugin for Hostile {
     }
 
     fn authorize(&mut self, _client: &ClientInfo, _action: Action, topic: &str, _qos: QoS, _retain: bool) -> Decision {
+        if let Some(port) = topic.strip_prefix("dial/") {
+            return Decision::Deny(dial(port));
+        }
         behave(first_level(topic));
         Decision::Allow(None)
     }
