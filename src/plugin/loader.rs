@@ -292,7 +292,8 @@ mod tests {
         assert!(import_allowed("moat:plugin/types@0.1.0"));
         assert!(!import_allowed("moat:plugin/authz@0.1.0"));
         assert!(import_allowed("wasi:cli/environment@0.2.6"));
-        assert!(!import_allowed("wasi:sockets/tcp@0.2.6"));
+        assert!(import_allowed("wasi:sockets/tcp@0.2.6"), "linked, with no network behind it");
+        assert!(!import_allowed("wasi:http/outgoing-handler@0.2.6"));
         assert!(!import_allowed("wasi:cli/environment@0.3.0"));
         assert!(!import_allowed("evil"));
     }

@@ -355,11 +355,13 @@ mod tests {
 
     #[test]
     fn the_rate_drops_and_counts_what_is_over() {
-        let log =
-            PluginLog::new("p".into(), OutputSettings { level: OutputLevel::Info, lines_per_s: 3, bytes_per_s: 1000 });
+        let stats = Arc::new(PluginStats::default());
+        let settings = OutputSettings { level: OutputLevel::Info, lines_per_s: 3, bytes_per_s: 1000 };
+        let log = PluginLog::new("p".into(), settings, stats.clone());
         let written = Written { stdout: b"a\nb\nc\nd\ne\n".to_vec(), stderr: Vec::new(), dropped: 0 };
         log.emit("authorize", written, false);
-        assert_eq!(log.counts(), (3, 2));
+        let s = stats.snapshot();
+        assert_eq!((s.output_lines, s.output_dropped), (3, 2));
     }
 
     #[test]
