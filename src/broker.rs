@@ -1,5 +1,7 @@
 //! The broker's shared state and the session lifecycle around connections.
 
+mod share;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -78,6 +80,7 @@ impl Broker {
         };
         #[cfg(not(feature = "cluster"))]
         let router = Router::default();
+        router.set_share_bound(config.limits.queue_bound());
         let broker = Arc::new(Broker {
             config: ArcSwap::from_pointee(config),
             router,
@@ -96,6 +99,9 @@ impl Broker {
         for message in recovered.retained {
             broker.router.retained().set(&message);
         }
+        for (share, deliveries) in recovered.shared {
+            broker.router.restore_waiting(share, deliveries);
+        }
         for mut stored in recovered.sessions {
             let will = stored.will.take();
             let expiry_s = stored.expiry_s;
@@ -108,6 +114,8 @@ impl Broker {
                 let wait = Duration::from_millis(will.due_ms.saturating_sub(crate::store::now_ms()));
                 broker.schedule_will(session.clone(), 0, will, wait, timers.clone());
             }
+            // Its share groups' messages wait for it as after a disconnect.
+            broker.hold_shared(session.clone(), 0, timers.clone());
             broker.arm_expiry(session, 0, expiry_s, timers);
         }
         broker
@@ -221,6 +229,7 @@ impl Broker {
 
     /// Replaces the configuration (config reload).
     pub(crate) fn set_config(&self, config: Config) {
+        self.router.set_share_bound(config.limits.queue_bound());
         self.config.store(Arc::new(config));
     }
 
@@ -420,13 +429,16 @@ impl Broker {
         None
     }
 
-    /// Ends a session: removes its subscriptions and forgets it.
+    /// Ends a session: removes its subscriptions, sends the share groups'
+    /// messages its client has not received on to other members
+    /// [MQTT-4.8.2], and forgets it.
     pub fn discard(&self, session: &Arc<Session>) {
-        let (filters, claimed): (Vec<_>, _) = {
+        let (filters, claimed, shared): (Vec<_>, _, _) = {
             let mut state = session.lock();
             if let Some(feeding) = state.feeding.take() {
                 feeding.cancel();
             }
+            let shared = state.take_shared();
             // What JetStream delivered for it goes back, to be delivered
             // again at once (to another member of a share group).
             #[cfg(feature = "cluster")]
@@ -438,11 +450,13 @@ impl Broker {
             }
             state.clear_pending();
             state.inflight.clear();
-            (state.subscriptions.drain().map(|(f, _)| f).collect(), state.claimed.take())
+            (state.subscriptions.drain().map(|(f, _)| f).collect(), state.claimed.take(), shared)
         };
         for filter in &filters {
             self.router.unsubscribe(session, filter);
         }
+        // No member any more: the others take what it gave up.
+        self.redispatch(session, shared);
         if self.sessions.remove(session) {
             self.store.session_ended(session.client_id());
             #[cfg(feature = "cluster")]
@@ -564,6 +578,7 @@ impl Broker {
             self.forget_kept(&session, kept);
         } else {
             self.save_messages(&session);
+            self.hold_shared(session.clone(), generation, timers.clone());
             self.arm_expiry(session.clone(), generation, expiry_s, timers.clone());
             // The consumer records the expiry: rewritten only if the
             // DISCONNECT changed it.

@@ -401,6 +401,13 @@ pub struct Limits {
     /// to half, so is every message that does not fit, without waiting.
     /// 0: drop at once (Mosquitto's behaviour).
     pub queue_full_wait_ms: u64,
+    /// How long a member of a share group that disconnects but keeps its
+    /// session keeps the group's QoS 1/2 messages its client has not
+    /// received (sent and not acknowledged, QoS 2 not answered with
+    /// PUBREC, or queued) before they go to another member, so a member
+    /// that never comes back does not hold them for ever. A member whose
+    /// session ends gives them up at once. 0: at once too. At most a day.
+    pub share_hold_ms: u64,
     /// Retained messages kept; 0: no limit. A retained message on a new
     /// topic beyond it is refused (v5 QoS 1/2: 0x97 Quota exceeded) or, at
     /// QoS 0 and for 3.1.1 clients, delivered but not retained.
@@ -449,6 +456,7 @@ impl Default for Limits {
             max_queued_messages: 1000,
             max_queued_bytes: 0,
             queue_full_wait_ms: 1000,
+            share_hold_ms: DEFAULT_SHARE_HOLD_MS,
             max_retained_messages: 100_000,
             max_retained_bytes: 256 * 1024 * 1024,
             max_topic_levels: 64,
@@ -465,7 +473,20 @@ impl Default for Limits {
     }
 }
 
+/// `limits.share_hold_ms` when not set: a minute, long enough for a
+/// member to ride out a network blip and resume its work, short enough
+/// that the work does not stall for long without it.
+pub const DEFAULT_SHARE_HOLD_MS: u64 = 60_000;
+
+/// The largest `limits.share_hold_ms`: a day.
+const MAX_SHARE_HOLD_MS: u64 = 86_400_000;
+
 impl Limits {
+    /// `share_hold_ms` as a duration.
+    pub fn share_hold(&self) -> Duration {
+        Duration::from_millis(self.share_hold_ms)
+    }
+
     /// The bound of each session's queue.
     pub fn queue_bound(&self) -> crate::session::QueueBound {
         crate::session::QueueBound { messages: self.max_queued_messages, bytes: self.max_queued_bytes }
@@ -853,6 +874,9 @@ impl Config {
         if l.max_packet_size < 64 {
             return Err(("limits.max_packet_size".into(), "must be at least 64 bytes".into()));
         }
+        if l.share_hold_ms > MAX_SHARE_HOLD_MS {
+            return Err(("limits.share_hold_ms".into(), format!("must be at most {MAX_SHARE_HOLD_MS} (a day)")));
+        }
         if self.plugins.cache_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
             return Err(("plugins.cache_dir".into(), "must not be empty".into()));
         }
@@ -1042,6 +1066,20 @@ max_queued_bytes = \"1 MiB\"
         )
         .expect_err("not a number");
         assert!(err.to_string().starts_with("moat.toml:2: `limits.max_queued_bytes`"), "{err}");
+    }
+
+    #[test]
+    fn share_hold() {
+        let c = parse("").expect("valid");
+        assert_eq!(c.limits.share_hold(), Duration::from_secs(60));
+        let c = parse("[limits]\nshare_hold_ms = 0\n").expect("valid");
+        assert_eq!(c.limits.share_hold_ms, 0);
+        let err = parse("[limits]\nmax_queued_messages = 5\n\nshare_hold_ms = 86400001\n").expect_err("over a day");
+        assert_eq!(err.to_string(), "moat.toml:4: `limits.share_hold_ms`: must be at most 86400000 (a day)");
+        let err = parse("[limits]\nshare_hold_ms = -1\n").expect_err("negative");
+        assert!(err.to_string().starts_with("moat.toml:2: `limits.share_hold_ms`"), "{err}");
+        let err = parse("[limits]\nshare_hold_ms = \"1m\"\n").expect_err("not a number");
+        assert!(err.to_string().starts_with("moat.toml:2: `limits.share_hold_ms`"), "{err}");
     }
 
     #[test]

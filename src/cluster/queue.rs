@@ -508,6 +508,7 @@ impl Queue {
             stored: None,
             // Granted QoS 0: handled once queued.
             jetstream: (qos != QoS::AtMostOnce).then(|| Box::new(ack.clone())),
+            share: member.share.clone(),
         };
         let mut state = member.session.lock();
         if !(state.online && state.push(delivery)) {
@@ -688,6 +689,7 @@ fn delivery(
         subscription_ids: ids,
         stored: None,
         jetstream: None,
+        share: None,
     })
 }
 

@@ -138,6 +138,9 @@ where
         broker.store.session_opened(&client_id, session_expiry_s);
     }
     attached.session.lock().client = Some(Arc::new(client.clone()));
+    // Now that its expiry is known (it decides whether they are stored):
+    // what its share groups kept while no member was connected.
+    broker.serve_waiting(&attached.session, None);
     let mut properties = Properties::default();
     if version.is_v5() {
         properties.receive_maximum = Some(limits.max_inflight);

@@ -431,6 +431,11 @@ where
                 continue;
             }
             reasons.push(ReasonCode(options.qos as u8));
+            if shared {
+                // What the group kept while no member was connected.
+                self.broker.serve_waiting(&self.attached.session, Some(&filter));
+                self.want_drain = true;
+            }
             // Retained messages are never sent to shared subscriptions.
             let send_retained = !shared
                 && match options.retain_handling {
@@ -450,6 +455,7 @@ where
                         subscription_ids: sub_id.into_iter().collect(),
                         stored: None,
                         jetstream: None,
+                        share: None,
                     });
                 }
             }

@@ -101,11 +101,15 @@ pub enum DropReason {
     ClusterInbound,
     /// Over the publisher's `limits.max_publish_rate`.
     PublishRate,
+    /// A share group's message with no member connected to take it, and
+    /// no room left in the group's queue (`limits.max_queued_messages` or
+    /// `max_queued_bytes`).
+    ShareGroupFull,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::QueueFull,
         DropReason::OfflineQos0,
         DropReason::Expired,
@@ -116,6 +120,7 @@ impl DropReason {
         DropReason::Cluster,
         DropReason::ClusterInbound,
         DropReason::PublishRate,
+        DropReason::ShareGroupFull,
     ];
 
     /// The `reason` label.
@@ -131,6 +136,7 @@ impl DropReason {
             DropReason::Cluster => "cluster",
             DropReason::ClusterInbound => "cluster_inbound",
             DropReason::PublishRate => "publish_rate",
+            DropReason::ShareGroupFull => "share_group_full",
         }
     }
 }
@@ -221,6 +227,7 @@ pub struct Metrics {
     auth_failures: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    redispatched: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -242,6 +249,7 @@ impl Default for Metrics {
             auth_failures: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            redispatched: AtomicU64::new(0),
         }
     }
 }
@@ -277,6 +285,10 @@ pub struct Snapshot {
     pub reloads_ok: u64,
     /// Plugin reloads that failed (the previous set kept serving).
     pub reloads_failed: u64,
+    /// Share groups' QoS 1/2 messages a member gave up (its session
+    /// ended, or it stayed away past `limits.share_hold_ms`), sent on to
+    /// another member or to the group's queue.
+    pub redispatched: u64,
 }
 
 impl Snapshot {
@@ -371,6 +383,11 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Share groups' messages a member gave up went on to the others.
+    pub fn redispatched(&self, n: u64) {
+        add(&self.redispatched, n);
+    }
+
     /// Adds a connection's local counts and resets them.
     pub fn flush(&self, local: &mut LocalCounts) {
         if local.is_empty() {
@@ -405,6 +422,7 @@ impl Metrics {
             auth_failures: load(&self.auth_failures),
             reloads_ok: load(&self.reloads_ok),
             reloads_failed: load(&self.reloads_failed),
+            redispatched: load(&self.redispatched),
         }
     }
 }

@@ -29,6 +29,20 @@ pub struct Delivery {
     /// acknowledges it there once the client has it. Boxed: most
     /// deliveries have none, and every queued one carries the field.
     pub jetstream: Option<Box<JetStreamAck>>,
+    /// The shared subscription (`$share/{group}/{filter}`) that chose this
+    /// session for the message, if one did: should the session end (or
+    /// stay away too long) before its client has the message, it goes to
+    /// another member of that group instead of being lost.
+    pub share: Option<TopicFilter>,
+}
+
+impl Delivery {
+    /// Whether this is a share group's message that the client has not
+    /// yet received (for QoS 2: has not answered with PUBREC), and so
+    /// goes to another member if this one leaves. QoS 0 never does.
+    fn redispatchable(&self) -> bool {
+        self.share.is_some() && self.qos != QoS::AtMostOnce
+    }
 }
 
 /// How to acknowledge a message to JetStream: the stream sequence it is
@@ -296,6 +310,54 @@ impl SessionState {
         }
     }
 
+    /// Puts `deliveries` at the head of the queue, in their order,
+    /// whatever the bound: share groups' messages moved here from a member
+    /// that left (they are older than what is queued, and moving them
+    /// adds nothing to what the broker holds).
+    pub fn push_front(&mut self, deliveries: Vec<Delivery>) {
+        for delivery in deliveries.into_iter().rev() {
+            self.queued_bytes += queued_size(&delivery);
+            self.pending.push_front(delivery);
+        }
+    }
+
+    /// Takes out the share groups' QoS 1/2 messages that the client has
+    /// not received, to go to other members [MQTT-4.8.2]: in-flight ones
+    /// not yet acknowledged (QoS 2: no PUBREC yet), in send order, then
+    /// queued ones. A QoS 2 message the client sent PUBREC for stays: it
+    /// has it, and is only waiting for its PUBREL/PUBCOMP.
+    pub fn take_shared(&mut self) -> Vec<Delivery> {
+        let mut taken = Vec::new();
+        let inflight = std::mem::take(&mut self.inflight);
+        for entry in inflight {
+            if entry.state != InflightState::AwaitPubComp && entry.delivery.redispatchable() {
+                taken.push(entry.delivery);
+            } else {
+                self.inflight.push_back(entry);
+            }
+        }
+        if self.pending.iter().any(Delivery::redispatchable) {
+            let pending = std::mem::take(&mut self.pending);
+            self.queued_bytes = 0;
+            for delivery in pending {
+                if delivery.redispatchable() {
+                    taken.push(delivery);
+                } else {
+                    self.queued_bytes += queued_size(&delivery);
+                    self.pending.push_back(delivery);
+                }
+            }
+        }
+        taken
+    }
+
+    /// Whether the session holds share groups' messages that would go to
+    /// other members if it left ([`SessionState::take_shared`]).
+    pub fn holds_shared(&self) -> bool {
+        let inflight = self.inflight.iter().filter(|i| i.state != InflightState::AwaitPubComp);
+        self.pending.iter().chain(inflight.map(|i| &i.delivery)).any(Delivery::redispatchable)
+    }
+
     /// A packet id not used by any in-flight message.
     pub fn allocate_packet_id(&mut self) -> PacketId {
         loop {
@@ -360,6 +422,7 @@ mod tests {
                 subscription_ids: vec![],
                 stored: None,
                 jetstream: None,
+                share: None,
             },
             state: InflightState::AwaitPubAck,
         });
@@ -374,7 +437,15 @@ mod tests {
             false,
             &crate::codec::Properties::default(),
         ));
-        Delivery { message: msg, qos, retain: false, subscription_ids: vec![], stored: None, jetstream: None }
+        Delivery {
+            message: msg,
+            qos,
+            retain: false,
+            subscription_ids: vec![],
+            stored: None,
+            jetstream: None,
+            share: None,
+        }
     }
 
     #[test]
@@ -418,6 +489,7 @@ mod tests {
             subscription_ids: vec![],
             stored: None,
             jetstream: None,
+            share: None,
         };
         assert!(s.push(d.clone()));
         assert!(!s.push(d));

@@ -1,7 +1,7 @@
 //! The on-disk store: a `fjall` database (an LSM tree with a journal) in
 //! one directory, with a keyspace each for retained messages, sessions,
-//! subscriptions, session messages, incoming QoS 2 packet ids and pending
-//! wills.
+//! subscriptions, session messages, incoming QoS 2 packet ids, pending
+//! wills and the messages waiting in share groups.
 //!
 //! Reads happen once, at [`DiskStore::open`], which decodes everything so a
 //! corrupt store stops start-up there, naming the directory. Writes go
@@ -50,6 +50,7 @@ impl DiskStore {
             messages: keyspace("messages")?,
             incoming: keyspace("incoming")?,
             wills: keyspace("wills")?,
+            shares: keyspace("shares")?,
             db: db.clone(),
         };
         restrict_permissions(path).map_err(|e| open_err(&e))?;
@@ -156,6 +157,16 @@ impl Store for DiskStore {
         self.queue.send(Op::Will(client_id.clone(), will.cloned()));
     }
 
+    fn share_queued(&self, share: &TopicFilter, delivery: &Delivery) -> Option<u64> {
+        let seq = self.queue.next_seq();
+        self.queue.send(Op::ShareAppend(share.as_str().into(), seq, delivery.clone()));
+        Some(seq)
+    }
+
+    fn share_taken(&self, share: &TopicFilter, key: u64) {
+        self.queue.send(Op::ShareRemove(share.as_str().into(), key));
+    }
+
     fn group(&self) -> Group {
         self.queue.group()
     }
@@ -248,7 +259,37 @@ fn read_all(parts: &Parts) -> Result<(Recovered, u64, Vec<Arc<str>>), String> {
             next_seq = next_seq.max(seq + 1);
         }
     }
+    next_seq = next_seq.max(read_shares(parts, &mut recovered, (now, now_ms))?);
     Ok((recovered, next_seq, expired))
+}
+
+/// Reads the messages waiting in share groups (expired ones left out);
+/// returns the sequence number after the highest key.
+fn read_shares(parts: &Parts, recovered: &mut Recovered, now: (Instant, u64)) -> Result<u64, String> {
+    let mut next_seq = 0;
+    for kv in parts.shares.iter() {
+        let (key, value) = kv.into_inner().map_err(|e| e.to_string())?;
+        let seq = key_seq(&key).ok_or_else(|| bad("shares", &key, &"short key"))?;
+        next_seq = next_seq.max(seq + 1);
+        // `share`, 0, `seq`.
+        let share = key.len().checked_sub(9).and_then(|end| key.get(..end)).and_then(|s| std::str::from_utf8(s).ok());
+        let share = share
+            .and_then(|s| TopicFilter::new(s).ok())
+            .filter(|f| f.share_group().is_some())
+            .ok_or_else(|| bad("shares", &key, &"not a shared subscription"))?;
+        let record = DeliveryRecord::decode(&value).map_err(|e| bad("shares", &key, &e))?;
+        if record.message.is_expired(now.1) {
+            continue;
+        }
+        let Ok(delivery) = record.into_parts(seq, now.0, now.1).map_err(|e| bad("shares", &key, &e))? else {
+            return Err(bad("shares", &key, &"in flight"));
+        };
+        match recovered.shared.last_mut() {
+            Some((last, deliveries)) if *last == share => deliveries.push(delivery),
+            _ => recovered.shared.push((share, vec![delivery])),
+        }
+    }
+    Ok(next_seq)
 }
 
 /// The sequence number at the end of a message key.
@@ -285,7 +326,7 @@ fn read_session(parts: &Parts, session: &mut StoredSession, now: (Instant, u64))
     }
     for kv in parts.messages.prefix(&prefix) {
         let (key, value) = kv.into_inner().map_err(|e| e.to_string())?;
-        let record: DeliveryRecord = record::decode(&value).map_err(|e| bad("messages", &key, &e))?;
+        let record = DeliveryRecord::decode(&value).map_err(|e| bad("messages", &key, &e))?;
         if record.inflight.is_none() && record.message.is_expired(now.1) {
             continue;
         }

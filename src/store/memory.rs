@@ -21,6 +21,9 @@ pub struct MemoryStore {
 struct Inner {
     retained: HashMap<TopicName, Arc<Message>>,
     sessions: BTreeMap<Arc<str>, StoredSession>,
+    /// Share groups' waiting messages by key (keys grow, so in order).
+    shared: BTreeMap<TopicFilter, BTreeMap<u64, Delivery>>,
+    next_key: u64,
 }
 
 impl Inner {
@@ -86,6 +89,24 @@ impl Store for MemoryStore {
         }
     }
 
+    fn share_queued(&self, share: &TopicFilter, delivery: &Delivery) -> Option<u64> {
+        let mut inner = self.inner.lock();
+        let key = inner.next_key;
+        inner.next_key += 1;
+        inner.shared.entry(share.clone()).or_default().insert(key, Delivery { stored: Some(key), ..delivery.clone() });
+        Some(key)
+    }
+
+    fn share_taken(&self, share: &TopicFilter, key: u64) {
+        let mut inner = self.inner.lock();
+        if let Some(group) = inner.shared.get_mut(share) {
+            group.remove(&key);
+            if group.is_empty() {
+                inner.shared.remove(share);
+            }
+        }
+    }
+
     fn will(&self, client_id: &Arc<str>, will: Option<&PendingWill>) {
         if let Some(s) = self.inner.lock().session(client_id) {
             s.will = will.cloned();
@@ -97,6 +118,11 @@ impl Store for MemoryStore {
         Ok(Recovered {
             retained: inner.retained.values().cloned().collect(),
             sessions: inner.sessions.values().cloned().collect(),
+            shared: inner
+                .shared
+                .iter()
+                .map(|(share, group)| (share.clone(), group.values().cloned().collect()))
+                .collect(),
         })
     }
 }

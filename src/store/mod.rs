@@ -8,8 +8,9 @@
 //! or offline) as they are queued, their QoS 2 handshake state as it moves,
 //! their removal once acknowledged, and a session's queued and
 //! unacknowledged messages again when its connection ends and at shutdown,
-//! the QoS 2 packet ids received from its client until released, and a
-//! will waiting for its delay.
+//! the QoS 2 packet ids received from its client until released, a
+//! will waiting for its delay, and the QoS 1/2 messages a share group
+//! keeps while none of its members is connected.
 //!
 //! [`MemoryStore`] is the default (`durability = "none"` without a
 //! directory). [`DiskStore`] keeps the copy in a `fjall` database, written
@@ -98,6 +99,10 @@ pub struct Recovered {
     pub retained: Vec<Arc<Message>>,
     /// Sessions that had not ended.
     pub sessions: Vec<StoredSession>,
+    /// Messages waiting in share groups for a member, by shared
+    /// subscription (`$share/{group}/{filter}`), oldest first, each with
+    /// its key.
+    pub shared: Vec<(TopicFilter, Vec<Delivery>)>,
 }
 
 /// Durable storage for sessions and retained messages.
@@ -152,6 +157,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// (acknowledged, not routed twice) and a released id is free again.
     fn incoming_qos2(&self, client_id: &Arc<str>, packet_id: PacketId, received: bool) {
         let _ = (client_id, packet_id, received);
+    }
+    /// A QoS 1/2 message waits in share group `share` (its shared
+    /// subscription) for a member to connect: keep it. Returns the key it
+    /// is kept under (for [`Store::share_taken`]), or `None` if this store
+    /// does not keep messages one by one. Called under the group queue's
+    /// lock, so keys follow the queue's order.
+    fn share_queued(&self, share: &TopicFilter, delivery: &Delivery) -> Option<u64> {
+        let _ = (share, delivery);
+        None
+    }
+    /// The message kept under `key` for share group `share` left the
+    /// group's queue (to a member, which keeps it its own way): forget it.
+    fn share_taken(&self, share: &TopicFilter, key: u64) {
+        let _ = (share, key);
     }
     /// A will now waits for its delay (`Some`), or no longer does (`None`:
     /// published, or cancelled by a reconnect), so a crash in between

@@ -69,6 +69,11 @@ pub(crate) enum Op {
     Incoming(Arc<str>, u16, bool),
     /// A will waits for its delay, or no longer does.
     Will(Arc<str>, Option<super::PendingWill>),
+    /// A message waits, under its key, in a share group's queue (named by
+    /// its shared subscription).
+    ShareAppend(Arc<str>, u64, Delivery),
+    /// A message left a share group's queue.
+    ShareRemove(Arc<str>, u64),
     /// Opens a group: no commit until its [`Op::GroupEnd`] (see
     /// [`super::Store::group`]). Not counted.
     GroupBegin,
@@ -97,6 +102,7 @@ pub(super) struct Parts {
     pub messages: Keyspace,
     pub incoming: Keyspace,
     pub wills: Keyspace,
+    pub shares: Keyspace,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -107,6 +113,7 @@ enum Part {
     Messages,
     Incoming,
     Wills,
+    Shares,
 }
 
 impl Parts {
@@ -118,6 +125,7 @@ impl Parts {
             Part::Messages => &self.messages,
             Part::Incoming => &self.incoming,
             Part::Wills => &self.wills,
+            Part::Shares => &self.shares,
         }
     }
 }
@@ -131,8 +139,10 @@ pub(super) fn client_prefix(client_id: &str) -> Vec<u8> {
     key
 }
 
-/// `client_id`, 0, `seq`: the key of one of a session's messages.
-fn message_key(client_id: &str, seq: u64) -> Vec<u8> {
+/// `client_id`, 0, `seq`: the key of one of a session's messages; and
+/// `share`, 0, `seq`: of a message waiting in a share group (named by its
+/// shared subscription, which has no U+0000 either).
+pub(super) fn message_key(client_id: &str, seq: u64) -> Vec<u8> {
     let mut key = client_prefix(client_id);
     key.extend_from_slice(&seq.to_be_bytes());
     key
@@ -398,6 +408,11 @@ impl Writer {
                 };
                 self.stage(Part::Wills, client.as_bytes().to_vec(), value);
             }
+            Op::ShareAppend(share, seq, delivery) => {
+                let record = DeliveryRecord::pending(&delivery, now.0, now.1);
+                self.stage(Part::Shares, message_key(&share, seq), Some(record.encode()));
+            }
+            Op::ShareRemove(share, seq) => self.stage(Part::Shares, message_key(&share, seq), None),
             Op::Flush | Op::Close | Op::GroupBegin | Op::GroupEnd => {}
         }
     }
@@ -421,7 +436,7 @@ impl Writer {
     }
 
     fn put_message(&mut self, client: &str, seq: u64, record: &DeliveryRecord) {
-        self.stage(Part::Messages, message_key(client, seq), Some(record::encode(record)));
+        self.stage(Part::Messages, message_key(client, seq), Some(record.encode()));
     }
 
     /// The session's record, staged or stored.
