@@ -73,7 +73,7 @@ impl Router {
     /// Adds or replaces `session`'s subscription. Returns whether the
     /// session already had a subscription with this filter.
     pub fn subscribe(&self, session: &Arc<Session>, filter: &TopicFilter, sub: &crate::session::Subscription) -> bool {
-        let share = filter.share_group().is_some().then(|| filter.clone());
+        let share = filter.share_group().is_some().then(|| Arc::new(filter.clone()));
         let subscriber = Subscriber { session: session.clone(), options: sub.options, id: sub.id, share };
         let mut trie = self.trie.write();
         let existed = trie.insert(filter.filter(), filter.share_group(), subscriber);
@@ -176,14 +176,15 @@ impl Router {
         if let Some(me) = publisher {
             matches.retain(|m| !(m.no_local && Arc::ptr_eq(&m.session, me)));
         }
-        // A share group's copy is a delivery of its own, even to a member
-        // that also has a plain subscription matching [MQTT-4.8.2]: it
-        // goes to another member should this one leave.
-        let (shared, mut matches): (Vec<Match>, Vec<Match>) = matches.into_iter().partition(|m| m.share.is_some());
         // Overlapping subscriptions of one session get one delivery at the
         // highest granted QoS carrying every subscription identifier
-        // [MQTT-3.3.4-2], [MQTT-3.3.4-3].
-        matches.sort_unstable_by_key(|m| Arc::as_ptr(&m.session));
+        // [MQTT-3.3.4-2], [MQTT-3.3.4-3]. A share group's copy is a
+        // delivery of its own, even to a member that also has a plain
+        // subscription matching [MQTT-4.8.2]: it goes to another member
+        // should this one leave. Those come last.
+        matches.sort_unstable_by_key(|m| (m.share.is_some(), Arc::as_ptr(&m.session)));
+        let plain = matches.iter().take_while(|m| m.share.is_none()).count();
+        let (matches, shared) = matches.split_at(plain);
         let mut i = 0;
         while i < matches.len() {
             let mut j = i + 1;
@@ -216,7 +217,7 @@ impl Router {
                 subscription_ids: member.id.into_iter().collect(),
                 stored: None,
                 jetstream: None,
-                share: member.share,
+                share: member.share.clone(),
             };
             let target = Target { session: &member.session, covered: false, publisher };
             target.offer(delivery, store, metrics, held.as_deref_mut());

@@ -103,7 +103,7 @@ impl Router {
     /// bound; the rest is dropped and counted.
     pub(super) fn wait_in_group(
         &self,
-        share: &TopicFilter,
+        share: &Arc<TopicFilter>,
         message: &Arc<super::Message>,
         store: &dyn Store,
         metrics: &Metrics,
@@ -154,7 +154,7 @@ impl Router {
     /// The member that gave them up is no candidate: it is gone, or away.
     pub fn redispatch(&self, deliveries: Vec<Delivery>, store: &dyn Store, metrics: &Metrics) {
         let now = Instant::now();
-        let mut by_group: Vec<(TopicFilter, Vec<Delivery>)> = Vec::new();
+        let mut by_group: Vec<(Arc<TopicFilter>, Vec<Delivery>)> = Vec::new();
         let mut expired = 0;
         for delivery in deliveries {
             let Some(share) = delivery.share.clone() else { continue };

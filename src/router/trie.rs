@@ -21,7 +21,7 @@ pub struct Subscriber {
     pub id: Option<u32>,
     /// For a member of a share group: its shared subscription
     /// (`$share/{group}/{filter}`), which deliveries through it carry.
-    pub share: Option<TopicFilter>,
+    pub share: Option<Arc<TopicFilter>>,
 }
 
 /// A match found for a topic: one subscription of one session.
@@ -38,7 +38,7 @@ pub struct Match {
     /// Subscription identifier.
     pub id: Option<u32>,
     /// The shared subscription, when the match is a share group's member.
-    pub share: Option<TopicFilter>,
+    pub share: Option<Arc<TopicFilter>>,
 }
 
 impl Match {
@@ -138,7 +138,13 @@ impl Trie {
     /// [`Trie::matches`], leaving out the share groups unless `groups`;
     /// the shared subscriptions of matching groups with no member
     /// connected go to `unserved` (one per group).
-    pub fn matches_scoped(&self, topic: &str, groups: bool, out: &mut Vec<Match>, unserved: &mut Vec<TopicFilter>) {
+    pub fn matches_scoped(
+        &self,
+        topic: &str,
+        groups: bool,
+        out: &mut Vec<Match>,
+        unserved: &mut Vec<Arc<TopicFilter>>,
+    ) {
         let levels: Vec<&str> = topic.split('/').collect();
         let system = topic.starts_with('$');
         let mut found = Found { out, unserved, groups };
@@ -153,7 +159,7 @@ impl Trie {
 
     /// The shared subscription of share group `group` of `filter`, while
     /// the group has members.
-    pub fn group_key(&self, filter: &str, group: &str) -> Option<TopicFilter> {
+    pub fn group_key(&self, filter: &str, group: &str) -> Option<Arc<TopicFilter>> {
         self.group(filter, group)?.members.iter().find_map(|m| m.share.clone())
     }
 
@@ -211,7 +217,7 @@ fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, session: &Ar
 /// Where [`collect`] puts what it finds.
 struct Found<'a> {
     out: &'a mut Vec<Match>,
-    unserved: &'a mut Vec<TopicFilter>,
+    unserved: &'a mut Vec<Arc<TopicFilter>>,
     /// Whether share groups are included at all.
     groups: bool,
 }
@@ -270,7 +276,7 @@ mod tests {
     }
 
     fn member(session: &Arc<Session>, filter: &str) -> Subscriber {
-        let share = Some(TopicFilter::new(filter).expect("valid"));
+        let share = Some(Arc::new(TopicFilter::new(filter).expect("valid")));
         Subscriber { share, ..sub(session) }
     }
 
@@ -345,9 +351,9 @@ mod tests {
         let (mut out, mut unserved) = (Vec::new(), Vec::new());
         t.matches_scoped("t/1", true, &mut out, &mut unserved);
         assert!(out.is_empty(), "no member away gets it");
-        assert_eq!(unserved.iter().map(TopicFilter::as_str).collect::<Vec<_>>(), ["$share/g/t/#"]);
+        assert_eq!(unserved.iter().map(|s| s.as_str()).collect::<Vec<_>>(), ["$share/g/t/#"]);
         assert!(t.group_member("t/#", "g").is_none());
-        assert_eq!(t.group_key("t/#", "g").as_ref().map(TopicFilter::as_str), Some("$share/g/t/#"));
+        assert_eq!(t.group_key("t/#", "g").as_deref().map(TopicFilter::as_str), Some("$share/g/t/#"));
         assert!(t.group_online("t/#", "g").is_empty());
     }
 }

@@ -32,8 +32,9 @@ pub struct Delivery {
     /// The shared subscription (`$share/{group}/{filter}`) that chose this
     /// session for the message, if one did: should the session end (or
     /// stay away too long) before its client has the message, it goes to
-    /// another member of that group instead of being lost.
-    pub share: Option<TopicFilter>,
+    /// another member of that group instead of being lost. Shared with
+    /// the subscription: one pointer per queued message.
+    pub share: Option<Arc<TopicFilter>>,
 }
 
 impl Delivery {
@@ -470,6 +471,49 @@ mod tests {
         assert_eq!(s.queued_bytes, 0);
         // A message larger than the bound still fits an empty queue.
         assert!(s.push(delivery(QoS::AtLeastOnce, &[b'x'; 64])));
+    }
+
+    #[test]
+    fn a_queued_delivery_stays_small() {
+        // Every queued message is one: the share group is a pointer to
+        // the subscription's filter, not a copy of it.
+        let size = std::mem::size_of::<Delivery>();
+        assert!(size <= 72, "a delivery takes {size} bytes");
+    }
+
+    #[test]
+    fn share_groups_messages_not_yet_received_are_taken_in_order() {
+        let share = Some(Arc::new(TopicFilter::new("$share/g/t").expect("valid")));
+        let shared = |qos, payload| Delivery { share: share.clone(), ..delivery(qos, payload) };
+        let mut s = SessionState::new(QueueBound { messages: 100, bytes: 0 });
+        let id = |n| PacketId::new(n).expect("non-zero");
+        let states = [InflightState::AwaitPubAck, InflightState::AwaitPubRec, InflightState::AwaitPubComp];
+        for (n, (state, payload)) in states.into_iter().zip([&b"ack"[..], b"rec", b"comp"]).enumerate() {
+            let delivery = shared(if n == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce }, payload);
+            s.inflight.push_back(Inflight { packet_id: id(n as u16 + 1), delivery, state });
+        }
+        s.inflight.push_back(Inflight {
+            packet_id: id(9),
+            delivery: delivery(QoS::AtLeastOnce, b"plain"),
+            state: InflightState::AwaitPubAck,
+        });
+        for (qos, payload) in [(QoS::AtLeastOnce, &b"q1"[..]), (QoS::AtMostOnce, b"q0"), (QoS::ExactlyOnce, b"q2")] {
+            assert!(s.push(shared(qos, payload)));
+        }
+        assert!(s.push(delivery(QoS::AtLeastOnce, b"plain-queued")));
+        assert!(s.holds_shared());
+        let taken: Vec<_> = s.take_shared().into_iter().map(|d| d.message.payload.clone()).collect();
+        assert_eq!(taken, ["ack", "rec", "q1", "q2"], "in flight first, in order; QoS 0 and PUBREC'd stay");
+        assert!(!s.holds_shared());
+        let left: Vec<_> = s.inflight.iter().map(|i| i.delivery.message.payload.clone()).collect();
+        assert_eq!(left, ["comp", "plain"]);
+        let left: Vec<_> = s.pending.iter().map(|d| d.message.payload.clone()).collect();
+        assert_eq!(left, ["q0", "plain-queued"]);
+        assert_eq!(s.queued_bytes, 1 + 2 + 1 + 12, "the byte count follows");
+        s.push_front(vec![shared(QoS::AtLeastOnce, b"back-1"), shared(QoS::AtLeastOnce, b"back-2")]);
+        let order: Vec<_> = s.pending.iter().map(|d| d.message.payload.clone()).collect();
+        assert_eq!(order, ["back-1", "back-2", "q0", "plain-queued"]);
+        assert_eq!(s.queued_bytes, 16 + 7 + 7);
     }
 
     #[test]

@@ -249,7 +249,7 @@ impl DeliveryRecord {
     /// Back to a pending delivery or an in-flight entry, kept under `seq`.
     pub fn into_parts(self, seq: u64, now: Instant, now_ms: u64) -> Result<Result<Delivery, Inflight>, DecodeError> {
         let share = match self.share.as_deref().map(TopicFilter::new).transpose() {
-            Ok(share) => share.filter(|f| f.share_group().is_some()),
+            Ok(share) => share.filter(|f| f.share_group().is_some()).map(Arc::new),
             Err(e) => return Err(DecodeError(format!("bad shared subscription: {e}"))),
         };
         let delivery = Delivery {
@@ -330,7 +330,7 @@ mod tests {
             subscription_ids: vec![7],
             stored: None,
             jetstream: None,
-            share: Some(TopicFilter::new("$share/g/a/#").expect("valid")),
+            share: Some(Arc::new(TopicFilter::new("$share/g/a/#").expect("valid"))),
         };
         let packet_id = PacketId::new(42).expect("non-zero");
         let inflight = Inflight { packet_id, delivery, state: InflightState::AwaitPubComp };
@@ -342,7 +342,7 @@ mod tests {
         assert_eq!(back.state, InflightState::AwaitPubComp);
         assert_eq!(back.delivery.subscription_ids, vec![7]);
         assert_eq!(back.delivery.qos, QoS::AtLeastOnce);
-        assert_eq!(back.delivery.share.as_ref().map(TopicFilter::as_str), Some("$share/g/a/#"));
+        assert_eq!(back.delivery.share.as_deref().map(TopicFilter::as_str), Some("$share/g/a/#"));
         // A record written before the shared subscription was (none after
         // the record proper) reads as one without.
         let old = encode(&DeliveryRecord::inflight(&inflight, now, ms));

@@ -214,7 +214,7 @@ fn share_groups_waiting_messages_survive_until_taken_and_keys_stay_unique() {
         let store = open(&path);
         store.session_opened(&client, 60);
         let mut held = delivery(&message("a/1", b"held", false, None));
-        held.share = Some(g.clone());
+        held.share = Some(Arc::new(g.clone()));
         // A member's message keeps its share group through the store.
         held.stored = store.queued(&client, &held);
         let keys: Vec<u64> = [&b"one"[..], b"two", b"three"]
@@ -224,7 +224,7 @@ fn share_groups_waiting_messages_survive_until_taken_and_keys_stay_unique() {
                     payload: Bytes::copy_from_slice(p),
                     ..(*message("a/1", b"", false, None)).clone()
                 }));
-                store.share_queued(&g, &Delivery { share: Some(g.clone()), ..d }).expect("kept")
+                store.share_queued(&g, &Delivery { share: Some(Arc::new(g.clone())), ..d }).expect("kept")
             })
             .collect();
         store.share_queued(&h, &delivery(&message("a", b"other group", false, None))).expect("kept");
@@ -236,7 +236,7 @@ fn share_groups_waiting_messages_survive_until_taken_and_keys_stay_unique() {
     std::thread::sleep(Duration::from_millis(1100));
     let store = open(&path);
     let recovered = store.recover().expect("recovers");
-    assert_eq!(recovered.sessions[0].pending[0].share.as_ref(), Some(&g));
+    assert_eq!(recovered.sessions[0].pending[0].share.as_deref(), Some(&g));
     let groups: Vec<(&str, Vec<&[u8]>)> = recovered
         .shared
         .iter()

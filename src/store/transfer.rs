@@ -186,7 +186,7 @@ mod tests {
             packet_id: PacketId::new(9).expect("non-zero"),
             delivery: Delivery {
                 jetstream: Some(Box::new(ack.clone())),
-                share: Some(TopicFilter::new("$share/g/a/#").expect("valid")),
+                share: Some(Arc::new(TopicFilter::new("$share/g/a/#").expect("valid"))),
                 ..delivery("sent", Some(4))
             },
             state: InflightState::AwaitPubRec,
@@ -214,7 +214,7 @@ mod tests {
         let [sent] = &back.inflight[..] else { panic!("one in flight") };
         assert_eq!((sent.packet_id.get(), sent.state, sent.delivery.stored), (9, InflightState::AwaitPubRec, None));
         assert_eq!((sent.delivery.jetstream.as_deref(), queued.jetstream.as_deref()), (Some(&ack), None));
-        assert_eq!(sent.delivery.share.as_ref().map(TopicFilter::as_str), Some("$share/g/a/#"));
+        assert_eq!(sent.delivery.share.as_deref().map(TopicFilter::as_str), Some("$share/g/a/#"));
         assert!(queued.share.is_none());
         assert!(decode_session(b"\x01garbage").is_err());
     }
