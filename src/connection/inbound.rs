@@ -235,10 +235,15 @@ where
     /// got that far.
     pub(super) fn offer_held(&mut self) -> Result<bool, Close> {
         let Some(held) = &mut self.held else { return Ok(true) };
+        let (store, metrics) = (&*self.broker.store, &self.broker.metrics);
         for Held { session, delivery } in std::mem::take(&mut held.deliveries) {
             // Not left to JetStream: a session kept since its consumer was
             // made after the message (it takes only new ones).
-            Held::offer(&session, delivery, false, &*self.broker.store, &self.broker.metrics, &mut held.deliveries);
+            let away = Held::offer(&session, delivery, false, store, metrics, &mut held.deliveries);
+            if let Some(delivery) = away {
+                // Its share group's member left meanwhile: another takes it.
+                self.broker.router.redispatch(vec![delivery], store, metrics);
+            }
         }
         if !held.deliveries.is_empty() {
             return Ok(false);

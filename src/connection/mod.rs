@@ -195,6 +195,8 @@ where
             if self.want_drain {
                 self.want_drain = false;
                 self.drain();
+                // Room may have opened for what share groups keep waiting.
+                self.broker.serve_waiting(&session, None);
             }
             #[cfg(feature = "cluster")]
             if std::mem::take(&mut self.subscriptions_changed) {

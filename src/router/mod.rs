@@ -21,7 +21,7 @@ pub use trie::{Match, Subscriber};
 
 use crate::codec::{QoS, TopicFilter};
 use crate::metrics::{DropReason, Metrics};
-use crate::session::{Delivery, Held, Session};
+use crate::session::{Delivery, Held, Refusal, Session};
 use crate::store::Store;
 
 /// Which subscriptions a message is routed to.
@@ -205,7 +205,7 @@ impl Router {
             // A kept session's consumer has the message (share groups have
             // their own).
             let target = Target { session: &group[0].session, covered: in_queue, publisher };
-            target.offer(delivery, store, metrics, held.as_deref_mut());
+            target.offer(self, delivery, store, metrics, held.as_deref_mut());
             delivered += 1;
             i = j;
         }
@@ -220,7 +220,7 @@ impl Router {
                 share: member.share.clone(),
             };
             let target = Target { session: &member.session, covered: false, publisher };
-            target.offer(delivery, store, metrics, held.as_deref_mut());
+            target.offer(self, delivery, store, metrics, held.as_deref_mut());
             delivered += 1;
         }
         delivered
@@ -239,18 +239,40 @@ struct Target<'a> {
 impl Target<'_> {
     /// Queues `delivery` (a full queue still counts as a matching
     /// subscriber for the v5 PUBACK reason; the drop is counted instead),
-    /// or, with `held`, hands back what a full queue refuses.
-    fn offer(&self, delivery: Delivery, store: &dyn Store, metrics: &Metrics, held: Option<&mut Vec<Held>>) {
+    /// or, with `held`, hands back what a full queue refuses. A share
+    /// group's delivery whose member left meanwhile goes to another.
+    fn offer(
+        &self,
+        router: &Router,
+        delivery: Delivery,
+        store: &dyn Store,
+        metrics: &Metrics,
+        held: Option<&mut Vec<Held>>,
+    ) {
         // Never the publisher's own session: its queue drains as its
         // client acknowledges, which the held-back publisher would not
         // be reading.
         let own = self.publisher.is_some_and(|me| Arc::ptr_eq(me, self.session));
-        match held.filter(|_| !own) {
+        let away = match held.filter(|_| !own) {
             Some(held) => Held::offer(self.session, delivery, self.covered, store, metrics, held),
             None => match self.session.enqueue_and_store(delivery, Some(store), self.covered) {
-                Ok(evicted) => metrics.dropped(DropReason::QueueFull, evicted as u64),
-                Err(reason) => metrics.dropped(reason, 1),
+                Ok(evicted) => {
+                    metrics.dropped(DropReason::QueueFull, evicted as u64);
+                    None
+                }
+                Err(Refusal::Away(delivery)) => Some(delivery),
+                Err(Refusal::Dropped(reason)) => {
+                    metrics.dropped(reason, 1);
+                    None
+                }
+                Err(Refusal::Full(_)) => {
+                    metrics.dropped(DropReason::QueueFull, 1);
+                    None
+                }
             },
+        };
+        if let Some(delivery) = away {
+            router.redispatch(vec![delivery], store, metrics);
         }
     }
 }

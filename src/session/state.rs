@@ -311,10 +311,33 @@ impl SessionState {
         }
     }
 
-    /// Puts `deliveries` at the head of the queue, in their order,
-    /// whatever the bound: share groups' messages moved here from a member
-    /// that left (they are older than what is queued, and moving them
-    /// adds nothing to what the broker holds).
+    /// How many of `deliveries`, in their order, the queue has room for
+    /// now (as [`SessionState::push`] would take them one by one).
+    pub fn fitting(&self, deliveries: &[Delivery]) -> usize {
+        let (mut len, mut bytes) = (self.pending.len(), self.queued_bytes);
+        let mut n = 0;
+        for delivery in deliveries {
+            if !self.fits_with(len, bytes, delivery) {
+                break;
+            }
+            len += 1;
+            bytes += queued_size(delivery);
+            n += 1;
+        }
+        n
+    }
+
+    /// Room left in the queue: messages, and bytes (`None` without a byte
+    /// bound).
+    pub fn room(&self) -> (usize, Option<usize>) {
+        let messages = self.bound.messages.saturating_sub(self.pending.len());
+        let bytes = (self.bound.bytes > 0).then(|| self.bound.bytes.saturating_sub(self.queued_bytes));
+        (messages, bytes)
+    }
+
+    /// Puts `deliveries` at the head of the queue, in their order, whatever
+    /// the bound (see [`SessionState::fitting`]): share groups' messages
+    /// moved here, older than what is queued.
     pub fn push_front(&mut self, deliveries: Vec<Delivery>) {
         for delivery in deliveries.into_iter().rev() {
             self.queued_bytes += queued_size(&delivery);
@@ -514,6 +537,14 @@ mod tests {
         let order: Vec<_> = s.pending.iter().map(|d| d.message.payload.clone()).collect();
         assert_eq!(order, ["back-1", "back-2", "q0", "plain-queued"]);
         assert_eq!(s.queued_bytes, 16 + 7 + 7);
+        assert_eq!(s.room(), (96, None));
+        // Room for 2 more messages and 9 bytes: one of 5 bytes, not two.
+        let mut s = SessionState::new(QueueBound { messages: 3, bytes: 11 });
+        assert!(s.push(delivery(QoS::AtLeastOnce, b"x")));
+        assert_eq!(s.room(), (2, Some(9)));
+        let more = [b"abcd", b"efgh", b"ijkl"].map(|p| delivery(QoS::AtLeastOnce, p));
+        assert_eq!(s.fitting(&more), 1);
+        assert_eq!(SessionState::new(QueueBound::messages(2)).fitting(&more), 2);
     }
 
     #[test]

@@ -304,3 +304,74 @@ async fn mqtt_4_8_2_qos2_messages_go_on_only_if_the_member_had_not_sent_pubrec()
     let again: Vec<_> = got.keys().filter(|n| pubrec.contains(n)).collect();
     assert!(again.is_empty(), "the leaving member had these (PUBREC), yet they went on: {again:?}");
 }
+
+/// A publisher held back by a member's full queue
+/// (`limits.queue_full_wait_ms`) when that member leaves: the message it
+/// holds goes to another member, not to the session that ended.
+#[tokio::test]
+async fn a_message_held_for_a_leaving_members_full_queue_goes_to_another_member() {
+    const N: usize = 10;
+    let broker = TestBroker::with(|c| {
+        c.limits.max_queued_messages = 2;
+        c.limits.queue_full_wait_ms = 60_000;
+    })
+    .await;
+    let mut survivor = willing(&broker, "survivor").await;
+    // One message in flight at a time, never acknowledged: its queue fills.
+    let mut slow = stubborn(&broker, "slow", |o| {
+        o.set_receive_maximum(Some(1));
+    })
+    .await;
+    let mut publisher = broker.v5("p").await;
+    for i in 0..N {
+        publisher.client.publish(format!("w/{i}"), Q5::AtLeastOnce, false, i.to_string()).await.expect("publish");
+    }
+    slow.publish().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !broker.broker.sessions.get("slow").is_some_and(|s| s.lock().publishers_waiting) {
+        assert!(tokio::time::Instant::now() < deadline, "the publisher was never held");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    slow.kill();
+    let mut acked = 0;
+    while acked < N {
+        acked += usize::from(matches!(publisher.next().await, Some(V5Packet::PubAck(_))));
+    }
+    let want: BTreeSet<usize> = (0..N).collect();
+    none_lost(&collect(&mut survivor, &want).await, &want);
+}
+
+/// What a leaving member gave up goes to the others only as far as their
+/// queues have room (members coming and going cannot grow a queue past
+/// `limits.max_queued_messages`); the rest waits in the group and follows
+/// as the member takes from its queue.
+#[tokio::test]
+async fn given_up_messages_fill_a_members_queue_to_its_bound_and_the_rest_follows_as_it_drains() {
+    const N: usize = 10;
+    let broker = TestBroker::with(|c| c.limits.max_queued_messages = 5).await;
+    // One message in flight at a time: the rest of its share queues.
+    let mut slow = stubborn(&broker, "slow", |o| {
+        o.set_receive_maximum(Some(1));
+    })
+    .await;
+    let mut doomed = stubborn(&broker, "doomed", |_| {}).await;
+    let mut publisher = broker.v5("p").await;
+    publish_acked(&mut publisher, 0..N, Q5::AtLeastOnce).await;
+    let first = slow.publish().await;
+    doomed.publish().await;
+    doomed.kill();
+    until_session_ended(&broker, "doomed").await;
+    let queued = broker.broker.sessions.get("slow").map(|s| s.lock().pending.len()).expect("session");
+    assert_eq!(queued, 5, "filled to its bound, not past it");
+    assert_eq!(broker.broker.router.share_waiting(), N - 1 - queued, "the rest waits in the group");
+    // It acknowledges from now on: the group's messages follow.
+    slow.client.ack(&first).await.expect("ack");
+    let mut got = BTreeSet::from([number(&first)]);
+    while got.len() < N {
+        let Some(p) = slow.try_publish(WAIT).await else { break };
+        slow.client.ack(&p).await.expect("ack");
+        got.insert(number(&p));
+    }
+    assert_eq!(got, (0..N).collect::<BTreeSet<_>>());
+    assert_eq!(broker.broker.router.share_waiting(), 0);
+}
