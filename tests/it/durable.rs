@@ -829,3 +829,45 @@ fn a_share_groups_waiting_messages_survive_sigkill() {
     moat.kill().expect("stop");
     moat.wait().expect("reaped");
 }
+
+/// Issue 28: a member that keeps its session holds its share group's
+/// messages across a restart (they are stored as its own, with their
+/// group), and past `limits.share_hold_ms` after the restart, as after a
+/// disconnect, they go to another member.
+#[tokio::test]
+async fn an_absent_members_share_messages_go_to_another_member_after_a_restart() {
+    const N: usize = 6;
+    let dir = tempfile::tempdir().expect("tempdir");
+    with_broker(open(dir.path()), async |broker| {
+        let mut away = broker
+            .v5_with("away", |o| {
+                o.set_manual_acks(true);
+                o.set_clean_start(false);
+                o.set_session_expiry_interval(Some(600));
+            })
+            .await;
+        away.subscribe("$share/g/job/#", Q5::AtLeastOnce).await;
+        let publisher = broker.v5("p").await;
+        for i in 0..N {
+            publisher.client.publish(format!("job/{i}"), Q5::AtLeastOnce, false, i.to_string()).await.expect("publish");
+        }
+        for _ in 0..N {
+            away.publish().await;
+        }
+        away.kill();
+    })
+    .await;
+
+    let store = open(dir.path());
+    let broker = TestBroker::with_store(store.clone(), |c| c.limits.share_hold_ms = 200).await;
+    let mut next = broker.v5("next").await;
+    next.subscribe("$share/g/job/#", Q5::AtLeastOnce).await;
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < N {
+        let Some(p) = next.try_publish(crate::harness::WAIT).await else { break };
+        got.insert(String::from_utf8_lossy(&p.payload).parse::<usize>().expect("a number"));
+    }
+    assert_eq!(got, (0..N).collect(), "handed on after the hold");
+    broker.stop().await;
+    store.close();
+}
