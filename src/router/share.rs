@@ -27,7 +27,7 @@ use parking_lot::Mutex;
 use super::{Match, Router};
 use crate::codec::{QoS, TopicFilter};
 use crate::metrics::{DropReason, Metrics};
-use crate::session::{Delivery, QueueBound, Session};
+use crate::session::{Delivery, QueueBound, Room, Session};
 use crate::store::Store;
 
 /// The queues of share groups with messages no member can take now.
@@ -66,18 +66,18 @@ fn size(d: &Delivery) -> usize {
     d.message.topic.as_str().len() + d.message.payload.len()
 }
 
-/// Room in a queue: messages, and bytes (`None`: no byte bound).
-type Room = (usize, Option<usize>);
-
-/// Whether `delivery` fits in `room`, and if so takes it out.
+/// Whether `delivery` fits in `room` (a session queue's, see
+/// [`crate::session::SessionState::room`]), and if so takes it out.
 fn take_room(room: &mut Room, delivery: &Delivery) -> bool {
     let size = size(delivery);
-    if room.0 == 0 || room.1.is_some_and(|bytes| bytes < size) {
+    // A message larger than the byte bound still fits an empty queue.
+    if room.messages == 0 || (!room.empty && room.bytes.is_some_and(|bytes| bytes < size)) {
         return false;
     }
-    room.0 -= 1;
-    if let Some(bytes) = &mut room.1 {
-        *bytes -= size;
+    room.messages -= 1;
+    room.empty = false;
+    if let Some(bytes) = &mut room.bytes {
+        *bytes = bytes.saturating_sub(size);
     }
     true
 }

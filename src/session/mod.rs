@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 
 pub use registry::{Attached, Registry};
 pub use state::{
-    ConnectionInfo, Delivery, Inflight, InflightState, JetStreamAck, QueueBound, SessionState, Subscription,
+    ConnectionInfo, Delivery, Inflight, InflightState, JetStreamAck, QueueBound, Room, SessionState, Subscription,
 };
 
 /// Why [`Session::offer`] did not queue a delivery.

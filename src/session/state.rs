@@ -99,6 +99,18 @@ impl QueueBound {
     }
 }
 
+/// Room left in a session's queue ([`SessionState::room`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    /// Messages.
+    pub messages: usize,
+    /// Bytes (topic and payload); `None` without a byte bound.
+    pub bytes: Option<usize>,
+    /// Whether the queue is empty: its first message fits whatever its
+    /// size, as [`SessionState::push`] takes it.
+    pub empty: bool,
+}
+
 /// What a queued delivery counts against [`QueueBound::bytes`].
 fn queued_size(d: &Delivery) -> usize {
     d.message.topic.as_str().len() + d.message.payload.len()
@@ -327,12 +339,13 @@ impl SessionState {
         n
     }
 
-    /// Room left in the queue: messages, and bytes (`None` without a byte
-    /// bound).
-    pub fn room(&self) -> (usize, Option<usize>) {
-        let messages = self.bound.messages.saturating_sub(self.pending.len());
-        let bytes = (self.bound.bytes > 0).then(|| self.bound.bytes.saturating_sub(self.queued_bytes));
-        (messages, bytes)
+    /// Room left in the queue.
+    pub fn room(&self) -> Room {
+        Room {
+            messages: self.bound.messages.saturating_sub(self.pending.len()),
+            bytes: (self.bound.bytes > 0).then(|| self.bound.bytes.saturating_sub(self.queued_bytes)),
+            empty: self.pending.is_empty(),
+        }
     }
 
     /// Puts `deliveries` at the head of the queue, in their order, whatever
@@ -537,11 +550,11 @@ mod tests {
         let order: Vec<_> = s.pending.iter().map(|d| d.message.payload.clone()).collect();
         assert_eq!(order, ["back-1", "back-2", "q0", "plain-queued"]);
         assert_eq!(s.queued_bytes, 16 + 7 + 7);
-        assert_eq!(s.room(), (96, None));
+        assert_eq!(s.room(), Room { messages: 96, bytes: None, empty: false });
         // Room for 2 more messages and 9 bytes: one of 5 bytes, not two.
         let mut s = SessionState::new(QueueBound { messages: 3, bytes: 11 });
         assert!(s.push(delivery(QoS::AtLeastOnce, b"x")));
-        assert_eq!(s.room(), (2, Some(9)));
+        assert_eq!(s.room(), Room { messages: 2, bytes: Some(9), empty: false });
         let more = [b"abcd", b"efgh", b"ijkl"].map(|p| delivery(QoS::AtLeastOnce, p));
         assert_eq!(s.fitting(&more), 1);
         assert_eq!(SessionState::new(QueueBound::messages(2)).fitting(&more), 2);
