@@ -33,6 +33,7 @@ mod retained;
 mod scram_plugin;
 mod session;
 mod shared;
+mod slow_readers;
 mod soak;
 mod tls;
 mod will;
