@@ -4,6 +4,7 @@
 //! Test names carry the specification's normative statement ids.
 
 mod acl_plugin;
+mod admin_access;
 mod attacks;
 mod backpressure;
 mod bounds;
