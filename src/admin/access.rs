@@ -11,7 +11,6 @@
 
 use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
-use std::net::IpAddr;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,6 +19,7 @@ use ring::rand::SecureRandom;
 
 use super::{Request, Response};
 use crate::config::AdminConfig;
+use crate::transport::ws::{host_name, is_unrebindable};
 
 /// A token file's longest accepted content.
 const MAX_TOKEN_FILE: u64 = 4096;
@@ -105,22 +105,8 @@ impl Access {
     /// `localhost` or an allowed host. Only a name can be rebound: a
     /// browser sends an address as `Host` only to that address.
     fn knows(&self, name: &str) -> bool {
-        let name = name.strip_suffix('.').unwrap_or(name);
-        let literal = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')).unwrap_or(name);
-        literal.parse::<IpAddr>().is_ok()
-            || name.eq_ignore_ascii_case("localhost")
-            || self.allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(name))
-    }
-}
-
-/// `host[:port]` or `[v6]:port` without the port.
-fn host_name(host: &str) -> &str {
-    if host.starts_with('[') {
-        return host.split_inclusive(']').next().unwrap_or(host);
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
+        let bare = name.strip_suffix('.').unwrap_or(name);
+        is_unrebindable(name) || self.allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(bare))
     }
 }
 
@@ -236,13 +222,9 @@ mod tests {
     }
 
     #[test]
-    fn host_names_without_ports() {
-        assert_eq!(host_name("localhost:9090"), "localhost");
-        assert_eq!(host_name("[::1]:9090"), "[::1]");
-        assert_eq!(host_name("[::1]"), "[::1]");
-        assert_eq!(host_name("moat.example"), "moat.example");
+    fn known_hosts() {
         let access = Access { token: None, allowed_hosts: vec!["moat.example".into()] };
-        for known in ["localhost", "LOCALHOST.", "127.0.0.1", "[::1]", "10.0.0.5", "moat.example", "Moat.Example"] {
+        for known in ["localhost", "LOCALHOST.", "127.0.0.1", "[::1]", "10.0.0.5", "moat.example", "Moat.Example."] {
             assert!(access.knows(known), "{known}");
         }
         for unknown in ["", "evil.example", "localhost.evil.example", "moat.example.evil", "[evil]"] {

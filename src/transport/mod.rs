@@ -216,7 +216,7 @@ async fn establish(
         let stream = match (listener.protocol, tls) {
             (ListenerProtocol::Tcp, _) => Stream::Tcp(tcp),
             (ListenerProtocol::Ws, _) => Stream::Ws(Box::new(
-                ws::accept(tcp, listener.ws_path(), limits.max_packet_size)
+                ws::accept(tcp, listener, limits.max_packet_size)
                     .await
                     .map_err(|e| debug!(%addr, listener = %listener.name, error = %e, "WebSocket upgrade failed"))?,
             )),
@@ -229,11 +229,9 @@ async fn establish(
                 if listener.protocol == ListenerProtocol::Tls {
                     Stream::Tls(Box::new(stream))
                 } else {
-                    Stream::Wss(Box::new(
-                        ws::accept(stream, listener.ws_path(), limits.max_packet_size).await.map_err(
-                            |e| debug!(%addr, listener = %listener.name, error = %e, "WebSocket upgrade failed"),
-                        )?,
-                    ))
+                    Stream::Wss(Box::new(ws::accept(stream, listener, limits.max_packet_size).await.map_err(
+                        |e| debug!(%addr, listener = %listener.name, error = %e, "WebSocket upgrade failed"),
+                    )?))
                 }
             }
             (ListenerProtocol::Tls | ListenerProtocol::Wss, None) => {

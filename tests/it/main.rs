@@ -39,3 +39,4 @@ mod soak;
 mod tls;
 mod will;
 mod ws;
+mod ws_origin;
