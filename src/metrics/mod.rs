@@ -30,7 +30,8 @@ pub enum Refusal {
     ListenerMaxConnections,
     /// The listener's `max_connection_rate` was exceeded.
     ConnectionRate,
-    /// The TLS handshake or WebSocket upgrade failed or timed out.
+    /// The PROXY header, TLS handshake or WebSocket upgrade failed or
+    /// timed out (or the PROXY header came from an untrusted address).
     Transport,
     /// No valid CONNECT (timeout, not MQTT, malformed, unsupported version).
     Protocol,

@@ -27,6 +27,7 @@ mod plugin_support;
 mod plugin_tools;
 mod plugins;
 mod polyglot;
+mod proxy_protocol;
 mod pubsub;
 mod rbac_plugin;
 mod reload;
