@@ -54,6 +54,17 @@ pub struct Broker {
     cluster: Option<crate::cluster::Cluster>,
 }
 
+/// Why a connection could not attach to its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AttachRefused {
+    /// The previous connection of the client id did not let go in time.
+    #[error("the previous connection did not release the session")]
+    Busy,
+    /// The session would be a new one beyond `limits.max_sessions`.
+    #[error("limits.max_sessions reached")]
+    TooManySessions,
+}
+
 /// A retained message was refused: the retained store is at
 /// `limits.max_retained_messages` or `max_retained_bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -378,10 +389,25 @@ impl Broker {
     }
 
     /// Attaches a connection to the session of `client_id`.
-    pub async fn attach(&self, client_id: &Arc<str>, clean_start: bool) -> Option<Attached> {
+    ///
+    /// # Errors
+    /// [`AttachRefused`]: the previous connection did not let go, or a new
+    /// session would exceed `limits.max_sessions` (checked without a lock
+    /// across the attach, so concurrent CONNECTs may pass it together).
+    pub async fn attach(&self, client_id: &Arc<str>, clean_start: bool) -> Result<Attached, AttachRefused> {
+        let (max_sessions, bound) = {
+            let config = self.config();
+            (config.limits.max_sessions, config.limits.queue_bound())
+        };
+        if self.sessions.get(client_id).is_none() && self.sessions.len() >= max_sessions {
+            return Err(AttachRefused::TooManySessions);
+        }
         let claimed = self.claim(client_id, clean_start).await;
-        let bound = self.config().limits.queue_bound();
-        let attached = self.sessions.attach(client_id, clean_start, bound, |old| self.discard(old)).await?;
+        let attached = self
+            .sessions
+            .attach(client_id, clean_start, bound, |old| self.discard(old))
+            .await
+            .ok_or(AttachRefused::Busy)?;
         if claimed.is_some() {
             attached.session.lock().claimed = claimed;
         }
@@ -389,7 +415,7 @@ impl Broker {
         if std::mem::take(&mut attached.session.lock().will_pending) {
             self.store.will(client_id, None);
         }
-        Some(attached)
+        Ok(attached)
     }
 
     /// In a cluster, before a connection attaches: claims the session of

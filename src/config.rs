@@ -14,6 +14,10 @@ use serde::Deserialize;
 use crate::plugin::Sidecar;
 use crate::plugin::shipped;
 
+mod net;
+
+pub use net::IpNet;
+
 /// A configuration that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -188,6 +192,25 @@ pub struct ListenerConfig {
     /// default): no limit.
     #[serde(default = "default_connection_rate")]
     pub max_connection_rate: u32,
+    /// Browser origins a `ws`/`wss` listener accepts, as the upgrade's
+    /// `Origin` header names them (`"https://app.example.com"`, or `"*"`
+    /// for any). A request without `Origin` (not from a browser) is always
+    /// accepted. Unset: browsers are refused where a client may be admitted
+    /// without presenting a secret (`allow_anonymous` not false, or client
+    /// certificates), and accepted elsewhere.
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Whether every connection starts with a PROXY protocol header (v1 or
+    /// v2), whose source address then stands for the client everywhere
+    /// (`allow_anonymous`, logs, plugins, the admin API). A connection
+    /// without a valid header is closed. Off by default.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// With `proxy_protocol`: the addresses (or blocks, `10.0.0.0/8`) the
+    /// proxies connect from; a connection from elsewhere is closed unread.
+    /// Unset: loopback only.
+    #[serde(default)]
+    pub trusted_proxies: Option<Vec<IpNet>>,
 }
 
 impl ListenerConfig {
@@ -202,6 +225,18 @@ impl ListenerConfig {
             ws_path: None,
             max_connections: None,
             max_connection_rate: default_connection_rate(),
+            allowed_origins: None,
+            proxy_protocol: false,
+            trusted_proxies: None,
+        }
+    }
+
+    /// Whether a connection from `ip` may send a PROXY protocol header:
+    /// `trusted_proxies`, or loopback when unset.
+    pub fn trusts_proxy(&self, ip: std::net::IpAddr) -> bool {
+        match &self.trusted_proxies {
+            Some(nets) => nets.iter().any(|n| n.contains(ip)),
+            None => IpNet::loopback().iter().any(|n| n.contains(ip)),
         }
     }
 
@@ -389,10 +424,20 @@ pub struct Limits {
     pub max_inflight: u16,
     /// Messages queued per session beyond the in-flight window.
     pub max_queued_messages: usize,
-    /// Bytes (topic and payload) queued per session; 0: no limit. At either
-    /// queue bound, queued QoS 0 messages are evicted (oldest first) before
-    /// a new message is refused; QoS 1/2 messages are never evicted.
+    /// Bytes (topic and payload) queued per session (default 16 MiB); 0: no
+    /// limit. At either queue bound, queued QoS 0 messages are evicted
+    /// (oldest first) before a new message is refused; QoS 1/2 messages are
+    /// never evicted.
     pub max_queued_bytes: usize,
+    /// Sessions held at once, connected or not. A CONNECT that would start
+    /// a new session beyond it is refused (v5 0x97 Quota exceeded, 3.1.1
+    /// 0x03 Server unavailable); resuming a session is not. Sessions
+    /// recovered from the store at start-up are all kept.
+    pub max_sessions: usize,
+    /// Time a batch of packets may take to reach the client's socket. A
+    /// client that stops reading is disconnected when it runs out (v5
+    /// DISCONNECT 0x97, best effort), so its backlog does not stay pinned.
+    pub write_timeout_ms: u64,
     /// How long a publisher is held back when a QoS 1/2 message meets the
     /// full queue of a connected subscriber: its acknowledgement and its
     /// next packets wait until that queue drains to half, so a subscriber
@@ -454,7 +499,9 @@ impl Default for Limits {
             max_packet_size: 1024 * 1024,
             max_inflight: 64,
             max_queued_messages: 1000,
-            max_queued_bytes: 0,
+            max_queued_bytes: 16 * 1024 * 1024,
+            max_sessions: 100_000,
+            write_timeout_ms: 30_000,
             queue_full_wait_ms: 1000,
             share_hold_ms: DEFAULT_SHARE_HOLD_MS,
             max_retained_messages: 100_000,
@@ -507,6 +554,11 @@ impl Limits {
     /// `connect_timeout_ms` as a duration.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// `write_timeout_ms` as a duration.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
     }
 }
 
@@ -600,8 +652,19 @@ pub struct AdminConfig {
     /// Address to serve on, e.g. `127.0.0.1:9090`. Unset: no admin listener.
     pub listen: Option<SocketAddr>,
     /// Bearer token required for everything but `/health` and `/ready`.
-    /// Required when `listen` is not a loopback address.
+    /// A token (this or `token_file`) is required when `listen` is not a
+    /// loopback address; without one, the state-changing endpoints (kick,
+    /// reload) are refused.
     pub token: Option<Secret>,
+    /// A file holding the bearer token instead of `token`: read at
+    /// start-up, or created with a random token (mode 0600) if it does not
+    /// exist. It must not be a symbolic link nor be readable or writable
+    /// by group or others.
+    pub token_file: Option<PathBuf>,
+    /// Host names the admin API answers to besides IP addresses and
+    /// `localhost`: a request whose `Host` header names another host is
+    /// refused (403), which defeats DNS rebinding.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl AdminConfig {
@@ -609,11 +672,24 @@ impl AdminConfig {
         if self.token.as_ref().is_some_and(|t| t.0.trim().is_empty()) {
             return Err(("admin.token".into(), "must not be empty".into()));
         }
+        if self.token_file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+            return Err(("admin.token_file".into(), "must not be empty".into()));
+        }
+        if self.token.is_some() && self.token_file.is_some() {
+            return Err(("admin.token_file".into(), "set `admin.token` or `admin.token_file`, not both".into()));
+        }
         if let Some(addr) = self.listen
             && !addr.ip().is_loopback()
             && self.token.is_none()
+            && self.token_file.is_none()
         {
-            return Err(("admin.token".into(), format!("is required when admin.listen ({addr}) is not loopback")));
+            return Err((
+                "admin.token".into(),
+                format!("is required (or `admin.token_file`) when admin.listen ({addr}) is not loopback"),
+            ));
+        }
+        for (i, host) in self.allowed_hosts.iter().enumerate() {
+            net::check_host(host).map_err(|message| (format!("admin.allowed_hosts[{i}]"), message))?;
         }
         Ok(())
     }
@@ -859,6 +935,8 @@ impl Config {
             ("max_topic_levels", l.max_topic_levels as u64),
             ("max_topic_length", l.max_topic_length as u64),
             ("connect_timeout_ms", l.connect_timeout_ms),
+            ("write_timeout_ms", l.write_timeout_ms),
+            ("max_sessions", l.max_sessions as u64),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -937,6 +1015,26 @@ fn validate_listener(l: &ListenerConfig) -> Result<(), (String, String)> {
         if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
             return Err((".ws_path".into(), "must be an absolute path such as \"/mqtt\"".into()));
         }
+    }
+    if let Some(origins) = &l.allowed_origins {
+        if !l.protocol.is_websocket() {
+            return Err((".allowed_origins".into(), format!("listener {name:?} does not speak WebSocket")));
+        }
+        for (i, origin) in origins.iter().enumerate() {
+            net::check_origin(origin).map_err(|message| (format!(".allowed_origins[{i}]"), message))?;
+        }
+    }
+    match &l.trusted_proxies {
+        Some(_) if !l.proxy_protocol => {
+            return Err((
+                ".trusted_proxies".into(),
+                format!("listener {name:?}: only applies with proxy_protocol = true"),
+            ));
+        }
+        Some(nets) if nets.is_empty() => {
+            return Err((".trusted_proxies".into(), "must name at least one address (unset: loopback)".into()));
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -1039,7 +1137,8 @@ mod tests {
     #[test]
     fn queue_and_retained_bounds() {
         let c = parse("").expect("valid");
-        assert_eq!((c.limits.max_queued_bytes, c.limits.max_retained_messages), (0, 100_000));
+        assert_eq!((c.limits.max_queued_bytes, c.limits.max_retained_messages), (16 << 20, 100_000));
+        assert_eq!((c.limits.max_sessions, c.limits.write_timeout_ms), (100_000, 30_000));
         let c = parse(
             "[limits]
 max_queued_bytes = 4096

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use crate::admin::AdminListener;
+use crate::admin::{AdminError, AdminListener, TokenFileError};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::plugin::LoadError;
@@ -33,6 +33,18 @@ pub enum ServerError {
     /// its policy missing.
     #[error("plugin refused: {0}")]
     Plugin(LoadError),
+    /// The admin token file is unusable: a configuration error.
+    #[error(transparent)]
+    AdminToken(#[from] TokenFileError),
+}
+
+impl From<AdminError> for ServerError {
+    fn from(e: AdminError) -> ServerError {
+        match e {
+            AdminError::Bind(e) => ServerError::Bind(e),
+            AdminError::TokenFile(e) => ServerError::AdminToken(e),
+        }
+    }
 }
 
 // By hand rather than `#[from]`, which would also make the `LoadError` the

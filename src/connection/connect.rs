@@ -13,7 +13,7 @@ use tracing::debug;
 use super::Connection;
 use super::policy::{self, AuthFailure};
 use crate::auth::{AuthzCache, ClientInfo};
-use crate::broker::Broker;
+use crate::broker::{AttachRefused, Broker};
 use crate::codec::{
     self, ConnAck, Connect, DecodeError, DecodeLimits, Packet, Properties, ProtocolVersion, ReasonCode,
 };
@@ -115,12 +115,21 @@ where
             return None;
         }
     };
-    let Some(attached) = broker.attach(&client_id, connect.clean_start).await else {
-        broker.metrics.refused(Refusal::Busy);
-        debug!("previous connection did not release the session");
-        let reason = ReasonCode::SERVER_BUSY;
-        send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
-        return None;
+    let attached = match broker.attach(&client_id, connect.clean_start).await {
+        Ok(attached) => attached,
+        Err(refused) => {
+            let (refusal, reason) = match refused {
+                AttachRefused::Busy => (Refusal::Busy, ReasonCode::SERVER_BUSY),
+                AttachRefused::TooManySessions => {
+                    broker.metrics.limit_hit(Limit::MaxSessions);
+                    (Refusal::MaxSessions, ReasonCode::QUOTA_EXCEEDED)
+                }
+            };
+            broker.metrics.refused(refusal);
+            debug!(reason = %refused, "CONNECT refused");
+            send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
+            return None;
+        }
     };
     {
         let mut session = attached.session.lock();

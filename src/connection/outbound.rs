@@ -9,6 +9,11 @@ use crate::codec::{self, Packet, Properties, PubResp, Publish, QoS};
 use crate::metrics::DropReason;
 use crate::session::{Delivery, Inflight, InflightState};
 
+/// Bytes of deliveries moved into the write buffer before it is flushed:
+/// a client that reads slowly or not at all holds at most this (and one
+/// packet) in its write buffer, its backlog staying in the bounded queue.
+const DRAIN_BUDGET: usize = 64 * 1024;
+
 impl<S> Connection<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -46,6 +51,12 @@ where
         let (mut expired, mut refused, mut too_large) = (0, 0, 0);
         // Retained messages for new subscriptions first, then the queue.
         while let Some(front) = self.retained.front().or(state.pending.front()) {
+            if self.wbuf.len() >= DRAIN_BUDGET {
+                // The rest stays queued (where the queue's bounds apply)
+                // until this much is written; the wake-up brings us back.
+                session.wake();
+                break;
+            }
             if front.qos != QoS::AtMostOnce && state.inflight.len() >= self.send_window {
                 break;
             }

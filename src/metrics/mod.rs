@@ -30,7 +30,8 @@ pub enum Refusal {
     ListenerMaxConnections,
     /// The listener's `max_connection_rate` was exceeded.
     ConnectionRate,
-    /// The TLS handshake or WebSocket upgrade failed or timed out.
+    /// The PROXY header, TLS handshake or WebSocket upgrade failed or
+    /// timed out (or the PROXY header came from an untrusted address).
     Transport,
     /// No valid CONNECT (timeout, not MQTT, malformed, unsupported version).
     Protocol,
@@ -40,11 +41,13 @@ pub enum Refusal {
     NotAuthorized,
     /// The previous connection of the same client id did not let go.
     Busy,
+    /// A new session would exceed `limits.max_sessions`.
+    MaxSessions,
 }
 
 impl Refusal {
     /// Every reason, in label order.
-    pub const ALL: [Refusal; 8] = [
+    pub const ALL: [Refusal; 9] = [
         Refusal::MaxConnections,
         Refusal::ListenerMaxConnections,
         Refusal::ConnectionRate,
@@ -53,6 +56,7 @@ impl Refusal {
         Refusal::Invalid,
         Refusal::NotAuthorized,
         Refusal::Busy,
+        Refusal::MaxSessions,
     ];
 
     /// The `reason` label.
@@ -66,6 +70,7 @@ impl Refusal {
             Refusal::Invalid => "invalid_connect",
             Refusal::NotAuthorized => "not_authorized",
             Refusal::Busy => "busy",
+            Refusal::MaxSessions => "max_sessions",
         }
     }
 }
@@ -162,11 +167,15 @@ pub enum Limit {
     UserProperties,
     /// `limits.max_publish_rate`.
     PublishRate,
+    /// `limits.max_sessions`.
+    MaxSessions,
+    /// `limits.write_timeout_ms`: a client did not take what was sent to it.
+    WriteTimeout,
 }
 
 impl Limit {
     /// Every limit, in label order.
-    pub const ALL: [Limit; 8] = [
+    pub const ALL: [Limit; 10] = [
         Limit::MaxConnections,
         Limit::ListenerMaxConnections,
         Limit::ConnectionRate,
@@ -175,6 +184,8 @@ impl Limit {
         Limit::Subscriptions,
         Limit::UserProperties,
         Limit::PublishRate,
+        Limit::MaxSessions,
+        Limit::WriteTimeout,
     ];
 
     /// The `limit` label.
@@ -188,6 +199,8 @@ impl Limit {
             Limit::Subscriptions => "max_subscriptions_per_client",
             Limit::UserProperties => "max_user_properties",
             Limit::PublishRate => "max_publish_rate",
+            Limit::MaxSessions => "max_sessions",
+            Limit::WriteTimeout => "write_timeout",
         }
     }
 
@@ -202,6 +215,8 @@ impl Limit {
             Limit::Subscriptions => "$SYS/broker/limits/max_subscriptions_per_client",
             Limit::UserProperties => "$SYS/broker/limits/max_user_properties",
             Limit::PublishRate => "$SYS/broker/limits/max_publish_rate",
+            Limit::MaxSessions => "$SYS/broker/limits/max_sessions",
+            Limit::WriteTimeout => "$SYS/broker/limits/write_timeout",
         }
     }
 }

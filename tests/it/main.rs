@@ -4,6 +4,7 @@
 //! Test names carry the specification's normative statement ids.
 
 mod acl_plugin;
+mod admin_access;
 mod attacks;
 mod backpressure;
 mod bounds;
@@ -26,6 +27,7 @@ mod plugin_support;
 mod plugin_tools;
 mod plugins;
 mod polyglot;
+mod proxy_protocol;
 mod pubsub;
 mod rbac_plugin;
 mod reload;
@@ -33,7 +35,9 @@ mod retained;
 mod scram_plugin;
 mod session;
 mod shared;
+mod slow_readers;
 mod soak;
 mod tls;
 mod will;
 mod ws;
+mod ws_origin;
