@@ -257,37 +257,34 @@ impl DiskCache {
 /// it ends with the time it took, so a start-up that compiles a large
 /// component (an 18 MB Python one: about 10 s) does not pass in silence.
 pub(crate) fn compile(engine: &Engine, name: &str, wasm: &[u8]) -> wasmtime::Result<Component> {
-    compile_announced(engine, name, wasm, SLOW_COMPILE)
+    announced(name, wasm.len() / 1024, SLOW_COMPILE, || Component::new(engine, wasm))
 }
 
-/// [`compile`], announced if it takes longer than `after`.
-fn compile_announced(engine: &Engine, name: &str, wasm: &[u8], after: Duration) -> wasmtime::Result<Component> {
+/// Runs `compile` (of plugin `name`, `size_kib` large), logging its start
+/// if it is still running after `after`, and then its end.
+fn announced<T>(name: &str, size_kib: usize, after: Duration, compile: impl FnOnce() -> T) -> T {
     let started = Instant::now();
-    let announced = AtomicBool::new(false);
+    let slow = AtomicBool::new(false);
     let (finished, done) = mpsc::channel::<()>();
     // The watcher logs where the caller would (a test's subscriber, say).
     let dispatch = tracing::dispatcher::get_default(Clone::clone);
     let result = thread::scope(|scope| {
-        let announced = &announced;
+        let slow = &slow;
         let watch = move || {
             if done.recv_timeout(after) == Err(RecvTimeoutError::Timeout) {
-                announced.store(true, Ordering::Relaxed);
+                slow.store(true, Ordering::Relaxed);
                 tracing::dispatcher::with_default(&dispatch, || {
-                    info!(
-                        plugin = name,
-                        size_kib = wasm.len() / 1024,
-                        "compiling plugin (not found compiled in a cache)"
-                    );
+                    info!(plugin = name, size_kib, "compiling plugin (not found compiled in a cache)");
                 });
             }
         };
         // Without a thread (none left), the compile simply goes unannounced.
         let _ = thread::Builder::new().name("moat-compile-log".into()).spawn_scoped(scope, watch);
-        let result = Component::new(engine, wasm);
+        let result = compile();
         drop(finished);
         result
     });
-    if announced.load(Ordering::Relaxed) {
+    if slow.load(Ordering::Relaxed) {
         info!(plugin = name, took_ms = started.elapsed().as_millis(), "plugin compiled");
     }
     result
