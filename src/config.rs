@@ -79,7 +79,8 @@ pub struct Config {
 /// [plugins]
 /// dir = "/etc/moat/plugins"
 /// watch = true                     # reload when the directory changes
-/// cache_dir = "/var/cache/moat"    # compiled plugins (default: under storage.dir)
+/// cache_dir = "/var/cache/moat"    # compiled plugins (default: see Config::plugin_cache_dir)
+/// cache = true                     # false: compile at every start
 /// [plugins.password-file]          # enables the shipped plugin of that name
 /// order = 10
 /// config = { file = "/etc/moat/passwd" }
@@ -92,9 +93,11 @@ pub struct PluginsConfig {
     pub dir: Option<PathBuf>,
     /// Whether a change in `dir` reloads the plugins (default true).
     pub watch: Option<bool>,
-    /// Where compiled plugins are kept between runs. Unset: `plugin-cache`
-    /// under `[storage] dir` when that is set, else nothing is kept.
+    /// Where compiled plugins are kept between runs. Unset: see
+    /// [`Config::plugin_cache_dir`].
     pub cache_dir: Option<PathBuf>,
+    /// `false` keeps no compiled plugins on disk (default true).
+    pub cache: Option<bool>,
     /// Shipped plugins enabled by a `[plugins.NAME]` table, with the keys of
     /// a sidecar (order, on_error, config, limits, grants).
     pub shipped: BTreeMap<String, Sidecar>,
@@ -119,7 +122,9 @@ impl<'de> Deserialize<'de> for PluginsConfig {
         impl<'de> serde::de::Visitor<'de> for Visitor {
             type Value = PluginsConfig;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a table with `dir`, `watch`, `cache_dir` and `[plugins.NAME]` tables of shipped plugins")
+                f.write_str(
+                    "a table with `dir`, `watch`, `cache_dir`, `cache` and `[plugins.NAME]` tables of shipped plugins",
+                )
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<PluginsConfig, A::Error> {
                 let mut config = PluginsConfig::default();
@@ -128,6 +133,7 @@ impl<'de> Deserialize<'de> for PluginsConfig {
                         "dir" => config.dir = Some(map.next_value()?),
                         "watch" => config.watch = Some(map.next_value()?),
                         "cache_dir" => config.cache_dir = Some(map.next_value()?),
+                        "cache" => config.cache = Some(map.next_value()?),
                         _ => {
                             let table: Sidecar = map.next_value()?;
                             config.shipped.insert(key, table);
@@ -958,6 +964,9 @@ impl Config {
         if self.plugins.cache_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
             return Err(("plugins.cache_dir".into(), "must not be empty".into()));
         }
+        if self.plugins.cache == Some(false) && self.plugins.cache_dir.is_some() {
+            return Err(("plugins.cache_dir".into(), "set while `plugins.cache = false`: remove one".into()));
+        }
         self.admin.validate()?;
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
@@ -965,10 +974,20 @@ impl Config {
         self.storage.validate()
     }
 
-    /// Where compiled plugins are kept: `[plugins] cache_dir`, else
-    /// `plugin-cache` under `[storage] dir`, else nowhere.
+    /// Where compiled plugins are kept: nowhere with `[plugins] cache =
+    /// false`; else `[plugins] cache_dir`; else `plugin-cache` under
+    /// `[storage] dir`; else the user's cache directory
+    /// ([`crate::plugin::default_cache_dir`]: `$XDG_CACHE_HOME/moat` or
+    /// `~/.cache/moat`); else, with neither variable set, nowhere.
     pub fn plugin_cache_dir(&self) -> Option<PathBuf> {
-        self.plugins.cache_dir.clone().or_else(|| Some(self.storage.dir.as_ref()?.join("plugin-cache")))
+        if self.plugins.cache == Some(false) {
+            return None;
+        }
+        self.plugins
+            .cache_dir
+            .clone()
+            .or_else(|| Some(self.storage.dir.as_ref()?.join("plugin-cache")))
+            .or_else(crate::plugin::default_cache_dir)
     }
 }
 
@@ -1337,7 +1356,14 @@ max_publish_rate = 100
 
     #[test]
     fn plugin_cache_dir() {
-        assert_eq!(parse("").expect("valid").plugin_cache_dir(), None);
+        assert_eq!(parse("").expect("valid").plugin_cache_dir(), crate::plugin::default_cache_dir());
+        assert_eq!(parse("[plugins]\ncache = false\n").expect("valid").plugin_cache_dir(), None);
+        let c = parse("[plugins]\ncache = false\n[storage]\ndir = \"/d\"\n").expect("valid");
+        assert_eq!(c.plugin_cache_dir(), None, "off wins over the storage default");
+        let err = parse("[plugins]\ncache = false\ncache_dir = \"/c\"\n").expect_err("both");
+        assert_eq!(err.to_string(), "moat.toml:3: `plugins.cache_dir`: set while `plugins.cache = false`: remove one");
+        let err = parse("[plugins]\ncache = \"no\"\n").expect_err("not a bool");
+        assert!(err.to_string().starts_with("moat.toml:2: `plugins.cache`"), "{err}");
         let c = parse("[storage]\ndir = \"/var/lib/moat\"\n").expect("valid");
         assert_eq!(c.plugin_cache_dir(), Some(PathBuf::from("/var/lib/moat/plugin-cache")));
         let c = parse("[plugins]\ncache_dir = \"/c\"\n[storage]\ndir = \"/d\"\n").expect("valid");

@@ -102,6 +102,7 @@ impl Server {
             tracing::info!(
                 compiled = counts.compiled,
                 from_disk_cache = counts.disk,
+                refused_from_disk_cache = counts.refused,
                 cache_dir = host.cache_dir().map(|d| d.display().to_string()),
                 "plugins compiled"
             );

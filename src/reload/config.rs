@@ -122,6 +122,9 @@ impl Broker {
         if old.plugins.cache_dir != new.plugins.cache_dir {
             needs_restart.push("plugins.cache_dir".to_owned());
         }
+        if old.plugins.cache != new.plugins.cache {
+            needs_restart.push("plugins.cache".to_owned());
+        }
         if old.admin != new.admin {
             needs_restart.push("admin".to_owned());
         }
@@ -192,7 +195,11 @@ impl Broker {
         let effective =
             Config { log: crate::config::LogConfig { format: old.log.format, ..effective.log }, ..effective };
         let effective = Config {
-            plugins: crate::config::PluginsConfig { cache_dir: old.plugins.cache_dir.clone(), ..effective.plugins },
+            plugins: crate::config::PluginsConfig {
+                cache_dir: old.plugins.cache_dir.clone(),
+                cache: old.plugins.cache,
+                ..effective.plugins
+            },
             ..effective
         };
         self.set_config(effective);

@@ -21,6 +21,7 @@ mod malformed;
 mod ops;
 mod password_file;
 mod pki;
+mod plugin_cache;
 mod plugin_chain;
 mod plugin_hostile;
 mod plugin_support;
