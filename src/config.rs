@@ -170,6 +170,15 @@ pub struct ListenerConfig {
     /// and is not subject to this policy.
     #[serde(default)]
     pub allow_anonymous: Anonymous,
+    /// Whether the CONNECT user name of a client that no authentication
+    /// plugin verified (admitted anonymously, or by a certificate without
+    /// `use_identity_as_username`) still counts for authorization, as in
+    /// Mosquitto. Off by default: such a client is anonymous to the
+    /// authorizers, whatever name it claims. On, any client that may
+    /// connect gets the rights of any user name it types; the broker warns
+    /// at start-up.
+    #[serde(default)]
+    pub trust_claimed_username: bool,
     /// Certificates and client authentication; required for `tls` and
     /// `wss` listeners, refused for the others.
     #[serde(default)]
@@ -198,6 +207,7 @@ impl ListenerConfig {
             bind,
             protocol: ListenerProtocol::Tcp,
             allow_anonymous: Anonymous::Loopback,
+            trust_claimed_username: false,
             tls: None,
             ws_path: None,
             max_connections: None,

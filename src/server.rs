@@ -97,6 +97,13 @@ impl Server {
         let recovered = store.recover()?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
+            if l.trust_claimed_username {
+                tracing::warn!(
+                    listener = %l.name,
+                    "trust_claimed_username = true: a client that no authentication plugin verifies \
+                     gets the rights of whatever user name it claims"
+                );
+            }
             listeners.push(Listener::bind(l.clone()).await?);
         }
         let admin = match config.admin.listen {

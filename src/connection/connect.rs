@@ -21,6 +21,7 @@ use crate::config::ListenerConfig;
 use crate::metrics::{Limit, LocalCounts, Refusal};
 use crate::session::ConnectionInfo;
 use crate::transport::Peer;
+use crate::untrusted::Untrusted;
 
 /// Authorization verdicts a connection remembers: enough for the topics
 /// one device uses, small enough that 100k connections do not notice.
@@ -88,10 +89,11 @@ where
             return None;
         }
     };
-    tracing::Span::current().record("client_id", &*client_id);
+    tracing::Span::current().record("client_id", tracing::field::display(Untrusted(&client_id)));
     let mut client = ClientInfo {
         client_id: client_id.to_string(),
         username: username.as_deref().map(str::to_owned),
+        claimed_username: connect.username.clone(),
         peer_address: peer.addr,
         listener: listener.name.clone(),
         protocol: version,
@@ -115,6 +117,11 @@ where
             return None;
         }
     };
+    if listener.trust_claimed_username && client.username.is_none() {
+        // The operator's explicit choice (warned about at start-up): a name
+        // nobody verified counts, as in Mosquitto.
+        client.username.clone_from(&client.claimed_username);
+    }
     let Some(attached) = broker.attach(&client_id, connect.clean_start).await else {
         broker.metrics.refused(Refusal::Busy);
         debug!("previous connection did not release the session");
@@ -128,6 +135,7 @@ where
         session.expiry_s = session_expiry_s;
         session.connection = Some(ConnectionInfo {
             username: client.username.clone(),
+            claimed_username: client.claimed_username.clone(),
             peer: peer.addr,
             listener: listener.name.clone(),
             protocol: version,
@@ -194,7 +202,8 @@ where
         version = ?version,
         clean_start = connect.clean_start,
         keep_alive,
-        username = conn.client.username.as_deref(),
+        username = Untrusted::field(conn.client.username.as_deref()),
+        claimed_username = Untrusted::field(conn.client.claimed_username.as_deref()),
         "client connected"
     );
     conn.send(&Packet::ConnAck(connack));
@@ -228,7 +237,7 @@ struct Negotiated {
     server_keep_alive: Option<u16>,
     session_expiry_s: u32,
     expiry_capped: bool,
-    /// From CONNECT, or from the client certificate.
+    /// The user name the client certificate verified, if it names one.
     username: Option<Arc<str>>,
     /// A verified client certificate authenticated the client.
     cert_authenticated: bool,
@@ -274,7 +283,7 @@ fn negotiate(
     }
     // A verified client certificate authenticates (see connection::identity);
     // plugins and the anonymous policy decide the rest (connection::policy).
-    let login = super::identity::certificate_login(listener, peer, connect)?;
+    let login = super::identity::certificate_login(listener, peer)?;
     let requested = if v5 {
         connect.properties.session_expiry_interval.unwrap_or(0)
     } else if connect.clean_start {

@@ -274,6 +274,9 @@ fn restart_only(old: &ListenerConfig, new: &ListenerConfig) -> Vec<String> {
     if old.allow_anonymous != new.allow_anonymous {
         out.push(format!("listener {name:?}: allow_anonymous = {:?}", new.allow_anonymous));
     }
+    if old.trust_claimed_username != new.trust_claimed_username {
+        out.push(format!("listener {name:?}: trust_claimed_username = {}", new.trust_claimed_username));
+    }
     if old.max_connections != new.max_connections {
         out.push(format!("listener {name:?}: max_connections = {:?}", new.max_connections));
     }

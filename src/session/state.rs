@@ -92,8 +92,11 @@ fn queued_size(d: &Delivery) -> usize {
 /// Who is attached to a session now, for the admin API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionInfo {
-    /// The user name in force (from CONNECT, a certificate or a grant).
+    /// The verified user name (from an authenticator's grant or a
+    /// certificate; see `ClientInfo::username`).
     pub username: Option<String>,
+    /// The user name CONNECT carried, verified or not.
+    pub claimed_username: Option<String>,
     /// Remote address.
     pub peer: std::net::SocketAddr,
     /// Listener name.

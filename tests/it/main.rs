@@ -8,6 +8,7 @@ mod attacks;
 mod backpressure;
 mod bounds;
 mod cert_identity_plugin;
+mod claimed_names;
 mod cli;
 #[cfg(feature = "cluster")]
 mod cluster;

@@ -205,3 +205,39 @@ async fn certificate_identity_is_the_user_name_an_acl_sees() {
     let other = device.subscribe("device-2/#", Q5::AtMostOnce).await;
     assert_eq!(other.return_codes, [SubscribeReasonCode::NotAuthorized]);
 }
+
+/// The `topic-prefix` fixture fills `%u` with the verified user name only
+/// when the name is one safe level: the user `+` does not get `users/+/#`,
+/// and a prefix ends at a level boundary.
+#[tokio::test]
+async fn topic_prefix_escapes_names_that_would_widen_the_prefix() {
+    let plugins = [
+        ("allow", "allow-list", "order = 1\n[config]\nusers = [\"+\", \"#\", \"al\", \"alice\"]\n"),
+        ("prefix", "topic-prefix", "order = 2\n[config]\nprefix = \"users/%u\"\n"),
+    ];
+    let (broker, _dir) = broker_with(&plugins, |_| {}).await;
+    let login = |user: &'static str| {
+        broker.v5_with(user, move |o| {
+            o.set_credentials(user, "any");
+        })
+    };
+    let subscribe = |filter: &'static str| (filter, rumqttc::v5::mqttbytes::QoS::AtMostOnce);
+    for user in ["+", "#"] {
+        let mut evil = login(user).await;
+        for filter in ["users/+/#", "users/#", "users/alice/#"] {
+            let (f, q) = subscribe(filter);
+            assert_eq!(evil.subscribe(f, q).await.return_codes, [SubscribeReasonCode::NotAuthorized], "{user} {f}");
+        }
+    }
+    let mut al = login("al").await;
+    assert_eq!(al.subscribe("users/alice/#", Q5::AtMostOnce).await.return_codes, [SubscribeReasonCode::NotAuthorized]);
+    assert_eq!(
+        al.subscribe("users/al/#", Q5::AtMostOnce).await.return_codes,
+        [SubscribeReasonCode::Success(Q5::AtMostOnce)]
+    );
+    let mut alice = login("alice").await;
+    assert_eq!(
+        alice.subscribe("users/alice/#", Q5::AtMostOnce).await.return_codes,
+        [SubscribeReasonCode::Success(Q5::AtMostOnce)]
+    );
+}
