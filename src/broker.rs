@@ -43,6 +43,9 @@ pub struct Broker {
     /// hash queues here, under each client's connect deadline, instead of
     /// occupying every blocking thread.
     pub(crate) authn_permits: Arc<tokio::sync::Semaphore>,
+    /// Failed logins and logins in progress per client address (`[auth]`),
+    /// checked before the authentication chain runs.
+    pub(crate) logins: crate::auth::LoginThrottle,
     /// What hot reload needs: the plugin host, the watched directory, the
     /// handles of run-time settings, and the last outcome.
     pub(crate) reload: Reloader,
@@ -88,6 +91,7 @@ impl Broker {
             store,
             policy: parking_lot::RwLock::new(policy),
             authn_permits: Arc::new(tokio::sync::Semaphore::new(authn_concurrency())),
+            logins: crate::auth::LoginThrottle::default(),
             reload: Reloader::new(plugin_dir),
             next_assigned_id: AtomicU64::new(1),
             #[cfg(feature = "cluster")]

@@ -14,6 +14,10 @@ use serde::Deserialize;
 use crate::plugin::Sidecar;
 use crate::plugin::shipped;
 
+mod auth;
+
+pub use auth::{AuthConfig, BindSessions};
+
 /// A configuration that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -67,6 +71,9 @@ pub struct Config {
     /// Clustering over NATS (`[cluster]`); a single node without it.
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+    /// Login throttling and session ownership (`[auth]`).
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
 
 /// Where the policy plugins are, and which shipped plugins are enabled.
@@ -148,6 +155,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             sys: SysConfig::default(),
             cluster: None,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -867,6 +875,7 @@ impl Config {
             return Err(("plugins.cache_dir".into(), "must not be empty".into()));
         }
         self.admin.validate()?;
+        self.auth.validate()?;
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
         }

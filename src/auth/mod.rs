@@ -10,6 +10,8 @@
 //! - [`AuthzCache`] is a connection's memory of verdicts, so a publish that
 //!   was already authorized never re-enters WebAssembly until its lifetime
 //!   ends or the plugin set changes.
+//! - [`LoginThrottle`] counts failed logins and logins in progress per
+//!   client address, before the chain runs.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -22,9 +24,11 @@ use crate::codec::{ProtocolVersion, QoS, TopicName};
 
 mod cache;
 mod policy;
+mod throttle;
 
 pub use cache::AuthzCache;
 pub use policy::{AuthExchange, Policy};
+pub use throttle::{LoginThrottle, LoginTicket, MAX_ADDRESSES, ThrottleSettings, Throttled};
 
 pub use crate::transport::TlsIdentity;
 

@@ -12,7 +12,7 @@ use tracing::debug;
 
 use super::Connection;
 use super::policy::{self, AuthFailure};
-use crate::auth::{AuthzCache, ClientInfo};
+use crate::auth::{AuthzCache, ClientInfo, Throttled};
 use crate::broker::Broker;
 use crate::codec::{
     self, ConnAck, Connect, DecodeError, DecodeLimits, Packet, Properties, ProtocolVersion, ReasonCode,
@@ -101,17 +101,23 @@ where
         attributes: Vec::new(),
     };
     let admitted_without_plugin = cert_authenticated || listener.allow_anonymous.permits(peer.addr);
-    let authenticating =
-        policy::authenticate(&broker, &mut stream, &mut rbuf, &connect, &mut client, admitted_without_plugin);
-    let authenticated = match tokio::time::timeout_at(deadline, authenticating).await {
+    let logging_in = login(&broker, &mut stream, &mut rbuf, &connect, &mut client, admitted_without_plugin);
+    let authenticated = match tokio::time::timeout_at(deadline, logging_in).await {
         Ok(Ok(authenticated)) => authenticated,
-        Ok(Err(AuthFailure::Refused(reason))) => {
+        Ok(Err(LoginFailure::Throttled(throttled))) => {
+            broker.metrics.refused(Refusal::LoginThrottled);
+            debug!(retry_after_s = throttled.retry_after.as_secs(), "CONNECT refused: too many failed logins");
+            let reason = ReasonCode::CONNECTION_RATE_EXCEEDED;
+            send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
+            return None;
+        }
+        Ok(Err(LoginFailure::Auth(AuthFailure::Refused(reason)))) => {
             broker.metrics.refused(Refusal::NotAuthorized);
             debug!(reason = %reason, "CONNECT refused by authentication");
             send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
             return None;
         }
-        Ok(Err(AuthFailure::Closed)) | Err(_) => {
+        Ok(Err(LoginFailure::Auth(AuthFailure::Closed))) | Err(_) => {
             broker.metrics.refused(Refusal::Protocol);
             debug!("authentication exchange did not finish");
             return None;
@@ -208,6 +214,42 @@ where
     );
     conn.send(&Packet::ConnAck(connack));
     Some(conn)
+}
+
+/// Why a login did not succeed.
+enum LoginFailure {
+    /// The address failed too often: refused before any plugin ran.
+    Throttled(Throttled),
+    /// Authentication refused the client or broke off.
+    Auth(AuthFailure),
+}
+
+/// Authenticates under the login throttle (`[auth]`, `auth::LoginThrottle`):
+/// an address that failed too often is refused before the chain runs, and
+/// waits for one of its address's login slots before the chain runs. A
+/// login that does not succeed (refused, broken off, timed out) counts
+/// against its address.
+async fn login<S>(
+    broker: &Broker,
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    connect: &Connect,
+    client: &mut ClientInfo,
+    admitted_without_plugin: bool,
+) -> Result<policy::Authenticated, LoginFailure>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let settings = broker.config().auth.throttle(crate::broker::authn_concurrency());
+    // Without an authenticating plugin a login costs nothing to wait for.
+    let gated = broker.policy().authenticates();
+    let ticket =
+        broker.logins.admit(client.peer_address.ip(), settings, gated).await.map_err(LoginFailure::Throttled)?;
+    let authenticated = policy::authenticate(broker, stream, rbuf, connect, client, admitted_without_plugin)
+        .await
+        .map_err(LoginFailure::Auth)?;
+    ticket.succeeded();
+    Ok(authenticated)
 }
 
 /// In a cluster, registers the connection's will (if the policy allows

@@ -40,11 +40,13 @@ pub enum Refusal {
     NotAuthorized,
     /// The previous connection of the same client id did not let go.
     Busy,
+    /// The client's address failed to log in too often (`[auth]`).
+    LoginThrottled,
 }
 
 impl Refusal {
     /// Every reason, in label order.
-    pub const ALL: [Refusal; 8] = [
+    pub const ALL: [Refusal; 9] = [
         Refusal::MaxConnections,
         Refusal::ListenerMaxConnections,
         Refusal::ConnectionRate,
@@ -53,6 +55,7 @@ impl Refusal {
         Refusal::Invalid,
         Refusal::NotAuthorized,
         Refusal::Busy,
+        Refusal::LoginThrottled,
     ];
 
     /// The `reason` label.
@@ -66,6 +69,7 @@ impl Refusal {
             Refusal::Invalid => "invalid_connect",
             Refusal::NotAuthorized => "not_authorized",
             Refusal::Busy => "busy",
+            Refusal::LoginThrottled => "login_throttled",
         }
     }
 }

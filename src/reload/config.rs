@@ -162,6 +162,13 @@ impl Broker {
             ]
         );
         changed_fields!(applied, "log", old.log, new.log, [level]);
+        changed_fields!(
+            applied,
+            "auth",
+            old.auth,
+            new.auth,
+            [failed_login_burst, failed_logins_per_minute, logins_per_address, throttle_loopback, bind_sessions]
+        );
         changed_fields!(applied, "plugins", old.plugins, new.plugins, [dir, watch]);
         // Names only: a plugin's table may hold secrets (a JWT key).
         for (name, table) in &new.plugins.shipped {

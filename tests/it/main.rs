@@ -17,6 +17,7 @@ mod durable;
 mod harness;
 mod jwt_plugin;
 mod limits;
+mod login_throttle;
 mod malformed;
 mod ops;
 mod password_file;
