@@ -124,6 +124,7 @@ impl Broker {
         {
             let mut state = session.lock();
             state.expiry_s = stored.expiry_s;
+            state.owner = stored.owner;
             state.restore_pending(stored.pending);
             state.inflight.extend(stored.inflight);
             state.incoming_qos2.extend(stored.incoming_qos2);
@@ -166,6 +167,7 @@ impl Broker {
                     inflight: std::mem::take(&mut state.inflight).into(),
                     incoming_qos2: state.incoming_qos2.iter().copied().collect(),
                     will: None,
+                    owner: state.owner.clone(),
                 })
             };
             self.discard(session);

@@ -19,7 +19,7 @@ use crate::codec::{
 };
 use crate::config::ListenerConfig;
 use crate::metrics::{Limit, LocalCounts, Refusal};
-use crate::session::ConnectionInfo;
+use crate::session::{ConnectionInfo, Owner};
 use crate::transport::Peer;
 use crate::untrusted::Untrusted;
 
@@ -128,6 +128,13 @@ where
         // nobody verified counts, as in Mosquitto.
         client.username.clone_from(&client.claimed_username);
     }
+    if !may_take_session(&broker, &client_id, &client) {
+        broker.metrics.refused(Refusal::SessionOwner);
+        debug!("CONNECT refused: the session of this client id belongs to another user");
+        let reason = ReasonCode::NOT_AUTHORIZED;
+        send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
+        return None;
+    }
     let Some(attached) = broker.attach(&client_id, connect.clean_start).await else {
         broker.metrics.refused(Refusal::Busy);
         debug!("previous connection did not release the session");
@@ -135,10 +142,12 @@ where
         send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
         return None;
     };
+    let owner = Owner(client.username.clone());
     {
         let mut session = attached.session.lock();
         // Set while online too: it decides whether queued messages are stored.
         session.expiry_s = session_expiry_s;
+        session.owner = Some(owner.clone());
         session.connection = Some(ConnectionInfo {
             username: client.username.clone(),
             claimed_username: client.claimed_username.clone(),
@@ -150,6 +159,7 @@ where
     }
     if session_expiry_s > 0 {
         broker.store.session_opened(&client_id, session_expiry_s);
+        broker.store.session_owner(&client_id, &owner);
     }
     attached.session.lock().client = Some(Arc::new(client.clone()));
     let mut properties = Properties::default();
@@ -214,6 +224,19 @@ where
     );
     conn.send(&Packet::ConnAck(connack));
     Some(conn)
+}
+
+/// Whether `client` may have the session of `client_id` (`[auth]
+/// bind_sessions`): checked before the takeover, so a refused client
+/// neither kicks the connection attached to it nor discards it. A session
+/// belongs to the verified user name (or the anonymity) of the connection
+/// that attached it last; one whose owner is not known (recovered from an
+/// older store, moved from another node) goes to the next connection.
+fn may_take_session(broker: &Broker, client_id: &str, client: &ClientInfo) -> bool {
+    if !broker.config().auth.bind_sessions.applies(broker.policy().authenticates()) {
+        return true;
+    }
+    broker.sessions.get(client_id).is_none_or(|session| session.may_be_taken_by(client.username.as_deref()))
 }
 
 /// Why a login did not succeed.

@@ -42,11 +42,14 @@ pub enum Refusal {
     Busy,
     /// The client's address failed to log in too often (`[auth]`).
     LoginThrottled,
+    /// The session of the client id belongs to another user (`[auth]
+    /// bind_sessions`).
+    SessionOwner,
 }
 
 impl Refusal {
     /// Every reason, in label order.
-    pub const ALL: [Refusal; 9] = [
+    pub const ALL: [Refusal; 10] = [
         Refusal::MaxConnections,
         Refusal::ListenerMaxConnections,
         Refusal::ConnectionRate,
@@ -56,6 +59,7 @@ impl Refusal {
         Refusal::NotAuthorized,
         Refusal::Busy,
         Refusal::LoginThrottled,
+        Refusal::SessionOwner,
     ];
 
     /// The `reason` label.
@@ -70,6 +74,7 @@ impl Refusal {
             Refusal::NotAuthorized => "not_authorized",
             Refusal::Busy => "busy",
             Refusal::LoginThrottled => "login_throttled",
+            Refusal::SessionOwner => "session_owner",
         }
     }
 }

@@ -107,6 +107,12 @@ pub struct ConnectionInfo {
     pub since: std::time::SystemTime,
 }
 
+/// Whom a session belongs to: the verified user name of the connection
+/// that attached it last (`None` inside: an anonymous client). With
+/// `[auth] bind_sessions`, another user may not take the session over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner(pub Option<String>);
+
 /// A subscription as the session remembers it, to restore or remove it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Subscription {
@@ -175,6 +181,10 @@ pub struct SessionState {
     /// sessions alike. `None` for a session restored from the store and not
     /// yet resumed.
     pub client: Option<Arc<ClientInfo>>,
+    /// Whom the session belongs to; `None` when not known (recovered from
+    /// a store written before owners were kept, or moved from another
+    /// node): the next connection to attach claims it.
+    pub owner: Option<Owner>,
     /// A publisher holds a delivery this queue refused (full) and waits
     /// for it to drain to half.
     pub publishers_waiting: bool,
@@ -213,6 +223,7 @@ impl SessionState {
             connection: None,
             expiry_s: 0,
             client: None,
+            owner: None,
             publishers_waiting: false,
             slow: false,
             next_packet_id: FIRST_PACKET_ID,

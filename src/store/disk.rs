@@ -19,7 +19,7 @@ use super::writer::{self, Durability, Op, Parts, Queue};
 use super::{Barrier, Group, PendingWill, Recovered, Store, StoreError, StoredSession};
 use crate::codec::{PacketId, TopicFilter};
 use crate::router::Message;
-use crate::session::{Delivery, Inflight, Subscription};
+use crate::session::{Delivery, Inflight, Owner, Subscription};
 
 /// A [`Store`] in a directory on disk.
 #[derive(Debug)]
@@ -110,6 +110,10 @@ impl Store for DiskStore {
 
     fn session_opened(&self, client_id: &Arc<str>, expiry_s: u32) {
         self.queue.send(Op::SessionOpened(client_id.clone(), expiry_s));
+    }
+
+    fn session_owner(&self, client_id: &Arc<str>, owner: &Owner) {
+        self.queue.send(Op::SessionOwner(client_id.clone(), owner.clone()));
     }
 
     fn session_ended(&self, client_id: &str) {
@@ -215,7 +219,7 @@ fn read_all(parts: &Parts) -> Result<(Recovered, u64, Vec<Arc<str>>), String> {
     }
     for kv in parts.sessions.iter() {
         let (key, value) = kv.into_inner().map_err(|e| e.to_string())?;
-        let record: SessionRecord = record::decode(&value).map_err(|e| bad("sessions", &key, &e))?;
+        let record = SessionRecord::decode(&value).map_err(|e| bad("sessions", &key, &e))?;
         let client_id: Arc<str> = std::str::from_utf8(&key).map_err(|e| bad("sessions", &key, &e))?.into();
         // Crashed while online: the expiry starts now.
         let offline_ms = now_ms.saturating_sub(record.offline_since_ms.unwrap_or(now_ms));
@@ -237,6 +241,7 @@ fn read_all(parts: &Parts) -> Result<(Recovered, u64, Vec<Arc<str>>), String> {
             inflight: Vec::new(),
             incoming_qos2: Vec::new(),
             will: None,
+            owner: record.owner.map(Owner),
         };
         read_session(parts, &mut session, (now, now_ms))?;
         recovered.sessions.push(session);

@@ -34,6 +34,7 @@ mod reload;
 mod retained;
 mod scram_plugin;
 mod session;
+mod session_owner;
 mod shared;
 mod soak;
 mod tls;
