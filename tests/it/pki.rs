@@ -61,6 +61,15 @@ impl Ca {
         self.client_with(cn, dns, |_| {})
     }
 
+    /// A client certificate whose subject holds two common names, `first`
+    /// then `second` in certificate order.
+    pub fn client_with_two_common_names(&self, first: &str, second: &str) -> Issued {
+        self.client_with(first, &[], |p| {
+            // rcgen keeps one value per type: the second CN goes by its OID.
+            p.distinguished_name.push(DnType::CustomDnType(vec![2, 5, 4, 3]), second);
+        })
+    }
+
     /// A client certificate that expired in 2021.
     pub fn expired_client(&self, cn: &str) -> Issued {
         self.client_with(cn, &[], |p| {

@@ -222,6 +222,9 @@ async fn identity_as_username_common_name() {
     let nameless = pki.ca.client("", &["device-2.example.com"]);
     assert_eq!(try_v5(&broker, "nameless", with_cert(&pki, &nameless)).await, Ok(V5Code::BadUserNamePassword));
     assert_eq!(try_v4(&broker, "nameless-v4", with_cert(&pki, &nameless)).await, Ok(V4Code::BadUserNamePassword));
+    // Several CNs: which one counts differs between libraries, so none does.
+    let ambiguous = pki.ca.client_with_two_common_names("device-3", "admin");
+    assert_eq!(try_v5(&broker, "two-cns", with_cert(&pki, &ambiguous)).await, Ok(V5Code::BadUserNamePassword));
 }
 
 #[tokio::test]
