@@ -184,21 +184,42 @@ fn create_private_dir(path: &Path) -> std::io::Result<()> {
 
 /// Owner-only permissions on the directory tree: 0700 directories, 0600
 /// files. Files fjall creates later are inside the 0700 directory.
+///
+/// The store directory itself may be a link the operator made; inside it,
+/// links are never followed: a link planted there (to `/etc/shadow`, or to
+/// someone's home) would otherwise have its target's permissions changed
+/// by the broker's user. Links are left alone and reported. A directory is
+/// made 0700 before its entries are looked at, so nobody but its owner can
+/// swap an entry for a link between the look and the change.
 fn restrict_permissions(path: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
         let meta = std::fs::metadata(path)?;
-        let mode = if meta.is_dir() { 0o700 } else { 0o600 };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-        if meta.is_dir() {
-            for entry in std::fs::read_dir(path)? {
-                restrict_permissions(&entry?.path())?;
-            }
-        }
+        restrict_entry(path, &meta)?;
     }
     #[cfg(not(unix))]
     let _ = path;
+    Ok(())
+}
+
+/// [`restrict_permissions`] for one entry whose own metadata (not a
+/// link's target's) is `meta`.
+#[cfg(unix)]
+fn restrict_entry(path: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if meta.is_dir() { 0o700 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            let entry = entry?;
+            let meta = std::fs::symlink_metadata(entry.path())?;
+            if meta.file_type().is_symlink() {
+                tracing::warn!(path = %entry.path().display(), "store: a symbolic link inside the store is left alone");
+                continue;
+            }
+            restrict_entry(&entry.path(), &meta)?;
+        }
+    }
     Ok(())
 }
 
