@@ -67,6 +67,7 @@ mod tests {
             common_name: common_name.map(str::to_owned),
             sans: vec!["DNS:dev.example.com".into()],
             sha256_fingerprint: String::new(),
+            revocation: Default::default(),
         };
         Peer { addr: SocketAddr::from(([192, 0, 2, 1], 1)), tls: Some(Arc::new(identity)), connect_deadline: None }
     }

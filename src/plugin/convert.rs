@@ -348,6 +348,7 @@ mod tests {
                 common_name: Some("alice".into()),
                 sans: vec!["DNS:alice.example".into()],
                 sha256_fingerprint: "ab".repeat(32),
+                revocation: Default::default(),
             })),
             attributes: vec![("role".into(), "admin".into())],
             claimed_username: Some("alice".into()),

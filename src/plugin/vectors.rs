@@ -484,6 +484,7 @@ fn client(spec: &ClientSpec) -> Result<ClientInfo, String> {
             common_name,
             sans: t.sans.clone(),
             sha256_fingerprint: t.sha256_fingerprint.clone(),
+            revocation: Default::default(),
         })
     });
     Ok(ClientInfo {

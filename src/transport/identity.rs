@@ -54,6 +54,30 @@ pub struct TlsIdentity {
     pub sans: Vec<String>,
     /// SHA-256 of the DER certificate, lowercase hex.
     pub sha256_fingerprint: String,
+    /// Who issued the certificate, and its serial number: what a CRL
+    /// names, so a CRL reload can find the connections it now revokes.
+    pub revocation: RevocationId,
+}
+
+/// A certificate as a CRL names it: its issuer's DN (RFC 4514 text) and its
+/// serial number (lowercase hex, without leading zeros).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct RevocationId {
+    /// The issuer's distinguished name.
+    pub issuer: String,
+    /// The serial number.
+    pub serial: String,
+}
+
+impl RevocationId {
+    /// The id of serial number `serial` (DER content bytes) from `issuer`.
+    pub fn new(issuer: &x509_cert::name::Name, serial: &[u8]) -> RevocationId {
+        let digits = serial.iter().skip_while(|b| **b == 0).fold(String::new(), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        });
+        RevocationId { issuer: issuer.to_string(), serial: digits }
+    }
 }
 
 /// A certificate rustls accepted but that cannot be read for its identity.
@@ -95,7 +119,13 @@ impl TlsIdentity {
                 }
             }
         }
-        Ok(TlsIdentity { subject: tbs.subject.to_string(), common_name, sans, sha256_fingerprint: sha256_hex(der) })
+        Ok(TlsIdentity {
+            subject: tbs.subject.to_string(),
+            common_name,
+            sans,
+            sha256_fingerprint: sha256_hex(der),
+            revocation: RevocationId::new(&tbs.issuer, tbs.serial_number.as_bytes()),
+        })
     }
 
     /// The user name `mode` takes from this identity: the common name, or
@@ -152,6 +182,7 @@ mod tests {
             common_name: Some("dev-1".into()),
             sans: vec!["IP:10.0.0.1".into(), "email:dev@example.com".into(), "DNS:dev.example.com".into()],
             sha256_fingerprint: String::new(),
+            revocation: RevocationId::default(),
         };
         assert_eq!(id.username(IdentityAsUsername::Off), None);
         assert_eq!(id.username(IdentityAsUsername::CommonName), Some("dev-1"));

@@ -102,9 +102,15 @@ impl Ca {
 
     /// A CRL revoking `revoked`.
     pub fn crl(&self, revoked: &[&Issued]) -> String {
+        self.crl_until(revoked, (2100, 1, 1))
+    }
+
+    /// A CRL revoking `revoked` whose `nextUpdate` is the day `next_update`
+    /// (year, month, day).
+    pub fn crl_until(&self, revoked: &[&Issued], (year, month, day): (i32, u8, u8)) -> String {
         CertificateRevocationListParams {
             this_update: date_time_ymd(2020, 1, 1),
-            next_update: date_time_ymd(2100, 1, 1),
+            next_update: date_time_ymd(year, month, day),
             crl_number: SerialNumber::from(1),
             issuing_distribution_point: None,
             revoked_certs: revoked
