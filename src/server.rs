@@ -167,6 +167,7 @@ impl Server {
             handles.connection_rate = Some(rate.clone());
         }
         broker.tasks.spawn(crate::reload::watch::plugins(broker.clone()));
+        broker.tasks.spawn(crate::reload::watch::granted(broker.clone()));
         let config_file = broker.reload.handles.lock().source.as_ref().and_then(|s| s.path().map(Path::to_owned));
         if let Some(path) = config_file {
             broker.tasks.spawn(crate::reload::watch::config_file(broker.clone(), path));
