@@ -83,10 +83,9 @@ where
     } = match outcome {
         Ok(n) => n,
         Err(reason) => {
-            broker.metrics.refused(Refusal::Invalid);
-            debug!(reason = %reason, "CONNECT refused");
-            send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
-            return None;
+            return Refused::with(Refusal::Invalid, reason, "invalid CONNECT")
+                .answer(&broker, &mut stream, version)
+                .await;
         }
     };
     tracing::Span::current().record("client_id", tracing::field::display(Untrusted(&client_id)));
@@ -101,46 +100,16 @@ where
         attributes: Vec::new(),
     };
     let admitted_without_plugin = cert_authenticated || listener.allow_anonymous.permits(peer.addr);
-    let logging_in = login(&broker, &mut stream, &mut rbuf, &connect, &mut client, admitted_without_plugin);
-    let authenticated = match tokio::time::timeout_at(deadline, logging_in).await {
+    let identifying =
+        identify(&broker, &mut stream, &mut rbuf, &connect, &mut client, listener, admitted_without_plugin);
+    let authenticated = match tokio::time::timeout_at(deadline, identifying).await {
         Ok(Ok(authenticated)) => authenticated,
-        Ok(Err(LoginFailure::Throttled(throttled))) => {
-            broker.metrics.refused(Refusal::LoginThrottled);
-            debug!(retry_after_s = throttled.retry_after.as_secs(), "CONNECT refused: too many failed logins");
-            let reason = ReasonCode::CONNECTION_RATE_EXCEEDED;
-            send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
-            return None;
-        }
-        Ok(Err(LoginFailure::Auth(AuthFailure::Refused(reason)))) => {
-            broker.metrics.refused(Refusal::NotAuthorized);
-            debug!(reason = %reason, "CONNECT refused by authentication");
-            send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
-            return None;
-        }
-        Ok(Err(LoginFailure::Auth(AuthFailure::Closed))) | Err(_) => {
-            broker.metrics.refused(Refusal::Protocol);
-            debug!("authentication exchange did not finish");
-            return None;
-        }
+        Ok(Err(refused)) => return refused.answer(&broker, &mut stream, version).await,
+        Err(_) => return Refused::CLOSED.answer(&broker, &mut stream, version).await,
     };
-    if listener.trust_claimed_username && client.username.is_none() {
-        // The operator's explicit choice (warned about at start-up): a name
-        // nobody verified counts, as in Mosquitto.
-        client.username.clone_from(&client.claimed_username);
-    }
-    if !may_take_session(&broker, &client_id, &client) {
-        broker.metrics.refused(Refusal::SessionOwner);
-        debug!("CONNECT refused: the session of this client id belongs to another user");
-        let reason = ReasonCode::NOT_AUTHORIZED;
-        send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
-        return None;
-    }
     let Some(attached) = broker.attach(&client_id, connect.clean_start).await else {
-        broker.metrics.refused(Refusal::Busy);
-        debug!("previous connection did not release the session");
-        let reason = ReasonCode::SERVER_BUSY;
-        send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
-        return None;
+        let busy = Refused::with(Refusal::Busy, ReasonCode::SERVER_BUSY, "previous connection did not let go");
+        return busy.answer(&broker, &mut stream, version).await;
     };
     let owner = Owner(client.username.clone());
     {
@@ -237,6 +206,79 @@ fn may_take_session(broker: &Broker, client_id: &str, client: &ClientInfo) -> bo
         return true;
     }
     broker.sessions.get(client_id).is_none_or(|session| session.may_be_taken_by(client.username.as_deref()))
+}
+
+/// Why a handshake ends without a session: counted as `metric`, logged at
+/// `debug`, and answered with a CONNACK of `reason` when there is one.
+struct Refused {
+    metric: Refusal,
+    reason: Option<ReasonCode>,
+    why: &'static str,
+}
+
+impl Refused {
+    /// The connection broke or timed out during authentication: nothing
+    /// to answer.
+    const CLOSED: Refused = Refused { metric: Refusal::Protocol, reason: None, why: "authentication did not finish" };
+
+    fn with(metric: Refusal, reason: ReasonCode, why: &'static str) -> Refused {
+        Refused { metric, reason: Some(reason), why }
+    }
+
+    /// Counts, logs and answers the refusal; the handshake's end.
+    async fn answer<S, T>(self, broker: &Broker, stream: &mut S, version: ProtocolVersion) -> Option<T>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        broker.metrics.refused(self.metric);
+        match self.reason {
+            Some(reason) => {
+                debug!(reason = %reason, why = self.why, "CONNECT refused");
+                send_connack(stream, version, ConnAck { reason, ..ConnAck::default() }).await;
+            }
+            None => debug!(why = self.why, "CONNECT refused"),
+        }
+        None
+    }
+}
+
+/// Who the client is: authenticates it under the login throttle, applies
+/// the listener's `trust_claimed_username`, and checks that it may have
+/// the session of its client id.
+async fn identify<S>(
+    broker: &Broker,
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    connect: &Connect,
+    client: &mut ClientInfo,
+    listener: &ListenerConfig,
+    admitted_without_plugin: bool,
+) -> Result<policy::Authenticated, Refused>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let authenticated = match login(broker, stream, rbuf, connect, client, admitted_without_plugin).await {
+        Ok(authenticated) => authenticated,
+        Err(LoginFailure::Throttled(throttled)) => {
+            debug!(retry_after_s = throttled.retry_after.as_secs(), "too many failed logins from this address");
+            let why = "too many failed logins from this address";
+            return Err(Refused::with(Refusal::LoginThrottled, ReasonCode::CONNECTION_RATE_EXCEEDED, why));
+        }
+        Err(LoginFailure::Auth(AuthFailure::Refused(reason))) => {
+            return Err(Refused::with(Refusal::NotAuthorized, reason, "refused by authentication"));
+        }
+        Err(LoginFailure::Auth(AuthFailure::Closed)) => return Err(Refused::CLOSED),
+    };
+    if listener.trust_claimed_username && client.username.is_none() {
+        // The operator's explicit choice (warned about at start-up): a name
+        // nobody verified counts, as in Mosquitto.
+        client.username.clone_from(&client.claimed_username);
+    }
+    if !may_take_session(broker, &client.client_id, client) {
+        let why = "the session of this client id belongs to another user";
+        return Err(Refused::with(Refusal::SessionOwner, ReasonCode::NOT_AUTHORIZED, why));
+    }
+    Ok(authenticated)
 }
 
 /// Why a login did not succeed.
