@@ -45,6 +45,9 @@ pub struct Broker {
     /// hash queues here, under each client's connect deadline, instead of
     /// occupying every blocking thread.
     pub(crate) authn_permits: Arc<tokio::sync::Semaphore>,
+    /// Failed logins and logins in progress per client address (`[auth]`),
+    /// checked before the authentication chain runs.
+    pub(crate) logins: crate::auth::LoginThrottle,
     /// What hot reload needs: the plugin host, the watched directory, the
     /// handles of run-time settings, and the last outcome.
     pub(crate) reload: Reloader,
@@ -102,6 +105,7 @@ impl Broker {
             store,
             policy: parking_lot::RwLock::new(policy),
             authn_permits: Arc::new(tokio::sync::Semaphore::new(authn_concurrency())),
+            logins: crate::auth::LoginThrottle::default(),
             reload: Reloader::new(plugin_dir),
             next_assigned_id: AtomicU64::new(1),
             #[cfg(feature = "cluster")]
@@ -139,6 +143,7 @@ impl Broker {
         {
             let mut state = session.lock();
             state.expiry_s = stored.expiry_s;
+            state.owner = stored.owner;
             state.restore_pending(stored.pending);
             state.inflight.extend(stored.inflight);
             state.incoming_qos2.extend(stored.incoming_qos2);
@@ -181,6 +186,7 @@ impl Broker {
                     inflight: std::mem::take(&mut state.inflight).into(),
                     incoming_qos2: state.incoming_qos2.iter().copied().collect(),
                     will: None,
+                    owner: state.owner.clone(),
                 })
             };
             self.discard(session);

@@ -17,6 +17,9 @@ use crate::plugin::shipped;
 mod net;
 
 pub use net::IpNet;
+mod auth;
+
+pub use auth::{AuthConfig, BindSessions};
 
 /// A configuration that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +74,9 @@ pub struct Config {
     /// Clustering over NATS (`[cluster]`); a single node without it.
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+    /// Login throttling and session ownership (`[auth]`).
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
 
 /// Where the policy plugins are, and which shipped plugins are enabled.
@@ -158,6 +164,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             sys: SysConfig::default(),
             cluster: None,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -180,6 +187,15 @@ pub struct ListenerConfig {
     /// and is not subject to this policy.
     #[serde(default)]
     pub allow_anonymous: Anonymous,
+    /// Whether the CONNECT user name of a client that no authentication
+    /// plugin verified (admitted anonymously, or by a certificate without
+    /// `use_identity_as_username`) still counts for authorization, as in
+    /// Mosquitto. Off by default: such a client is anonymous to the
+    /// authorizers, whatever name it claims. On, any client that may
+    /// connect gets the rights of any user name it types; the broker warns
+    /// at start-up.
+    #[serde(default)]
+    pub trust_claimed_username: bool,
     /// Certificates and client authentication; required for `tls` and
     /// `wss` listeners, refused for the others.
     #[serde(default)]
@@ -227,6 +243,7 @@ impl ListenerConfig {
             bind,
             protocol: ListenerProtocol::Tcp,
             allow_anonymous: Anonymous::Loopback,
+            trust_claimed_username: false,
             tls: None,
             ws_path: None,
             max_connections: None,
@@ -968,6 +985,7 @@ impl Config {
             return Err(("plugins.cache_dir".into(), "set while `plugins.cache = false`: remove one".into()));
         }
         self.admin.validate()?;
+        self.auth.validate()?;
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
         }

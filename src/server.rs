@@ -110,6 +110,13 @@ impl Server {
         let recovered = store.recover()?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
+            if l.trust_claimed_username {
+                tracing::warn!(
+                    listener = %l.name,
+                    "trust_claimed_username = true: a client that no authentication plugin verifies \
+                     gets the rights of whatever user name it claims"
+                );
+            }
             listeners.push(Listener::bind(l.clone()).await?);
         }
         let admin = match config.admin.listen {
@@ -173,6 +180,7 @@ impl Server {
             handles.connection_rate = Some(rate.clone());
         }
         broker.tasks.spawn(crate::reload::watch::plugins(broker.clone()));
+        broker.tasks.spawn(crate::reload::watch::granted(broker.clone()));
         let config_file = broker.reload.handles.lock().source.as_ref().and_then(|s| s.path().map(Path::to_owned));
         if let Some(path) = config_file {
             broker.tasks.spawn(crate::reload::watch::config_file(broker.clone(), path));

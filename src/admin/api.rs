@@ -56,6 +56,7 @@ fn clients(broker: &Broker) -> Value {
         list.push(json!({
             "client_id": &**session.client_id(),
             "username": c.username,
+            "claimed_username": c.claimed_username,
             "peer": c.peer.to_string(),
             "listener": c.listener,
             "protocol": if c.protocol.is_v5() { "5.0" } else { "3.1.1" },

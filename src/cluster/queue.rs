@@ -234,6 +234,7 @@ impl Queue {
             inflight: Vec::new(),
             incoming_qos2: Vec::new(),
             will: None,
+            owner: None,
         };
         Some(consumer::pull::Config {
             durable_name: Some(consumer_name(session.client_id())),

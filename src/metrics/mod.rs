@@ -43,11 +43,16 @@ pub enum Refusal {
     Busy,
     /// A new session would exceed `limits.max_sessions`.
     MaxSessions,
+    /// The client's address failed to log in too often (`[auth]`).
+    LoginThrottled,
+    /// The session of the client id belongs to another user (`[auth]
+    /// bind_sessions`).
+    SessionOwner,
 }
 
 impl Refusal {
     /// Every reason, in label order.
-    pub const ALL: [Refusal; 9] = [
+    pub const ALL: [Refusal; 11] = [
         Refusal::MaxConnections,
         Refusal::ListenerMaxConnections,
         Refusal::ConnectionRate,
@@ -57,6 +62,8 @@ impl Refusal {
         Refusal::NotAuthorized,
         Refusal::Busy,
         Refusal::MaxSessions,
+        Refusal::LoginThrottled,
+        Refusal::SessionOwner,
     ];
 
     /// The `reason` label.
@@ -71,6 +78,8 @@ impl Refusal {
             Refusal::NotAuthorized => "not_authorized",
             Refusal::Busy => "busy",
             Refusal::MaxSessions => "max_sessions",
+            Refusal::LoginThrottled => "login_throttled",
+            Refusal::SessionOwner => "session_owner",
         }
     }
 }

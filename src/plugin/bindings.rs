@@ -118,6 +118,8 @@ impl self::moat::plugin::host::Host for HostState {
             message.truncate(end);
         }
         let plugin = &*self.plugin;
+        // A plugin may echo what a client sent (its id, its user name).
+        let message = crate::untrusted::Untrusted(&message);
         match level {
             Level::Trace => tracing::trace!(plugin, "{message}"),
             Level::Debug => tracing::debug!(plugin, "{message}"),

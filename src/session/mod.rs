@@ -18,7 +18,8 @@ use tokio::sync::Notify;
 
 pub use registry::{Attached, Registry};
 pub use state::{
-    ConnectionInfo, Delivery, Inflight, InflightState, JetStreamAck, QueueBound, Room, SessionState, Subscription,
+    ConnectionInfo, Delivery, Inflight, InflightState, JetStreamAck, Owner, QueueBound, Room, SessionState,
+    Subscription,
 };
 
 /// Why [`Session::offer`] did not queue a delivery.
@@ -88,6 +89,13 @@ pub struct Session {
 }
 
 impl Session {
+    /// Whether a connection as `user` (a verified user name, `None` for
+    /// an anonymous client) may take this session over: it belongs to that
+    /// user, or its owner is not known.
+    pub fn may_be_taken_by(&self, user: Option<&str>) -> bool {
+        self.lock().owner.as_ref().is_none_or(|owner| owner.0.as_deref() == user)
+    }
+
     /// A new, empty session.
     pub fn new(client_id: Arc<str>, bound: QueueBound) -> Session {
         Session {

@@ -119,8 +119,11 @@ fn queued_size(d: &Delivery) -> usize {
 /// Who is attached to a session now, for the admin API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionInfo {
-    /// The user name in force (from CONNECT, a certificate or a grant).
+    /// The verified user name (from an authenticator's grant or a
+    /// certificate; see `ClientInfo::username`).
     pub username: Option<String>,
+    /// The user name CONNECT carried, verified or not.
+    pub claimed_username: Option<String>,
     /// Remote address.
     pub peer: std::net::SocketAddr,
     /// Listener name.
@@ -130,6 +133,12 @@ pub struct ConnectionInfo {
     /// When CONNACK was sent.
     pub since: std::time::SystemTime,
 }
+
+/// Whom a session belongs to: the verified user name of the connection
+/// that attached it last (`None` inside: an anonymous client). With
+/// `[auth] bind_sessions`, another user may not take the session over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner(pub Option<String>);
 
 /// A subscription as the session remembers it, to restore or remove it.
 #[derive(Debug, Clone, PartialEq)]
@@ -199,6 +208,10 @@ pub struct SessionState {
     /// sessions alike. `None` for a session restored from the store and not
     /// yet resumed.
     pub client: Option<Arc<ClientInfo>>,
+    /// Whom the session belongs to; `None` when not known (recovered from
+    /// a store written before owners were kept, or moved from another
+    /// node): the next connection to attach claims it.
+    pub owner: Option<Owner>,
     /// A publisher holds a delivery this queue refused (full) and waits
     /// for it to drain to half.
     pub publishers_waiting: bool,
@@ -237,6 +250,7 @@ impl SessionState {
             connection: None,
             expiry_s: 0,
             client: None,
+            owner: None,
             publishers_waiting: false,
             slow: false,
             next_packet_id: FIRST_PACKET_ID,

@@ -19,7 +19,7 @@ use super::writer::{self, Durability, Op, Parts, Queue};
 use super::{Barrier, Group, PendingWill, Recovered, Store, StoreError, StoredSession};
 use crate::codec::{PacketId, TopicFilter};
 use crate::router::Message;
-use crate::session::{Delivery, Inflight, Subscription};
+use crate::session::{Delivery, Inflight, Owner, Subscription};
 
 /// A [`Store`] in a directory on disk.
 #[derive(Debug)]
@@ -113,6 +113,10 @@ impl Store for DiskStore {
         self.queue.send(Op::SessionOpened(client_id.clone(), expiry_s));
     }
 
+    fn session_owner(&self, client_id: &Arc<str>, owner: &Owner) {
+        self.queue.send(Op::SessionOwner(client_id.clone(), owner.clone()));
+    }
+
     fn session_ended(&self, client_id: &str) {
         self.queue.send(Op::SessionEnded(client_id.into()));
     }
@@ -191,21 +195,42 @@ fn create_private_dir(path: &Path) -> std::io::Result<()> {
 
 /// Owner-only permissions on the directory tree: 0700 directories, 0600
 /// files. Files fjall creates later are inside the 0700 directory.
+///
+/// The store directory itself may be a link the operator made; inside it,
+/// links are never followed: a link planted there (to `/etc/shadow`, or to
+/// someone's home) would otherwise have its target's permissions changed
+/// by the broker's user. Links are left alone and reported. A directory is
+/// made 0700 before its entries are looked at, so nobody but its owner can
+/// swap an entry for a link between the look and the change.
 fn restrict_permissions(path: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
         let meta = std::fs::metadata(path)?;
-        let mode = if meta.is_dir() { 0o700 } else { 0o600 };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-        if meta.is_dir() {
-            for entry in std::fs::read_dir(path)? {
-                restrict_permissions(&entry?.path())?;
-            }
-        }
+        restrict_entry(path, &meta)?;
     }
     #[cfg(not(unix))]
     let _ = path;
+    Ok(())
+}
+
+/// [`restrict_permissions`] for one entry whose own metadata (not a
+/// link's target's) is `meta`.
+#[cfg(unix)]
+fn restrict_entry(path: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if meta.is_dir() { 0o700 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            let entry = entry?;
+            let meta = std::fs::symlink_metadata(entry.path())?;
+            if meta.file_type().is_symlink() {
+                tracing::warn!(path = %entry.path().display(), "store: a symbolic link inside the store is left alone");
+                continue;
+            }
+            restrict_entry(&entry.path(), &meta)?;
+        }
+    }
     Ok(())
 }
 
@@ -226,7 +251,7 @@ fn read_all(parts: &Parts) -> Result<(Recovered, u64, Vec<Arc<str>>), String> {
     }
     for kv in parts.sessions.iter() {
         let (key, value) = kv.into_inner().map_err(|e| e.to_string())?;
-        let record: SessionRecord = record::decode(&value).map_err(|e| bad("sessions", &key, &e))?;
+        let record = SessionRecord::decode(&value).map_err(|e| bad("sessions", &key, &e))?;
         let client_id: Arc<str> = std::str::from_utf8(&key).map_err(|e| bad("sessions", &key, &e))?.into();
         // Crashed while online: the expiry starts now.
         let offline_ms = now_ms.saturating_sub(record.offline_since_ms.unwrap_or(now_ms));
@@ -248,6 +273,7 @@ fn read_all(parts: &Parts) -> Result<(Recovered, u64, Vec<Arc<str>>), String> {
             inflight: Vec::new(),
             incoming_qos2: Vec::new(),
             will: None,
+            owner: record.owner.map(Owner),
         };
         read_session(parts, &mut session, (now, now_ms))?;
         recovered.sessions.push(session);

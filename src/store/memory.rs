@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use super::{PendingWill, Recovered, Store, StoreError, StoredSession};
 use crate::codec::{PacketId, TopicFilter, TopicName};
 use crate::router::Message;
-use crate::session::{Delivery, Inflight, Subscription};
+use crate::session::{Delivery, Inflight, Owner, Subscription};
 
 /// A [`Store`] that keeps its copy in memory.
 #[derive(Debug, Default)]
@@ -52,8 +52,15 @@ impl Store for MemoryStore {
             inflight: Vec::new(),
             incoming_qos2: Vec::new(),
             will: None,
+            owner: None,
         });
         entry.expiry_s = expiry_s;
+    }
+
+    fn session_owner(&self, client_id: &Arc<str>, owner: &Owner) {
+        if let Some(s) = self.inner.lock().session(client_id) {
+            s.owner = Some(owner.clone());
+        }
     }
 
     fn session_ended(&self, client_id: &str) {

@@ -35,7 +35,7 @@ pub use writer::Durability;
 
 use crate::codec::{PacketId, TopicFilter};
 use crate::router::Message;
-use crate::session::{Delivery, Inflight, Subscription};
+use crate::session::{Delivery, Inflight, Owner, Subscription};
 
 /// A store failed.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +78,8 @@ pub struct StoredSession {
     /// The will waiting for its Will Delay Interval when the connection
     /// ended, and when it is due (ms since the Unix epoch).
     pub will: Option<PendingWill>,
+    /// Whom the session belongs to, if known.
+    pub owner: Option<Owner>,
 }
 
 /// A will waiting for its delay, as stored.
@@ -114,6 +116,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn retain(&self, message: &Arc<Message>);
     /// A session was created or its expiry changed.
     fn session_opened(&self, client_id: &Arc<str>, expiry_s: u32);
+    /// A session that outlives its connection now belongs to `owner`
+    /// (reported after [`Store::session_opened`]), so its binding to its
+    /// user survives a restart.
+    fn session_owner(&self, client_id: &Arc<str>, owner: &Owner) {
+        let _ = (client_id, owner);
+    }
     /// A session ended: forget it and everything it held.
     fn session_ended(&self, client_id: &str);
     /// A subscription was added or replaced.

@@ -82,6 +82,28 @@ pub(super) struct SessionRecord {
     pub expiry_s: u32,
     /// When its connection ended (ms since the epoch); `None` while online.
     pub offline_since_ms: Option<u64>,
+    /// Whom the session belongs to (`session::Owner`); `None`: not known.
+    /// Last, so that older releases, which read the fields before it,
+    /// still read the record.
+    pub owner: Option<Option<String>>,
+}
+
+/// A session record as releases before session owners wrote it.
+#[derive(Deserialize)]
+struct LegacySessionRecord {
+    expiry_s: u32,
+    offline_since_ms: Option<u64>,
+}
+
+impl SessionRecord {
+    /// Decodes a record written by [`encode`], by this release or by one
+    /// before session owners (whose records lack the field: owner unknown).
+    pub fn decode(bytes: &[u8]) -> Result<SessionRecord, DecodeError> {
+        decode::<SessionRecord>(bytes).or_else(|_| {
+            let LegacySessionRecord { expiry_s, offline_since_ms } = decode(bytes)?;
+            Ok(SessionRecord { expiry_s, offline_since_ms, owner: None })
+        })
+    }
 }
 
 /// A subscription (key: client id, 0, filter).
@@ -280,6 +302,26 @@ fn qos(n: u8) -> Result<QoS, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_records_with_and_without_an_owner_read_both_ways() {
+        #[derive(Serialize)]
+        struct Before {
+            expiry_s: u32,
+            offline_since_ms: Option<u64>,
+        }
+        let old = encode(&Before { expiry_s: 60, offline_since_ms: Some(5) });
+        let read = SessionRecord::decode(&old).expect("an older record reads");
+        assert_eq!(read, SessionRecord { expiry_s: 60, offline_since_ms: Some(5), owner: None });
+        for owner in [Some(Some("alice".to_owned())), Some(None), None] {
+            let record = SessionRecord { expiry_s: 7, offline_since_ms: None, owner };
+            let bytes = encode(&record);
+            assert_eq!(SessionRecord::decode(&bytes).expect("reads"), record);
+            // What a release before owners reads from it.
+            let LegacySessionRecord { expiry_s, offline_since_ms } = decode(&bytes).expect("older release reads");
+            assert_eq!((expiry_s, offline_since_ms), (7, None));
+        }
+    }
 
     fn message() -> Message {
         let props = Properties {

@@ -157,6 +157,32 @@ fn files_are_owner_only() {
     drop(store);
 }
 
+/// The permission fix-up never follows a link planted in the store: the
+/// file or directory it points at keeps its permissions.
+#[cfg(unix)]
+#[test]
+fn the_permission_fix_up_does_not_follow_links() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    drop(open(&path));
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).expect("dir");
+    let victim = outside.join("victim");
+    std::fs::write(&victim, "not the broker's").expect("file");
+    for p in [&outside, &victim] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    std::os::unix::fs::symlink(&victim, path.join("to-a-file")).expect("link");
+    std::os::unix::fs::symlink(&outside, path.join("to-a-dir")).expect("link");
+    let store = open(&path);
+    for p in [&outside, &victim] {
+        assert_eq!(std::fs::metadata(p).expect("meta").permissions().mode() & 0o777, 0o755, "{}", p.display());
+    }
+    assert!(std::fs::symlink_metadata(path.join("to-a-file")).expect("link").file_type().is_symlink());
+    drop(store);
+}
+
 #[test]
 fn close_does_not_wait_for_a_barrier_still_held() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -78,6 +78,8 @@ pub(crate) fn decode_session(bytes: &[u8]) -> Result<StoredSession, DecodeError>
         inflight: Vec::new(),
         incoming_qos2: Vec::with_capacity(record.incoming_qos2.len()),
         will: None,
+        // Not carried between nodes: the next connection claims it.
+        owner: None,
     };
     for (filter, subscription) in record.subscriptions {
         let filter = TopicFilter::new(&filter).map_err(|e| DecodeError(format!("filter {filter:?}: {e}")))?;
@@ -202,6 +204,7 @@ mod tests {
             inflight: vec![sent],
             incoming_qos2: vec![PacketId::new(77).expect("non-zero")],
             will: None,
+            owner: None,
         };
         let back = decode_session(&encode_session(&session)).expect("decodes");
         assert_eq!((&*back.client_id, back.expiry_s), ("dev/ü", 3600));

@@ -54,6 +54,7 @@ pub enum Durability {
 pub(crate) enum Op {
     Retain(Arc<Message>),
     SessionOpened(Arc<str>, u32),
+    SessionOwner(Arc<str>, crate::session::Owner),
     SessionEnded(Arc<str>),
     Subscribed(Arc<str>, String, SubscriptionRecord),
     Unsubscribed(Arc<str>, String),
@@ -357,8 +358,15 @@ impl Writer {
                 self.stage(Part::Retained, m.topic.as_str().as_bytes().to_vec(), value);
             }
             Op::SessionOpened(client, expiry_s) => {
-                let value = record::encode(&SessionRecord { expiry_s, offline_since_ms: None });
+                let owner = self.session(&client).and_then(|s| s.owner);
+                let value = record::encode(&SessionRecord { expiry_s, offline_since_ms: None, owner });
                 self.stage(Part::Sessions, client.as_bytes().to_vec(), Some(value));
+            }
+            Op::SessionOwner(client, owner) => {
+                if let Some(mut session) = self.session(&client) {
+                    session.owner = Some(owner.0);
+                    self.stage(Part::Sessions, client.as_bytes().to_vec(), Some(record::encode(&session)));
+                }
             }
             Op::SessionEnded(client) => {
                 self.stage(Part::Sessions, client.as_bytes().to_vec(), None);
@@ -446,7 +454,7 @@ impl Writer {
             Some(staged) => staged.clone(),
             None => self.parts.sessions.get(client.as_bytes()).ok().flatten().map(|v| v.to_vec()),
         };
-        bytes.and_then(|b| record::decode(&b).ok())
+        bytes.and_then(|b| SessionRecord::decode(&b).ok())
     }
 
     fn stage(&mut self, part: Part, key: Vec<u8>, value: Option<Vec<u8>>) {

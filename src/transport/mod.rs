@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
-pub use identity::{Peer, TlsIdentity};
+pub use identity::{Peer, RevocationId, TlsIdentity};
 pub use stream::Stream;
 pub use tls::{ServerConfigs, TlsAcceptor, TlsSetupError};
 
