@@ -43,6 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = ClientInfo {
         client_id: "bench-client".into(),
         username: Some("bench".into()),
+        claimed_username: Some("bench".into()),
         peer_address: "127.0.0.1:40000".parse()?,
         listener: "tcp".into(),
         protocol: ProtocolVersion::V5,

@@ -195,6 +195,7 @@ fn calls_n(policy: &Policy, hook: Hook, n: u32) -> Result<(), Box<dyn std::error
     let client = ClientInfo {
         client_id: "bench-client".into(),
         username: Some("alice".into()),
+        claimed_username: Some("alice".into()),
         peer_address: "127.0.0.1:40000".parse()?,
         listener: "tcp".into(),
         protocol: ProtocolVersion::V5,

@@ -1,5 +1,7 @@
 //! The broker's shared state and the session lifecycle around connections.
 
+mod share;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -38,6 +40,9 @@ pub struct Broker {
     /// The plugin chain in force; replaced whole on reload. A sync lock is
     /// right here: readers clone an `Arc` and let go at once.
     policy: parking_lot::RwLock<Policy>,
+    /// Failed logins and logins in progress per client address (`[auth]`),
+    /// checked before the authentication chain runs.
+    pub(crate) logins: crate::auth::LoginThrottle,
     /// What hot reload needs: the plugin host, the watched directory, the
     /// handles of run-time settings, and the last outcome.
     pub(crate) reload: Reloader,
@@ -45,6 +50,17 @@ pub struct Broker {
     /// The link to the other nodes, with a `[cluster]` section.
     #[cfg(feature = "cluster")]
     cluster: Option<crate::cluster::Cluster>,
+}
+
+/// Why a connection could not attach to its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AttachRefused {
+    /// The previous connection of the client id did not let go in time.
+    #[error("the previous connection did not release the session")]
+    Busy,
+    /// The session would be a new one beyond `limits.max_sessions`.
+    #[error("limits.max_sessions reached")]
+    TooManySessions,
 }
 
 /// A retained message was refused: the retained store is at
@@ -67,6 +83,7 @@ impl Broker {
         };
         #[cfg(not(feature = "cluster"))]
         let router = Router::default();
+        router.set_share_bound(config.limits.queue_bound());
         let broker = Arc::new(Broker {
             config: ArcSwap::from_pointee(config),
             router,
@@ -76,6 +93,7 @@ impl Broker {
             tasks: TaskTracker::new(),
             store,
             policy: parking_lot::RwLock::new(policy),
+            logins: crate::auth::LoginThrottle::default(),
             reload: Reloader::new(plugin_dir),
             next_assigned_id: AtomicU64::new(1),
             #[cfg(feature = "cluster")]
@@ -83,6 +101,9 @@ impl Broker {
         });
         for message in recovered.retained {
             broker.router.retained().set(&message);
+        }
+        for (share, deliveries) in recovered.shared {
+            broker.router.restore_waiting(share, deliveries);
         }
         for mut stored in recovered.sessions {
             let will = stored.will.take();
@@ -96,6 +117,8 @@ impl Broker {
                 let wait = Duration::from_millis(will.due_ms.saturating_sub(crate::store::now_ms()));
                 broker.schedule_will(session.clone(), 0, will, wait, timers.clone());
             }
+            // Its share groups' messages wait for it as after a disconnect.
+            broker.hold_shared(session.clone(), 0, timers.clone());
             broker.arm_expiry(session, 0, expiry_s, timers);
         }
         broker
@@ -108,6 +131,7 @@ impl Broker {
         {
             let mut state = session.lock();
             state.expiry_s = stored.expiry_s;
+            state.owner = stored.owner;
             state.restore_pending(stored.pending);
             state.inflight.extend(stored.inflight);
             state.incoming_qos2.extend(stored.incoming_qos2);
@@ -150,6 +174,7 @@ impl Broker {
                     inflight: std::mem::take(&mut state.inflight).into(),
                     incoming_qos2: state.incoming_qos2.iter().copied().collect(),
                     will: None,
+                    owner: state.owner.clone(),
                 })
             };
             self.discard(session);
@@ -209,6 +234,7 @@ impl Broker {
 
     /// Replaces the configuration (config reload).
     pub(crate) fn set_config(&self, config: Config) {
+        self.router.set_share_bound(config.limits.queue_bound());
         self.config.store(Arc::new(config));
     }
 
@@ -357,10 +383,25 @@ impl Broker {
     }
 
     /// Attaches a connection to the session of `client_id`.
-    pub async fn attach(&self, client_id: &Arc<str>, clean_start: bool) -> Option<Attached> {
+    ///
+    /// # Errors
+    /// [`AttachRefused`]: the previous connection did not let go, or a new
+    /// session would exceed `limits.max_sessions` (checked without a lock
+    /// across the attach, so concurrent CONNECTs may pass it together).
+    pub async fn attach(&self, client_id: &Arc<str>, clean_start: bool) -> Result<Attached, AttachRefused> {
+        let (max_sessions, bound) = {
+            let config = self.config();
+            (config.limits.max_sessions, config.limits.queue_bound())
+        };
+        if self.sessions.get(client_id).is_none() && self.sessions.len() >= max_sessions {
+            return Err(AttachRefused::TooManySessions);
+        }
         let claimed = self.claim(client_id, clean_start).await;
-        let bound = self.config().limits.queue_bound();
-        let attached = self.sessions.attach(client_id, clean_start, bound, |old| self.discard(old)).await?;
+        let attached = self
+            .sessions
+            .attach(client_id, clean_start, bound, |old| self.discard(old))
+            .await
+            .ok_or(AttachRefused::Busy)?;
         if claimed.is_some() {
             attached.session.lock().claimed = claimed;
         }
@@ -368,7 +409,7 @@ impl Broker {
         if std::mem::take(&mut attached.session.lock().will_pending) {
             self.store.will(client_id, None);
         }
-        Some(attached)
+        Ok(attached)
     }
 
     /// In a cluster, before a connection attaches: claims the session of
@@ -408,13 +449,16 @@ impl Broker {
         None
     }
 
-    /// Ends a session: removes its subscriptions and forgets it.
+    /// Ends a session: removes its subscriptions, sends the share groups'
+    /// messages its client has not received on to other members
+    /// [MQTT-4.8.2], and forgets it.
     pub fn discard(&self, session: &Arc<Session>) {
-        let (filters, claimed): (Vec<_>, _) = {
+        let (filters, claimed, shared): (Vec<_>, _, _) = {
             let mut state = session.lock();
             if let Some(feeding) = state.feeding.take() {
                 feeding.cancel();
             }
+            let shared = state.take_shared();
             // What JetStream delivered for it goes back, to be delivered
             // again at once (to another member of a share group).
             #[cfg(feature = "cluster")]
@@ -426,11 +470,13 @@ impl Broker {
             }
             state.clear_pending();
             state.inflight.clear();
-            (state.subscriptions.drain().map(|(f, _)| f).collect(), state.claimed.take())
+            (state.subscriptions.drain().map(|(f, _)| f).collect(), state.claimed.take(), shared)
         };
         for filter in &filters {
             self.router.unsubscribe(session, filter);
         }
+        // No member any more: the others take what it gave up.
+        self.redispatch(session, shared);
         if self.sessions.remove(session) {
             self.store.session_ended(session.client_id());
             #[cfg(feature = "cluster")]
@@ -552,6 +598,7 @@ impl Broker {
             self.forget_kept(&session, kept);
         } else {
             self.save_messages(&session);
+            self.hold_shared(session.clone(), generation, timers.clone());
             self.arm_expiry(session.clone(), generation, expiry_s, timers.clone());
             // The consumer records the expiry: rewritten only if the
             // DISCONNECT changed it.

@@ -14,6 +14,13 @@ use serde::Deserialize;
 use crate::plugin::Sidecar;
 use crate::plugin::shipped;
 
+mod net;
+
+pub use net::IpNet;
+mod auth;
+
+pub use auth::{AuthConfig, BindSessions};
+
 /// A configuration that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -67,6 +74,9 @@ pub struct Config {
     /// Clustering over NATS (`[cluster]`); a single node without it.
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+    /// Login throttling and session ownership (`[auth]`).
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
 
 /// Where the policy plugins are, and which shipped plugins are enabled.
@@ -75,7 +85,8 @@ pub struct Config {
 /// [plugins]
 /// dir = "/etc/moat/plugins"
 /// watch = true                     # reload when the directory changes
-/// cache_dir = "/var/cache/moat"    # compiled plugins (default: under storage.dir)
+/// cache_dir = "/var/cache/moat"    # compiled plugins (default: see Config::plugin_cache_dir)
+/// cache = true                     # false: compile at every start
 /// [plugins.password-file]          # enables the shipped plugin of that name
 /// order = 10
 /// config = { file = "/etc/moat/passwd" }
@@ -88,9 +99,11 @@ pub struct PluginsConfig {
     pub dir: Option<PathBuf>,
     /// Whether a change in `dir` reloads the plugins (default true).
     pub watch: Option<bool>,
-    /// Where compiled plugins are kept between runs. Unset: `plugin-cache`
-    /// under `[storage] dir` when that is set, else nothing is kept.
+    /// Where compiled plugins are kept between runs. Unset: see
+    /// [`Config::plugin_cache_dir`].
     pub cache_dir: Option<PathBuf>,
+    /// `false` keeps no compiled plugins on disk (default true).
+    pub cache: Option<bool>,
     /// Shipped plugins enabled by a `[plugins.NAME]` table, with the keys of
     /// a sidecar (order, on_error, config, limits, grants).
     pub shipped: BTreeMap<String, Sidecar>,
@@ -115,7 +128,9 @@ impl<'de> Deserialize<'de> for PluginsConfig {
         impl<'de> serde::de::Visitor<'de> for Visitor {
             type Value = PluginsConfig;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a table with `dir`, `watch`, `cache_dir` and `[plugins.NAME]` tables of shipped plugins")
+                f.write_str(
+                    "a table with `dir`, `watch`, `cache_dir`, `cache` and `[plugins.NAME]` tables of shipped plugins",
+                )
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<PluginsConfig, A::Error> {
                 let mut config = PluginsConfig::default();
@@ -124,6 +139,7 @@ impl<'de> Deserialize<'de> for PluginsConfig {
                         "dir" => config.dir = Some(map.next_value()?),
                         "watch" => config.watch = Some(map.next_value()?),
                         "cache_dir" => config.cache_dir = Some(map.next_value()?),
+                        "cache" => config.cache = Some(map.next_value()?),
                         _ => {
                             let table: Sidecar = map.next_value()?;
                             config.shipped.insert(key, table);
@@ -148,6 +164,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             sys: SysConfig::default(),
             cluster: None,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -170,6 +187,15 @@ pub struct ListenerConfig {
     /// and is not subject to this policy.
     #[serde(default)]
     pub allow_anonymous: Anonymous,
+    /// Whether the CONNECT user name of a client that no authentication
+    /// plugin verified (admitted anonymously, or by a certificate without
+    /// `use_identity_as_username`) still counts for authorization, as in
+    /// Mosquitto. Off by default: such a client is anonymous to the
+    /// authorizers, whatever name it claims. On, any client that may
+    /// connect gets the rights of any user name it types; the broker warns
+    /// at start-up.
+    #[serde(default)]
+    pub trust_claimed_username: bool,
     /// Certificates and client authentication; required for `tls` and
     /// `wss` listeners, refused for the others.
     #[serde(default)]
@@ -188,6 +214,25 @@ pub struct ListenerConfig {
     /// default): no limit.
     #[serde(default = "default_connection_rate")]
     pub max_connection_rate: u32,
+    /// Browser origins a `ws`/`wss` listener accepts, as the upgrade's
+    /// `Origin` header names them (`"https://app.example.com"`, or `"*"`
+    /// for any). A request without `Origin` (not from a browser) is always
+    /// accepted. Unset: browsers are refused where a client may be admitted
+    /// without presenting a secret (`allow_anonymous` not false, or client
+    /// certificates), and accepted elsewhere.
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Whether every connection starts with a PROXY protocol header (v1 or
+    /// v2), whose source address then stands for the client everywhere
+    /// (`allow_anonymous`, logs, plugins, the admin API). A connection
+    /// without a valid header is closed. Off by default.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// With `proxy_protocol`: the addresses (or blocks, `10.0.0.0/8`) the
+    /// proxies connect from; a connection from elsewhere is closed unread.
+    /// Unset: loopback only.
+    #[serde(default)]
+    pub trusted_proxies: Option<Vec<IpNet>>,
 }
 
 impl ListenerConfig {
@@ -198,10 +243,23 @@ impl ListenerConfig {
             bind,
             protocol: ListenerProtocol::Tcp,
             allow_anonymous: Anonymous::Loopback,
+            trust_claimed_username: false,
             tls: None,
             ws_path: None,
             max_connections: None,
             max_connection_rate: default_connection_rate(),
+            allowed_origins: None,
+            proxy_protocol: false,
+            trusted_proxies: None,
+        }
+    }
+
+    /// Whether a connection from `ip` may send a PROXY protocol header:
+    /// `trusted_proxies`, or loopback when unset.
+    pub fn trusts_proxy(&self, ip: std::net::IpAddr) -> bool {
+        match &self.trusted_proxies {
+            Some(nets) => nets.iter().any(|n| n.contains(ip)),
+            None => IpNet::loopback().iter().any(|n| n.contains(ip)),
         }
     }
 
@@ -389,10 +447,20 @@ pub struct Limits {
     pub max_inflight: u16,
     /// Messages queued per session beyond the in-flight window.
     pub max_queued_messages: usize,
-    /// Bytes (topic and payload) queued per session; 0: no limit. At either
-    /// queue bound, queued QoS 0 messages are evicted (oldest first) before
-    /// a new message is refused; QoS 1/2 messages are never evicted.
+    /// Bytes (topic and payload) queued per session (default 16 MiB); 0: no
+    /// limit. At either queue bound, queued QoS 0 messages are evicted
+    /// (oldest first) before a new message is refused; QoS 1/2 messages are
+    /// never evicted.
     pub max_queued_bytes: usize,
+    /// Sessions held at once, connected or not. A CONNECT that would start
+    /// a new session beyond it is refused (v5 0x97 Quota exceeded, 3.1.1
+    /// 0x03 Server unavailable); resuming a session is not. Sessions
+    /// recovered from the store at start-up are all kept.
+    pub max_sessions: usize,
+    /// Time a batch of packets may take to reach the client's socket. A
+    /// client that stops reading is disconnected when it runs out (v5
+    /// DISCONNECT 0x97, best effort), so its backlog does not stay pinned.
+    pub write_timeout_ms: u64,
     /// How long a publisher is held back when a QoS 1/2 message meets the
     /// full queue of a connected subscriber: its acknowledgement and its
     /// next packets wait until that queue drains to half, so a subscriber
@@ -401,6 +469,13 @@ pub struct Limits {
     /// to half, so is every message that does not fit, without waiting.
     /// 0: drop at once (Mosquitto's behaviour).
     pub queue_full_wait_ms: u64,
+    /// How long a member of a share group that disconnects but keeps its
+    /// session keeps the group's QoS 1/2 messages its client has not
+    /// received (sent and not acknowledged, QoS 2 not answered with
+    /// PUBREC, or queued) before they go to another member, so a member
+    /// that never comes back does not hold them for ever. A member whose
+    /// session ends gives them up at once. 0: at once too. At most a day.
+    pub share_hold_ms: u64,
     /// Retained messages kept; 0: no limit. A retained message on a new
     /// topic beyond it is refused (v5 QoS 1/2: 0x97 Quota exceeded) or, at
     /// QoS 0 and for 3.1.1 clients, delivered but not retained.
@@ -447,8 +522,11 @@ impl Default for Limits {
             max_packet_size: 1024 * 1024,
             max_inflight: 64,
             max_queued_messages: 1000,
-            max_queued_bytes: 0,
+            max_queued_bytes: 16 * 1024 * 1024,
+            max_sessions: 100_000,
+            write_timeout_ms: 30_000,
             queue_full_wait_ms: 1000,
+            share_hold_ms: DEFAULT_SHARE_HOLD_MS,
             max_retained_messages: 100_000,
             max_retained_bytes: 256 * 1024 * 1024,
             max_topic_levels: 64,
@@ -465,7 +543,20 @@ impl Default for Limits {
     }
 }
 
+/// `limits.share_hold_ms` when not set: a minute, long enough for a
+/// member to ride out a network blip and resume its work, short enough
+/// that the work does not stall for long without it.
+pub const DEFAULT_SHARE_HOLD_MS: u64 = 60_000;
+
+/// The largest `limits.share_hold_ms`: a day.
+const MAX_SHARE_HOLD_MS: u64 = 86_400_000;
+
 impl Limits {
+    /// `share_hold_ms` as a duration.
+    pub fn share_hold(&self) -> Duration {
+        Duration::from_millis(self.share_hold_ms)
+    }
+
     /// The bound of each session's queue.
     pub fn queue_bound(&self) -> crate::session::QueueBound {
         crate::session::QueueBound { messages: self.max_queued_messages, bytes: self.max_queued_bytes }
@@ -486,6 +577,11 @@ impl Limits {
     /// `connect_timeout_ms` as a duration.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// `write_timeout_ms` as a duration.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
     }
 }
 
@@ -579,8 +675,19 @@ pub struct AdminConfig {
     /// Address to serve on, e.g. `127.0.0.1:9090`. Unset: no admin listener.
     pub listen: Option<SocketAddr>,
     /// Bearer token required for everything but `/health` and `/ready`.
-    /// Required when `listen` is not a loopback address.
+    /// A token (this or `token_file`) is required when `listen` is not a
+    /// loopback address; without one, the state-changing endpoints (kick,
+    /// reload) are refused.
     pub token: Option<Secret>,
+    /// A file holding the bearer token instead of `token`: read at
+    /// start-up, or created with a random token (mode 0600) if it does not
+    /// exist. It must not be a symbolic link nor be readable or writable
+    /// by group or others.
+    pub token_file: Option<PathBuf>,
+    /// Host names the admin API answers to besides IP addresses and
+    /// `localhost`: a request whose `Host` header names another host is
+    /// refused (403), which defeats DNS rebinding.
+    pub allowed_hosts: Vec<String>,
 }
 
 impl AdminConfig {
@@ -588,11 +695,24 @@ impl AdminConfig {
         if self.token.as_ref().is_some_and(|t| t.0.trim().is_empty()) {
             return Err(("admin.token".into(), "must not be empty".into()));
         }
+        if self.token_file.as_ref().is_some_and(|f| f.as_os_str().is_empty()) {
+            return Err(("admin.token_file".into(), "must not be empty".into()));
+        }
+        if self.token.is_some() && self.token_file.is_some() {
+            return Err(("admin.token_file".into(), "set `admin.token` or `admin.token_file`, not both".into()));
+        }
         if let Some(addr) = self.listen
             && !addr.ip().is_loopback()
             && self.token.is_none()
+            && self.token_file.is_none()
         {
-            return Err(("admin.token".into(), format!("is required when admin.listen ({addr}) is not loopback")));
+            return Err((
+                "admin.token".into(),
+                format!("is required (or `admin.token_file`) when admin.listen ({addr}) is not loopback"),
+            ));
+        }
+        for (i, host) in self.allowed_hosts.iter().enumerate() {
+            net::check_host(host).map_err(|message| (format!("admin.allowed_hosts[{i}]"), message))?;
         }
         Ok(())
     }
@@ -838,6 +958,8 @@ impl Config {
             ("max_topic_levels", l.max_topic_levels as u64),
             ("max_topic_length", l.max_topic_length as u64),
             ("connect_timeout_ms", l.connect_timeout_ms),
+            ("write_timeout_ms", l.write_timeout_ms),
+            ("max_sessions", l.max_sessions as u64),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -853,20 +975,37 @@ impl Config {
         if l.max_packet_size < 64 {
             return Err(("limits.max_packet_size".into(), "must be at least 64 bytes".into()));
         }
+        if l.share_hold_ms > MAX_SHARE_HOLD_MS {
+            return Err(("limits.share_hold_ms".into(), format!("must be at most {MAX_SHARE_HOLD_MS} (a day)")));
+        }
         if self.plugins.cache_dir.as_ref().is_some_and(|d| d.as_os_str().is_empty()) {
             return Err(("plugins.cache_dir".into(), "must not be empty".into()));
         }
+        if self.plugins.cache == Some(false) && self.plugins.cache_dir.is_some() {
+            return Err(("plugins.cache_dir".into(), "set while `plugins.cache = false`: remove one".into()));
+        }
         self.admin.validate()?;
+        self.auth.validate()?;
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
         }
         self.storage.validate()
     }
 
-    /// Where compiled plugins are kept: `[plugins] cache_dir`, else
-    /// `plugin-cache` under `[storage] dir`, else nowhere.
+    /// Where compiled plugins are kept: nowhere with `[plugins] cache =
+    /// false`; else `[plugins] cache_dir`; else `plugin-cache` under
+    /// `[storage] dir`; else the user's cache directory
+    /// ([`crate::plugin::default_cache_dir`]: `$XDG_CACHE_HOME/moat` or
+    /// `~/.cache/moat`); else, with neither variable set, nowhere.
     pub fn plugin_cache_dir(&self) -> Option<PathBuf> {
-        self.plugins.cache_dir.clone().or_else(|| Some(self.storage.dir.as_ref()?.join("plugin-cache")))
+        if self.plugins.cache == Some(false) {
+            return None;
+        }
+        self.plugins
+            .cache_dir
+            .clone()
+            .or_else(|| Some(self.storage.dir.as_ref()?.join("plugin-cache")))
+            .or_else(crate::plugin::default_cache_dir)
     }
 }
 
@@ -913,6 +1052,26 @@ fn validate_listener(l: &ListenerConfig) -> Result<(), (String, String)> {
         if !path.starts_with('/') || path.contains(['?', '#', ' ']) {
             return Err((".ws_path".into(), "must be an absolute path such as \"/mqtt\"".into()));
         }
+    }
+    if let Some(origins) = &l.allowed_origins {
+        if !l.protocol.is_websocket() {
+            return Err((".allowed_origins".into(), format!("listener {name:?} does not speak WebSocket")));
+        }
+        for (i, origin) in origins.iter().enumerate() {
+            net::check_origin(origin).map_err(|message| (format!(".allowed_origins[{i}]"), message))?;
+        }
+    }
+    match &l.trusted_proxies {
+        Some(_) if !l.proxy_protocol => {
+            return Err((
+                ".trusted_proxies".into(),
+                format!("listener {name:?}: only applies with proxy_protocol = true"),
+            ));
+        }
+        Some(nets) if nets.is_empty() => {
+            return Err((".trusted_proxies".into(), "must name at least one address (unset: loopback)".into()));
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -1015,7 +1174,8 @@ mod tests {
     #[test]
     fn queue_and_retained_bounds() {
         let c = parse("").expect("valid");
-        assert_eq!((c.limits.max_queued_bytes, c.limits.max_retained_messages), (0, 100_000));
+        assert_eq!((c.limits.max_queued_bytes, c.limits.max_retained_messages), (16 << 20, 100_000));
+        assert_eq!((c.limits.max_sessions, c.limits.write_timeout_ms), (100_000, 30_000));
         let c = parse(
             "[limits]
 max_queued_bytes = 4096
@@ -1042,6 +1202,20 @@ max_queued_bytes = \"1 MiB\"
         )
         .expect_err("not a number");
         assert!(err.to_string().starts_with("moat.toml:2: `limits.max_queued_bytes`"), "{err}");
+    }
+
+    #[test]
+    fn share_hold() {
+        let c = parse("").expect("valid");
+        assert_eq!(c.limits.share_hold(), Duration::from_secs(60));
+        let c = parse("[limits]\nshare_hold_ms = 0\n").expect("valid");
+        assert_eq!(c.limits.share_hold_ms, 0);
+        let err = parse("[limits]\nmax_queued_messages = 5\n\nshare_hold_ms = 86400001\n").expect_err("over a day");
+        assert_eq!(err.to_string(), "moat.toml:4: `limits.share_hold_ms`: must be at most 86400000 (a day)");
+        let err = parse("[limits]\nshare_hold_ms = -1\n").expect_err("negative");
+        assert!(err.to_string().starts_with("moat.toml:2: `limits.share_hold_ms`"), "{err}");
+        let err = parse("[limits]\nshare_hold_ms = \"1m\"\n").expect_err("not a number");
+        assert!(err.to_string().starts_with("moat.toml:2: `limits.share_hold_ms`"), "{err}");
     }
 
     #[test]
@@ -1200,7 +1374,14 @@ max_publish_rate = 100
 
     #[test]
     fn plugin_cache_dir() {
-        assert_eq!(parse("").expect("valid").plugin_cache_dir(), None);
+        assert_eq!(parse("").expect("valid").plugin_cache_dir(), crate::plugin::default_cache_dir());
+        assert_eq!(parse("[plugins]\ncache = false\n").expect("valid").plugin_cache_dir(), None);
+        let c = parse("[plugins]\ncache = false\n[storage]\ndir = \"/d\"\n").expect("valid");
+        assert_eq!(c.plugin_cache_dir(), None, "off wins over the storage default");
+        let err = parse("[plugins]\ncache = false\ncache_dir = \"/c\"\n").expect_err("both");
+        assert_eq!(err.to_string(), "moat.toml:3: `plugins.cache_dir`: set while `plugins.cache = false`: remove one");
+        let err = parse("[plugins]\ncache = \"no\"\n").expect_err("not a bool");
+        assert!(err.to_string().starts_with("moat.toml:2: `plugins.cache`"), "{err}");
         let c = parse("[storage]\ndir = \"/var/lib/moat\"\n").expect("valid");
         assert_eq!(c.plugin_cache_dir(), Some(PathBuf::from("/var/lib/moat/plugin-cache")));
         let c = parse("[plugins]\ncache_dir = \"/c\"\n[storage]\ndir = \"/d\"\n").expect("valid");

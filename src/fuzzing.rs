@@ -18,17 +18,26 @@ pub struct Trie {
 }
 
 impl Trie {
-    /// An empty trie and `n` sessions.
+    /// An empty trie and `n` sessions, all connected (a share group
+    /// picks among its connected members only).
     pub fn new(n: usize) -> Trie {
-        let sessions = (0..n)
-            .map(|i| Arc::new(Session::new(i.to_string().into(), crate::session::QueueBound::messages(1))))
-            .collect();
+        let online = |i: usize| {
+            let session = Arc::new(Session::new(i.to_string().into(), crate::session::QueueBound::messages(1)));
+            session.lock().online = true;
+            session
+        };
+        let sessions = (0..n).map(online).collect();
         Trie { inner: FuzzTrie::default(), sessions }
     }
 
     /// Subscribes session `s`; returns whether it already had this filter.
     pub fn insert(&mut self, filter: &str, group: Option<&str>, s: usize) -> bool {
-        let sub = Subscriber { session: self.sessions[s].clone(), options: SubscriptionOptions::default(), id: None };
+        let sub = Subscriber {
+            session: self.sessions[s].clone(),
+            options: SubscriptionOptions::default(),
+            id: None,
+            share: None,
+        };
         self.inner.insert(filter, group, sub)
     }
 

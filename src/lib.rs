@@ -19,6 +19,7 @@
 //! - [`metrics`]: counters, the Prometheus text and `$SYS` topics.
 //! - [`admin`]: the admin HTTP listener (metrics, health, JSON API).
 //! - [`rate`]: the token bucket behind the rate limits.
+//! - [`untrusted`]: peer-chosen text (client ids, user names) in the log.
 
 pub mod admin;
 pub mod auth;
@@ -40,5 +41,6 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod transport;
+pub mod untrusted;
 
 pub use server::Server;

@@ -163,8 +163,10 @@ fn main() -> ExitCode {
     match runtime.block_on(run(config, cli.repair, source, log_filter)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let config_error =
-                matches!(e.downcast_ref::<ServerError>(), Some(ServerError::Tls(_) | ServerError::Plugin(_)));
+            let config_error = matches!(
+                e.downcast_ref::<ServerError>(),
+                Some(ServerError::Tls(_) | ServerError::Plugin(_) | ServerError::AdminToken(_))
+            );
             if config_error {
                 eprintln!("moat: configuration error: {e:#}");
                 return ExitCode::from(EXIT_CONFIG);

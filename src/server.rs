@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use crate::admin::AdminListener;
+use crate::admin::{AdminError, AdminListener, TokenFileError};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::plugin::LoadError;
@@ -33,6 +33,18 @@ pub enum ServerError {
     /// its policy missing.
     #[error("plugin refused: {0}")]
     Plugin(LoadError),
+    /// The admin token file is unusable: a configuration error.
+    #[error(transparent)]
+    AdminToken(#[from] TokenFileError),
+}
+
+impl From<AdminError> for ServerError {
+    fn from(e: AdminError) -> ServerError {
+        match e {
+            AdminError::Bind(e) => ServerError::Bind(e),
+            AdminError::TokenFile(e) => ServerError::AdminToken(e),
+        }
+    }
 }
 
 // By hand rather than `#[from]`, which would also make the `LoadError` the
@@ -90,6 +102,7 @@ impl Server {
             tracing::info!(
                 compiled = counts.compiled,
                 from_disk_cache = counts.disk,
+                refused_from_disk_cache = counts.refused,
                 cache_dir = host.cache_dir().map(|d| d.display().to_string()),
                 "plugins compiled"
             );
@@ -97,6 +110,13 @@ impl Server {
         let recovered = store.recover()?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for l in &config.listeners {
+            if l.trust_claimed_username {
+                tracing::warn!(
+                    listener = %l.name,
+                    "trust_claimed_username = true: a client that no authentication plugin verifies \
+                     gets the rights of whatever user name it claims"
+                );
+            }
             listeners.push(Listener::bind(l.clone()).await?);
         }
         let admin = match config.admin.listen {
@@ -160,6 +180,7 @@ impl Server {
             handles.connection_rate = Some(rate.clone());
         }
         broker.tasks.spawn(crate::reload::watch::plugins(broker.clone()));
+        broker.tasks.spawn(crate::reload::watch::granted(broker.clone()));
         let config_file = broker.reload.handles.lock().source.as_ref().and_then(|s| s.path().map(Path::to_owned));
         if let Some(path) = config_file {
             broker.tasks.spawn(crate::reload::watch::config_file(broker.clone(), path));

@@ -2,6 +2,7 @@
 
 use bytes::BytesMut;
 use moat::codec::{self, Packet, ProtocolVersion};
+use moat::transport::proxy::{self, Parsed};
 
 /// The packet size cap the decode targets run with (the broker default).
 pub const MAX_PACKET: u32 = 1024 * 1024;
@@ -30,5 +31,19 @@ pub fn decode_roundtrip(data: &[u8], version: ProtocolVersion) {
             other => panic!("re-encoded packet does not decode: {other:?}\n{packet:?}"),
         }
         assert!(out.is_empty(), "re-encoded packet has {} trailing bytes", out.len());
+    }
+}
+
+/// Parses `data` as a PROXY header the way the transport reads it, asking
+/// for more bytes until it has an answer: the read stops at the header's
+/// end, and agrees with parsing the whole of `data` at once.
+pub fn proxy_header(data: &[u8]) {
+    let (outcome, read) = proxy::parse_incrementally(data);
+    assert!(read <= data.len());
+    if let Ok(Parsed::Complete { len, .. }) = outcome {
+        assert_eq!(len, read, "the header ends where the reading stopped");
+    }
+    if let Ok(Parsed::Complete { header, len }) = proxy::parse(data) {
+        assert_eq!(outcome, Ok(Parsed::Complete { header, len }), "read as asked, the same header");
     }
 }

@@ -36,6 +36,14 @@
 //! # fn main() {}
 //! ```
 //!
+//! `client.username` is the *verified* user name: the one an authenticator
+//! accepted (or granted as an override), or a certificate named. A client
+//! that nobody verified has none, whatever it typed in CONNECT, unless the
+//! operator set `trust_claimed_username` on its listener; so rules keyed on
+//! `username` (and `%u`) never give a user's rights to an impostor. The
+//! name it claimed is in [`ClientInfo::claimed_username`]: fine for a log
+//! line, never for a right.
+//!
 //! Plugin methods are plain Rust, so a plugin is unit tested natively with
 //! `cargo test`: call [`Plugin::init`] and the hooks directly, with the
 //! records built by [`testing`]. The host imports ([`log`], [`now_ms`]) fall
@@ -121,6 +129,31 @@ impl Manifest {
 impl Default for Manifest {
     fn default() -> Manifest {
         Manifest::new()
+    }
+}
+
+/// The attribute by which the broker passes the user name a client claimed
+/// in CONNECT, verified or not; see [`ClientInfo::claimed_username`]. The
+/// broker drops `moat.*` attributes from grants, so no plugin can forge it.
+pub const CLAIMED_USERNAME_ATTRIBUTE: &str = "moat.claimed-username";
+
+impl ClientInfo {
+    /// The verified user name (`username`): what authorization may trust.
+    /// `None` for a client nobody verified, whatever name it claimed.
+    pub fn verified_username(&self) -> Option<&str> {
+        self.username.as_deref()
+    }
+
+    /// The user name the client sent in CONNECT, verified or not: for
+    /// logs and comparisons, never for rights.
+    ///
+    /// ```
+    /// use moat_plugin_sdk::testing;
+    /// let impostor = testing::claiming("admin");
+    /// assert_eq!((impostor.verified_username(), impostor.claimed_username()), (None, Some("admin")));
+    /// ```
+    pub fn claimed_username(&self) -> Option<&str> {
+        self.attributes.iter().find(|(k, _)| k == CLAIMED_USERNAME_ATTRIBUTE).map(|(_, v)| v.as_str())
     }
 }
 

@@ -15,7 +15,7 @@
 //! assert!(matches!(outcome, AuthOutcome::Ignore));
 //! ```
 
-use crate::{ClientInfo, Config, Credentials, Message, QoS};
+use crate::{CLAIMED_USERNAME_ATTRIBUTE, ClientInfo, Config, Credentials, Message, QoS};
 
 /// A configuration parsed from JSON text; panics on invalid JSON, which is
 /// a bug in the test.
@@ -26,7 +26,7 @@ pub fn config(json: &str) -> Config {
     }
 }
 
-/// An MQTT 5 client on listener `tcp` with the given user name.
+/// An MQTT 5 client on listener `tcp` with the given verified user name.
 pub fn client(username: Option<&str>) -> ClientInfo {
     ClientInfo {
         client_id: "test-client".into(),
@@ -37,6 +37,15 @@ pub fn client(username: Option<&str>) -> ClientInfo {
         tls: None,
         attributes: Vec::new(),
     }
+}
+
+/// A client that claimed `username` in CONNECT and that nobody verified
+/// (admitted anonymously, or by a certificate alone), as the broker passes
+/// it: no `username`, the claim in [`CLAIMED_USERNAME_ATTRIBUTE`].
+pub fn claiming(username: &str) -> ClientInfo {
+    let mut client = client(None);
+    client.attributes.push((CLAIMED_USERNAME_ATTRIBUTE.to_owned(), username.to_owned()));
+    client
 }
 
 /// CONNECT credentials with a user name and password.

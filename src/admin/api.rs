@@ -1,6 +1,7 @@
 //! The admin endpoints. Everything but `/health` and `/ready` needs the
-//! bearer token when one is configured. Answers never carry passwords,
-//! tokens, authentication data or payloads.
+//! bearer token when one is configured, and the state-changing ones (kick,
+//! reload) need it always: without a token they are refused. Answers never
+//! carry passwords, tokens, authentication data or payloads.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -28,6 +29,9 @@ pub async fn handle(broker: &Arc<Broker>, request: &Request) -> Response {
         ("GET", ["api", "sessions"]) => Response::json(200, &sessions(broker)),
         ("GET", ["api", "subscriptions"]) => Response::json(200, &subscriptions(broker)),
         ("GET", ["api", "plugins"]) => Response::json(200, &plugins(broker)),
+        ("POST", ["api", "clients", _, "kick"] | ["api", "reload"]) if !request.token_presented => {
+            Response::error(403, "kick and reload need a token, and none is in force: set [admin] token or token_file")
+        }
         ("POST", ["api", "clients", id, "kick"]) => kick(broker, id),
         ("POST", ["api", "reload"]) => reload(broker).await,
         (
@@ -52,6 +56,7 @@ fn clients(broker: &Broker) -> Value {
         list.push(json!({
             "client_id": &**session.client_id(),
             "username": c.username,
+            "claimed_username": c.claimed_username,
             "peer": c.peer.to_string(),
             "listener": c.listener,
             "protocol": if c.protocol.is_v5() { "5.0" } else { "3.1.1" },

@@ -6,8 +6,9 @@
 //! at [`MAX_HEAD`] bytes, bodies capped at [`MAX_BODY`], the whole exchange
 //! under [`REQUEST_TIMEOUT`], and at most [`MAX_CONCURRENT`] connections at
 //! once. Operators and scrapers make few requests; none of this is on the
-//! message path.
+//! message path. Who may ask what is [`access`]'s business.
 
+pub mod access;
 pub mod api;
 
 use std::net::SocketAddr;
@@ -18,6 +19,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
+
+pub use access::{Access, TokenFileError};
 
 use crate::broker::Broker;
 use crate::config::AdminConfig;
@@ -38,7 +41,18 @@ const MAX_HEADERS: usize = 32;
 #[derive(Debug)]
 pub struct AdminListener {
     socket: TcpListener,
-    token: Option<Arc<str>>,
+    access: Arc<Access>,
+}
+
+/// The admin listener could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// Its address could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// Its token file is unusable.
+    #[error(transparent)]
+    TokenFile(#[from] TokenFileError),
 }
 
 /// A parsed request: what the API needs of it.
@@ -48,10 +62,12 @@ pub struct Request {
     pub method: String,
     /// The path, without the query string.
     pub path: String,
-    /// Whether the request carried the configured bearer token (always
-    /// true when no token is configured, which config allows on loopback
-    /// only).
+    /// Whether the request may read: it carried the bearer token, or no
+    /// token is in force (which config allows on loopback only).
     pub authorized: bool,
+    /// Whether it carried the token in force (never when there is none),
+    /// as every state-changing endpoint requires.
+    pub token_presented: bool,
 }
 
 /// An answer.
@@ -78,15 +94,16 @@ impl Response {
 }
 
 impl AdminListener {
-    /// Binds the configured address.
+    /// Reads or creates the token file, if one is configured, then binds
+    /// the configured address.
     ///
     /// # Errors
-    /// [`BindError`] naming the `admin` listener.
-    pub async fn bind(config: &AdminConfig, addr: SocketAddr) -> Result<AdminListener, BindError> {
+    /// [`AdminError`] naming the token file or the `admin` listener.
+    pub async fn bind(config: &AdminConfig, addr: SocketAddr) -> Result<AdminListener, AdminError> {
+        let access = Arc::new(Access::new(config)?);
         let socket =
             TcpListener::bind(addr).await.map_err(|source| BindError { name: "admin".into(), addr, source })?;
-        let token = config.token.as_ref().map(|t| Arc::from(t.expose()));
-        Ok(AdminListener { socket, token })
+        Ok(AdminListener { socket, access })
     }
 
     /// The bound address.
@@ -100,9 +117,12 @@ impl AdminListener {
     /// Serves requests until the broker shuts down.
     pub async fn run(self, broker: Arc<Broker>) {
         if let Ok(addr) = self.socket.local_addr() {
-            info!(%addr, token = self.token.is_some(), "admin API listening");
-            if self.token.is_none() {
-                warn!("admin API has no token: any local user can call it; set [admin] token");
+            info!(%addr, token = self.access.has_token(), "admin API listening");
+            if !self.access.has_token() {
+                warn!(
+                    "admin API has no token: any local user can read it, and kick and reload are refused; \
+                     set [admin] token or token_file"
+                );
             }
         }
         let permits = Arc::new(Semaphore::new(MAX_CONCURRENT));
@@ -120,9 +140,9 @@ impl AdminListener {
                 permit = permits.clone().acquire_owned() => permit,
             };
             let Ok(permit) = permit else { return };
-            let (broker, token) = (broker.clone(), self.token.clone());
+            let (broker, access) = (broker.clone(), self.access.clone());
             broker.tasks.clone().spawn(async move {
-                let served = tokio::time::timeout(REQUEST_TIMEOUT, serve(stream, &broker, token.as_deref())).await;
+                let served = tokio::time::timeout(REQUEST_TIMEOUT, serve(stream, &broker, &access)).await;
                 if served.is_err() {
                     debug!(%peer, "admin request timed out");
                 }
@@ -133,8 +153,8 @@ impl AdminListener {
 }
 
 /// Reads one request, answers it and closes.
-async fn serve(mut stream: TcpStream, broker: &Arc<Broker>, token: Option<&str>) {
-    let response = match read_request(&mut stream, token).await {
+async fn serve(mut stream: TcpStream, broker: &Arc<Broker>, access: &Access) {
+    let response = match read_request(&mut stream, access).await {
         Ok(request) => api::handle(broker, &request).await,
         Err(Some(response)) => response,
         Err(None) => return,
@@ -143,6 +163,7 @@ async fn serve(mut stream: TcpStream, broker: &Arc<Broker>, token: Option<&str>)
         200 => "OK",
         400 => "Bad Request",
         401 => "Unauthorized",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         413 => "Payload Too Large",
@@ -186,7 +207,7 @@ const LINGER_BYTES: usize = 64 * 1024;
 
 /// Reads and parses the request head (and discards a small body).
 /// `Err(None)`: the peer went away; `Err(Some(_))`: answer with this.
-async fn read_request(stream: &mut TcpStream, token: Option<&str>) -> Result<Request, Option<Response>> {
+async fn read_request(stream: &mut TcpStream, access: &Access) -> Result<Request, Option<Response>> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
@@ -199,8 +220,8 @@ async fn read_request(stream: &mut TcpStream, token: Option<&str>) -> Result<Req
         let mut parsed = httparse::Request::new(&mut headers);
         match parsed.parse(&buf) {
             Ok(httparse::Status::Complete(head_len)) => {
-                let request = to_request(&parsed, token)?;
                 let body_len = content_length(parsed.headers)?;
+                let request = access.request(&parsed).map_err(Some)?;
                 discard_body(stream, buf.len() - head_len, body_len).await?;
                 return Ok(request);
             }
@@ -209,25 +230,6 @@ async fn read_request(stream: &mut TcpStream, token: Option<&str>) -> Result<Req
             Err(_) => return Err(Some(Response::error(400, "malformed request"))),
         }
     }
-}
-
-fn to_request(parsed: &httparse::Request<'_, '_>, token: Option<&str>) -> Result<Request, Option<Response>> {
-    let bad = || Some(Response::error(400, "malformed request"));
-    let method = parsed.method.ok_or_else(bad)?.to_owned();
-    let target = parsed.path.ok_or_else(bad)?;
-    let path = target.split('?').next().unwrap_or(target).to_owned();
-    let presented = parsed
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("authorization"))
-        .and_then(|h| std::str::from_utf8(h.value).ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim);
-    let authorized = match token {
-        None => true,
-        Some(expected) => presented.is_some_and(|p| constant_time_eq(p.as_bytes(), expected.as_bytes())),
-    };
-    Ok(Request { method, path, authorized })
 }
 
 fn content_length(headers: &[httparse::Header<'_>]) -> Result<usize, Option<Response>> {
@@ -258,25 +260,4 @@ async fn discard_body(stream: &mut TcpStream, have: usize, len: usize) -> Result
         remaining = remaining.saturating_sub(n);
     }
     Ok(())
-}
-
-/// Compares a presented token with the configured one without revealing,
-/// through timing, how many leading bytes matched.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tokens_compare_whole() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-    }
 }

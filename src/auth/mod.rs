@@ -10,6 +10,8 @@
 //! - [`AuthzCache`] is a connection's memory of verdicts, so a publish that
 //!   was already authorized never re-enters WebAssembly until its lifetime
 //!   ends or the plugin set changes.
+//! - [`LoginThrottle`] counts failed logins and logins in progress per
+//!   client address, before the chain runs.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -22,9 +24,11 @@ use crate::codec::{ProtocolVersion, QoS, TopicName};
 
 mod cache;
 mod policy;
+mod throttle;
 
 pub use cache::AuthzCache;
 pub use policy::{AuthExchange, Policy};
+pub use throttle::{LoginThrottle, LoginTicket, MAX_ADDRESSES, ThrottleSettings, Throttled};
 
 pub use crate::transport::TlsIdentity;
 
@@ -33,8 +37,17 @@ pub use crate::transport::TlsIdentity;
 pub struct ClientInfo {
     /// MQTT client identifier.
     pub client_id: String,
-    /// User name from CONNECT, or the override an authenticator granted.
+    /// The verified user name, the one authorization may trust: the
+    /// `username-override` of the authenticator that allowed the client,
+    /// else the CONNECT user name that authenticator accepted, else the
+    /// certificate's identity (`use_identity_as_username`). `None` for a
+    /// client nobody verified (admitted anonymously, or by a certificate
+    /// alone), whatever name it claimed, unless its listener sets
+    /// `trust_claimed_username`.
     pub username: Option<String>,
+    /// The user name CONNECT carried, verified or not. Plugins see it as
+    /// the attribute [`CLAIMED_USERNAME_ATTRIBUTE`].
+    pub claimed_username: Option<String>,
     /// Remote address of the connection.
     pub peer_address: SocketAddr,
     /// Name of the listener the client came through.
@@ -52,11 +65,15 @@ impl ClientInfo {
     /// override become part of what later hooks see. The attributes replace
     /// those of an earlier grant: after MQTT 5 re-authentication only the
     /// new credentials' grant counts (a renewed token with fewer rights must
-    /// not keep the old token's).
+    /// not keep the old token's). An `allow` without an override vouches
+    /// for the credentials it was shown, so the claimed user name becomes
+    /// the verified one (unless a certificate already named the client).
     pub fn apply_grant(&mut self, grant: &Grant) {
         self.attributes.clone_from(&grant.attributes);
         if let Some(name) = &grant.username_override {
             self.username = Some(name.clone());
+        } else if self.username.is_none() {
+            self.username.clone_from(&self.claimed_username);
         }
     }
 }
@@ -147,6 +164,17 @@ impl PluginMessage {
 /// the broker removes the attribute, so later hooks never see it, and sends
 /// the data in the CONNACK (or the AUTH success of a re-authentication).
 pub const AUTH_DATA_ATTRIBUTE: &str = "moat.auth-data";
+
+/// The attribute by which plugins see the user name a client claimed in
+/// CONNECT (`ClientInfo::claimed_username`), present whenever CONNECT
+/// carried one, verified or not: `client-info.username` holds only a
+/// verified name, so a plugin that wants the claim (to log it, or to
+/// compare it) reads it here. Attributes named `moat.*` are the broker's:
+/// it removes them from every grant, so no authenticator can forge this one.
+pub const CLAIMED_USERNAME_ATTRIBUTE: &str = "moat.claimed-username";
+
+/// The prefix of attribute names the broker reserves for itself.
+pub const RESERVED_ATTRIBUTE_PREFIX: &str = "moat.";
 
 /// What an authenticator granted.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -132,7 +132,7 @@ impl Policy {
                 }
                 Ok(AuthzAnswer::Deny(reason)) => {
                     plugin.stats().denial();
-                    tracing::debug!(plugin = &**plugin.name(), client_id = %client.client_id, ?action, topic, reason, "denied");
+                    tracing::debug!(plugin = &**plugin.name(), client_id = %crate::untrusted::Untrusted(&client.client_id), ?action, topic, reason, "denied");
                     return Verdict::DENY;
                 }
                 Err(_) => {

@@ -42,9 +42,13 @@ pub struct CheckArgs {
     #[arg(long, value_name = "FILE.toml")]
     vectors: Option<PathBuf>,
     /// Keep compiled components in DIR (like `[plugins] cache_dir`), so
-    /// checking an unchanged component again skips compiling it.
+    /// checking an unchanged component again skips compiling it. Default:
+    /// the broker's default, `$XDG_CACHE_HOME/moat` or `~/.cache/moat`.
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
+    /// Keep no compiled components on disk (like `[plugins] cache = false`).
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
 }
 
 /// Arguments of `moat plugin new`.
@@ -95,7 +99,8 @@ fn check(args: &CheckArgs) -> ExitCode {
         },
     };
     let started = Instant::now();
-    let host = match &args.cache_dir {
+    let cache_dir = if args.no_cache { None } else { args.cache_dir.clone().or_else(moat::plugin::default_cache_dir) };
+    let host = match &cache_dir {
         Some(dir) => PluginHost::with_disk_cache(dir),
         None => PluginHost::new(),
     };
@@ -105,6 +110,10 @@ fn check(args: &CheckArgs) -> ExitCode {
     };
     let name = args.file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     println!("plugin     {name} ({})", args.file.display());
+    match host.cache_dir() {
+        Some(dir) => println!("cache      {}", dir.display()),
+        None => println!("cache      none: compiled in memory only"),
+    }
     let info = match host.inspect(&args.file) {
         Ok(info) => info,
         Err(e) => return fail(EXIT_LOAD, format_args!("plugin {name} does not load: {e}")),
@@ -128,7 +137,9 @@ fn check(args: &CheckArgs) -> ExitCode {
         Err(e) => return fail(EXIT_LOAD, format_args!("plugin {name} does not load: {e}")),
     };
     print_manifest(&plugin);
-    println!("loaded     in {} ms (compiled and initialised)", started.elapsed().as_millis());
+    // `inspect` compiled it or found it on disk; `load_one` reused that.
+    let how = if host.compile_counts().compiled == 0 { "cached" } else { "compiled" };
+    println!("loaded     in {} ms ({how} and initialised)", started.elapsed().as_millis());
     match vectors {
         None => ExitCode::SUCCESS,
         Some((path, vectors)) => run_vectors(&plugin, path, &vectors),

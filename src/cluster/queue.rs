@@ -234,6 +234,7 @@ impl Queue {
             inflight: Vec::new(),
             incoming_qos2: Vec::new(),
             will: None,
+            owner: None,
         };
         Some(consumer::pull::Config {
             durable_name: Some(consumer_name(session.client_id())),
@@ -508,6 +509,7 @@ impl Queue {
             stored: None,
             // Granted QoS 0: handled once queued.
             jetstream: (qos != QoS::AtMostOnce).then(|| Box::new(ack.clone())),
+            share: member.share.clone(),
         };
         let mut state = member.session.lock();
         if !(state.online && state.push(delivery)) {
@@ -688,6 +690,7 @@ fn delivery(
         subscription_ids: ids,
         stored: None,
         jetstream: None,
+        share: None,
     })
 }
 

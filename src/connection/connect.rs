@@ -12,15 +12,16 @@ use tracing::debug;
 
 use super::Connection;
 use super::policy::{self, AuthFailure};
-use crate::auth::{AuthzCache, ClientInfo};
-use crate::broker::Broker;
+use crate::auth::{AuthzCache, ClientInfo, Throttled};
+use crate::broker::{AttachRefused, Broker};
 use crate::codec::{
     self, ConnAck, Connect, DecodeError, DecodeLimits, Packet, Properties, ProtocolVersion, ReasonCode,
 };
 use crate::config::ListenerConfig;
 use crate::metrics::{Limit, LocalCounts, Refusal};
-use crate::session::ConnectionInfo;
+use crate::session::{ConnectionInfo, Owner};
 use crate::transport::Peer;
+use crate::untrusted::Untrusted;
 
 /// Authorization verdicts a connection remembers: enough for the topics
 /// one device uses, small enough that 100k connections do not notice.
@@ -82,16 +83,16 @@ where
     } = match outcome {
         Ok(n) => n,
         Err(reason) => {
-            broker.metrics.refused(Refusal::Invalid);
-            debug!(reason = %reason, "CONNECT refused");
-            send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
-            return None;
+            return Refused::with(Refusal::Invalid, reason, "invalid CONNECT")
+                .answer(&broker, &mut stream, version)
+                .await;
         }
     };
-    tracing::Span::current().record("client_id", &*client_id);
+    tracing::Span::current().record("client_id", tracing::field::display(Untrusted(&client_id)));
     let mut client = ClientInfo {
         client_id: client_id.to_string(),
         username: username.as_deref().map(str::to_owned),
+        claimed_username: connect.username.clone(),
         peer_address: peer.addr,
         listener: listener.name.clone(),
         protocol: version,
@@ -99,35 +100,34 @@ where
         attributes: Vec::new(),
     };
     let admitted_without_plugin = cert_authenticated || listener.allow_anonymous.permits(peer.addr);
-    let authenticating =
-        policy::authenticate(&broker, &mut stream, &mut rbuf, &connect, &mut client, admitted_without_plugin);
-    let authenticated = match tokio::time::timeout_at(deadline, authenticating).await {
+    let identifying =
+        identify(&broker, &mut stream, &mut rbuf, &connect, &mut client, listener, admitted_without_plugin);
+    let authenticated = match tokio::time::timeout_at(deadline, identifying).await {
         Ok(Ok(authenticated)) => authenticated,
-        Ok(Err(AuthFailure::Refused(reason))) => {
-            broker.metrics.refused(Refusal::NotAuthorized);
-            debug!(reason = %reason, "CONNECT refused by authentication");
-            send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
-            return None;
+        Ok(Err(refused)) => return refused.answer(&broker, &mut stream, version).await,
+        Err(_) => return Refused::CLOSED.answer(&broker, &mut stream, version).await,
+    };
+    let attached = match broker.attach(&client_id, connect.clean_start).await {
+        Ok(attached) => attached,
+        Err(AttachRefused::Busy) => {
+            let busy = Refused::with(Refusal::Busy, ReasonCode::SERVER_BUSY, "previous connection did not let go");
+            return busy.answer(&broker, &mut stream, version).await;
         }
-        Ok(Err(AuthFailure::Closed)) | Err(_) => {
-            broker.metrics.refused(Refusal::Protocol);
-            debug!("authentication exchange did not finish");
-            return None;
+        Err(AttachRefused::TooManySessions) => {
+            broker.metrics.limit_hit(Limit::MaxSessions);
+            let full = Refused::with(Refusal::MaxSessions, ReasonCode::QUOTA_EXCEEDED, "limits.max_sessions reached");
+            return full.answer(&broker, &mut stream, version).await;
         }
     };
-    let Some(attached) = broker.attach(&client_id, connect.clean_start).await else {
-        broker.metrics.refused(Refusal::Busy);
-        debug!("previous connection did not release the session");
-        let reason = ReasonCode::SERVER_BUSY;
-        send_connack(&mut stream, version, ConnAck { reason, ..ConnAck::default() }).await;
-        return None;
-    };
+    let owner = Owner(client.username.clone());
     {
         let mut session = attached.session.lock();
         // Set while online too: it decides whether queued messages are stored.
         session.expiry_s = session_expiry_s;
+        session.owner = Some(owner.clone());
         session.connection = Some(ConnectionInfo {
             username: client.username.clone(),
+            claimed_username: client.claimed_username.clone(),
             peer: peer.addr,
             listener: listener.name.clone(),
             protocol: version,
@@ -136,8 +136,12 @@ where
     }
     if session_expiry_s > 0 {
         broker.store.session_opened(&client_id, session_expiry_s);
+        broker.store.session_owner(&client_id, &owner);
     }
     attached.session.lock().client = Some(Arc::new(client.clone()));
+    // Now that its expiry is known (it decides whether they are stored):
+    // what its share groups kept while no member was connected.
+    broker.serve_waiting(&attached.session, None);
     let mut properties = Properties::default();
     if version.is_v5() {
         properties.receive_maximum = Some(limits.max_inflight);
@@ -194,11 +198,134 @@ where
         version = ?version,
         clean_start = connect.clean_start,
         keep_alive,
-        username = conn.client.username.as_deref(),
+        username = Untrusted::field(conn.client.username.as_deref()),
+        claimed_username = Untrusted::field(conn.client.claimed_username.as_deref()),
         "client connected"
     );
     conn.send(&Packet::ConnAck(connack));
     Some(conn)
+}
+
+/// Whether `client` may have the session of `client_id` (`[auth]
+/// bind_sessions`): checked before the takeover, so a refused client
+/// neither kicks the connection attached to it nor discards it. A session
+/// belongs to the verified user name (or the anonymity) of the connection
+/// that attached it last; one whose owner is not known (recovered from an
+/// older store, moved from another node) goes to the next connection.
+fn may_take_session(broker: &Broker, client_id: &str, client: &ClientInfo) -> bool {
+    if !broker.config().auth.bind_sessions.applies(broker.policy().authenticates()) {
+        return true;
+    }
+    broker.sessions.get(client_id).is_none_or(|session| session.may_be_taken_by(client.username.as_deref()))
+}
+
+/// Why a handshake ends without a session: counted as `metric`, logged at
+/// `debug`, and answered with a CONNACK of `reason` when there is one.
+struct Refused {
+    metric: Refusal,
+    reason: Option<ReasonCode>,
+    why: &'static str,
+}
+
+impl Refused {
+    /// The connection broke or timed out during authentication: nothing
+    /// to answer.
+    const CLOSED: Refused = Refused { metric: Refusal::Protocol, reason: None, why: "authentication did not finish" };
+
+    fn with(metric: Refusal, reason: ReasonCode, why: &'static str) -> Refused {
+        Refused { metric, reason: Some(reason), why }
+    }
+
+    /// Counts, logs and answers the refusal; the handshake's end.
+    async fn answer<S, T>(self, broker: &Broker, stream: &mut S, version: ProtocolVersion) -> Option<T>
+    where
+        S: AsyncWrite + Unpin,
+    {
+        broker.metrics.refused(self.metric);
+        match self.reason {
+            Some(reason) => {
+                debug!(reason = %reason, why = self.why, "CONNECT refused");
+                send_connack(stream, version, ConnAck { reason, ..ConnAck::default() }).await;
+            }
+            None => debug!(why = self.why, "CONNECT refused"),
+        }
+        None
+    }
+}
+
+/// Who the client is: authenticates it under the login throttle, applies
+/// the listener's `trust_claimed_username`, and checks that it may have
+/// the session of its client id.
+async fn identify<S>(
+    broker: &Broker,
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    connect: &Connect,
+    client: &mut ClientInfo,
+    listener: &ListenerConfig,
+    admitted_without_plugin: bool,
+) -> Result<policy::Authenticated, Refused>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let authenticated = match login(broker, stream, rbuf, connect, client, admitted_without_plugin).await {
+        Ok(authenticated) => authenticated,
+        Err(LoginFailure::Throttled(throttled)) => {
+            debug!(retry_after_s = throttled.retry_after.as_secs(), "too many failed logins from this address");
+            let why = "too many failed logins from this address";
+            return Err(Refused::with(Refusal::LoginThrottled, ReasonCode::CONNECTION_RATE_EXCEEDED, why));
+        }
+        Err(LoginFailure::Auth(AuthFailure::Refused(reason))) => {
+            return Err(Refused::with(Refusal::NotAuthorized, reason, "refused by authentication"));
+        }
+        Err(LoginFailure::Auth(AuthFailure::Closed)) => return Err(Refused::CLOSED),
+    };
+    if listener.trust_claimed_username && client.username.is_none() {
+        // The operator's explicit choice (warned about at start-up): a name
+        // nobody verified counts, as in Mosquitto.
+        client.username.clone_from(&client.claimed_username);
+    }
+    if !may_take_session(broker, &client.client_id, client) {
+        let why = "the session of this client id belongs to another user";
+        return Err(Refused::with(Refusal::SessionOwner, ReasonCode::NOT_AUTHORIZED, why));
+    }
+    Ok(authenticated)
+}
+
+/// Why a login did not succeed.
+enum LoginFailure {
+    /// The address failed too often: refused before any plugin ran.
+    Throttled(Throttled),
+    /// Authentication refused the client or broke off.
+    Auth(AuthFailure),
+}
+
+/// Authenticates under the login throttle (`[auth]`, `auth::LoginThrottle`):
+/// an address that failed too often is refused before the chain runs, and
+/// waits for one of its address's login slots before the chain runs. A
+/// login that does not succeed (refused, broken off, timed out) counts
+/// against its address.
+async fn login<S>(
+    broker: &Broker,
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    connect: &Connect,
+    client: &mut ClientInfo,
+    admitted_without_plugin: bool,
+) -> Result<policy::Authenticated, LoginFailure>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let settings = broker.config().auth.throttle(crate::plugin::authn_concurrency());
+    // Without an authenticating plugin a login costs nothing to wait for.
+    let gated = broker.policy().authenticates();
+    let ticket =
+        broker.logins.admit(client.peer_address.ip(), settings, gated).await.map_err(LoginFailure::Throttled)?;
+    let authenticated = policy::authenticate(broker, stream, rbuf, connect, client, admitted_without_plugin)
+        .await
+        .map_err(LoginFailure::Auth)?;
+    ticket.succeeded();
+    Ok(authenticated)
 }
 
 /// In a cluster, registers the connection's will (if the policy allows
@@ -228,7 +355,7 @@ struct Negotiated {
     server_keep_alive: Option<u16>,
     session_expiry_s: u32,
     expiry_capped: bool,
-    /// From CONNECT, or from the client certificate.
+    /// The user name the client certificate verified, if it names one.
     username: Option<Arc<str>>,
     /// A verified client certificate authenticated the client.
     cert_authenticated: bool,
@@ -274,7 +401,7 @@ fn negotiate(
     }
     // A verified client certificate authenticates (see connection::identity);
     // plugins and the anonymous policy decide the rest (connection::policy).
-    let login = super::identity::certificate_login(listener, peer, connect)?;
+    let login = super::identity::certificate_login(listener, peer)?;
     let requested = if v5 {
         connect.properties.session_expiry_interval.unwrap_or(0)
     } else if connect.clean_start {

@@ -242,10 +242,15 @@ where
     /// got that far.
     pub(super) fn offer_held(&mut self) -> Result<bool, Close> {
         let Some(held) = &mut self.held else { return Ok(true) };
+        let (store, metrics) = (&*self.broker.store, &self.broker.metrics);
         for Held { session, delivery } in std::mem::take(&mut held.deliveries) {
             // Not left to JetStream: a session kept since its consumer was
             // made after the message (it takes only new ones).
-            Held::offer(&session, delivery, false, &*self.broker.store, &self.broker.metrics, &mut held.deliveries);
+            let away = Held::offer(&session, delivery, false, store, metrics, &mut held.deliveries);
+            if let Some(delivery) = away {
+                // Its share group's member left meanwhile: another takes it.
+                self.broker.router.redispatch(vec![delivery], store, metrics);
+            }
         }
         if !held.deliveries.is_empty() {
             return Ok(false);
@@ -439,6 +444,11 @@ where
                 continue;
             }
             reasons.push(ReasonCode(options.qos as u8));
+            if shared {
+                // What the group kept while no member was connected.
+                self.broker.serve_waiting(&self.attached.session, Some(&filter));
+                self.want_drain = true;
+            }
             // Retained messages are never sent to shared subscriptions.
             let send_retained = !shared
                 && match options.retain_handling {
@@ -458,6 +468,7 @@ where
                         subscription_ids: sub_id.into_iter().collect(),
                         stored: None,
                         jetstream: None,
+                        share: None,
                     });
                 }
             }

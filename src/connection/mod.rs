@@ -50,6 +50,9 @@ pub(crate) enum Close {
     Shutdown,
     /// An operator disconnected the client (admin API).
     Kicked,
+    /// A write did not complete within `limits.write_timeout_ms`: the
+    /// client stopped reading.
+    WriteTimeout,
 }
 
 impl Close {
@@ -61,6 +64,7 @@ impl Close {
             Close::TakenOver => Some(ReasonCode::SESSION_TAKEN_OVER),
             Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
             Close::Kicked => Some(ReasonCode::ADMINISTRATIVE_ACTION),
+            Close::WriteTimeout => Some(ReasonCode::QUOTA_EXCEEDED),
             Close::ClientDisconnect { .. } | Close::ConnectionLost => None,
         }
     }
@@ -195,6 +199,8 @@ where
             if self.want_drain {
                 self.want_drain = false;
                 self.drain().await;
+                // Room may have opened for what share groups keep waiting.
+                self.broker.serve_waiting(&session, None);
             }
             #[cfg(feature = "cluster")]
             if std::mem::take(&mut self.subscriptions_changed) {
@@ -317,22 +323,52 @@ where
         Ok(())
     }
 
+    /// Writes the write buffer out within `limits.write_timeout_ms`; a
+    /// kick or shutdown ends the wait at once. Written bytes leave the
+    /// buffer as they go, so a goodbye queued after an interrupted flush
+    /// follows whole packets.
     async fn flush(&mut self) -> Result<(), Close> {
-        if !self.wbuf.is_empty() {
-            self.stream.write_all(&self.wbuf).await?;
-            self.counts.bytes_sent += self.wbuf.len() as u64;
+        let batch = self.wbuf.len();
+        if batch == 0 {
+            return Ok(());
+        }
+        let timeout = self.broker.config().limits.write_timeout();
+        let (stream, wbuf) = (&mut self.stream, &mut self.wbuf);
+        let write = async move {
+            stream.write_all_buf(wbuf).await?;
             // A no-op on TCP; TLS and WebSocket streams may hold data back.
-            self.stream.flush().await?;
-            // A quiet connection gives its buffer back (each idle client
-            // would otherwise hold one); a busy one keeps it for the next
-            // batch.
-            if self.wbuf.len() < WRITE_KEEP {
-                self.wbuf = BytesMut::new();
-            } else {
-                self.wbuf.clear();
-            }
+            stream.flush().await
+        };
+        let outcome = tokio::select! {
+            biased;
+            written = tokio::time::timeout(timeout, write) => match written {
+                Ok(written) => written.map_err(Close::from),
+                Err(_) => {
+                    self.broker.metrics.limit_hit(Limit::WriteTimeout);
+                    Err(Close::WriteTimeout)
+                }
+            },
+            () = self.attached.kicked.cancelled() => Err(kicked_close(&self.attached.session)),
+            () = self.broker.shutdown.cancelled() => Err(Close::Shutdown),
+        };
+        self.counts.bytes_sent += (batch - self.wbuf.len()) as u64;
+        outcome?;
+        // A quiet connection gives its buffer back (each idle client would
+        // otherwise hold one); a busy one keeps it for the next batch.
+        if batch < WRITE_KEEP {
+            self.wbuf = BytesMut::new();
+        } else {
+            self.wbuf.clear();
         }
         Ok(())
+    }
+
+    /// The goodbye's flush: best effort, bounded, and not cut short by the
+    /// kick or shutdown that may be its reason.
+    async fn flush_goodbye(&mut self) {
+        if !self.wbuf.is_empty() && self.stream.write_all_buf(&mut self.wbuf).await.is_ok() {
+            let _ = self.stream.flush().await;
+        }
     }
 
     /// Says goodbye where the protocol allows, then hands the session back.
@@ -349,11 +385,13 @@ where
         }
         // Best effort: the peer may already be gone; bounded so a client
         // that stopped reading cannot hold the session.
+        let unsent = self.wbuf.len();
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            self.flush().await.ok();
+            self.flush_goodbye().await;
             self.stream.shutdown().await.ok();
         })
         .await;
+        self.counts.bytes_sent += unsent.saturating_sub(self.wbuf.len()) as u64;
         if self.session_expiry_s > 0 {
             // Still owed to a session that outlives this connection.
             let owed = self.retained.drain(..).filter(|d| d.qos != crate::codec::QoS::AtMostOnce);

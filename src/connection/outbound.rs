@@ -9,17 +9,34 @@ use crate::codec::{self, Packet, Properties, PubResp, Publish, QoS};
 use crate::metrics::DropReason;
 use crate::session::{Delivery, Inflight, InflightState};
 
+/// Bytes of deliveries moved into the write buffer before it is flushed:
+/// a client that reads slowly or not at all holds at most this (and one
+/// packet) in its write buffer, its backlog staying in the bounded queue.
+const DRAIN_BUDGET: usize = 64 * 1024;
+
 impl<S> Connection<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     /// Resends what the previous connection left unacknowledged, in order,
-    /// with DUP set [MQTT-4.4.0-1].
+    /// with DUP set [MQTT-4.4.0-1]. Each message is authorized again for
+    /// this connection (`receive`): the session may have been taken over by
+    /// another principal, or the policy changed, since it was sent. One it
+    /// may not receive is dropped from the session (and counted), as a
+    /// queued one is in `drain`. A PUBREL carries no message and goes out.
     pub(super) async fn resume(&mut self) -> Result<(), Close> {
         let inflight: Vec<Inflight> = self.attached.session.lock().inflight.iter().cloned().collect();
+        let policy = self.broker.policy();
+        let now = std::time::Instant::now();
+        let mut refused = Vec::new();
         for entry in inflight {
             match entry.state {
                 InflightState::AwaitPubAck | InflightState::AwaitPubRec => {
+                    let (delivery, topic) = (&entry.delivery, entry.delivery.message.topic.as_str());
+                    if !self.allowed_by(&policy, now, Action::Receive, topic, delivery.qos, delivery.retain).await {
+                        refused.push((entry.packet_id, entry.state));
+                        continue;
+                    }
                     let publish = self.publish_packet(&entry.delivery, Some(entry.packet_id), true);
                     self.send(&Packet::Publish(publish));
                 }
@@ -28,7 +45,26 @@ where
                 }
             }
         }
+        self.drop_inflight(&refused);
         self.flush().await
+    }
+
+    /// Takes the in-flight messages `refused` out of the session as if
+    /// acknowledged (the store forgets them), and counts them.
+    fn drop_inflight(&mut self, refused: &[(crate::codec::PacketId, InflightState)]) {
+        if refused.is_empty() {
+            return;
+        }
+        let session = self.attached.session.clone();
+        let client_id = session.client_id();
+        let mut state = session.lock();
+        for &(packet_id, expected) in refused {
+            if let Some(entry) = state.take_inflight(packet_id, expected) {
+                self.broker.delivered(client_id, &entry.delivery);
+            }
+        }
+        drop(state);
+        self.broker.metrics.dropped(DropReason::NotAuthorized, refused.len() as u64);
     }
 
     /// Moves queued deliveries into the write buffer while the client's
@@ -75,6 +111,13 @@ where
                 None => {
                     // Retained messages for new subscriptions first, then the queue.
                     let Some(front) = self.retained.front().or(state.pending.front()) else { break };
+                    if self.wbuf.len() >= DRAIN_BUDGET {
+                        // The rest stays queued (where the queue's bounds
+                        // apply) until this much is written; the wake-up
+                        // brings us back.
+                        session.wake();
+                        break;
+                    }
                     if front.qos != QoS::AtMostOnce && state.inflight.len() >= self.send_window {
                         break;
                     }

@@ -19,6 +19,7 @@ use crate::auth::{
 use crate::broker::Broker;
 use crate::codec::{self, Auth, Connect, Packet, Properties, ProtocolVersion, QoS, ReasonCode, TopicName};
 use crate::router::Message;
+use crate::untrusted::Untrusted;
 
 /// Enhanced authentication may take this many round trips at most, so a
 /// plugin that always answers `continue` cannot hold a connection forever.
@@ -83,8 +84,9 @@ where
     broker.metrics.authenticated(admitted);
     info!(
         peer = %client.peer_address,
-        client_id = %client.client_id,
-        username = client.username.as_deref(),
+        client_id = %Untrusted(&client.client_id),
+        username = Untrusted::field(client.claimed_username.as_deref()),
+        verified_username = Untrusted::field(client.username.as_deref()),
         plugin = plugin.unwrap_or("-"),
         outcome = outcome_label,
         "authentication"
@@ -316,7 +318,7 @@ where
             TransformOutcome::Pass => Some(message),
             TransformOutcome::Replace(replaced) => from_plugin(replaced),
             TransformOutcome::Drop { plugin, reason } => {
-                debug!(plugin = &*plugin, reason, topic = %message.topic, "message dropped by transform");
+                debug!(plugin = &*plugin, reason, topic = %Untrusted(message.topic.as_str()), "message dropped by transform");
                 None
             }
         }

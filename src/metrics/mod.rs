@@ -30,7 +30,8 @@ pub enum Refusal {
     ListenerMaxConnections,
     /// The listener's `max_connection_rate` was exceeded.
     ConnectionRate,
-    /// The TLS handshake or WebSocket upgrade failed or timed out.
+    /// The PROXY header, TLS handshake or WebSocket upgrade failed or
+    /// timed out (or the PROXY header came from an untrusted address).
     Transport,
     /// No valid CONNECT (timeout, not MQTT, malformed, unsupported version).
     Protocol,
@@ -40,11 +41,18 @@ pub enum Refusal {
     NotAuthorized,
     /// The previous connection of the same client id did not let go.
     Busy,
+    /// A new session would exceed `limits.max_sessions`.
+    MaxSessions,
+    /// The client's address failed to log in too often (`[auth]`).
+    LoginThrottled,
+    /// The session of the client id belongs to another user (`[auth]
+    /// bind_sessions`).
+    SessionOwner,
 }
 
 impl Refusal {
     /// Every reason, in label order.
-    pub const ALL: [Refusal; 8] = [
+    pub const ALL: [Refusal; 11] = [
         Refusal::MaxConnections,
         Refusal::ListenerMaxConnections,
         Refusal::ConnectionRate,
@@ -53,6 +61,9 @@ impl Refusal {
         Refusal::Invalid,
         Refusal::NotAuthorized,
         Refusal::Busy,
+        Refusal::MaxSessions,
+        Refusal::LoginThrottled,
+        Refusal::SessionOwner,
     ];
 
     /// The `reason` label.
@@ -66,6 +77,9 @@ impl Refusal {
             Refusal::Invalid => "invalid_connect",
             Refusal::NotAuthorized => "not_authorized",
             Refusal::Busy => "busy",
+            Refusal::MaxSessions => "max_sessions",
+            Refusal::LoginThrottled => "login_throttled",
+            Refusal::SessionOwner => "session_owner",
         }
     }
 }
@@ -101,11 +115,15 @@ pub enum DropReason {
     ClusterInbound,
     /// Over the publisher's `limits.max_publish_rate`.
     PublishRate,
+    /// A share group's message with no member connected to take it, and
+    /// no room left in the group's queue (`limits.max_queued_messages` or
+    /// `max_queued_bytes`).
+    ShareGroupFull,
 }
 
 impl DropReason {
     /// Every reason, in label order.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::QueueFull,
         DropReason::OfflineQos0,
         DropReason::Expired,
@@ -116,6 +134,7 @@ impl DropReason {
         DropReason::Cluster,
         DropReason::ClusterInbound,
         DropReason::PublishRate,
+        DropReason::ShareGroupFull,
     ];
 
     /// The `reason` label.
@@ -131,6 +150,7 @@ impl DropReason {
             DropReason::Cluster => "cluster",
             DropReason::ClusterInbound => "cluster_inbound",
             DropReason::PublishRate => "publish_rate",
+            DropReason::ShareGroupFull => "share_group_full",
         }
     }
 }
@@ -156,11 +176,15 @@ pub enum Limit {
     UserProperties,
     /// `limits.max_publish_rate`.
     PublishRate,
+    /// `limits.max_sessions`.
+    MaxSessions,
+    /// `limits.write_timeout_ms`: a client did not take what was sent to it.
+    WriteTimeout,
 }
 
 impl Limit {
     /// Every limit, in label order.
-    pub const ALL: [Limit; 8] = [
+    pub const ALL: [Limit; 10] = [
         Limit::MaxConnections,
         Limit::ListenerMaxConnections,
         Limit::ConnectionRate,
@@ -169,6 +193,8 @@ impl Limit {
         Limit::Subscriptions,
         Limit::UserProperties,
         Limit::PublishRate,
+        Limit::MaxSessions,
+        Limit::WriteTimeout,
     ];
 
     /// The `limit` label.
@@ -182,6 +208,8 @@ impl Limit {
             Limit::Subscriptions => "max_subscriptions_per_client",
             Limit::UserProperties => "max_user_properties",
             Limit::PublishRate => "max_publish_rate",
+            Limit::MaxSessions => "max_sessions",
+            Limit::WriteTimeout => "write_timeout",
         }
     }
 
@@ -196,6 +224,8 @@ impl Limit {
             Limit::Subscriptions => "$SYS/broker/limits/max_subscriptions_per_client",
             Limit::UserProperties => "$SYS/broker/limits/max_user_properties",
             Limit::PublishRate => "$SYS/broker/limits/max_publish_rate",
+            Limit::MaxSessions => "$SYS/broker/limits/max_sessions",
+            Limit::WriteTimeout => "$SYS/broker/limits/write_timeout",
         }
     }
 }
@@ -221,6 +251,7 @@ pub struct Metrics {
     auth_failures: AtomicU64,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    redispatched: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -242,6 +273,7 @@ impl Default for Metrics {
             auth_failures: AtomicU64::new(0),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            redispatched: AtomicU64::new(0),
         }
     }
 }
@@ -277,6 +309,10 @@ pub struct Snapshot {
     pub reloads_ok: u64,
     /// Plugin reloads that failed (the previous set kept serving).
     pub reloads_failed: u64,
+    /// Share groups' QoS 1/2 messages a member gave up (its session
+    /// ended, or it stayed away past `limits.share_hold_ms`), sent on to
+    /// another member or to the group's queue.
+    pub redispatched: u64,
 }
 
 impl Snapshot {
@@ -371,6 +407,11 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Share groups' messages a member gave up went on to the others.
+    pub fn redispatched(&self, n: u64) {
+        add(&self.redispatched, n);
+    }
+
     /// Adds a connection's local counts and resets them.
     pub fn flush(&self, local: &mut LocalCounts) {
         if local.is_empty() {
@@ -405,6 +446,7 @@ impl Metrics {
             auth_failures: load(&self.auth_failures),
             reloads_ok: load(&self.reloads_ok),
             reloads_failed: load(&self.reloads_failed),
+            redispatched: load(&self.redispatched),
         }
     }
 }

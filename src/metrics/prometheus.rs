@@ -53,6 +53,13 @@ pub fn render(broker: &Broker) -> String {
     for (limit, n) in Limit::ALL.iter().zip(s.limit_hits) {
         line(w, "moat_limit_hits_total", &format!("limit=\"{}\"", limit.label()), n);
     }
+    header(
+        w,
+        "moat_shared_redispatched_total",
+        "counter",
+        "Share groups' QoS 1/2 messages a leaving member gave up, sent on to another member or the group's queue.",
+    );
+    line(w, "moat_shared_redispatched_total", "", s.redispatched);
     header(w, "moat_auth_total", "counter", "Authentication decisions at CONNECT, by outcome.");
     line(w, "moat_auth_total", "outcome=\"success\"", s.auth_successes);
     line(w, "moat_auth_total", "outcome=\"failure\"", s.auth_failures);
@@ -79,6 +86,8 @@ fn render_gauges(w: &mut String, broker: &Broker) {
     line(w, "moat_queued_messages", "", queued as u64);
     header(w, "moat_inflight_messages", "gauge", "Outgoing QoS 1/2 messages awaiting acknowledgement.");
     line(w, "moat_inflight_messages", "", inflight as u64);
+    header(w, "moat_share_group_waiting_messages", "gauge", "Messages waiting in share groups for a member.");
+    line(w, "moat_share_group_waiting_messages", "", broker.router.share_waiting() as u64);
     header(w, "moat_retained_messages", "gauge", "Retained messages stored.");
     line(w, "moat_retained_messages", "", broker.router.retained().len() as u64);
     header(w, "moat_subscriptions", "gauge", "Subscriptions in the index.");

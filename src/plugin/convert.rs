@@ -9,7 +9,10 @@ use bytes::Bytes;
 
 use super::CallFailure;
 use super::bindings::{authn, authz, transform, types};
-use crate::auth::{AUTH_DATA_ATTRIBUTE, Action, ClientInfo, Credentials, PluginMessage};
+use crate::auth::{
+    AUTH_DATA_ATTRIBUTE, Action, CLAIMED_USERNAME_ATTRIBUTE, ClientInfo, Credentials, PluginMessage,
+    RESERVED_ATTRIBUTE_PREFIX,
+};
 use crate::codec::{QoS, TopicName};
 
 /// An authenticator's valid answer.
@@ -89,9 +92,29 @@ impl ClientScratch {
                 });
             }
         }
-        r.attributes.clone_from(&c.attributes);
+        let claimed = c.claimed_username.as_deref().map(|name| (CLAIMED_USERNAME_ATTRIBUTE, name));
+        let pairs = c.attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())).chain(claimed);
+        fill_pairs(&mut r.attributes, pairs);
         &self.record
     }
+}
+
+/// Makes `to` hold `from`, reusing its strings' buffers.
+fn fill_pairs<'a>(to: &mut Vec<(String, String)>, from: impl Iterator<Item = (&'a str, &'a str)>) {
+    let mut len = 0;
+    for (k, v) in from {
+        match to.get_mut(len) {
+            Some((tk, tv)) => {
+                tk.clear();
+                tk.push_str(k);
+                tv.clear();
+                tv.push_str(v);
+            }
+            None => to.push((k.to_owned(), v.to_owned())),
+        }
+        len += 1;
+    }
+    to.truncate(len);
 }
 
 pub(crate) fn credentials(c: &Credentials) -> authn::Credentials {
@@ -226,9 +249,13 @@ type Attributes = Vec<(String, String)>;
 
 /// Takes the [`AUTH_DATA_ATTRIBUTE`] out of a grant's attributes: later
 /// hooks never see it, and its hex value becomes the Authentication Data of
-/// the CONNACK (or AUTH) that ends the exchange.
+/// the CONNACK (or AUTH) that ends the exchange. Other `moat.*` attributes
+/// are the broker's to set (e.g. [`CLAIMED_USERNAME_ATTRIBUTE`]), so a
+/// grant's are dropped.
 fn split_auth_data(attributes: Attributes) -> Result<(Attributes, Option<Bytes>), CallFailure> {
-    let (data, rest): (Vec<_>, Vec<_>) = attributes.into_iter().partition(|(k, _)| k == AUTH_DATA_ATTRIBUTE);
+    let (reserved, rest): (Vec<_>, Vec<_>) =
+        attributes.into_iter().partition(|(k, _)| k.starts_with(RESERVED_ATTRIBUTE_PREFIX));
+    let data: Vec<_> = reserved.into_iter().filter(|(k, _)| k == AUTH_DATA_ATTRIBUTE).collect();
     let Some((_, hex)) = data.last() else { return Ok((rest, None)) };
     let malformed = || CallFailure::Malformed(format!("`{AUTH_DATA_ATTRIBUTE}` is not lowercase hex"));
     if hex.len() % 2 != 0 {
@@ -321,8 +348,10 @@ mod tests {
                 common_name: Some("alice".into()),
                 sans: vec!["DNS:alice.example".into()],
                 sha256_fingerprint: "ab".repeat(32),
+                revocation: Default::default(),
             })),
             attributes: vec![("role".into(), "admin".into())],
+            claimed_username: Some("alice".into()),
         }
     }
 
@@ -330,6 +359,7 @@ mod tests {
         ClientInfo {
             client_id: "b".into(),
             username: None,
+            claimed_username: None,
             peer_address: "[2001:db8::1]:1883".parse().expect("address"),
             listener: "tcp".into(),
             protocol: ProtocolVersion::V311,
@@ -355,6 +385,37 @@ mod tests {
         let record = scratch.fill(&bob());
         assert_eq!(record.peer_address, "[2001:db8::1]:1883");
         assert!(record.tls.is_none() && record.attributes.is_empty() && record.username.is_none());
+    }
+
+    #[test]
+    fn a_claimed_name_reaches_plugins_as_an_attribute_not_as_the_user_name() {
+        let impostor = ClientInfo { username: None, claimed_username: Some("admin".into()), ..bob() };
+        let record = ClientScratch::default().fill(&impostor).clone();
+        assert_eq!(record.username, None);
+        assert_eq!(record.attributes, [(CLAIMED_USERNAME_ATTRIBUTE.to_owned(), "admin".to_owned())]);
+        let record = ClientScratch::default().fill(&alice()).clone();
+        assert_eq!(record.username.as_deref(), Some("alice"));
+        assert_eq!(record.attributes.last().map(|(k, _)| k.as_str()), Some(CLAIMED_USERNAME_ATTRIBUTE));
+    }
+
+    #[test]
+    fn a_grant_cannot_set_reserved_attributes() {
+        let grant = authn::AuthOutcome::Allow(authn::Grant {
+            attributes: vec![
+                (CLAIMED_USERNAME_ATTRIBUTE.into(), "root".into()),
+                ("moat.other".into(), "x".into()),
+                ("role".into(), "r".into()),
+                (AUTH_DATA_ATTRIBUTE.into(), "6869".into()),
+            ],
+            username_override: None,
+        });
+        match authn_answer(grant, 1024) {
+            Ok(AuthnAnswer::Allow { attributes, auth_data, .. }) => {
+                assert_eq!(attributes, [("role".to_owned(), "r".to_owned())]);
+                assert_eq!(auth_data.as_deref(), Some(&b"hi"[..]));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     #[test]

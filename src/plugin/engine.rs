@@ -95,6 +95,9 @@ pub struct CompileCounts {
     pub memory: u64,
     /// Read from the on-disk cache of compiled components.
     pub disk: u64,
+    /// On-disk entries refused (not authenticated, a link, another owner's,
+    /// damaged), deleted and compiled again instead.
+    pub refused: u64,
 }
 
 /// [`CompileCounts`] as atomics.
@@ -103,6 +106,7 @@ pub(crate) struct Counts {
     pub(crate) compiled: AtomicU64,
     pub(crate) memory: AtomicU64,
     pub(crate) disk: AtomicU64,
+    pub(crate) refused: AtomicU64,
 }
 
 /// Components already compiled by this host, keyed by a hash of their bytes
@@ -127,8 +131,9 @@ impl PluginHost {
     /// Like [`PluginHost::new`], with compiled components also kept in
     /// `cache_dir` (created owner-only if missing), so another process or
     /// host with the same engine loads them without compiling. A directory
-    /// that cannot be used is logged and the host runs without it: a cache
-    /// never keeps the broker from starting.
+    /// that cannot be used or trusted (it or a parent owned by another user
+    /// or writable by others) is logged and the host runs without it: a
+    /// cache never keeps the broker from starting.
     ///
     /// # Errors
     /// As [`PluginHost::new`].
@@ -152,7 +157,7 @@ impl PluginHost {
         let disk = cache_dir.and_then(|dir| match DiskCache::open(dir, &engine) {
             Ok(cache) => Some(cache),
             Err(e) => {
-                tracing::warn!(dir = %dir.display(), error = %e, "compiled plugins will not be cached on disk");
+                tracing::warn!(dir = %dir.display(), reason = %e, "compiled plugins will not be cached on disk");
                 None
             }
         });
@@ -168,6 +173,7 @@ impl PluginHost {
             compiled: c.compiled.load(Ordering::Relaxed),
             memory: c.memory.load(Ordering::Relaxed),
             disk: c.disk.load(Ordering::Relaxed),
+            refused: c.refused.load(Ordering::Relaxed),
         }
     }
 

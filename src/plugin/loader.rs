@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use wasmtime::component::Component;
 
 use super::bindings::PluginPre;
+use super::cache::{self, Lookup};
 use super::engine::{MAX_COMPILED, WASI_INTERFACES, WASI_VERSION_PREFIX};
 use super::shipped::Shipped;
 use super::{LoadError, LoadedPlugin, PluginHost, PluginSet, PluginSettings};
@@ -108,8 +109,10 @@ impl PluginHost {
     /// [`LoadError::Io`] or [`LoadError::Invalid`], naming the file.
     pub fn inspect(&self, path: &Path) -> Result<ComponentInfo, LoadError> {
         let bytes = std::fs::read(path).map_err(|e| LoadError::Io { path: path.to_owned(), message: e.to_string() })?;
-        let component =
-            self.compile(bytes).map_err(|e| LoadError::Invalid { path: path.to_owned(), message: format!("{e:#}") })?;
+        let name = path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default();
+        let component = self
+            .compile(&name, bytes)
+            .map_err(|e| LoadError::Invalid { path: path.to_owned(), message: format!("{e:#}") })?;
         let ty = component.component_type();
         let engine = self.engine();
         let imports: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_owned()).collect();
@@ -127,8 +130,9 @@ impl PluginHost {
         bytes: Vec<u8>,
         settings: PluginSettings,
     ) -> Result<LoadedPlugin, LoadError> {
-        let component =
-            self.compile(bytes).map_err(|e| LoadError::Invalid { path: path.clone(), message: format!("{e:#}") })?;
+        let component = self
+            .compile(&name, bytes)
+            .map_err(|e| LoadError::Invalid { path: path.clone(), message: format!("{e:#}") })?;
         self.check_contract(&path, &component)?;
         let pre = self
             .linker()
@@ -139,12 +143,12 @@ impl PluginHost {
             .map_err(|message| LoadError::Init { path, message })
     }
 
-    /// Compiles `bytes`, or reuses the component compiled from the same
-    /// bytes before: by this host (memory), or by any process with the same
-    /// engine settings (the disk cache). The lock is not held while
-    /// compiling, so two loads may compile the same bytes at once; the
-    /// second result simply wins.
-    fn compile(&self, bytes: Vec<u8>) -> wasmtime::Result<Component> {
+    /// Compiles `bytes`, the component of plugin `name`, or reuses the
+    /// component compiled from the same bytes before: by this host (memory),
+    /// or by any process of this user with the same engine settings (the
+    /// disk cache). The lock is not held while compiling, so two loads may
+    /// compile the same bytes at once; the second result simply wins.
+    fn compile(&self, name: &str, bytes: Vec<u8>) -> wasmtime::Result<Component> {
         let mut hasher = DefaultHasher::new();
         bytes.hash(&mut hasher);
         let key = hasher.finish();
@@ -154,13 +158,21 @@ impl PluginHost {
             self.counts().memory.fetch_add(1, Ordering::Relaxed);
             return Ok(component.clone());
         }
-        let component = match self.disk().and_then(|disk| disk.load(self.engine(), &bytes)) {
+        let found = match self.disk().map(|disk| disk.load(self.engine(), &bytes)) {
+            Some(Lookup::Found(component)) => Some(component),
+            Some(Lookup::Refused) => {
+                self.counts().refused.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+            Some(Lookup::Missing) | None => None,
+        };
+        let component = match found {
             Some(component) => {
                 self.counts().disk.fetch_add(1, Ordering::Relaxed);
                 component
             }
             None => {
-                let component = Component::new(self.engine(), &bytes)?;
+                let component = cache::compile(self.engine(), name, &bytes)?;
                 self.counts().compiled.fetch_add(1, Ordering::Relaxed);
                 if let Some(disk) = self.disk() {
                     disk.store(&bytes, &component);

@@ -7,8 +7,9 @@
 //!   once, checked (contract version, imports), pre-linked, instantiated and
 //!   initialised; its sidecar `NAME.toml` ([`PluginSettings`]) gives order,
 //!   config and limits. Compiled components are kept in memory and, with
-//!   [`PluginHost::with_disk_cache`], in an owner-only directory (`cache`),
-//!   so an unchanged plugin is not compiled again by a reload or a restart.
+//!   [`PluginHost::with_disk_cache`], in a directory only the broker's user
+//!   can write, authenticated by an HMAC (`cache`), so an unchanged plugin
+//!   is not compiled again by a reload or a restart.
 //! - [`LoadedPlugin`]: a pool of warm instances, each in its own `Store` with
 //!   a memory cap and a per-call epoch deadline; a failed instance is
 //!   discarded and the next call gets a fresh one.
@@ -38,6 +39,7 @@ pub mod shipped;
 mod stats;
 pub mod vectors;
 
+pub use cache::default_dir as default_cache_dir;
 pub(crate) use convert::{AuthnAnswer, AuthzAnswer, TransformAnswer};
 pub use engine::{CompileCounts, PluginHost};
 pub use instance::{LoadedPlugin, PinnedInstance, authn_concurrency};

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::PluginStats;
+use crate::untrusted::Untrusted;
 use serde::Deserialize;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
@@ -254,7 +255,7 @@ impl PluginLog {
             return;
         }
         self.stats.output_logged();
-        let text = printable(line);
+        let text = Untrusted(cut(line));
         let plugin = &*self.plugin;
         match level {
             OutputLevel::Off => {}
@@ -311,26 +312,18 @@ fn guest_message(stderr: &[u8]) -> Option<String> {
         }
         message = if message.is_empty() { (*line).to_owned() } else { format!("{line} {message}") };
     }
-    let message = printable(message.trim_start_matches("thread '<unnamed>' "));
+    // Escaped here: the cause is logged and shown by `moat plugin check`.
+    let message = Untrusted(message.trim_start_matches("thread '<unnamed>' ")).to_string();
     (!message.is_empty()).then_some(message)
 }
 
-/// `line` cut to [`MAX_LINE`] bytes with control characters escaped, so a
-/// guest cannot forge log lines or terminal escapes.
-pub(crate) fn printable(line: &str) -> String {
-    let mut out = String::with_capacity(line.len().min(MAX_LINE));
-    for c in line.chars() {
-        if out.len() >= MAX_LINE {
-            out.push('…');
-            break;
-        }
-        if c.is_control() {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
+/// `line` cut to at most [`MAX_LINE`] bytes, on a character boundary.
+fn cut(line: &str) -> &str {
+    let mut end = line.len().min(MAX_LINE);
+    while !line.is_char_boundary(end) {
+        end -= 1;
     }
-    out
+    &line[..end]
 }
 
 #[cfg(test)]
@@ -348,9 +341,10 @@ mod tests {
     }
 
     #[test]
-    fn control_characters_cannot_forge_lines() {
-        assert_eq!(printable("ok\r\x1b[31mfake"), "ok\\r\\u{1b}[31mfake");
-        assert!(printable(&"x".repeat(5000)).len() <= MAX_LINE + '…'.len_utf8());
+    fn long_lines_are_cut_on_a_character_boundary() {
+        assert_eq!(cut(&"x".repeat(5000)).len(), MAX_LINE);
+        let wide = "é".repeat(MAX_LINE);
+        assert!(cut(&wide).len() <= MAX_LINE && cut(&wide).chars().all(|c| c == 'é'));
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! ```toml
 //! [client]                      # defaults for every vector (all optional)
 //! client_id = "test-client"
-//! username = "alice"
+//! username = "alice"           # the verified user name
+//! claimed_username = "alice"   # CONNECT's (attribute moat.claimed-username); default: username
 //! listener = "tcp"
 //! peer_address = "127.0.0.1:50000"
 //! protocol = 5                  # 4 (MQTT 3.1.1) or 5
@@ -23,7 +24,7 @@
 //!
 //! [[vector]]
 //! hook = "authenticate"
-//! username = "alice"            # also the client's user name
+//! username = "alice"            # also the name the client claims
 //! password = "secret"           # or password_hex; auth_method, auth_data_hex
 //! expect = "allow"              # allow | deny | ignore | continue | fail
 //! expect_attributes = { role = "admin" }   # allow: these attributes (exactly)
@@ -126,6 +127,7 @@ struct FileSpec {
 struct ClientSpec {
     client_id: Option<String>,
     username: Option<String>,
+    claimed_username: Option<String>,
     peer_address: Option<String>,
     listener: Option<String>,
     protocol: Option<u8>,
@@ -231,7 +233,13 @@ impl Vector {
     fn from_spec(name: String, v: VectorSpec, defaults: &ClientSpec) -> Result<Vector, String> {
         let mut client_spec = overlay(defaults, v.client.as_ref());
         if matches!(v.hook, HookSpec::Authenticate) && v.username.is_some() {
-            client_spec.username.clone_from(&v.username);
+            // As in the broker: before authentication the name is only a
+            // claim (unless the vector's own client says a certificate
+            // verified one).
+            client_spec.claimed_username.clone_from(&v.username);
+            if v.client.as_ref().is_none_or(|c| c.username.is_none()) {
+                client_spec.username = None;
+            }
         }
         let client = client(&client_spec)?;
         let qos = match v.qos {
@@ -452,6 +460,7 @@ fn overlay(defaults: &ClientSpec, over: Option<&ClientSpec>) -> ClientSpec {
     ClientSpec {
         client_id: o.client_id.clone().or(d.client_id),
         username: o.username.clone().or(d.username),
+        claimed_username: o.claimed_username.clone().or(d.claimed_username),
         peer_address: o.peer_address.clone().or(d.peer_address),
         listener: o.listener.clone().or(d.listener),
         protocol: o.protocol.or(d.protocol),
@@ -475,11 +484,13 @@ fn client(spec: &ClientSpec) -> Result<ClientInfo, String> {
             common_name,
             sans: t.sans.clone(),
             sha256_fingerprint: t.sha256_fingerprint.clone(),
+            revocation: Default::default(),
         })
     });
     Ok(ClientInfo {
         client_id: spec.client_id.clone().unwrap_or_else(|| "test-client".to_owned()),
         username: spec.username.clone(),
+        claimed_username: spec.claimed_username.clone().or_else(|| spec.username.clone()),
         peer_address,
         listener: spec.listener.clone().unwrap_or_else(|| "tcp".to_owned()),
         protocol,
@@ -562,7 +573,9 @@ expect_payload_hex = "58"
         assert_eq!(v.vectors[0].client.username.as_deref(), Some("alice"));
         assert_eq!(v.vectors[0].client.attributes, [("role".to_owned(), "admin".to_owned())]);
         assert!(matches!(v.vectors[0].call, Call::Authorize { qos: QoS::ExactlyOnce, .. }));
-        assert_eq!(v.vectors[1].client.username.as_deref(), Some("bob"), "authenticate's user is the client's");
+        assert_eq!(v.vectors[1].client.claimed_username.as_deref(), Some("bob"), "authenticate's user is claimed");
+        assert_eq!(v.vectors[1].client.username, None, "and nobody verified it yet");
+        assert_eq!(v.vectors[2].client.claimed_username.as_deref(), Some("carol"), "a verified name was claimed");
         match &v.vectors[1].call {
             Call::Authenticate(c) => assert_eq!(c.password.as_deref(), Some(&[0, 0xff][..])),
             other => panic!("{other:?}"),

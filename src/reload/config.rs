@@ -122,6 +122,9 @@ impl Broker {
         if old.plugins.cache_dir != new.plugins.cache_dir {
             needs_restart.push("plugins.cache_dir".to_owned());
         }
+        if old.plugins.cache != new.plugins.cache {
+            needs_restart.push("plugins.cache".to_owned());
+        }
         if old.admin != new.admin {
             needs_restart.push("admin".to_owned());
         }
@@ -162,6 +165,13 @@ impl Broker {
             ]
         );
         changed_fields!(applied, "log", old.log, new.log, [level]);
+        changed_fields!(
+            applied,
+            "auth",
+            old.auth,
+            new.auth,
+            [failed_login_burst, failed_logins_per_minute, logins_per_address, throttle_loopback, bind_sessions]
+        );
         changed_fields!(applied, "plugins", old.plugins, new.plugins, [dir, watch]);
         // Names only: a plugin's table may hold secrets (a JWT key).
         for (name, table) in &new.plugins.shipped {
@@ -192,7 +202,11 @@ impl Broker {
         let effective =
             Config { log: crate::config::LogConfig { format: old.log.format, ..effective.log }, ..effective };
         let effective = Config {
-            plugins: crate::config::PluginsConfig { cache_dir: old.plugins.cache_dir.clone(), ..effective.plugins },
+            plugins: crate::config::PluginsConfig {
+                cache_dir: old.plugins.cache_dir.clone(),
+                cache: old.plugins.cache,
+                ..effective.plugins
+            },
             ..effective
         };
         self.set_config(effective);
@@ -218,13 +232,39 @@ impl Broker {
 
     /// Replaces TLS acceptors, resizes the connection permits and sets the
     /// log filter. Returns the listeners whose TLS files were reloaded.
+    /// The client ids of the connections on `listener` whose certificate
+    /// the CRLs of `configs` revoke.
+    fn revoked_connections(&self, listener: &str, configs: &ServerConfigs) -> Vec<String> {
+        let mut revoked = Vec::new();
+        for session in self.sessions.all() {
+            let state = session.lock();
+            let Some(client) = state.client.as_ref().filter(|_| state.online) else { continue };
+            if client.listener == listener && client.tls.as_ref().is_some_and(|id| configs.revokes(&id.revocation)) {
+                revoked.push(client.client_id.clone());
+            }
+        }
+        revoked
+    }
+
     fn apply_handles(&self, old: &Config, new: &Config, tls: Vec<(String, ServerConfigs)>) -> Vec<String> {
         let mut handles = self.reload.handles.lock();
         let mut reloaded = Vec::new();
         for (name, configs) in tls {
             let acceptor: Option<&Arc<TlsAcceptor>> = handles.tls.iter().find(|(n, _)| *n == name).map(|(_, a)| a);
             if let Some(acceptor) = acceptor {
+                let revoked = self.revoked_connections(&name, &configs);
+                // New handshakes see the new CRLs before the revoked
+                // clients are let go, so they cannot come straight back.
                 acceptor.replace(configs);
+                for client_id in revoked {
+                    if self.kick(&client_id) {
+                        info!(
+                            client_id = %crate::untrusted::Untrusted(&client_id),
+                            listener = name,
+                            "client disconnected: a reloaded CRL revokes its certificate"
+                        );
+                    }
+                }
                 reloaded.push(name);
             }
         }
@@ -273,6 +313,9 @@ fn restart_only(old: &ListenerConfig, new: &ListenerConfig) -> Vec<String> {
     }
     if old.allow_anonymous != new.allow_anonymous {
         out.push(format!("listener {name:?}: allow_anonymous = {:?}", new.allow_anonymous));
+    }
+    if old.trust_claimed_username != new.trust_claimed_username {
+        out.push(format!("listener {name:?}: trust_claimed_username = {}", new.trust_claimed_username));
     }
     if old.max_connections != new.max_connections {
         out.push(format!("listener {name:?}: max_connections = {:?}", new.max_connections));

@@ -1,12 +1,20 @@
-//! Watching the plugin directory and the config file.
+//! Watching the plugin directory, the directories granted to plugins, and
+//! the config file.
 //!
 //! `notify` reports file events on its own thread; they are filtered (only
-//! `*.wasm` and `*.toml` in the plugin directory, only the config file's
-//! name in its directory) and passed to a task that waits for a quiet
-//! moment before reloading, so a file written in several steps, or a plugin
-//! and its sidecar copied together, cause one reload. The directories are
-//! watched without recursion: nothing below them (such as a cache
-//! directory) triggers a reload.
+//! `*.wasm` and `*.toml` in the plugin directory, files not hidden in a
+//! granted directory, only the config file's name in its directory) and
+//! passed to a task that waits for a quiet moment before reloading, so a
+//! file written in several steps, or a plugin and its sidecar copied
+//! together, cause one reload. The directories are watched without
+//! recursion: nothing below them (such as a cache directory) triggers a
+//! reload.
+//!
+//! Granted directories are watched so that the instances of one plugin
+//! set all read the same files: a plugin reads them in `init`, once per
+//! instance, so without a reload a fresh instance would see an edited file
+//! while warm ones keep the old contents. An edit reloads the whole set
+//! instead, and every instance of the new set reads the new file.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -29,6 +37,8 @@ const MAX_DELAY: Duration = Duration::from_secs(3);
 enum Interest {
     /// Plugin components and sidecars.
     Plugins,
+    /// Any file that is not hidden (a plugin's data).
+    Data,
     /// One file, by name.
     File(OsString),
 }
@@ -41,6 +51,7 @@ impl Interest {
                 let hidden = name.to_string_lossy().starts_with('.');
                 !hidden && path.extension().is_some_and(|e| e == "wasm" || e == "toml")
             }
+            Interest::Data => !name.to_string_lossy().starts_with('.'),
             Interest::File(wanted) => name == wanted,
         }
     }
@@ -112,6 +123,52 @@ pub async fn plugins(broker: Arc<Broker>) {
                     break;
                 }
                 event = rx.recv(), if watcher.is_some() => {
+                    if event.is_none() || !settle(&mut rx).await {
+                        break;
+                    }
+                    if broker.config().plugins.watch() {
+                        broker.reload_plugins().await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The directories granted to the plugins of the set in force.
+fn granted_dirs(broker: &Broker) -> std::collections::BTreeSet<PathBuf> {
+    let policy = broker.policy();
+    policy.plugins().plugins().iter().flat_map(|p| p.settings().grants.read.iter().cloned()).collect()
+}
+
+/// Reloads the plugins whenever a file in a directory granted to one of
+/// them changes (see the module documentation), following the plugin set
+/// as reloads change it, until the broker shuts down. Off with
+/// `[plugins] watch = false`.
+pub async fn granted(broker: Arc<Broker>) {
+    let mut reloads = broker.plugin_reloads();
+    loop {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let watchers: Vec<_> = if broker.config().plugins.watch() {
+            granted_dirs(&broker).iter().filter_map(|dir| watch_dir(dir, Interest::Data, tx.clone())).collect()
+        } else {
+            Vec::new()
+        };
+        drop(tx);
+        for dir in granted_dirs(&broker).iter().filter(|_| !watchers.is_empty()) {
+            debug!(dir = %dir.display(), "watching a directory granted to a plugin");
+        }
+        loop {
+            tokio::select! {
+                () = broker.shutdown.cancelled() => return,
+                reloaded = reloads.changed() => {
+                    if reloaded.is_err() {
+                        return;
+                    }
+                    // Another set may grant other directories.
+                    break;
+                }
+                event = rx.recv(), if !watchers.is_empty() => {
                     if event.is_none() || !settle(&mut rx).await {
                         break;
                     }

@@ -6,6 +6,7 @@
 
 mod message;
 mod retained;
+mod share;
 mod trie;
 
 use std::sync::Arc;
@@ -20,7 +21,7 @@ pub use trie::{Match, Subscriber};
 
 use crate::codec::{QoS, TopicFilter};
 use crate::metrics::{DropReason, Metrics};
-use crate::session::{Delivery, Held, Session};
+use crate::session::{Delivery, Held, Refusal, Session};
 use crate::store::Store;
 
 /// Which subscriptions a message is routed to.
@@ -53,6 +54,8 @@ pub enum Scope<'a> {
 pub struct Router {
     trie: RwLock<trie::Trie>,
     retained: Retained,
+    /// Share groups' messages waiting for a member to connect.
+    waiting: share::ShareQueues,
     /// Where subscriptions added and removed are reported, in trie order,
     /// when the node is part of a cluster.
     #[cfg(feature = "cluster")]
@@ -70,7 +73,8 @@ impl Router {
     /// Adds or replaces `session`'s subscription. Returns whether the
     /// session already had a subscription with this filter.
     pub fn subscribe(&self, session: &Arc<Session>, filter: &TopicFilter, sub: &crate::session::Subscription) -> bool {
-        let subscriber = Subscriber { session: session.clone(), options: sub.options, id: sub.id };
+        let share = filter.share_group().is_some().then(|| Arc::new(filter.clone()));
+        let subscriber = Subscriber { session: session.clone(), options: sub.options, id: sub.id, share };
         let mut trie = self.trie.write();
         let existed = trie.insert(filter.filter(), filter.share_group(), subscriber);
         // Reported under the lock, so the cluster link sees adds and
@@ -83,8 +87,8 @@ impl Router {
         existed
     }
 
-    /// One member of share group `group` of exactly `filter`, online if
-    /// one is, chosen in turn as for a routed message.
+    /// One connected member of share group `group` of exactly `filter`,
+    /// chosen in turn as for a routed message.
     pub fn share_member(&self, filter: &str, group: &str) -> Option<Match> {
         self.trie.read().group_member(filter, group)
     }
@@ -145,31 +149,42 @@ impl Router {
         mut held: Option<&mut Vec<Held>>,
     ) -> usize {
         let mut matches = Vec::new();
+        // Share groups with no member connected: they keep the message.
+        let mut unserved = Vec::new();
         let in_queue = match scope {
             Scope::All { in_queue } => {
-                self.trie.read().matches(message.topic.as_str(), &mut matches);
+                self.trie.read().matches_scoped(message.topic.as_str(), true, &mut matches, &mut unserved);
                 in_queue
             }
             Scope::Plain { in_queue } => {
-                self.trie.read().matches_scoped(message.topic.as_str(), false, &mut matches);
+                self.trie.read().matches_scoped(message.topic.as_str(), false, &mut matches, &mut unserved);
                 in_queue
             }
             Scope::Group { filter, group } => {
-                matches.extend(self.trie.read().group_member(filter, group));
+                let trie = self.trie.read();
+                match trie.group_member(filter, group) {
+                    Some(member) => matches.push(member),
+                    None => unserved.extend(trie.group_key(filter, group)),
+                }
                 false
             }
         };
-        if matches.is_empty() {
-            return 0;
+        for share in &unserved {
+            self.wait_in_group(share, message, store, metrics);
         }
+        let mut delivered = unserved.len();
         if let Some(me) = publisher {
             matches.retain(|m| !(m.no_local && Arc::ptr_eq(&m.session, me)));
         }
         // Overlapping subscriptions of one session get one delivery at the
         // highest granted QoS carrying every subscription identifier
-        // [MQTT-3.3.4-2], [MQTT-3.3.4-3].
-        matches.sort_unstable_by_key(|m| Arc::as_ptr(&m.session));
-        let mut delivered = 0;
+        // [MQTT-3.3.4-2], [MQTT-3.3.4-3]. A share group's copy is a
+        // delivery of its own, even to a member that also has a plain
+        // subscription matching [MQTT-4.8.2]: it goes to another member
+        // should this one leave. Those come last.
+        matches.sort_unstable_by_key(|m| (m.share.is_some(), Arc::as_ptr(&m.session)));
+        let plain = matches.iter().take_while(|m| m.share.is_none()).count();
+        let (matches, shared) = matches.split_at(plain);
         let mut i = 0;
         while i < matches.len() {
             let mut j = i + 1;
@@ -185,27 +200,79 @@ impl Router {
                 subscription_ids: group.iter().filter_map(|m| m.id).collect(),
                 stored: None,
                 jetstream: None,
+                share: None,
             };
-            // A full queue still counts as a matching subscriber (v5 PUBACK
-            // reason); the drop is counted instead.
-            let session = &group[0].session;
-            // A kept session's consumer has the message if one of its
-            // plain subscriptions matched (share groups have their own).
-            let covered = in_queue && group.iter().any(|m| !m.shared);
-            // Never the publisher's own session: its queue drains as its
-            // client acknowledges, which the held-back publisher would not
-            // be reading.
-            let own = publisher.is_some_and(|me| Arc::ptr_eq(me, session));
-            match held.as_deref_mut().filter(|_| !own) {
-                Some(held) => Held::offer(session, delivery, covered, store, metrics, held),
-                None => match session.enqueue_and_store(delivery, Some(store), covered) {
-                    Ok(evicted) => metrics.dropped(DropReason::QueueFull, evicted as u64),
-                    Err(reason) => metrics.dropped(reason, 1),
-                },
-            }
+            // A kept session's consumer has the message (share groups have
+            // their own).
+            let target = Target { session: &group[0].session, covered: in_queue, publisher };
+            target.offer(self, delivery, store, metrics, held.as_deref_mut());
             delivered += 1;
             i = j;
         }
+        for member in shared {
+            let delivery = Delivery {
+                message: message.clone(),
+                qos: message.qos.min(member.qos),
+                retain: message.retain && member.retain_as_published,
+                subscription_ids: member.id.into_iter().collect(),
+                stored: None,
+                jetstream: None,
+                share: member.share.clone(),
+            };
+            let target = Target { session: &member.session, covered: false, publisher };
+            target.offer(self, delivery, store, metrics, held.as_deref_mut());
+            delivered += 1;
+        }
         delivered
+    }
+}
+
+/// A session a routed message goes to.
+struct Target<'a> {
+    session: &'a Arc<Session>,
+    /// Whether the cluster's queue stream holds the message for it, should
+    /// the session be kept in JetStream.
+    covered: bool,
+    publisher: Option<&'a Arc<Session>>,
+}
+
+impl Target<'_> {
+    /// Queues `delivery` (a full queue still counts as a matching
+    /// subscriber for the v5 PUBACK reason; the drop is counted instead),
+    /// or, with `held`, hands back what a full queue refuses. A share
+    /// group's delivery whose member left meanwhile goes to another.
+    fn offer(
+        &self,
+        router: &Router,
+        delivery: Delivery,
+        store: &dyn Store,
+        metrics: &Metrics,
+        held: Option<&mut Vec<Held>>,
+    ) {
+        // Never the publisher's own session: its queue drains as its
+        // client acknowledges, which the held-back publisher would not
+        // be reading.
+        let own = self.publisher.is_some_and(|me| Arc::ptr_eq(me, self.session));
+        let away = match held.filter(|_| !own) {
+            Some(held) => Held::offer(self.session, delivery, self.covered, store, metrics, held),
+            None => match self.session.enqueue_and_store(delivery, Some(store), self.covered) {
+                Ok(evicted) => {
+                    metrics.dropped(DropReason::QueueFull, evicted as u64);
+                    None
+                }
+                Err(Refusal::Away(delivery)) => Some(delivery),
+                Err(Refusal::Dropped(reason)) => {
+                    metrics.dropped(reason, 1);
+                    None
+                }
+                Err(Refusal::Full(_)) => {
+                    metrics.dropped(DropReason::QueueFull, 1);
+                    None
+                }
+            },
+        };
+        if let Some(delivery) = away {
+            router.redispatch(vec![delivery], store, metrics);
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::codec::{QoS, SubscriptionOptions};
+use crate::codec::{QoS, SubscriptionOptions, TopicFilter};
 use crate::session::Session;
 
 /// One subscription in the index.
@@ -19,6 +19,9 @@ pub struct Subscriber {
     pub options: SubscriptionOptions,
     /// v5 subscription identifier.
     pub id: Option<u32>,
+    /// For a member of a share group: its shared subscription
+    /// (`$share/{group}/{filter}`), which deliveries through it carry.
+    pub share: Option<Arc<TopicFilter>>,
 }
 
 /// A match found for a topic: one subscription of one session.
@@ -34,24 +37,24 @@ pub struct Match {
     pub no_local: bool,
     /// Subscription identifier.
     pub id: Option<u32>,
-    /// Whether the subscription is a share group's.
-    pub shared: bool,
+    /// The shared subscription, when the match is a share group's member.
+    pub share: Option<Arc<TopicFilter>>,
 }
 
 impl Match {
-    fn from(sub: &Subscriber, shared: bool) -> Match {
+    fn from(sub: &Subscriber) -> Match {
         Match {
             session: sub.session.clone(),
             qos: sub.options.qos,
             retain_as_published: sub.options.retain_as_published,
             no_local: sub.options.no_local,
             id: sub.id,
-            shared,
+            share: sub.share.clone(),
         }
     }
 }
 
-/// A `$share/{group}/...` group: each message goes to one member.
+/// A `$share/{group}/...` group: each message goes to one connected member.
 #[derive(Debug, Default)]
 struct ShareGroup {
     members: Vec<Subscriber>,
@@ -126,22 +129,47 @@ impl Trie {
     }
 
     /// Appends every subscription matching `topic` to `out`; for each share
-    /// group, one member chosen round-robin, preferring connected members.
+    /// group, one connected member chosen round-robin.
+    #[cfg(any(test, fuzzing))]
     pub fn matches(&self, topic: &str, out: &mut Vec<Match>) {
-        self.matches_scoped(topic, true, out);
+        self.matches_scoped(topic, true, out, &mut Vec::new());
     }
 
-    /// [`Trie::matches`], leaving out the share groups unless `groups`.
-    pub fn matches_scoped(&self, topic: &str, groups: bool, out: &mut Vec<Match>) {
+    /// [`Trie::matches`], leaving out the share groups unless `groups`;
+    /// the shared subscriptions of matching groups with no member
+    /// connected go to `unserved` (one per group).
+    pub fn matches_scoped(
+        &self,
+        topic: &str,
+        groups: bool,
+        out: &mut Vec<Match>,
+        unserved: &mut Vec<Arc<TopicFilter>>,
+    ) {
         let levels: Vec<&str> = topic.split('/').collect();
         let system = topic.starts_with('$');
-        collect(&self.root, &levels, system, groups, out);
+        let mut found = Found { out, unserved, groups };
+        collect(&self.root, &levels, system, &mut found);
     }
 
-    /// One member of share group `group` of exactly `filter` (not a
-    /// match: the filter itself), chosen as [`Trie::matches`] does.
+    /// One connected member of share group `group` of exactly `filter`
+    /// (not a match: the filter itself), chosen as [`Trie::matches`] does.
     pub fn group_member(&self, filter: &str, group: &str) -> Option<Match> {
-        pick_member(self.group(filter, group)?).map(|m| Match::from(m, true))
+        pick_member(self.group(filter, group)?).map(Match::from)
+    }
+
+    /// The shared subscription of share group `group` of `filter`, while
+    /// the group has members.
+    pub fn group_key(&self, filter: &str, group: &str) -> Option<Arc<TopicFilter>> {
+        self.group(filter, group)?.members.iter().find_map(|m| m.share.clone())
+    }
+
+    /// Every connected member of share group `group` of `filter`, starting
+    /// with the one whose turn it is.
+    pub fn group_online(&self, filter: &str, group: &str) -> Vec<Match> {
+        let Some(group) = self.group(filter, group) else { return Vec::new() };
+        let n = group.members.len();
+        let start = group.next.fetch_add(1, Ordering::Relaxed);
+        (0..n).map(|i| &group.members[(start + i) % n]).filter(|m| m.session.lock().online).map(Match::from).collect()
     }
 
     /// The sessions of every member of share group `group` of `filter`.
@@ -186,47 +214,57 @@ fn remove_at(node: &mut Node, levels: &[&str], group: Option<&str>, session: &Ar
     removed
 }
 
-fn collect(node: &Node, levels: &[&str], system: bool, groups: bool, out: &mut Vec<Match>) {
+/// Where [`collect`] puts what it finds.
+struct Found<'a> {
+    out: &'a mut Vec<Match>,
+    unserved: &'a mut Vec<Arc<TopicFilter>>,
+    /// Whether share groups are included at all.
+    groups: bool,
+}
+
+fn collect(node: &Node, levels: &[&str], system: bool, found: &mut Found<'_>) {
     // `#` matches the parent level too ("a/#" matches "a"), and every child.
     // At the first level of a `$` topic wildcards match nothing [MQTT-4.7.2-1].
     let wildcards_allowed = !system;
     if wildcards_allowed && let Some(hash) = node.children.get("#") {
-        push_all(hash, groups, out);
+        push_all(hash, found);
     }
     let Some((first, rest)) = levels.split_first() else {
-        push_all(node, groups, out);
+        push_all(node, found);
         return;
     };
     if let Some(child) = node.children.get(*first) {
-        collect(child, rest, false, groups, out);
+        collect(child, rest, false, found);
     }
     if wildcards_allowed && let Some(plus) = node.children.get("+") {
-        collect(plus, rest, false, groups, out);
+        collect(plus, rest, false, found);
     }
 }
 
-fn push_all(node: &Node, groups: bool, out: &mut Vec<Match>) {
-    out.extend(node.subscribers.iter().map(|s| Match::from(s, false)));
-    if !groups {
+fn push_all(node: &Node, found: &mut Found<'_>) {
+    found.out.extend(node.subscribers.iter().map(Match::from));
+    if !found.groups {
         return;
     }
     for group in node.groups.values() {
-        if let Some(member) = pick_member(group) {
-            out.push(Match::from(member, true));
+        match pick_member(group) {
+            Some(member) => found.out.push(Match::from(member)),
+            None => found.unserved.extend(group.members.iter().find_map(|m| m.share.clone())),
         }
     }
 }
 
+/// The member whose turn it is among the connected ones. A group whose
+/// members are all away gets none: its messages wait in the group for
+/// the next member to connect (`router::share`), rather than with a
+/// member that may never come back.
 fn pick_member(group: &ShareGroup) -> Option<&Subscriber> {
     let n = group.members.len();
     if n == 0 {
         return None;
     }
     let start = group.next.fetch_add(1, Ordering::Relaxed);
-    (0..n)
-        .map(|i| &group.members[(start + i) % n])
-        .find(|m| m.session.lock().online)
-        .or_else(|| group.members.get(start % n))
+    (0..n).map(|i| &group.members[(start + i) % n]).find(|m| m.session.lock().online)
 }
 
 #[cfg(test)]
@@ -234,7 +272,18 @@ mod tests {
     use super::*;
 
     fn sub(session: &Arc<Session>) -> Subscriber {
-        Subscriber { session: session.clone(), options: SubscriptionOptions::default(), id: None }
+        Subscriber { session: session.clone(), options: SubscriptionOptions::default(), id: None, share: None }
+    }
+
+    fn member(session: &Arc<Session>, filter: &str) -> Subscriber {
+        let share = Some(Arc::new(TopicFilter::new(filter).expect("valid")));
+        Subscriber { share, ..sub(session) }
+    }
+
+    fn online(id: &str) -> Arc<Session> {
+        let session = Arc::new(Session::new(id.into(), crate::session::QueueBound::messages(10)));
+        session.lock().online = true;
+        session
     }
 
     fn matched(trie: &Trie, topic: &str) -> Vec<String> {
@@ -268,11 +317,10 @@ mod tests {
 
     #[test]
     fn share_group_round_robin() {
-        let a = Arc::new(Session::new("a".into(), crate::session::QueueBound::messages(10)));
-        let b = Arc::new(Session::new("b".into(), crate::session::QueueBound::messages(10)));
+        let (a, b) = (online("a"), online("b"));
         let mut t = Trie::default();
-        t.insert("t", Some("g"), sub(&a));
-        t.insert("t", Some("g"), sub(&b));
+        t.insert("t", Some("g"), member(&a, "$share/g/t"));
+        t.insert("t", Some("g"), member(&b, "$share/g/t"));
         let mut seen = Vec::new();
         for _ in 0..4 {
             seen.extend(matched(&t, "t"));
@@ -280,11 +328,32 @@ mod tests {
         assert_eq!(seen.iter().filter(|s| *s == "a").count(), 2);
         assert_eq!(seen.iter().filter(|s| *s == "b").count(), 2);
         let mut plain = Vec::new();
-        t.matches_scoped("t", false, &mut plain);
+        t.matches_scoped("t", false, &mut plain, &mut Vec::new());
         assert!(plain.is_empty(), "groups left out");
         let picked: Vec<_> = (0..2).filter_map(|_| t.group_member("t", "g")).collect();
         assert_ne!(picked[0].session.client_id(), picked[1].session.client_id());
         assert!(t.group_member("+", "g").is_none(), "the filter itself, not a match");
         assert!(t.group_member("t", "h").is_none());
+        assert_eq!(t.group_online("t", "g").len(), 2);
+    }
+
+    #[test]
+    fn a_group_with_no_member_connected_is_unserved() {
+        let (a, b) = (online("a"), online("b"));
+        let mut t = Trie::default();
+        t.insert("t/#", Some("g"), member(&a, "$share/g/t/#"));
+        t.insert("t/#", Some("g"), member(&b, "$share/g/t/#"));
+        a.lock().online = false;
+        for _ in 0..3 {
+            assert_eq!(matched(&t, "t/1"), ["b"], "only the connected member");
+        }
+        b.lock().online = false;
+        let (mut out, mut unserved) = (Vec::new(), Vec::new());
+        t.matches_scoped("t/1", true, &mut out, &mut unserved);
+        assert!(out.is_empty(), "no member away gets it");
+        assert_eq!(unserved.iter().map(|s| s.as_str()).collect::<Vec<_>>(), ["$share/g/t/#"]);
+        assert!(t.group_member("t/#", "g").is_none());
+        assert_eq!(t.group_key("t/#", "g").as_deref().map(TopicFilter::as_str), Some("$share/g/t/#"));
+        assert!(t.group_online("t/#", "g").is_empty());
     }
 }

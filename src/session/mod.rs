@@ -18,7 +18,8 @@ use tokio::sync::Notify;
 
 pub use registry::{Attached, Registry};
 pub use state::{
-    ConnectionInfo, Delivery, Inflight, InflightState, JetStreamAck, QueueBound, SessionState, Subscription,
+    ConnectionInfo, Delivery, Inflight, InflightState, JetStreamAck, Owner, QueueBound, Room, SessionState,
+    Subscription,
 };
 
 /// Why [`Session::offer`] did not queue a delivery.
@@ -29,6 +30,10 @@ pub enum Refusal {
     /// The queue is full and the session online: the delivery is handed
     /// back for the publisher to hold until [`Session::room`].
     Full(Delivery),
+    /// A share group's delivery, and the session is no longer connected
+    /// (it left after the group picked it): handed back for another
+    /// member ([`crate::router::Router::redispatch`]).
+    Away(Delivery),
 }
 
 /// A delivery a full queue handed back, held by its publisher.
@@ -43,7 +48,9 @@ pub struct Held {
 impl Held {
     /// Offers `delivery` to `session` ([`Session::offer`]): queued, or
     /// dropped and counted in `metrics`, or, when the full queue hands it
-    /// back, added to `held`.
+    /// back, added to `held`. Returns a share group's delivery that its
+    /// member, gone away, handed back ([`Refusal::Away`]).
+    #[must_use = "a share group's delivery handed back goes to another member"]
     pub fn offer(
         session: &Arc<Session>,
         delivery: Delivery,
@@ -51,12 +58,14 @@ impl Held {
         store: &dyn Store,
         metrics: &Metrics,
         held: &mut Vec<Held>,
-    ) {
+    ) -> Option<Delivery> {
         match session.offer(delivery, Some(store), covered) {
             Ok(evicted) => metrics.dropped(DropReason::QueueFull, evicted as u64),
             Err(Refusal::Dropped(reason)) => metrics.dropped(reason, 1),
             Err(Refusal::Full(delivery)) => held.push(Held { session: session.clone(), delivery }),
+            Err(Refusal::Away(delivery)) => return Some(delivery),
         }
+        None
     }
 }
 
@@ -80,6 +89,13 @@ pub struct Session {
 }
 
 impl Session {
+    /// Whether a connection as `user` (a verified user name, `None` for
+    /// an anonymous client) may take this session over: it belongs to that
+    /// user, or its owner is not known.
+    pub fn may_be_taken_by(&self, user: Option<&str>) -> bool {
+        self.lock().owner.as_ref().is_none_or(|owner| owner.0.as_deref() == user)
+    }
+
     /// A new, empty session.
     pub fn new(client_id: Arc<str>, bound: QueueBound) -> Session {
         Session {
@@ -113,9 +129,15 @@ impl Session {
     /// Returns how many queued QoS 0 messages were evicted.
     ///
     /// # Errors
-    /// Why the delivery was dropped.
+    /// Why the delivery was dropped; a share group's delivery for a
+    /// session no longer connected counts as [`DropReason::OfflineQos0`]
+    /// here (the router hands it to another member instead).
     pub fn enqueue(&self, delivery: Delivery) -> Result<usize, DropReason> {
-        self.enqueue_and_store(delivery, None, false)
+        self.enqueue_and_store(delivery, None, false).map_err(|refusal| match refusal {
+            Refusal::Dropped(reason) => reason,
+            Refusal::Away(_) => DropReason::OfflineQos0,
+            Refusal::Full(_) => DropReason::QueueFull,
+        })
     }
 
     /// [`Session::enqueue`], and a QoS 1/2 message for a session that
@@ -128,18 +150,19 @@ impl Session {
     /// session is [kept](crate::session::SessionState::kept).
     ///
     /// # Errors
-    /// Why the delivery was dropped.
+    /// Why the delivery was dropped ([`Refusal::Dropped`]), or a share
+    /// group's delivery handed back ([`Refusal::Away`]); never
+    /// [`Refusal::Full`].
     pub fn enqueue_and_store(
         &self,
         delivery: Delivery,
         store: Option<&dyn Store>,
         covered: bool,
-    ) -> Result<usize, DropReason> {
+    ) -> Result<usize, Refusal> {
         match self.offer_inner(delivery, store, false, covered) {
-            Ok(evicted) => Ok(evicted),
-            Err(Refusal::Dropped(reason)) => Err(reason),
             // Not asked to hold it back: a drop like any other.
-            Err(Refusal::Full(_)) => Err(DropReason::QueueFull),
+            Err(Refusal::Full(_)) => Err(Refusal::Dropped(DropReason::QueueFull)),
+            other => other,
         }
     }
 
@@ -169,6 +192,12 @@ impl Session {
             if covered && state.kept && delivery.qos != QoS::AtMostOnce {
                 // JetStream keeps it for the session (`cluster::queue`).
                 return Ok(0);
+            }
+            if delivery.share.is_some() && !state.online && delivery.qos != QoS::AtMostOnce {
+                // Left since its group picked it: a connected member takes
+                // it, or the group keeps it, rather than a session that
+                // may never come back (or has already ended).
+                return Err(Refusal::Away(delivery));
             }
             if !state.online && delivery.qos == QoS::AtMostOnce {
                 Err(DropReason::OfflineQos0)

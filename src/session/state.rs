@@ -29,6 +29,21 @@ pub struct Delivery {
     /// acknowledges it there once the client has it. Boxed: most
     /// deliveries have none, and every queued one carries the field.
     pub jetstream: Option<Box<JetStreamAck>>,
+    /// The shared subscription (`$share/{group}/{filter}`) that chose this
+    /// session for the message, if one did: should the session end (or
+    /// stay away too long) before its client has the message, it goes to
+    /// another member of that group instead of being lost. Shared with
+    /// the subscription: one pointer per queued message.
+    pub share: Option<Arc<TopicFilter>>,
+}
+
+impl Delivery {
+    /// Whether this is a share group's message that the client has not
+    /// yet received (for QoS 2: has not answered with PUBREC), and so
+    /// goes to another member if this one leaves. QoS 0 never does.
+    fn redispatchable(&self) -> bool {
+        self.share.is_some() && self.qos != QoS::AtMostOnce
+    }
 }
 
 /// How to acknowledge a message to JetStream: the stream sequence it is
@@ -84,6 +99,18 @@ impl QueueBound {
     }
 }
 
+/// Room left in a session's queue ([`SessionState::room`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Room {
+    /// Messages.
+    pub messages: usize,
+    /// Bytes (topic and payload); `None` without a byte bound.
+    pub bytes: Option<usize>,
+    /// Whether the queue is empty: its first message fits whatever its
+    /// size, as [`SessionState::push`] takes it.
+    pub empty: bool,
+}
+
 /// What a queued delivery counts against [`QueueBound::bytes`].
 fn queued_size(d: &Delivery) -> usize {
     d.message.topic.as_str().len() + d.message.payload.len()
@@ -92,8 +119,11 @@ fn queued_size(d: &Delivery) -> usize {
 /// Who is attached to a session now, for the admin API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionInfo {
-    /// The user name in force (from CONNECT, a certificate or a grant).
+    /// The verified user name (from an authenticator's grant or a
+    /// certificate; see `ClientInfo::username`).
     pub username: Option<String>,
+    /// The user name CONNECT carried, verified or not.
+    pub claimed_username: Option<String>,
     /// Remote address.
     pub peer: std::net::SocketAddr,
     /// Listener name.
@@ -103,6 +133,12 @@ pub struct ConnectionInfo {
     /// When CONNACK was sent.
     pub since: std::time::SystemTime,
 }
+
+/// Whom a session belongs to: the verified user name of the connection
+/// that attached it last (`None` inside: an anonymous client). With
+/// `[auth] bind_sessions`, another user may not take the session over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner(pub Option<String>);
 
 /// A subscription as the session remembers it, to restore or remove it.
 #[derive(Debug, Clone, PartialEq)]
@@ -172,6 +208,10 @@ pub struct SessionState {
     /// sessions alike. `None` for a session restored from the store and not
     /// yet resumed.
     pub client: Option<Arc<ClientInfo>>,
+    /// Whom the session belongs to; `None` when not known (recovered from
+    /// a store written before owners were kept, or moved from another
+    /// node): the next connection to attach claims it.
+    pub owner: Option<Owner>,
     /// A publisher holds a delivery this queue refused (full) and waits
     /// for it to drain to half.
     pub publishers_waiting: bool,
@@ -210,6 +250,7 @@ impl SessionState {
             connection: None,
             expiry_s: 0,
             client: None,
+            owner: None,
             publishers_waiting: false,
             slow: false,
             next_packet_id: FIRST_PACKET_ID,
@@ -296,6 +337,78 @@ impl SessionState {
         }
     }
 
+    /// How many of `deliveries`, in their order, the queue has room for
+    /// now (as [`SessionState::push`] would take them one by one).
+    pub fn fitting(&self, deliveries: &[Delivery]) -> usize {
+        let (mut len, mut bytes) = (self.pending.len(), self.queued_bytes);
+        let mut n = 0;
+        for delivery in deliveries {
+            if !self.fits_with(len, bytes, delivery) {
+                break;
+            }
+            len += 1;
+            bytes += queued_size(delivery);
+            n += 1;
+        }
+        n
+    }
+
+    /// Room left in the queue.
+    pub fn room(&self) -> Room {
+        Room {
+            messages: self.bound.messages.saturating_sub(self.pending.len()),
+            bytes: (self.bound.bytes > 0).then(|| self.bound.bytes.saturating_sub(self.queued_bytes)),
+            empty: self.pending.is_empty(),
+        }
+    }
+
+    /// Puts `deliveries` at the head of the queue, in their order, whatever
+    /// the bound (see [`SessionState::fitting`]): share groups' messages
+    /// moved here, older than what is queued.
+    pub fn push_front(&mut self, deliveries: Vec<Delivery>) {
+        for delivery in deliveries.into_iter().rev() {
+            self.queued_bytes += queued_size(&delivery);
+            self.pending.push_front(delivery);
+        }
+    }
+
+    /// Takes out the share groups' QoS 1/2 messages that the client has
+    /// not received, to go to other members [MQTT-4.8.2]: in-flight ones
+    /// not yet acknowledged (QoS 2: no PUBREC yet), in send order, then
+    /// queued ones. A QoS 2 message the client sent PUBREC for stays: it
+    /// has it, and is only waiting for its PUBREL/PUBCOMP.
+    pub fn take_shared(&mut self) -> Vec<Delivery> {
+        let mut taken = Vec::new();
+        let inflight = std::mem::take(&mut self.inflight);
+        for entry in inflight {
+            if entry.state != InflightState::AwaitPubComp && entry.delivery.redispatchable() {
+                taken.push(entry.delivery);
+            } else {
+                self.inflight.push_back(entry);
+            }
+        }
+        if self.pending.iter().any(Delivery::redispatchable) {
+            let pending = std::mem::take(&mut self.pending);
+            self.queued_bytes = 0;
+            for delivery in pending {
+                if delivery.redispatchable() {
+                    taken.push(delivery);
+                } else {
+                    self.queued_bytes += queued_size(&delivery);
+                    self.pending.push_back(delivery);
+                }
+            }
+        }
+        taken
+    }
+
+    /// Whether the session holds share groups' messages that would go to
+    /// other members if it left ([`SessionState::take_shared`]).
+    pub fn holds_shared(&self) -> bool {
+        let inflight = self.inflight.iter().filter(|i| i.state != InflightState::AwaitPubComp);
+        self.pending.iter().chain(inflight.map(|i| &i.delivery)).any(Delivery::redispatchable)
+    }
+
     /// A packet id not used by any in-flight message.
     pub fn allocate_packet_id(&mut self) -> PacketId {
         loop {
@@ -360,6 +473,7 @@ mod tests {
                 subscription_ids: vec![],
                 stored: None,
                 jetstream: None,
+                share: None,
             },
             state: InflightState::AwaitPubAck,
         });
@@ -374,7 +488,15 @@ mod tests {
             false,
             &crate::codec::Properties::default(),
         ));
-        Delivery { message: msg, qos, retain: false, subscription_ids: vec![], stored: None, jetstream: None }
+        Delivery {
+            message: msg,
+            qos,
+            retain: false,
+            subscription_ids: vec![],
+            stored: None,
+            jetstream: None,
+            share: None,
+        }
     }
 
     #[test]
@@ -402,6 +524,57 @@ mod tests {
     }
 
     #[test]
+    fn a_queued_delivery_stays_small() {
+        // Every queued message is one: the share group is a pointer to
+        // the subscription's filter, not a copy of it.
+        let size = std::mem::size_of::<Delivery>();
+        assert!(size <= 72, "a delivery takes {size} bytes");
+    }
+
+    #[test]
+    fn share_groups_messages_not_yet_received_are_taken_in_order() {
+        let share = Some(Arc::new(TopicFilter::new("$share/g/t").expect("valid")));
+        let shared = |qos, payload| Delivery { share: share.clone(), ..delivery(qos, payload) };
+        let mut s = SessionState::new(QueueBound { messages: 100, bytes: 0 });
+        let id = |n| PacketId::new(n).expect("non-zero");
+        let states = [InflightState::AwaitPubAck, InflightState::AwaitPubRec, InflightState::AwaitPubComp];
+        for (n, (state, payload)) in states.into_iter().zip([&b"ack"[..], b"rec", b"comp"]).enumerate() {
+            let delivery = shared(if n == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce }, payload);
+            s.inflight.push_back(Inflight { packet_id: id(n as u16 + 1), delivery, state });
+        }
+        s.inflight.push_back(Inflight {
+            packet_id: id(9),
+            delivery: delivery(QoS::AtLeastOnce, b"plain"),
+            state: InflightState::AwaitPubAck,
+        });
+        for (qos, payload) in [(QoS::AtLeastOnce, &b"q1"[..]), (QoS::AtMostOnce, b"q0"), (QoS::ExactlyOnce, b"q2")] {
+            assert!(s.push(shared(qos, payload)));
+        }
+        assert!(s.push(delivery(QoS::AtLeastOnce, b"plain-queued")));
+        assert!(s.holds_shared());
+        let taken: Vec<_> = s.take_shared().into_iter().map(|d| d.message.payload.clone()).collect();
+        assert_eq!(taken, ["ack", "rec", "q1", "q2"], "in flight first, in order; QoS 0 and PUBREC'd stay");
+        assert!(!s.holds_shared());
+        let left: Vec<_> = s.inflight.iter().map(|i| i.delivery.message.payload.clone()).collect();
+        assert_eq!(left, ["comp", "plain"]);
+        let left: Vec<_> = s.pending.iter().map(|d| d.message.payload.clone()).collect();
+        assert_eq!(left, ["q0", "plain-queued"]);
+        assert_eq!(s.queued_bytes, 1 + 2 + 1 + 12, "the byte count follows");
+        s.push_front(vec![shared(QoS::AtLeastOnce, b"back-1"), shared(QoS::AtLeastOnce, b"back-2")]);
+        let order: Vec<_> = s.pending.iter().map(|d| d.message.payload.clone()).collect();
+        assert_eq!(order, ["back-1", "back-2", "q0", "plain-queued"]);
+        assert_eq!(s.queued_bytes, 16 + 7 + 7);
+        assert_eq!(s.room(), Room { messages: 96, bytes: None, empty: false });
+        // Room for 2 more messages and 9 bytes: one of 5 bytes, not two.
+        let mut s = SessionState::new(QueueBound { messages: 3, bytes: 11 });
+        assert!(s.push(delivery(QoS::AtLeastOnce, b"x")));
+        assert_eq!(s.room(), Room { messages: 2, bytes: Some(9), empty: false });
+        let more = [b"abcd", b"efgh", b"ijkl"].map(|p| delivery(QoS::AtLeastOnce, p));
+        assert_eq!(s.fitting(&more), 1);
+        assert_eq!(SessionState::new(QueueBound::messages(2)).fitting(&more), 2);
+    }
+
+    #[test]
     fn queue_is_bounded() {
         let mut s = SessionState::new(QueueBound::messages(1));
         let msg = Arc::new(Message::new(
@@ -418,6 +591,7 @@ mod tests {
             subscription_ids: vec![],
             stored: None,
             jetstream: None,
+            share: None,
         };
         assert!(s.push(d.clone()));
         assert!(!s.push(d));

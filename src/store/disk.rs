@@ -1,7 +1,7 @@
 //! The on-disk store: a `fjall` database (an LSM tree with a journal) in
 //! one directory, with a keyspace each for retained messages, sessions,
-//! subscriptions, session messages, incoming QoS 2 packet ids and pending
-//! wills.
+//! subscriptions, session messages, incoming QoS 2 packet ids, pending
+//! wills and the messages waiting in share groups.
 //!
 //! Reads happen once, at [`DiskStore::open`], which decodes everything so a
 //! corrupt store stops start-up there, naming the directory. Writes go
@@ -19,7 +19,7 @@ use super::writer::{self, Durability, Op, Parts, Queue};
 use super::{Barrier, Group, PendingWill, Recovered, Store, StoreError, StoredSession};
 use crate::codec::{PacketId, TopicFilter};
 use crate::router::Message;
-use crate::session::{Delivery, Inflight, Subscription};
+use crate::session::{Delivery, Inflight, Owner, Subscription};
 
 /// A [`Store`] in a directory on disk.
 #[derive(Debug)]
@@ -50,6 +50,7 @@ impl DiskStore {
             messages: keyspace("messages")?,
             incoming: keyspace("incoming")?,
             wills: keyspace("wills")?,
+            shares: keyspace("shares")?,
             db: db.clone(),
         };
         restrict_permissions(path).map_err(|e| open_err(&e))?;
@@ -112,6 +113,10 @@ impl Store for DiskStore {
         self.queue.send(Op::SessionOpened(client_id.clone(), expiry_s));
     }
 
+    fn session_owner(&self, client_id: &Arc<str>, owner: &Owner) {
+        self.queue.send(Op::SessionOwner(client_id.clone(), owner.clone()));
+    }
+
     fn session_ended(&self, client_id: &str) {
         self.queue.send(Op::SessionEnded(client_id.into()));
     }
@@ -156,6 +161,16 @@ impl Store for DiskStore {
         self.queue.send(Op::Will(client_id.clone(), will.cloned()));
     }
 
+    fn share_queued(&self, share: &TopicFilter, delivery: &Delivery) -> Option<u64> {
+        let seq = self.queue.next_seq();
+        self.queue.send(Op::ShareAppend(share.as_str().into(), seq, delivery.clone()));
+        Some(seq)
+    }
+
+    fn share_taken(&self, share: &TopicFilter, key: u64) {
+        self.queue.send(Op::ShareRemove(share.as_str().into(), key));
+    }
+
     fn group(&self) -> Group {
         self.queue.group()
     }
@@ -180,21 +195,42 @@ fn create_private_dir(path: &Path) -> std::io::Result<()> {
 
 /// Owner-only permissions on the directory tree: 0700 directories, 0600
 /// files. Files fjall creates later are inside the 0700 directory.
+///
+/// The store directory itself may be a link the operator made; inside it,
+/// links are never followed: a link planted there (to `/etc/shadow`, or to
+/// someone's home) would otherwise have its target's permissions changed
+/// by the broker's user. Links are left alone and reported. A directory is
+/// made 0700 before its entries are looked at, so nobody but its owner can
+/// swap an entry for a link between the look and the change.
 fn restrict_permissions(path: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt;
         let meta = std::fs::metadata(path)?;
-        let mode = if meta.is_dir() { 0o700 } else { 0o600 };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-        if meta.is_dir() {
-            for entry in std::fs::read_dir(path)? {
-                restrict_permissions(&entry?.path())?;
-            }
-        }
+        restrict_entry(path, &meta)?;
     }
     #[cfg(not(unix))]
     let _ = path;
+    Ok(())
+}
+
+/// [`restrict_permissions`] for one entry whose own metadata (not a
+/// link's target's) is `meta`.
+#[cfg(unix)]
+fn restrict_entry(path: &Path, meta: &std::fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = if meta.is_dir() { 0o700 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path)? {
+            let entry = entry?;
+            let meta = std::fs::symlink_metadata(entry.path())?;
+            if meta.file_type().is_symlink() {
+                tracing::warn!(path = %entry.path().display(), "store: a symbolic link inside the store is left alone");
+                continue;
+            }
+            restrict_entry(&entry.path(), &meta)?;
+        }
+    }
     Ok(())
 }
 
@@ -215,7 +251,7 @@ fn read_all(parts: &Parts) -> Result<(Recovered, u64, Vec<Arc<str>>), String> {
     }
     for kv in parts.sessions.iter() {
         let (key, value) = kv.into_inner().map_err(|e| e.to_string())?;
-        let record: SessionRecord = record::decode(&value).map_err(|e| bad("sessions", &key, &e))?;
+        let record = SessionRecord::decode(&value).map_err(|e| bad("sessions", &key, &e))?;
         let client_id: Arc<str> = std::str::from_utf8(&key).map_err(|e| bad("sessions", &key, &e))?.into();
         // Crashed while online: the expiry starts now.
         let offline_ms = now_ms.saturating_sub(record.offline_since_ms.unwrap_or(now_ms));
@@ -237,6 +273,7 @@ fn read_all(parts: &Parts) -> Result<(Recovered, u64, Vec<Arc<str>>), String> {
             inflight: Vec::new(),
             incoming_qos2: Vec::new(),
             will: None,
+            owner: record.owner.map(Owner),
         };
         read_session(parts, &mut session, (now, now_ms))?;
         recovered.sessions.push(session);
@@ -248,7 +285,37 @@ fn read_all(parts: &Parts) -> Result<(Recovered, u64, Vec<Arc<str>>), String> {
             next_seq = next_seq.max(seq + 1);
         }
     }
+    next_seq = next_seq.max(read_shares(parts, &mut recovered, (now, now_ms))?);
     Ok((recovered, next_seq, expired))
+}
+
+/// Reads the messages waiting in share groups (expired ones left out);
+/// returns the sequence number after the highest key.
+fn read_shares(parts: &Parts, recovered: &mut Recovered, now: (Instant, u64)) -> Result<u64, String> {
+    let mut next_seq = 0;
+    for kv in parts.shares.iter() {
+        let (key, value) = kv.into_inner().map_err(|e| e.to_string())?;
+        let seq = key_seq(&key).ok_or_else(|| bad("shares", &key, &"short key"))?;
+        next_seq = next_seq.max(seq + 1);
+        // `share`, 0, `seq`.
+        let share = key.len().checked_sub(9).and_then(|end| key.get(..end)).and_then(|s| std::str::from_utf8(s).ok());
+        let share = share
+            .and_then(|s| TopicFilter::new(s).ok())
+            .filter(|f| f.share_group().is_some())
+            .ok_or_else(|| bad("shares", &key, &"not a shared subscription"))?;
+        let record = DeliveryRecord::decode(&value).map_err(|e| bad("shares", &key, &e))?;
+        if record.message.is_expired(now.1) {
+            continue;
+        }
+        let Ok(delivery) = record.into_parts(seq, now.0, now.1).map_err(|e| bad("shares", &key, &e))? else {
+            return Err(bad("shares", &key, &"in flight"));
+        };
+        match recovered.shared.last_mut() {
+            Some((last, deliveries)) if *last == share => deliveries.push(delivery),
+            _ => recovered.shared.push((share, vec![delivery])),
+        }
+    }
+    Ok(next_seq)
 }
 
 /// The sequence number at the end of a message key.
@@ -285,7 +352,7 @@ fn read_session(parts: &Parts, session: &mut StoredSession, now: (Instant, u64))
     }
     for kv in parts.messages.prefix(&prefix) {
         let (key, value) = kv.into_inner().map_err(|e| e.to_string())?;
-        let record: DeliveryRecord = record::decode(&value).map_err(|e| bad("messages", &key, &e))?;
+        let record = DeliveryRecord::decode(&value).map_err(|e| bad("messages", &key, &e))?;
         if record.inflight.is_none() && record.message.is_expired(now.1) {
             continue;
         }

@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use super::{PendingWill, Recovered, Store, StoreError, StoredSession};
 use crate::codec::{PacketId, TopicFilter, TopicName};
 use crate::router::Message;
-use crate::session::{Delivery, Inflight, Subscription};
+use crate::session::{Delivery, Inflight, Owner, Subscription};
 
 /// A [`Store`] that keeps its copy in memory.
 #[derive(Debug, Default)]
@@ -21,6 +21,9 @@ pub struct MemoryStore {
 struct Inner {
     retained: HashMap<TopicName, Arc<Message>>,
     sessions: BTreeMap<Arc<str>, StoredSession>,
+    /// Share groups' waiting messages by key (keys grow, so in order).
+    shared: BTreeMap<TopicFilter, BTreeMap<u64, Delivery>>,
+    next_key: u64,
 }
 
 impl Inner {
@@ -49,8 +52,15 @@ impl Store for MemoryStore {
             inflight: Vec::new(),
             incoming_qos2: Vec::new(),
             will: None,
+            owner: None,
         });
         entry.expiry_s = expiry_s;
+    }
+
+    fn session_owner(&self, client_id: &Arc<str>, owner: &Owner) {
+        if let Some(s) = self.inner.lock().session(client_id) {
+            s.owner = Some(owner.clone());
+        }
     }
 
     fn session_ended(&self, client_id: &str) {
@@ -86,6 +96,24 @@ impl Store for MemoryStore {
         }
     }
 
+    fn share_queued(&self, share: &TopicFilter, delivery: &Delivery) -> Option<u64> {
+        let mut inner = self.inner.lock();
+        let key = inner.next_key;
+        inner.next_key += 1;
+        inner.shared.entry(share.clone()).or_default().insert(key, Delivery { stored: Some(key), ..delivery.clone() });
+        Some(key)
+    }
+
+    fn share_taken(&self, share: &TopicFilter, key: u64) {
+        let mut inner = self.inner.lock();
+        if let Some(group) = inner.shared.get_mut(share) {
+            group.remove(&key);
+            if group.is_empty() {
+                inner.shared.remove(share);
+            }
+        }
+    }
+
     fn will(&self, client_id: &Arc<str>, will: Option<&PendingWill>) {
         if let Some(s) = self.inner.lock().session(client_id) {
             s.will = will.cloned();
@@ -97,6 +125,11 @@ impl Store for MemoryStore {
         Ok(Recovered {
             retained: inner.retained.values().cloned().collect(),
             sessions: inner.sessions.values().cloned().collect(),
+            shared: inner
+                .shared
+                .iter()
+                .map(|(share, group)| (share.clone(), group.values().cloned().collect()))
+                .collect(),
         })
     }
 }

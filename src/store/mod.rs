@@ -8,8 +8,9 @@
 //! or offline) as they are queued, their QoS 2 handshake state as it moves,
 //! their removal once acknowledged, and a session's queued and
 //! unacknowledged messages again when its connection ends and at shutdown,
-//! the QoS 2 packet ids received from its client until released, and a
-//! will waiting for its delay.
+//! the QoS 2 packet ids received from its client until released, a
+//! will waiting for its delay, and the QoS 1/2 messages a share group
+//! keeps while none of its members is connected.
 //!
 //! [`MemoryStore`] is the default (`durability = "none"` without a
 //! directory). [`DiskStore`] keeps the copy in a `fjall` database, written
@@ -34,7 +35,7 @@ pub use writer::Durability;
 
 use crate::codec::{PacketId, TopicFilter};
 use crate::router::Message;
-use crate::session::{Delivery, Inflight, Subscription};
+use crate::session::{Delivery, Inflight, Owner, Subscription};
 
 /// A store failed.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +78,8 @@ pub struct StoredSession {
     /// The will waiting for its Will Delay Interval when the connection
     /// ended, and when it is due (ms since the Unix epoch).
     pub will: Option<PendingWill>,
+    /// Whom the session belongs to, if known.
+    pub owner: Option<Owner>,
 }
 
 /// A will waiting for its delay, as stored.
@@ -98,6 +101,10 @@ pub struct Recovered {
     pub retained: Vec<Arc<Message>>,
     /// Sessions that had not ended.
     pub sessions: Vec<StoredSession>,
+    /// Messages waiting in share groups for a member, by shared
+    /// subscription (`$share/{group}/{filter}`), oldest first, each with
+    /// its key.
+    pub shared: Vec<(TopicFilter, Vec<Delivery>)>,
 }
 
 /// Durable storage for sessions and retained messages.
@@ -109,6 +116,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn retain(&self, message: &Arc<Message>);
     /// A session was created or its expiry changed.
     fn session_opened(&self, client_id: &Arc<str>, expiry_s: u32);
+    /// A session that outlives its connection now belongs to `owner`
+    /// (reported after [`Store::session_opened`]), so its binding to its
+    /// user survives a restart.
+    fn session_owner(&self, client_id: &Arc<str>, owner: &Owner) {
+        let _ = (client_id, owner);
+    }
     /// A session ended: forget it and everything it held.
     fn session_ended(&self, client_id: &str);
     /// A subscription was added or replaced.
@@ -152,6 +165,20 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// (acknowledged, not routed twice) and a released id is free again.
     fn incoming_qos2(&self, client_id: &Arc<str>, packet_id: PacketId, received: bool) {
         let _ = (client_id, packet_id, received);
+    }
+    /// A QoS 1/2 message waits in share group `share` (its shared
+    /// subscription) for a member to connect: keep it. Returns the key it
+    /// is kept under (for [`Store::share_taken`]), or `None` if this store
+    /// does not keep messages one by one. Called under the group queue's
+    /// lock, so keys follow the queue's order.
+    fn share_queued(&self, share: &TopicFilter, delivery: &Delivery) -> Option<u64> {
+        let _ = (share, delivery);
+        None
+    }
+    /// The message kept under `key` for share group `share` left the
+    /// group's queue (to a member, which keeps it its own way): forget it.
+    fn share_taken(&self, share: &TopicFilter, key: u64) {
+        let _ = (share, key);
     }
     /// A will now waits for its delay (`Some`), or no longer does (`None`:
     /// published, or cancelled by a reconnect), so a crash in between

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{PacketId, Properties, QoS, RetainHandling, SubscriptionOptions, TopicName};
+use crate::codec::{PacketId, Properties, QoS, RetainHandling, SubscriptionOptions, TopicFilter, TopicName};
 use crate::router::Message;
 use crate::session::{Delivery, Inflight, InflightState, Subscription};
 
@@ -37,8 +37,34 @@ pub(super) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 /// Decodes a record written by [`encode`].
 pub(super) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, DecodeError> {
+    decode_extended::<T, ()>(bytes).map(|(value, _)| value)
+}
+
+/// [`encode`] of `value` followed by `extension`, if any: an addition to
+/// a record type that readers before it ignore (postcard stops at the end
+/// of the value), and that [`decode_extended`] reads back from records
+/// written before it as `None`.
+pub(super) fn encode_extended<T: Serialize, E: Serialize>(value: &T, extension: Option<&E>) -> Vec<u8> {
+    let mut out = encode(value);
+    if let Some(extension) = extension
+        && let Ok(bytes) = postcard::to_extend(extension, Vec::new())
+    {
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+/// Decodes a record written by [`encode_extended`] (or [`encode`]).
+pub(super) fn decode_extended<'a, T: Deserialize<'a>, E: Deserialize<'a>>(
+    bytes: &'a [u8],
+) -> Result<(T, Option<E>), DecodeError> {
+    let bad = |e: postcard::Error| DecodeError(e.to_string());
     match bytes.split_first() {
-        Some((&FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| DecodeError(e.to_string())),
+        Some((&FORMAT, rest)) => {
+            let (value, rest) = postcard::take_from_bytes(rest).map_err(bad)?;
+            let extension = if rest.is_empty() { None } else { Some(postcard::from_bytes(rest).map_err(bad)?) };
+            Ok((value, extension))
+        }
         Some((v, _)) => Err(DecodeError(format!("unknown record format {v}"))),
         None => Err(DecodeError("empty record".to_owned())),
     }
@@ -56,6 +82,28 @@ pub(super) struct SessionRecord {
     pub expiry_s: u32,
     /// When its connection ended (ms since the epoch); `None` while online.
     pub offline_since_ms: Option<u64>,
+    /// Whom the session belongs to (`session::Owner`); `None`: not known.
+    /// Last, so that older releases, which read the fields before it,
+    /// still read the record.
+    pub owner: Option<Option<String>>,
+}
+
+/// A session record as releases before session owners wrote it.
+#[derive(Deserialize)]
+struct LegacySessionRecord {
+    expiry_s: u32,
+    offline_since_ms: Option<u64>,
+}
+
+impl SessionRecord {
+    /// Decodes a record written by [`encode`], by this release or by one
+    /// before session owners (whose records lack the field: owner unknown).
+    pub fn decode(bytes: &[u8]) -> Result<SessionRecord, DecodeError> {
+        decode::<SessionRecord>(bytes).or_else(|_| {
+            let LegacySessionRecord { expiry_s, offline_since_ms } = decode(bytes)?;
+            Ok(SessionRecord { expiry_s, offline_since_ms, owner: None })
+        })
+    }
 }
 
 /// A subscription (key: client id, 0, filter).
@@ -177,6 +225,11 @@ pub(super) struct DeliveryRecord {
     subscription_ids: Vec<u32>,
     /// For an in-flight message: its packet id and handshake state.
     pub inflight: Option<(u16, u8)>,
+    /// The shared subscription that chose the session for it, if any.
+    /// Added after the first release: written after the record proper
+    /// ([`DeliveryRecord::encode`]), so records without it still read.
+    #[serde(skip)]
+    pub share: Option<String>,
 }
 
 impl DeliveryRecord {
@@ -187,7 +240,20 @@ impl DeliveryRecord {
             retain: d.retain,
             subscription_ids: d.subscription_ids.clone(),
             inflight: None,
+            share: d.share.as_ref().map(|f| f.as_str().to_owned()),
         }
+    }
+
+    /// The record's bytes, its shared subscription after the rest.
+    pub fn encode(&self) -> Vec<u8> {
+        encode_extended(self, self.share.as_ref())
+    }
+
+    /// Reads a record written by [`DeliveryRecord::encode`].
+    pub fn decode(bytes: &[u8]) -> Result<DeliveryRecord, DecodeError> {
+        let (mut record, share) = decode_extended::<DeliveryRecord, String>(bytes)?;
+        record.share = share;
+        Ok(record)
     }
 
     pub fn inflight(i: &Inflight, now: Instant, now_ms: u64) -> DeliveryRecord {
@@ -204,6 +270,10 @@ impl DeliveryRecord {
 
     /// Back to a pending delivery or an in-flight entry, kept under `seq`.
     pub fn into_parts(self, seq: u64, now: Instant, now_ms: u64) -> Result<Result<Delivery, Inflight>, DecodeError> {
+        let share = match self.share.as_deref().map(TopicFilter::new).transpose() {
+            Ok(share) => share.filter(|f| f.share_group().is_some()).map(Arc::new),
+            Err(e) => return Err(DecodeError(format!("bad shared subscription: {e}"))),
+        };
         let delivery = Delivery {
             message: Arc::new(self.message.into_message(now, now_ms)?),
             qos: qos(self.qos)?,
@@ -211,6 +281,7 @@ impl DeliveryRecord {
             subscription_ids: self.subscription_ids,
             stored: Some(seq),
             jetstream: None,
+            share,
         };
         let Some((id, state)) = self.inflight else { return Ok(Ok(delivery)) };
         let packet_id = PacketId::new(id).ok_or_else(|| DecodeError("packet id 0".to_owned()))?;
@@ -231,6 +302,26 @@ fn qos(n: u8) -> Result<QoS, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_records_with_and_without_an_owner_read_both_ways() {
+        #[derive(Serialize)]
+        struct Before {
+            expiry_s: u32,
+            offline_since_ms: Option<u64>,
+        }
+        let old = encode(&Before { expiry_s: 60, offline_since_ms: Some(5) });
+        let read = SessionRecord::decode(&old).expect("an older record reads");
+        assert_eq!(read, SessionRecord { expiry_s: 60, offline_since_ms: Some(5), owner: None });
+        for owner in [Some(Some("alice".to_owned())), Some(None), None] {
+            let record = SessionRecord { expiry_s: 7, offline_since_ms: None, owner };
+            let bytes = encode(&record);
+            assert_eq!(SessionRecord::decode(&bytes).expect("reads"), record);
+            // What a release before owners reads from it.
+            let LegacySessionRecord { expiry_s, offline_since_ms } = decode(&bytes).expect("older release reads");
+            assert_eq!((expiry_s, offline_since_ms), (7, None));
+        }
+    }
 
     fn message() -> Message {
         let props = Properties {
@@ -281,17 +372,27 @@ mod tests {
             subscription_ids: vec![7],
             stored: None,
             jetstream: None,
+            share: Some(Arc::new(TopicFilter::new("$share/g/a/#").expect("valid"))),
         };
         let packet_id = PacketId::new(42).expect("non-zero");
         let inflight = Inflight { packet_id, delivery, state: InflightState::AwaitPubComp };
         let (now, ms) = (Instant::now(), now_ms());
-        let bytes = encode(&DeliveryRecord::inflight(&inflight, now, ms));
-        let back = decode::<DeliveryRecord>(&bytes).expect("decodes").into_parts(3, now, ms).expect("valid");
+        let bytes = DeliveryRecord::inflight(&inflight, now, ms).encode();
+        let back = DeliveryRecord::decode(&bytes).expect("decodes").into_parts(3, now, ms).expect("valid");
         let Err(back) = back else { panic!("expected in-flight") };
         assert_eq!(back.packet_id, packet_id);
         assert_eq!(back.state, InflightState::AwaitPubComp);
         assert_eq!(back.delivery.subscription_ids, vec![7]);
         assert_eq!(back.delivery.qos, QoS::AtLeastOnce);
+        assert_eq!(back.delivery.share.as_deref().map(TopicFilter::as_str), Some("$share/g/a/#"));
+        // A record written before the shared subscription was (none after
+        // the record proper) reads as one without.
+        let old = encode(&DeliveryRecord::inflight(&inflight, now, ms));
+        assert!(bytes.starts_with(&old) && bytes.len() > old.len());
+        let back = DeliveryRecord::decode(&old).expect("decodes").into_parts(3, now, ms).expect("valid");
+        assert!(back.is_err_and(|i| i.delivery.share.is_none() && i.delivery.subscription_ids == [7]));
+        // ... and a reader from before it reads the new record.
+        assert!(decode::<DeliveryRecord>(&bytes).is_ok());
 
         let sub = Subscription {
             options: SubscriptionOptions {

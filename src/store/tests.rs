@@ -23,6 +23,7 @@ fn delivery(m: &Arc<Message>) -> Delivery {
         subscription_ids: vec![],
         stored: None,
         jetstream: None,
+        share: None,
     }
 }
 
@@ -156,6 +157,32 @@ fn files_are_owner_only() {
     drop(store);
 }
 
+/// The permission fix-up never follows a link planted in the store: the
+/// file or directory it points at keeps its permissions.
+#[cfg(unix)]
+#[test]
+fn the_permission_fix_up_does_not_follow_links() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    drop(open(&path));
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).expect("dir");
+    let victim = outside.join("victim");
+    std::fs::write(&victim, "not the broker's").expect("file");
+    for p in [&outside, &victim] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    std::os::unix::fs::symlink(&victim, path.join("to-a-file")).expect("link");
+    std::os::unix::fs::symlink(&outside, path.join("to-a-dir")).expect("link");
+    let store = open(&path);
+    for p in [&outside, &victim] {
+        assert_eq!(std::fs::metadata(p).expect("meta").permissions().mode() & 0o777, 0o755, "{}", p.display());
+    }
+    assert!(std::fs::symlink_metadata(path.join("to-a-file")).expect("link").file_type().is_symlink());
+    drop(store);
+}
+
 #[test]
 fn close_does_not_wait_for_a_barrier_still_held() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -200,6 +227,52 @@ fn messages_are_kept_by_key_until_delivered() {
     assert_eq!(s.pending.len(), 1);
     assert_eq!(s.pending[0].message.payload, Bytes::from_static(b"queued"));
     assert!(s.pending[0].stored.is_some(), "recovered messages keep their key");
+}
+
+#[test]
+fn share_groups_waiting_messages_survive_until_taken_and_keys_stay_unique() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    let (g, h) = (TopicFilter::new("$share/g/a/#").expect("valid"), TopicFilter::new("$share/g/a").expect("valid"));
+    let client: Arc<str> = "member".into();
+    let taken;
+    {
+        let store = open(&path);
+        store.session_opened(&client, 60);
+        let mut held = delivery(&message("a/1", b"held", false, None));
+        held.share = Some(Arc::new(g.clone()));
+        // A member's message keeps its share group through the store.
+        held.stored = store.queued(&client, &held);
+        let keys: Vec<u64> = [&b"one"[..], b"two", b"three"]
+            .iter()
+            .map(|p| {
+                let d = delivery(&Arc::new(Message {
+                    payload: Bytes::copy_from_slice(p),
+                    ..(*message("a/1", b"", false, None)).clone()
+                }));
+                store.share_queued(&g, &Delivery { share: Some(Arc::new(g.clone())), ..d }).expect("kept")
+            })
+            .collect();
+        store.share_queued(&h, &delivery(&message("a", b"other group", false, None))).expect("kept");
+        store.share_queued(&g, &delivery(&message("a/2", b"expired", false, Some(1)))).expect("kept");
+        taken = keys[1];
+        store.share_taken(&g, taken);
+        store.close();
+    }
+    std::thread::sleep(Duration::from_millis(1100));
+    let store = open(&path);
+    let recovered = store.recover().expect("recovers");
+    assert_eq!(recovered.sessions[0].pending[0].share.as_deref(), Some(&g));
+    let groups: Vec<(&str, Vec<&[u8]>)> = recovered
+        .shared
+        .iter()
+        .map(|(share, ds)| (share.as_str(), ds.iter().map(|d| &d.message.payload[..]).collect()))
+        .collect();
+    assert_eq!(groups, [("$share/g/a", vec![&b"other group"[..]]), ("$share/g/a/#", vec![&b"one"[..], b"three"])]);
+    // New keys come after every recovered one.
+    let next = store.message_key().expect("keyed");
+    assert!(recovered.shared.iter().flat_map(|(_, ds)| ds).all(|d| d.stored.is_some_and(|k| k < next)));
+    assert!(next > taken);
 }
 
 #[test]

@@ -8,7 +8,10 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::record::{DecodeError, DeliveryRecord, MessageRecord, SubscriptionRecord, decode, encode, now_ms};
+use super::record::{
+    DecodeError, DeliveryRecord, MessageRecord, SubscriptionRecord, decode, decode_extended, encode, encode_extended,
+    now_ms,
+};
 use super::{PendingWill, StoredSession};
 use crate::codec::{PacketId, TopicFilter, Will};
 use crate::router::Message;
@@ -30,12 +33,17 @@ struct TransferRecord {
 }
 
 /// Encodes `session` (its will left out) for another node: see
-/// [`decode_session`].
+/// [`decode_session`]. The shared subscription of each message, added
+/// later, follows the record (one `Option` per message), where nodes
+/// from before it do not look.
 pub(crate) fn encode_session(session: &StoredSession) -> Vec<u8> {
     let (now, now_ms) = (Instant::now(), now_ms());
     let inflight = session.inflight.iter().map(|i| DeliveryRecord::inflight(i, now, now_ms));
     let pending = session.pending.iter().map(|d| DeliveryRecord::pending(d, now, now_ms));
-    encode(&TransferRecord {
+    let messages: Vec<DeliveryRecord> = inflight.chain(pending).collect();
+    let shares: Vec<Option<String>> = messages.iter().map(|m| m.share.clone()).collect();
+    let shares = shares.iter().any(Option::is_some).then_some(&shares);
+    let record = TransferRecord {
         client_id: session.client_id.to_string(),
         expiry_s: session.expiry_s,
         subscriptions: session
@@ -43,12 +51,13 @@ pub(crate) fn encode_session(session: &StoredSession) -> Vec<u8> {
             .iter()
             .map(|(f, s)| (f.as_str().to_owned(), SubscriptionRecord::from_subscription(s)))
             .collect(),
-        messages: inflight.chain(pending).collect(),
+        messages,
         incoming_qos2: session.incoming_qos2.iter().map(|id| id.get()).collect(),
         jetstream: (session.inflight.iter().map(|i| &i.delivery).chain(&session.pending))
             .map(|d| d.jetstream.as_ref().map(|j| (j.seq, j.reply.to_string())))
             .collect(),
-    })
+    };
+    encode_extended(&record, shares)
 }
 
 /// A session another node encoded with [`encode_session`]. Its messages
@@ -58,8 +67,9 @@ pub(crate) fn encode_session(session: &StoredSession) -> Vec<u8> {
 /// # Errors
 /// [`DecodeError`] for bytes that are no such session.
 pub(crate) fn decode_session(bytes: &[u8]) -> Result<StoredSession, DecodeError> {
-    let record: TransferRecord = decode(bytes)?;
+    let (record, shares) = decode_extended::<TransferRecord, Vec<Option<String>>>(bytes)?;
     let (now, now_ms) = (Instant::now(), now_ms());
+    let mut shares = shares.unwrap_or_default().into_iter();
     let mut session = StoredSession {
         client_id: record.client_id.into(),
         expiry_s: record.expiry_s,
@@ -68,13 +78,16 @@ pub(crate) fn decode_session(bytes: &[u8]) -> Result<StoredSession, DecodeError>
         inflight: Vec::new(),
         incoming_qos2: Vec::with_capacity(record.incoming_qos2.len()),
         will: None,
+        // Not carried between nodes: the next connection claims it.
+        owner: None,
     };
     for (filter, subscription) in record.subscriptions {
         let filter = TopicFilter::new(&filter).map_err(|e| DecodeError(format!("filter {filter:?}: {e}")))?;
         session.subscriptions.push((filter, subscription.into_subscription()?));
     }
     let mut acks = record.jetstream.into_iter();
-    for message in record.messages {
+    for mut message in record.messages {
+        message.share = shares.next().flatten();
         let jetstream = acks.next().flatten().map(|(seq, reply)| Box::new(JetStreamAck { seq, reply: reply.into() }));
         // An expired one JetStream keeps still travels: the node that would
         // have sent it acknowledges it there instead.
@@ -168,11 +181,16 @@ mod tests {
             subscription_ids: vec![1, 2],
             stored,
             jetstream: None,
+            share: None,
         };
         let ack = JetStreamAck { seq: 12, reply: "$JS.ACK.Q.s1.1.12.3.0.0".into() };
         let sent = Inflight {
             packet_id: PacketId::new(9).expect("non-zero"),
-            delivery: Delivery { jetstream: Some(Box::new(ack.clone())), ..delivery("sent", Some(4)) },
+            delivery: Delivery {
+                jetstream: Some(Box::new(ack.clone())),
+                share: Some(Arc::new(TopicFilter::new("$share/g/a/#").expect("valid"))),
+                ..delivery("sent", Some(4))
+            },
             state: InflightState::AwaitPubRec,
         };
         let mut expired = delivery("expired", None);
@@ -186,6 +204,7 @@ mod tests {
             inflight: vec![sent],
             incoming_qos2: vec![PacketId::new(77).expect("non-zero")],
             will: None,
+            owner: None,
         };
         let back = decode_session(&encode_session(&session)).expect("decodes");
         assert_eq!((&*back.client_id, back.expiry_s), ("dev/ü", 3600));
@@ -198,6 +217,8 @@ mod tests {
         let [sent] = &back.inflight[..] else { panic!("one in flight") };
         assert_eq!((sent.packet_id.get(), sent.state, sent.delivery.stored), (9, InflightState::AwaitPubRec, None));
         assert_eq!((sent.delivery.jetstream.as_deref(), queued.jetstream.as_deref()), (Some(&ack), None));
+        assert_eq!(sent.delivery.share.as_deref().map(TopicFilter::as_str), Some("$share/g/a/#"));
+        assert!(queued.share.is_none());
         assert!(decode_session(b"\x01garbage").is_err());
     }
 

@@ -54,6 +54,7 @@ pub enum Durability {
 pub(crate) enum Op {
     Retain(Arc<Message>),
     SessionOpened(Arc<str>, u32),
+    SessionOwner(Arc<str>, crate::session::Owner),
     SessionEnded(Arc<str>),
     Subscribed(Arc<str>, String, SubscriptionRecord),
     Unsubscribed(Arc<str>, String),
@@ -69,6 +70,11 @@ pub(crate) enum Op {
     Incoming(Arc<str>, u16, bool),
     /// A will waits for its delay, or no longer does.
     Will(Arc<str>, Option<super::PendingWill>),
+    /// A message waits, under its key, in a share group's queue (named by
+    /// its shared subscription).
+    ShareAppend(Arc<str>, u64, Delivery),
+    /// A message left a share group's queue.
+    ShareRemove(Arc<str>, u64),
     /// Opens a group: no commit until its [`Op::GroupEnd`] (see
     /// [`super::Store::group`]). Not counted.
     GroupBegin,
@@ -97,6 +103,7 @@ pub(super) struct Parts {
     pub messages: Keyspace,
     pub incoming: Keyspace,
     pub wills: Keyspace,
+    pub shares: Keyspace,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -107,6 +114,7 @@ enum Part {
     Messages,
     Incoming,
     Wills,
+    Shares,
 }
 
 impl Parts {
@@ -118,6 +126,7 @@ impl Parts {
             Part::Messages => &self.messages,
             Part::Incoming => &self.incoming,
             Part::Wills => &self.wills,
+            Part::Shares => &self.shares,
         }
     }
 }
@@ -131,8 +140,10 @@ pub(super) fn client_prefix(client_id: &str) -> Vec<u8> {
     key
 }
 
-/// `client_id`, 0, `seq`: the key of one of a session's messages.
-fn message_key(client_id: &str, seq: u64) -> Vec<u8> {
+/// `client_id`, 0, `seq`: the key of one of a session's messages; and
+/// `share`, 0, `seq`: of a message waiting in a share group (named by its
+/// shared subscription, which has no U+0000 either).
+pub(super) fn message_key(client_id: &str, seq: u64) -> Vec<u8> {
     let mut key = client_prefix(client_id);
     key.extend_from_slice(&seq.to_be_bytes());
     key
@@ -347,8 +358,15 @@ impl Writer {
                 self.stage(Part::Retained, m.topic.as_str().as_bytes().to_vec(), value);
             }
             Op::SessionOpened(client, expiry_s) => {
-                let value = record::encode(&SessionRecord { expiry_s, offline_since_ms: None });
+                let owner = self.session(&client).and_then(|s| s.owner);
+                let value = record::encode(&SessionRecord { expiry_s, offline_since_ms: None, owner });
                 self.stage(Part::Sessions, client.as_bytes().to_vec(), Some(value));
+            }
+            Op::SessionOwner(client, owner) => {
+                if let Some(mut session) = self.session(&client) {
+                    session.owner = Some(owner.0);
+                    self.stage(Part::Sessions, client.as_bytes().to_vec(), Some(record::encode(&session)));
+                }
             }
             Op::SessionEnded(client) => {
                 self.stage(Part::Sessions, client.as_bytes().to_vec(), None);
@@ -398,6 +416,11 @@ impl Writer {
                 };
                 self.stage(Part::Wills, client.as_bytes().to_vec(), value);
             }
+            Op::ShareAppend(share, seq, delivery) => {
+                let record = DeliveryRecord::pending(&delivery, now.0, now.1);
+                self.stage(Part::Shares, message_key(&share, seq), Some(record.encode()));
+            }
+            Op::ShareRemove(share, seq) => self.stage(Part::Shares, message_key(&share, seq), None),
             Op::Flush | Op::Close | Op::GroupBegin | Op::GroupEnd => {}
         }
     }
@@ -421,7 +444,7 @@ impl Writer {
     }
 
     fn put_message(&mut self, client: &str, seq: u64, record: &DeliveryRecord) {
-        self.stage(Part::Messages, message_key(client, seq), Some(record::encode(record)));
+        self.stage(Part::Messages, message_key(client, seq), Some(record.encode()));
     }
 
     /// The session's record, staged or stored.
@@ -431,7 +454,7 @@ impl Writer {
             Some(staged) => staged.clone(),
             None => self.parts.sessions.get(client.as_bytes()).ok().flatten().map(|v| v.to_vec()),
         };
-        bytes.and_then(|b| record::decode(&b).ok())
+        bytes.and_then(|b| SessionRecord::decode(&b).ok())
     }
 
     fn stage(&mut self, part: Part, key: Vec<u8>, value: Option<Vec<u8>>) {

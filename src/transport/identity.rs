@@ -42,7 +42,11 @@ pub struct TlsIdentity {
     /// Subject distinguished name as RFC 4514 writes it (last RDN first),
     /// e.g. `CN=sensor-1,O=Acme`.
     pub subject: String,
-    /// The subject's first common name, if it has one.
+    /// The subject's common name, when it has exactly one. A subject with
+    /// several CNs names nobody by CN: which one counts differs between
+    /// libraries (OpenSSL and Mosquitto take the first in the certificate,
+    /// RFC 6125 and Go the last), so the broker, and the `cert-identity`
+    /// plugin, refuse to guess.
     pub common_name: Option<String>,
     /// Subject alternative names in certificate order, prefixed by type as
     /// OpenSSL prints them: `DNS:`, `email:`, `URI:`, `IP:`. Other kinds
@@ -50,6 +54,30 @@ pub struct TlsIdentity {
     pub sans: Vec<String>,
     /// SHA-256 of the DER certificate, lowercase hex.
     pub sha256_fingerprint: String,
+    /// Who issued the certificate, and its serial number: what a CRL
+    /// names, so a CRL reload can find the connections it now revokes.
+    pub revocation: RevocationId,
+}
+
+/// A certificate as a CRL names it: its issuer's DN (RFC 4514 text) and its
+/// serial number (lowercase hex, without leading zeros).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct RevocationId {
+    /// The issuer's distinguished name.
+    pub issuer: String,
+    /// The serial number.
+    pub serial: String,
+}
+
+impl RevocationId {
+    /// The id of serial number `serial` (DER content bytes) from `issuer`.
+    pub fn new(issuer: &x509_cert::name::Name, serial: &[u8]) -> RevocationId {
+        let digits = serial.iter().skip_while(|b| **b == 0).fold(String::new(), |mut hex, byte| {
+            let _ = write!(hex, "{byte:02x}");
+            hex
+        });
+        RevocationId { issuer: issuer.to_string(), serial: digits }
+    }
 }
 
 /// A certificate rustls accepted but that cannot be read for its identity.
@@ -65,13 +93,16 @@ impl TlsIdentity {
     pub fn from_der(der: &[u8]) -> Result<TlsIdentity, IdentityError> {
         let cert = Certificate::from_der(der).map_err(|e| IdentityError(e.to_string()))?;
         let tbs = &cert.tbs_certificate;
-        let common_name = tbs
+        let mut names = tbs
             .subject
             .0
             .iter()
             .flat_map(|rdn| rdn.0.iter())
-            .filter(|atv| atv.oid == x509_cert::der::oid::db::rfc4519::CN)
-            .find_map(|atv| directory_string(&atv.value));
+            .filter(|atv| atv.oid == x509_cert::der::oid::db::rfc4519::CN);
+        let common_name = match (names.next(), names.next()) {
+            (Some(only), None) => directory_string(&only.value),
+            _ => None,
+        };
         let mut sans = Vec::new();
         if let Ok(Some((_, SubjectAltName(names)))) = tbs.get::<SubjectAltName>() {
             for name in names {
@@ -88,7 +119,13 @@ impl TlsIdentity {
                 }
             }
         }
-        Ok(TlsIdentity { subject: tbs.subject.to_string(), common_name, sans, sha256_fingerprint: sha256_hex(der) })
+        Ok(TlsIdentity {
+            subject: tbs.subject.to_string(),
+            common_name,
+            sans,
+            sha256_fingerprint: sha256_hex(der),
+            revocation: RevocationId::new(&tbs.issuer, tbs.serial_number.as_bytes()),
+        })
     }
 
     /// The user name `mode` takes from this identity: the common name, or
@@ -145,6 +182,7 @@ mod tests {
             common_name: Some("dev-1".into()),
             sans: vec!["IP:10.0.0.1".into(), "email:dev@example.com".into(), "DNS:dev.example.com".into()],
             sha256_fingerprint: String::new(),
+            revocation: RevocationId::default(),
         };
         assert_eq!(id.username(IdentityAsUsername::Off), None);
         assert_eq!(id.username(IdentityAsUsername::CommonName), Some("dev-1"));
@@ -174,6 +212,21 @@ mod tests {
         assert_eq!(id.sans, ["IP:10.0.0.1", "email:dev@example.com", "DNS:dev.example.com", "URI:urn:dev:1"]);
         assert_eq!(id.sha256_fingerprint, sha256_hex(cert.der()));
         assert!(TlsIdentity::from_der(b"not a certificate").is_err());
+    }
+
+    #[test]
+    fn a_subject_with_several_common_names_names_nobody_by_cn() {
+        use rcgen::{CertificateParams, DnType, KeyPair};
+        let mut params = CertificateParams::new(Vec::new()).expect("params");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, "first");
+        // rcgen keeps one value per type: a second CN by its OID.
+        params.distinguished_name.push(DnType::CustomDnType(vec![2, 5, 4, 3]), "second");
+        let cert = params.self_signed(&KeyPair::generate().expect("key")).expect("cert");
+        let id = TlsIdentity::from_der(cert.der()).expect("identity");
+        assert_eq!(id.subject, "CN=second,CN=first");
+        assert_eq!(id.common_name, None);
+        assert_eq!(id.username(IdentityAsUsername::CommonName), None);
     }
 
     #[test]

@@ -8,8 +8,11 @@
 //! - [`ws`]: the WebSocket upgrade and its byte-stream adapter.
 //! - [`identity`]: the verified client certificate as a [`TlsIdentity`].
 //! - [`stream`]: [`Stream`], the one stream type connection tasks see.
+//! - [`proxy`]: the PROXY protocol header, read first on listeners with
+//!   `proxy_protocol`, whose client address then stands for the peer.
 
 pub mod identity;
+pub mod proxy;
 pub mod stream;
 pub mod tls;
 pub mod ws;
@@ -18,11 +21,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
-pub use identity::{Peer, TlsIdentity};
+pub use identity::{Peer, RevocationId, TlsIdentity};
 pub use stream::Stream;
 pub use tls::{ServerConfigs, TlsAcceptor, TlsSetupError};
 
@@ -197,12 +201,13 @@ fn refuse(broker: &Broker, reason: Refusal, limit: Limit) {
     broker.metrics.limit_hit(limit);
 }
 
-/// Runs the TLS handshake and the WebSocket upgrade the listener calls for,
-/// under the connect timeout. Failures are the peer's doing: logged at
-/// debug, and the connection dropped.
+/// Reads the PROXY header the listener calls for, then runs the TLS
+/// handshake and the WebSocket upgrade it calls for, all under the connect
+/// timeout. Failures are the peer's doing: logged at debug, and the
+/// connection dropped.
 async fn establish(
     broker: &Broker,
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     addr: SocketAddr,
     listener: &ListenerConfig,
     tls: Option<&TlsAcceptor>,
@@ -213,10 +218,13 @@ async fn establish(
     let setup = async {
         let mut peer = Peer::plain(addr);
         peer.connect_deadline = Some(deadline);
+        if listener.proxy_protocol {
+            peer.addr = proxied_peer(&mut tcp, addr, listener).await?;
+        }
         let stream = match (listener.protocol, tls) {
             (ListenerProtocol::Tcp, _) => Stream::Tcp(tcp),
             (ListenerProtocol::Ws, _) => Stream::Ws(Box::new(
-                ws::accept(tcp, listener.ws_path(), limits.max_packet_size)
+                ws::accept(tcp, listener, limits.max_packet_size)
                     .await
                     .map_err(|e| debug!(%addr, listener = %listener.name, error = %e, "WebSocket upgrade failed"))?,
             )),
@@ -229,11 +237,9 @@ async fn establish(
                 if listener.protocol == ListenerProtocol::Tls {
                     Stream::Tls(Box::new(stream))
                 } else {
-                    Stream::Wss(Box::new(
-                        ws::accept(stream, listener.ws_path(), limits.max_packet_size).await.map_err(
-                            |e| debug!(%addr, listener = %listener.name, error = %e, "WebSocket upgrade failed"),
-                        )?,
-                    ))
+                    Stream::Wss(Box::new(ws::accept(stream, listener, limits.max_packet_size).await.map_err(
+                        |e| debug!(%addr, listener = %listener.name, error = %e, "WebSocket upgrade failed"),
+                    )?))
                 }
             }
             (ListenerProtocol::Tls | ListenerProtocol::Wss, None) => {
@@ -255,6 +261,44 @@ async fn establish(
         broker.metrics.refused(Refusal::Transport);
     }
     established
+}
+
+/// The client's address from the PROXY header on `tcp`, read to its last
+/// byte and no further, from a proxy the listener trusts. A header saying
+/// the proxy speaks for itself (`LOCAL`, `UNKNOWN`) leaves `addr`.
+async fn proxied_peer(tcp: &mut TcpStream, addr: SocketAddr, listener: &ListenerConfig) -> Result<SocketAddr, ()> {
+    if !listener.trusts_proxy(addr.ip()) {
+        debug!(%addr, listener = %listener.name, "connection refused: not from a trusted proxy (trusted_proxies)");
+        return Err(());
+    }
+    let mut buf = Vec::with_capacity(proxy::V1_MAX);
+    loop {
+        match proxy::parse(&buf) {
+            Ok(proxy::Parsed::Complete { header, len }) if len == buf.len() => {
+                let peer = match header {
+                    proxy::Header::Proxied { source, .. } => source,
+                    proxy::Header::Local => addr,
+                };
+                debug!(proxy = %addr, %peer, listener = %listener.name, "PROXY header");
+                return Ok(peer);
+            }
+            Ok(proxy::Parsed::Incomplete { more }) => {
+                let start = buf.len();
+                buf.resize(start + more, 0);
+                tcp.read_exact(&mut buf[start..]).await.map_err(|_| ())?;
+            }
+            Ok(proxy::Parsed::Complete { .. }) => {
+                // `parse` asks only for bytes of the header; a header
+                // shorter than what was read would be a bug in it.
+                warn!(%addr, listener = %listener.name, "PROXY header read past its end");
+                return Err(());
+            }
+            Err(e) => {
+                debug!(%addr, listener = %listener.name, error = %e, "PROXY header refused");
+                return Err(());
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,14 +3,24 @@
 //! reload replaces it; connections in flight keep the one they started
 //! with). The handshake itself runs in the connection task.
 //!
+//! CRLs: a CRL past its `nextUpdate` is refused when the files are read
+//! (start-up or reload: it may lack the revocations published since), and
+//! a CRL that expires while loaded refuses the certificates it covers from
+//! then on (fail closed, as OpenSSL's CRL check); the broker warns at load
+//! when one expires within a day. A reload hands back what the new CRLs
+//! revoke ([`ServerConfigs::revokes`]), so connected clients whose
+//! certificate they now revoke are disconnected.
+//!
 //! rustls with the ring provider: TLS 1.2 and 1.3, rustls' default AEAD
 //! suites only. ALPN: a client that offers one of the listener's protocols
 //! (`mqtt`; `http/1.1` for `wss`) gets it; a client that offers none of them,
 //! or no ALPN at all, is served without ALPN rather than refused.
 
+use std::collections::HashSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use parking_lot::RwLock;
 use rustls::crypto::CryptoProvider;
@@ -22,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use super::identity::TlsIdentity;
+use super::identity::{RevocationId, TlsIdentity};
 use crate::config::{ClientAuth, ListenerProtocol, TlsConfig};
 
 /// A TLS listener could not be set up from its files.
@@ -52,6 +62,8 @@ pub struct TlsAcceptor {
 pub struct ServerConfigs {
     with_alpn: Arc<ServerConfig>,
     without_alpn: Arc<ServerConfig>,
+    /// The certificates the CRLs revoke.
+    revoked: HashSet<RevocationId>,
 }
 
 impl ServerConfigs {
@@ -69,7 +81,7 @@ impl ServerConfigs {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let chain = read_certs(&tls.cert_file).map_err(|p| fail(&tls.cert_file, p))?;
         let key = read_key(&tls.key_file).map_err(|p| fail(&tls.key_file, p))?;
-        let verifier = client_verifier(tls, &provider).map_err(|(file, p)| fail(&file, p))?;
+        let (verifier, revoked) = client_verifier(tls, &provider).map_err(|(file, p)| fail(&file, p))?;
         let config = ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| fail(&tls.cert_file, e.to_string()))?
@@ -85,7 +97,13 @@ impl ServerConfigs {
         let alpn: &[&[u8]] = if protocol.is_websocket() { &[b"http/1.1"] } else { &[b"mqtt"] };
         let mut with_alpn = config.clone();
         with_alpn.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Ok(ServerConfigs { with_alpn: Arc::new(with_alpn), without_alpn: Arc::new(config) })
+        Ok(ServerConfigs { with_alpn: Arc::new(with_alpn), without_alpn: Arc::new(config), revoked })
+    }
+
+    /// Whether the CRLs of these configurations revoke the certificate
+    /// `id` names.
+    pub fn revokes(&self, id: &RevocationId) -> bool {
+        self.revoked.contains(id)
     }
 
     /// The configuration for a client: with ALPN if it offered one of ours.
@@ -176,15 +194,51 @@ fn read_crls(file: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, 
     Ok(crls)
 }
 
+/// Within this of its `nextUpdate`, a CRL is warned about at load.
+const CRL_EXPIRY_WARNING: Duration = Duration::from_secs(24 * 3600);
+
+/// Reads what a CRL revokes, refusing it when it is past its `nextUpdate`
+/// at `now`: it may lack revocations published since, and serving with
+/// it would admit them.
+fn crl_entries(der: &[u8], file: &Path, now: SystemTime) -> Result<Vec<RevocationId>, String> {
+    use x509_cert::der::Decode;
+    let crl = x509_cert::crl::CertificateList::from_der(der).map_err(|e| format!("unusable CRL: {e}"))?;
+    let tbs = &crl.tbs_cert_list;
+    if let Some(next) = &tbs.next_update {
+        let next = next.to_system_time();
+        let issuer = tbs.issuer.to_string();
+        if next <= now {
+            let at = next.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            return Err(format!(
+                "the CRL of {issuer} expired (nextUpdate {at}, seconds since 1970): it may lack revocations made \
+                 since; install a current one"
+            ));
+        }
+        if next.duration_since(now).is_ok_and(|left| left < CRL_EXPIRY_WARNING) {
+            tracing::warn!(
+                file = %file.display(),
+                issuer,
+                "CRL expires within a day: once it has, client certificates of its issuer are refused"
+            );
+        }
+    }
+    let revoked = tbs.revoked_certificates.iter().flatten();
+    Ok(revoked.map(|r| RevocationId::new(&tbs.issuer, r.serial_number.as_bytes())).collect())
+}
+
+/// A file and what is wrong with it.
+type FileProblem = (PathBuf, String);
+
 /// The client certificate verifier: none, or WebPKI against `ca_file` with
-/// the CRLs, checking the end-entity certificate's revocation status and
-/// refusing a status that no CRL covers (as OpenSSL's CRL check does).
+/// the CRLs, checking the end-entity certificate's revocation status,
+/// refusing a status that no CRL covers and a CRL past its `nextUpdate`
+/// (as OpenSSL's CRL check does); and what the CRLs revoke.
 fn client_verifier(
     tls: &TlsConfig,
     provider: &Arc<CryptoProvider>,
-) -> Result<Arc<dyn ClientCertVerifier>, (PathBuf, String)> {
+) -> Result<(Arc<dyn ClientCertVerifier>, HashSet<RevocationId>), FileProblem> {
     let Some(ca_file) = tls.ca_file.as_ref().filter(|_| tls.client_auth != ClientAuth::None) else {
-        return Ok(WebPkiClientVerifier::no_client_auth());
+        return Ok((WebPkiClientVerifier::no_client_auth(), HashSet::new()));
     };
     let fail = |file: &Path, problem: String| (file.to_owned(), problem);
     let mut roots = RootCertStore::empty();
@@ -193,8 +247,13 @@ fn client_verifier(
     }
     let roots = Arc::new(roots);
     let mut crls = Vec::new();
+    let mut revoked = HashSet::new();
+    let now = SystemTime::now();
     for file in &tls.crl_files {
         let these = read_crls(file).map_err(|p| fail(file, p))?;
+        for crl in &these {
+            revoked.extend(crl_entries(crl, file, now).map_err(|p| fail(file, p))?);
+        }
         // Parse each file on its own first so an error names the file.
         WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
             .with_crls(these.iter().cloned())
@@ -204,9 +263,10 @@ fn client_verifier(
     }
     let builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
         .with_crls(crls)
-        .only_check_end_entity_revocation();
+        .only_check_end_entity_revocation()
+        .enforce_revocation_expiration();
     let builder = if tls.client_auth == ClientAuth::Optional { builder.allow_unauthenticated() } else { builder };
-    builder.build().map_err(|e| fail(ca_file, e.to_string()))
+    Ok((builder.build().map_err(|e| fail(ca_file, e.to_string()))?, revoked))
 }
 
 #[cfg(test)]

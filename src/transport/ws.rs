@@ -6,6 +6,11 @@
 //! [MQTT-6.0.0-2]; a text message closes the connection [MQTT-6.0.0-1]. The
 //! subprotocol is `mqtt`, or `mqttv3.1` for older clients (as Mosquitto
 //! accepts); a client that names no subprotocol at all is served anyway.
+//!
+//! A page in a browser may open a WebSocket to any address the browser can
+//! reach, and says where it comes from in `Origin`. Where that page could
+//! be admitted without presenting a secret, only the origins the listener
+//! lists may upgrade (see [`origin_allowed`]).
 
 use std::io;
 use std::pin::Pin;
@@ -20,6 +25,8 @@ use tokio_tungstenite::tungstenite::http::{HeaderValue, StatusCode, header};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
 
+use crate::config::{Anonymous, ClientAuth, ListenerConfig};
+
 /// Subprotocols we speak, in order of preference.
 const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
 
@@ -27,20 +34,32 @@ const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
 /// carry the tail of one packet and the head of the next.
 const MESSAGE_HEADROOM: usize = 64 * 1024;
 
-/// Answers the HTTP upgrade on `path` and returns the MQTT byte stream.
-/// Other paths get 404; an offer of only foreign subprotocols gets 400.
+/// Answers the HTTP upgrade on the listener's `ws_path` and returns the
+/// MQTT byte stream. Other paths get 404; a browser origin the listener
+/// does not allow gets 403; an offer of only foreign subprotocols gets 400.
 /// The caller bounds it with the connect timeout.
 ///
 /// # Errors
 /// The WebSocket handshake error (the peer's doing; log it at debug).
-pub async fn accept<S>(stream: S, path: &str, max_packet_size: u32) -> Result<WsStream<S>, tungstenite::Error>
+pub async fn accept<S>(
+    stream: S,
+    listener: &ListenerConfig,
+    max_packet_size: u32,
+) -> Result<WsStream<S>, tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let path = listener.ws_path();
     #[allow(clippy::result_large_err, reason = "the signature tungstenite's Callback requires")]
     let callback = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
         if request.uri().path() != path {
             return Err(refusal(StatusCode::NOT_FOUND));
+        }
+        let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+        let origins = request.headers().get_all(header::ORIGIN);
+        if let Some(refused) = origins.iter().find(|o| !o.to_str().is_ok_and(|o| origin_allowed(listener, o, host))) {
+            tracing::debug!(origin = ?refused, "WebSocket upgrade refused: origin not allowed");
+            return Err(refusal(StatusCode::FORBIDDEN));
         }
         match choose_subprotocol(request) {
             Ok(Some(protocol)) => {
@@ -55,6 +74,60 @@ where
     let config = WebSocketConfig::default().max_message_size(Some(max_message)).max_frame_size(Some(max_message));
     let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await?;
     Ok(WsStream { inner: ws, read: Bytes::new() })
+}
+
+/// Whether a request with `Origin: origin` (and `Host: host`) may upgrade
+/// on `listener`: one of its `allowed_origins` (`"*"`: any), compared
+/// without regard to case. Unset, browsers are refused where a client may
+/// be admitted without presenting a secret (anonymous clients, client
+/// certificates, which a browser may send on its own), and allowed where
+/// an authenticator must check one, as Mosquitto, EMQX and HiveMQ do by
+/// default. Always allowed: the listener's own origin when addressed by IP
+/// address or `localhost`, which no page can have (the broker serves none,
+/// and such a name cannot be rebound), but which non-browser clients such
+/// as paho-mqtt send.
+pub fn origin_allowed(listener: &ListenerConfig, origin: &str, host: Option<&str>) -> bool {
+    if host.is_some_and(|host| is_own_origin(origin, host)) {
+        return true;
+    }
+    match &listener.allowed_origins {
+        Some(list) => list.iter().any(|o| o == "*" || o.eq_ignore_ascii_case(origin)),
+        None => {
+            let certificates = listener.tls.as_ref().is_some_and(|t| t.client_auth != ClientAuth::None);
+            listener.allow_anonymous == Anonymous::Never && !certificates
+        }
+    }
+}
+
+/// Whether `origin` is `http(s)://` + `host`, and `host` an IP address or
+/// `localhost` (with or without a port).
+fn is_own_origin(origin: &str, host: &str) -> bool {
+    let authority = ["http://", "https://"].iter().find_map(|scheme| {
+        let head = origin.get(..scheme.len())?;
+        head.eq_ignore_ascii_case(scheme).then(|| &origin[scheme.len()..])
+    });
+    authority.is_some_and(|a| a.eq_ignore_ascii_case(host)) && is_unrebindable(host_name(host))
+}
+
+/// The name in a `Host` header: `host[:port]` or `[v6]:port` without the
+/// port.
+pub(crate) fn host_name(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.split_inclusive(']').next().unwrap_or(host);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// Whether a host name (from [`host_name`]) is an IP address or
+/// `localhost`: names no web page can point at another address (DNS
+/// rebinding), since the browser does not look them up.
+pub(crate) fn is_unrebindable(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let literal = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')).unwrap_or(name);
+    literal.parse::<std::net::IpAddr>().is_ok() || name.eq_ignore_ascii_case("localhost")
 }
 
 fn refusal(status: StatusCode) -> ErrorResponse {
@@ -146,6 +219,52 @@ mod tests {
             request.headers_mut().append(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_str(p).expect("header"));
         }
         request
+    }
+
+    #[test]
+    fn origins_by_listener() {
+        let mut listener = ListenerConfig::tcp("ws", "127.0.0.1:8080".parse().expect("address"));
+        listener.protocol = crate::config::ListenerProtocol::Ws;
+        for anonymous in [Anonymous::Loopback, Anonymous::Always] {
+            listener.allow_anonymous = anonymous;
+            assert!(!origin_allowed(&listener, "https://app.example.com", None), "{anonymous:?}");
+        }
+        listener.allow_anonymous = Anonymous::Never;
+        assert!(origin_allowed(&listener, "https://app.example.com", None));
+        listener.tls = Some(crate::config::TlsConfig {
+            cert_file: "c".into(),
+            key_file: "k".into(),
+            client_auth: ClientAuth::Optional,
+            ca_file: Some("ca".into()),
+            crl_files: Vec::new(),
+            use_identity_as_username: crate::config::IdentityAsUsername::Off,
+        });
+        assert!(!origin_allowed(&listener, "https://app.example.com", None), "a browser may send a certificate");
+        // Its own origin, as paho-mqtt sends it; not under a name that can be rebound.
+        assert!(origin_allowed(&listener, "https://127.0.0.1:8080", Some("127.0.0.1:8080")));
+        assert!(origin_allowed(&listener, "http://[::1]:8080", Some("[::1]:8080")));
+        assert!(origin_allowed(&listener, "http://LOCALHOST:8080", Some("localhost:8080")));
+        assert!(!origin_allowed(&listener, "http://127.0.0.1:8081", Some("127.0.0.1:8080")));
+        assert!(!origin_allowed(&listener, "http://evil.example:8080", Some("evil.example:8080")));
+        listener.allowed_origins = Some(vec!["https://App.Example.com".into()]);
+        assert!(origin_allowed(&listener, "https://app.example.COM", None));
+        assert!(!origin_allowed(&listener, "https://app.example.com:8443", None));
+        listener.allowed_origins = Some(vec!["*".into()]);
+        assert!(origin_allowed(&listener, "null", None));
+    }
+
+    #[test]
+    fn host_names() {
+        assert_eq!(host_name("localhost:9090"), "localhost");
+        assert_eq!(host_name("[::1]:9090"), "[::1]");
+        assert_eq!(host_name("[::1]"), "[::1]");
+        assert_eq!(host_name("moat.example"), "moat.example");
+        for name in ["localhost", "LOCALHOST.", "127.0.0.1", "[::1]", "10.0.0.5"] {
+            assert!(is_unrebindable(name), "{name}");
+        }
+        for name in ["", "evil.example", "localhost.evil.example", "[evil]"] {
+            assert!(!is_unrebindable(name), "{name}");
+        }
     }
 
     #[test]

@@ -151,9 +151,11 @@ class Paho:
         will: tuple[str, bytes, int, bool] | None = None,
         will_properties: Properties | None = None,
         tls: dict[str, Any] | None = None,
+        manual_ack: bool = False,
     ) -> None:
         """`tls`: keyword arguments for `tls_set` (ca_certs, certfile, keyfile);
-        the transport (TCP or WebSocket) follows `broker.scheme`."""
+        the transport (TCP or WebSocket) follows `broker.scheme`.  With
+        `manual_ack`, received QoS 1/2 messages are never acknowledged."""
         self.broker = broker
         self.proto = proto
         self.v5 = proto == V5
@@ -167,6 +169,7 @@ class Paho:
             client_id=client_id,
             protocol=PAHO_PROTO[proto],
             transport="websockets" if broker.websocket else "tcp",
+            manual_ack=manual_ack,
             **kwargs,
         )
         if broker.websocket:

@@ -14,11 +14,15 @@ use crate::harness::{TestBroker, V5};
 use crate::plugin_support::stage;
 
 /// Stages `(name, fixture, sidecar)` plugins and starts a broker on them.
+/// Its listener trusts claimed user names (`trust_claimed_username`), so
+/// these tests speak about the rules and not about who verified a name
+/// (`claimed_names.rs` does).
 pub async fn broker_with(plugins: &[(&str, &str, &str)], tweak: impl FnOnce(&mut Config)) -> (TestBroker, StagedDir) {
     let dir = stage(plugins);
     let path: PathBuf = dir.path().to_owned();
     let broker = TestBroker::with(|c| {
         c.plugins.dir = Some(path);
+        c.listeners[0].trust_claimed_username = true;
         tweak(c);
     })
     .await;
@@ -26,7 +30,7 @@ pub async fn broker_with(plugins: &[(&str, &str, &str)], tweak: impl FnOnce(&mut
 }
 
 /// A v5 client logged in as `user` (no authenticator: the loopback
-/// listener admits it, the name is what the acl sees).
+/// listener admits it and trusts the name it claims).
 pub async fn as_user(broker: &TestBroker, id: &str, user: &str) -> V5 {
     broker
         .v5_with(id, |o| {
@@ -256,4 +260,30 @@ async fn acl_file_without_a_grant_or_malformed_stops_start_up() {
     let staged = stage(&[("acl", "acl", ungranted)]);
     let err = crate::plugin_support::host().load_dir(staged.path()).expect_err("no grant, no file");
     assert!(err.to_string().contains("grant"), "{err}");
+}
+
+#[tokio::test]
+async fn acl_a_deny_pattern_that_cannot_be_substituted_still_denies() {
+    let sidecar = r##"
+[config]
+[[config.rules]]
+pattern = "#"
+access = "readwrite"
+[[config.rules]]
+pattern = "vault/%u/#"
+access = "deny"
+"##;
+    let (broker, _dir) = broker_with(&[("acl", "acl", sidecar)], |_| {}).await;
+    // No user name: `%u` cannot be filled, so the deny covers every name.
+    let mut anonymous = broker.v5("anon").await;
+    assert!(!granted(&mut anonymous, "vault/alice/#").await);
+    assert_eq!(publish_qos1(&mut anonymous, "vault/alice/keys", false).await, PubAckReason::NotAuthorized);
+    assert!(granted(&mut anonymous, "open/#").await);
+    // A name that cannot stand for one level does not switch it off either.
+    let mut plus = as_user(&broker, "plus", "+").await;
+    assert_eq!(publish_qos1(&mut plus, "vault/alice/keys", false).await, PubAckReason::NotAuthorized);
+    // A substituted deny stays with its own name.
+    let mut bob = as_user(&broker, "bob-1", "bob").await;
+    assert_eq!(publish_qos1(&mut bob, "vault/bob/keys", false).await, PubAckReason::NotAuthorized);
+    assert!(granted(&mut bob, "vault/alice/#").await);
 }

@@ -105,4 +105,8 @@ async fn certificate_names_the_user_the_acl_sees() {
     // A common name built to widen `%u` is refused too.
     let wild = pki.ca.client("#", &[]);
     assert_eq!(connack(&broker, &pki, &wild).await, ConnectReturnCode::NotAuthorized);
+    // Several common names: the plugin takes neither, as the broker's
+    // use_identity_as_username does not (one rule, see tls.rs).
+    let ambiguous = pki.ca.client_with_two_common_names("device-1", "gateway-1");
+    assert_eq!(connack(&broker, &pki, &ambiguous).await, ConnectReturnCode::NotAuthorized);
 }

@@ -616,6 +616,10 @@ async fn shared_subscriptions_split_messages_across_nodes() {
     nats.until_share_subjects("b", &["moat.t.s.*"]).await;
     nats.until_subjects("a", &[]).await;
     nats.until_subjects("b", &["moat.t.s.*"]).await;
+    // Both nodes take the group's QoS 1 messages from its consumer: until
+    // then a message may come both from NATS and from the consumer (the
+    // README's limits), and this test counts each message once.
+    until_share_pulls(&nats, 2).await;
 
     // Half published on each node.
     let (pub_a, pub_b) = (a.v5("pub-a").await, b.v5("pub-b").await);
@@ -1316,4 +1320,73 @@ async fn a_kept_session_gets_what_jetstream_does_not_keep_for_it() {
     publish(&publisher, "k/1", QoS::AtLeastOnce, "kept").await;
     assert_eq!(received(&mut device).await, ("k/1".into(), "kept".into(), QoS::AtLeastOnce));
     device.no_publish().await;
+}
+
+/// Issue 28 in a cluster: members of a share group on node a leave with
+/// the messages JetStream gave them unacknowledged — one whose session
+/// ends with its connection, one that keeps its session and stays away
+/// past `limits.share_hold_ms`. Both give them back to JetStream, which
+/// delivers them to the member on node b at once, long before
+/// `redelivery_s` (a minute here) would have.
+#[tokio::test]
+async fn a_share_members_messages_go_back_to_jetstream_when_it_leaves() {
+    const N: usize = 20;
+    let nats = Nats::start().await;
+    let cluster = |id: &str| ClusterConfig {
+        node_id: Some(id.to_owned()),
+        redelivery_s: 60,
+        ..ClusterConfig::new(vec![nats.url()])
+    };
+    let a = TestBroker::with(|c| {
+        c.cluster = Some(cluster("a"));
+        c.limits.share_hold_ms = 200;
+    })
+    .await;
+    let b = TestBroker::with(|c| c.cluster = Some(cluster("b"))).await;
+    nats.until_owning("a").await;
+    nats.until_owning("b").await;
+    let stubborn = |o: &mut rumqttc::v5::MqttOptions| {
+        o.set_manual_acks(true);
+    };
+    let mut gone = a.v5_with("gone", stubborn).await;
+    gone.subscribe("$share/g/work/#", QoS::AtLeastOnce).await;
+    let mut away = a
+        .v5_with("away", |o| {
+            persistent(o);
+            stubborn(o);
+        })
+        .await;
+    away.subscribe("$share/g/work/#", QoS::AtLeastOnce).await;
+    until_share_pulls(&nats, 1).await;
+
+    let mut publisher = b.v5("pub").await;
+    for i in 0..N {
+        publish(&publisher, &format!("work/{i}"), QoS::AtLeastOnce, &i.to_string()).await;
+    }
+    let mut acked = 0;
+    while acked < N {
+        acked += usize::from(matches!(publisher.next().await, Some(V5Packet::PubAck(_))));
+    }
+    // Node a's members have them all between them, unacknowledged.
+    let mut held = std::collections::BTreeSet::new();
+    while held.len() < N {
+        tokio::select! {
+            p = gone.publish() => held.insert(String::from_utf8_lossy(&p.payload).into_owned()),
+            p = away.publish() => held.insert(String::from_utf8_lossy(&p.payload).into_owned()),
+        };
+    }
+
+    let mut worker = b.v5("worker").await;
+    worker.subscribe("$share/g/work/#", QoS::AtLeastOnce).await;
+    until_share_pulls(&nats, 2).await;
+    gone.kill();
+    away.kill();
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < N {
+        let Some(p) = worker.try_publish(NATS_WAIT).await else { break };
+        got.insert(String::from_utf8_lossy(&p.payload).into_owned());
+    }
+    let lost: Vec<_> = held.difference(&got).collect();
+    assert!(lost.is_empty(), "not given back to JetStream: {lost:?}");
+    until_consumer_acknowledged(&nats).await;
 }

@@ -738,3 +738,136 @@ fn the_store_trait_object_is_usable() {
     let store: Arc<dyn Store> = open(dir.path());
     assert!(store.recover().expect("empty").sessions.is_empty());
 }
+
+/// Issue 28: at shutdown the clean session of a share group's last member
+/// connected ends; what its client had not acknowledged waits in the
+/// group, on disk, and goes to the next member after the restart.
+#[tokio::test]
+async fn a_share_groups_waiting_messages_survive_a_restart() {
+    const N: usize = 10;
+    let dir = tempfile::tempdir().expect("tempdir");
+    with_broker(open(dir.path()), async |broker| {
+        let mut member = broker
+            .v5_with("member", |o| {
+                o.set_manual_acks(true);
+            })
+            .await;
+        member.subscribe("$share/g/job/#", Q5::AtLeastOnce).await;
+        let mut publisher = broker.v5("p").await;
+        for i in 0..N {
+            publisher.client.publish(format!("job/{i}"), Q5::AtLeastOnce, false, i.to_string()).await.expect("publish");
+        }
+        let mut acked = 0;
+        while acked < N {
+            let ack = publisher.next().await;
+            acked += usize::from(matches!(ack, Some(rumqttc::v5::mqttbytes::v5::Packet::PubAck(_))));
+        }
+        for _ in 0..N {
+            member.publish().await;
+        }
+    })
+    .await;
+
+    with_broker(open(dir.path()), async |broker| {
+        assert_eq!(broker.broker.router.share_waiting(), N, "recovered in the group");
+        let mut next = broker.v5("next").await;
+        next.subscribe("$share/g/job/#", Q5::AtLeastOnce).await;
+        let mut got: Vec<usize> = Vec::new();
+        for _ in 0..N {
+            got.push(String::from_utf8_lossy(&next.publish().await.payload).parse().expect("a number"));
+        }
+        assert_eq!(got, (0..N).collect::<Vec<_>>(), "all of them, in order");
+        next.no_publish().await;
+    })
+    .await;
+}
+
+/// Issue 28 across SIGKILL: a share group's messages that wait for a
+/// member — given up by a member whose clean session ended, or published
+/// while its only other member is away — outlive a crash of the broker,
+/// and go to the next member.
+#[cfg(unix)]
+#[test]
+fn a_share_groups_waiting_messages_survive_sigkill() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = config(dir.path(), port);
+    // An absent member gives up what it holds at once.
+    let text = std::fs::read_to_string(&config).expect("config") + "\n[limits]\nshare_hold_ms = 0\n";
+    std::fs::write(&config, text).expect("write config");
+    let mut moat = start_moat(&config, port, &[]);
+    let (mut away, _) = Raw::connect(port, "away", false);
+    away.subscribe_qos1("$share/g/k/#");
+    away.disconnect();
+    let (mut doomed, _) = Raw::connect(port, "doomed", true);
+    doomed.subscribe_qos1("$share/g/k/#");
+    let (mut publisher, _) = Raw::connect(port, "p", true);
+    for i in 1..=20 {
+        publisher.publish_acked("k/t", i, 1, format!("m{i}").as_bytes()).expect("acknowledged");
+    }
+    // The connected member has them all, and acknowledges none.
+    for _ in 1..=20 {
+        assert_eq!(doomed.packet().0 & 0xf0, 0x30, "PUBLISH");
+    }
+    drop(doomed);
+    // Taking its client id over waits until its session has ended.
+    Raw::connect(port, "doomed", true).0.disconnect();
+    for i in 21..=30 {
+        publisher.publish_acked("k/t", i, 1, format!("m{i}").as_bytes()).expect("acknowledged");
+    }
+    moat.kill().expect("SIGKILL");
+    moat.wait().expect("reaped");
+
+    let mut moat = start_moat(&config, port, &[]);
+    let (mut next, _) = Raw::connect(port, "next", true);
+    next.subscribe_qos1("$share/g/k/#");
+    let want: std::collections::BTreeSet<String> = (1..=30).map(|i| format!("m{i}")).collect();
+    let mut got = std::collections::BTreeSet::new();
+    next.receive_until(&mut got, &want);
+    let lost: Vec<_> = want.difference(&got).collect();
+    assert!(lost.is_empty(), "acknowledged, then lost across SIGKILL: {lost:?}");
+    moat.kill().expect("stop");
+    moat.wait().expect("reaped");
+}
+
+/// Issue 28: a member that keeps its session holds its share group's
+/// messages across a restart (they are stored as its own, with their
+/// group), and past `limits.share_hold_ms` after the restart, as after a
+/// disconnect, they go to another member.
+#[tokio::test]
+async fn an_absent_members_share_messages_go_to_another_member_after_a_restart() {
+    const N: usize = 6;
+    let dir = tempfile::tempdir().expect("tempdir");
+    with_broker(open(dir.path()), async |broker| {
+        let mut away = broker
+            .v5_with("away", |o| {
+                o.set_manual_acks(true);
+                o.set_clean_start(false);
+                o.set_session_expiry_interval(Some(600));
+            })
+            .await;
+        away.subscribe("$share/g/job/#", Q5::AtLeastOnce).await;
+        let publisher = broker.v5("p").await;
+        for i in 0..N {
+            publisher.client.publish(format!("job/{i}"), Q5::AtLeastOnce, false, i.to_string()).await.expect("publish");
+        }
+        for _ in 0..N {
+            away.publish().await;
+        }
+        away.kill();
+    })
+    .await;
+
+    let store = open(dir.path());
+    let broker = TestBroker::with_store(store.clone(), |c| c.limits.share_hold_ms = 200).await;
+    let mut next = broker.v5("next").await;
+    next.subscribe("$share/g/job/#", Q5::AtLeastOnce).await;
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < N {
+        let Some(p) = next.try_publish(crate::harness::WAIT).await else { break };
+        got.insert(String::from_utf8_lossy(&p.payload).parse::<usize>().expect("a number"));
+    }
+    assert_eq!(got, (0..N).collect(), "handed on after the hold");
+    broker.stop().await;
+    store.close();
+}

@@ -271,6 +271,19 @@ impl V5 {
         self.next_within(WAIT).await
     }
 
+    /// The next PUBLISH within `wait`, or `None` if none came (or the
+    /// connection ended), for a test that reports what is missing.
+    pub async fn try_publish(&mut self, wait: Duration) -> Option<rumqttc::v5::mqttbytes::v5::Publish> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(V5Packet::Publish(p))) => return Some(p),
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return None,
+            }
+        }
+    }
+
     /// [`V5::next`], waiting up to `wait`.
     async fn next_within(&mut self, wait: Duration) -> Option<V5Packet> {
         tokio::time::timeout(wait, self.rx.recv()).await.expect("packet in time")

@@ -170,6 +170,29 @@ async fn keys_come_from_a_jwks_file_in_a_granted_directory() {
     assert_eq!(refused, [0x20, 3, 0, 0x86, 0]);
 }
 
+#[tokio::test]
+async fn a_jwks_with_a_short_symmetric_key_stops_start_up_naming_the_key() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let jwks = keys.path().join("jwks.json");
+    let k = URL_SAFE_NO_PAD.encode(b"only-16-bytes!!!");
+    std::fs::write(&jwks, format!(r#"{{"keys":[{{"kty":"oct","kid":"weak","alg":"HS256","k":"{k}"}}]}}"#))
+        .expect("jwks file");
+    let sidecar = format!(
+        "[config]\nkeys = [{{ jwks_file = {:?} }}]\n[grants]\nread = [{:?}]\n",
+        jwks.to_str().expect("utf-8 temp path"),
+        keys.path().to_str().expect("utf-8 temp path")
+    );
+    let dir = stage(&[("jwt", "jwt", &sidecar)]);
+    let mut config = moat::config::Config::default();
+    config.listeners[0].bind = ([127, 0, 0, 1], 0).into();
+    config.plugins.dir = Some(dir.path().to_owned());
+    let err = match moat::Server::bind(config).await {
+        Err(e) => format!("{:#}", anyhow::Error::from(e)),
+        Ok(_) => panic!("a weak key must stop start-up"),
+    };
+    assert!(err.contains("jwt") && err.contains("JWK `weak`") && err.contains("at least 32 bytes"), "{err}");
+}
+
 /// A v5 QoS 1 PUBLISH of `topic` with packet id `id` and no properties.
 fn publish_qos1_frame(topic: &str, id: u16) -> Vec<u8> {
     let mut body = (topic.len() as u16).to_be_bytes().to_vec();

@@ -4,10 +4,12 @@
 //! Test names carry the specification's normative statement ids.
 
 mod acl_plugin;
+mod admin_access;
 mod attacks;
 mod backpressure;
 mod bounds;
 mod cert_identity_plugin;
+mod claimed_names;
 mod cli;
 #[cfg(feature = "cluster")]
 mod cluster;
@@ -16,10 +18,12 @@ mod durable;
 mod harness;
 mod jwt_plugin;
 mod limits;
+mod login_throttle;
 mod malformed;
 mod ops;
 mod password_file;
 mod pki;
+mod plugin_cache;
 mod plugin_chain;
 mod plugin_hostile;
 mod plugin_sandbox;
@@ -27,14 +31,18 @@ mod plugin_support;
 mod plugin_tools;
 mod plugins;
 mod polyglot;
+mod proxy_protocol;
 mod pubsub;
 mod rbac_plugin;
 mod reload;
 mod retained;
 mod scram_plugin;
 mod session;
+mod session_owner;
 mod shared;
+mod slow_readers;
 mod soak;
 mod tls;
 mod will;
 mod ws;
+mod ws_origin;

@@ -132,7 +132,9 @@ async fn admin_api_needs_the_token_except_for_health() {
     let (_, body) = http(admin, "GET", "/api/clients", Some(TOKEN)).await;
     let clients: serde_json::Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(clients[0]["client_id"], "dev-1");
-    assert_eq!(clients[0]["username"], "alice");
+    // No authenticator verified alice: the name is only claimed.
+    assert_eq!(clients[0]["username"], serde_json::Value::Null);
+    assert_eq!(clients[0]["claimed_username"], "alice");
     assert_eq!(clients[0]["protocol"], "5.0");
     assert!(!body.contains("hunter2"), "never a password: {body}");
 }

@@ -61,6 +61,15 @@ impl Ca {
         self.client_with(cn, dns, |_| {})
     }
 
+    /// A client certificate whose subject holds two common names, `first`
+    /// then `second` in certificate order.
+    pub fn client_with_two_common_names(&self, first: &str, second: &str) -> Issued {
+        self.client_with(first, &[], |p| {
+            // rcgen keeps one value per type: the second CN goes by its OID.
+            p.distinguished_name.push(DnType::CustomDnType(vec![2, 5, 4, 3]), second);
+        })
+    }
+
     /// A client certificate that expired in 2021.
     pub fn expired_client(&self, cn: &str) -> Issued {
         self.client_with(cn, &[], |p| {
@@ -93,9 +102,15 @@ impl Ca {
 
     /// A CRL revoking `revoked`.
     pub fn crl(&self, revoked: &[&Issued]) -> String {
+        self.crl_until(revoked, (2100, 1, 1))
+    }
+
+    /// A CRL revoking `revoked` whose `nextUpdate` is the day `next_update`
+    /// (year, month, day).
+    pub fn crl_until(&self, revoked: &[&Issued], (year, month, day): (i32, u8, u8)) -> String {
         CertificateRevocationListParams {
             this_update: date_time_ymd(2020, 1, 1),
-            next_update: date_time_ymd(2100, 1, 1),
+            next_update: date_time_ymd(year, month, day),
             crl_number: SerialNumber::from(1),
             issuing_distribution_point: None,
             revoked_certs: revoked

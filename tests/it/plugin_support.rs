@@ -53,11 +53,12 @@ pub fn policy(plugins: &[(&str, &str, &str)]) -> Policy {
     Policy::new(load(plugins).expect("plugins load"))
 }
 
-/// A v5 client with the given user name.
+/// A v5 client with the given user name, verified.
 pub fn client(username: Option<&str>) -> ClientInfo {
     ClientInfo {
         client_id: "client-1".into(),
         username: username.map(str::to_owned),
+        claimed_username: username.map(str::to_owned),
         peer_address: "127.0.0.1:50000".parse().expect("valid address"),
         listener: "tcp".into(),
         protocol: ProtocolVersion::V5,

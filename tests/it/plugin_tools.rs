@@ -196,6 +196,35 @@ fn check_refuses_invalid_vectors_and_sidecars_naming_the_file() {
     assert!(stderr.contains("settings.toml") && stderr.contains("limits.instances"), "{stderr}");
 }
 
+#[test]
+fn check_says_cached_for_a_component_found_compiled() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        let out = moat()
+            .args(["plugin", "check"])
+            .arg(built().wasm("topic-prefix"))
+            .args(args)
+            .env("HOME", home.path())
+            .env_remove("XDG_CACHE_HOME")
+            .output()
+            .expect("run moat plugin check");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    // By default, the broker's default cache (here ~/.cache/moat).
+    let cache = home.path().join(".cache").join("moat");
+    let first = run(&[]);
+    assert!(first.contains(&format!("cache      {}", cache.display())), "{first}");
+    assert!(first.contains("(compiled and initialised)"), "{first}");
+    let second = run(&[]);
+    assert!(second.contains("(cached and initialised)"), "{second}");
+    let moved = home.path().join("elsewhere");
+    assert!(run(&["--cache-dir", &moved.display().to_string()]).contains("(compiled and initialised)"));
+    assert!(run(&["--cache-dir", &moved.display().to_string()]).contains("(cached and initialised)"));
+    let off = run(&["--no-cache"]);
+    assert!(off.contains("cache      none") && off.contains("(compiled and initialised)"), "{off}");
+}
+
 /// Every file under `dir`, relative to it, sorted.
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -82,6 +82,49 @@ async fn plugin_reads_only_granted_directories() {
     assert!(err.to_string().contains("users_file"), "{err}");
 }
 
+/// An edit of a file in a granted directory reloads the plugin set, so
+/// every instance of a set has read the same file: warm instances do not
+/// keep the old list while fresh ones read the new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn editing_a_granted_file_reloads_the_plugins_so_all_instances_read_it() {
+    let auth = tempfile::tempdir().expect("tempdir");
+    let file = auth.path().join("users");
+    std::fs::write(&file, "carol\n").expect("users file");
+    let sidecar = format!(
+        "[config]\nusers_file = {:?}\n[grants]\nread = [{:?}]\n[limits]\ninstances = 2\ntimeout_ms = 1000\n",
+        file.to_str().expect("utf-8 temp path"),
+        auth.path().to_str().expect("utf-8")
+    );
+    let (broker, _dir) = broker_with(&[("allow", "allow-list", &sidecar)], |c| {
+        c.listeners[0].allow_anonymous = Anonymous::Never;
+    })
+    .await;
+    let code = |user: &'static str| async move {
+        let mut opts = rumqttc::v5::MqttOptions::new(format!("{user}-id"), "127.0.0.1", broker.addr.port());
+        opts.set_credentials(user, "any");
+        let (_client, mut events) = rumqttc::v5::AsyncClient::new(opts, 10);
+        match tokio::time::timeout(crate::harness::WAIT, events.poll()).await.expect("CONNACK in time") {
+            Ok(rumqttc::v5::Event::Incoming(V5Packet::ConnAck(ack))) => ack.code,
+            Err(rumqttc::v5::ConnectionError::ConnectionRefused(code)) => code,
+            other => panic!("expected a CONNACK, got {other:?}"),
+        }
+    };
+    assert_eq!(code("carol").await, ConnectReturnCode::Success);
+    assert_eq!(code("dave").await, ConnectReturnCode::BadUserNamePassword);
+
+    let mut reloads = broker.broker.plugin_reloads();
+    reloads.borrow_and_update();
+    // Replaced atomically, as an operator should.
+    let next = auth.path().join(".users.new");
+    std::fs::write(&next, "carol\ndave\n").expect("new users file");
+    std::fs::rename(&next, &file).expect("replace");
+    tokio::time::timeout(crate::harness::WAIT, reloads.changed()).await.expect("a reload in time").expect("reload");
+    assert!(reloads.borrow().as_ref().is_some_and(|r| r.swapped()), "{:?}", reloads.borrow());
+    for _ in 0..4 {
+        assert_eq!(code("dave").await, ConnectReturnCode::Success, "every instance has read the new list");
+    }
+}
+
 #[tokio::test]
 async fn topic_prefix_authorizes_publish_subscribe_and_retained() {
     let sidecar = "[config]\nprefix = \"public/\"\n";
@@ -204,4 +247,40 @@ async fn certificate_identity_is_the_user_name_an_acl_sees() {
     assert_eq!(own.return_codes, [SubscribeReasonCode::Success(Q5::AtMostOnce)]);
     let other = device.subscribe("device-2/#", Q5::AtMostOnce).await;
     assert_eq!(other.return_codes, [SubscribeReasonCode::NotAuthorized]);
+}
+
+/// The `topic-prefix` fixture fills `%u` with the verified user name only
+/// when the name is one safe level: the user `+` does not get `users/+/#`,
+/// and a prefix ends at a level boundary.
+#[tokio::test]
+async fn topic_prefix_escapes_names_that_would_widen_the_prefix() {
+    let plugins = [
+        ("allow", "allow-list", "order = 1\n[config]\nusers = [\"+\", \"#\", \"al\", \"alice\"]\n"),
+        ("prefix", "topic-prefix", "order = 2\n[config]\nprefix = \"users/%u\"\n"),
+    ];
+    let (broker, _dir) = broker_with(&plugins, |_| {}).await;
+    let login = |user: &'static str| {
+        broker.v5_with(user, move |o| {
+            o.set_credentials(user, "any");
+        })
+    };
+    let subscribe = |filter: &'static str| (filter, rumqttc::v5::mqttbytes::QoS::AtMostOnce);
+    for user in ["+", "#"] {
+        let mut evil = login(user).await;
+        for filter in ["users/+/#", "users/#", "users/alice/#"] {
+            let (f, q) = subscribe(filter);
+            assert_eq!(evil.subscribe(f, q).await.return_codes, [SubscribeReasonCode::NotAuthorized], "{user} {f}");
+        }
+    }
+    let mut al = login("al").await;
+    assert_eq!(al.subscribe("users/alice/#", Q5::AtMostOnce).await.return_codes, [SubscribeReasonCode::NotAuthorized]);
+    assert_eq!(
+        al.subscribe("users/al/#", Q5::AtMostOnce).await.return_codes,
+        [SubscribeReasonCode::Success(Q5::AtMostOnce)]
+    );
+    let mut alice = login("alice").await;
+    assert_eq!(
+        alice.subscribe("users/alice/#", Q5::AtMostOnce).await.return_codes,
+        [SubscribeReasonCode::Success(Q5::AtMostOnce)]
+    );
 }

@@ -134,7 +134,8 @@ fn properties(p: &rumqttc::v5::mqttbytes::v5::Publish) -> PublishProperties {
 
 #[tokio::test]
 async fn python_acl_allows_and_denies_publishes_by_user_and_pattern() {
-    let (broker, _dir) = broker_with("py_acl", None, |_| {}).await;
+    // The user names are claimed, and trusted as in Mosquitto.
+    let (broker, _dir) = broker_with("py_acl", None, |c| c.listeners[0].trust_claimed_username = true).await;
     // Nobody subscribes: an allowed publish is acknowledged as such.
     const ALLOWED: PubAckReason = PubAckReason::NoMatchingSubscribers;
     let mut alice = as_user(&broker, "alice-1", "alice").await;
@@ -164,7 +165,7 @@ async fn python_acl_judges_subscriptions_and_withholds_denied_topics() {
             { pattern = "devices/%c/#", access = "readwrite" },
         ]
     "##;
-    let (broker, _dir) = broker_with("py_acl", Some(rules), |_| {}).await;
+    let (broker, _dir) = broker_with("py_acl", Some(rules), |c| c.listeners[0].trust_claimed_username = true).await;
     let mut alice = as_user(&broker, "alice-1", "alice").await;
     let mut bob = as_user(&broker, "bob-1", "bob").await;
     assert!(granted(&mut alice, "sensors/+/temp").await);
@@ -180,6 +181,22 @@ async fn python_acl_judges_subscriptions_and_withholds_denied_topics() {
     let p = alice.publish().await;
     assert_eq!(&p.topic[..], b"sensors/open");
     alice.no_publish().await;
+}
+
+#[tokio::test]
+async fn python_acl_keeps_a_deny_pattern_whose_names_cannot_be_substituted() {
+    let rules = r##"
+        rules = [
+            { pattern = "#", access = "readwrite" },
+            { pattern = "vault/%u/#", access = "deny" },
+        ]
+    "##;
+    let (broker, _dir) = broker_with("py_acl", Some(rules), |_| {}).await;
+    // No user name: the deny covers every user's vault.
+    let mut anonymous = broker.v5("anon").await;
+    assert_eq!(publish_qos1(&mut anonymous, "vault/alice/keys", false).await, PubAckReason::NotAuthorized);
+    assert!(!granted(&mut anonymous, "vault/alice/#").await);
+    assert_eq!(publish_qos1(&mut anonymous, "open/x", false).await, PubAckReason::NoMatchingSubscribers);
 }
 
 #[tokio::test]
@@ -255,7 +272,7 @@ async fn js_transformer_wraps_payloads_in_an_envelope_on_its_filter_only() {
     let envelope: serde_json::Value = serde_json::from_slice(&p.payload).expect("JSON envelope");
     assert_eq!(envelope["topic"], "ingest/kitchen");
     assert_eq!(envelope["client"], "sensor-9");
-    assert_eq!(envelope["user"], "dev");
+    assert_eq!(envelope["user"], serde_json::Value::Null, "nobody verified the name `dev`");
     assert_eq!(envelope["payload"], "21.5 °C");
     let received = envelope["received_ms"].as_u64().expect("received_ms") as u128;
     assert!(received >= before && received < before + 60_000, "host clock: {received} vs {before}");

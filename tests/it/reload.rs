@@ -58,7 +58,7 @@ async fn next_report(
 
 /// Publishes at QoS 1 and returns the PUBACK reason, with "no matching
 /// subscribers" (also a success) as `Success`.
-async fn publish(client: &mut V5, topic: &str) -> PubAckReason {
+pub(crate) async fn publish(client: &mut V5, topic: &str) -> PubAckReason {
     client.client.publish(topic, Q5::AtLeastOnce, false, "x").await.expect("publish");
     loop {
         match client.next().await {

@@ -128,7 +128,9 @@ impl Plugin for Acl {
             Action::Subscribe => (Op::Read, topic_rules::strip_share(topic)),
             Action::Receive | Action::Retained => (Op::Read, topic),
         };
-        match self.rules.check(client.username.as_deref(), &client.client_id, op, topic) {
+        // Only a verified name selects user rules or fills `%u`: a client
+        // that merely claimed one is anonymous here.
+        match self.rules.check(client.verified_username(), &client.client_id, op, topic) {
             Answer::Allow => Decision::Allow(self.cache_ms),
             Answer::Denied(rule) => Decision::Deny(format!("{action:?} on {topic} denied by rule `{rule}`")),
             Answer::NoGrant => match self.no_match {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use topic_rules::{covers, substitute};
+use topic_rules::{covers, pattern_filter};
 
 /// What a rule grants, in Mosquitto's words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +126,9 @@ impl RuleSet {
         let mut granted = false;
         for rule in applicable {
             let filter = if rule.pattern {
-                match substitute(&rule.topic, user, client_id) {
+                // A deny pattern whose names cannot be substituted still
+                // denies (see `topic_rules::widen`); a grant grants nothing.
+                match pattern_filter(&rule.topic, rule.access == Access::Deny, user, client_id) {
                     Some(filter) => std::borrow::Cow::Owned(filter),
                     None => continue,
                 }

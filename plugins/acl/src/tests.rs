@@ -241,3 +241,45 @@ fn a_malformed_acl_file_names_the_line() {
     let err = Acl::init(testing::config(&file.config())).map(|_| ()).expect_err("malformed");
     assert!(err.contains("line 4") && err.contains("subscribe foo/#"), "{err}");
 }
+
+#[test]
+fn a_claimed_user_name_that_nobody_verified_gets_anonymous_rights_only() {
+    let mut p = acl(r##"{"rules":[
+        {"user":"admin","access":"readwrite","topic":"admin/#"},
+        {"anonymous":true,"access":"read","topic":"public/#"},
+        {"pattern":"users/%u/#","access":"readwrite"}
+    ]}"##);
+    let impostor = ClientInfo { client_id: "x".into(), ..testing::claiming("admin") };
+    let ask = |p: &mut Acl, c: &ClientInfo, action, topic| {
+        matches!(p.authorize(c, action, topic, QoS::AtMostOnce, false), Decision::Allow(_))
+    };
+    assert!(!ask(&mut p, &impostor, Action::Subscribe, "admin/#"));
+    assert!(!ask(&mut p, &impostor, Action::Publish, "admin/x"));
+    assert!(!ask(&mut p, &impostor, Action::Publish, "users/admin/x"), "%u is not the claim");
+    assert!(ask(&mut p, &impostor, Action::Subscribe, "public/#"), "anonymous rules apply");
+    assert!(allowed(&mut p, Some("admin"), "x", Action::Subscribe, "admin/#"), "the verified admin is");
+}
+
+#[test]
+fn a_deny_pattern_whose_names_cannot_be_substituted_still_denies() {
+    let json = r##"{"rules":[
+        {"pattern":"#","access":"readwrite"},
+        {"pattern":"users/%u/private/#","access":"deny"},
+        {"pattern":"devices/%c/keys","access":"deny"}
+    ]}"##;
+    let mut p = acl(json);
+    // Anonymous: no name for %u, so every user's private topics are denied.
+    assert!(!allowed(&mut p, None, "c", Action::Subscribe, "users/alice/private/#"));
+    assert!(!allowed(&mut p, None, "c", Action::Receive, "users/alice/private/x"));
+    assert!(!allowed(&mut p, None, "c", Action::Publish, "users/bob/private/x"));
+    // A hostile name cannot switch the deny off either.
+    for evil in ["#", "+", "a/b", ""] {
+        assert!(!allowed(&mut p, Some(evil), "c", Action::Receive, "users/alice/private/x"), "user {evil:?}");
+        assert!(!allowed(&mut p, Some("u"), evil, Action::Publish, "devices/d1/keys"), "client {evil:?}");
+    }
+    // Substituted normally, the deny stays with its own name.
+    assert!(!allowed(&mut p, Some("alice"), "c", Action::Receive, "users/alice/private/x"));
+    assert!(allowed(&mut p, Some("alice"), "c", Action::Receive, "users/bob/private/x"));
+    assert!(allowed(&mut p, None, "c", Action::Publish, "users/alice/public"));
+    assert!(allowed(&mut p, Some("u"), "d2", Action::Publish, "devices/d1/keys"));
+}

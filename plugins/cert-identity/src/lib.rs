@@ -136,9 +136,15 @@ impl CertIdentity {
             subject.iter().filter(|(k, _)| k.eq_ignore_ascii_case(kind)).map(|(_, v)| v.as_str()).collect()
         };
         let san = |prefix: &str| tls.sans.iter().find_map(|s| s.strip_prefix(prefix)).map(str::to_owned);
+        // One rule with the broker: a subject with several CNs names nobody
+        // by CN (libraries disagree on which one counts).
+        let common_name = match subject_value("CN")[..] {
+            [only] => Some(only.to_owned()),
+            _ => None,
+        };
         let field = |name: &str| -> Option<String> {
             match name {
-                "cn" => subject_value("CN").first().map(|v| (*v).to_owned()),
+                "cn" => common_name.clone(),
                 "san-dns" => san("DNS:"),
                 "san-email" => san("email:"),
                 "san-uri" => san("URI:"),
@@ -146,9 +152,11 @@ impl CertIdentity {
                 kind => subject_value(kind).first().map(|v| (*v).to_owned()),
             }
         };
+        let several_cns = subject_value("CN").len() > 1;
         for name in &self.required {
             if field(name).is_none() {
-                return Err(format!("certificate has no {name}"));
+                let why = if name == "cn" && several_cns { "more than one cn" } else { "no such field" };
+                return Err(format!("certificate has no {name} ({why})"));
             }
         }
         for (kind, want) in &self.require {
@@ -169,7 +177,11 @@ impl CertIdentity {
                 Source::Subject => ("subject", Some(tls.subject.clone()).filter(|s| !s.is_empty())),
                 Source::Fingerprint => ("pinned fingerprint", None),
             };
-            (user.ok_or_else(|| format!("certificate has no {name} to take the user name from"))?, Vec::new())
+            let missing = if name == "cn" && several_cns { "more than one cn" } else { "none" };
+            (
+                user.ok_or_else(|| format!("certificate has no {name} to take the user name from ({missing})"))?,
+                Vec::new(),
+            )
         };
         if !acceptable_name(&user) {
             return Err(format!("certificate name `{user}` is not a usable user name"));

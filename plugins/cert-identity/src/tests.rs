@@ -42,6 +42,20 @@ fn common_name_becomes_the_user_name_by_default() {
 }
 
 #[test]
+fn a_subject_with_several_common_names_maps_by_nothing_but_cn() {
+    let cert = with_cert("CN=admin,CN=sensor-1,O=Acme", &["DNS:dev.example.com"], FP);
+    match plugin("{}").authenticate(&cert, &login()) {
+        AuthOutcome::Deny(why) => assert!(why.contains("more than one cn"), "{why}"),
+        other => panic!("expected a denial, got {other:?}"),
+    }
+    let required = plugin(r#"{"username":"san-dns","required":["cn"]}"#).authenticate(&cert, &login());
+    assert!(matches!(required, AuthOutcome::Deny(why) if why.contains("more than one cn")));
+    assert_eq!(granted(&mut plugin(r#"{"username":"san-dns"}"#), &cert).0, "dev.example.com");
+    let pinned = format!(r#"{{"fingerprints":{{"{FP}":"gateway-1"}}}}"#);
+    assert_eq!(granted(&mut plugin(&pinned), &cert).0, "gateway-1");
+}
+
+#[test]
 fn clients_without_a_certificate_are_ignored() {
     let mut p = plugin("{}");
     assert!(matches!(p.authenticate(&testing::client(Some("u")), &login()), AuthOutcome::Ignore));

@@ -12,6 +12,36 @@ use rsa::{BigUint, Pkcs1v15Sign, RsaPublicKey};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+/// HS256 secrets shorter than this are refused: RFC 7518 (3.2) asks for a
+/// key as long as the hash, and a short one can be guessed offline from
+/// any token.
+pub const MIN_HMAC_SECRET_BYTES: usize = 32;
+
+/// RSA keys shorter than this are refused (NIST has deprecated less since
+/// 2013; 1024-bit moduli are within reach of a well-funded attacker).
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// An HS256 secret, if long enough.
+fn hmac_secret(secret: Vec<u8>) -> Result<Material, String> {
+    if secret.len() < MIN_HMAC_SECRET_BYTES {
+        return Err(format!(
+            "an HS256 secret must have at least {MIN_HMAC_SECRET_BYTES} bytes, this one has {}",
+            secret.len()
+        ));
+    }
+    Ok(Material::Hmac(secret))
+}
+
+/// An RS256 key, if large enough.
+fn rsa_key(key: RsaPublicKey) -> Result<Material, String> {
+    use rsa::traits::PublicKeyParts;
+    let bits = key.n().bits();
+    if bits < MIN_RSA_BITS {
+        return Err(format!("an RS256 key must have at least {MIN_RSA_BITS} bits, this one has {bits}"));
+    }
+    Ok(Material::Rsa(key))
+}
+
 /// The signature algorithms the plugin accepts. `none` and every other
 /// name are refused when the token is read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,10 +158,7 @@ pub fn from_config(entries: &[Value], read: &dyn Fn(&str) -> Result<String, Stri
                     (None, Some(b)) => STANDARD.decode(b).map_err(|e| at(format!("`secret_base64`: {e}")))?,
                     (None, None) => return Err(at("HS256 needs `secret` or `secret_base64`, not a PEM".into())),
                 };
-                if secret.len() < 32 {
-                    return Err(at("an HS256 secret must have at least 32 bytes".into()));
-                }
-                Material::Hmac(secret)
+                hmac_secret(secret).map_err(at)?
             }
             Alg::Rs256 | Alg::Es256 => {
                 let pem = match (text("pem")?, text("pem_file")?) {
@@ -152,8 +179,8 @@ fn public_key(alg: Alg, pem: &str) -> Result<Material, String> {
     match alg {
         Alg::Rs256 => RsaPublicKey::from_public_key_pem(pem)
             .or_else(|_| RsaPublicKey::from_pkcs1_pem(pem))
-            .map(Material::Rsa)
-            .map_err(|e| format!("not an RSA public key in PEM: {e}")),
+            .map_err(|e| format!("not an RSA public key in PEM: {e}"))
+            .and_then(rsa_key),
         Alg::Es256 => p256::ecdsa::VerifyingKey::from_public_key_pem(pem)
             .map(Material::Ec)
             .map_err(|e| format!("not a P-256 public key in PEM: {e}")),
@@ -163,7 +190,9 @@ fn public_key(alg: Alg, pem: &str) -> Result<Material, String> {
 
 /// The keys of a JSON Web Key Set (RFC 7517): RSA and P-256 keys, and
 /// symmetric (`oct`) keys only when they say `"alg": "HS256"`. Keys for
-/// other uses (`"use": "enc"`) or other algorithms are skipped.
+/// other uses (`"use": "enc"`) or other algorithms are skipped; a weak
+/// signing key (an `oct` key under [`MIN_HMAC_SECRET_BYTES`], an RSA key
+/// under [`MIN_RSA_BITS`]) refuses the whole set, naming the key.
 pub fn from_jwks(text: &str) -> Result<Vec<Key>, String> {
     let set: Value = serde_json::from_str(text).map_err(|e| format!("JWKS is not JSON: {e}"))?;
     let Some(Value::Array(entries)) = set.get("keys") else { return Err("JWKS has no `keys` list".into()) };
@@ -178,10 +207,12 @@ pub fn from_jwks(text: &str) -> Result<Vec<Key>, String> {
             URL_SAFE_NO_PAD.decode(value).map_err(|e| format!("JWK `{name}`: {e}"))
         };
         let alg = field("alg");
+        let named = |e: String| format!("JWK `{}`: {e}", field("kid").unwrap_or("(no kid)"));
         let material = match (field("kty"), alg) {
             (Some("RSA"), None | Some("RS256")) => {
                 let (n, e) = (BigUint::from_bytes_be(&b64("n")?), BigUint::from_bytes_be(&b64("e")?));
-                Material::Rsa(RsaPublicKey::new(n, e).map_err(|e| format!("JWK RSA key: {e}"))?)
+                let key = RsaPublicKey::new(n, e).map_err(|e| format!("JWK RSA key: {e}"))?;
+                rsa_key(key).map_err(named)?
             }
             (Some("EC"), None | Some("ES256")) if field("crv") == Some("P-256") => {
                 let (x, y) = (b64("x")?, b64("y")?);
@@ -194,7 +225,7 @@ pub fn from_jwks(text: &str) -> Result<Vec<Key>, String> {
                     p256::ecdsa::VerifyingKey::from_encoded_point(&point).map_err(|e| format!("JWK EC key: {e}"))?,
                 )
             }
-            (Some("oct"), Some("HS256")) => Material::Hmac(b64("k")?),
+            (Some("oct"), Some("HS256")) => hmac_secret(b64("k")?).map_err(named)?,
             _ => continue,
         };
         keys.push(Key { kid: field("kid").map(str::to_owned), material });

@@ -212,7 +212,7 @@ impl Plugin for Jwt {
         // Rules speak about the topics a subscription receives, whoever
         // shares it, as in the `acl` and `rbac` plugins.
         let topic = if wanted_is_filter { topic_rules::strip_share(topic) } else { topic };
-        let user = client.username.as_deref();
+        let user = client.verified_username();
         let allowed = granted
             .iter()
             .filter(|(k, _)| k == attr)

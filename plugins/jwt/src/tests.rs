@@ -365,6 +365,35 @@ fn config_errors_are_explained() {
 }
 
 #[test]
+fn weak_keys_are_refused_naming_them() {
+    use rsa::pkcs1::EncodeRsaPublicKey;
+    // A 1024-bit modulus (odd, top bit set): the size is all that matters.
+    let mut n = vec![0u8; 128];
+    n[0] = 0x80;
+    n[127] = 0x01;
+    let weak = rsa::RsaPublicKey::new(rsa::BigUint::from_bytes_be(&n), rsa::BigUint::from(65_537u32)).expect("key");
+    let pem = weak.to_pkcs1_pem(rsa::pkcs1::LineEnding::LF).expect("pem");
+    let init = |config: Value| Jwt::init(testing::config(&config.to_string())).map(|_| ()).expect_err("weak key");
+    let err = init(json!({"keys": [{"alg": "RS256", "pem": pem}]}));
+    assert!(err.contains("keys[0]") && err.contains("2048 bits") && err.contains("1024"), "{err}");
+
+    let dir = std::env::temp_dir().join(format!("moat-jwt-weak-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let jwks_path = dir.join("jwks.json");
+    let path = jwks_path.to_str().expect("utf-8").to_owned();
+    let sets = [
+        (json!({"kty": "RSA", "kid": "old", "alg": "RS256", "n": b64(&n), "e": "AQAB"}), "JWK `old`"),
+        (json!({"kty": "oct", "kid": "short", "alg": "HS256", "k": b64(b"sixteen-byte-key")}), "JWK `short`"),
+    ];
+    for (key, name) in sets {
+        std::fs::write(&jwks_path, json!({"keys": [key]}).to_string()).expect("write");
+        let err = init(json!({"keys": [{"jwks_file": path}]}));
+        assert!(err.contains(name) && err.contains("at least"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn keys_from_files_and_jwks() {
     let dir = std::env::temp_dir().join(format!("moat-jwt-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");

@@ -32,6 +32,8 @@ pub struct PasswordFile {
     /// Checked when the user is unknown, so that answer takes as long as a
     /// wrong password does: the first argon2 entry, else the first entry.
     decoy: Option<Hash>,
+    /// Lines whose hash is fast to crack ([`Hash::is_fast`]).
+    fast: Vec<usize>,
 }
 
 impl PasswordFile {
@@ -42,6 +44,7 @@ impl PasswordFile {
     pub fn parse(source: &str, text: &str) -> Result<PasswordFile, String> {
         let mut users = HashMap::new();
         let mut decoy = None;
+        let mut fast = Vec::new();
         for (index, line) in text.lines().enumerate() {
             let line = line.trim_end_matches('\r');
             if line.trim().is_empty() || line.trim_start().starts_with('#') {
@@ -55,6 +58,9 @@ impl PasswordFile {
                 return Err(at("empty user name".into()));
             }
             let hash = Hash::parse(hash).map_err(|e| at(format!("user {user:?}: {e}")))?;
+            if hash.is_fast() {
+                fast.push(index + 1);
+            }
             // The slowest kind of entry makes the best decoy.
             let better = match (&decoy, &hash) {
                 (None, _) => true,
@@ -69,7 +75,24 @@ impl PasswordFile {
                 return Err(at(format!("user {user:?} is listed twice")));
             }
         }
-        Ok(PasswordFile { users, decoy })
+        Ok(PasswordFile { users, decoy, fast })
+    }
+
+    /// The warning for the operator when entries are fast to crack, naming
+    /// their lines (not their users); `None` when all are slow.
+    pub fn fast_entries_warning(&self, source: &str) -> Option<String> {
+        let lines: Vec<String> = self.fast.iter().take(10).map(usize::to_string).collect();
+        let more = if self.fast.len() > lines.len() { ", ..." } else { "" };
+        (!self.fast.is_empty()).then(|| {
+            format!(
+                "{source}: {} entries (lines {}{more}) are single-pass SHA-512 ($6$) or PBKDF2 ($7$) with fewer than \
+                 {} iterations: a stolen file gives their passwords up quickly; set them again with `moat passwd` \
+                 (argon2id)",
+                self.fast.len(),
+                lines.join(", "),
+                hash::FAST_PBKDF2_ITERATIONS,
+            )
+        })
     }
 
     /// The number of users.
@@ -106,6 +129,9 @@ impl Plugin for PasswordFile {
             format!("cannot read {file}: {e} (is its directory granted to the plugin with `grants.read`?)")
         })?;
         let users = PasswordFile::parse(file, &text)?;
+        if let Some(warning) = users.fast_entries_warning(file) {
+            log(Level::Warn, &warning);
+        }
         Ok((users, Manifest::new().authenticate()))
     }
 
@@ -181,6 +207,23 @@ mod tests {
         let mut enhanced = testing::login("alice", b"s3cret");
         enhanced.auth_method = Some("SCRAM-SHA-256".into());
         assert!(matches!(p.authenticate(&testing::client(None), &enhanced), AuthOutcome::Ignore));
+    }
+
+    #[test]
+    fn fast_entries_are_reported_by_line_at_load() {
+        let slow =
+            "carol:$argon2id$v=19$m=64,t=1,p=1$c29tZXNhbHRzb21lc2FsdA$bIKRw3Ua1pluirFy81fnppmR01EnUxY3hLEBwbWxBG8";
+        let p = plugin(&format!(
+            "# users
+{ALICE_7}
+{slow}
+{BOB_6}
+"
+        ));
+        let warning = p.fast_entries_warning("passwd").expect("two fast entries");
+        assert!(warning.starts_with("passwd: 2 entries (lines 2, 4)"), "{warning}");
+        assert!(!warning.contains("alice") && !warning.contains("bob"), "no user names: {warning}");
+        assert_eq!(plugin(slow).fast_entries_warning("passwd"), None);
     }
 
     #[test]

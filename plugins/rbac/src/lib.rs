@@ -54,7 +54,8 @@ impl Model {
     /// A permission matches a subscription only when its filter covers the
     /// whole subscription filter.
     fn decide(&self, client: &ClientInfo, role_attribute: &str, op: Op, topic: &str) -> Option<(bool, String)> {
-        let user = client.username.as_deref();
+        // Only a verified name selects a client's roles or fills `%u`.
+        let user = client.verified_username();
         let granted = client.attributes.iter().filter(|(k, _)| k == role_attribute).map(|(_, v)| v.as_str());
         for role in self.roles_of(user, &client.client_id, granted) {
             for p in &self.roles[role].permissions {
@@ -67,7 +68,9 @@ impl Model {
                     continue;
                 }
                 let filter = if p.pattern {
-                    match topic_rules::substitute(&p.topic, user, &client.client_id) {
+                    // A deny whose names cannot be substituted still denies
+                    // (see `topic_rules::widen`); an allow grants nothing.
+                    match topic_rules::pattern_filter(&p.topic, !p.allow, user, &client.client_id) {
                         Some(f) => std::borrow::Cow::Owned(f),
                         None => continue,
                     }

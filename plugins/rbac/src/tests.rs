@@ -254,3 +254,40 @@ fn bad_documents_are_init_errors() {
         assert!(err.contains(needle), "{json}: {err}");
     }
 }
+
+#[test]
+fn a_claimed_user_name_that_nobody_verified_selects_no_roles() {
+    let mut p = rbac(&example_json());
+    let impostor = ClientInfo { client_id: "x".into(), ..testing::claiming("root") };
+    assert!(!allowed(&mut p, &impostor, Action::Subscribe, "#"), "root's admin role is not the claim's");
+    assert!(allowed(&mut p, &impostor, Action::Subscribe, "public/#"), "the anonymous group is");
+    assert!(allowed(&mut p, &client(Some("root"), "x", &[]), Action::Subscribe, "#"));
+}
+
+#[test]
+fn a_deny_pattern_whose_names_cannot_be_substituted_still_denies() {
+    let doc = r##"{
+        "defaults": {"publish": "allow", "subscribe": "allow", "receive": "allow"},
+        "roles": [{"name": "everyone", "permissions": [
+            {"action": "all", "topic": "users/%u/private/#", "allow": false},
+            {"action": "all", "topic": "devices/%c/keys", "allow": false}
+        ]}],
+        "groups": [{"name": "all", "roles": ["everyone"]}],
+        "anonymous_group": "all",
+        "clients": [
+            {"username": "alice", "groups": ["all"]},
+            {"username": "+", "groups": ["all"]},
+            {"client_id": "a/b", "groups": ["all"]}
+        ]
+    }"##;
+    let mut p = rbac(doc);
+    let anonymous = client(None, "c", &[]);
+    assert!(!allowed(&mut p, &anonymous, Action::Receive, "users/alice/private/x"));
+    assert!(!allowed(&mut p, &anonymous, Action::Subscribe, "users/bob/private/#"));
+    assert!(!allowed(&mut p, &client(Some("+"), "c", &[]), Action::Receive, "users/alice/private/x"));
+    assert!(!allowed(&mut p, &client(None, "a/b", &[]), Action::Publish, "devices/d1/keys"));
+    let alice = client(Some("alice"), "c", &[]);
+    assert!(!allowed(&mut p, &alice, Action::Receive, "users/alice/private/x"));
+    assert!(allowed(&mut p, &alice, Action::Receive, "users/bob/private/x"));
+    assert!(allowed(&mut p, &anonymous, Action::Receive, "users/alice/public"));
+}

@@ -115,6 +115,28 @@ pub fn substitute(pattern: &str, user: Option<&str>, client: &str) -> Option<Str
     Some(out)
 }
 
+/// What a deny rule's pattern covers when its names cannot be substituted
+/// (anonymous client with `%u`, a name with a wildcard or a `/`): every
+/// level that holds a placeholder becomes `+`, so the rule denies the
+/// topics it would deny for *some* name. A deny rule must never be skipped
+/// because the client's name is missing or hostile: that would make a
+/// denied topic reachable by not having (or by faking) a name.
+pub fn widen(pattern: &str) -> String {
+    let levels = pattern.split('/').map(|level| if has_placeholders(level) { "+" } else { level });
+    levels.collect::<Vec<_>>().join("/")
+}
+
+/// The filter a `pattern` rule stands for, for one client: substituted,
+/// or for a deny rule whose names cannot be substituted, [`widen`]ed;
+/// `None` for a grant that cannot be substituted (it grants nothing).
+pub fn pattern_filter(pattern: &str, deny: bool, user: Option<&str>, client: &str) -> Option<String> {
+    match substitute(pattern, user, client) {
+        Some(filter) => Some(filter),
+        None if deny => Some(widen(pattern)),
+        None => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,5 +200,17 @@ mod tests {
         // A name spelling a placeholder is inserted literally, once.
         assert_eq!(substitute("u/%u/%c", Some("%c"), "dev"), Some("u/%c/dev".into()));
         assert_eq!(substitute("100%/x", None, "c"), Some("100%/x".into()));
+    }
+
+    #[test]
+    fn a_deny_pattern_that_cannot_be_substituted_covers_every_name() {
+        assert_eq!(widen("users/%u/secret"), "users/+/secret");
+        assert_eq!(widen("u/%u-%c/x/#"), "u/+/x/#");
+        assert_eq!(widen("plain/#"), "plain/#");
+        assert_eq!(pattern_filter("users/%u/secret", true, None, "c"), Some("users/+/secret".into()));
+        assert_eq!(pattern_filter("users/%u/secret", true, Some("a/b"), "c"), Some("users/+/secret".into()));
+        assert_eq!(pattern_filter("users/%u/secret", false, None, "c"), None, "a grant grants nothing");
+        assert_eq!(pattern_filter("users/%u/secret", true, Some("eve"), "c"), Some("users/eve/secret".into()));
+        assert!(covers(&widen("users/%u/secret"), "users/alice/secret"));
     }
 }

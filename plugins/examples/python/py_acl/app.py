@@ -6,6 +6,11 @@ name (`user`), for clients without one (`anonymous = true`), or for every
 client through a `pattern` in which `%u` is the user name and `%c` the
 client id. A matching `deny` rule wins over any grant; with no granting rule
 the answer is `no_match` ("deny", the default, or "ignore").
+
+`client.username` is the user name the broker verified (none for a client
+that only claimed one), so user rules and `%u` never serve an impostor. A
+`deny` pattern whose names cannot be substituted (no user name, or a name
+with a wildcard or `/`) still denies, for every name.
 """
 
 import json
@@ -74,6 +79,11 @@ def substitute(pattern, user, client):
     return "".join(out)
 
 
+def widen(pattern):
+    """A deny pattern for every name: each level holding a placeholder becomes `+`."""
+    return "/".join("+" if ("%u" in level or "%c" in level) else level for level in pattern.split("/"))
+
+
 class Rule:
     def __init__(self, n, raw):
         if not isinstance(raw, dict):
@@ -107,7 +117,11 @@ class Rule:
             return None
         if self.topic is not None:
             return self.topic
-        return substitute(self.pattern, user, client)
+        substituted = substitute(self.pattern, user, client)
+        if substituted is None and self.deny:
+            # A missing or hostile name must not switch a deny off.
+            return widen(self.pattern)
+        return substituted
 
 
 class Lifecycle(exports.Lifecycle):
