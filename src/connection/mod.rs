@@ -351,6 +351,7 @@ where
             self.stream.shutdown().await.ok();
         })
         .await;
+        self.drop_held();
         if self.session_expiry_s > 0 {
             // Still owed to a session that outlives this connection.
             let owed = self.retained.drain(..).filter(|d| d.qos != crate::codec::QoS::AtMostOnce);

@@ -87,14 +87,24 @@ where
                 } else {
                     InflightState::AwaitPubRec
                 };
-                let entry = Inflight { packet_id, delivery, state: waiting };
-                if waiting == InflightState::AwaitPubRec && entry.delivery.stored.is_some() {
-                    // A QoS 2 message goes out only once its packet id is
-                    // stored: resent after a crash it must carry the same id,
-                    // or the client would take it for a new message. QoS 1
-                    // may be resent under a new id, so it skips this write.
-                    store.delivery_state(client_id, &entry);
-                    stored_qos2 = true;
+                let mut entry = Inflight { packet_id, delivery, state: waiting };
+                if waiting == InflightState::AwaitPubRec {
+                    // A QoS 2 message to a session that outlives its
+                    // connection goes out only once its packet id is stored:
+                    // resent after a crash it must carry the same id, or the
+                    // client would take it for a new message (and a new one
+                    // under an id it still holds for a resend). A retained
+                    // message sent because of a subscription was never
+                    // queued, so it gets its key here. QoS 1 may be resent
+                    // under a new id, so it skips this write.
+                    let delivery = &mut entry.delivery;
+                    if delivery.stored.is_none() && delivery.jetstream.is_none() && state.expiry_s > 0 {
+                        delivery.stored = store.message_key();
+                    }
+                    if delivery.stored.is_some() {
+                        store.delivery_state(client_id, &entry);
+                        stored_qos2 = true;
+                    }
                 }
                 state.inflight.push_back(entry);
             }
