@@ -120,8 +120,13 @@ where
             let mut state = self.attached.session.lock();
             if state.incoming_qos2.contains(&id) {
                 // A resend of a message already routed: acknowledge only,
-                // which is what makes QoS 2 exactly once [MQTT-4.3.3-10].
+                // which is what makes QoS 2 exactly once [MQTT-4.3.3-10];
+                // like the first PUBREC, once the id is durable.
+                let persistent = state.expiry_s > 0;
                 drop(state);
+                if persistent {
+                    self.await_store();
+                }
                 self.send(&Packet::PubRec(PubResp::success(id)));
                 return Ok(());
             }

@@ -14,9 +14,14 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     /// Resends what the previous connection left unacknowledged, in order,
-    /// with DUP set [MQTT-4.4.0-1].
+    /// with DUP set [MQTT-4.4.0-1], once the state these packets show is
+    /// durable: what the end of that connection reported to the store (the
+    /// session's messages again) may still be on its way.
     pub(super) async fn resume(&mut self) -> Result<(), Close> {
         let inflight: Vec<Inflight> = self.attached.session.lock().inflight.iter().cloned().collect();
+        if !inflight.is_empty() {
+            self.await_store();
+        }
         for entry in inflight {
             match entry.state {
                 InflightState::AwaitPubAck | InflightState::AwaitPubRec => {
@@ -28,6 +33,7 @@ where
                 }
             }
         }
+        self.await_durable().await?;
         self.flush().await
     }
 
