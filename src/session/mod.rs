@@ -186,10 +186,10 @@ impl Session {
                 match state.make_room(&delivery, |old| forget(&old)) {
                     None if hold && state.online && !state.slow && delivery.qos != QoS::AtMostOnce => {
                         // Kept although not queued: it belongs to a publish
-                        // whose QoS 2 packet id is stored in the same commit
-                        // (`HeldPublish`), so after a crash it comes back
-                        // from the store, while the publisher's resend is
-                        // acknowledged and not routed again.
+                        // whose other copies (and QoS 2 packet id) are stored
+                        // in the same commit (`HeldPublish`), so after a crash
+                        // it comes back from the store, while the publisher's
+                        // QoS 2 resend is acknowledged, not routed again.
                         if let Some(store) = keep {
                             delivery.stored = store.queued(&self.client_id, &delivery);
                         }
