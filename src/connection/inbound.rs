@@ -14,7 +14,7 @@ use crate::codec::{
 };
 use crate::metrics::{DropReason, Limit};
 use crate::router::Message;
-use crate::session::{Delivery, Held, InflightState, Session, Subscription};
+use crate::session::{Delivery, Held, InflightState, Refusal, Session, Subscription};
 
 /// A QoS 1/2 publish some of whose deliveries met full queues of
 /// connected subscribers. The connection holds them, and the publish's
@@ -276,11 +276,15 @@ where
     /// packet id, so a resend is acknowledged and not routed again.
     pub(super) fn drop_held(&mut self) {
         let Some(held) = self.held.take() else { return };
-        let metrics = &self.broker.metrics;
+        let (store, metrics) = (&*self.broker.store, &self.broker.metrics);
         for Held { session, delivery } in held.deliveries {
-            match session.enqueue_and_store(delivery, Some(&*self.broker.store), false) {
+            match session.enqueue_and_store(delivery, Some(store), false) {
                 Ok(evicted) => metrics.dropped(DropReason::QueueFull, evicted as u64),
-                Err(reason) => metrics.dropped(reason, 1),
+                Err(Refusal::Dropped(reason)) => metrics.dropped(reason, 1),
+                // Its share group's member left meanwhile: another takes it.
+                Err(Refusal::Away(delivery)) => self.broker.router.redispatch(vec![delivery], store, metrics),
+                // `enqueue_and_store` drops what does not fit.
+                Err(Refusal::Full(_)) => metrics.dropped(DropReason::QueueFull, 1),
             }
         }
     }
