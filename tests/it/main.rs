@@ -15,6 +15,7 @@ mod cli;
 mod cluster;
 mod connect;
 mod durable;
+mod exactly_once;
 mod harness;
 mod jwt_plugin;
 mod limits;
