@@ -110,6 +110,11 @@ impl HostState {
         self.memory_now > self.memory_cap / 4 * 3
     }
 
+    /// Linear memory the instance holds, all memories summed.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.memory_now
+    }
+
     /// What the guest wrote since the last call, if anything.
     pub(crate) fn take_output(&self) -> Option<Written> {
         self.capture.take()
