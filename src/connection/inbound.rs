@@ -119,8 +119,11 @@ where
             let mut state = self.attached.session.lock();
             if state.incoming_qos2.contains(&id) {
                 // A resend of a message already routed: acknowledge only,
-                // which is what makes QoS 2 exactly once [MQTT-4.3.3-10].
+                // which is what makes QoS 2 exactly once [MQTT-4.3.3-10];
+                // once what the first PUBREC would have waited for is done
+                // (the client may resend because that wait ran out).
                 drop(state);
+                self.await_store();
                 self.send(&Packet::PubRec(PubResp::success(id)));
                 return Ok(());
             }
@@ -338,14 +341,19 @@ where
             let mut state = self.attached.session.lock();
             let (known, mut moved) = state.mark_released(id);
             // The client has the message: JetStream need not keep it.
-            if let Some(ack) = moved.as_mut().and_then(|e| e.delivery.jetstream.take()) {
-                self.broker.acknowledged(&ack);
+            let ack = moved.as_mut().and_then(|e| e.delivery.jetstream.take());
+            if let Some(ack) = &ack {
+                self.broker.acknowledged(ack);
             }
             let moved = moved.map(|e| &*e).filter(|e| e.delivery.stored.is_some());
             if let Some(entry) = moved {
                 self.broker.store.delivery_state(self.attached.session.client_id(), entry);
             }
-            (known, moved.is_some())
+            let stored = moved.is_some();
+            if let Some(ack) = ack {
+                state.received_from_jetstream(ack.seq);
+            }
+            (known, stored)
         };
         if stored {
             // The PUBREL below waits until a resend after a crash would be a

@@ -163,6 +163,13 @@ pub struct SessionState {
     /// ends, so an update of the consumer that was overtaken by another
     /// knows it came too late.
     pub parking: u64,
+    /// In a cluster: the stream sequences of the last QoS 2 messages from
+    /// the session's consumer that its client received (PUBREC), newest
+    /// last, at most [`SessionState::RECEIVED_KEPT`]. Their
+    /// acknowledgements to JetStream may be lost with a NATS connection;
+    /// JetStream then delivers them again, and this tells the session
+    /// already had them (QoS 2: never twice).
+    pub jetstream_received: VecDeque<u64>,
     /// The attached connection, while one is.
     pub connection: Option<ConnectionInfo>,
     /// Session expiry interval, seconds, as last negotiated.
@@ -189,6 +196,19 @@ const FIRST_PACKET_ID: PacketId = match PacketId::new(1) {
 };
 
 impl SessionState {
+    /// Sequences [`SessionState::jetstream_received`] remembers: more than
+    /// the acknowledgements in flight when a connection drops.
+    pub const RECEIVED_KEPT: usize = 256;
+
+    /// Remembers that the client received the QoS 2 message JetStream
+    /// stored as `seq` ([`SessionState::jetstream_received`]).
+    pub fn received_from_jetstream(&mut self, seq: u64) {
+        if self.jetstream_received.len() >= Self::RECEIVED_KEPT {
+            self.jetstream_received.pop_front();
+        }
+        self.jetstream_received.push_back(seq);
+    }
+
     /// Empty state with a queue bound.
     pub fn new(bound: QueueBound) -> SessionState {
         SessionState {
@@ -207,6 +227,7 @@ impl SessionState {
             kept: false,
             feeding: None,
             parking: 0,
+            jetstream_received: VecDeque::new(),
             connection: None,
             expiry_s: 0,
             client: None,

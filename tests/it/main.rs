@@ -18,6 +18,8 @@ mod jwt_plugin;
 mod limits;
 mod malformed;
 mod ops;
+#[cfg(feature = "cluster")]
+mod partition;
 mod password_file;
 mod pki;
 mod plugin_chain;

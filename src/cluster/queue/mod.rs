@@ -63,7 +63,7 @@ use std::time::{Duration, Instant, SystemTime};
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -74,6 +74,8 @@ use crate::codec::{QoS, TopicName};
 use crate::config::ClusterConfig;
 use crate::session::{Delivery, JetStreamAck, Session, SessionState, Subscription};
 use crate::store::StoredSession;
+
+mod resync;
 
 /// Metadata key of the session record on a kept session's consumer.
 const SESSION_METADATA: &str = "moat-session";
@@ -122,6 +124,17 @@ pub(super) struct Queue {
     acks: mpsc::UnboundedSender<Answer>,
     /// Taken by [`Queue::run`].
     acks_rx: Mutex<Option<mpsc::UnboundedReceiver<Answer>>>,
+    /// Bumped each time the main NATS connection is made (and once the
+    /// stream is set up): feeders and share groups pull again at once,
+    /// and [`Queue::resync`] brings lagging consumers up to date.
+    connects: watch::Sender<u64>,
+    /// Sessions whose consumer could not be made to match them (JetStream
+    /// away or slow), by client id: `true` for a session kept already,
+    /// whose consumer now lags behind its subscriptions, so that this
+    /// node stores no QoS 1/2 message until it is brought up to date
+    /// ([`Queue::consumers_current`]); `false` for one not kept yet, which
+    /// queues here meanwhile. [`Queue::resync`] tries them again.
+    lagging: Mutex<HashMap<Arc<str>, bool>>,
 }
 
 /// What a node tells JetStream of a message it delivered: on this reply
@@ -152,7 +165,20 @@ impl Queue {
             set_ups_done: AtomicU64::new(0),
             acks,
             acks_rx: Mutex::new(Some(acks_rx)),
+            connects: watch::Sender::new(0),
+            lagging: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The main NATS connection was made (again).
+    pub(super) fn connected(&self) {
+        self.connects.send_modify(|n| *n += 1);
+    }
+
+    /// Whether every kept session's consumer matches its subscriptions, so
+    /// that what JetStream stores now reaches whom it should.
+    pub(super) fn consumers_current(&self) -> bool {
+        !self.lagging.lock().values().any(|kept| *kept)
     }
 
     /// Sets up the stream, retrying while JetStream is away, then keeps
@@ -168,6 +194,8 @@ impl Queue {
         let Some(stream) = super::set_up(&broker, &what, without, creating).await else { return };
         info!(stream = %self.config.name, "cluster: persistent sessions are kept in JetStream");
         *self.stream.lock() = Some(stream.clone());
+        // Sessions that came while there was no stream are kept now.
+        self.connected();
         self.watch_consumers(stream, &broker).await;
     }
 
@@ -283,6 +311,7 @@ impl Queue {
             (state.parking, config, state.kept)
         };
         let Some(config) = config else {
+            self.lagging.lock().remove(session.client_id());
             if was {
                 {
                     let mut state = session.lock();
@@ -299,10 +328,17 @@ impl Queue {
         let consumer = match self.set_consumer(&stream, config).await {
             Ok(consumer) => consumer,
             Err(e) => {
-                warn!(error = %e, "cluster: session not kept in JetStream; this node queues for it");
-                return was;
+                let kept = session.lock().kept;
+                if kept {
+                    warn!(error = %e, "cluster: a kept session's consumer not updated; QoS 1/2 messages wait until it is");
+                } else {
+                    warn!(error = %e, "cluster: session not kept in JetStream yet; this node queues for it meanwhile");
+                }
+                self.lagging.lock().insert(session.client_id().clone(), kept);
+                return kept;
             }
         };
+        self.lagging.lock().remove(session.client_id());
         let mut state = session.lock();
         // Handed over to another node meanwhile.
         if state.parking != epoch {
@@ -360,6 +396,7 @@ impl Queue {
     /// Deletes the consumer of `client_id`'s session, if any, in the
     /// background: the session ended, or a clean start drops what it kept.
     pub(super) fn forget(&self, client_id: &str, broker: &Broker) {
+        self.lagging.lock().remove(client_id);
         let Some(stream) = self.stream() else { return };
         let name = consumer_name(client_id);
         broker.tasks.spawn(async move {
@@ -396,6 +433,7 @@ impl Queue {
         broker: Arc<Broker>,
     ) {
         let mut failures = 0;
+        let mut connects = self.connects.subscribe();
         loop {
             if let Some(stream) = self.stream() {
                 let config = self.share_config(&filter, &group, &broker);
@@ -408,16 +446,19 @@ impl Queue {
                             break;
                         }
                     }
+                    // Once set up, the consumer stays in JetStream while
+                    // this node cannot reach it (NATS away), and keeps the
+                    // group's messages: the group is still served from it.
+                    Some(Err(e)) if !durable.load(Ordering::Acquire) && failures == 0 => {
+                        warn!(error = %e, %group, %filter, "cluster: share group not kept in JetStream; NATS spreads its messages, at most once, meanwhile");
+                    }
                     Some(Err(e)) => {
-                        durable.store(false, Ordering::Release);
-                        if failures == 0 {
-                            warn!(error = %e, %group, %filter, "cluster: share group not kept in JetStream; NATS spreads its messages, at most once, meanwhile");
-                        }
+                        debug!(error = %e, %group, %filter, "cluster: share group's consumer still unavailable")
                     }
                 }
             }
             failures += 1;
-            if stop.run_until_cancelled(tokio::time::sleep(super::setup_retry_delay(failures))).await.is_none() {
+            if stop.run_until_cancelled(pause(failures, &mut connects)).await.is_none() {
                 break;
             }
         }
@@ -585,6 +626,7 @@ impl Feeder {
     /// whenever the pull ends or fails, as it does while JetStream is away.
     async fn run(self, consumer: consumer::Consumer<consumer::pull::Config>, broker: Arc<Broker>) {
         let mut failures = 0;
+        let mut connects = self.queue.connects.subscribe();
         loop {
             let pulling = consumer.stream().max_messages_per_batch(self.window).heartbeat(FEED_HEARTBEAT).messages();
             match self.stop.run_until_cancelled(pulling).await {
@@ -606,8 +648,7 @@ impl Feeder {
                 Some(Err(e)) => debug!(error = %e, "cluster: cannot take a kept session's messages; again"),
             }
             failures += 1;
-            let pause = super::setup_retry_delay(failures);
-            if self.stop.run_until_cancelled(tokio::time::sleep(pause)).await.is_none() {
+            if self.stop.run_until_cancelled(pause(failures, &mut connects)).await.is_none() {
                 return;
             }
         }
@@ -628,6 +669,12 @@ impl Feeder {
         if delivered > 1 && redelivered(&mut state, &ack) {
             return;
         }
+        if delivered > 1 && state.jetstream_received.contains(&ack.seq) {
+            // Received already; the acknowledgement was lost.
+            drop(state);
+            broker.acknowledged(&ack);
+            return;
+        }
         let Some(mut delivery) = decoded.and_then(|m| self::delivery(Arc::new(m), &state.subscriptions, own)) else {
             drop(state);
             broker.acknowledged(&ack);
@@ -640,6 +687,16 @@ impl Feeder {
         } else {
             debug!("cluster: a kept session's queue is full; JetStream delivers the message again later");
         }
+    }
+}
+
+/// Waits before pulling again after `failures` failed pulls, or until the
+/// NATS connection is made again (JetStream has what was stored
+/// meanwhile), whichever comes first.
+async fn pause(failures: u32, connects: &mut watch::Receiver<u64>) {
+    tokio::select! {
+        () = tokio::time::sleep(super::setup_retry_delay(failures)) => {}
+        _ = connects.changed() => {}
     }
 }
 
