@@ -399,6 +399,14 @@ impl Cluster {
         if !self.queue.wanted() {
             return None;
         }
+        self.backlog()
+    }
+
+    /// What waits until every QoS 1/2 message this node handed to the
+    /// cluster so far is settled (stored by JetStream, or sent while no
+    /// session was kept), whether or not a session is kept now; `None`
+    /// when that is so already.
+    pub(crate) fn backlog(&self) -> Option<crate::store::Barrier> {
         let target = *self.handed.lock();
         let done = self.stored.subscribe();
         let behind = *done.borrow() < target;

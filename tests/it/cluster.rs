@@ -180,7 +180,7 @@ impl Nats {
 
     /// Whether node `id` is connected to this server and subscribed to
     /// `subject`.
-    async fn has_subject(&self, id: &str, subject: &str) -> bool {
+    pub(crate) async fn has_subject(&self, id: &str, subject: &str) -> bool {
         let name = format!("moat {id}");
         let connz = self.monitor("/connz?subs=1").await;
         let conns = connz["connections"].as_array().cloned().unwrap_or_default();
@@ -261,12 +261,12 @@ async fn node(url: &str, id: &str) -> TestBroker {
     TestBroker::with(|c| c.cluster = Some(cluster)).await
 }
 
-async fn publish(client: &V5, topic: &str, qos: QoS, payload: &str) {
+pub(crate) async fn publish(client: &V5, topic: &str, qos: QoS, payload: &str) {
     client.client.publish(topic, qos, false, payload.as_bytes().to_vec()).await.expect("publish");
 }
 
 /// The next PUBLISH's topic, payload and QoS.
-async fn received(client: &mut V5) -> (String, String, QoS) {
+pub(crate) async fn received(client: &mut V5) -> (String, String, QoS) {
     let p = client.publish().await;
     (String::from_utf8_lossy(&p.topic).into_owned(), String::from_utf8_lossy(&p.payload).into_owned(), p.qos)
 }
@@ -444,7 +444,7 @@ fn retained_on(node: &TestBroker, topic: &str) -> Option<String> {
 }
 
 /// Waits until `node`'s retained message on `topic` is `expected`.
-async fn until_retained(node: &TestBroker, topic: &str, expected: Option<&str>) {
+pub(crate) async fn until_retained(node: &TestBroker, topic: &str, expected: Option<&str>) {
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
     loop {
         let now = retained_on(node, topic);
@@ -466,7 +466,7 @@ async fn until_synced(node: &TestBroker) {
     }
 }
 
-async fn retain(client: &V5, topic: &str, payload: &str) {
+pub(crate) async fn retain(client: &V5, topic: &str, payload: &str) {
     client.client.publish(topic, QoS::AtLeastOnce, true, payload.as_bytes().to_vec()).await.expect("publish");
 }
 
@@ -799,7 +799,7 @@ async fn until_consumer_holds_on(servers: &[Nats], n: u64) {
 }
 
 /// A persistent v5 session (clean start off, a ten-minute expiry).
-fn persistent(o: &mut rumqttc::v5::MqttOptions) {
+pub(crate) fn persistent(o: &mut rumqttc::v5::MqttOptions) {
     o.set_clean_start(false);
     o.set_session_expiry_interval(Some(600));
 }
@@ -1186,13 +1186,13 @@ async fn a_parked_session_resumes_on_its_node_and_a_clean_start_drops_what_was_p
     fresh.no_publish().await;
 }
 
-/// Waits up to `wait` for a PUBACK.
-async fn puback_within(client: &mut V5, wait: Duration) {
+/// Waits up to `wait` for a PUBACK (or a PUBREC, at QoS 2).
+pub(crate) async fn puback_within(client: &mut V5, wait: Duration) {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         match client.next_within(left).await {
-            Some(V5Packet::PubAck(_)) => return,
+            Some(V5Packet::PubAck(_) | V5Packet::PubRec(_)) => return,
             Some(_) => {}
             None => panic!("connection closed before PUBACK"),
         }

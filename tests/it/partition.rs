@@ -15,7 +15,7 @@ use std::time::Duration;
 use moat::config::ClusterConfig;
 use rumqttc::v5::mqttbytes::QoS;
 
-use crate::cluster::{NATS_WAIT, Nats, Process, free_port};
+use crate::cluster::{NATS_WAIT, Nats, Process, free_port, persistent, publish, received, until_kept};
 use crate::harness::TestBroker;
 use proxy::{Link, Proxy};
 use workload::{Publisher, Subscriber, Tally};
@@ -157,14 +157,21 @@ async fn run(fault: Fault, load: Load, timing: Timing) -> Outcome {
     outcome
 }
 
-/// One NATS server; node `a` on it, node `b` through a proxy.
-async fn cut(fault: Fault, load: Load, timing: Timing) -> Outcome {
-    let mut nats = Nats::start().await;
+/// One NATS server; node `a` on it, node `b` through a proxy; both ready
+/// to keep sessions.
+async fn pair() -> (Nats, Proxy, TestBroker, TestBroker) {
+    let nats = Nats::start().await;
     let proxy = Proxy::start(address(nats.port)).await;
     let (a, b) = (node(&nats.url(), "a").await, node(&proxy.url(), "b").await);
     nats.until_owning("a").await;
     nats.until_owning("b").await;
     until_keeping(&[&a, &b]).await;
+    (nats, proxy, a, b)
+}
+
+/// [`pair`], and `fault` while the nodes exchange messages.
+async fn cut(fault: Fault, load: Load, timing: Timing) -> Outcome {
+    let (mut nats, proxy, a, b) = pair().await;
     let nats = &mut nats;
     let breaking = async {
         tokio::time::sleep(timing.at).await;
@@ -355,6 +362,118 @@ async fn cutting_the_jetstream_leader_from_its_peers_loses_no_acknowledged_messa
     let timing = Timing { at: Duration::from_secs(1), length: Duration::from_secs(5) };
     let outcome = run(Fault::LeaderCut, CI_LOAD, timing).await;
     assert_none_lost(&outcome, CI_LOAD);
+}
+
+/// Waits until node `b` is connected to NATS again, its NATS
+/// subscriptions (plain and share groups') back.
+async fn until_back(nats: &Nats, b: &TestBroker, subject: &str) {
+    let cluster = b.broker.cluster().expect("clustered");
+    let deadline = tokio::time::Instant::now() + NATS_WAIT;
+    while !(cluster.shares_across_nodes() && nats.has_subject("b", subject).await) {
+        assert!(tokio::time::Instant::now() < deadline, "node b not back on NATS");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Cuts node `b` (reset) and waits until it knows.
+async fn cut_b(proxy: &Proxy, b: &TestBroker) {
+    proxy.set(Link::Reset);
+    let cluster = b.broker.cluster().expect("clustered");
+    let deadline = tokio::time::Instant::now() + NATS_WAIT;
+    while cluster.shares_across_nodes() {
+        assert!(tokio::time::Instant::now() < deadline, "node b never noticed the cut");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn after_a_reset_every_nats_subscription_of_the_node_comes_back() {
+    let (nats, proxy, a, b) = pair().await;
+    let mut plain = b.v5("plain").await;
+    plain.subscribe("p/#", QoS::AtMostOnce).await;
+    let mut member = b.v5("member").await;
+    member.subscribe("$share/g/s/#", QoS::AtLeastOnce).await;
+    let mut device = b.v5_with("mover", persistent).await;
+    device.subscribe("m/#", QoS::AtLeastOnce).await;
+    until_back(&nats, &b, "moat.t.p.>").await;
+
+    cut_b(&proxy, &b).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.set(Link::Forward);
+    until_back(&nats, &b, "moat.t.p.>").await;
+
+    // Interest (a plain queue subscription), the share group's queue
+    // subscription and its consumer, the retained watch.
+    let publisher = a.v5("pub").await;
+    publish(&publisher, "p/1", QoS::AtMostOnce, "plain").await;
+    assert_eq!(received(&mut plain).await.1, "plain");
+    publish(&publisher, "s/1", QoS::AtMostOnce, "shared at most once").await;
+    assert_eq!(received(&mut member).await.1, "shared at most once");
+    publish(&publisher, "s/2", QoS::AtLeastOnce, "shared at least once").await;
+    assert_eq!(member.publish_within(NATS_WAIT).await.payload, &b"shared at least once"[..]);
+    crate::cluster::retain(&publisher, "k/1", "kept").await;
+    crate::cluster::until_retained(&b, "k/1", Some("kept")).await;
+    // The heartbeat: node b's entry in the nodes bucket moves on.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("NATS client"));
+    let nodes = js.get_key_value("MOAT_NODES").await.expect("nodes bucket");
+    let beat = || async { nodes.entry("b").await.expect("read").map_or(0, |e| e.revision) };
+    let first = beat().await;
+    let deadline = tokio::time::Instant::now() + NATS_WAIT;
+    while beat().await == first {
+        assert!(tokio::time::Instant::now() < deadline, "node b's heartbeat stopped");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Takeover requests: the device moves to node a, node b hands it over.
+    let moved = a.v5_with("mover", persistent).await;
+    assert!(moved.connack.session_present);
+    assert_eq!(device.disconnect_reason().await, rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::SessionTakenOver);
+}
+
+#[tokio::test]
+async fn a_subscription_made_while_cut_gets_what_its_node_published_meanwhile_once() {
+    let (nats, proxy, _a, b) = pair().await;
+    let mut device = b.v5_with("late", persistent).await;
+    device.subscribe("x/#", QoS::ExactlyOnce).await;
+    until_kept(&b, "late").await;
+    let mut publisher = b.v5("pub").await;
+
+    // The consumer cannot follow the new subscription while cut: what is
+    // published meanwhile waits until it does.
+    cut_b(&proxy, &b).await;
+    device.subscribe("y/#", QoS::ExactlyOnce).await;
+    publish(&publisher, "y/1", QoS::ExactlyOnce, "new").await;
+    publish(&publisher, "x/1", QoS::ExactlyOnce, "old").await;
+    // Nothing while cut: JetStream delivers both once it has them.
+    device.no_publish().await;
+    proxy.set(Link::Forward);
+    until_back(&nats, &b, "moat.t.x.>").await;
+    crate::cluster::puback_within(&mut publisher, NATS_WAIT).await;
+    let mut got = vec![device.publish_within(NATS_WAIT).await, device.publish_within(NATS_WAIT).await];
+    got.sort_by(|l, r| l.topic.cmp(&r.topic));
+    let got: Vec<_> = got.iter().map(|p| (p.topic.to_vec(), p.payload.to_vec())).collect();
+    assert_eq!(got, [(b"x/1".to_vec(), b"old".to_vec()), (b"y/1".to_vec(), b"new".to_vec())]);
+    device.no_publish().await;
+}
+
+#[tokio::test]
+async fn a_session_that_could_not_be_kept_while_cut_is_kept_once_its_node_is_back() {
+    let (nats, proxy, a, b) = pair().await;
+    let publisher = b.v5("pub").await;
+    cut_b(&proxy, &b).await;
+    let mut fresh = b.v5_with("fresh", persistent).await;
+    fresh.subscribe("f/#", QoS::ExactlyOnce).await;
+    // Not kept: it queues for itself meanwhile.
+    publish(&publisher, "f/1", QoS::ExactlyOnce, "while cut").await;
+    assert_eq!(received(&mut fresh).await.1, "while cut");
+
+    proxy.set(Link::Forward);
+    until_back(&nats, &b, "moat.t.f.>").await;
+    until_kept(&b, "fresh").await;
+    let remote = a.v5("remote").await;
+    publish(&remote, "f/2", QoS::ExactlyOnce, "from a").await;
+    assert_eq!(fresh.publish_within(NATS_WAIT).await.payload, &b"from a"[..]);
+    // What it queued itself is not delivered again from JetStream.
+    fresh.no_publish().await;
 }
 
 /// The table of README.md's cluster section: each fault `MOAT_PARTITION_RUNS`

@@ -110,6 +110,8 @@ pub(super) struct Queue {
     ack_wait: Duration,
     /// The stream, once set up.
     stream: Mutex<Option<stream::Stream>>,
+    /// The main NATS connection, once made.
+    client: std::sync::OnceLock<async_nats::Client>,
     /// Whether any session (on any node) is kept: only then does a
     /// publisher's acknowledgement wait for JetStream.
     wanted: AtomicBool,
@@ -160,6 +162,7 @@ impl Queue {
             prefix: prefix.clone(),
             ack_wait: Duration::from_secs(u64::from(config.redelivery_s)),
             stream: Mutex::new(None),
+            client: std::sync::OnceLock::new(),
             wanted: AtomicBool::new(false),
             set_ups_begun: AtomicU64::new(0),
             set_ups_done: AtomicU64::new(0),
@@ -187,6 +190,7 @@ impl Queue {
         if let Some(acks) = self.acks_rx.lock().take() {
             broker.tasks.spawn(acknowledge(client.clone(), acks, broker.shutdown.clone()));
         }
+        let _ = self.client.set(client.clone());
         let js = jetstream::new(client);
         let what = format!("stream {} for persistent sessions", self.config.name);
         let without = "each node queues for its own until it is back";
@@ -292,6 +296,13 @@ impl Queue {
     ) -> Result<consumer::Consumer<consumer::pull::Config>, async_nats::Error> {
         self.set_ups_begun.fetch_add(1, Ordering::AcqRel);
         self.wanted.store(true, Ordering::Release);
+        // Not asked while disconnected: the client would hold the request
+        // and send it once reconnected, making the consumer after this
+        // node gave up on it (and queued for the session itself).
+        if self.client.get().is_none_or(|c| c.connection_state() != async_nats::connection::State::Connected) {
+            self.set_ups_done.fetch_add(1, Ordering::AcqRel);
+            return Err("not connected to NATS".into());
+        }
         let created = tokio::time::timeout(JETSTREAM_WAIT, stream.create_consumer(config)).await;
         self.set_ups_done.fetch_add(1, Ordering::AcqRel);
         Ok(created.map_err(|_| "JetStream did not answer")??)

@@ -61,7 +61,7 @@ impl Queue {
             let fresh = if reconnected {
                 // What this node published while away goes to JetStream
                 // now; sessions that queued it themselves are kept after.
-                if let Some(barrier) = broker.cluster().and_then(crate::cluster::Cluster::stored) {
+                if let Some(barrier) = broker.cluster().and_then(crate::cluster::Cluster::backlog) {
                     let waited = broker.shutdown.run_until_cancelled(tokio::time::timeout(store_wait, barrier.wait()));
                     if waited.await.is_none() {
                         return;
