@@ -448,7 +448,7 @@ async fn a_subscription_made_while_cut_gets_what_its_node_published_meanwhile_on
     proxy.set(Link::Forward);
     until_back(&nats, &b, "moat.t.x.>").await;
     crate::cluster::puback_within(&mut publisher, NATS_WAIT).await;
-    let mut got = vec![device.publish_within(NATS_WAIT).await, device.publish_within(NATS_WAIT).await];
+    let mut got = [device.publish_within(NATS_WAIT).await, device.publish_within(NATS_WAIT).await];
     got.sort_by(|l, r| l.topic.cmp(&r.topic));
     let got: Vec<_> = got.iter().map(|p| (p.topic.to_vec(), p.payload.to_vec())).collect();
     assert_eq!(got, [(b"x/1".to_vec(), b"old".to_vec()), (b"y/1".to_vec(), b"new".to_vec())]);
