@@ -117,6 +117,19 @@ const INBOUND_BATCH: usize = 256;
 /// remote messages (logged).
 const MAX_SUBJECT_BYTES: usize = 3 * 1024;
 
+/// Whether [`Cluster::forward`] handed a message on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Forwarded {
+    /// Queued towards NATS.
+    Yes,
+    /// Its topic makes a subject longer than NATS takes: it never leaves
+    /// this node.
+    TooLong,
+    /// The queue towards NATS is full (NATS slow or away): it could go
+    /// later.
+    Full,
+}
+
 /// A change of local interest, reported by the router in trie order: a
 /// filter (without `$share/{group}/`) and, for a shared subscription, its
 /// share group.
@@ -344,18 +357,22 @@ impl Cluster {
     /// Hands a message published on this node to the other nodes, and,
     /// when this node `retained` it, to the retained stream. Never waits:
     /// with the queue full (in messages or bytes), or a topic too long for
-    /// a subject, the message stays local, is counted, and `false` is
-    /// returned.
+    /// a subject, the message stays local and is counted.
     pub(crate) fn forward(
         &self,
         message: &Arc<Message>,
         publisher: Option<&Arc<str>>,
         retained: bool,
         broker: &Broker,
-    ) -> bool {
-        let forwarded =
-            self.subjects.fits(message.topic.as_str(), MAX_SUBJECT_BYTES) && self.enqueue(message, publisher);
-        if !forwarded {
+    ) -> Forwarded {
+        let forwarded = if !self.subjects.fits(message.topic.as_str(), MAX_SUBJECT_BYTES) {
+            Forwarded::TooLong
+        } else if self.enqueue(message, publisher) {
+            Forwarded::Yes
+        } else {
+            Forwarded::Full
+        };
+        if forwarded != Forwarded::Yes {
             broker.metrics.dropped(DropReason::Cluster, 1);
         }
         if retained {

@@ -476,6 +476,52 @@ async fn a_session_that_could_not_be_kept_while_cut_is_kept_once_its_node_is_bac
     fresh.no_publish().await;
 }
 
+#[tokio::test]
+async fn a_qos1_publish_the_way_to_nats_has_no_room_for_is_refused_not_acknowledged() {
+    use moat::metrics::DropReason;
+    use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
+    let (_nats, proxy, _a, b) = pair().await;
+    let mut device = b.v5_with("kept", persistent).await;
+    device.subscribe("q/#", QoS::AtLeastOnce).await;
+    until_kept(&b, "kept").await;
+    cut_b(&proxy, &b).await;
+    // QoS 0 fills the way to NATS: the NATS client's own buffer (2,048
+    // commands), then the queue in front of it (65,536 messages).
+    let flood = b.v5("flood").await;
+    for _ in 0..68_000 {
+        flood.client.publish("f/x", QoS::AtMostOnce, false, &b"x"[..]).await.expect("publish");
+    }
+    let deadline = tokio::time::Instant::now() + NATS_WAIT;
+    while b.broker.metrics.drops(DropReason::Cluster) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the queue to NATS never filled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // v5: 0x97, the message goes nowhere; 3.1.1: no PUBACK, disconnected.
+    let mut publisher = b.v5("pub").await;
+    publish(&publisher, "q/1", QoS::AtLeastOnce, "no room").await;
+    loop {
+        match publisher.next().await {
+            Some(Packet::PubAck(ack)) => {
+                assert_eq!(ack.reason, PubAckReason::QuotaExceeded);
+                break;
+            }
+            Some(_) => {}
+            None => panic!("closed before PUBACK"),
+        }
+    }
+    let mut old = b.v4("pub-3.1.1").await;
+    old.client.publish("q/2", rumqttc::QoS::AtLeastOnce, false, "no room").await.expect("publish");
+    loop {
+        match old.next().await {
+            Some(rumqttc::Packet::PubAck(_)) => panic!("acknowledged though the cluster cannot take it"),
+            Some(_) => {}
+            None => break,
+        }
+    }
+    device.no_publish().await;
+}
+
 /// The table of README.md's cluster section: each fault `MOAT_PARTITION_RUNS`
 /// times (default 3) at the load (100 messages a second each way
 /// for 20 s, the fault from 5 s for 10 s), at QoS 1 and 2. Takes about
