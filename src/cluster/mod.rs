@@ -566,8 +566,9 @@ impl Events {
 #[derive(Debug)]
 struct Link {
     node_id: Arc<str>,
-    /// Random for each run of the process, so the ids of its messages
-    /// (`Nats-Msg-Id`) never repeat those of an earlier run.
+    /// 64 random bits for each run of the process, so the ids of its QoS 2
+    /// messages (`Nats-Msg-Id`, `outbound`) repeat none of another node's
+    /// or an earlier run's.
     run_id: String,
     subjects: Subjects,
     subscriptions: Arc<AtomicUsize>,

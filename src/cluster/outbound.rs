@@ -2,19 +2,25 @@
 //! tells their publishers when JetStream has them.
 //!
 //! While a session is kept somewhere ([`super::queue`]), a QoS 1/2
-//! message goes to NATS as a JetStream publish whose `Nats-Msg-Id` names
-//! this node's run and the message's place in the queue, and its
-//! publisher's PUBACK/PUBREC waits until JetStream answered that it
-//! stored it ([`super::Cluster::stored`]). A message JetStream does not
-//! answer for in time (the connection dropped with it in flight, NATS or
-//! JetStream is away, a leader is being elected) is published again,
-//! under the same id, once the connection is back and every kept
-//! session's consumer is up to date ([`Ready`]); JetStream stores an id
-//! once (within its duplicate window, two minutes by default), so the
-//! retries cost nothing but a frame. Nothing is acknowledged to a
-//! publisher that JetStream has not stored: a publisher whose message
+//! message goes to NATS as a JetStream publish, and its publisher's
+//! PUBACK/PUBREC waits until JetStream answered that it stored it
+//! ([`super::Cluster::stored`]). A message JetStream does not answer for
+//! in time (the connection dropped with it in flight, NATS or JetStream
+//! is away, a leader is being elected) is published again once the
+//! connection is back and every kept session's consumer is up to date
+//! ([`Link::ready`]), until JetStream answers. Nothing is acknowledged to
+//! a publisher that JetStream has not stored: a publisher whose message
 //! waits longer than `[cluster] store_timeout_s` is disconnected without
 //! its acknowledgement, and resends.
+//!
+//! A retry may find the first copy stored (only its answer was lost).
+//! QoS 1 allows the second copy. A QoS 2 message carries a `Nats-Msg-Id`
+//! (this node's run and the message's place in its queue), and JetStream
+//! stores an id once within the stream's duplicate window (two minutes by
+//! default). Only QoS 2 carries one: JetStream remembers each id for the
+//! whole window, about 200 bytes on every server holding the stream
+//! (BENCHMARKS.md, "Partitions"), which at QoS 1 rates would cost more
+//! than the duplicates it saves.
 //!
 //! A retry is marked ([`envelope::RETRY_HEADER`]): nodes take QoS 1/2
 //! messages marked so from JetStream only, not from core NATS, which
@@ -66,8 +72,8 @@ pub(super) struct Storing {
     message: Arc<Message>,
     /// Its publisher's client id (No Local of kept sessions).
     publisher: Option<Arc<str>>,
-    /// The `Nats-Msg-Id` every attempt carries.
-    id: String,
+    /// The `Nats-Msg-Id` every attempt of a QoS 2 message carries.
+    id: Option<String>,
     attempt: Attempt,
 }
 
@@ -145,7 +151,7 @@ impl Link {
                 let pending = if message.is_expired(now) {
                     Pending::Sent
                 } else if store {
-                    let id = format!("{}.{}.{taken}", self.node_id, self.run_id);
+                    let id = (message.qos == QoS::ExactlyOnce).then(|| format!("{}.{taken}", self.run_id));
                     let mut storing = Box::new(Storing { message, publisher, id, attempt: Attempt::Due });
                     if ready {
                         storing.attempt = self.store(&js, &storing, false, &broker).await;
@@ -199,7 +205,9 @@ impl Link {
     async fn store(&self, js: &jetstream::Context, storing: &Storing, again: bool, broker: &Broker) -> Attempt {
         let now = Instant::now();
         let mut headers = self.headers(&storing.message, storing.publisher.as_deref(), now);
-        headers.insert(async_nats::header::NATS_MESSAGE_ID, storing.id.as_str());
+        if let Some(id) = &storing.id {
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        }
         if again {
             headers.insert(envelope::RETRY_HEADER, "1");
         }

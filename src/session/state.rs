@@ -360,6 +360,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn received_jetstream_sequences_are_remembered_up_to_a_bound() {
+        let mut s = SessionState::new(QueueBound::messages(10));
+        assert_eq!(s.jetstream_received.capacity(), 0, "nothing allocated until used");
+        let kept = SessionState::RECEIVED_KEPT as u64;
+        for seq in 1..=kept + 2 {
+            s.received_from_jetstream(seq);
+        }
+        assert_eq!(s.jetstream_received.len(), SessionState::RECEIVED_KEPT);
+        assert!(!s.jetstream_received.contains(&2) && s.jetstream_received.contains(&3));
+        assert!(s.jetstream_received.contains(&(kept + 2)));
+    }
+
+    #[test]
     fn packet_ids_skip_those_in_flight() {
         let mut s = SessionState::new(QueueBound::messages(10));
         let first = s.allocate_packet_id();

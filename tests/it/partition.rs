@@ -559,3 +559,52 @@ async fn partition_report() {
         println!("{row}");
     }
 }
+
+/// What remembering message ids costs a NATS server: 200,000 JetStream
+/// publishes to a stream that keeps one message, with and without a
+/// `Nats-Msg-Id`, and the server's resident memory (`/varz` `mem`) before
+/// and after each (BENCHMARKS.md, "Partitions"):
+/// `MOAT_NATS_SERVER=.venv/bin/nats-server cargo test --test it jetstream_message_ids -- --ignored --nocapture`
+#[tokio::test]
+#[ignore = "measurement, run by hand for BENCHMARKS.md"]
+async fn jetstream_message_ids_cost_server_memory_for_the_duplicate_window() {
+    const N: usize = 200_000;
+    let nats = Nats::start().await;
+    let client = async_nats::connect(nats.url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    for (name, ids) in [("PLAIN", false), ("IDS", true)] {
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: name.to_owned(),
+            subjects: vec![format!("{name}.>")],
+            max_messages: 1,
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+        let before = nats.monitor("/varz").await["mem"].as_u64().expect("mem");
+        let mut acks = Vec::with_capacity(1000);
+        for i in 0..N {
+            let mut headers = async_nats::HeaderMap::new();
+            if ids {
+                headers
+                    .insert(async_nats::header::NATS_MESSAGE_ID, format!("moat-node-1.0123456789abcdef.{i}").as_str());
+            }
+            acks.push(js.publish_with_headers(format!("{name}.x"), headers, "x".into()).await.expect("publish"));
+            if acks.len() == 1000 {
+                for ack in acks.drain(..) {
+                    ack.await.expect("stored");
+                }
+            }
+        }
+        for ack in acks.drain(..) {
+            ack.await.expect("stored");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = nats.monitor("/varz").await["mem"].as_u64().expect("mem");
+        let grown = after.saturating_sub(before);
+        println!(
+            "{name}: {N} publishes, server memory {before} -> {after} bytes (+{grown}, {} bytes each)",
+            grown / N as u64
+        );
+    }
+}

@@ -61,7 +61,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::{self, consumer, stream};
-use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -72,10 +71,14 @@ use super::{JETSTREAM_WAIT, envelope, hex};
 use crate::broker::Broker;
 use crate::codec::{QoS, TopicName};
 use crate::config::ClusterConfig;
-use crate::session::{Delivery, JetStreamAck, Session, SessionState, Subscription};
+use crate::session::{JetStreamAck, Session, SessionState};
 use crate::store::StoredSession;
 
+mod feeder;
 mod resync;
+mod share;
+
+use feeder::Feeder;
 
 /// Metadata key of the session record on a kept session's consumer.
 const SESSION_METADATA: &str = "moat-session";
@@ -429,151 +432,6 @@ impl Queue {
         let _ = self.acks.send((ack.reply.clone(), false));
     }
 
-    /// Serves share group `group` of `filter` from its consumer until
-    /// `stop` (this node's last member of it left): sets the consumer up
-    /// once the stream is, raises `durable` while it is (QoS 1/2 messages
-    /// then reach the group from the consumer only, not through its NATS
-    /// queue group), and takes messages while a member is online here.
-    /// JetStream spreads them over the nodes that take.
-    pub(super) async fn share(
-        self: Arc<Self>,
-        filter: Box<str>,
-        group: Box<str>,
-        durable: Arc<AtomicBool>,
-        stop: CancellationToken,
-        broker: Arc<Broker>,
-    ) {
-        let mut failures = 0;
-        let mut connects = self.connects.subscribe();
-        loop {
-            if let Some(stream) = self.stream() {
-                let config = self.share_config(&filter, &group, &broker);
-                match stop.run_until_cancelled(self.set_consumer(&stream, config)).await {
-                    None => break,
-                    Some(Ok(consumer)) => {
-                        failures = 0;
-                        durable.store(true, Ordering::Release);
-                        if self.serve_share(&consumer, &filter, &group, &stop, &broker).await.is_none() {
-                            break;
-                        }
-                    }
-                    // Once set up, the consumer stays in JetStream while
-                    // this node cannot reach it (NATS away), and keeps the
-                    // group's messages: the group is still served from it.
-                    Some(Err(e)) if !durable.load(Ordering::Acquire) && failures == 0 => {
-                        warn!(error = %e, %group, %filter, "cluster: share group not kept in JetStream; NATS spreads its messages, at most once, meanwhile");
-                    }
-                    Some(Err(e)) => {
-                        debug!(error = %e, %group, %filter, "cluster: share group's consumer still unavailable")
-                    }
-                }
-            }
-            failures += 1;
-            if stop.run_until_cancelled(pause(failures, &mut connects)).await.is_none() {
-                break;
-            }
-        }
-        durable.store(false, Ordering::Release);
-    }
-
-    /// The consumer of share group `group` of `filter`. It outlives the
-    /// last node pulling from it by the longest session expiry among the
-    /// members here, at least [`SHARE_IDLE_MIN`].
-    fn share_config(&self, filter: &str, group: &str, broker: &Broker) -> consumer::pull::Config {
-        let expiry = broker.router.share_members(filter, group).iter().map(|s| s.lock().expiry_s).max().unwrap_or(0);
-        consumer::pull::Config {
-            durable_name: Some(share_consumer_name(filter, group)),
-            description: Some("moat: a share group".to_owned()),
-            filter_subjects: disjoint(self.subjects.filter(filter), |p| branch(&self.prefix, p)),
-            deliver_policy: consumer::DeliverPolicy::New,
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: self.ack_wait,
-            max_ack_pending: SHARE_ACK_PENDING,
-            inactive_threshold: match expiry {
-                u32::MAX => Duration::ZERO,
-                s => Duration::from_secs(u64::from(s)).max(SHARE_IDLE_MIN),
-            },
-            ..consumer::pull::Config::default()
-        }
-    }
-
-    /// Takes share group messages from `consumer` while a member is online
-    /// here. `None` once stopped; `Some` when the consumer failed (it is
-    /// set up again).
-    async fn serve_share(
-        &self,
-        consumer: &consumer::Consumer<consumer::pull::Config>,
-        filter: &str,
-        group: &str,
-        stop: &CancellationToken,
-        broker: &Broker,
-    ) -> Option<()> {
-        loop {
-            if !broker.router.share_member(filter, group).is_some_and(|m| m.session.lock().online) {
-                stop.run_until_cancelled(tokio::time::sleep(SHARE_PULL)).await?;
-                continue;
-            }
-            let pulling = consumer.batch().max_messages(SHARE_BATCH).expires(SHARE_PULL).messages();
-            let mut batch = match stop.run_until_cancelled(pulling).await? {
-                Ok(batch) => batch,
-                Err(e) => {
-                    debug!(error = %e, "cluster: cannot take a share group's messages; again");
-                    return Some(());
-                }
-            };
-            while let Some(next) = stop.run_until_cancelled(batch.next()).await? {
-                match next {
-                    Ok(message) => self.take_shared(message, filter, group, broker),
-                    Err(e) => {
-                        debug!(error = %e, "cluster: taking a share group's messages failed; again");
-                        return Some(());
-                    }
-                }
-            }
-        }
-    }
-
-    /// Queues one QoS 1/2 message from a share group's consumer for an
-    /// online member, acknowledged to JetStream once its client has it;
-    /// gives it back when no member here can take it now.
-    fn take_shared(&self, message: jetstream::Message, filter: &str, group: &str, broker: &Broker) {
-        let Some(Pulled { ack, delivered, published }) = Pulled::of(&message) else { return };
-        // QoS 0 messages reach share groups through NATS queue groups.
-        let Some(message) = self.decode(message.message, published).filter(|m| m.qos != QoS::AtMostOnce) else {
-            self.acknowledge(&ack);
-            return;
-        };
-        if delivered > 1 && broker.router.share_members(filter, group).iter().any(|s| redelivered(&mut s.lock(), &ack))
-        {
-            return;
-        }
-        let Some(member) = broker.router.share_member(filter, group) else {
-            self.give_back(&ack);
-            return;
-        };
-        let qos = message.qos.min(member.qos);
-        let delivery = Delivery {
-            retain: message.retain && member.retain_as_published,
-            message: Arc::new(message),
-            qos,
-            subscription_ids: member.id.into_iter().collect(),
-            stored: None,
-            // Granted QoS 0: handled once queued.
-            jetstream: (qos != QoS::AtMostOnce).then(|| Box::new(ack.clone())),
-        };
-        let mut state = member.session.lock();
-        if !(state.online && state.push(delivery)) {
-            drop(state);
-            self.give_back(&ack);
-            return;
-        }
-        drop(state);
-        member.session.wake();
-        if qos == QoS::AtMostOnce {
-            self.acknowledge(&ack);
-        }
-    }
-
     /// The message a node published, as stored `published` (its expiry
     /// counts from then); `None` if unreadable or expired.
     fn decode(&self, nats: async_nats::Message, published: SystemTime) -> Option<crate::router::Message> {
@@ -620,145 +478,6 @@ async fn acknowledge(client: async_nats::Client, mut acks: mpsc::UnboundedReceiv
     }
 }
 
-/// Takes a kept session's messages from its consumer while its connection
-/// is attached.
-struct Feeder {
-    queue: Arc<Queue>,
-    session: Arc<Session>,
-    /// Messages asked for at once: the client's window.
-    window: usize,
-    /// Cancelled when the connection ends (or the session is no longer
-    /// kept).
-    stop: CancellationToken,
-}
-
-impl Feeder {
-    /// Pulls from `consumer` until stopped, starting over (after a pause)
-    /// whenever the pull ends or fails, as it does while JetStream is away.
-    async fn run(self, consumer: consumer::Consumer<consumer::pull::Config>, broker: Arc<Broker>) {
-        let mut failures = 0;
-        let mut connects = self.queue.connects.subscribe();
-        loop {
-            let pulling = consumer.stream().max_messages_per_batch(self.window).heartbeat(FEED_HEARTBEAT).messages();
-            match self.stop.run_until_cancelled(pulling).await {
-                None => return,
-                Some(Ok(mut messages)) => {
-                    while let Some(Some(next)) = self.stop.run_until_cancelled(messages.next()).await {
-                        match next {
-                            Ok(message) => {
-                                failures = 0;
-                                self.take_in(message, &broker);
-                            }
-                            Err(e) => {
-                                debug!(error = %e, "cluster: taking a kept session's messages failed; again");
-                                break;
-                            }
-                        }
-                    }
-                }
-                Some(Err(e)) => debug!(error = %e, "cluster: cannot take a kept session's messages; again"),
-            }
-            failures += 1;
-            if self.stop.run_until_cancelled(pause(failures, &mut connects)).await.is_none() {
-                return;
-            }
-        }
-    }
-
-    /// Queues one message from the consumer for the session, or
-    /// acknowledges it at once when the session has no use for it.
-    fn take_in(&self, message: jetstream::Message, broker: &Broker) {
-        let Some(Pulled { ack, delivered, published }) = Pulled::of(&message) else { return };
-        let own = message
-            .message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(envelope::CLIENT_HEADER))
-            .is_some_and(|c| c.as_str() == &**self.session.client_id());
-        let decoded = self.queue.decode(message.message, published);
-        let mut state = self.session.lock();
-        if delivered > 1 && redelivered(&mut state, &ack) {
-            return;
-        }
-        if delivered > 1 && state.jetstream_received.contains(&ack.seq) {
-            // Received already; the acknowledgement was lost.
-            drop(state);
-            broker.acknowledged(&ack);
-            return;
-        }
-        let Some(mut delivery) = decoded.and_then(|m| self::delivery(Arc::new(m), &state.subscriptions, own)) else {
-            drop(state);
-            broker.acknowledged(&ack);
-            return;
-        };
-        delivery.jetstream = Some(Box::new(ack));
-        if state.push(delivery) {
-            drop(state);
-            self.session.wake();
-        } else {
-            debug!("cluster: a kept session's queue is full; JetStream delivers the message again later");
-        }
-    }
-}
-
-/// Waits before pulling again after `failures` failed pulls, or until the
-/// NATS connection is made again (JetStream has what was stored
-/// meanwhile), whichever comes first.
-async fn pause(failures: u32, connects: &mut watch::Receiver<u64>) {
-    tokio::select! {
-        () = tokio::time::sleep(super::setup_retry_delay(failures)) => {}
-        _ = connects.changed() => {}
-    }
-}
-
-/// Whether the session still holds the message JetStream delivered again
-/// as `ack` (its acknowledgement was lost, or the client is slow): if so,
-/// it is acknowledged with the new delivery's subject when its time comes.
-fn redelivered(state: &mut SessionState, ack: &JetStreamAck) -> bool {
-    let state = &mut *state;
-    let held = state.inflight.iter_mut().map(|i| &mut i.delivery).chain(state.pending.iter_mut());
-    for delivery in held {
-        if let Some(mine) = delivery.jetstream.as_mut().filter(|j| j.seq == ack.seq) {
-            mine.reply = ack.reply.clone();
-            return true;
-        }
-    }
-    false
-}
-
-/// The delivery of `message` to a session with `subscriptions`, as the
-/// router would make it (with No Local applied when the session's own
-/// client published it: `own`); `None` unless some non-shared
-/// subscription matches at QoS 1 or 2.
-fn delivery(
-    message: Arc<crate::router::Message>,
-    subscriptions: &HashMap<crate::codec::TopicFilter, Subscription>,
-    own: bool,
-) -> Option<Delivery> {
-    let mut granted = None;
-    let (mut retain, mut ids) = (false, Vec::new());
-    for (filter, sub) in subscriptions {
-        if filter.share_group().is_some()
-            || (own && sub.options.no_local)
-            || !crate::codec::topic::filter_matches(filter.filter(), message.topic.as_str())
-        {
-            continue;
-        }
-        granted = granted.max(Some(sub.options.qos));
-        retain |= sub.options.retain_as_published;
-        ids.extend(sub.id);
-    }
-    let qos = message.qos.min(granted?);
-    (qos != QoS::AtMostOnce).then(|| Delivery {
-        retain: message.retain && retain,
-        message,
-        qos,
-        subscription_ids: ids,
-        stored: None,
-        jetstream: None,
-    })
-}
-
 /// The branch wildcard (`{prefix}.t.>` or `{prefix}.d.>`) over `pattern`.
 fn branch(prefix: &str, pattern: &str) -> String {
     let rest = pattern.strip_prefix(prefix).and_then(|r| r.strip_prefix('.')).unwrap_or(pattern);
@@ -792,7 +511,6 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{Properties, SubscriptionOptions, TopicFilter};
 
     #[test]
     fn hex_round_trips_and_refuses_garbage() {
@@ -811,37 +529,5 @@ mod tests {
     fn branches_cover_their_patterns() {
         assert_eq!(branch("acme.moat", "acme.moat.t.a.*"), "acme.moat.t.>");
         assert_eq!(branch("moat", "moat.d.$SYS"), "moat.d.>");
-    }
-
-    #[test]
-    fn a_taken_message_is_delivered_as_the_router_would() {
-        let sub = |qos, id, rap| Subscription {
-            options: SubscriptionOptions { qos, retain_as_published: rap, ..SubscriptionOptions::default() },
-            id,
-        };
-        let subscriptions = HashMap::from([
-            (TopicFilter::new("a/#").expect("valid"), sub(QoS::AtLeastOnce, Some(1), false)),
-            (TopicFilter::new("a/+").expect("valid"), sub(QoS::ExactlyOnce, Some(2), true)),
-            (TopicFilter::new("$share/g/a/b").expect("valid"), sub(QoS::ExactlyOnce, Some(3), true)),
-            (TopicFilter::new("zero/#").expect("valid"), sub(QoS::AtMostOnce, None, false)),
-        ]);
-        let message = |topic: &str, qos| {
-            let topic = TopicName::new(topic).expect("valid");
-            Arc::new(crate::router::Message::new(topic, bytes::Bytes::new(), qos, true, &Properties::default()))
-        };
-        let d = delivery(message("a/b", QoS::ExactlyOnce), &subscriptions, false).expect("matches");
-        let mut ids = d.subscription_ids.clone();
-        ids.sort_unstable();
-        assert_eq!((d.qos, d.retain, ids), (QoS::ExactlyOnce, true, vec![1, 2]));
-        let d = delivery(message("a/b/c", QoS::ExactlyOnce), &subscriptions, false).expect("matches");
-        assert_eq!((d.qos, d.retain, d.subscription_ids), (QoS::AtLeastOnce, false, vec![1]));
-        assert!(delivery(message("zero/1", QoS::AtLeastOnce), &subscriptions, false).is_none(), "granted QoS 0");
-        assert!(delivery(message("a/b", QoS::AtMostOnce), &subscriptions, false).is_none(), "published at QoS 0");
-        assert!(delivery(message("b", QoS::AtLeastOnce), &subscriptions, false).is_none());
-        let mut mine = sub(QoS::AtLeastOnce, Some(4), false);
-        mine.options.no_local = true;
-        let subscriptions = HashMap::from([(TopicFilter::new("own/#").expect("valid"), mine)]);
-        assert!(delivery(message("own/1", QoS::AtLeastOnce), &subscriptions, true).is_none(), "No Local");
-        assert!(delivery(message("own/1", QoS::AtLeastOnce), &subscriptions, false).is_some());
     }
 }
