@@ -134,13 +134,27 @@ pub(super) struct Queue {
     /// and [`Queue::resync`] brings lagging consumers up to date.
     connects: watch::Sender<u64>,
     /// Sessions whose consumer could not be made to match them (JetStream
-    /// away or slow), by client id: `true` for a session kept already,
-    /// whose consumer now lags behind its subscriptions, so that this
-    /// node stores no QoS 1/2 message until it is brought up to date
-    /// ([`Queue::consumers_current`]); `false` for one not kept yet, which
-    /// queues here meanwhile. [`Queue::resync`] tries them again.
-    lagging: Mutex<HashMap<Arc<str>, bool>>,
+    /// away or slow), by client id: a session kept already, whose consumer
+    /// now lags behind its subscriptions, so that this node stores no QoS
+    /// 1/2 message until it is brought up to date
+    /// ([`Queue::consumers_current`]), or one not kept yet, which queues
+    /// here meanwhile. [`Queue::resync`] tries them again.
+    lagging: Mutex<HashMap<Arc<str>, Lag>>,
 }
+
+/// A session whose consumer could not be made to match it.
+#[derive(Debug, Clone, Copy)]
+struct Lag {
+    /// Kept already (its consumer lags behind its subscriptions), or not
+    /// kept yet.
+    kept: bool,
+    /// Failed attempts made while NATS was there.
+    failures: u32,
+}
+
+/// Failed attempts, made while connected, after which a kept session whose
+/// consumer cannot be updated is no longer kept.
+const LAGGING_ATTEMPTS: u32 = 10;
 
 /// What a node tells JetStream of a message it delivered: on this reply
 /// subject, that it was handled (`true`) or given back.
@@ -184,7 +198,7 @@ impl Queue {
     /// Whether every kept session's consumer matches its subscriptions, so
     /// that what JetStream stores now reaches whom it should.
     pub(super) fn consumers_current(&self) -> bool {
-        !self.lagging.lock().values().any(|kept| *kept)
+        !self.lagging.lock().values().any(|lag| lag.kept)
     }
 
     /// Sets up the stream, retrying while JetStream is away, then keeps
@@ -341,16 +355,7 @@ impl Queue {
         };
         let consumer = match self.set_consumer(&stream, config).await {
             Ok(consumer) => consumer,
-            Err(e) => {
-                let kept = session.lock().kept;
-                if kept {
-                    warn!(error = %e, "cluster: a kept session's consumer not updated; QoS 1/2 messages wait until it is");
-                } else {
-                    warn!(error = %e, "cluster: session not kept in JetStream yet; this node queues for it meanwhile");
-                }
-                self.lagging.lock().insert(session.client_id().clone(), kept);
-                return kept;
-            }
+            Err(e) => return self.lags(session, &e),
         };
         self.lagging.lock().remove(session.client_id());
         let mut state = session.lock();
@@ -366,6 +371,44 @@ impl Queue {
             broker.tasks.spawn(feeder.run(consumer, broker.clone()));
         }
         true
+    }
+
+    /// `session`'s consumer could not be made to match it (`error`):
+    /// remembered for [`Queue::resync`]. Returns whether the session stays
+    /// kept: a kept session does, until its consumer failed
+    /// [`LAGGING_ATTEMPTS`] times while NATS was there; then it queues on
+    /// its node like one never kept, rather than hold this node's QoS 1/2
+    /// publishers for ever.
+    fn lags(&self, session: &Session, error: &async_nats::Error) -> bool {
+        let connected =
+            self.client.get().is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected);
+        let kept = session.lock().kept;
+        let mut lagging = self.lagging.lock();
+        let first = !lagging.contains_key(session.client_id());
+        let lag = lagging.entry(session.client_id().clone()).or_insert(Lag { kept, failures: 0 });
+        lag.kept = kept;
+        lag.failures += u32::from(connected);
+        if kept && lag.failures >= LAGGING_ATTEMPTS {
+            *lag = Lag { kept: false, failures: 0 };
+            drop(lagging);
+            let mut state = session.lock();
+            state.kept = false;
+            if let Some(feeding) = state.feeding.take() {
+                feeding.cancel();
+            }
+            warn!(%error, "cluster: a kept session's consumer cannot be updated; its node queues for it until it can");
+            return false;
+        }
+        match (first, kept) {
+            (true, true) => {
+                warn!(%error, "cluster: a kept session's consumer not updated; QoS 1/2 messages wait until it is")
+            }
+            (true, false) => {
+                warn!(%error, "cluster: session not kept in JetStream yet; this node queues for it meanwhile")
+            }
+            _ => debug!(%error, "cluster: a session's consumer still not updated"),
+        }
+        kept
     }
 
     /// The connection of kept `session` ended with a new session expiry:

@@ -88,7 +88,7 @@ impl Queue {
     /// forgets those that ended or left this node meanwhile.
     fn lagging_sessions(&self, kept: bool, broker: &Broker) -> Vec<Arc<Session>> {
         let ids: Vec<Arc<str>> =
-            self.lagging.lock().iter().filter(|(_, k)| **k == kept).map(|(id, _)| id.clone()).collect();
+            self.lagging.lock().iter().filter(|(_, lag)| lag.kept == kept).map(|(id, _)| id.clone()).collect();
         let mut sessions = Vec::with_capacity(ids.len());
         for id in ids {
             match broker.sessions.get(&id) {
