@@ -16,7 +16,8 @@
 //!   publisher, needs a second trie and leaves windows in which a new remote
 //!   subscription misses messages. The publisher never waits: when the
 //!   queue is full (NATS slow or away) the message is not forwarded and is
-//!   counted (`moat_dropped_messages_total{reason="cluster"}`). The task
+//!   counted (`moat_dropped_messages_total{reason="cluster"}`), or, for a
+//!   QoS 1/2 publish while a session is kept somewhere, refused. The task
 //!   takes what is queued in batches and waits while the NATS client's own
 //!   queue is full, so the connection paces it; the queue in front of it,
 //!   bounded in messages and bytes, absorbs bursts meanwhile.
@@ -58,7 +59,8 @@
 //! PUBACK means "routed locally and handed to NATS". For persistent
 //! sessions JetStream keeps QoS 1/2 messages until their clients have
 //! them, and while any such session exists a PUBACK means "stored by
-//! JetStream" ([`queue`], [`Cluster::stored`]). Order from one
+//! JetStream", whatever happens to the connection meanwhile ([`queue`],
+//! `outbound`, [`Cluster::stored`]). Order from one
 //! publisher on one topic is kept while that topic matches a single one of
 //! the receiving node's subjects (NATS keeps order per subscription).
 //! Retained messages are the exception: JetStream stores them, so a node

@@ -32,12 +32,20 @@
 //! from the consumer's metadata ([`Queue::recover`]), and the new
 //! connection takes from the same consumer.
 //!
+//! **NATS away.** A session stays kept while its node is cut from NATS:
+//! what other nodes publish for it waits in JetStream, what its node
+//! publishes waits on the node (`outbound`), unacknowledged. When the
+//! connection is back, feeders pull again at once, and consumers that
+//! could not follow their sessions meanwhile are brought up to date
+//! before the node stores anything more ([`resync`]).
+//!
 //! Limits: messages published while a session becomes kept may arrive
 //! twice (QoS 1 allows it; QoS 2 should not), and messages queued on a
 //! node before its session was kept die with that node. A message
 //! JetStream delivers again (its acknowledgement was lost, or the client
 //! took longer than `redelivery_s`) is recognised by its stream sequence
-//! while the session still holds it, not after. A message JetStream sent
+//! while the session still holds it, and at QoS 2 after that too
+//! ([`crate::session::SessionState::jetstream_received`]). A message JetStream sent
 //! towards a pull the moment its connection ended reaches the client only
 //! when it is delivered again, after `redelivery_s`.
 //!
