@@ -71,11 +71,16 @@ impl Feeder {
             .and_then(|h| h.get(envelope::CLIENT_HEADER))
             .is_some_and(|c| c.as_str() == &**self.session.client_id());
         let decoded = self.queue.decode(message.message, published);
+        // JetStream may also deliver a message again as if for the first
+        // time (the consumer's state rolled back: its server was killed,
+        // or its leader cut off before the acknowledgement spread): a QoS
+        // 2 message is looked for whatever its delivery count.
+        let again = delivered > 1 || decoded.as_ref().is_some_and(|m| m.qos == QoS::ExactlyOnce);
         let mut state = self.session.lock();
-        if delivered > 1 && redelivered(&mut state, &ack) {
+        if again && redelivered(&mut state, &ack) {
             return;
         }
-        if delivered > 1 && state.jetstream_received.contains(&ack.seq) {
+        if again && state.jetstream_received.contains(&ack.seq) {
             // Received already; the acknowledgement was lost.
             drop(state);
             broker.acknowledged(&ack);

@@ -173,6 +173,7 @@ impl Publishing {
                     Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                         if !connack.session_present && !first {
                             // rumqttc drops what it held for the old session.
+                            eprintln!("{}: session lost on reconnecting; {} sent again", self.id, self.in_flight.len() + self.requested.len());
                             self.forget_client();
                         }
                         (connected, first) = (true, false);
