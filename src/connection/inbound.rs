@@ -348,19 +348,14 @@ where
             let mut state = self.attached.session.lock();
             let (known, mut moved) = state.mark_released(id);
             // The client has the message: JetStream need not keep it.
-            let ack = moved.as_mut().and_then(|e| e.delivery.jetstream.take());
-            if let Some(ack) = &ack {
-                self.broker.acknowledged(ack);
+            if let Some(ack) = moved.as_mut().and_then(|e| e.delivery.jetstream.take()) {
+                self.broker.acknowledged(&ack);
             }
             let moved = moved.map(|e| &*e).filter(|e| e.delivery.stored.is_some());
             if let Some(entry) = moved {
                 self.broker.store.delivery_state(self.attached.session.client_id(), entry);
             }
-            let stored = moved.is_some();
-            if let Some(ack) = ack {
-                state.received_from_jetstream(ack.seq);
-            }
-            (known, stored)
+            (known, moved.is_some())
         };
         if stored {
             // The PUBREL below waits until a resend after a crash would be a

@@ -70,18 +70,20 @@ impl Feeder {
             .as_ref()
             .and_then(|h| h.get(envelope::CLIENT_HEADER))
             .is_some_and(|c| c.as_str() == &**self.session.client_id());
+        let id = message_id(&message.message);
         let decoded = self.queue.decode(message.message, published);
         // JetStream may also deliver a message again as if for the first
         // time (the consumer's state rolled back: its server was killed,
-        // or its leader cut off before the acknowledgement spread): a QoS
-        // 2 message is looked for whatever its delivery count.
-        let again = delivered > 1 || decoded.as_ref().is_some_and(|m| m.qos == QoS::ExactlyOnce);
+        // or its leader cut off before the acknowledgement spread), or
+        // hold two copies of one published again: a QoS 2 message is
+        // looked for whatever its delivery count.
+        let exactly_once = decoded.as_ref().is_some_and(|m| m.qos == QoS::ExactlyOnce);
         let mut state = self.session.lock();
-        if again && redelivered(&mut state, &ack) {
+        if (delivered > 1 || exactly_once) && redelivered(&mut state, &ack) {
             return;
         }
-        if again && state.jetstream_received.contains(&ack.seq) {
-            // Received already; the acknowledgement was lost.
+        if (delivered > 1 || exactly_once) && state.took_from_jetstream_before(ack.seq, id) {
+            // Taken already and done with; its acknowledgement was lost.
             drop(state);
             broker.acknowledged(&ack);
             return;
@@ -91,8 +93,12 @@ impl Feeder {
             broker.acknowledged(&ack);
             return;
         };
+        let (seq, qos) = (ack.seq, delivery.qos);
         delivery.jetstream = Some(Box::new(ack));
         if state.push(delivery) {
+            if qos == QoS::ExactlyOnce {
+                state.took_from_jetstream(seq, id);
+            }
             drop(state);
             self.session.wake();
         } else {
@@ -109,6 +115,18 @@ pub(super) async fn pause(failures: u32, connects: &mut watch::Receiver<u64>) {
         () = tokio::time::sleep(crate::cluster::setup_retry_delay(failures)) => {}
         _ = connects.changed() => {}
     }
+}
+
+/// A hash of the message id (`Nats-Msg-Id`) a node gave a QoS 2 message
+/// (`outbound`), never 0; 0 for a message without one.
+fn message_id(message: &async_nats::Message) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let Some(id) = message.headers.as_ref().and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID)) else {
+        return 0;
+    };
+    let mut hasher = std::hash::DefaultHasher::new();
+    id.as_str().hash(&mut hasher);
+    hasher.finish() | 1
 }
 
 /// Whether the session still holds the message JetStream delivered again

@@ -45,7 +45,7 @@
 //! JetStream delivers again (its acknowledgement was lost, or the client
 //! took longer than `redelivery_s`) is recognised by its stream sequence
 //! while the session still holds it, and at QoS 2 after that too
-//! ([`crate::session::SessionState::jetstream_received`]). A message JetStream sent
+//! ([`crate::session::SessionState::jetstream_taken`]). A message JetStream sent
 //! towards a pull the moment its connection ended reaches the client only
 //! when it is delivered again, after `redelivery_s`.
 //!
