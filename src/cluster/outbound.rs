@@ -45,9 +45,9 @@ use crate::router::Message;
 /// How long JetStream has to answer for a message before it is published
 /// again (once NATS is there to take it).
 const STORE_WAIT: Duration = Duration::from_secs(2);
-/// Messages awaiting JetStream's answer that are published again at once
-/// when the first of them is found missing: those behind it were most
-/// likely lost with it.
+/// Messages awaiting JetStream's answer that are published again at once,
+/// when the first of them is found missing, if their own answer is overdue
+/// too (or they were never sent): they were most likely lost with it.
 const RETRY_WINDOW: usize = 256;
 /// How often a task waiting for the connection (and the kept sessions'
 /// consumers) to be back looks again.
@@ -297,9 +297,17 @@ impl Link {
             {
                 return;
             }
+            // Those whose answer may still come keep waiting for it: a copy
+            // sent now could be stored beside the first (QoS 1 carries no
+            // id).
+            let now = Instant::now();
             for next in &mut window {
                 if let Pending::Stored(storing) = next
-                    && !matches!(storing.attempt, Attempt::Refused)
+                    && match storing.attempt {
+                        Attempt::Due => true,
+                        Attempt::Sent(_, due) => due <= now,
+                        Attempt::Refused => false,
+                    }
                 {
                     storing.attempt = self.store(&js, storing, true, &broker).await;
                 }

@@ -299,11 +299,20 @@ impl Subscribing {
                         Ok(Event::Incoming(Packet::Publish(p))) => {
                             let n = std::str::from_utf8(&p.payload).ok().and_then(|s| s.parse::<u64>().ok());
                             if let Some(n) = n {
-                                *self.received.lock().entry(n).or_default() += 1;
+                                let mut received = self.received.lock();
+                                let count = received.entry(n).or_default();
+                                *count += 1;
+                                if *count > 1 {
+                                    // Shown with the test's output when it fails.
+                                    eprintln!("{}: {n} again (packet id {}, dup {})", self.id, p.pkid, p.dup);
+                                }
                             }
                         }
                         Ok(_) => {}
-                        Err(_) => tokio::time::sleep(RECONNECT_PAUSE).await,
+                        Err(e) => {
+                            eprintln!("{}: {e}", self.id);
+                            tokio::time::sleep(RECONNECT_PAUSE).await;
+                        }
                     }
                 }
             };
