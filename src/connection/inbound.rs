@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Close, Connection};
 use crate::auth::Action;
+use crate::broker::Refused;
 use crate::codec::{
     Packet, Properties, PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, TopicName, UnsubAck,
     Unsubscribe,
@@ -126,12 +127,11 @@ where
             if state.incoming_qos2.contains(&id) {
                 // A resend of a message already routed: acknowledge only,
                 // which is what makes QoS 2 exactly once [MQTT-4.3.3-10];
-                // like the first PUBREC, once the id is durable.
-                let persistent = state.expiry_s > 0;
+                // like the first PUBREC, once what it waited for is done:
+                // the id durable, the copies in JetStream (the client may
+                // resend because that wait ran out).
                 drop(state);
-                if persistent {
-                    self.await_store();
-                }
+                self.await_store();
                 self.send(&Packet::PubRec(PubResp::success(id)));
                 return Ok(());
             }
@@ -164,7 +164,8 @@ where
         let hold = (publish.qos != QoS::AtMostOnce && wait_ms > 0).then_some(&mut held);
         let routed = match transformed {
             Some(Some(message)) => {
-                self.broker.publish_shared(Arc::new(message), Some(&self.attached.session), refuse, hold)
+                let acknowledged = publish.qos != QoS::AtMostOnce;
+                self.broker.publish_shared(Arc::new(message), Some(&self.attached.session), refuse, acknowledged, hold)
             }
             Some(None) => {
                 self.broker.metrics.dropped(DropReason::Transform, 1);
@@ -177,6 +178,11 @@ where
         {
             // The refusal ends the QoS 2 exchange: no state is kept.
             self.attached.session.lock().incoming_qos2.remove(&id);
+        }
+        if routed == Err(Refused::NotForwarded) && !self.version.is_v5() {
+            // 3.1.1 cannot refuse a PUBLISH: without its acknowledgement,
+            // the client sends it again when it reconnects.
+            return Err(Close::Protocol(ReasonCode::SERVER_BUSY, "the cluster cannot take the message now"));
         }
         if let Some(id) = store_id {
             // Once durable, a resend after a crash is known as one.

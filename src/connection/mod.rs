@@ -311,9 +311,10 @@ where
     /// `wbuf` acknowledge durable messages. When the store has failed they
     /// are dropped unsent and the connection closes, so the client resends.
     async fn await_durable(&mut self) -> Result<(), Close> {
-        if let Some(barrier) = self.replicated.take() {
-            // Fails only when the cluster link is gone (shutdown).
-            let _ = barrier.wait().await;
+        if let Some(barrier) = self.replicated.take()
+            && !barrier.is_ready()
+        {
+            self.await_replicated(barrier).await?;
         }
         let Some(barrier) = self.durable.take() else { return Ok(()) };
         if barrier.wait().await.is_err() {
@@ -321,6 +322,37 @@ where
             return Err(Close::Protocol(ReasonCode::UNSPECIFIED_ERROR, "store failed"));
         }
         Ok(())
+    }
+
+    /// In a cluster: waits until JetStream has stored what the
+    /// acknowledgements in `wbuf` acknowledge (`Cluster::stored`), at most
+    /// `[cluster] store_timeout_s`, and no longer than the connection
+    /// lasts. Otherwise they are dropped unsent and the connection closes,
+    /// so the client publishes again: nothing is acknowledged that
+    /// JetStream may not have.
+    async fn await_replicated(&mut self, barrier: crate::store::Barrier) -> Result<(), Close> {
+        let (kicked, shutdown) = (self.attached.kicked.clone(), self.broker.shutdown.clone());
+        let close = tokio::select! {
+            biased;
+            stored = tokio::time::timeout(self.store_timeout(), barrier.wait()) => match stored {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(_)) => Close::Shutdown,
+                Err(_) => Close::Protocol(ReasonCode::SERVER_BUSY, "the cluster did not store a message in time"),
+            },
+            () = kicked.cancelled() => kicked_close(&self.attached.session),
+            () = shutdown.cancelled() => Close::Shutdown,
+        };
+        self.wbuf.clear();
+        Err(close)
+    }
+
+    /// `[cluster] store_timeout_s`; never waited for without a cluster.
+    fn store_timeout(&self) -> Duration {
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = self.broker.cluster() {
+            return cluster.store_timeout();
+        }
+        Duration::ZERO
     }
 
     /// Writes the write buffer out within `limits.write_timeout_ms`; a
@@ -377,6 +409,9 @@ where
             Close::Protocol(code, why) => debug!(reason = %code, why, "closing: protocol error"),
             other => debug!(reason = ?other, "connection closed"),
         }
+        // Acknowledgements still waiting for JetStream go unsent: the
+        // client resends what they were for, wherever it connects next.
+        self.replicated = None;
         let close = self.await_durable().await.err().unwrap_or(close);
         if self.version.is_v5()
             && let Some(reason) = close.server_reason()

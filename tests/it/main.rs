@@ -22,6 +22,8 @@ mod limits;
 mod login_throttle;
 mod malformed;
 mod ops;
+#[cfg(feature = "cluster")]
+mod partition;
 mod password_file;
 mod pki;
 mod plugin_cache;
