@@ -132,9 +132,11 @@ impl Plugin for Acl {
         // that merely claimed one is anonymous here.
         match self.rules.check(client.verified_username(), &client.client_id, op, topic) {
             Answer::Allow => Decision::Allow(self.cache_ms),
-            Answer::Denied(rule) => Decision::Deny(format!("{action:?} on {topic} denied by rule `{rule}`")),
+            Answer::Denied(rule) => {
+                Decision::Deny(format!("{} {topic} is denied by the rule `deny {rule}`", action.doing()))
+            }
             Answer::NoGrant => match self.no_match {
-                NoMatch::Deny => Decision::Deny(format!("no rule grants {action:?} on {topic}")),
+                NoMatch::Deny => Decision::Deny(format!("no rule allows {} {topic}", action.doing())),
                 NoMatch::Ignore => Decision::Ignore,
             },
         }

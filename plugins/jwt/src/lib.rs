@@ -221,7 +221,7 @@ impl Plugin for Jwt {
         if allowed {
             Decision::Allow(ttl_ms)
         } else {
-            Decision::Deny(format!("token does not allow {action:?} on {topic}"))
+            Decision::Deny(format!("the client's token does not allow {} {topic}", action.doing()))
         }
     }
 }

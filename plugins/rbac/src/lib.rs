@@ -163,7 +163,9 @@ impl Plugin for Rbac {
         };
         match self.model.decide(client, &self.role_attribute, op, topic) {
             Some((true, _)) => Decision::Allow(self.cache_ms),
-            Some((false, rule)) => Decision::Deny(format!("{action:?} on {topic} denied by `{rule}`")),
+            Some((false, rule)) => {
+                Decision::Deny(format!("{} {topic} is denied by a deny permission on `{rule}`", action.doing()))
+            }
             None => {
                 let d = &self.model.defaults;
                 let fallback = match op {
@@ -173,7 +175,9 @@ impl Plugin for Rbac {
                 };
                 match fallback {
                     Fallback::Allow => Decision::Allow(self.cache_ms),
-                    Fallback::Deny => Decision::Deny(format!("no permission matches {action:?} on {topic}")),
+                    Fallback::Deny => {
+                        Decision::Deny(format!("no permission of the client's roles covers {} {topic}", action.doing()))
+                    }
                     Fallback::Ignore => Decision::Ignore,
                 }
             }
