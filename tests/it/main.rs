@@ -14,6 +14,7 @@ mod cli;
 #[cfg(feature = "cluster")]
 mod cluster;
 mod connect;
+mod denial_log;
 mod durable;
 mod harness;
 mod jwt_plugin;
