@@ -62,6 +62,7 @@ use std::cell::RefCell;
 mod alloc;
 mod config;
 mod export;
+mod files;
 mod host;
 pub mod testing;
 
@@ -69,6 +70,7 @@ pub mod testing;
 pub use export::Export;
 
 pub use config::Config;
+pub use files::{describe as describe_io_error, read_file};
 pub use host::{Level, log, now_ms};
 
 /// The bindings generated from the `moat:plugin` WIT package.

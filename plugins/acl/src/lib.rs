@@ -95,11 +95,7 @@ impl Acl {
             if !path.starts_with('/') {
                 return Err(format!("acl_file `{path}` must be an absolute path"));
             }
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                format!(
-                    "cannot read acl_file {path}: {e} (grant its directory in the sidecar: [grants] read = [\"/dir\"])"
-                )
-            })?;
+            let text = read_file(path).map_err(|e| format!("acl_file: {e}"))?;
             mosquitto::parse(&text, &mut rules).map_err(|e| format!("acl_file {path} {e}"))?;
         }
         if rules.is_empty() {

@@ -98,9 +98,7 @@ fn read_file(path: &str) -> Result<Document, String> {
     if !path.starts_with('/') {
         return Err(format!("file `{path}` must be an absolute path"));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        format!("cannot read {path}: {e} (grant its directory in the sidecar: [grants] read = [\"/dir\"])")
-    })?;
+    let text = moat_plugin_sdk::read_file(path).map_err(|e| format!("file: {e}"))?;
     if path.ends_with(".toml") {
         toml::from_str(&text).map_err(|e| format!("{path}: {e}"))
     } else if path.ends_with(".json") {
