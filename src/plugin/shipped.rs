@@ -50,10 +50,14 @@ pub fn find(name: &str) -> Option<&'static Shipped> {
     all().iter().find(|s| s.name == name)
 }
 
+/// Why this binary ships no plugin, when it ships none: built without the
+/// `shipped-plugins` feature, or without the wasm32-wasip2 target.
+pub const ABSENT: &str = include!(concat!(env!("OUT_DIR"), "/shipped_absent.rs"));
+
 /// The names of the shipped plugins, for messages: `a, b, c`.
 pub fn names() -> String {
     let names: Vec<&str> = all().iter().map(|s| s.name).collect();
-    if names.is_empty() { "none (built without the `shipped-plugins` feature)".to_owned() } else { names.join(", ") }
+    if names.is_empty() { format!("none ({ABSENT})") } else { names.join(", ") }
 }
 
 impl Shipped {
