@@ -15,6 +15,7 @@ mod cli;
 mod cluster;
 mod connect;
 mod denial_log;
+mod docs;
 mod durable;
 mod harness;
 mod jwt_plugin;
