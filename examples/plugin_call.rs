@@ -7,7 +7,10 @@
 //! `topic_prefix.wasm` and `payload_upper.wasm` to measure other builds of
 //! them, e.g. `plugins/target/wasm32-wasip2/release`). Not a test: it prints figures and each plugin's
 //! counters. `PLUGIN_CALL_ITERATIONS=N` measures N calls per figure instead
-//! of 200,000 (after N/10 warm-up calls), e.g. for a run under callgrind.
+//! of 200,000 (after N/10 warm-up calls), e.g. for a run under callgrind;
+//! `PLUGIN_CALL_ONLY=NAME` measures only that figure (`authorize`, `bare`,
+//! `cached`, `transform`, `bypass`), so two callgrind runs with different N
+//! give one call's instructions by difference.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -51,7 +54,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         attributes: Vec::new(),
     };
 
-    let authorize = measure(async || {
+    let authorize = measure("authorize", async || {
         let v = policy.authorize(&client, Action::Publish, black_box("bench/sensor/1"), QoS::AtMostOnce, false).await;
         black_box(v);
     })
@@ -62,14 +65,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // copying the client record into the guest (one guest allocation per
     // non-empty string).
     let bare = ClientInfo { client_id: String::new(), listener: String::new(), ..client.clone() };
-    let bare_cost = measure(async || {
+    let bare_cost = measure("bare", async || {
         black_box(policy.authorize(&bare, Action::Publish, black_box("bench/1"), QoS::AtMostOnce, false).await);
     })
     .await;
     println!("authorize, bare client:  {:>8.0} ns/call", bare_cost);
 
     let mut cache = AuthzCache::new(1024);
-    let cached = measure(async || {
+    let cached = measure("cached", async || {
         let check = cache.check(&policy, &client, Action::Publish, black_box("bench/sensor/1"), QoS::AtMostOnce, false);
         black_box(check.await);
     })
@@ -78,13 +81,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let message =
         PluginMessage::new(TopicName::new("upper/sensor/1")?, Bytes::from(vec![b'a'; 64]), QoS::AtMostOnce, false);
-    let transform = measure(async || {
+    let transform = measure("transform", async || {
         black_box(policy.transform(&client, black_box(&message)).await);
     })
     .await;
     println!("warm transform (wasm):   {:>8.0} ns/call", transform);
 
-    let bypass = measure(async || {
+    let bypass = measure("bypass", async || {
         black_box(policy.wants_transform(black_box("plain/sensor/1")));
     })
     .await;
@@ -97,8 +100,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Mean nanoseconds per call of `f`, after a warm-up.
-async fn measure(mut f: impl AsyncFnMut()) -> f64 {
+/// Mean nanoseconds per call of `f`, after a warm-up; not a number when
+/// `PLUGIN_CALL_ONLY` names another figure.
+async fn measure(name: &str, mut f: impl AsyncFnMut()) -> f64 {
+    if std::env::var("PLUGIN_CALL_ONLY").is_ok_and(|only| only != name) {
+        return f64::NAN;
+    }
     let iterations = iterations().max(1);
     for _ in 0..iterations / 10 {
         f().await;

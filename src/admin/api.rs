@@ -129,7 +129,7 @@ fn plugins(broker: &Broker) -> Value {
                 "limits": {
                     "memory_bytes": limits.memory_bytes,
                     "timeout_ms": u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
-                    "instances": limits.instances,
+                    "instances": p.warm_instances(),
                     "max_answer_bytes": limits.max_answer_bytes,
                 },
                 "counters": {

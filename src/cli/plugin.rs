@@ -162,10 +162,10 @@ fn print_settings(settings: &PluginSettings, from: &str) {
     let l = &settings.limits;
     println!("settings   {from}");
     println!(
-        "limits     memory {} MiB per instance, {} ms per call (init: at least 1000 ms), {} warm instances, answers up to {} bytes",
+        "limits     memory {} MiB per instance, {} ms per call (init: at least 1000 ms), {}, answers up to {} bytes",
         l.memory_bytes >> 20,
         l.timeout.as_millis(),
-        l.instances,
+        l.instances.map_or_else(|| "warm instances sized from memory".to_owned(), |n| format!("{n} warm instances")),
         l.max_answer_bytes
     );
     let on_error = match settings.on_error {
@@ -187,6 +187,7 @@ fn print_settings(settings: &PluginSettings, from: &str) {
 }
 
 fn print_manifest(plugin: &LoadedPlugin) {
+    println!("warm       {} instances kept", plugin.warm_instances());
     let m = plugin.manifest();
     let hooks: Vec<&str> = m.hooks.iter().map(|h| h.name()).collect();
     println!("hooks      {}", if hooks.is_empty() { "none".to_owned() } else { hooks.join(", ") });

@@ -14,20 +14,21 @@ use crate::codec::{
 };
 use crate::metrics::{DropReason, Limit};
 use crate::router::Message;
-use crate::session::{Delivery, Held, InflightState, Session, Subscription};
+use crate::session::{Delivery, Held, InflightState, Refusal, Session, Subscription};
 
 /// A QoS 1/2 publish some of whose deliveries met full queues of
 /// connected subscribers. The connection holds them, and the publish's
 /// acknowledgement, and reads nothing more from its client until they are
 /// queued or `limits.queue_full_wait_ms` runs out: the publisher is paced
 /// by the slowest subscriber it shares a topic with, as TCP would pace it,
-/// rather than acknowledged and then dropped.
+/// rather than acknowledged and then dropped. Held copies for persistent
+/// sessions are stored all the same, in the commit that stores a QoS 2
+/// packet id, so a crash while holding keeps the copies and the id
+/// together, as for a publish that was not held.
 pub(super) struct HeldPublish {
     deliveries: Vec<Held>,
     /// PUBACK or PUBREC, sent once nothing is held.
     ack: Option<Packet>,
-    /// A QoS 2 packet id to record in the store once the copies are.
-    qos2_stored: Option<crate::codec::PacketId>,
     until: Instant,
 }
 
@@ -124,8 +125,13 @@ where
             let mut state = self.attached.session.lock();
             if state.incoming_qos2.contains(&id) {
                 // A resend of a message already routed: acknowledge only,
-                // which is what makes QoS 2 exactly once [MQTT-4.3.3-10].
+                // which is what makes QoS 2 exactly once [MQTT-4.3.3-10];
+                // like the first PUBREC, once the id is durable.
+                let persistent = state.expiry_s > 0;
                 drop(state);
+                if persistent {
+                    self.await_store();
+                }
                 self.send(&Packet::PubRec(PubResp::success(id)));
                 return Ok(());
             }
@@ -166,9 +172,7 @@ where
             // The refusal ends the QoS 2 exchange: no state is kept.
             self.attached.session.lock().incoming_qos2.remove(&id);
         }
-        if let Some(id) = store_id
-            && held.is_empty()
-        {
+        if let Some(id) = store_id {
             // Once durable, a resend after a crash is known as one.
             self.broker.store.incoming_qos2(self.attached.session.client_id(), id, true);
         }
@@ -195,7 +199,7 @@ where
             }
         } else {
             let until = Instant::now() + std::time::Duration::from_millis(wait_ms);
-            self.held = Some(Box::new(HeldPublish { deliveries: held, ack, qos2_stored: store_id, until }));
+            self.held = Some(Box::new(HeldPublish { deliveries: held, ack, until }));
         }
         Ok(())
     }
@@ -263,12 +267,33 @@ where
     /// (counted), marks those subscribers slow, acknowledges and reads on.
     pub(super) fn give_up_held(&mut self) -> Result<(), Close> {
         if let Some(held) = &mut self.held {
-            for Held { session, .. } in held.deliveries.drain(..) {
+            for Held { session, delivery } in held.deliveries.drain(..) {
                 session.mark_slow();
                 self.broker.metrics.dropped(DropReason::QueueFull, 1);
+                self.broker.delivered(session.client_id(), &delivery);
             }
         }
         self.release_held()
+    }
+
+    /// The connection ends while it holds a publish: each held delivery is
+    /// offered once more, and what still does not fit is dropped (counted,
+    /// and forgotten by the store) as when the wait runs out. The
+    /// publisher got no acknowledgement, but its session remembers a QoS 2
+    /// packet id, so a resend is acknowledged and not routed again.
+    pub(super) fn drop_held(&mut self) {
+        let Some(held) = self.held.take() else { return };
+        let (store, metrics) = (&*self.broker.store, &self.broker.metrics);
+        for Held { session, delivery } in held.deliveries {
+            match session.enqueue_and_store(delivery, Some(store), false) {
+                Ok(evicted) => metrics.dropped(DropReason::QueueFull, evicted as u64),
+                Err(Refusal::Dropped(reason)) => metrics.dropped(reason, 1),
+                // Its share group's member left meanwhile: another takes it.
+                Err(Refusal::Away(delivery)) => self.broker.router.redispatch(vec![delivery], store, metrics),
+                // `enqueue_and_store` drops what does not fit.
+                Err(Refusal::Full(_)) => metrics.dropped(DropReason::QueueFull, 1),
+            }
+        }
     }
 
     /// Acknowledges a held publish; the packets that arrived while it was
@@ -278,10 +303,7 @@ where
         // The client's keep alive counts from here: it was the broker
         // that was not reading.
         self.last_read = Instant::now();
-        if let Some(id) = held.qos2_stored {
-            self.broker.store.incoming_qos2(self.attached.session.client_id(), id, true);
-        }
-        // The copies queued since the publish were stored since, too.
+        // The copies queued since the publish were stored again since.
         self.await_store();
         if let Some(ack) = held.ack {
             self.send(&ack);

@@ -394,6 +394,7 @@ where
         })
         .await;
         self.counts.bytes_sent += unsent.saturating_sub(self.wbuf.len()) as u64;
+        self.drop_held();
         if self.session_expiry_s > 0 {
             // Still owed to a session that outlives this connection.
             let owed = self.retained.drain(..).filter(|d| d.qos != crate::codec::QoS::AtMostOnce);

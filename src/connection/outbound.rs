@@ -19,13 +19,19 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     /// Resends what the previous connection left unacknowledged, in order,
-    /// with DUP set [MQTT-4.4.0-1]. Each message is authorized again for
-    /// this connection (`receive`): the session may have been taken over by
-    /// another principal, or the policy changed, since it was sent. One it
-    /// may not receive is dropped from the session (and counted), as a
-    /// queued one is in `drain`. A PUBREL carries no message and goes out.
+    /// with DUP set [MQTT-4.4.0-1], once the state these packets show is
+    /// durable: what the end of that connection reported to the store (the
+    /// session's messages again) may still be on its way. Each message is
+    /// authorized again for this connection (`receive`): the session may
+    /// have been taken over by another principal, or the policy changed,
+    /// since it was sent. One it may not receive is dropped from the session
+    /// (and counted), as a queued one is in `drain`. A PUBREL carries no
+    /// message and goes out.
     pub(super) async fn resume(&mut self) -> Result<(), Close> {
         let inflight: Vec<Inflight> = self.attached.session.lock().inflight.iter().cloned().collect();
+        if !inflight.is_empty() {
+            self.await_store();
+        }
         let policy = self.broker.policy();
         let now = std::time::Instant::now();
         let mut refused = Vec::new();
@@ -46,6 +52,7 @@ where
             }
         }
         self.drop_inflight(&refused);
+        self.await_durable().await?;
         self.flush().await
     }
 
@@ -169,14 +176,24 @@ where
             };
             let waiting =
                 if delivery.qos == QoS::AtLeastOnce { InflightState::AwaitPubAck } else { InflightState::AwaitPubRec };
-            let entry = Inflight { packet_id, delivery, state: waiting };
-            if waiting == InflightState::AwaitPubRec && entry.delivery.stored.is_some() {
-                // A QoS 2 message goes out only once its packet id is
-                // stored: resent after a crash it must carry the same id,
-                // or the client would take it for a new message. QoS 1
-                // may be resent under a new id, so it skips this write.
-                store.delivery_state(client_id, &entry);
-                stored_qos2 = true;
+            let mut entry = Inflight { packet_id, delivery, state: waiting };
+            if waiting == InflightState::AwaitPubRec {
+                // A QoS 2 message to a session that outlives its
+                // connection goes out only once its packet id is stored:
+                // resent after a crash it must carry the same id, or the
+                // client would take it for a new message (and a new one
+                // under an id it still holds for a resend). A retained
+                // message sent because of a subscription was never
+                // queued, so it gets its key here. QoS 1 may be resent
+                // under a new id, so it skips this write.
+                let delivery = &mut entry.delivery;
+                if delivery.stored.is_none() && delivery.jetstream.is_none() && state.expiry_s > 0 {
+                    delivery.stored = store.message_key();
+                }
+                if delivery.stored.is_some() {
+                    store.delivery_state(client_id, &entry);
+                    stored_qos2 = true;
+                }
             }
             state.inflight.push_back(entry);
         }

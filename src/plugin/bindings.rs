@@ -110,6 +110,11 @@ impl HostState {
         self.memory_now > self.memory_cap / 4 * 3
     }
 
+    /// Linear memory the instance holds, all memories summed.
+    pub(crate) fn memory_bytes(&self) -> usize {
+        self.memory_now
+    }
+
     /// What the guest wrote since the last call, if anything.
     pub(crate) fn take_output(&self) -> Option<Written> {
         self.capture.take()
@@ -188,3 +193,33 @@ impl self::moat::plugin::host::Host for HostState {
 }
 
 impl self::moat::plugin::types::Host for HostState {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plugin::OutputSettings;
+
+    fn state(memory_cap: usize) -> HostState {
+        let log = Arc::new(PluginLog::new("p".into(), OutputSettings::default(), Arc::default()));
+        HostState::new(log, memory_cap, &Grants::default()).expect("a host state")
+    }
+
+    #[test]
+    fn the_memory_cap_holds_for_all_memories_together() {
+        let mut s = state(10 << 20);
+        assert!(s.memory_growing(0, 6 << 20, None).expect("a first memory of 6 MiB"));
+        assert!(s.memory_growing(0, 6 << 20, None).is_err(), "a second of 6 MiB makes 12 together");
+        assert!(s.memory_growing(0, 4 << 20, None).expect("a second of 4 MiB fits"));
+        assert!(s.memory_growing(6 << 20, 7 << 20, None).is_err(), "growing the first counts its growth");
+        assert!(s.near_memory_cap(), "10 MiB of 10 is near the cap");
+    }
+
+    #[test]
+    fn table_elements_count_across_tables() {
+        let mut s = state(10 << 20);
+        assert!(s.table_growing(0, MAX_TABLE_ELEMENTS - 10, None).expect("one table"));
+        assert!(!s.table_growing(0, 11, None).expect("a second table past the total"));
+        assert!(s.table_growing(0, 10, None).expect("one that fits"));
+        assert_eq!((s.instances(), s.memories(), s.tables()), (MAX_INSTANCES, MAX_MEMORIES, MAX_TABLES));
+    }
+}

@@ -109,10 +109,14 @@ pub(crate) struct Counts {
     pub(crate) refused: AtomicU64,
 }
 
-/// Components already compiled by this host, keyed by a hash of their bytes
-/// (and checked byte for byte): a reload recompiles only changed files.
-/// Touched only while loading, never on the call path.
-pub(crate) type CompiledCache = HashMap<u64, (Arc<[u8]>, Component)>;
+/// Components already compiled by this host, keyed by the SHA-256 of their
+/// bytes: a reload recompiles only changed files. Only the digest is kept,
+/// not the bytes (an 18 MB CPython component would otherwise stay resident
+/// twice). Touched only while loading, never on the call path.
+pub(crate) type CompiledCache = HashMap<Digest, Component>;
+
+/// The SHA-256 of a component's bytes.
+pub(crate) type Digest = [u8; 32];
 
 /// Most compiled components kept; past this the cache starts over.
 pub(crate) const MAX_COMPILED: usize = 64;

@@ -26,7 +26,7 @@ use wasmtime::{Engine, Store, Trap};
 
 use super::bindings::{self, HostState, MemoryCapExceeded, PluginPre};
 use super::convert::{self, AuthnAnswer, AuthzAnswer, ClientScratch, MessageScratch, TransformAnswer};
-use super::engine::EPOCH_TICK;
+use super::engine::{Digest, EPOCH_TICK};
 use super::output::PluginLog;
 use super::{CallFailure, Hook, Manifest, PluginSettings, PluginStats};
 use crate::auth::{Action, ClientInfo, Credentials, PluginMessage};
@@ -93,6 +93,9 @@ pub fn authn_concurrency() -> usize {
 pub struct LoadedPlugin {
     name: Arc<str>,
     path: PathBuf,
+    /// The SHA-256 of its component: what the host's compiled cache knows
+    /// it by.
+    digest: Digest,
     settings: PluginSettings,
     manifest: Manifest,
     engine: Engine,
@@ -106,6 +109,8 @@ pub struct LoadedPlugin {
     /// under each client's connect deadline, and never takes the threads
     /// or permits other plugins' clients need.
     authn_permits: Arc<Semaphore>,
+    /// Warm instances kept ([`super::Limits::warm_instances`]).
+    keep_warm: usize,
     /// Instances pinned by enhanced-authentication exchanges now; beyond
     /// `limits.exchanges` a new exchange is refused, not queued.
     exchanges: Arc<AtomicUsize>,
@@ -118,6 +123,7 @@ impl LoadedPlugin {
     pub(crate) fn start(
         name: Arc<str>,
         path: PathBuf,
+        digest: Digest,
         settings: PluginSettings,
         engine: Engine,
         pre: PluginPre<HostState>,
@@ -128,9 +134,11 @@ impl LoadedPlugin {
             super::block_on(instantiate(&engine, &pre, &log, &settings)).map_err(|f| f.to_string())?;
         let manifest = Manifest::from_wit(manifest?)?;
         let deadline_ticks = ticks(settings.limits.timeout);
+        let keep_warm = settings.limits.warm_instances(slot.store.data().memory_bytes());
         Ok(LoadedPlugin {
             name,
             path,
+            digest,
             manifest,
             engine,
             pre,
@@ -138,6 +146,7 @@ impl LoadedPlugin {
             stats,
             log,
             deadline_ticks,
+            keep_warm,
             authn_permits: Arc::new(Semaphore::new(authn_concurrency())),
             exchanges: Arc::new(AtomicUsize::new(0)),
             settings,
@@ -154,6 +163,11 @@ impl LoadedPlugin {
         &self.path
     }
 
+    /// The SHA-256 of its component.
+    pub(crate) fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
     /// Its settings (sidecar or defaults).
     pub fn settings(&self) -> &PluginSettings {
         &self.settings
@@ -162,6 +176,11 @@ impl LoadedPlugin {
     /// What `init` declared.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
+    }
+
+    /// How many instances it keeps warm.
+    pub fn warm_instances(&self) -> usize {
+        self.keep_warm
     }
 
     /// Its counters.
@@ -335,7 +354,7 @@ impl LoadedPlugin {
         }
         if !slot.store.data().near_memory_cap() {
             let mut idle = self.idle.lock();
-            if idle.len() < self.settings.limits.instances {
+            if idle.len() < self.keep_warm {
                 idle.push(slot);
             }
         }

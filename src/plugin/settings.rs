@@ -8,7 +8,7 @@
 //! [limits]
 //! memory_mb = 32
 //! timeout_ms = 10
-//! instances = 4
+//! instances = 4             # default: as many as 32 MiB of instances hold, 1 to 4
 //! max_answer_bytes = 65536
 //! exchanges = 64             # MQTT 5 AUTH exchanges holding an instance at once
 //! [output]                   # what the guest prints (stdout, stderr, host.log)
@@ -53,10 +53,12 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Deadline of one call, enforced with epochs.
     pub timeout: Duration,
-    /// Warm instances kept for concurrent calls. A call that finds none idle
-    /// gets a fresh instance (never waits); instances beyond this number are
+    /// Warm instances kept for concurrent calls; `None` sizes the pool from
+    /// the plugin's memory (see [`Limits::warm_instances`]). A call that
+    /// finds none idle gets a fresh instance (never waits); instances beyond
+    /// this number are
     /// dropped after their call.
-    pub instances: usize,
+    pub instances: Option<usize>,
     /// Largest answer accepted from one call (strings, lists and messages
     /// summed); a larger one counts as a failure.
     pub max_answer_bytes: usize,
@@ -66,12 +68,30 @@ pub struct Limits {
     pub exchanges: usize,
 }
 
+/// Linear memory the warm instances of a plugin whose `instances` is not
+/// set may hold together: a few instances of a small plugin, one or two of
+/// a CPython one (about 13 MiB each).
+const WARM_MEMORY: usize = 32 << 20;
+
+/// Most warm instances of a plugin whose `instances` is not set: enough for
+/// the calls that run at once on a small machine.
+const MAX_WARM: usize = 4;
+
+impl Limits {
+    /// How many instances to keep warm: `instances` when set, else as many
+    /// instances of `instance_bytes` (one instance's memory after `init`)
+    /// as [`WARM_MEMORY`] holds, at least one and at most [`MAX_WARM`].
+    pub fn warm_instances(&self, instance_bytes: usize) -> usize {
+        self.instances.unwrap_or_else(|| (WARM_MEMORY / instance_bytes.max(1)).clamp(1, MAX_WARM))
+    }
+}
+
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
             memory_bytes: 32 << 20,
             timeout: Duration::from_millis(10),
-            instances: 4,
+            instances: None,
             max_answer_bytes: 64 << 10,
             exchanges: 64,
         }
@@ -282,7 +302,7 @@ impl PluginSettings {
                 None => defaults.timeout,
             },
             instances: match limits.instances {
-                Some(n) => positive("limits.instances", n)?,
+                Some(n) => Some(positive("limits.instances", n)?),
                 None => defaults.instances,
             },
             max_answer_bytes: match limits.max_answer_bytes {
@@ -348,8 +368,18 @@ mod tests {
         assert_eq!(s.config_json, r#"{"users":["a"]}"#);
         assert_eq!(s.limits.memory_bytes, 8 << 20);
         assert_eq!(s.limits.timeout, Duration::from_millis(50));
-        assert_eq!(s.limits.instances, 2);
+        assert_eq!(s.limits.instances, Some(2));
         assert_eq!(s.limits.max_answer_bytes, 100);
+    }
+
+    #[test]
+    fn warm_instances_follow_memory_unless_set() {
+        let l = Limits::default();
+        assert_eq!(l.warm_instances(1 << 20), 4, "a small plugin");
+        assert_eq!(l.warm_instances(13 << 20), 2, "a CPython plugin");
+        assert_eq!(l.warm_instances(40 << 20), 1, "never none");
+        assert_eq!(l.warm_instances(0), 4);
+        assert_eq!(Limits { instances: Some(3), ..l }.warm_instances(40 << 20), 3, "the operator's number");
     }
 
     #[test]

@@ -233,7 +233,7 @@ mod tests {
         assert_eq!(defaults.limits.memory_bytes, 64 << 20);
         let table: Sidecar = toml::from_str("order = 3\n[limits]\ninstances = 2\n").expect("table");
         let settings = password_file.settings(&table, Path::new(".")).expect("settings");
-        assert_eq!((settings.order, settings.limits.instances), (3, 2));
+        assert_eq!((settings.order, settings.limits.instances), (3, Some(2)));
         assert_eq!(settings.limits.memory_bytes, 64 << 20, "unset limits keep the shipped defaults");
         assert!(names().contains("password-file"));
     }

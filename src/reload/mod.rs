@@ -271,6 +271,9 @@ impl Broker {
         let names = |p: &Policy| p.plugins().plugins().iter().map(|p| p.name().to_string()).collect::<Vec<_>>();
         let generation = policy.generation();
         let previous = self.set_policy(policy.clone());
+        if let Some(host) = &*self.reload.host.lock() {
+            host.retain_compiled(policy.plugins());
+        }
         let (old, new) = (names(&previous), names(&policy));
         if new.is_empty() && !old.is_empty() {
             warn!("no plugins left: clients are authenticated by the listeners' settings and every action is allowed");

@@ -17,6 +17,7 @@ mod connect;
 mod denial_log;
 mod docs;
 mod durable;
+mod exactly_once;
 mod harness;
 mod jwt_plugin;
 mod limits;
