@@ -144,9 +144,15 @@ where
         // 3.1.1 has no way to refuse a PUBLISH: it is acknowledged and
         // dropped, as Mosquitto does.
         let message = Message::new(publish.topic, publish.payload, publish.qos, publish.retain, &publish.properties);
-        // Boxed: transforms are rare next to publishes, and the future is
-        // large next to the connection's (kept for its whole life).
-        let transformed = if permitted { Some(Box::pin(self.transform(&policy, message)).await) } else { None };
+        let transformed = if !permitted {
+            None
+        } else if policy.wants_transform(message.topic.as_str()) {
+            // Boxed: transforms are rare next to publishes, and the future
+            // is large next to the connection's (kept for its whole life).
+            Some(Box::pin(self.transform(&policy, message)).await)
+        } else {
+            Some(Some(message))
+        };
         // The copies for persistent sessions and the packet id are
         // committed together, so a crash keeps both or neither.
         let group = store_id.map(|_| self.broker.store.group());

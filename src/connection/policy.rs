@@ -303,13 +303,10 @@ where
         self.authz.cached(now, policy, action, topic, qos, retain)
     }
 
-    /// Applies the transform plugins registered for the message's topic.
-    /// `None` means a plugin dropped it. Its future is large: a caller
-    /// keeps it boxed.
+    /// Applies the transform plugins registered for the message's topic,
+    /// for a caller that found [`Policy::wants_transform`]. `None` means a
+    /// plugin dropped it. Its future is large: a caller keeps it boxed.
     pub(super) async fn transform(&mut self, policy: &Policy, message: Message) -> Option<Message> {
-        if !policy.wants_transform(message.topic.as_str()) {
-            return Some(message);
-        }
         let now = Instant::now();
         match policy.transform(&self.client, &to_plugin(&message, now)).await {
             TransformOutcome::Pass => Some(message),
