@@ -14,8 +14,10 @@ use serde::Deserialize;
 use crate::plugin::Sidecar;
 use crate::plugin::shipped;
 
+mod log;
 mod net;
 
+pub use log::{QUIET_TARGETS, log_filter};
 pub use net::IpNet;
 mod auth;
 
@@ -589,7 +591,8 @@ impl Limits {
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// A `tracing` filter, e.g. `info` or `moat=debug`.
+    /// A `tracing` filter, e.g. `info` or `moat=debug`. Installed through
+    /// [`log_filter`], so `debug` does not mean the compiler's debug lines.
     pub level: Option<String>,
     /// Output format.
     pub format: LogFormat,

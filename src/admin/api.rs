@@ -143,10 +143,24 @@ fn plugins(broker: &Broker) -> Value {
                     "output_dropped": stats.output_dropped,
                     "bad_answers": stats.bad_answers,
                 },
+                "decisions": decisions(p.manifest(), &stats),
             })
         })
         .collect();
     Value::Array(list)
+}
+
+/// How a plugin's calls ended: `{ "authorize": { "allow": 3, ... } }` for
+/// each hook it implements.
+fn decisions(manifest: &crate::plugin::Manifest, stats: &crate::plugin::StatsSnapshot) -> Value {
+    let hooks = manifest.hooks.iter().map(|&hook| {
+        let counts = crate::plugin::Decision::of(hook)
+            .iter()
+            .map(|&d| (d.label().to_owned(), Value::from(stats.decisions(hook, d))))
+            .collect::<serde_json::Map<_, _>>();
+        (hook.name().to_owned(), Value::Object(counts))
+    });
+    Value::Object(hooks.collect())
 }
 
 fn kick(broker: &Broker, client_id: &str) -> Response {

@@ -95,7 +95,7 @@ impl AuthzCache {
             return allowed;
         }
         let verdict = policy.authorize(client, action, topic, qos, retain).await;
-        self.remember(now, action, topic, qos, retain, verdict);
+        self.remember(now, action, topic, qos, retain, &verdict);
         verdict.allowed
     }
 
@@ -128,7 +128,7 @@ impl AuthzCache {
 
     /// Keeps `verdict` for as long as the plugin allowed it to be reused.
     /// The caller asked [`AuthzCache::cached`] under the same policy.
-    pub fn remember(&mut self, now: Instant, action: Action, topic: &str, qos: QoS, retain: bool, verdict: Verdict) {
+    pub fn remember(&mut self, now: Instant, action: Action, topic: &str, qos: QoS, retain: bool, verdict: &Verdict) {
         if let Some(ttl) = verdict.cache_ttl.filter(|ttl| !ttl.is_zero())
             && let Some(expires) = now.checked_add(ttl)
             && self.capacity > 0

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Action, AuthnOutcome, ClientInfo, Credentials, Grant, PluginMessage, TransformOutcome, Verdict};
+use super::{Action, AuthnOutcome, ClientInfo, Credentials, Denial, Grant, PluginMessage, TransformOutcome, Verdict};
 use crate::codec::QoS;
 use crate::codec::topic::filter_matches;
 use crate::plugin::{
@@ -122,26 +122,23 @@ impl Policy {
     /// deny. With no authorizing plugin at all, everything is allowed.
     pub async fn authorize(&self, client: &ClientInfo, action: Action, topic: &str, qos: QoS, retain: bool) -> Verdict {
         if self.inner.authz.is_empty() {
-            return Verdict { allowed: true, cache_ttl: None };
+            return Verdict::allow(None);
         }
         for plugin in &self.inner.authz {
             match plugin.authorize(client, action, topic, qos, retain).await {
                 Ok(AuthzAnswer::Ignore) => continue,
-                Ok(AuthzAnswer::Allow(cache_ttl)) => {
-                    return Verdict { allowed: true, cache_ttl };
-                }
+                Ok(AuthzAnswer::Allow(cache_ttl)) => return Verdict::allow(cache_ttl),
                 Ok(AuthzAnswer::Deny(reason)) => {
                     plugin.stats().denial();
-                    tracing::debug!(plugin = &**plugin.name(), client_id = %crate::untrusted::Untrusted(&client.client_id), ?action, topic, reason, "denied");
-                    return Verdict::DENY;
+                    return Verdict::deny(Denial::Denied { plugin: plugin.name().clone(), reason });
                 }
-                Err(_) => {
+                Err(failure) => {
                     plugin.stats().denial();
-                    return Verdict::DENY;
+                    return Verdict::deny(Denial::Failed { plugin: plugin.name().clone(), failure });
                 }
             }
         }
-        Verdict::DENY
+        Verdict::deny(Denial::Unanswered)
     }
 
     /// Whether any transform plugin declared a filter matching `topic`. A

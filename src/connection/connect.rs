@@ -182,6 +182,7 @@ where
         attached,
         broker: broker.clone(),
         authz: AuthzCache::new(AUTHZ_CACHE_ENTRIES),
+        denials: crate::auth::DenialLog::default(),
         auth_method: authenticated.method,
         reauth: None,
         held: None,

@@ -122,6 +122,8 @@ struct Connection<S> {
     client: ClientInfo,
     /// This connection's memory of authorization verdicts.
     authz: AuthzCache,
+    /// This connection's refusal lines, rate-limited.
+    denials: crate::auth::DenialLog,
     /// The v5 Authentication Method used at CONNECT; re-authentication
     /// must use the same one.
     auth_method: Option<String>,

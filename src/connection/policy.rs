@@ -278,9 +278,9 @@ where
         // Boxed: a plugin call's future is large, and this one is kept in
         // the connection's state only while a plugin answers.
         let verdict = Box::pin(policy.authorize(&self.client, action, topic, qos, retain)).await;
-        self.authz.remember(now, action, topic, qos, retain, verdict);
-        if !verdict.allowed {
-            debug!(?action, topic, "not authorized");
+        self.authz.remember(now, action, topic, qos, retain, &verdict);
+        if let Some(denial) = &verdict.denial {
+            self.denials.record(now, &self.client, action, topic, denial);
         }
         verdict.allowed
     }
@@ -299,11 +299,8 @@ where
         if !policy.authorizes() {
             return Some(true);
         }
-        let allowed = self.authz.cached(now, policy, action, topic, qos, retain)?;
-        if !allowed {
-            debug!(?action, topic, "not authorized");
-        }
-        Some(allowed)
+        // Only allows are cached, so nothing here is logged.
+        self.authz.cached(now, policy, action, topic, qos, retain)
     }
 
     /// Applies the transform plugins registered for the message's topic,

@@ -240,6 +240,7 @@ impl LoadedPlugin {
             None => None,
         };
         let answer = convert::authn_answer(outcome, limit).inspect_err(|f| self.failed(Hook::Authenticate, f))?;
+        self.stats.decided(Hook::Authenticate, answer.decision());
         Ok((answer, pinned))
     }
 
@@ -271,7 +272,9 @@ impl LoadedPlugin {
             bounded(deadline, call).await
         };
         let (decision, _) = self.end(Hook::Authorize, slot, deadline, result, false)?;
-        convert::authz_answer(decision, limit).inspect_err(|f| self.failed(Hook::Authorize, f))
+        let answer = convert::authz_answer(decision, limit).inspect_err(|f| self.failed(Hook::Authorize, f))?;
+        self.stats.decided(Hook::Authorize, answer.decision());
+        Ok(answer)
     }
 
     /// Calls `on-publish`. A failure has been counted and logged already.
@@ -292,7 +295,9 @@ impl LoadedPlugin {
             outcome
         };
         let (outcome, _) = self.end(Hook::Transform, slot, deadline, result, false)?;
-        convert::transform_answer(outcome, limit).inspect_err(|f| self.failed(Hook::Transform, f))
+        let answer = convert::transform_answer(outcome, limit).inspect_err(|f| self.failed(Hook::Transform, f))?;
+        self.stats.decided(Hook::Transform, answer.decision());
+        Ok(answer)
     }
 
     /// Takes an instance for a call: `pinned` if given, else a warm one,

@@ -46,7 +46,7 @@ pub use instance::{LoadedPlugin, PinnedInstance, authn_concurrency};
 pub use loader::{ComponentInfo, Source, components_in};
 pub use output::{OutputLevel, OutputSettings};
 pub use settings::{Grants, Limits, OnError, PluginSettings, Sidecar, SidecarLimits};
-pub use stats::{PluginStats, StatsSnapshot};
+pub use stats::{Decision, PluginStats, StatsSnapshot};
 
 /// The version of the `moat:plugin` WIT package this host implements.
 pub const CONTRACT_VERSION: &str = loader::PACKAGE_VERSION;
@@ -161,6 +161,21 @@ pub enum CallFailure {
     Busy,
 }
 
+impl CallFailure {
+    /// A short name for the kind of failure, as counted
+    /// (`moat_plugin_*_total`) and logged: `timeout`, `out_of_memory`,
+    /// `trap`, `bad_answer` or `busy`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallFailure::Timeout => "timeout",
+            CallFailure::OutOfMemory => "out_of_memory",
+            CallFailure::Trap(_) | CallFailure::Instantiate(_) => "trap",
+            CallFailure::Oversized { .. } | CallFailure::Malformed(_) => "bad_answer",
+            CallFailure::Busy => "busy",
+        }
+    }
+}
+
 /// Runs a plugin call (a future of this module) to its end from
 /// synchronous code: loading, the reload's sweep, `moat plugin check`.
 ///
@@ -214,6 +229,14 @@ pub enum Hook {
 }
 
 impl Hook {
+    /// Every hook, in [`Hook::index`] order.
+    pub const ALL: [Hook; 3] = [Hook::Authenticate, Hook::Authorize, Hook::Transform];
+
+    /// The hook's place in [`Hook::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The name operators see (admin API, `moat plugin check`).
     pub fn name(self) -> &'static str {
         match self {

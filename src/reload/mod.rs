@@ -327,9 +327,18 @@ impl Broker {
                 self.router.unsubscribe(&session, &filter);
                 self.store.unsubscribed(session.client_id(), &filter);
                 removed += 1;
+                let (plugin, reason) = match verdict.denial.as_deref() {
+                    Some(crate::auth::Denial::Denied { plugin, reason }) => (Some(&**plugin), reason.clone()),
+                    Some(crate::auth::Denial::Failed { plugin, failure }) => {
+                        (Some(&**plugin), format!("the plugin's call failed: {failure}"))
+                    }
+                    Some(crate::auth::Denial::Unanswered) | None => (None, "no plugin allowed it".to_owned()),
+                };
                 info!(
-                    client_id = &**session.client_id(),
-                    filter = filter.as_str(),
+                    client_id = %crate::untrusted::Untrusted(session.client_id()),
+                    filter = %crate::untrusted::Untrusted(filter.as_str()),
+                    plugin,
+                    reason = %crate::untrusted::Untrusted(&reason),
                     "subscription removed: the reloaded policy forbids it"
                 );
             }

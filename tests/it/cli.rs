@@ -146,6 +146,20 @@ fn passwd_refuses_empty_passwords_and_bad_user_names() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+#[test]
+fn passwd_into_a_missing_directory_says_why_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("no-such-dir");
+    let file = missing.join("passwd");
+    let out = moat().arg("passwd").arg(&file).args(["alice", "--password", "s3cret"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let expected = format!("the directory {} does not exist", missing.display());
+    assert_eq!(stderr.matches(&expected).count(), 1, "{stderr}");
+    assert!(!stderr.contains("os error"), "{stderr}");
+}
+
 /// Collects the lines a child writes to stderr, on a thread.
 pub(crate) fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
     use std::io::BufRead;

@@ -14,11 +14,13 @@ mod cli;
 #[cfg(feature = "cluster")]
 mod cluster;
 mod connect;
+mod docs;
 mod durable;
 mod exactly_once;
 mod harness;
 mod jwt_plugin;
 mod limits;
+mod log_lines;
 mod login_throttle;
 mod malformed;
 mod ops;

@@ -157,3 +157,34 @@ fn sidecar_and_init_errors_name_the_file() {
     assert!(matches!(err, LoadError::Init { .. }), "{text}");
     assert!(text.contains("allow-list.wasm") && text.contains("users"), "{text}");
 }
+
+/// A refusal carries who decided and why, which the connection logs: a
+/// plugin's `deny` with its reason, a failed call with its failure, or no
+/// plugin at all when every one ignored the question.
+#[tokio::test]
+async fn a_refusal_says_which_plugin_refused_and_why() {
+    use moat::auth::Denial;
+    let p = policy(&[
+        ("gate", "topic-prefix", "order = 1\n[config]\nprefix = \"ok/\"\ndeny_prefix = \"no/\"\n"),
+        ("boom", "panic", "order = 2\n"),
+    ]);
+    let c = client(Some("alice"));
+    let ask = |topic: &'static str| p.authorize(&c, Action::Publish, topic, QoS::AtMostOnce, false);
+    let allowed = ask("ok/1").await;
+    assert!(allowed.allowed && allowed.denial.is_none());
+    let denied = ask("no/1").await;
+    assert!(!denied.allowed && denied.cache_ttl.is_none());
+    assert_eq!(
+        denied.denial.as_deref(),
+        Some(&Denial::Denied { plugin: "gate".into(), reason: "no/1 is under no/".into() })
+    );
+    match ask("evil/1").await.denial.as_deref() {
+        Some(Denial::Failed { plugin, failure }) => {
+            assert_eq!((&**plugin, failure.kind()), ("boom", "trap"), "{failure}");
+        }
+        other => panic!("a failed call, not {other:?}"),
+    }
+    let only_gate = policy(&[("gate", "topic-prefix", "[config]\nprefix = \"ok/\"\n")]);
+    let unanswered = only_gate.authorize(&c, Action::Publish, "x/1", QoS::AtMostOnce, false).await;
+    assert_eq!(unanswered.denial.as_deref(), Some(&Denial::Unanswered));
+}

@@ -232,7 +232,7 @@ fn a_guest_panic_and_guest_output_reach_the_log_as_the_guests_words() {
 }
 
 /// A broker process, killed when the test ends, passed or not.
-struct Killed(std::process::Child);
+pub(crate) struct Killed(pub(crate) std::process::Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -243,7 +243,7 @@ impl Drop for Killed {
 
 /// Waits (bounded) for a line holding all of `parts`, keeping every line
 /// read in `seen`.
-fn until(lines: &std::sync::mpsc::Receiver<String>, parts: &[&str], seen: &mut Vec<String>) {
+pub(crate) fn until(lines: &std::sync::mpsc::Receiver<String>, parts: &[&str], seen: &mut Vec<String>) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
