@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::identity::IdentityAsUsername;
 use crate::plugin::Sidecar;
 use crate::plugin::shipped;
 
@@ -350,41 +351,6 @@ pub enum ClientAuth {
     Required,
 }
 
-/// Which part of a verified client certificate becomes the user name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum IdentityAsUsername {
-    /// The CONNECT user name is kept (`false`).
-    #[default]
-    Off,
-    /// The subject's common name (`"cn"`, or `true` as in Mosquitto).
-    CommonName,
-    /// The first DNS or e-mail subject alternative name (`"san"`).
-    SubjectAltName,
-}
-
-impl<'de> Deserialize<'de> for IdentityAsUsername {
-    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<IdentityAsUsername, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = IdentityAsUsername;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("false, \"cn\" or \"san\"")
-            }
-            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<IdentityAsUsername, E> {
-                Ok(if v { IdentityAsUsername::CommonName } else { IdentityAsUsername::Off })
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IdentityAsUsername, E> {
-                match v {
-                    "cn" => Ok(IdentityAsUsername::CommonName),
-                    "san" => Ok(IdentityAsUsername::SubjectAltName),
-                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
-                }
-            }
-        }
-        de.deserialize_any(Visitor)
-    }
-}
-
 /// Who may connect anonymously, i.e. without any authentication plugin
 /// allowing the client. Closed by default beyond loopback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -523,8 +489,8 @@ impl Default for Limits {
             max_connection_rate: 0,
             max_packet_size: 1024 * 1024,
             max_inflight: 64,
-            max_queued_messages: 1000,
-            max_queued_bytes: 16 * 1024 * 1024,
+            max_queued_messages: crate::session::QueueBound::default().messages,
+            max_queued_bytes: crate::session::QueueBound::default().bytes,
             max_sessions: 100_000,
             write_timeout_ms: 30_000,
             queue_full_wait_ms: 1000,

@@ -19,6 +19,7 @@
 //! - [`metrics`]: counters, the Prometheus text and `$SYS` topics.
 //! - [`admin`]: the admin HTTP listener (metrics, health, JSON API).
 //! - [`rate`]: the token bucket behind the rate limits.
+//! - [`identity`]: who a connection is: its address and certificate.
 //! - [`untrusted`]: peer-chosen text (client ids, user names) in the log.
 
 pub mod admin;
@@ -31,6 +32,7 @@ pub mod config;
 pub mod connection;
 #[cfg(fuzzing)]
 pub mod fuzzing;
+pub mod identity;
 pub mod metrics;
 pub mod passwd;
 pub mod plugin;

@@ -32,7 +32,7 @@ pub use denials::DenialLog;
 pub use policy::{AuthExchange, Policy};
 pub use throttle::{LoginThrottle, LoginTicket, MAX_ADDRESSES, ThrottleSettings, Throttled};
 
-pub use crate::transport::TlsIdentity;
+pub use crate::identity::TlsIdentity;
 
 /// Who is asking: what the broker knows about a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]

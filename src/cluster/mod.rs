@@ -90,7 +90,7 @@ use crate::broker::Broker;
 use crate::codec::{QoS, TopicName};
 use crate::config::ClusterConfig;
 use crate::metrics::DropReason;
-use crate::router::Message;
+use crate::router::{Interest, Message};
 pub use ownership::Claim;
 use ownership::Ownership;
 use queue::Queue;
@@ -130,17 +130,6 @@ pub(crate) enum Forwarded {
     /// The queue towards NATS is full (NATS slow or away): it could go
     /// later.
     Full,
-}
-
-/// A change of local interest, reported by the router in trie order: a
-/// filter (without `$share/{group}/`) and, for a shared subscription, its
-/// share group.
-#[derive(Debug)]
-pub enum Interest {
-    /// A session subscribed to this filter.
-    Add(Box<str>, Option<Box<str>>),
-    /// A session's subscription to this filter went away.
-    Remove(Box<str>, Option<Box<str>>),
 }
 
 /// This node's link to the others.

@@ -18,9 +18,9 @@ use crate::codec::{
     self, ConnAck, Connect, DecodeError, DecodeLimits, Packet, Properties, ProtocolVersion, ReasonCode,
 };
 use crate::config::ListenerConfig;
+use crate::identity::Peer;
 use crate::metrics::{Limit, LocalCounts, Refusal};
 use crate::session::{ConnectionInfo, Owner};
-use crate::transport::Peer;
 use crate::untrusted::Untrusted;
 
 /// Authorization verdicts a connection remembers: enough for the topics

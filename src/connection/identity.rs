@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::codec::ReasonCode;
 use crate::config::ListenerConfig;
-use crate::transport::Peer;
+use crate::identity::Peer;
 
 /// The part of a login that the certificate decides.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,7 +45,7 @@ mod tests {
 
     use super::*;
     use crate::config::{ClientAuth, IdentityAsUsername, ListenerProtocol, TlsConfig};
-    use crate::transport::TlsIdentity;
+    use crate::identity::TlsIdentity;
 
     fn listener(mode: IdentityAsUsername) -> ListenerConfig {
         let mut l = ListenerConfig::tcp("mtls", SocketAddr::from(([127, 0, 0, 1], 0)));

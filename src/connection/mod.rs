@@ -25,9 +25,9 @@ use crate::auth::{Action, AuthzCache, ClientInfo};
 use crate::broker::Broker;
 use crate::codec::{self, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode, TopicName, Will};
 use crate::config::ListenerConfig;
+use crate::identity::Peer;
 use crate::metrics::{Limit, LocalCounts};
 use crate::session::{Attached, Session};
-use crate::transport::Peer;
 
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -49,6 +49,18 @@ pub enum Scope<'a> {
     },
 }
 
+/// A change of local interest, reported by the router in trie order to whoever
+/// follows it (the cluster link): a
+/// filter (without `$share/{group}/`) and, for a shared subscription, its
+/// share group.
+#[derive(Debug)]
+pub enum Interest {
+    /// A session subscribed to this filter.
+    Add(Box<str>, Option<Box<str>>),
+    /// A session's subscription to this filter went away.
+    Remove(Box<str>, Option<Box<str>>),
+}
+
 /// Subscriptions and retained messages.
 #[derive(Debug, Default)]
 pub struct Router {
@@ -59,14 +71,14 @@ pub struct Router {
     /// Where subscriptions added and removed are reported, in trie order,
     /// when the node is part of a cluster.
     #[cfg(feature = "cluster")]
-    interest: Option<tokio::sync::mpsc::UnboundedSender<crate::cluster::Interest>>,
+    interest: Option<tokio::sync::mpsc::UnboundedSender<Interest>>,
 }
 
 impl Router {
     /// A router that reports every subscription added and removed to the
     /// cluster link.
     #[cfg(feature = "cluster")]
-    pub fn with_interest(interest: tokio::sync::mpsc::UnboundedSender<crate::cluster::Interest>) -> Router {
+    pub fn with_interest(interest: tokio::sync::mpsc::UnboundedSender<Interest>) -> Router {
         Router { interest: Some(interest), ..Router::default() }
     }
 
@@ -81,8 +93,7 @@ impl Router {
         // removes of one filter in the order the trie applied them.
         #[cfg(feature = "cluster")]
         if !existed && let Some(interest) = &self.interest {
-            let _ = interest
-                .send(crate::cluster::Interest::Add(filter.filter().into(), filter.share_group().map(Into::into)));
+            let _ = interest.send(Interest::Add(filter.filter().into(), filter.share_group().map(Into::into)));
         }
         existed
     }
@@ -104,8 +115,7 @@ impl Router {
         let removed = trie.remove(filter.filter(), filter.share_group(), session);
         #[cfg(feature = "cluster")]
         if removed && let Some(interest) = &self.interest {
-            let _ = interest
-                .send(crate::cluster::Interest::Remove(filter.filter().into(), filter.share_group().map(Into::into)));
+            let _ = interest.send(Interest::Remove(filter.filter().into(), filter.share_group().map(Into::into)));
         }
         removed
     }

@@ -57,7 +57,7 @@ struct GroupQueue {
 
 impl Default for ShareQueues {
     fn default() -> ShareQueues {
-        let bound = crate::config::Limits::default().queue_bound();
+        let bound = QueueBound::default();
         ShareQueues { inner: Mutex::new(Queues { groups: HashMap::new(), bound }), waiting: AtomicUsize::new(0) }
     }
 }

@@ -92,6 +92,14 @@ pub struct QueueBound {
     pub bytes: usize,
 }
 
+impl Default for QueueBound {
+    /// The defaults of `limits.max_queued_messages` and
+    /// `limits.max_queued_bytes`.
+    fn default() -> QueueBound {
+        QueueBound { messages: 1000, bytes: 16 * 1024 * 1024 }
+    }
+}
+
 impl QueueBound {
     /// A bound on the number of messages only.
     pub fn messages(messages: usize) -> QueueBound {

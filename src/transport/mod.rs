@@ -6,12 +6,10 @@
 //!
 //! - [`tls`]: the rustls configuration of a listener, built once, swappable.
 //! - [`ws`]: the WebSocket upgrade and its byte-stream adapter.
-//! - [`identity`]: the verified client certificate as a [`TlsIdentity`].
 //! - [`stream`]: [`Stream`], the one stream type connection tasks see.
 //! - [`proxy`]: the PROXY protocol header, read first on listeners with
 //!   `proxy_protocol`, whose client address then stands for the peer.
 
-pub mod identity;
 pub mod proxy;
 pub mod stream;
 pub mod tls;
@@ -26,7 +24,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
-pub use identity::{Peer, RevocationId, TlsIdentity};
+pub use crate::identity::{Peer, RevocationId, TlsIdentity};
 pub use stream::Stream;
 pub use tls::{ServerConfigs, TlsAcceptor, TlsSetupError};
 

@@ -32,8 +32,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_rustls::server::TlsStream;
 
-use super::identity::{RevocationId, TlsIdentity};
 use crate::config::{ClientAuth, ListenerProtocol, TlsConfig};
+use crate::identity::{RevocationId, TlsIdentity};
 
 /// A TLS listener could not be set up from its files.
 #[derive(Debug, thiserror::Error)]

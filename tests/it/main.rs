@@ -19,6 +19,7 @@ mod durable;
 mod exactly_once;
 mod harness;
 mod jwt_plugin;
+mod layers;
 mod limits;
 mod log_lines;
 mod login_throttle;

@@ -1,6 +1,7 @@
-//! What a verified client certificate says about the client: the identity
-//! that authentication, `use_identity_as_username` and plugins
-//! (`client-info`) see.
+//! Who a connection is ([`Peer`]) and what a verified client certificate
+//! says about the client ([`TlsIdentity`]): the identity that
+//! authentication, `use_identity_as_username` and plugins (`client-info`)
+//! see. A leaf: value types every layer above may pass around.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -12,7 +13,40 @@ use x509_cert::der::{Decode, Tag, Tagged};
 use x509_cert::ext::pkix::SubjectAltName;
 use x509_cert::ext::pkix::name::GeneralName;
 
-use crate::config::IdentityAsUsername;
+/// Which part of a verified client certificate becomes the user name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum IdentityAsUsername {
+    /// The CONNECT user name is kept (`false`).
+    #[default]
+    Off,
+    /// The subject's common name (`"cn"`, or `true` as in Mosquitto).
+    CommonName,
+    /// The first DNS or e-mail subject alternative name (`"san"`).
+    SubjectAltName,
+}
+
+impl<'de> serde::Deserialize<'de> for IdentityAsUsername {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<IdentityAsUsername, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = IdentityAsUsername;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("false, \"cn\" or \"san\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<IdentityAsUsername, E> {
+                Ok(if v { IdentityAsUsername::CommonName } else { IdentityAsUsername::Off })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IdentityAsUsername, E> {
+                match v {
+                    "cn" => Ok(IdentityAsUsername::CommonName),
+                    "san" => Ok(IdentityAsUsername::SubjectAltName),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+        }
+        de.deserialize_any(Visitor)
+    }
+}
 
 /// Who a connection is: its address, and its verified client certificate
 /// when it presented one on a TLS listener that asks for them.
