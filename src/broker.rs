@@ -13,10 +13,12 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Policy;
 use crate::codec::Will;
 use crate::config::Config;
+use crate::message::Delivery;
+use crate::message::Message;
 use crate::metrics::{DropReason, Metrics};
 use crate::reload::Reloader;
-use crate::router::{Message, Router, Scope};
-use crate::session::{Attached, Delivery, Held, Registry, Session};
+use crate::router::{Router, Scope};
+use crate::session::{Attached, Held, Registry, Session};
 use crate::store::{PendingWill, Recovered, Store, StoredSession};
 
 /// State shared by every connection: configuration, subscriptions,
@@ -564,7 +566,7 @@ impl Broker {
 
     /// Tells JetStream that a message it keeps for a session reached its
     /// client (or never will).
-    pub(crate) fn acknowledged(&self, ack: &crate::session::JetStreamAck) {
+    pub(crate) fn acknowledged(&self, ack: &crate::message::JetStreamAck) {
         #[cfg(feature = "cluster")]
         if let Some(cluster) = &self.cluster {
             cluster.acknowledge(ack);

@@ -10,6 +10,7 @@
 //! - [`connection`]: one task per client: the protocol state machine.
 //! - [`session`]: sessions that outlive connections, and the registry.
 //! - [`router`]: subscription trie, retained messages, fan-out.
+//! - [`message`]: the routed message and the deliveries made of it.
 //! - [`store`]: persistence of sessions and retained messages.
 //! - [`reload`]: hot reload of plugins, configuration and certificates.
 //! - [`broker`]: the state shared by all of the above.
@@ -33,6 +34,7 @@ pub mod connection;
 #[cfg(fuzzing)]
 pub mod fuzzing;
 pub mod identity;
+pub mod message;
 pub mod metrics;
 pub mod passwd;
 pub mod plugin;

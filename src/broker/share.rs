@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::Broker;
 use crate::codec::TopicFilter;
-use crate::session::{Delivery, Session};
+use crate::message::Delivery;
+use crate::session::Session;
 
 impl Broker {
     /// Sends on the share groups' messages `from` gave up (taken out of it
@@ -41,7 +42,7 @@ impl Broker {
 
     /// Gives a message JetStream delivered back to it, to deliver again
     /// soon (to a member of its share group on any node).
-    fn give_back(&self, ack: &crate::session::JetStreamAck) {
+    fn give_back(&self, ack: &crate::message::JetStreamAck) {
         #[cfg(feature = "cluster")]
         if let Some(cluster) = &self.cluster {
             cluster.give_back(ack);

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{Properties, QoS, TopicName};
-use crate::router::Message;
+use crate::message::Message;
 
 /// The header carrying the origin node's id.
 pub const NODE_HEADER: &str = "Moat-Node";

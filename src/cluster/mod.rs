@@ -89,8 +89,9 @@ use tracing::{debug, error, info, warn};
 use crate::broker::Broker;
 use crate::codec::{QoS, TopicName};
 use crate::config::ClusterConfig;
+use crate::message::Message;
 use crate::metrics::DropReason;
-use crate::router::{Interest, Message};
+use crate::router::Interest;
 pub use ownership::Claim;
 use ownership::Ownership;
 use queue::Queue;
@@ -323,13 +324,13 @@ impl Cluster {
 
     /// Tells JetStream that a message it kept for a session reached the
     /// client (or never will).
-    pub(crate) fn acknowledge(&self, ack: &crate::session::JetStreamAck) {
+    pub(crate) fn acknowledge(&self, ack: &crate::message::JetStreamAck) {
         self.queue.acknowledge(ack);
     }
 
     /// Gives a message JetStream delivered for a session back, for it to
     /// be delivered again soon: the session dropped it.
-    pub(crate) fn give_back(&self, ack: &crate::session::JetStreamAck) {
+    pub(crate) fn give_back(&self, ack: &crate::message::JetStreamAck) {
         self.queue.give_back(ack);
     }
 

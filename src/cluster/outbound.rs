@@ -39,8 +39,8 @@ use tracing::{debug, warn};
 use super::{Link, OUTBOUND_BATCH, OUTBOUND_CAPACITY, Outgoing, envelope, queued_size};
 use crate::broker::Broker;
 use crate::codec::QoS;
+use crate::message::Message;
 use crate::metrics::DropReason;
-use crate::router::Message;
 
 /// How long JetStream has to answer for a message before it is published
 /// again (once NATS is there to take it).

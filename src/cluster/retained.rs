@@ -50,8 +50,8 @@ use super::{MAX_SUBJECT_BYTES, Subjects, envelope};
 use crate::broker::Broker;
 use crate::codec::{Properties, TopicName};
 use crate::config::ClusterConfig;
+use crate::message::Message;
 use crate::metrics::DropReason;
-use crate::router::Message;
 
 /// Retained writes waiting to be handed to JetStream before new ones are
 /// dropped (and counted).

@@ -19,8 +19,9 @@ use crate::codec::{
 };
 use crate::config::ListenerConfig;
 use crate::identity::Peer;
+use crate::message::Owner;
 use crate::metrics::{Limit, LocalCounts, Refusal};
-use crate::session::{ConnectionInfo, Owner};
+use crate::session::ConnectionInfo;
 use crate::untrusted::Untrusted;
 
 /// Authorization verdicts a connection remembers: enough for the topics

@@ -13,9 +13,10 @@ use crate::codec::{
     Packet, Properties, PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, TopicName, UnsubAck,
     Unsubscribe,
 };
+use crate::message::Message;
+use crate::message::{Delivery, InflightState, Subscription};
 use crate::metrics::{DropReason, Limit};
-use crate::router::Message;
-use crate::session::{Delivery, Held, InflightState, Refusal, Session, Subscription};
+use crate::session::{Held, Refusal, Session};
 
 /// A QoS 1/2 publish some of whose deliveries met full queues of
 /// connected subscribers. The connection holds them, and the publish's

@@ -146,7 +146,7 @@ struct Connection<S> {
     held: Option<Box<inbound::HeldPublish>>,
     /// Retained messages matched by new subscriptions, not yet sent: they
     /// go out ahead of the session's queue as the window allows.
-    retained: std::collections::VecDeque<crate::session::Delivery>,
+    retained: std::collections::VecDeque<crate::message::Delivery>,
     /// The read buffer holds packets not yet handled: the last turn
     /// stopped at [`INPUT_BATCH`] to let other tasks run.
     input_pending: bool,

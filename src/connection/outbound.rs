@@ -6,8 +6,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use super::{Close, Connection};
 use crate::auth::Action;
 use crate::codec::{self, Packet, Properties, PubResp, Publish, QoS};
+use crate::message::{Delivery, Inflight, InflightState};
 use crate::metrics::DropReason;
-use crate::session::{Delivery, Inflight, InflightState};
 
 /// Bytes of deliveries moved into the write buffer before it is flushed:
 /// a client that reads slowly or not at all holds at most this (and one

@@ -18,7 +18,7 @@ use crate::auth::{
 };
 use crate::broker::Broker;
 use crate::codec::{self, Auth, Connect, Packet, Properties, ProtocolVersion, QoS, ReasonCode, TopicName};
-use crate::router::Message;
+use crate::message::Message;
 use crate::untrusted::Untrusted;
 
 /// Enhanced authentication may take this many round trips at most, so a

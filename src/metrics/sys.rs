@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use crate::broker::Broker;
 use crate::codec::{Properties, QoS, TopicName};
-use crate::router::Message;
+use crate::message::Message;
 
 /// The broker's version, as `$SYS/broker/version` says it.
 pub const VERSION: &str = concat!("moat ", env!("CARGO_PKG_VERSION"));

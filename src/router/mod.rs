@@ -4,7 +4,6 @@
 //! a read lock, then pushes an `Arc`-shared message into each receiving
 //! session's bounded queue. It never waits for a slow subscriber.
 
-mod message;
 mod retained;
 mod share;
 mod trie;
@@ -13,15 +12,15 @@ use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-pub use message::Message;
 pub use retained::Retained;
 #[cfg(fuzzing)]
 pub(crate) use trie::Trie as FuzzTrie;
 pub use trie::{Match, Subscriber};
 
 use crate::codec::{QoS, TopicFilter};
+use crate::message::{Delivery, Message};
 use crate::metrics::{DropReason, Metrics};
-use crate::session::{Delivery, Held, Refusal, Session};
+use crate::session::{Held, Refusal, Session};
 use crate::store::Store;
 
 /// Which subscriptions a message is routed to.
@@ -84,7 +83,7 @@ impl Router {
 
     /// Adds or replaces `session`'s subscription. Returns whether the
     /// session already had a subscription with this filter.
-    pub fn subscribe(&self, session: &Arc<Session>, filter: &TopicFilter, sub: &crate::session::Subscription) -> bool {
+    pub fn subscribe(&self, session: &Arc<Session>, filter: &TopicFilter, sub: &crate::message::Subscription) -> bool {
         let share = filter.share_group().is_some().then(|| Arc::new(filter.clone()));
         let subscriber = Subscriber { session: session.clone(), options: sub.options, id: sub.id, share };
         let mut trie = self.trie.write();

@@ -7,7 +7,7 @@ use parking_lot::RwLock;
 
 use crate::codec::{TopicFilter, TopicName};
 
-use super::Message;
+use crate::message::Message;
 
 /// The retained message store.
 #[derive(Debug, Default)]

@@ -26,8 +26,9 @@ use parking_lot::Mutex;
 
 use super::{Match, Router};
 use crate::codec::{QoS, TopicFilter};
+use crate::message::Delivery;
 use crate::metrics::{DropReason, Metrics};
-use crate::session::{Delivery, QueueBound, Room, Session};
+use crate::session::{QueueBound, Room, Session};
 use crate::store::Store;
 
 /// The queues of share groups with messages no member can take now.
@@ -120,7 +121,7 @@ impl Router {
     pub(super) fn wait_in_group(
         &self,
         share: &Arc<TopicFilter>,
-        message: &Arc<super::Message>,
+        message: &Arc<crate::message::Message>,
         store: &dyn Store,
         metrics: &Metrics,
     ) {

@@ -17,10 +17,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 pub use registry::{Attached, Registry};
-pub use state::{
-    ConnectionInfo, Delivery, Inflight, InflightState, JetStreamAck, Owner, QueueBound, Room, SessionState,
-    Subscription,
-};
+pub use state::{ConnectionInfo, QueueBound, Room, SessionState};
 
 /// Why [`Session::offer`] did not queue a delivery.
 #[derive(Debug)]
@@ -70,6 +67,7 @@ impl Held {
 }
 
 use crate::codec::QoS;
+use crate::message::Delivery;
 use crate::metrics::{DropReason, Metrics};
 use crate::store::Store;
 

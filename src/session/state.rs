@@ -6,79 +6,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::ClientInfo;
-use crate::codec::{PacketId, QoS, SubscriptionOptions, TopicFilter};
-use crate::router::Message;
-
-/// One message on its way to one session.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    /// The shared message.
-    pub message: Arc<Message>,
-    /// QoS for this receiver: the lower of the published and granted QoS.
-    pub qos: QoS,
-    /// Retain flag as this receiver sees it (Retain As Published, or a
-    /// retained message sent because of a new subscription).
-    pub retain: bool,
-    /// v5 subscription identifiers of every matching subscription.
-    pub subscription_ids: Vec<u32>,
-    /// The key under which the store keeps this delivery for its session
-    /// (a QoS 1/2 message for a session that outlives its connection), so
-    /// the acknowledgement that completes it can delete it.
-    pub stored: Option<u64>,
-    /// In a cluster, for a message JetStream keeps for this session: what
-    /// acknowledges it there once the client has it. Boxed: most
-    /// deliveries have none, and every queued one carries the field.
-    pub jetstream: Option<Box<JetStreamAck>>,
-    /// The shared subscription (`$share/{group}/{filter}`) that chose this
-    /// session for the message, if one did: should the session end (or
-    /// stay away too long) before its client has the message, it goes to
-    /// another member of that group instead of being lost. Shared with
-    /// the subscription: one pointer per queued message.
-    pub share: Option<Arc<TopicFilter>>,
-}
-
-impl Delivery {
-    /// Whether this is a share group's message that the client has not
-    /// yet received (for QoS 2: has not answered with PUBREC), and so
-    /// goes to another member if this one leaves. QoS 0 never does.
-    fn redispatchable(&self) -> bool {
-        self.share.is_some() && self.qos != QoS::AtMostOnce
-    }
-}
-
-/// How to acknowledge a message to JetStream: the stream sequence it is
-/// stored under (a redelivery carries the same) and the reply subject of
-/// its latest delivery.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JetStreamAck {
-    /// Stream sequence.
-    pub seq: u64,
-    /// Subject an acknowledgement is published on.
-    pub reply: Arc<str>,
-}
-
-/// Where an outgoing QoS 1/2 message is in its handshake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InflightState {
-    /// QoS 1 PUBLISH sent, waiting for PUBACK.
-    AwaitPubAck,
-    /// QoS 2 PUBLISH sent, waiting for PUBREC.
-    AwaitPubRec,
-    /// PUBREL sent, waiting for PUBCOMP.
-    AwaitPubComp,
-}
-
-/// An outgoing QoS 1/2 message that the client has not finished
-/// acknowledging; resent with DUP on session resume.
-#[derive(Debug, Clone)]
-pub struct Inflight {
-    /// Packet identifier it was sent with.
-    pub packet_id: PacketId,
-    /// The delivery.
-    pub delivery: Delivery,
-    /// Handshake position.
-    pub state: InflightState,
-}
+use crate::codec::{PacketId, QoS, TopicFilter};
+use crate::message::{Delivery, Inflight, InflightState, Owner, Subscription};
 
 /// How much a session's queue may hold (`limits.max_queued_messages` and
 /// `limits.max_queued_bytes`).
@@ -140,21 +69,6 @@ pub struct ConnectionInfo {
     pub protocol: crate::codec::ProtocolVersion,
     /// When CONNACK was sent.
     pub since: std::time::SystemTime,
-}
-
-/// Whom a session belongs to: the verified user name of the connection
-/// that attached it last (`None` inside: an anonymous client). With
-/// `[auth] bind_sessions`, another user may not take the session over.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Owner(pub Option<String>);
-
-/// A subscription as the session remembers it, to restore or remove it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Subscription {
-    /// Options granted (QoS already capped).
-    pub options: SubscriptionOptions,
-    /// v5 subscription identifier.
-    pub id: Option<u32>,
 }
 
 /// A session's mutable state.
@@ -486,6 +400,7 @@ impl SessionState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::Message;
 
     #[test]
     fn messages_taken_from_jetstream_are_remembered_up_to_a_bound() {

@@ -18,8 +18,8 @@ use super::record::{self, DeliveryRecord, MessageRecord, SessionRecord, Subscrip
 use super::writer::{self, Durability, Op, Parts, Queue};
 use super::{Barrier, Group, PendingWill, Recovered, Store, StoreError, StoredSession};
 use crate::codec::{PacketId, TopicFilter};
-use crate::router::Message;
-use crate::session::{Delivery, Inflight, Owner, Subscription};
+use crate::message::Message;
+use crate::message::{Delivery, Inflight, Owner, Subscription};
 
 /// A [`Store`] in a directory on disk.
 #[derive(Debug)]

@@ -8,8 +8,8 @@ use parking_lot::Mutex;
 
 use super::{PendingWill, Recovered, Store, StoreError, StoredSession};
 use crate::codec::{PacketId, TopicFilter, TopicName};
-use crate::router::Message;
-use crate::session::{Delivery, Inflight, Owner, Subscription};
+use crate::message::Message;
+use crate::message::{Delivery, Inflight, Owner, Subscription};
 
 /// A [`Store`] that keeps its copy in memory.
 #[derive(Debug, Default)]

@@ -34,8 +34,8 @@ pub(crate) use transfer::{decode_session, decode_will, encode_session, encode_wi
 pub use writer::Durability;
 
 use crate::codec::{PacketId, TopicFilter};
-use crate::router::Message;
-use crate::session::{Delivery, Inflight, Owner, Subscription};
+use crate::message::Message;
+use crate::message::{Delivery, Inflight, Owner, Subscription};
 
 /// A store failed.
 #[derive(Debug, thiserror::Error)]

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{PacketId, Properties, QoS, RetainHandling, SubscriptionOptions, TopicFilter, TopicName};
-use crate::router::Message;
-use crate::session::{Delivery, Inflight, InflightState, Subscription};
+use crate::message::Message;
+use crate::message::{Delivery, Inflight, InflightState, Subscription};
 
 /// Version byte in front of every record.
 const FORMAT: u8 = 1;

@@ -215,7 +215,7 @@ fn messages_are_kept_by_key_until_delivered() {
         store.delivered(&client, acked);
         let packet_id = crate::codec::PacketId::new(9).expect("non-zero");
         let sent =
-            Inflight { packet_id, delivery: keys[1].clone(), state: crate::session::InflightState::AwaitPubComp };
+            Inflight { packet_id, delivery: keys[1].clone(), state: crate::message::InflightState::AwaitPubComp };
         store.delivery_state(&client, &sent);
         store.close();
     }

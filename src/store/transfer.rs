@@ -14,8 +14,8 @@ use super::record::{
 };
 use super::{PendingWill, StoredSession};
 use crate::codec::{PacketId, TopicFilter, Will};
-use crate::router::Message;
-use crate::session::JetStreamAck;
+use crate::message::JetStreamAck;
+use crate::message::Message;
 
 /// A whole session on its way from one cluster node to another (not
 /// stored: the receiving node stores it its own way).
@@ -155,7 +155,7 @@ mod tests {
 
     use super::*;
     use crate::codec::{Properties, QoS, SubscriptionOptions, TopicName};
-    use crate::session::{Delivery, Inflight, InflightState, Subscription};
+    use crate::message::{Delivery, Inflight, InflightState, Subscription};
 
     fn message() -> Message {
         let props = Properties {

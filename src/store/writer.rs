@@ -24,8 +24,8 @@ use tokio::sync::watch;
 use tracing::error;
 
 use super::record::{self, DeliveryRecord, MessageRecord, SessionRecord, SubscriptionRecord, WillRecord};
-use crate::router::Message;
-use crate::session::{Delivery, Inflight, Subscription};
+use crate::message::Message;
+use crate::message::{Delivery, Inflight, Subscription};
 
 /// Most operations applied in one batch.
 pub(super) const MAX_BATCH: usize = 1024;
@@ -54,7 +54,7 @@ pub enum Durability {
 pub(crate) enum Op {
     Retain(Arc<Message>),
     SessionOpened(Arc<str>, u32),
-    SessionOwner(Arc<str>, crate::session::Owner),
+    SessionOwner(Arc<str>, crate::message::Owner),
     SessionEnded(Arc<str>),
     Subscribed(Arc<str>, String, SubscriptionRecord),
     Unsubscribed(Arc<str>, String),

@@ -13,14 +13,9 @@ use std::path::{Path, PathBuf};
 const KNOWN: &[(&str, &str)] = &[
     // The request records plugins are asked about live in auth.
     ("plugin", "auth"),
-    // `Message` is in router, `Delivery` and its family in session.
-    ("session", "router"),
-    ("store", "router"),
-    ("store", "session"),
-    // Prometheus text and `$SYS` read the broker, router and plugin stats.
+    // Prometheus text and `$SYS` read the broker and plugin stats.
     ("metrics", "broker"),
     ("metrics", "plugin"),
-    ("metrics", "router"),
     // The broker holds the reloader, which holds the broker.
     ("broker", "reload"),
     // The broker drives the cluster; the cluster is not yet a plug-in.

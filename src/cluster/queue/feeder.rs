@@ -13,7 +13,8 @@ use tracing::debug;
 use super::{FEED_HEARTBEAT, Pulled, Queue, envelope};
 use crate::broker::Broker;
 use crate::codec::QoS;
-use crate::session::{Delivery, JetStreamAck, Session, SessionState, Subscription};
+use crate::message::{Delivery, JetStreamAck, Subscription};
+use crate::session::{Session, SessionState};
 
 /// Takes a kept session's messages from its consumer while its connection
 /// is attached.
@@ -149,7 +150,7 @@ pub(super) fn redelivered(state: &mut SessionState, ack: &JetStreamAck) -> bool 
 /// client published it: `own`); `None` unless some non-shared
 /// subscription matches at QoS 1 or 2.
 pub(super) fn delivery(
-    message: Arc<crate::router::Message>,
+    message: Arc<crate::message::Message>,
     subscriptions: &HashMap<crate::codec::TopicFilter, Subscription>,
     own: bool,
 ) -> Option<Delivery> {
@@ -197,7 +198,7 @@ mod tests {
         ]);
         let message = |topic: &str, qos| {
             let topic = TopicName::new(topic).expect("valid");
-            Arc::new(crate::router::Message::new(topic, bytes::Bytes::new(), qos, true, &Properties::default()))
+            Arc::new(crate::message::Message::new(topic, bytes::Bytes::new(), qos, true, &Properties::default()))
         };
         let d = delivery(message("a/b", QoS::ExactlyOnce), &subscriptions, false).expect("matches");
         let mut ids = d.subscription_ids.clone();

@@ -79,7 +79,8 @@ use super::{JETSTREAM_WAIT, envelope, hex};
 use crate::broker::Broker;
 use crate::codec::{QoS, TopicName};
 use crate::config::ClusterConfig;
-use crate::session::{JetStreamAck, Session, SessionState};
+use crate::message::JetStreamAck;
+use crate::session::{Session, SessionState};
 use crate::store::StoredSession;
 
 mod feeder;
@@ -486,7 +487,7 @@ impl Queue {
 
     /// The message a node published, as stored `published` (its expiry
     /// counts from then); `None` if unreadable or expired.
-    fn decode(&self, nats: async_nats::Message, published: SystemTime) -> Option<crate::router::Message> {
+    fn decode(&self, nats: async_nats::Message, published: SystemTime) -> Option<crate::message::Message> {
         let topic = self.subjects.topic_of(nats.subject.as_str())?;
         let topic = TopicName::new(&topic).ok()?;
         let header = nats.headers.as_ref()?.get(envelope::MESSAGE_HEADER)?.as_str().to_owned();

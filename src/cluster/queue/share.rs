@@ -16,7 +16,7 @@ use super::{Pulled, Queue, SHARE_ACK_PENDING, SHARE_BATCH, SHARE_IDLE_MIN, SHARE
 use crate::broker::Broker;
 use crate::cluster::subject::disjoint;
 use crate::codec::QoS;
-use crate::session::Delivery;
+use crate::message::Delivery;
 
 impl Queue {
     /// Serves share group `group` of `filter` from its consumer until
