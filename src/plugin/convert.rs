@@ -1,4 +1,4 @@
-//! Conversions between the broker's types (`crate::auth`) and the generated
+//! Conversions between the broker's types (`super::request`) and the generated
 //! WIT types, and the checks on what a plugin answers: size and validity.
 
 use std::fmt::Write as _;
@@ -8,11 +8,11 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::bindings::{authn, authz, transform, types};
-use super::{CallFailure, Decision};
-use crate::auth::{
+use super::request::{
     AUTH_DATA_ATTRIBUTE, Action, CLAIMED_USERNAME_ATTRIBUTE, ClientInfo, Credentials, PluginMessage,
     RESERVED_ATTRIBUTE_PREFIX,
 };
+use super::{CallFailure, Decision};
 use crate::codec::{QoS, TopicName};
 
 /// An authenticator's valid answer.
@@ -367,8 +367,8 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::auth::TlsIdentity;
     use crate::codec::ProtocolVersion;
+    use crate::identity::TlsIdentity;
 
     fn alice() -> ClientInfo {
         ClientInfo {

@@ -28,8 +28,8 @@ use super::bindings::{self, HostState, MemoryCapExceeded, PluginPre};
 use super::convert::{self, AuthnAnswer, AuthzAnswer, ClientScratch, MessageScratch, TransformAnswer};
 use super::engine::{Digest, EPOCH_TICK};
 use super::output::PluginLog;
+use super::request::{Action, ClientInfo, Credentials, PluginMessage};
 use super::{CallFailure, Hook, Manifest, PluginSettings, PluginStats};
-use crate::auth::{Action, ClientInfo, Credentials, PluginMessage};
 use crate::codec::QoS;
 
 /// The least time `init` gets: guest languages with a runtime to start

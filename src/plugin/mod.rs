@@ -33,6 +33,7 @@ pub mod fixtures;
 mod instance;
 mod loader;
 mod output;
+mod request;
 pub mod scaffold;
 mod settings;
 pub mod shipped;
@@ -45,6 +46,10 @@ pub use engine::{CompileCounts, PluginHost};
 pub use instance::{LoadedPlugin, PinnedInstance, authn_concurrency};
 pub use loader::{ComponentInfo, Source, components_in};
 pub use output::{OutputLevel, OutputSettings};
+pub use request::{
+    AUTH_DATA_ATTRIBUTE, Action, CLAIMED_USERNAME_ATTRIBUTE, ClientInfo, Credentials, PluginMessage,
+    RESERVED_ATTRIBUTE_PREFIX,
+};
 pub use settings::{Grants, Limits, OnError, PluginSettings, Sidecar, SidecarLimits};
 pub use stats::{Decision, PluginStats, StatsSnapshot};
 

@@ -57,10 +57,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::Deserialize;
 
+use super::request::{Action, ClientInfo, Credentials, PluginMessage};
 use super::{AuthnAnswer, AuthzAnswer, CallFailure, Hook, LoadedPlugin, TransformAnswer, block_on};
-use crate::auth::{Action, ClientInfo, Credentials, PluginMessage, TlsIdentity};
 use crate::codec::topic::filter_matches;
 use crate::codec::{ProtocolVersion, QoS, TopicName};
+use crate::identity::TlsIdentity;
 
 /// A parsed, validated vectors file.
 #[derive(Debug, Clone)]
