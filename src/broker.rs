@@ -1,5 +1,6 @@
 //! The broker's shared state and the session lifecycle around connections.
 
+mod gauges;
 mod share;
 
 use std::sync::Arc;

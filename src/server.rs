@@ -201,7 +201,7 @@ impl Server {
         }
         if broker.config().sys.interval_s > 0 {
             let interval = Duration::from_secs(broker.config().sys.interval_s);
-            broker.tasks.spawn(crate::metrics::sys::run(broker.clone(), interval));
+            broker.tasks.spawn(crate::admin::sys::run(broker.clone(), interval));
         }
         // Listeners are bound and plugins loaded (both in `bind`).
         broker.metrics.set_ready(true);

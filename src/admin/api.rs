@@ -8,9 +8,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use super::prometheus;
 use super::{Request, Response};
 use crate::broker::Broker;
-use crate::metrics::prometheus;
 use crate::reload::PluginReport;
 
 /// Answers one request.

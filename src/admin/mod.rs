@@ -1,5 +1,8 @@
-//! The admin HTTP listener (`[admin] listen`): Prometheus `/metrics`,
-//! `/health`, `/ready` and a small JSON API (see [`api`]).
+//! The admin HTTP listener (`[admin] listen`): Prometheus `/metrics`
+//! ([`prometheus`]), `/health`, `/ready` and a small JSON API (see
+//! [`api`]); and the `$SYS/broker/...` topics ([`sys`]). Both render what
+//! the broker's snapshot says (its `Metrics`, `Broker::gauges`,
+//! `Broker::queue_totals`, the policy's plugin stats).
 //!
 //! A deliberately small HTTP/1.1 server over tokio rather than a framework:
 //! one request per connection (`Connection: close`), a request head capped
@@ -10,6 +13,8 @@
 
 pub mod access;
 pub mod api;
+pub mod prometheus;
+pub mod sys;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

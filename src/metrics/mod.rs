@@ -1,5 +1,5 @@
-//! What the broker counts, for operators: the Prometheus text at
-//! `/metrics` ([`prometheus`]) and the `$SYS/broker/...` topics ([`sys`]).
+//! What the broker counts, for operators; the admin layer renders it as
+//! the Prometheus text at `/metrics` and the `$SYS/broker/...` topics.
 //!
 //! [`Metrics`] is owned by the [`Broker`](crate::broker::Broker) and is made
 //! of relaxed atomics only: no lock and no allocation on the message path.
@@ -8,11 +8,10 @@
 //! busy publisher touches the shared cache lines once per batch rather than
 //! once per message. Gauges that the broker already knows (retained
 //! messages, sessions, queued messages, subscriptions) are read at scrape
-//! time instead of being maintained on the hot path.
+//! time instead of being maintained on the hot path, into [`Gauges`] and
+//! [`QueueTotals`], so what renders them reads no broker internals.
 
 mod histogram;
-pub mod prometheus;
-pub mod sys;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Instant, SystemTime};
@@ -20,6 +19,31 @@ use std::time::{Instant, SystemTime};
 pub use histogram::{BUCKETS_US, Histogram, HistogramSnapshot};
 
 use crate::codec::QoS;
+
+/// What the broker holds now, read when a scrape or the `$SYS` timer asks
+/// ([`crate::broker::Broker::gauges`]): counts it keeps anyway, no walk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Gauges {
+    /// Sessions, connected or not.
+    pub sessions: usize,
+    /// Messages waiting in share groups for a member.
+    pub share_waiting: usize,
+    /// Retained messages stored.
+    pub retained: usize,
+    /// Subscriptions in the index.
+    pub subscriptions: usize,
+}
+
+/// Totals over every session's queue: a walk taking each session's lock
+/// in turn, so only a scrape asks for it
+/// ([`crate::broker::Broker::queue_totals`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct QueueTotals {
+    /// Messages waiting in session queues.
+    pub queued: usize,
+    /// Outgoing QoS 1/2 messages awaiting acknowledgement.
+    pub inflight: usize,
+}
 
 /// Why a connection was refused before it was served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -106,6 +106,37 @@ async fn metrics_move_as_traffic_flows() {
     until_metrics(admin, &[("moat_connections", 1), ("moat_connections_total", 2)]).await;
 }
 
+/// The gauges come from the broker's snapshot (`Broker::gauges`,
+/// `Broker::queue_totals`): an offline session's queue, the retained store.
+#[tokio::test]
+async fn gauges_count_queued_and_retained_messages() {
+    let (broker, admin) = admin_broker(|c| c.sys.interval_s = 0).await;
+    let mut keeper = broker
+        .v4_with("keeper", |o| {
+            o.set_clean_session(false);
+        })
+        .await;
+    keeper.subscribe("q/#", rumqttc::QoS::AtLeastOnce).await;
+    keeper.kill();
+    until_metrics(admin, &[("moat_connections", 0)]).await;
+    let publisher = broker.v5("pub").await;
+    for payload in ["one", "two"] {
+        publisher.client.publish("q/1", Q5::AtLeastOnce, false, payload).await.expect("publish");
+    }
+    publisher.client.publish("r", Q5::AtMostOnce, true, "kept").await.expect("publish");
+    until_metrics(
+        admin,
+        &[
+            ("moat_sessions", 2),
+            ("moat_subscriptions", 1),
+            ("moat_queued_messages", 2),
+            ("moat_inflight_messages", 0),
+            ("moat_retained_messages", 1),
+        ],
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn admin_api_needs_the_token_except_for_health() {
     let (broker, admin) = admin_broker(|_| {}).await;

@@ -4,8 +4,8 @@
 
 use std::fmt::Write as _;
 
-use super::{BUCKETS_US, DropReason, Limit, Refusal};
 use crate::broker::Broker;
+use crate::metrics::{BUCKETS_US, DropReason, Gauges, Limit, QueueTotals, Refusal};
 use crate::plugin::{Decision, StatsSnapshot};
 
 /// The `Content-Type` of [`render`]'s output.
@@ -63,7 +63,7 @@ pub fn render(broker: &Broker) -> String {
     header(w, "moat_auth_total", "counter", "Authentication decisions at CONNECT, by outcome.");
     line(w, "moat_auth_total", "outcome=\"success\"", s.auth_successes);
     line(w, "moat_auth_total", "outcome=\"failure\"", s.auth_failures);
-    render_gauges(w, broker);
+    render_gauges(w, broker.gauges(), broker.queue_totals());
     header(w, "moat_plugin_reloads_total", "counter", "Plugin set reloads, by outcome.");
     line(w, "moat_plugin_reloads_total", "outcome=\"ok\"", s.reloads_ok);
     line(w, "moat_plugin_reloads_total", "outcome=\"failed\"", s.reloads_failed);
@@ -72,26 +72,19 @@ pub fn render(broker: &Broker) -> String {
 }
 
 /// Gauges read from the broker's state rather than counted.
-fn render_gauges(w: &mut String, broker: &Broker) {
-    let sessions = broker.sessions.all();
-    let (mut queued, mut inflight) = (0usize, 0usize);
-    for session in &sessions {
-        let state = session.lock();
-        queued += state.pending.len();
-        inflight += state.inflight.len();
-    }
+fn render_gauges(w: &mut String, gauges: Gauges, queues: QueueTotals) {
     header(w, "moat_sessions", "gauge", "Sessions, connected or not.");
-    line(w, "moat_sessions", "", sessions.len() as u64);
+    line(w, "moat_sessions", "", gauges.sessions as u64);
     header(w, "moat_queued_messages", "gauge", "Messages waiting in session queues.");
-    line(w, "moat_queued_messages", "", queued as u64);
+    line(w, "moat_queued_messages", "", queues.queued as u64);
     header(w, "moat_inflight_messages", "gauge", "Outgoing QoS 1/2 messages awaiting acknowledgement.");
-    line(w, "moat_inflight_messages", "", inflight as u64);
+    line(w, "moat_inflight_messages", "", queues.inflight as u64);
     header(w, "moat_share_group_waiting_messages", "gauge", "Messages waiting in share groups for a member.");
-    line(w, "moat_share_group_waiting_messages", "", broker.router.share_waiting() as u64);
+    line(w, "moat_share_group_waiting_messages", "", gauges.share_waiting as u64);
     header(w, "moat_retained_messages", "gauge", "Retained messages stored.");
-    line(w, "moat_retained_messages", "", broker.router.retained().len() as u64);
+    line(w, "moat_retained_messages", "", gauges.retained as u64);
     header(w, "moat_subscriptions", "gauge", "Subscriptions in the index.");
-    line(w, "moat_subscriptions", "", broker.router.subscription_count() as u64);
+    line(w, "moat_subscriptions", "", gauges.subscriptions as u64);
 }
 
 /// Reads one counter out of a plugin's snapshot.

@@ -4,7 +4,8 @@
 //! They go through the normal router, so whoever may read them is decided
 //! by the same authorization as any topic: a subscription to `$SYS/#` needs
 //! the policy's `subscribe` (and `receive`) permission. Clients cannot
-//! publish under `$SYS` themselves (see `connection::inbound`).
+//! publish under `$SYS` themselves (see `connection::inbound`). The values come from the broker's
+//! counters and [`Broker::gauges`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,11 +34,12 @@ pub async fn run(broker: Arc<Broker>, interval: Duration) {
 /// The topics and values now.
 pub fn topics(broker: &Broker) -> Vec<(&'static str, String)> {
     let s = broker.metrics.snapshot();
+    let gauges = broker.gauges();
     let mut topics = vec![
         ("$SYS/broker/version", VERSION.to_owned()),
         ("$SYS/broker/uptime", format!("{} seconds", s.uptime_s)),
         ("$SYS/broker/clients/connected", s.connections_current.to_string()),
-        ("$SYS/broker/clients/total", broker.sessions.len().to_string()),
+        ("$SYS/broker/clients/total", gauges.sessions.to_string()),
         ("$SYS/broker/clients/maximum", broker.config().limits.max_connections.to_string()),
         ("$SYS/broker/messages/received", s.received_total().to_string()),
         ("$SYS/broker/messages/sent", s.sent_total().to_string()),
@@ -46,8 +48,8 @@ pub fn topics(broker: &Broker) -> Vec<(&'static str, String)> {
         ("$SYS/broker/publish/messages/dropped", s.dropped.iter().sum::<u64>().to_string()),
         ("$SYS/broker/bytes/received", s.bytes_received.to_string()),
         ("$SYS/broker/bytes/sent", s.bytes_sent.to_string()),
-        ("$SYS/broker/retained messages/count", broker.router.retained().len().to_string()),
-        ("$SYS/broker/subscriptions/count", broker.router.subscription_count().to_string()),
+        ("$SYS/broker/retained messages/count", gauges.retained.to_string()),
+        ("$SYS/broker/subscriptions/count", gauges.subscriptions.to_string()),
         ("$SYS/broker/clients/refused", s.refused.iter().sum::<u64>().to_string()),
     ];
     for (limit, n) in crate::metrics::Limit::ALL.iter().zip(s.limit_hits) {
