@@ -17,7 +17,6 @@ use crate::config::Config;
 use crate::message::Delivery;
 use crate::message::Message;
 use crate::metrics::{DropReason, Metrics};
-use crate::reload::Reloader;
 use crate::router::{Router, Scope};
 use crate::session::{Attached, Held, Registry, Session};
 use crate::store::{PendingWill, Recovered, Store, StoredSession};
@@ -46,9 +45,6 @@ pub struct Broker {
     /// Failed logins and logins in progress per client address (`[auth]`),
     /// checked before the authentication chain runs.
     pub(crate) logins: crate::auth::LoginThrottle,
-    /// What hot reload needs: the plugin host, the watched directory, the
-    /// handles of run-time settings, and the last outcome.
-    pub(crate) reload: Reloader,
     next_assigned_id: AtomicU64,
     /// The link to the other nodes, with a `[cluster]` section.
     #[cfg(feature = "cluster")]
@@ -83,7 +79,6 @@ pub enum Refused {
 impl Broker {
     /// A broker whose state starts as what `store` recovered.
     pub fn new(config: Config, store: Arc<dyn Store>, recovered: Recovered, policy: Policy) -> Arc<Broker> {
-        let plugin_dir = crate::reload::plugin_dir(&config);
         #[cfg(feature = "cluster")]
         let (cluster, router) = match &config.cluster {
             Some(c) => {
@@ -105,7 +100,6 @@ impl Broker {
             store,
             policy: parking_lot::RwLock::new(policy),
             logins: crate::auth::LoginThrottle::default(),
-            reload: Reloader::new(plugin_dir),
             next_assigned_id: AtomicU64::new(1),
             #[cfg(feature = "cluster")]
             cluster,

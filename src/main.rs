@@ -222,7 +222,7 @@ async fn run(config: Config, repair: bool, source: Arc<CliSource>, log_filter: L
     };
     let server = Server::bind_with_store(config, store).await?;
     server.set_reload_hooks(Some(source), Some(log_filter));
-    reload_on_hangup(server.broker().clone());
+    reload_on_hangup(server.reloader().clone());
     server.run(shutdown_signal()).await;
     if let Some(disk) = disk {
         // Write and sync what is queued even if a connection task is stuck.
@@ -258,7 +258,7 @@ fn open_store(config: &Config, repair: bool) -> anyhow::Result<Option<Arc<DiskSt
 
 /// Reloads configuration, certificates and plugins on every SIGHUP. The
 /// outcome is logged by the broker; a refused reload changes nothing.
-fn reload_on_hangup(broker: Arc<moat::broker::Broker>) {
+fn reload_on_hangup(reloader: Arc<moat::reload::Reloader>) {
     // Registered before the listeners start, so a SIGHUP sent once the
     // broker is up never falls back to the default action (terminate).
     #[cfg(unix)]
@@ -267,14 +267,14 @@ fn reload_on_hangup(broker: Arc<moat::broker::Broker>) {
             tokio::spawn(async move {
                 while hangups.recv().await.is_some() {
                     tracing::info!("SIGHUP: reloading configuration, certificates and plugins");
-                    let _ = broker.reload().await;
+                    let _ = reloader.reload().await;
                 }
             });
         }
         Err(e) => tracing::warn!(error = %e, "cannot listen for SIGHUP; configuration reload by signal is off"),
     }
     #[cfg(not(unix))]
-    drop(broker);
+    drop(reloader);
 }
 
 /// Resolves on SIGINT or SIGTERM.

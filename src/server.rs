@@ -13,6 +13,7 @@ use crate::admin::{AdminError, AdminListener, TokenFileError};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::plugin::LoadError;
+use crate::reload::Reloader;
 use crate::store::{MemoryStore, Store, StoreError};
 use crate::transport::{BindError, Listener, ListenerError, TlsAcceptor, TlsSetupError};
 
@@ -60,6 +61,8 @@ impl From<LoadError> for ServerError {
 #[derive(Debug)]
 pub struct Server {
     broker: Arc<Broker>,
+    /// Hot reload: the server owns it, and it holds the broker.
+    reloader: Arc<Reloader>,
     listeners: Vec<Listener>,
     admin: Option<AdminListener>,
 }
@@ -124,10 +127,10 @@ impl Server {
             None => None,
         };
         let broker = Broker::new(config, store, recovered, policy);
-        broker.keep_plugin_host(host);
+        let reloader = Reloader::new(broker.clone(), host);
         let tls = listeners.iter().filter_map(|l| Some((l.config().name.clone(), l.tls()?.clone()))).collect();
-        broker.reload.handles.lock().tls = tls;
-        Ok(Server { broker, listeners, admin })
+        reloader.with_handles(|handles| handles.tls = tls);
+        Ok(Server { broker, reloader, listeners, admin })
     }
 
     /// The bound address of each listener, by name.
@@ -148,14 +151,19 @@ impl Server {
         self.listeners.iter().filter_map(|l| Some((l.config().name.clone(), l.tls()?.clone()))).collect()
     }
 
-    /// See [`Broker::set_reload_hooks`]. Call before [`Server::run`], so
-    /// the config file is watched.
+    /// See [`Reloader::set_hooks`]. Call before [`Server::run`], so the
+    /// config file is watched.
     pub fn set_reload_hooks(
         &self,
         source: Option<Arc<dyn crate::reload::ConfigSource>>,
         log_filter: Option<crate::reload::LogFilterHook>,
     ) {
-        self.broker.set_reload_hooks(source, log_filter);
+        self.reloader.set_hooks(source, log_filter);
+    }
+
+    /// Hot reload of this server's broker (SIGHUP, embedders, tests).
+    pub fn reloader(&self) -> &Arc<Reloader> {
+        &self.reloader
     }
 
     /// The shared broker state (for embedding and tests).
@@ -167,23 +175,22 @@ impl Server {
     /// tells v5 clients the server is shutting down (0x8B), and waits for
     /// connections to close for at most the configured grace period.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let broker = self.broker;
+        let (broker, reloader) = (self.broker, self.reloader);
         let max_connections = broker.config().limits.max_connections;
         let permits = Arc::new(Semaphore::new(max_connections));
         let rate = Arc::new(parking_lot::Mutex::new(crate::rate::TokenBucket::per_second(
             broker.config().limits.max_connection_rate,
             std::time::Instant::now(),
         )));
-        {
-            let mut handles = broker.reload.handles.lock();
+        let config_file = reloader.with_handles(|handles| {
             handles.permits = Some((permits.clone(), max_connections));
             handles.connection_rate = Some(rate.clone());
-        }
-        broker.tasks.spawn(crate::reload::watch::plugins(broker.clone()));
-        broker.tasks.spawn(crate::reload::watch::granted(broker.clone()));
-        let config_file = broker.reload.handles.lock().source.as_ref().and_then(|s| s.path().map(Path::to_owned));
+            handles.source.as_ref().and_then(|s| s.path().map(Path::to_owned))
+        });
+        broker.tasks.spawn(crate::reload::watch::plugins(reloader.clone()));
+        broker.tasks.spawn(crate::reload::watch::granted(reloader.clone()));
         if let Some(path) = config_file {
-            broker.tasks.spawn(crate::reload::watch::config_file(broker.clone(), path));
+            broker.tasks.spawn(crate::reload::watch::config_file(reloader.clone(), path));
         }
         #[cfg(feature = "cluster")]
         if let Some(cluster) = broker.cluster() {
@@ -197,7 +204,7 @@ impl Server {
             accept_loops.spawn(listener.run(broker.clone(), permits.clone(), rate.clone()));
         }
         if let Some(admin) = self.admin {
-            accept_loops.spawn(admin.run(broker.clone()));
+            accept_loops.spawn(admin.run(reloader.clone()));
         }
         if broker.config().sys.interval_s > 0 {
             let interval = Duration::from_secs(broker.config().sys.interval_s);

@@ -11,10 +11,11 @@ use serde_json::{Value, json};
 use super::prometheus;
 use super::{Request, Response};
 use crate::broker::Broker;
-use crate::reload::PluginReport;
+use crate::reload::{PluginReport, Reloader};
 
 /// Answers one request.
-pub async fn handle(broker: &Arc<Broker>, request: &Request) -> Response {
+pub async fn handle(reloader: &Arc<Reloader>, request: &Request) -> Response {
+    let broker = reloader.broker();
     let method = request.method.as_str();
     let segments: Vec<&str> = request.path.trim_matches('/').split('/').collect();
     match (method, segments.as_slice()) {
@@ -33,7 +34,7 @@ pub async fn handle(broker: &Arc<Broker>, request: &Request) -> Response {
             Response::error(403, "kick and reload need a token, and none is in force: set [admin] token or token_file")
         }
         ("POST", ["api", "clients", id, "kick"]) => kick(broker, id),
-        ("POST", ["api", "reload"]) => reload(broker).await,
+        ("POST", ["api", "reload"]) => reload(reloader).await,
         (
             _,
             ["health" | "ready" | "metrics"] | ["api", "clients" | "sessions" | "subscriptions" | "plugins" | "reload"],
@@ -176,10 +177,10 @@ fn kick(broker: &Broker, client_id: &str) -> Response {
 /// Reads the configuration again and reloads the plugins, as SIGHUP does.
 /// The reload runs in its own task: a client that gives up (or the request
 /// deadline) must not cancel it half-way.
-async fn reload(broker: &Arc<Broker>) -> Response {
+async fn reload(reloader: &Arc<Reloader>) -> Response {
     let task = tokio::spawn({
-        let broker = broker.clone();
-        async move { broker.reload().await }
+        let reloader = reloader.clone();
+        async move { reloader.reload().await }
     });
     let report = match task.await {
         Ok(Ok(report)) => report,

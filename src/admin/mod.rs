@@ -27,8 +27,8 @@ use tracing::{debug, info, warn};
 
 pub use access::{Access, TokenFileError};
 
-use crate::broker::Broker;
 use crate::config::AdminConfig;
+use crate::reload::Reloader;
 use crate::transport::BindError;
 
 /// Largest request head (request line and headers) accepted.
@@ -119,8 +119,10 @@ impl AdminListener {
         self.socket.local_addr()
     }
 
-    /// Serves requests until the broker shuts down.
-    pub async fn run(self, broker: Arc<Broker>) {
+    /// Serves requests until the broker shuts down; `reloader`'s broker is
+    /// the one served, and `POST /api/reload` reloads it.
+    pub async fn run(self, reloader: Arc<Reloader>) {
+        let broker = reloader.broker().clone();
         if let Ok(addr) = self.socket.local_addr() {
             info!(%addr, token = self.access.has_token(), "admin API listening");
             if !self.access.has_token() {
@@ -145,9 +147,9 @@ impl AdminListener {
                 permit = permits.clone().acquire_owned() => permit,
             };
             let Ok(permit) = permit else { return };
-            let (broker, access) = (broker.clone(), self.access.clone());
+            let (reloader, access) = (reloader.clone(), self.access.clone());
             broker.tasks.clone().spawn(async move {
-                let served = tokio::time::timeout(REQUEST_TIMEOUT, serve(stream, &broker, &access)).await;
+                let served = tokio::time::timeout(REQUEST_TIMEOUT, serve(stream, &reloader, &access)).await;
                 if served.is_err() {
                     debug!(%peer, "admin request timed out");
                 }
@@ -158,9 +160,9 @@ impl AdminListener {
 }
 
 /// Reads one request, answers it and closes.
-async fn serve(mut stream: TcpStream, broker: &Arc<Broker>, access: &Access) {
+async fn serve(mut stream: TcpStream, reloader: &Arc<Reloader>, access: &Access) {
     let response = match read_request(&mut stream, access).await {
-        Ok(request) => api::handle(broker, &request).await,
+        Ok(request) => api::handle(reloader, &request).await,
         Err(Some(response)) => response,
         Err(None) => return,
     };

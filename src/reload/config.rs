@@ -6,8 +6,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use super::{PluginReport, plugin_dir};
-use crate::broker::Broker;
+use super::{PluginReport, Reloader, plugin_dir};
 use crate::config::{Config, ConfigError, ListenerConfig, TlsConfig};
 use crate::rate::TokenBucket;
 use crate::transport::{ServerConfigs, TlsAcceptor};
@@ -56,9 +55,9 @@ macro_rules! changed_fields {
     };
 }
 
-impl Broker {
+impl Reloader {
     /// Reads the configuration again from its source (the file given at
-    /// start-up) and applies it with [`Broker::reload_config`]; without a
+    /// start-up) and applies it with [`Reloader::reload_config`]; without a
     /// source, applies the running configuration again, which reads the
     /// certificate files and the plugin directory anew. This is what
     /// SIGHUP does.
@@ -67,10 +66,10 @@ impl Broker {
     /// [`ReloadRefused`] when the file is invalid or a certificate does not
     /// load; nothing changed then.
     pub async fn reload(self: &Arc<Self>) -> Result<ConfigReport, ReloadRefused> {
-        let source = self.reload.handles.lock().source.clone();
+        let source = self.handles.lock().source.clone();
         let config = match source {
             Some(source) => source.load().map_err(|e| self.refuse(e.to_string()))?,
-            None => (*self.config()).clone(),
+            None => (*self.broker.config()).clone(),
         };
         self.reload_config(config).await
     }
@@ -87,8 +86,8 @@ impl Broker {
     /// [`ReloadRefused`] when the log filter is invalid or a TLS listener's
     /// files do not load; nothing changed then.
     pub async fn reload_config(self: &Arc<Self>, new: Config) -> Result<ConfigReport, ReloadRefused> {
-        let _one_at_a_time = self.reload.running.lock().await;
-        let old = self.config();
+        let _one_at_a_time = self.running.lock().await;
+        let old = self.broker.config();
         if let Some(level) = &new.log.level {
             tracing_subscriber::EnvFilter::try_new(level)
                 .map_err(|e| self.refuse(format!("`log.level`: invalid filter {level:?}: {e}")))?;
@@ -186,7 +185,7 @@ impl Broker {
         }
         let tls_reloaded = self.apply_handles(&old, &new, tls);
         let dir = plugin_dir(&new);
-        self.reload.dir.send_if_modified(|current| {
+        self.dir.send_if_modified(|current| {
             let changed = *current != dir;
             current.clone_from(&dir);
             changed
@@ -209,7 +208,7 @@ impl Broker {
             },
             ..effective
         };
-        self.set_config(effective);
+        self.broker.set_config(effective);
         let plugins = self.reload_plugins_locked().await;
         let report = ConfigReport { applied, tls_reloaded, needs_restart, plugins };
         info!(
@@ -236,7 +235,7 @@ impl Broker {
     /// the CRLs of `configs` revoke.
     fn revoked_connections(&self, listener: &str, configs: &ServerConfigs) -> Vec<String> {
         let mut revoked = Vec::new();
-        for session in self.sessions.all() {
+        for session in self.broker.sessions.all() {
             let state = session.lock();
             let Some(client) = state.client.as_ref().filter(|_| state.online) else { continue };
             if client.listener == listener && client.tls.as_ref().is_some_and(|id| configs.revokes(&id.revocation)) {
@@ -247,7 +246,7 @@ impl Broker {
     }
 
     fn apply_handles(&self, old: &Config, new: &Config, tls: Vec<(String, ServerConfigs)>) -> Vec<String> {
-        let mut handles = self.reload.handles.lock();
+        let mut handles = self.handles.lock();
         let mut reloaded = Vec::new();
         for (name, configs) in tls {
             let acceptor: Option<&Arc<TlsAcceptor>> = handles.tls.iter().find(|(n, _)| *n == name).map(|(_, a)| a);
@@ -257,7 +256,7 @@ impl Broker {
                 // clients are let go, so they cannot come straight back.
                 acceptor.replace(configs);
                 for client_id in revoked {
-                    if self.kick(&client_id) {
+                    if self.broker.kick(&client_id) {
                         info!(
                             client_id = %crate::untrusted::Untrusted(&client_id),
                             listener = name,

@@ -2,10 +2,14 @@
 //! stay connected.
 //!
 //! Every trigger — the plugin directory watcher ([`watch`]), a change of the
-//! config file, SIGHUP, an embedder — ends in one of two entry points:
-//! [`Broker::reload_plugins`] (load the plugin directory again) and
-//! [`Broker::reload_config`] (apply a new configuration, then reload the
-//! plugins). Both run one at a time and report what they did.
+//! config file, SIGHUP, the admin API, an embedder — ends in one of two
+//! entry points of the [`Reloader`]: [`Reloader::reload_plugins`] (load the
+//! plugin directory again) and [`Reloader::reload_config`] (apply a new
+//! configuration, then reload the plugins). Both run one at a time and
+//! report what they did. The server owns the reloader, which holds the
+//! broker: the broker knows nothing of reloading, it only has its
+//! configuration and policy replaced (`Broker::set_config`,
+//! `Broker::set_policy`).
 //!
 //! A plugin set is compiled and initialised on a blocking thread, off the
 //! message path, and only a set that loaded completely is swapped in: the
@@ -76,8 +80,11 @@ impl PluginReport {
     }
 }
 
-/// The state hot reload keeps in the broker.
-pub(crate) struct Reloader {
+/// Hot reload of one broker, and the state it keeps: made by the server,
+/// shared with the watchers, the admin API and the binary (SIGHUP).
+pub struct Reloader {
+    /// The broker whose configuration and policy a reload replaces.
+    broker: Arc<Broker>,
     /// One reload at a time, in the order they were asked for.
     running: tokio::sync::Mutex<()>,
     /// The plugin host (one wasmtime engine per broker), made on first use.
@@ -87,7 +94,7 @@ pub(crate) struct Reloader {
     /// The outcome of the last plugin reload, for whoever waits on one.
     last: tokio::sync::watch::Sender<Option<PluginReport>>,
     /// Set once the server runs: what a config reload can change in place.
-    pub(crate) handles: Mutex<RunHandles>,
+    handles: Mutex<RunHandles>,
 }
 
 /// Handles on what a config reload changes in running parts.
@@ -112,14 +119,30 @@ impl std::fmt::Debug for Reloader {
 }
 
 impl Reloader {
-    pub(crate) fn new(dir: Option<PathBuf>) -> Reloader {
-        Reloader {
+    /// The reloader of `broker`, keeping `host`, the plugin host that
+    /// loaded the start-up policy, so reloads use the same engine (and its
+    /// cache of compiled components).
+    pub(crate) fn new(broker: Arc<Broker>, host: Option<PluginHost>) -> Arc<Reloader> {
+        let dir = plugin_dir(&broker.config());
+        Arc::new(Reloader {
+            broker,
             running: tokio::sync::Mutex::new(()),
-            host: Mutex::new(None),
+            host: Mutex::new(host),
             dir: tokio::sync::watch::Sender::new(dir),
             last: tokio::sync::watch::Sender::new(None),
             handles: Mutex::new(RunHandles::default()),
-        }
+        })
+    }
+
+    /// The broker this reloader changes.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
+    /// Gives the reloader what a config reload changes in running parts:
+    /// `f` edits the handles (TLS acceptors, permits, the rate bucket).
+    pub(crate) fn with_handles<R>(&self, f: impl FnOnce(&mut RunHandles) -> R) -> R {
+        f(&mut self.handles.lock())
     }
 
     /// The host, made now for `config` if no plugin was loaded before.
@@ -184,20 +207,12 @@ pub(crate) fn load_policy(
     Ok(Policy::new(set))
 }
 
-impl Broker {
-    /// Keeps the plugin host that loaded the start-up policy, so reloads use
-    /// the same engine (and its cache of compiled components).
-    pub(crate) fn keep_plugin_host(&self, host: Option<PluginHost>) {
-        if let Some(host) = host {
-            *self.reload.host.lock() = Some(host);
-        }
-    }
-
-    /// Lets [`Broker::reload`] (SIGHUP) and the config file watcher read the
-    /// configuration again from `source`, and [`Broker::reload_config`]
+impl Reloader {
+    /// Lets [`Reloader::reload`] (SIGHUP) and the config file watcher read
+    /// the configuration again from `source`, and [`Reloader::reload_config`]
     /// change the log filter through `log_filter`.
-    pub fn set_reload_hooks(&self, source: Option<Arc<dyn ConfigSource>>, log_filter: Option<LogFilterHook>) {
-        let mut handles = self.reload.handles.lock();
+    pub fn set_hooks(&self, source: Option<Arc<dyn ConfigSource>>, log_filter: Option<LogFilterHook>) {
+        let mut handles = self.handles.lock();
         handles.source = source;
         handles.log_filter = log_filter;
     }
@@ -205,36 +220,36 @@ impl Broker {
     /// How the plugin host compiled or found compiled the components it
     /// loaded since start-up; `None` before any plugin was loaded.
     pub fn plugin_compile_counts(&self) -> Option<CompileCounts> {
-        Some(self.reload.host.lock().as_ref()?.compile_counts())
+        Some(self.host.lock().as_ref()?.compile_counts())
     }
 
     /// The plugin directory in force.
     pub fn plugin_dir(&self) -> Option<PathBuf> {
-        self.reload.dir.borrow().clone()
+        self.dir.borrow().clone()
     }
 
     /// Follows the outcome of plugin reloads: the receiver sees the last
     /// report and is told of each new one.
     pub fn plugin_reloads(&self) -> tokio::sync::watch::Receiver<Option<PluginReport>> {
-        self.reload.last.subscribe()
+        self.last.subscribe()
     }
 
     /// Loads the plugin directory again and, if every plugin loads, puts the
     /// new set in force; see the [module documentation](self). The outcome
     /// is logged and also returned.
     pub async fn reload_plugins(self: &Arc<Self>) -> PluginReport {
-        let _one_at_a_time = self.reload.running.lock().await;
+        let _one_at_a_time = self.running.lock().await;
         self.reload_plugins_locked().await
     }
 
     async fn reload_plugins_locked(self: &Arc<Self>) -> PluginReport {
         let started = Instant::now();
         let dir = self.plugin_dir();
-        let config = self.config();
-        let broker = self.clone();
+        let config = self.broker.config();
+        let reloader = self.clone();
         let before = self.plugin_compile_counts().unwrap_or_default();
         let loading = tokio::task::spawn_blocking(move || {
-            load_policy(dir.as_deref(), &config.plugins, || broker.reload.host(&config))
+            load_policy(dir.as_deref(), &config.plugins, || reloader.host(&config))
         });
         let report = match loading.await {
             Ok(Ok(policy)) => {
@@ -261,8 +276,8 @@ impl Broker {
                 warn!(reason, "plugin reload refused; the previous plugins keep serving");
             }
         }
-        self.metrics.reloaded(report.swapped());
-        self.reload.last.send_replace(Some(report.clone()));
+        self.broker.metrics.reloaded(report.swapped());
+        self.last.send_replace(Some(report.clone()));
         report
     }
 
@@ -270,18 +285,18 @@ impl Broker {
     async fn swap(self: &Arc<Self>, policy: Policy, compiled: u64, started: Instant) -> PluginReport {
         let names = |p: &Policy| p.plugins().plugins().iter().map(|p| p.name().to_string()).collect::<Vec<_>>();
         let generation = policy.generation();
-        let previous = self.set_policy(policy.clone());
-        if let Some(host) = &*self.reload.host.lock() {
+        let previous = self.broker.set_policy(policy.clone());
+        if let Some(host) = &*self.host.lock() {
             host.retain_compiled(policy.plugins());
         }
         let (old, new) = (names(&previous), names(&policy));
         if new.is_empty() && !old.is_empty() {
             warn!("no plugins left: clients are authenticated by the listeners' settings and every action is allowed");
         }
-        let broker = self.clone();
+        let broker = self.broker.clone();
         let sweep = tokio::task::spawn_blocking(move || {
             drop(previous);
-            broker.reauthorize(&policy)
+            reauthorize(&broker, &policy)
         });
         let subscriptions_removed = sweep.await.unwrap_or_else(|e| {
             tracing::error!(error = %e, "re-authorizing subscriptions stopped");
@@ -297,52 +312,51 @@ impl Broker {
             took: started.elapsed(),
         }
     }
+}
 
-    /// Asks `policy` about every subscription of every session that has a
-    /// known client, and removes those it does not allow. Returns how many
-    /// were removed. MQTT has no server-side unsubscribe, so the client is
-    /// not told; it simply receives nothing more on that filter.
-    fn reauthorize(&self, policy: &Policy) -> usize {
-        if !policy.authorizes() {
-            return 0;
-        }
-        let mut removed = 0;
-        for session in self.sessions.all() {
-            let (client, subscriptions) = {
-                let state = session.lock();
-                let subscriptions: Vec<_> =
-                    state.subscriptions.iter().map(|(f, s)| (f.clone(), s.options.qos)).collect();
-                (state.client.clone(), subscriptions)
-            };
-            let Some(client) = client else { continue };
-            for (filter, qos) in subscriptions {
-                let verdict =
-                    crate::plugin::block_on(policy.authorize(&client, Action::Subscribe, filter.as_str(), qos, false));
-                if verdict.allowed {
-                    continue;
-                }
-                if session.lock().subscriptions.remove(&filter).is_none() {
-                    continue;
-                }
-                self.router.unsubscribe(&session, &filter);
-                self.store.unsubscribed(session.client_id(), &filter);
-                removed += 1;
-                let (plugin, reason) = match verdict.denial.as_deref() {
-                    Some(crate::auth::Denial::Denied { plugin, reason }) => (Some(&**plugin), reason.clone()),
-                    Some(crate::auth::Denial::Failed { plugin, failure }) => {
-                        (Some(&**plugin), format!("the plugin's call failed: {failure}"))
-                    }
-                    Some(crate::auth::Denial::Unanswered) | None => (None, "no plugin allowed it".to_owned()),
-                };
-                info!(
-                    client_id = %crate::untrusted::Untrusted(session.client_id()),
-                    filter = %crate::untrusted::Untrusted(filter.as_str()),
-                    plugin,
-                    reason = %crate::untrusted::Untrusted(&reason),
-                    "subscription removed: the reloaded policy forbids it"
-                );
-            }
-        }
-        removed
+/// Asks `policy` about every subscription of every session that has a
+/// known client, and removes those it does not allow. Returns how many
+/// were removed. MQTT has no server-side unsubscribe, so the client is
+/// not told; it simply receives nothing more on that filter.
+fn reauthorize(broker: &Broker, policy: &Policy) -> usize {
+    if !policy.authorizes() {
+        return 0;
     }
+    let mut removed = 0;
+    for session in broker.sessions.all() {
+        let (client, subscriptions) = {
+            let state = session.lock();
+            let subscriptions: Vec<_> = state.subscriptions.iter().map(|(f, s)| (f.clone(), s.options.qos)).collect();
+            (state.client.clone(), subscriptions)
+        };
+        let Some(client) = client else { continue };
+        for (filter, qos) in subscriptions {
+            let verdict =
+                crate::plugin::block_on(policy.authorize(&client, Action::Subscribe, filter.as_str(), qos, false));
+            if verdict.allowed {
+                continue;
+            }
+            if session.lock().subscriptions.remove(&filter).is_none() {
+                continue;
+            }
+            broker.router.unsubscribe(&session, &filter);
+            broker.store.unsubscribed(session.client_id(), &filter);
+            removed += 1;
+            let (plugin, reason) = match verdict.denial.as_deref() {
+                Some(crate::auth::Denial::Denied { plugin, reason }) => (Some(&**plugin), reason.clone()),
+                Some(crate::auth::Denial::Failed { plugin, failure }) => {
+                    (Some(&**plugin), format!("the plugin's call failed: {failure}"))
+                }
+                Some(crate::auth::Denial::Unanswered) | None => (None, "no plugin allowed it".to_owned()),
+            };
+            info!(
+                client_id = %crate::untrusted::Untrusted(session.client_id()),
+                filter = %crate::untrusted::Untrusted(filter.as_str()),
+                plugin,
+                reason = %crate::untrusted::Untrusted(&reason),
+                "subscription removed: the reloaded policy forbids it"
+            );
+        }
+    }
+    removed
 }

@@ -25,6 +25,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use super::Reloader;
 use crate::broker::Broker;
 
 /// How long the directory must stay quiet before a reload starts.
@@ -101,8 +102,9 @@ async fn settle(rx: &mut mpsc::UnboundedReceiver<()>) -> bool {
 /// Reloads the plugins whenever the plugin directory changes, following the
 /// directory when a config reload moves it, until the broker shuts down.
 /// Does nothing while `[plugins] watch = false` or no directory is set.
-pub async fn plugins(broker: Arc<Broker>) {
-    let mut dirs = broker.reload.dir.subscribe();
+pub async fn plugins(reloader: Arc<Reloader>) {
+    let broker = reloader.broker().clone();
+    let mut dirs = reloader.dir.subscribe();
     loop {
         let dir = dirs.borrow_and_update().clone();
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -127,7 +129,7 @@ pub async fn plugins(broker: Arc<Broker>) {
                         break;
                     }
                     if broker.config().plugins.watch() {
-                        broker.reload_plugins().await;
+                        reloader.reload_plugins().await;
                     }
                 }
             }
@@ -145,8 +147,9 @@ fn granted_dirs(broker: &Broker) -> std::collections::BTreeSet<PathBuf> {
 /// them changes (see the module documentation), following the plugin set
 /// as reloads change it, until the broker shuts down. Off with
 /// `[plugins] watch = false`.
-pub async fn granted(broker: Arc<Broker>) {
-    let mut reloads = broker.plugin_reloads();
+pub async fn granted(reloader: Arc<Reloader>) {
+    let broker = reloader.broker().clone();
+    let mut reloads = reloader.plugin_reloads();
     loop {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let watchers: Vec<_> = if broker.config().plugins.watch() {
@@ -173,7 +176,7 @@ pub async fn granted(broker: Arc<Broker>) {
                         break;
                     }
                     if broker.config().plugins.watch() {
-                        broker.reload_plugins().await;
+                        reloader.reload_plugins().await;
                     }
                 }
             }
@@ -184,7 +187,8 @@ pub async fn granted(broker: Arc<Broker>) {
 /// Reloads the configuration whenever the file at `path` changes (watched
 /// through its directory, so editors that replace the file are followed),
 /// until the broker shuts down.
-pub async fn config_file(broker: Arc<Broker>, path: PathBuf) {
+pub async fn config_file(reloader: Arc<Reloader>, path: PathBuf) {
+    let broker = reloader.broker().clone();
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return };
     let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -197,7 +201,7 @@ pub async fn config_file(broker: Arc<Broker>, path: PathBuf) {
                     return;
                 }
                 // A refusal is logged by `reload`; the running config stays.
-                let _ = broker.reload().await;
+                let _ = reloader.reload().await;
             }
         }
     }

@@ -23,6 +23,8 @@ pub const QUIET: Duration = Duration::from_millis(300);
 pub struct TestBroker {
     pub addr: SocketAddr,
     pub broker: Arc<Broker>,
+    /// Hot reload of `broker` (the server owns it).
+    pub reloader: Arc<moat::reload::Reloader>,
     /// The admin listener's address, when the config asked for one.
     pub admin: Option<SocketAddr>,
     /// TLS acceptors of the `tls`/`wss` listeners, by listener name.
@@ -58,12 +60,13 @@ impl TestBroker {
         let addr = server.local_addrs()[0].1;
         let admin = server.admin_addr();
         let broker = server.broker().clone();
+        let reloader = server.reloader().clone();
         let tls = server.tls_acceptors();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async {
             let _ = stopped.await;
         }));
-        TestBroker { addr, broker, admin, tls, stop: Some(stop), task: Some(task) }
+        TestBroker { addr, broker, reloader, admin, tls, stop: Some(stop), task: Some(task) }
     }
 
     /// Stops the broker and waits for it to finish draining.

@@ -34,7 +34,7 @@ async fn started(plugins: &Path, cache: &Path) -> (TestBroker, CompileCounts) {
         c.plugins.cache_dir = Some(cache.to_owned());
     })
     .await;
-    let counts = broker.broker.plugin_compile_counts().expect("plugins loaded");
+    let counts = broker.reloader.plugin_compile_counts().expect("plugins loaded");
     (broker, counts)
 }
 

@@ -112,7 +112,7 @@ async fn editing_a_granted_file_reloads_the_plugins_so_all_instances_read_it() {
     assert_eq!(code("carol").await, ConnectReturnCode::Success);
     assert_eq!(code("dave").await, ConnectReturnCode::BadUserNamePassword);
 
-    let mut reloads = broker.broker.plugin_reloads();
+    let mut reloads = broker.reloader.plugin_reloads();
     reloads.borrow_and_update();
     // Replaced atomically, as an operator should.
     let next = auth.path().join(".users.new");

@@ -128,7 +128,7 @@ async fn plugin_replaced_ten_times_under_qos1_load() {
     let dir = stage(&[("acl", "topic-prefix", &sidecar("deny-init"))]);
     let path = dir.path().to_owned();
     let broker = TestBroker::with(|c| c.plugins.dir = Some(path.clone())).await;
-    let mut reports = broker.broker.plugin_reloads();
+    let mut reports = broker.reloader.plugin_reloads();
     let good_wasm = std::fs::read(built().wasm("topic-prefix")).expect("fixture");
 
     let mut subscribers = Vec::new();
@@ -238,12 +238,12 @@ async fn removing_the_only_plugin_and_adding_it_back_reloads() {
 
     // Called directly, as SIGHUP or an admin endpoint would.
     std::fs::remove_file(path.join("acl.wasm")).expect("remove");
-    let report = broker.broker.reload_plugins().await;
+    let report = broker.reloader.reload_plugins().await;
     assert!(matches!(&report, PluginReport::Swapped { removed, .. } if removed == &["acl"]), "{report:?}");
     assert_eq!(publish(&mut checker, "deny/t").await, PubAckReason::Success);
 
     std::fs::copy(built().wasm("topic-prefix"), path.join("acl.wasm")).expect("copy");
-    let report = broker.broker.reload_plugins().await;
+    let report = broker.reloader.reload_plugins().await;
     assert!(matches!(&report, PluginReport::Swapped { added, .. } if added == &["acl"]), "{report:?}");
     assert_eq!(publish(&mut checker, "deny/t").await, PubAckReason::NotAuthorized);
 }
@@ -269,13 +269,13 @@ async fn config_reload_refuses_an_invalid_file_and_applies_a_valid_one() {
     std::fs::write(&file, format!("{listener}[limits]\nmax_topic_levels = 3\n")).expect("write");
     let loaded = Config::load(&file).expect("valid");
     let broker = TestBroker::with(|c| *c = loaded).await;
-    broker.broker.set_reload_hooks(Some(Arc::new(File(file.clone()))), None);
+    broker.reloader.set_hooks(Some(Arc::new(File(file.clone()))), None);
     let mut client = broker.v5("c").await;
     let deep = "a/b/c/d";
     assert_eq!(client.subscribe(deep, Q5::AtMostOnce).await.return_codes, [SubscribeReasonCode::TopicFilterInvalid]);
 
     std::fs::write(&file, format!("{listener}[limits]\nmax_topic_levels = 0\n")).expect("write");
-    let refused = broker.broker.reload().await.expect_err("invalid file");
+    let refused = broker.reloader.reload().await.expect_err("invalid file");
     let expected = format!("{}:6: `limits.max_topic_levels`: must be greater than 0", file.display());
     assert!(refused.0.contains(&expected), "{refused}");
     assert_eq!(broker.broker.config().limits.max_topic_levels, 3, "the running config stays");
@@ -283,7 +283,7 @@ async fn config_reload_refuses_an_invalid_file_and_applies_a_valid_one() {
 
     let moved = "[[listeners]]\nname = \"test\"\nbind = \"127.0.0.1:1\"\n\n";
     std::fs::write(&file, format!("{moved}[limits]\nmax_topic_levels = 5\n")).expect("write");
-    let report = broker.broker.reload().await.expect("valid file");
+    let report = broker.reloader.reload().await.expect("valid file");
     assert_eq!(report.applied, ["limits.max_topic_levels = 5"]);
     assert_eq!(report.needs_restart.len(), 1, "{:?}", report.needs_restart);
     assert!(report.needs_restart[0].contains("bind"), "{:?}", report.needs_restart);
@@ -305,7 +305,7 @@ async fn config_reload_changes_the_rate_limits_in_force() {
     std::fs::write(&file, listener).expect("write");
     let loaded = Config::load(&file).expect("valid");
     let broker = TestBroker::with(|c| *c = loaded).await;
-    broker.broker.set_reload_hooks(Some(Arc::new(File(file.clone()))), None);
+    broker.reloader.set_hooks(Some(Arc::new(File(file.clone()))), None);
     let mut client = broker.v5("rated").await;
     for _ in 0..10 {
         assert_eq!(publish(&mut client, "rate/x").await, PubAckReason::Success, "no limit yet");
@@ -313,7 +313,7 @@ async fn config_reload_changes_the_rate_limits_in_force() {
 
     std::fs::write(&file, format!("{listener}[limits]\nmax_publish_rate = 2\nmax_connection_rate = 1\n"))
         .expect("write");
-    let report = broker.broker.reload().await.expect("valid file");
+    let report = broker.reloader.reload().await.expect("valid file");
     assert_eq!(report.applied, ["limits.max_connection_rate = 1", "limits.max_publish_rate = 2"]);
     // A full bucket of 2, then refused (refilling at one per 500 ms).
     let mut reasons = Vec::new();
@@ -356,7 +356,7 @@ async fn admin_reload_applies_a_changed_shipped_plugin_table() {
     std::fs::write(&file, config("a")).expect("write");
     let loaded = Config::load(&file).expect("valid");
     let broker = TestBroker::with(|c| *c = loaded).await;
-    broker.broker.set_reload_hooks(Some(Arc::new(File(file.clone()))), None);
+    broker.reloader.set_hooks(Some(Arc::new(File(file.clone()))), None);
     let admin = broker.admin.expect("admin listener");
     let mut client = broker.v5("c").await;
     assert_eq!(publish(&mut client, "a/1").await, PubAckReason::Success);
@@ -393,7 +393,7 @@ async fn a_restart_takes_compiled_plugins_from_the_disk_cache() {
 
     // First start: compiled, and kept.
     let broker = TestBroker::with(tweak).await;
-    let counts = broker.broker.plugin_compile_counts().expect("plugins loaded");
+    let counts = broker.reloader.plugin_compile_counts().expect("plugins loaded");
     assert_eq!((counts.compiled, counts.disk), (1, 0), "{counts:?}");
     let entries = cache_entries(&cache_dir);
     assert_eq!(entries.len(), 1, "{entries:?}");
@@ -401,13 +401,13 @@ async fn a_restart_takes_compiled_plugins_from_the_disk_cache() {
 
     // A restart (a new engine) compiles nothing, and the policy is in force.
     let broker = TestBroker::with(tweak).await;
-    let counts = broker.broker.plugin_compile_counts().expect("plugins loaded");
+    let counts = broker.reloader.plugin_compile_counts().expect("plugins loaded");
     assert_eq!((counts.compiled, counts.disk), (0, 1), "{counts:?}");
     let mut checker = broker.v5("checker").await;
     assert_eq!(publish(&mut checker, "deny/t").await, PubAckReason::NotAuthorized);
     assert_eq!(publish(&mut checker, "open/t").await, PubAckReason::Success);
     // Neither does a reload of the unchanged plugin.
-    let report = broker.broker.reload_plugins().await;
+    let report = broker.reloader.reload_plugins().await;
     assert!(matches!(report, PluginReport::Swapped { compiled: 0, .. }), "{report:?}");
     broker.stop().await;
 
@@ -418,7 +418,7 @@ async fn a_restart_takes_compiled_plugins_from_the_disk_cache() {
     bytes[middle] ^= 0xff;
     std::fs::write(&entries[0], &bytes).expect("damage the entry");
     let broker = TestBroker::with(tweak).await;
-    let counts = broker.broker.plugin_compile_counts().expect("plugins loaded");
+    let counts = broker.reloader.plugin_compile_counts().expect("plugins loaded");
     assert_eq!((counts.compiled, counts.disk), (1, 0), "{counts:?}");
     let mut checker = broker.v5("checker").await;
     assert_eq!(publish(&mut checker, "deny/t").await, PubAckReason::NotAuthorized);

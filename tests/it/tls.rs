@@ -206,7 +206,7 @@ async fn a_crl_reload_disconnects_the_clients_it_now_revokes() {
     good_client.subscribe("still/#", rumqttc::v5::mqttbytes::QoS::AtLeastOnce).await;
 
     write(&pki.dir, "ca.crl", &pki.ca.crl(&[&bad]));
-    let report = broker.broker.reload().await.expect("reload");
+    let report = broker.reloader.reload().await.expect("reload");
     assert_eq!(report.tls_reloaded, ["test"]);
     assert_eq!(
         bad_client.disconnect_reason().await,
@@ -237,7 +237,7 @@ async fn an_expired_crl_is_refused_at_start_up_and_at_reload() {
     write(&pki.dir, "ca.crl", &pki.ca.crl(&[]));
     let broker = mtls_broker(&pki, Anonymous::Never).await;
     write(&pki.dir, "ca.crl", &pki.ca.crl_until(&[], (2021, 1, 1)));
-    let refused = broker.broker.reload().await.expect_err("expired CRL");
+    let refused = broker.reloader.reload().await.expect_err("expired CRL");
     assert!(refused.0.contains("ca.crl") && refused.0.contains("expired"), "{refused}");
     let cert = pki.ca.client("device-1", &[]);
     assert_eq!(try_v5(&broker, "still", with_cert(&pki, &cert)).await, Ok(V5Code::Success));
@@ -349,7 +349,7 @@ async fn reload_reads_rotated_certificate_files_and_refuses_broken_ones() {
     // old certificate keeps serving.
     let old_key = std::fs::read_to_string(&pki.tls.key_file).expect("key");
     write(&pki.dir, "server.key", "not a key");
-    let refused = broker.broker.reload().await.expect_err("broken key");
+    let refused = broker.reloader.reload().await.expect_err("broken key");
     assert!(refused.0.contains("server.key"), "{refused}");
     assert_eq!(try_v5(&broker, "still-old", trusts_old.clone()).await, Ok(V5Code::Success));
     write(&pki.dir, "server.key", &old_key);
@@ -359,7 +359,7 @@ async fn reload_reads_rotated_certificate_files_and_refuses_broken_ones() {
     let server = ca.server();
     write(&pki.dir, "server.pem", &server.cert_pem);
     write(&pki.dir, "server.key", &server.key_pem);
-    let report = broker.broker.reload().await.expect("reload");
+    let report = broker.reloader.reload().await.expect("reload");
     assert_eq!(report.tls_reloaded, ["test"]);
     assert!(report.needs_restart.is_empty(), "{:?}", report.needs_restart);
 
