@@ -4,6 +4,9 @@
 //! of thousands of lines (98,669 for one `moat plugin check`), which bury
 //! the broker's own. An operator who asks for `debug` wants Moat's debug
 //! lines, so those targets stay at `warn` unless the filter names them.
+//! Also `[log]` itself: the filter and the output format.
+
+use serde::Deserialize;
 
 /// Targets kept at `warn` when the filter's default level is more verbose
 /// and the filter does not name them. A directive matches every target
@@ -60,6 +63,28 @@ fn directive_target(directive: &str) -> Option<&str> {
     let end = directive.find(['=', '[']).unwrap_or(directive.len());
     let target = directive[..end].trim();
     (!target.is_empty()).then_some(target)
+}
+
+/// Logging settings.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `moat=debug`. Installed through
+    /// [`log_filter`], so `debug` does not mean the compiler's debug lines.
+    pub level: Option<String>,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[cfg(test)]
