@@ -21,7 +21,7 @@ use crate::config::ListenerConfig;
 use crate::identity::Peer;
 use crate::message::Owner;
 use crate::metrics::{Limit, LocalCounts, Refusal};
-use crate::session::ConnectionInfo;
+use crate::session::{Attached, ConnectionInfo};
 use crate::untrusted::Untrusted;
 
 /// Authorization verdicts a connection remembers: enough for the topics
@@ -47,41 +47,11 @@ where
     let running = broker.config();
     let limits = &running.limits;
     let mut rbuf = BytesMut::with_capacity(1024);
-    let max_first = limits.decode_limits(MAX_CONNECT_PACKET);
     let deadline = peer.connect_deadline.unwrap_or_else(|| Instant::now() + limits.connect_timeout());
     let mut bytes_read = 0;
-    let first = tokio::time::timeout_at(deadline, read_first(&mut stream, &mut rbuf, max_first, &mut bytes_read)).await;
-    let connect = match first {
-        Ok(Ok(connect)) => connect,
-        failed => {
-            broker.metrics.refused(Refusal::Protocol);
-            match failed {
-                Err(_) => debug!("no CONNECT before the connect timeout"),
-                Ok(Err(FirstPacketError::Decode(e, version))) => {
-                    debug!(error = %e, "invalid first packet");
-                    if e == DecodeError::TooManyUserProperties {
-                        broker.metrics.limit_hit(Limit::UserProperties);
-                    }
-                    refuse_bad_connect(&mut stream, version, e).await;
-                }
-                Ok(Err(FirstPacketError::NotConnect)) => debug!("first packet is not CONNECT"),
-                Ok(Err(FirstPacketError::Io) | Ok(_)) => {}
-            }
-            return None;
-        }
-    };
+    let connect = read_connect(&broker, &mut stream, &mut rbuf, limits, deadline, &mut bytes_read).await?;
     let version = connect.protocol;
-    let outcome = negotiate(&broker, &connect, &peer, listener);
-    let Negotiated {
-        client_id,
-        assigned,
-        keep_alive,
-        server_keep_alive,
-        session_expiry_s,
-        expiry_capped,
-        username,
-        cert_authenticated,
-    } = match outcome {
+    let negotiated = match negotiate(&broker, &connect, &peer, listener) {
         Ok(n) => n,
         Err(reason) => {
             return Refused::with(Refusal::Invalid, reason, "invalid CONNECT")
@@ -89,18 +59,9 @@ where
                 .await;
         }
     };
-    tracing::Span::current().record("client_id", tracing::field::display(Untrusted(&client_id)));
-    let mut client = ClientInfo {
-        client_id: client_id.to_string(),
-        username: username.as_deref().map(str::to_owned),
-        claimed_username: connect.username.clone(),
-        peer_address: peer.addr,
-        listener: listener.name.clone(),
-        protocol: version,
-        tls: peer.tls.clone(),
-        attributes: Vec::new(),
-    };
-    let admitted_without_plugin = cert_authenticated || listener.allow_anonymous.permits(peer.addr);
+    tracing::Span::current().record("client_id", tracing::field::display(Untrusted(&negotiated.client_id)));
+    let mut client = client_info(&connect, &negotiated, &peer, listener);
+    let admitted_without_plugin = negotiated.cert_authenticated || listener.allow_anonymous.permits(peer.addr);
     let identifying =
         identify(&broker, &mut stream, &mut rbuf, &connect, &mut client, listener, admitted_without_plugin);
     let authenticated = match tokio::time::timeout_at(deadline, identifying).await {
@@ -108,18 +69,107 @@ where
         Ok(Err(refused)) => return refused.answer(&broker, &mut stream, version).await,
         Err(_) => return Refused::CLOSED.answer(&broker, &mut stream, version).await,
     };
-    let attached = match broker.attach(&client_id, connect.clean_start).await {
+    let attached = match attach(&broker, &negotiated.client_id, connect.clean_start).await {
         Ok(attached) => attached,
-        Err(AttachRefused::Busy) => {
-            let busy = Refused::with(Refusal::Busy, ReasonCode::SERVER_BUSY, "previous connection did not let go");
-            return busy.answer(&broker, &mut stream, version).await;
-        }
-        Err(AttachRefused::TooManySessions) => {
-            broker.metrics.limit_hit(Limit::MaxSessions);
-            let full = Refused::with(Refusal::MaxSessions, ReasonCode::QUOTA_EXCEEDED, "limits.max_sessions reached");
-            return full.answer(&broker, &mut stream, version).await;
-        }
+        Err(refused) => return refused.answer(&broker, &mut stream, version).await,
     };
+    open_session(&broker, &attached, &client, &negotiated, &peer, listener, version);
+    let connack = connack(&negotiated, attached.present, limits, version, &authenticated);
+    let parts = Parts { rbuf, bytes_read, negotiated: &negotiated, authenticated, attached, client };
+    let mut conn = connection(&broker, stream, &connect, limits, parts);
+    #[cfg(feature = "cluster")]
+    {
+        register_will(&mut conn).await;
+        conn.keep(true).await;
+    }
+    debug!(
+        version = ?version,
+        clean_start = connect.clean_start,
+        keep_alive = negotiated.keep_alive,
+        username = Untrusted::field(conn.client.username.as_deref()),
+        claimed_username = Untrusted::field(conn.client.claimed_username.as_deref()),
+        "client connected"
+    );
+    conn.send(&Packet::ConnAck(connack));
+    Some(conn)
+}
+
+/// Reads the first packet under `deadline`; anything but a valid CONNECT
+/// is counted and, where the protocol has a way to say so, answered.
+async fn read_connect<S>(
+    broker: &Broker,
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    limits: &crate::config::Limits,
+    deadline: Instant,
+    bytes_read: &mut u64,
+) -> Option<Box<Connect>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let max_first = limits.decode_limits(MAX_CONNECT_PACKET);
+    let first = tokio::time::timeout_at(deadline, read_first(stream, rbuf, max_first, bytes_read)).await;
+    let failed = match first {
+        Ok(Ok(connect)) => return Some(connect),
+        failed => failed,
+    };
+    broker.metrics.refused(Refusal::Protocol);
+    match failed {
+        Err(_) => debug!("no CONNECT before the connect timeout"),
+        Ok(Err(FirstPacketError::Decode(e, version))) => {
+            debug!(error = %e, "invalid first packet");
+            if e == DecodeError::TooManyUserProperties {
+                broker.metrics.limit_hit(Limit::UserProperties);
+            }
+            refuse_bad_connect(stream, version, e).await;
+        }
+        Ok(Err(FirstPacketError::NotConnect)) => debug!("first packet is not CONNECT"),
+        Ok(Err(FirstPacketError::Io) | Ok(_)) => {}
+    }
+    None
+}
+
+/// What the plugins will be told about the client, before any of them
+/// granted anything.
+fn client_info(connect: &Connect, negotiated: &Negotiated, peer: &Peer, listener: &ListenerConfig) -> ClientInfo {
+    ClientInfo {
+        client_id: negotiated.client_id.to_string(),
+        username: negotiated.username.as_deref().map(str::to_owned),
+        claimed_username: connect.username.clone(),
+        peer_address: peer.addr,
+        listener: listener.name.clone(),
+        protocol: connect.protocol,
+        tls: peer.tls.clone(),
+        attributes: Vec::new(),
+    }
+}
+
+/// Attaches the client's session, as the refusal to send when it cannot.
+async fn attach(broker: &Broker, client_id: &Arc<str>, clean_start: bool) -> Result<Attached, Refused> {
+    broker.attach(client_id, clean_start).await.map_err(|refused| match refused {
+        AttachRefused::Busy => {
+            Refused::with(Refusal::Busy, ReasonCode::SERVER_BUSY, "previous connection did not let go")
+        }
+        AttachRefused::TooManySessions => {
+            broker.metrics.limit_hit(Limit::MaxSessions);
+            Refused::with(Refusal::MaxSessions, ReasonCode::QUOTA_EXCEEDED, "limits.max_sessions reached")
+        }
+    })
+}
+
+/// Records who holds the session now (expiry, owner, connection, client),
+/// in the store too when the session outlives the connection, and hands it
+/// what its share groups kept while no member was connected.
+fn open_session(
+    broker: &Broker,
+    attached: &Attached,
+    client: &ClientInfo,
+    negotiated: &Negotiated,
+    peer: &Peer,
+    listener: &ListenerConfig,
+    version: ProtocolVersion,
+) {
+    let session_expiry_s = negotiated.session_expiry_s;
     let owner = Owner(client.username.clone());
     {
         let mut session = attached.session.lock();
@@ -136,33 +186,66 @@ where
         });
     }
     if session_expiry_s > 0 {
-        broker.store.session_opened(&client_id, session_expiry_s);
-        broker.store.session_owner(&client_id, &owner);
+        broker.store.session_opened(&negotiated.client_id, session_expiry_s);
+        broker.store.session_owner(&negotiated.client_id, &owner);
     }
     attached.session.lock().client = Some(Arc::new(client.clone()));
     // Now that its expiry is known (it decides whether they are stored):
     // what its share groups kept while no member was connected.
     broker.serve_waiting(&attached.session, None);
+}
+
+/// The successful CONNACK, with the v5 properties that tell the client
+/// the server's limits and what it decided.
+fn connack(
+    negotiated: &Negotiated,
+    session_present: bool,
+    limits: &crate::config::Limits,
+    version: ProtocolVersion,
+    authenticated: &policy::Authenticated,
+) -> ConnAck {
     let mut properties = Properties::default();
     if version.is_v5() {
         properties.receive_maximum = Some(limits.max_inflight);
         properties.maximum_packet_size = Some(limits.max_packet_size);
         properties.topic_alias_maximum = Some(limits.topic_alias_maximum);
-        properties.assigned_client_identifier = assigned.then(|| client_id.to_string());
-        properties.server_keep_alive = server_keep_alive;
-        properties.session_expiry_interval = expiry_capped.then_some(session_expiry_s);
+        properties.assigned_client_identifier = negotiated.assigned.then(|| negotiated.client_id.to_string());
+        properties.server_keep_alive = negotiated.server_keep_alive;
+        properties.session_expiry_interval = negotiated.expiry_capped.then_some(negotiated.session_expiry_s);
         properties.authentication_method.clone_from(&authenticated.method);
-        properties.authentication_data = authenticated.data;
+        properties.authentication_data.clone_from(&authenticated.data);
     }
-    let connack = ConnAck { session_present: attached.present, reason: ReasonCode::SUCCESS, properties };
+    ConnAck { session_present, reason: ReasonCode::SUCCESS, properties }
+}
+
+/// What the handshake hands over to the connection it builds.
+struct Parts<'a> {
+    rbuf: BytesMut,
+    bytes_read: u64,
+    negotiated: &'a Negotiated,
+    authenticated: policy::Authenticated,
+    attached: Attached,
+    client: ClientInfo,
+}
+
+/// The connection the handshake admitted, with the limits it negotiated.
+fn connection<S>(
+    broker: &Arc<Broker>,
+    stream: S,
+    connect: &Connect,
+    limits: &crate::config::Limits,
+    parts: Parts<'_>,
+) -> Box<Connection<S>> {
+    let Parts { rbuf, bytes_read, negotiated, authenticated, attached, client } = parts;
+    let (keep_alive, session_expiry_s) = (negotiated.keep_alive, negotiated.session_expiry_s);
     let props = &connect.properties;
-    let mut conn = Box::new(Connection {
+    Box::new(Connection {
         stream,
         // Usually empty by now; if so, nothing is held until the client
         // sends again (see `read_some`).
         rbuf: if rbuf.is_empty() { BytesMut::new() } else { rbuf },
         wbuf: BytesMut::new(),
-        version,
+        version: connect.protocol,
         keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
         last_read: Instant::now(),
         will: connect.will.clone().map(Box::new),
@@ -190,22 +273,7 @@ where
         input_pending: false,
         retained: std::collections::VecDeque::new(),
         client,
-    });
-    #[cfg(feature = "cluster")]
-    {
-        register_will(&mut conn).await;
-        conn.keep(true).await;
-    }
-    debug!(
-        version = ?version,
-        clean_start = connect.clean_start,
-        keep_alive,
-        username = Untrusted::field(conn.client.username.as_deref()),
-        claimed_username = Untrusted::field(conn.client.claimed_username.as_deref()),
-        "client connected"
-    );
-    conn.send(&Packet::ConnAck(connack));
-    Some(conn)
+    })
 }
 
 /// Whether `client` may have the session of `client_id` (`[auth]
