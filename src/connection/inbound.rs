@@ -9,12 +9,9 @@ use tokio_util::sync::CancellationToken;
 use super::{Close, Connection};
 use crate::auth::Action;
 use crate::broker::Refused;
-use crate::codec::{
-    Packet, Properties, PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, TopicName, UnsubAck,
-    Unsubscribe,
-};
+use crate::codec::{Packet, Properties, PubResp, Publish, QoS, ReasonCode, TopicName};
+use crate::message::InflightState;
 use crate::message::Message;
-use crate::message::{Delivery, InflightState, Subscription};
 use crate::metrics::{DropReason, Limit};
 use crate::session::{Held, Refusal, Session};
 
@@ -83,20 +80,8 @@ where
         self.counts.received(publish.qos);
         publish.topic = self.resolve_alias(&publish)?;
         let running = self.broker.config();
-        if let Some(limit) = super::topic_over_limit(&running.limits, publish.topic.as_str()) {
-            // Closing rather than a PUBACK 0x90 (which the spec also allows
-            // at QoS 1/2): a QoS 0 publisher could not be told otherwise.
-            self.broker.metrics.limit_hit(limit);
-            return Err(Close::Protocol(ReasonCode::TOPIC_NAME_INVALID, "topic over the length or level limit"));
-        }
-        let packet_id = publish.packet_id;
         let now = std::time::Instant::now();
-        // A reload may have changed the rate; a new one starts full.
-        crate::rate::TokenBucket::follow(&mut self.publish_rate, running.limits.max_publish_rate, now);
-        if let Some(bucket) = &mut self.publish_rate
-            && !bucket.try_take(now)
-        {
-            self.over_publish_rate(publish.qos, packet_id);
+        if !self.publish_within_limits(&publish, &running.limits, now)? {
             return Ok(());
         }
         let policy = self.broker.policy();
@@ -107,41 +92,13 @@ where
                 .await;
         if !permitted {
             self.broker.metrics.dropped(DropReason::NotAuthorized, 1);
-        }
-        if !permitted && self.version.is_v5() {
-            // The reason code ends the exchange, so no QoS 2 state is kept.
-            let refusal =
-                |id| PubResp { packet_id: id, reason: ReasonCode::NOT_AUTHORIZED, properties: Properties::default() };
-            match (publish.qos, packet_id) {
-                (QoS::AtLeastOnce, Some(id)) => self.send(&Packet::PubAck(refusal(id))),
-                (QoS::ExactlyOnce, Some(id)) => self.send(&Packet::PubRec(refusal(id))),
-                _ => {}
-            }
-            return Ok(());
-        }
-        let mut store_id = None;
-        if publish.qos == QoS::ExactlyOnce {
-            let Some(id) = packet_id else {
-                return Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "QoS 2 without packet id"));
-            };
-            let mut state = self.attached.session.lock();
-            if state.incoming_qos2.contains(&id) {
-                // A resend of a message already routed: acknowledge only,
-                // which is what makes QoS 2 exactly once [MQTT-4.3.3-10];
-                // like the first PUBREC, once what it waited for is done:
-                // the id durable, the copies in JetStream (the client may
-                // resend because that wait ran out).
-                drop(state);
-                self.await_store();
-                self.send(&Packet::PubRec(PubResp::success(id)));
+            if self.version.is_v5() {
+                self.refuse_unauthorized(publish.qos, publish.packet_id);
                 return Ok(());
             }
-            if state.incoming_qos2.len() >= usize::from(self.broker.config().limits.max_inflight) {
-                return Err(Close::Protocol(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded"));
-            }
-            state.incoming_qos2.insert(id);
-            store_id = (state.expiry_s > 0).then_some(id);
         }
+        let Some(store_id) = self.receive_qos2(&publish)? else { return Ok(()) };
+        let (qos, packet_id) = (publish.qos, publish.packet_id);
         // 3.1.1 has no way to refuse a PUBLISH: it is acknowledged and
         // dropped, as Mosquitto does.
         let message = Message::new(publish.topic, publish.payload, publish.qos, publish.retain, &publish.properties);
@@ -154,18 +111,101 @@ where
         } else {
             Some(Some(message))
         };
+        self.route_publish(transformed, qos, packet_id, store_id, running.limits.queue_full_wait_ms)
+    }
+
+    /// Whether a PUBLISH may go on: its topic within the length and level
+    /// limits (else the connection closes) and the client within its
+    /// publish rate (else the message is refused or dropped here).
+    fn publish_within_limits(
+        &mut self,
+        publish: &Publish,
+        limits: &crate::config::Limits,
+        now: std::time::Instant,
+    ) -> Result<bool, Close> {
+        if let Some(limit) = super::topic_over_limit(limits, publish.topic.as_str()) {
+            // Closing rather than a PUBACK 0x90 (which the spec also allows
+            // at QoS 1/2): a QoS 0 publisher could not be told otherwise.
+            self.broker.metrics.limit_hit(limit);
+            return Err(Close::Protocol(ReasonCode::TOPIC_NAME_INVALID, "topic over the length or level limit"));
+        }
+        // A reload may have changed the rate; a new one starts full.
+        crate::rate::TokenBucket::follow(&mut self.publish_rate, limits.max_publish_rate, now);
+        if let Some(bucket) = &mut self.publish_rate
+            && !bucket.try_take(now)
+        {
+            self.over_publish_rate(publish.qos, publish.packet_id);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Tells a v5 publisher its QoS 1/2 PUBLISH was not authorized. The
+    /// reason code ends the exchange, so no QoS 2 state is kept.
+    fn refuse_unauthorized(&mut self, qos: QoS, packet_id: Option<crate::codec::PacketId>) {
+        let refusal =
+            |id| PubResp { packet_id: id, reason: ReasonCode::NOT_AUTHORIZED, properties: Properties::default() };
+        match (qos, packet_id) {
+            (QoS::AtLeastOnce, Some(id)) => self.send(&Packet::PubAck(refusal(id))),
+            (QoS::ExactlyOnce, Some(id)) => self.send(&Packet::PubRec(refusal(id))),
+            _ => {}
+        }
+    }
+
+    /// Starts the receiving side of a QoS 2 exchange: `None` when the
+    /// PUBLISH is a resend of one already routed (acknowledged again here,
+    /// not routed), else the packet id to store with the routed copies
+    /// when the session outlives the connection (`Some(None)`: nothing to
+    /// store, as for QoS 0 and 1).
+    fn receive_qos2(&mut self, publish: &Publish) -> Result<Option<Option<crate::codec::PacketId>>, Close> {
+        if publish.qos != QoS::ExactlyOnce {
+            return Ok(Some(None));
+        }
+        let Some(id) = publish.packet_id else {
+            return Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "QoS 2 without packet id"));
+        };
+        let mut state = self.attached.session.lock();
+        if state.incoming_qos2.contains(&id) {
+            // A resend of a message already routed: acknowledge only,
+            // which is what makes QoS 2 exactly once [MQTT-4.3.3-10];
+            // like the first PUBREC, once what it waited for is done:
+            // the id durable, the copies in JetStream (the client may
+            // resend because that wait ran out).
+            drop(state);
+            self.await_store();
+            self.send(&Packet::PubRec(PubResp::success(id)));
+            return Ok(None);
+        }
+        if state.incoming_qos2.len() >= usize::from(self.broker.config().limits.max_inflight) {
+            return Err(Close::Protocol(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED, "receive maximum exceeded"));
+        }
+        state.incoming_qos2.insert(id);
+        Ok(Some((state.expiry_s > 0).then_some(id)))
+    }
+
+    /// Routes what the policy let through (`None`: refused; `Some(None)`:
+    /// dropped by a transform), stores the QoS 2 packet id with the copies,
+    /// and acknowledges, or holds the acknowledgement while deliveries wait
+    /// for full queues.
+    fn route_publish(
+        &mut self,
+        transformed: Option<Option<Message>>,
+        qos: QoS,
+        packet_id: Option<crate::codec::PacketId>,
+        mut store_id: Option<crate::codec::PacketId>,
+        wait_ms: u64,
+    ) -> Result<(), Close> {
         // The copies for persistent sessions and the packet id are
         // committed together, so a crash keeps both or neither.
         let group = store_id.map(|_| self.broker.store.group());
         // A v5 QoS 1/2 publisher can be told the retained store is full;
         // anyone else's message is delivered without being retained.
-        let refuse = self.version.is_v5() && publish.qos != QoS::AtMostOnce;
-        let wait_ms = running.limits.queue_full_wait_ms;
+        let refuse = self.version.is_v5() && qos != QoS::AtMostOnce;
         let mut held = Vec::new();
-        let hold = (publish.qos != QoS::AtMostOnce && wait_ms > 0).then_some(&mut held);
+        let hold = (qos != QoS::AtMostOnce && wait_ms > 0).then_some(&mut held);
         let routed = match transformed {
             Some(Some(message)) => {
-                let acknowledged = publish.qos != QoS::AtMostOnce;
+                let acknowledged = qos != QoS::AtMostOnce;
                 self.broker.publish_shared(Arc::new(message), Some(&self.attached.session), refuse, acknowledged, hold)
             }
             Some(None) => {
@@ -175,7 +215,7 @@ where
             None => Ok(0),
         };
         if routed.is_err()
-            && let Some(id) = store_id.take().or(packet_id.filter(|_| publish.qos == QoS::ExactlyOnce))
+            && let Some(id) = store_id.take().or(packet_id.filter(|_| qos == QoS::ExactlyOnce))
         {
             // The refusal ends the QoS 2 exchange: no state is kept.
             self.attached.session.lock().incoming_qos2.remove(&id);
@@ -190,10 +230,24 @@ where
             self.broker.store.incoming_qos2(self.attached.session.client_id(), id, true);
         }
         drop(group);
-        if publish.qos != QoS::AtMostOnce {
+        if qos != QoS::AtMostOnce {
             // Durable store (issue 9): the ack below waits for this.
             self.await_store();
         }
+        self.acknowledge_publish(routed, qos, packet_id, held, wait_ms);
+        Ok(())
+    }
+
+    /// Sends the PUBACK or PUBREC of a routed publish, or holds it with
+    /// the deliveries that met full queues (see [`HeldPublish`]).
+    fn acknowledge_publish(
+        &mut self,
+        routed: Result<usize, Refused>,
+        qos: QoS,
+        packet_id: Option<crate::codec::PacketId>,
+        held: Vec<Held>,
+        wait_ms: u64,
+    ) {
         let reason = match routed {
             Err(_) => ReasonCode::QUOTA_EXCEEDED,
             // Other nodes may have subscribers this node cannot see.
@@ -201,7 +255,7 @@ where
             Ok(_) => ReasonCode::SUCCESS,
         };
         let ack = |id| PubResp { packet_id: id, reason, properties: Properties::default() };
-        let ack = match (publish.qos, packet_id) {
+        let ack = match (qos, packet_id) {
             (QoS::AtLeastOnce, Some(id)) => Some(Packet::PubAck(ack(id))),
             (QoS::ExactlyOnce, Some(id)) => Some(Packet::PubRec(ack(id))),
             _ => None,
@@ -214,7 +268,6 @@ where
             let until = Instant::now() + std::time::Duration::from_millis(wait_ms);
             self.held = Some(Box::new(HeldPublish { deliveries: held, ack, until }));
         }
-        Ok(())
     }
 
     /// Waits, without reading from the client, for room for a held
@@ -418,132 +471,6 @@ where
         let reason = if known { ReasonCode::SUCCESS } else { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
         let comp = PubResp { packet_id: rel.packet_id, reason, properties: Properties::default() };
         self.send(&Packet::PubComp(comp));
-    }
-
-    async fn on_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Close> {
-        let sub_id = subscribe.properties.subscription_identifiers.first().copied();
-        let mut reasons = Vec::with_capacity(subscribe.filters.len());
-        let mut retained = Vec::new();
-        let running = self.broker.config();
-        let limits = &running.limits;
-        for (filter, mut options) in subscribe.filters {
-            let shared = filter.share_group().is_some();
-            if shared && options.no_local {
-                return Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "No Local on a shared subscription"));
-            }
-            let over = if filter.as_str().len() > limits.max_topic_length {
-                Some(Limit::TopicLength)
-            } else if filter.filter().split('/').count() > limits.max_topic_levels {
-                Some(Limit::TopicLevels)
-            } else {
-                None
-            };
-            if let Some(limit) = over {
-                self.broker.metrics.limit_hit(limit);
-                reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
-                continue;
-            }
-            if limits.max_subscriptions_per_client > 0 {
-                let state = self.attached.session.lock();
-                let full = state.subscriptions.len() >= limits.max_subscriptions_per_client
-                    && !state.subscriptions.contains_key(&filter);
-                drop(state);
-                if full {
-                    // 3.1.1 SUBACK turns every failure into 0x80.
-                    self.broker.metrics.limit_hit(Limit::Subscriptions);
-                    reasons.push(ReasonCode::QUOTA_EXCEEDED);
-                    continue;
-                }
-            }
-            let policy = self.broker.policy();
-            let now = std::time::Instant::now();
-            if !self.allowed_by(&policy, now, Action::Subscribe, filter.as_str(), options.qos, false).await {
-                reasons.push(ReasonCode::NOT_AUTHORIZED);
-                continue;
-            }
-            options.qos = options.qos.min(QoS::ExactlyOnce);
-            let subscription = Subscription { options, id: sub_id };
-            let existed = self.broker.router.subscribe(&self.attached.session, &filter, &subscription);
-            self.broker.store.subscribed(self.attached.session.client_id(), &filter, &subscription);
-            self.attached.session.lock().subscriptions.insert(filter.clone(), subscription);
-            // A plugin reload that swapped the policy after the check above
-            // may have swept the session's subscriptions before this one was
-            // added; ask the policy in force now, so none slips through.
-            if self.broker.policy().generation() != policy.generation()
-                && !self.allowed(Action::Subscribe, filter.as_str(), options.qos, false).await
-            {
-                self.attached.session.lock().subscriptions.remove(&filter);
-                self.broker.router.unsubscribe(&self.attached.session, &filter);
-                self.broker.store.unsubscribed(self.attached.session.client_id(), &filter);
-                reasons.push(ReasonCode::NOT_AUTHORIZED);
-                continue;
-            }
-            reasons.push(ReasonCode(options.qos as u8));
-            if shared {
-                // What the group kept while no member was connected.
-                self.broker.serve_waiting(&self.attached.session, Some(&filter));
-                self.want_drain = true;
-            }
-            // Retained messages are never sent to shared subscriptions.
-            let send_retained = !shared
-                && match options.retain_handling {
-                    RetainHandling::SendAtSubscribe => true,
-                    RetainHandling::SendIfNew => !existed,
-                    RetainHandling::DoNotSend => false,
-                };
-            if send_retained {
-                for message in self.broker.router.retained().matching(&filter) {
-                    if !self.allowed(Action::Retained, message.topic.as_str(), message.qos, true).await {
-                        continue;
-                    }
-                    retained.push(Delivery {
-                        qos: message.qos.min(options.qos),
-                        message,
-                        retain: true,
-                        subscription_ids: sub_id.into_iter().collect(),
-                        stored: None,
-                        jetstream: None,
-                        share: None,
-                    });
-                }
-            }
-        }
-        let suback = SubAck { packet_id: subscribe.packet_id, properties: Properties::default(), reasons };
-        self.send(&Packet::SubAck(suback));
-        #[cfg(feature = "cluster")]
-        {
-            self.subscriptions_changed = true;
-        }
-        if !retained.is_empty() {
-            // Not through the session's queue, whose bound is for messages
-            // arriving faster than the client reads: a `#` subscription
-            // may match many more retained messages than that, and each is
-            // owed. They are sent ahead of the queue, within the window.
-            // Bounded by the store's size, so re-subscribing in a loop
-            // cannot pile up copies.
-            let room = self.broker.router.retained().len().saturating_sub(self.retained.len());
-            let over = retained.len().saturating_sub(room);
-            self.broker.metrics.dropped(DropReason::QueueFull, over as u64);
-            self.retained.extend(retained.into_iter().take(room));
-            self.want_drain = true;
-        }
-        Ok(())
-    }
-
-    fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {
-        let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
-        for filter in &unsubscribe.filters {
-            let removed = self.attached.session.lock().subscriptions.remove(filter).is_some();
-            self.broker.router.unsubscribe(&self.attached.session, filter);
-            self.broker.store.unsubscribed(self.attached.session.client_id(), filter);
-            reasons.push(if removed { ReasonCode::SUCCESS } else { ReasonCode::NO_SUBSCRIPTION_EXISTED });
-        }
-        #[cfg(feature = "cluster")]
-        {
-            self.subscriptions_changed = true;
-        }
-        let unsuback = UnsubAck { packet_id: unsubscribe.packet_id, properties: Properties::default(), reasons };
-        self.send(&Packet::UnsubAck(unsuback));
     }
 
     fn on_disconnect(&mut self, disconnect: &crate::codec::Disconnect) -> Close {

@@ -11,6 +11,7 @@ mod identity;
 mod inbound;
 mod outbound;
 mod policy;
+mod subscribe;
 
 use std::collections::HashMap;
 use std::sync::Arc;
