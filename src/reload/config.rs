@@ -44,6 +44,13 @@ pub struct ConfigReport {
     pub plugins: PluginReport,
 }
 
+/// What a reload finds in the listeners: the changes that need a restart,
+/// and the TLS files of the listeners that stay, already loaded.
+struct ListenerChanges {
+    needs_restart: Vec<String>,
+    tls: Vec<(String, ServerConfigs)>,
+}
+
 /// Appends `section.field = new` for each listed field that differs.
 macro_rules! changed_fields {
     ($out:expr, $section:literal, $old:expr, $new:expr, [$($field:ident),* $(,)?]) => {
@@ -92,6 +99,37 @@ impl Reloader {
             tracing_subscriber::EnvFilter::try_new(level)
                 .map_err(|e| self.refuse(format!("`log.level`: invalid filter {level:?}: {e}")))?;
         }
+        let ListenerChanges { mut needs_restart, tls } = self.listener_changes(&old, &new)?;
+        needs_restart.extend(restart_only_sections(&old, &new));
+        // Everything is valid: apply.
+        let applied = applied_changes(&old, &new);
+        let tls_reloaded = self.apply_handles(&old, &new, tls);
+        let dir = plugin_dir(&new);
+        self.dir.send_if_modified(|current| {
+            let changed = *current != dir;
+            current.clone_from(&dir);
+            changed
+        });
+        self.broker.set_config(effective(&old, new));
+        let plugins = self.reload_plugins_locked().await;
+        let report = ConfigReport { applied, tls_reloaded, needs_restart, plugins };
+        info!(
+            applied = ?report.applied,
+            tls_reloaded = ?report.tls_reloaded,
+            plugins_swapped = report.plugins.swapped(),
+            "configuration reloaded"
+        );
+        if !report.needs_restart.is_empty() {
+            warn!(settings = ?report.needs_restart, "configuration changes that need a restart were not applied");
+        }
+        Ok(report)
+    }
+
+    /// What changes in the listeners need a restart (added, removed, and
+    /// the settings only a restart changes), and the TLS files of the
+    /// listeners that stay, loaded now so a bad file refuses the reload
+    /// before anything changed.
+    fn listener_changes(&self, old: &Config, new: &Config) -> Result<ListenerChanges, ReloadRefused> {
         let mut needs_restart = Vec::new();
         let mut tls = Vec::new();
         for listener in &old.listeners {
@@ -112,115 +150,7 @@ impl Reloader {
                 needs_restart.push(format!("listener {:?} added", listener.name));
             }
         }
-        if old.log.format != new.log.format {
-            needs_restart.push(format!("log.format = {:?}", new.log.format));
-        }
-        if old.storage != new.storage {
-            needs_restart.push("storage".to_owned());
-        }
-        if old.plugins.cache_dir != new.plugins.cache_dir {
-            needs_restart.push("plugins.cache_dir".to_owned());
-        }
-        if old.plugins.cache != new.plugins.cache {
-            needs_restart.push("plugins.cache".to_owned());
-        }
-        if old.admin != new.admin {
-            needs_restart.push("admin".to_owned());
-        }
-        if old.sys != new.sys {
-            needs_restart.push("sys".to_owned());
-        }
-        if old.cluster != new.cluster {
-            needs_restart.push("cluster".to_owned());
-        }
-
-        // Everything is valid: apply.
-        let mut applied = Vec::new();
-        changed_fields!(
-            applied,
-            "limits",
-            old.limits,
-            new.limits,
-            [
-                max_connections,
-                max_connection_rate,
-                max_packet_size,
-                max_inflight,
-                max_queued_messages,
-                max_queued_bytes,
-                queue_full_wait_ms,
-                max_retained_messages,
-                max_retained_bytes,
-                max_topic_levels,
-                max_topic_length,
-                max_subscriptions_per_client,
-                max_user_properties,
-                max_publish_rate,
-                connect_timeout_ms,
-                max_keepalive_s,
-                max_session_expiry_s,
-                topic_alias_maximum,
-                shutdown_grace_ms,
-            ]
-        );
-        changed_fields!(applied, "log", old.log, new.log, [level]);
-        changed_fields!(
-            applied,
-            "auth",
-            old.auth,
-            new.auth,
-            [failed_login_burst, failed_logins_per_minute, logins_per_address, throttle_loopback, bind_sessions]
-        );
-        changed_fields!(applied, "plugins", old.plugins, new.plugins, [dir, watch]);
-        // Names only: a plugin's table may hold secrets (a JWT key).
-        for (name, table) in &new.plugins.shipped {
-            match old.plugins.shipped.get(name) {
-                None => applied.push(format!("plugins.{name} added")),
-                Some(before) if before != table => applied.push(format!("plugins.{name} changed")),
-                Some(_) => {}
-            }
-        }
-        for name in old.plugins.shipped.keys().filter(|n| !new.plugins.shipped.contains_key(*n)) {
-            applied.push(format!("plugins.{name} removed"));
-        }
-        let tls_reloaded = self.apply_handles(&old, &new, tls);
-        let dir = plugin_dir(&new);
-        self.dir.send_if_modified(|current| {
-            let changed = *current != dir;
-            current.clone_from(&dir);
-            changed
-        });
-        let effective = Config {
-            listeners: old.listeners.clone(),
-            storage: old.storage.clone(),
-            admin: old.admin.clone(),
-            sys: old.sys.clone(),
-            cluster: old.cluster.clone(),
-            ..new
-        };
-        let effective =
-            Config { log: crate::config::LogConfig { format: old.log.format, ..effective.log }, ..effective };
-        let effective = Config {
-            plugins: crate::config::PluginsConfig {
-                cache_dir: old.plugins.cache_dir.clone(),
-                cache: old.plugins.cache,
-                ..effective.plugins
-            },
-            ..effective
-        };
-        self.broker.set_config(effective);
-        let plugins = self.reload_plugins_locked().await;
-        let report = ConfigReport { applied, tls_reloaded, needs_restart, plugins };
-        info!(
-            applied = ?report.applied,
-            tls_reloaded = ?report.tls_reloaded,
-            plugins_swapped = report.plugins.swapped(),
-            "configuration reloaded"
-        );
-        if !report.needs_restart.is_empty() {
-            warn!(settings = ?report.needs_restart, "configuration changes that need a restart were not applied");
-        }
-        Ok(report)
+        Ok(ListenerChanges { needs_restart, tls })
     }
 
     /// Logs and builds a refusal.
@@ -296,6 +226,108 @@ impl Reloader {
             }
         }
         reloaded
+    }
+}
+
+/// The sections outside the listeners that changed and need a restart.
+fn restart_only_sections(old: &Config, new: &Config) -> Vec<String> {
+    let mut needs_restart = Vec::new();
+    if old.log.format != new.log.format {
+        needs_restart.push(format!("log.format = {:?}", new.log.format));
+    }
+    if old.storage != new.storage {
+        needs_restart.push("storage".to_owned());
+    }
+    if old.plugins.cache_dir != new.plugins.cache_dir {
+        needs_restart.push("plugins.cache_dir".to_owned());
+    }
+    if old.plugins.cache != new.plugins.cache {
+        needs_restart.push("plugins.cache".to_owned());
+    }
+    if old.admin != new.admin {
+        needs_restart.push("admin".to_owned());
+    }
+    if old.sys != new.sys {
+        needs_restart.push("sys".to_owned());
+    }
+    if old.cluster != new.cluster {
+        needs_restart.push("cluster".to_owned());
+    }
+    needs_restart
+}
+
+/// The settings a reload applies that differ, as `key = value` (shipped
+/// plugins by name only: a plugin's table may hold secrets, a JWT key).
+fn applied_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut applied = Vec::new();
+    changed_fields!(
+        applied,
+        "limits",
+        old.limits,
+        new.limits,
+        [
+            max_connections,
+            max_connection_rate,
+            max_packet_size,
+            max_inflight,
+            max_queued_messages,
+            max_queued_bytes,
+            queue_full_wait_ms,
+            max_retained_messages,
+            max_retained_bytes,
+            max_topic_levels,
+            max_topic_length,
+            max_subscriptions_per_client,
+            max_user_properties,
+            max_publish_rate,
+            connect_timeout_ms,
+            max_keepalive_s,
+            max_session_expiry_s,
+            topic_alias_maximum,
+            shutdown_grace_ms,
+        ]
+    );
+    changed_fields!(applied, "log", old.log, new.log, [level]);
+    changed_fields!(
+        applied,
+        "auth",
+        old.auth,
+        new.auth,
+        [failed_login_burst, failed_logins_per_minute, logins_per_address, throttle_loopback, bind_sessions]
+    );
+    changed_fields!(applied, "plugins", old.plugins, new.plugins, [dir, watch]);
+    // Names only: a plugin's table may hold secrets (a JWT key).
+    for (name, table) in &new.plugins.shipped {
+        match old.plugins.shipped.get(name) {
+            None => applied.push(format!("plugins.{name} added")),
+            Some(before) if before != table => applied.push(format!("plugins.{name} changed")),
+            Some(_) => {}
+        }
+    }
+    for name in old.plugins.shipped.keys().filter(|n| !new.plugins.shipped.contains_key(*n)) {
+        applied.push(format!("plugins.{name} removed"));
+    }
+    applied
+}
+
+/// `new` with the running values of what only a restart changes.
+fn effective(old: &Config, new: Config) -> Config {
+    let effective = Config {
+        listeners: old.listeners.clone(),
+        storage: old.storage.clone(),
+        admin: old.admin.clone(),
+        sys: old.sys.clone(),
+        cluster: old.cluster.clone(),
+        ..new
+    };
+    let effective = Config { log: crate::config::LogConfig { format: old.log.format, ..effective.log }, ..effective };
+    Config {
+        plugins: crate::config::PluginsConfig {
+            cache_dir: old.plugins.cache_dir.clone(),
+            cache: old.plugins.cache,
+            ..effective.plugins
+        },
+        ..effective
     }
 }
 
