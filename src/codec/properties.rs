@@ -200,7 +200,16 @@ pub(crate) fn put_properties<S: Sink>(sink: &mut S, p: &Properties) -> Result<()
     put_property_list(sink, p)
 }
 
+/// Every property present, in identifier order, in two runs so each
+/// stays a screenful: up to Server Keep Alive (0x13), then from
+/// Authentication Method (0x15).
 fn put_property_list<S: Sink>(s: &mut S, p: &Properties) -> Result<(), EncodeError> {
+    put_properties_to_0x13(s, p)?;
+    put_properties_from_0x15(s, p)
+}
+
+/// Properties 0x01 (Payload Format Indicator) to 0x13 (Server Keep Alive).
+fn put_properties_to_0x13<S: Sink>(s: &mut S, p: &Properties) -> Result<(), EncodeError> {
     if let Some(v) = p.payload_format_indicator {
         s.put_u8(0x01);
         s.put_u8(v);
@@ -240,6 +249,12 @@ fn put_property_list<S: Sink>(s: &mut S, p: &Properties) -> Result<(), EncodeErr
         s.put_u8(0x13);
         s.put_u16(v);
     }
+    Ok(())
+}
+
+/// Properties 0x15 (Authentication Method) to 0x2A (Shared Subscription
+/// Available).
+fn put_properties_from_0x15<S: Sink>(s: &mut S, p: &Properties) -> Result<(), EncodeError> {
     if let Some(v) = &p.authentication_method {
         s.put_u8(0x15);
         s.put_binary(v.as_bytes())?;
