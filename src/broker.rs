@@ -4,6 +4,7 @@
 //! `share`, and the operators' snapshot in `gauges`.
 
 mod gauges;
+mod replication;
 mod sessions;
 mod share;
 mod timers;
@@ -15,6 +16,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+pub use replication::{BoxFuture, Claim, Forwarded, Plug, Replication};
 
 use crate::auth::Policy;
 use crate::config::Config;
@@ -49,9 +52,9 @@ pub struct Broker {
     /// checked before the authentication chain runs.
     pub(crate) logins: crate::auth::LoginThrottle,
     next_assigned_id: AtomicU64,
-    /// The link to the other nodes, with a `[cluster]` section.
-    #[cfg(feature = "cluster")]
-    cluster: Option<crate::cluster::Cluster>,
+    /// Replication across nodes, when the server plugged one in (the
+    /// cluster, with a `[cluster]` section).
+    replication: Option<Arc<dyn Replication>>,
 }
 
 /// Why a connection could not attach to its session.
@@ -80,18 +83,24 @@ pub enum Refused {
 }
 
 impl Broker {
-    /// A broker whose state starts as what `store` recovered.
+    /// A broker of one node whose state starts as what `store` recovered.
     pub fn new(config: Config, store: Arc<dyn Store>, recovered: Recovered, policy: Policy) -> Arc<Broker> {
-        #[cfg(feature = "cluster")]
-        let (cluster, router) = match &config.cluster {
-            Some(c) => {
-                let (cluster, interest) = crate::cluster::Cluster::new(c);
-                (Some(cluster), Router::with_interest(interest))
-            }
+        Broker::plugged(config, store, recovered, policy, None)
+    }
+
+    /// A broker whose state starts as what `store` recovered, with `plug`'s
+    /// replication across nodes, if any.
+    pub fn plugged(
+        config: Config,
+        store: Arc<dyn Store>,
+        recovered: Recovered,
+        policy: Policy,
+        plug: Option<Plug>,
+    ) -> Arc<Broker> {
+        let (replication, router) = match plug {
+            Some(plug) => (Some(plug.replication), Router::with_interest(plug.interest)),
             None => (None, Router::default()),
         };
-        #[cfg(not(feature = "cluster"))]
-        let router = Router::default();
         router.set_share_bound(config.limits.queue_bound());
         let broker = Arc::new(Broker {
             config: ArcSwap::from_pointee(config),
@@ -104,8 +113,7 @@ impl Broker {
             policy: parking_lot::RwLock::new(policy),
             logins: crate::auth::LoginThrottle::default(),
             next_assigned_id: AtomicU64::new(1),
-            #[cfg(feature = "cluster")]
-            cluster,
+            replication,
         });
         for message in recovered.retained {
             broker.router.retained().set(&message);
@@ -132,24 +140,15 @@ impl Broker {
         broker
     }
 
-    /// The link to the other nodes, when this node is part of a cluster.
-    #[cfg(feature = "cluster")]
-    pub fn cluster(&self) -> Option<&crate::cluster::Cluster> {
-        self.cluster.as_ref()
+    /// The replication plugged in, if this node is part of a cluster.
+    pub fn replication(&self) -> Option<&Arc<dyn Replication>> {
+        self.replication.as_ref()
     }
 
     /// Whether publishes also go to other nodes (so no local subscriber
     /// does not mean nobody receives them).
-    #[cfg(feature = "cluster")]
     pub fn is_clustered(&self) -> bool {
-        self.cluster.is_some()
-    }
-
-    /// Whether publishes also go to other nodes: never without the
-    /// `cluster` feature.
-    #[cfg(not(feature = "cluster"))]
-    pub fn is_clustered(&self) -> bool {
-        false
+        self.replication.is_some()
     }
 
     /// The configuration in force now. A reload replaces it whole, so read
@@ -220,9 +219,7 @@ impl Broker {
         if message.retain && !retained && refuse_over_quota {
             return Err(Refused::RetainedFull);
         }
-        #[cfg(feature = "cluster")]
-        if let Some(cluster) = &self.cluster {
-            use crate::cluster::Forwarded;
+        if let Some(cluster) = &self.replication {
             match cluster.forward(&message, publisher.map(|p| p.client_id()), retained, self) {
                 Forwarded::Yes => {}
                 // JetStream must have it before its publisher hears, and
@@ -241,8 +238,6 @@ impl Broker {
                 }
             }
         }
-        #[cfg(not(feature = "cluster"))]
-        let _ = acknowledged;
         Ok(self.router.route_scoped(&message, publisher, self.local_scope(), &*self.store, &self.metrics, held))
     }
 
@@ -252,8 +247,7 @@ impl Broker {
     /// (their members get it from the node NATS picks). With sessions kept
     /// in JetStream, the queue stream holds it for them.
     fn local_scope(&self) -> Scope<'static> {
-        #[cfg(feature = "cluster")]
-        if let Some(cluster) = &self.cluster {
+        if let Some(cluster) = &self.replication {
             let in_queue = cluster.keeps_sessions();
             return if cluster.shares_across_nodes() { Scope::Plain { in_queue } } else { Scope::All { in_queue } };
         }
@@ -279,9 +273,8 @@ impl Broker {
     /// here too only while the cluster's retained stream is not watched
     /// (best effort: a node that was not up misses it); otherwise the
     /// stream sets the store, in its one order.
-    #[cfg(feature = "cluster")]
-    pub(crate) fn deliver_remote(&self, message: Arc<Message>) -> usize {
-        if message.retain && !self.cluster.as_ref().is_some_and(crate::cluster::Cluster::retained_watched) {
+    pub fn deliver_remote(&self, message: Arc<Message>) -> usize {
+        if message.retain && !self.replication.as_ref().is_some_and(|r| r.retained_watched()) {
             self.retain(&message);
         }
         self.router.route_scoped(&message, None, self.local_scope(), &*self.store, &self.metrics, None)
@@ -289,15 +282,13 @@ impl Broker {
 
     /// Routes a message NATS handed to this node for one share group: to
     /// one member of `group` with exactly `filter`.
-    #[cfg(feature = "cluster")]
-    pub(crate) fn deliver_shared(&self, message: Arc<Message>, filter: &str, group: &str) -> usize {
+    pub fn deliver_shared(&self, message: Arc<Message>, filter: &str, group: &str) -> usize {
         self.router.route_scoped(&message, None, Scope::Group { filter, group }, &*self.store, &self.metrics, None)
     }
 
     /// Sets the retained message of a topic from the cluster's retained
     /// stream (an empty payload clears it), within the retained limits.
-    #[cfg(feature = "cluster")]
-    pub(crate) fn retain_from_cluster(&self, message: &Arc<Message>) {
+    pub fn retain_from_cluster(&self, message: &Arc<Message>) {
         self.retain(message);
     }
 

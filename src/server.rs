@@ -57,6 +57,21 @@ impl From<LoadError> for ServerError {
     }
 }
 
+/// The replication the configuration asks for: the cluster, with the
+/// `cluster` feature and a `[cluster]` section. The one place the feature
+/// decides what the broker is plugged into.
+#[cfg(feature = "cluster")]
+fn plug(config: &Config) -> Option<crate::broker::Plug> {
+    let (cluster, interest) = crate::cluster::Cluster::new(config.cluster.as_ref()?);
+    Some(crate::broker::Plug { replication: Arc::new(cluster), interest })
+}
+
+/// Without the `cluster` feature nothing plugs in: one node.
+#[cfg(not(feature = "cluster"))]
+fn plug(_config: &Config) -> Option<crate::broker::Plug> {
+    None
+}
+
 /// A broker with its listeners bound, not yet accepting.
 #[derive(Debug)]
 pub struct Server {
@@ -126,7 +141,8 @@ impl Server {
             Some(addr) => Some(AdminListener::bind(&config.admin, addr).await?),
             None => None,
         };
-        let broker = Broker::new(config, store, recovered, policy);
+        let plug = plug(&config);
+        let broker = Broker::plugged(config, store, recovered, policy, plug);
         let reloader = Reloader::new(broker.clone(), host);
         let tls = listeners.iter().filter_map(|l| Some((l.config().name.clone(), l.tls()?.clone()))).collect();
         reloader.with_handles(|handles| handles.tls = tls);

@@ -38,8 +38,7 @@ impl Broker {
     /// over), a will waiting for its delay is cancelled as a reconnect
     /// cancels it, and unless `keep` is false the session is returned to
     /// be moved. `None` when there is no session to move.
-    #[cfg(feature = "cluster")]
-    pub(crate) async fn hand_over(&self, client_id: &str, keep: bool) -> Option<StoredSession> {
+    pub async fn hand_over(&self, client_id: &str, keep: bool) -> Option<StoredSession> {
         let taken = self.sessions.take(client_id, |session| {
             let moved = {
                 let mut state = session.lock();
@@ -77,7 +76,6 @@ impl Broker {
     /// session this node still had for that client (left from before the
     /// other node took the client over), and goes to the store as a
     /// session that outlives its connection would.
-    #[cfg(feature = "cluster")]
     pub(super) fn adopt(&self, stored: StoredSession) {
         if let Some(stale) = self.sessions.get(&stored.client_id) {
             self.discard(&stale);
@@ -132,8 +130,7 @@ impl Broker {
     /// (`cluster::ownership`, `cluster::queue`). Returns the revision of
     /// the claim, if one was made.
     pub(super) async fn claim(&self, client_id: &Arc<str>, clean_start: bool) -> Option<u64> {
-        #[cfg(feature = "cluster")]
-        if let Some(cluster) = &self.cluster {
+        if let Some(cluster) = &self.replication {
             let mut claim = cluster.claim(client_id, clean_start).await;
             let mut moved = claim.moved.take();
             let local = self.sessions.get(client_id);
@@ -159,7 +156,6 @@ impl Broker {
             }
             return claim.revision;
         }
-        let _ = (client_id, clean_start);
         None
     }
 
@@ -175,8 +171,7 @@ impl Broker {
             let shared = state.take_shared();
             // What JetStream delivered for it goes back, to be delivered
             // again at once (to another member of a share group).
-            #[cfg(feature = "cluster")]
-            if let Some(cluster) = &self.cluster {
+            if let Some(cluster) = &self.replication {
                 let inflight = state.inflight.iter().map(|i| &i.delivery);
                 for ack in state.pending.iter().chain(inflight).filter_map(|d| d.jetstream.as_deref()) {
                     cluster.give_back(ack);
@@ -193,23 +188,17 @@ impl Broker {
         self.redispatch(session, shared);
         if self.sessions.remove(session) {
             self.store.session_ended(session.client_id());
-            #[cfg(feature = "cluster")]
-            if let (Some(cluster), Some(revision)) = (&self.cluster, claimed) {
+            if let (Some(cluster), Some(revision)) = (&self.replication, claimed) {
                 cluster.release(session.client_id(), revision, self);
             }
         }
-        #[cfg(not(feature = "cluster"))]
-        let _ = claimed;
     }
 
     /// A session that ended was `kept` in JetStream: its consumer goes.
     pub(super) fn forget_kept(&self, session: &Session, kept: bool) {
-        #[cfg(feature = "cluster")]
-        if let Some(cluster) = self.cluster.as_ref().filter(|_| kept) {
+        if let Some(cluster) = self.replication.as_ref().filter(|_| kept) {
             cluster.forget_session(session.client_id(), self);
         }
-        #[cfg(not(feature = "cluster"))]
-        let _ = (session, kept);
     }
 
     /// Saves every session's messages to the store (at shutdown).
@@ -251,12 +240,9 @@ impl Broker {
     /// Tells JetStream that a message it keeps for a session reached its
     /// client (or never will).
     pub(crate) fn acknowledged(&self, ack: &crate::message::JetStreamAck) {
-        #[cfg(feature = "cluster")]
-        if let Some(cluster) = &self.cluster {
+        if let Some(cluster) = &self.replication {
             cluster.acknowledge(ack);
         }
-        #[cfg(not(feature = "cluster"))]
-        let _ = ack;
     }
 
     /// Called when a connection ends: publishes or schedules the will,
@@ -316,12 +302,9 @@ impl Broker {
             self.arm_expiry(session.clone(), generation, expiry_s, timers.clone());
             // The consumer records the expiry: rewritten only if the
             // DISCONNECT changed it.
-            #[cfg(feature = "cluster")]
-            if let Some(cluster) = self.cluster.as_ref().filter(|_| kept && expiry_changed) {
+            if let Some(cluster) = self.replication.as_ref().filter(|_| kept && expiry_changed) {
                 cluster.park(session.clone(), self);
             }
-            #[cfg(not(feature = "cluster"))]
-            let _ = expiry_changed;
         }
         drop(attached);
         if let Some(message) = now {

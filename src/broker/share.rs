@@ -43,12 +43,9 @@ impl Broker {
     /// Gives a message JetStream delivered back to it, to deliver again
     /// soon (to a member of its share group on any node).
     fn give_back(&self, ack: &crate::message::JetStreamAck) {
-        #[cfg(feature = "cluster")]
-        if let Some(cluster) = &self.cluster {
+        if let Some(cluster) = &self.replication {
             cluster.give_back(ack);
         }
-        #[cfg(not(feature = "cluster"))]
-        let _ = ack;
     }
 
     /// `session`'s connection ended (`generation`) and its session stays:

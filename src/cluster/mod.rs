@@ -69,6 +69,7 @@
 mod envelope;
 mod outbound;
 mod ownership;
+mod plug;
 mod queue;
 mod retained;
 pub mod subject;
@@ -87,12 +88,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::broker::Broker;
+pub use crate::broker::{Claim, Forwarded};
 use crate::codec::{QoS, TopicName};
 use crate::config::ClusterConfig;
 use crate::message::Message;
 use crate::metrics::DropReason;
 use crate::router::Interest;
-pub use ownership::Claim;
 use ownership::Ownership;
 use queue::Queue;
 use retained::RetainedSync;
@@ -119,19 +120,6 @@ const INBOUND_BATCH: usize = 256;
 /// be 64 KiB. Longer topics stay local (counted), longer filters get no
 /// remote messages (logged).
 const MAX_SUBJECT_BYTES: usize = 3 * 1024;
-
-/// Whether [`Cluster::forward`] handed a message on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Forwarded {
-    /// Queued towards NATS.
-    Yes,
-    /// Its topic makes a subject longer than NATS takes: it never leaves
-    /// this node.
-    TooLong,
-    /// The queue towards NATS is full (NATS slow or away): it could go
-    /// later.
-    Full,
-}
 
 /// This node's link to the others.
 #[derive(Debug)]

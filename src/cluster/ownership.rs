@@ -37,27 +37,14 @@ use tracing::{debug, info, warn};
 
 use super::JETSTREAM_WAIT;
 use crate::broker::Broker;
+use crate::broker::Claim;
 use crate::config::ClusterConfig;
-use crate::store::StoredSession;
 
 /// Claims retried when another node changed the entry in between.
 const CLAIM_ATTEMPTS: usize = 3;
 /// Client ids longer than this are keyed by their SHA-256: a key is part
 /// of a NATS subject.
 const MAX_PLAIN_KEY: usize = 256;
-
-/// The outcome of [`Ownership::claim`].
-#[derive(Debug, Default)]
-pub struct Claim {
-    /// The revision this node wrote, `None` when the bucket could not be
-    /// used (the session is then this node's alone).
-    pub revision: Option<u64>,
-    /// The session the previous owner handed over.
-    pub moved: Option<StoredSession>,
-    /// Whether the entry said the session was kept in JetStream
-    /// (`cluster::queue`) when this claim replaced it.
-    pub kept: bool,
-}
 
 /// The value of an entry: the owner's node id, and ` parked` once it
 /// keeps the session in JetStream (node ids have no spaces).

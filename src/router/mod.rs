@@ -69,14 +69,12 @@ pub struct Router {
     waiting: share::ShareQueues,
     /// Where subscriptions added and removed are reported, in trie order,
     /// when the node is part of a cluster.
-    #[cfg(feature = "cluster")]
     interest: Option<tokio::sync::mpsc::UnboundedSender<Interest>>,
 }
 
 impl Router {
     /// A router that reports every subscription added and removed to the
     /// cluster link.
-    #[cfg(feature = "cluster")]
     pub fn with_interest(interest: tokio::sync::mpsc::UnboundedSender<Interest>) -> Router {
         Router { interest: Some(interest), ..Router::default() }
     }
@@ -90,7 +88,6 @@ impl Router {
         let existed = trie.insert(filter.filter(), filter.share_group(), subscriber);
         // Reported under the lock, so the cluster link sees adds and
         // removes of one filter in the order the trie applied them.
-        #[cfg(feature = "cluster")]
         if !existed && let Some(interest) = &self.interest {
             let _ = interest.send(Interest::Add(filter.filter().into(), filter.share_group().map(Into::into)));
         }
@@ -112,7 +109,6 @@ impl Router {
     pub fn unsubscribe(&self, session: &Arc<Session>, filter: &TopicFilter) -> bool {
         let mut trie = self.trie.write();
         let removed = trie.remove(filter.filter(), filter.share_group(), session);
-        #[cfg(feature = "cluster")]
         if removed && let Some(interest) = &self.interest {
             let _ = interest.send(Interest::Remove(filter.filter().into(), filter.share_group().map(Into::into)));
         }
