@@ -279,22 +279,34 @@ where
         shutdown: &CancellationToken,
         own: &Session,
     ) -> Result<(), Close> {
-        let Some(first) = self.held.as_ref().and_then(|h| h.deliveries.first()).map(|h| h.session.clone()) else {
+        // Every held session's room, not only the first's: a subscriber
+        // that has room gets its copy then, whatever the others do.
+        let sessions: Vec<Arc<Session>> =
+            self.held.as_ref().map(|h| h.deliveries.iter().map(|h| h.session.clone()).collect()).unwrap_or_default();
+        if sessions.is_empty() {
             return self.offer_held().map(drop);
-        };
+        }
         // Registered before offering again, so a wake in between counts.
-        let room = first.room();
-        tokio::pin!(room);
-        room.as_mut().enable();
+        let mut rooms: Vec<_> = sessions.iter().map(|s| Box::pin(s.room())).collect();
+        for room in &mut rooms {
+            room.as_mut().enable();
+        }
         if self.offer_held()? {
             return Ok(());
         }
+        let any_room = std::future::poll_fn(|cx| {
+            if rooms.iter_mut().any(|room| room.as_mut().poll(cx).is_ready()) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        });
         let until = self.held.as_ref().map_or_else(Instant::now, |h| h.until);
         tokio::select! {
             biased;
             () = kicked.cancelled() => Err(super::kicked_close(own)),
             () = shutdown.cancelled() => Err(Close::Shutdown),
-            () = &mut room => Ok(()),
+            () = any_room => Ok(()),
             () = own.woken() => {
                 self.want_drain = true;
                 Ok(())
