@@ -7,6 +7,8 @@ mod gauges;
 mod replication;
 mod sessions;
 mod share;
+#[cfg(test)]
+mod tests;
 mod timers;
 
 use std::sync::Arc;

@@ -19,6 +19,16 @@ pub const WAIT: Duration = Duration::from_secs(5);
 /// How long a test waits to be sure something does not happen.
 pub const QUIET: Duration = Duration::from_millis(300);
 
+/// Waits, bounded by `bound` (real time, `std::time::Instant`), until
+/// `done` holds.
+pub async fn within(bound: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !done() {
+        assert!(started.elapsed() < bound, "not within {bound:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A running broker.
 pub struct TestBroker {
     pub addr: SocketAddr,

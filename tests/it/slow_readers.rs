@@ -13,7 +13,7 @@ use tokio::net::TcpSocket;
 use tokio::time::Instant;
 
 use crate::attacks::still_serves;
-use crate::harness::{Raw, TestBroker, WAIT, connect_v4, connect_v5_with, frame};
+use crate::harness::{Raw, TestBroker, WAIT, connect_v4, connect_v5_with, frame, within};
 
 /// Session Expiry Interval (0x11) of 60 s, as CONNECT properties.
 const EXPIRY_60S: [u8; 5] = [0x11, 0, 0, 0, 60];
@@ -68,15 +68,6 @@ async fn flood_until_blocked(broker: &TestBroker, id: &str, topic: &str) {
         if !session.lock().pending.is_empty() {
             return;
         }
-    }
-}
-
-/// Waits, bounded by `bound`, until `done` holds.
-async fn within(bound: Duration, what: &str, mut done: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !done() {
-        assert!(started.elapsed() < bound, "not within {bound:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
