@@ -1,7 +1,8 @@
 //! Moat: an MQTT 3.1.1 and 5.0 broker whose policy runs in sandboxed
 //! WebAssembly plugins.
 //!
-//! Module map (the folder layout is the architecture):
+//! Module map (the folder layout is the architecture; ARCHITECTURE.md gives
+//! the layer order, which `tests/it/layers.rs` enforces):
 //! - [`codec`]: sans-IO packet encoding and decoding.
 //! - [`plugin`]: the wasmtime host for policy plugins.
 //! - [`auth`]: the policy pipeline: plugin chain, decisions, cache.
@@ -12,13 +13,16 @@
 //! - [`router`]: subscription trie, retained messages, fan-out.
 //! - [`message`]: the routed message and the deliveries made of it.
 //! - [`store`]: persistence of sessions and retained messages.
-//! - [`reload`]: hot reload of plugins, configuration and certificates.
-//! - [`broker`]: the state shared by all of the above.
+//! - [`reload`]: hot reload of plugins, configuration and certificates
+//!   (the server owns the [`reload::Reloader`]).
+//! - [`broker`]: the state shared by all of the above, and the
+//!   [`broker::Replication`] a cluster plugs in.
 //! - `cluster` (feature `cluster`): nodes exchanging publishes over NATS.
 //! - [`server`]: binding listeners and running until shutdown.
 //! - [`passwd`]: password files for the shipped plugins (`moat passwd`).
-//! - [`metrics`]: counters, the Prometheus text and `$SYS` topics.
-//! - [`admin`]: the admin HTTP listener (metrics, health, JSON API).
+//! - [`metrics`]: counters and the gauges' snapshot types.
+//! - [`admin`]: the admin HTTP listener (metrics, health, JSON API), the
+//!   Prometheus text and the `$SYS` topics.
 //! - [`rate`]: the token bucket behind the rate limits.
 //! - [`identity`]: who a connection is: its address and certificate.
 //! - [`untrusted`]: peer-chosen text (client ids, user names) in the log.

@@ -31,7 +31,7 @@ pub struct PluginsConfig {
     /// Whether a change in `dir` reloads the plugins (default true).
     pub watch: Option<bool>,
     /// Where compiled plugins are kept between runs. Unset: see
-    /// [`Config::plugin_cache_dir`].
+    /// [`Config::plugin_cache_dir`](super::Config::plugin_cache_dir).
     pub cache_dir: Option<PathBuf>,
     /// `false` keeps no compiled plugins on disk (default true).
     pub cache: Option<bool>,
