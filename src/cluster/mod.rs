@@ -67,36 +67,36 @@
 //! started later, or away meanwhile, still gets them.
 
 mod envelope;
+mod link;
 mod outbound;
 mod ownership;
 mod plug;
 mod queue;
 mod retained;
+mod setup;
 pub mod subject;
 mod wills;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use async_nats::jetstream::{self, kv};
-use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info};
 
 use crate::broker::Broker;
 pub use crate::broker::{Claim, Forwarded};
-use crate::codec::{QoS, TopicName};
+use crate::codec::QoS;
 use crate::config::ClusterConfig;
 use crate::message::Message;
 use crate::metrics::DropReason;
 use crate::router::Interest;
+use link::{Events, Link, connect_options, queued_size};
 use ownership::Ownership;
 use queue::Queue;
 use retained::RetainedSync;
+use setup::{JETSTREAM_WAIT, bucket_config, jetstream_name, open_buckets, set_up, setup_retry_delay};
 pub use subject::Subjects;
 use wills::Wills;
 
@@ -477,341 +477,6 @@ impl Cluster {
             link.interest(client, share, receivers.interest, broker).await;
         });
     }
-}
-
-/// Options both connections share: named, reconnecting for ever, retrying
-/// the first connect.
-fn connect_options(name: String) -> async_nats::ConnectOptions {
-    async_nats::ConnectOptions::new()
-        .name(name)
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .subscription_capacity(SUBSCRIPTION_CAPACITY)
-        .reconnect_delay_callback(reconnect_delay)
-}
-
-/// What the NATS clients report: logged, and messages they dropped counted.
-#[derive(Debug)]
-struct Events {
-    /// Weak: the clients' event tasks must not keep the broker alive.
-    broker: std::sync::Weak<Broker>,
-    /// When a slow consumer was last logged; one warning per interval says
-    /// enough (the client reports each dropped message).
-    last_slow_warning: Mutex<Option<Instant>>,
-}
-
-impl Events {
-    /// Quiet time between two slow-consumer warnings.
-    const SLOW_WARNING_INTERVAL: Duration = Duration::from_secs(10);
-
-    /// Logs (and acts on) `event` of the main connection (`main`) or the
-    /// share groups' one.
-    fn record(&self, event: &async_nats::Event, main: bool) {
-        match event {
-            async_nats::Event::Connected => {
-                info!("cluster: connected to NATS");
-                // Feeders pull again, lagging consumers catch up, what
-                // waited for JetStream goes (`queue::resync`).
-                if let Some(broker) = self.broker.upgrade().filter(|_| main)
-                    && let Some(cluster) = broker.cluster()
-                {
-                    cluster.queue.connected();
-                }
-            }
-            // Kept sessions stay kept: what other nodes publish for them
-            // waits in JetStream, and what this node publishes waits here
-            // (its publishers unacknowledged) until the connection is back.
-            async_nats::Event::Disconnected => {
-                error!(
-                    "cluster: disconnected from NATS; QoS 1/2 publishes wait for it while sessions are kept, reconnecting"
-                );
-            }
-            async_nats::Event::SlowConsumer(sid) => {
-                if let Some(broker) = self.broker.upgrade() {
-                    broker.metrics.dropped(DropReason::ClusterInbound, 1);
-                }
-                let now = Instant::now();
-                let mut last = self.last_slow_warning.lock();
-                if last.is_none_or(|at| now.duration_since(at) >= Self::SLOW_WARNING_INTERVAL) {
-                    *last = Some(now);
-                    warn!(sid, "cluster: this node fell behind a NATS subscription; messages from other nodes lost");
-                }
-            }
-            other => warn!(event = %other, "cluster: NATS event"),
-        }
-    }
-}
-
-/// What the cluster tasks share.
-#[derive(Debug)]
-struct Link {
-    node_id: Arc<str>,
-    /// 64 random bits for each run of the process, so the ids of its QoS 2
-    /// messages (`Nats-Msg-Id`, `outbound`) repeat none of another node's
-    /// or an earlier run's.
-    run_id: String,
-    subjects: Subjects,
-    subscriptions: Arc<AtomicUsize>,
-    /// [`Cluster::queued_bytes`].
-    queued_bytes: Arc<AtomicUsize>,
-    /// [`Cluster::stored`].
-    stored: Arc<watch::Sender<u64>>,
-    queue: Arc<Queue>,
-}
-
-/// A local share group's count of members, the handle that ends serving
-/// it from its consumer ([`Queue::share`]), and whether that is under way.
-type Serving = (usize, CancellationToken, Arc<AtomicBool>);
-
-/// A share group whose NATS queue subscription an inbound task serves.
-#[derive(Debug)]
-struct Share {
-    /// The filter, without `$share/{group}/`.
-    filter: Box<str>,
-    group: Box<str>,
-    /// Whether the group is served from its consumer in JetStream now
-    /// ([`Queue::share`]), which then brings its QoS 1/2 messages.
-    durable: Arc<AtomicBool>,
-}
-
-/// What a queued message counts against [`OUTBOUND_BYTES`].
-fn queued_size(message: &Message) -> usize {
-    message.topic.as_str().len() + message.payload.len()
-}
-
-impl Link {
-    /// Keeps one NATS subscription per distinct subject of the local
-    /// filters (queue group: the node id), and one per subject and share
-    /// group of the shared ones (queue group: the share group and filter,
-    /// on the `share` connection), until shutdown.
-    async fn interest(
-        self: Arc<Self>,
-        client: async_nats::Client,
-        share: async_nats::Client,
-        mut rx: mpsc::UnboundedReceiver<Interest>,
-        broker: Arc<Broker>,
-    ) {
-        // By subject and queue group: a count of local subscriptions and
-        // the handle that ends the NATS subscription.
-        let mut held: HashMap<(String, String), (usize, CancellationToken)> = HashMap::new();
-        // By filter and share group: a count of local members, the handle
-        // that ends serving the group from its consumer, and whether it is.
-        let mut shares: HashMap<(Box<str>, Box<str>), Serving> = HashMap::new();
-        while let Some(Some(change)) = broker.shutdown.run_until_cancelled(rx.recv()).await {
-            match change {
-                Interest::Add(filter, group) => {
-                    let durable = group.as_ref().map(|g| {
-                        let (count, _, durable) = shares.entry((filter.clone(), g.clone())).or_insert_with(|| {
-                            let (stop, durable) = (broker.shutdown.child_token(), Arc::new(AtomicBool::new(false)));
-                            let serving = self.queue.clone().share(
-                                filter.clone(),
-                                g.clone(),
-                                durable.clone(),
-                                stop.clone(),
-                                broker.clone(),
-                            );
-                            broker.tasks.spawn(serving);
-                            (0, stop, durable)
-                        });
-                        *count += 1;
-                        durable.clone()
-                    });
-                    let queue = match &group {
-                        Some(g) => self.subjects.share_queue(g, &filter),
-                        None => self.node_id.to_string(),
-                    };
-                    for subject in self.subjects.filter(&filter) {
-                        let key = (subject, queue.clone());
-                        if let Some((count, _)) = held.get_mut(&key) {
-                            *count += 1;
-                            continue;
-                        }
-                        if key.0.len() + key.1.len() > MAX_SUBJECT_BYTES {
-                            warn!(%filter, "cluster: filter too long for a NATS subject; it gets local messages only");
-                            continue;
-                        }
-                        let nats = if group.is_some() { &share } else { &client };
-                        let subscriber = match nats.queue_subscribe(key.0.clone(), key.1.clone()).await {
-                            Ok(subscriber) => subscriber,
-                            Err(e) => {
-                                error!(error = %e, subject = %key.0, "cluster: NATS subscribe failed");
-                                continue;
-                            }
-                        };
-                        let stop = broker.shutdown.child_token();
-                        held.insert(key, (1, stop.clone()));
-                        self.subscriptions.fetch_add(1, Ordering::Relaxed);
-                        let target = group.as_ref().zip(durable.clone()).map(|(g, durable)| Share {
-                            filter: filter.clone(),
-                            group: g.clone(),
-                            durable,
-                        });
-                        broker.tasks.spawn(self.clone().inbound(subscriber, target, stop, broker.clone()));
-                    }
-                }
-                Interest::Remove(filter, group) => {
-                    if let Some(g) = &group {
-                        let key = (filter.clone(), g.clone());
-                        if let Some((count, stop, _)) = shares.get_mut(&key) {
-                            *count -= 1;
-                            if *count == 0 {
-                                stop.cancel();
-                                shares.remove(&key);
-                            }
-                        }
-                    }
-                    let queue = match &group {
-                        Some(g) => self.subjects.share_queue(g, &filter),
-                        None => self.node_id.to_string(),
-                    };
-                    for subject in self.subjects.filter(&filter) {
-                        let key = (subject, queue.clone());
-                        let Some((count, stop)) = held.get_mut(&key) else { continue };
-                        *count -= 1;
-                        if *count == 0 {
-                            stop.cancel();
-                            held.remove(&key);
-                            self.subscriptions.fetch_sub(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Routes what peers publish on one subscription until it is dropped
-    /// (the NATS subscription ends with it).
-    /// `shared` is set for a share group's subscription, whose messages
-    /// (this node's own too) go to one member.
-    async fn inbound(
-        self: Arc<Self>,
-        mut subscriber: async_nats::Subscriber,
-        shared: Option<Share>,
-        stop: CancellationToken,
-        broker: Arc<Broker>,
-    ) {
-        // What the client has buffered is routed in one go, without a
-        // wake-up per message, so this task keeps up with the connection.
-        let mut batches = (&mut subscriber).ready_chunks(INBOUND_BATCH);
-        while let Some(Some(batch)) = stop.run_until_cancelled(batches.next()).await {
-            for nats in batch {
-                let Some(message) = self.decode(nats, shared.is_some()) else { continue };
-                match &shared {
-                    // The group's consumer has it.
-                    Some(share) if message.qos != QoS::AtMostOnce && share.durable.load(Ordering::Acquire) => 0,
-                    Some(share) => broker.deliver_shared(Arc::new(message), &share.filter, &share.group),
-                    None => broker.deliver_remote(Arc::new(message)),
-                };
-            }
-        }
-        // Dropping the subscriber unsubscribes without waiting (NATS may be
-        // away with the client's queue full).
-        drop(subscriber);
-    }
-
-    /// The message a node sent, or `None` for our own (unless `own`), or
-    /// for one this version cannot read (logged at debug: peers run other
-    /// versions during an upgrade).
-    fn decode(&self, nats: async_nats::Message, own: bool) -> Option<Message> {
-        let headers = nats.headers.as_ref()?;
-        let origin = headers.get(envelope::NODE_HEADER)?;
-        if !own && origin.as_str() == &*self.node_id {
-            return None;
-        }
-        let Some(topic) = self.subjects.topic_of(nats.subject.as_str()).and_then(|t| TopicName::new(&t).ok()) else {
-            debug!(subject = %nats.subject, "cluster: subject is no topic; ignored");
-            return None;
-        };
-        let header = headers.get(envelope::MESSAGE_HEADER)?;
-        let message = envelope::decode(topic, nats.payload, header.as_str(), Instant::now());
-        if message.is_none() {
-            debug!(origin = origin.as_str(), "cluster: message in an unknown format; ignored");
-        }
-        // A QoS 1/2 message published again for JetStream's sake: the
-        // first copy came this way already, or was lost with the
-        // connection it left on (core NATS is at most once).
-        message.filter(|m| m.qos == QoS::AtMostOnce || headers.get(envelope::RETRY_HEADER).is_none())
-    }
-}
-
-/// The name of the JetStream stream or bucket `suffix` of the cluster
-/// under subject `prefix`: `moat` gives `MOAT_{suffix}`.
-fn jetstream_name(prefix: &str, suffix: &str) -> String {
-    format!("{}_{suffix}", prefix.replace('.', "_").to_uppercase())
-}
-
-/// A key-value bucket of one value per key, on file storage with the
-/// configured replicas.
-fn bucket_config(config: &ClusterConfig, suffix: &str, description: &str) -> kv::Config {
-    kv::Config {
-        bucket: jetstream_name(&config.subject_prefix, suffix),
-        description: description.to_owned(),
-        history: 1,
-        storage: jetstream::stream::StorageType::File,
-        num_replicas: config.replicas,
-        ..kv::Config::default()
-    }
-}
-
-/// Longest a node waits for one JetStream exchange made for a client that
-/// connects or leaves (a claim, a consumer set up, a look at one), so that
-/// JetStream being slow or away delays the client rather than stalls it.
-const JETSTREAM_WAIT: Duration = Duration::from_secs(3);
-
-/// Longest wait between attempts to set up JetStream streams and buckets.
-const SETUP_RETRY_MAX: Duration = Duration::from_secs(5);
-
-/// The wait before the next attempt to set up JetStream after `failures`
-/// failed ones: a quarter second more per failure, at most
-/// [`SETUP_RETRY_MAX`].
-fn setup_retry_delay(failures: u32) -> Duration {
-    Duration::from_millis(250 * u64::from(failures.min(20))).min(SETUP_RETRY_MAX)
-}
-
-/// Runs `attempt` until it succeeds, retrying while JetStream is away: the
-/// first failure is logged at warn, naming `what` and saying what its
-/// absence means (`without`), later ones at debug. `None` at shutdown.
-async fn set_up<T, F>(broker: &Broker, what: &str, without: &str, mut attempt: impl FnMut() -> F) -> Option<T>
-where
-    F: std::future::Future<Output = Result<T, async_nats::Error>>,
-{
-    let mut failures = 0u32;
-    loop {
-        match broker.shutdown.run_until_cancelled(attempt()).await? {
-            Ok(done) => return Some(done),
-            Err(e) if failures == 0 => warn!(error = %e, "cluster: no JetStream {what}; {without}"),
-            Err(e) => debug!(error = %e, "cluster: JetStream {what} still unavailable"),
-        }
-        failures = failures.saturating_add(1);
-        broker.shutdown.run_until_cancelled(tokio::time::sleep(setup_retry_delay(failures))).await?;
-    }
-}
-
-/// Opens the key-value buckets of `configs`, creating those missing, and
-/// retries while JetStream is away ([`set_up`]; `without` says what their
-/// absence means). `None` at shutdown.
-async fn open_buckets<const N: usize>(
-    client: &async_nats::Client,
-    configs: [kv::Config; N],
-    broker: &Broker,
-    without: &str,
-) -> Option<[kv::Store; N]> {
-    let js = jetstream::new(client.clone());
-    let names: Vec<_> = configs.iter().map(|c| c.bucket.as_str()).collect();
-    let what = format!("buckets {}", names.join(", "));
-    let buckets = set_up(broker, &what, without, || async {
-        let mut buckets = Vec::with_capacity(N);
-        for config in &configs {
-            let bucket = match js.get_key_value(config.bucket.as_str()).await {
-                Ok(bucket) => bucket,
-                Err(_) => js.create_key_value(config.clone()).await?,
-            };
-            buckets.push(bucket);
-        }
-        Ok(buckets)
-    })
-    .await?;
-    buckets.try_into().ok()
 }
 
 /// Reconnect at once, then back off to at most two seconds.
