@@ -9,6 +9,7 @@
 
 mod registry;
 mod state;
+mod taken;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,6 +22,7 @@ pub use state::{
     ConnectionInfo, Delivery, Inflight, InflightState, JetStreamAck, Owner, QueueBound, Room, SessionState,
     Subscription,
 };
+pub use taken::Taken;
 
 /// Why [`Session::offer`] did not queue a delivery.
 #[derive(Debug)]
