@@ -47,7 +47,7 @@ impl Taken {
             self.order.pop_front();
             self.keys.remove(&seq_key(old_seq));
             if old_id != 0 {
-                self.keys.remove(&old_id);
+                self.keys.remove(&(old_id | 1));
             }
         }
         self.order.push_back((now, seq, id));
