@@ -9,6 +9,7 @@
 
 mod registry;
 mod state;
+mod taken;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,6 +19,7 @@ use tokio::sync::Notify;
 
 pub use registry::{Attached, Registry};
 pub use state::{ConnectionInfo, QueueBound, Room, SessionState};
+pub use taken::Taken;
 
 /// Why [`Session::offer`] did not queue a delivery.
 #[derive(Debug)]
