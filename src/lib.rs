@@ -19,6 +19,7 @@
 //! - [`metrics`]: counters, the Prometheus text and `$SYS` topics.
 //! - [`admin`]: the admin HTTP listener (metrics, health, JSON API).
 //! - [`rate`]: the token bucket behind the rate limits.
+//! - [`open_files`]: the open-file limit, which caps connections.
 //! - [`untrusted`]: peer-chosen text (client ids, user names) in the log.
 
 pub mod admin;
@@ -32,6 +33,7 @@ pub mod connection;
 #[cfg(fuzzing)]
 pub mod fuzzing;
 pub mod metrics;
+pub mod open_files;
 pub mod passwd;
 pub mod plugin;
 pub mod rate;

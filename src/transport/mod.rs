@@ -10,7 +10,9 @@
 //! - [`stream`]: [`Stream`], the one stream type connection tasks see.
 //! - [`proxy`]: the PROXY protocol header, read first on listeners with
 //!   `proxy_protocol`, whose client address then stands for the peer.
+//! - `failures`: failed accepts, logged once per interval with a count.
 
+mod failures;
 pub mod identity;
 pub mod proxy;
 pub mod stream;
@@ -26,6 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
+use failures::{AcceptFailures, Report};
 pub use identity::{Peer, RevocationId, TlsIdentity};
 pub use stream::Stream;
 pub use tls::{ServerConfigs, TlsAcceptor, TlsSetupError};
@@ -118,6 +121,7 @@ impl Listener {
         let own_permits = self.config.max_connections.map(|n| Arc::new(Semaphore::new(n)));
         // The loop is the bucket's only user: plain integers, no lock.
         let mut own_rate = TokenBucket::per_second(self.config.max_connection_rate, Instant::now());
+        let mut failures = AcceptFailures::default();
         loop {
             let accepted = tokio::select! {
                 () = broker.shutdown.cancelled() => return,
@@ -126,12 +130,16 @@ impl Listener {
             let (stream, peer) = match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // Usually EMFILE; back off instead of spinning.
-                    warn!(listener = %self.config.name, error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    self.accept_failed(&broker, &mut failures, &e);
+                    // Usually EMFILE, which lasts until a connection
+                    // closes: back off instead of spinning.
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             };
+            if let Some(ended) = failures.accepted(Instant::now()) {
+                self.log_accept_failures(ended, None);
+            }
             if let Some(bucket) = &mut own_rate
                 && !bucket.try_take(Instant::now())
             {
@@ -172,6 +180,43 @@ impl Listener {
                 (permit, own_permit),
             );
             broker.tasks.spawn(task);
+        }
+    }
+}
+
+/// The pause after a failed accept. The clients it leaves waiting stay in
+/// the kernel's backlog and are accepted once descriptors free up.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl Listener {
+    /// Counts a failed accept (a hit limit when descriptors ran out) and
+    /// logs it as its run of failures calls for.
+    fn accept_failed(&self, broker: &Broker, failures: &mut AcceptFailures, error: &std::io::Error) {
+        if failures::out_of_descriptors(error) {
+            broker.metrics.limit_hit(Limit::OpenFiles);
+        }
+        if let Some(report) = failures.failed(Instant::now()) {
+            self.log_accept_failures(report, Some(error));
+        }
+    }
+
+    fn log_accept_failures(&self, report: Report, error: Option<&std::io::Error>) {
+        let listener = &self.config.name;
+        let every_s = failures::REPORT_EVERY.as_secs();
+        let error = error.map(tracing::field::display);
+        match report {
+            Report::Started => warn!(
+                %listener,
+                error,
+                "accept failed; clients wait in the backlog, and failures are counted and logged every {every_s} s \
+                 until an accept succeeds"
+            ),
+            Report::Continuing { failures, over } => {
+                warn!(%listener, error, failures, over_ms = over.as_millis() as u64, "accept still failing")
+            }
+            Report::Ended { failures, lasted } => {
+                warn!(%listener, failures, lasted_ms = lasted.as_millis() as u64, "accepting again after failures")
+            }
         }
     }
 }

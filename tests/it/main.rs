@@ -20,6 +20,8 @@ mod jwt_plugin;
 mod limits;
 mod login_throttle;
 mod malformed;
+#[cfg(target_os = "linux")]
+mod open_files;
 mod ops;
 mod password_file;
 mod pki;
