@@ -7,7 +7,10 @@
 //! `topic_prefix.wasm` and `payload_upper.wasm` to measure other builds of
 //! them, e.g. `plugins/target/wasm32-wasip2/release`). Not a test: it prints figures and each plugin's
 //! counters. `PLUGIN_CALL_ITERATIONS=N` measures N calls per figure instead
-//! of 200,000 (after N/10 warm-up calls), e.g. for a run under callgrind.
+//! of 200,000 (after N/10 warm-up calls), e.g. for a run under callgrind;
+//! `PLUGIN_CALL_ONLY=NAME` measures only that figure (`authorize`, `bare`,
+//! `cached`, `transform`, `bypass`), so two callgrind runs with different N
+//! give one call's instructions by difference.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -27,7 +30,10 @@ fn iterations() -> u32 {
     std::env::var("PLUGIN_CALL_ITERATIONS").ok().and_then(|n| n.parse().ok()).unwrap_or(ITERATIONS)
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// A current-thread runtime, as a connection task runs its calls: each
+/// call is awaited where it is made.
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let host = PluginHost::new()?;
     let prefix = PluginSettings::parse("[config]\nprefix = \"bench/\"\n")?;
     let upper = PluginSettings::parse("[config]\nfilters = [\"upper/#\"]\n")?;
@@ -48,37 +54,43 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         attributes: Vec::new(),
     };
 
-    let authorize = measure(|| {
-        let v = policy.authorize(&client, Action::Publish, black_box("bench/sensor/1"), QoS::AtMostOnce, false);
+    let authorize = measure("authorize", async || {
+        let v = policy.authorize(&client, Action::Publish, black_box("bench/sensor/1"), QoS::AtMostOnce, false).await;
         black_box(v);
-    });
+    })
+    .await;
     println!("warm authorize (wasm):   {:>8.0} ns/call", authorize);
 
     // The same question with empty strings: shows how much of a call is
     // copying the client record into the guest (one guest allocation per
     // non-empty string).
     let bare = ClientInfo { client_id: String::new(), listener: String::new(), ..client.clone() };
-    let bare_cost = measure(|| {
-        black_box(policy.authorize(&bare, Action::Publish, black_box("bench/1"), QoS::AtMostOnce, false));
-    });
+    let bare_cost = measure("bare", async || {
+        black_box(policy.authorize(&bare, Action::Publish, black_box("bench/1"), QoS::AtMostOnce, false).await);
+    })
+    .await;
     println!("authorize, bare client:  {:>8.0} ns/call", bare_cost);
 
     let mut cache = AuthzCache::new(1024);
-    let cached = measure(|| {
-        black_box(cache.check(&policy, &client, Action::Publish, black_box("bench/sensor/1"), QoS::AtMostOnce, false));
-    });
+    let cached = measure("cached", async || {
+        let check = cache.check(&policy, &client, Action::Publish, black_box("bench/sensor/1"), QoS::AtMostOnce, false);
+        black_box(check.await);
+    })
+    .await;
     println!("authorize, cache hit:    {:>8.0} ns/call", cached);
 
     let message =
         PluginMessage::new(TopicName::new("upper/sensor/1")?, Bytes::from(vec![b'a'; 64]), QoS::AtMostOnce, false);
-    let transform = measure(|| {
-        black_box(policy.transform(&client, black_box(&message)));
-    });
+    let transform = measure("transform", async || {
+        black_box(policy.transform(&client, black_box(&message)).await);
+    })
+    .await;
     println!("warm transform (wasm):   {:>8.0} ns/call", transform);
 
-    let bypass = measure(|| {
+    let bypass = measure("bypass", async || {
         black_box(policy.wants_transform(black_box("plain/sensor/1")));
-    });
+    })
+    .await;
     println!("wants_transform bypass:  {:>8.0} ns/call", bypass);
     // On a loaded machine a descheduled thread can miss the 10 ms wall-clock
     // deadline; such calls fail closed and show up here.
@@ -88,15 +100,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Mean nanoseconds per call of `f`, after a warm-up.
-fn measure(mut f: impl FnMut()) -> f64 {
+/// Mean nanoseconds per call of `f`, after a warm-up; not a number when
+/// `PLUGIN_CALL_ONLY` names another figure.
+async fn measure(name: &str, mut f: impl AsyncFnMut()) -> f64 {
+    if std::env::var("PLUGIN_CALL_ONLY").is_ok_and(|only| only != name) {
+        return f64::NAN;
+    }
     let iterations = iterations().max(1);
     for _ in 0..iterations / 10 {
-        f();
+        f().await;
     }
     let started = Instant::now();
     for _ in 0..iterations {
-        f();
+        f().await;
     }
     let elapsed: Duration = started.elapsed();
     elapsed.as_nanos() as f64 / f64::from(iterations)

@@ -207,34 +207,34 @@ fn calls_n(policy: &Policy, hook: Hook, n: u32) -> Result<(), Box<dyn std::error
         password: Some(Bytes::from_static(b"wonderland")),
         ..Credentials::default()
     };
-    match hook {
-        Hook::Authorize => {
-            for _ in 0..n {
-                black_box(policy.authorize(
-                    &client,
-                    Action::Publish,
-                    black_box("sensors/kitchen/temp"),
-                    QoS::AtMostOnce,
-                    false,
-                ));
+    // Each call awaited on a current-thread runtime, as a connection task
+    // awaits its own.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build()?;
+    let message = match hook {
+        Hook::Transform(payload) => Some(PluginMessage::new(
+            TopicName::new("t/kitchen")?,
+            Bytes::from_static(payload.as_bytes()),
+            QoS::AtMostOnce,
+            false,
+        )),
+        _ => None,
+    };
+    runtime.block_on(async {
+        for _ in 0..n {
+            match (hook, &message) {
+                (Hook::Authorize, _) => {
+                    let topic = black_box("sensors/kitchen/temp");
+                    black_box(policy.authorize(&client, Action::Publish, topic, QoS::AtMostOnce, false).await);
+                }
+                (Hook::Authenticate, _) => {
+                    black_box(policy.authenticate(&client, black_box(&credentials)).await);
+                }
+                (Hook::Transform(_), Some(message)) => {
+                    black_box(policy.transform(&client, black_box(message)).await);
+                }
+                (Hook::Transform(_), None) => {}
             }
         }
-        Hook::Authenticate => {
-            for _ in 0..n {
-                black_box(policy.authenticate(&client, black_box(&credentials)));
-            }
-        }
-        Hook::Transform(payload) => {
-            let message = PluginMessage::new(
-                TopicName::new("t/kitchen")?,
-                Bytes::from_static(payload.as_bytes()),
-                QoS::AtMostOnce,
-                false,
-            );
-            for _ in 0..n {
-                black_box(policy.transform(&client, black_box(&message)));
-            }
-        }
-    }
+    });
     Ok(())
 }

@@ -40,11 +40,6 @@ pub struct Broker {
     /// The plugin chain in force; replaced whole on reload. A sync lock is
     /// right here: readers clone an `Arc` and let go at once.
     policy: parking_lot::RwLock<Policy>,
-    /// Bounds the authentication chain calls running at once (see
-    /// [`authn_concurrency`]): a flood of logins against a slow password
-    /// hash queues here, under each client's connect deadline, instead of
-    /// occupying every blocking thread.
-    pub(crate) authn_permits: Arc<tokio::sync::Semaphore>,
     /// Failed logins and logins in progress per client address (`[auth]`),
     /// checked before the authentication chain runs.
     pub(crate) logins: crate::auth::LoginThrottle,
@@ -68,16 +63,18 @@ pub enum AttachRefused {
     TooManySessions,
 }
 
-/// A retained message was refused: the retained store is at
-/// `limits.max_retained_messages` or `max_retained_bytes`.
+/// Why a publish was refused before any subscriber got it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("the retained store is full")]
-pub struct RetainedFull;
-
-/// How many authentication chain calls may run at once: one per core (at
-/// least two), since a password hash is CPU-bound work.
-pub fn authn_concurrency() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()).max(2)
+pub enum Refused {
+    /// The retained store is at `limits.max_retained_messages` or
+    /// `max_retained_bytes`.
+    #[error("the retained store is full")]
+    RetainedFull,
+    /// In a cluster that keeps sessions in JetStream: the message could not
+    /// be handed on towards JetStream now (the queue to NATS is full), so
+    /// its publisher must not be acknowledged.
+    #[error("the cluster cannot take the message now")]
+    NotForwarded,
 }
 
 impl Broker {
@@ -104,7 +101,6 @@ impl Broker {
             tasks: TaskTracker::new(),
             store,
             policy: parking_lot::RwLock::new(policy),
-            authn_permits: Arc::new(tokio::sync::Semaphore::new(authn_concurrency())),
             logins: crate::auth::LoginThrottle::default(),
             reload: Reloader::new(plugin_dir),
             next_assigned_id: AtomicU64::new(1),
@@ -277,38 +273,58 @@ impl Broker {
     /// A retained message the retained store has no room for is routed
     /// without being retained (and counted as dropped, `retained_full`).
     pub fn publish(&self, message: Message, publisher: Option<&Arc<Session>>) -> usize {
-        self.publish_shared(Arc::new(message), publisher, false, None).unwrap_or(0)
+        self.publish_shared(Arc::new(message), publisher, false, false, None).unwrap_or(0)
     }
 
     /// [`Broker::publish`] of a message already shared. With
     /// `refuse_over_quota`, a retained message the retained store has no
     /// room for (`limits.max_retained_messages`, `max_retained_bytes`) is
     /// not published at all, so the publisher can be told (v5 0x97).
-    /// With `held`, QoS 1/2 deliveries that full queues of online sessions
-    /// refuse are handed back there for the publisher to hold
-    /// ([`Session::offer`]).
+    /// `acknowledged` says a client waits for this message's PUBACK or
+    /// PUBREC: in a cluster that keeps sessions in JetStream, a QoS 1/2
+    /// message that cannot be handed on towards JetStream now (its queue to
+    /// NATS full) is then refused rather than acknowledged and kept from
+    /// the sessions that JetStream should have it for. With `held`, QoS 1/2 deliveries that full queues
+    /// of online sessions refuse are handed back there for the publisher to
+    /// hold ([`Session::offer`]).
     ///
     /// # Errors
-    /// [`RetainedFull`] when the message was refused.
+    /// [`Refused`] when the message was refused.
     pub fn publish_shared(
         &self,
         message: Arc<Message>,
         publisher: Option<&Arc<Session>>,
         refuse_over_quota: bool,
+        acknowledged: bool,
         held: Option<&mut Vec<Held>>,
-    ) -> Result<usize, RetainedFull> {
+    ) -> Result<usize, Refused> {
         let retained = message.retain && self.retain(&message);
         if message.retain && !retained && refuse_over_quota {
-            return Err(RetainedFull);
+            return Err(Refused::RetainedFull);
         }
         #[cfg(feature = "cluster")]
-        if let Some(cluster) = &self.cluster
-            && !cluster.forward(&message, publisher.map(|p| p.client_id()), retained, self)
-        {
-            // Not handed to NATS: no node would serve the share groups, and
-            // JetStream does not have it for kept sessions.
-            return Ok(self.router.route(&message, publisher, &*self.store, &self.metrics, held));
+        if let Some(cluster) = &self.cluster {
+            use crate::cluster::Forwarded;
+            match cluster.forward(&message, publisher.map(|p| p.client_id()), retained, self) {
+                Forwarded::Yes => {}
+                // JetStream must have it before its publisher hears, and
+                // will once NATS takes more: the publisher tries again.
+                Forwarded::Full
+                    if acknowledged
+                        && message.qos != crate::codec::QoS::AtMostOnce
+                        && cluster.waits_for_jetstream() =>
+                {
+                    return Err(Refused::NotForwarded);
+                }
+                // Stays here: no node would serve the share groups, and
+                // JetStream does not have it for kept sessions.
+                Forwarded::Full | Forwarded::TooLong => {
+                    return Ok(self.router.route(&message, publisher, &*self.store, &self.metrics, held));
+                }
+            }
         }
+        #[cfg(not(feature = "cluster"))]
+        let _ = acknowledged;
         Ok(self.router.route_scoped(&message, publisher, self.local_scope(), &*self.store, &self.metrics, held))
     }
 

@@ -14,8 +14,10 @@ use serde::Deserialize;
 use crate::plugin::Sidecar;
 use crate::plugin::shipped;
 
+mod log;
 mod net;
 
+pub use log::{QUIET_TARGETS, log_filter};
 pub use net::IpNet;
 mod auth;
 
@@ -589,7 +591,8 @@ impl Limits {
 #[derive(Debug, Clone, PartialEq, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
-    /// A `tracing` filter, e.g. `info` or `moat=debug`.
+    /// A `tracing` filter, e.g. `info` or `moat=debug`. Installed through
+    /// [`log_filter`], so `debug` does not mean the compiler's debug lines.
     pub level: Option<String>,
     /// Output format.
     pub format: LogFormat,
@@ -765,6 +768,7 @@ impl Default for SysConfig {
 /// subject_prefix = "moat"        # NATS subjects are `moat.t.<topic levels>`
 /// node_timeout_s = 15            # silent this long: dead, its clients' wills go out
 /// redelivery_s = 30              # a kept message unacknowledged this long is sent again
+/// store_timeout_s = 30           # a QoS 1/2 publisher waits this long for JetStream, then is disconnected
 /// replicas = 1                  # of the JetStream streams and buckets Moat creates
 /// ```
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -791,6 +795,12 @@ pub struct ClusterConfig {
     /// take to reach them again through another node.
     #[serde(default = "default_redelivery_s")]
     pub redelivery_s: u32,
+    /// Seconds a QoS 1/2 publisher's PUBACK/PUBREC may wait for JetStream
+    /// to store its message while a session is kept somewhere (NATS away,
+    /// JetStream electing a leader); past it the client is disconnected
+    /// without the acknowledgement, so it publishes again.
+    #[serde(default = "default_store_timeout_s")]
+    pub store_timeout_s: u32,
     /// Replicas of the JetStream streams and buckets a node creates when
     /// they do not exist yet (retained messages, session owners, wills,
     /// heartbeats): 1 for a single JetStream server, 3 for a cluster of
@@ -817,6 +827,13 @@ fn default_redelivery_s() -> u32 {
     DEFAULT_REDELIVERY_S
 }
 
+/// The `cluster.store_timeout_s` when not set.
+pub const DEFAULT_STORE_TIMEOUT_S: u32 = 30;
+
+fn default_store_timeout_s() -> u32 {
+    DEFAULT_STORE_TIMEOUT_S
+}
+
 /// The `cluster.subject_prefix` when not set.
 pub const DEFAULT_SUBJECT_PREFIX: &str = "moat";
 
@@ -839,6 +856,7 @@ impl ClusterConfig {
             subject_prefix: default_subject_prefix(),
             node_timeout_s: DEFAULT_NODE_TIMEOUT_S,
             redelivery_s: DEFAULT_REDELIVERY_S,
+            store_timeout_s: DEFAULT_STORE_TIMEOUT_S,
             replicas: default_replicas(),
         }
     }
@@ -869,6 +887,9 @@ impl ClusterConfig {
         }
         if !(1..=3600).contains(&self.redelivery_s) {
             return Err(("cluster.redelivery_s".into(), "must be 1 to 3600 seconds".into()));
+        }
+        if !(1..=3600).contains(&self.store_timeout_s) {
+            return Err(("cluster.store_timeout_s".into(), "must be 1 to 3600 seconds".into()));
         }
         let prefix = &self.subject_prefix;
         if prefix.split('.').any(|t| t.is_empty() || !t.chars().all(is_name_char)) {
@@ -1446,6 +1467,8 @@ max_publish_rate = 100
         assert_eq!(err.to_string(), "moat.toml:3: `cluster.node_timeout_s`: must be 1 to 3600 seconds");
         let err = parse("[cluster]\nnats = [\"nats://a:1\"]\nredelivery_s = 7200\n").expect_err("too long");
         assert_eq!(err.to_string(), "moat.toml:3: `cluster.redelivery_s`: must be 1 to 3600 seconds");
+        let err = parse("[cluster]\nnats = [\"nats://a:1\"]\nstore_timeout_s = 0\n").expect_err("no wait");
+        assert_eq!(err.to_string(), "moat.toml:3: `cluster.store_timeout_s`: must be 1 to 3600 seconds");
         let err = parse("[cluster]\nnats = [\"nats://a:1\"]\nreplicas = 7\n").expect_err("too many");
         assert_eq!(err.to_string(), "moat.toml:3: `cluster.replicas`: must be 1 to 5 (JetStream's limit)");
         let err = parse("[cluster]\nnats = [\"nats://a:1\"]\nnode = \"x\"\n").expect_err("unknown key");

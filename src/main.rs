@@ -132,9 +132,12 @@ fn main() -> ExitCode {
     if let Some(Command::Plugin { command }) = &cli.command {
         // Plugin failures and the plugin's own log lines, at `warn` unless
         // RUST_LOG says otherwise.
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+        let filter = std::env::var("RUST_LOG")
+            .ok()
+            .and_then(|env| tracing_subscriber::EnvFilter::try_new(moat::config::log_filter(&env)).ok())
+            .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("warn"));
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
         return plugin_cli::run(command);
     }
     let source =
@@ -333,8 +336,10 @@ fn raise_open_files(config: &Config) {
     }
 }
 
-/// Starts logging; `RUST_LOG` overrides `[log] level`. Returns the hook a
-/// configuration reload uses to change the filter.
+/// Starts logging; `RUST_LOG` overrides `[log] level`, and either keeps the
+/// plugin compiler's targets at `warn` unless it names them
+/// ([`moat::config::log_filter`]). Returns the hook a configuration reload
+/// uses to change the filter.
 fn init_tracing(config: &Config) -> Result<LogFilterHook, String> {
     use tracing_subscriber::prelude::*;
     use tracing_subscriber::{EnvFilter, fmt, reload};
@@ -343,7 +348,8 @@ fn init_tracing(config: &Config) -> Result<LogFilterHook, String> {
         Some(env) => ("RUST_LOG", env.clone()),
         None => ("`log.level`", config.log.level.clone().unwrap_or_else(|| "info".to_owned())),
     };
-    let filter = EnvFilter::try_new(&filter).map_err(|e| format!("{source}: invalid log filter {filter:?}: {e}"))?;
+    let filter = EnvFilter::try_new(moat::config::log_filter(&filter))
+        .map_err(|e| format!("{source}: invalid log filter {filter:?}: {e}"))?;
     let (filter, handle) = reload::Layer::new(filter);
     // Colour only for a person at a terminal, never into files or journald.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -357,7 +363,7 @@ fn init_tracing(config: &Config) -> Result<LogFilterHook, String> {
         if pinned {
             return Err("RUST_LOG is set and takes precedence over `log.level`".to_owned());
         }
-        let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        let filter = EnvFilter::try_new(moat::config::log_filter(level)).map_err(|e| e.to_string())?;
         handle.reload(filter).map_err(|e| e.to_string())
     }))
 }

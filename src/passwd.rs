@@ -50,13 +50,23 @@ pub enum PasswdError {
         /// The user name.
         user: String,
     },
-    /// Reading or writing the file failed.
-    #[error("{}: {source}", file.display())]
+    /// The directory the file would go into does not exist (the file is
+    /// created, its directory is not: a typo should not make directories).
+    #[error("{}: the directory {} does not exist; create it first", file.display(), dir.display())]
+    NoDirectory {
+        /// The password file.
+        file: PathBuf,
+        /// Its missing directory.
+        dir: PathBuf,
+    },
+    /// Reading or writing the file failed. The error is part of the
+    /// message, not a `source`, so a report that prints causes says it once.
+    #[error("{}: {error}", file.display())]
     Io {
         /// The password file.
         file: PathBuf,
         /// The operating system's error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// The system random number generator or the hash failed.
     #[error("cannot hash the password: {0}")]
@@ -169,17 +179,22 @@ fn read_lines(file: &Path, missing_is_empty: bool) -> Result<Vec<String>, Passwd
     match std::fs::read_to_string(file) {
         Ok(text) => Ok(text.lines().map(str::to_owned).collect()),
         Err(e) if missing_is_empty && e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(source) => Err(PasswdError::Io { file: file.to_owned(), source }),
+        Err(error) => Err(PasswdError::Io { file: file.to_owned(), error }),
     }
 }
 
 /// Writes a sibling temporary file (0600 from its creation, so the hashes
 /// are never readable by others), syncs it, and renames it over `file`.
 fn write_atomically(file: &Path, lines: &[String]) -> Result<(), PasswdError> {
-    let io = |source| PasswdError::Io { file: file.to_owned(), source };
     let dir = match file.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
+    };
+    let io = |error: std::io::Error| {
+        if error.kind() == std::io::ErrorKind::NotFound && !dir.is_dir() {
+            return PasswdError::NoDirectory { file: file.to_owned(), dir: dir.clone() };
+        }
+        PasswdError::Io { file: file.to_owned(), error }
     };
     let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));

@@ -62,6 +62,7 @@ use std::cell::RefCell;
 mod alloc;
 mod config;
 mod export;
+mod files;
 mod host;
 pub mod testing;
 
@@ -69,6 +70,7 @@ pub mod testing;
 pub use export::Export;
 
 pub use config::Config;
+pub use files::{describe as describe_io_error, read_file};
 pub use host::{Level, log, now_ms};
 
 /// The bindings generated from the `moat:plugin` WIT package.
@@ -94,6 +96,43 @@ pub use bindings::moat::plugin::types::{Action, ClientInfo, Message, Qos as QoS,
 
 /// Which hooks a plugin implements and which topics it transforms.
 pub use bindings::exports::moat::plugin::lifecycle::Manifest;
+
+impl Action {
+    /// The action's name as the broker logs it: `publish`, `subscribe`,
+    /// `receive`, `retained` or `will`.
+    ///
+    /// ```
+    /// assert_eq!(moat_plugin_sdk::Action::Retained.name(), "retained");
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Publish => "publish",
+            Action::Subscribe => "subscribe",
+            Action::Receive => "receive",
+            Action::Retained => "retained",
+            Action::Will => "will",
+        }
+    }
+
+    /// The action in words for a `deny` reason, to be followed by the
+    /// topic: the broker logs reasons as the plugin wrote them, so they
+    /// should read as sentences.
+    ///
+    /// ```
+    /// use moat_plugin_sdk::Action;
+    /// let reason = format!("no rule allows {} {}", Action::Publish.doing(), "sensors/1");
+    /// assert_eq!(reason, "no rule allows publishing to sensors/1");
+    /// ```
+    pub fn doing(self) -> &'static str {
+        match self {
+            Action::Publish => "publishing to",
+            Action::Subscribe => "subscribing to",
+            Action::Receive => "receiving messages of",
+            Action::Retained => "receiving the retained message of",
+            Action::Will => "a will message to",
+        }
+    }
+}
 
 impl Manifest {
     /// A manifest that implements no hook yet.

@@ -129,7 +129,7 @@ fn plugins(broker: &Broker) -> Value {
                 "limits": {
                     "memory_bytes": limits.memory_bytes,
                     "timeout_ms": u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX),
-                    "instances": limits.instances,
+                    "instances": p.warm_instances(),
                     "max_answer_bytes": limits.max_answer_bytes,
                 },
                 "counters": {
@@ -138,12 +138,29 @@ fn plugins(broker: &Broker) -> Value {
                     "traps": stats.traps,
                     "timeouts": stats.timeouts,
                     "out_of_memory": stats.out_of_memory,
+                    "exchanges_refused": stats.exchanges_refused,
+                    "output_lines": stats.output_lines,
+                    "output_dropped": stats.output_dropped,
                     "bad_answers": stats.bad_answers,
                 },
+                "decisions": decisions(p.manifest(), &stats),
             })
         })
         .collect();
     Value::Array(list)
+}
+
+/// How a plugin's calls ended: `{ "authorize": { "allow": 3, ... } }` for
+/// each hook it implements.
+fn decisions(manifest: &crate::plugin::Manifest, stats: &crate::plugin::StatsSnapshot) -> Value {
+    let hooks = manifest.hooks.iter().map(|&hook| {
+        let counts = crate::plugin::Decision::of(hook)
+            .iter()
+            .map(|&d| (d.label().to_owned(), Value::from(stats.decisions(hook, d))))
+            .collect::<serde_json::Map<_, _>>();
+        (hook.name().to_owned(), Value::Object(counts))
+    });
+    Value::Object(hooks.collect())
 }
 
 fn kick(broker: &Broker, client_id: &str) -> Response {

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use super::{Action, ClientInfo, Policy};
+use super::{Action, ClientInfo, Policy, Verdict};
 use crate::codec::QoS;
 
 /// Verdicts one connection already obtained, keyed by what was asked.
@@ -66,7 +66,7 @@ impl AuthzCache {
 
     /// Answers from the cache when it can, else asks `policy` and remembers
     /// the verdict for as long as the plugin allowed.
-    pub fn check(
+    pub async fn check(
         &mut self,
         policy: &Policy,
         client: &ClientInfo,
@@ -75,13 +75,13 @@ impl AuthzCache {
         qos: QoS,
         retain: bool,
     ) -> bool {
-        self.check_at(Instant::now(), policy, client, action, topic, qos, retain)
+        self.check_at(Instant::now(), policy, client, action, topic, qos, retain).await
     }
 
     /// [`AuthzCache::check`] at a given instant (for tests and for callers
     /// that already read the clock).
     #[allow(clippy::too_many_arguments, reason = "the question has six parts plus the clock")]
-    pub fn check_at(
+    pub async fn check_at(
         &mut self,
         now: Instant,
         policy: &Policy,
@@ -91,31 +91,53 @@ impl AuthzCache {
         qos: QoS,
         retain: bool,
     ) -> bool {
+        if let Some(allowed) = self.cached(now, policy, action, topic, qos, retain) {
+            return allowed;
+        }
+        let verdict = policy.authorize(client, action, topic, qos, retain).await;
+        self.remember(now, action, topic, qos, retain, &verdict);
+        verdict.allowed
+    }
+
+    /// The live verdict held for the question, if any: what a caller that
+    /// cannot wait for a plugin (one holding a lock) asks first.
+    pub fn cached(
+        &mut self,
+        now: Instant,
+        policy: &Policy,
+        action: Action,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+    ) -> Option<bool> {
         if self.generation != policy.generation() {
             self.clear();
             self.generation = policy.generation();
         }
         let question = Question { action, qos, retain };
-        if let Some(answers) = self.entries.get_mut(topic)
-            && let Some(i) = answers.iter().position(|(q, _)| *q == question)
-        {
-            let entry = answers[i].1;
-            if entry.expires > now {
-                return entry.allowed;
-            }
-            answers.swap_remove(i);
-            self.len -= 1;
+        let answers = self.entries.get_mut(topic)?;
+        let i = answers.iter().position(|(q, _)| *q == question)?;
+        let entry = answers[i].1;
+        if entry.expires > now {
+            return Some(entry.allowed);
         }
-        let verdict = policy.authorize(client, action, topic, qos, retain);
+        answers.swap_remove(i);
+        self.len -= 1;
+        None
+    }
+
+    /// Keeps `verdict` for as long as the plugin allowed it to be reused.
+    /// The caller asked [`AuthzCache::cached`] under the same policy.
+    pub fn remember(&mut self, now: Instant, action: Action, topic: &str, qos: QoS, retain: bool, verdict: &Verdict) {
         if let Some(ttl) = verdict.cache_ttl.filter(|ttl| !ttl.is_zero())
             && let Some(expires) = now.checked_add(ttl)
             && self.capacity > 0
         {
             self.make_room(now);
+            let question = Question { action, qos, retain };
             self.entries.entry(topic.into()).or_default().push((question, Entry { allowed: verdict.allowed, expires }));
             self.len += 1;
         }
-        verdict.allowed
     }
 
     /// Drops expired verdicts when full, then an arbitrary topic's verdicts

@@ -23,10 +23,12 @@ use bytes::Bytes;
 use crate::codec::{ProtocolVersion, QoS, TopicName};
 
 mod cache;
+mod denials;
 mod policy;
 mod throttle;
 
 pub use cache::AuthzCache;
+pub use denials::DenialLog;
 pub use policy::{AuthExchange, Policy};
 pub use throttle::{LoginThrottle, LoginTicket, MAX_ADDRESSES, ThrottleSettings, Throttled};
 
@@ -116,6 +118,26 @@ pub enum Action {
     Retained,
     /// Register a will message.
     Will,
+}
+
+impl Action {
+    /// The action's name as plugins and operators see it (the WIT enum's
+    /// case): `publish`, `subscribe`, `receive`, `retained`, `will`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Publish => "publish",
+            Action::Subscribe => "subscribe",
+            Action::Receive => "receive",
+            Action::Retained => "retained",
+            Action::Will => "will",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// An application message as a transform plugin sees it.
@@ -213,20 +235,60 @@ pub enum AuthnOutcome {
         /// Authentication Data for the AUTH packet.
         data: Vec<u8>,
     },
+    /// The plugin would continue an exchange but holds as many as its
+    /// `limits.exchanges` allows: refuse the client with Quota Exceeded
+    /// (0x97) rather than queue it.
+    Busy {
+        /// The plugin that is full.
+        plugin: Arc<str>,
+    },
 }
 
 /// The authorization chain's answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verdict {
     /// Whether the action is permitted.
     pub allowed: bool,
     /// How long a connection may reuse this verdict; `None`: do not cache.
     pub cache_ttl: Option<Duration>,
+    /// Who refused and why, for a refusal the chain decided (boxed: an
+    /// allow, the common answer, carries nothing).
+    pub denial: Option<Box<Denial>>,
 }
 
 impl Verdict {
-    /// A denial that must not be cached.
-    pub const DENY: Verdict = Verdict { allowed: false, cache_ttl: None };
+    /// Allowed, reusable for `cache_ttl`.
+    pub fn allow(cache_ttl: Option<Duration>) -> Verdict {
+        Verdict { allowed: true, cache_ttl, denial: None }
+    }
+
+    /// Refused, never cached.
+    pub fn deny(denial: Denial) -> Verdict {
+        Verdict { allowed: false, cache_ttl: None, denial: Some(Box::new(denial)) }
+    }
+}
+
+/// Why the authorization chain refused an action: what a connection's
+/// [`DenialLog`] line says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denial {
+    /// A plugin answered `deny`.
+    Denied {
+        /// The plugin that decided.
+        plugin: Arc<str>,
+        /// The reason it gave (for the log; never sent to the client).
+        reason: String,
+    },
+    /// A plugin's call failed, which denies: trap, timeout, out of memory,
+    /// or an answer the broker refused.
+    Failed {
+        /// The plugin whose call failed.
+        plugin: Arc<str>,
+        /// How it failed.
+        failure: crate::plugin::CallFailure,
+    },
+    /// Every authorizing plugin ignored the question.
+    Unanswered,
 }
 
 /// The transform chain's answer.

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Action, AuthnOutcome, ClientInfo, Credentials, Grant, PluginMessage, TransformOutcome, Verdict};
+use super::{Action, AuthnOutcome, ClientInfo, Credentials, Denial, Grant, PluginMessage, TransformOutcome, Verdict};
 use crate::codec::QoS;
 use crate::codec::topic::filter_matches;
 use crate::plugin::{
@@ -84,8 +84,8 @@ impl Policy {
     /// Runs the authentication chain: the first `allow`, `deny` or
     /// `continue` wins; a failing plugin denies. An exchange a plugin
     /// continues is not kept: see [`Policy::authenticate_step`].
-    pub fn authenticate(&self, client: &ClientInfo, credentials: &Credentials) -> AuthnOutcome {
-        self.authenticate_step(&mut None, client, credentials)
+    pub async fn authenticate(&self, client: &ClientInfo, credentials: &Credentials) -> AuthnOutcome {
+        self.authenticate_step(&mut None, client, credentials).await
     }
 
     /// One step of authentication. Without an exchange in progress, runs the
@@ -94,18 +94,22 @@ impl Policy {
     /// next step goes to that same instance alone, so a plugin may keep the
     /// conversation's state in memory. Any other answer ends the exchange
     /// (an `ignore` mid-exchange is [`AuthnOutcome::NoDecision`]).
-    pub fn authenticate_step(
+    ///
+    /// Each plugin's call runs on the blocking pool under that plugin's
+    /// own permits (a password hash is CPU work), so a slow or stuck
+    /// authenticator delays only the clients that reach it.
+    pub async fn authenticate_step(
         &self,
         exchange: &mut Option<AuthExchange>,
         client: &ClientInfo,
         credentials: &Credentials,
     ) -> AuthnOutcome {
         if let Some(AuthExchange { plugin, instance }) = exchange.take() {
-            let answer = plugin.authenticate(client, credentials, Some(instance));
+            let answer = plugin.authenticate(client, credentials, Some(instance)).await;
             return decide(&plugin, answer, exchange).unwrap_or(AuthnOutcome::NoDecision);
         }
         for plugin in &self.inner.authn {
-            let answer = plugin.authenticate(client, credentials, None);
+            let answer = plugin.authenticate(client, credentials, None).await;
             if let Some(outcome) = decide(plugin, answer, exchange) {
                 return outcome;
             }
@@ -116,28 +120,25 @@ impl Policy {
     /// Runs the authorization chain: the first `allow` or `deny` wins, a
     /// failing plugin denies, and when every plugin ignores the answer is
     /// deny. With no authorizing plugin at all, everything is allowed.
-    pub fn authorize(&self, client: &ClientInfo, action: Action, topic: &str, qos: QoS, retain: bool) -> Verdict {
+    pub async fn authorize(&self, client: &ClientInfo, action: Action, topic: &str, qos: QoS, retain: bool) -> Verdict {
         if self.inner.authz.is_empty() {
-            return Verdict { allowed: true, cache_ttl: None };
+            return Verdict::allow(None);
         }
         for plugin in &self.inner.authz {
-            match plugin.authorize(client, action, topic, qos, retain) {
+            match plugin.authorize(client, action, topic, qos, retain).await {
                 Ok(AuthzAnswer::Ignore) => continue,
-                Ok(AuthzAnswer::Allow(cache_ttl)) => {
-                    return Verdict { allowed: true, cache_ttl };
-                }
+                Ok(AuthzAnswer::Allow(cache_ttl)) => return Verdict::allow(cache_ttl),
                 Ok(AuthzAnswer::Deny(reason)) => {
                     plugin.stats().denial();
-                    tracing::debug!(plugin = &**plugin.name(), client_id = %crate::untrusted::Untrusted(&client.client_id), ?action, topic, reason, "denied");
-                    return Verdict::DENY;
+                    return Verdict::deny(Denial::Denied { plugin: plugin.name().clone(), reason });
                 }
-                Err(_) => {
+                Err(failure) => {
                     plugin.stats().denial();
-                    return Verdict::DENY;
+                    return Verdict::deny(Denial::Failed { plugin: plugin.name().clone(), failure });
                 }
             }
         }
-        Verdict::DENY
+        Verdict::deny(Denial::Unanswered)
     }
 
     /// Whether any transform plugin declared a filter matching `topic`. A
@@ -149,14 +150,14 @@ impl Policy {
     /// Runs every transform plugin whose filters match the message's topic,
     /// in order, each seeing the previous one's result. A `drop` stops the
     /// chain; a failing plugin drops or passes per its `on_error`.
-    pub fn transform(&self, client: &ClientInfo, message: &PluginMessage) -> TransformOutcome {
+    pub async fn transform(&self, client: &ClientInfo, message: &PluginMessage) -> TransformOutcome {
         let mut current: Option<PluginMessage> = None;
         for plugin in &self.inner.transforms {
             let msg = current.as_ref().unwrap_or(message);
             if !wants(plugin, msg.topic.as_str()) {
                 continue;
             }
-            match plugin.on_publish(client, msg) {
+            match plugin.on_publish(client, msg).await {
                 Ok(TransformAnswer::Pass) => {}
                 Ok(TransformAnswer::Replace(next)) => current = Some(next),
                 Ok(TransformAnswer::Drop(reason)) => {
@@ -207,6 +208,7 @@ fn decide(
             plugin.stats().denial();
             Some(AuthnOutcome::Deny { plugin: name, reason })
         }
+        Err(CallFailure::Busy) => Some(AuthnOutcome::Busy { plugin: name }),
         Err(failure) => {
             plugin.stats().denial();
             Some(AuthnOutcome::Deny { plugin: name, reason: format!("plugin failed: {failure}") })

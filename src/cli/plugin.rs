@@ -133,7 +133,7 @@ fn check(args: &CheckArgs) -> ExitCode {
     };
     print_settings(&settings, &from);
     let plugin = match host.load_one(args.file.clone(), settings) {
-        Ok(plugin) => plugin,
+        Ok(plugin) => std::sync::Arc::new(plugin),
         Err(e) => return fail(EXIT_LOAD, format_args!("plugin {name} does not load: {e}")),
     };
     print_manifest(&plugin);
@@ -162,10 +162,10 @@ fn print_settings(settings: &PluginSettings, from: &str) {
     let l = &settings.limits;
     println!("settings   {from}");
     println!(
-        "limits     memory {} MiB per instance, {} ms per call (init: at least 1000 ms), {} warm instances, answers up to {} bytes",
+        "limits     memory {} MiB per instance, {} ms per call (init: at least 1000 ms), {}, answers up to {} bytes",
         l.memory_bytes >> 20,
         l.timeout.as_millis(),
-        l.instances,
+        l.instances.map_or_else(|| "warm instances sized from memory".to_owned(), |n| format!("{n} warm instances")),
         l.max_answer_bytes
     );
     let on_error = match settings.on_error {
@@ -187,6 +187,7 @@ fn print_settings(settings: &PluginSettings, from: &str) {
 }
 
 fn print_manifest(plugin: &LoadedPlugin) {
+    println!("warm       {} instances kept", plugin.warm_instances());
     let m = plugin.manifest();
     let hooks: Vec<&str> = m.hooks.iter().map(|h| h.name()).collect();
     println!("hooks      {}", if hooks.is_empty() { "none".to_owned() } else { hooks.join(", ") });
@@ -196,7 +197,7 @@ fn print_manifest(plugin: &LoadedPlugin) {
     }
 }
 
-fn run_vectors(plugin: &LoadedPlugin, path: &Path, vectors: &Vectors) -> ExitCode {
+fn run_vectors(plugin: &std::sync::Arc<LoadedPlugin>, path: &Path, vectors: &Vectors) -> ExitCode {
     println!("vectors    {} ({})", path.display(), vectors.len());
     let results = vectors.run(plugin);
     let failed = results.iter().filter(|r| !r.passed()).count();

@@ -22,6 +22,10 @@ pub const NODE_HEADER: &str = "Moat-Node";
 pub const CLIENT_HEADER: &str = "Moat-Client";
 /// The header carrying the [`Envelope`].
 pub const MESSAGE_HEADER: &str = "Moat-Msg";
+/// The header marking a QoS 1/2 message published again because JetStream
+/// did not answer for it in time (`outbound`): nodes take it from
+/// JetStream only.
+pub const RETRY_HEADER: &str = "Moat-Retry";
 
 /// Version byte in front of the encoded envelope.
 const FORMAT: u8 = 1;

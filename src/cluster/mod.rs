@@ -16,7 +16,8 @@
 //!   publisher, needs a second trie and leaves windows in which a new remote
 //!   subscription misses messages. The publisher never waits: when the
 //!   queue is full (NATS slow or away) the message is not forwarded and is
-//!   counted (`moat_dropped_messages_total{reason="cluster"}`). The task
+//!   counted (`moat_dropped_messages_total{reason="cluster"}`), or, for a
+//!   QoS 1/2 publish while a session is kept somewhere, refused. The task
 //!   takes what is queued in batches and waits while the NATS client's own
 //!   queue is full, so the connection paces it; the queue in front of it,
 //!   bounded in messages and bytes, absorbs bursts meanwhile.
@@ -58,13 +59,15 @@
 //! PUBACK means "routed locally and handed to NATS". For persistent
 //! sessions JetStream keeps QoS 1/2 messages until their clients have
 //! them, and while any such session exists a PUBACK means "stored by
-//! JetStream" ([`queue`], [`Cluster::stored`]). Order from one
+//! JetStream", whatever happens to the connection meanwhile ([`queue`],
+//! `outbound`, [`Cluster::stored`]). Order from one
 //! publisher on one topic is kept while that topic matches a single one of
 //! the receiving node's subjects (NATS keeps order per subscription).
 //! Retained messages are the exception: JetStream stores them, so a node
 //! started later, or away meanwhile, still gets them.
 
 mod envelope;
+mod outbound;
 mod ownership;
 mod queue;
 mod retained;
@@ -102,9 +105,6 @@ const OUTBOUND_CAPACITY: usize = 64 * 1024;
 const OUTBOUND_BYTES: usize = 64 * 1024 * 1024;
 /// Messages the outbound task takes from its queue at once.
 const OUTBOUND_BATCH: usize = 256;
-/// Longest a publisher's acknowledgement waits for JetStream to store its
-/// message; past it, the message counts as sent.
-const STORE_WAIT: Duration = Duration::from_secs(2);
 /// Messages one NATS subscription buffers before the client drops new
 /// ones (a slow consumer). The channel allocates as it fills, so an idle
 /// subscription costs nothing; a full one holds at most this many of the
@@ -118,6 +118,19 @@ const INBOUND_BATCH: usize = 256;
 /// be 64 KiB. Longer topics stay local (counted), longer filters get no
 /// remote messages (logged).
 const MAX_SUBJECT_BYTES: usize = 3 * 1024;
+
+/// Whether [`Cluster::forward`] handed a message on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Forwarded {
+    /// Queued towards NATS.
+    Yes,
+    /// Its topic makes a subject longer than NATS takes: it never leaves
+    /// this node.
+    TooLong,
+    /// The queue towards NATS is full (NATS slow or away): it could go
+    /// later.
+    Full,
+}
 
 /// A change of local interest, reported by the router in trie order: a
 /// filter (without `$share/{group}/`) and, for a shared subscription, its
@@ -160,6 +173,8 @@ pub struct Cluster {
     /// subscriptions is up, so NATS picks the node serving each message of
     /// a share group (otherwise every node serves its own members).
     shares: Arc<AtomicBool>,
+    /// `[cluster] store_timeout_s`.
+    store_wait: Duration,
 }
 
 /// A message on its way to NATS, and the client id of its publisher (for
@@ -202,6 +217,7 @@ impl Cluster {
             })),
             subscriptions: Arc::new(AtomicUsize::new(0)),
             shares: Arc::new(AtomicBool::new(false)),
+            store_wait: Duration::from_secs(u64::from(config.store_timeout_s)),
         };
         (cluster, interest)
     }
@@ -246,6 +262,20 @@ impl Cluster {
     /// The session of `client_id`, claimed with `revision`, ended here.
     pub(crate) fn release(&self, client_id: &str, revision: u64, broker: &Broker) {
         self.ownership.release(client_id, revision, broker);
+    }
+
+    /// How long a QoS 1/2 publisher's acknowledgement may wait for
+    /// JetStream ([`Cluster::stored`]) before its connection is closed
+    /// without it (`[cluster] store_timeout_s`).
+    pub(crate) fn store_timeout(&self) -> Duration {
+        self.store_wait
+    }
+
+    /// Whether a session is kept somewhere in the cluster, as far as this
+    /// node knows, so QoS 1/2 publishes here are acknowledged only once
+    /// JetStream has stored them.
+    pub fn waits_for_jetstream(&self) -> bool {
+        self.queue.wanted()
     }
 
     /// Whether persistent sessions are kept in JetStream now (the stream
@@ -329,18 +359,22 @@ impl Cluster {
     /// Hands a message published on this node to the other nodes, and,
     /// when this node `retained` it, to the retained stream. Never waits:
     /// with the queue full (in messages or bytes), or a topic too long for
-    /// a subject, the message stays local, is counted, and `false` is
-    /// returned.
+    /// a subject, the message stays local and is counted.
     pub(crate) fn forward(
         &self,
         message: &Arc<Message>,
         publisher: Option<&Arc<str>>,
         retained: bool,
         broker: &Broker,
-    ) -> bool {
-        let forwarded =
-            self.subjects.fits(message.topic.as_str(), MAX_SUBJECT_BYTES) && self.enqueue(message, publisher);
-        if !forwarded {
+    ) -> Forwarded {
+        let forwarded = if !self.subjects.fits(message.topic.as_str(), MAX_SUBJECT_BYTES) {
+            Forwarded::TooLong
+        } else if self.enqueue(message, publisher) {
+            Forwarded::Yes
+        } else {
+            Forwarded::Full
+        };
+        if forwarded != Forwarded::Yes {
             broker.metrics.dropped(DropReason::Cluster, 1);
         }
         if retained {
@@ -384,6 +418,14 @@ impl Cluster {
         if !self.queue.wanted() {
             return None;
         }
+        self.backlog()
+    }
+
+    /// What waits until every QoS 1/2 message this node handed to the
+    /// cluster so far is settled (stored by JetStream, or sent while no
+    /// session was kept), whether or not a session is kept now; `None`
+    /// when that is so already.
+    pub(crate) fn backlog(&self) -> Option<crate::store::Barrier> {
         let target = *self.handed.lock();
         let done = self.stored.subscribe();
         let behind = *done.borrow() < target;
@@ -419,6 +461,7 @@ impl Cluster {
         });
         let servers = self.servers.clone();
         let link = Link {
+            run_id: random_node_id(),
             node_id: self.node_id.clone(),
             subjects: self.subjects.clone(),
             subscriptions: self.subscriptions.clone(),
@@ -430,6 +473,7 @@ impl Cluster {
         let ownership = self.ownership.clone();
         let wills = self.wills.clone();
         let queue = self.queue.clone();
+        let store_wait = self.store_wait;
         let broker = broker.clone();
         let tasks = broker.tasks.clone();
         tasks.spawn(async move {
@@ -450,7 +494,8 @@ impl Cluster {
             broker.tasks.spawn(retained.watch(client.clone(), broker.clone()));
             broker.tasks.spawn(ownership.run(client.clone(), broker.clone()));
             broker.tasks.spawn(wills.run(client.clone(), broker.clone()));
-            broker.tasks.spawn(queue.run(client.clone(), broker.clone()));
+            broker.tasks.spawn(queue.clone().run(client.clone(), broker.clone()));
+            broker.tasks.spawn(queue.resync(client.clone(), store_wait, broker.clone()));
             link.interest(client, share, receivers.interest, broker).await;
         });
     }
@@ -485,21 +530,23 @@ impl Events {
     /// share groups' one.
     fn record(&self, event: &async_nats::Event, main: bool) {
         match event {
-            async_nats::Event::Connected => info!("cluster: connected to NATS"),
-            async_nats::Event::Disconnected => {
-                error!("cluster: disconnected from NATS; serving local clients only, reconnecting");
-                // Nothing reaches JetStream now: kept sessions queue here
-                // again (what JetStream kept is still taken in when they
-                // resume).
-                if let Some(broker) = self.broker.upgrade().filter(|_| main) {
-                    for session in broker.sessions.all() {
-                        let mut state = session.lock();
-                        state.kept = false;
-                        if let Some(feeding) = state.feeding.take() {
-                            feeding.cancel();
-                        }
-                    }
+            async_nats::Event::Connected => {
+                info!("cluster: connected to NATS");
+                // Feeders pull again, lagging consumers catch up, what
+                // waited for JetStream goes (`queue::resync`).
+                if let Some(broker) = self.broker.upgrade().filter(|_| main)
+                    && let Some(cluster) = broker.cluster()
+                {
+                    cluster.queue.connected();
                 }
+            }
+            // Kept sessions stay kept: what other nodes publish for them
+            // waits in JetStream, and what this node publishes waits here
+            // (its publishers unacknowledged) until the connection is back.
+            async_nats::Event::Disconnected => {
+                error!(
+                    "cluster: disconnected from NATS; QoS 1/2 publishes wait for it while sessions are kept, reconnecting"
+                );
             }
             async_nats::Event::SlowConsumer(sid) => {
                 if let Some(broker) = self.broker.upgrade() {
@@ -521,6 +568,10 @@ impl Events {
 #[derive(Debug)]
 struct Link {
     node_id: Arc<str>,
+    /// 64 random bits for each run of the process, so the ids of its QoS 2
+    /// messages (`Nats-Msg-Id`, `outbound`) repeat none of another node's
+    /// or an earlier run's.
+    run_id: String,
     subjects: Subjects,
     subscriptions: Arc<AtomicUsize>,
     /// [`Cluster::queued_bytes`].
@@ -528,15 +579,6 @@ struct Link {
     /// [`Cluster::stored`].
     stored: Arc<watch::Sender<u64>>,
     queue: Arc<Queue>,
-}
-
-/// What a QoS 1/2 message handed to NATS still waits for before its
-/// publisher may be acknowledged.
-enum Pending {
-    /// Nothing: sent (or dropped, counted).
-    Sent,
-    /// JetStream's ack, due by the instant.
-    Stored(async_nats::jetstream::context::PublishAckFuture, Instant),
 }
 
 /// A local share group's count of members, the handle that ends serving
@@ -560,79 +602,6 @@ fn queued_size(message: &Message) -> usize {
 }
 
 impl Link {
-    /// Publishes this node's messages until shutdown, taking from the
-    /// queue what is there (up to [`OUTBOUND_BATCH`]) in one go. Handing a
-    /// message to the client waits while the client's own command queue is
-    /// full, so the NATS connection paces this task; local publishers only
-    /// ever `try_send` into the queue in front of it and never wait.
-    async fn publish(
-        self: Arc<Self>,
-        client: async_nats::Client,
-        mut rx: mpsc::Receiver<Outgoing>,
-        broker: Arc<Broker>,
-    ) {
-        let mut batch = Vec::with_capacity(OUTBOUND_BATCH);
-        let js = async_nats::jetstream::new(client.clone());
-        let (acks, pending) = mpsc::channel(OUTBOUND_CAPACITY);
-        broker.tasks.spawn(self.clone().acknowledge(pending));
-        // `recv_many` takes nothing only when every sender is gone.
-        while let Some(1..) = broker.shutdown.run_until_cancelled(rx.recv_many(&mut batch, OUTBOUND_BATCH)).await {
-            let now = Instant::now();
-            // Stored by JetStream before acknowledged, while a session is
-            // kept somewhere and NATS is there to ask.
-            let store = self.queue.wanted() && client.connection_state() == async_nats::connection::State::Connected;
-            for (message, publisher) in batch.drain(..) {
-                self.queued_bytes.fetch_sub(queued_size(&message), Ordering::Relaxed);
-                let counted = message.qos != QoS::AtMostOnce;
-                let mut pending = Pending::Sent;
-                if !message.is_expired(now) {
-                    let mut headers = async_nats::HeaderMap::new();
-                    headers.insert(envelope::NODE_HEADER, &*self.node_id);
-                    headers.insert(envelope::MESSAGE_HEADER, envelope::encode(&message, now).as_str());
-                    if let Some(publisher) = publisher {
-                        headers.insert(envelope::CLIENT_HEADER, &*publisher);
-                    }
-                    // `forward` let only topics whose subject fits through.
-                    let subject = self.subjects.topic(message.topic.as_str());
-                    let payload = message.payload.clone();
-                    let sent = if store && counted {
-                        js.publish_with_headers(subject, headers, payload)
-                            .await
-                            .map(|ack| pending = Pending::Stored(ack, now + STORE_WAIT))
-                            .map_err(async_nats::Error::from)
-                    } else {
-                        client.publish_with_headers(subject, headers, payload).await.map_err(Into::into)
-                    };
-                    if let Err(e) = sent {
-                        debug!(error = %e, "cluster: publish to NATS failed");
-                        broker.metrics.dropped(DropReason::Cluster, 1);
-                    }
-                }
-                if counted && acks.send(pending).await.is_err() {
-                    break;
-                }
-            }
-        }
-        // Hand what was published to the server before the process ends.
-        let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
-    }
-
-    /// Advances [`Cluster::stored`] over each QoS 1/2 message in queue
-    /// order, once JetStream has stored it (or failed to, counted: the
-    /// message went out to the running nodes all the same).
-    async fn acknowledge(self: Arc<Self>, mut pending: mpsc::Receiver<Pending>) {
-        while let Some(next) = pending.recv().await {
-            if let Pending::Stored(ack, due) = next {
-                match tokio::time::timeout_at(due.into(), ack.into_future()).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => debug!(error = %e, "cluster: JetStream did not store a message"),
-                    Err(_) => debug!("cluster: JetStream did not store a message in time"),
-                }
-            }
-            self.stored.send_modify(|n| *n += 1);
-        }
-    }
-
     /// Keeps one NATS subscription per distinct subject of the local
     /// filters (queue group: the node id), and one per subject and share
     /// group of the shared ones (queue group: the share group and filter,
@@ -780,7 +749,10 @@ impl Link {
         if message.is_none() {
             debug!(origin = origin.as_str(), "cluster: message in an unknown format; ignored");
         }
-        message
+        // A QoS 1/2 message published again for JetStream's sake: the
+        // first copy came this way already, or was lost with the
+        // connection it left on (core NATS is at most once).
+        message.filter(|m| m.qos == QoS::AtMostOnce || headers.get(envelope::RETRY_HEADER).is_none())
     }
 }
 

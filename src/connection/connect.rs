@@ -182,6 +182,7 @@ where
         attached,
         broker: broker.clone(),
         authz: AuthzCache::new(AUTHZ_CACHE_ENTRIES),
+        denials: crate::auth::DenialLog::default(),
         auth_method: authenticated.method,
         reauth: None,
         held: None,
@@ -316,7 +317,7 @@ async fn login<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let settings = broker.config().auth.throttle(crate::broker::authn_concurrency());
+    let settings = broker.config().auth.throttle(crate::plugin::authn_concurrency());
     // Without an authenticating plugin a login costs nothing to wait for.
     let gated = broker.policy().authenticates();
     let ticket =
@@ -339,7 +340,7 @@ where
     let broker = conn.broker.clone();
     let Some(cluster) = broker.cluster() else { return };
     if super::inbound::is_reserved(will.topic.as_str())
-        || !conn.allowed(crate::auth::Action::Will, will.topic.as_str(), will.qos, will.retain)
+        || !conn.allowed(crate::auth::Action::Will, will.topic.as_str(), will.qos, will.retain).await
     {
         return;
     }

@@ -8,26 +8,28 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Close, Connection};
 use crate::auth::Action;
+use crate::broker::Refused;
 use crate::codec::{
     Packet, Properties, PubResp, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, TopicName, UnsubAck,
     Unsubscribe,
 };
 use crate::metrics::{DropReason, Limit};
 use crate::router::Message;
-use crate::session::{Delivery, Held, InflightState, Session, Subscription};
+use crate::session::{Delivery, Held, InflightState, Refusal, Session, Subscription};
 
 /// A QoS 1/2 publish some of whose deliveries met full queues of
 /// connected subscribers. The connection holds them, and the publish's
 /// acknowledgement, and reads nothing more from its client until they are
 /// queued or `limits.queue_full_wait_ms` runs out: the publisher is paced
 /// by the slowest subscriber it shares a topic with, as TCP would pace it,
-/// rather than acknowledged and then dropped.
+/// rather than acknowledged and then dropped. Held copies for persistent
+/// sessions are stored all the same, in the commit that stores a QoS 2
+/// packet id, so a crash while holding keeps the copies and the id
+/// together, as for a publish that was not held.
 pub(super) struct HeldPublish {
     deliveries: Vec<Held>,
     /// PUBACK or PUBREC, sent once nothing is held.
     ack: Option<Packet>,
-    /// A QoS 2 packet id to record in the store once the copies are.
-    qos2_stored: Option<crate::codec::PacketId>,
     until: Instant,
 }
 
@@ -35,10 +37,12 @@ impl<S> Connection<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    /// Dispatches one packet.
-    pub(super) fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+    /// Dispatches one packet. Asynchronous only where a plugin may be
+    /// asked (PUBLISH, SUBSCRIBE, AUTH); a plugin that answers at once
+    /// (nearly all calls) costs no suspension.
+    pub(super) async fn handle(&mut self, packet: Packet) -> Result<(), Close> {
         match packet {
-            Packet::Publish(publish) => self.on_publish(publish),
+            Packet::Publish(publish) => self.on_publish(publish).await,
             Packet::PubAck(ack) => {
                 self.on_ack(ack, InflightState::AwaitPubAck);
                 Ok(())
@@ -55,7 +59,8 @@ where
                 self.on_ack(comp, InflightState::AwaitPubComp);
                 Ok(())
             }
-            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe),
+            // Boxed: rare, and their futures are the largest here.
+            Packet::Subscribe(subscribe) => Box::pin(self.on_subscribe(subscribe)).await,
             Packet::Unsubscribe(unsubscribe) => {
                 self.on_unsubscribe(unsubscribe);
                 Ok(())
@@ -66,14 +71,14 @@ where
             }
             Packet::Disconnect(disconnect) => Err(self.on_disconnect(&disconnect)),
             Packet::Connect(_) => Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "second CONNECT")),
-            Packet::Auth(auth) => self.on_auth(auth),
+            Packet::Auth(auth) => Box::pin(self.on_auth(auth)).await,
             Packet::ConnAck(_) | Packet::SubAck(_) | Packet::UnsubAck(_) | Packet::PingResp => {
                 Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "packet only a server may send"))
             }
         }
     }
 
-    fn on_publish(&mut self, mut publish: Publish) -> Result<(), Close> {
+    async fn on_publish(&mut self, mut publish: Publish) -> Result<(), Close> {
         self.counts.received(publish.qos);
         publish.topic = self.resolve_alias(&publish)?;
         let running = self.broker.config();
@@ -96,7 +101,9 @@ where
         let policy = self.broker.policy();
         // `$SYS/...` belongs to the broker: no client publishes there.
         let permitted = !is_reserved(publish.topic.as_str())
-            && self.allowed_by(&policy, now, Action::Publish, publish.topic.as_str(), publish.qos, publish.retain);
+            && self
+                .allowed_by(&policy, now, Action::Publish, publish.topic.as_str(), publish.qos, publish.retain)
+                .await;
         if !permitted {
             self.broker.metrics.dropped(DropReason::NotAuthorized, 1);
         }
@@ -119,8 +126,12 @@ where
             let mut state = self.attached.session.lock();
             if state.incoming_qos2.contains(&id) {
                 // A resend of a message already routed: acknowledge only,
-                // which is what makes QoS 2 exactly once [MQTT-4.3.3-10].
+                // which is what makes QoS 2 exactly once [MQTT-4.3.3-10];
+                // like the first PUBREC, once what it waited for is done:
+                // the id durable, the copies in JetStream (the client may
+                // resend because that wait ran out).
                 drop(state);
+                self.await_store();
                 self.send(&Packet::PubRec(PubResp::success(id)));
                 return Ok(());
             }
@@ -133,7 +144,15 @@ where
         // 3.1.1 has no way to refuse a PUBLISH: it is acknowledged and
         // dropped, as Mosquitto does.
         let message = Message::new(publish.topic, publish.payload, publish.qos, publish.retain, &publish.properties);
-        let transformed = permitted.then(|| self.transform(&policy, message));
+        let transformed = if !permitted {
+            None
+        } else if policy.wants_transform(message.topic.as_str()) {
+            // Boxed: transforms are rare next to publishes, and the future
+            // is large next to the connection's (kept for its whole life).
+            Some(Box::pin(self.transform(&policy, message)).await)
+        } else {
+            Some(Some(message))
+        };
         // The copies for persistent sessions and the packet id are
         // committed together, so a crash keeps both or neither.
         let group = store_id.map(|_| self.broker.store.group());
@@ -145,7 +164,8 @@ where
         let hold = (publish.qos != QoS::AtMostOnce && wait_ms > 0).then_some(&mut held);
         let routed = match transformed {
             Some(Some(message)) => {
-                self.broker.publish_shared(Arc::new(message), Some(&self.attached.session), refuse, hold)
+                let acknowledged = publish.qos != QoS::AtMostOnce;
+                self.broker.publish_shared(Arc::new(message), Some(&self.attached.session), refuse, acknowledged, hold)
             }
             Some(None) => {
                 self.broker.metrics.dropped(DropReason::Transform, 1);
@@ -159,9 +179,12 @@ where
             // The refusal ends the QoS 2 exchange: no state is kept.
             self.attached.session.lock().incoming_qos2.remove(&id);
         }
-        if let Some(id) = store_id
-            && held.is_empty()
-        {
+        if routed == Err(Refused::NotForwarded) && !self.version.is_v5() {
+            // 3.1.1 cannot refuse a PUBLISH: without its acknowledgement,
+            // the client sends it again when it reconnects.
+            return Err(Close::Protocol(ReasonCode::SERVER_BUSY, "the cluster cannot take the message now"));
+        }
+        if let Some(id) = store_id {
             // Once durable, a resend after a crash is known as one.
             self.broker.store.incoming_qos2(self.attached.session.client_id(), id, true);
         }
@@ -188,7 +211,7 @@ where
             }
         } else {
             let until = Instant::now() + std::time::Duration::from_millis(wait_ms);
-            self.held = Some(Box::new(HeldPublish { deliveries: held, ack, qos2_stored: store_id, until }));
+            self.held = Some(Box::new(HeldPublish { deliveries: held, ack, until }));
         }
         Ok(())
     }
@@ -256,30 +279,49 @@ where
     /// (counted), marks those subscribers slow, acknowledges and reads on.
     pub(super) fn give_up_held(&mut self) -> Result<(), Close> {
         if let Some(held) = &mut self.held {
-            for Held { session, .. } in held.deliveries.drain(..) {
+            for Held { session, delivery } in held.deliveries.drain(..) {
                 session.mark_slow();
                 self.broker.metrics.dropped(DropReason::QueueFull, 1);
+                self.broker.delivered(session.client_id(), &delivery);
             }
         }
         self.release_held()
     }
 
-    /// Acknowledges a held publish and handles the packets that arrived
-    /// while it was held.
+    /// The connection ends while it holds a publish: each held delivery is
+    /// offered once more, and what still does not fit is dropped (counted,
+    /// and forgotten by the store) as when the wait runs out. The
+    /// publisher got no acknowledgement, but its session remembers a QoS 2
+    /// packet id, so a resend is acknowledged and not routed again.
+    pub(super) fn drop_held(&mut self) {
+        let Some(held) = self.held.take() else { return };
+        let (store, metrics) = (&*self.broker.store, &self.broker.metrics);
+        for Held { session, delivery } in held.deliveries {
+            match session.enqueue_and_store(delivery, Some(store), false) {
+                Ok(evicted) => metrics.dropped(DropReason::QueueFull, evicted as u64),
+                Err(Refusal::Dropped(reason)) => metrics.dropped(reason, 1),
+                // Its share group's member left meanwhile: another takes it.
+                Err(Refusal::Away(delivery)) => self.broker.router.redispatch(vec![delivery], store, metrics),
+                // `enqueue_and_store` drops what does not fit.
+                Err(Refusal::Full(_)) => metrics.dropped(DropReason::QueueFull, 1),
+            }
+        }
+    }
+
+    /// Acknowledges a held publish; the packets that arrived while it was
+    /// held are handled next.
     fn release_held(&mut self) -> Result<(), Close> {
         let Some(held) = self.held.take() else { return Ok(()) };
         // The client's keep alive counts from here: it was the broker
         // that was not reading.
         self.last_read = Instant::now();
-        if let Some(id) = held.qos2_stored {
-            self.broker.store.incoming_qos2(self.attached.session.client_id(), id, true);
-        }
-        // The copies queued since the publish were stored since, too.
+        // The copies queued since the publish were stored again since.
         self.await_store();
         if let Some(ack) = held.ack {
             self.send(&ack);
         }
-        self.process_input()
+        self.input_pending = true;
+        Ok(())
     }
 
     /// Answers a PUBLISH over `limits.max_publish_rate` and drops it.
@@ -377,7 +419,7 @@ where
         self.send(&Packet::PubComp(comp));
     }
 
-    fn on_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Close> {
+    async fn on_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Close> {
         let sub_id = subscribe.properties.subscription_identifiers.first().copied();
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         let mut retained = Vec::new();
@@ -414,7 +456,7 @@ where
             }
             let policy = self.broker.policy();
             let now = std::time::Instant::now();
-            if !self.allowed_by(&policy, now, Action::Subscribe, filter.as_str(), options.qos, false) {
+            if !self.allowed_by(&policy, now, Action::Subscribe, filter.as_str(), options.qos, false).await {
                 reasons.push(ReasonCode::NOT_AUTHORIZED);
                 continue;
             }
@@ -427,7 +469,7 @@ where
             // may have swept the session's subscriptions before this one was
             // added; ask the policy in force now, so none slips through.
             if self.broker.policy().generation() != policy.generation()
-                && !self.allowed(Action::Subscribe, filter.as_str(), options.qos, false)
+                && !self.allowed(Action::Subscribe, filter.as_str(), options.qos, false).await
             {
                 self.attached.session.lock().subscriptions.remove(&filter);
                 self.broker.router.unsubscribe(&self.attached.session, &filter);
@@ -450,7 +492,7 @@ where
                 };
             if send_retained {
                 for message in self.broker.router.retained().matching(&filter) {
-                    if !self.allowed(Action::Retained, message.topic.as_str(), message.qos, true) {
+                    if !self.allowed(Action::Retained, message.topic.as_str(), message.qos, true).await {
                         continue;
                     }
                     retained.push(Delivery {

@@ -122,6 +122,8 @@ struct Connection<S> {
     client: ClientInfo,
     /// This connection's memory of authorization verdicts.
     authz: AuthzCache,
+    /// This connection's refusal lines, rate-limited.
+    denials: crate::auth::DenialLog,
     /// The v5 Authentication Method used at CONNECT; re-authentication
     /// must use the same one.
     auth_method: Option<String>,
@@ -198,7 +200,7 @@ where
         loop {
             if self.want_drain {
                 self.want_drain = false;
-                self.drain();
+                self.drain().await;
                 // Room may have opened for what share groups keep waiting.
                 self.broker.serve_waiting(&session, None);
             }
@@ -224,7 +226,7 @@ where
                 // The subscribers this client's messages went to get to
                 // run (and drain their queues) before it goes on.
                 tokio::task::yield_now().await;
-                if let Err(close) = self.process_input() {
+                if let Err(close) = Box::pin(self.process_input()).await {
                     return close;
                 }
                 continue;
@@ -239,7 +241,10 @@ where
                     Ok(n) => {
                         self.counts.bytes_received += n as u64;
                         self.last_read = Instant::now();
-                        if let Err(close) = self.process_input() {
+                        // Boxed, once per read: handling a packet may wait
+                        // for a plugin, and the states of that wait would
+                        // otherwise be kept in every idle connection's task.
+                        if let Err(close) = Box::pin(self.process_input()).await {
                             return close;
                         }
                         settle_read_buffer(&mut self.rbuf, n);
@@ -253,7 +258,7 @@ where
 
     /// Decodes and handles every complete packet in the read buffer, up to
     /// a publish that has to be held.
-    fn process_input(&mut self) -> Result<(), Close> {
+    async fn process_input(&mut self) -> Result<(), Close> {
         let limits = self.broker.config().limits.decode_limits(u32::MAX);
         self.input_pending = false;
         for _ in 0..INPUT_BATCH {
@@ -261,7 +266,7 @@ where
                 return Ok(());
             }
             match codec::decode_with(&mut self.rbuf, self.version, limits) {
-                Ok(Some(packet)) => self.handle(packet)?,
+                Ok(Some(packet)) => self.handle(packet).await?,
                 Ok(None) => return Ok(()),
                 Err(codec::DecodeError::TooManyUserProperties) => {
                     self.broker.metrics.limit_hit(Limit::UserProperties);
@@ -308,9 +313,10 @@ where
     /// `wbuf` acknowledge durable messages. When the store has failed they
     /// are dropped unsent and the connection closes, so the client resends.
     async fn await_durable(&mut self) -> Result<(), Close> {
-        if let Some(barrier) = self.replicated.take() {
-            // Fails only when the cluster link is gone (shutdown).
-            let _ = barrier.wait().await;
+        if let Some(barrier) = self.replicated.take()
+            && !barrier.is_ready()
+        {
+            self.await_replicated(barrier).await?;
         }
         let Some(barrier) = self.durable.take() else { return Ok(()) };
         if barrier.wait().await.is_err() {
@@ -318,6 +324,37 @@ where
             return Err(Close::Protocol(ReasonCode::UNSPECIFIED_ERROR, "store failed"));
         }
         Ok(())
+    }
+
+    /// In a cluster: waits until JetStream has stored what the
+    /// acknowledgements in `wbuf` acknowledge (`Cluster::stored`), at most
+    /// `[cluster] store_timeout_s`, and no longer than the connection
+    /// lasts. Otherwise they are dropped unsent and the connection closes,
+    /// so the client publishes again: nothing is acknowledged that
+    /// JetStream may not have.
+    async fn await_replicated(&mut self, barrier: crate::store::Barrier) -> Result<(), Close> {
+        let (kicked, shutdown) = (self.attached.kicked.clone(), self.broker.shutdown.clone());
+        let close = tokio::select! {
+            biased;
+            stored = tokio::time::timeout(self.store_timeout(), barrier.wait()) => match stored {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(_)) => Close::Shutdown,
+                Err(_) => Close::Protocol(ReasonCode::SERVER_BUSY, "the cluster did not store a message in time"),
+            },
+            () = kicked.cancelled() => kicked_close(&self.attached.session),
+            () = shutdown.cancelled() => Close::Shutdown,
+        };
+        self.wbuf.clear();
+        Err(close)
+    }
+
+    /// `[cluster] store_timeout_s`; never waited for without a cluster.
+    fn store_timeout(&self) -> Duration {
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = self.broker.cluster() {
+            return cluster.store_timeout();
+        }
+        Duration::ZERO
     }
 
     /// Writes the write buffer out within `limits.write_timeout_ms`; a
@@ -374,6 +411,9 @@ where
             Close::Protocol(code, why) => debug!(reason = %code, why, "closing: protocol error"),
             other => debug!(reason = ?other, "connection closed"),
         }
+        // Acknowledgements still waiting for JetStream go unsent: the
+        // client resends what they were for, wherever it connects next.
+        self.replicated = None;
         let close = self.await_durable().await.err().unwrap_or(close);
         if self.version.is_v5()
             && let Some(reason) = close.server_reason()
@@ -389,6 +429,7 @@ where
         })
         .await;
         self.counts.bytes_sent += unsent.saturating_sub(self.wbuf.len()) as u64;
+        self.drop_held();
         if self.session_expiry_s > 0 {
             // Still owed to a session that outlives this connection.
             let owed = self.retained.drain(..).filter(|d| d.qos != crate::codec::QoS::AtMostOnce);
@@ -397,7 +438,7 @@ where
         let mut will = if close.publishes_will() { self.will.take().map(|w| *w) } else { None };
         if let Some(w) = &will
             && (inbound::is_reserved(w.topic.as_str())
-                || !self.allowed(Action::Will, w.topic.as_str(), w.qos, w.retain))
+                || !self.allowed(Action::Will, w.topic.as_str(), w.qos, w.retain).await)
         {
             will = None;
         }

@@ -19,13 +19,19 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     /// Resends what the previous connection left unacknowledged, in order,
-    /// with DUP set [MQTT-4.4.0-1]. Each message is authorized again for
-    /// this connection (`receive`): the session may have been taken over by
-    /// another principal, or the policy changed, since it was sent. One it
-    /// may not receive is dropped from the session (and counted), as a
-    /// queued one is in `drain`. A PUBREL carries no message and goes out.
+    /// with DUP set [MQTT-4.4.0-1], once the state these packets show is
+    /// durable: what the end of that connection reported to the store (the
+    /// session's messages again) may still be on its way. Each message is
+    /// authorized again for this connection (`receive`): the session may
+    /// have been taken over by another principal, or the policy changed,
+    /// since it was sent. One it may not receive is dropped from the session
+    /// (and counted), as a queued one is in `drain`. A PUBREL carries no
+    /// message and goes out.
     pub(super) async fn resume(&mut self) -> Result<(), Close> {
         let inflight: Vec<Inflight> = self.attached.session.lock().inflight.iter().cloned().collect();
+        if !inflight.is_empty() {
+            self.await_store();
+        }
         let policy = self.broker.policy();
         let now = std::time::Instant::now();
         let mut refused = Vec::new();
@@ -33,7 +39,7 @@ where
             match entry.state {
                 InflightState::AwaitPubAck | InflightState::AwaitPubRec => {
                     let (delivery, topic) = (&entry.delivery, entry.delivery.message.topic.as_str());
-                    if !self.allowed_by(&policy, now, Action::Receive, topic, delivery.qos, delivery.retain) {
+                    if !self.allowed_by(&policy, now, Action::Receive, topic, delivery.qos, delivery.retain).await {
                         refused.push((entry.packet_id, entry.state));
                         continue;
                     }
@@ -46,6 +52,7 @@ where
             }
         }
         self.drop_inflight(&refused);
+        self.await_durable().await?;
         self.flush().await
     }
 
@@ -68,9 +75,33 @@ where
     }
 
     /// Moves queued deliveries into the write buffer while the client's
-    /// window has room. Encodes under the session lock: it is CPU work only,
-    /// and it keeps packet-id allocation and the in-flight list consistent.
-    pub(super) fn drain(&mut self) {
+    /// window has room.
+    ///
+    /// Each delivery passes the receive-side authorization, so a policy
+    /// change reaches queued messages and a policy can hide topics from a
+    /// subscriber. The queue is worked under the session lock while the
+    /// connection's cache knows the verdicts; a delivery it does not know
+    /// is taken out, and the plugins are asked with the lock released, so
+    /// a plugin that waits never holds up the publishers queueing to this
+    /// session.
+    pub(super) async fn drain(&mut self) {
+        let mut decided = None;
+        while let Some(delivery) = self.drain_locked(decided.take()) {
+            let policy = self.broker.policy();
+            let (topic, qos, retain) = (delivery.message.topic.clone(), delivery.qos, delivery.retain);
+            let now = std::time::Instant::now();
+            let allowed = self.allowed_by(&policy, now, Action::Receive, topic.as_str(), qos, retain).await;
+            decided = Some((delivery, allowed));
+        }
+    }
+
+    /// The part of [`Connection::drain`] under the session lock: starts
+    /// with `decided` (a delivery taken out and its verdict), then the
+    /// retained messages of new subscriptions, then the queue. Encodes
+    /// under the lock: it is CPU work only, and it keeps packet-id
+    /// allocation and the in-flight list consistent. Returns the delivery
+    /// whose verdict only a plugin can give.
+    fn drain_locked(&mut self, mut decided: Option<(Delivery, bool)>) -> Option<Delivery> {
         let now = std::time::Instant::now();
         let policy = self.broker.policy();
         let session = self.attached.session.clone();
@@ -80,30 +111,49 @@ where
         let broker = self.broker.clone();
         let store = &*broker.store;
         let (mut expired, mut refused, mut too_large) = (0, 0, 0);
-        // Retained messages for new subscriptions first, then the queue.
-        while let Some(front) = self.retained.front().or(state.pending.front()) {
-            if self.wbuf.len() >= DRAIN_BUDGET {
-                // The rest stays queued (where the queue's bounds apply)
-                // until this much is written; the wake-up brings us back.
-                session.wake();
-                break;
-            }
-            if front.qos != QoS::AtMostOnce && state.inflight.len() >= self.send_window {
-                break;
-            }
-            let next = if self.retained.is_empty() { state.pop_pending() } else { self.retained.pop_front() };
-            let Some(delivery) = next else { break };
+        let mut undecided = None;
+        loop {
+            let (delivery, verdict) = match decided.take() {
+                Some((delivery, allowed)) => (delivery, Some(allowed)),
+                None => {
+                    // Retained messages for new subscriptions first, then the queue.
+                    let Some(front) = self.retained.front().or(state.pending.front()) else { break };
+                    if self.wbuf.len() >= DRAIN_BUDGET {
+                        // The rest stays queued (where the queue's bounds
+                        // apply) until this much is written; the wake-up
+                        // brings us back.
+                        session.wake();
+                        break;
+                    }
+                    if front.qos != QoS::AtMostOnce && state.inflight.len() >= self.send_window {
+                        break;
+                    }
+                    let next = if self.retained.is_empty() { state.pop_pending() } else { self.retained.pop_front() };
+                    let Some(delivery) = next else { break };
+                    (delivery, None)
+                }
+            };
             if delivery.message.is_expired(now) {
                 broker.delivered(client_id, &delivery);
                 expired += 1;
                 continue;
             }
-            // Receive-side authorization, so a policy change reaches queued
-            // messages and a policy can hide topics from a subscriber. It runs
-            // under the session lock, but the connection's cache answers
-            // repeated topics without calling a plugin.
             let message = &delivery.message;
-            if !self.allowed_by(&policy, now, Action::Receive, message.topic.as_str(), delivery.qos, delivery.retain) {
+            let verdict = verdict.or_else(|| {
+                self.allowed_cached(
+                    &policy,
+                    now,
+                    Action::Receive,
+                    message.topic.as_str(),
+                    delivery.qos,
+                    delivery.retain,
+                )
+            });
+            let Some(allowed) = verdict else {
+                undecided = Some(delivery);
+                break;
+            };
+            if !allowed {
                 broker.delivered(client_id, &delivery);
                 refused += 1;
                 continue;
@@ -119,27 +169,33 @@ where
             }
             self.send(&publish);
             self.counts.sent(delivery.qos);
-            if packet_id.is_none() {
+            let Some(packet_id) = packet_id else {
                 // A QoS 0 message kept when the connection ended is done.
                 broker.delivered(client_id, &delivery);
-            }
-            if let Some(packet_id) = packet_id {
-                let waiting = if delivery.qos == QoS::AtLeastOnce {
-                    InflightState::AwaitPubAck
-                } else {
-                    InflightState::AwaitPubRec
-                };
-                let entry = Inflight { packet_id, delivery, state: waiting };
-                if waiting == InflightState::AwaitPubRec && entry.delivery.stored.is_some() {
-                    // A QoS 2 message goes out only once its packet id is
-                    // stored: resent after a crash it must carry the same id,
-                    // or the client would take it for a new message. QoS 1
-                    // may be resent under a new id, so it skips this write.
+                continue;
+            };
+            let waiting =
+                if delivery.qos == QoS::AtLeastOnce { InflightState::AwaitPubAck } else { InflightState::AwaitPubRec };
+            let mut entry = Inflight { packet_id, delivery, state: waiting };
+            if waiting == InflightState::AwaitPubRec {
+                // A QoS 2 message to a session that outlives its
+                // connection goes out only once its packet id is stored:
+                // resent after a crash it must carry the same id, or the
+                // client would take it for a new message (and a new one
+                // under an id it still holds for a resend). A retained
+                // message sent because of a subscription was never
+                // queued, so it gets its key here. QoS 1 may be resent
+                // under a new id, so it skips this write.
+                let delivery = &mut entry.delivery;
+                if delivery.stored.is_none() && delivery.jetstream.is_none() && state.expiry_s > 0 {
+                    delivery.stored = store.message_key();
+                }
+                if delivery.stored.is_some() {
                     store.delivery_state(client_id, &entry);
                     stored_qos2 = true;
                 }
-                state.inflight.push_back(entry);
             }
+            state.inflight.push_back(entry);
         }
         session.notify_room(&mut state);
         drop(state);
@@ -150,6 +206,7 @@ where
         metrics.dropped(DropReason::Expired, expired);
         metrics.dropped(DropReason::NotAuthorized, refused);
         metrics.dropped(DropReason::TooLarge, too_large);
+        undecided
     }
 
     fn publish_packet(&self, delivery: &Delivery, packet_id: Option<crate::codec::PacketId>, dup: bool) -> Publish {

@@ -78,6 +78,7 @@ where
             (if admitted { "admitted_without_plugin" } else { "deny" }, None, admitted)
         }
         Decided::Refused(plugin) => ("deny", plugin.as_deref(), false),
+        Decided::Busy(plugin) => ("busy", Some(plugin.as_str()), false),
         Decided::Failed(_) => ("deny", None, false),
     };
     broker.metrics.authenticated(admitted);
@@ -105,6 +106,7 @@ where
             Err(AuthFailure::Refused(code))
         }
         Decided::Refused(_) => Err(AuthFailure::Refused(ReasonCode::NOT_AUTHORIZED)),
+        Decided::Busy(_) => Err(AuthFailure::Refused(ReasonCode::QUOTA_EXCEEDED)),
         Decided::Failed(failure) => Err(failure),
     }
 }
@@ -122,6 +124,8 @@ enum Decided {
     Refused(Option<String>),
     /// The exchange broke off.
     Failed(AuthFailure),
+    /// The plugin holds as many exchanges as it may.
+    Busy(String),
 }
 
 /// Runs the chain, with MQTT 5 AUTH round trips pinned to the instance
@@ -140,7 +144,7 @@ where
 {
     let mut exchange = None;
     for _ in 0..MAX_AUTH_ROUNDS {
-        match authenticate_off_runtime(broker, policy, &mut exchange, client, credentials).await {
+        match authenticate_step(policy, &mut exchange, client, credentials).await {
             AuthnOutcome::Allow(grant) => {
                 client.apply_grant(&grant);
                 return Decided::Allow { plugin: grant.plugin.to_string(), data: grant.auth_data };
@@ -150,6 +154,10 @@ where
                 return Decided::Deny(Some(plugin.to_string()));
             }
             AuthnOutcome::NoDecision => return Decided::NoDecision,
+            AuthnOutcome::Busy { plugin } => {
+                debug!(plugin = &*plugin, "too many authentication exchanges in progress");
+                return Decided::Busy(plugin.to_string());
+            }
             AuthnOutcome::Continue { plugin, data } => {
                 let Some(method) = method else {
                     debug!(plugin = &*plugin, "plugin continued an exchange the client did not start");
@@ -166,14 +174,11 @@ where
     Decided::Refused(None)
 }
 
-/// Runs one authentication step ([`Policy::authenticate_step`]) on the
-/// blocking pool, at most [`crate::broker::authn_concurrency`] calls at once:
-/// a password hash takes milliseconds of CPU, which must not stall the I/O
-/// of the other connections sharing a runtime worker. Without
-/// authenticating plugins the answer is known at once and nothing is
-/// spawned.
-async fn authenticate_off_runtime(
-    broker: &Broker,
+/// Runs one authentication step ([`Policy::authenticate_step`]). Each
+/// plugin's call runs on the blocking pool under that plugin's permits (see
+/// [`crate::plugin::LoadedPlugin`]); without authenticating plugins the
+/// answer is known at once.
+async fn authenticate_step(
     policy: &Policy,
     exchange: &mut Option<AuthExchange>,
     client: &ClientInfo,
@@ -182,30 +187,8 @@ async fn authenticate_off_runtime(
     if !policy.authenticates() {
         return AuthnOutcome::NoDecision;
     }
-    let refused = |reason: &str| AuthnOutcome::Deny { plugin: "broker".into(), reason: reason.to_owned() };
-    // The semaphore is never closed, so this cannot fail in practice.
-    let Ok(permit) = broker.authn_permits.clone().acquire_owned().await else {
-        return refused("no authentication permit");
-    };
-    let (policy, client, credentials) = (policy.clone(), client.clone(), credentials.clone());
-    let mut pinned = exchange.take();
-    // The permit moves into the call: a client whose connect deadline
-    // expires meanwhile does not free a slot while its hash still runs.
-    let call = move || {
-        let outcome = policy.authenticate_step(&mut pinned, &client, &credentials);
-        drop(permit);
-        (outcome, pinned)
-    };
-    match tokio::task::spawn_blocking(call).await {
-        Ok((outcome, pinned)) => {
-            *exchange = pinned;
-            outcome
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "authentication task failed");
-            refused("authentication task failed")
-        }
-    }
+    // Boxed: the chain's future is large and lives only for this step.
+    Box::pin(policy.authenticate_step(exchange, client, credentials)).await
 }
 
 /// Sends one AUTH challenge and reads the client's answer (before CONNACK).
@@ -271,16 +254,16 @@ where
 {
     /// Whether the policy permits `action` on `topic`, asking the plugins
     /// only when this connection's cache has no live verdict.
-    pub(super) fn allowed(&mut self, action: Action, topic: &str, qos: QoS, retain: bool) -> bool {
+    pub(super) async fn allowed(&mut self, action: Action, topic: &str, qos: QoS, retain: bool) -> bool {
         let policy = self.broker.policy();
-        self.allowed_by(&policy, Instant::now(), action, topic, qos, retain)
+        self.allowed_by(&policy, Instant::now(), action, topic, qos, retain).await
     }
 
     /// [`Connection::allowed`] under a policy the caller already holds, so a
     /// publish or a batch of deliveries reads the broker's policy once, at
     /// `now` as the caller read the clock (cached verdicts live for
     /// seconds; a clock read costs a third of a cached answer).
-    pub(super) fn allowed_by(
+    pub(super) async fn allowed_by(
         &mut self,
         policy: &Policy,
         now: Instant,
@@ -289,24 +272,43 @@ where
         qos: QoS,
         retain: bool,
     ) -> bool {
-        if !policy.authorizes() {
-            return true;
+        if let Some(allowed) = self.allowed_cached(policy, now, action, topic, qos, retain) {
+            return allowed;
         }
-        let allowed = self.authz.check_at(now, policy, &self.client, action, topic, qos, retain);
-        if !allowed {
-            debug!(?action, topic, "not authorized");
+        // Boxed: a plugin call's future is large, and this one is kept in
+        // the connection's state only while a plugin answers.
+        let verdict = Box::pin(policy.authorize(&self.client, action, topic, qos, retain)).await;
+        self.authz.remember(now, action, topic, qos, retain, &verdict);
+        if let Some(denial) = &verdict.denial {
+            self.denials.record(now, &self.client, action, topic, denial);
         }
-        allowed
+        verdict.allowed
     }
 
-    /// Applies the transform plugins registered for the message's topic.
-    /// `None` means a plugin dropped it.
-    pub(super) fn transform(&self, policy: &Policy, message: Message) -> Option<Message> {
-        if !policy.wants_transform(message.topic.as_str()) {
-            return Some(message);
+    /// The verdict when it is known without asking a plugin: with no
+    /// authorizing plugin, or from this connection's cache.
+    pub(super) fn allowed_cached(
+        &mut self,
+        policy: &Policy,
+        now: Instant,
+        action: Action,
+        topic: &str,
+        qos: QoS,
+        retain: bool,
+    ) -> Option<bool> {
+        if !policy.authorizes() {
+            return Some(true);
         }
+        // Only allows are cached, so nothing here is logged.
+        self.authz.cached(now, policy, action, topic, qos, retain)
+    }
+
+    /// Applies the transform plugins registered for the message's topic,
+    /// for a caller that found [`Policy::wants_transform`]. `None` means a
+    /// plugin dropped it. Its future is large: a caller keeps it boxed.
+    pub(super) async fn transform(&mut self, policy: &Policy, message: Message) -> Option<Message> {
         let now = Instant::now();
-        match policy.transform(&self.client, &to_plugin(&message, now)) {
+        match policy.transform(&self.client, &to_plugin(&message, now)).await {
             TransformOutcome::Pass => Some(message),
             TransformOutcome::Replace(replaced) => from_plugin(replaced),
             TransformOutcome::Drop { plugin, reason } => {
@@ -317,8 +319,10 @@ where
     }
 
     /// MQTT 5 re-authentication: an AUTH packet after CONNACK
-    /// [MQTT-4.12.1]. Failure ends the connection with 0x87.
-    pub(super) fn on_auth(&mut self, auth: Auth) -> Result<(), Close> {
+    /// [MQTT-4.12.1]. It runs through the same plugin path, permits and
+    /// deadlines as authentication at CONNECT. Failure ends the connection
+    /// with 0x87 (0x97 when the plugin holds too many exchanges).
+    pub(super) async fn on_auth(&mut self, auth: Auth) -> Result<(), Close> {
         let Some(method) = self.auth_method.clone() else {
             return Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "AUTH without an authentication method"));
         };
@@ -335,7 +339,8 @@ where
         };
         // The exchange is taken out, so any answer but `continue` ends it.
         let mut exchange = self.reauth.take().map(|e| *e);
-        match self.broker.policy().authenticate_step(&mut exchange, &self.client, &credentials) {
+        let policy = self.broker.policy();
+        match authenticate_step(&policy, &mut exchange, &self.client, &credentials).await {
             AuthnOutcome::Allow(grant) => {
                 self.client.apply_grant(&grant);
                 self.authz.clear();
@@ -348,6 +353,9 @@ where
                 self.reauth = exchange.map(Box::new);
                 self.send(&auth_packet(ReasonCode::CONTINUE_AUTHENTICATION, &method, data));
                 Ok(())
+            }
+            AuthnOutcome::Busy { .. } => {
+                Err(Close::Protocol(ReasonCode::QUOTA_EXCEEDED, "too many authentication exchanges in progress"))
             }
             AuthnOutcome::Deny { .. } | AuthnOutcome::NoDecision => {
                 Err(Close::Protocol(ReasonCode::NOT_AUTHORIZED, "re-authentication failed"))

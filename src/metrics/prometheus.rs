@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use super::{BUCKETS_US, DropReason, Limit, Refusal};
 use crate::broker::Broker;
-use crate::plugin::StatsSnapshot;
+use crate::plugin::{Decision, StatsSnapshot};
 
 /// The `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -100,13 +100,26 @@ type Counter = fn(&StatsSnapshot) -> u64;
 /// Per-plugin counters and the call latency histogram.
 fn render_plugins(w: &mut String, broker: &Broker) {
     let stats = broker.policy().stats();
-    let counters: [(&str, &str, Counter); 6] = [
+    let counters: [(&str, &str, Counter); 9] = [
         ("moat_plugin_calls_total", "Hook calls, failed ones included.", |s| s.calls),
-        ("moat_plugin_denials_total", "Denials: deny answers and failures that denied.", |s| s.denials),
+        (
+            "moat_plugin_denials_total",
+            "Refusals the plugin decided: its deny answers plus its failed calls (see moat_plugin_decisions_total).",
+            |s| s.denials,
+        ),
         ("moat_plugin_traps_total", "Calls that trapped (panic, abort, failed instantiation).", |s| s.traps),
         ("moat_plugin_timeouts_total", "Calls interrupted at their deadline.", |s| s.timeouts),
         ("moat_plugin_out_of_memory_total", "Calls that hit the memory cap.", |s| s.out_of_memory),
         ("moat_plugin_bad_answers_total", "Answers refused as oversized or malformed.", |s| s.bad_answers),
+        ("moat_plugin_exchanges_refused_total", "MQTT 5 AUTH exchanges refused: limits.exchanges held.", |s| {
+            s.exchanges_refused
+        }),
+        ("moat_plugin_output_lines_total", "Lines of plugin output (stdout, stderr, host.log) logged.", |s| {
+            s.output_lines
+        }),
+        ("moat_plugin_output_dropped_total", "Lines of plugin output dropped (rate, per-call share, off).", |s| {
+            s.output_dropped
+        }),
     ];
     for (name, help, get) in counters {
         header(w, name, "counter", help);
@@ -114,6 +127,7 @@ fn render_plugins(w: &mut String, broker: &Broker) {
             line(w, name, &format!("plugin=\"{}\"", escape(plugin)), get(snapshot));
         }
     }
+    render_decisions(w, broker);
     let name = "moat_plugin_call_duration_seconds";
     header(w, name, "histogram", "Duration of hook calls.");
     for (plugin, snapshot) in &stats {
@@ -129,6 +143,29 @@ fn render_plugins(w: &mut String, broker: &Broker) {
         let sum = snapshot.latency.sum_ns as f64 / 1e9;
         let _ = writeln!(w, "{name}_sum{{plugin=\"{plugin}\"}} {sum}");
         line(w, &format!("{name}_count"), &format!("plugin=\"{plugin}\""), count);
+    }
+}
+
+/// How each plugin's calls ended, per hook it implements and decision.
+fn render_decisions(w: &mut String, broker: &Broker) {
+    let name = "moat_plugin_decisions_total";
+    header(
+        w,
+        name,
+        "counter",
+        "Hook calls by how they ended: allow, deny, ignore, continue (authenticate); pass, replace, drop \
+         (transform); failure (trap, timeout, out of memory, refused answer).",
+    );
+    let policy = broker.policy();
+    for plugin in policy.plugins().plugins() {
+        let snapshot = plugin.stats().snapshot();
+        let label = escape(plugin.name());
+        for &hook in &plugin.manifest().hooks {
+            for &decision in Decision::of(hook) {
+                let labels = format!("plugin=\"{label}\",hook=\"{}\",decision=\"{}\"", hook.name(), decision.label());
+                line(w, name, &labels, snapshot.decisions(hook, decision));
+            }
+        }
     }
 }
 

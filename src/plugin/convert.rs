@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::CallFailure;
 use super::bindings::{authn, authz, transform, types};
+use super::{CallFailure, Decision};
 use crate::auth::{
     AUTH_DATA_ATTRIBUTE, Action, CLAIMED_USERNAME_ATTRIBUTE, ClientInfo, Credentials, PluginMessage,
     RESERVED_ATTRIBUTE_PREFIX,
@@ -38,6 +38,40 @@ pub(crate) enum TransformAnswer {
     Pass,
     Replace(PluginMessage),
     Drop(String),
+}
+
+impl AuthnAnswer {
+    /// How the call ended, as counted.
+    pub(crate) fn decision(&self) -> Decision {
+        match self {
+            AuthnAnswer::Allow { .. } => Decision::Allow,
+            AuthnAnswer::Deny(_) => Decision::Deny,
+            AuthnAnswer::Ignore => Decision::Ignore,
+            AuthnAnswer::Continue(_) => Decision::Continue,
+        }
+    }
+}
+
+impl AuthzAnswer {
+    /// How the call ended, as counted.
+    pub(crate) fn decision(&self) -> Decision {
+        match self {
+            AuthzAnswer::Allow(_) => Decision::Allow,
+            AuthzAnswer::Deny(_) => Decision::Deny,
+            AuthzAnswer::Ignore => Decision::Ignore,
+        }
+    }
+}
+
+impl TransformAnswer {
+    /// How the call ended, as counted.
+    pub(crate) fn decision(&self) -> Decision {
+        match self {
+            TransformAnswer::Pass => Decision::Pass,
+            TransformAnswer::Replace(_) => Decision::Replace,
+            TransformAnswer::Drop(_) => Decision::Drop,
+        }
+    }
 }
 
 /// The WIT record of the last client an instance was called for, refreshed

@@ -14,9 +14,10 @@ use wasmtime::{Config, Engine, EngineWeak};
 use wasmtime_wasi::cli::{WasiCli, WasiCliView};
 use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView};
 use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView};
-use wasmtime_wasi::p2::bindings as wasi_async;
-use wasmtime_wasi::p2::bindings::sync as wasi;
+use wasmtime_wasi::p2::bindings as wasi;
 use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
+use wasmtime_wasi::sockets::{WasiSockets, WasiSocketsView};
+use wasmtime_wasi_io::bindings::wasi::io;
 
 use super::LoadError;
 use super::bindings::{HostState, Plugin};
@@ -28,9 +29,12 @@ use super::cache::DiskCache;
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// WASI interfaces a plugin may import, without version. They are linked to
-/// an empty context: they exist because guest languages' standard libraries
-/// import them at start-up, not to grant anything. Everything else — notably
-/// `wasi:sockets/*` and `wasi:http/*` — is refused at load.
+/// a context that grants nothing beyond a plugin's `grants`: they exist
+/// because guest languages' standard libraries import them at start-up
+/// (CPython's imports the socket interfaces), not to grant anything. Every
+/// socket is refused at run time (`access-denied`): the context allows no
+/// TCP, no UDP, no name lookup and no address. Everything else — notably
+/// `wasi:http/*` — is refused at load.
 pub(crate) const WASI_INTERFACES: &[&str] = &[
     "wasi:cli/environment",
     "wasi:cli/exit",
@@ -52,6 +56,13 @@ pub(crate) const WASI_INTERFACES: &[&str] = &[
     "wasi:io/streams",
     "wasi:filesystem/types",
     "wasi:filesystem/preopens",
+    "wasi:sockets/network",
+    "wasi:sockets/instance-network",
+    "wasi:sockets/tcp",
+    "wasi:sockets/tcp-create-socket",
+    "wasi:sockets/udp",
+    "wasi:sockets/udp-create-socket",
+    "wasi:sockets/ip-name-lookup",
 ];
 
 /// The WASI version family linked above (0.2.x; semver-compatible minors).
@@ -98,10 +109,14 @@ pub(crate) struct Counts {
     pub(crate) refused: AtomicU64,
 }
 
-/// Components already compiled by this host, keyed by a hash of their bytes
-/// (and checked byte for byte): a reload recompiles only changed files.
-/// Touched only while loading, never on the call path.
-pub(crate) type CompiledCache = HashMap<u64, (Arc<[u8]>, Component)>;
+/// Components already compiled by this host, keyed by the SHA-256 of their
+/// bytes: a reload recompiles only changed files. Only the digest is kept,
+/// not the bytes (an 18 MB CPython component would otherwise stay resident
+/// twice). Touched only while loading, never on the call path.
+pub(crate) type CompiledCache = HashMap<Digest, Component>;
+
+/// The SHA-256 of a component's bytes.
+pub(crate) type Digest = [u8; 32];
 
 /// Most compiled components kept; past this the cache starts over.
 pub(crate) const MAX_COMPILED: usize = 64;
@@ -135,7 +150,9 @@ impl PluginHost {
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         // Component-model concurrency costs ~3x per call (1.0–1.3 µs instead
-        // of 0.4 µs for a warm authorize) and no plugin hook is async.
+        // of 0.4 µs for a warm authorize) and no plugin hook is async. Hooks
+        // still run on fibers (`call_async`), which is what lets a guest
+        // blocked in WASI be suspended and ended at its deadline.
         config.concurrency_support(false);
         let engine = Engine::new(&config).map_err(|e| LoadError::Engine(e.to_string()))?;
         let linker = link(&engine).map_err(|e| LoadError::Engine(e.to_string()))?;
@@ -225,34 +242,49 @@ fn link(engine: &Engine) -> wasmtime::Result<Linker<HostState>> {
     Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut l, |s| s)?;
 
     let cli = <HostState as WasiCliView>::cli;
-    wasi_async::cli::environment::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
-    wasi_async::cli::exit::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
-    wasi_async::cli::stdin::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
-    wasi_async::cli::stdout::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
-    wasi_async::cli::stderr::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
-    wasi_async::cli::terminal_input::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
-    wasi_async::cli::terminal_output::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
-    wasi_async::cli::terminal_stdin::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
-    wasi_async::cli::terminal_stdout::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
-    wasi_async::cli::terminal_stderr::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
+    wasi::cli::environment::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
+    wasi::cli::exit::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
+    wasi::cli::stdin::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
+    wasi::cli::stdout::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
+    wasi::cli::stderr::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
+    wasi::cli::terminal_input::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
+    wasi::cli::terminal_output::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
+    wasi::cli::terminal_stdin::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
+    wasi::cli::terminal_stdout::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
+    wasi::cli::terminal_stderr::add_to_linker::<HostState, WasiCli>(&mut l, cli)?;
 
     let clocks = <HostState as WasiClocksView>::clocks;
-    wasi_async::clocks::wall_clock::add_to_linker::<HostState, WasiClocks>(&mut l, clocks)?;
-    wasi_async::clocks::monotonic_clock::add_to_linker::<HostState, WasiClocks>(&mut l, clocks)?;
+    wasi::clocks::wall_clock::add_to_linker::<HostState, WasiClocks>(&mut l, clocks)?;
+    wasi::clocks::monotonic_clock::add_to_linker::<HostState, WasiClocks>(&mut l, clocks)?;
 
     let random = <HostState as WasiRandomView>::random;
-    wasi_async::random::random::add_to_linker::<HostState, WasiRandom>(&mut l, random)?;
-    wasi_async::random::insecure::add_to_linker::<HostState, WasiRandom>(&mut l, random)?;
-    wasi_async::random::insecure_seed::add_to_linker::<HostState, WasiRandom>(&mut l, random)?;
+    wasi::random::random::add_to_linker::<HostState, WasiRandom>(&mut l, random)?;
+    wasi::random::insecure::add_to_linker::<HostState, WasiRandom>(&mut l, random)?;
+    wasi::random::insecure_seed::add_to_linker::<HostState, WasiRandom>(&mut l, random)?;
 
+    // The asynchronous bindings throughout: a guest blocked in `poll` (a
+    // sleep, a clock subscription) suspends its fiber, where the call's
+    // deadline can end it, instead of blocking the thread.
     let table = HostState::table;
-    wasmtime_wasi_io::bindings::wasi::io::error::add_to_linker::<HostState, HasTable>(&mut l, table)?;
-    wasi::io::poll::add_to_linker::<HostState, HasTable>(&mut l, table)?;
-    wasi::io::streams::add_to_linker::<HostState, HasTable>(&mut l, table)?;
+    io::error::add_to_linker::<HostState, HasTable>(&mut l, table)?;
+    io::poll::add_to_linker::<HostState, HasTable>(&mut l, table)?;
+    io::streams::add_to_linker::<HostState, HasTable>(&mut l, table)?;
 
     let fs = <HostState as WasiFilesystemView>::filesystem;
     wasi::filesystem::types::add_to_linker::<HostState, WasiFilesystem>(&mut l, fs)?;
-    wasi_async::filesystem::preopens::add_to_linker::<HostState, WasiFilesystem>(&mut l, fs)?;
+    wasi::filesystem::preopens::add_to_linker::<HostState, WasiFilesystem>(&mut l, fs)?;
+
+    // Linked so that standard libraries importing them load; the context
+    // refuses every use (see `HostState::new`).
+    let sockets = <HostState as WasiSocketsView>::sockets;
+    let options = wasi::sockets::network::LinkOptions::default();
+    wasi::sockets::network::add_to_linker::<HostState, WasiSockets>(&mut l, &options, sockets)?;
+    wasi::sockets::instance_network::add_to_linker::<HostState, WasiSockets>(&mut l, sockets)?;
+    wasi::sockets::tcp::add_to_linker::<HostState, WasiSockets>(&mut l, sockets)?;
+    wasi::sockets::tcp_create_socket::add_to_linker::<HostState, WasiSockets>(&mut l, sockets)?;
+    wasi::sockets::udp::add_to_linker::<HostState, WasiSockets>(&mut l, sockets)?;
+    wasi::sockets::udp_create_socket::add_to_linker::<HostState, WasiSockets>(&mut l, sockets)?;
+    wasi::sockets::ip_name_lookup::add_to_linker::<HostState, WasiSockets>(&mut l, sockets)?;
     Ok(l)
 }
 

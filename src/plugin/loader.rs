@@ -1,7 +1,7 @@
 //! Loading components: compile, check the contract version and the
 //! imports, link, initialise, and order the chain.
 
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,7 +10,7 @@ use wasmtime::component::Component;
 
 use super::bindings::PluginPre;
 use super::cache::{self, Lookup};
-use super::engine::{MAX_COMPILED, WASI_INTERFACES, WASI_VERSION_PREFIX};
+use super::engine::{Digest, MAX_COMPILED, WASI_INTERFACES, WASI_VERSION_PREFIX};
 use super::shipped::Shipped;
 use super::{LoadError, LoadedPlugin, PluginHost, PluginSet, PluginSettings};
 
@@ -83,7 +83,8 @@ impl PluginHost {
     /// As [`PluginHost::load_one`].
     pub fn load_shipped(&self, shipped: &'static Shipped, settings: PluginSettings) -> Result<LoadedPlugin, LoadError> {
         let path = PathBuf::from(format!("shipped:{}", shipped.name));
-        self.load_bytes(shipped.name.into(), path, shipped.wasm.to_vec(), settings)
+        let component = self.compile(shipped.name, shipped.wasm);
+        self.load_component(shipped.name.into(), path, component, settings)
     }
 
     /// Loads one component.
@@ -94,8 +95,20 @@ impl PluginHost {
     /// `init` that refuses its config.
     pub fn load_one(&self, path: PathBuf, settings: PluginSettings) -> Result<LoadedPlugin, LoadError> {
         let name: Arc<str> = path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default().into();
-        let bytes = std::fs::read(&path).map_err(|e| LoadError::Io { path: path.clone(), message: e.to_string() })?;
-        self.load_bytes(name, path, bytes, settings)
+        let io = |e: std::io::Error| LoadError::Io { path: path.clone(), message: e.to_string() };
+        // An unchanged component (a reload) is found by its digest alone,
+        // read in small pieces: reading a large one whole on every reload
+        // left its size behind in the allocator each time.
+        let digest = digest_file(&path).map_err(io)?;
+        let cached = self.compiled().lock().get(&digest).cloned();
+        let component = match cached {
+            Some(component) => {
+                self.counts().memory.fetch_add(1, Ordering::Relaxed);
+                Ok((component, digest))
+            }
+            None => self.compile(&name, &std::fs::read(&path).map_err(io)?),
+        };
+        self.load_component(name, path, component, settings)
     }
 
     /// What the component at `path` declares before anything runs: the
@@ -110,8 +123,8 @@ impl PluginHost {
     pub fn inspect(&self, path: &Path) -> Result<ComponentInfo, LoadError> {
         let bytes = std::fs::read(path).map_err(|e| LoadError::Io { path: path.to_owned(), message: e.to_string() })?;
         let name = path.file_stem().map(|s| s.to_string_lossy()).unwrap_or_default();
-        let component = self
-            .compile(&name, bytes)
+        let (component, _) = self
+            .compile(&name, &bytes)
             .map_err(|e| LoadError::Invalid { path: path.to_owned(), message: format!("{e:#}") })?;
         let ty = component.component_type();
         let engine = self.engine();
@@ -121,25 +134,24 @@ impl PluginHost {
         Ok(ComponentInfo { contract_version, imports, exports })
     }
 
-    /// Compiles, checks, links and initialises one component; `path` names
+    /// Checks, links and initialises one compiled component; `path` names
     /// it in errors and logs.
-    fn load_bytes(
+    fn load_component(
         &self,
         name: Arc<str>,
         path: PathBuf,
-        bytes: Vec<u8>,
+        compiled: wasmtime::Result<(Component, Digest)>,
         settings: PluginSettings,
     ) -> Result<LoadedPlugin, LoadError> {
-        let component = self
-            .compile(&name, bytes)
-            .map_err(|e| LoadError::Invalid { path: path.clone(), message: format!("{e:#}") })?;
+        let (component, digest) =
+            compiled.map_err(|e| LoadError::Invalid { path: path.clone(), message: format!("{e:#}") })?;
         self.check_contract(&path, &component)?;
         let pre = self
             .linker()
             .instantiate_pre(&component)
             .map_err(|e| LoadError::Link { path: path.clone(), message: format!("{e:#}") })?;
         let pre = PluginPre::new(pre).map_err(|e| LoadError::Link { path: path.clone(), message: format!("{e:#}") })?;
-        LoadedPlugin::start(name, path.clone(), settings, self.engine().clone(), pre)
+        LoadedPlugin::start(name, path.clone(), digest, settings, self.engine().clone(), pre)
             .map_err(|message| LoadError::Init { path, message })
     }
 
@@ -148,17 +160,13 @@ impl PluginHost {
     /// or by any process of this user with the same engine settings (the
     /// disk cache). The lock is not held while compiling, so two loads may
     /// compile the same bytes at once; the second result simply wins.
-    fn compile(&self, name: &str, bytes: Vec<u8>) -> wasmtime::Result<Component> {
-        let mut hasher = DefaultHasher::new();
-        bytes.hash(&mut hasher);
-        let key = hasher.finish();
-        if let Some((cached, component)) = self.compiled().lock().get(&key)
-            && **cached == *bytes
-        {
+    fn compile(&self, name: &str, bytes: &[u8]) -> wasmtime::Result<(Component, Digest)> {
+        let digest = sha256(bytes);
+        if let Some(component) = self.compiled().lock().get(&digest) {
             self.counts().memory.fetch_add(1, Ordering::Relaxed);
-            return Ok(component.clone());
+            return Ok((component.clone(), digest));
         }
-        let found = match self.disk().map(|disk| disk.load(self.engine(), &bytes)) {
+        let found = match self.disk().map(|disk| disk.load(self.engine(), bytes)) {
             Some(Lookup::Found(component)) => Some(component),
             Some(Lookup::Refused) => {
                 self.counts().refused.fetch_add(1, Ordering::Relaxed);
@@ -172,10 +180,10 @@ impl PluginHost {
                 component
             }
             None => {
-                let component = cache::compile(self.engine(), name, &bytes)?;
+                let component = cache::compile(self.engine(), name, bytes)?;
                 self.counts().compiled.fetch_add(1, Ordering::Relaxed);
                 if let Some(disk) = self.disk() {
-                    disk.store(&bytes, &component);
+                    disk.store(bytes, &component);
                 }
                 component
             }
@@ -184,8 +192,18 @@ impl PluginHost {
         if compiled.len() >= MAX_COMPILED {
             compiled.clear();
         }
-        compiled.insert(key, (bytes.into(), component.clone()));
-        Ok(component)
+        compiled.insert(digest, component.clone());
+        Ok((component, digest))
+    }
+
+    /// Forgets the compiled components `set` does not use. The broker calls
+    /// this once a reloaded set is in force, so the code of plugins that
+    /// were replaced or removed (tens of MB for a CPython component) is not
+    /// kept for a reload that may never bring them back; the disk cache
+    /// still has them.
+    pub fn retain_compiled(&self, set: &PluginSet) {
+        let used: Vec<&Digest> = set.plugins().iter().map(|p| p.digest()).collect();
+        self.compiled().lock().retain(|digest, _| used.contains(&digest));
     }
 
     /// Refuses components built for another version of `moat:plugin`, and
@@ -213,6 +231,29 @@ impl PluginHost {
         }
         Ok(())
     }
+}
+
+/// The SHA-256 of `bytes`.
+fn sha256(bytes: &[u8]) -> Digest {
+    let mut digest = [0; 32];
+    digest.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref());
+    digest
+}
+
+/// The SHA-256 of the file at `path`, read 64 KiB at a time.
+fn digest_file(path: &Path) -> std::io::Result<Digest> {
+    let mut file = std::fs::File::open(path)?;
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        match file.read(&mut buffer)? {
+            0 => break,
+            n => context.update(&buffer[..n]),
+        }
+    }
+    let mut digest = [0; 32];
+    digest.copy_from_slice(context.finish().as_ref());
+    Ok(digest)
 }
 
 /// What a component declares about itself: see [`PluginHost::inspect`].
@@ -304,7 +345,8 @@ mod tests {
         assert!(import_allowed("moat:plugin/types@0.1.0"));
         assert!(!import_allowed("moat:plugin/authz@0.1.0"));
         assert!(import_allowed("wasi:cli/environment@0.2.6"));
-        assert!(!import_allowed("wasi:sockets/tcp@0.2.6"));
+        assert!(import_allowed("wasi:sockets/tcp@0.2.6"), "linked, with no network behind it");
+        assert!(!import_allowed("wasi:http/outgoing-handler@0.2.6"));
         assert!(!import_allowed("wasi:cli/environment@0.3.0"));
         assert!(!import_allowed("evil"));
     }

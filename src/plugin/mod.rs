@@ -32,6 +32,7 @@ mod engine;
 pub mod fixtures;
 mod instance;
 mod loader;
+mod output;
 pub mod scaffold;
 mod settings;
 pub mod shipped;
@@ -41,10 +42,11 @@ pub mod vectors;
 pub use cache::default_dir as default_cache_dir;
 pub(crate) use convert::{AuthnAnswer, AuthzAnswer, TransformAnswer};
 pub use engine::{CompileCounts, PluginHost};
-pub use instance::{LoadedPlugin, PinnedInstance};
+pub use instance::{LoadedPlugin, PinnedInstance, authn_concurrency};
 pub use loader::{ComponentInfo, Source, components_in};
+pub use output::{OutputLevel, OutputSettings};
 pub use settings::{Grants, Limits, OnError, PluginSettings, Sidecar, SidecarLimits};
-pub use stats::{PluginStats, StatsSnapshot};
+pub use stats::{Decision, PluginStats, StatsSnapshot};
 
 /// The version of the `moat:plugin` WIT package this host implements.
 pub const CONTRACT_VERSION: &str = loader::PACKAGE_VERSION;
@@ -153,6 +155,66 @@ pub enum CallFailure {
     /// The answer could not be used (invalid topic, invalid encoding...).
     #[error("malformed answer: {0}")]
     Malformed(String),
+    /// The plugin holds as many enhanced-authentication exchanges as its
+    /// `limits.exchanges` allows; the new one is refused, not queued.
+    #[error("too many authentication exchanges in progress")]
+    Busy,
+}
+
+impl CallFailure {
+    /// A short name for the kind of failure, as counted
+    /// (`moat_plugin_*_total`) and logged: `timeout`, `out_of_memory`,
+    /// `trap`, `bad_answer` or `busy`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallFailure::Timeout => "timeout",
+            CallFailure::OutOfMemory => "out_of_memory",
+            CallFailure::Trap(_) | CallFailure::Instantiate(_) => "trap",
+            CallFailure::Oversized { .. } | CallFailure::Malformed(_) => "bad_answer",
+            CallFailure::Busy => "busy",
+        }
+    }
+}
+
+/// Runs a plugin call (a future of this module) to its end from
+/// synchronous code: loading, the reload's sweep, `moat plugin check`.
+///
+/// Calls need a Tokio runtime with a timer (deadlines, and WASI clocks
+/// that guests wait on). On a multi-threaded runtime's thread — a worker
+/// or the blocking pool — the call runs there; elsewhere, on a small
+/// runtime of the plugin host's own. A current-thread runtime cannot lend
+/// its only thread, so from one the call runs on another thread.
+pub(crate) fn block_on<F>(call: F) -> F::Output
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| handle.block_on(call))
+        }
+        Ok(_) => std::thread::scope(|scope| match scope.spawn(|| own_runtime().block_on(call)).join() {
+            Ok(output) => output,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }),
+        Err(_) => own_runtime().block_on(call),
+    }
+}
+
+/// The plugin host's own runtime, for calls made outside any runtime.
+fn own_runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        // Building a runtime fails only when threads cannot be made, and
+        // then nothing in the broker could run.
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("moat-plugin-host")
+            .enable_time()
+            .build()
+            .expect("the plugin host's runtime")
+    })
 }
 
 /// A hook a plugin can implement.
@@ -167,6 +229,14 @@ pub enum Hook {
 }
 
 impl Hook {
+    /// Every hook, in [`Hook::index`] order.
+    pub const ALL: [Hook; 3] = [Hook::Authenticate, Hook::Authorize, Hook::Transform];
+
+    /// The hook's place in [`Hook::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The name operators see (admin API, `moat plugin check`).
     pub fn name(self) -> &'static str {
         match self {

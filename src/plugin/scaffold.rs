@@ -10,7 +10,16 @@
 //! anywhere with `cargo build --target wasm32-wasip2 --release`.
 //!
 //! The templates live beside this file in `scaffold/`; `{{name}}`,
-//! `{{crate}}`, `{{world}}`, `{{version}}` and the limits are filled in.
+//! `{{crate}}`, `{{world}}`, `{{version}}`, the toolchain pins and the
+//! limits are filled in. Every project also carries this broker's guide for
+//! plugin authors (`docs/plugins.md`), so its README links to the guide of
+//! the version it targets, offline.
+//!
+//! The Python and JavaScript toolchains are pinned where the repository's
+//! own examples pin them (`plugins/examples/python/requirements.txt`,
+//! `plugins/examples/js/package-lock.json`), so the scaffolds build with
+//! exactly the componentize-py and jco that CI builds the examples with:
+//! a JavaScript project gets that lockfile under its own name.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +27,20 @@ use super::CONTRACT_VERSION;
 
 /// The WIT files of the contract, as `(path in the project, text)`.
 pub const WIT_FILES: &[(&str, &str)] = &[("wit/plugin.wit", include_str!("../../wit/plugin.wit"))];
+
+/// The guide for plugin authors, copied into every project.
+const GUIDE: &str = include_str!("../../docs/plugins.md");
+
+/// The examples' Python toolchain pin (`componentize-py==X`).
+const PY_REQUIREMENTS: &str = include_str!("../../plugins/examples/python/requirements.txt");
+
+/// The examples' npm manifest and lockfile (jco and its dependencies).
+const JS_PACKAGE: &str = include_str!("../../plugins/examples/js/package.json");
+const JS_LOCK: &str = include_str!("../../plugins/examples/js/package-lock.json");
+
+/// The package name the examples' lockfile carries, replaced by the
+/// plugin's.
+const JS_LOCK_NAME: &str = "\"name\": \"moat-js-plugin-examples\"";
 
 /// The world every plugin targets.
 pub const WORLD: &str = "plugin";
@@ -176,6 +199,8 @@ pub fn project(lang: Lang, name: &str) -> Result<Project, ScaffoldError> {
             .replace("{{version}}", CONTRACT_VERSION)
             .replace("{{memory_mb}}", memory_mb)
             .replace("{{timeout_ms}}", timeout_ms)
+            .replace("{{componentize_py}}", &python_pin())
+            .replace("{{jco}}", &jco_version())
     };
     let mut files: Vec<(PathBuf, String)> = match lang {
         Lang::Rust => vec![
@@ -186,12 +211,17 @@ pub fn project(lang: Lang, name: &str) -> Result<Project, ScaffoldError> {
         ],
         Lang::Python => vec![
             ("app.py".into(), fill(include_str!("scaffold/app.py.tmpl"))),
+            (
+                "requirements.txt".into(),
+                fill("# The toolchain: `.venv/bin/pip install -r requirements.txt`.\n{{componentize_py}}\n"),
+            ),
             ("README.md".into(), fill(include_str!("scaffold/README.python.md.tmpl"))),
             (".gitignore".into(), "/.venv\n/*.wasm\n__pycache__/\n".into()),
         ],
         Lang::Js => vec![
             ("plugin.js".into(), fill(include_str!("scaffold/plugin.js.tmpl"))),
             ("package.json".into(), fill(include_str!("scaffold/package.json.tmpl"))),
+            ("package-lock.json".into(), JS_LOCK.replace(JS_LOCK_NAME, &format!("\"name\": \"{name}\""))),
             ("README.md".into(), fill(include_str!("scaffold/README.js.md.tmpl"))),
             (".gitignore".into(), "/node_modules\n/*.wasm\n".into()),
         ],
@@ -199,7 +229,39 @@ pub fn project(lang: Lang, name: &str) -> Result<Project, ScaffoldError> {
     files.push((format!("{name}.toml").into(), fill(include_str!("scaffold/sidecar.toml.tmpl"))));
     files.push(("vectors.toml".into(), fill(include_str!("scaffold/vectors.toml.tmpl"))));
     files.extend(WIT_FILES.iter().map(|(path, text)| (PathBuf::from(path), (*text).to_owned())));
+    files.push(("docs/plugins.md".into(), guide()));
     Ok(Project { files })
+}
+
+/// The examples' componentize-py requirement line (`componentize-py==X`).
+fn python_pin() -> String {
+    let pin = PY_REQUIREMENTS.lines().map(str::trim).find(|l| l.starts_with("componentize-py"));
+    pin.unwrap_or("componentize-py").to_owned()
+}
+
+/// The jco version the examples pin.
+fn jco_version() -> String {
+    let package: serde_json::Value = serde_json::from_str(JS_PACKAGE).unwrap_or_default();
+    let version = package.pointer("/devDependencies/@bytecodealliance~1jco").and_then(|v| v.as_str());
+    version.unwrap_or("latest").to_owned()
+}
+
+/// The guide, with its links into the repository (`../plugins/...`)
+/// turned into text naming the repository path, since the project holds
+/// only the guide.
+fn guide() -> String {
+    let mut out = String::with_capacity(GUIDE.len() + 256);
+    let mut rest = GUIDE;
+    while let Some(at) = rest.find("](../") {
+        let Some(open) = rest[..at].rfind('[') else { break };
+        let Some(close) = rest[at..].find(')') else { break };
+        let (text, target) = (&rest[open + 1..at], &rest[at + 5..at + close]);
+        out.push_str(&rest[..open]);
+        out.push_str(&format!("{text} (`{target}` in the Moat repository)"));
+        rest = &rest[at + close + 1..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Writes a new project into `dir`, which must not exist or be empty.
@@ -263,6 +325,36 @@ mod tests {
         let cargo = &rust.files[0].1;
         assert!(cargo.contains("name = \"my-plugin\"") && cargo.contains("wit-bindgen"), "{cargo}");
         assert!(!cargo.contains("moat-plugin-sdk"), "must build outside this repository");
+    }
+
+    #[test]
+    fn the_toolchains_are_the_examples_pins() {
+        let py = project(Lang::Python, "my-plugin").expect("valid name");
+        let requirements = &py.files.iter().find(|(p, _)| p.ends_with("requirements.txt")).expect("requirements").1;
+        assert!(requirements.lines().any(|l| l.starts_with("componentize-py==")), "{requirements}");
+        let readme = &py.files.iter().find(|(p, _)| p.ends_with("README.md")).expect("README").1;
+        assert!(readme.contains("pip install -r requirements.txt"), "{readme}");
+
+        let js = project(Lang::Js, "my-plugin").expect("valid name");
+        let file = |name: &str| &js.files.iter().find(|(p, _)| p.ends_with(name)).expect("file").1;
+        let package: serde_json::Value = serde_json::from_str(file("package.json")).expect("package.json");
+        let lock: serde_json::Value = serde_json::from_str(file("package-lock.json")).expect("package-lock.json");
+        assert_eq!(lock["name"], "my-plugin");
+        assert_eq!(lock["packages"][""]["name"], "my-plugin");
+        assert_eq!(lock["packages"][""]["devDependencies"], package["devDependencies"], "npm ci needs them equal");
+        let jco = &package["devDependencies"]["@bytecodealliance/jco"];
+        assert_eq!(&lock["packages"]["node_modules/@bytecodealliance/jco"]["version"], jco, "pinned exactly");
+        // QuickJS has no console of its own.
+        assert!(file("plugin.js").contains("globalThis.console"));
+    }
+
+    #[test]
+    fn the_guide_travels_without_links_out_of_the_project() {
+        let p = project(Lang::Rust, "my-plugin").expect("valid name");
+        let guide = &p.files.iter().find(|(p, _)| p.ends_with("docs/plugins.md")).expect("guide").1;
+        assert!(guide.starts_with("# Writing Moat plugins"));
+        assert!(!guide.contains("](../"), "a link the project cannot follow");
+        assert!(guide.contains("plugins/examples/python (`plugins/examples/python/README.md` in the Moat repository)"));
     }
 
     #[test]

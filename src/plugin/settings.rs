@@ -8,8 +8,13 @@
 //! [limits]
 //! memory_mb = 32
 //! timeout_ms = 10
-//! instances = 4
+//! instances = 4             # default: as many as 32 MiB of instances hold, 1 to 4
 //! max_answer_bytes = 65536
+//! exchanges = 64             # MQTT 5 AUTH exchanges holding an instance at once
+//! [output]                   # what the guest prints (stdout, stderr, host.log)
+//! level = "info"             # "off" | "error" | "warn" | "info" | "debug" | "trace"
+//! lines_per_s = 20
+//! bytes_per_s = 8192
 //! [grants]
 //! read = ["/etc/moat/auth"]  # directories the plugin may read
 //! ```
@@ -26,6 +31,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::LoadError;
+use super::output::{OutputLevel, OutputSettings};
 
 /// What happens to a publish when its transform plugin fails (trap,
 /// timeout, out of memory, oversized or malformed answer).
@@ -47,18 +53,48 @@ pub struct Limits {
     pub memory_bytes: usize,
     /// Deadline of one call, enforced with epochs.
     pub timeout: Duration,
-    /// Warm instances kept for concurrent calls. A call that finds none idle
-    /// gets a fresh instance (never waits); instances beyond this number are
+    /// Warm instances kept for concurrent calls; `None` sizes the pool from
+    /// the plugin's memory (see [`Limits::warm_instances`]). A call that
+    /// finds none idle gets a fresh instance (never waits); instances beyond
+    /// this number are
     /// dropped after their call.
-    pub instances: usize,
+    pub instances: Option<usize>,
     /// Largest answer accepted from one call (strings, lists and messages
     /// summed); a larger one counts as a failure.
     pub max_answer_bytes: usize,
+    /// MQTT 5 enhanced-authentication exchanges that may each hold an
+    /// instance between their steps at once; beyond it a new exchange is
+    /// refused (CONNACK 0x97), not queued.
+    pub exchanges: usize,
+}
+
+/// Linear memory the warm instances of a plugin whose `instances` is not
+/// set may hold together: a few instances of a small plugin, one or two of
+/// a CPython one (about 13 MiB each).
+const WARM_MEMORY: usize = 32 << 20;
+
+/// Most warm instances of a plugin whose `instances` is not set: enough for
+/// the calls that run at once on a small machine.
+const MAX_WARM: usize = 4;
+
+impl Limits {
+    /// How many instances to keep warm: `instances` when set, else as many
+    /// instances of `instance_bytes` (one instance's memory after `init`)
+    /// as [`WARM_MEMORY`] holds, at least one and at most [`MAX_WARM`].
+    pub fn warm_instances(&self, instance_bytes: usize) -> usize {
+        self.instances.unwrap_or_else(|| (WARM_MEMORY / instance_bytes.max(1)).clamp(1, MAX_WARM))
+    }
 }
 
 impl Default for Limits {
     fn default() -> Limits {
-        Limits { memory_bytes: 32 << 20, timeout: Duration::from_millis(10), instances: 4, max_answer_bytes: 64 << 10 }
+        Limits {
+            memory_bytes: 32 << 20,
+            timeout: Duration::from_millis(10),
+            instances: None,
+            max_answer_bytes: 64 << 10,
+            exchanges: 64,
+        }
     }
 }
 
@@ -75,6 +111,8 @@ pub struct PluginSettings {
     pub on_error: OnError,
     /// What the plugin may reach outside its sandbox.
     pub grants: Grants,
+    /// How its output reaches the log.
+    pub output: OutputSettings,
 }
 
 impl Default for PluginSettings {
@@ -85,6 +123,7 @@ impl Default for PluginSettings {
             limits: Limits::default(),
             on_error: OnError::Drop,
             grants: Grants::default(),
+            output: OutputSettings::default(),
         }
     }
 }
@@ -137,6 +176,20 @@ pub struct Sidecar {
     pub limits: Option<SidecarLimits>,
     /// Capabilities granted.
     pub grants: Option<Grants>,
+    /// How its output reaches the log.
+    pub output: Option<SidecarOutput>,
+}
+
+/// The `[output]` table of a sidecar.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SidecarOutput {
+    /// The level output is logged at.
+    pub level: Option<OutputLevel>,
+    /// Most lines logged per second.
+    pub lines_per_s: Option<u32>,
+    /// Most bytes logged per second.
+    pub bytes_per_s: Option<u32>,
 }
 
 /// The `[limits]` table of a sidecar.
@@ -151,6 +204,8 @@ pub struct SidecarLimits {
     pub instances: Option<u32>,
     /// Largest answer in bytes.
     pub max_answer_bytes: Option<u32>,
+    /// Enhanced-authentication exchanges holding an instance at once.
+    pub exchanges: Option<u32>,
 }
 
 impl Sidecar {
@@ -164,8 +219,17 @@ impl Sidecar {
                 timeout_ms: l.timeout_ms.or(d.timeout_ms),
                 instances: l.instances.or(d.instances),
                 max_answer_bytes: l.max_answer_bytes.or(d.max_answer_bytes),
+                exchanges: l.exchanges.or(d.exchanges),
             }),
             (l, d) => l.or(d),
+        };
+        let output = match (self.output, defaults.output) {
+            (Some(o), Some(d)) => Some(SidecarOutput {
+                level: o.level.or(d.level),
+                lines_per_s: o.lines_per_s.or(d.lines_per_s),
+                bytes_per_s: o.bytes_per_s.or(d.bytes_per_s),
+            }),
+            (o, d) => o.or(d),
         };
         Sidecar {
             order: self.order.or(defaults.order),
@@ -173,6 +237,7 @@ impl Sidecar {
             config: self.config.or(defaults.config),
             limits,
             grants: self.grants.or(defaults.grants),
+            output,
         }
     }
 }
@@ -237,12 +302,29 @@ impl PluginSettings {
                 None => defaults.timeout,
             },
             instances: match limits.instances {
-                Some(n) => positive("limits.instances", n)?,
+                Some(n) => Some(positive("limits.instances", n)?),
                 None => defaults.instances,
             },
             max_answer_bytes: match limits.max_answer_bytes {
                 Some(n) => positive("limits.max_answer_bytes", n)?,
                 None => defaults.max_answer_bytes,
+            },
+            exchanges: match limits.exchanges {
+                Some(n) => usize::try_from(n).map_err(|_| "limits.exchanges is too large".to_owned())?,
+                None => defaults.exchanges,
+            },
+        };
+        let output_defaults = OutputSettings::default();
+        let output = sidecar.output.unwrap_or_default();
+        let output = OutputSettings {
+            level: output.level.unwrap_or(output_defaults.level),
+            lines_per_s: match output.lines_per_s {
+                Some(n) => positive("output.lines_per_s", n).map(|_| n)?,
+                None => output_defaults.lines_per_s,
+            },
+            bytes_per_s: match output.bytes_per_s {
+                Some(n) => positive("output.bytes_per_s", n).map(|_| n)?,
+                None => output_defaults.bytes_per_s,
             },
         };
         let config = sidecar.config.unwrap_or_default();
@@ -253,6 +335,7 @@ impl PluginSettings {
             limits,
             on_error: sidecar.on_error.unwrap_or_default(),
             grants: sidecar.grants.unwrap_or_default(),
+            output,
         })
     }
 }
@@ -285,8 +368,18 @@ mod tests {
         assert_eq!(s.config_json, r#"{"users":["a"]}"#);
         assert_eq!(s.limits.memory_bytes, 8 << 20);
         assert_eq!(s.limits.timeout, Duration::from_millis(50));
-        assert_eq!(s.limits.instances, 2);
+        assert_eq!(s.limits.instances, Some(2));
         assert_eq!(s.limits.max_answer_bytes, 100);
+    }
+
+    #[test]
+    fn warm_instances_follow_memory_unless_set() {
+        let l = Limits::default();
+        assert_eq!(l.warm_instances(1 << 20), 4, "a small plugin");
+        assert_eq!(l.warm_instances(13 << 20), 2, "a CPython plugin");
+        assert_eq!(l.warm_instances(40 << 20), 1, "never none");
+        assert_eq!(l.warm_instances(0), 4);
+        assert_eq!(Limits { instances: Some(3), ..l }.warm_instances(40 << 20), 3, "the operator's number");
     }
 
     #[test]

@@ -57,7 +57,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::{AuthnAnswer, AuthzAnswer, CallFailure, Hook, LoadedPlugin, TransformAnswer};
+use super::{AuthnAnswer, AuthzAnswer, CallFailure, Hook, LoadedPlugin, TransformAnswer, block_on};
 use crate::auth::{Action, ClientInfo, Credentials, PluginMessage, TlsIdentity};
 use crate::codec::topic::filter_matches;
 use crate::codec::{ProtocolVersion, QoS, TopicName};
@@ -224,7 +224,7 @@ impl Vectors {
     }
 
     /// Runs every vector on `plugin`, in file order.
-    pub fn run(&self, plugin: &LoadedPlugin) -> Vec<VectorResult> {
+    pub fn run(&self, plugin: &Arc<LoadedPlugin>) -> Vec<VectorResult> {
         self.vectors.iter().map(|v| v.run(plugin)).collect()
     }
 }
@@ -294,7 +294,7 @@ impl Vector {
         Ok(Vector { name, client, call, expect })
     }
 
-    fn run(&self, plugin: &LoadedPlugin) -> VectorResult {
+    fn run(&self, plugin: &Arc<LoadedPlugin>) -> VectorResult {
         let (observed, mismatch) = match self.answer(plugin) {
             Ok(observed) => {
                 let mismatch = self.compare(&observed);
@@ -307,7 +307,7 @@ impl Vector {
 
     /// Calls the plugin as the broker would, or says why the broker would
     /// not call it.
-    fn answer(&self, plugin: &LoadedPlugin) -> Result<Observed, String> {
+    fn answer(&self, plugin: &Arc<LoadedPlugin>) -> Result<Observed, String> {
         let hook = match self.call {
             Call::Authenticate(_) => Hook::Authenticate,
             Call::Authorize { .. } => Hook::Authorize,
@@ -317,12 +317,12 @@ impl Vector {
             return Err(format!("the manifest does not declare {hook:?}, so the broker never calls it"));
         }
         Ok(match &self.call {
-            Call::Authenticate(creds) => match plugin.authenticate(&self.client, creds, None) {
+            Call::Authenticate(creds) => match block_on(plugin.authenticate(&self.client, creds, None)) {
                 Ok((answer, _pinned)) => Observed::Authn(answer),
                 Err(f) => Observed::Failed(f),
             },
             Call::Authorize { action, topic, qos, retain } => {
-                match plugin.authorize(&self.client, *action, topic, *qos, *retain) {
+                match block_on(plugin.authorize(&self.client, *action, topic, *qos, *retain)) {
                     Ok(answer) => Observed::Authz(answer),
                     Err(f) => Observed::Failed(f),
                 }
@@ -332,7 +332,7 @@ impl Vector {
                 if !filters.iter().any(|f| filter_matches(f.filter(), message.topic.as_str())) {
                     Observed::NotCalled
                 } else {
-                    match plugin.on_publish(&self.client, message) {
+                    match block_on(plugin.on_publish(&self.client, message)) {
                         Ok(answer) => Observed::Transform(answer),
                         Err(f) => Observed::Failed(f),
                     }

@@ -271,6 +271,9 @@ impl Broker {
         let names = |p: &Policy| p.plugins().plugins().iter().map(|p| p.name().to_string()).collect::<Vec<_>>();
         let generation = policy.generation();
         let previous = self.set_policy(policy.clone());
+        if let Some(host) = &*self.reload.host.lock() {
+            host.retain_compiled(policy.plugins());
+        }
         let (old, new) = (names(&previous), names(&policy));
         if new.is_empty() && !old.is_empty() {
             warn!("no plugins left: clients are authenticated by the listeners' settings and every action is allowed");
@@ -313,7 +316,9 @@ impl Broker {
             };
             let Some(client) = client else { continue };
             for (filter, qos) in subscriptions {
-                if policy.authorize(&client, Action::Subscribe, filter.as_str(), qos, false).allowed {
+                let verdict =
+                    crate::plugin::block_on(policy.authorize(&client, Action::Subscribe, filter.as_str(), qos, false));
+                if verdict.allowed {
                     continue;
                 }
                 if session.lock().subscriptions.remove(&filter).is_none() {
@@ -322,9 +327,18 @@ impl Broker {
                 self.router.unsubscribe(&session, &filter);
                 self.store.unsubscribed(session.client_id(), &filter);
                 removed += 1;
+                let (plugin, reason) = match verdict.denial.as_deref() {
+                    Some(crate::auth::Denial::Denied { plugin, reason }) => (Some(&**plugin), reason.clone()),
+                    Some(crate::auth::Denial::Failed { plugin, failure }) => {
+                        (Some(&**plugin), format!("the plugin's call failed: {failure}"))
+                    }
+                    Some(crate::auth::Denial::Unanswered) | None => (None, "no plugin allowed it".to_owned()),
+                };
                 info!(
-                    client_id = &**session.client_id(),
-                    filter = filter.as_str(),
+                    client_id = %crate::untrusted::Untrusted(session.client_id()),
+                    filter = %crate::untrusted::Untrusted(filter.as_str()),
+                    plugin,
+                    reason = %crate::untrusted::Untrusted(&reason),
                     "subscription removed: the reloaded policy forbids it"
                 );
             }

@@ -202,24 +202,36 @@ impl Session {
             if !state.online && delivery.qos == QoS::AtMostOnce {
                 Err(DropReason::OfflineQos0)
             } else {
+                // Only QoS 1/2 messages of a session that outlives its
+                // connection are kept.
+                let keep = store.filter(|_| state.expiry_s > 0 && delivery.qos != QoS::AtMostOnce);
                 // Room is made before storing: a dropped message must not be
                 // kept, and an evicted one that was kept is forgotten.
-                let forget = |old: Delivery| {
+                let forget = |old: &Delivery| {
                     if let (Some(store), Some(key)) = (store, old.stored) {
                         store.delivered(&self.client_id, key);
                     }
                 };
-                match state.make_room(&delivery, forget) {
+                match state.make_room(&delivery, |old| forget(&old)) {
                     None if hold && state.online && !state.slow && delivery.qos != QoS::AtMostOnce => {
+                        // Kept although not queued: it belongs to a publish
+                        // whose other copies (and QoS 2 packet id) are stored
+                        // in the same commit (`HeldPublish`), so after a crash
+                        // it comes back from the store, while the publisher's
+                        // QoS 2 resend is acknowledged, not routed again.
+                        if let Some(store) = keep {
+                            delivery.stored = store.queued(&self.client_id, &delivery);
+                        }
                         state.publishers_waiting = true;
                         return Err(Refusal::Full(delivery));
                     }
-                    None => Err(DropReason::QueueFull),
+                    None => {
+                        // A held delivery offered again, which no longer waits.
+                        forget(&delivery);
+                        Err(DropReason::QueueFull)
+                    }
                     Some(evicted) => {
-                        if let Some(store) = store
-                            && state.expiry_s > 0
-                            && delivery.qos != QoS::AtMostOnce
-                        {
+                        if let Some(store) = keep {
                             delivery.stored = store.queued(&self.client_id, &delivery);
                         }
                         if state.push(delivery) { Ok(evicted) } else { Err(DropReason::QueueFull) }

@@ -134,7 +134,7 @@ impl Store for DiskStore {
     }
 
     fn queued(&self, client_id: &Arc<str>, delivery: &Delivery) -> Option<u64> {
-        let seq = self.queue.next_seq();
+        let seq = delivery.stored.unwrap_or_else(|| self.queue.next_seq());
         self.queue.send(Op::Append(client_id.clone(), seq, delivery.clone()));
         Some(seq)
     }

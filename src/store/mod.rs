@@ -131,9 +131,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// The messages a session holds, replacing what was stored before.
     fn session_messages(&self, client_id: &str, pending: Vec<Delivery>, inflight: Vec<Inflight>);
     /// A QoS 1/2 message was queued for a session that outlives its
-    /// connection (online or not): keep it with the session's messages.
+    /// connection (online or not), or is held by its publisher for the
+    /// session's full queue: keep it with the session's messages.
     /// Returns the key it is kept under (for [`Store::delivery_state`] and
-    /// [`Store::delivered`]), or `None` if this store does not keep
+    /// [`Store::delivered`]): `delivery.stored` if it has one (a held
+    /// delivery now queued, written again since the session's messages may
+    /// have been replaced meanwhile), or `None` if this store does not keep
     /// messages one by one. Called under the session's lock, so it is
     /// ordered with [`Store::session_messages`].
     fn queued(&self, client_id: &Arc<str>, delivery: &Delivery) -> Option<u64> {

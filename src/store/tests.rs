@@ -229,6 +229,31 @@ fn messages_are_kept_by_key_until_delivered() {
     assert!(s.pending[0].stored.is_some(), "recovered messages keep their key");
 }
 
+/// A delivery held for a full queue is kept at once; queued later under
+/// the same key, it is written again, so replacing the session's messages
+/// in between (its connection ended) does not lose it.
+#[test]
+fn a_held_delivery_keeps_its_key_when_queued() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    let client: Arc<str> = "slow".into();
+    let key = {
+        let store = open(&path);
+        store.session_opened(&client, 60);
+        let mut held = delivery(&message("a", b"held", false, None));
+        held.stored = store.queued(&client, &held);
+        store.session_messages(&client, vec![], vec![]);
+        let key = store.queued(&client, &held);
+        assert_eq!(key, held.stored, "the same key");
+        store.close();
+        key
+    };
+    let recovered = open(&path).recover().expect("recovers");
+    let pending = &recovered.sessions[0].pending;
+    assert_eq!(pending.len(), 1);
+    assert_eq!((pending[0].stored, &pending[0].message.payload), (key, &Bytes::from_static(b"held")));
+}
+
 #[test]
 fn share_groups_waiting_messages_survive_until_taken_and_keys_stay_unique() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn moat() -> Command {
+pub(crate) fn moat() -> Command {
     Command::new(env!("CARGO_BIN_EXE_moat"))
 }
 
@@ -144,6 +144,20 @@ fn passwd_refuses_empty_passwords_and_bad_user_names() {
     // The broker's flags and the subcommand do not mix.
     let out = moat().args(["--listen", "127.0.0.1:1", "passwd"]).arg(&file).arg("alice").output().expect("run");
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn passwd_into_a_missing_directory_says_why_once() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let missing = dir.path().join("no-such-dir");
+    let file = missing.join("passwd");
+    let out = moat().arg("passwd").arg(&file).args(["alice", "--password", "s3cret"]).output().expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let expected = format!("the directory {} does not exist", missing.display());
+    assert_eq!(stderr.matches(&expected).count(), 1, "{stderr}");
+    assert!(!stderr.contains("os error"), "{stderr}");
 }
 
 /// Collects the lines a child writes to stderr, on a thread.

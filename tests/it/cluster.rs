@@ -18,9 +18,9 @@ use tokio::net::TcpStream;
 use crate::harness::{TestBroker, V5};
 
 /// How long a node may take to (re)connect to NATS and subscribe.
-const NATS_WAIT: Duration = Duration::from_secs(15);
+pub(crate) const NATS_WAIT: Duration = Duration::from_secs(15);
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
@@ -40,19 +40,19 @@ fn nats_binary() -> PathBuf {
 }
 
 /// A nats-server child process, killed by PID when dropped.
-struct Nats {
+pub(crate) struct Nats {
     child: Option<Child>,
-    port: u16,
+    pub(crate) port: u16,
     monitor: u16,
     /// JetStream's store, when enabled.
     store: Option<tempfile::TempDir>,
     /// More arguments: the NATS cluster this server is part of.
-    args: Vec<String>,
+    pub(crate) args: Vec<String>,
 }
 
 impl Nats {
     /// A server with JetStream.
-    async fn start() -> Nats {
+    pub(crate) async fn start() -> Nats {
         Nats::start_on(free_port(), true).await
     }
 
@@ -72,15 +72,23 @@ impl Nats {
     /// `n` servers with JetStream in one NATS cluster (`s0`, `s1`, ...),
     /// once each reports itself healthy (JetStream ready).
     async fn cluster(n: usize) -> Vec<Nats> {
-        let routes: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let all = routes.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
-        let mut servers = Vec::with_capacity(n);
-        for (i, route) in routes.iter().enumerate() {
-            let args = ["-n", &format!("s{i}"), "--cluster_name", "moat", "--cluster"];
-            let mut args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-            args.extend([format!("nats://127.0.0.1:{route}"), "--routes".to_owned(), all.clone()]);
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let all = ports.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        Nats::cluster_with(&ports, |_| vec!["--routes".to_owned(), all.clone()]).await
+    }
+
+    /// Servers with JetStream in one NATS cluster (`s0`, `s1`, ...), server
+    /// `i` taking routes on `cluster_ports[i]` with the further arguments
+    /// `args(i)` (its routes), once each reports itself healthy.
+    pub(crate) async fn cluster_with(cluster_ports: &[u16], args: impl Fn(usize) -> Vec<String>) -> Vec<Nats> {
+        let mut servers = Vec::with_capacity(cluster_ports.len());
+        for (i, route) in cluster_ports.iter().enumerate() {
+            let name = ["-n", &format!("s{i}"), "--cluster_name", "moat", "--cluster"];
+            let mut server_args: Vec<String> = name.iter().map(|a| (*a).to_owned()).collect();
+            server_args.push(format!("nats://127.0.0.1:{route}"));
+            server_args.extend(args(i));
             let store = Some(tempfile::tempdir().expect("JetStream store"));
-            let mut nats = Nats { child: None, port: free_port(), monitor: free_port(), store, args };
+            let mut nats = Nats { child: None, port: free_port(), monitor: free_port(), store, args: server_args };
             nats.spawn().await;
             servers.push(nats);
         }
@@ -99,7 +107,7 @@ impl Nats {
     }
 
     /// Runs the server process and waits until it accepts.
-    async fn spawn(&mut self) {
+    pub(crate) async fn spawn(&mut self) {
         let mut command = Command::new(nats_binary());
         command.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-m", &self.monitor.to_string()]);
         if let Some(dir) = &self.store {
@@ -115,17 +123,17 @@ impl Nats {
     }
 
     /// Kills the server and starts it again on the same port and store.
-    async fn restart(&mut self) {
+    pub(crate) async fn restart(&mut self) {
         self.kill();
         self.spawn().await;
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
     /// Kills the server (SIGKILL by PID) and waits for it to exit.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -133,7 +141,7 @@ impl Nats {
     }
 
     /// `GET path` on the monitoring port, as JSON.
-    async fn monitor(&self, path: &str) -> serde_json::Value {
+    pub(crate) async fn monitor(&self, path: &str) -> serde_json::Value {
         let mut stream = TcpStream::connect(("127.0.0.1", self.monitor)).await.expect("monitor port");
         // HTTP/1.0: the answer comes whole, never chunked.
         let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
@@ -166,13 +174,13 @@ impl Nats {
 
     /// Waits until node `id` takes takeover requests (its session
     /// ownership bucket is set up).
-    async fn until_owning(&self, id: &str) {
+    pub(crate) async fn until_owning(&self, id: &str) {
         until_owning_on(std::slice::from_ref(self), id).await;
     }
 
     /// Whether node `id` is connected to this server and subscribed to
     /// `subject`.
-    async fn has_subject(&self, id: &str, subject: &str) -> bool {
+    pub(crate) async fn has_subject(&self, id: &str, subject: &str) -> bool {
         let name = format!("moat {id}");
         let connz = self.monitor("/connz?subs=1").await;
         let conns = connz["connections"].as_array().cloned().unwrap_or_default();
@@ -182,14 +190,14 @@ impl Nats {
 
     /// JetStream's view of stream `name` (with its config and consumers),
     /// `Null` while there is none.
-    async fn stream(&self, name: &str) -> serde_json::Value {
+    pub(crate) async fn stream(&self, name: &str) -> serde_json::Value {
         let jsz = self.monitor("/jsz?streams=true&config=true&consumers=true").await;
         let streams = jsz["account_details"][0]["stream_detail"].as_array().cloned().unwrap_or_default();
         streams.into_iter().find(|s| s["name"] == name).unwrap_or_default()
     }
 
     /// The server leading JetStream stream `name` (its `-n` name).
-    async fn stream_leader(&self, name: &str) -> String {
+    pub(crate) async fn stream_leader(&self, name: &str) -> String {
         let stream = self.stream(name).await;
         stream["cluster"]["leader"].as_str().unwrap_or_else(|| panic!("no leader of {name}: {stream}")).to_owned()
     }
@@ -221,7 +229,7 @@ impl Nats {
 }
 
 /// Waits until node `id` takes takeover requests on one of `servers`.
-async fn until_owning_on(servers: &[Nats], id: &str) {
+pub(crate) async fn until_owning_on(servers: &[Nats], id: &str) {
     until_subject_on(servers, id, &format!("moat.n.{id}.takeover")).await;
 }
 
@@ -253,12 +261,12 @@ async fn node(url: &str, id: &str) -> TestBroker {
     TestBroker::with(|c| c.cluster = Some(cluster)).await
 }
 
-async fn publish(client: &V5, topic: &str, qos: QoS, payload: &str) {
+pub(crate) async fn publish(client: &V5, topic: &str, qos: QoS, payload: &str) {
     client.client.publish(topic, qos, false, payload.as_bytes().to_vec()).await.expect("publish");
 }
 
 /// The next PUBLISH's topic, payload and QoS.
-async fn received(client: &mut V5) -> (String, String, QoS) {
+pub(crate) async fn received(client: &mut V5) -> (String, String, QoS) {
     let p = client.publish().await;
     (String::from_utf8_lossy(&p.topic).into_owned(), String::from_utf8_lossy(&p.payload).into_owned(), p.qos)
 }
@@ -436,7 +444,7 @@ fn retained_on(node: &TestBroker, topic: &str) -> Option<String> {
 }
 
 /// Waits until `node`'s retained message on `topic` is `expected`.
-async fn until_retained(node: &TestBroker, topic: &str, expected: Option<&str>) {
+pub(crate) async fn until_retained(node: &TestBroker, topic: &str, expected: Option<&str>) {
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
     loop {
         let now = retained_on(node, topic);
@@ -458,7 +466,7 @@ async fn until_synced(node: &TestBroker) {
     }
 }
 
-async fn retain(client: &V5, topic: &str, payload: &str) {
+pub(crate) async fn retain(client: &V5, topic: &str, payload: &str) {
     client.client.publish(topic, QoS::AtLeastOnce, true, payload.as_bytes().to_vec()).await.expect("publish");
 }
 
@@ -756,7 +764,7 @@ async fn owning_pair(nats: &Nats) -> (TestBroker, TestBroker) {
 }
 
 /// Waits until node `node` keeps the session of `client_id` in JetStream.
-async fn until_kept(node: &TestBroker, client_id: &str) {
+pub(crate) async fn until_kept(node: &TestBroker, client_id: &str) {
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
     while node.broker.sessions.get(client_id).is_none_or(|s| !s.lock().kept) {
         assert!(tokio::time::Instant::now() < deadline, "{client_id} never kept");
@@ -795,7 +803,7 @@ async fn until_consumer_holds_on(servers: &[Nats], n: u64) {
 }
 
 /// A persistent v5 session (clean start off, a ten-minute expiry).
-fn persistent(o: &mut rumqttc::v5::MqttOptions) {
+pub(crate) fn persistent(o: &mut rumqttc::v5::MqttOptions) {
     o.set_clean_start(false);
     o.set_session_expiry_interval(Some(600));
 }
@@ -856,14 +864,20 @@ async fn a_client_connecting_through_another_node_takes_its_connection_over() {
 
 /// Node `id` as a `moat` process of its own, listening on `port`, so that
 /// it can die for real (SIGKILL); it counts a silent node dead after 1 s.
-struct Process(Child);
+pub(crate) struct Process(Child);
 
 impl Process {
     async fn start(nats: &Nats, id: &str, port: u16, dir: &std::path::Path) -> Process {
+        let cluster = "node_timeout_s = 1\nredelivery_s = 2\n";
+        Process::start_with(&nats.url(), id, port, dir, cluster).await
+    }
+
+    /// Node `id` on the NATS server at `url`, with `cluster` (TOML lines)
+    /// added to its `[cluster]` section.
+    pub(crate) async fn start_with(url: &str, id: &str, port: u16, dir: &std::path::Path, cluster: &str) -> Process {
         let config = dir.join(format!("{id}.toml"));
         let text = format!(
-            "[[listeners]]\nbind = \"127.0.0.1:{port}\"\n\n[cluster]\nnats = [\"{}\"]\nnode_id = \"{id}\"\nnode_timeout_s = 1\nredelivery_s = 2\n",
-            nats.url()
+            "[[listeners]]\nbind = \"127.0.0.1:{port}\"\n\n[cluster]\nnats = [\"{url}\"]\nnode_id = \"{id}\"\n{cluster}"
         );
         std::fs::write(&config, text).expect("write config");
         let child = Command::new(env!("CARGO_BIN_EXE_moat"))
@@ -1176,8 +1190,21 @@ async fn a_parked_session_resumes_on_its_node_and_a_clean_start_drops_what_was_p
     fresh.no_publish().await;
 }
 
+/// Waits up to `wait` for a PUBACK (or a PUBREC, at QoS 2).
+pub(crate) async fn puback_within(client: &mut V5, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match client.next_within(left).await {
+            Some(V5Packet::PubAck(_) | V5Packet::PubRec(_)) => return,
+            Some(_) => {}
+            None => panic!("connection closed before PUBACK"),
+        }
+    }
+}
+
 #[tokio::test]
-async fn parked_sessions_queue_on_their_node_again_while_nats_is_away() {
+async fn parked_sessions_stay_kept_while_nats_is_away_and_their_publishers_wait_for_it() {
     let mut nats = Nats::start().await;
     let a = node(&nats.url(), "a").await;
     nats.until_owning("a").await;
@@ -1185,18 +1212,59 @@ async fn parked_sessions_queue_on_their_node_again_while_nats_is_away() {
     device.subscribe("z/#", QoS::AtLeastOnce).await;
     device.client.disconnect().await.expect("disconnect");
     until_kept(&a, "dozer").await;
+    let mut publisher = a.v5("pub").await;
 
+    // NATS goes: the message waits on this node, its PUBACK with it.
     nats.kill();
-    let deadline = tokio::time::Instant::now() + NATS_WAIT;
-    while a.broker.sessions.get("dozer").is_some_and(|s| s.lock().kept) {
-        assert!(tokio::time::Instant::now() < deadline, "still parked with NATS gone");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let publisher = a.v5("pub").await;
-    publish(&publisher, "z/1", QoS::AtLeastOnce, "local").await;
+    publish(&publisher, "z/1", QoS::AtLeastOnce, "held").await;
+    let early = tokio::time::timeout(Duration::from_millis(500), puback_within(&mut publisher, NATS_WAIT)).await;
+    assert!(early.is_err(), "PUBACK while NATS is away");
+    let dozer = a.broker.sessions.get("dozer").expect("session");
+    assert!(dozer.lock().kept && dozer.lock().pending.is_empty(), "kept, nothing queued on the node");
+
+    // NATS is back: JetStream stores it, then the publisher hears.
+    nats.spawn().await;
+    puback_within(&mut publisher, NATS_WAIT).await;
     let mut device = a.v5_with("dozer", persistent).await;
     assert!(device.connack.session_present);
-    assert_eq!(received(&mut device).await.1, "local");
+    let p = device.publish_within(NATS_WAIT).await;
+    assert_eq!((&p.topic[..], &p.payload[..]), (&b"z/1"[..], &b"held"[..]));
+    device.no_publish().await;
+}
+
+#[tokio::test]
+async fn a_publisher_waiting_longer_than_store_timeout_s_is_disconnected_unacknowledged() {
+    let mut nats = Nats::start().await;
+    let cluster =
+        ClusterConfig { node_id: Some("a".into()), store_timeout_s: 1, ..ClusterConfig::new(vec![nats.url()]) };
+    let a = TestBroker::with(|c| c.cluster = Some(cluster)).await;
+    nats.until_owning("a").await;
+    let mut device = a.v5_with("sleepy", persistent).await;
+    device.subscribe("t/#", QoS::AtLeastOnce).await;
+    device.client.disconnect().await.expect("disconnect");
+    until_kept(&a, "sleepy").await;
+    let mut publisher = a.v5("pub").await;
+
+    nats.kill();
+    publish(&publisher, "t/1", QoS::AtLeastOnce, "late").await;
+    // Server busy (0x89), and no PUBACK before it: the client resends.
+    loop {
+        match publisher.next().await {
+            Some(V5Packet::Disconnect(d)) => {
+                assert_eq!(d.reason_code, rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::ServerBusy);
+                break;
+            }
+            Some(V5Packet::PubAck(_)) => panic!("PUBACK while NATS is away"),
+            Some(_) => {}
+            None => panic!("closed without DISCONNECT"),
+        }
+    }
+    // The message itself still waits on the node, and goes once NATS is
+    // back: kept sessions get it (once more if its client resends).
+    nats.spawn().await;
+    until_consumer_holds(&nats, 1).await;
+    let mut device = a.v5_with("sleepy", persistent).await;
+    assert_eq!(received(&mut device).await.1, "late");
 }
 
 #[tokio::test]

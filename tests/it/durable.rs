@@ -105,16 +105,21 @@ async fn expired_sessions_and_messages_are_dropped_at_recovery() {
 
 // --- The `moat` binary on a store directory -------------------------------
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
 /// A config file with one listener and `[storage]` in `dir`.
 fn config(dir: &Path, port: u16) -> PathBuf {
+    config_with(dir, port, "")
+}
+
+/// [`config`] with more sections (`extra`, TOML) before `[storage]`.
+pub(crate) fn config_with(dir: &Path, port: u16, extra: &str) -> PathBuf {
     let path = dir.join("moat.toml");
     let store = dir.join("store");
     let text = format!(
-        "[[listeners]]\nbind = \"127.0.0.1:{port}\"\n\n[storage]\ndir = \"{}\"\ndurability = \"sync\"\n",
+        "[[listeners]]\nbind = \"127.0.0.1:{port}\"\n\n{extra}\n[storage]\ndir = \"{}\"\ndurability = \"sync\"\n",
         store.display()
     );
     std::fs::write(&path, text).expect("write config");
@@ -123,15 +128,15 @@ fn config(dir: &Path, port: u16) -> PathBuf {
 
 /// A `moat` child process, killed when dropped (so a failing test leaves
 /// no broker behind).
-struct Moat(Child);
+pub(crate) struct Moat(Child);
 
 impl Moat {
     /// SIGKILL, and reap.
-    fn kill(&mut self) -> std::io::Result<()> {
+    pub(crate) fn kill(&mut self) -> std::io::Result<()> {
         self.0.kill()
     }
 
-    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+    pub(crate) fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
         self.0.wait()
     }
 }
@@ -143,7 +148,7 @@ impl Drop for Moat {
     }
 }
 
-fn start_moat(config: &Path, port: u16, extra: &[&str]) -> Moat {
+pub(crate) fn start_moat(config: &Path, port: u16, extra: &[&str]) -> Moat {
     let mut child = Command::new(env!("CARGO_BIN_EXE_moat"))
         .arg("--config")
         .arg(config)
@@ -166,10 +171,10 @@ fn start_moat(config: &Path, port: u16, extra: &[&str]) -> Moat {
 }
 
 /// A blocking MQTT 3.1.1 client speaking raw packets.
-struct Raw(TcpStream);
+pub(crate) struct Raw(pub(crate) TcpStream);
 
 impl Raw {
-    fn connect(port: u16, client_id: &str, clean: bool) -> (Raw, bool) {
+    pub(crate) fn connect(port: u16, client_id: &str, clean: bool) -> (Raw, bool) {
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
         let mut raw = Raw(stream);
@@ -182,16 +187,16 @@ impl Raw {
         (raw, connack[0] & 1 == 1)
     }
 
-    fn send(&mut self, bytes: &[u8]) {
+    pub(crate) fn send(&mut self, bytes: &[u8]) {
         self.0.write_all(bytes).expect("write");
     }
 
     /// The next packet: first byte and body.
-    fn packet(&mut self) -> (u8, Vec<u8>) {
+    pub(crate) fn packet(&mut self) -> (u8, Vec<u8>) {
         self.try_packet().expect("packet")
     }
 
-    fn try_packet(&mut self) -> std::io::Result<(u8, Vec<u8>)> {
+    pub(crate) fn try_packet(&mut self) -> std::io::Result<(u8, Vec<u8>)> {
         let mut first = [0u8; 1];
         self.0.read_exact(&mut first)?;
         let (mut len, mut shift) = (0usize, 0);
@@ -211,7 +216,7 @@ impl Raw {
 
     /// Publishes at QoS 1 or 2 and waits for the handshake to complete
     /// (PUBACK, or PUBREC + PUBCOMP).
-    fn publish_acked(&mut self, topic: &str, id: u16, qos: u8, payload: &[u8]) -> std::io::Result<()> {
+    pub(crate) fn publish_acked(&mut self, topic: &str, id: u16, qos: u8, payload: &[u8]) -> std::io::Result<()> {
         let mut packet = self.publish_qos1(topic, id, payload);
         packet[0] = 0x30 | (qos << 1);
         self.0.write_all(&packet)?;
@@ -226,19 +231,19 @@ impl Raw {
     }
 
     /// Sends a QoS 2 PUBLISH (with DUP when resent).
-    fn publish_qos2(&mut self, topic: &str, id: u16, payload: &[u8], dup: bool) -> std::io::Result<()> {
+    pub(crate) fn publish_qos2(&mut self, topic: &str, id: u16, payload: &[u8], dup: bool) -> std::io::Result<()> {
         let mut packet = self.publish_qos1(topic, id, payload);
         packet[0] = 0x34 | if dup { 0x08 } else { 0 };
         self.0.write_all(&packet)
     }
 
     /// Sends PUBREL for `id`.
-    fn pubrel(&mut self, id: u16) -> std::io::Result<()> {
+    pub(crate) fn pubrel(&mut self, id: u16) -> std::io::Result<()> {
         let [hi, lo] = id.to_be_bytes();
         self.0.write_all(&[0x62, 2, hi, lo])
     }
 
-    fn expect(&mut self, kind: u8) -> std::io::Result<()> {
+    pub(crate) fn expect(&mut self, kind: u8) -> std::io::Result<()> {
         let (got, _) = self.try_packet()?;
         if got == kind { Ok(()) } else { Err(std::io::Error::other(format!("expected {kind:#x}, got {got:#x}"))) }
     }
@@ -265,7 +270,7 @@ impl Raw {
         self.subscribe(filter, 1);
     }
 
-    fn subscribe(&mut self, filter: &str, qos: u8) {
+    pub(crate) fn subscribe(&mut self, filter: &str, qos: u8) {
         let mut body = vec![0, 1];
         body.extend(u16::try_from(filter.len()).expect("short").to_be_bytes());
         body.extend(filter.as_bytes());
@@ -274,7 +279,9 @@ impl Raw {
         assert_eq!(self.packet().0, 0x90, "SUBACK");
     }
 
-    fn publish_qos1(&mut self, topic: &str, id: u16, payload: &[u8]) -> Vec<u8> {
+    /// A QoS 1 PUBLISH packet, not sent (change its first byte for QoS 2,
+    /// DUP or retain).
+    pub(crate) fn publish_qos1(&mut self, topic: &str, id: u16, payload: &[u8]) -> Vec<u8> {
         let mut body = u16::try_from(topic.len()).expect("short").to_be_bytes().to_vec();
         body.extend(topic.as_bytes());
         body.extend(id.to_be_bytes());
@@ -286,7 +293,12 @@ impl Raw {
     /// session does (QoS 2 delivered once per packet id until PUBREL),
     /// until the socket fails, `want` is all in `rx.got`, or nothing
     /// arrives for `idle`.
-    fn consume(&mut self, rx: &mut Receiver, want: Option<&std::collections::BTreeSet<String>>, idle: Duration) {
+    pub(crate) fn consume(
+        &mut self,
+        rx: &mut Receiver,
+        want: Option<&std::collections::BTreeSet<String>>,
+        idle: Duration,
+    ) {
         self.0.set_read_timeout(Some(idle)).expect("timeout");
         while want.is_none_or(|want| !want.iter().all(|w| rx.got.contains_key(w))) {
             let Ok((kind, body)) = self.try_packet() else { return };
@@ -321,7 +333,7 @@ impl Raw {
         }
     }
 
-    fn disconnect(mut self) {
+    pub(crate) fn disconnect(mut self) {
         self.send(&[0xe0, 0]);
     }
 }
@@ -425,8 +437,8 @@ fn repeated_sigkill_at_random_points_loses_no_acknowledged_message() {
 /// delivered to the application (with a count) and the QoS 2 packet ids
 /// it has received but not yet seen released.
 #[derive(Default)]
-struct Receiver {
-    got: std::collections::BTreeMap<String, u32>,
+pub(crate) struct Receiver {
+    pub(crate) got: std::collections::BTreeMap<String, u32>,
     awaiting_rel: std::collections::BTreeSet<u16>,
 }
 

@@ -285,7 +285,7 @@ impl V5 {
     }
 
     /// [`V5::next`], waiting up to `wait`.
-    async fn next_within(&mut self, wait: Duration) -> Option<V5Packet> {
+    pub async fn next_within(&mut self, wait: Duration) -> Option<V5Packet> {
         tokio::time::timeout(wait, self.rx.recv()).await.expect("packet in time")
     }
 

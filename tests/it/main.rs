@@ -14,20 +14,26 @@ mod cli;
 #[cfg(feature = "cluster")]
 mod cluster;
 mod connect;
+mod docs;
 mod durable;
+mod exactly_once;
 mod harness;
 mod jwt_plugin;
 mod limits;
+mod log_lines;
 mod login_throttle;
 mod malformed;
 #[cfg(target_os = "linux")]
 mod open_files;
 mod ops;
+#[cfg(feature = "cluster")]
+mod partition;
 mod password_file;
 mod pki;
 mod plugin_cache;
 mod plugin_chain;
 mod plugin_hostile;
+mod plugin_sandbox;
 mod plugin_support;
 mod plugin_tools;
 mod plugins;

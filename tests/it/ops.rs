@@ -261,3 +261,46 @@ async fn admin_refuses_oversized_and_malformed_requests() {
     // Still serving.
     assert_eq!(http(admin, "GET", "/health", None).await.0, 200);
 }
+
+/// `moat_plugin_decisions_total` tells allows, denials, ignores and failed
+/// calls apart, per plugin and hook; `moat_plugin_denials_total` counts a
+/// plugin's denials and failures together.
+#[tokio::test]
+async fn plugin_decisions_are_counted_per_plugin_hook_and_decision() {
+    let dir = stage(&[
+        ("gate", "topic-prefix", "order = 1\n[config]\nprefix = \"ok/\"\ndeny_prefix = \"no/\"\n"),
+        ("boom", "panic", "order = 2\n"),
+    ]);
+    let path = dir.path().to_owned();
+    let (broker, admin) = admin_broker(|c| c.plugins.dir = Some(path)).await;
+    let mut client = broker.v5("decider").await;
+    // gate allows; gate denies; gate ignores and boom fails; gate ignores
+    // and boom allows.
+    for (topic, allowed) in [("ok/1", true), ("no/1", false), ("evil/1", false), ("other/1", true)] {
+        let reason = crate::acl_plugin::publish_qos1(&mut client, topic, false).await;
+        assert_eq!(reason == PubAckReason::NotAuthorized, !allowed, "{topic}: {reason:?}");
+    }
+    let series = |plugin: &str, decision: &str| {
+        format!("moat_plugin_decisions_total{{plugin=\"{plugin}\",hook=\"authorize\",decision=\"{decision}\"}}")
+    };
+    let want = [
+        (series("gate", "allow"), 1),
+        (series("gate", "deny"), 1),
+        (series("gate", "ignore"), 2),
+        (series("gate", "failure"), 0),
+        (series("boom", "allow"), 1),
+        (series("boom", "deny"), 0),
+        (series("boom", "failure"), 1),
+        ("moat_plugin_denials_total{plugin=\"gate\"}".to_owned(), 1),
+        ("moat_plugin_denials_total{plugin=\"boom\"}".to_owned(), 1),
+    ];
+    let want: Vec<(&str, u64)> = want.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+    let text = until_metrics(admin, &want).await;
+    assert!(text.contains("# TYPE moat_plugin_decisions_total counter"), "{text}");
+    assert!(!text.contains("plugin=\"gate\",hook=\"authenticate\""), "only the hooks a plugin implements:\n{text}");
+    let (status, body) = http(admin, "GET", "/api/plugins", Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    let plugins: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let gate = plugins.as_array().and_then(|l| l.iter().find(|p| p["name"] == "gate")).expect("gate listed");
+    assert_eq!(gate["decisions"]["authorize"]["ignore"], 2, "{gate}");
+}

@@ -115,7 +115,8 @@ async fn a_malformed_file_stops_start_up_naming_the_line() {
     let msg = err.to_string();
     assert!(msg.contains("shipped:password-file") && msg.contains("passwd:3: user \"carol\""), "{msg}");
 
-    // Without a grant the plugin sees no file at all.
+    // Without a grant the plugin would see no file at all: refused at
+    // load, naming the grant to add.
     let mut config = Config::default();
     config.listeners[0].bind = ([127, 0, 0, 1], 0).into();
     enable(&mut config, &file);
@@ -123,7 +124,8 @@ async fn a_malformed_file_stops_start_up_naming_the_line() {
         table.grants = None;
     }
     let err = moat::Server::bind(config).await.expect_err("refused");
-    assert!(err.to_string().contains("cannot read"), "{err}");
+    let dir = file.parent().and_then(|d| d.canonicalize().ok()).expect("the file's directory");
+    assert!(err.to_string().contains(&format!("grants.read = [\"{}\"]", dir.display())), "{err}");
 }
 
 #[test]
@@ -192,4 +194,41 @@ async fn shipped_password_file_and_acl_together_confine_each_user() {
     assert_eq!(publish_qos1(&mut alice, "users/alice/status", false).await, PubAckReason::Success);
     assert_eq!(alice.publish().await.topic, "users/alice/status");
     assert_eq!(publish_qos1(&mut alice, "users/bob/status", false).await, PubAckReason::NotAuthorized);
+}
+
+/// A relative `config.file` is resolved like the relative grant beside
+/// it, against the config file's directory; a file outside every granted
+/// directory stops the start with the grant to write, and file errors read
+/// as the host's ("No such file or directory", not WASI's errno).
+#[tokio::test]
+async fn relative_files_resolve_against_the_config_file_like_grants() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("auth")).expect("mkdir");
+    let file = dir.path().join("auth").join("passwd");
+    moat::passwd::set_entry(&file, "alice", &moat::passwd::argon2id(b"s3cret").expect("hash")).expect("write");
+    let path = dir.path().join("moat.toml");
+    let table =
+        "[plugins.password-file]\nconfig.file = \"auth/passwd\"\ngrants.read = [\"auth\"]\nlimits.timeout_ms = 5000\n";
+    std::fs::write(&path, format!("[[listeners]]\nbind = \"127.0.0.1:0\"\n\n{table}")).expect("config");
+    let loaded = Config::load(&path).expect("valid config");
+    let broker = TestBroker::with(|c| {
+        c.plugins = loaded.plugins.clone();
+        c.listeners[0].allow_anonymous = Anonymous::Never;
+    })
+    .await;
+    assert_eq!(connack(&broker, Some(("alice", "s3cret"))).await, ConnectReturnCode::Success);
+    assert_eq!(connack(&broker, Some(("alice", "wrong"))).await, ConnectReturnCode::BadUserNamePassword);
+
+    let run = |config: &str| {
+        std::fs::write(&path, format!("[[listeners]]\nbind = \"127.0.0.1:0\"\n\n{config}")).expect("config");
+        let out = crate::cli::moat().arg("--config").arg(&path).output().expect("run moat");
+        assert_eq!(out.status.code(), Some(64), "refused at start-up");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let auth = dir.path().join("auth").canonicalize().expect("canonical");
+    let stderr = run("[plugins.password-file]\nconfig.file = \"auth/passwd\"\n");
+    assert!(stderr.contains(&format!("grants.read = [\"{}\"]", auth.display())), "{stderr}");
+    let stderr = run("[plugins.password-file]\nconfig.file = \"auth/missing\"\ngrants.read = [\"auth\"]\n");
+    assert!(stderr.contains(&format!("cannot read {}: No such file or directory", auth.join("missing").display())));
+    assert!(!stderr.contains("os error"), "{stderr}");
 }

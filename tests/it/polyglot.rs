@@ -289,3 +289,17 @@ async fn js_transformer_wraps_payloads_in_an_envelope_on_its_filter_only() {
     assert_eq!(&p.payload[..], b"21.5");
     assert_eq!(properties(&p).content_type, None);
 }
+
+/// What a Python plugin `print`s and a JavaScript plugin `console.log`s
+/// reaches the broker's log: each example says how much it loaded in its
+/// `init`, counted as a line of output logged.
+#[tokio::test]
+async fn python_print_and_javascript_console_log_reach_the_log() {
+    for name in ["py_acl", "js_auth"] {
+        warm_cache(name);
+        let host = PluginHost::with_disk_cache(&cache_dir()).expect("plugin engine");
+        let set = host.load_dir(stage(name, None).path()).expect("loads");
+        let stats = set.plugins()[0].stats().snapshot();
+        assert_eq!((stats.output_lines, stats.output_dropped), (1, 0), "{name}: {stats:?}");
+    }
+}

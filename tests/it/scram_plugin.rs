@@ -126,12 +126,17 @@ async fn expect_auth(raw: &mut Raw, reason: u8) -> Vec<u8> {
 /// A broker whose `scram` plugin reads its credentials file from a granted
 /// directory.
 async fn broker() -> (TestBroker, (moat::plugin::fixtures::StagedDir, tempfile::TempDir)) {
+    broker_with("").await
+}
+
+/// [`broker`], with `more` appended to the plugin's sidecar.
+async fn broker_with(more: &str) -> (TestBroker, (moat::plugin::fixtures::StagedDir, tempfile::TempDir)) {
     let secrets = tempfile::tempdir().expect("tempdir");
     let file = secrets.path().join("scram.txt");
     let lines = format!("# made by the test\n{}\n", entry("alice", "correct horse", b"0123456789abcdef"));
     std::fs::write(&file, lines).expect("credentials file");
     let sidecar = format!(
-        "[config]\nfile = {:?}\n[grants]\nread = [{:?}]\n",
+        "[config]\nfile = {:?}\n[grants]\nread = [{:?}]\n{more}",
         file.to_str().expect("utf-8 temp path"),
         secrets.path().to_str().expect("utf-8 temp path")
     );
@@ -239,5 +244,54 @@ async fn interleaved_exchanges_each_keep_their_own_instance() {
         let (kind, body) = raw.read_packet().await;
         assert_eq!((kind, body[1]), (0x20, 0), "CONNACK success");
         assert!(client.verifies(&auth_of(properties(&body[2..])).1.expect("server-final")));
+    }
+}
+
+/// Each exchange holds a plugin instance between its steps; beyond the
+/// plugin's `limits.exchanges` a new one is refused with Quota Exceeded at
+/// once (not queued), and a finished or abandoned exchange gives its place
+/// back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchanges_beyond_the_plugins_cap_are_refused_with_quota_exceeded() {
+    let (broker, _dir) = broker_with("[limits]\nexchanges = 2\ntimeout_ms = 1000\n").await;
+    let start = |n: usize| {
+        let broker = &broker;
+        async move {
+            let (client, first) = Scram::first("alice", "correct horse", &format!("nonce-{n}"));
+            let mut raw = broker.raw().await;
+            raw.send(&connect_v5_with(&format!("x-{n}"), None, None, &auth_properties(METHOD, Some(&first)))).await;
+            (raw, client)
+        }
+    };
+    let mut open = Vec::new();
+    for n in 0..2 {
+        let (mut raw, client) = start(n).await;
+        let server_first = expect_auth(&mut raw, 0x18).await;
+        open.push((raw, client, server_first));
+    }
+    let (mut third, _) = start(2).await;
+    assert_eq!(third.read_to_close().await[..4], [0x20, 3, 0, 0x97], "a third exchange is refused");
+
+    // One finishes, one is abandoned: both places come back.
+    let (mut raw, mut client, server_first) = open.remove(0);
+    raw.send(&auth_packet(0x18, &client.last(&server_first))).await;
+    assert_eq!(raw.read_packet().await.1[1], 0, "CONNACK success");
+    drop(open);
+    // The abandoned place comes back once the broker reads the close.
+    let deadline = tokio::time::Instant::now() + crate::harness::WAIT;
+    let mut held = Vec::new();
+    let mut n = 3;
+    while held.len() < 2 {
+        let (mut raw, _) = start(n).await;
+        n += 1;
+        let (kind, body) = raw.read_packet().await;
+        if kind == 0x20 {
+            assert_eq!(body[1], 0x97, "refused only for want of a place");
+            assert!(tokio::time::Instant::now() < deadline, "the places never came back");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        }
+        assert_eq!((kind, body[0]), (0xF0, 0x18), "an exchange starts");
+        held.push(raw);
     }
 }

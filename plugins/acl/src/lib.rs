@@ -95,11 +95,7 @@ impl Acl {
             if !path.starts_with('/') {
                 return Err(format!("acl_file `{path}` must be an absolute path"));
             }
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                format!(
-                    "cannot read acl_file {path}: {e} (grant its directory in the sidecar: [grants] read = [\"/dir\"])"
-                )
-            })?;
+            let text = read_file(path).map_err(|e| format!("acl_file: {e}"))?;
             mosquitto::parse(&text, &mut rules).map_err(|e| format!("acl_file {path} {e}"))?;
         }
         if rules.is_empty() {
@@ -132,9 +128,11 @@ impl Plugin for Acl {
         // that merely claimed one is anonymous here.
         match self.rules.check(client.verified_username(), &client.client_id, op, topic) {
             Answer::Allow => Decision::Allow(self.cache_ms),
-            Answer::Denied(rule) => Decision::Deny(format!("{action:?} on {topic} denied by rule `{rule}`")),
+            Answer::Denied(rule) => {
+                Decision::Deny(format!("{} {topic} is denied by the rule `deny {rule}`", action.doing()))
+            }
             Answer::NoGrant => match self.no_match {
-                NoMatch::Deny => Decision::Deny(format!("no rule grants {action:?} on {topic}")),
+                NoMatch::Deny => Decision::Deny(format!("no rule allows {} {topic}", action.doing())),
                 NoMatch::Ignore => Decision::Ignore,
             },
         }

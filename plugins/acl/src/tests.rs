@@ -75,6 +75,30 @@ fn deny_wins_over_any_grant() {
     assert!(matches!(&d, Decision::Deny(why) if why.contains("sensors/secret")), "{d:?}");
 }
 
+/// The broker logs a plugin's reason as it is: a sentence, not Rust's
+/// Debug formatting of the action.
+#[test]
+fn reasons_read_as_sentences() {
+    let mut p = acl(INLINE);
+    let alice = who(Some("alice"), "x");
+    let reason = |d: Decision| match d {
+        Decision::Deny(why) => why,
+        other => panic!("a denial, not {other:?}"),
+    };
+    assert_eq!(
+        reason(p.authorize(&alice, Action::Publish, "sensors/secret", QoS::AtMostOnce, false)),
+        "publishing to sensors/secret is denied by the rule `deny sensors/secret`"
+    );
+    assert_eq!(
+        reason(p.authorize(&alice, Action::Subscribe, "elsewhere/#", QoS::AtMostOnce, false)),
+        "no rule allows subscribing to elsewhere/#"
+    );
+    assert_eq!(
+        reason(p.authorize(&alice, Action::Will, "elsewhere/gone", QoS::AtMostOnce, false)),
+        "no rule allows a will message to elsewhere/gone"
+    );
+}
+
 #[test]
 fn a_subscription_needs_a_read_rule_covering_the_whole_filter() {
     let mut p = acl(INLINE);

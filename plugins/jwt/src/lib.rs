@@ -158,9 +158,7 @@ fn filters(claims: &Map<String, Value>, claim: &str) -> Result<Vec<String>, Stri
 
 impl Plugin for Jwt {
     fn init(config: Config) -> Result<(Self, Manifest), String> {
-        Jwt::from_config(&config, &|path| {
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e} (is its directory granted?)"))
-        })
+        Jwt::from_config(&config, &read_file)
     }
 
     fn authenticate(&mut self, _client: &ClientInfo, credentials: &Credentials) -> AuthOutcome {
@@ -221,7 +219,7 @@ impl Plugin for Jwt {
         if allowed {
             Decision::Allow(ttl_ms)
         } else {
-            Decision::Deny(format!("token does not allow {action:?} on {topic}"))
+            Decision::Deny(format!("the client's token does not allow {} {topic}", action.doing()))
         }
     }
 }

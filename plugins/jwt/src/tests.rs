@@ -276,6 +276,10 @@ fn claims_become_topic_permissions() {
     assert!(allows(&mut p, &alice, Action::Will, "telemetry/dev1"));
     assert!(!allows(&mut p, &alice, Action::Publish, "users/bob/x"));
     assert!(!allows(&mut p, &alice, Action::Publish, "telemetry/dev2"));
+    match p.authorize(&alice, Action::Publish, "telemetry/dev2", QoS::AtMostOnce, false) {
+        Decision::Deny(why) => assert_eq!(why, "the client's token does not allow publishing to telemetry/dev2"),
+        other => panic!("a denial, not {other:?}"),
+    }
     assert!(allows(&mut p, &alice, Action::Subscribe, "commands/alice/+"));
     assert!(allows(&mut p, &alice, Action::Subscribe, "commands/alice/reboot"));
     assert!(!allows(&mut p, &alice, Action::Subscribe, "commands/alice/#"));

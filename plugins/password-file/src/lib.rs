@@ -125,9 +125,7 @@ impl Plugin for PasswordFile {
         let Some(file) = config.str("file") else {
             return Err("`file` (the password file's absolute path) is required".into());
         };
-        let text = std::fs::read_to_string(file).map_err(|e| {
-            format!("cannot read {file}: {e} (is its directory granted to the plugin with `grants.read`?)")
-        })?;
+        let text = read_file(file)?;
         let users = PasswordFile::parse(file, &text)?;
         if let Some(warning) = users.fast_entries_warning(file) {
             log(Level::Warn, &warning);

@@ -98,9 +98,7 @@ fn read_file(path: &str) -> Result<Document, String> {
     if !path.starts_with('/') {
         return Err(format!("file `{path}` must be an absolute path"));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        format!("cannot read {path}: {e} (grant its directory in the sidecar: [grants] read = [\"/dir\"])")
-    })?;
+    let text = moat_plugin_sdk::read_file(path).map_err(|e| format!("file: {e}"))?;
     if path.ends_with(".toml") {
         toml::from_str(&text).map_err(|e| format!("{path}: {e}"))
     } else if path.ends_with(".json") {
@@ -163,7 +161,9 @@ impl Plugin for Rbac {
         };
         match self.model.decide(client, &self.role_attribute, op, topic) {
             Some((true, _)) => Decision::Allow(self.cache_ms),
-            Some((false, rule)) => Decision::Deny(format!("{action:?} on {topic} denied by `{rule}`")),
+            Some((false, rule)) => {
+                Decision::Deny(format!("{} {topic} is denied by a deny permission on `{rule}`", action.doing()))
+            }
             None => {
                 let d = &self.model.defaults;
                 let fallback = match op {
@@ -173,7 +173,9 @@ impl Plugin for Rbac {
                 };
                 match fallback {
                     Fallback::Allow => Decision::Allow(self.cache_ms),
-                    Fallback::Deny => Decision::Deny(format!("no permission matches {action:?} on {topic}")),
+                    Fallback::Deny => {
+                        Decision::Deny(format!("no permission of the client's roles covers {} {topic}", action.doing()))
+                    }
                     Fallback::Ignore => Decision::Ignore,
                 }
             }

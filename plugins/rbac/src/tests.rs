@@ -180,6 +180,12 @@ fn defaults_are_explicit() {
     for action in [Action::Publish, Action::Subscribe, Action::Receive, Action::Retained, Action::Will] {
         assert!(matches!(p.authorize(&c, action, "a", QoS::AtMostOnce, false), Decision::Deny(_)), "{action:?}");
     }
+    match p.authorize(&c, Action::Retained, "a", QoS::AtMostOnce, false) {
+        Decision::Deny(why) => {
+            assert_eq!(why, "no permission of the client's roles covers receiving the retained message of a");
+        }
+        other => panic!("a denial, not {other:?}"),
+    }
     let mut p = rbac(r#"{"defaults":{"receive":"allow","publish":"ignore"}}"#);
     assert!(allowed(&mut p, &c, Action::Receive, "a"));
     assert!(matches!(p.authorize(&c, Action::Publish, "a", QoS::AtMostOnce, false), Decision::Ignore));

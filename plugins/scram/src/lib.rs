@@ -47,9 +47,7 @@ pub struct Scram {
 
 impl Plugin for Scram {
     fn init(config: Config) -> Result<(Self, Manifest), String> {
-        let store = Store::from_config(&config, &|path| {
-            std::fs::read_to_string(path).map_err(|e| format!("cannot read {path}: {e} (is its directory granted?)"))
-        })?;
+        let store = Store::from_config(&config, &read_file)?;
         Ok((Scram { store, pending: None }, Manifest::new().authenticate()))
     }
 

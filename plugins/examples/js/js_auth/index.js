@@ -11,6 +11,15 @@
 // `password-file` plugin (salted PBKDF2 hashes).
 import host from "moat:plugin/host@0.1.0";
 
+// QuickJS has no `console`; this one writes to the broker's log through
+// `host.log`, tagged with the plugin's name (like a Rust or Python
+// plugin's stdout and stderr).
+globalThis.console = {
+  log: (...args) => host.log("info", args.join(" ")),
+  warn: (...args) => host.log("warn", args.join(" ")),
+  error: (...args) => host.log("error", args.join(" ")),
+};
+
 let users = new Map();
 let roles = new Map();
 
@@ -48,7 +57,8 @@ export const lifecycle = {
     const clear = table(config, "users");
     users = new Map([...clear].map(([name, pw]) => [name, utf8Encode(pw)]));
     roles = table(config, "roles");
-    host.log("info", `js_auth: ${users.size} users`);
+    // What a plugin prints goes to the broker's log, tagged with its name.
+    console.log(`js_auth: ${users.size} users`);
     return { hooks: ["authenticate"], transformFilters: [] };
   },
 };

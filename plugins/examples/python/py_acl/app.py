@@ -136,6 +136,8 @@ class Lifecycle(exports.Lifecycle):
         if no_match not in ("deny", "ignore"):
             raise Err('no_match: must be "deny" or "ignore"')
         IGNORE_NO_MATCH = no_match == "ignore"
+        # What a plugin prints goes to the broker's log, tagged with its name.
+        print(f"py_acl: {len(RULES)} rules")
         return lifecycle.Manifest(hooks=[lifecycle.Hook.AUTHORIZE], transform_filters=[])
 
 

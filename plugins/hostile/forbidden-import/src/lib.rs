@@ -1,4 +1,5 @@
-//! Hostile fixture: opens a network socket, so the component imports `wasi:sockets`, which the host does not offer.
+//! Hostile fixture: makes an outgoing HTTP request, so the component
+//! imports `wasi:http/outgoing-handler`, which the host does not offer.
 //!
 //! Behaves well (allow / pass) unless the user name is `evil` or the topic
 //! starts with `evil`, so tests can show that the next call after a
@@ -9,11 +10,13 @@ use moat_plugin_sdk::*;
 /// The hostile guest.
 pub struct Hostile;
 
-/// Reaches for the network; the import alone must make the host refuse it.
+/// Reaches for the web; the import alone must make the host refuse it.
 fn dial() -> String {
-    match std::net::TcpStream::connect(std::hint::black_box("127.0.0.1:1883")) {
-        Ok(_) => "connected".into(),
-        Err(e) => e.to_string(),
+    use wasip2::http::{outgoing_handler, types};
+    let request = types::OutgoingRequest::new(types::Fields::new());
+    match outgoing_handler::handle(request, None) {
+        Ok(_) => "sent".into(),
+        Err(e) => format!("{e:?}"),
     }
 }
 

@@ -32,12 +32,20 @@
 //! from the consumer's metadata ([`Queue::recover`]), and the new
 //! connection takes from the same consumer.
 //!
+//! **NATS away.** A session stays kept while its node is cut from NATS:
+//! what other nodes publish for it waits in JetStream, what its node
+//! publishes waits on the node (`outbound`), unacknowledged. When the
+//! connection is back, feeders pull again at once, and consumers that
+//! could not follow their sessions meanwhile are brought up to date
+//! before the node stores anything more ([`resync`]).
+//!
 //! Limits: messages published while a session becomes kept may arrive
 //! twice (QoS 1 allows it; QoS 2 should not), and messages queued on a
 //! node before its session was kept die with that node. A message
 //! JetStream delivers again (its acknowledgement was lost, or the client
 //! took longer than `redelivery_s`) is recognised by its stream sequence
-//! while the session still holds it, not after. A message JetStream sent
+//! while the session still holds it, and at QoS 2 after that too
+//! ([`crate::session::SessionState::jetstream_taken`]). A message JetStream sent
 //! towards a pull the moment its connection ended reaches the client only
 //! when it is delivered again, after `redelivery_s`.
 //!
@@ -61,9 +69,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::jetstream::{self, consumer, stream};
-use futures_util::StreamExt;
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -72,8 +79,14 @@ use super::{JETSTREAM_WAIT, envelope, hex};
 use crate::broker::Broker;
 use crate::codec::{QoS, TopicName};
 use crate::config::ClusterConfig;
-use crate::session::{Delivery, JetStreamAck, Session, SessionState, Subscription};
+use crate::session::{JetStreamAck, Session, SessionState};
 use crate::store::StoredSession;
+
+mod feeder;
+mod resync;
+mod share;
+
+use feeder::Feeder;
 
 /// Metadata key of the session record on a kept session's consumer.
 const SESSION_METADATA: &str = "moat-session";
@@ -108,6 +121,8 @@ pub(super) struct Queue {
     ack_wait: Duration,
     /// The stream, once set up.
     stream: Mutex<Option<stream::Stream>>,
+    /// The main NATS connection, once made.
+    client: std::sync::OnceLock<async_nats::Client>,
     /// Whether any session (on any node) is kept: only then does a
     /// publisher's acknowledgement wait for JetStream.
     wanted: AtomicBool,
@@ -122,7 +137,32 @@ pub(super) struct Queue {
     acks: mpsc::UnboundedSender<Answer>,
     /// Taken by [`Queue::run`].
     acks_rx: Mutex<Option<mpsc::UnboundedReceiver<Answer>>>,
+    /// Bumped each time the main NATS connection is made (and once the
+    /// stream is set up): feeders and share groups pull again at once,
+    /// and [`Queue::resync`] brings lagging consumers up to date.
+    connects: watch::Sender<u64>,
+    /// Sessions whose consumer could not be made to match them (JetStream
+    /// away or slow), by client id: a session kept already, whose consumer
+    /// now lags behind its subscriptions, so that this node stores no QoS
+    /// 1/2 message until it is brought up to date
+    /// ([`Queue::consumers_current`]), or one not kept yet, which queues
+    /// here meanwhile. [`Queue::resync`] tries them again.
+    lagging: Mutex<HashMap<Arc<str>, Lag>>,
 }
+
+/// A session whose consumer could not be made to match it.
+#[derive(Debug, Clone, Copy)]
+struct Lag {
+    /// Kept already (its consumer lags behind its subscriptions), or not
+    /// kept yet.
+    kept: bool,
+    /// Failed attempts made while NATS was there.
+    failures: u32,
+}
+
+/// Failed attempts, made while connected, after which a kept session whose
+/// consumer cannot be updated is no longer kept.
+const LAGGING_ATTEMPTS: u32 = 10;
 
 /// What a node tells JetStream of a message it delivered: on this reply
 /// subject, that it was handled (`true`) or given back.
@@ -147,12 +187,26 @@ impl Queue {
             prefix: prefix.clone(),
             ack_wait: Duration::from_secs(u64::from(config.redelivery_s)),
             stream: Mutex::new(None),
+            client: std::sync::OnceLock::new(),
             wanted: AtomicBool::new(false),
             set_ups_begun: AtomicU64::new(0),
             set_ups_done: AtomicU64::new(0),
             acks,
             acks_rx: Mutex::new(Some(acks_rx)),
+            connects: watch::Sender::new(0),
+            lagging: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The main NATS connection was made (again).
+    pub(super) fn connected(&self) {
+        self.connects.send_modify(|n| *n += 1);
+    }
+
+    /// Whether every kept session's consumer matches its subscriptions, so
+    /// that what JetStream stores now reaches whom it should.
+    pub(super) fn consumers_current(&self) -> bool {
+        !self.lagging.lock().values().any(|lag| lag.kept)
     }
 
     /// Sets up the stream, retrying while JetStream is away, then keeps
@@ -161,6 +215,7 @@ impl Queue {
         if let Some(acks) = self.acks_rx.lock().take() {
             broker.tasks.spawn(acknowledge(client.clone(), acks, broker.shutdown.clone()));
         }
+        let _ = self.client.set(client.clone());
         let js = jetstream::new(client);
         let what = format!("stream {} for persistent sessions", self.config.name);
         let without = "each node queues for its own until it is back";
@@ -168,6 +223,8 @@ impl Queue {
         let Some(stream) = super::set_up(&broker, &what, without, creating).await else { return };
         info!(stream = %self.config.name, "cluster: persistent sessions are kept in JetStream");
         *self.stream.lock() = Some(stream.clone());
+        // Sessions that came while there was no stream are kept now.
+        self.connected();
         self.watch_consumers(stream, &broker).await;
     }
 
@@ -265,6 +322,13 @@ impl Queue {
     ) -> Result<consumer::Consumer<consumer::pull::Config>, async_nats::Error> {
         self.set_ups_begun.fetch_add(1, Ordering::AcqRel);
         self.wanted.store(true, Ordering::Release);
+        // Not asked while disconnected: the client would hold the request
+        // and send it once reconnected, making the consumer after this
+        // node gave up on it (and queued for the session itself).
+        if self.client.get().is_none_or(|c| c.connection_state() != async_nats::connection::State::Connected) {
+            self.set_ups_done.fetch_add(1, Ordering::AcqRel);
+            return Err("not connected to NATS".into());
+        }
         let created = tokio::time::timeout(JETSTREAM_WAIT, stream.create_consumer(config)).await;
         self.set_ups_done.fetch_add(1, Ordering::AcqRel);
         Ok(created.map_err(|_| "JetStream did not answer")??)
@@ -284,6 +348,7 @@ impl Queue {
             (state.parking, config, state.kept)
         };
         let Some(config) = config else {
+            self.lagging.lock().remove(session.client_id());
             if was {
                 {
                     let mut state = session.lock();
@@ -299,11 +364,9 @@ impl Queue {
         };
         let consumer = match self.set_consumer(&stream, config).await {
             Ok(consumer) => consumer,
-            Err(e) => {
-                warn!(error = %e, "cluster: session not kept in JetStream; this node queues for it");
-                return was;
-            }
+            Err(e) => return self.lags(session, &e),
         };
+        self.lagging.lock().remove(session.client_id());
         let mut state = session.lock();
         // Handed over to another node meanwhile.
         if state.parking != epoch {
@@ -317,6 +380,44 @@ impl Queue {
             broker.tasks.spawn(feeder.run(consumer, broker.clone()));
         }
         true
+    }
+
+    /// `session`'s consumer could not be made to match it (`error`):
+    /// remembered for [`Queue::resync`]. Returns whether the session stays
+    /// kept: a kept session does, until its consumer failed
+    /// [`LAGGING_ATTEMPTS`] times while NATS was there; then it queues on
+    /// its node like one never kept, rather than hold this node's QoS 1/2
+    /// publishers for ever.
+    fn lags(&self, session: &Session, error: &async_nats::Error) -> bool {
+        let connected =
+            self.client.get().is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected);
+        let kept = session.lock().kept;
+        let mut lagging = self.lagging.lock();
+        let first = !lagging.contains_key(session.client_id());
+        let lag = lagging.entry(session.client_id().clone()).or_insert(Lag { kept, failures: 0 });
+        lag.kept = kept;
+        lag.failures += u32::from(connected);
+        if kept && lag.failures >= LAGGING_ATTEMPTS {
+            *lag = Lag { kept: false, failures: 0 };
+            drop(lagging);
+            let mut state = session.lock();
+            state.kept = false;
+            if let Some(feeding) = state.feeding.take() {
+                feeding.cancel();
+            }
+            warn!(%error, "cluster: a kept session's consumer cannot be updated; its node queues for it until it can");
+            return false;
+        }
+        match (first, kept) {
+            (true, true) => {
+                warn!(%error, "cluster: a kept session's consumer not updated; QoS 1/2 messages wait until it is")
+            }
+            (true, false) => {
+                warn!(%error, "cluster: session not kept in JetStream yet; this node queues for it meanwhile")
+            }
+            _ => debug!(%error, "cluster: a session's consumer still not updated"),
+        }
+        kept
     }
 
     /// The connection of kept `session` ended with a new session expiry:
@@ -361,6 +462,7 @@ impl Queue {
     /// Deletes the consumer of `client_id`'s session, if any, in the
     /// background: the session ended, or a clean start drops what it kept.
     pub(super) fn forget(&self, client_id: &str, broker: &Broker) {
+        self.lagging.lock().remove(client_id);
         let Some(stream) = self.stream() else { return };
         let name = consumer_name(client_id);
         broker.tasks.spawn(async move {
@@ -380,148 +482,6 @@ impl Queue {
     /// share group), rather than after `redelivery_s`.
     pub(super) fn give_back(&self, ack: &JetStreamAck) {
         let _ = self.acks.send((ack.reply.clone(), false));
-    }
-
-    /// Serves share group `group` of `filter` from its consumer until
-    /// `stop` (this node's last member of it left): sets the consumer up
-    /// once the stream is, raises `durable` while it is (QoS 1/2 messages
-    /// then reach the group from the consumer only, not through its NATS
-    /// queue group), and takes messages while a member is online here.
-    /// JetStream spreads them over the nodes that take.
-    pub(super) async fn share(
-        self: Arc<Self>,
-        filter: Box<str>,
-        group: Box<str>,
-        durable: Arc<AtomicBool>,
-        stop: CancellationToken,
-        broker: Arc<Broker>,
-    ) {
-        let mut failures = 0;
-        loop {
-            if let Some(stream) = self.stream() {
-                let config = self.share_config(&filter, &group, &broker);
-                match stop.run_until_cancelled(self.set_consumer(&stream, config)).await {
-                    None => break,
-                    Some(Ok(consumer)) => {
-                        failures = 0;
-                        durable.store(true, Ordering::Release);
-                        if self.serve_share(&consumer, &filter, &group, &stop, &broker).await.is_none() {
-                            break;
-                        }
-                    }
-                    Some(Err(e)) => {
-                        durable.store(false, Ordering::Release);
-                        if failures == 0 {
-                            warn!(error = %e, %group, %filter, "cluster: share group not kept in JetStream; NATS spreads its messages, at most once, meanwhile");
-                        }
-                    }
-                }
-            }
-            failures += 1;
-            if stop.run_until_cancelled(tokio::time::sleep(super::setup_retry_delay(failures))).await.is_none() {
-                break;
-            }
-        }
-        durable.store(false, Ordering::Release);
-    }
-
-    /// The consumer of share group `group` of `filter`. It outlives the
-    /// last node pulling from it by the longest session expiry among the
-    /// members here, at least [`SHARE_IDLE_MIN`].
-    fn share_config(&self, filter: &str, group: &str, broker: &Broker) -> consumer::pull::Config {
-        let expiry = broker.router.share_members(filter, group).iter().map(|s| s.lock().expiry_s).max().unwrap_or(0);
-        consumer::pull::Config {
-            durable_name: Some(share_consumer_name(filter, group)),
-            description: Some("moat: a share group".to_owned()),
-            filter_subjects: disjoint(self.subjects.filter(filter), |p| branch(&self.prefix, p)),
-            deliver_policy: consumer::DeliverPolicy::New,
-            ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: self.ack_wait,
-            max_ack_pending: SHARE_ACK_PENDING,
-            inactive_threshold: match expiry {
-                u32::MAX => Duration::ZERO,
-                s => Duration::from_secs(u64::from(s)).max(SHARE_IDLE_MIN),
-            },
-            ..consumer::pull::Config::default()
-        }
-    }
-
-    /// Takes share group messages from `consumer` while a member is online
-    /// here. `None` once stopped; `Some` when the consumer failed (it is
-    /// set up again).
-    async fn serve_share(
-        &self,
-        consumer: &consumer::Consumer<consumer::pull::Config>,
-        filter: &str,
-        group: &str,
-        stop: &CancellationToken,
-        broker: &Broker,
-    ) -> Option<()> {
-        loop {
-            if !broker.router.share_member(filter, group).is_some_and(|m| m.session.lock().online) {
-                stop.run_until_cancelled(tokio::time::sleep(SHARE_PULL)).await?;
-                continue;
-            }
-            let pulling = consumer.batch().max_messages(SHARE_BATCH).expires(SHARE_PULL).messages();
-            let mut batch = match stop.run_until_cancelled(pulling).await? {
-                Ok(batch) => batch,
-                Err(e) => {
-                    debug!(error = %e, "cluster: cannot take a share group's messages; again");
-                    return Some(());
-                }
-            };
-            while let Some(next) = stop.run_until_cancelled(batch.next()).await? {
-                match next {
-                    Ok(message) => self.take_shared(message, filter, group, broker),
-                    Err(e) => {
-                        debug!(error = %e, "cluster: taking a share group's messages failed; again");
-                        return Some(());
-                    }
-                }
-            }
-        }
-    }
-
-    /// Queues one QoS 1/2 message from a share group's consumer for an
-    /// online member, acknowledged to JetStream once its client has it;
-    /// gives it back when no member here can take it now.
-    fn take_shared(&self, message: jetstream::Message, filter: &str, group: &str, broker: &Broker) {
-        let Some(Pulled { ack, delivered, published }) = Pulled::of(&message) else { return };
-        // QoS 0 messages reach share groups through NATS queue groups.
-        let Some(message) = self.decode(message.message, published).filter(|m| m.qos != QoS::AtMostOnce) else {
-            self.acknowledge(&ack);
-            return;
-        };
-        if delivered > 1 && broker.router.share_members(filter, group).iter().any(|s| redelivered(&mut s.lock(), &ack))
-        {
-            return;
-        }
-        let Some(member) = broker.router.share_member(filter, group) else {
-            self.give_back(&ack);
-            return;
-        };
-        let qos = message.qos.min(member.qos);
-        let delivery = Delivery {
-            retain: message.retain && member.retain_as_published,
-            message: Arc::new(message),
-            qos,
-            subscription_ids: member.id.into_iter().collect(),
-            stored: None,
-            // Granted QoS 0: handled once queued.
-            jetstream: (qos != QoS::AtMostOnce).then(|| Box::new(ack.clone())),
-            share: member.share.clone(),
-        };
-        let mut state = member.session.lock();
-        if !(state.online && state.push(delivery)) {
-            drop(state);
-            self.give_back(&ack);
-            return;
-        }
-        drop(state);
-        member.session.wake();
-        if qos == QoS::AtMostOnce {
-            self.acknowledge(&ack);
-        }
     }
 
     /// The message a node published, as stored `published` (its expiry
@@ -570,130 +530,6 @@ async fn acknowledge(client: async_nats::Client, mut acks: mpsc::UnboundedReceiv
     }
 }
 
-/// Takes a kept session's messages from its consumer while its connection
-/// is attached.
-struct Feeder {
-    queue: Arc<Queue>,
-    session: Arc<Session>,
-    /// Messages asked for at once: the client's window.
-    window: usize,
-    /// Cancelled when the connection ends (or the session is no longer
-    /// kept).
-    stop: CancellationToken,
-}
-
-impl Feeder {
-    /// Pulls from `consumer` until stopped, starting over (after a pause)
-    /// whenever the pull ends or fails, as it does while JetStream is away.
-    async fn run(self, consumer: consumer::Consumer<consumer::pull::Config>, broker: Arc<Broker>) {
-        let mut failures = 0;
-        loop {
-            let pulling = consumer.stream().max_messages_per_batch(self.window).heartbeat(FEED_HEARTBEAT).messages();
-            match self.stop.run_until_cancelled(pulling).await {
-                None => return,
-                Some(Ok(mut messages)) => {
-                    while let Some(Some(next)) = self.stop.run_until_cancelled(messages.next()).await {
-                        match next {
-                            Ok(message) => {
-                                failures = 0;
-                                self.take_in(message, &broker);
-                            }
-                            Err(e) => {
-                                debug!(error = %e, "cluster: taking a kept session's messages failed; again");
-                                break;
-                            }
-                        }
-                    }
-                }
-                Some(Err(e)) => debug!(error = %e, "cluster: cannot take a kept session's messages; again"),
-            }
-            failures += 1;
-            let pause = super::setup_retry_delay(failures);
-            if self.stop.run_until_cancelled(tokio::time::sleep(pause)).await.is_none() {
-                return;
-            }
-        }
-    }
-
-    /// Queues one message from the consumer for the session, or
-    /// acknowledges it at once when the session has no use for it.
-    fn take_in(&self, message: jetstream::Message, broker: &Broker) {
-        let Some(Pulled { ack, delivered, published }) = Pulled::of(&message) else { return };
-        let own = message
-            .message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(envelope::CLIENT_HEADER))
-            .is_some_and(|c| c.as_str() == &**self.session.client_id());
-        let decoded = self.queue.decode(message.message, published);
-        let mut state = self.session.lock();
-        if delivered > 1 && redelivered(&mut state, &ack) {
-            return;
-        }
-        let Some(mut delivery) = decoded.and_then(|m| self::delivery(Arc::new(m), &state.subscriptions, own)) else {
-            drop(state);
-            broker.acknowledged(&ack);
-            return;
-        };
-        delivery.jetstream = Some(Box::new(ack));
-        if state.push(delivery) {
-            drop(state);
-            self.session.wake();
-        } else {
-            debug!("cluster: a kept session's queue is full; JetStream delivers the message again later");
-        }
-    }
-}
-
-/// Whether the session still holds the message JetStream delivered again
-/// as `ack` (its acknowledgement was lost, or the client is slow): if so,
-/// it is acknowledged with the new delivery's subject when its time comes.
-fn redelivered(state: &mut SessionState, ack: &JetStreamAck) -> bool {
-    let state = &mut *state;
-    let held = state.inflight.iter_mut().map(|i| &mut i.delivery).chain(state.pending.iter_mut());
-    for delivery in held {
-        if let Some(mine) = delivery.jetstream.as_mut().filter(|j| j.seq == ack.seq) {
-            mine.reply = ack.reply.clone();
-            return true;
-        }
-    }
-    false
-}
-
-/// The delivery of `message` to a session with `subscriptions`, as the
-/// router would make it (with No Local applied when the session's own
-/// client published it: `own`); `None` unless some non-shared
-/// subscription matches at QoS 1 or 2.
-fn delivery(
-    message: Arc<crate::router::Message>,
-    subscriptions: &HashMap<crate::codec::TopicFilter, Subscription>,
-    own: bool,
-) -> Option<Delivery> {
-    let mut granted = None;
-    let (mut retain, mut ids) = (false, Vec::new());
-    for (filter, sub) in subscriptions {
-        if filter.share_group().is_some()
-            || (own && sub.options.no_local)
-            || !crate::codec::topic::filter_matches(filter.filter(), message.topic.as_str())
-        {
-            continue;
-        }
-        granted = granted.max(Some(sub.options.qos));
-        retain |= sub.options.retain_as_published;
-        ids.extend(sub.id);
-    }
-    let qos = message.qos.min(granted?);
-    (qos != QoS::AtMostOnce).then(|| Delivery {
-        retain: message.retain && retain,
-        message,
-        qos,
-        subscription_ids: ids,
-        stored: None,
-        jetstream: None,
-        share: None,
-    })
-}
-
 /// The branch wildcard (`{prefix}.t.>` or `{prefix}.d.>`) over `pattern`.
 fn branch(prefix: &str, pattern: &str) -> String {
     let rest = pattern.strip_prefix(prefix).and_then(|r| r.strip_prefix('.')).unwrap_or(pattern);
@@ -727,7 +563,6 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{Properties, SubscriptionOptions, TopicFilter};
 
     #[test]
     fn hex_round_trips_and_refuses_garbage() {
@@ -746,37 +581,5 @@ mod tests {
     fn branches_cover_their_patterns() {
         assert_eq!(branch("acme.moat", "acme.moat.t.a.*"), "acme.moat.t.>");
         assert_eq!(branch("moat", "moat.d.$SYS"), "moat.d.>");
-    }
-
-    #[test]
-    fn a_taken_message_is_delivered_as_the_router_would() {
-        let sub = |qos, id, rap| Subscription {
-            options: SubscriptionOptions { qos, retain_as_published: rap, ..SubscriptionOptions::default() },
-            id,
-        };
-        let subscriptions = HashMap::from([
-            (TopicFilter::new("a/#").expect("valid"), sub(QoS::AtLeastOnce, Some(1), false)),
-            (TopicFilter::new("a/+").expect("valid"), sub(QoS::ExactlyOnce, Some(2), true)),
-            (TopicFilter::new("$share/g/a/b").expect("valid"), sub(QoS::ExactlyOnce, Some(3), true)),
-            (TopicFilter::new("zero/#").expect("valid"), sub(QoS::AtMostOnce, None, false)),
-        ]);
-        let message = |topic: &str, qos| {
-            let topic = TopicName::new(topic).expect("valid");
-            Arc::new(crate::router::Message::new(topic, bytes::Bytes::new(), qos, true, &Properties::default()))
-        };
-        let d = delivery(message("a/b", QoS::ExactlyOnce), &subscriptions, false).expect("matches");
-        let mut ids = d.subscription_ids.clone();
-        ids.sort_unstable();
-        assert_eq!((d.qos, d.retain, ids), (QoS::ExactlyOnce, true, vec![1, 2]));
-        let d = delivery(message("a/b/c", QoS::ExactlyOnce), &subscriptions, false).expect("matches");
-        assert_eq!((d.qos, d.retain, d.subscription_ids), (QoS::AtLeastOnce, false, vec![1]));
-        assert!(delivery(message("zero/1", QoS::AtLeastOnce), &subscriptions, false).is_none(), "granted QoS 0");
-        assert!(delivery(message("a/b", QoS::AtMostOnce), &subscriptions, false).is_none(), "published at QoS 0");
-        assert!(delivery(message("b", QoS::AtLeastOnce), &subscriptions, false).is_none());
-        let mut mine = sub(QoS::AtLeastOnce, Some(4), false);
-        mine.options.no_local = true;
-        let subscriptions = HashMap::from([(TopicFilter::new("own/#").expect("valid"), mine)]);
-        assert!(delivery(message("own/1", QoS::AtLeastOnce), &subscriptions, true).is_none(), "No Local");
-        assert!(delivery(message("own/1", QoS::AtLeastOnce), &subscriptions, false).is_some());
     }
 }
