@@ -399,15 +399,7 @@ impl Broker {
     /// connection was attached to that session.
     pub fn kick(&self, client_id: &str) -> bool {
         let Some(session) = self.sessions.get(client_id) else { return false };
-        let mut state = session.lock();
-        match (&state.kick, state.online) {
-            (Some(kick), true) => {
-                kick.cancel();
-                state.kicked_by_admin = true;
-                true
-            }
-            _ => false,
-        }
+        session.kick(true)
     }
 
     /// Attaches a connection to the session of `client_id`.
@@ -582,8 +574,9 @@ impl Broker {
         let (kept, expiry_changed) = {
             let mut state = session.lock();
             state.online = false;
-            state.kick = None;
-            state.connection = None;
+            state.kickable = false;
+            state.connected_since = None;
+            session.forget_connection();
             let expiry_changed = std::mem::replace(&mut state.expiry_s, expiry_s) != expiry_s;
             state.timers = Some(timers.clone());
             if let Some(feeding) = state.feeding.take() {

@@ -19,7 +19,7 @@ use crate::codec::{
 };
 use crate::config::ListenerConfig;
 use crate::metrics::{Limit, LocalCounts, Refusal};
-use crate::session::{ConnectionInfo, Owner};
+use crate::session::Owner;
 use crate::transport::Peer;
 use crate::untrusted::Untrusted;
 
@@ -125,20 +125,16 @@ where
         // Set while online too: it decides whether queued messages are stored.
         session.expiry_s = session_expiry_s;
         session.owner = Some(owner.clone());
-        session.connection = Some(ConnectionInfo {
-            username: client.username.clone(),
-            claimed_username: client.claimed_username.clone(),
-            peer: peer.addr,
-            listener: listener.name.clone(),
-            protocol: version,
-            since: std::time::SystemTime::now(),
-        });
+        session.connected_since = Some(std::time::SystemTime::now());
     }
     if session_expiry_s > 0 {
         broker.store.session_opened(&client_id, session_expiry_s);
         broker.store.session_owner(&client_id, &owner);
     }
-    attached.session.lock().client = Some(Arc::new(client.clone()));
+    // One copy, shared by the session (reloads re-authorize with it)
+    // and the connection.
+    let client = Arc::new(client);
+    attached.session.lock().client = Some(client.clone());
     // Now that its expiry is known (it decides whether they are stored):
     // what its share groups kept while no member was connected.
     broker.serve_waiting(&attached.session, None);

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::{Close, Connection};
 use crate::auth::Action;
@@ -15,7 +14,7 @@ use crate::codec::{
 };
 use crate::metrics::{DropReason, Limit};
 use crate::router::Message;
-use crate::session::{Delivery, Held, InflightState, Refusal, Session, Subscription};
+use crate::session::{Delivery, Held, InflightState, Refusal, Subscription};
 
 /// A QoS 1/2 publish some of whose deliveries met full queues of
 /// connected subscribers. The connection holds them, and the publish's
@@ -219,12 +218,8 @@ where
     /// Waits, without reading from the client, for room for a held
     /// publish (see [`HeldPublish`]), still delivering to this
     /// client meanwhile.
-    pub(super) async fn wait_held(
-        &mut self,
-        kicked: &CancellationToken,
-        shutdown: &CancellationToken,
-        own: &Session,
-    ) -> Result<(), Close> {
+    pub(super) async fn wait_held(&mut self) -> Result<(), Close> {
+        let own = self.attached.session.clone();
         let Some(first) = self.held.as_ref().and_then(|h| h.deliveries.first()).map(|h| h.session.clone()) else {
             return self.offer_held().map(drop);
         };
@@ -236,15 +231,17 @@ where
             return Ok(());
         }
         let until = self.held.as_ref().map_or_else(Instant::now, |h| h.until);
+        let signalled = std::future::poll_fn(|cx| own.poll_signals(cx));
         tokio::select! {
             biased;
-            () = kicked.cancelled() => Err(super::kicked_close(own)),
-            () = shutdown.cancelled() => Err(Close::Shutdown),
+            bits = signalled => match super::leave_reason(bits, &own) {
+                Some(close) => Err(close),
+                None => {
+                    self.want_drain = true;
+                    Ok(())
+                }
+            },
             () = &mut room => Ok(()),
-            () = own.woken() => {
-                self.want_drain = true;
-                Ok(())
-            }
             () = tokio::time::sleep_until(until) => {
                 // A last offer, so a queue that has room now is not given up.
                 if self.offer_held()? { Ok(()) } else { self.give_up_held() }

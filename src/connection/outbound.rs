@@ -85,13 +85,22 @@ where
     /// a plugin that waits never holds up the publishers queueing to this
     /// session.
     pub(super) async fn drain(&mut self) {
-        let mut decided = None;
-        while let Some(delivery) = self.drain_locked(decided.take()) {
+        let Some(undecided) = self.drain_locked(None) else { return };
+        // Boxed: a plugin's verdict is rare next to cached ones, and its
+        // wait would otherwise be part of every idle connection's task.
+        Box::pin(self.drain_asking(undecided)).await;
+    }
+
+    /// The rest of [`Connection::drain`] once a delivery needs a plugin's
+    /// verdict: asks, with the session lock released, and goes on.
+    async fn drain_asking(&mut self, undecided: Delivery) {
+        let mut next = Some(undecided);
+        while let Some(delivery) = next {
             let policy = self.broker.policy();
             let (topic, qos, retain) = (delivery.message.topic.clone(), delivery.qos, delivery.retain);
             let now = std::time::Instant::now();
             let allowed = self.allowed_by(&policy, now, Action::Receive, topic.as_str(), qos, retain).await;
-            decided = Some((delivery, allowed));
+            next = self.drain_locked(Some((delivery, allowed)));
         }
     }
 

@@ -342,9 +342,9 @@ where
         let policy = self.broker.policy();
         match authenticate_step(&policy, &mut exchange, &self.client, &credentials).await {
             AuthnOutcome::Allow(grant) => {
-                self.client.apply_grant(&grant);
+                std::sync::Arc::make_mut(&mut self.client).apply_grant(&grant);
                 self.authz.clear();
-                self.attached.session.lock().client = Some(std::sync::Arc::new(self.client.clone()));
+                self.attached.session.lock().client = Some(self.client.clone());
                 let data = grant.auth_data.map(|d| d.to_vec()).unwrap_or_default();
                 self.send(&auth_packet(ReasonCode::SUCCESS, &method, data));
                 Ok(())

@@ -173,14 +173,16 @@ pub struct SessionState {
     /// Bumped on every attach, so timers armed for an earlier connection
     /// (expiry, delayed will) can tell they are stale.
     pub generation: u64,
-    /// Cancelled to make the attached connection leave (takeover, kick).
-    pub kick: Option<CancellationToken>,
+    /// Whether the attached connection is still to be told to leave
+    /// ([`Session::kick`](super::Session::kick)): set at attach, taken by
+    /// the first takeover or kept for an operator's kick.
+    pub kickable: bool,
     /// Cancelled when a connection attaches, so the expiry and delayed-will
     /// timers armed at the last detach end at once. (Each holds the session:
     /// left to run out, a device reconnecting every minute with a day's
     /// expiry would pin 1,440 of them.)
     pub timers: Option<CancellationToken>,
-    /// Set with `kick` cancelled when an operator disconnects the client,
+    /// Set with the kick when an operator disconnects the client,
     /// so the connection says 0x98 rather than 0x8E (taken over).
     pub kicked_by_admin: bool,
     /// In a cluster: the revision of the ownership entry this node wrote
@@ -207,8 +209,10 @@ pub struct SessionState {
     /// state rolled back), or store a message published again twice; this
     /// tells the session had it (QoS 2: never twice).
     pub jetstream_taken: VecDeque<(u64, u64)>,
-    /// The attached connection, while one is.
-    pub connection: Option<ConnectionInfo>,
+    /// When the attached connection's CONNACK was sent, while one is
+    /// attached; with [`SessionState::client`], what
+    /// [`SessionState::connection`] tells.
+    pub connected_since: Option<std::time::SystemTime>,
     /// Session expiry interval, seconds, as last negotiated.
     pub expiry_s: u32,
     /// Who the client was at its last (re-)authentication, so a policy
@@ -256,6 +260,21 @@ impl SessionState {
         self.jetstream_taken.iter().any(|&(s, i)| s == seq || (id != 0 && i == id))
     }
 
+    /// Who is attached now, for the admin API: built from the client
+    /// info the session keeps anyway rather than kept as a copy (one per
+    /// connected client, issue 25).
+    pub fn connection(&self) -> Option<ConnectionInfo> {
+        let (since, client) = (self.connected_since?, self.client.as_ref()?);
+        Some(ConnectionInfo {
+            username: client.username.clone(),
+            claimed_username: client.claimed_username.clone(),
+            peer: client.peer_address,
+            listener: client.listener.clone(),
+            protocol: client.protocol,
+            since,
+        })
+    }
+
     /// Empty state with a queue bound.
     pub fn new(bound: QueueBound) -> SessionState {
         SessionState {
@@ -267,7 +286,7 @@ impl SessionState {
             will_pending: false,
             online: false,
             generation: 0,
-            kick: None,
+            kickable: false,
             timers: None,
             kicked_by_admin: false,
             claimed: None,
@@ -275,7 +294,7 @@ impl SessionState {
             feeding: None,
             parking: 0,
             jetstream_taken: VecDeque::new(),
-            connection: None,
+            connected_since: None,
             expiry_s: 0,
             client: None,
             owner: None,
