@@ -167,6 +167,17 @@ where
                 refused += 1;
                 continue;
             }
+            if delivery.qos == QoS::AtMostOnce
+                && let Some(sent) = self.send_qos0_shared(&delivery)
+            {
+                if sent {
+                    self.counts.sent(delivery.qos);
+                } else {
+                    too_large += 1;
+                }
+                broker.delivered(client_id, &delivery);
+                continue;
+            }
             let packet_id = (delivery.qos != QoS::AtMostOnce).then(|| state.allocate_packet_id());
             let publish = Packet::Publish(self.publish_packet(&delivery, packet_id, false));
             if !self.fits_client(&publish) {
@@ -216,6 +227,27 @@ where
         metrics.dropped(DropReason::NotAuthorized, refused);
         metrics.dropped(DropReason::TooLarge, too_large);
         undecided
+    }
+
+    /// Queues a QoS 0 delivery as the message's shared encoding
+    /// ([`crate::router::Message::qos0_packet`]): one copy, no packet built.
+    /// `Some(false)` when the client's Maximum Packet Size refuses it,
+    /// `None` when this delivery needs its own packet (v5 subscription
+    /// identifiers, an expiry).
+    fn send_qos0_shared(&mut self, delivery: &Delivery) -> Option<bool> {
+        if self.version.is_v5() && !delivery.subscription_ids.is_empty() {
+            return None;
+        }
+        let bytes = delivery.message.qos0_packet(self.version)?;
+        if self.client_max_packet.is_some_and(|max| bytes.len() > max as usize) {
+            return Some(false);
+        }
+        let at = self.wbuf.len();
+        self.wbuf.extend_from_slice(bytes);
+        if delivery.retain {
+            self.wbuf[at] |= 0x01;
+        }
+        Some(true)
     }
 
     fn publish_packet(&self, delivery: &Delivery, packet_id: Option<crate::codec::PacketId>, dup: bool) -> Publish {
