@@ -124,9 +124,11 @@ mod tests {
 
     fn message(expiry: Option<u32>) -> Message {
         let topic = TopicName::new("a/b").expect("a valid topic");
-        let mut props = Properties::default();
-        props.message_expiry_interval = expiry;
-        props.content_type = Some("text/plain".into());
+        let props = Properties {
+            message_expiry_interval: expiry,
+            content_type: Some("text/plain".into()),
+            ..Properties::default()
+        };
         Message::new(topic, Bytes::from_static(b"hello"), QoS::AtLeastOnce, true, &props)
     }
 
