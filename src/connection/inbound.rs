@@ -14,7 +14,7 @@ use crate::codec::{
 };
 use crate::metrics::{DropReason, Limit};
 use crate::router::Message;
-use crate::session::{Delivery, Held, InflightState, Refusal, Subscription};
+use crate::session::{Delivery, Held, InflightState, Refusal, Session, Subscription};
 
 /// A QoS 1/2 publish some of whose deliveries met full queues of
 /// connected subscribers. The connection holds them, and the publish's
@@ -220,16 +220,28 @@ where
     /// client meanwhile.
     pub(super) async fn wait_held(&mut self) -> Result<(), Close> {
         let own = self.attached.session.clone();
-        let Some(first) = self.held.as_ref().and_then(|h| h.deliveries.first()).map(|h| h.session.clone()) else {
+        // Every held session's room, not only the first's: a subscriber
+        // that has room gets its copy then, whatever the others do.
+        let sessions: Vec<Arc<Session>> =
+            self.held.as_ref().map(|h| h.deliveries.iter().map(|h| h.session.clone()).collect()).unwrap_or_default();
+        if sessions.is_empty() {
             return self.offer_held().map(drop);
-        };
+        }
         // Registered before offering again, so a wake in between counts.
-        let room = first.room();
-        tokio::pin!(room);
-        room.as_mut().enable();
+        let mut rooms: Vec<_> = sessions.iter().map(|s| Box::pin(s.room())).collect();
+        for room in &mut rooms {
+            room.as_mut().enable();
+        }
         if self.offer_held()? {
             return Ok(());
         }
+        let any_room = std::future::poll_fn(|cx| {
+            if rooms.iter_mut().any(|room| room.as_mut().poll(cx).is_ready()) {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        });
         let until = self.held.as_ref().map_or_else(Instant::now, |h| h.until);
         let signalled = std::future::poll_fn(|cx| own.poll_signals(cx));
         tokio::select! {
@@ -241,7 +253,7 @@ where
                     Ok(())
                 }
             },
-            () = &mut room => Ok(()),
+            () = any_room => Ok(()),
             () = tokio::time::sleep_until(until) => {
                 // A last offer, so a queue that has room now is not given up.
                 if self.offer_held()? { Ok(()) } else { self.give_up_held() }

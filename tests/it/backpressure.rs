@@ -147,3 +147,42 @@ async fn a_held_publisher_is_released_when_the_subscriber_goes_away() {
     let rest = pubacks_any(&mut publisher, 20 - early, WAIT, false).await;
     assert_eq!(rest, 20 - early, "the rest acknowledged once it left");
 }
+
+/// A held publish goes to each subscriber as soon as that subscriber has
+/// room, not when the first one held (in router order) has: a stuck
+/// subscriber delays its publisher's acknowledgement, never the copies of
+/// the others. Before, the held publish waited for the room of whichever
+/// session was held first, so with the stuck one first everyone waited
+/// out `queue_full_wait_ms`.
+#[tokio::test]
+async fn a_held_publish_reaches_each_subscriber_that_has_room_while_another_is_stuck() {
+    let broker = TestBroker::with(|c| {
+        c.limits.max_queued_messages = 1;
+        c.limits.max_inflight = 1;
+        c.limits.queue_full_wait_ms = 60_000;
+    })
+    .await;
+    let stuck = raw_subscriber(&broker, "stuck", "bp/each", Some(4096)).await;
+    let mut late = Vec::new();
+    for i in 0..5 {
+        late.push(raw_subscriber(&broker, &format!("late-{i}"), "bp/each", None).await);
+    }
+    let mut publisher = broker.v5("publisher").await;
+    for i in 0..3 {
+        publisher.client.publish("bp/each", Q5::AtLeastOnce, false, format!("{i}")).await.expect("publish");
+    }
+    // One in flight and one queued everywhere: the third is held for all.
+    assert_eq!(pubacks(&mut publisher, 3, Duration::from_millis(300)).await, 2, "the third is held");
+    for (i, subscriber) in late.iter_mut().enumerate() {
+        for n in 0..3 {
+            let (first, body) = tokio::time::timeout(WAIT, subscriber.read_packet())
+                .await
+                .unwrap_or_else(|_| panic!("late-{i} did not get message {n} while `stuck` holds the publish"));
+            assert_eq!(first & 0xf0, 0x30, "PUBLISH");
+            let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+            assert_eq!(&body[4 + topic_len..], n.to_string().as_bytes());
+            subscriber.send(&frame(0x40, &body[2 + topic_len..4 + topic_len])).await;
+        }
+    }
+    drop(stuck);
+}
