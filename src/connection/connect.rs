@@ -1,7 +1,6 @@
 //! The CONNECT handshake: the first packet, authentication, session
 //! attach and CONNACK.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -169,23 +168,25 @@ where
         connect_expiry_zero: session_expiry_s == 0,
         send_window: usize::from(props.receive_maximum.unwrap_or(u16::MAX).min(limits.max_inflight)),
         client_max_packet: props.maximum_packet_size,
-        aliases: HashMap::new(),
         want_drain: true,
         durable: None,
         replicated: None,
-        publish_rate: crate::rate::TokenBucket::per_second(limits.max_publish_rate, std::time::Instant::now()),
         counts: LocalCounts { bytes_received: bytes_read, ..LocalCounts::default() },
         attached,
         broker: broker.clone(),
         authz: AuthzCache::new(AUTHZ_CACHE_ENTRIES),
-        denials: crate::auth::DenialLog::default(),
-        auth_method: authenticated.method,
         reauth: None,
         held: None,
         input_pending: false,
-        retained: std::collections::VecDeque::new(),
+        rare: None,
         client,
     });
+    let publish_rate = crate::rate::TokenBucket::per_second(limits.max_publish_rate, std::time::Instant::now());
+    if authenticated.method.is_some() || publish_rate.is_some() {
+        let rare = conn.rare();
+        rare.auth_method = authenticated.method;
+        rare.publish_rate = publish_rate;
+    }
     #[cfg(feature = "cluster")]
     {
         register_will(&mut conn).await;

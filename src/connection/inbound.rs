@@ -90,8 +90,11 @@ where
         let packet_id = publish.packet_id;
         let now = std::time::Instant::now();
         // A reload may have changed the rate; a new one starts full.
-        crate::rate::TokenBucket::follow(&mut self.publish_rate, running.limits.max_publish_rate, now);
-        if let Some(bucket) = &mut self.publish_rate
+        let per_second = running.limits.max_publish_rate;
+        if per_second > 0 || self.rare.as_ref().is_some_and(|r| r.publish_rate.is_some()) {
+            crate::rate::TokenBucket::follow(&mut self.rare().publish_rate, per_second, now);
+        }
+        if let Some(bucket) = self.rare.as_mut().and_then(|r| r.publish_rate.as_mut())
             && !bucket.try_take(now)
         {
             self.over_publish_rate(publish.qos, packet_id);
@@ -368,9 +371,10 @@ where
             return Err(Close::Protocol(ReasonCode::TOPIC_ALIAS_INVALID, "topic alias out of range"));
         }
         if publish.topic.is_empty() {
-            self.aliases.get(&alias).cloned().ok_or(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "unknown topic alias"))
+            let known = self.rare.as_ref().and_then(|r| r.aliases.get(&alias)).cloned();
+            known.ok_or(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "unknown topic alias"))
         } else {
-            self.aliases.insert(alias, publish.topic.clone());
+            self.rare().aliases.insert(alias, publish.topic.clone());
             Ok(publish.topic.clone())
         }
     }
@@ -529,10 +533,11 @@ where
             // owed. They are sent ahead of the queue, within the window.
             // Bounded by the store's size, so re-subscribing in a loop
             // cannot pile up copies.
-            let room = self.broker.router.retained().len().saturating_sub(self.retained.len());
+            let waiting = self.retained_waiting().map_or(0, std::collections::VecDeque::len);
+            let room = self.broker.router.retained().len().saturating_sub(waiting);
             let over = retained.len().saturating_sub(room);
             self.broker.metrics.dropped(DropReason::QueueFull, over as u64);
-            self.retained.extend(retained.into_iter().take(room));
+            self.rare().retained.extend(retained.into_iter().take(room));
             self.want_drain = true;
         }
         Ok(())

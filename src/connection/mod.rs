@@ -115,8 +115,6 @@ struct Connection<S> {
     send_window: usize,
     /// The client's Maximum Packet Size, if it set one.
     client_max_packet: Option<u32>,
-    /// Inbound topic aliases (v5).
-    aliases: HashMap<u16, TopicName>,
     /// Deliveries may be waiting: the session woke us or the window opened.
     want_drain: bool,
     /// Who the client is, as plugins see it: client id, the user name in
@@ -125,11 +123,6 @@ struct Connection<S> {
     client: Arc<ClientInfo>,
     /// This connection's memory of authorization verdicts.
     authz: AuthzCache,
-    /// This connection's refusal lines, rate-limited.
-    denials: crate::auth::DenialLog,
-    /// The v5 Authentication Method used at CONNECT; re-authentication
-    /// must use the same one.
-    auth_method: Option<String>,
     /// A re-authentication exchange under way, pinned to the plugin
     /// instance conducting it.
     reauth: Option<Box<crate::auth::AuthExchange>>,
@@ -138,21 +131,37 @@ struct Connection<S> {
     durable: Option<crate::store::Barrier>,
     /// In a cluster, the same for JetStream: see `Cluster::stored`.
     replicated: Option<crate::store::Barrier>,
-    /// The client's `limits.max_publish_rate` (following reloads); `None`
-    /// when unlimited, so an unset limit costs one branch per PUBLISH.
-    publish_rate: Option<crate::rate::TokenBucket>,
     /// Messages and bytes counted since the last flush into the broker's
     /// metrics (once per loop turn, not per message).
     counts: LocalCounts,
     /// A publish waiting for room in full subscriber queues; while it is,
     /// nothing more is read from the client.
     held: Option<Box<inbound::HeldPublish>>,
-    /// Retained messages matched by new subscriptions, not yet sent: they
-    /// go out ahead of the session's queue as the window allows.
-    retained: std::collections::VecDeque<crate::session::Delivery>,
     /// The read buffer holds packets not yet handled: the last turn
     /// stopped at [`INPUT_BATCH`] to let other tasks run.
     input_pending: bool,
+    /// What most connections never need, made on first use
+    /// ([`Connection::rare`]): an idle connection does not carry it.
+    rare: Option<Box<Rare>>,
+}
+
+/// The parts of a connection that most clients never use (issue 25: 170
+/// bytes an idle connection would otherwise carry).
+#[derive(Default)]
+struct Rare {
+    /// Inbound topic aliases (v5).
+    aliases: HashMap<u16, TopicName>,
+    /// This connection's refusal lines, rate-limited.
+    denials: crate::auth::DenialLog,
+    /// The v5 Authentication Method used at CONNECT; re-authentication
+    /// must use the same one.
+    auth_method: Option<String>,
+    /// The client's `limits.max_publish_rate` (following reloads); `None`
+    /// when unlimited.
+    publish_rate: Option<crate::rate::TokenBucket>,
+    /// Retained messages matched by new subscriptions, not yet sent: they
+    /// go out ahead of the session's queue as the window allows.
+    retained: std::collections::VecDeque<crate::session::Delivery>,
 }
 
 /// Serves one client connection to the end, over a stream on which any
@@ -319,6 +328,16 @@ where
         }
         self.input_pending = true;
         Ok(())
+    }
+
+    /// The connection's [`Rare`] parts, made now if need be.
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Retained messages of new subscriptions not yet sent.
+    fn retained_waiting(&self) -> Option<&std::collections::VecDeque<crate::session::Delivery>> {
+        self.rare.as_ref().map(|r| &r.retained).filter(|r| !r.is_empty())
     }
 
     /// Queues a packet for the next flush.
@@ -505,7 +524,8 @@ where
         self.drop_held();
         if self.session_expiry_s > 0 {
             // Still owed to a session that outlives this connection.
-            let owed = self.retained.drain(..).filter(|d| d.qos != crate::codec::QoS::AtMostOnce);
+            let retained = self.rare.as_mut().map(|r| std::mem::take(&mut r.retained)).unwrap_or_default();
+            let owed = retained.into_iter().filter(|d| d.qos != crate::codec::QoS::AtMostOnce);
             self.attached.session.lock().restore_pending(owed);
         }
         let mut will = if close.publishes_will() { self.will.take().map(|w| *w) } else { None };

@@ -126,7 +126,8 @@ where
                 Some((delivery, allowed)) => (delivery, Some(allowed)),
                 None => {
                     // Retained messages for new subscriptions first, then the queue.
-                    let Some(front) = self.retained.front().or(state.pending.front()) else { break };
+                    let retained = self.retained_waiting();
+                    let Some(front) = retained.and_then(|r| r.front()).or(state.pending.front()) else { break };
                     if self.wbuf.len() >= DRAIN_BUDGET {
                         // The rest stays queued (where the queue's bounds
                         // apply) until this much is written; the wake-up
@@ -137,7 +138,10 @@ where
                     if front.qos != QoS::AtMostOnce && state.inflight.len() >= self.send_window {
                         break;
                     }
-                    let next = if self.retained.is_empty() { state.pop_pending() } else { self.retained.pop_front() };
+                    let next = match self.rare.as_mut().filter(|r| !r.retained.is_empty()) {
+                        Some(rare) => rare.retained.pop_front(),
+                        None => state.pop_pending(),
+                    };
                     let Some(delivery) = next else { break };
                     (delivery, None)
                 }

@@ -280,7 +280,8 @@ where
         let verdict = Box::pin(policy.authorize(&self.client, action, topic, qos, retain)).await;
         self.authz.remember(now, action, topic, qos, retain, &verdict);
         if let Some(denial) = &verdict.denial {
-            self.denials.record(now, &self.client, action, topic, denial);
+            let client = self.client.clone();
+            self.rare().denials.record(now, &client, action, topic, denial);
         }
         verdict.allowed
     }
@@ -323,7 +324,7 @@ where
     /// deadlines as authentication at CONNECT. Failure ends the connection
     /// with 0x87 (0x97 when the plugin holds too many exchanges).
     pub(super) async fn on_auth(&mut self, auth: Auth) -> Result<(), Close> {
-        let Some(method) = self.auth_method.clone() else {
+        let Some(method) = self.rare.as_ref().and_then(|r| r.auth_method.clone()) else {
             return Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "AUTH without an authentication method"));
         };
         let expected =
