@@ -9,6 +9,7 @@
 
 mod registry;
 mod state;
+mod taken;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -23,6 +24,7 @@ pub use state::{
     ConnectionInfo, Delivery, Inflight, InflightState, JetStreamAck, Owner, QueueBound, Room, SessionState,
     Subscription,
 };
+pub use taken::Taken;
 
 /// Why [`Session::offer`] did not queue a delivery.
 #[derive(Debug)]

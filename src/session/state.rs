@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use super::taken::Taken;
 use crate::auth::ClientInfo;
 use crate::codec::{PacketId, QoS, SubscriptionOptions, TopicFilter};
 use crate::router::Message;
@@ -201,14 +202,11 @@ pub struct SessionState {
     /// ends, so an update of the consumer that was overtaken by another
     /// knows it came too late.
     pub parking: u64,
-    /// In a cluster: the last QoS 2 messages the session took from its
-    /// consumer, newest last, at most [`SessionState::TAKEN_KEPT`], each
-    /// as its stream sequence and a hash of its `Nats-Msg-Id` (0 without
-    /// one). JetStream may deliver one again after the session had it
-    /// (the acknowledgement lost with a NATS connection, the consumer's
-    /// state rolled back), or store a message published again twice; this
-    /// tells the session had it (QoS 2: never twice).
-    pub jetstream_taken: VecDeque<(u64, u64)>,
+    /// In a cluster: the QoS 2 messages the session took from its
+    /// consumer lately, so that one JetStream hands over again is not
+    /// delivered twice. Boxed, and made on the first: most sessions never
+    /// take a QoS 2 message from JetStream.
+    pub jetstream_taken: Option<Box<Taken>>,
     /// When the attached connection's CONNACK was sent, while one is
     /// attached; with [`SessionState::client`], what
     /// [`SessionState::connection`] tells.
@@ -241,25 +239,6 @@ const FIRST_PACKET_ID: PacketId = match PacketId::new(1) {
 };
 
 impl SessionState {
-    /// Messages [`SessionState::jetstream_taken`] remembers: more than the
-    /// acknowledgements in flight when a connection drops.
-    pub const TAKEN_KEPT: usize = 256;
-
-    /// Remembers that the session took the QoS 2 message JetStream stored
-    /// as `seq`, with message id hash `id` ([`SessionState::jetstream_taken`]).
-    pub fn took_from_jetstream(&mut self, seq: u64, id: u64) {
-        if self.jetstream_taken.len() >= Self::TAKEN_KEPT {
-            self.jetstream_taken.pop_front();
-        }
-        self.jetstream_taken.push_back((seq, id));
-    }
-
-    /// Whether the session took the message stored as `seq`, or another
-    /// copy of it (the same message id hash `id`, unless 0).
-    pub fn took_from_jetstream_before(&self, seq: u64, id: u64) -> bool {
-        self.jetstream_taken.iter().any(|&(s, i)| s == seq || (id != 0 && i == id))
-    }
-
     /// Who is attached now, for the admin API: built from the client
     /// info the session keeps anyway rather than kept as a copy (one per
     /// connected client, issue 25).
@@ -293,7 +272,7 @@ impl SessionState {
             kept: false,
             feeding: None,
             parking: 0,
-            jetstream_taken: VecDeque::new(),
+            jetstream_taken: None,
             connected_since: None,
             expiry_s: 0,
             client: None,
@@ -497,23 +476,6 @@ impl SessionState {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn messages_taken_from_jetstream_are_remembered_up_to_a_bound() {
-        let mut s = SessionState::new(QueueBound::messages(10));
-        assert_eq!(s.jetstream_taken.capacity(), 0, "nothing allocated until used");
-        let kept = SessionState::TAKEN_KEPT as u64;
-        for seq in 1..=kept + 2 {
-            // Even sequences carry a message id.
-            s.took_from_jetstream(seq, if seq % 2 == 0 { 1000 + seq } else { 0 });
-        }
-        assert_eq!(s.jetstream_taken.len(), SessionState::TAKEN_KEPT);
-        assert!(!s.took_from_jetstream_before(2, 0) && s.took_from_jetstream_before(3, 0));
-        assert!(s.took_from_jetstream_before(kept + 2, 0));
-        // Another copy: the same id under a new sequence; no id, no match.
-        assert!(s.took_from_jetstream_before(10_000, 1004));
-        assert!(!s.took_from_jetstream_before(10_000, 0));
-    }
 
     #[test]
     fn packet_ids_skip_those_in_flight() {

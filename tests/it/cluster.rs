@@ -1046,7 +1046,7 @@ async fn what_jetstream_keeps_survives_losing_the_queue_streams_leader() {
 
 /// Waits until the queue stream's state (its consumers in
 /// `consumer_detail`) satisfies `done`; `what` names what is awaited.
-async fn until_queue(nats: &Nats, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
+pub(crate) async fn until_queue(nats: &Nats, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
     loop {
         let queue = nats.stream("MOAT_QUEUE").await;

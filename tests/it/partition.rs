@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use moat::config::ClusterConfig;
 use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::Packet as V5Packet;
 
-use crate::cluster::{NATS_WAIT, Nats, Process, free_port, persistent, publish, received, until_kept};
+use crate::cluster::{NATS_WAIT, Nats, Process, free_port, persistent, publish, received, until_kept, until_queue};
 use crate::harness::TestBroker;
 use proxy::{Link, Proxy};
 use workload::{Publisher, Subscriber, Tally};
@@ -361,6 +362,83 @@ async fn qos2_across_a_reset_is_neither_lost_nor_duplicated() {
     let load = Load { qos: QoS::ExactlyOnce, ..CI_LOAD };
     let outcome = run(Fault::Reset, load, SHORT).await;
     assert_none_lost(&outcome, load);
+}
+
+/// A QoS 2 message whose acknowledgement to JetStream was lost with the
+/// link is delivered again by JetStream `redelivery_s` later, after
+/// however many other messages the session took meanwhile: its node
+/// recognises it and does not deliver it twice. Before, a session
+/// remembered its last 256 QoS 2 messages only, so a redelivery that came
+/// after more than that (a session taking 100 a second and a 5 s
+/// redelivery) went to the client again: the duplicates of the JetStream
+/// leader cut.
+#[tokio::test]
+async fn a_qos2_message_whose_acknowledgement_was_lost_is_not_delivered_twice_after_many_others() {
+    const REDELIVERY_S: u32 = 15;
+    const OTHERS: usize = 300;
+    let nats = Nats::start().await;
+    let proxy = Proxy::start(address(nats.port)).await;
+    let node = |url: String, id: &str| {
+        let cluster =
+            ClusterConfig { node_id: Some(id.to_owned()), redelivery_s: REDELIVERY_S, ..ClusterConfig::new(vec![url]) };
+        TestBroker::with(|c| c.cluster = Some(cluster))
+    };
+    let (a, b) = (node(nats.url(), "a").await, node(proxy.url(), "b").await);
+    nats.until_owning("a").await;
+    nats.until_owning("b").await;
+    until_keeping(&[&a, &b]).await;
+    let mut device = b
+        .v5_with("forgetful", |o| {
+            persistent(o);
+            o.set_manual_acks(true);
+        })
+        .await;
+    device.subscribe("lost/#", QoS::ExactlyOnce).await;
+    until_kept(&b, "forgetful").await;
+    let publisher = a.v5("pub").await;
+
+    publish(&publisher, "lost/first", QoS::ExactlyOnce, "first").await;
+    let first = device.publish_within(NATS_WAIT).await;
+    let sent_at = tokio::time::Instant::now();
+    // The node's acknowledgement to JetStream goes into a link that holds
+    // it, and is lost when the link is reset.
+    proxy.set(Link::Blackhole);
+    device.client.ack(&first).await.expect("PUBREC");
+    while !matches!(device.next_within(NATS_WAIT).await, Some(V5Packet::PubRel(_))) {}
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cut_b(&proxy, &b).await;
+    proxy.set(Link::Forward);
+    let cluster = b.broker.cluster().expect("clustered");
+    let deadline = tokio::time::Instant::now() + NATS_WAIT;
+    while !cluster.shares_across_nodes() {
+        assert!(tokio::time::Instant::now() < deadline, "node b not back on NATS");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+
+    // More than the session used to remember, before JetStream hands
+    // `first` over again.
+    for i in 0..OTHERS {
+        publish(&publisher, "lost/more", QoS::ExactlyOnce, &i.to_string()).await;
+    }
+    for i in 0..OTHERS {
+        let p = device.publish_within(NATS_WAIT).await;
+        assert_eq!(String::from_utf8_lossy(&p.payload), i.to_string(), "in order, and `first` not again");
+        device.client.ack(&p).await.expect("PUBREC");
+    }
+    assert!(
+        sent_at.elapsed() < Duration::from_secs(u64::from(REDELIVERY_S)),
+        "the others took longer than the redelivery: the test proves nothing"
+    );
+    // JetStream delivers `first` again (its acknowledgement was lost): one
+    // delivery more than the messages...
+    let deliveries = OTHERS as u64 + 2;
+    until_queue(&nats, "`first` delivered again", |queue| {
+        let consumers = queue["consumer_detail"].as_array().cloned().unwrap_or_default();
+        consumers.iter().any(|c| c["delivered"]["consumer_seq"].as_u64().unwrap_or(0) >= deliveries)
+    })
+    .await;
+    // ...and the node keeps it from the client.
+    device.no_publish().await;
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_nats::jetstream::{self, consumer};
 use futures_util::StreamExt;
@@ -82,7 +83,7 @@ impl Feeder {
         if (delivered > 1 || exactly_once) && redelivered(&mut state, &ack) {
             return;
         }
-        if (delivered > 1 || exactly_once) && state.took_from_jetstream_before(ack.seq, id) {
+        if (delivered > 1 || exactly_once) && state.jetstream_taken.as_ref().is_some_and(|t| t.contains(ack.seq, id)) {
             // Taken already and done with; its acknowledgement was lost.
             drop(state);
             broker.acknowledged(&ack);
@@ -97,7 +98,8 @@ impl Feeder {
         delivery.jetstream = Some(Box::new(ack));
         if state.push(delivery) {
             if qos == QoS::ExactlyOnce {
-                state.took_from_jetstream(seq, id);
+                let window = self.queue.taken_window();
+                state.jetstream_taken.get_or_insert_default().remember(seq, id, Instant::now(), window);
             }
             drop(state);
             self.session.wake();

@@ -44,10 +44,11 @@
 //! node before its session was kept die with that node. A message
 //! JetStream delivers again (its acknowledgement was lost, or the client
 //! took longer than `redelivery_s`) is recognised by its stream sequence
-//! while the session still holds it, and at QoS 2 after that too
-//! ([`crate::session::SessionState::jetstream_taken`]). A message JetStream sent
-//! towards a pull the moment its connection ended reaches the client only
-//! when it is delivered again, after `redelivery_s`.
+//! while the session still holds it, and at QoS 2 after that too, for
+//! as long as JetStream may hand it over again ([`crate::session::Taken`]).
+//! A message JetStream sent towards a pull the moment its connection ended
+//! reaches the client only when it is delivered again, after
+//! `redelivery_s`.
 //!
 //! **Share groups.** A share group's QoS 1/2 messages are kept the same
 //! way, in a durable consumer per group and filter ([`Queue::share`]):
@@ -108,6 +109,9 @@ const SHARE_IDLE_MIN: Duration = Duration::from_secs(60);
 /// How long JetStream waits before it offers again a message a node gave
 /// back (no member of the group online there, or its queue full).
 const GIVE_BACK_DELAY: Duration = Duration::from_secs(1);
+
+/// JetStream's duplicate window for the queue stream (its default).
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 
 /// This node's side of the queue stream.
 #[derive(Debug)]
@@ -201,6 +205,16 @@ impl Queue {
     /// The main NATS connection was made (again).
     pub(super) fn connected(&self) {
         self.connects.send_modify(|n| *n += 1);
+    }
+
+    /// How long a session remembers the QoS 2 messages it took
+    /// ([`crate::session::Taken`]): JetStream delivers one whose
+    /// acknowledgement it lost again within `redelivery_s`, twice that
+    /// across a leader's election, and the node publishes one again under
+    /// its id within JetStream's duplicate window (two minutes), beyond
+    /// which JetStream itself would store a second copy.
+    pub(super) fn taken_window(&self) -> Duration {
+        (2 * self.ack_wait).max(DUPLICATE_WINDOW)
     }
 
     /// Whether every kept session's consumer matches its subscriptions, so
