@@ -310,14 +310,6 @@ impl Broker {
     /// connection was attached to that session.
     pub fn kick(&self, client_id: &str) -> bool {
         let Some(session) = self.sessions.get(client_id) else { return false };
-        let mut state = session.lock();
-        match (&state.kick, state.online) {
-            (Some(kick), true) => {
-                kick.cancel();
-                state.kicked_by_admin = true;
-                true
-            }
-            _ => false,
-        }
+        session.kick(true)
     }
 }

@@ -25,6 +25,7 @@
 //!   Prometheus text and the `$SYS` topics.
 //! - [`rate`]: the token bucket behind the rate limits.
 //! - [`identity`]: who a connection is: its address and certificate.
+//! - [`open_files`]: the open-file limit, which caps connections.
 //! - [`untrusted`]: peer-chosen text (client ids, user names) in the log.
 
 pub mod admin;
@@ -40,6 +41,7 @@ pub mod fuzzing;
 pub mod identity;
 pub mod message;
 pub mod metrics;
+pub mod open_files;
 pub mod passwd;
 pub mod plugin;
 pub mod rate;

@@ -156,6 +156,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    raise_open_files(&config);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -296,6 +297,42 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+/// Raises the soft open-file limit to the hard one, since every
+/// connection is a descriptor and the common default of 1,024 would stop
+/// accepting long before `limits.max_connections`; warns when the result
+/// is still short of what the configuration needs.
+fn raise_open_files(config: &Config) {
+    use moat::open_files::{self, OpenFiles};
+    let needed = open_files::needed(config);
+    let limits = match OpenFiles::raise() {
+        Ok(raised) if raised.after != raised.before => {
+            tracing::info!(
+                from = raised.before.soft,
+                to = raised.after.soft,
+                hard = raised.after.hard,
+                "raised the open file limit (RLIMIT_NOFILE)"
+            );
+            raised.after
+        }
+        Ok(raised) => raised.after,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open file limit (RLIMIT_NOFILE)");
+            OpenFiles::current()
+        }
+    };
+    if !limits.allows(needed) {
+        tracing::warn!(
+            limit = limits.soft,
+            hard = limits.hard,
+            needed,
+            max_connections = config.limits.max_connections,
+            "the open file limit is below limits.max_connections plus what the broker needs besides \
+             connections: clients beyond it are not accepted; raise the hard limit (ulimit -Hn, \
+             LimitNOFILE= in a systemd unit) or lower limits.max_connections"
+        );
     }
 }
 

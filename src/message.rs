@@ -5,12 +5,14 @@
 //! remembers of its subscriptions and owner. A leaf: the store persists
 //! these and the session queues them, without either importing the other.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
-use crate::codec::{PacketId, Properties, QoS, SubscriptionOptions, TopicFilter, TopicName};
+use crate::codec::{
+    Packet, PacketId, Properties, ProtocolVersion, Publish, QoS, SubscriptionOptions, TopicFilter, TopicName,
+};
 
 /// An application message as the broker routes it. Built once per PUBLISH
 /// and shared behind an `Arc` by every subscriber queue, so fan-out never
@@ -32,6 +34,29 @@ pub struct Message {
     pub properties: Properties,
     /// When the message expires (v5 Message Expiry Interval).
     pub expires_at: Option<Instant>,
+    /// The message as a QoS 0 PUBLISH, encoded by the first receiver that
+    /// needs it ([`Message::qos0_packet`]).
+    pub encoded: EncodedOnce,
+}
+
+/// A message's QoS 0 PUBLISH, encoded once per protocol version and shared
+/// by every receiver of that version: fan-out copies these bytes into each
+/// connection's write buffer instead of building and encoding a packet per
+/// delivery (issue 25). A clone starts empty, so a message changed after
+/// cloning can never send the bytes of the original.
+#[derive(Default)]
+pub struct EncodedOnce([OnceLock<Bytes>; 2]);
+
+impl Clone for EncodedOnce {
+    fn clone(&self) -> EncodedOnce {
+        EncodedOnce::default()
+    }
+}
+
+impl std::fmt::Debug for EncodedOnce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EncodedOnce")
+    }
 }
 
 impl Message {
@@ -53,7 +78,35 @@ impl Message {
                 user_properties: props.user_properties.clone(),
                 ..Properties::default()
             },
+            encoded: EncodedOnce::default(),
         }
+    }
+
+    /// The message as a QoS 0 PUBLISH for `version`, retain flag clear
+    /// (the receiver's flag is bit 0 of the first byte), encoded on first
+    /// use. `None` when the packet differs per receiver or moment (v5 with
+    /// an expiry, whose remaining interval is sent) or cannot be encoded;
+    /// v5 subscription identifiers are the caller's to rule out.
+    pub fn qos0_packet(&self, version: ProtocolVersion) -> Option<&Bytes> {
+        if version.is_v5() && self.expires_at.is_some() {
+            return None;
+        }
+        let slot = &self.encoded.0[usize::from(version.is_v5())];
+        if let Some(bytes) = slot.get() {
+            return Some(bytes);
+        }
+        let publish = Publish {
+            dup: false,
+            qos: QoS::AtMostOnce,
+            retain: false,
+            topic: self.topic.clone(),
+            packet_id: None,
+            properties: if version.is_v5() { self.properties.clone() } else { Properties::default() },
+            payload: self.payload.clone(),
+        };
+        let mut buf = BytesMut::new();
+        crate::codec::encode(&Packet::Publish(publish), version, &mut buf).ok()?;
+        Some(slot.get_or_init(|| buf.freeze()))
     }
 
     /// Whether the message has outlived its expiry interval.
@@ -156,4 +209,45 @@ pub struct Subscription {
     pub options: SubscriptionOptions,
     /// v5 subscription identifier.
     pub id: Option<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(expiry: Option<u32>) -> Message {
+        let topic = TopicName::new("a/b").expect("a valid topic");
+        let props = Properties {
+            message_expiry_interval: expiry,
+            content_type: Some("text/plain".into()),
+            ..Properties::default()
+        };
+        Message::new(topic, Bytes::from_static(b"hello"), QoS::AtLeastOnce, true, &props)
+    }
+
+    #[test]
+    fn the_shared_qos0_packet_decodes_to_the_message() {
+        let m = message(None);
+        for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+            let mut bytes = BytesMut::from(&m.qos0_packet(version).expect("encodable")[..]);
+            let Ok(Some(Packet::Publish(p))) = crate::codec::decode(&mut bytes, version, 1 << 20) else {
+                panic!("not a PUBLISH")
+            };
+            assert_eq!((p.qos, p.retain, p.dup, p.packet_id), (QoS::AtMostOnce, false, false, None));
+            assert_eq!((p.topic.as_str(), &p.payload[..]), ("a/b", &b"hello"[..]));
+            let content_type = version.is_v5().then(|| "text/plain".to_owned());
+            assert_eq!(p.properties.content_type, content_type);
+        }
+        // The same bytes for every receiver, and none for a changed clone.
+        let first = m.qos0_packet(ProtocolVersion::V311).expect("encodable").as_ptr();
+        assert_eq!(m.qos0_packet(ProtocolVersion::V311).expect("encodable").as_ptr(), first);
+        assert!(m.clone().encoded.0.iter().all(|slot| slot.get().is_none()));
+    }
+
+    #[test]
+    fn a_v5_message_with_an_expiry_is_encoded_per_delivery() {
+        let m = message(Some(60));
+        assert!(m.qos0_packet(ProtocolVersion::V5).is_none());
+        assert!(m.qos0_packet(ProtocolVersion::V311).is_some());
+    }
 }

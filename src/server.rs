@@ -232,6 +232,12 @@ impl Server {
         info!("shutting down");
         broker.metrics.set_ready(false);
         broker.shutdown.cancel();
+        // Connections watch their session, not the token (one waiter
+        // less per idle connection); one that attaches after this sweep
+        // sees the token cancelled when it starts.
+        for session in broker.sessions.all() {
+            session.signal(crate::session::signal::SHUTDOWN);
+        }
         while accept_loops.join_next().await.is_some() {}
         broker.tasks.close();
         let grace = Duration::from_millis(broker.config().limits.shutdown_grace_ms);

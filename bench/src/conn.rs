@@ -1,32 +1,48 @@
 //! The `conn` scenario: open N connections, then hold them idle.
 //!
-//! Reports the connect rate (CONNECT to CONNACK, `--concurrency` attempts in
-//! flight) and, given `--broker-pid`, the broker's RSS growth per idle
-//! connection: `(RSS with all connected and settled - RSS before) / N`.
-//! A PINGREQ on every connection afterwards checks they are all alive.
+//! Reports the connect rate (TCP connect, and the TLS handshake with
+//! `--tls-ca`, to CONNACK, `--concurrency` attempts in flight) and, given
+//! `--broker-pid`, the broker's RSS growth per idle connection:
+//! `(RSS with all connected and settled - RSS before) / N`. With `--hold S`
+//! the connections then stay idle for S seconds, each sending PINGREQ every
+//! `--keep-alive` seconds, and the broker's CPU time over the hold is
+//! reported. A PINGREQ on every connection at the end checks they are all
+//! alive.
+//!
+//! One client address has about 28,000 ephemeral ports towards one broker
+//! port; `--sources K` spreads the connections over 127.0.0.2 to
+//! 127.0.0.(K+1) (all loopback) to get past that.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::client::Client;
-use crate::proto::Version;
-use crate::report::{self, Report, Usage};
+use crate::proto::{self, FrameInfo, Version, kind};
+use crate::report::{self, Proc, Report, Usage};
 use crate::{Args, Scenario};
 
-/// Read buffer of each idle connection: they only ever see CONNACK and PINGRESP.
-const IDLE_READ_BUF: usize = 512;
 /// Time for the broker to settle before its idle RSS is read.
 const SETTLE: Duration = Duration::from_millis(500);
+/// Time allowed for the TCP connect, TLS handshake and CONNACK.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest packet an idle connection expects (CONNACK, PINGRESP).
+const IDLE_PACKET: usize = 256;
 
 /// Runs the `conn` scenario.
 pub async fn run(args: &Args, addr: SocketAddr, v: Version) -> Result<Report> {
     let n = args.connections.max(1);
+    let sources = source_addrs(args.sources)?;
+    let tls = match &args.tls_ca {
+        Some(ca) => Some(tls_connector(ca)?),
+        None => None,
+    };
     let usage = Usage::start(args.broker_pid)?;
     let tag = std::process::id();
     let sem = Arc::new(Semaphore::new(args.concurrency.max(1)));
@@ -40,11 +56,14 @@ pub async fn run(args: &Args, addr: SocketAddr, v: Version) -> Result<Report> {
             break;
         }
         attempted += 1;
+        let source = sources.as_ref().map(|s| s[i % s.len()]);
+        let tls = tls.clone();
+        let keep_alive = args.keep_alive;
         set.spawn(async move {
             let id = format!("mb{tag}-c{i}");
-            let r = Client::connect_with(addr, v, &id, IDLE_READ_BUF, 0).await;
+            let r = tokio::time::timeout(CONNECT_TIMEOUT, Idle::connect(addr, source, tls, v, &id, keep_alive)).await;
             drop(permit);
-            r
+            r.context("connect timed out")?
         });
     }
     let mut clients = Vec::with_capacity(n);
@@ -64,6 +83,14 @@ pub async fn run(args: &Args, addr: SocketAddr, v: Version) -> Result<Report> {
     let mut rep = Report::new(Scenario::Conn.name(), v.number(), 0, json!(null));
     let broker = usage.finish(&mut rep)?;
 
+    let (clients, hold) = match (args.hold, args.broker_pid) {
+        (hold, Some(pid)) if hold > 0.0 => {
+            let (clients, figures) = hold_idle(clients, Duration::from_secs_f64(hold), args.keep_alive, pid).await?;
+            (clients, Some(figures))
+        }
+        _ => (clients, None),
+    };
+
     let mut set = JoinSet::new();
     for mut c in clients {
         set.spawn(async move {
@@ -72,20 +99,30 @@ pub async fn run(args: &Args, addr: SocketAddr, v: Version) -> Result<Report> {
         });
     }
     let mut alive = 0u64;
-    let mut writers = Vec::new();
+    let mut done = Vec::new();
     while let Some(joined) = set.join_next().await {
         let (ok, c) = joined?;
         alive += u64::from(ok);
-        writers.push(c.writer);
+        done.push(c);
     }
-    for w in writers {
-        w.disconnect().await;
+    for c in done {
+        c.disconnect().await;
     }
 
-    rep.set("params", json!({"connections": n, "concurrency": args.concurrency}));
+    let params = json!({
+        "connections": n,
+        "concurrency": args.concurrency,
+        "sources": args.sources,
+        "tls": tls.is_some(),
+        "keep_alive_s": args.keep_alive,
+    });
+    rep.set("params", params);
     rep.counts(attempted, attempted, connected, connect_s);
     rep.set("conn_per_sec", json!(report::round(connected as f64 / connect_s, 1)));
     rep.set("alive_after_idle", json!(alive));
+    if let Some(hold) = hold {
+        rep.set("hold", hold);
+    }
     if let Some(e) = first_error {
         rep.set("first_error", json!(e));
     }
@@ -101,4 +138,193 @@ pub async fn run(args: &Args, addr: SocketAddr, v: Version) -> Result<Report> {
         );
     }
     Ok(rep)
+}
+
+/// `None` for the default (the system picks 127.0.0.1), else `k` loopback
+/// addresses from 127.0.0.2.
+fn source_addrs(k: usize) -> Result<Option<Vec<IpAddr>>> {
+    ensure!((1..=250).contains(&k), "--sources must be 1 to 250");
+    if k == 1 {
+        return Ok(None);
+    }
+    Ok(Some((0..k).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + i as u8))).collect()))
+}
+
+/// Keeps every connection idle for `hold`, each sending PINGREQ every
+/// `keep_alive` seconds (spread over the interval, as a fleet's would be),
+/// and reports the broker's CPU time over the hold.
+async fn hold_idle(
+    clients: Vec<Idle>,
+    hold: Duration,
+    keep_alive: u16,
+    pid: u32,
+) -> Result<(Vec<Idle>, serde_json::Value)> {
+    let broker = Proc::new(pid);
+    let before = broker.sample()?;
+    let started = Instant::now();
+    let interval = Duration::from_secs(u64::from(keep_alive.max(1)));
+    let n = clients.len().max(1) as u32;
+    let mut set = JoinSet::new();
+    for (i, mut c) in clients.into_iter().enumerate() {
+        let first = interval * i as u32 / n;
+        set.spawn(async move {
+            let mut at = started + first;
+            let mut pings = 0u64;
+            let mut failed = false;
+            while at < started + hold {
+                tokio::time::sleep_until(at.into()).await;
+                if tokio::time::timeout(Duration::from_secs(5), c.ping()).await.map_or(true, |r| r.is_err()) {
+                    failed = true;
+                    break;
+                }
+                pings += 1;
+                at += interval;
+            }
+            tokio::time::sleep_until((started + hold).into()).await;
+            (c, pings, failed)
+        });
+    }
+    let (mut clients, mut pings, mut failed) = (Vec::new(), 0u64, 0u64);
+    while let Some(joined) = set.join_next().await {
+        let (c, p, f) = joined?;
+        clients.push(c);
+        pings += p;
+        failed += u64::from(f);
+    }
+    let after = broker.sample()?;
+    let cpu = after.cpu_s - before.cpu_s;
+    let held = started.elapsed().as_secs_f64();
+    let figures = json!({
+        "seconds": report::round(held, 2),
+        "pings": pings,
+        "ping_failures": failed,
+        "broker_cpu_s": report::round(cpu, 3),
+        "broker_cpu_percent": report::round(cpu / held * 100.0, 2),
+        "broker_rss_kib": after.rss_kib,
+    });
+    Ok((clients, figures))
+}
+
+/// A TLS client configuration trusting the certificates in `ca` (PEM).
+fn tls_connector(ca: &std::path::Path) -> Result<tokio_rustls::TlsConnector> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))? {
+        roots.add(cert.with_context(|| format!("a certificate in {}", ca.display()))?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// The stream of an idle connection.
+enum Stream {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// One idle connection: it reads only CONNACK and PINGRESP, so a small
+/// buffer and no split.
+struct Idle {
+    stream: Stream,
+    buf: Vec<u8>,
+}
+
+impl Idle {
+    async fn connect(
+        addr: SocketAddr,
+        source: Option<IpAddr>,
+        tls: Option<tokio_rustls::TlsConnector>,
+        v: Version,
+        client_id: &str,
+        keep_alive: u16,
+    ) -> Result<Idle> {
+        let tcp = match source {
+            None => TcpStream::connect(addr).await,
+            Some(ip) => {
+                let socket = TcpSocket::new_v4()?;
+                socket.bind(SocketAddr::new(ip, 0)).with_context(|| format!("binding {ip}"))?;
+                socket.connect(addr).await
+            }
+        }
+        .with_context(|| format!("connecting to {addr}"))?;
+        tcp.set_nodelay(true)?;
+        let stream = match tls {
+            None => Stream::Tcp(tcp),
+            Some(tls) => {
+                let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+                Stream::Tls(Box::new(tls.connect(name, tcp).await.context("TLS handshake")?))
+            }
+        };
+        let mut idle = Idle { stream, buf: Vec::with_capacity(IDLE_PACKET) };
+        let mut out = Vec::with_capacity(64);
+        proto::connect(&mut out, v, client_id, keep_alive, 0);
+        idle.write(&out).await?;
+        let (first, body) = idle.recv().await?;
+        ensure!(first >> 4 == kind::CONNACK, "expected CONNACK, got type {}", first >> 4);
+        let ack = proto::parse_connack(v, &body)?;
+        ensure!(ack.code == 0, "CONNACK refused the connection: code {}", ack.code);
+        Ok(idle)
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        match &mut self.stream {
+            Stream::Tcp(s) => write_all(s, bytes).await,
+            Stream::Tls(s) => write_all(s.as_mut(), bytes).await,
+        }
+    }
+
+    /// The next packet's first byte and body.
+    async fn recv(&mut self) -> Result<(u8, Vec<u8>)> {
+        loop {
+            if let Some(FrameInfo { first, body_start, end }) = proto::parse_frame(&self.buf)? {
+                let body = self.buf[body_start..end].to_vec();
+                self.buf.drain(..end);
+                return Ok((first, body));
+            }
+            let mut chunk = [0u8; IDLE_PACKET];
+            let n = match &mut self.stream {
+                Stream::Tcp(s) => s.read(&mut chunk).await?,
+                Stream::Tls(s) => s.read(&mut chunk).await?,
+            };
+            if n == 0 {
+                bail!("connection closed by the broker");
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Sends PINGREQ and waits for PINGRESP.
+    async fn ping(&mut self) -> Result<()> {
+        let mut out = Vec::with_capacity(2);
+        proto::pingreq(&mut out);
+        self.write(&out).await?;
+        loop {
+            let (first, _) = self.recv().await?;
+            if first >> 4 == kind::PINGRESP {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Sends DISCONNECT and closes; errors are ignored (the run is over).
+    async fn disconnect(mut self) {
+        let mut out = Vec::with_capacity(2);
+        proto::disconnect(&mut out);
+        let _ = self.write(&out).await;
+        let _ = match &mut self.stream {
+            Stream::Tcp(s) => s.shutdown().await,
+            Stream::Tls(s) => s.shutdown().await,
+        };
+    }
+}
+
+async fn write_all<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, bytes: &[u8]) -> Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await?;
+    Ok(())
 }

@@ -116,6 +116,23 @@ pub struct Args {
     /// Connection attempts in flight at once in `conn`.
     #[arg(long, default_value_t = 32)]
     pub concurrency: usize,
+    /// Client addresses the `conn` connections come from: 1 is the
+    /// system's choice (127.0.0.1); K > 1 spreads them over 127.0.0.2 to
+    /// 127.0.0.(K+1), each with its own ~28,000 ephemeral ports.
+    #[arg(long, default_value_t = 1)]
+    pub sources: usize,
+    /// `conn` over TLS, trusting the CA certificates in this PEM file (the
+    /// broker's certificate must name 127.0.0.1).
+    #[arg(long, value_name = "PEM")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Keep alive of the `conn` connections, seconds (they send PINGREQ
+    /// at this interval during `--hold`).
+    #[arg(long, default_value_t = 600)]
+    pub keep_alive: u16,
+    /// Seconds the `conn` connections stay idle after the RSS is read,
+    /// with the broker's CPU time over them reported (needs --broker-pid).
+    #[arg(long, default_value_t = 0.0)]
+    pub hold: f64,
     /// Retained messages in `retained`.
     #[arg(long, default_value_t = 10_000)]
     pub retained: u64,
@@ -168,6 +185,9 @@ fn main() -> Result<()> {
     }
     let addr = loopback_addr(&args.host, args.port)?;
     let sub_addr = loopback_addr(&args.host, args.sub_port.unwrap_or(args.port))?;
+    if !(args.hold >= 0.0 && args.hold.is_finite()) {
+        bail!("--hold must be a number of seconds, not negative");
+    }
     if !(args.settle >= 0.0 && args.settle.is_finite()) {
         bail!("--settle must be a number of seconds, not negative");
     }
@@ -177,7 +197,7 @@ fn main() -> Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build()?;
     // Hard bound on the whole run, whatever the broker does.
-    let limit = Duration::from_secs_f64(args.time * 2.0 + args.grace + args.settle + 30.0);
+    let limit = Duration::from_secs_f64(args.time * 2.0 + args.grace + args.settle + args.hold + 30.0);
     runtime.block_on(async {
         tokio::time::timeout(limit, run(&args, addr, sub_addr))
             .await

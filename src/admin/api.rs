@@ -53,7 +53,7 @@ fn clients(broker: &Broker) -> Value {
     let mut list = Vec::new();
     for session in broker.sessions.all() {
         let state = session.lock();
-        let Some(c) = &state.connection else { continue };
+        let Some(c) = state.connection() else { continue };
         list.push(json!({
             "client_id": &**session.client_id(),
             "username": c.username,

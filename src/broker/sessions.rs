@@ -254,8 +254,9 @@ impl Broker {
         let (kept, expiry_changed) = {
             let mut state = session.lock();
             state.online = false;
-            state.kick = None;
-            state.connection = None;
+            state.kickable = false;
+            state.connected_since = None;
+            session.forget_connection();
             let expiry_changed = std::mem::replace(&mut state.expiry_s, expiry_s) != expiry_s;
             state.timers = Some(timers.clone());
             if let Some(feeding) = state.feeding.take() {

@@ -105,6 +105,7 @@ pub fn decode(topic: TopicName, payload: Bytes, header: &str, now: Instant) -> O
             ..Properties::default()
         },
         expires_at: e.expiry_ms.map(|ms| now + Duration::from_millis(ms)),
+        encoded: Default::default(),
     })
 }
 

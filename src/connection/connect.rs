@@ -1,7 +1,6 @@
 //! The CONNECT handshake: the first packet, authentication, session
 //! attach and CONNACK.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +20,7 @@ use crate::config::ListenerConfig;
 use crate::identity::Peer;
 use crate::message::Owner;
 use crate::metrics::{Limit, LocalCounts, Refusal};
-use crate::session::{Attached, ConnectionInfo};
+use crate::session::Attached;
 use crate::untrusted::Untrusted;
 
 /// Authorization verdicts a connection remembers: enough for the topics
@@ -73,7 +72,10 @@ where
         Ok(attached) => attached,
         Err(refused) => return refused.answer(&broker, &mut stream, version).await,
     };
-    open_session(&broker, &attached, &client, &negotiated, &peer, listener, version);
+    // One copy, shared by the session (reloads re-authorize with it)
+    // and the connection.
+    let client = Arc::new(client);
+    open_session(&broker, &attached, &client, &negotiated);
     let connack = connack(&negotiated, attached.present, limits, version, &authenticated);
     let parts = Parts { rbuf, bytes_read, negotiated: &negotiated, authenticated, attached, client };
     let mut conn = connection(&broker, stream, &connect, limits, parts);
@@ -160,15 +162,7 @@ async fn attach(broker: &Broker, client_id: &Arc<str>, clean_start: bool) -> Res
 /// Records who holds the session now (expiry, owner, connection, client),
 /// in the store too when the session outlives the connection, and hands it
 /// what its share groups kept while no member was connected.
-fn open_session(
-    broker: &Broker,
-    attached: &Attached,
-    client: &ClientInfo,
-    negotiated: &Negotiated,
-    peer: &Peer,
-    listener: &ListenerConfig,
-    version: ProtocolVersion,
-) {
+fn open_session(broker: &Broker, attached: &Attached, client: &Arc<ClientInfo>, negotiated: &Negotiated) {
     let session_expiry_s = negotiated.session_expiry_s;
     let owner = Owner(client.username.clone());
     {
@@ -176,20 +170,13 @@ fn open_session(
         // Set while online too: it decides whether queued messages are stored.
         session.expiry_s = session_expiry_s;
         session.owner = Some(owner.clone());
-        session.connection = Some(ConnectionInfo {
-            username: client.username.clone(),
-            claimed_username: client.claimed_username.clone(),
-            peer: peer.addr,
-            listener: listener.name.clone(),
-            protocol: version,
-            since: std::time::SystemTime::now(),
-        });
+        session.connected_since = Some(std::time::SystemTime::now());
     }
     if session_expiry_s > 0 {
         broker.store.session_opened(&negotiated.client_id, session_expiry_s);
         broker.store.session_owner(&negotiated.client_id, &owner);
     }
-    attached.session.lock().client = Some(Arc::new(client.clone()));
+    attached.session.lock().client = Some(client.clone());
     // Now that its expiry is known (it decides whether they are stored):
     // what its share groups kept while no member was connected.
     broker.serve_waiting(&attached.session, None);
@@ -225,7 +212,7 @@ struct Parts<'a> {
     negotiated: &'a Negotiated,
     authenticated: policy::Authenticated,
     attached: Attached,
-    client: ClientInfo,
+    client: Arc<ClientInfo>,
 }
 
 /// The connection the handshake admitted, with the limits it negotiated.
@@ -235,11 +222,14 @@ fn connection<S>(
     connect: &Connect,
     limits: &crate::config::Limits,
     parts: Parts<'_>,
-) -> Box<Connection<S>> {
+) -> Box<Connection<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let Parts { rbuf, bytes_read, negotiated, authenticated, attached, client } = parts;
     let (keep_alive, session_expiry_s) = (negotiated.keep_alive, negotiated.session_expiry_s);
     let props = &connect.properties;
-    Box::new(Connection {
+    let mut conn = Box::new(Connection {
         stream,
         // Usually empty by now; if so, nothing is held until the client
         // sends again (see `read_some`).
@@ -257,23 +247,26 @@ fn connection<S>(
         connect_expiry_zero: session_expiry_s == 0,
         send_window: usize::from(props.receive_maximum.unwrap_or(u16::MAX).min(limits.max_inflight)),
         client_max_packet: props.maximum_packet_size,
-        aliases: HashMap::new(),
         want_drain: true,
         durable: None,
         replicated: None,
-        publish_rate: crate::rate::TokenBucket::per_second(limits.max_publish_rate, std::time::Instant::now()),
         counts: LocalCounts { bytes_received: bytes_read, ..LocalCounts::default() },
         attached,
         broker: broker.clone(),
         authz: AuthzCache::new(AUTHZ_CACHE_ENTRIES),
-        denials: crate::auth::DenialLog::default(),
-        auth_method: authenticated.method,
         reauth: None,
         held: None,
         input_pending: false,
-        retained: std::collections::VecDeque::new(),
+        rare: None,
         client,
-    })
+    });
+    let publish_rate = crate::rate::TokenBucket::per_second(limits.max_publish_rate, std::time::Instant::now());
+    if authenticated.method.is_some() || publish_rate.is_some() {
+        let rare = conn.rare();
+        rare.auth_method = authenticated.method;
+        rare.publish_rate = publish_rate;
+    }
+    conn
 }
 
 /// Whether `client` may have the session of `client_id` (`[auth]

@@ -4,7 +4,6 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::{Close, Connection};
 use crate::auth::Action;
@@ -130,8 +129,11 @@ where
             return Err(Close::Protocol(ReasonCode::TOPIC_NAME_INVALID, "topic over the length or level limit"));
         }
         // A reload may have changed the rate; a new one starts full.
-        crate::rate::TokenBucket::follow(&mut self.publish_rate, limits.max_publish_rate, now);
-        if let Some(bucket) = &mut self.publish_rate
+        let per_second = limits.max_publish_rate;
+        if per_second > 0 || self.rare.as_ref().is_some_and(|r| r.publish_rate.is_some()) {
+            crate::rate::TokenBucket::follow(&mut self.rare().publish_rate, per_second, now);
+        }
+        if let Some(bucket) = self.rare.as_mut().and_then(|r| r.publish_rate.as_mut())
             && !bucket.try_take(now)
         {
             self.over_publish_rate(publish.qos, publish.packet_id);
@@ -273,12 +275,8 @@ where
     /// Waits, without reading from the client, for room for a held
     /// publish (see [`HeldPublish`]), still delivering to this
     /// client meanwhile.
-    pub(super) async fn wait_held(
-        &mut self,
-        kicked: &CancellationToken,
-        shutdown: &CancellationToken,
-        own: &Session,
-    ) -> Result<(), Close> {
+    pub(super) async fn wait_held(&mut self) -> Result<(), Close> {
+        let own = self.attached.session.clone();
         // Every held session's room, not only the first's: a subscriber
         // that has room gets its copy then, whatever the others do.
         let sessions: Vec<Arc<Session>> =
@@ -302,15 +300,17 @@ where
             }
         });
         let until = self.held.as_ref().map_or_else(Instant::now, |h| h.until);
+        let signalled = std::future::poll_fn(|cx| own.poll_signals(cx));
         tokio::select! {
             biased;
-            () = kicked.cancelled() => Err(super::kicked_close(own)),
-            () = shutdown.cancelled() => Err(Close::Shutdown),
+            bits = signalled => match super::leave_reason(bits, &own) {
+                Some(close) => Err(close),
+                None => {
+                    self.want_drain = true;
+                    Ok(())
+                }
+            },
             () = any_room => Ok(()),
-            () = own.woken() => {
-                self.want_drain = true;
-                Ok(())
-            }
             () = tokio::time::sleep_until(until) => {
                 // A last offer, so a queue that has room now is not given up.
                 if self.offer_held()? { Ok(()) } else { self.give_up_held() }
@@ -425,9 +425,10 @@ where
             return Err(Close::Protocol(ReasonCode::TOPIC_ALIAS_INVALID, "topic alias out of range"));
         }
         if publish.topic.is_empty() {
-            self.aliases.get(&alias).cloned().ok_or(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "unknown topic alias"))
+            let known = self.rare.as_ref().and_then(|r| r.aliases.get(&alias)).cloned();
+            known.ok_or(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "unknown topic alias"))
         } else {
-            self.aliases.insert(alias, publish.topic.clone());
+            self.rare().aliases.insert(alias, publish.topic.clone());
             Ok(publish.topic.clone())
         }
     }

@@ -14,7 +14,10 @@ mod policy;
 mod subscribe;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -28,7 +31,7 @@ use crate::codec::{self, Disconnect, Packet, Properties, ProtocolVersion, Reason
 use crate::config::ListenerConfig;
 use crate::identity::Peer;
 use crate::metrics::{Limit, LocalCounts};
-use crate::session::{Attached, Session};
+use crate::session::{Attached, Session, signal};
 
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,21 +116,14 @@ struct Connection<S> {
     send_window: usize,
     /// The client's Maximum Packet Size, if it set one.
     client_max_packet: Option<u32>,
-    /// Inbound topic aliases (v5).
-    aliases: HashMap<u16, TopicName>,
     /// Deliveries may be waiting: the session woke us or the window opened.
     want_drain: bool,
     /// Who the client is, as plugins see it: client id, the user name in
     /// force (from CONNECT, the certificate or an authenticator's grant),
     /// peer, listener, certificate identity and granted attributes.
-    client: ClientInfo,
+    client: Arc<ClientInfo>,
     /// This connection's memory of authorization verdicts.
     authz: AuthzCache,
-    /// This connection's refusal lines, rate-limited.
-    denials: crate::auth::DenialLog,
-    /// The v5 Authentication Method used at CONNECT; re-authentication
-    /// must use the same one.
-    auth_method: Option<String>,
     /// A re-authentication exchange under way, pinned to the plugin
     /// instance conducting it.
     reauth: Option<Box<crate::auth::AuthExchange>>,
@@ -136,44 +132,66 @@ struct Connection<S> {
     durable: Option<crate::store::Barrier>,
     /// In a cluster, the same for JetStream: see `Cluster::stored`.
     replicated: Option<crate::store::Barrier>,
-    /// The client's `limits.max_publish_rate` (following reloads); `None`
-    /// when unlimited, so an unset limit costs one branch per PUBLISH.
-    publish_rate: Option<crate::rate::TokenBucket>,
     /// Messages and bytes counted since the last flush into the broker's
     /// metrics (once per loop turn, not per message).
     counts: LocalCounts,
     /// A publish waiting for room in full subscriber queues; while it is,
     /// nothing more is read from the client.
     held: Option<Box<inbound::HeldPublish>>,
-    /// Retained messages matched by new subscriptions, not yet sent: they
-    /// go out ahead of the session's queue as the window allows.
-    retained: std::collections::VecDeque<crate::message::Delivery>,
     /// The read buffer holds packets not yet handled: the last turn
     /// stopped at [`INPUT_BATCH`] to let other tasks run.
     input_pending: bool,
+    /// What most connections never need, made on first use
+    /// ([`Connection::rare`]): an idle connection does not carry it.
+    rare: Option<Box<Rare>>,
+}
+
+/// The parts of a connection that most clients never use (issue 25: 170
+/// bytes an idle connection would otherwise carry).
+#[derive(Default)]
+struct Rare {
+    /// Inbound topic aliases (v5).
+    aliases: HashMap<u16, TopicName>,
+    /// This connection's refusal lines, rate-limited.
+    denials: crate::auth::DenialLog,
+    /// The v5 Authentication Method used at CONNECT; re-authentication
+    /// must use the same one.
+    auth_method: Option<String>,
+    /// The client's `limits.max_publish_rate` (following reloads); `None`
+    /// when unlimited.
+    publish_rate: Option<crate::rate::TokenBucket>,
+    /// Retained messages matched by new subscriptions, not yet sent: they
+    /// go out ahead of the session's queue as the window allows.
+    retained: std::collections::VecDeque<crate::message::Delivery>,
 }
 
 /// Serves one client connection to the end, over a stream on which any
 /// TLS handshake and WebSocket upgrade are done; `peer` carries the
 /// verified client certificate, if any. Never panics on peer input; all
 /// outcomes are logged here, once.
-pub async fn serve<S>(broker: Arc<Broker>, stream: S, peer: Peer, listener: Arc<ListenerConfig>)
+///
+/// Two stages, not one `async fn`: the handshake (CONNECT,
+/// authentication) is boxed and dropped once done, and what stays for
+/// the client's life is [`Connection::run`]'s future alone. An `async fn`
+/// would keep its arguments' room (and that of every enclosing one) in
+/// each idle connection's task (issue 25).
+pub fn serve<S>(
+    broker: Arc<Broker>,
+    stream: S,
+    peer: Peer,
+    listener: Arc<ListenerConfig>,
+) -> impl Future<Output = ()> + Send
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let addr = peer.addr;
-    let span = tracing::debug_span!("conn", peer = %addr, listener = %listener.name, client_id = field::Empty);
-    async move {
-        // The handshake (CONNECT, authentication) is boxed: its states are
-        // large and short-lived, and the task's future, held for as long as
-        // the client stays connected, is as large as its largest state.
-        let Some(conn) = Box::pin(connect::handshake(broker, stream, peer, &listener)).await else {
-            return;
-        };
-        conn.run().await;
-    }
-    .instrument(span)
-    .await;
+    use futures_util::FutureExt;
+    use futures_util::future::Either;
+    let span = tracing::debug_span!("conn", peer = %peer.addr, listener = %listener.name, client_id = field::Empty);
+    let handshake = async move { connect::handshake(broker, stream, peer, &listener).await };
+    Box::pin(handshake.instrument(span.clone())).then(move |conn| match conn {
+        Some(conn) => Either::Left(conn.run().instrument(span)),
+        None => Either::Right(std::future::ready(())),
+    })
 }
 
 impl<S> Connection<S>
@@ -194,23 +212,35 @@ where
 
     /// The main loop: read packets, deliver queued messages, watch keep
     /// alive, takeover and shutdown.
+    ///
+    /// Its future is most of what an idle connection costs, so what it
+    /// holds across the idle wait is small: the keep-alive timer and the
+    /// wait itself ([`Connection::poll_event`]). Whatever waits seldom
+    /// (a full socket, a held publish, the store) is boxed.
     async fn serve_packets(&mut self) -> Close {
-        let kicked = self.attached.kicked.clone();
-        let shutdown = self.broker.shutdown.clone();
-        let session = self.attached.session.clone();
+        if self.broker.shutdown.is_cancelled() {
+            // Attached after shutdown signalled every session.
+            return Close::Shutdown;
+        }
+        // One timer for the connection's life: a read only moves
+        // `last_read`, and the timer, when it fires early, moves on to the
+        // new deadline (`poll_keep_alive`).
+        let mut keep_alive = std::pin::pin!(self.keep_alive.map(|ka| tokio::time::sleep_until(self.last_read + ka)));
         loop {
             if self.want_drain {
                 self.want_drain = false;
                 self.drain().await;
                 // Room may have opened for what share groups keep waiting.
-                self.broker.serve_waiting(&session, None);
+                self.broker.serve_waiting(&self.attached.session, None);
             }
             #[cfg(feature = "cluster")]
             if std::mem::take(&mut self.subscriptions_changed) {
                 // Boxed: rare, and large next to the idle connection.
                 Box::pin(self.keep(false)).await;
             }
-            if let Err(close) = self.await_durable().await {
+            if (self.durable.is_some() || self.replicated.is_some())
+                && let Err(close) = Box::pin(self.await_durable()).await
+            {
                 return close;
             }
             if let Err(close) = self.flush().await {
@@ -218,7 +248,7 @@ where
             }
             self.broker.metrics.flush(&mut self.counts);
             if self.held.is_some() {
-                match self.wait_held(&kicked, &shutdown, &session).await {
+                match Box::pin(self.wait_held()).await {
                     Ok(()) => continue,
                     Err(close) => return close,
                 }
@@ -232,29 +262,50 @@ where
                 }
                 continue;
             }
-            let deadline = self.keep_alive.map(|ka| self.last_read + ka);
-            tokio::select! {
-                biased;
-                () = kicked.cancelled() => return kicked_close(&session),
-                () = shutdown.cancelled() => return Close::Shutdown,
-                read = read_some(&mut self.stream, &mut self.rbuf) => match read {
-                    Ok(0) | Err(_) => return Close::ConnectionLost,
-                    Ok(n) => {
-                        self.counts.bytes_received += n as u64;
-                        self.last_read = Instant::now();
-                        // Boxed, once per read: handling a packet may wait
-                        // for a plugin, and the states of that wait would
-                        // otherwise be kept in every idle connection's task.
-                        if let Err(close) = Box::pin(self.process_input()).await {
-                            return close;
-                        }
-                        settle_read_buffer(&mut self.rbuf, n);
+            match std::future::poll_fn(|cx| self.poll_event(cx, keep_alive.as_mut())).await {
+                Event::Read(n) => {
+                    self.counts.bytes_received += n as u64;
+                    self.last_read = Instant::now();
+                    // Boxed, once per read: handling a packet may wait
+                    // for a plugin, and the states of that wait would
+                    // otherwise be kept in every idle connection's task.
+                    if let Err(close) = Box::pin(self.process_input()).await {
+                        return close;
                     }
-                },
-                () = session.woken() => self.want_drain = true,
-                () = sleep_until_opt(deadline) => return Close::KeepAliveTimeout,
+                    settle_read_buffer(&mut self.rbuf, n);
+                }
+                Event::Woken => {}
+                Event::Close(close) => return close,
             }
         }
+    }
+
+    /// What the idle connection waits for, in this order: being told to
+    /// leave (takeover, kick, shutdown), bytes from the client, deliveries
+    /// (sets `want_drain`), the keep-alive deadline.
+    fn poll_event(&mut self, cx: &mut Context<'_>, keep_alive: Pin<&mut Option<tokio::time::Sleep>>) -> Poll<Event> {
+        let mut woken = false;
+        if let Poll::Ready(bits) = self.attached.session.poll_signals(cx) {
+            if let Some(close) = leave_reason(bits, &self.attached.session) {
+                return Poll::Ready(Event::Close(close));
+            }
+            self.want_drain = true;
+            woken = true;
+        }
+        match poll_read_some(&mut self.stream, &mut self.rbuf, cx) {
+            Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Event::Close(Close::ConnectionLost)),
+            Poll::Ready(Ok(n)) => return Poll::Ready(Event::Read(n)),
+            Poll::Pending => {}
+        }
+        if woken {
+            return Poll::Ready(Event::Woken);
+        }
+        if let (Some(sleep), Some(ka)) = (keep_alive.as_pin_mut(), self.keep_alive)
+            && poll_keep_alive(sleep, cx, self.last_read + ka).is_ready()
+        {
+            return Poll::Ready(Event::Close(Close::KeepAliveTimeout));
+        }
+        Poll::Pending
     }
 
     /// Decodes and handles every complete packet in the read buffer, up to
@@ -278,6 +329,16 @@ where
         }
         self.input_pending = true;
         Ok(())
+    }
+
+    /// The connection's [`Rare`] parts, made now if need be.
+    fn rare(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Retained messages of new subscriptions not yet sent.
+    fn retained_waiting(&self) -> Option<&std::collections::VecDeque<crate::message::Delivery>> {
+        self.rare.as_ref().map(|r| &r.retained).filter(|r| !r.is_empty())
     }
 
     /// Queues a packet for the next flush.
@@ -334,7 +395,7 @@ where
     /// so the client publishes again: nothing is acknowledged that
     /// JetStream may not have.
     async fn await_replicated(&mut self, barrier: crate::store::Barrier) -> Result<(), Close> {
-        let (kicked, shutdown) = (self.attached.kicked.clone(), self.broker.shutdown.clone());
+        let session = self.attached.session.clone();
         let close = tokio::select! {
             biased;
             stored = tokio::time::timeout(self.store_timeout(), barrier.wait()) => match stored {
@@ -342,8 +403,7 @@ where
                 Ok(Err(_)) => Close::Shutdown,
                 Err(_) => Close::Protocol(ReasonCode::SERVER_BUSY, "the cluster did not store a message in time"),
             },
-            () = kicked.cancelled() => kicked_close(&self.attached.session),
-            () = shutdown.cancelled() => Close::Shutdown,
+            bits = session.leaving() => leave_reason(bits, &session).unwrap_or(Close::Shutdown),
         };
         self.wbuf.clear();
         Err(close)
@@ -367,24 +427,13 @@ where
         if batch == 0 {
             return Ok(());
         }
-        let timeout = self.broker.config().limits.write_timeout();
-        let (stream, wbuf) = (&mut self.stream, &mut self.wbuf);
-        let write = async move {
-            stream.write_all_buf(wbuf).await?;
-            // A no-op on TCP; TLS and WebSocket streams may hold data back.
-            stream.flush().await
-        };
-        let outcome = tokio::select! {
-            biased;
-            written = tokio::time::timeout(timeout, write) => match written {
-                Ok(written) => written.map_err(Close::from),
-                Err(_) => {
-                    self.broker.metrics.limit_hit(Limit::WriteTimeout);
-                    Err(Close::WriteTimeout)
-                }
-            },
-            () = self.attached.kicked.cancelled() => Err(kicked_close(&self.attached.session)),
-            () = self.broker.shutdown.cancelled() => Err(Close::Shutdown),
+        // Most batches fit the socket at once: written here, nothing held
+        // across an await. Only a client that does not keep up gets the
+        // (boxed) wait with its deadline.
+        let outcome = match std::future::poll_fn(|cx| Poll::Ready(self.write_now(cx))).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Box::pin(self.flush_waiting()).await,
+            Err(e) => Err(Close::from(e)),
         };
         self.counts.bytes_sent += (batch - self.wbuf.len()) as u64;
         outcome?;
@@ -396,6 +445,49 @@ where
             self.wbuf.clear();
         }
         Ok(())
+    }
+
+    /// Writes (and flushes) as much of the write buffer as the stream
+    /// takes without waiting; `Ok(true)` when all of it went.
+    fn write_now(&mut self, cx: &mut Context<'_>) -> std::io::Result<bool> {
+        let mut stream = Pin::new(&mut self.stream);
+        while !self.wbuf.is_empty() {
+            match stream.as_mut().poll_write(cx, &self.wbuf) {
+                Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Poll::Ready(Ok(n)) => bytes::Buf::advance(&mut self.wbuf, n),
+                Poll::Ready(Err(e)) => return Err(e),
+                Poll::Pending => return Ok(false),
+            }
+        }
+        // A no-op on TCP; TLS and WebSocket streams may hold data back.
+        match stream.poll_flush(cx) {
+            Poll::Ready(result) => result.map(|()| true),
+            Poll::Pending => Ok(false),
+        }
+    }
+
+    /// The rest of a flush the stream could not take at once, waiting for
+    /// the client within `limits.write_timeout_ms`, or until it is told to
+    /// leave.
+    async fn flush_waiting(&mut self) -> Result<(), Close> {
+        let timeout = self.broker.config().limits.write_timeout();
+        let session = self.attached.session.clone();
+        let (stream, wbuf) = (&mut self.stream, &mut self.wbuf);
+        let write = async move {
+            stream.write_all_buf(wbuf).await?;
+            stream.flush().await
+        };
+        tokio::select! {
+            biased;
+            written = tokio::time::timeout(timeout, write) => match written {
+                Ok(written) => written.map_err(Close::from),
+                Err(_) => {
+                    self.broker.metrics.limit_hit(Limit::WriteTimeout);
+                    Err(Close::WriteTimeout)
+                }
+            },
+            bits = session.leaving() => Err(leave_reason(bits, &session).unwrap_or(Close::Shutdown)),
+        }
     }
 
     /// The goodbye's flush: best effort, bounded, and not cut short by the
@@ -433,7 +525,8 @@ where
         self.drop_held();
         if self.session_expiry_s > 0 {
             // Still owed to a session that outlives this connection.
-            let owed = self.retained.drain(..).filter(|d| d.qos != crate::codec::QoS::AtMostOnce);
+            let retained = self.rare.as_mut().map(|r| std::mem::take(&mut r.retained)).unwrap_or_default();
+            let owed = retained.into_iter().filter(|d| d.qos != crate::codec::QoS::AtMostOnce);
             self.attached.session.lock().restore_pending(owed);
         }
         let mut will = if close.publishes_will() { self.will.take().map(|w| *w) } else { None };
@@ -462,9 +555,37 @@ where
 /// that, and flushes the batch's acknowledgements early.
 const INPUT_BATCH: usize = 64;
 
-/// Why the session's `kick` token was cancelled.
-fn kicked_close(session: &Session) -> Close {
-    if session.lock().kicked_by_admin { Close::Kicked } else { Close::TakenOver }
+/// What woke an idle connection ([`Connection::poll_event`]).
+enum Event {
+    /// Bytes read from the client.
+    Read(usize),
+    /// Deliveries may be waiting (`want_drain` is set).
+    Woken,
+    /// The connection ends.
+    Close(Close),
+}
+
+/// Why the connection was told to leave, if `bits` tell it to.
+fn leave_reason(bits: u8, session: &Session) -> Option<Close> {
+    if bits & signal::KICK != 0 {
+        Some(if session.lock().kicked_by_admin { Close::Kicked } else { Close::TakenOver })
+    } else if bits & signal::SHUTDOWN != 0 {
+        Some(Close::Shutdown)
+    } else {
+        None
+    }
+}
+
+/// Whether the keep-alive deadline `due` (which reads move later) has
+/// passed; re-arms `sleep` for it when the timer fired early.
+fn poll_keep_alive(mut sleep: Pin<&mut tokio::time::Sleep>, cx: &mut Context<'_>, due: Instant) -> Poll<()> {
+    while sleep.as_mut().poll(cx).is_ready() {
+        if due <= Instant::now() {
+            return Poll::Ready(());
+        }
+        sleep.as_mut().reset(due);
+    }
+    Poll::Pending
 }
 
 /// The topic limit a topic name or filter breaks, if any: its length in
@@ -495,25 +616,26 @@ const READ_RESERVE_BUSY: usize = 64 * 1024;
 const WRITE_KEEP: usize = 4 * 1024;
 
 /// Reads what is available: into the stack when the connection holds no
-/// read buffer, else into the buffer's spare room. Cancel-safe, like
-/// `read_buf`.
-async fn read_some<S: AsyncRead + Unpin>(stream: &mut S, rbuf: &mut BytesMut) -> std::io::Result<usize> {
-    if rbuf.capacity() > rbuf.len() {
-        return stream.read_buf(rbuf).await;
-    }
-    if !rbuf.is_empty() {
+/// read buffer, else into the buffer's spare room. A poll, not a future:
+/// the idle wait holds nothing for it.
+fn poll_read_some<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    rbuf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    if rbuf.capacity() == rbuf.len() {
+        if rbuf.is_empty() {
+            // On the stack of this poll only, never in the task's state.
+            let mut scratch = [const { std::mem::MaybeUninit::<u8>::uninit() }; SCRATCH];
+            let mut buf = tokio::io::ReadBuf::uninit(&mut scratch);
+            std::task::ready!(Pin::new(&mut *stream).poll_read(cx, &mut buf))?;
+            rbuf.extend_from_slice(buf.filled());
+            return Poll::Ready(Ok(buf.filled().len()));
+        }
         rbuf.reserve(READ_RESERVE);
-        return stream.read_buf(rbuf).await;
     }
-    std::future::poll_fn(|cx| {
-        // On the stack of this poll only, never in the task's state.
-        let mut scratch = [const { std::mem::MaybeUninit::<u8>::uninit() }; SCRATCH];
-        let mut buf = tokio::io::ReadBuf::uninit(&mut scratch);
-        std::task::ready!(std::pin::Pin::new(&mut *stream).poll_read(cx, &mut buf))?;
-        rbuf.extend_from_slice(buf.filled());
-        std::task::Poll::Ready(Ok(buf.filled().len()))
-    })
-    .await
+    // `read_buf`'s future borrows and holds nothing else: made per poll.
+    std::pin::pin!(stream.read_buf(rbuf)).poll(cx)
 }
 
 /// After the packets of an `n`-byte read are handled, sizes the read buffer
@@ -527,12 +649,5 @@ fn settle_read_buffer(rbuf: &mut BytesMut, n: usize) {
         *rbuf = BytesMut::new();
     } else {
         rbuf.reserve(READ_RESERVE);
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }

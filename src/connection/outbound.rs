@@ -85,13 +85,22 @@ where
     /// a plugin that waits never holds up the publishers queueing to this
     /// session.
     pub(super) async fn drain(&mut self) {
-        let mut decided = None;
-        while let Some(delivery) = self.drain_locked(decided.take()) {
+        let Some(undecided) = self.drain_locked(None) else { return };
+        // Boxed: a plugin's verdict is rare next to cached ones, and its
+        // wait would otherwise be part of every idle connection's task.
+        Box::pin(self.drain_asking(undecided)).await;
+    }
+
+    /// The rest of [`Connection::drain`] once a delivery needs a plugin's
+    /// verdict: asks, with the session lock released, and goes on.
+    async fn drain_asking(&mut self, undecided: Delivery) {
+        let mut next = Some(undecided);
+        while let Some(delivery) = next {
             let policy = self.broker.policy();
             let (topic, qos, retain) = (delivery.message.topic.clone(), delivery.qos, delivery.retain);
             let now = std::time::Instant::now();
             let allowed = self.allowed_by(&policy, now, Action::Receive, topic.as_str(), qos, retain).await;
-            decided = Some((delivery, allowed));
+            next = self.drain_locked(Some((delivery, allowed)));
         }
     }
 
@@ -117,7 +126,8 @@ where
                 Some((delivery, allowed)) => (delivery, Some(allowed)),
                 None => {
                     // Retained messages for new subscriptions first, then the queue.
-                    let Some(front) = self.retained.front().or(state.pending.front()) else { break };
+                    let retained = self.retained_waiting();
+                    let Some(front) = retained.and_then(|r| r.front()).or(state.pending.front()) else { break };
                     if self.wbuf.len() >= DRAIN_BUDGET {
                         // The rest stays queued (where the queue's bounds
                         // apply) until this much is written; the wake-up
@@ -128,7 +138,10 @@ where
                     if front.qos != QoS::AtMostOnce && state.inflight.len() >= self.send_window {
                         break;
                     }
-                    let next = if self.retained.is_empty() { state.pop_pending() } else { self.retained.pop_front() };
+                    let next = match self.rare.as_mut().filter(|r| !r.retained.is_empty()) {
+                        Some(rare) => rare.retained.pop_front(),
+                        None => state.pop_pending(),
+                    };
                     let Some(delivery) = next else { break };
                     (delivery, None)
                 }
@@ -156,6 +169,17 @@ where
             if !allowed {
                 broker.delivered(client_id, &delivery);
                 refused += 1;
+                continue;
+            }
+            if delivery.qos == QoS::AtMostOnce
+                && let Some(sent) = self.send_qos0_shared(&delivery)
+            {
+                if sent {
+                    self.counts.sent(delivery.qos);
+                } else {
+                    too_large += 1;
+                }
+                broker.delivered(client_id, &delivery);
                 continue;
             }
             let packet_id = (delivery.qos != QoS::AtMostOnce).then(|| state.allocate_packet_id());
@@ -207,6 +231,27 @@ where
         metrics.dropped(DropReason::NotAuthorized, refused);
         metrics.dropped(DropReason::TooLarge, too_large);
         undecided
+    }
+
+    /// Queues a QoS 0 delivery as the message's shared encoding
+    /// ([`crate::router::Message::qos0_packet`]): one copy, no packet built.
+    /// `Some(false)` when the client's Maximum Packet Size refuses it,
+    /// `None` when this delivery needs its own packet (v5 subscription
+    /// identifiers, an expiry).
+    fn send_qos0_shared(&mut self, delivery: &Delivery) -> Option<bool> {
+        if self.version.is_v5() && !delivery.subscription_ids.is_empty() {
+            return None;
+        }
+        let bytes = delivery.message.qos0_packet(self.version)?;
+        if self.client_max_packet.is_some_and(|max| bytes.len() > max as usize) {
+            return Some(false);
+        }
+        let at = self.wbuf.len();
+        self.wbuf.extend_from_slice(bytes);
+        if delivery.retain {
+            self.wbuf[at] |= 0x01;
+        }
+        Some(true)
     }
 
     fn publish_packet(&self, delivery: &Delivery, packet_id: Option<crate::codec::PacketId>, dup: bool) -> Publish {

@@ -280,7 +280,8 @@ where
         let verdict = Box::pin(policy.authorize(&self.client, action, topic, qos, retain)).await;
         self.authz.remember(now, action, topic, qos, retain, &verdict);
         if let Some(denial) = &verdict.denial {
-            self.denials.record(now, &self.client, action, topic, denial);
+            let client = self.client.clone();
+            self.rare().denials.record(now, &client, action, topic, denial);
         }
         verdict.allowed
     }
@@ -323,7 +324,7 @@ where
     /// deadlines as authentication at CONNECT. Failure ends the connection
     /// with 0x87 (0x97 when the plugin holds too many exchanges).
     pub(super) async fn on_auth(&mut self, auth: Auth) -> Result<(), Close> {
-        let Some(method) = self.auth_method.clone() else {
+        let Some(method) = self.rare.as_ref().and_then(|r| r.auth_method.clone()) else {
             return Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "AUTH without an authentication method"));
         };
         let expected =
@@ -342,9 +343,9 @@ where
         let policy = self.broker.policy();
         match authenticate_step(&policy, &mut exchange, &self.client, &credentials).await {
             AuthnOutcome::Allow(grant) => {
-                self.client.apply_grant(&grant);
+                std::sync::Arc::make_mut(&mut self.client).apply_grant(&grant);
                 self.authz.clear();
-                self.attached.session.lock().client = Some(std::sync::Arc::new(self.client.clone()));
+                self.attached.session.lock().client = Some(self.client.clone());
                 let data = grant.auth_data.map(|d| d.to_vec()).unwrap_or_default();
                 self.send(&auth_packet(ReasonCode::SUCCESS, &method, data));
                 Ok(())

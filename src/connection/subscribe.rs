@@ -165,10 +165,11 @@ where
         // owed. They are sent ahead of the queue, within the window.
         // Bounded by the store's size, so re-subscribing in a loop
         // cannot pile up copies.
-        let room = self.broker.router.retained().len().saturating_sub(self.retained.len());
+        let waiting = self.retained_waiting().map_or(0, std::collections::VecDeque::len);
+        let room = self.broker.router.retained().len().saturating_sub(waiting);
         let over = retained.len().saturating_sub(room);
         self.broker.metrics.dropped(DropReason::QueueFull, over as u64);
-        self.retained.extend(retained.into_iter().take(room));
+        self.rare().retained.extend(retained.into_iter().take(room));
         self.want_drain = true;
     }
 

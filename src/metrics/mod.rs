@@ -204,11 +204,14 @@ pub enum Limit {
     MaxSessions,
     /// `limits.write_timeout_ms`: a client did not take what was sent to it.
     WriteTimeout,
+    /// The open-file limit (`RLIMIT_NOFILE`) or the system's: an accept
+    /// failed for want of a descriptor.
+    OpenFiles,
 }
 
 impl Limit {
     /// Every limit, in label order.
-    pub const ALL: [Limit; 10] = [
+    pub const ALL: [Limit; 11] = [
         Limit::MaxConnections,
         Limit::ListenerMaxConnections,
         Limit::ConnectionRate,
@@ -219,6 +222,7 @@ impl Limit {
         Limit::PublishRate,
         Limit::MaxSessions,
         Limit::WriteTimeout,
+        Limit::OpenFiles,
     ];
 
     /// The `limit` label.
@@ -234,6 +238,7 @@ impl Limit {
             Limit::PublishRate => "max_publish_rate",
             Limit::MaxSessions => "max_sessions",
             Limit::WriteTimeout => "write_timeout",
+            Limit::OpenFiles => "open_files",
         }
     }
 
@@ -250,6 +255,7 @@ impl Limit {
             Limit::PublishRate => "$SYS/broker/limits/max_publish_rate",
             Limit::MaxSessions => "$SYS/broker/limits/max_sessions",
             Limit::WriteTimeout => "$SYS/broker/limits/write_timeout",
+            Limit::OpenFiles => "$SYS/broker/limits/open_files",
         }
     }
 }

@@ -84,9 +84,13 @@ impl std::fmt::Debug for PinnedInstance {
 }
 
 /// How many authentication calls of one plugin run at once: one per core
-/// (at least two), since a password hash is CPU-bound work.
+/// (at least two), since a password hash is CPU-bound work. Asked once
+/// per process: `available_parallelism` reads the cgroup files under
+/// `/proc` and `/sys` on every call, some twenty system calls, which every
+/// CONNECT paid (issue 25).
 pub fn authn_concurrency() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get()).max(2)
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(2, |n| n.get()).max(2))
 }
 
 /// A plugin ready to be called: compiled, linked, initialised.

@@ -201,6 +201,17 @@ impl Reloader {
             let wanted = new.limits.max_connections;
             if wanted > *count {
                 permits.add_permits(wanted - *count);
+                let limits = crate::open_files::OpenFiles::current();
+                let needed = crate::open_files::needed(new);
+                if !limits.allows(needed) {
+                    warn!(
+                        limit = limits.soft,
+                        needed,
+                        max_connections = wanted,
+                        "the open file limit is below limits.max_connections plus what the broker needs \
+                         besides connections: clients beyond it are not accepted"
+                    );
+                }
             } else if wanted < *count {
                 // Permits held by open connections come back one by one;
                 // take the surplus as they do, so no connection is closed.

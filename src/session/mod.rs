@@ -12,8 +12,10 @@ mod state;
 mod taken;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll};
 
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
@@ -73,14 +75,37 @@ use crate::message::Delivery;
 use crate::metrics::{DropReason, Metrics};
 use crate::store::Store;
 
+/// What the attached connection is asked to notice: bits of
+/// [`Session::signals`](Session::poll_signals), set by others, taken by
+/// the connection's task, which they wake.
+pub mod signal {
+    /// Deliveries may be waiting (queued, or the in-flight window opened).
+    /// Taken when seen.
+    pub const WAKE: u8 = 1;
+    /// Leave: another connection takes the session over, or an operator
+    /// kicked the client (`SessionState::kicked_by_admin` says which).
+    /// Stays set until the next connection attaches.
+    pub const KICK: u8 = 2;
+    /// Leave: the broker is shutting down.
+    pub const SHUTDOWN: u8 = 4;
+    /// Either way of being told to leave.
+    pub const LEAVE: u8 = KICK | SHUTDOWN;
+}
+
 /// A client session, shared by the registry, the subscription index and the
 /// connection currently attached to it.
 #[derive(Debug)]
 pub struct Session {
     client_id: Arc<str>,
     state: Mutex<SessionState>,
-    /// Wakes the attached connection when deliveries are queued.
-    wake: Notify,
+    /// [`signal`] bits for the attached connection. With `waker`, this is
+    /// all an idle connection waits on besides its socket and keep alive:
+    /// 25 bytes per session, instead of a `Notify` and a waiter future for
+    /// deliveries plus a cancellation token and two waiters for takeover
+    /// and shutdown (issue 25).
+    signals: AtomicU8,
+    /// The attached connection's task, woken when a signal is set.
+    waker: AtomicWaker,
     /// Wakes publishers holding deliveries this session's full queue
     /// refused, once it has drained to half (see [`Session::offer`]).
     room: Notify,
@@ -101,7 +126,8 @@ impl Session {
         Session {
             client_id,
             state: Mutex::new(SessionState::new(bound)),
-            wake: Notify::new(),
+            signals: AtomicU8::new(0),
+            waker: AtomicWaker::new(),
             room: Notify::new(),
             dropped: AtomicU64::new(0),
         }
@@ -241,7 +267,7 @@ impl Session {
         };
         match accepted {
             Ok(evicted) => {
-                self.wake.notify_one();
+                self.wake();
                 if evicted > 0 {
                     self.dropped.fetch_add(evicted as u64, Ordering::Relaxed);
                 }
@@ -286,15 +312,82 @@ impl Session {
         self.room.notify_waiters();
     }
 
-    /// Resolves when deliveries may be waiting. Cancel-safe.
-    pub async fn woken(&self) {
-        self.wake.notified().await;
+    /// Wakes the attached connection (deliveries were queued, or an
+    /// acknowledgement opened the in-flight window). Once per batch: while
+    /// an earlier wake is not yet taken, this is one atomic operation, so
+    /// a publisher fanning out to many sessions wakes each connection
+    /// task once, not once per message.
+    pub fn wake(&self) {
+        self.signal(signal::WAKE);
     }
 
-    /// Wakes the attached connection (e.g. after an acknowledgement opened
-    /// the in-flight window).
-    pub fn wake(&self) {
-        self.wake.notify_one();
+    /// Sets `bits` for the attached connection and wakes its task if they
+    /// were not already set.
+    pub fn signal(&self, bits: u8) {
+        if self.signals.fetch_or(bits, Ordering::AcqRel) & bits != bits {
+            self.waker.wake();
+        }
+    }
+
+    /// The signals set for the attached connection, taking
+    /// [`signal::WAKE`] out of them; `Pending` (after arranging for the
+    /// task in `cx` to be woken) when there are none. Only the attached
+    /// connection's task calls this: the session remembers one waker.
+    pub fn poll_signals(&self, cx: &mut Context<'_>) -> Poll<u8> {
+        // Registered before looking, so a signal set in between wakes us.
+        self.waker.register(cx.waker());
+        if self.signals.load(Ordering::Acquire) == 0 {
+            return Poll::Pending;
+        }
+        // Taken and read in one step: a wake set meanwhile is either
+        // among these bits or left for the next poll, never lost.
+        Poll::Ready(self.signals.fetch_and(!signal::WAKE, Ordering::AcqRel))
+    }
+
+    /// Resolves when the attached connection is told to leave
+    /// ([`signal::LEAVE`]), leaving a pending [`signal::WAKE`] for
+    /// [`Session::poll_signals`]. Cancel-safe.
+    pub async fn leaving(&self) -> u8 {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            match self.signals.load(Ordering::Acquire) & signal::LEAVE {
+                0 => Poll::Pending,
+                bits => Poll::Ready(bits),
+            }
+        })
+        .await
+    }
+
+    /// Tells the attached connection to leave: taken over (`by_admin`
+    /// false; the first takeover only, as a newcomer then waits for the
+    /// attachment) or kicked by an operator. Returns whether a connection
+    /// was attached to be told.
+    pub fn kick(&self, by_admin: bool) -> bool {
+        let mut state = self.lock();
+        if !(state.kickable && state.online) {
+            return false;
+        }
+        if by_admin {
+            state.kicked_by_admin = true;
+        } else {
+            state.kickable = false;
+        }
+        self.signal(signal::KICK);
+        true
+    }
+
+    /// A new connection attached: what was signalled to the previous one
+    /// is not for it. Called with the session's attachment held.
+    pub(crate) fn clear_signals(&self) {
+        self.signals.store(0, Ordering::Release);
+    }
+
+    /// The attached connection left: its task's waker is let go, as it
+    /// holds the finished task's memory (the whole future's cell) for as
+    /// long as the session lasts. Called under the state lock, like
+    /// [`Session::kick`].
+    pub(crate) fn forget_connection(&self) {
+        drop(self.waker.take());
     }
 
     /// Messages dropped for this session so far.

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use tokio::sync::OwnedMutexGuard;
-use tokio_util::sync::CancellationToken;
 
 use super::{QueueBound, Session};
 
@@ -22,8 +21,6 @@ pub struct Attached {
     pub session: Arc<Session>,
     /// Whether an existing session was resumed (CONNACK Session Present).
     pub present: bool,
-    /// Cancelled when another connection takes the session over.
-    pub kicked: CancellationToken,
     /// The generation of this attachment, for timers armed at detach.
     pub generation: u64,
     _exclusive: OwnedMutexGuard<()>,
@@ -62,9 +59,7 @@ impl Registry {
         let existing = self.sessions.lock().get(client_id).cloned();
         let mut replacing = None;
         if let Some(old) = existing {
-            if let Some(kick) = old.session.lock().kick.take() {
-                kick.cancel();
-            }
+            old.session.kick(false);
             let guard = tokio::time::timeout(TAKEOVER_WAIT, old.exclusive.clone().lock_owned()).await.ok()?;
             if clean_start {
                 drop(guard);
@@ -103,7 +98,6 @@ impl Registry {
     }
 
     fn finish(session: Arc<Session>, present: bool, guard: OwnedMutexGuard<()>) -> Attached {
-        let kicked = CancellationToken::new();
         let generation = {
             let mut state = session.lock();
             state.online = true;
@@ -111,11 +105,15 @@ impl Registry {
             if let Some(timers) = state.timers.take() {
                 timers.cancel();
             }
-            state.kick = Some(kicked.clone());
+            state.kickable = true;
             state.kicked_by_admin = false;
+            // Under the state lock, like `kick`: a kick meant for the
+            // previous connection (gone: we hold the attachment) is not
+            // for this one.
+            session.clear_signals();
             state.generation
         };
-        Attached { session, present, kicked, generation, _exclusive: guard }
+        Attached { session, present, generation, _exclusive: guard }
     }
 
     /// Makes the connection attached to the session of `client_id` (if
@@ -125,9 +123,7 @@ impl Registry {
     /// connection left, or that connection did not let go in time.
     pub async fn take<R>(&self, client_id: &str, take: impl FnOnce(&Arc<Session>) -> R) -> Option<R> {
         let entry = self.sessions.lock().get(client_id).cloned()?;
-        if let Some(kick) = entry.session.lock().kick.take() {
-            kick.cancel();
-        }
+        entry.session.kick(false);
         let _guard = tokio::time::timeout(TAKEOVER_WAIT, entry.exclusive.lock_owned()).await.ok()?;
         self.is_registered(&entry.session).then(|| take(&entry.session))
     }

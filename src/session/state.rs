@@ -96,14 +96,16 @@ pub struct SessionState {
     /// Bumped on every attach, so timers armed for an earlier connection
     /// (expiry, delayed will) can tell they are stale.
     pub generation: u64,
-    /// Cancelled to make the attached connection leave (takeover, kick).
-    pub kick: Option<CancellationToken>,
+    /// Whether the attached connection is still to be told to leave
+    /// ([`Session::kick`](super::Session::kick)): set at attach, taken by
+    /// the first takeover or kept for an operator's kick.
+    pub kickable: bool,
     /// Cancelled when a connection attaches, so the expiry and delayed-will
     /// timers armed at the last detach end at once. (Each holds the session:
     /// left to run out, a device reconnecting every minute with a day's
     /// expiry would pin 1,440 of them.)
     pub timers: Option<CancellationToken>,
-    /// Set with `kick` cancelled when an operator disconnects the client,
+    /// Set with the kick when an operator disconnects the client,
     /// so the connection says 0x98 rather than 0x8E (taken over).
     pub kicked_by_admin: bool,
     /// In a cluster: the revision of the ownership entry this node wrote
@@ -127,8 +129,10 @@ pub struct SessionState {
     /// delivered twice. Boxed, and made on the first: most sessions never
     /// take a QoS 2 message from JetStream.
     pub jetstream_taken: Option<Box<Taken>>,
-    /// The attached connection, while one is.
-    pub connection: Option<ConnectionInfo>,
+    /// When the attached connection's CONNACK was sent, while one is
+    /// attached; with [`SessionState::client`], what
+    /// [`SessionState::connection`] tells.
+    pub connected_since: Option<std::time::SystemTime>,
     /// Session expiry interval, seconds, as last negotiated.
     pub expiry_s: u32,
     /// Who the client was at its last (re-)authentication, so a policy
@@ -157,6 +161,21 @@ const FIRST_PACKET_ID: PacketId = match PacketId::new(1) {
 };
 
 impl SessionState {
+    /// Who is attached now, for the admin API: built from the client
+    /// info the session keeps anyway rather than kept as a copy (one per
+    /// connected client, issue 25).
+    pub fn connection(&self) -> Option<ConnectionInfo> {
+        let (since, client) = (self.connected_since?, self.client.as_ref()?);
+        Some(ConnectionInfo {
+            username: client.username.clone(),
+            claimed_username: client.claimed_username.clone(),
+            peer: client.peer_address,
+            listener: client.listener.clone(),
+            protocol: client.protocol,
+            since,
+        })
+    }
+
     /// Empty state with a queue bound.
     pub fn new(bound: QueueBound) -> SessionState {
         SessionState {
@@ -168,7 +187,7 @@ impl SessionState {
             will_pending: false,
             online: false,
             generation: 0,
-            kick: None,
+            kickable: false,
             timers: None,
             kicked_by_admin: false,
             claimed: None,
@@ -176,7 +195,7 @@ impl SessionState {
             feeding: None,
             parking: 0,
             jetstream_taken: None,
-            connection: None,
+            connected_since: None,
             expiry_s: 0,
             client: None,
             owner: None,

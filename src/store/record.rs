@@ -202,6 +202,7 @@ impl MessageRecord {
                 ..Properties::default()
             },
             expires_at: self.expires_at_ms.map(|at| now + Duration::from_millis(at.saturating_sub(now_ms))),
+            encoded: Default::default(),
         })
     }
 }

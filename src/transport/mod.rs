@@ -9,7 +9,9 @@
 //! - [`stream`]: [`Stream`], the one stream type connection tasks see.
 //! - [`proxy`]: the PROXY protocol header, read first on listeners with
 //!   `proxy_protocol`, whose client address then stands for the peer.
+//! - `failures`: failed accepts, logged once per interval with a count.
 
+mod failures;
 pub mod proxy;
 pub mod stream;
 pub mod tls;
@@ -25,6 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
 
 pub use crate::identity::{Peer, RevocationId, TlsIdentity};
+use failures::{AcceptFailures, Report};
 pub use stream::Stream;
 pub use tls::{ServerConfigs, TlsAcceptor, TlsSetupError};
 
@@ -116,6 +119,7 @@ impl Listener {
         let own_permits = self.config.max_connections.map(|n| Arc::new(Semaphore::new(n)));
         // The loop is the bucket's only user: plain integers, no lock.
         let mut own_rate = TokenBucket::per_second(self.config.max_connection_rate, Instant::now());
+        let mut failures = AcceptFailures::default();
         loop {
             let accepted = tokio::select! {
                 () = broker.shutdown.cancelled() => return,
@@ -124,12 +128,16 @@ impl Listener {
             let (stream, peer) = match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // Usually EMFILE; back off instead of spinning.
-                    warn!(listener = %self.config.name, error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    self.accept_failed(&broker, &mut failures, &e);
+                    // Usually EMFILE, which lasts until a connection
+                    // closes: back off instead of spinning.
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
             };
+            if let Some(ended) = failures.accepted(Instant::now()) {
+                self.log_accept_failures(ended, None);
+            }
             if let Some(bucket) = &mut own_rate
                 && !bucket.try_take(Instant::now())
             {
@@ -174,22 +182,75 @@ impl Listener {
     }
 }
 
+/// The pause after a failed accept. The clients it leaves waiting stay in
+/// the kernel's backlog and are accepted once descriptors free up.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
+impl Listener {
+    /// Counts a failed accept (a hit limit when descriptors ran out) and
+    /// logs it as its run of failures calls for.
+    fn accept_failed(&self, broker: &Broker, failures: &mut AcceptFailures, error: &std::io::Error) {
+        if failures::out_of_descriptors(error) {
+            broker.metrics.limit_hit(Limit::OpenFiles);
+        }
+        if let Some(report) = failures.failed(Instant::now()) {
+            self.log_accept_failures(report, Some(error));
+        }
+    }
+
+    fn log_accept_failures(&self, report: Report, error: Option<&std::io::Error>) {
+        let listener = &self.config.name;
+        let every_s = failures::REPORT_EVERY.as_secs();
+        let error = error.map(tracing::field::display);
+        match report {
+            Report::Started => warn!(
+                %listener,
+                error,
+                "accept failed; clients wait in the backlog, and failures are counted and logged every {every_s} s \
+                 until an accept succeeds"
+            ),
+            Report::Continuing { failures, over } => {
+                warn!(%listener, error, failures, over_ms = over.as_millis() as u64, "accept still failing")
+            }
+            Report::Ended { failures, lasted } => {
+                warn!(%listener, failures, lasted_ms = lasted.as_millis() as u64, "accepting again after failures")
+            }
+        }
+    }
+}
+
 /// One accepted connection from its first byte to its end: the transport
 /// handshakes, then MQTT. It holds its places in the connection limits
-/// (`_permits`) until it ends.
-async fn connection_task(
+/// (`permits`) until it ends.
+///
+/// Staged rather than an `async fn`, like [`crate::connection::serve`]:
+/// the transport setup is boxed and gone once done, and the task's future
+/// is, for the client's life, `serve`'s last stage and the permits.
+fn connection_task(
     broker: Arc<Broker>,
     tcp: TcpStream,
     addr: SocketAddr,
     config: Arc<ListenerConfig>,
     tls: Option<Arc<TlsAcceptor>>,
-    _permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
-) {
-    // Boxed, like the other short-lived stages: the task's future is as
-    // large as its largest state, and it is held for the connection's life.
-    if let Some((stream, peer)) = Box::pin(establish(&broker, tcp, addr, &config, tls.as_deref())).await {
-        crate::connection::serve(broker, stream, peer, config).await;
-    }
+    permits: (OwnedSemaphorePermit, Option<OwnedSemaphorePermit>),
+) -> impl Future<Output = ()> + Send {
+    use futures_util::FutureExt;
+    use futures_util::future::Either;
+    let established = if config.protocol == ListenerProtocol::Tcp && !config.proxy_protocol {
+        // Nothing to set up. The common case skips the setup's future: it
+        // holds the TLS and WebSocket handshakes (10 KiB), which every
+        // CONNECT would allocate and copy (issue 25).
+        Either::Left(std::future::ready(Some((Stream::Tcp(tcp), Peer::plain(addr)))))
+    } else {
+        let (broker, config) = (broker.clone(), config.clone());
+        Either::Right(Box::pin(async move { establish(&broker, tcp, addr, &config, tls.as_deref()).await }))
+    };
+    established
+        .then(move |established| match established {
+            Some((stream, peer)) => Either::Left(crate::connection::serve(broker, stream, peer, config)),
+            None => Either::Right(std::future::ready(())),
+        })
+        .map(move |()| drop(permits))
 }
 
 /// Counts a connection refused at accept; the caller drops the socket,
@@ -323,7 +384,7 @@ mod tests {
         let task = connection_task(broker, tcp, addr, config, None, (permit, None));
         let size = std::mem::size_of_val(&task);
         eprintln!("connection task future: {size} bytes");
-        assert!(size <= 1536, "the connection task's future is {size} bytes");
+        assert!(size <= 512, "the connection task's future is {size} bytes");
         drop(client);
     }
 }

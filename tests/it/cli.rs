@@ -176,7 +176,7 @@ pub(crate) fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::
 }
 
 /// Waits (bounded) for a line containing all of `parts`; returns it.
-fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, parts: &[&str]) -> String {
+pub(crate) fn wait_for_line(lines: &std::sync::mpsc::Receiver<String>, parts: &[&str]) -> String {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

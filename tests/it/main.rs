@@ -24,6 +24,8 @@ mod limits;
 mod log_lines;
 mod login_throttle;
 mod malformed;
+#[cfg(target_os = "linux")]
+mod open_files;
 mod ops;
 #[cfg(feature = "cluster")]
 mod partition;

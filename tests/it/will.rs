@@ -81,3 +81,34 @@ async fn mqtt_3_1_2_keep_alive_timeout_publishes_will() {
     assert_eq!(will.payload.as_ref(), b"bye");
     raw.read_to_close().await;
 }
+
+/// The keep-alive deadline moves with every packet: a client pinging
+/// within it stays past several first deadlines, then goes silent and is
+/// closed (its will tells when).
+#[tokio::test]
+async fn keep_alive_moves_with_every_packet() {
+    let broker = TestBroker::start().await;
+    let mut watcher = broker.v4("watcher").await;
+    watcher.subscribe("wills/#", Q4::AtMostOnce).await;
+    let mut raw = broker.raw().await;
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02 | 0x04, 0, 1];
+    for s in ["pinging", "wills/pinging", "bye"] {
+        body.extend((s.len() as u16).to_be_bytes());
+        body.extend(s.as_bytes());
+    }
+    raw.send(&crate::harness::frame(0x10, &body)).await;
+    assert_eq!(raw.read_exact(4).await, [0x20, 2, 0, 0]);
+    // Keep alive 1 s: closed 1.5 s after the last packet. Pinging every
+    // 0.4 s for 3.6 s outlives the first deadline more than twice over.
+    for _ in 0..9 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        raw.send(&[0xC0, 0]).await;
+        assert_eq!(raw.read_exact(2).await, [0xD0, 0], "PINGRESP while pinging");
+    }
+    let silent = tokio::time::Instant::now();
+    watcher.no_publish().await;
+    let will = watcher.publish().await;
+    assert_eq!(will.payload.as_ref(), b"bye");
+    assert!(silent.elapsed() >= Duration::from_millis(1200), "closed before its keep alive ran out");
+    raw.read_to_close().await;
+}
