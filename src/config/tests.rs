@@ -42,7 +42,9 @@ fn anonymous_clients_are_loopback_only_unless_allowed() {
     assert!(!closed.listeners[0].allow_anonymous.permits(peer("127.0.0.1:5000")));
 }
 
-/// `moat.example.toml` stays a valid configuration.
+/// `moat.example.toml` stays a valid configuration (it configures the
+/// shipped plugins).
+#[cfg(feature = "shipped-plugins")]
 #[test]
 fn the_example_config_parses() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("moat.example.toml");
@@ -313,6 +315,7 @@ fn admin_and_sys_sections() {
     assert!(!format!("{c:?}").contains("s3cret"), "the token never shows in Debug");
 }
 
+#[cfg(feature = "cluster")]
 #[test]
 fn cluster_section() {
     assert_eq!(parse("").expect("valid").cluster, None);
@@ -325,6 +328,16 @@ fn cluster_section() {
     assert_eq!(c.cluster.and_then(|c| c.node_id).as_deref(), Some("n-1"));
 }
 
+/// A moat built without clustering refuses a `[cluster]` section rather
+/// than running as a single node its operator did not ask for.
+#[cfg(not(feature = "cluster"))]
+#[test]
+fn a_cluster_section_without_the_feature_is_refused() {
+    let err = parse("[cluster]\nnats = [\"nats://127.0.0.1:4222\"]\n").expect_err("no cluster feature");
+    assert_eq!(err.to_string(), "moat.toml:1: `cluster`: this moat was built without the `cluster` feature");
+}
+
+#[cfg(feature = "cluster")]
 #[test]
 fn cluster_errors_name_line_and_key() {
     let err = parse("[cluster]\nnats = []\n").expect_err("no server");
