@@ -171,12 +171,12 @@ fn open_session(broker: &Broker, attached: &Attached, client: &Arc<ClientInfo>, 
         session.expiry_s = session_expiry_s;
         session.owner = Some(owner.clone());
         session.connected_since = Some(std::time::SystemTime::now());
+        session.client = Some(client.clone());
     }
     if session_expiry_s > 0 {
         broker.store.session_opened(&negotiated.client_id, session_expiry_s);
         broker.store.session_owner(&negotiated.client_id, &owner);
     }
-    attached.session.lock().client = Some(client.clone());
     // Now that its expiry is known (it decides whether they are stored):
     // what its share groups kept while no member was connected.
     broker.serve_waiting(&attached.session, None);
