@@ -32,6 +32,16 @@ async fn raw_subscriber(broker: &TestBroker, id: &str, filter: &str, receive_buf
     raw
 }
 
+/// Reads the next packet of a raw subscriber, which must be a QoS 1
+/// PUBLISH, acknowledges it, and returns its payload.
+async fn take_qos1(subscriber: &mut Raw) -> String {
+    let (first, body) = subscriber.read_packet().await;
+    assert_eq!(first & 0xf6, 0x32, "a QoS 1 PUBLISH");
+    let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+    subscriber.send(&frame(0x40, &body[2 + topic_len..4 + topic_len])).await;
+    String::from_utf8(body[4 + topic_len..].to_vec()).expect("utf-8")
+}
+
 /// Waits for `n` PUBACKs on `publisher`, bounded by `bound`; all must say
 /// Success while the topic has subscribers.
 async fn pubacks(publisher: &mut crate::harness::V5, n: usize, bound: Duration) -> usize {
@@ -78,12 +88,7 @@ async fn a_publisher_waits_for_a_slow_subscriber_and_nothing_is_lost() {
     let started = Instant::now();
     while received.len() < N {
         assert!(started.elapsed() < 2 * WAIT, "only {} of {N} delivered", received.len());
-        let (first, body) = subscriber.read_packet().await;
-        assert_eq!(first & 0xf0, 0x30, "PUBLISH");
-        let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
-        let id = [body[2 + topic_len], body[3 + topic_len]];
-        received.push(String::from_utf8(body[4 + topic_len..].to_vec()).expect("utf-8"));
-        subscriber.send(&frame(0x40, &id)).await;
+        received.push(take_qos1(&mut subscriber).await);
         if received.len() < 30 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -175,13 +180,10 @@ async fn a_held_publish_reaches_each_subscriber_that_has_room_while_another_is_s
     assert_eq!(pubacks(&mut publisher, 3, Duration::from_millis(300)).await, 2, "the third is held");
     for (i, subscriber) in late.iter_mut().enumerate() {
         for n in 0..3 {
-            let (first, body) = tokio::time::timeout(WAIT, subscriber.read_packet())
+            let payload = tokio::time::timeout(WAIT, take_qos1(subscriber))
                 .await
                 .unwrap_or_else(|_| panic!("late-{i} did not get message {n} while `stuck` holds the publish"));
-            assert_eq!(first & 0xf0, 0x30, "PUBLISH");
-            let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
-            assert_eq!(&body[4 + topic_len..], n.to_string().as_bytes());
-            subscriber.send(&frame(0x40, &body[2 + topic_len..4 + topic_len])).await;
+            assert_eq!(payload, n.to_string());
         }
     }
     drop(stuck);

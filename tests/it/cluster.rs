@@ -1044,6 +1044,18 @@ async fn what_jetstream_keeps_survives_losing_the_queue_streams_leader() {
     assert_eq!(received(&mut sleeper).await, ("q/2".into(), "two".into(), QoS::AtLeastOnce));
 }
 
+/// Publishes `work/0` .. `work/{n-1}` at QoS 1 (payload the number) and
+/// waits for every PUBACK.
+async fn publish_work_acked(publisher: &mut V5, n: usize) {
+    for i in 0..n {
+        publish(publisher, &format!("work/{i}"), QoS::AtLeastOnce, &i.to_string()).await;
+    }
+    let mut acked = 0;
+    while acked < n {
+        acked += usize::from(matches!(publisher.next().await, Some(V5Packet::PubAck(_))));
+    }
+}
+
 /// Waits until the queue stream's state (its consumers in
 /// `consumer_detail`) satisfies `done`; `what` names what is awaited.
 pub(crate) async fn until_queue(nats: &Nats, what: &str, done: impl Fn(&serde_json::Value) -> bool) {
@@ -1343,13 +1355,7 @@ async fn a_share_groups_acknowledged_messages_survive_the_death_of_a_members_nod
     until_share_pulls(&nats, 1).await;
 
     let mut publisher = b.v5("pub").await;
-    for i in 0..N {
-        publish(&publisher, &format!("work/{i}"), QoS::AtLeastOnce, &i.to_string()).await;
-    }
-    let mut acked = 0;
-    while acked < N {
-        acked += usize::from(matches!(publisher.next().await, Some(V5Packet::PubAck(_))));
-    }
+    publish_work_acked(&mut publisher, N).await;
     let mut got: Vec<String> = received_n(&mut slow, N).await.into_iter().map(|(_, p)| p).collect();
     got.sort();
     assert_eq!(got, (0..N).map(|i| i.to_string()).collect::<Vec<_>>());
@@ -1428,13 +1434,7 @@ async fn a_share_members_messages_go_back_to_jetstream_when_it_leaves() {
     until_share_pulls(&nats, 1).await;
 
     let mut publisher = b.v5("pub").await;
-    for i in 0..N {
-        publish(&publisher, &format!("work/{i}"), QoS::AtLeastOnce, &i.to_string()).await;
-    }
-    let mut acked = 0;
-    while acked < N {
-        acked += usize::from(matches!(publisher.next().await, Some(V5Packet::PubAck(_))));
-    }
+    publish_work_acked(&mut publisher, N).await;
     // Node a's members have them all between them, unacknowledged.
     let mut held = std::collections::BTreeSet::new();
     while held.len() < N {
