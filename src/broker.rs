@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 pub use replication::{BoxFuture, Claim, Forwarded, Plug, Replication};
 
-use crate::auth::Policy;
+use crate::auth::{InForce, Policy};
 use crate::config::Config;
 use crate::message::Message;
 use crate::metrics::{DropReason, Metrics};
@@ -49,7 +49,7 @@ pub struct Broker {
     pub store: Arc<dyn Store>,
     /// The plugin chain in force; replaced whole on reload. A sync lock is
     /// right here: readers clone an `Arc` and let go at once.
-    policy: parking_lot::RwLock<Policy>,
+    policy: InForce,
     /// Failed logins and logins in progress per client address (`[auth]`),
     /// checked before the authentication chain runs.
     pub(crate) logins: crate::auth::LoginThrottle,
@@ -112,7 +112,7 @@ impl Broker {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             store,
-            policy: parking_lot::RwLock::new(policy),
+            policy: InForce::new(policy),
             logins: crate::auth::LoginThrottle::default(),
             next_assigned_id: AtomicU64::new(1),
             replication,
@@ -167,16 +167,16 @@ impl Broker {
 
     /// The policy in force now. Calls in flight keep the one they took.
     pub fn policy(&self) -> Policy {
-        self.policy.read().clone()
+        self.policy.get()
     }
 
     /// Puts a new policy in force (start-up, reload) and returns the one it
     /// replaces. The caller drops that one: dropping the last handle tears
-    /// down its warm instances and memories, which must happen neither
-    /// under this lock (every publish reads it) nor on a runtime thread.
+    /// down its warm instances and memories, which must not happen on a
+    /// runtime thread.
     #[must_use = "drop the previous policy off the runtime"]
     pub fn set_policy(&self, policy: Policy) -> Policy {
-        std::mem::replace(&mut *self.policy.write(), policy)
+        self.policy.replace(policy)
     }
 
     /// A fresh client identifier for a client that sent an empty one.

@@ -25,7 +25,7 @@ mod throttle;
 
 pub use cache::AuthzCache;
 pub use denials::DenialLog;
-pub use policy::{AuthExchange, Policy};
+pub use policy::{AuthExchange, InForce, Policy};
 pub use throttle::{LoginThrottle, LoginTicket, MAX_ADDRESSES, ThrottleSettings, Throttled};
 
 pub use crate::identity::TlsIdentity;

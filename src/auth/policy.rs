@@ -24,6 +24,29 @@ pub struct Policy {
     inner: Arc<Inner>,
 }
 
+/// The policy in force, read on every publish and CONNECT without a lock
+/// (an `ArcSwap`: a reload's swap never blocks a reader, and a reader never
+/// blocks a reload).
+#[derive(Debug)]
+pub struct InForce(arc_swap::ArcSwap<Inner>);
+
+impl InForce {
+    /// Puts `policy` in force.
+    pub fn new(policy: Policy) -> InForce {
+        InForce(arc_swap::ArcSwap::new(policy.inner))
+    }
+
+    /// The policy in force now.
+    pub fn get(&self) -> Policy {
+        Policy { inner: self.0.load_full() }
+    }
+
+    /// Puts `policy` in force and returns the one it replaces.
+    pub fn replace(&self, policy: Policy) -> Policy {
+        Policy { inner: self.0.swap(policy.inner) }
+    }
+}
+
 #[derive(Debug)]
 struct Inner {
     generation: u64,
