@@ -38,7 +38,7 @@ impl Broker {
     /// over), a will waiting for its delay is cancelled as a reconnect
     /// cancels it, and unless `keep` is false the session is returned to
     /// be moved. `None` when there is no session to move.
-    pub async fn hand_over(&self, client_id: &str, keep: bool) -> Option<StoredSession> {
+    pub(super) async fn hand_over(&self, client_id: &str, keep: bool) -> Option<StoredSession> {
         let taken = self.sessions.take(client_id, |session| {
             let moved = {
                 let mut state = session.lock();
@@ -136,7 +136,7 @@ impl Broker {
             let local = self.sessions.get(client_id);
             if clean_start {
                 if claim.kept || local.is_some_and(|s| s.lock().kept) {
-                    cluster.forget_session(client_id, self);
+                    cluster.forget_session(client_id);
                 }
                 return claim.revision;
             }
@@ -189,7 +189,7 @@ impl Broker {
         if self.sessions.remove(session) {
             self.store.session_ended(session.client_id());
             if let (Some(cluster), Some(revision)) = (&self.replication, claimed) {
-                cluster.release(session.client_id(), revision, self);
+                cluster.release(session.client_id(), revision);
             }
         }
     }
@@ -197,7 +197,7 @@ impl Broker {
     /// A session that ended was `kept` in JetStream: its consumer goes.
     pub(super) fn forget_kept(&self, session: &Session, kept: bool) {
         if let Some(cluster) = self.replication.as_ref().filter(|_| kept) {
-            cluster.forget_session(session.client_id(), self);
+            cluster.forget_session(session.client_id());
         }
     }
 
@@ -304,7 +304,7 @@ impl Broker {
             // The consumer records the expiry: rewritten only if the
             // DISCONNECT changed it.
             if let Some(cluster) = self.replication.as_ref().filter(|_| kept && expiry_changed) {
-                cluster.park(session.clone(), self);
+                cluster.park(session.clone(), usize::from(self.config().limits.max_inflight));
             }
         }
         drop(attached);

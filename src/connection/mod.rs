@@ -355,8 +355,8 @@ where
     /// when the connection is set up.
     #[cfg(feature = "cluster")]
     async fn keep(&mut self, first: bool) {
-        if let Some(cluster) = self.broker.cluster() {
-            cluster.keep(&self.attached.session, self.send_window, first, &self.broker).await;
+        if let Some(cluster) = crate::cluster::Cluster::plugged(self.broker.replication()) {
+            cluster.keep(&self.attached.session, self.send_window, first).await;
         }
     }
 
@@ -366,7 +366,7 @@ where
         let barrier = self.broker.store.barrier();
         self.durable = (!barrier.is_ready()).then_some(barrier);
         #[cfg(feature = "cluster")]
-        if let Some(cluster) = self.broker.cluster() {
+        if let Some(cluster) = crate::cluster::Cluster::plugged(self.broker.replication()) {
             self.replicated = cluster.stored();
         }
     }
@@ -412,7 +412,7 @@ where
     /// `[cluster] store_timeout_s`; never waited for without a cluster.
     fn store_timeout(&self) -> Duration {
         #[cfg(feature = "cluster")]
-        if let Some(cluster) = self.broker.cluster() {
+        if let Some(cluster) = crate::cluster::Cluster::plugged(self.broker.replication()) {
             return cluster.store_timeout();
         }
         Duration::ZERO
@@ -538,8 +538,10 @@ where
         }
         // This node takes care of the will now.
         #[cfg(feature = "cluster")]
-        if let (Some(cluster), Some(revision)) = (self.broker.cluster(), self.will_registered) {
-            cluster.unregister_will(&self.client.client_id, revision, &self.broker);
+        if let (Some(cluster), Some(revision)) =
+            (crate::cluster::Cluster::plugged(self.broker.replication()), self.will_registered)
+        {
+            cluster.unregister_will(&self.client.client_id, revision);
         }
         self.broker.metrics.flush(&mut self.counts);
         let expiry = self.session_expiry_s;

@@ -432,7 +432,7 @@ async fn without_jetstream_retained_messages_are_copied_to_running_nodes() {
     let p = late.publish().await;
     assert!(p.retain, "delivered as retained");
     assert_eq!(&p.payload[..], b"kept");
-    let cluster = a.broker.cluster().expect("clustered");
+    let cluster = moat::cluster::Cluster::plugged(a.broker.replication()).expect("clustered");
     assert!(!cluster.retained_watched(), "no stream without JetStream");
 }
 
@@ -458,7 +458,7 @@ pub(crate) async fn until_retained(node: &TestBroker, topic: &str, expected: Opt
 
 /// Waits until `node` has read the whole retained stream once.
 async fn until_synced(node: &TestBroker) {
-    let cluster = node.broker.cluster().expect("clustered");
+    let cluster = moat::cluster::Cluster::plugged(node.broker.replication()).expect("clustered");
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
     while !cluster.retained_synced() {
         assert!(tokio::time::Instant::now() < deadline, "retained stream not read");
@@ -594,7 +594,7 @@ async fn retained_messages_wait_for_jetstream_when_nats_starts_late() {
     retain(&publisher, "late/local", "here").await;
     let mut local = a.v5("local").await;
     assert_eq!(retained_for(&mut local, "late/#", 1).await, [("late/local".to_owned(), "here".to_owned())]);
-    assert!(!a.broker.cluster().expect("clustered").retained_watched());
+    assert!(!moat::cluster::Cluster::plugged(a.broker.replication()).expect("clustered").retained_watched());
 
     // JetStream comes up: retained messages published from now on reach
     // node b, started later; the one retained while NATS was away stays on a.
@@ -994,7 +994,7 @@ async fn what_jetstream_keeps_survives_losing_the_queue_streams_leader() {
     let b = TestBroker::with(|c| c.cluster = Some(replicated("b"))).await;
     until_synced(&b).await;
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
-    while !b.broker.cluster().expect("clustered").keeps_sessions() {
+    while !moat::cluster::Cluster::plugged(b.broker.replication()).expect("clustered").keeps_sessions() {
         assert!(tokio::time::Instant::now() < deadline, "node b never set up the queue stream");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

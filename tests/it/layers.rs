@@ -169,6 +169,66 @@ fn imports_follow_the_layer_order() {
     assert!(fixed.is_empty(), "no longer imported, remove from KNOWN: {fixed:?}");
 }
 
+/// What the cluster may name of the broker: the node handle and the
+/// replication interface the broker defines (issue 24).
+const CLUSTER_SEES_OF_BROKER: &[&str] = &["Node", "WeakNode", "Replication", "Claim", "Forwarded", "BoxFuture"];
+
+/// What a piece of code names of the broker beyond
+/// [`CLUSTER_SEES_OF_BROKER`]: items after `crate::broker::` (plain or
+/// grouped), and the type `Broker` however it was imported.
+fn broker_reached(code: &str) -> Vec<String> {
+    let mut reached = Vec::new();
+    for (at, _) in code.match_indices("crate::broker::") {
+        let after = &code[at + "crate::broker::".len()..];
+        let items: Vec<String> = match after.strip_prefix('{') {
+            Some(group) => {
+                group.split('}').next().unwrap_or_default().split(',').filter_map(|i| ident(i.trim())).collect()
+            }
+            None => ident(after).into_iter().collect(),
+        };
+        reached.extend(items.into_iter().filter(|i| !CLUSTER_SEES_OF_BROKER.contains(&i.as_str())));
+    }
+    for (at, _) in code.match_indices("Broker") {
+        let before = code[..at].chars().next_back();
+        let after = code[at + "Broker".len()..].chars().next();
+        let word = |c: Option<char>| c.is_some_and(|c| c == '_' || c.is_alphanumeric());
+        if !word(before) && !word(after) {
+            reached.push("Broker".to_owned());
+        }
+    }
+    reached
+}
+
+#[test]
+fn the_cluster_reaches_the_broker_only_through_its_node_handle() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/cluster");
+    let mut files = Vec::new();
+    sources(&dir, &mut files);
+    assert!(!files.is_empty(), "src/cluster has sources");
+    let mut reached = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("source is readable");
+        for (n, line) in code(&text).iter().enumerate() {
+            for name in broker_reached(line) {
+                reached.push(format!("{}:{}: {name}", file.display(), n + 1));
+            }
+        }
+    }
+    assert!(
+        reached.is_empty(),
+        "cluster/ reaches the broker past broker::Node and the Replication interface:\n{}",
+        reached.join("\n")
+    );
+}
+
+#[test]
+fn reaching_the_broker_is_seen() {
+    assert_eq!(broker_reached("use crate::broker::{Node, Broker};"), ["Broker", "Broker"]);
+    assert_eq!(broker_reached("fn f(b: &Arc<Broker>) {}"), ["Broker"]);
+    assert_eq!(broker_reached("let m = crate::broker::Refused::RetainedFull;"), ["Refused"]);
+    assert!(broker_reached("use crate::broker::{Claim, Node}; struct BrokerError; let broker_x = 1;").is_empty());
+}
+
 #[test]
 fn grouped_and_plain_paths_are_read() {
     let code = "use crate::{a::{B, C},\n    d, e::F};\nlet x = crate::g::h(); $crate::no; pub(crate) fn f()";

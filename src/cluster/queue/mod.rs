@@ -77,7 +77,7 @@ use tracing::{debug, info, warn};
 
 use super::subject::{Subjects, disjoint};
 use super::{JETSTREAM_WAIT, envelope, hex};
-use crate::broker::Broker;
+use crate::broker::Node;
 use crate::codec::{QoS, TopicName};
 use crate::config::ClusterConfig;
 use crate::message::JetStreamAck;
@@ -226,26 +226,26 @@ impl Queue {
 
     /// Sets up the stream, retrying while JetStream is away, then keeps
     /// [`Queue::wanted`] current; acknowledges messages meanwhile.
-    pub(super) async fn run(self: Arc<Self>, client: async_nats::Client, broker: Arc<Broker>) {
+    pub(super) async fn run(self: Arc<Self>, client: async_nats::Client, node: Node) {
         if let Some(acks) = self.acks_rx.lock().take() {
-            broker.tasks.spawn(acknowledge(client.clone(), acks, broker.shutdown.clone()));
+            node.spawn(acknowledge(client.clone(), acks, node.shutdown().clone()));
         }
         let _ = self.client.set(client.clone());
         let js = jetstream::new(client);
         let what = format!("stream {} for persistent sessions", self.config.name);
         let without = "each node queues for its own until it is back";
         let creating = || async { js.get_or_create_stream(self.config.clone()).await.map_err(Into::into) };
-        let Some(stream) = super::set_up(&broker, &what, without, creating).await else { return };
+        let Some(stream) = super::set_up(&node, &what, without, creating).await else { return };
         info!(stream = %self.config.name, "cluster: persistent sessions are kept in JetStream");
         *self.stream.lock() = Some(stream.clone());
         // Sessions that came while there was no stream are kept now.
         self.connected();
-        self.watch_consumers(stream, &broker).await;
+        self.watch_consumers(stream, &node).await;
     }
 
     /// Keeps [`Queue::wanted`] current (once per [`WANTED_INTERVAL`])
     /// until shutdown.
-    async fn watch_consumers(&self, mut stream: stream::Stream, broker: &Broker) {
+    async fn watch_consumers(&self, mut stream: stream::Stream, node: &Node) {
         loop {
             let begun = self.set_ups_begun.load(Ordering::Acquire);
             let settled = self.set_ups_done.load(Ordering::Acquire) == begun;
@@ -257,7 +257,7 @@ impl Queue {
                     self.wanted.store(wanted, Ordering::Release);
                 }
             }
-            if broker.shutdown.run_until_cancelled(tokio::time::sleep(WANTED_INTERVAL)).await.is_none() {
+            if node.shutdown().run_until_cancelled(tokio::time::sleep(WANTED_INTERVAL)).await.is_none() {
                 return;
             }
         }
@@ -354,7 +354,7 @@ impl Queue {
     /// messages from its consumer (at most `window` unacknowledged) while
     /// the connection lasts; otherwise stops keeping it. Returns whether it
     /// is kept.
-    pub(super) async fn keep(self: &Arc<Self>, session: &Arc<Session>, window: usize, broker: &Arc<Broker>) -> bool {
+    pub(super) async fn keep(self: &Arc<Self>, session: &Arc<Session>, window: usize, node: &Node) -> bool {
         let Some(stream) = self.stream() else { return false };
         let (epoch, config, was) = {
             let mut state = session.lock();
@@ -389,10 +389,10 @@ impl Queue {
         }
         state.kept = true;
         if state.online && state.feeding.is_none() {
-            let stop = broker.shutdown.child_token();
+            let stop = node.shutdown().child_token();
             state.feeding = Some(stop.clone());
             let feeder = Feeder { queue: self.clone(), session: session.clone(), window, stop };
-            broker.tasks.spawn(feeder.run(consumer, broker.clone()));
+            node.spawn(feeder.run(consumer));
         }
         true
     }
@@ -476,11 +476,11 @@ impl Queue {
 
     /// Deletes the consumer of `client_id`'s session, if any, in the
     /// background: the session ended, or a clean start drops what it kept.
-    pub(super) fn forget(&self, client_id: &str, broker: &Broker) {
+    pub(super) fn forget(&self, client_id: &str, node: &Node) {
         self.lagging.lock().remove(client_id);
         let Some(stream) = self.stream() else { return };
         let name = consumer_name(client_id);
-        broker.tasks.spawn(async move {
+        node.spawn(async move {
             let _ = tokio::time::timeout(JETSTREAM_WAIT, stream.delete_consumer(&name)).await;
         });
     }
