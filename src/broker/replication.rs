@@ -16,7 +16,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::Node;
 use crate::message::{JetStreamAck, Message};
 use crate::router::Interest;
-use crate::session::Session;
+use crate::session::{Session, SessionState};
 use crate::store::StoredSession;
 
 /// A future a [`Replication`] returns: sent across tasks, borrowing its
@@ -76,6 +76,14 @@ pub trait Replication: Any + Send + Sync + std::fmt::Debug {
     fn claim<'a>(&'a self, client_id: &'a str, clean_start: bool) -> BoxFuture<'a, Claim>;
     /// The kept session of `client_id` whose node is gone, if one is kept.
     fn recover<'a>(&'a self, client_id: &'a str) -> BoxFuture<'a, Option<StoredSession>>;
+    /// A connection attached to the session whose state is `state`, which
+    /// this node claimed as `revision` ([`Replication::claim`]): the
+    /// session's end releases that claim (`SessionState::replica`).
+    fn claimed(&self, state: &mut SessionState, revision: u64);
+    /// The session whose state is `state` is kept elsewhere: its claim
+    /// said so. None of its QoS 1/2 messages are queued here until its
+    /// connection feeds from there.
+    fn keep_elsewhere(&self, state: &mut SessionState);
     /// The session of `client_id`, claimed with `revision`, ended here.
     fn release(&self, client_id: &str, revision: u64);
     /// What was kept for the session of `client_id` goes (it ended, or a

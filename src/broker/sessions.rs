@@ -45,10 +45,10 @@ impl Broker {
                 if let Some(timers) = state.timers.take() {
                     timers.cancel();
                 }
-                // An update of its consumer by the connection that just left
-                // is called off; the new node takes the consumer over.
-                state.parking += 1;
-                state.kept = false;
+                // Its replica (in a cluster) leaves with it.
+                if let Some(replica) = &mut state.replica {
+                    replica.leave();
+                }
                 if std::mem::take(&mut state.will_pending) {
                     self.store.will(session.client_id(), None);
                 }
@@ -114,8 +114,8 @@ impl Broker {
             .attach(client_id, clean_start, bound, |old| self.discard(old))
             .await
             .ok_or(AttachRefused::Busy)?;
-        if claimed.is_some() {
-            attached.session.lock().claimed = claimed;
+        if let (Some(cluster), Some(revision)) = (&self.replication, claimed) {
+            cluster.claimed(&mut attached.session.lock(), revision);
         }
         // A reconnect cancels a will waiting for its delay [MQTT-3.1.3-9].
         if std::mem::take(&mut attached.session.lock().will_pending) {
@@ -135,7 +135,7 @@ impl Broker {
             let mut moved = claim.moved.take();
             let local = self.sessions.get(client_id);
             if clean_start {
-                if claim.kept || local.is_some_and(|s| s.lock().kept) {
+                if claim.kept || local.is_some_and(|s| s.lock().kept()) {
                     cluster.forget_session(client_id);
                 }
                 return claim.revision;
@@ -152,7 +152,7 @@ impl Broker {
             if claim.kept
                 && let Some(session) = self.sessions.get(client_id)
             {
-                session.lock().kept = true;
+                cluster.keep_elsewhere(&mut session.lock());
             }
             return claim.revision;
         }
@@ -165,9 +165,10 @@ impl Broker {
     pub fn discard(&self, session: &Arc<Session>) {
         let (filters, claimed, shared): (Vec<_>, _, _) = {
             let mut state = session.lock();
-            if let Some(feeding) = state.feeding.take() {
-                feeding.cancel();
-            }
+            let claimed = state.replica.as_mut().and_then(|replica| {
+                replica.stop_feeding();
+                replica.take_claim()
+            });
             let shared = state.take_shared();
             // What JetStream delivered for it goes back, to be delivered
             // again at once (to another member of a share group).
@@ -179,7 +180,7 @@ impl Broker {
             }
             state.clear_pending();
             state.inflight.clear();
-            (state.subscriptions.drain().map(|(f, _)| f).collect(), state.claimed.take(), shared)
+            (state.subscriptions.drain().map(|(f, _)| f).collect(), claimed, shared)
         };
         for filter in &filters {
             self.router.unsubscribe(session, filter);
@@ -259,10 +260,10 @@ impl Broker {
             session.forget_connection();
             let expiry_changed = std::mem::replace(&mut state.expiry_s, expiry_s) != expiry_s;
             state.timers = Some(timers.clone());
-            if let Some(feeding) = state.feeding.take() {
-                feeding.cancel();
+            if let Some(replica) = &mut state.replica {
+                replica.stop_feeding();
             }
-            (state.kept, expiry_changed)
+            (state.kept(), expiry_changed)
         };
         // Publishers holding deliveries for it offer them again: offline,
         // a full queue drops rather than holds.

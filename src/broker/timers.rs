@@ -89,7 +89,7 @@ impl Broker {
             };
             if expired {
                 broker.discard(&session);
-                let kept = session.lock().kept;
+                let kept = session.lock().kept();
                 broker.forget_kept(&session, kept);
             }
         });

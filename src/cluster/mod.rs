@@ -72,6 +72,7 @@ mod outbound;
 mod ownership;
 mod plug;
 mod queue;
+mod replica;
 mod retained;
 mod setup;
 pub mod subject;
@@ -95,6 +96,7 @@ use crate::router::Interest;
 use link::{Events, Link, connect_options, queued_size};
 use ownership::Ownership;
 use queue::Queue;
+pub use replica::SessionReplica;
 use retained::RetainedSync;
 use setup::{JETSTREAM_WAIT, bucket_config, jetstream_name, open_buckets, set_up, setup_retry_delay};
 pub use subject::Subjects;
@@ -280,18 +282,19 @@ impl Cluster {
     /// set up (`first`) and whenever its subscriptions change.
     pub(crate) async fn keep(&self, session: &Arc<crate::session::Session>, window: usize, first: bool) {
         let Some(node) = self.node() else { return };
-        let newly = !session.lock().kept;
+        let newly = !session.lock().kept();
         let kept = self.queue.keep(session, window, &node).await;
         if !kept || !(first || newly) {
             return;
         }
         // Whoever claims the session next is told to look in JetStream
         // (the claim that attached this connection did not say so).
-        let Some(revision) = session.lock().claimed else { return };
+        let Some(revision) = SessionReplica::get(&session.lock()).and_then(|r| r.claimed) else { return };
         if let Some(marked) = self.ownership.mark_kept(session.client_id(), revision).await {
             let mut state = session.lock();
-            if state.claimed == Some(revision) {
-                state.claimed = Some(marked);
+            let replica = SessionReplica::of(&mut state);
+            if replica.claimed == Some(revision) {
+                replica.claimed = Some(marked);
             }
         }
     }

@@ -6,9 +6,10 @@ use std::any::Any;
 use std::sync::Arc;
 
 use super::Cluster;
+use super::SessionReplica;
 use crate::broker::{BoxFuture, Claim, Forwarded, Node, Replication};
 use crate::message::{JetStreamAck, Message};
-use crate::session::Session;
+use crate::session::{Session, SessionState};
 use crate::store::StoredSession;
 
 impl Replication for Cluster {
@@ -42,6 +43,14 @@ impl Replication for Cluster {
 
     fn recover<'a>(&'a self, client_id: &'a str) -> BoxFuture<'a, Option<StoredSession>> {
         Box::pin(Cluster::recover(self, client_id))
+    }
+
+    fn claimed(&self, state: &mut SessionState, revision: u64) {
+        SessionReplica::of(state).claimed = Some(revision);
+    }
+
+    fn keep_elsewhere(&self, state: &mut SessionState) {
+        SessionReplica::of(state).kept = true;
     }
 
     fn release(&self, client_id: &str, revision: u64) {

@@ -766,7 +766,7 @@ async fn owning_pair(nats: &Nats) -> (TestBroker, TestBroker) {
 /// Waits until node `node` keeps the session of `client_id` in JetStream.
 pub(crate) async fn until_kept(node: &TestBroker, client_id: &str) {
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
-    while node.broker.sessions.get(client_id).is_none_or(|s| !s.lock().kept) {
+    while node.broker.sessions.get(client_id).is_none_or(|s| !s.lock().kept()) {
         assert!(tokio::time::Instant::now() < deadline, "{client_id} never kept");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -1188,7 +1188,7 @@ async fn a_parked_session_resumes_on_its_node_and_a_clean_start_drops_what_was_p
     assert_eq!(received(&mut device).await.1, "2");
     device.no_publish().await;
     until_consumer_acknowledged(&nats).await;
-    assert!(a.broker.sessions.get("napper").is_some_and(|s| s.lock().kept));
+    assert!(a.broker.sessions.get("napper").is_some_and(|s| s.lock().kept()));
 
     // Parked again; a clean start through node b drops it all.
     device.client.disconnect().await.expect("disconnect");
@@ -1232,7 +1232,7 @@ async fn parked_sessions_stay_kept_while_nats_is_away_and_their_publishers_wait_
     let early = tokio::time::timeout(Duration::from_millis(500), puback_within(&mut publisher, NATS_WAIT)).await;
     assert!(early.is_err(), "PUBACK while NATS is away");
     let dozer = a.broker.sessions.get("dozer").expect("session");
-    assert!(dozer.lock().kept && dozer.lock().pending.is_empty(), "kept, nothing queued on the node");
+    assert!(dozer.lock().kept() && dozer.lock().pending.is_empty(), "kept, nothing queued on the node");
 
     // NATS is back: JetStream stores it, then the publisher hears.
     nats.spawn().await;

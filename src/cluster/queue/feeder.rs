@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::{FEED_HEARTBEAT, Pulled, Queue, envelope};
+use super::{FEED_HEARTBEAT, Pulled, Queue, SessionReplica, envelope};
 use crate::codec::QoS;
 use crate::message::{Delivery, JetStreamAck, Subscription};
 use crate::session::{Session, SessionState};
@@ -83,7 +83,8 @@ impl Feeder {
         if (delivered > 1 || exactly_once) && redelivered(&mut state, &ack) {
             return;
         }
-        if (delivered > 1 || exactly_once) && state.jetstream_taken.as_ref().is_some_and(|t| t.contains(ack.seq, id)) {
+        let taken = SessionReplica::get(&state).and_then(|r| r.taken.as_ref());
+        if (delivered > 1 || exactly_once) && taken.is_some_and(|t| t.contains(ack.seq, id)) {
             // Taken already and done with; its acknowledgement was lost.
             drop(state);
             self.queue.acknowledge(&ack);
@@ -99,7 +100,8 @@ impl Feeder {
         if state.push(delivery) {
             if qos == QoS::ExactlyOnce {
                 let window = self.queue.taken_window();
-                state.jetstream_taken.get_or_insert_default().remember(seq, id, Instant::now(), window);
+                let taken = SessionReplica::of(&mut state).taken.get_or_insert_default();
+                taken.remember(seq, id, Instant::now(), window);
             }
             drop(state);
             self.session.wake();

@@ -73,7 +73,7 @@ impl Queue {
                     .into_iter()
                     .filter(|s| {
                         let state = s.lock();
-                        state.online && !state.kept && state.expiry_s > 0
+                        state.online && !state.kept() && state.expiry_s > 0
                     })
                     .collect();
                 unkept
@@ -92,7 +92,7 @@ impl Queue {
         let mut sessions = Vec::with_capacity(ids.len());
         for id in ids {
             match node.session(&id) {
-                Some(session) if session.lock().kept == kept => sessions.push(session),
+                Some(session) if session.lock().kept() == kept => sessions.push(session),
                 _ => {
                     self.lagging.lock().remove(&id);
                 }
