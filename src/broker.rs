@@ -4,6 +4,7 @@
 //! `share`, and the operators' snapshot in `gauges`.
 
 mod gauges;
+mod node;
 mod replication;
 mod sessions;
 mod share;
@@ -19,6 +20,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use node::{Node, WeakNode};
 pub use replication::{BoxFuture, Claim, Forwarded, Plug, Replication};
 
 use crate::auth::{InForce, Policy};
@@ -222,7 +224,11 @@ impl Broker {
             return Err(Refused::RetainedFull);
         }
         if let Some(cluster) = &self.replication {
-            match cluster.forward(&message, publisher.map(|p| p.client_id()), retained, self) {
+            let forwarded = cluster.forward(&message, publisher.map(|p| p.client_id()), retained);
+            if forwarded != Forwarded::Yes {
+                self.metrics.dropped(DropReason::Cluster, 1);
+            }
+            match forwarded {
                 Forwarded::Yes => {}
                 // JetStream must have it before its publisher hears, and
                 // will once NATS takes more: the publisher tries again.
@@ -268,30 +274,6 @@ impl Broker {
             self.metrics.dropped(DropReason::RetainedFull, 1);
             false
         }
-    }
-
-    /// Routes a message another node of the cluster published to the
-    /// local sessions, never forwarded again. A retained one is retained
-    /// here too only while the cluster's retained stream is not watched
-    /// (best effort: a node that was not up misses it); otherwise the
-    /// stream sets the store, in its one order.
-    pub fn deliver_remote(&self, message: Arc<Message>) -> usize {
-        if message.retain && !self.replication.as_ref().is_some_and(|r| r.retained_watched()) {
-            self.retain(&message);
-        }
-        self.router.route_scoped(&message, None, self.local_scope(), &*self.store, &self.metrics, None)
-    }
-
-    /// Routes a message NATS handed to this node for one share group: to
-    /// one member of `group` with exactly `filter`.
-    pub fn deliver_shared(&self, message: Arc<Message>, filter: &str, group: &str) -> usize {
-        self.router.route_scoped(&message, None, Scope::Group { filter, group }, &*self.store, &self.metrics, None)
-    }
-
-    /// Sets the retained message of a topic from the cluster's retained
-    /// stream (an empty payload clears it), within the retained limits.
-    pub fn retain_from_cluster(&self, message: &Arc<Message>) {
-        self.retain(message);
     }
 
     /// Publishes a message of the broker's own (`$SYS`): retained in memory

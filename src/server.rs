@@ -208,9 +208,8 @@ impl Server {
         if let Some(path) = config_file {
             broker.tasks.spawn(crate::reload::watch::config_file(reloader.clone(), path));
         }
-        #[cfg(feature = "cluster")]
-        if let Some(cluster) = broker.cluster() {
-            cluster.start(&broker);
+        if let Some(replication) = broker.replication() {
+            replication.start(broker.node());
         }
         let mut accept_loops = tokio::task::JoinSet::new();
         for listener in self.listeners {

@@ -13,10 +13,10 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::Broker;
+use super::Node;
 use crate::message::{JetStreamAck, Message};
 use crate::router::Interest;
-use crate::session::Session;
+use crate::session::{Session, SessionState};
 use crate::store::StoredSession;
 
 /// A future a [`Replication`] returns: sent across tasks, borrowing its
@@ -53,15 +53,14 @@ pub struct Claim {
 /// `cluster::Cluster`; the broker calls it on its publish path, at attach
 /// and at a session's end.
 pub trait Replication: Any + Send + Sync + std::fmt::Debug {
+    /// Starts replicating for `node`, the broker this is plugged into
+    /// (once; later calls do nothing). What the replication does to the
+    /// local node later, it does through `node`.
+    fn start(&self, node: Node);
     /// Hands a message published here to the other nodes (and, when this
     /// node `retained` it, to the replicated retained store). Never waits.
-    fn forward(
-        &self,
-        message: &Arc<Message>,
-        publisher: Option<&Arc<str>>,
-        retained: bool,
-        broker: &Broker,
-    ) -> Forwarded;
+    /// The broker counts a message not handed on as dropped.
+    fn forward(&self, message: &Arc<Message>, publisher: Option<&Arc<str>>, retained: bool) -> Forwarded;
     /// Whether QoS 1/2 publishes here are acknowledged only once the other
     /// side stored them.
     fn waits_for_jetstream(&self) -> bool;
@@ -77,13 +76,22 @@ pub trait Replication: Any + Send + Sync + std::fmt::Debug {
     fn claim<'a>(&'a self, client_id: &'a str, clean_start: bool) -> BoxFuture<'a, Claim>;
     /// The kept session of `client_id` whose node is gone, if one is kept.
     fn recover<'a>(&'a self, client_id: &'a str) -> BoxFuture<'a, Option<StoredSession>>;
+    /// A connection attached to the session whose state is `state`, which
+    /// this node claimed as `revision` ([`Replication::claim`]): the
+    /// session's end releases that claim (`SessionState::replica`).
+    fn claimed(&self, state: &mut SessionState, revision: u64);
+    /// The session whose state is `state` is kept elsewhere: its claim
+    /// said so. None of its QoS 1/2 messages are queued here until its
+    /// connection feeds from there.
+    fn keep_elsewhere(&self, state: &mut SessionState);
     /// The session of `client_id`, claimed with `revision`, ended here.
-    fn release(&self, client_id: &str, revision: u64, broker: &Broker);
+    fn release(&self, client_id: &str, revision: u64);
     /// What was kept for the session of `client_id` goes (it ended, or a
     /// clean start replaces it).
-    fn forget_session(&self, client_id: &str, broker: &Broker);
-    /// The connection of kept `session` ended with a new expiry.
-    fn park(&self, session: Arc<Session>, broker: &Broker);
+    fn forget_session(&self, client_id: &str);
+    /// The connection of kept `session` ended with a new expiry; its
+    /// client's next connection may take `window` messages at once.
+    fn park(&self, session: Arc<Session>, window: usize);
     /// A kept message reached its client (or never will).
     fn acknowledge(&self, ack: &JetStreamAck);
     /// A kept message goes back, to be delivered again at once (to

@@ -38,17 +38,17 @@ impl Broker {
     /// over), a will waiting for its delay is cancelled as a reconnect
     /// cancels it, and unless `keep` is false the session is returned to
     /// be moved. `None` when there is no session to move.
-    pub async fn hand_over(&self, client_id: &str, keep: bool) -> Option<StoredSession> {
+    pub(super) async fn hand_over(&self, client_id: &str, keep: bool) -> Option<StoredSession> {
         let taken = self.sessions.take(client_id, |session| {
             let moved = {
                 let mut state = session.lock();
                 if let Some(timers) = state.timers.take() {
                     timers.cancel();
                 }
-                // An update of its consumer by the connection that just left
-                // is called off; the new node takes the consumer over.
-                state.parking += 1;
-                state.kept = false;
+                // Its replica (in a cluster) leaves with it.
+                if let Some(replica) = &mut state.replica {
+                    replica.leave();
+                }
                 if std::mem::take(&mut state.will_pending) {
                     self.store.will(session.client_id(), None);
                 }
@@ -114,8 +114,8 @@ impl Broker {
             .attach(client_id, clean_start, bound, |old| self.discard(old))
             .await
             .ok_or(AttachRefused::Busy)?;
-        if claimed.is_some() {
-            attached.session.lock().claimed = claimed;
+        if let (Some(cluster), Some(revision)) = (&self.replication, claimed) {
+            cluster.claimed(&mut attached.session.lock(), revision);
         }
         // A reconnect cancels a will waiting for its delay [MQTT-3.1.3-9].
         if std::mem::take(&mut attached.session.lock().will_pending) {
@@ -135,8 +135,8 @@ impl Broker {
             let mut moved = claim.moved.take();
             let local = self.sessions.get(client_id);
             if clean_start {
-                if claim.kept || local.is_some_and(|s| s.lock().kept) {
-                    cluster.forget_session(client_id, self);
+                if claim.kept || local.is_some_and(|s| s.lock().kept()) {
+                    cluster.forget_session(client_id);
                 }
                 return claim.revision;
             }
@@ -152,7 +152,7 @@ impl Broker {
             if claim.kept
                 && let Some(session) = self.sessions.get(client_id)
             {
-                session.lock().kept = true;
+                cluster.keep_elsewhere(&mut session.lock());
             }
             return claim.revision;
         }
@@ -165,9 +165,10 @@ impl Broker {
     pub fn discard(&self, session: &Arc<Session>) {
         let (filters, claimed, shared): (Vec<_>, _, _) = {
             let mut state = session.lock();
-            if let Some(feeding) = state.feeding.take() {
-                feeding.cancel();
-            }
+            let claimed = state.replica.as_mut().and_then(|replica| {
+                replica.stop_feeding();
+                replica.take_claim()
+            });
             let shared = state.take_shared();
             // What JetStream delivered for it goes back, to be delivered
             // again at once (to another member of a share group).
@@ -179,7 +180,7 @@ impl Broker {
             }
             state.clear_pending();
             state.inflight.clear();
-            (state.subscriptions.drain().map(|(f, _)| f).collect(), state.claimed.take(), shared)
+            (state.subscriptions.drain().map(|(f, _)| f).collect(), claimed, shared)
         };
         for filter in &filters {
             self.router.unsubscribe(session, filter);
@@ -189,7 +190,7 @@ impl Broker {
         if self.sessions.remove(session) {
             self.store.session_ended(session.client_id());
             if let (Some(cluster), Some(revision)) = (&self.replication, claimed) {
-                cluster.release(session.client_id(), revision, self);
+                cluster.release(session.client_id(), revision);
             }
         }
     }
@@ -197,7 +198,7 @@ impl Broker {
     /// A session that ended was `kept` in JetStream: its consumer goes.
     pub(super) fn forget_kept(&self, session: &Session, kept: bool) {
         if let Some(cluster) = self.replication.as_ref().filter(|_| kept) {
-            cluster.forget_session(session.client_id(), self);
+            cluster.forget_session(session.client_id());
         }
     }
 
@@ -259,10 +260,10 @@ impl Broker {
             session.forget_connection();
             let expiry_changed = std::mem::replace(&mut state.expiry_s, expiry_s) != expiry_s;
             state.timers = Some(timers.clone());
-            if let Some(feeding) = state.feeding.take() {
-                feeding.cancel();
+            if let Some(replica) = &mut state.replica {
+                replica.stop_feeding();
             }
-            (state.kept, expiry_changed)
+            (state.kept(), expiry_changed)
         };
         // Publishers holding deliveries for it offer them again: offline,
         // a full queue drops rather than holds.
@@ -304,7 +305,7 @@ impl Broker {
             // The consumer records the expiry: rewritten only if the
             // DISCONNECT changed it.
             if let Some(cluster) = self.replication.as_ref().filter(|_| kept && expiry_changed) {
-                cluster.park(session.clone(), self);
+                cluster.park(session.clone(), usize::from(self.config().limits.max_inflight));
             }
         }
         drop(attached);

@@ -55,7 +55,7 @@ impl Broker {
 
     /// Publishes the will of a client whose node died when it is due (or
     /// at once at shutdown, since nothing else would publish it).
-    pub fn publish_will_later(self: &Arc<Self>, will: PendingWill) {
+    pub(super) fn publish_will_later(self: &Arc<Self>, will: PendingWill) {
         let broker = self.clone();
         self.tasks.spawn(async move {
             let wait = Duration::from_millis(will.due_ms.saturating_sub(crate::store::now_ms()));
@@ -89,7 +89,7 @@ impl Broker {
             };
             if expired {
                 broker.discard(&session);
-                let kept = session.lock().kept;
+                let kept = session.lock().kept();
                 broker.forget_kept(&session, kept);
             }
         });

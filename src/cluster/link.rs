@@ -17,7 +17,7 @@ use tracing::{debug, error, info, warn};
 use super::queue::Queue;
 use super::subject::Subjects;
 use super::{MAX_SUBJECT_BYTES, envelope};
-use crate::broker::Broker;
+use crate::broker::{Node, WeakNode};
 use crate::codec::{QoS, TopicName};
 use crate::message::Message;
 use crate::metrics::DropReason;
@@ -38,7 +38,9 @@ pub(super) fn connect_options(name: String) -> async_nats::ConnectOptions {
 #[derive(Debug)]
 pub(super) struct Events {
     /// Weak: the clients' event tasks must not keep the broker alive.
-    pub(super) broker: std::sync::Weak<Broker>,
+    pub(super) node: WeakNode,
+    /// Told when the main connection is made (again).
+    pub(super) queue: Arc<Queue>,
     /// When a slow consumer was last logged; one warning per interval says
     /// enough (the client reports each dropped message).
     pub(super) last_slow_warning: Mutex<Option<Instant>>,
@@ -56,10 +58,8 @@ impl Events {
                 info!("cluster: connected to NATS");
                 // Feeders pull again, lagging consumers catch up, what
                 // waited for JetStream goes (`queue::resync`).
-                if let Some(broker) = self.broker.upgrade().filter(|_| main)
-                    && let Some(cluster) = broker.cluster()
-                {
-                    cluster.queue.connected();
+                if main {
+                    self.queue.connected();
                 }
             }
             // Kept sessions stay kept: what other nodes publish for them
@@ -71,8 +71,8 @@ impl Events {
                 );
             }
             async_nats::Event::SlowConsumer(sid) => {
-                if let Some(broker) = self.broker.upgrade() {
-                    broker.metrics.dropped(DropReason::ClusterInbound, 1);
+                if let Some(node) = self.node.upgrade() {
+                    node.dropped(DropReason::ClusterInbound, 1);
                 }
                 let now = Instant::now();
                 let mut last = self.last_slow_warning.lock();
@@ -133,7 +133,7 @@ impl Link {
         client: async_nats::Client,
         share: async_nats::Client,
         mut rx: mpsc::UnboundedReceiver<Interest>,
-        broker: Arc<Broker>,
+        node: Node,
     ) {
         // By subject and queue group: a count of local subscriptions and
         // the handle that ends the NATS subscription.
@@ -141,20 +141,20 @@ impl Link {
         // By filter and share group: a count of local members, the handle
         // that ends serving the group from its consumer, and whether it is.
         let mut shares: HashMap<(Box<str>, Box<str>), Serving> = HashMap::new();
-        while let Some(Some(change)) = broker.shutdown.run_until_cancelled(rx.recv()).await {
+        while let Some(Some(change)) = node.shutdown().run_until_cancelled(rx.recv()).await {
             match change {
                 Interest::Add(filter, group) => {
                     let durable = group.as_ref().map(|g| {
                         let (count, _, durable) = shares.entry((filter.clone(), g.clone())).or_insert_with(|| {
-                            let (stop, durable) = (broker.shutdown.child_token(), Arc::new(AtomicBool::new(false)));
+                            let (stop, durable) = (node.shutdown().child_token(), Arc::new(AtomicBool::new(false)));
                             let serving = self.queue.clone().share(
                                 filter.clone(),
                                 g.clone(),
                                 durable.clone(),
                                 stop.clone(),
-                                broker.clone(),
+                                node.clone(),
                             );
-                            broker.tasks.spawn(serving);
+                            node.spawn(serving);
                             (0, stop, durable)
                         });
                         *count += 1;
@@ -182,7 +182,7 @@ impl Link {
                                 continue;
                             }
                         };
-                        let stop = broker.shutdown.child_token();
+                        let stop = node.shutdown().child_token();
                         held.insert(key, (1, stop.clone()));
                         self.subscriptions.fetch_add(1, Ordering::Relaxed);
                         let target = group.as_ref().zip(durable.clone()).map(|(g, durable)| Share {
@@ -190,7 +190,7 @@ impl Link {
                             group: g.clone(),
                             durable,
                         });
-                        broker.tasks.spawn(self.clone().inbound(subscriber, target, stop, broker.clone()));
+                        node.spawn(self.clone().inbound(subscriber, target, stop, node.clone()));
                     }
                 }
                 Interest::Remove(filter, group) => {
@@ -232,7 +232,7 @@ impl Link {
         mut subscriber: async_nats::Subscriber,
         shared: Option<Share>,
         stop: CancellationToken,
-        broker: Arc<Broker>,
+        node: Node,
     ) {
         // What the client has buffered is routed in one go, without a
         // wake-up per message, so this task keeps up with the connection.
@@ -243,8 +243,8 @@ impl Link {
                 match &shared {
                     // The group's consumer has it.
                     Some(share) if message.qos != QoS::AtMostOnce && share.durable.load(Ordering::Acquire) => 0,
-                    Some(share) => broker.deliver_shared(Arc::new(message), &share.filter, &share.group),
-                    None => broker.deliver_remote(Arc::new(message)),
+                    Some(share) => node.deliver_shared(Arc::new(message), &share.filter, &share.group),
+                    None => node.deliver_remote(Arc::new(message)),
                 };
             }
         }

@@ -72,6 +72,7 @@ mod outbound;
 mod ownership;
 mod plug;
 mod queue;
+mod replica;
 mod retained;
 mod setup;
 pub mod subject;
@@ -85,8 +86,8 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
-use crate::broker::Broker;
 pub use crate::broker::{Claim, Forwarded};
+use crate::broker::{Node, WeakNode};
 use crate::codec::QoS;
 use crate::config::ClusterConfig;
 use crate::message::Message;
@@ -95,6 +96,7 @@ use crate::router::Interest;
 use link::{Events, Link, connect_options, queued_size};
 use ownership::Ownership;
 use queue::Queue;
+pub use replica::SessionReplica;
 use retained::RetainedSync;
 use setup::{JETSTREAM_WAIT, bucket_config, jetstream_name, open_buckets, set_up, setup_retry_delay};
 pub use subject::Subjects;
@@ -153,6 +155,9 @@ pub struct Cluster {
     shares: Arc<AtomicBool>,
     /// `[cluster] store_timeout_s`.
     store_wait: Duration,
+    /// The node this is plugged into, set by [`Cluster::start`]. Weak: the
+    /// broker holds the cluster.
+    node: std::sync::OnceLock<WeakNode>,
 }
 
 /// A message on its way to NATS, and the client id of its publisher (for
@@ -196,6 +201,7 @@ impl Cluster {
             subscriptions: Arc::new(AtomicUsize::new(0)),
             shares: Arc::new(AtomicBool::new(false)),
             store_wait: Duration::from_secs(u64::from(config.store_timeout_s)),
+            node: std::sync::OnceLock::new(),
         };
         (cluster, interest)
     }
@@ -238,8 +244,15 @@ impl Cluster {
     }
 
     /// The session of `client_id`, claimed with `revision`, ended here.
-    pub(crate) fn release(&self, client_id: &str, revision: u64, broker: &Broker) {
-        self.ownership.release(client_id, revision, broker);
+    pub(crate) fn release(&self, client_id: &str, revision: u64) {
+        if let Some(node) = self.node() {
+            self.ownership.release(client_id, revision, &node);
+        }
+    }
+
+    /// The node this is plugged into, once started and while it runs.
+    fn node(&self) -> Option<Node> {
+        self.node.get()?.upgrade()
     }
 
     /// How long a QoS 1/2 publisher's acknowledgement may wait for
@@ -267,35 +280,31 @@ impl Cluster {
     /// connection and has QoS 1/2 subscriptions, and feeds the connection
     /// from it; otherwise stops keeping it. Called when the connection is
     /// set up (`first`) and whenever its subscriptions change.
-    pub(crate) async fn keep(
-        &self,
-        session: &Arc<crate::session::Session>,
-        window: usize,
-        first: bool,
-        broker: &Arc<Broker>,
-    ) {
-        let newly = !session.lock().kept;
-        let kept = self.queue.keep(session, window, broker).await;
+    pub(crate) async fn keep(&self, session: &Arc<crate::session::Session>, window: usize, first: bool) {
+        let Some(node) = self.node() else { return };
+        let newly = !session.lock().kept();
+        let kept = self.queue.keep(session, window, &node).await;
         if !kept || !(first || newly) {
             return;
         }
         // Whoever claims the session next is told to look in JetStream
         // (the claim that attached this connection did not say so).
-        let Some(revision) = session.lock().claimed else { return };
+        let Some(revision) = SessionReplica::get(&session.lock()).and_then(|r| r.claimed) else { return };
         if let Some(marked) = self.ownership.mark_kept(session.client_id(), revision).await {
             let mut state = session.lock();
-            if state.claimed == Some(revision) {
-                state.claimed = Some(marked);
+            let replica = SessionReplica::of(&mut state);
+            if replica.claimed == Some(revision) {
+                replica.claimed = Some(marked);
             }
         }
     }
 
     /// The connection of kept `session` ended with a new session expiry:
     /// its consumer's record follows, in the background.
-    pub(crate) fn park(&self, session: Arc<crate::session::Session>, broker: &Broker) {
+    pub(crate) fn park(&self, session: Arc<crate::session::Session>, window: usize) {
+        let Some(node) = self.node() else { return };
         let queue = self.queue.clone();
-        let window = usize::from(broker.config().limits.max_inflight);
-        broker.tasks.spawn(async move { queue.park(&session, window).await });
+        node.spawn(async move { queue.park(&session, window).await });
     }
 
     /// The kept session of `client_id` whose node is gone, if JetStream
@@ -306,8 +315,10 @@ impl Cluster {
 
     /// The session of `client_id` ended, or a clean start replaces it:
     /// what JetStream kept for it goes.
-    pub(crate) fn forget_session(&self, client_id: &str, broker: &Broker) {
-        self.queue.forget(client_id, broker);
+    pub(crate) fn forget_session(&self, client_id: &str) {
+        if let Some(node) = self.node() {
+            self.queue.forget(client_id, &node);
+        }
     }
 
     /// Tells JetStream that a message it kept for a session reached the
@@ -330,21 +341,17 @@ impl Cluster {
     }
 
     /// The connection whose will was registered as `revision` ended here.
-    pub(crate) fn unregister_will(&self, client_id: &str, revision: u64, broker: &Broker) {
-        self.wills.unregister(client_id, revision, broker);
+    pub(crate) fn unregister_will(&self, client_id: &str, revision: u64) {
+        if let Some(node) = self.node() {
+            self.wills.unregister(client_id, revision, &node);
+        }
     }
 
     /// Hands a message published on this node to the other nodes, and,
     /// when this node `retained` it, to the retained stream. Never waits:
     /// with the queue full (in messages or bytes), or a topic too long for
-    /// a subject, the message stays local and is counted.
-    pub(crate) fn forward(
-        &self,
-        message: &Arc<Message>,
-        publisher: Option<&Arc<str>>,
-        retained: bool,
-        broker: &Broker,
-    ) -> Forwarded {
+    /// a subject, the message stays local (the broker counts it).
+    pub(crate) fn forward(&self, message: &Arc<Message>, publisher: Option<&Arc<str>>, retained: bool) -> Forwarded {
         let forwarded = if !self.subjects.fits(message.topic.as_str(), MAX_SUBJECT_BYTES) {
             Forwarded::TooLong
         } else if self.enqueue(message, publisher) {
@@ -352,16 +359,15 @@ impl Cluster {
         } else {
             Forwarded::Full
         };
-        if forwarded != Forwarded::Yes {
-            broker.metrics.dropped(DropReason::Cluster, 1);
-        }
         if retained {
             // Counted before it is queued, so the writer's end (a failure)
             // never comes first.
             self.retained.begin_write(message.topic.as_str());
-            if self.retained_out.try_send(message.clone()).is_err() {
-                self.retained.end_write(message.topic.as_str(), None, broker);
-                broker.metrics.dropped(DropReason::Cluster, 1);
+            if self.retained_out.try_send(message.clone()).is_err()
+                && let Some(node) = self.node()
+            {
+                self.retained.end_write(message.topic.as_str(), None, &node);
+                node.dropped(DropReason::Cluster, 1);
             }
         }
         forwarded
@@ -414,9 +420,11 @@ impl Cluster {
     /// later calls do nothing). A NATS server that cannot be reached is
     /// logged at error and retried for ever; local clients are served
     /// meanwhile, and publishes are not forwarded while the queue is full.
-    pub fn start(&self, broker: &Arc<Broker>) {
+    pub fn start(&self, node: Node) {
         let Some(receivers) = self.pending.lock().take() else { return };
-        let events = Arc::new(Events { broker: Arc::downgrade(broker), last_slow_warning: Mutex::new(None) });
+        let _ = self.node.set(node.downgrade());
+        let events =
+            Arc::new(Events { node: node.downgrade(), queue: self.queue.clone(), last_slow_warning: Mutex::new(None) });
         let main_events = events.clone();
         let main = connect_options(format!("moat {}", self.node_id)).no_echo().event_callback(move |event| {
             let events = main_events.clone();
@@ -452,9 +460,7 @@ impl Cluster {
         let wills = self.wills.clone();
         let queue = self.queue.clone();
         let store_wait = self.store_wait;
-        let broker = broker.clone();
-        let tasks = broker.tasks.clone();
-        tasks.spawn(async move {
+        node.clone().spawn(async move {
             // With retry_on_initial_connect these return at once; the
             // connections are made (and remade) in the background.
             let (client, share) = match tokio::try_join!(main.connect(servers.clone()), share.connect(servers.clone()))
@@ -467,14 +473,14 @@ impl Cluster {
             };
             info!(node_id = %link.node_id, servers = ?servers, "cluster: NATS client started");
             let link = Arc::new(link);
-            broker.tasks.spawn(link.clone().publish(client.clone(), receivers.outbound, broker.clone()));
-            broker.tasks.spawn(retained.clone().write(client.clone(), receivers.retained, broker.clone()));
-            broker.tasks.spawn(retained.watch(client.clone(), broker.clone()));
-            broker.tasks.spawn(ownership.run(client.clone(), broker.clone()));
-            broker.tasks.spawn(wills.run(client.clone(), broker.clone()));
-            broker.tasks.spawn(queue.clone().run(client.clone(), broker.clone()));
-            broker.tasks.spawn(queue.resync(client.clone(), store_wait, broker.clone()));
-            link.interest(client, share, receivers.interest, broker).await;
+            node.spawn(link.clone().publish(client.clone(), receivers.outbound, node.clone()));
+            node.spawn(retained.clone().write(client.clone(), receivers.retained, node.clone()));
+            node.spawn(retained.watch(client.clone(), node.clone()));
+            node.spawn(ownership.run(client.clone(), node.clone()));
+            node.spawn(wills.run(client.clone(), node.clone()));
+            node.spawn(queue.clone().run(client.clone(), node.clone()));
+            node.spawn(queue.resync(client.clone(), store_wait, node.clone()));
+            link.interest(client, share, receivers.interest, node).await;
         });
     }
 }

@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
 use super::{Link, OUTBOUND_BATCH, OUTBOUND_CAPACITY, Outgoing, envelope, queued_size};
-use crate::broker::Broker;
+use crate::broker::Node;
 use crate::codec::QoS;
 use crate::message::Message;
 use crate::metrics::DropReason;
@@ -124,16 +124,16 @@ impl Link {
         self: Arc<Self>,
         client: async_nats::Client,
         mut rx: mpsc::Receiver<Outgoing>,
-        broker: Arc<Broker>,
+        node: Node,
     ) {
         let mut batch = Vec::with_capacity(OUTBOUND_BATCH);
         let js = jetstream::new(client.clone());
         let (acks, pending) = mpsc::channel(OUTBOUND_CAPACITY);
-        broker.tasks.spawn(self.clone().acknowledge(client.clone(), pending, broker.clone()));
+        node.spawn(self.clone().acknowledge(client.clone(), pending, node.clone()));
         // QoS 1/2 messages taken so far: each one's place in the queue.
         let mut taken = 0u64;
         // `recv_many` takes nothing only when every sender is gone.
-        while let Some(1..) = broker.shutdown.run_until_cancelled(rx.recv_many(&mut batch, OUTBOUND_BATCH)).await {
+        while let Some(1..) = node.shutdown().run_until_cancelled(rx.recv_many(&mut batch, OUTBOUND_BATCH)).await {
             let now = Instant::now();
             // Stored by JetStream before acknowledged while a session is
             // kept somewhere; sent now only if it can be stored now.
@@ -143,7 +143,7 @@ impl Link {
                 self.queued_bytes.fetch_sub(queued_size(&message), Ordering::Relaxed);
                 if message.qos == QoS::AtMostOnce {
                     if !message.is_expired(now) {
-                        self.send(&client, &message, None, now, &broker).await;
+                        self.send(&client, &message, None, now, &node).await;
                     }
                     continue;
                 }
@@ -154,11 +154,11 @@ impl Link {
                     let id = (message.qos == QoS::ExactlyOnce).then(|| format!("{}.{taken}", self.run_id));
                     let mut storing = Box::new(Storing { message, publisher, id, attempt: Attempt::Due });
                     if ready {
-                        storing.attempt = self.store(&js, &storing, false, &broker).await;
+                        storing.attempt = self.store(&js, &storing, false, &node).await;
                     }
                     Pending::Stored(storing)
                 } else {
-                    self.send(&client, &message, publisher.as_deref(), now, &broker).await;
+                    self.send(&client, &message, publisher.as_deref(), now, &node).await;
                     Pending::Sent
                 };
                 if acks.send(pending).await.is_err() {
@@ -189,20 +189,20 @@ impl Link {
         message: &Message,
         publisher: Option<&str>,
         now: Instant,
-        broker: &Broker,
+        node: &Node,
     ) {
         let headers = self.headers(message, publisher, now);
         // `forward` let only topics whose subject fits through.
         let subject = self.subjects.topic(message.topic.as_str());
         if let Err(e) = client.publish_with_headers(subject, headers, message.payload.clone()).await {
             debug!(error = %e, "cluster: publish to NATS failed");
-            broker.metrics.dropped(DropReason::Cluster, 1);
+            node.dropped(DropReason::Cluster, 1);
         }
     }
 
     /// Publishes `storing` to JetStream (`again`: a retry), and returns
     /// where it stands.
-    async fn store(&self, js: &jetstream::Context, storing: &Storing, again: bool, broker: &Broker) -> Attempt {
+    async fn store(&self, js: &jetstream::Context, storing: &Storing, again: bool, node: &Node) -> Attempt {
         let now = Instant::now();
         let mut headers = self.headers(&storing.message, storing.publisher.as_deref(), now);
         if let Some(id) = &storing.id {
@@ -216,7 +216,7 @@ impl Link {
             Ok(ack) => Attempt::Sent(ack, now + STORE_WAIT),
             Err(e) if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
                 debug!(error = %e, "cluster: message too large for NATS; it stays on this node");
-                broker.metrics.dropped(DropReason::Cluster, 1);
+                node.dropped(DropReason::Cluster, 1);
                 Attempt::Refused
             }
             Err(e) => {
@@ -234,9 +234,9 @@ impl Link {
     }
 
     /// Waits until [`Link::ready`]; `None` at shutdown.
-    async fn until_ready(&self, client: &async_nats::Client, broker: &Broker) -> Option<()> {
+    async fn until_ready(&self, client: &async_nats::Client, node: &Node) -> Option<()> {
         while !self.ready(client) {
-            broker.shutdown.run_until_cancelled(tokio::time::sleep(READY_POLL)).await?;
+            node.shutdown().run_until_cancelled(tokio::time::sleep(READY_POLL)).await?;
         }
         Some(())
     }
@@ -248,7 +248,7 @@ impl Link {
         self: Arc<Self>,
         client: async_nats::Client,
         mut pending: mpsc::Receiver<Pending>,
-        broker: Arc<Broker>,
+        node: Node,
     ) {
         let js = jetstream::new(client.clone());
         let mut window: VecDeque<Pending> = VecDeque::new();
@@ -258,7 +258,7 @@ impl Link {
         let mut since = Instant::now();
         loop {
             if window.is_empty() {
-                match broker.shutdown.run_until_cancelled(pending.recv()).await {
+                match node.shutdown().run_until_cancelled(pending.recv()).await {
                     Some(Some(next)) => window.push_back(next),
                     _ => return,
                 }
@@ -269,7 +269,7 @@ impl Link {
             }
             let settled = match window.front_mut() {
                 Some(Pending::Stored(storing)) => {
-                    broker.shutdown.run_until_cancelled(storing.settle()).await.unwrap_or(false)
+                    node.shutdown().run_until_cancelled(storing.settle()).await.unwrap_or(false)
                 }
                 _ => true,
             };
@@ -292,8 +292,8 @@ impl Link {
             // A pause between rounds, so a JetStream that answers with an
             // error at once is not asked in a loop.
             let pause = super::setup_retry_delay(retries).min(RETRY_PAUSE_MAX);
-            if broker.shutdown.run_until_cancelled(tokio::time::sleep(pause)).await.is_none()
-                || self.until_ready(&client, &broker).await.is_none()
+            if node.shutdown().run_until_cancelled(tokio::time::sleep(pause)).await.is_none()
+                || self.until_ready(&client, &node).await.is_none()
             {
                 return;
             }
@@ -309,7 +309,7 @@ impl Link {
                         Attempt::Refused => false,
                     }
                 {
-                    storing.attempt = self.store(&js, storing, true, &broker).await;
+                    storing.attempt = self.store(&js, storing, true, &node).await;
                 }
             }
         }

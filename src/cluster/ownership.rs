@@ -36,8 +36,8 @@ use parking_lot::Mutex;
 use tracing::{debug, info, warn};
 
 use super::JETSTREAM_WAIT;
-use crate::broker::Broker;
 use crate::broker::Claim;
+use crate::broker::Node;
 use crate::config::ClusterConfig;
 
 /// Claims retried when another node changed the entry in between.
@@ -176,10 +176,10 @@ impl Ownership {
     /// Removes the entry of `client_id` if it still has `revision` (its
     /// session ended here and no claim came since). In the background:
     /// the session's end does not wait for NATS.
-    pub(super) fn release(&self, client_id: &str, revision: u64, broker: &Broker) {
+    pub(super) fn release(&self, client_id: &str, revision: u64, node: &Node) {
         let Some((kv, _)) = self.link.lock().clone() else { return };
         let key = key(client_id);
-        broker.tasks.spawn(async move {
+        node.spawn(async move {
             // Fails when a later claim changed the entry: as it should.
             let _ = tokio::time::timeout(JETSTREAM_WAIT, kv.delete_expect_revision(key, Some(revision))).await;
         });
@@ -187,9 +187,9 @@ impl Ownership {
 
     /// Sets up the bucket (retrying while JetStream is away), then answers
     /// other nodes' takeover requests until shutdown.
-    pub(super) async fn run(self: Arc<Self>, client: async_nats::Client, broker: Arc<Broker>) {
+    pub(super) async fn run(self: Arc<Self>, client: async_nats::Client, node: Node) {
         let without = "each node keeps its own sessions until it is back";
-        let Some([kv]) = super::open_buckets(&client, [self.bucket.clone()], &broker, without).await else { return };
+        let Some([kv]) = super::open_buckets(&client, [self.bucket.clone()], &node, without).await else { return };
         // Claims work from here on; requests from others once subscribed.
         *self.link.lock() = Some((kv, client.clone()));
         let mut requests = match client.subscribe(self.takeover_subject(&self.node_id)).await {
@@ -200,13 +200,13 @@ impl Ownership {
             }
         };
         info!(bucket = %self.bucket.bucket, "cluster: session ownership across nodes");
-        while let Some(Some(request)) = broker.shutdown.run_until_cancelled(requests.next()).await {
-            let (broker, client) = (broker.clone(), client.clone());
-            broker.clone().tasks.spawn(async move {
+        while let Some(Some(request)) = node.shutdown().run_until_cancelled(requests.next()).await {
+            let (node, client) = (node.clone(), client.clone());
+            node.clone().spawn(async move {
                 let Some(reply) = request.reply else { return };
                 let Some((&clean_start, id)) = request.payload.split_first() else { return };
                 let Ok(client_id) = std::str::from_utf8(id) else { return };
-                let moved = broker.hand_over(client_id, clean_start == 0).await;
+                let moved = node.hand_over(client_id, clean_start == 0).await;
                 debug!(client_id, moved = moved.is_some(), "cluster: session handed over to another node");
                 let answer = moved.map(|s| crate::store::encode_session(&s)).unwrap_or_default();
                 let _ = client.publish(reply, answer.into()).await;

@@ -1,24 +1,24 @@
 //! The cluster plugged into the broker: [`Replication`] implemented by
-//! [`Cluster`], and the way back from a broker to its cluster.
+//! [`Cluster`], and the way back from the replication plugged into a
+//! broker to its cluster.
 
 use std::any::Any;
 use std::sync::Arc;
 
 use super::Cluster;
-use crate::broker::{BoxFuture, Broker, Claim, Forwarded, Replication};
+use super::SessionReplica;
+use crate::broker::{BoxFuture, Claim, Forwarded, Node, Replication};
 use crate::message::{JetStreamAck, Message};
-use crate::session::Session;
+use crate::session::{Session, SessionState};
 use crate::store::StoredSession;
 
 impl Replication for Cluster {
-    fn forward(
-        &self,
-        message: &Arc<Message>,
-        publisher: Option<&Arc<str>>,
-        retained: bool,
-        broker: &Broker,
-    ) -> Forwarded {
-        Cluster::forward(self, message, publisher, retained, broker)
+    fn start(&self, node: Node) {
+        Cluster::start(self, node);
+    }
+
+    fn forward(&self, message: &Arc<Message>, publisher: Option<&Arc<str>>, retained: bool) -> Forwarded {
+        Cluster::forward(self, message, publisher, retained)
     }
 
     fn waits_for_jetstream(&self) -> bool {
@@ -45,16 +45,24 @@ impl Replication for Cluster {
         Box::pin(Cluster::recover(self, client_id))
     }
 
-    fn release(&self, client_id: &str, revision: u64, broker: &Broker) {
-        Cluster::release(self, client_id, revision, broker);
+    fn claimed(&self, state: &mut SessionState, revision: u64) {
+        SessionReplica::of(state).claimed = Some(revision);
     }
 
-    fn forget_session(&self, client_id: &str, broker: &Broker) {
-        Cluster::forget_session(self, client_id, broker);
+    fn keep_elsewhere(&self, state: &mut SessionState) {
+        SessionReplica::of(state).kept = true;
     }
 
-    fn park(&self, session: Arc<Session>, broker: &Broker) {
-        Cluster::park(self, session, broker);
+    fn release(&self, client_id: &str, revision: u64) {
+        Cluster::release(self, client_id, revision);
+    }
+
+    fn forget_session(&self, client_id: &str) {
+        Cluster::forget_session(self, client_id);
+    }
+
+    fn park(&self, session: Arc<Session>, window: usize) {
+        Cluster::park(self, session, window);
     }
 
     fn acknowledge(&self, ack: &JetStreamAck) {
@@ -70,10 +78,10 @@ impl Replication for Cluster {
     }
 }
 
-impl Broker {
-    /// The link to the other nodes, when this node is part of a cluster:
-    /// the replication plugged into the broker, if it is the cluster.
-    pub fn cluster(&self) -> Option<&Cluster> {
-        self.replication()?.as_any().downcast_ref::<Cluster>()
+impl Cluster {
+    /// The cluster, if it is the replication plugged in (a broker's or a
+    /// node's `replication()`).
+    pub fn plugged(replication: Option<&Arc<dyn Replication>>) -> Option<&Cluster> {
+        replication?.as_any().downcast_ref::<Cluster>()
     }
 }

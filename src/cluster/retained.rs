@@ -47,7 +47,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use super::{MAX_SUBJECT_BYTES, Subjects, envelope};
-use crate::broker::Broker;
+use crate::broker::Node;
 use crate::codec::{Properties, TopicName};
 use crate::config::ClusterConfig;
 use crate::message::Message;
@@ -126,7 +126,7 @@ impl RetainedSync {
     /// Notes a write of this node that ended: stored at stream sequence
     /// `seq`, or failed (`None`). After the last one, applies a copy the
     /// watch showed meanwhile if the stream stored it after this node's.
-    pub(super) fn end_write(&self, topic: &str, seq: Option<u64>, broker: &Broker) {
+    pub(super) fn end_write(&self, topic: &str, seq: Option<u64>, node: &Node) {
         let mut written = self.written.lock();
         let Some(entry) = written.get_mut(topic) else { return };
         entry.writes = entry.writes.saturating_sub(1);
@@ -137,7 +137,7 @@ impl RetainedSync {
         if let Some((seq, message)) = entry.latest.take()
             && seq > entry.floor
         {
-            broker.retain_from_cluster(&message);
+            node.retain(&message);
         }
         if entry.shown >= entry.floor {
             written.remove(topic);
@@ -146,10 +146,10 @@ impl RetainedSync {
 
     /// Applies a copy the watch showed at stream sequence `seq`, unless it
     /// is older than this node's own (or held back while writes await acks).
-    fn offer(&self, topic: &str, seq: u64, message: Arc<Message>, broker: &Broker) {
+    fn offer(&self, topic: &str, seq: u64, message: Arc<Message>, node: &Node) {
         let mut written = self.written.lock();
         let Some(entry) = written.get_mut(topic) else {
-            broker.retain_from_cluster(&message);
+            node.retain(&message);
             return;
         };
         entry.shown = entry.shown.max(seq);
@@ -160,7 +160,7 @@ impl RetainedSync {
             return;
         }
         if seq >= entry.floor {
-            broker.retain_from_cluster(&message);
+            node.retain(&message);
         }
         if entry.shown >= entry.floor {
             written.remove(topic);
@@ -172,16 +172,16 @@ impl RetainedSync {
         self: Arc<Self>,
         client: async_nats::Client,
         mut rx: mpsc::Receiver<Arc<Message>>,
-        broker: Arc<Broker>,
+        node: Node,
     ) {
         let js = jetstream::new(client);
-        while let Some(Some(message)) = broker.shutdown.run_until_cancelled(rx.recv()).await {
+        while let Some(Some(message)) = node.shutdown().run_until_cancelled(rx.recv()).await {
             let topic = message.topic.as_str();
             let subject = self.subjects.topic(topic);
             if !self.watching() || subject.len() > MAX_SUBJECT_BYTES {
                 // No stream to write to (yet): the copy stays here.
-                self.end_write(topic, None, &broker);
-                broker.metrics.dropped(DropReason::Cluster, 1);
+                self.end_write(topic, None, &node);
+                node.dropped(DropReason::Cluster, 1);
                 continue;
             }
             let mut headers = async_nats::HeaderMap::new();
@@ -191,8 +191,8 @@ impl RetainedSync {
                 Ok(ack) => ack,
                 Err(e) => {
                     self.failed(&e);
-                    self.end_write(topic, None, &broker);
-                    broker.metrics.dropped(DropReason::Cluster, 1);
+                    self.end_write(topic, None, &node);
+                    node.dropped(DropReason::Cluster, 1);
                     continue;
                 }
             };
@@ -200,19 +200,19 @@ impl RetainedSync {
             // not serialize retained publishes (async-nats bounds how many
             // acks may be outstanding).
             let sync = self.clone();
-            let acked_broker = broker.clone();
+            let acked_node = node.clone();
             let topic = topic.to_owned();
-            broker.tasks.spawn(async move {
-                let Some(result) = acked_broker.shutdown.run_until_cancelled(ack.into_future()).await else { return };
+            node.spawn(async move {
+                let Some(result) = acked_node.shutdown().run_until_cancelled(ack.into_future()).await else { return };
                 match result {
                     Ok(ack) => {
                         sync.failing.store(false, Ordering::Relaxed);
-                        sync.end_write(&topic, Some(ack.sequence), &acked_broker);
+                        sync.end_write(&topic, Some(ack.sequence), &acked_node);
                     }
                     Err(e) => {
                         sync.failed(&e);
-                        sync.end_write(&topic, None, &acked_broker);
-                        acked_broker.metrics.dropped(DropReason::Cluster, 1);
+                        sync.end_write(&topic, None, &acked_node);
+                        acked_node.dropped(DropReason::Cluster, 1);
                     }
                 }
             });
@@ -230,12 +230,11 @@ impl RetainedSync {
 
     /// Sets up the stream and keeps the local retained store current from
     /// it until shutdown, starting over (a full replay) after each failure.
-    pub(super) async fn watch(self: Arc<Self>, client: async_nats::Client, broker: Arc<Broker>) {
+    pub(super) async fn watch(self: Arc<Self>, client: async_nats::Client, node: Node) {
         let js = jetstream::new(client.clone());
         let mut failures = 0u32;
         loop {
-            let Some(outcome) = broker.shutdown.run_until_cancelled(self.watch_once(&js, &client, &broker)).await
-            else {
+            let Some(outcome) = node.shutdown().run_until_cancelled(self.watch_once(&js, &client, &node)).await else {
                 return;
             };
             // A watch that ran makes the next failure a new outage (warned).
@@ -255,7 +254,7 @@ impl RetainedSync {
             }
             failures = failures.saturating_add(1);
             let wait = super::setup_retry_delay(failures);
-            if broker.shutdown.run_until_cancelled(tokio::time::sleep(wait)).await.is_none() {
+            if node.shutdown().run_until_cancelled(tokio::time::sleep(wait)).await.is_none() {
                 return;
             }
         }
@@ -267,7 +266,7 @@ impl RetainedSync {
         &self,
         js: &jetstream::Context,
         client: &async_nats::Client,
-        broker: &Broker,
+        node: &Node,
     ) -> Result<(), async_nats::Error> {
         let stream = js
             .get_or_create_stream(stream::Config {
@@ -307,7 +306,7 @@ impl RetainedSync {
             let message = message?;
             let info = message.info()?;
             let (seq, pending, published) = (info.stream_sequence, info.pending, SystemTime::from(info.published));
-            self.apply(message.message, seq, published, broker);
+            self.apply(message.message, seq, published, node);
             if pending == 0 {
                 self.synced.store(true, Ordering::Relaxed);
             }
@@ -316,7 +315,7 @@ impl RetainedSync {
     }
 
     /// Sets the local retained store from one message of the stream.
-    fn apply(&self, nats: async_nats::Message, seq: u64, published: SystemTime, broker: &Broker) {
+    fn apply(&self, nats: async_nats::Message, seq: u64, published: SystemTime, node: &Node) {
         let Some(topic) = self.subjects.topic_of(nats.subject.as_str()) else {
             debug!(subject = %nats.subject, "cluster: retained subject is no topic; ignored");
             return;
@@ -336,6 +335,6 @@ impl RetainedSync {
         if message.is_expired(now) {
             message = Message::new(name, Bytes::new(), message.qos, true, &Properties::default());
         }
-        self.offer(&topic, seq, Arc::new(message), broker);
+        self.offer(&topic, seq, Arc::new(message), node);
     }
 }

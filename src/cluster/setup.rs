@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use tracing::{debug, warn};
 
-use crate::broker::Broker;
+use crate::broker::Node;
 use crate::config::ClusterConfig;
 
 /// The name of the JetStream stream or bucket `suffix` of the cluster
@@ -46,24 +46,19 @@ pub(super) fn setup_retry_delay(failures: u32) -> Duration {
 /// Runs `attempt` until it succeeds, retrying while JetStream is away: the
 /// first failure is logged at warn, naming `what` and saying what its
 /// absence means (`without`), later ones at debug. `None` at shutdown.
-pub(super) async fn set_up<T, F>(
-    broker: &Broker,
-    what: &str,
-    without: &str,
-    mut attempt: impl FnMut() -> F,
-) -> Option<T>
+pub(super) async fn set_up<T, F>(node: &Node, what: &str, without: &str, mut attempt: impl FnMut() -> F) -> Option<T>
 where
     F: std::future::Future<Output = Result<T, async_nats::Error>>,
 {
     let mut failures = 0u32;
     loop {
-        match broker.shutdown.run_until_cancelled(attempt()).await? {
+        match node.shutdown().run_until_cancelled(attempt()).await? {
             Ok(done) => return Some(done),
             Err(e) if failures == 0 => warn!(error = %e, "cluster: no JetStream {what}; {without}"),
             Err(e) => debug!(error = %e, "cluster: JetStream {what} still unavailable"),
         }
         failures = failures.saturating_add(1);
-        broker.shutdown.run_until_cancelled(tokio::time::sleep(setup_retry_delay(failures))).await?;
+        node.shutdown().run_until_cancelled(tokio::time::sleep(setup_retry_delay(failures))).await?;
     }
 }
 
@@ -73,13 +68,13 @@ where
 pub(super) async fn open_buckets<const N: usize>(
     client: &async_nats::Client,
     configs: [kv::Config; N],
-    broker: &Broker,
+    node: &Node,
     without: &str,
 ) -> Option<[kv::Store; N]> {
     let js = jetstream::new(client.clone());
     let names: Vec<_> = configs.iter().map(|c| c.bucket.as_str()).collect();
     let what = format!("buckets {}", names.join(", "));
-    let buckets = set_up(broker, &what, without, || async {
+    let buckets = set_up(node, &what, without, || async {
         let mut buckets = Vec::with_capacity(N);
         for config in &configs {
             let bucket = match js.get_key_value(config.bucket.as_str()).await {

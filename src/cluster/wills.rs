@@ -35,7 +35,7 @@ use tracing::{debug, info, warn};
 
 use super::JETSTREAM_WAIT;
 use super::ownership::key;
-use crate::broker::Broker;
+use crate::broker::Node;
 use crate::codec::Will;
 use crate::config::ClusterConfig;
 
@@ -83,10 +83,10 @@ impl Wills {
     /// Removes the registration `revision` of `client_id`'s will: its
     /// connection ended on this node, which takes care of the will. In the
     /// background; a newer registration (a reconnect) is left alone.
-    pub(super) fn unregister(&self, client_id: &str, revision: u64, broker: &Broker) {
+    pub(super) fn unregister(&self, client_id: &str, revision: u64, node: &Node) {
         let Some(wills) = self.wills.lock().clone() else { return };
         let key = self.key(client_id);
-        broker.tasks.spawn(async move {
+        node.spawn(async move {
             let deleting = wills.delete_expect_revision(key, Some(revision));
             let _ = tokio::time::timeout(JETSTREAM_WAIT, deleting).await;
         });
@@ -98,19 +98,19 @@ impl Wills {
 
     /// Sets up the buckets, publishes what this node left behind, then
     /// beats and watches the other nodes' hearts until shutdown.
-    pub(super) async fn run(self: Arc<Self>, client: async_nats::Client, broker: Arc<Broker>) {
+    pub(super) async fn run(self: Arc<Self>, client: async_nats::Client, local: Node) {
         let configs = [self.wills_bucket.clone(), self.nodes_bucket.clone()];
         let without = "wills of clients of nodes that die are lost";
-        let Some([wills, nodes]) = super::open_buckets(&client, configs, &broker, without).await else { return };
+        let Some([wills, nodes]) = super::open_buckets(&client, configs, &local, without).await else { return };
         *self.wills.lock() = Some(wills.clone());
         let own = self.node_id.clone();
-        self.publish_wills_of(&own, &wills, &broker).await;
+        self.publish_wills_of(&own, &wills, &local).await;
         // By node: its heartbeat's revision, and since when (here) it has
         // not changed.
         let mut hearts: HashMap<String, (u64, Instant)> = HashMap::new();
         let mut ticks = tokio::time::interval(self.timeout / 3);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        while broker.shutdown.run_until_cancelled(ticks.tick()).await.is_some() {
+        while local.shutdown().run_until_cancelled(ticks.tick()).await.is_some() {
             let now_ms = crate::store::now_ms().to_string();
             if let Err(e) = nodes.put(&*self.node_id, now_ms.into()).await {
                 debug!(error = %e, "cluster: heartbeat not written");
@@ -119,7 +119,7 @@ impl Wills {
                 Ok(dead) => {
                     for (node, revision) in dead {
                         warn!(%node, "cluster: node silent for node_timeout_s; publishing its clients' wills");
-                        self.publish_wills_of(&node, &wills, &broker).await;
+                        self.publish_wills_of(&node, &wills, &local).await;
                         // Gone from the list unless it came back meanwhile.
                         let _ = nodes.delete_expect_revision(&node, Some(revision)).await;
                     }
@@ -164,7 +164,7 @@ impl Wills {
 
     /// Publishes the wills registered by `node`, each once across the
     /// cluster: only the node whose delete of the registration wins.
-    async fn publish_wills_of(&self, node: &str, wills: &kv::Store, broker: &Arc<Broker>) {
+    async fn publish_wills_of(&self, node: &str, wills: &kv::Store, local: &Node) {
         let listing = async {
             let filter = format!("{}{node}.>", wills.prefix);
             let mut subjects = wills.stream.info_with_subjects(filter).await?;
@@ -191,7 +191,7 @@ impl Wills {
             }
             match crate::store::decode_will(&entry.value) {
                 Ok(will) => {
-                    broker.publish_will_later(will);
+                    local.publish_will_later(will);
                     published += 1;
                 }
                 Err(e) => warn!(%node, error = %e, "cluster: a registered will cannot be read; dropped"),

@@ -400,7 +400,7 @@ where
 {
     let Some(will) = conn.will.as_deref().cloned() else { return };
     let broker = conn.broker.clone();
-    let Some(cluster) = broker.cluster() else { return };
+    let Some(cluster) = crate::cluster::Cluster::plugged(broker.replication()) else { return };
     if super::inbound::is_reserved(will.topic.as_str())
         || !conn.allowed(crate::auth::Action::Will, will.topic.as_str(), will.qos, will.retain).await
     {

@@ -6,6 +6,7 @@
 //! only place where errors become MQTT reason codes, and it logs a close
 //! once, at `debug` when the peer caused it.
 
+mod close;
 mod connect;
 mod identity;
 mod inbound;
@@ -31,59 +32,9 @@ use crate::codec::{self, Disconnect, Packet, Properties, ProtocolVersion, Reason
 use crate::config::ListenerConfig;
 use crate::identity::Peer;
 use crate::metrics::{Limit, LocalCounts};
-use crate::session::{Attached, Session, signal};
-
-/// Why a connection ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Close {
-    /// The client sent DISCONNECT; `will` says whether to publish the will
-    /// anyway (v5 reason 0x04).
-    ClientDisconnect {
-        /// Publish the will despite the DISCONNECT.
-        will: bool,
-    },
-    /// The socket closed or failed without DISCONNECT.
-    ConnectionLost,
-    /// The client broke the protocol; v5 clients are told why.
-    Protocol(ReasonCode, &'static str),
-    /// No packet within 1.5 times the keep alive.
-    KeepAliveTimeout,
-    /// Another connection took over the session.
-    TakenOver,
-    /// The broker is shutting down.
-    Shutdown,
-    /// An operator disconnected the client (admin API).
-    Kicked,
-    /// A write did not complete within `limits.write_timeout_ms`: the
-    /// client stopped reading.
-    WriteTimeout,
-}
-
-impl Close {
-    /// The reason code a v5 DISCONNECT from the server carries, if any.
-    fn server_reason(self) -> Option<ReasonCode> {
-        match self {
-            Close::Protocol(code, _) => Some(code),
-            Close::KeepAliveTimeout => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
-            Close::TakenOver => Some(ReasonCode::SESSION_TAKEN_OVER),
-            Close::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
-            Close::Kicked => Some(ReasonCode::ADMINISTRATIVE_ACTION),
-            Close::WriteTimeout => Some(ReasonCode::QUOTA_EXCEEDED),
-            Close::ClientDisconnect { .. } | Close::ConnectionLost => None,
-        }
-    }
-
-    /// Whether the will is published [MQTT-3.1.2-8], [MQTT-3.14.4-3].
-    fn publishes_will(self) -> bool {
-        !matches!(self, Close::ClientDisconnect { will: false })
-    }
-}
-
-impl From<std::io::Error> for Close {
-    fn from(_: std::io::Error) -> Close {
-        Close::ConnectionLost
-    }
-}
+use crate::session::Attached;
+pub(crate) use close::Close;
+use close::leave_reason;
 
 /// The connection's state after a successful CONNECT.
 struct Connection<S> {
@@ -355,8 +306,8 @@ where
     /// when the connection is set up.
     #[cfg(feature = "cluster")]
     async fn keep(&mut self, first: bool) {
-        if let Some(cluster) = self.broker.cluster() {
-            cluster.keep(&self.attached.session, self.send_window, first, &self.broker).await;
+        if let Some(cluster) = crate::cluster::Cluster::plugged(self.broker.replication()) {
+            cluster.keep(&self.attached.session, self.send_window, first).await;
         }
     }
 
@@ -366,7 +317,7 @@ where
         let barrier = self.broker.store.barrier();
         self.durable = (!barrier.is_ready()).then_some(barrier);
         #[cfg(feature = "cluster")]
-        if let Some(cluster) = self.broker.cluster() {
+        if let Some(cluster) = crate::cluster::Cluster::plugged(self.broker.replication()) {
             self.replicated = cluster.stored();
         }
     }
@@ -412,7 +363,7 @@ where
     /// `[cluster] store_timeout_s`; never waited for without a cluster.
     fn store_timeout(&self) -> Duration {
         #[cfg(feature = "cluster")]
-        if let Some(cluster) = self.broker.cluster() {
+        if let Some(cluster) = crate::cluster::Cluster::plugged(self.broker.replication()) {
             return cluster.store_timeout();
         }
         Duration::ZERO
@@ -538,8 +489,10 @@ where
         }
         // This node takes care of the will now.
         #[cfg(feature = "cluster")]
-        if let (Some(cluster), Some(revision)) = (self.broker.cluster(), self.will_registered) {
-            cluster.unregister_will(&self.client.client_id, revision, &self.broker);
+        if let (Some(cluster), Some(revision)) =
+            (crate::cluster::Cluster::plugged(self.broker.replication()), self.will_registered)
+        {
+            cluster.unregister_will(&self.client.client_id, revision);
         }
         self.broker.metrics.flush(&mut self.counts);
         let expiry = self.session_expiry_s;
@@ -563,17 +516,6 @@ enum Event {
     Woken,
     /// The connection ends.
     Close(Close),
-}
-
-/// Why the connection was told to leave, if `bits` tell it to.
-fn leave_reason(bits: u8, session: &Session) -> Option<Close> {
-    if bits & signal::KICK != 0 {
-        Some(if session.lock().kicked_by_admin { Close::Kicked } else { Close::TakenOver })
-    } else if bits & signal::SHUTDOWN != 0 {
-        Some(Close::Shutdown)
-    } else {
-        None
-    }
 }
 
 /// Whether the keep-alive deadline `due` (which reads move later) has

@@ -1,6 +1,8 @@
 //! Messages to the client: draining the session queue within the client's
 //! Receive Maximum, and resending unacknowledged messages on resume.
 
+use std::sync::Arc;
+
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Close, Connection};
@@ -8,11 +10,22 @@ use crate::auth::Action;
 use crate::codec::{self, Packet, Properties, PubResp, Publish, QoS};
 use crate::message::{Delivery, Inflight, InflightState};
 use crate::metrics::DropReason;
+use crate::session::{Session, SessionState};
 
 /// Bytes of deliveries moved into the write buffer before it is flushed:
 /// a client that reads slowly or not at all holds at most this (and one
 /// packet) in its write buffer, its backlog staying in the bounded queue.
 const DRAIN_BUDGET: usize = 64 * 1024;
+
+/// What one [`Connection::drain_locked`] dropped, and whether it stored
+/// the state of a QoS 2 delivery (which the connection then waits for).
+#[derive(Debug, Default)]
+struct Drained {
+    expired: u64,
+    refused: u64,
+    too_large: u64,
+    stored_qos2: bool,
+}
 
 impl<S> Connection<S>
 where
@@ -114,41 +127,21 @@ where
         let now = std::time::Instant::now();
         let policy = self.broker.policy();
         let session = self.attached.session.clone();
-        let mut state = session.lock();
-        let mut stored_qos2 = false;
         let client_id = session.client_id();
-        let broker = self.broker.clone();
-        let store = &*broker.store;
-        let (mut expired, mut refused, mut too_large) = (0, 0, 0);
+        let mut state = session.lock();
+        let mut drained = Drained::default();
         let mut undecided = None;
         loop {
             let (delivery, verdict) = match decided.take() {
                 Some((delivery, allowed)) => (delivery, Some(allowed)),
-                None => {
-                    // Retained messages for new subscriptions first, then the queue.
-                    let retained = self.retained_waiting();
-                    let Some(front) = retained.and_then(|r| r.front()).or(state.pending.front()) else { break };
-                    if self.wbuf.len() >= DRAIN_BUDGET {
-                        // The rest stays queued (where the queue's bounds
-                        // apply) until this much is written; the wake-up
-                        // brings us back.
-                        session.wake();
-                        break;
-                    }
-                    if front.qos != QoS::AtMostOnce && state.inflight.len() >= self.send_window {
-                        break;
-                    }
-                    let next = match self.rare.as_mut().filter(|r| !r.retained.is_empty()) {
-                        Some(rare) => rare.retained.pop_front(),
-                        None => state.pop_pending(),
-                    };
-                    let Some(delivery) = next else { break };
-                    (delivery, None)
-                }
+                None => match self.next_to_send(&session, &mut state) {
+                    Some(delivery) => (delivery, None),
+                    None => break,
+                },
             };
             if delivery.message.is_expired(now) {
-                broker.delivered(client_id, &delivery);
-                expired += 1;
+                self.broker.delivered(client_id, &delivery);
+                drained.expired += 1;
                 continue;
             }
             let message = &delivery.message;
@@ -162,75 +155,113 @@ where
                     delivery.retain,
                 )
             });
-            let Some(allowed) = verdict else {
-                undecided = Some(delivery);
-                break;
-            };
-            if !allowed {
-                broker.delivered(client_id, &delivery);
-                refused += 1;
-                continue;
-            }
-            if delivery.qos == QoS::AtMostOnce
-                && let Some(sent) = self.send_qos0_shared(&delivery)
-            {
-                if sent {
-                    self.counts.sent(delivery.qos);
-                } else {
-                    too_large += 1;
+            match verdict {
+                None => {
+                    undecided = Some(delivery);
+                    break;
                 }
-                broker.delivered(client_id, &delivery);
-                continue;
-            }
-            let packet_id = (delivery.qos != QoS::AtMostOnce).then(|| state.allocate_packet_id());
-            let publish = Packet::Publish(self.publish_packet(&delivery, packet_id, false));
-            if !self.fits_client(&publish) {
-                // The client cannot take it; behave as if delivered
-                // [MQTT-3.1.2-25].
-                broker.delivered(client_id, &delivery);
-                too_large += 1;
-                continue;
-            }
-            self.send(&publish);
-            self.counts.sent(delivery.qos);
-            let Some(packet_id) = packet_id else {
-                // A QoS 0 message kept when the connection ended is done.
-                broker.delivered(client_id, &delivery);
-                continue;
-            };
-            let waiting =
-                if delivery.qos == QoS::AtLeastOnce { InflightState::AwaitPubAck } else { InflightState::AwaitPubRec };
-            let mut entry = Inflight { packet_id, delivery, state: waiting };
-            if waiting == InflightState::AwaitPubRec {
-                // A QoS 2 message to a session that outlives its
-                // connection goes out only once its packet id is stored:
-                // resent after a crash it must carry the same id, or the
-                // client would take it for a new message (and a new one
-                // under an id it still holds for a resend). A retained
-                // message sent because of a subscription was never
-                // queued, so it gets its key here. QoS 1 may be resent
-                // under a new id, so it skips this write.
-                let delivery = &mut entry.delivery;
-                if delivery.stored.is_none() && delivery.jetstream.is_none() && state.expiry_s > 0 {
-                    delivery.stored = store.message_key();
+                Some(false) => {
+                    self.broker.delivered(client_id, &delivery);
+                    drained.refused += 1;
                 }
-                if delivery.stored.is_some() {
-                    store.delivery_state(client_id, &entry);
-                    stored_qos2 = true;
-                }
+                Some(true) => self.send_delivery(delivery, client_id, &mut state, &mut drained),
             }
-            state.inflight.push_back(entry);
         }
         session.notify_room(&mut state);
         drop(state);
-        if stored_qos2 {
+        if drained.stored_qos2 {
             self.await_store();
         }
         let metrics = &self.broker.metrics;
-        metrics.dropped(DropReason::Expired, expired);
-        metrics.dropped(DropReason::NotAuthorized, refused);
-        metrics.dropped(DropReason::TooLarge, too_large);
+        metrics.dropped(DropReason::Expired, drained.expired);
+        metrics.dropped(DropReason::NotAuthorized, drained.refused);
+        metrics.dropped(DropReason::TooLarge, drained.too_large);
         undecided
+    }
+
+    /// The next delivery to send, if the budget and the client's window
+    /// let one go: retained messages for new subscriptions first, then the
+    /// queue.
+    fn next_to_send(&mut self, session: &Session, state: &mut SessionState) -> Option<Delivery> {
+        let retained = self.retained_waiting();
+        let front = retained.and_then(|r| r.front()).or(state.pending.front())?;
+        if self.wbuf.len() >= DRAIN_BUDGET {
+            // The rest stays queued (where the queue's bounds apply) until
+            // this much is written; the wake-up brings us back.
+            session.wake();
+            return None;
+        }
+        if front.qos != QoS::AtMostOnce && state.inflight.len() >= self.send_window {
+            return None;
+        }
+        match self.rare.as_mut().filter(|r| !r.retained.is_empty()) {
+            Some(rare) => rare.retained.pop_front(),
+            None => state.pop_pending(),
+        }
+    }
+
+    /// Encodes an allowed delivery into the write buffer and, at QoS 1/2,
+    /// records it in flight; one the client cannot take counts as
+    /// delivered [MQTT-3.1.2-25].
+    fn send_delivery(
+        &mut self,
+        delivery: Delivery,
+        client_id: &Arc<str>,
+        state: &mut SessionState,
+        drained: &mut Drained,
+    ) {
+        if delivery.qos == QoS::AtMostOnce
+            && let Some(sent) = self.send_qos0_shared(&delivery)
+        {
+            if sent {
+                self.counts.sent(delivery.qos);
+            } else {
+                drained.too_large += 1;
+            }
+            self.broker.delivered(client_id, &delivery);
+            return;
+        }
+        let packet_id = (delivery.qos != QoS::AtMostOnce).then(|| state.allocate_packet_id());
+        let publish = Packet::Publish(self.publish_packet(&delivery, packet_id, false));
+        if !self.fits_client(&publish) {
+            self.broker.delivered(client_id, &delivery);
+            drained.too_large += 1;
+            return;
+        }
+        self.send(&publish);
+        self.counts.sent(delivery.qos);
+        let Some(packet_id) = packet_id else {
+            // A QoS 0 message kept when the connection ended is done.
+            self.broker.delivered(client_id, &delivery);
+            return;
+        };
+        let waiting =
+            if delivery.qos == QoS::AtLeastOnce { InflightState::AwaitPubAck } else { InflightState::AwaitPubRec };
+        let mut entry = Inflight { packet_id, delivery, state: waiting };
+        if waiting == InflightState::AwaitPubRec {
+            drained.stored_qos2 |= self.store_qos2_sent(client_id, state, &mut entry);
+        }
+        state.inflight.push_back(entry);
+    }
+
+    /// Writes the state of a QoS 2 delivery going out to a session that
+    /// outlives its connection; whether it wrote. Its packet id must be
+    /// stored before it goes: resent after a crash it must carry the same
+    /// id, or the client would take it for a new message (and a new one
+    /// under an id it still holds for a resend). A retained message sent
+    /// because of a subscription was never queued, so it gets its key
+    /// here. (QoS 1 may be resent under a new id, so it skips this write.)
+    fn store_qos2_sent(&self, client_id: &Arc<str>, state: &SessionState, entry: &mut Inflight) -> bool {
+        let store = &*self.broker.store;
+        let delivery = &mut entry.delivery;
+        if delivery.stored.is_none() && delivery.jetstream.is_none() && state.expiry_s > 0 {
+            delivery.stored = store.message_key();
+        }
+        if delivery.stored.is_none() {
+            return false;
+        }
+        store.delivery_state(client_id, entry);
+        true
     }
 
     /// Queues a QoS 0 delivery as the message's shared encoding

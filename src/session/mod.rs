@@ -8,8 +8,8 @@
 //! reconnect simply attaches a new connection to the same session.
 
 mod registry;
+mod replica;
 mod state;
-mod taken;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
@@ -20,8 +20,8 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 pub use registry::{Attached, Registry};
+pub use replica::Replica;
 pub use state::{ConnectionInfo, QueueBound, Room, SessionState};
-pub use taken::Taken;
 
 /// Why [`Session::offer`] did not queue a delivery.
 #[derive(Debug)]
@@ -215,7 +215,7 @@ impl Session {
     ) -> Result<usize, Refusal> {
         let accepted = {
             let mut state = self.state.lock();
-            if covered && state.kept && delivery.qos != QoS::AtMostOnce {
+            if covered && delivery.qos != QoS::AtMostOnce && state.kept() {
                 // JetStream keeps it for the session (`cluster::queue`).
                 return Ok(0);
             }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::taken::Taken;
+use super::Replica;
 use crate::auth::ClientInfo;
 use crate::codec::{PacketId, QoS, TopicFilter};
 use crate::message::{Delivery, Inflight, InflightState, Owner, Subscription};
@@ -108,27 +108,10 @@ pub struct SessionState {
     /// Set with the kick when an operator disconnects the client,
     /// so the connection says 0x98 rather than 0x8E (taken over).
     pub kicked_by_admin: bool,
-    /// In a cluster: the revision of the ownership entry this node wrote
-    /// when the connection attached, so the session's end can remove that
-    /// entry unless another claim (on any node) came after it.
-    pub claimed: Option<u64>,
-    /// In a cluster: JetStream keeps this session's QoS 1/2 messages
-    /// (`cluster::queue`), online or not, so the router queues none here;
-    /// they come from the session's consumer while a connection is
-    /// attached.
-    pub kept: bool,
-    /// In a cluster: cancelled to stop taking messages from the session's
-    /// consumer (the connection ended, or the session left this node).
-    pub feeding: Option<CancellationToken>,
-    /// Bumped when the session's consumer is set up or its connection
-    /// ends, so an update of the consumer that was overtaken by another
-    /// knows it came too late.
-    pub parking: u64,
-    /// In a cluster: the QoS 2 messages the session took from its
-    /// consumer lately, so that one JetStream hands over again is not
-    /// delivered twice. Boxed, and made on the first: most sessions never
-    /// take a QoS 2 message from JetStream.
-    pub jetstream_taken: Option<Box<Taken>>,
+    /// In a cluster: what replication keeps for this session (the
+    /// cluster's `SessionReplica`), made when the cluster first deals with
+    /// it; `None` for a session that never met a cluster.
+    pub replica: Option<Box<dyn Replica>>,
     /// When the attached connection's CONNACK was sent, while one is
     /// attached; with [`SessionState::client`], what
     /// [`SessionState::connection`] tells.
@@ -176,6 +159,12 @@ impl SessionState {
         })
     }
 
+    /// Whether replication keeps the session's QoS 1/2 messages elsewhere
+    /// (JetStream), so none are queued here ([`Replica::kept`]).
+    pub fn kept(&self) -> bool {
+        self.replica.as_ref().is_some_and(|r| r.kept())
+    }
+
     /// Empty state with a queue bound.
     pub fn new(bound: QueueBound) -> SessionState {
         SessionState {
@@ -190,11 +179,7 @@ impl SessionState {
             kickable: false,
             timers: None,
             kicked_by_admin: false,
-            claimed: None,
-            kept: false,
-            feeding: None,
-            parking: 0,
-            jetstream_taken: None,
+            replica: None,
             connected_since: None,
             expiry_s: 0,
             client: None,
@@ -399,6 +384,16 @@ impl SessionState {
 mod tests {
     use super::*;
     use crate::message::Message;
+
+    /// Every session pays for its state, online or idle (issue 25): what
+    /// only a cluster needs sits behind one pointer (`replica`), 280 bytes
+    /// where the cluster's fields inline made 304; grow it only knowingly.
+    #[test]
+    fn session_state_is_small() {
+        let size = std::mem::size_of::<SessionState>();
+        eprintln!("SessionState: {size} bytes, Session: {} bytes", std::mem::size_of::<super::super::Session>());
+        assert!(size <= 280, "SessionState grew to {size} bytes");
+    }
 
     #[test]
     fn packet_ids_skip_those_in_flight() {

@@ -432,7 +432,7 @@ async fn without_jetstream_retained_messages_are_copied_to_running_nodes() {
     let p = late.publish().await;
     assert!(p.retain, "delivered as retained");
     assert_eq!(&p.payload[..], b"kept");
-    let cluster = a.broker.cluster().expect("clustered");
+    let cluster = moat::cluster::Cluster::plugged(a.broker.replication()).expect("clustered");
     assert!(!cluster.retained_watched(), "no stream without JetStream");
 }
 
@@ -458,7 +458,7 @@ pub(crate) async fn until_retained(node: &TestBroker, topic: &str, expected: Opt
 
 /// Waits until `node` has read the whole retained stream once.
 async fn until_synced(node: &TestBroker) {
-    let cluster = node.broker.cluster().expect("clustered");
+    let cluster = moat::cluster::Cluster::plugged(node.broker.replication()).expect("clustered");
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
     while !cluster.retained_synced() {
         assert!(tokio::time::Instant::now() < deadline, "retained stream not read");
@@ -594,7 +594,7 @@ async fn retained_messages_wait_for_jetstream_when_nats_starts_late() {
     retain(&publisher, "late/local", "here").await;
     let mut local = a.v5("local").await;
     assert_eq!(retained_for(&mut local, "late/#", 1).await, [("late/local".to_owned(), "here".to_owned())]);
-    assert!(!a.broker.cluster().expect("clustered").retained_watched());
+    assert!(!moat::cluster::Cluster::plugged(a.broker.replication()).expect("clustered").retained_watched());
 
     // JetStream comes up: retained messages published from now on reach
     // node b, started later; the one retained while NATS was away stays on a.
@@ -766,7 +766,7 @@ async fn owning_pair(nats: &Nats) -> (TestBroker, TestBroker) {
 /// Waits until node `node` keeps the session of `client_id` in JetStream.
 pub(crate) async fn until_kept(node: &TestBroker, client_id: &str) {
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
-    while node.broker.sessions.get(client_id).is_none_or(|s| !s.lock().kept) {
+    while node.broker.sessions.get(client_id).is_none_or(|s| !s.lock().kept()) {
         assert!(tokio::time::Instant::now() < deadline, "{client_id} never kept");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -994,7 +994,7 @@ async fn what_jetstream_keeps_survives_losing_the_queue_streams_leader() {
     let b = TestBroker::with(|c| c.cluster = Some(replicated("b"))).await;
     until_synced(&b).await;
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
-    while !b.broker.cluster().expect("clustered").keeps_sessions() {
+    while !moat::cluster::Cluster::plugged(b.broker.replication()).expect("clustered").keeps_sessions() {
         assert!(tokio::time::Instant::now() < deadline, "node b never set up the queue stream");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -1188,7 +1188,7 @@ async fn a_parked_session_resumes_on_its_node_and_a_clean_start_drops_what_was_p
     assert_eq!(received(&mut device).await.1, "2");
     device.no_publish().await;
     until_consumer_acknowledged(&nats).await;
-    assert!(a.broker.sessions.get("napper").is_some_and(|s| s.lock().kept));
+    assert!(a.broker.sessions.get("napper").is_some_and(|s| s.lock().kept()));
 
     // Parked again; a clean start through node b drops it all.
     device.client.disconnect().await.expect("disconnect");
@@ -1232,7 +1232,7 @@ async fn parked_sessions_stay_kept_while_nats_is_away_and_their_publishers_wait_
     let early = tokio::time::timeout(Duration::from_millis(500), puback_within(&mut publisher, NATS_WAIT)).await;
     assert!(early.is_err(), "PUBACK while NATS is away");
     let dozer = a.broker.sessions.get("dozer").expect("session");
-    assert!(dozer.lock().kept && dozer.lock().pending.is_empty(), "kept, nothing queued on the node");
+    assert!(dozer.lock().kept() && dozer.lock().pending.is_empty(), "kept, nothing queued on the node");
 
     // NATS is back: JetStream stores it, then the publisher hears.
     nats.spawn().await;

@@ -93,7 +93,7 @@ fn rand_tag() -> u64 {
 async fn until_keeping(nodes: &[&TestBroker]) {
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
     for node in nodes {
-        while !node.broker.cluster().expect("clustered").keeps_sessions() {
+        while !moat::cluster::Cluster::plugged(node.broker.replication()).expect("clustered").keeps_sessions() {
             assert!(tokio::time::Instant::now() < deadline, "JetStream never set up");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -408,7 +408,7 @@ async fn a_qos2_message_whose_acknowledgement_was_lost_is_not_delivered_twice_af
     tokio::time::sleep(Duration::from_millis(300)).await;
     cut_b(&proxy, &b).await;
     proxy.set(Link::Forward);
-    let cluster = b.broker.cluster().expect("clustered");
+    let cluster = moat::cluster::Cluster::plugged(b.broker.replication()).expect("clustered");
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
     while !cluster.shares_across_nodes() {
         assert!(tokio::time::Instant::now() < deadline, "node b not back on NATS");
@@ -463,7 +463,7 @@ async fn cutting_the_jetstream_leader_from_its_peers_loses_no_acknowledged_messa
 /// Waits until node `b` is connected to NATS again, its NATS
 /// subscriptions (plain and share groups') back.
 async fn until_back(nats: &Nats, b: &TestBroker, subject: &str) {
-    let cluster = b.broker.cluster().expect("clustered");
+    let cluster = moat::cluster::Cluster::plugged(b.broker.replication()).expect("clustered");
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
     while !(cluster.shares_across_nodes() && nats.has_subject("b", subject).await) {
         assert!(tokio::time::Instant::now() < deadline, "node b not back on NATS");
@@ -474,7 +474,7 @@ async fn until_back(nats: &Nats, b: &TestBroker, subject: &str) {
 /// Cuts node `b` (reset) and waits until it knows.
 async fn cut_b(proxy: &Proxy, b: &TestBroker) {
     proxy.set(Link::Reset);
-    let cluster = b.broker.cluster().expect("clustered");
+    let cluster = moat::cluster::Cluster::plugged(b.broker.replication()).expect("clustered");
     let deadline = tokio::time::Instant::now() + NATS_WAIT;
     while cluster.shares_across_nodes() {
         assert!(tokio::time::Instant::now() < deadline, "node b never noticed the cut");

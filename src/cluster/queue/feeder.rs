@@ -11,8 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::{FEED_HEARTBEAT, Pulled, Queue, envelope};
-use crate::broker::Broker;
+use super::{FEED_HEARTBEAT, Pulled, Queue, SessionReplica, envelope};
 use crate::codec::QoS;
 use crate::message::{Delivery, JetStreamAck, Subscription};
 use crate::session::{Session, SessionState};
@@ -32,7 +31,7 @@ pub(super) struct Feeder {
 impl Feeder {
     /// Pulls from `consumer` until stopped, starting over (after a pause)
     /// whenever the pull ends or fails, as it does while JetStream is away.
-    pub(super) async fn run(self, consumer: consumer::Consumer<consumer::pull::Config>, broker: Arc<Broker>) {
+    pub(super) async fn run(self, consumer: consumer::Consumer<consumer::pull::Config>) {
         let mut failures = 0;
         let mut connects = self.queue.connects.subscribe();
         loop {
@@ -44,7 +43,7 @@ impl Feeder {
                         match next {
                             Ok(message) => {
                                 failures = 0;
-                                self.take_in(message, &broker);
+                                self.take_in(message);
                             }
                             Err(e) => {
                                 debug!(error = %e, "cluster: taking a kept session's messages failed; again");
@@ -64,7 +63,7 @@ impl Feeder {
 
     /// Queues one message from the consumer for the session, or
     /// acknowledges it at once when the session has no use for it.
-    fn take_in(&self, message: jetstream::Message, broker: &Broker) {
+    fn take_in(&self, message: jetstream::Message) {
         let Some(Pulled { ack, delivered, published }) = Pulled::of(&message) else { return };
         let own = message
             .message
@@ -84,15 +83,16 @@ impl Feeder {
         if (delivered > 1 || exactly_once) && redelivered(&mut state, &ack) {
             return;
         }
-        if (delivered > 1 || exactly_once) && state.jetstream_taken.as_ref().is_some_and(|t| t.contains(ack.seq, id)) {
+        let taken = SessionReplica::get(&state).and_then(|r| r.taken.as_ref());
+        if (delivered > 1 || exactly_once) && taken.is_some_and(|t| t.contains(ack.seq, id)) {
             // Taken already and done with; its acknowledgement was lost.
             drop(state);
-            broker.acknowledged(&ack);
+            self.queue.acknowledge(&ack);
             return;
         }
         let Some(mut delivery) = decoded.and_then(|m| self::delivery(Arc::new(m), &state.subscriptions, own)) else {
             drop(state);
-            broker.acknowledged(&ack);
+            self.queue.acknowledge(&ack);
             return;
         };
         let (seq, qos) = (ack.seq, delivery.qos);
@@ -100,7 +100,8 @@ impl Feeder {
         if state.push(delivery) {
             if qos == QoS::ExactlyOnce {
                 let window = self.queue.taken_window();
-                state.jetstream_taken.get_or_insert_default().remember(seq, id, Instant::now(), window);
+                let taken = SessionReplica::of(&mut state).taken.get_or_insert_default();
+                taken.remember(seq, id, Instant::now(), window);
             }
             drop(state);
             self.session.wake();

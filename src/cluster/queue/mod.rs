@@ -45,7 +45,7 @@
 //! JetStream delivers again (its acknowledgement was lost, or the client
 //! took longer than `redelivery_s`) is recognised by its stream sequence
 //! while the session still holds it, and at QoS 2 after that too, for
-//! as long as JetStream may hand it over again ([`crate::session::Taken`]).
+//! as long as JetStream may hand it over again ([`Taken`]).
 //! A message JetStream sent towards a pull the moment its connection ended
 //! reaches the client only when it is delivered again, after
 //! `redelivery_s`.
@@ -76,8 +76,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::subject::{Subjects, disjoint};
-use super::{JETSTREAM_WAIT, envelope, hex};
-use crate::broker::Broker;
+use super::{JETSTREAM_WAIT, SessionReplica, envelope, hex};
+use crate::broker::Node;
 use crate::codec::{QoS, TopicName};
 use crate::config::ClusterConfig;
 use crate::message::JetStreamAck;
@@ -87,8 +87,10 @@ use crate::store::StoredSession;
 mod feeder;
 mod resync;
 mod share;
+mod taken;
 
 use feeder::Feeder;
+pub(in crate::cluster) use taken::Taken;
 
 /// Metadata key of the session record on a kept session's consumer.
 const SESSION_METADATA: &str = "moat-session";
@@ -209,7 +211,7 @@ impl Queue {
     }
 
     /// How long a session remembers the QoS 2 messages it took
-    /// ([`crate::session::Taken`]): JetStream delivers one whose
+    /// ([`Taken`]): JetStream delivers one whose
     /// acknowledgement it lost again within `redelivery_s`, twice that
     /// across a leader's election, and the node publishes one again under
     /// its id within JetStream's duplicate window (two minutes), beyond
@@ -226,26 +228,26 @@ impl Queue {
 
     /// Sets up the stream, retrying while JetStream is away, then keeps
     /// [`Queue::wanted`] current; acknowledges messages meanwhile.
-    pub(super) async fn run(self: Arc<Self>, client: async_nats::Client, broker: Arc<Broker>) {
+    pub(super) async fn run(self: Arc<Self>, client: async_nats::Client, node: Node) {
         if let Some(acks) = self.acks_rx.lock().take() {
-            broker.tasks.spawn(acknowledge(client.clone(), acks, broker.shutdown.clone()));
+            node.spawn(acknowledge(client.clone(), acks, node.shutdown().clone()));
         }
         let _ = self.client.set(client.clone());
         let js = jetstream::new(client);
         let what = format!("stream {} for persistent sessions", self.config.name);
         let without = "each node queues for its own until it is back";
         let creating = || async { js.get_or_create_stream(self.config.clone()).await.map_err(Into::into) };
-        let Some(stream) = super::set_up(&broker, &what, without, creating).await else { return };
+        let Some(stream) = super::set_up(&node, &what, without, creating).await else { return };
         info!(stream = %self.config.name, "cluster: persistent sessions are kept in JetStream");
         *self.stream.lock() = Some(stream.clone());
         // Sessions that came while there was no stream are kept now.
         self.connected();
-        self.watch_consumers(stream, &broker).await;
+        self.watch_consumers(stream, &node).await;
     }
 
     /// Keeps [`Queue::wanted`] current (once per [`WANTED_INTERVAL`])
     /// until shutdown.
-    async fn watch_consumers(&self, mut stream: stream::Stream, broker: &Broker) {
+    async fn watch_consumers(&self, mut stream: stream::Stream, node: &Node) {
         loop {
             let begun = self.set_ups_begun.load(Ordering::Acquire);
             let settled = self.set_ups_done.load(Ordering::Acquire) == begun;
@@ -257,7 +259,7 @@ impl Queue {
                     self.wanted.store(wanted, Ordering::Release);
                 }
             }
-            if broker.shutdown.run_until_cancelled(tokio::time::sleep(WANTED_INTERVAL)).await.is_none() {
+            if node.shutdown().run_until_cancelled(tokio::time::sleep(WANTED_INTERVAL)).await.is_none() {
                 return;
             }
         }
@@ -354,24 +356,20 @@ impl Queue {
     /// messages from its consumer (at most `window` unacknowledged) while
     /// the connection lasts; otherwise stops keeping it. Returns whether it
     /// is kept.
-    pub(super) async fn keep(self: &Arc<Self>, session: &Arc<Session>, window: usize, broker: &Arc<Broker>) -> bool {
+    pub(super) async fn keep(self: &Arc<Self>, session: &Arc<Session>, window: usize, node: &Node) -> bool {
         let Some(stream) = self.stream() else { return false };
         let (epoch, config, was) = {
             let mut state = session.lock();
-            state.parking += 1;
+            let replica = SessionReplica::of(&mut state);
+            replica.parking += 1;
+            let (parking, was) = (replica.parking, replica.kept);
             let config = (state.expiry_s > 0).then(|| self.consumer_config(session, &state, window)).flatten();
-            (state.parking, config, state.kept)
+            (parking, config, was)
         };
         let Some(config) = config else {
             self.lagging.lock().remove(session.client_id());
             if was {
-                {
-                    let mut state = session.lock();
-                    state.kept = false;
-                    if let Some(feeding) = state.feeding.take() {
-                        feeding.cancel();
-                    }
-                }
+                SessionReplica::of(&mut session.lock()).unkeep();
                 let name = consumer_name(session.client_id());
                 let _ = tokio::time::timeout(JETSTREAM_WAIT, stream.delete_consumer(&name)).await;
             }
@@ -383,16 +381,18 @@ impl Queue {
         };
         self.lagging.lock().remove(session.client_id());
         let mut state = session.lock();
+        let online = state.online;
+        let replica = SessionReplica::of(&mut state);
         // Handed over to another node meanwhile.
-        if state.parking != epoch {
+        if replica.parking != epoch {
             return false;
         }
-        state.kept = true;
-        if state.online && state.feeding.is_none() {
-            let stop = broker.shutdown.child_token();
-            state.feeding = Some(stop.clone());
+        replica.kept = true;
+        if online && replica.feeding.is_none() {
+            let stop = node.shutdown().child_token();
+            replica.feeding = Some(stop.clone());
             let feeder = Feeder { queue: self.clone(), session: session.clone(), window, stop };
-            broker.tasks.spawn(feeder.run(consumer, broker.clone()));
+            node.spawn(feeder.run(consumer));
         }
         true
     }
@@ -406,7 +406,7 @@ impl Queue {
     fn lags(&self, session: &Session, error: &async_nats::Error) -> bool {
         let connected =
             self.client.get().is_some_and(|c| c.connection_state() == async_nats::connection::State::Connected);
-        let kept = session.lock().kept;
+        let kept = session.lock().kept();
         let mut lagging = self.lagging.lock();
         let first = !lagging.contains_key(session.client_id());
         let lag = lagging.entry(session.client_id().clone()).or_insert(Lag { kept, failures: 0 });
@@ -415,11 +415,7 @@ impl Queue {
         if kept && lag.failures >= LAGGING_ATTEMPTS {
             *lag = Lag { kept: false, failures: 0 };
             drop(lagging);
-            let mut state = session.lock();
-            state.kept = false;
-            if let Some(feeding) = state.feeding.take() {
-                feeding.cancel();
-            }
+            SessionReplica::of(&mut session.lock()).unkeep();
             warn!(%error, "cluster: a kept session's consumer cannot be updated; its node queues for it until it can");
             return false;
         }
@@ -441,16 +437,18 @@ impl Queue {
         let Some(stream) = self.stream() else { return };
         let (epoch, config) = {
             let mut state = session.lock();
-            if !state.kept || state.online {
+            if !state.kept() || state.online {
                 return;
             }
-            state.parking += 1;
-            (state.parking, self.consumer_config(session, &state, window))
+            let replica = SessionReplica::of(&mut state);
+            replica.parking += 1;
+            let parking = replica.parking;
+            (parking, self.consumer_config(session, &state, window))
         };
         let Some(config) = config else { return };
         if let Err(e) = self.set_consumer(&stream, config).await {
             debug!(error = %e, "cluster: a kept session's new expiry not recorded in JetStream");
-        } else if session.lock().parking != epoch {
+        } else if SessionReplica::get(&session.lock()).is_none_or(|r| r.parking != epoch) {
             debug!("cluster: a kept session resumed while its expiry was recorded");
         }
     }
@@ -476,11 +474,11 @@ impl Queue {
 
     /// Deletes the consumer of `client_id`'s session, if any, in the
     /// background: the session ended, or a clean start drops what it kept.
-    pub(super) fn forget(&self, client_id: &str, broker: &Broker) {
+    pub(super) fn forget(&self, client_id: &str, node: &Node) {
         self.lagging.lock().remove(client_id);
         let Some(stream) = self.stream() else { return };
         let name = consumer_name(client_id);
-        broker.tasks.spawn(async move {
+        node.spawn(async move {
             let _ = tokio::time::timeout(JETSTREAM_WAIT, stream.delete_consumer(&name)).await;
         });
     }

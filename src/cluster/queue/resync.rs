@@ -20,7 +20,8 @@ use futures_util::StreamExt;
 use tracing::{debug, info};
 
 use super::Queue;
-use crate::broker::Broker;
+use crate::broker::Node;
+use crate::cluster::Cluster;
 use crate::session::Session;
 
 /// How often lagging consumers are tried again while connected.
@@ -36,7 +37,7 @@ impl Queue {
         self: Arc<Self>,
         client: async_nats::Client,
         store_wait: Duration,
-        broker: Arc<Broker>,
+        node: Node,
     ) {
         let mut connects = self.connects.subscribe();
         loop {
@@ -51,48 +52,47 @@ impl Queue {
                     connects.changed().await.is_ok()
                 }
             };
-            let Some(reconnected) = broker.shutdown.run_until_cancelled(changed).await else { return };
+            let Some(reconnected) = node.shutdown().run_until_cancelled(changed).await else { return };
             if client.connection_state() != async_nats::connection::State::Connected || self.stream().is_none() {
                 continue;
             }
             // Kept sessions first: nothing is stored until they are done.
-            let kept = self.lagging_sessions(true, &broker);
-            self.keep_all(kept, &broker).await;
+            let kept = self.lagging_sessions(true, &node);
+            self.keep_all(kept, &node).await;
             let fresh = if reconnected {
                 // What this node published while away goes to JetStream
                 // now; sessions that queued it themselves are kept after.
-                if let Some(barrier) = broker.cluster().and_then(crate::cluster::Cluster::backlog) {
-                    let waited = broker.shutdown.run_until_cancelled(tokio::time::timeout(store_wait, barrier.wait()));
+                if let Some(barrier) = Cluster::plugged(node.replication()).and_then(Cluster::backlog) {
+                    let waited = node.shutdown().run_until_cancelled(tokio::time::timeout(store_wait, barrier.wait()));
                     if waited.await.is_none() {
                         return;
                     }
                 }
-                let unkept: Vec<_> = broker
-                    .sessions
-                    .all()
+                let unkept: Vec<_> = node
+                    .sessions()
                     .into_iter()
                     .filter(|s| {
                         let state = s.lock();
-                        state.online && !state.kept && state.expiry_s > 0
+                        state.online && !state.kept() && state.expiry_s > 0
                     })
                     .collect();
                 unkept
             } else {
-                self.lagging_sessions(false, &broker)
+                self.lagging_sessions(false, &node)
             };
-            self.keep_all(fresh, &broker).await;
+            self.keep_all(fresh, &node).await;
         }
     }
 
     /// The sessions whose consumer lagged, kept already (`kept`) or not;
     /// forgets those that ended or left this node meanwhile.
-    fn lagging_sessions(&self, kept: bool, broker: &Broker) -> Vec<Arc<Session>> {
+    fn lagging_sessions(&self, kept: bool, node: &Node) -> Vec<Arc<Session>> {
         let ids: Vec<Arc<str>> =
             self.lagging.lock().iter().filter(|(_, lag)| lag.kept == kept).map(|(id, _)| id.clone()).collect();
         let mut sessions = Vec::with_capacity(ids.len());
         for id in ids {
-            match broker.sessions.get(&id) {
-                Some(session) if session.lock().kept == kept => sessions.push(session),
+            match node.session(&id) {
+                Some(session) if session.lock().kept() == kept => sessions.push(session),
                 _ => {
                     self.lagging.lock().remove(&id);
                 }
@@ -103,16 +103,16 @@ impl Queue {
 
     /// Keeps each of `sessions` as it is now (`Cluster::keep`), a few at a
     /// time.
-    async fn keep_all(&self, sessions: Vec<Arc<Session>>, broker: &Arc<Broker>) {
+    async fn keep_all(&self, sessions: Vec<Arc<Session>>, node: &Node) {
         if sessions.is_empty() {
             return;
         }
-        let Some(cluster) = broker.cluster() else { return };
-        let window = usize::from(broker.config().limits.max_inflight);
+        let Some(cluster) = Cluster::plugged(node.replication()) else { return };
+        let window = node.max_inflight();
         let count = sessions.len();
         futures_util::stream::iter(sessions)
             .for_each_concurrent(CONCURRENT, |session| async move {
-                cluster.keep(&session, window, false, broker).await;
+                cluster.keep(&session, window, false).await;
             })
             .await;
         let left = self.lagging.lock().len();

@@ -13,7 +13,7 @@ use tracing::{debug, warn};
 
 use super::feeder::{pause, redelivered};
 use super::{Pulled, Queue, SHARE_ACK_PENDING, SHARE_BATCH, SHARE_IDLE_MIN, SHARE_PULL, branch, share_consumer_name};
-use crate::broker::Broker;
+use crate::broker::Node;
 use crate::cluster::subject::disjoint;
 use crate::codec::QoS;
 use crate::message::Delivery;
@@ -31,19 +31,19 @@ impl Queue {
         group: Box<str>,
         durable: Arc<AtomicBool>,
         stop: CancellationToken,
-        broker: Arc<Broker>,
+        node: Node,
     ) {
         let mut failures = 0;
         let mut connects = self.connects.subscribe();
         loop {
             if let Some(stream) = self.stream() {
-                let config = self.share_config(&filter, &group, &broker);
+                let config = self.share_config(&filter, &group, &node);
                 match stop.run_until_cancelled(self.set_consumer(&stream, config)).await {
                     None => break,
                     Some(Ok(consumer)) => {
                         failures = 0;
                         durable.store(true, Ordering::Release);
-                        if self.serve_share(&consumer, &filter, &group, &stop, &broker).await.is_none() {
+                        if self.serve_share(&consumer, &filter, &group, &stop, &node).await.is_none() {
                             break;
                         }
                     }
@@ -69,8 +69,8 @@ impl Queue {
     /// The consumer of share group `group` of `filter`. It outlives the
     /// last node pulling from it by the longest session expiry among the
     /// members here, at least [`SHARE_IDLE_MIN`].
-    fn share_config(&self, filter: &str, group: &str, broker: &Broker) -> consumer::pull::Config {
-        let expiry = broker.router.share_members(filter, group).iter().map(|s| s.lock().expiry_s).max().unwrap_or(0);
+    fn share_config(&self, filter: &str, group: &str, node: &Node) -> consumer::pull::Config {
+        let expiry = node.share_members(filter, group).iter().map(|s| s.lock().expiry_s).max().unwrap_or(0);
         consumer::pull::Config {
             durable_name: Some(share_consumer_name(filter, group)),
             description: Some("moat: a share group".to_owned()),
@@ -96,10 +96,10 @@ impl Queue {
         filter: &str,
         group: &str,
         stop: &CancellationToken,
-        broker: &Broker,
+        node: &Node,
     ) -> Option<()> {
         loop {
-            if !broker.router.share_member(filter, group).is_some_and(|m| m.session.lock().online) {
+            if !node.share_member(filter, group).is_some_and(|m| m.session.lock().online) {
                 stop.run_until_cancelled(tokio::time::sleep(SHARE_PULL)).await?;
                 continue;
             }
@@ -113,7 +113,7 @@ impl Queue {
             };
             while let Some(next) = stop.run_until_cancelled(batch.next()).await? {
                 match next {
-                    Ok(message) => self.take_shared(message, filter, group, broker),
+                    Ok(message) => self.take_shared(message, filter, group, node),
                     Err(e) => {
                         debug!(error = %e, "cluster: taking a share group's messages failed; again");
                         return Some(());
@@ -126,18 +126,17 @@ impl Queue {
     /// Queues one QoS 1/2 message from a share group's consumer for an
     /// online member, acknowledged to JetStream once its client has it;
     /// gives it back when no member here can take it now.
-    fn take_shared(&self, message: jetstream::Message, filter: &str, group: &str, broker: &Broker) {
+    fn take_shared(&self, message: jetstream::Message, filter: &str, group: &str, node: &Node) {
         let Some(Pulled { ack, delivered, published }) = Pulled::of(&message) else { return };
         // QoS 0 messages reach share groups through NATS queue groups.
         let Some(message) = self.decode(message.message, published).filter(|m| m.qos != QoS::AtMostOnce) else {
             self.acknowledge(&ack);
             return;
         };
-        if delivered > 1 && broker.router.share_members(filter, group).iter().any(|s| redelivered(&mut s.lock(), &ack))
-        {
+        if delivered > 1 && node.share_members(filter, group).iter().any(|s| redelivered(&mut s.lock(), &ack)) {
             return;
         }
-        let Some(member) = broker.router.share_member(filter, group) else {
+        let Some(member) = node.share_member(filter, group) else {
             self.give_back(&ack);
             return;
         };

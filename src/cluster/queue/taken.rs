@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 /// QoS 2 messages a session took from JetStream, for as long as JetStream
 /// may hand them over again.
 #[derive(Debug, Default)]
-pub struct Taken {
+pub(crate) struct Taken {
     /// Oldest first: when each was taken, its stream sequence and its
     /// message id hash (0 without one).
     order: VecDeque<(Instant, u64, u64)>,
@@ -64,13 +64,9 @@ impl Taken {
     }
 
     /// Messages remembered.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.order.len()
-    }
-
-    /// Whether nothing is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
     }
 }
 
