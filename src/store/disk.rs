@@ -134,8 +134,11 @@ impl Store for DiskStore {
     }
 
     fn queued(&self, client_id: &Arc<str>, delivery: &Delivery) -> Option<u64> {
-        let seq = delivery.stored.unwrap_or_else(|| self.queue.next_seq());
-        self.queue.send(Op::Append(client_id.clone(), seq, delivery.clone()));
+        let (seq, fresh) = match delivery.stored {
+            Some(seq) => (seq, false),
+            None => (self.queue.next_seq(), true),
+        };
+        self.queue.send(Op::Append(client_id.clone(), seq, delivery.clone(), fresh));
         Some(seq)
     }
 

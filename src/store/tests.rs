@@ -108,6 +108,39 @@ async fn barrier_resolves_once_written() {
     assert!(matches!(store.barrier().wait().await, Ok(())), "nothing queued after close");
 }
 
+/// Senders take no lock: changes from racing threads may reach the writer
+/// out of ticket order. Every barrier still resolves, and only once what
+/// was queued before it is written: each thread's changes are all there
+/// after the reopen.
+#[test]
+fn barriers_of_racing_senders_resolve_once_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    let store = Arc::new(open(&path));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+                for i in 0..200 {
+                    store.retain(&message(&format!("t/{t}/{i}"), b"x", true, None));
+                    let barrier = store.barrier();
+                    let waited =
+                        rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), barrier.wait()).await });
+                    assert!(matches!(waited, Ok(Ok(()))), "thread {t}, change {i}: {waited:?}");
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("no panic");
+    }
+    assert!(store.barrier().is_ready());
+    store.close();
+    drop(store);
+    assert_eq!(open(&path).recover().expect("recovers").retained.len(), 800);
+}
+
 #[tokio::test]
 async fn periodic_and_none_barriers_are_ready_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
