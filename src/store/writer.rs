@@ -16,7 +16,7 @@
 //! was taken: everything queued before it.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -26,7 +26,7 @@ use fjall::{Database, Keyspace, PersistMode};
 use tokio::sync::watch;
 use tracing::error;
 
-use super::record::{self, DeliveryRecord, MessageRecord, SessionRecord, SubscriptionRecord, WillRecord};
+use super::record::{self, MessageRecord, SessionRecord, SubscriptionRecord, WillRecord};
 use super::syncer::Syncer;
 use crate::message::Message;
 use crate::message::{Delivery, Inflight, Subscription};
@@ -254,6 +254,8 @@ pub(super) fn start(
         mode,
         next_seq: next_seq.clone(),
         staged: BTreeMap::new(),
+        live: HashSet::new(),
+        now: (Instant::now(), record::now_ms()),
         durable: durable_tx,
         syncer,
         tickets: Tickets::default(),
@@ -306,6 +308,13 @@ struct Writer {
     /// This batch's writes by key, last one wins (a batch's entries share a
     /// sequence number, so two writes to one key must not both be in it).
     staged: BTreeMap<(Part, Vec<u8>), Staged>,
+    /// Sessions known to have a record, staged or stored: most changes
+    /// apply only to those, and looking the record up for each message
+    /// was a good part of the writer's time.
+    live: HashSet<Arc<str>>,
+    /// When the batch being gathered began (clock and ms since the epoch):
+    /// the time records are written at.
+    now: (Instant, u64),
     /// Where the durable count is published, but in `sync` mode, where the
     /// [`Syncer`] does it.
     durable: Option<watch::Sender<u64>>,
@@ -390,7 +399,8 @@ impl Writer {
     /// of PUBLISHes without holding up anyone waiting.
     fn gather(&mut self, first: Command, rx: &Receiver<Command>) -> usize {
         let gather = if self.mode == Durability::Sync { GATHER } else { Duration::ZERO };
-        let until = Instant::now() + gather;
+        self.now = (Instant::now(), record::now_ms());
+        let until = self.now.0 + gather;
         let mut command = first;
         let mut count = 0;
         loop {
@@ -462,7 +472,7 @@ impl Writer {
     }
 
     fn apply(&mut self, op: Op) {
-        let now = (Instant::now(), record::now_ms());
+        let now = self.now;
         match op {
             Op::Retain(m) => {
                 let value =
@@ -473,6 +483,7 @@ impl Writer {
                 let owner = self.session(&client).and_then(|s| s.owner);
                 let value = record::encode(&SessionRecord { expiry_s, offline_since_ms: None, owner });
                 self.stage(Part::Sessions, client.as_bytes().to_vec(), Some(value));
+                self.live.insert(client);
             }
             Op::SessionOwner(client, owner) => {
                 if let Some(mut session) = self.session(&client) {
@@ -481,6 +492,7 @@ impl Writer {
                 }
             }
             Op::SessionEnded(client) => {
+                self.live.remove(&client);
                 self.stage(Part::Sessions, client.as_bytes().to_vec(), None);
                 self.remove_prefix(Part::Subscriptions, &client_prefix(&client));
                 self.remove_prefix(Part::Messages, &client_prefix(&client));
@@ -488,7 +500,7 @@ impl Writer {
                 self.stage(Part::Wills, client.as_bytes().to_vec(), None);
             }
             Op::Subscribed(client, filter, sub) => {
-                if self.session(&client).is_some() {
+                if self.has_session(&client) {
                     let mut key = client_prefix(&client);
                     key.extend_from_slice(filter.as_bytes());
                     self.stage(Part::Subscriptions, key, Some(record::encode(&sub)));
@@ -501,26 +513,26 @@ impl Writer {
             }
             Op::Replace(client, pending, inflight) => self.replace(&client, &pending, &inflight, now),
             Op::Append(client, seq, delivery, fresh) => {
-                if self.session(&client).is_some() {
-                    let record = DeliveryRecord::pending(&delivery, now.0, now.1);
-                    self.stage_fresh(Part::Messages, message_key(&client, seq), Some(record.encode()), fresh);
+                if self.has_session(&client) {
+                    let record = record::encode_delivery(&delivery, None, now.0, now.1);
+                    self.stage_fresh(Part::Messages, message_key(&client, seq), Some(record), fresh);
                 }
             }
             Op::Update(client, seq, inflight) => {
-                if self.session(&client).is_some() {
-                    self.put_message(&client, seq, &DeliveryRecord::inflight(&inflight, now.0, now.1));
+                if self.has_session(&client) {
+                    self.put_inflight(&client, seq, &inflight, now);
                 }
             }
             Op::Remove(client, seq) => self.stage(Part::Messages, message_key(&client, seq), None),
             Op::Incoming(client, id, received) => {
                 let mut key = client_prefix(&client);
                 key.extend_from_slice(&id.to_be_bytes());
-                let value = if received && self.session(&client).is_some() { Some(record::encode(&())) } else { None };
+                let value = if received && self.has_session(&client) { Some(record::encode(&())) } else { None };
                 self.stage(Part::Incoming, key, value);
             }
             Op::Will(client, will) => {
                 let value = match will {
-                    Some(w) if self.session(&client).is_some() => Some(record::encode(&WillRecord {
+                    Some(w) if self.has_session(&client) => Some(record::encode(&WillRecord {
                         message: MessageRecord::from_message(&w.message, now.0, now.1),
                         expiry_s: w.expiry_s,
                         due_ms: w.due_ms,
@@ -530,8 +542,8 @@ impl Writer {
                 self.stage(Part::Wills, client.as_bytes().to_vec(), value);
             }
             Op::ShareAppend(share, seq, delivery) => {
-                let record = DeliveryRecord::pending(&delivery, now.0, now.1);
-                self.stage_fresh(Part::Shares, message_key(&share, seq), Some(record.encode()), true);
+                let record = record::encode_delivery(&delivery, None, now.0, now.1);
+                self.stage_fresh(Part::Shares, message_key(&share, seq), Some(record), true);
             }
             Op::ShareRemove(share, seq) => self.stage(Part::Shares, message_key(&share, seq), None),
         }
@@ -548,15 +560,29 @@ impl Writer {
         let next_seq = self.next_seq.clone();
         let key = |stored: Option<u64>| stored.unwrap_or_else(|| next_seq.fetch_add(1, Ordering::Relaxed));
         for i in inflight {
-            self.put_message(client, key(i.delivery.stored), &DeliveryRecord::inflight(i, now.0, now.1));
+            self.put_inflight(client, key(i.delivery.stored), i, now);
         }
         for d in pending {
-            self.put_message(client, key(d.stored), &DeliveryRecord::pending(d, now.0, now.1));
+            let record = record::encode_delivery(d, None, now.0, now.1);
+            self.stage(Part::Messages, message_key(client, key(d.stored)), Some(record));
         }
     }
 
-    fn put_message(&mut self, client: &str, seq: u64, record: &DeliveryRecord) {
-        self.stage(Part::Messages, message_key(client, seq), Some(record.encode()));
+    fn put_inflight(&mut self, client: &str, seq: u64, inflight: &Inflight, now: (Instant, u64)) {
+        let record = record::encode_delivery(&inflight.delivery, Some(record::inflight_state(inflight)), now.0, now.1);
+        self.stage(Part::Messages, message_key(client, seq), Some(record));
+    }
+
+    /// Whether the session has a record, staged or stored.
+    fn has_session(&mut self, client: &Arc<str>) -> bool {
+        if self.live.contains(client) {
+            return true;
+        }
+        let found = self.session(client).is_some();
+        if found {
+            self.live.insert(client.clone());
+        }
+        found
     }
 
     /// The session's record, staged or stored.
