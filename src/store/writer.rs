@@ -6,7 +6,10 @@
 //! up, so the number of syncs adapts to the load instead of being one per
 //! message. In `sync` mode the writer commits as soon as everything a
 //! waiting [`Barrier`](super::Barrier) needs has arrived (and whatever else
-//! is already queued); with nobody waiting it gathers for about 1 ms.
+//! is already queued); with nobody waiting it gathers for about 1 ms, and
+//! writes without a sync (see [`SYNC_LAG`]). The sync itself runs on the
+//! [`Syncer`]'s thread while the writer stages the next batch. A message
+//! queued and acknowledged within one batch is not written at all.
 //!
 //! Senders never take a lock: each change takes a ticket from an atomic
 //! counter, then goes into the (lock-free) channel, so tickets may arrive
