@@ -453,6 +453,7 @@ impl Writer {
     /// the [`Syncer`] is about to sync it), or syncs it (`sync` without a
     /// syncer).
     fn commit(&mut self, sync: bool) -> fjall::Result<()> {
+        let mut written = false;
         if !self.staged.is_empty() {
             let mut batch = self.parts.db.batch();
             for ((part, key), staged) in std::mem::take(&mut self.staged) {
@@ -465,12 +466,15 @@ impl Writer {
             }
             if !batch.is_empty() {
                 batch.commit()?;
+                written = true;
             }
         }
         match (sync, &self.syncer) {
             (true, Some(_)) => Ok(()),
             (true, None) => self.parts.db.persist(PersistMode::SyncData),
-            (false, _) => self.parts.db.persist(PersistMode::Buffer),
+            (false, _) if written => self.parts.db.persist(PersistMode::Buffer),
+            // Nothing new: no need to wait for the journal (a sync may hold it).
+            (false, _) => Ok(()),
         }
     }
 
