@@ -14,8 +14,9 @@ use std::time::Instant;
 use fjall::{Database, KeyspaceCreateOptions};
 use parking_lot::Mutex;
 
+use super::queue::Queue;
 use super::record::{self, DeliveryRecord, MessageRecord, SessionRecord, SubscriptionRecord, WillRecord};
-use super::writer::{self, Durability, Op, Parts, Queue};
+use super::writer::{self, Durability, Op, Parts};
 use super::{Barrier, Group, PendingWill, Recovered, Store, StoreError, StoredSession};
 use crate::codec::{PacketId, TopicFilter};
 use crate::message::Message;

@@ -19,6 +19,7 @@
 
 mod disk;
 mod memory;
+mod queue;
 mod record;
 mod syncer;
 #[cfg(feature = "cluster")]
@@ -214,12 +215,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 /// Holds changes in one atomic commit while it lives. See [`Store::group`].
 #[derive(Debug)]
 #[must_use = "a group ends when it is dropped"]
-pub struct Group(Option<std::sync::mpsc::Sender<writer::Command>>);
+pub struct Group(Option<std::sync::mpsc::Sender<queue::Command>>);
 
 impl Drop for Group {
     fn drop(&mut self) {
         if let Some(tx) = self.0.take() {
-            let _ = tx.send(writer::Command::GroupEnd);
+            let _ = tx.send(queue::Command::GroupEnd);
         }
     }
 }
@@ -237,7 +238,7 @@ pub struct Barrier(Option<Waiting>);
 struct Waiting {
     durable: tokio::sync::watch::Receiver<u64>,
     target: u64,
-    nudge: Option<std::sync::mpsc::Sender<writer::Command>>,
+    nudge: Option<std::sync::mpsc::Sender<queue::Command>>,
 }
 
 impl Barrier {
@@ -250,7 +251,7 @@ impl Barrier {
     fn waiting(
         durable: tokio::sync::watch::Receiver<u64>,
         target: u64,
-        nudge: Option<std::sync::mpsc::Sender<writer::Command>>,
+        nudge: Option<std::sync::mpsc::Sender<queue::Command>>,
     ) -> Barrier {
         Barrier(Some(Waiting { durable, target, nudge }))
     }
@@ -278,7 +279,7 @@ impl Barrier {
             return Ok(());
         }
         if let Some(nudge) = nudge {
-            let _ = nudge.send(writer::Command::Flush(target));
+            let _ = nudge.send(queue::Command::Flush(target));
         }
         durable.wait_for(|done| *done >= target).await.map(|_| ()).map_err(|_| StoreError::Closed)
     }
