@@ -14,8 +14,9 @@ use std::time::Instant;
 use fjall::{Database, KeyspaceCreateOptions};
 use parking_lot::Mutex;
 
+use super::queue::Queue;
 use super::record::{self, DeliveryRecord, MessageRecord, SessionRecord, SubscriptionRecord, WillRecord};
-use super::writer::{self, Durability, Op, Parts, Queue};
+use super::writer::{self, Durability, Op, Parts};
 use super::{Barrier, Group, PendingWill, Recovered, Store, StoreError, StoredSession};
 use crate::codec::{PacketId, TopicFilter};
 use crate::message::Message;
@@ -134,8 +135,11 @@ impl Store for DiskStore {
     }
 
     fn queued(&self, client_id: &Arc<str>, delivery: &Delivery) -> Option<u64> {
-        let seq = delivery.stored.unwrap_or_else(|| self.queue.next_seq());
-        self.queue.send(Op::Append(client_id.clone(), seq, delivery.clone()));
+        let (seq, fresh) = match delivery.stored {
+            Some(seq) => (seq, false),
+            None => (self.queue.next_seq(), true),
+        };
+        self.queue.send(Op::Append(client_id.clone(), seq, delivery.clone(), fresh));
         Some(seq)
     }
 

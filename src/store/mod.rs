@@ -19,7 +19,9 @@
 
 mod disk;
 mod memory;
+mod queue;
 mod record;
+mod syncer;
 #[cfg(feature = "cluster")]
 mod transfer;
 mod writer;
@@ -213,12 +215,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 /// Holds changes in one atomic commit while it lives. See [`Store::group`].
 #[derive(Debug)]
 #[must_use = "a group ends when it is dropped"]
-pub struct Group(Option<std::sync::mpsc::Sender<writer::Op>>);
+pub struct Group(Option<std::sync::mpsc::Sender<queue::Command>>);
 
 impl Drop for Group {
     fn drop(&mut self) {
         if let Some(tx) = self.0.take() {
-            let _ = tx.send(writer::Op::GroupEnd);
+            let _ = tx.send(queue::Command::GroupEnd);
         }
     }
 }
@@ -230,12 +232,13 @@ impl Drop for Group {
 pub struct Barrier(Option<Waiting>);
 
 /// What a barrier waits for: the durable count to reach `target`. `nudge`
-/// tells the writer someone is waiting, so it stops gathering.
+/// tells the writer someone is waiting for the tickets below `target`, so
+/// it commits once they are in.
 #[derive(Debug)]
 struct Waiting {
     durable: tokio::sync::watch::Receiver<u64>,
     target: u64,
-    nudge: Option<std::sync::mpsc::Sender<writer::Op>>,
+    nudge: Option<std::sync::mpsc::Sender<queue::Command>>,
 }
 
 impl Barrier {
@@ -248,7 +251,7 @@ impl Barrier {
     fn waiting(
         durable: tokio::sync::watch::Receiver<u64>,
         target: u64,
-        nudge: Option<std::sync::mpsc::Sender<writer::Op>>,
+        nudge: Option<std::sync::mpsc::Sender<queue::Command>>,
     ) -> Barrier {
         Barrier(Some(Waiting { durable, target, nudge }))
     }
@@ -276,7 +279,7 @@ impl Barrier {
             return Ok(());
         }
         if let Some(nudge) = nudge {
-            let _ = nudge.send(writer::Op::Flush);
+            let _ = nudge.send(queue::Command::Flush(target));
         }
         durable.wait_for(|done| *done >= target).await.map(|_| ()).map_err(|_| StoreError::Closed)
     }

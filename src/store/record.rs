@@ -27,12 +27,14 @@ pub struct DecodeError(pub(super) String);
 
 /// Encodes `value` behind the format byte.
 pub(super) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT];
+    encode_into(value, Vec::new())
+}
+
+/// [`encode`] into `out` (empty; its capacity a guess of the size).
+fn encode_into<T: Serialize>(value: &T, mut out: Vec<u8>) -> Vec<u8> {
+    out.push(FORMAT);
     // Serializing plain structs into a Vec cannot fail.
-    if let Ok(bytes) = postcard::to_extend(value, Vec::new()) {
-        out.extend_from_slice(&bytes);
-    }
-    out
+    postcard::to_extend(value, out).unwrap_or_else(|_| vec![FORMAT])
 }
 
 /// Decodes a record written by [`encode`].
@@ -44,8 +46,18 @@ pub(super) fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, Decod
 /// a record type that readers before it ignore (postcard stops at the end
 /// of the value), and that [`decode_extended`] reads back from records
 /// written before it as `None`.
-pub(super) fn encode_extended<T: Serialize, E: Serialize>(value: &T, extension: Option<&E>) -> Vec<u8> {
-    let mut out = encode(value);
+#[cfg(any(test, feature = "cluster"))]
+pub(super) fn encode_extended<T: Serialize, E: Serialize + ?Sized>(value: &T, extension: Option<&E>) -> Vec<u8> {
+    encode_extended_into(value, extension, Vec::new())
+}
+
+/// [`encode_extended`] into `out` (empty; its capacity a guess of the size).
+fn encode_extended_into<T: Serialize, E: Serialize + ?Sized>(
+    value: &T,
+    extension: Option<&E>,
+    out: Vec<u8>,
+) -> Vec<u8> {
+    let mut out = encode_into(value, out);
     if let Some(extension) = extension
         && let Ok(bytes) = postcard::to_extend(extension, Vec::new())
     {
@@ -160,6 +172,80 @@ pub(super) struct MessageRecord {
     expires_at_ms: Option<u64>,
 }
 
+/// [`MessageRecord`] borrowed from a message, for writing: the same fields
+/// in the same order, so the same bytes (serde writes a slice as it writes
+/// a `Vec`), without copying the message first.
+#[derive(Serialize)]
+struct MessageRecordRef<'a> {
+    topic: &'a str,
+    payload: &'a [u8],
+    qos: u8,
+    retain: bool,
+    payload_format_indicator: Option<u8>,
+    content_type: Option<&'a str>,
+    response_topic: Option<&'a str>,
+    correlation_data: Option<&'a [u8]>,
+    user_properties: &'a [(String, String)],
+    expires_at_ms: Option<u64>,
+}
+
+impl<'a> MessageRecordRef<'a> {
+    fn new(m: &'a Message, now: Instant, now_ms: u64) -> MessageRecordRef<'a> {
+        let p = &m.properties;
+        MessageRecordRef {
+            topic: m.topic.as_str(),
+            payload: &m.payload,
+            qos: m.qos as u8,
+            retain: m.retain,
+            payload_format_indicator: p.payload_format_indicator,
+            content_type: p.content_type.as_deref(),
+            response_topic: p.response_topic.as_ref().map(|t| t.as_str()),
+            correlation_data: p.correlation_data.as_deref(),
+            user_properties: &p.user_properties,
+            expires_at_ms: m.expires_at.map(|at| {
+                let left = u64::try_from(at.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX);
+                now_ms.saturating_add(left)
+            }),
+        }
+    }
+}
+
+/// [`DeliveryRecord`] borrowed from a delivery, for writing (see
+/// [`MessageRecordRef`]).
+#[derive(Serialize)]
+struct DeliveryRecordRef<'a> {
+    message: MessageRecordRef<'a>,
+    qos: u8,
+    retain: bool,
+    subscription_ids: &'a [u32],
+    inflight: Option<(u16, u8)>,
+}
+
+/// An in-flight entry's packet id and handshake state, as recorded.
+pub(super) fn inflight_state(i: &Inflight) -> (u16, u8) {
+    let state = match i.state {
+        InflightState::AwaitPubAck => 0,
+        InflightState::AwaitPubRec => 1,
+        InflightState::AwaitPubComp => 2,
+    };
+    (i.packet_id.get(), state)
+}
+
+/// The bytes of [`DeliveryRecord::pending`]'s `encode`, or with
+/// `inflight` of [`DeliveryRecord::inflight`]'s, written straight from the
+/// delivery: the store writes one for every message it keeps.
+pub(super) fn encode_delivery(d: &Delivery, inflight: Option<(u16, u8)>, now: Instant, now_ms: u64) -> Vec<u8> {
+    let record = DeliveryRecordRef {
+        message: MessageRecordRef::new(&d.message, now, now_ms),
+        qos: d.qos as u8,
+        retain: d.retain,
+        subscription_ids: &d.subscription_ids,
+        inflight,
+    };
+    let size = d.message.payload.len() + d.message.topic.as_str().len() + 32;
+    encode_extended_into(&record, d.share.as_ref().map(|f| f.as_str()), Vec::with_capacity(size))
+}
+
 impl MessageRecord {
     pub fn from_message(m: &Message, now: Instant, now_ms: u64) -> MessageRecord {
         let p = &m.properties;
@@ -234,6 +320,7 @@ pub(super) struct DeliveryRecord {
 }
 
 impl DeliveryRecord {
+    #[cfg(any(test, feature = "cluster"))]
     pub fn pending(d: &Delivery, now: Instant, now_ms: u64) -> DeliveryRecord {
         DeliveryRecord {
             message: MessageRecord::from_message(&d.message, now, now_ms),
@@ -246,6 +333,7 @@ impl DeliveryRecord {
     }
 
     /// The record's bytes, its shared subscription after the rest.
+    #[cfg(test)]
     pub fn encode(&self) -> Vec<u8> {
         encode_extended(self, self.share.as_ref())
     }
@@ -257,16 +345,9 @@ impl DeliveryRecord {
         Ok(record)
     }
 
+    #[cfg(any(test, feature = "cluster"))]
     pub fn inflight(i: &Inflight, now: Instant, now_ms: u64) -> DeliveryRecord {
-        let state = match i.state {
-            InflightState::AwaitPubAck => 0,
-            InflightState::AwaitPubRec => 1,
-            InflightState::AwaitPubComp => 2,
-        };
-        DeliveryRecord {
-            inflight: Some((i.packet_id.get(), state)),
-            ..DeliveryRecord::pending(&i.delivery, now, now_ms)
-        }
+        DeliveryRecord { inflight: Some(inflight_state(i)), ..DeliveryRecord::pending(&i.delivery, now, now_ms) }
     }
 
     /// Back to a pending delivery or an in-flight entry, kept under `seq`.
@@ -362,6 +443,32 @@ mod tests {
         let record: MessageRecord = decode(&bytes).expect("decodes");
         let later = record.into_message(now, ms + 10_000).expect("valid");
         assert_eq!(later.remaining_expiry(now), Some(50));
+    }
+
+    #[test]
+    fn deliveries_are_written_as_the_record_is() {
+        let mut delivery = Delivery {
+            message: Arc::new(message()),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            subscription_ids: vec![7, 9],
+            stored: None,
+            jetstream: None,
+            share: None,
+        };
+        let (now, ms) = (Instant::now(), now_ms());
+        for share in [None, Some(Arc::new(TopicFilter::new("$share/g/a/#").expect("valid")))] {
+            delivery.share = share;
+            let written = encode_delivery(&delivery, None, now, ms);
+            assert_eq!(written, DeliveryRecord::pending(&delivery, now, ms).encode());
+            let inflight = Inflight {
+                packet_id: PacketId::new(42).expect("non-zero"),
+                delivery: delivery.clone(),
+                state: InflightState::AwaitPubRec,
+            };
+            let written = encode_delivery(&delivery, Some(inflight_state(&inflight)), now, ms);
+            assert_eq!(written, DeliveryRecord::inflight(&inflight, now, ms).encode());
+        }
     }
 
     #[test]

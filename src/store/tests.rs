@@ -108,6 +108,78 @@ async fn barrier_resolves_once_written() {
     assert!(matches!(store.barrier().wait().await, Ok(())), "nothing queued after close");
 }
 
+/// Senders take no lock: changes from racing threads may reach the writer
+/// out of ticket order. Every barrier still resolves, and only once what
+/// was queued before it is written: each thread's changes are all there
+/// after the reopen.
+#[test]
+fn barriers_of_racing_senders_resolve_once_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store");
+    let store = Arc::new(open(&path));
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+                for i in 0..200 {
+                    store.retain(&message(&format!("t/{t}/{i}"), b"x", true, None));
+                    let barrier = store.barrier();
+                    let waited =
+                        rt.block_on(async { tokio::time::timeout(Duration::from_secs(20), barrier.wait()).await });
+                    assert!(matches!(waited, Ok(Ok(()))), "thread {t}, change {i}: {waited:?}");
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("no panic");
+    }
+    assert!(store.barrier().is_ready());
+    store.close();
+    drop(store);
+    assert_eq!(open(&path).recover().expect("recovers").retained.len(), 800);
+}
+
+/// The writer remembers which sessions have a record: a message queued
+/// after its session ended is not kept, one queued after the session was
+/// opened again is, whether the steps share a batch or not.
+#[test]
+fn messages_follow_the_session_record_through_end_and_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    for separate_batches in [false, true] {
+        let path = dir.path().join(format!("store-{separate_batches}"));
+        let client: Arc<str> = "c".into();
+        {
+            let store = open(&path);
+            let step = |store: &DiskStore| {
+                if separate_batches {
+                    let waited = rt.block_on(async {
+                        tokio::time::timeout(Duration::from_secs(20), store.barrier().wait()).await
+                    });
+                    assert!(matches!(waited, Ok(Ok(()))), "{waited:?}");
+                }
+            };
+            store.session_opened(&client, 60);
+            let _ = store.queued(&client, &delivery(&message("a/1", b"one", false, None)));
+            step(&store);
+            store.session_ended(&client);
+            step(&store);
+            let _ = store.queued(&client, &delivery(&message("a/2", b"two", false, None)));
+            step(&store);
+            store.session_opened(&client, 60);
+            step(&store);
+            let _ = store.queued(&client, &delivery(&message("a/3", b"three", false, None)));
+            store.close();
+        }
+        let recovered = open(&path).recover().expect("recovers");
+        assert_eq!(recovered.sessions.len(), 1);
+        let payloads: Vec<_> = recovered.sessions[0].pending.iter().map(|d| d.message.payload.clone()).collect();
+        assert_eq!(payloads, vec![Bytes::from_static(b"three")], "separate batches: {separate_batches}");
+    }
+}
+
 #[tokio::test]
 async fn periodic_and_none_barriers_are_ready_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
