@@ -11,7 +11,7 @@ use tracing::debug;
 
 use super::Connection;
 use super::policy::{self, AuthFailure};
-use crate::auth::{AuthzCache, ClientInfo, Throttled};
+use crate::auth::{ClientInfo, Throttled};
 use crate::broker::{AttachRefused, Broker};
 use crate::codec::{
     self, ConnAck, Connect, DecodeError, DecodeLimits, Packet, Properties, ProtocolVersion, ReasonCode,
@@ -22,10 +22,6 @@ use crate::message::Owner;
 use crate::metrics::{Limit, LocalCounts, Refusal};
 use crate::session::Attached;
 use crate::untrusted::Untrusted;
-
-/// Authorization verdicts a connection remembers: enough for the topics
-/// one device uses, small enough that 100k connections do not notice.
-const AUTHZ_CACHE_ENTRIES: usize = 64;
 
 /// The first packet gets its own, smaller size cap: before CONNECT nobody
 /// is authenticated, so nobody may make the broker buffer much.
@@ -135,7 +131,7 @@ where
 /// granted anything.
 fn client_info(connect: &Connect, negotiated: &Negotiated, peer: &Peer, listener: &ListenerConfig) -> ClientInfo {
     ClientInfo {
-        client_id: negotiated.client_id.to_string(),
+        client_id: negotiated.client_id.clone(),
         username: negotiated.username.as_deref().map(str::to_owned),
         claimed_username: connect.username.clone(),
         peer_address: peer.addr,
@@ -236,11 +232,11 @@ where
         rbuf: if rbuf.is_empty() { BytesMut::new() } else { rbuf },
         wbuf: BytesMut::new(),
         version: connect.protocol,
-        keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+        // At most 65,535 s * 1,500: fits.
+        keep_alive_ms: std::num::NonZeroU32::new(u32::from(keep_alive) * 1500),
         last_read: Instant::now(),
         will: connect.will.clone().map(Box::new),
         #[cfg(feature = "cluster")]
-        will_registered: None,
         #[cfg(feature = "cluster")]
         subscriptions_changed: false,
         session_expiry_s,
@@ -253,11 +249,12 @@ where
         counts: LocalCounts { bytes_received: bytes_read, ..LocalCounts::default() },
         attached,
         broker: broker.clone(),
-        authz: AuthzCache::new(AUTHZ_CACHE_ENTRIES),
+        authz: None,
         reauth: None,
         held: None,
         input_pending: false,
         rare: None,
+        permits: None,
         client,
     });
     let publish_rate = crate::rate::TokenBucket::per_second(limits.max_publish_rate, std::time::Instant::now());
@@ -407,7 +404,9 @@ where
         return;
     }
     let delay_s = will.properties.will_delay_interval.unwrap_or(0).min(conn.session_expiry_s);
-    conn.will_registered = cluster.register_will(&conn.client.client_id, &will, delay_s).await;
+    if let Some(revision) = cluster.register_will(&conn.client.client_id, &will, delay_s).await {
+        conn.rare().will_registered = Some(revision);
+    }
 }
 
 /// What CONNECT negotiated.

@@ -93,16 +93,13 @@ struct Connection<S> {
     wbuf: BytesMut,
     version: ProtocolVersion,
     attached: Attached,
-    /// 1.5 times the negotiated keep alive; `None` when keep alive is off.
-    keep_alive: Option<Duration>,
+    /// 1.5 times the negotiated keep alive, in milliseconds; `None` when
+    /// keep alive is off ([`Connection::keep_alive`]).
+    keep_alive_ms: Option<std::num::NonZeroU32>,
     last_read: Instant,
     /// Boxed, like `reauth`: each is large, rare or short-lived, and this
     /// struct lives as long as the connection.
     will: Option<Box<Will>>,
-    /// In a cluster: the revision under which the will is registered for
-    /// other nodes to publish should this one die (`cluster::wills`).
-    #[cfg(feature = "cluster")]
-    will_registered: Option<u64>,
     /// In a cluster: a SUBSCRIBE or UNSUBSCRIBE changed the session's
     /// subscriptions, so its consumer in JetStream follows before the
     /// acknowledgement goes out (`Cluster::keep`).
@@ -122,8 +119,9 @@ struct Connection<S> {
     /// force (from CONNECT, the certificate or an authenticator's grant),
     /// peer, listener, certificate identity and granted attributes.
     client: Arc<ClientInfo>,
-    /// This connection's memory of authorization verdicts.
-    authz: AuthzCache,
+    /// This connection's memory of authorization verdicts, made on the
+    /// first verdict to remember: an idle client asks for none (issue 25).
+    authz: Option<Box<AuthzCache>>,
     /// A re-authentication exchange under way, pinned to the plugin
     /// instance conducting it.
     reauth: Option<Box<crate::auth::AuthExchange>>,
@@ -144,7 +142,15 @@ struct Connection<S> {
     /// What most connections never need, made on first use
     /// ([`Connection::rare`]): an idle connection does not carry it.
     rare: Option<Box<Rare>>,
+    /// The connection's places in the connection limits, given back when
+    /// it ends. Here rather than in the task's future, which they would
+    /// push past a size class of tokio's task cells (issue 25).
+    permits: Option<Permits>,
 }
+
+/// A connection's places in the global and the listener's connection
+/// limits (`max_connections`).
+pub type Permits = (tokio::sync::OwnedSemaphorePermit, Option<tokio::sync::OwnedSemaphorePermit>);
 
 /// The parts of a connection that most clients never use (issue 25: 170
 /// bytes an idle connection would otherwise carry).
@@ -163,6 +169,10 @@ struct Rare {
     /// Retained messages matched by new subscriptions, not yet sent: they
     /// go out ahead of the session's queue as the window allows.
     retained: std::collections::VecDeque<crate::message::Delivery>,
+    /// In a cluster: the revision under which the will is registered for
+    /// other nodes to publish should this one die (`cluster::wills`).
+    #[cfg(feature = "cluster")]
+    will_registered: Option<u64>,
 }
 
 /// Serves one client connection to the end, over a stream on which any
@@ -174,12 +184,14 @@ struct Rare {
 /// authentication) is boxed and dropped once done, and what stays for
 /// the client's life is [`Connection::run`]'s future alone. An `async fn`
 /// would keep its arguments' room (and that of every enclosing one) in
-/// each idle connection's task (issue 25).
+/// each idle connection's task (issue 25). The connection holds
+/// `permits` until it ends.
 pub fn serve<S>(
     broker: Arc<Broker>,
     stream: S,
     peer: Peer,
     listener: Arc<ListenerConfig>,
+    permits: Permits,
 ) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -189,7 +201,10 @@ where
     let span = tracing::debug_span!("conn", peer = %peer.addr, listener = %listener.name, client_id = field::Empty);
     let handshake = async move { connect::handshake(broker, stream, peer, &listener).await };
     Box::pin(handshake.instrument(span.clone())).then(move |conn| match conn {
-        Some(conn) => Either::Left(conn.run().instrument(span)),
+        Some(mut conn) => {
+            conn.permits = Some(permits);
+            Either::Left(conn.run().instrument(span))
+        }
         None => Either::Right(std::future::ready(())),
     })
 }
@@ -225,7 +240,7 @@ where
         // One timer for the connection's life: a read only moves
         // `last_read`, and the timer, when it fires early, moves on to the
         // new deadline (`poll_keep_alive`).
-        let mut keep_alive = std::pin::pin!(self.keep_alive.map(|ka| tokio::time::sleep_until(self.last_read + ka)));
+        let mut keep_alive = std::pin::pin!(self.keep_alive().map(|ka| tokio::time::sleep_until(self.last_read + ka)));
         loop {
             if self.want_drain {
                 self.want_drain = false;
@@ -300,7 +315,7 @@ where
         if woken {
             return Poll::Ready(Event::Woken);
         }
-        if let (Some(sleep), Some(ka)) = (keep_alive.as_pin_mut(), self.keep_alive)
+        if let (Some(sleep), Some(ka)) = (keep_alive.as_pin_mut(), self.keep_alive())
             && poll_keep_alive(sleep, cx, self.last_read + ka).is_ready()
         {
             return Poll::Ready(Event::Close(Close::KeepAliveTimeout));
@@ -329,6 +344,11 @@ where
         }
         self.input_pending = true;
         Ok(())
+    }
+
+    /// 1.5 times the negotiated keep alive; `None` when keep alive is off.
+    fn keep_alive(&self) -> Option<Duration> {
+        self.keep_alive_ms.map(|ms| Duration::from_millis(u64::from(ms.get())))
     }
 
     /// The connection's [`Rare`] parts, made now if need be.
@@ -538,7 +558,9 @@ where
         }
         // This node takes care of the will now.
         #[cfg(feature = "cluster")]
-        if let (Some(cluster), Some(revision)) = (self.broker.cluster(), self.will_registered) {
+        if let (Some(cluster), Some(revision)) =
+            (self.broker.cluster(), self.rare.as_ref().and_then(|r| r.will_registered))
+        {
             cluster.unregister_will(&self.client.client_id, revision, &self.broker);
         }
         self.broker.metrics.flush(&mut self.counts);
@@ -649,5 +671,20 @@ fn settle_read_buffer(rbuf: &mut BytesMut, n: usize) {
         *rbuf = BytesMut::new();
     } else {
         rbuf.reserve(READ_RESERVE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every idle client holds its boxed `Connection` (issue 25): what
+    /// only some clients use (topic aliases, the authorization cache, a
+    /// will's cluster registration, ...) is boxed on first use, so this
+    /// catches a field that makes every connection pay for it. 472 bytes
+    /// before that, 384 after (permits included, moved here from the task).
+    #[test]
+    fn a_connection_is_small() {
+        let size = std::mem::size_of::<super::Connection<crate::transport::Stream>>();
+        eprintln!("connection: {size} bytes");
+        assert!(size <= 384, "Connection is {size} bytes");
     }
 }

@@ -102,7 +102,8 @@ impl ClientScratch {
     /// Makes the record describe `c`, and returns it.
     pub(crate) fn fill(&mut self, c: &ClientInfo) -> &types::ClientInfo {
         let r = &mut self.record;
-        r.client_id.clone_from(&c.client_id);
+        r.client_id.clear();
+        r.client_id.push_str(&c.client_id);
         r.username.clone_from(&c.username);
         if self.peer != Some(c.peer_address) {
             r.peer_address.clear();

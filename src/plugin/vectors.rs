@@ -489,7 +489,7 @@ fn client(spec: &ClientSpec) -> Result<ClientInfo, String> {
         })
     });
     Ok(ClientInfo {
-        client_id: spec.client_id.clone().unwrap_or_else(|| "test-client".to_owned()),
+        client_id: spec.client_id.as_deref().unwrap_or("test-client").into(),
         username: spec.username.clone(),
         claimed_username: spec.claimed_username.clone().or_else(|| spec.username.clone()),
         peer_address,
