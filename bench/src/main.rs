@@ -133,6 +133,13 @@ pub struct Args {
     /// with the broker's CPU time over them reported (needs --broker-pid).
     #[arg(long, default_value_t = 0.0)]
     pub hold: f64,
+    /// `conn`: half the connections (every other one) have persistent
+    /// sessions (MQTT 3.1.1 only), and after the hold all of them are
+    /// dropped at once and reconnect with the same client ids, the
+    /// reconnect storm a fleet makes after a network blip; its time,
+    /// refusals and resumed sessions are reported.
+    #[arg(long)]
+    pub storm: bool,
     /// Retained messages in `retained`.
     #[arg(long, default_value_t = 10_000)]
     pub retained: u64,
@@ -197,7 +204,9 @@ fn main() -> Result<()> {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build()?;
     // Hard bound on the whole run, whatever the broker does.
-    let limit = Duration::from_secs_f64(args.time * 2.0 + args.grace + args.settle + args.hold + 30.0);
+    // (The storm reconnects within another `--time`.)
+    let storm = if args.storm { args.time } else { 0.0 };
+    let limit = Duration::from_secs_f64(args.time * 2.0 + args.grace + args.settle + args.hold + storm + 30.0);
     runtime.block_on(async {
         tokio::time::timeout(limit, run(&args, addr, sub_addr))
             .await
