@@ -80,11 +80,8 @@ impl Listener {
             }
             _ => None,
         };
-        let socket = TcpListener::bind(config.bind).await.map_err(|source| BindError {
-            name: config.name.clone(),
-            addr: config.bind,
-            source,
-        })?;
+        let socket =
+            listen(config.bind).map_err(|source| BindError { name: config.name.clone(), addr: config.bind, source })?;
         Ok(Listener { config: Arc::new(config), socket, tls })
     }
 
@@ -168,7 +165,9 @@ impl Listener {
                 refuse(&broker, Refusal::MaxConnections, Limit::MaxConnections);
                 continue;
             };
-            let _ = stream.set_nodelay(true);
+            if !NODELAY_INHERITED {
+                let _ = stream.set_nodelay(true);
+            }
             let task = connection_task(
                 broker.clone(),
                 stream,
@@ -180,6 +179,23 @@ impl Listener {
             broker.tasks.spawn(task);
         }
     }
+}
+
+/// Whether accepted sockets get TCP_NODELAY from their listening socket,
+/// set in [`listen`]: Linux copies it, saving a system call per connect
+/// (issue 25); elsewhere each accepted socket gets its own.
+const NODELAY_INHERITED: bool = cfg!(target_os = "linux");
+
+/// Binds `addr` and listens (the backlog `TcpListener::bind` uses), with
+/// `SO_REUSEADDR` as it sets it, and TCP_NODELAY for the accepted sockets
+/// to inherit ([`NODELAY_INHERITED`]): every MQTT packet is written whole,
+/// once per batch, so Nagle would only delay it.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
 }
 
 /// The pause after a failed accept. The clients it leaves waiting stay in
@@ -365,6 +381,18 @@ mod tests {
     use crate::auth::Policy;
     use crate::config::Config;
     use crate::store::MemoryStore;
+
+    /// Accepted sockets write without Nagle's delay: on Linux they inherit
+    /// TCP_NODELAY from the listening socket, with no call of their own.
+    #[tokio::test]
+    async fn accepted_sockets_have_nodelay() {
+        let listener = listen("127.0.0.1:0".parse().expect("an address")).expect("listen");
+        let _client = TcpStream::connect(listener.local_addr().expect("address")).await.expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        if NODELAY_INHERITED {
+            assert!(accepted.nodelay().expect("TCP_NODELAY readable"), "TCP_NODELAY was not inherited");
+        }
+    }
 
     /// Every connection's task holds its future for the connection's life,
     /// so its size is memory per idle connection (issue 25). Large,
