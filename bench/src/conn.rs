@@ -47,7 +47,7 @@ pub async fn run(args: &Args, addr: SocketAddr, v: Version) -> Result<Report> {
     let n = args.connections.max(1);
     let sources = source_addrs(args.sources)?;
     let tls = match &args.tls_ca {
-        Some(ca) => Some(tls_connector(ca)?),
+        Some(ca) => Some(tls_connector(ca, !args.no_tls_resumption)?),
         None => None,
     };
     ensure!(!args.storm || v.number() == 3, "--storm runs MQTT 3.1.1 (--mqtt 3): its v5 CONNECT always starts clean");
@@ -65,7 +65,8 @@ pub async fn run(args: &Args, addr: SocketAddr, v: Version) -> Result<Report> {
     let start = Instant::now();
     let wave = plan.connect_all(n, start + Duration::from_secs_f64(args.time)).await?;
     let connect_s = start.elapsed().as_secs_f64();
-    let (mut clients, attempted, first_error) = (wave.clients, wave.attempted, wave.first_error);
+    let (mut clients, attempted, first_error, tls_resumed) =
+        (wave.clients, wave.attempted, wave.first_error, wave.tls_resumed);
     let connected = clients.len() as u64;
 
     tokio::time::sleep(SETTLE).await;
@@ -111,12 +112,16 @@ pub async fn run(args: &Args, addr: SocketAddr, v: Version) -> Result<Report> {
         "concurrency": args.concurrency,
         "sources": args.sources,
         "tls": tls.is_some(),
+        "tls_resumption": tls.is_some() && !args.no_tls_resumption,
         "keep_alive_s": args.keep_alive,
     });
     rep.set("params", params);
     rep.counts(attempted, attempted, connected, connect_s);
     rep.set("conn_per_sec", json!(report::round(connected as f64 / connect_s, 1)));
     rep.set("alive_after_idle", json!(alive));
+    if tls.is_some() {
+        rep.set("tls_resumed", json!(tls_resumed));
+    }
     if let Some(hold) = hold {
         rep.set("hold", hold);
     }
@@ -165,6 +170,8 @@ struct Wave {
     failed: u64,
     /// Connections whose CONNACK said Session Present.
     resumed: u64,
+    /// TLS connections whose handshake resumed an earlier session.
+    tls_resumed: u64,
 }
 
 impl Plan {
@@ -199,12 +206,14 @@ impl Plan {
             refused: Default::default(),
             failed: 0,
             resumed: 0,
+            tls_resumed: 0,
         };
         while let Some(joined) = set.join_next().await {
             match joined? {
-                Ok((c, present)) => {
-                    wave.resumed += u64::from(present);
-                    wave.clients.push(c);
+                Ok(c) => {
+                    wave.resumed += u64::from(c.session_present);
+                    wave.tls_resumed += u64::from(c.tls_resumed);
+                    wave.clients.push(c.idle);
                 }
                 Err(e) => {
                     match &e {
@@ -353,8 +362,10 @@ async fn hold_idle(
     Ok((clients, figures))
 }
 
-/// A TLS client configuration trusting the certificates in `ca` (PEM).
-fn tls_connector(ca: &std::path::Path) -> Result<tokio_rustls::TlsConnector> {
+/// A TLS client configuration trusting the certificates in `ca` (PEM);
+/// `resume`: keeps the broker's tickets and resumes with them (rustls's
+/// default), else every handshake is a full one.
+fn tls_connector(ca: &std::path::Path, resume: bool) -> Result<tokio_rustls::TlsConnector> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -362,10 +373,13 @@ fn tls_connector(ca: &std::path::Path) -> Result<tokio_rustls::TlsConnector> {
         roots.add(cert.with_context(|| format!("a certificate in {}", ca.display()))?)?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    if !resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
@@ -373,6 +387,15 @@ fn tls_connector(ca: &std::path::Path) -> Result<tokio_rustls::TlsConnector> {
 enum Stream {
     Tcp(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// A connection made, and how.
+struct Connected {
+    idle: Idle,
+    /// CONNACK's Session Present.
+    session_present: bool,
+    /// The TLS handshake resumed an earlier session.
+    tls_resumed: bool,
 }
 
 /// One idle connection: it reads only CONNACK and PINGRESP, so a small
@@ -391,7 +414,7 @@ impl Idle {
         client_id: &str,
         keep_alive: u16,
         session_expiry: u32,
-    ) -> Result<(Idle, bool), Failure> {
+    ) -> Result<Connected, Failure> {
         let tcp = match source {
             None => TcpStream::connect(addr).await,
             Some(ip) => {
@@ -401,13 +424,24 @@ impl Idle {
             }
         }
         .with_context(|| format!("connecting to {addr}"))?;
-        tcp.set_nodelay(true)?;
+        // TCP_NODELAY for TLS only: its handshake's last flight and
+        // CONNECT go out back to back, which Nagle would hold. Plain MQTT
+        // writes each packet whole and awaits its answer, so Nagle never
+        // holds one back, and the call would cost every connect a system
+        // call.
+        if tls.is_some() {
+            tcp.set_nodelay(true)?;
+        }
         let stream = match tls {
             None => Stream::Tcp(tcp),
             Some(tls) => {
                 let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
                 Stream::Tls(Box::new(tls.connect(name, tcp).await.context("TLS handshake")?))
             }
+        };
+        let tls_resumed = match &stream {
+            Stream::Tls(s) => s.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+            Stream::Tcp(_) => false,
         };
         let mut idle = Idle { stream, buf: Vec::with_capacity(IDLE_PACKET) };
         let mut out = Vec::with_capacity(64);
@@ -421,7 +455,7 @@ impl Idle {
         if ack.code != 0 {
             return Err(Failure::Refused(ack.code));
         }
-        Ok((idle, ack.session_present))
+        Ok(Connected { idle, session_present: ack.session_present, tls_resumed })
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<()> {

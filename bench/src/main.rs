@@ -125,6 +125,10 @@ pub struct Args {
     /// broker's certificate must name 127.0.0.1).
     #[arg(long, value_name = "PEM")]
     pub tls_ca: Option<std::path::PathBuf>,
+    /// `conn` over TLS: every handshake a full one, no session resumed
+    /// (by default the client resumes where the broker gave it a ticket).
+    #[arg(long)]
+    pub no_tls_resumption: bool,
     /// Keep alive of the `conn` connections, seconds (they send PINGREQ
     /// at this interval during `--hold`).
     #[arg(long, default_value_t = 600)]
@@ -158,7 +162,8 @@ pub struct Args {
     /// and gets every message, so the counts stay the same.
     #[arg(long)]
     pub share_group: Option<String>,
-    /// Tokio worker threads of the load generator.
+    /// Tokio worker threads of the load generator; 1 runs it on one
+    /// thread (a current-thread runtime).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
 }
@@ -201,8 +206,14 @@ fn main() -> Result<()> {
     if args.share_group.is_some() && !matches!(args.scenario, Scenario::Fanin | Scenario::Pairs | Scenario::Latency) {
         bail!("--share-group applies to fanin, pairs and latency (one subscriber per filter)");
     }
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build()?;
+    // One thread: everything on the calling thread, with no wake-ups
+    // between threads (in `conn`, three futex calls per connect with two
+    // workers, more of the load generator's CPU than its sockets).
+    let runtime = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()?
+    };
     // Hard bound on the whole run, whatever the broker does.
     // (The storm reconnects within another `--time`.)
     let storm = if args.storm { args.time } else { 0.0 };
