@@ -35,6 +35,7 @@ pub(super) async fn handshake<S>(
     mut stream: S,
     peer: Peer,
     listener: &ListenerConfig,
+    listener_name: Arc<str>,
 ) -> Option<Box<Connection<S>>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -55,7 +56,7 @@ where
         }
     };
     tracing::Span::current().record("client_id", tracing::field::display(Untrusted(&negotiated.client_id)));
-    let mut client = client_info(&connect, &negotiated, &peer, listener);
+    let mut client = client_info(&connect, &negotiated, &peer, listener_name);
     let admitted_without_plugin = negotiated.cert_authenticated || listener.allow_anonymous.permits(peer.addr);
     let identifying =
         identify(&broker, &mut stream, &mut rbuf, &connect, &mut client, listener, admitted_without_plugin);
@@ -129,13 +130,13 @@ where
 
 /// What the plugins will be told about the client, before any of them
 /// granted anything.
-fn client_info(connect: &Connect, negotiated: &Negotiated, peer: &Peer, listener: &ListenerConfig) -> ClientInfo {
+fn client_info(connect: &Connect, negotiated: &Negotiated, peer: &Peer, listener: Arc<str>) -> ClientInfo {
     ClientInfo {
         client_id: negotiated.client_id.clone(),
         username: negotiated.username.as_deref().map(str::to_owned),
         claimed_username: connect.username.clone(),
         peer_address: peer.addr,
-        listener: listener.name.clone(),
+        listener,
         protocol: connect.protocol,
         tls: peer.tls.clone(),
         attributes: Vec::new(),

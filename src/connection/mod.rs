@@ -185,12 +185,13 @@ struct Rare {
 /// the client's life is [`Connection::run`]'s future alone. An `async fn`
 /// would keep its arguments' room (and that of every enclosing one) in
 /// each idle connection's task (issue 25). The connection holds
-/// `permits` until it ends.
+/// `permits` until it ends; `name` is the listener's name, shared by its
+/// clients' [`ClientInfo`].
 pub fn serve<S>(
     broker: Arc<Broker>,
     stream: S,
     peer: Peer,
-    listener: Arc<ListenerConfig>,
+    (listener, name): (Arc<ListenerConfig>, Arc<str>),
     permits: Permits,
 ) -> impl Future<Output = ()> + Send
 where
@@ -199,7 +200,7 @@ where
     use futures_util::FutureExt;
     use futures_util::future::Either;
     let span = tracing::debug_span!("conn", peer = %peer.addr, listener = %listener.name, client_id = field::Empty);
-    let handshake = async move { connect::handshake(broker, stream, peer, &listener).await };
+    let handshake = async move { connect::handshake(broker, stream, peer, &listener, name).await };
     Box::pin(handshake.instrument(span.clone())).then(move |conn| match conn {
         Some(mut conn) => {
             conn.permits = Some(permits);

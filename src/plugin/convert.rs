@@ -111,7 +111,8 @@ impl ClientScratch {
             let _ = write!(r.peer_address, "{}", c.peer_address);
             self.peer = Some(c.peer_address);
         }
-        r.listener.clone_from(&c.listener);
+        r.listener.clear();
+        r.listener.push_str(&c.listener);
         r.protocol_version = c.protocol.level();
         match (&mut r.tls, c.tls.as_deref()) {
             (Some(to), Some(from)) => {

@@ -32,8 +32,9 @@ pub struct ClientInfo {
     pub claimed_username: Option<String>,
     /// Remote address of the connection.
     pub peer_address: SocketAddr,
-    /// Name of the listener the client came through.
-    pub listener: String,
+    /// Name of the listener the client came through: one copy per
+    /// listener, shared by its clients (issue 25).
+    pub listener: Arc<str>,
     /// Protocol the connection speaks.
     pub protocol: ProtocolVersion,
     /// The verified certificate, for TLS clients that presented one.

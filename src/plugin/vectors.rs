@@ -493,7 +493,7 @@ fn client(spec: &ClientSpec) -> Result<ClientInfo, String> {
         username: spec.username.clone(),
         claimed_username: spec.claimed_username.clone().or_else(|| spec.username.clone()),
         peer_address,
-        listener: spec.listener.clone().unwrap_or_else(|| "tcp".to_owned()),
+        listener: spec.listener.as_deref().unwrap_or("tcp").into(),
         protocol,
         tls,
         attributes: spec.attributes.clone().unwrap_or_default().into_iter().collect(),

@@ -40,6 +40,8 @@ use crate::rate::TokenBucket;
 #[derive(Debug)]
 pub struct Listener {
     config: Arc<ListenerConfig>,
+    /// The listener's name, shared by its clients' `ClientInfo`.
+    name: Arc<str>,
     socket: TcpListener,
     /// For `tls` and `wss` listeners.
     tls: Option<Arc<TlsAcceptor>>,
@@ -82,7 +84,7 @@ impl Listener {
         };
         let socket =
             listen(config.bind).map_err(|source| BindError { name: config.name.clone(), addr: config.bind, source })?;
-        Ok(Listener { config: Arc::new(config), socket, tls })
+        Ok(Listener { name: Arc::from(config.name.as_str()), config: Arc::new(config), socket, tls })
     }
 
     /// The bound address (useful with port 0).
@@ -172,7 +174,7 @@ impl Listener {
                 broker.clone(),
                 stream,
                 peer,
-                self.config.clone(),
+                (self.config.clone(), self.name.clone()),
                 self.tls.clone(),
                 (permit, own_permit),
             );
@@ -246,7 +248,7 @@ fn connection_task(
     broker: Arc<Broker>,
     tcp: TcpStream,
     addr: SocketAddr,
-    config: Arc<ListenerConfig>,
+    (config, name): (Arc<ListenerConfig>, Arc<str>),
     tls: Option<Arc<TlsAcceptor>>,
     permits: crate::connection::Permits,
 ) -> impl Future<Output = ()> + Send {
@@ -263,7 +265,7 @@ fn connection_task(
     };
     // The permits go with the connection (or end with the setup).
     established.then(move |established| match established {
-        Some((stream, peer)) => Either::Left(crate::connection::serve(broker, stream, peer, config, permits)),
+        Some((stream, peer)) => Either::Left(crate::connection::serve(broker, stream, peer, (config, name), permits)),
         None => Either::Right(std::future::ready(())),
     })
 }
@@ -412,7 +414,7 @@ mod tests {
         let (tcp, addr) = socket.accept().await.expect("accept");
         let config = Arc::new(ListenerConfig::tcp("test", addr));
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().expect("a free permit");
-        let task = connection_task(broker, tcp, addr, config, None, (permit, None));
+        let task = connection_task(broker, tcp, addr, (config, "test".into()), None, (permit, None));
         let size = std::mem::size_of_val(&task);
         eprintln!("connection task future: {size} bytes");
         assert!(size <= 272, "the connection task's future is {size} bytes: its tokio task cell grows to 512 bytes");
