@@ -64,7 +64,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The same question with empty strings: shows how much of a call is
     // copying the client record into the guest (one guest allocation per
     // non-empty string).
-    let bare = ClientInfo { client_id: String::new(), listener: String::new(), ..client.clone() };
+    let bare = ClientInfo { client_id: "".into(), listener: "".into(), ..client.clone() };
     let bare_cost = measure("bare", async || {
         black_box(policy.authorize(&bare, Action::Publish, black_box("bench/1"), QoS::AtMostOnce, false).await);
     })

@@ -12,6 +12,13 @@
 //! One client address has about 28,000 ephemeral ports towards one broker
 //! port; `--sources K` spreads the connections over 127.0.0.2 to
 //! 127.0.0.(K+1) (all loopback) to get past that.
+//!
+//! With `--storm` every other connection has a persistent session (MQTT
+//! 3.1.1, clean session 0), and after the hold all are dropped at once
+//! (closed without DISCONNECT) and reconnect with the same client ids,
+//! `--concurrency` in flight: the report's `storm` says how long that
+//! took, how many were refused (by CONNACK code) or failed, and how many
+//! persistent sessions were resumed (Session Present).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -40,55 +47,46 @@ pub async fn run(args: &Args, addr: SocketAddr, v: Version) -> Result<Report> {
     let n = args.connections.max(1);
     let sources = source_addrs(args.sources)?;
     let tls = match &args.tls_ca {
-        Some(ca) => Some(tls_connector(ca)?),
+        Some(ca) => Some(tls_connector(ca, !args.no_tls_resumption)?),
         None => None,
     };
+    ensure!(!args.storm || v.number() == 3, "--storm runs MQTT 3.1.1 (--mqtt 3): its v5 CONNECT always starts clean");
     let usage = Usage::start(args.broker_pid)?;
-    let tag = std::process::id();
-    let sem = Arc::new(Semaphore::new(args.concurrency.max(1)));
+    let plan = Plan {
+        addr,
+        sources,
+        tls: tls.clone(),
+        v,
+        keep_alive: args.keep_alive,
+        tag: std::process::id(),
+        concurrency: args.concurrency.max(1),
+        persistent_half: args.storm,
+    };
     let start = Instant::now();
-    let deadline = start + Duration::from_secs_f64(args.time);
-    let mut set = JoinSet::new();
-    let mut attempted = 0u64;
-    for i in 0..n {
-        let permit = Arc::clone(&sem).acquire_owned().await?;
-        if Instant::now() >= deadline {
-            break;
-        }
-        attempted += 1;
-        let source = sources.as_ref().map(|s| s[i % s.len()]);
-        let tls = tls.clone();
-        let keep_alive = args.keep_alive;
-        set.spawn(async move {
-            let id = format!("mb{tag}-c{i}");
-            let r = tokio::time::timeout(CONNECT_TIMEOUT, Idle::connect(addr, source, tls, v, &id, keep_alive)).await;
-            drop(permit);
-            r.context("connect timed out")?
-        });
-    }
-    let mut clients = Vec::with_capacity(n);
-    let mut first_error = None;
-    while let Some(joined) = set.join_next().await {
-        match joined? {
-            Ok(c) => clients.push(c),
-            Err(e) => {
-                first_error.get_or_insert_with(|| format!("{e:#}"));
-            }
-        }
-    }
+    let wave = plan.connect_all(n, start + Duration::from_secs_f64(args.time)).await?;
     let connect_s = start.elapsed().as_secs_f64();
+    let (mut clients, attempted, first_error, tls_resumed) =
+        (wave.clients, wave.attempted, wave.first_error, wave.tls_resumed);
     let connected = clients.len() as u64;
 
     tokio::time::sleep(SETTLE).await;
     let mut rep = Report::new(Scenario::Conn.name(), v.number(), 0, json!(null));
     let broker = usage.finish(&mut rep)?;
 
-    let (clients, hold) = match (args.hold, args.broker_pid) {
+    let hold = match (args.hold, args.broker_pid) {
         (hold, Some(pid)) if hold > 0.0 => {
-            let (clients, figures) = hold_idle(clients, Duration::from_secs_f64(hold), args.keep_alive, pid).await?;
-            (clients, Some(figures))
+            let (held, figures) = hold_idle(clients, Duration::from_secs_f64(hold), args.keep_alive, pid).await?;
+            clients = held;
+            Some(figures)
         }
-        _ => (clients, None),
+        _ => None,
+    };
+    let storm = if args.storm {
+        let (again, figures) = plan.storm(clients, Duration::from_secs_f64(args.time), args.broker_pid).await?;
+        clients = again;
+        Some(figures)
+    } else {
+        None
     };
 
     let mut set = JoinSet::new();
@@ -114,14 +112,21 @@ pub async fn run(args: &Args, addr: SocketAddr, v: Version) -> Result<Report> {
         "concurrency": args.concurrency,
         "sources": args.sources,
         "tls": tls.is_some(),
+        "tls_resumption": tls.is_some() && !args.no_tls_resumption,
         "keep_alive_s": args.keep_alive,
     });
     rep.set("params", params);
     rep.counts(attempted, attempted, connected, connect_s);
     rep.set("conn_per_sec", json!(report::round(connected as f64 / connect_s, 1)));
     rep.set("alive_after_idle", json!(alive));
+    if tls.is_some() {
+        rep.set("tls_resumed", json!(tls_resumed));
+    }
     if let Some(hold) = hold {
         rep.set("hold", hold);
+    }
+    if let Some(storm) = storm {
+        rep.set("storm", storm);
     }
     if let Some(e) = first_error {
         rep.set("first_error", json!(e));
@@ -138,6 +143,158 @@ pub async fn run(args: &Args, addr: SocketAddr, v: Version) -> Result<Report> {
         );
     }
     Ok(rep)
+}
+
+/// How the connections are made: where to, from where, and how.
+struct Plan {
+    addr: SocketAddr,
+    sources: Option<Vec<IpAddr>>,
+    tls: Option<tokio_rustls::TlsConnector>,
+    v: Version,
+    keep_alive: u16,
+    /// Makes this run's client ids its own.
+    tag: u32,
+    concurrency: usize,
+    /// Every other connection (even `i`) has a persistent session.
+    persistent_half: bool,
+}
+
+/// What one wave of connects gave.
+struct Wave {
+    clients: Vec<Idle>,
+    attempted: u64,
+    first_error: Option<String>,
+    /// CONNACK refusals by return code.
+    refused: std::collections::BTreeMap<u8, u64>,
+    /// Other failures (socket errors, timeouts).
+    failed: u64,
+    /// Connections whose CONNACK said Session Present.
+    resumed: u64,
+    /// TLS connections whose handshake resumed an earlier session.
+    tls_resumed: u64,
+}
+
+impl Plan {
+    /// Connects clients `0..n` (`concurrency` in flight), starting no
+    /// attempt after `deadline`.
+    async fn connect_all(&self, n: usize, deadline: Instant) -> Result<Wave> {
+        let sem = Arc::new(Semaphore::new(self.concurrency));
+        let mut set = JoinSet::new();
+        let mut attempted = 0u64;
+        for i in 0..n {
+            let permit = Arc::clone(&sem).acquire_owned().await?;
+            if Instant::now() >= deadline {
+                break;
+            }
+            attempted += 1;
+            let source = self.sources.as_ref().map(|s| s[i % s.len()]);
+            let (tls, v, keep_alive, addr) = (self.tls.clone(), self.v, self.keep_alive, self.addr);
+            let expiry = if self.persistent_half && i % 2 == 0 { 3600 } else { 0 };
+            let id = format!("mb{}-c{i}", self.tag);
+            set.spawn(async move {
+                let r =
+                    tokio::time::timeout(CONNECT_TIMEOUT, Idle::connect(addr, source, tls, v, &id, keep_alive, expiry))
+                        .await;
+                drop(permit);
+                r.unwrap_or_else(|_| Err(Failure::Other(anyhow::anyhow!("connect timed out"))))
+            });
+        }
+        let mut wave = Wave {
+            clients: Vec::with_capacity(n),
+            attempted,
+            first_error: None,
+            refused: Default::default(),
+            failed: 0,
+            resumed: 0,
+            tls_resumed: 0,
+        };
+        while let Some(joined) = set.join_next().await {
+            match joined? {
+                Ok(c) => {
+                    wave.resumed += u64::from(c.session_present);
+                    wave.tls_resumed += u64::from(c.tls_resumed);
+                    wave.clients.push(c.idle);
+                }
+                Err(e) => {
+                    match &e {
+                        Failure::Refused(code) => *wave.refused.entry(*code).or_default() += 1,
+                        Failure::Other(_) => wave.failed += 1,
+                    }
+                    wave.first_error.get_or_insert_with(|| e.to_string());
+                }
+            }
+        }
+        Ok(wave)
+    }
+
+    /// Drops every connection at once, then reconnects them all with the
+    /// same client ids; reports the wave's time, refusals and resumed
+    /// sessions, and the broker's CPU time over it.
+    async fn storm(
+        &self,
+        clients: Vec<Idle>,
+        within: Duration,
+        pid: Option<u32>,
+    ) -> Result<(Vec<Idle>, serde_json::Value)> {
+        let n = clients.len();
+        let broker = pid.map(Proc::new);
+        let before = broker.as_ref().map(Proc::sample).transpose()?;
+        // Closed without DISCONNECT, as a network failure leaves them:
+        // the broker learns of each from the socket.
+        drop(clients);
+        let start = Instant::now();
+        let wave = self.connect_all(n, start + within).await?;
+        let took = start.elapsed().as_secs_f64();
+        let cpu = match (&broker, before) {
+            (Some(b), Some(before)) => Some(b.sample()?.cpu_s - before.cpu_s),
+            _ => None,
+        };
+        let refused: serde_json::Map<String, serde_json::Value> =
+            wave.refused.iter().map(|(code, count)| (code.to_string(), json!(count))).collect();
+        let figures = json!({
+            "connections": n,
+            "reconnected": wave.clients.len(),
+            "persistent": n.div_ceil(2),
+            "resumed": wave.resumed,
+            "refused": refused,
+            "failed": wave.failed,
+            "first_error": wave.first_error,
+            "seconds": report::round(took, 3),
+            "conn_per_sec": report::round(wave.clients.len() as f64 / took, 1),
+            "broker_cpu_s": cpu.map(|c| report::round(c, 3)),
+        });
+        Ok((wave.clients, figures))
+    }
+}
+
+/// Why a connect did not give a connection.
+#[derive(Debug)]
+enum Failure {
+    /// The broker refused it in CONNACK with this code.
+    Refused(u8),
+    /// Anything else.
+    Other(anyhow::Error),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Refused(code) => write!(f, "CONNACK refused the connection: code {code}"),
+            Failure::Other(e) => write!(f, "{e:#}"),
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Failure {
+        Failure::Other(e)
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Failure {
+        Failure::Other(e.into())
+    }
 }
 
 /// `None` for the default (the system picks 127.0.0.1), else `k` loopback
@@ -205,8 +362,10 @@ async fn hold_idle(
     Ok((clients, figures))
 }
 
-/// A TLS client configuration trusting the certificates in `ca` (PEM).
-fn tls_connector(ca: &std::path::Path) -> Result<tokio_rustls::TlsConnector> {
+/// A TLS client configuration trusting the certificates in `ca` (PEM);
+/// `resume`: keeps the broker's tickets and resumes with them (rustls's
+/// default), else every handshake is a full one.
+fn tls_connector(ca: &std::path::Path, resume: bool) -> Result<tokio_rustls::TlsConnector> {
     use rustls_pki_types::CertificateDer;
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -214,10 +373,13 @@ fn tls_connector(ca: &std::path::Path) -> Result<tokio_rustls::TlsConnector> {
         roots.add(cert.with_context(|| format!("a certificate in {}", ca.display()))?)?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    if !resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
@@ -225,6 +387,15 @@ fn tls_connector(ca: &std::path::Path) -> Result<tokio_rustls::TlsConnector> {
 enum Stream {
     Tcp(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+/// A connection made, and how.
+struct Connected {
+    idle: Idle,
+    /// CONNACK's Session Present.
+    session_present: bool,
+    /// The TLS handshake resumed an earlier session.
+    tls_resumed: bool,
 }
 
 /// One idle connection: it reads only CONNACK and PINGRESP, so a small
@@ -242,7 +413,8 @@ impl Idle {
         v: Version,
         client_id: &str,
         keep_alive: u16,
-    ) -> Result<Idle> {
+        session_expiry: u32,
+    ) -> Result<Connected, Failure> {
         let tcp = match source {
             None => TcpStream::connect(addr).await,
             Some(ip) => {
@@ -252,7 +424,14 @@ impl Idle {
             }
         }
         .with_context(|| format!("connecting to {addr}"))?;
-        tcp.set_nodelay(true)?;
+        // TCP_NODELAY for TLS only: its handshake's last flight and
+        // CONNECT go out back to back, which Nagle would hold. Plain MQTT
+        // writes each packet whole and awaits its answer, so Nagle never
+        // holds one back, and the call would cost every connect a system
+        // call.
+        if tls.is_some() {
+            tcp.set_nodelay(true)?;
+        }
         let stream = match tls {
             None => Stream::Tcp(tcp),
             Some(tls) => {
@@ -260,15 +439,23 @@ impl Idle {
                 Stream::Tls(Box::new(tls.connect(name, tcp).await.context("TLS handshake")?))
             }
         };
+        let tls_resumed = match &stream {
+            Stream::Tls(s) => s.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+            Stream::Tcp(_) => false,
+        };
         let mut idle = Idle { stream, buf: Vec::with_capacity(IDLE_PACKET) };
         let mut out = Vec::with_capacity(64);
-        proto::connect(&mut out, v, client_id, keep_alive, 0);
+        proto::connect(&mut out, v, client_id, keep_alive, session_expiry);
         idle.write(&out).await?;
         let (first, body) = idle.recv().await?;
-        ensure!(first >> 4 == kind::CONNACK, "expected CONNACK, got type {}", first >> 4);
+        if first >> 4 != kind::CONNACK {
+            return Err(anyhow::anyhow!("expected CONNACK, got type {}", first >> 4).into());
+        }
         let ack = proto::parse_connack(v, &body)?;
-        ensure!(ack.code == 0, "CONNACK refused the connection: code {}", ack.code);
-        Ok(idle)
+        if ack.code != 0 {
+            return Err(Failure::Refused(ack.code));
+        }
+        Ok(Connected { idle, session_present: ack.session_present, tls_resumed })
     }
 
     async fn write(&mut self, bytes: &[u8]) -> Result<()> {

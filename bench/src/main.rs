@@ -125,6 +125,10 @@ pub struct Args {
     /// broker's certificate must name 127.0.0.1).
     #[arg(long, value_name = "PEM")]
     pub tls_ca: Option<std::path::PathBuf>,
+    /// `conn` over TLS: every handshake a full one, no session resumed
+    /// (by default the client resumes where the broker gave it a ticket).
+    #[arg(long)]
+    pub no_tls_resumption: bool,
     /// Keep alive of the `conn` connections, seconds (they send PINGREQ
     /// at this interval during `--hold`).
     #[arg(long, default_value_t = 600)]
@@ -133,6 +137,13 @@ pub struct Args {
     /// with the broker's CPU time over them reported (needs --broker-pid).
     #[arg(long, default_value_t = 0.0)]
     pub hold: f64,
+    /// `conn`: half the connections (every other one) have persistent
+    /// sessions (MQTT 3.1.1 only), and after the hold all of them are
+    /// dropped at once and reconnect with the same client ids, the
+    /// reconnect storm a fleet makes after a network blip; its time,
+    /// refusals and resumed sessions are reported.
+    #[arg(long)]
+    pub storm: bool,
     /// Retained messages in `retained`.
     #[arg(long, default_value_t = 10_000)]
     pub retained: u64,
@@ -151,7 +162,8 @@ pub struct Args {
     /// and gets every message, so the counts stay the same.
     #[arg(long)]
     pub share_group: Option<String>,
-    /// Tokio worker threads of the load generator.
+    /// Tokio worker threads of the load generator; 1 runs it on one
+    /// thread (a current-thread runtime).
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
 }
@@ -194,10 +206,18 @@ fn main() -> Result<()> {
     if args.share_group.is_some() && !matches!(args.scenario, Scenario::Fanin | Scenario::Pairs | Scenario::Latency) {
         bail!("--share-group applies to fanin, pairs and latency (one subscriber per filter)");
     }
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads.max(1)).enable_all().build()?;
+    // One thread: everything on the calling thread, with no wake-ups
+    // between threads (in `conn`, three futex calls per connect with two
+    // workers, more of the load generator's CPU than its sockets).
+    let runtime = if args.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(args.threads).enable_all().build()?
+    };
     // Hard bound on the whole run, whatever the broker does.
-    let limit = Duration::from_secs_f64(args.time * 2.0 + args.grace + args.settle + args.hold + 30.0);
+    // (The storm reconnects within another `--time`.)
+    let storm = if args.storm { args.time } else { 0.0 };
+    let limit = Duration::from_secs_f64(args.time * 2.0 + args.grace + args.settle + args.hold + storm + 30.0);
     runtime.block_on(async {
         tokio::time::timeout(limit, run(&args, addr, sub_addr))
             .await

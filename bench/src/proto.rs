@@ -268,6 +268,8 @@ pub fn parse_publish(v: Version, first: u8, body: &[u8]) -> Result<Publish<'_>> 
 pub struct ConnAck {
     /// Return code (3.1.1) or reason code (5.0); 0 is success.
     pub code: u8,
+    /// Session Present: the broker resumed a stored session.
+    pub session_present: bool,
     /// The server's Receive Maximum (5.0 only).
     pub receive_max: Option<u16>,
 }
@@ -286,7 +288,7 @@ pub fn parse_connack(v: Version, body: &[u8]) -> Result<ConnAck> {
         };
         receive_max = find_receive_max(props)?;
     }
-    Ok(ConnAck { code, receive_max })
+    Ok(ConnAck { code, session_present: body[0] & 1 == 1, receive_max })
 }
 
 /// Walks MQTT 5 properties looking for Receive Maximum (0x21).

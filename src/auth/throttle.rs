@@ -123,9 +123,12 @@ impl LoginThrottle {
             (Some(gate), true) => gate.acquire_owned().await.ok(),
             _ => None,
         };
+        let waited = permit.is_some();
         let ticket = LoginTicket { throttle: self, key: Some(key), settings, permit, succeeded: false };
-        // The failures of the logins it queued behind count too.
-        if let Err(throttled) = self.check(key, &settings, Instant::now()) {
+        // The failures of the logins it queued behind count too. Without
+        // a wait nothing changed since the first look: no second one (a
+        // lock and a lookup on every CONNECT, issue 25).
+        if waited && let Err(throttled) = self.check(key, &settings, Instant::now()) {
             // Not a login: it never reached the plugins.
             let mut ticket = ticket;
             ticket.succeeded = true;

@@ -11,7 +11,7 @@ use tracing::debug;
 
 use super::Connection;
 use super::policy::{self, AuthFailure};
-use crate::auth::{AuthzCache, ClientInfo, Throttled};
+use crate::auth::{ClientInfo, Throttled};
 use crate::broker::{AttachRefused, Broker};
 use crate::codec::{
     self, ConnAck, Connect, DecodeError, DecodeLimits, Packet, Properties, ProtocolVersion, ReasonCode,
@@ -22,10 +22,6 @@ use crate::message::Owner;
 use crate::metrics::{Limit, LocalCounts, Refusal};
 use crate::session::Attached;
 use crate::untrusted::Untrusted;
-
-/// Authorization verdicts a connection remembers: enough for the topics
-/// one device uses, small enough that 100k connections do not notice.
-const AUTHZ_CACHE_ENTRIES: usize = 64;
 
 /// The first packet gets its own, smaller size cap: before CONNECT nobody
 /// is authenticated, so nobody may make the broker buffer much.
@@ -39,6 +35,7 @@ pub(super) async fn handshake<S>(
     mut stream: S,
     peer: Peer,
     listener: &ListenerConfig,
+    listener_name: Arc<str>,
 ) -> Option<Box<Connection<S>>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -59,7 +56,7 @@ where
         }
     };
     tracing::Span::current().record("client_id", tracing::field::display(Untrusted(&negotiated.client_id)));
-    let mut client = client_info(&connect, &negotiated, &peer, listener);
+    let mut client = client_info(&connect, &negotiated, &peer, listener_name);
     let admitted_without_plugin = negotiated.cert_authenticated || listener.allow_anonymous.permits(peer.addr);
     let identifying =
         identify(&broker, &mut stream, &mut rbuf, &connect, &mut client, listener, admitted_without_plugin);
@@ -133,13 +130,13 @@ where
 
 /// What the plugins will be told about the client, before any of them
 /// granted anything.
-fn client_info(connect: &Connect, negotiated: &Negotiated, peer: &Peer, listener: &ListenerConfig) -> ClientInfo {
+fn client_info(connect: &Connect, negotiated: &Negotiated, peer: &Peer, listener: Arc<str>) -> ClientInfo {
     ClientInfo {
-        client_id: negotiated.client_id.to_string(),
+        client_id: negotiated.client_id.clone(),
         username: negotiated.username.as_deref().map(str::to_owned),
         claimed_username: connect.username.clone(),
         peer_address: peer.addr,
-        listener: listener.name.clone(),
+        listener,
         protocol: connect.protocol,
         tls: peer.tls.clone(),
         attributes: Vec::new(),
@@ -236,11 +233,11 @@ where
         rbuf: if rbuf.is_empty() { BytesMut::new() } else { rbuf },
         wbuf: BytesMut::new(),
         version: connect.protocol,
-        keep_alive: (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)),
+        // At most 65,535 s * 1,500: fits.
+        keep_alive_ms: std::num::NonZeroU32::new(u32::from(keep_alive) * 1500),
         last_read: Instant::now(),
         will: connect.will.clone().map(Box::new),
         #[cfg(feature = "cluster")]
-        will_registered: None,
         #[cfg(feature = "cluster")]
         subscriptions_changed: false,
         session_expiry_s,
@@ -253,11 +250,12 @@ where
         counts: LocalCounts { bytes_received: bytes_read, ..LocalCounts::default() },
         attached,
         broker: broker.clone(),
-        authz: AuthzCache::new(AUTHZ_CACHE_ENTRIES),
+        authz: None,
         reauth: None,
         held: None,
         input_pending: false,
         rare: None,
+        permits: None,
         client,
     });
     let publish_rate = crate::rate::TokenBucket::per_second(limits.max_publish_rate, std::time::Instant::now());
@@ -407,7 +405,9 @@ where
         return;
     }
     let delay_s = will.properties.will_delay_interval.unwrap_or(0).min(conn.session_expiry_s);
-    conn.will_registered = cluster.register_will(&conn.client.client_id, &will, delay_s).await;
+    if let Some(revision) = cluster.register_will(&conn.client.client_id, &will, delay_s).await {
+        conn.rare().will_registered = Some(revision);
+    }
 }
 
 /// What CONNECT negotiated.

@@ -6,6 +6,7 @@
 //! only place where errors become MQTT reason codes, and it logs a close
 //! once, at `debug` when the peer caused it.
 
+mod buffers;
 mod close;
 mod connect;
 mod identity;
@@ -22,7 +23,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, field};
 
@@ -33,6 +34,7 @@ use crate::config::ListenerConfig;
 use crate::identity::Peer;
 use crate::metrics::{Limit, LocalCounts};
 use crate::session::Attached;
+use buffers::{WRITE_KEEP, poll_read_some, settle_read_buffer};
 pub(crate) use close::Close;
 use close::leave_reason;
 
@@ -44,16 +46,13 @@ struct Connection<S> {
     wbuf: BytesMut,
     version: ProtocolVersion,
     attached: Attached,
-    /// 1.5 times the negotiated keep alive; `None` when keep alive is off.
-    keep_alive: Option<Duration>,
+    /// 1.5 times the negotiated keep alive, in milliseconds; `None` when
+    /// keep alive is off ([`Connection::keep_alive`]).
+    keep_alive_ms: Option<std::num::NonZeroU32>,
     last_read: Instant,
     /// Boxed, like `reauth`: each is large, rare or short-lived, and this
     /// struct lives as long as the connection.
     will: Option<Box<Will>>,
-    /// In a cluster: the revision under which the will is registered for
-    /// other nodes to publish should this one die (`cluster::wills`).
-    #[cfg(feature = "cluster")]
-    will_registered: Option<u64>,
     /// In a cluster: a SUBSCRIBE or UNSUBSCRIBE changed the session's
     /// subscriptions, so its consumer in JetStream follows before the
     /// acknowledgement goes out (`Cluster::keep`).
@@ -73,8 +72,9 @@ struct Connection<S> {
     /// force (from CONNECT, the certificate or an authenticator's grant),
     /// peer, listener, certificate identity and granted attributes.
     client: Arc<ClientInfo>,
-    /// This connection's memory of authorization verdicts.
-    authz: AuthzCache,
+    /// This connection's memory of authorization verdicts, made on the
+    /// first verdict to remember: an idle client asks for none (issue 25).
+    authz: Option<Box<AuthzCache>>,
     /// A re-authentication exchange under way, pinned to the plugin
     /// instance conducting it.
     reauth: Option<Box<crate::auth::AuthExchange>>,
@@ -95,7 +95,15 @@ struct Connection<S> {
     /// What most connections never need, made on first use
     /// ([`Connection::rare`]): an idle connection does not carry it.
     rare: Option<Box<Rare>>,
+    /// The connection's places in the connection limits, given back when
+    /// it ends. Here rather than in the task's future, which they would
+    /// push past a size class of tokio's task cells (issue 25).
+    permits: Option<Permits>,
 }
+
+/// A connection's places in the global and the listener's connection
+/// limits (`max_connections`).
+pub type Permits = (tokio::sync::OwnedSemaphorePermit, Option<tokio::sync::OwnedSemaphorePermit>);
 
 /// The parts of a connection that most clients never use (issue 25: 170
 /// bytes an idle connection would otherwise carry).
@@ -114,6 +122,10 @@ struct Rare {
     /// Retained messages matched by new subscriptions, not yet sent: they
     /// go out ahead of the session's queue as the window allows.
     retained: std::collections::VecDeque<crate::message::Delivery>,
+    /// In a cluster: the revision under which the will is registered for
+    /// other nodes to publish should this one die (`cluster::wills`).
+    #[cfg(feature = "cluster")]
+    will_registered: Option<u64>,
 }
 
 /// Serves one client connection to the end, over a stream on which any
@@ -125,12 +137,15 @@ struct Rare {
 /// authentication) is boxed and dropped once done, and what stays for
 /// the client's life is [`Connection::run`]'s future alone. An `async fn`
 /// would keep its arguments' room (and that of every enclosing one) in
-/// each idle connection's task (issue 25).
+/// each idle connection's task (issue 25). The connection holds
+/// `permits` until it ends; `name` is the listener's name, shared by its
+/// clients' [`ClientInfo`].
 pub fn serve<S>(
     broker: Arc<Broker>,
     stream: S,
     peer: Peer,
-    listener: Arc<ListenerConfig>,
+    (listener, name): (Arc<ListenerConfig>, Arc<str>),
+    permits: Permits,
 ) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -138,9 +153,12 @@ where
     use futures_util::FutureExt;
     use futures_util::future::Either;
     let span = tracing::debug_span!("conn", peer = %peer.addr, listener = %listener.name, client_id = field::Empty);
-    let handshake = async move { connect::handshake(broker, stream, peer, &listener).await };
+    let handshake = async move { connect::handshake(broker, stream, peer, &listener, name).await };
     Box::pin(handshake.instrument(span.clone())).then(move |conn| match conn {
-        Some(conn) => Either::Left(conn.run().instrument(span)),
+        Some(mut conn) => {
+            conn.permits = Some(permits);
+            Either::Left(conn.run().instrument(span))
+        }
         None => Either::Right(std::future::ready(())),
     })
 }
@@ -176,7 +194,7 @@ where
         // One timer for the connection's life: a read only moves
         // `last_read`, and the timer, when it fires early, moves on to the
         // new deadline (`poll_keep_alive`).
-        let mut keep_alive = std::pin::pin!(self.keep_alive.map(|ka| tokio::time::sleep_until(self.last_read + ka)));
+        let mut keep_alive = std::pin::pin!(self.keep_alive().map(|ka| tokio::time::sleep_until(self.last_read + ka)));
         loop {
             if self.want_drain {
                 self.want_drain = false;
@@ -251,7 +269,7 @@ where
         if woken {
             return Poll::Ready(Event::Woken);
         }
-        if let (Some(sleep), Some(ka)) = (keep_alive.as_pin_mut(), self.keep_alive)
+        if let (Some(sleep), Some(ka)) = (keep_alive.as_pin_mut(), self.keep_alive())
             && poll_keep_alive(sleep, cx, self.last_read + ka).is_ready()
         {
             return Poll::Ready(Event::Close(Close::KeepAliveTimeout));
@@ -280,6 +298,11 @@ where
         }
         self.input_pending = true;
         Ok(())
+    }
+
+    /// 1.5 times the negotiated keep alive; `None` when keep alive is off.
+    fn keep_alive(&self) -> Option<Duration> {
+        self.keep_alive_ms.map(|ms| Duration::from_millis(u64::from(ms.get())))
     }
 
     /// The connection's [`Rare`] parts, made now if need be.
@@ -489,9 +512,10 @@ where
         }
         // This node takes care of the will now.
         #[cfg(feature = "cluster")]
-        if let (Some(cluster), Some(revision)) =
-            (crate::cluster::Cluster::plugged(self.broker.replication()), self.will_registered)
-        {
+        if let (Some(cluster), Some(revision)) = (
+            crate::cluster::Cluster::plugged(self.broker.replication()),
+            self.rare.as_ref().and_then(|r| r.will_registered),
+        ) {
             cluster.unregister_will(&self.client.client_id, revision);
         }
         self.broker.metrics.flush(&mut self.counts);
@@ -507,6 +531,13 @@ where
 /// writes to subscribers as it goes; yielding every batch gets close to
 /// that, and flushes the batch's acknowledgements early.
 const INPUT_BATCH: usize = 64;
+
+/// The size of the boxed connection state every client holds while
+/// connected, for a test where the stream type is known (transport).
+#[cfg(test)]
+pub(crate) const fn size_of_connection<S>() -> usize {
+    std::mem::size_of::<Connection<S>>()
+}
 
 /// What woke an idle connection ([`Connection::poll_event`]).
 enum Event {
@@ -539,57 +570,5 @@ fn topic_over_limit(limits: &crate::config::Limits, topic: &str) -> Option<Limit
         Some(Limit::TopicLevels)
     } else {
         None
-    }
-}
-
-/// Idle connections are the common case, so a quiet connection holds no
-/// buffers between packets: it reads into this much stack and keeps only
-/// what it read (which the decoded packets then share, so a queued or
-/// retained message pins its own bytes, not a large buffer). A read that
-/// fills it marks the connection busy.
-const SCRATCH: usize = 4 * 1024;
-/// Spare room for the rest of a packet that a quiet connection has only
-/// partly sent.
-const READ_RESERVE: usize = 2 * 1024;
-/// Spare room while reads fill what they are given: a busy publisher gets
-/// larger reads (fewer syscalls, bigger batches per group commit).
-const READ_RESERVE_BUSY: usize = 64 * 1024;
-/// A flush smaller than this gives the write buffer back.
-const WRITE_KEEP: usize = 4 * 1024;
-
-/// Reads what is available: into the stack when the connection holds no
-/// read buffer, else into the buffer's spare room. A poll, not a future:
-/// the idle wait holds nothing for it.
-fn poll_read_some<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    rbuf: &mut BytesMut,
-    cx: &mut Context<'_>,
-) -> Poll<std::io::Result<usize>> {
-    if rbuf.capacity() == rbuf.len() {
-        if rbuf.is_empty() {
-            // On the stack of this poll only, never in the task's state.
-            let mut scratch = [const { std::mem::MaybeUninit::<u8>::uninit() }; SCRATCH];
-            let mut buf = tokio::io::ReadBuf::uninit(&mut scratch);
-            std::task::ready!(Pin::new(&mut *stream).poll_read(cx, &mut buf))?;
-            rbuf.extend_from_slice(buf.filled());
-            return Poll::Ready(Ok(buf.filled().len()));
-        }
-        rbuf.reserve(READ_RESERVE);
-    }
-    // `read_buf`'s future borrows and holds nothing else: made per poll.
-    std::pin::pin!(stream.read_buf(rbuf)).poll(cx)
-}
-
-/// After the packets of an `n`-byte read are handled, sizes the read buffer
-/// for the next read: none at all when the connection is quiet and nothing
-/// is left over, room for the rest of a partly sent packet, or a large
-/// buffer while reads come back full.
-fn settle_read_buffer(rbuf: &mut BytesMut, n: usize) {
-    if n >= SCRATCH {
-        rbuf.reserve(READ_RESERVE_BUSY);
-    } else if rbuf.is_empty() {
-        *rbuf = BytesMut::new();
-    } else {
-        rbuf.reserve(READ_RESERVE);
     }
 }

@@ -13,6 +13,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info};
 
 use super::{Close, Connection};
+use crate::auth::AuthzCache;
 use crate::auth::{
     Action, AuthExchange, AuthnOutcome, ClientInfo, Credentials, PluginMessage, Policy, TransformOutcome,
 };
@@ -20,6 +21,10 @@ use crate::broker::Broker;
 use crate::codec::{self, Auth, Connect, Packet, Properties, ProtocolVersion, QoS, ReasonCode, TopicName};
 use crate::message::Message;
 use crate::untrusted::Untrusted;
+
+/// Authorization verdicts a connection remembers: enough for the topics
+/// one device uses, small enough that 100k connections do not notice.
+const AUTHZ_CACHE_ENTRIES: usize = 64;
 
 /// Enhanced authentication may take this many round trips at most, so a
 /// plugin that always answers `continue` cannot hold a connection forever.
@@ -278,7 +283,8 @@ where
         // Boxed: a plugin call's future is large, and this one is kept in
         // the connection's state only while a plugin answers.
         let verdict = Box::pin(policy.authorize(&self.client, action, topic, qos, retain)).await;
-        self.authz.remember(now, action, topic, qos, retain, &verdict);
+        let cache = self.authz.get_or_insert_with(|| Box::new(AuthzCache::new(AUTHZ_CACHE_ENTRIES)));
+        cache.remember(now, action, topic, qos, retain, &verdict);
         if let Some(denial) = &verdict.denial {
             let client = self.client.clone();
             self.rare().denials.record(now, &client, action, topic, denial);
@@ -301,7 +307,7 @@ where
             return Some(true);
         }
         // Only allows are cached, so nothing here is logged.
-        self.authz.cached(now, policy, action, topic, qos, retain)
+        self.authz.as_mut()?.cached(now, policy, action, topic, qos, retain)
     }
 
     /// Applies the transform plugins registered for the message's topic,
@@ -344,7 +350,9 @@ where
         match authenticate_step(&policy, &mut exchange, &self.client, &credentials).await {
             AuthnOutcome::Allow(grant) => {
                 std::sync::Arc::make_mut(&mut self.client).apply_grant(&grant);
-                self.authz.clear();
+                if let Some(cache) = &mut self.authz {
+                    cache.clear();
+                }
                 self.attached.session.lock().client = Some(self.client.clone());
                 let data = grant.auth_data.map(|d| d.to_vec()).unwrap_or_default();
                 self.send(&auth_packet(ReasonCode::SUCCESS, &method, data));

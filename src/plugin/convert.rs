@@ -102,7 +102,8 @@ impl ClientScratch {
     /// Makes the record describe `c`, and returns it.
     pub(crate) fn fill(&mut self, c: &ClientInfo) -> &types::ClientInfo {
         let r = &mut self.record;
-        r.client_id.clone_from(&c.client_id);
+        r.client_id.clear();
+        r.client_id.push_str(&c.client_id);
         r.username.clone_from(&c.username);
         if self.peer != Some(c.peer_address) {
             r.peer_address.clear();
@@ -110,7 +111,8 @@ impl ClientScratch {
             let _ = write!(r.peer_address, "{}", c.peer_address);
             self.peer = Some(c.peer_address);
         }
-        r.listener.clone_from(&c.listener);
+        r.listener.clear();
+        r.listener.push_str(&c.listener);
         r.protocol_version = c.protocol.level();
         match (&mut r.tls, c.tls.as_deref()) {
             (Some(to), Some(from)) => {

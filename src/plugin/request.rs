@@ -16,8 +16,9 @@ use crate::identity::TlsIdentity;
 /// Who is asking: what the broker knows about a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientInfo {
-    /// MQTT client identifier.
-    pub client_id: String,
+    /// MQTT client identifier: shared with the session's (one copy per
+    /// client, issue 25).
+    pub client_id: Arc<str>,
     /// The verified user name, the one authorization may trust: the
     /// `username-override` of the authenticator that allowed the client,
     /// else the CONNECT user name that authenticator accepted, else the
@@ -31,8 +32,9 @@ pub struct ClientInfo {
     pub claimed_username: Option<String>,
     /// Remote address of the connection.
     pub peer_address: SocketAddr,
-    /// Name of the listener the client came through.
-    pub listener: String,
+    /// Name of the listener the client came through: one copy per
+    /// listener, shared by its clients (issue 25).
+    pub listener: Arc<str>,
     /// Protocol the connection speaks.
     pub protocol: ProtocolVersion,
     /// The verified certificate, for TLS clients that presented one.

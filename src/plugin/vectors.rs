@@ -489,11 +489,11 @@ fn client(spec: &ClientSpec) -> Result<ClientInfo, String> {
         })
     });
     Ok(ClientInfo {
-        client_id: spec.client_id.clone().unwrap_or_else(|| "test-client".to_owned()),
+        client_id: spec.client_id.as_deref().unwrap_or("test-client").into(),
         username: spec.username.clone(),
         claimed_username: spec.claimed_username.clone().or_else(|| spec.username.clone()),
         peer_address,
-        listener: spec.listener.clone().unwrap_or_else(|| "tcp".to_owned()),
+        listener: spec.listener.as_deref().unwrap_or("tcp").into(),
         protocol,
         tls,
         attributes: spec.attributes.clone().unwrap_or_default().into_iter().collect(),

@@ -168,8 +168,8 @@ impl Reloader {
         for session in self.broker.sessions.all() {
             let state = session.lock();
             let Some(client) = state.client.as_ref().filter(|_| state.online) else { continue };
-            if client.listener == listener && client.tls.as_ref().is_some_and(|id| configs.revokes(&id.revocation)) {
-                revoked.push(client.client_id.clone());
+            if *client.listener == *listener && client.tls.as_ref().is_some_and(|id| configs.revokes(&id.revocation)) {
+                revoked.push(client.client_id.to_string());
             }
         }
         revoked

@@ -12,7 +12,7 @@ mod replica;
 mod state;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
@@ -104,10 +104,18 @@ pub struct Session {
     /// deliveries plus a cancellation token and two waiters for takeover
     /// and shutdown (issue 25).
     signals: AtomicU8,
+    /// Whether a connection holds the session (attached to it, or taking
+    /// it over for another node): while one does, no other attaches
+    /// ([`Registry`]). A flag here rather than a mutex per registry entry
+    /// (issue 25).
+    held: AtomicBool,
     /// The attached connection's task, woken when a signal is set.
     waker: AtomicWaker,
     /// Wakes publishers holding deliveries this session's full queue
-    /// refused, once it has drained to half (see [`Session::offer`]).
+    /// refused, once it has drained to half (see [`Session::offer`]), and
+    /// newcomers waiting for the connection that holds the session to let
+    /// go ([`Session::released`]). Both look again when woken, so a wake
+    /// meant for the other costs one look.
     room: Notify,
     /// Messages dropped because the queue was full or the client offline.
     dropped: AtomicU64,
@@ -127,6 +135,7 @@ impl Session {
             client_id,
             state: Mutex::new(SessionState::new(bound)),
             signals: AtomicU8::new(0),
+            held: AtomicBool::new(false),
             waker: AtomicWaker::new(),
             room: Notify::new(),
             dropped: AtomicU64::new(0),
@@ -388,6 +397,26 @@ impl Session {
     /// [`Session::kick`].
     pub(crate) fn forget_connection(&self) {
         drop(self.waker.take());
+    }
+
+    /// Holds the session for a connection if none holds it; whether it
+    /// did.
+    pub(crate) fn try_hold(&self) -> bool {
+        !self.held.swap(true, Ordering::AcqRel)
+    }
+
+    /// The connection holding the session lets go of it, and whoever waits
+    /// for it ([`Session::released`]) looks again.
+    pub(crate) fn let_go(&self) {
+        self.held.store(false, Ordering::Release);
+        self.room.notify_waiters();
+    }
+
+    /// Resolves after the next [`Session::let_go`] (or a publisher's wake:
+    /// look again). Make it before looking, so a let-go in between is not
+    /// missed.
+    pub(crate) fn released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.room.notified()
     }
 
     /// Messages dropped for this session so far.

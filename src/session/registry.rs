@@ -1,14 +1,16 @@
 //! The session registry: client id -> session, with takeover.
 //!
 //! Touched only when clients connect and sessions end, never on the publish
-//! path, so one mutex over the map is enough.
+//! path, so one mutex over the map is enough. An entry is the session
+//! alone: which connection holds it is the session's own
+//! [`Session::try_hold`] flag, not a mutex of its own per entry (issue 25:
+//! 80 bytes per session).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use tokio::sync::OwnedMutexGuard;
 
 use super::{QueueBound, Session};
 
@@ -23,20 +25,28 @@ pub struct Attached {
     pub present: bool,
     /// The generation of this attachment, for timers armed at detach.
     pub generation: u64,
-    _exclusive: OwnedMutexGuard<()>,
+}
+
+impl Drop for Attached {
+    /// Lets go of the session: a newcomer waiting for it goes on.
+    fn drop(&mut self) {
+        self.session.let_go();
+    }
+}
+
+/// A hold on a session that is not an attachment ([`Registry::take`]).
+struct Hold<'a>(&'a Session);
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        self.0.let_go();
+    }
 }
 
 /// Sessions by client id.
 #[derive(Debug, Default)]
 pub struct Registry {
-    sessions: Mutex<HashMap<Arc<str>, Entry>>,
-}
-
-#[derive(Debug, Clone)]
-struct Entry {
-    session: Arc<Session>,
-    /// Held by the attached connection; see [`Attached`].
-    exclusive: Arc<tokio::sync::Mutex<()>>,
+    sessions: Mutex<HashMap<Arc<str>, Arc<Session>>>,
 }
 
 /// How long a newcomer waits for a kicked connection to let go.
@@ -59,45 +69,49 @@ impl Registry {
         let existing = self.sessions.lock().get(client_id).cloned();
         let mut replacing = None;
         if let Some(old) = existing {
-            old.session.kick(false);
-            let guard = tokio::time::timeout(TAKEOVER_WAIT, old.exclusive.clone().lock_owned()).await.ok()?;
+            old.kick(false);
+            if !hold(&old).await {
+                return None;
+            }
             if clean_start {
-                drop(guard);
-                discard(&old.session);
-            } else if self.is_registered(&old.session) {
-                return Some(Self::finish(old.session, true, guard));
+                old.let_go();
+                discard(&old);
+            } else if self.is_registered(&old) {
+                return Some(Self::finish(old, true));
+            } else {
+                old.let_go();
             }
             // Otherwise the session ended while we waited (the old
             // connection had no session expiry): start a new one.
-            replacing = Some(old.session);
+            replacing = Some(old);
         }
-        let entry = self.insert_new(client_id, bound, replacing.as_ref());
-        let guard = tokio::time::timeout(TAKEOVER_WAIT, entry.exclusive.clone().lock_owned()).await.ok()?;
-        Some(Self::finish(entry.session, false, guard))
+        let session = self.insert_new(client_id, bound, replacing.as_ref());
+        if !hold(&session).await {
+            return None;
+        }
+        Some(Self::finish(session, false))
     }
 
     fn is_registered(&self, session: &Arc<Session>) -> bool {
-        self.sessions.lock().get(session.client_id()).is_some_and(|e| Arc::ptr_eq(&e.session, session))
+        self.sessions.lock().get(session.client_id()).is_some_and(|s| Arc::ptr_eq(s, session))
     }
 
-    fn insert_new(&self, client_id: &Arc<str>, bound: QueueBound, replacing: Option<&Arc<Session>>) -> Entry {
-        let entry = Entry {
-            session: Arc::new(Session::new(client_id.clone(), bound)),
-            exclusive: Arc::new(tokio::sync::Mutex::new(())),
-        };
+    fn insert_new(&self, client_id: &Arc<str>, bound: QueueBound, replacing: Option<&Arc<Session>>) -> Arc<Session> {
+        let session = Arc::new(Session::new(client_id.clone(), bound));
         let mut map = self.sessions.lock();
         // If someone else raced us to a new session for this id, replace it
         // only if it is the one we meant to replace (or there was none).
         match map.get(client_id) {
-            Some(current) if replacing.is_none_or(|r| !Arc::ptr_eq(&current.session, r)) => current.clone(),
+            Some(current) if replacing.is_none_or(|r| !Arc::ptr_eq(current, r)) => current.clone(),
             _ => {
-                map.insert(client_id.clone(), entry.clone());
-                entry
+                map.insert(client_id.clone(), session.clone());
+                session
             }
         }
     }
 
-    fn finish(session: Arc<Session>, present: bool, guard: OwnedMutexGuard<()>) -> Attached {
+    /// Attaches the connection that holds `session` ([`hold`]).
+    fn finish(session: Arc<Session>, present: bool) -> Attached {
         let generation = {
             let mut state = session.lock();
             state.online = true;
@@ -113,7 +127,7 @@ impl Registry {
             session.clear_signals();
             state.generation
         };
-        Attached { session, present, generation, _exclusive: guard }
+        Attached { session, present, generation }
     }
 
     /// Makes the connection attached to the session of `client_id` (if
@@ -122,20 +136,19 @@ impl Registry {
     /// `None` when there is no such session, it ended while the old
     /// connection left, or that connection did not let go in time.
     pub async fn take<R>(&self, client_id: &str, take: impl FnOnce(&Arc<Session>) -> R) -> Option<R> {
-        let entry = self.sessions.lock().get(client_id).cloned()?;
-        entry.session.kick(false);
-        let _guard = tokio::time::timeout(TAKEOVER_WAIT, entry.exclusive.lock_owned()).await.ok()?;
-        self.is_registered(&entry.session).then(|| take(&entry.session))
+        let session = self.sessions.lock().get(client_id).cloned()?;
+        session.kick(false);
+        if !hold(&session).await {
+            return None;
+        }
+        let _hold = Hold(&session);
+        self.is_registered(&session).then(|| take(&session))
     }
 
     /// Registers a session recovered from the store, offline.
     pub fn restore(&self, client_id: Arc<str>, bound: QueueBound) -> Arc<Session> {
-        let entry = Entry {
-            session: Arc::new(Session::new(client_id.clone(), bound)),
-            exclusive: Arc::new(tokio::sync::Mutex::new(())),
-        };
-        let session = entry.session.clone();
-        self.sessions.lock().insert(client_id, entry);
+        let session = Arc::new(Session::new(client_id.clone(), bound));
+        self.sessions.lock().insert(client_id, session.clone());
         session
     }
 
@@ -144,7 +157,7 @@ impl Registry {
     pub fn remove(&self, session: &Arc<Session>) -> bool {
         let mut map = self.sessions.lock();
         match map.get(session.client_id()) {
-            Some(e) if Arc::ptr_eq(&e.session, session) => {
+            Some(s) if Arc::ptr_eq(s, session) => {
                 map.remove(session.client_id());
                 true
             }
@@ -154,7 +167,7 @@ impl Registry {
 
     /// The session registered for `client_id`.
     pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {
-        self.sessions.lock().get(client_id).map(|e| e.session.clone())
+        self.sessions.lock().get(client_id).cloned()
     }
 
     /// Number of sessions, connected or not.
@@ -169,6 +182,23 @@ impl Registry {
 
     /// Every session (for shutdown and administration).
     pub fn all(&self) -> Vec<Arc<Session>> {
-        self.sessions.lock().values().map(|e| e.session.clone()).collect()
+        self.sessions.lock().values().cloned().collect()
     }
+}
+
+/// Waits, at most [`TAKEOVER_WAIT`], until the connection attached to
+/// `session` (if any) has let go, and holds the session then; whether it
+/// did. The caller lets go ([`Session::let_go`]) or attaches.
+async fn hold(session: &Session) -> bool {
+    let wait = async {
+        loop {
+            // Made before looking, so a let-go in between wakes it.
+            let released = session.released();
+            if session.try_hold() {
+                return;
+            }
+            released.await;
+        }
+    };
+    tokio::time::timeout(TAKEOVER_WAIT, wait).await.is_ok()
 }

@@ -153,7 +153,7 @@ impl SessionState {
             username: client.username.clone(),
             claimed_username: client.claimed_username.clone(),
             peer: client.peer_address,
-            listener: client.listener.clone(),
+            listener: client.listener.to_string(),
             protocol: client.protocol,
             since,
         })
