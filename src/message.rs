@@ -95,6 +95,16 @@ impl Message {
         if let Some(bytes) = slot.get() {
             return Some(bytes);
         }
+        let forwards = self.properties.payload_format_indicator.is_some()
+            || self.properties.content_type.is_some()
+            || self.properties.response_topic.is_some()
+            || self.properties.correlation_data.is_some()
+            || !self.properties.user_properties.is_empty();
+        if !(version.is_v5() && forwards) {
+            // The common case: no properties to carry, no packet to build.
+            let bytes = crate::codec::encode_qos0(self.topic.as_str(), &self.payload, version).ok()?;
+            return Some(slot.get_or_init(|| bytes));
+        }
         let publish = Publish {
             dup: false,
             qos: QoS::AtMostOnce,
@@ -242,6 +252,28 @@ mod tests {
         let first = m.qos0_packet(ProtocolVersion::V311).expect("encodable").as_ptr();
         assert_eq!(m.qos0_packet(ProtocolVersion::V311).expect("encodable").as_ptr(), first);
         assert!(m.clone().encoded.0.iter().all(|slot| slot.get().is_none()));
+    }
+
+    #[test]
+    fn the_shared_qos0_packet_is_what_the_encoder_writes() {
+        let topic = TopicName::new("a/b").expect("a valid topic");
+        for (props, payload) in [(Properties::default(), &b"x"[..]), (message(None).properties, &[7u8; 300][..])] {
+            let m = Message::new(topic.clone(), Bytes::copy_from_slice(payload), QoS::AtLeastOnce, true, &props);
+            for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+                let publish = Publish {
+                    dup: false,
+                    qos: QoS::AtMostOnce,
+                    retain: false,
+                    topic: topic.clone(),
+                    packet_id: None,
+                    properties: if version.is_v5() { props.clone() } else { Properties::default() },
+                    payload: m.payload.clone(),
+                };
+                let mut expected = BytesMut::new();
+                crate::codec::encode(&Packet::Publish(publish), version, &mut expected).expect("encodable");
+                assert_eq!(m.qos0_packet(version).expect("encodable")[..], expected[..], "{version:?}");
+            }
+        }
     }
 
     #[test]
