@@ -121,6 +121,9 @@ where
         let store = &*broker.store;
         let (mut expired, mut refused, mut too_large) = (0, 0, 0);
         let mut undecided = None;
+        // Whether the delivery at hand is a retained message sent because
+        // of a new subscription (one receiver: its QoS 0 bytes not kept).
+        let mut retained_send = false;
         loop {
             let (delivery, verdict) = match decided.take() {
                 Some((delivery, allowed)) => (delivery, Some(allowed)),
@@ -139,8 +142,14 @@ where
                         break;
                     }
                     let next = match self.rare.as_mut().filter(|r| !r.retained.is_empty()) {
-                        Some(rare) => rare.retained.pop_front(),
-                        None => state.pop_pending(),
+                        Some(rare) => {
+                            retained_send = true;
+                            rare.retained.pop_front()
+                        }
+                        None => {
+                            retained_send = false;
+                            state.pop_pending()
+                        }
                     };
                     let Some(delivery) = next else { break };
                     (delivery, None)
@@ -172,7 +181,7 @@ where
                 continue;
             }
             if delivery.qos == QoS::AtMostOnce
-                && let Some(sent) = self.send_qos0_shared(&delivery)
+                && let Some(sent) = self.send_qos0_shared(&delivery, retained_send)
             {
                 if sent {
                     self.counts.sent(delivery.qos);
@@ -223,6 +232,11 @@ where
         }
         session.notify_room(&mut state);
         drop(state);
+        if let Some(rare) = self.rare.as_mut().filter(|r| r.retained.is_empty() && r.retained.capacity() > 64) {
+            // A subscription matched many retained messages: all sent,
+            // their queue's room goes back.
+            rare.retained = std::collections::VecDeque::new();
+        }
         if stored_qos2 {
             self.await_store();
         }
@@ -237,12 +251,19 @@ where
     /// ([`crate::router::Message::qos0_packet`]): one copy, no packet built.
     /// `Some(false)` when the client's Maximum Packet Size refuses it,
     /// `None` when this delivery needs its own packet (v5 subscription
-    /// identifiers, an expiry).
-    fn send_qos0_shared(&mut self, delivery: &Delivery) -> Option<bool> {
+    /// identifiers, an expiry). A retained message sent because of a new
+    /// subscription (`unshared`) keeps no encoding in the retained store.
+    fn send_qos0_shared(&mut self, delivery: &Delivery, unshared: bool) -> Option<bool> {
         if self.version.is_v5() && !delivery.subscription_ids.is_empty() {
             return None;
         }
-        let bytes = delivery.message.qos0_packet(self.version)?;
+        let once;
+        let bytes = if unshared {
+            once = delivery.message.qos0_packet_unshared(self.version)?;
+            &once
+        } else {
+            delivery.message.qos0_packet(self.version)?
+        };
         if self.client_max_packet.is_some_and(|max| bytes.len() > max as usize) {
             return Some(false);
         }
@@ -257,7 +278,7 @@ where
     fn publish_packet(&self, delivery: &Delivery, packet_id: Option<crate::codec::PacketId>, dup: bool) -> Publish {
         let message = &delivery.message;
         let properties = if self.version.is_v5() {
-            let mut p = message.properties.clone();
+            let mut p = message.properties.to_properties();
             p.message_expiry_interval = message.remaining_expiry(std::time::Instant::now());
             p.subscription_identifiers.clone_from(&delivery.subscription_ids);
             p
