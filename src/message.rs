@@ -30,8 +30,8 @@ pub struct Message {
     /// The properties forwarded to receivers: payload format, content type,
     /// response topic, correlation data and user properties. Per-hop
     /// properties (topic alias, subscription identifiers, expiry) are not
-    /// kept here.
-    pub properties: Properties,
+    /// kept here. Read through `Deref`; boxed, and absent when none is set.
+    pub properties: Forwarded,
     /// When the message expires (v5 Message Expiry Interval).
     pub expires_at: Option<Instant>,
     /// The message as a QoS 0 PUBLISH, encoded by the first receiver that
@@ -39,13 +39,55 @@ pub struct Message {
     pub encoded: EncodedOnce,
 }
 
+/// The properties a message forwards ([`Message::properties`]), boxed and
+/// only when one is set: most messages carry none, and a `Properties` is
+/// several hundred bytes that every retained or queued message would
+/// otherwise hold (issue 25). Reads as a `Properties` (empty when absent).
+#[derive(Clone, Default, PartialEq)]
+pub struct Forwarded(Option<Box<Properties>>);
+
+impl Forwarded {
+    /// The properties as an owned value, to build a packet from.
+    pub fn to_properties(&self) -> Properties {
+        self.0.as_deref().cloned().unwrap_or_default()
+    }
+
+    /// Whether no property is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
+impl From<Properties> for Forwarded {
+    fn from(properties: Properties) -> Forwarded {
+        Forwarded((properties != Properties::default()).then(|| Box::new(properties)))
+    }
+}
+
+impl std::ops::Deref for Forwarded {
+    type Target = Properties;
+
+    fn deref(&self) -> &Properties {
+        static EMPTY: std::sync::LazyLock<Properties> = std::sync::LazyLock::new(Properties::default);
+        self.0.as_deref().unwrap_or(&EMPTY)
+    }
+}
+
+impl std::fmt::Debug for Forwarded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
 /// A message's QoS 0 PUBLISH, encoded once per protocol version and shared
 /// by every receiver of that version: fan-out copies these bytes into each
 /// connection's write buffer instead of building and encoding a packet per
 /// delivery (issue 25). A clone starts empty, so a message changed after
-/// cloning can never send the bytes of the original.
+/// cloning can never send the bytes of the original. Boxed on first use:
+/// a message never delivered at QoS 0 (most retained ones) holds 16 bytes
+/// for it, not 80.
 #[derive(Default)]
-pub struct EncodedOnce([OnceLock<Bytes>; 2]);
+pub struct EncodedOnce(OnceLock<Box<[OnceLock<Bytes>; 2]>>);
 
 impl Clone for EncodedOnce {
     fn clone(&self) -> EncodedOnce {
@@ -70,13 +112,18 @@ impl Message {
             qos,
             retain,
             expires_at: props.message_expiry_interval.map(|s| now + Duration::from_secs(u64::from(s))),
-            properties: Properties {
-                payload_format_indicator: props.payload_format_indicator,
-                content_type: props.content_type.clone(),
-                response_topic: props.response_topic.clone(),
-                correlation_data: props.correlation_data.clone(),
-                user_properties: props.user_properties.clone(),
-                ..Properties::default()
+            properties: if forwards_any(props) {
+                Properties {
+                    payload_format_indicator: props.payload_format_indicator,
+                    content_type: props.content_type.clone(),
+                    response_topic: props.response_topic.clone(),
+                    correlation_data: props.correlation_data.clone(),
+                    user_properties: props.user_properties.clone(),
+                    ..Properties::default()
+                }
+                .into()
+            } else {
+                Forwarded::default()
             },
             encoded: EncodedOnce::default(),
         }
@@ -91,9 +138,35 @@ impl Message {
         if version.is_v5() && self.expires_at.is_some() {
             return None;
         }
-        let slot = &self.encoded.0[usize::from(version.is_v5())];
+        let slot = &self.encoded.0.get_or_init(Box::default)[usize::from(version.is_v5())];
         if let Some(bytes) = slot.get() {
             return Some(bytes);
+        }
+        let bytes = self.encode_qos0(version)?;
+        Some(slot.get_or_init(|| bytes))
+    }
+
+    /// [`Message::qos0_packet`] for a message that goes to one receiver
+    /// now (a retained message sent to a new subscription): the shared
+    /// bytes if some receiver already had them encoded, else encoded for
+    /// this send and not kept, so that the retained store does not end up
+    /// holding a second copy of every message it sent (issue 25).
+    pub fn qos0_packet_unshared(&self, version: ProtocolVersion) -> Option<Bytes> {
+        if version.is_v5() && self.expires_at.is_some() {
+            return None;
+        }
+        let shared = self.encoded.0.get().and_then(|slots| slots[usize::from(version.is_v5())].get());
+        match shared {
+            Some(bytes) => Some(bytes.clone()),
+            None => self.encode_qos0(version),
+        }
+    }
+
+    /// The message as a QoS 0 PUBLISH for `version`, retain clear.
+    fn encode_qos0(&self, version: ProtocolVersion) -> Option<Bytes> {
+        if !version.is_v5() || self.properties.is_empty() {
+            // The common case: no properties to carry, no packet to build.
+            return crate::codec::encode_qos0(self.topic.as_str(), &self.payload, version).ok();
         }
         let publish = Publish {
             dup: false,
@@ -101,12 +174,12 @@ impl Message {
             retain: false,
             topic: self.topic.clone(),
             packet_id: None,
-            properties: if version.is_v5() { self.properties.clone() } else { Properties::default() },
+            properties: if version.is_v5() { self.properties.to_properties() } else { Properties::default() },
             payload: self.payload.clone(),
         };
         let mut buf = BytesMut::new();
         crate::codec::encode(&Packet::Publish(publish), version, &mut buf).ok()?;
-        Some(slot.get_or_init(|| buf.freeze()))
+        Some(buf.freeze())
     }
 
     /// Whether the message has outlived its expiry interval.
@@ -123,6 +196,43 @@ impl Message {
             u32::try_from(secs).unwrap_or(u32::MAX)
         })
     }
+}
+
+/// A message in a set keyed by its topic (the retained store's): the
+/// message's own topic is the key, so an entry is one pointer instead of
+/// a second `TopicName` beside it (issue 25: bytes per retained message).
+/// Replace an entry with `HashSet::replace`: `insert` keeps the old one.
+#[derive(Debug, Clone)]
+pub struct ByTopic(pub Arc<Message>);
+
+impl std::borrow::Borrow<str> for ByTopic {
+    fn borrow(&self) -> &str {
+        self.0.topic.as_str()
+    }
+}
+
+impl std::hash::Hash for ByTopic {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `str` hashes, which `Borrow<str>` requires.
+        self.0.topic.as_str().hash(state);
+    }
+}
+
+impl PartialEq for ByTopic {
+    fn eq(&self, other: &ByTopic) -> bool {
+        self.0.topic == other.0.topic
+    }
+}
+
+impl Eq for ByTopic {}
+
+/// Whether `props` sets any property a message forwards.
+fn forwards_any(props: &Properties) -> bool {
+    props.payload_format_indicator.is_some()
+        || props.content_type.is_some()
+        || props.response_topic.is_some()
+        || props.correlation_data.is_some()
+        || !props.user_properties.is_empty()
 }
 
 /// One message on its way to one session.
@@ -241,7 +351,47 @@ mod tests {
         // The same bytes for every receiver, and none for a changed clone.
         let first = m.qos0_packet(ProtocolVersion::V311).expect("encodable").as_ptr();
         assert_eq!(m.qos0_packet(ProtocolVersion::V311).expect("encodable").as_ptr(), first);
-        assert!(m.clone().encoded.0.iter().all(|slot| slot.get().is_none()));
+        assert!(m.clone().encoded.0.get().is_none());
+        let once = message(None);
+        let unshared = once.qos0_packet_unshared(ProtocolVersion::V311).expect("encodable");
+        assert!(once.encoded.0.get().is_none(), "a retained send keeps no copy");
+        assert_eq!(unshared, m.qos0_packet(ProtocolVersion::V311).expect("encodable"));
+    }
+
+    #[test]
+    fn the_shared_qos0_packet_is_what_the_encoder_writes() {
+        let topic = TopicName::new("a/b").expect("a valid topic");
+        for (props, payload) in
+            [(Properties::default(), &b"x"[..]), (message(None).properties.to_properties(), &[7u8; 300][..])]
+        {
+            let m = Message::new(topic.clone(), Bytes::copy_from_slice(payload), QoS::AtLeastOnce, true, &props);
+            for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+                let publish = Publish {
+                    dup: false,
+                    qos: QoS::AtMostOnce,
+                    retain: false,
+                    topic: topic.clone(),
+                    packet_id: None,
+                    properties: if version.is_v5() { props.clone() } else { Properties::default() },
+                    payload: m.payload.clone(),
+                };
+                let mut expected = BytesMut::new();
+                crate::codec::encode(&Packet::Publish(publish), version, &mut expected).expect("encodable");
+                assert_eq!(m.qos0_packet(version).expect("encodable")[..], expected[..], "{version:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_message_stays_small() {
+        // Every retained and queued message is one (issue 25: bytes per
+        // retained message); a property set costs a box of its own.
+        let size = std::mem::size_of::<Message>();
+        assert!(size <= 104, "a message takes {size} bytes");
+        assert!(message(None).properties.content_type.is_some(), "kept when set");
+        let topic = TopicName::new("t").expect("valid");
+        let bare = Message::new(topic, Bytes::new(), QoS::AtMostOnce, false, &Properties::default());
+        assert!(bare.properties.is_empty() && bare.properties.user_properties.is_empty());
     }
 
     #[test]

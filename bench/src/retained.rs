@@ -75,7 +75,11 @@ pub async fn run(args: &Args, addr: SocketAddr, v: Version) -> Result<Report> {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let mut rep = Report::new(Scenario::Retained.name(), v.number(), args.qos, json!(null));
-    usage.finish(&mut rep)?;
+    if let Some((stored, _)) = usage.finish(&mut rep)? {
+        // The broker's RSS with every message stored, before the subscribe
+        // (`bench/retained` takes bytes per retained message from it).
+        rep.set("stored_rss_kib", json!(stored.rss_kib));
+    }
     let _ = stop_tx.send(true);
     let got = sub.task.await??;
     got.writer.disconnect().await;

@@ -103,7 +103,8 @@ pub fn decode(topic: TopicName, payload: Bytes, header: &str, now: Instant) -> O
             correlation_data: e.correlation_data.map(Bytes::copy_from_slice),
             user_properties: e.user_properties.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect(),
             ..Properties::default()
-        },
+        }
+        .into(),
         expires_at: e.expiry_ms.map(|ms| now + Duration::from_millis(ms)),
         encoded: Default::default(),
     })

@@ -63,6 +63,34 @@ pub fn encode(packet: &Packet, version: ProtocolVersion, buf: &mut BytesMut) -> 
     body(buf, packet, version)
 }
 
+/// A QoS 0 PUBLISH of `payload` to `topic` without properties (an empty
+/// property list in v5), retain and DUP clear: the bytes [`encode`] gives
+/// for that packet, written from the parts without building a [`Publish`]
+/// (issue 25: the shared packet of a QoS 0 fan-out, once per message).
+///
+/// # Errors
+/// [`EncodeError`] for an empty or overlong topic or an oversized packet.
+pub fn encode_qos0(topic: &str, payload: &[u8], version: ProtocolVersion) -> Result<bytes::Bytes, EncodeError> {
+    if topic.is_empty() {
+        return Err(EncodeError::InvalidTopicName);
+    }
+    let topic_len = u16::try_from(topic.len()).map_err(|_| EncodeError::StringTooLong)?;
+    let remaining = 2 + topic.len() + usize::from(version.is_v5()) + payload.len();
+    if remaining > VARINT_MAX as usize {
+        return Err(EncodeError::TooLarge);
+    }
+    let mut buf = BytesMut::with_capacity(1 + varint_len(remaining) + remaining);
+    BufMut::put_u8(&mut buf, 0x30);
+    buf.put_varint(remaining)?;
+    BufMut::put_u16(&mut buf, topic_len);
+    BufMut::put_slice(&mut buf, topic.as_bytes());
+    if version.is_v5() {
+        BufMut::put_u8(&mut buf, 0);
+    }
+    BufMut::put_slice(&mut buf, payload);
+    Ok(buf.freeze())
+}
+
 /// The number of bytes [`encode`] would append, fixed header included.
 ///
 /// # Errors

@@ -57,7 +57,7 @@ pub mod types;
 mod wire;
 
 pub use decode::{DecodeError, DecodeLimits, connect_version, decode, decode_with};
-pub use encode::{EncodeError, encode, encoded_len, v311_connack_return_code};
+pub use encode::{EncodeError, encode, encode_qos0, encoded_len, v311_connack_return_code};
 pub use packet::*;
 pub use topic::{TopicError, TopicFilter, TopicName};
 pub use types::{PacketId, ProtocolVersion, QoS, ReasonCode};

@@ -14,12 +14,14 @@ use crate::message::Message;
 use crate::metrics::{DropReason, Limit};
 use crate::session::{Held, Refusal, Session};
 
-/// A QoS 1/2 publish some of whose deliveries met full queues of
-/// connected subscribers. The connection holds them, and the publish's
+/// A publish some of whose deliveries met full queues of connected
+/// subscribers. The connection holds them, and a QoS 1/2 publish's
 /// acknowledgement, and reads nothing more from its client until they are
 /// queued or `limits.queue_full_wait_ms` runs out: the publisher is paced
 /// by the slowest subscriber it shares a topic with, as TCP would pace it,
-/// rather than acknowledged and then dropped. Held copies for persistent
+/// rather than acknowledged and then dropped (QoS 0 too, issue 25: a full
+/// queue mostly means this task routed a burst before the subscriber's
+/// task ran). Held copies for persistent
 /// sessions are stored all the same, in the commit that stores a QoS 2
 /// packet id, so a crash while holding keeps the copies and the id
 /// together, as for a publish that was not held.
@@ -204,7 +206,7 @@ where
         // anyone else's message is delivered without being retained.
         let refuse = self.version.is_v5() && qos != QoS::AtMostOnce;
         let mut held = Vec::new();
-        let hold = (qos != QoS::AtMostOnce && wait_ms > 0).then_some(&mut held);
+        let hold = (wait_ms > 0).then_some(&mut held);
         let routed = match transformed {
             Some(Some(message)) => {
                 let acknowledged = qos != QoS::AtMostOnce;

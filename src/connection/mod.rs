@@ -566,7 +566,7 @@ fn poll_keep_alive(mut sleep: Pin<&mut tokio::time::Sleep>, cx: &mut Context<'_>
 fn topic_over_limit(limits: &crate::config::Limits, topic: &str) -> Option<Limit> {
     if topic.len() > limits.max_topic_length {
         Some(Limit::TopicLength)
-    } else if topic.split('/').count() > limits.max_topic_levels {
+    } else if topic.bytes().filter(|&b| b == b'/').count() + 1 > limits.max_topic_levels {
         Some(Limit::TopicLevels)
     } else {
         None

@@ -132,10 +132,12 @@ where
         let mut drained = Drained::default();
         let mut undecided = None;
         loop {
-            let (delivery, verdict) = match decided.take() {
-                Some((delivery, allowed)) => (delivery, Some(allowed)),
+            // `retained_send`: a retained message sent because of a new
+            // subscription (one receiver: its QoS 0 bytes are not kept).
+            let (delivery, verdict, retained_send) = match decided.take() {
+                Some((delivery, allowed)) => (delivery, Some(allowed), false),
                 None => match self.next_to_send(&session, &mut state) {
-                    Some(delivery) => (delivery, None),
+                    Some((delivery, retained_send)) => (delivery, None, retained_send),
                     None => break,
                 },
             };
@@ -164,11 +166,16 @@ where
                     self.broker.delivered(client_id, &delivery);
                     drained.refused += 1;
                 }
-                Some(true) => self.send_delivery(delivery, client_id, &mut state, &mut drained),
+                Some(true) => self.send_delivery(delivery, retained_send, client_id, &mut state, &mut drained),
             }
         }
         session.notify_room(&mut state);
         drop(state);
+        if let Some(rare) = self.rare.as_mut().filter(|r| r.retained.is_empty() && r.retained.capacity() > 64) {
+            // A subscription matched many retained messages: all sent,
+            // their queue's room goes back.
+            rare.retained = std::collections::VecDeque::new();
+        }
         if drained.stored_qos2 {
             self.await_store();
         }
@@ -181,8 +188,8 @@ where
 
     /// The next delivery to send, if the budget and the client's window
     /// let one go: retained messages for new subscriptions first, then the
-    /// queue.
-    fn next_to_send(&mut self, session: &Session, state: &mut SessionState) -> Option<Delivery> {
+    /// queue; and whether it is such a retained message.
+    fn next_to_send(&mut self, session: &Session, state: &mut SessionState) -> Option<(Delivery, bool)> {
         let retained = self.retained_waiting();
         let front = retained.and_then(|r| r.front()).or(state.pending.front())?;
         if self.wbuf.len() >= DRAIN_BUDGET {
@@ -195,8 +202,8 @@ where
             return None;
         }
         match self.rare.as_mut().filter(|r| !r.retained.is_empty()) {
-            Some(rare) => rare.retained.pop_front(),
-            None => state.pop_pending(),
+            Some(rare) => rare.retained.pop_front().map(|d| (d, true)),
+            None => state.pop_pending().map(|d| (d, false)),
         }
     }
 
@@ -206,12 +213,13 @@ where
     fn send_delivery(
         &mut self,
         delivery: Delivery,
+        retained_send: bool,
         client_id: &Arc<str>,
         state: &mut SessionState,
         drained: &mut Drained,
     ) {
         if delivery.qos == QoS::AtMostOnce
-            && let Some(sent) = self.send_qos0_shared(&delivery)
+            && let Some(sent) = self.send_qos0_shared(&delivery, retained_send)
         {
             if sent {
                 self.counts.sent(delivery.qos);
@@ -268,12 +276,19 @@ where
     /// ([`crate::router::Message::qos0_packet`]): one copy, no packet built.
     /// `Some(false)` when the client's Maximum Packet Size refuses it,
     /// `None` when this delivery needs its own packet (v5 subscription
-    /// identifiers, an expiry).
-    fn send_qos0_shared(&mut self, delivery: &Delivery) -> Option<bool> {
+    /// identifiers, an expiry). A retained message sent because of a new
+    /// subscription (`unshared`) keeps no encoding in the retained store.
+    fn send_qos0_shared(&mut self, delivery: &Delivery, unshared: bool) -> Option<bool> {
         if self.version.is_v5() && !delivery.subscription_ids.is_empty() {
             return None;
         }
-        let bytes = delivery.message.qos0_packet(self.version)?;
+        let once;
+        let bytes = if unshared {
+            once = delivery.message.qos0_packet_unshared(self.version)?;
+            &once
+        } else {
+            delivery.message.qos0_packet(self.version)?
+        };
         if self.client_max_packet.is_some_and(|max| bytes.len() > max as usize) {
             return Some(false);
         }
@@ -288,7 +303,7 @@ where
     fn publish_packet(&self, delivery: &Delivery, packet_id: Option<crate::codec::PacketId>, dup: bool) -> Publish {
         let message = &delivery.message;
         let properties = if self.version.is_v5() {
-            let mut p = message.properties.clone();
+            let mut p = message.properties.to_properties();
             p.message_expiry_interval = message.remaining_expiry(std::time::Instant::now());
             p.subscription_identifiers.clone_from(&delivery.subscription_ids);
             p

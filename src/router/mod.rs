@@ -156,14 +156,14 @@ impl Router {
         let mut matches = Vec::new();
         // Share groups with no member connected: they keep the message.
         let mut unserved = Vec::new();
-        let in_queue = match scope {
+        // How many subscriber lists the matches came from: from one, no
+        // session is there twice.
+        let (in_queue, lists) = match scope {
             Scope::All { in_queue } => {
-                self.trie.read().matches_scoped(message.topic.as_str(), true, &mut matches, &mut unserved);
-                in_queue
+                (in_queue, self.trie.read().matches_scoped(message.topic.as_str(), true, &mut matches, &mut unserved))
             }
             Scope::Plain { in_queue } => {
-                self.trie.read().matches_scoped(message.topic.as_str(), false, &mut matches, &mut unserved);
-                in_queue
+                (in_queue, self.trie.read().matches_scoped(message.topic.as_str(), false, &mut matches, &mut unserved))
             }
             Scope::Group { filter, group } => {
                 let trie = self.trie.read();
@@ -171,7 +171,7 @@ impl Router {
                     Some(member) => matches.push(member),
                     None => unserved.extend(trie.group_key(filter, group)),
                 }
-                false
+                (false, 1)
             }
         };
         for share in &unserved {
@@ -186,8 +186,11 @@ impl Router {
         // [MQTT-3.3.4-2], [MQTT-3.3.4-3]. A share group's copy is a
         // delivery of its own, even to a member that also has a plain
         // subscription matching [MQTT-4.8.2]: it goes to another member
-        // should this one leave. Those come last.
-        matches.sort_unstable_by_key(|m| (m.share.is_some(), Arc::as_ptr(&m.session)));
+        // should this one leave. Those come last. Matches from one list
+        // (the common fan-out: one filter, many subscribers) need no sort.
+        if lists > 1 {
+            matches.sort_unstable_by_key(|m| (m.share.is_some(), Arc::as_ptr(&m.session)));
+        }
         let plain = matches.iter().take_while(|m| m.share.is_none()).count();
         let (matches, shared) = matches.split_at(plain);
         let mut i = 0;

@@ -1,13 +1,13 @@
 //! Retained messages: the last retained message per topic.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 
-use crate::codec::{TopicFilter, TopicName};
+use crate::codec::TopicFilter;
 
-use crate::message::Message;
+use crate::message::{ByTopic, Message};
 
 /// The retained message store.
 #[derive(Debug, Default)]
@@ -17,7 +17,8 @@ pub struct Retained {
 
 #[derive(Debug, Default)]
 struct Inner {
-    messages: HashMap<TopicName, Arc<Message>>,
+    /// Keyed by each message's own topic.
+    messages: HashSet<ByTopic>,
     /// Messages the bounds count (all but the broker's own `$SYS`).
     counted: usize,
     /// Topic and payload bytes of those, as the byte bound counts.
@@ -51,16 +52,16 @@ impl Retained {
     pub fn set_within(&self, message: &Arc<Message>, max_messages: usize, max_bytes: usize) -> bool {
         let system = is_system(message);
         let mut inner = self.inner.write();
-        let old = inner.messages.get(&message.topic).map_or(0, |m| size(m));
+        let old = inner.messages.get(message.topic.as_str()).map_or(0, |m| size(&m.0));
         if message.payload.is_empty() {
-            if inner.messages.remove(&message.topic).is_some() {
+            if inner.messages.remove(message.topic.as_str()) {
                 inner.bytes -= old;
                 inner.counted -= usize::from(!system);
             }
             return true;
         }
         let new = size(message);
-        let is_new = !inner.messages.contains_key(&message.topic);
+        let is_new = !inner.messages.contains(message.topic.as_str());
         let over_count = is_new && !system && max_messages > 0 && inner.counted >= max_messages;
         let over_bytes = new > old && max_bytes > 0 && inner.bytes - old + new > max_bytes;
         if over_count || over_bytes {
@@ -68,7 +69,7 @@ impl Retained {
         }
         inner.bytes = inner.bytes - old + new;
         inner.counted += usize::from(is_new && !system);
-        inner.messages.insert(message.topic.clone(), message.clone());
+        inner.messages.replace(ByTopic(message.clone()));
         true
     }
 
@@ -83,7 +84,8 @@ impl Retained {
         self.inner
             .read()
             .messages
-            .values()
+            .iter()
+            .map(|entry| &entry.0)
             .filter(|m| !m.is_expired(now) && filter.matches(&m.topic))
             .cloned()
             .collect()
@@ -103,6 +105,7 @@ impl Retained {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::TopicName;
     use crate::codec::{Properties, QoS};
 
     fn retained(topic: &str, payload: &'static [u8]) -> Arc<Message> {

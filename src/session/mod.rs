@@ -201,13 +201,15 @@ impl Session {
         }
     }
 
-    /// [`Session::enqueue_and_store`], except that a QoS 1/2 delivery the
-    /// full queue of an online session has no room for comes back
+    /// [`Session::enqueue_and_store`], except that a delivery the full
+    /// queue of an online session has no room for comes back
     /// ([`Refusal::Full`]) instead of being dropped, so that its publisher
-    /// can hold it and its acknowledgement until the subscriber catches up
-    /// ([`Session::room`]). Not while the session is [marked
-    /// slow](Session::mark_slow): a subscriber that does not catch up
-    /// costs each publisher one wait, not one per message.
+    /// can hold it (and a QoS 1/2 acknowledgement) until the subscriber
+    /// catches up ([`Session::room`]): a QoS 1/2 one once evicting queued
+    /// QoS 0 would not make room, a QoS 0 one without evicting any. Not
+    /// while the session is [marked slow](Session::mark_slow): a
+    /// subscriber that does not catch up costs each publisher one wait,
+    /// not one per message.
     ///
     /// # Errors
     /// Why the delivery was not queued.
@@ -233,6 +235,16 @@ impl Session {
                 // it, or the group keeps it, rather than a session that
                 // may never come back (or has already ended).
                 return Err(Refusal::Away(delivery));
+            }
+            if hold && delivery.qos == QoS::AtMostOnce && state.online && !state.slow && !state.fits(&delivery) {
+                // Issue 25: a QoS 0 message waits with its publisher too,
+                // rather than pushing out an older one. A full queue
+                // mostly means the publisher's task routed a burst before
+                // this session's task ran, not that its client stopped
+                // reading; one that did is marked slow when the wait runs
+                // out, and from then on QoS 0 is evicted and dropped.
+                state.publishers_waiting = true;
+                return Err(Refusal::Full(delivery));
             }
             if !state.online && delivery.qos == QoS::AtMostOnce {
                 Err(DropReason::OfflineQos0)

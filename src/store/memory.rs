@@ -1,14 +1,14 @@
 //! The in-memory store: survives a broker restart inside one process (an
 //! embedding application, the tests), not a process restart.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
 use super::{PendingWill, Recovered, Store, StoreError, StoredSession};
-use crate::codec::{PacketId, TopicFilter, TopicName};
-use crate::message::Message;
+use crate::codec::{PacketId, TopicFilter};
+use crate::message::{ByTopic, Message};
 use crate::message::{Delivery, Inflight, Owner, Subscription};
 
 /// A [`Store`] that keeps its copy in memory.
@@ -19,7 +19,7 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Inner {
-    retained: HashMap<TopicName, Arc<Message>>,
+    retained: HashSet<ByTopic>,
     sessions: BTreeMap<Arc<str>, StoredSession>,
     /// Share groups' waiting messages by key (keys grow, so in order).
     shared: BTreeMap<TopicFilter, BTreeMap<u64, Delivery>>,
@@ -36,9 +36,9 @@ impl Store for MemoryStore {
     fn retain(&self, message: &Arc<Message>) {
         let mut inner = self.inner.lock();
         if message.payload.is_empty() {
-            inner.retained.remove(&message.topic);
+            inner.retained.remove(message.topic.as_str());
         } else {
-            inner.retained.insert(message.topic.clone(), message.clone());
+            inner.retained.replace(ByTopic(message.clone()));
         }
     }
 
@@ -123,7 +123,7 @@ impl Store for MemoryStore {
     fn recover(&self) -> Result<Recovered, StoreError> {
         let inner = self.inner.lock();
         Ok(Recovered {
-            retained: inner.retained.values().cloned().collect(),
+            retained: inner.retained.iter().map(|entry| entry.0.clone()).collect(),
             sessions: inner.sessions.values().cloned().collect(),
             shared: inner
                 .shared

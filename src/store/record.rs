@@ -286,7 +286,8 @@ impl MessageRecord {
                 correlation_data: self.correlation_data.map(Bytes::from),
                 user_properties: self.user_properties,
                 ..Properties::default()
-            },
+            }
+            .into(),
             expires_at: self.expires_at_ms.map(|at| now + Duration::from_millis(at.saturating_sub(now_ms))),
             encoded: Default::default(),
         })

@@ -224,7 +224,7 @@ mod tests {
 
     #[test]
     fn a_live_will_keeps_its_properties_and_is_due_after_its_delay() {
-        let props = Properties { message_expiry_interval: Some(30), ..message().properties };
+        let props = Properties { message_expiry_interval: Some(30), ..message().properties.to_properties() };
         let will = Will {
             topic: TopicName::new("dead/1").expect("valid"),
             payload: Bytes::from_static(b"gone"),

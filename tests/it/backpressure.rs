@@ -188,3 +188,75 @@ async fn a_held_publish_reaches_each_subscriber_that_has_room_while_another_is_s
     }
     drop(stuck);
 }
+
+/// Issue 25: QoS 0 was lost although its subscriber kept reading. A
+/// publisher's burst arrives in one read of hundreds of packets, routed in
+/// one turn (up to `INPUT_BATCH`) before the subscriber's task runs: a
+/// queue smaller than the turn overflowed and QoS 0 was dropped, though
+/// the subscriber had fallen behind nobody but the broker's own scheduling.
+/// Now the publisher waits for room as for QoS 1, and QoS 0 is dropped only
+/// for a subscriber that did not drain within `queue_full_wait_ms`.
+#[tokio::test]
+async fn a_qos0_burst_to_a_subscriber_that_keeps_reading_loses_nothing() {
+    let broker = TestBroker::with(|c| {
+        c.limits.max_queued_messages = 10;
+        // Far longer than a reading subscriber needs, so a loaded machine
+        // cannot make this test fail.
+        c.limits.queue_full_wait_ms = 20_000;
+    })
+    .await;
+    let mut subscriber = raw_subscriber(&broker, "reader", "bp/q0", None).await;
+    let mut publisher = Raw(tokio::net::TcpStream::connect(broker.addr).await.expect("connect"));
+    publisher.send(&connect_v4("burst")).await;
+    assert_eq!(publisher.read_packet().await.0, 0x20, "CONNACK");
+    const N: usize = 2000;
+    let mut burst = Vec::new();
+    for i in 0..N {
+        let mut body = vec![0, 5];
+        body.extend(b"bp/q0");
+        body.extend(format!("{i:04}").as_bytes());
+        burst.extend(frame(0x30, &body));
+    }
+    // One write: the broker reads the burst in a few large reads.
+    publisher.send(&burst).await;
+    for i in 0..N {
+        let (first, body) = subscriber.read_packet().await;
+        assert_eq!(first & 0xf6, 0x30, "a QoS 0 PUBLISH");
+        assert_eq!(&body[7..], format!("{i:04}").as_bytes(), "message {i} of {N}, in order");
+    }
+    assert_eq!(broker.broker.metrics.drops(DropReason::QueueFull), 0);
+}
+
+/// The other side of the test above: a QoS 0 subscriber that stopped
+/// reading holds a publisher once, for `queue_full_wait_ms`, and from then
+/// on its QoS 0 messages are dropped (counted) without a wait.
+#[tokio::test]
+async fn a_qos0_subscriber_that_stopped_reading_holds_a_publisher_once() {
+    let broker = TestBroker::with(|c| {
+        c.limits.max_queued_messages = 5;
+        c.limits.queue_full_wait_ms = 300;
+    })
+    .await;
+    let stuck = raw_subscriber(&broker, "stuck-q0", "bp/q0s", Some(4096)).await;
+    let mut publisher = Raw(tokio::net::TcpStream::connect(broker.addr).await.expect("connect"));
+    publisher.send(&connect_v4("q0-publisher")).await;
+    assert_eq!(publisher.read_packet().await.0, 0x20, "CONNACK");
+    // 1,000 messages of 8 KiB: far more than the sockets (the broker's
+    // send buffer grows to a few MiB), the connection's write batch and
+    // the queue take together.
+    let mut burst = Vec::new();
+    for _ in 0..1000 {
+        let mut body = vec![0, 6];
+        body.extend(b"bp/q0s");
+        body.extend([b'x'; 8192]);
+        burst.extend(frame(0x30, &body));
+    }
+    let started = Instant::now();
+    publisher.send(&burst).await;
+    publisher.send(&[0xc0, 0]).await;
+    assert_eq!(publisher.read_packet().await.0, 0xd0, "PINGRESP once the burst is handled");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(250), "the publisher was not held ({took:?})");
+    assert!(broker.broker.metrics.drops(DropReason::QueueFull) > 0, "nothing dropped for a stuck subscriber");
+    drop(stuck);
+}
