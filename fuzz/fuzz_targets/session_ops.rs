@@ -72,13 +72,18 @@ fn config() -> Config {
 async fn run(ops: Vec<Op>) {
     let broker = Broker::new(config(), Arc::new(MemoryStore::default()), Recovered::default(), Policy::none());
     let listener = Arc::new(ListenerConfig::tcp("fuzz", SocketAddr::from(([127, 0, 0, 1], 1883))));
+    let name: Arc<str> = Arc::from("fuzz");
+    // The accept loop's connection permits, never short here.
+    let slots = Arc::new(tokio::sync::Semaphore::new(tokio::sync::Semaphore::MAX_PERMITS));
     let mut clients: Vec<Option<Client>> = (0..SLOTS).map(|_| None).collect();
     let mut readers = Vec::new();
     for op in ops {
         if let Op::Connect { slot, .. } = op {
             let (client, server) = tokio::io::duplex(8 * 1024);
             let peer = Peer::plain(SocketAddr::from(([127, 0, 0, 1], 40000 + u16::from(slot))));
-            broker.tasks.spawn(moat::connection::serve(broker.clone(), server, peer, listener.clone()));
+            let Ok(permit) = slots.clone().try_acquire_owned() else { return };
+            let listener = (listener.clone(), name.clone());
+            broker.tasks.spawn(moat::connection::serve(broker.clone(), server, peer, listener, (permit, None)));
             let (mut reader, writer) = tokio::io::split(client);
             // Drains whatever the broker sends, so it never blocks on us.
             readers.push(tokio::spawn(async move {
