@@ -172,6 +172,12 @@ class Paho:
             manual_ack=manual_ack,
             **kwargs,
         )
+        # publish(), subscribe() and disconnect() run on the test's thread:
+        # without an external-loop hook paho writes the packet from that
+        # thread itself, concurrently with the loop thread (two threads in
+        # one TLS socket crashed the interpreter in CI). With one, it queues
+        # the packet and wakes loop(), which writes it.
+        self.c.on_socket_register_write = lambda client, userdata, sock: None
         if broker.websocket:
             self.c.ws_set_options(path=broker.path or "/mqtt")
         if tls is not None:
