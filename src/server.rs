@@ -192,6 +192,10 @@ impl Server {
     /// connections to close for at most the configured grace period.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let (broker, reloader) = (self.broker, self.reloader);
+        // Asked now, not at the first CONNECT: finding the core count reads
+        // cgroup files, and a descriptor taken for that in the middle of a
+        // connect storm at the open-file limit is one a client could not get.
+        crate::plugin::authn_concurrency();
         let max_connections = broker.config().limits.max_connections;
         let permits = Arc::new(Semaphore::new(max_connections));
         let rate = Arc::new(parking_lot::Mutex::new(crate::rate::TokenBucket::per_second(

@@ -106,7 +106,13 @@ fn failed_accepts_are_logged_once_per_interval_with_a_count() {
     assert!(failed.contains("Too many open files"), "{failed}");
     let meanwhile = drain(&lines, Duration::from_secs(2));
     let repeated: Vec<_> = meanwhile.iter().filter(|l| l.contains("accept")).collect();
-    assert!(repeated.is_empty(), "one line for a run of failures, not one per retry: {repeated:#?}");
+    // One line per retry would be about 40 in these 2 s (a retry every
+    // 50 ms). A descriptor the broker held for a moment when the first
+    // accept failed would let one retry succeed and end that run of
+    // failures: its summary and the next run's first line are two lines,
+    // not a line per retry. (Seen once in CI, when the core count was
+    // still read from cgroup files at the first CONNECT; now at start-up.)
+    assert!(repeated.len() <= 2, "one line for a run of failures, not one per retry: {repeated:#?}");
 
     // Clients leave: the waiting ones are accepted, and the run of
     // failures ends with its count.
