@@ -42,18 +42,28 @@ pub(super) struct Queue {
     /// when a message is queued, in queue order per session.
     next_seq: Arc<AtomicU64>,
     durable: watch::Receiver<u64>,
+    /// In `none` and `periodic` modes: the changes the writer has written
+    /// (the count `durable` carries, without its lock).
+    written: Arc<AtomicU64>,
     mode: Durability,
 }
+
+/// How many changes the writer may be behind in `none` and `periodic`
+/// modes before acknowledgements wait for it: without a sync to wait for,
+/// publishers faster than the disk would otherwise grow the writer's
+/// channel without bound (issue 25: under `pairs` it did). About 64k
+/// changes: a moment of the writer's work, and a bounded amount of memory.
+pub(super) const BACKLOG: u64 = 65_536;
 
 impl Queue {
     /// The sending side of the writer's channel `tx`.
     pub(super) fn new(
         tx: Sender<Command>,
         next_seq: Arc<AtomicU64>,
-        durable: watch::Receiver<u64>,
+        (durable, written): (watch::Receiver<u64>, Arc<AtomicU64>),
         mode: Durability,
     ) -> Queue {
-        Queue { tx, tickets: AtomicU64::new(0), closed: AtomicBool::new(false), next_seq, durable, mode }
+        Queue { tx, tickets: AtomicU64::new(0), closed: AtomicBool::new(false), next_seq, durable, written, mode }
     }
 
     /// Queues `op`. After the writer stopped (a fatal disk error, already
@@ -85,12 +95,19 @@ impl Queue {
         }
     }
 
-    /// Resolves once everything queued so far is durable (`sync` only).
+    /// Resolves once everything queued so far is durable (`sync`); in the
+    /// other modes at once, unless the writer is more than [`BACKLOG`]
+    /// changes behind: then once it is back within it.
     pub(super) fn barrier(&self) -> super::Barrier {
-        if self.mode != Durability::Sync {
-            return super::Barrier::ready();
-        }
         let target = self.tickets.load(Ordering::Acquire);
+        if self.mode != Durability::Sync {
+            let behind = target.saturating_sub(self.written.load(Ordering::Acquire));
+            if behind <= BACKLOG {
+                return super::Barrier::ready();
+            }
+            // The writer commits whatever it gathers here: nothing to nudge.
+            return super::Barrier::waiting(self.durable.clone(), target - BACKLOG, None);
+        }
         let nudge = (!self.closed.load(Ordering::Acquire)).then(|| self.tx.clone());
         super::Barrier::waiting(self.durable.clone(), target, nudge)
     }
@@ -101,5 +118,35 @@ impl Queue {
         if !self.closed.swap(true, Ordering::AcqRel) {
             let _ = self.tx.send(Command::Close);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::writer::Op;
+
+    /// Without a sync to wait for, an acknowledgement waits only when the
+    /// writer is more than [`BACKLOG`] changes behind, and goes on once it
+    /// is back within it.
+    #[tokio::test]
+    async fn acknowledgements_wait_for_a_writer_too_far_behind() {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let (durable_tx, durable) = watch::channel(0);
+        let written = Arc::new(AtomicU64::new(0));
+        let queue = Queue::new(tx, Arc::new(AtomicU64::new(0)), (durable, written.clone()), Durability::None);
+        for _ in 0..BACKLOG {
+            queue.send(Op::SessionEnded("c".into()));
+        }
+        assert!(queue.barrier().is_ready(), "BACKLOG changes behind: no wait");
+        queue.send(Op::SessionEnded("c".into()));
+        let held = queue.barrier();
+        assert!(!held.is_ready(), "one more: the acknowledgement waits");
+        // The writer writes one change.
+        written.store(1, Ordering::Release);
+        durable_tx.send_replace(1);
+        assert!(queue.barrier().is_ready());
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(5), held.wait()).await;
+        assert!(matches!(waited, Ok(Ok(()))), "{waited:?}");
     }
 }

@@ -164,6 +164,7 @@ pub(super) fn start(
     let (tx, rx) = std::sync::mpsc::channel();
     let (durable_tx, durable) = watch::channel(0);
     let next_seq = Arc::new(AtomicU64::new(next_seq));
+    let written = Arc::new(AtomicU64::new(0));
     let (durable_tx, syncer) = match mode {
         Durability::Sync => (None, Some(Syncer::start(parts.db.clone(), durable_tx)?)),
         _ => (Some(durable_tx), None),
@@ -176,6 +177,7 @@ pub(super) fn start(
         live: HashSet::new(),
         now: (Instant::now(), record::now_ms()),
         durable: durable_tx,
+        written: written.clone(),
         syncer,
         tickets: Tickets::default(),
         durable_count: 0,
@@ -184,7 +186,7 @@ pub(super) fn start(
         groups: 0,
     };
     let handle = std::thread::Builder::new().name("moat-store".to_owned()).spawn(move || writer.run(&rx))?;
-    Ok((Queue::new(tx, next_seq, durable, mode), handle))
+    Ok((Queue::new(tx, next_seq, (durable, written), mode), handle))
 }
 
 /// The tickets the writer has received: all below `next`, and those in
@@ -236,6 +238,9 @@ struct Writer {
     /// Where the durable count is published, but in `sync` mode, where the
     /// [`Syncer`] does it.
     durable: Option<watch::Sender<u64>>,
+    /// The same count, read by [`Queue::barrier`] on every acknowledgement
+    /// in `none` and `periodic` modes to see how far the writer is behind.
+    written: Arc<AtomicU64>,
     /// In `sync` mode: the thread that syncs what the writer committed.
     syncer: Option<Syncer>,
     tickets: Tickets,
@@ -302,6 +307,7 @@ impl Writer {
                 && self.durable_count != self.tickets.next
             {
                 self.durable_count = self.tickets.next;
+                self.written.store(self.durable_count, Ordering::Release);
                 durable.send_replace(self.durable_count);
             }
             if closed || self.closing {
