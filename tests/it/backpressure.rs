@@ -8,29 +8,10 @@ use std::time::Duration;
 use moat::metrics::DropReason;
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::v5::mqttbytes::v5::Packet as V5Packet;
-use tokio::net::TcpSocket;
 use tokio::time::Instant;
 
-use crate::harness::{Raw, TestBroker, WAIT, connect_v4, frame};
-
-/// A 3.1.1 subscriber on a raw socket, so the test decides when it reads
-/// and acknowledges.
-async fn raw_subscriber(broker: &TestBroker, id: &str, filter: &str, receive_buffer: Option<u32>) -> Raw {
-    let socket = TcpSocket::new_v4().expect("socket");
-    if let Some(size) = receive_buffer {
-        socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
-    }
-    let mut raw = Raw(socket.connect(broker.addr).await.expect("connect"));
-    raw.send(&connect_v4(id)).await;
-    assert_eq!(raw.read_packet().await.0, 0x20, "CONNACK");
-    let mut subscribe = vec![0, 1];
-    subscribe.extend((filter.len() as u16).to_be_bytes());
-    subscribe.extend(filter.as_bytes());
-    subscribe.push(1);
-    raw.send(&frame(0x82, &subscribe)).await;
-    assert_eq!(raw.read_packet().await.0, 0x90, "SUBACK");
-    raw
-}
+use crate::attacks::string;
+use crate::harness::{Raw, TestBroker, WAIT, frame};
 
 /// Reads the next packet of a raw subscriber, which must be a QoS 1
 /// PUBLISH, acknowledges it, and returns its payload.
@@ -73,7 +54,7 @@ async fn a_publisher_waits_for_a_slow_subscriber_and_nothing_is_lost() {
         c.limits.max_inflight = 5;
     })
     .await;
-    let mut subscriber = raw_subscriber(&broker, "slow", "bp/t", None).await;
+    let mut subscriber = broker.raw_subscriber("slow", "bp/t", None).await;
     let mut publisher = broker.v5("fast").await;
     const N: usize = 200;
     for i in 0..N {
@@ -107,7 +88,7 @@ async fn a_subscriber_that_never_catches_up_holds_a_publisher_once_then_its_mess
         c.limits.queue_full_wait_ms = 300;
     })
     .await;
-    let stuck = raw_subscriber(&broker, "stuck", "bp/stuck", Some(4096)).await;
+    let stuck = broker.raw_subscriber("stuck", "bp/stuck", Some(4096)).await;
     let mut keeps_up = broker.v5("keeps-up").await;
     keeps_up.subscribe("bp/stuck", Q5::AtLeastOnce).await;
     let mut publisher = broker.v5("publisher").await;
@@ -138,7 +119,7 @@ async fn a_held_publisher_is_released_when_the_subscriber_goes_away() {
         c.limits.queue_full_wait_ms = 60_000;
     })
     .await;
-    let stuck = raw_subscriber(&broker, "leaving", "bp/leave", Some(4096)).await;
+    let stuck = broker.raw_subscriber("leaving", "bp/leave", Some(4096)).await;
     let mut publisher = broker.v5("publisher").await;
     for i in 0..20 {
         publisher.client.publish("bp/leave", Q5::AtLeastOnce, false, format!("{i}")).await.expect("publish");
@@ -167,10 +148,10 @@ async fn a_held_publish_reaches_each_subscriber_that_has_room_while_another_is_s
         c.limits.queue_full_wait_ms = 60_000;
     })
     .await;
-    let stuck = raw_subscriber(&broker, "stuck", "bp/each", Some(4096)).await;
+    let stuck = broker.raw_subscriber("stuck", "bp/each", Some(4096)).await;
     let mut late = Vec::new();
     for i in 0..5 {
-        late.push(raw_subscriber(&broker, &format!("late-{i}"), "bp/each", None).await);
+        late.push(broker.raw_subscriber(&format!("late-{i}"), "bp/each", None).await);
     }
     let mut publisher = broker.v5("publisher").await;
     for i in 0..3 {
@@ -205,15 +186,12 @@ async fn a_qos0_burst_to_a_subscriber_that_keeps_reading_loses_nothing() {
         c.limits.queue_full_wait_ms = 20_000;
     })
     .await;
-    let mut subscriber = raw_subscriber(&broker, "reader", "bp/q0", None).await;
-    let mut publisher = Raw(tokio::net::TcpStream::connect(broker.addr).await.expect("connect"));
-    publisher.send(&connect_v4("burst")).await;
-    assert_eq!(publisher.read_packet().await.0, 0x20, "CONNACK");
+    let mut subscriber = broker.raw_subscriber("reader", "bp/q0", None).await;
+    let mut publisher = broker.raw_v4("burst").await;
     const N: usize = 2000;
     let mut burst = Vec::new();
     for i in 0..N {
-        let mut body = vec![0, 5];
-        body.extend(b"bp/q0");
+        let mut body = string("bp/q0");
         body.extend(format!("{i:04}").as_bytes());
         burst.extend(frame(0x30, &body));
     }
@@ -237,17 +215,14 @@ async fn a_qos0_subscriber_that_stopped_reading_holds_a_publisher_once() {
         c.limits.queue_full_wait_ms = 300;
     })
     .await;
-    let stuck = raw_subscriber(&broker, "stuck-q0", "bp/q0s", Some(4096)).await;
-    let mut publisher = Raw(tokio::net::TcpStream::connect(broker.addr).await.expect("connect"));
-    publisher.send(&connect_v4("q0-publisher")).await;
-    assert_eq!(publisher.read_packet().await.0, 0x20, "CONNACK");
+    let stuck = broker.raw_subscriber("stuck-q0", "bp/q0s", Some(4096)).await;
+    let mut publisher = broker.raw_v4("q0-publisher").await;
     // 1,000 messages of 8 KiB: far more than the sockets (the broker's
     // send buffer grows to a few MiB), the connection's write batch and
     // the queue take together.
     let mut burst = Vec::new();
     for _ in 0..1000 {
-        let mut body = vec![0, 6];
-        body.extend(b"bp/q0s");
+        let mut body = string("bp/q0s");
         body.extend([b'x'; 8192]);
         burst.extend(frame(0x30, &body));
     }

@@ -123,6 +123,36 @@ impl TestBroker {
     pub async fn raw(&self) -> Raw {
         Raw(TcpStream::connect(self.addr).await.expect("connect raw"))
     }
+
+    /// A raw MQTT 3.1.1 subscriber `id` to `filter` at QoS 1, so the test
+    /// decides when it reads and acknowledges; `receive_buffer` makes its
+    /// socket's buffer small, so that the broker's writes to a subscriber
+    /// that stops reading soon block.
+    pub async fn raw_subscriber(&self, id: &str, filter: &str, receive_buffer: Option<u32>) -> Raw {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        if let Some(size) = receive_buffer {
+            socket.set_recv_buffer_size(size).expect("SO_RCVBUF");
+        }
+        let mut raw = Raw(socket.connect(self.addr).await.expect("connect"));
+        raw.send(&connect_v4(id)).await;
+        assert_eq!(raw.read_packet().await.0, 0x20, "CONNACK");
+        let mut subscribe = vec![0, 1];
+        subscribe.extend((filter.len() as u16).to_be_bytes());
+        subscribe.extend(filter.as_bytes());
+        subscribe.push(1);
+        raw.send(&frame(0x82, &subscribe)).await;
+        assert_eq!(raw.read_packet().await.0, 0x90, "SUBACK");
+        raw
+    }
+
+    /// A raw MQTT 3.1.1 client `id`, connected (clean session, CONNACK
+    /// success read).
+    pub async fn raw_v4(&self, id: &str) -> Raw {
+        let mut raw = self.raw().await;
+        raw.send(&connect_v4(id)).await;
+        assert_eq!(raw.read_packet().await, (0x20, vec![0, 0]), "CONNACK success");
+        raw
+    }
 }
 
 impl Drop for TestBroker {

@@ -143,13 +143,6 @@ async fn suback(raw: &mut Raw, id: u16, v5: bool) -> Vec<u8> {
 }
 
 /// A raw 3.1.1 client past CONNACK.
-async fn raw_v4(broker: &TestBroker, id: &str) -> Raw {
-    let mut raw = broker.raw().await;
-    raw.send(&connect_v4(id)).await;
-    assert_eq!(raw.read_packet().await, (0x20, vec![0, 0]), "CONNACK success");
-    raw
-}
-
 #[tokio::test]
 async fn topic_length_over_max_refused_for_names_filters_and_wills() {
     let broker = TestBroker::with(|c| c.limits.max_topic_length = 16).await;
@@ -165,7 +158,7 @@ async fn topic_length_over_max_refused_for_names_filters_and_wills() {
     let mut v5 = raw_v5(&broker, "len-sub5").await;
     v5.send(&subscribe_v5(1, &[over, exact])).await;
     assert_eq!(suback(&mut v5, 1, true).await, [0x8F, 0x01]);
-    let mut v4 = raw_v4(&broker, "len-sub4").await;
+    let mut v4 = broker.raw_v4("len-sub4").await;
     v4.send(&subscribe_v4(1, &[over, exact])).await;
     assert_eq!(suback(&mut v4, 1, false).await, [0x80, 0x01]);
 
@@ -202,7 +195,7 @@ async fn subscriptions_beyond_max_per_client_get_quota_exceeded_per_filter() {
     v5.send(&subscribe_v5(4, &["s/d"])).await;
     assert_eq!(suback(&mut v5, 4, true).await, [0x01]);
 
-    let mut v4 = raw_v4(&broker, "subs4").await;
+    let mut v4 = broker.raw_v4("subs4").await;
     v4.send(&subscribe_v4(1, &["s/a", "s/b", "s/c"])).await;
     assert_eq!(suback(&mut v4, 1, false).await, [0x01, 0x01, 0x80]);
 
@@ -271,7 +264,7 @@ async fn publish_rate_over_max_refused_in_v5_and_dropped_in_v311() {
     assert!((10..=15).contains(&refused), "{refused} of 20 refused");
 
     // 3.1.1: acknowledged and dropped; QoS 0 just dropped.
-    let mut v4 = raw_v4(&broker, "rate4").await;
+    let mut v4 = broker.raw_v4("rate4").await;
     let mut burst = Vec::new();
     for id in 1..=10u16 {
         let mut body = string("rate/b");

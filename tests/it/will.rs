@@ -6,7 +6,7 @@ use bytes::Bytes;
 use rumqttc::QoS as Q4;
 use rumqttc::v5::mqttbytes::QoS as Q5;
 
-use crate::harness::TestBroker;
+use crate::harness::{Raw, TestBroker};
 
 #[tokio::test]
 async fn mqtt_3_1_2_8_will_published_on_abnormal_close() {
@@ -63,20 +63,27 @@ async fn v5_will_delay_cancelled_by_reconnect_and_published_after() {
     assert!(started.elapsed() >= Duration::from_millis(700), "will sent before its delay");
 }
 
+/// A raw MQTT 3.1.1 client `id` with keep alive 1 s and a will ("bye" to
+/// `wills/<id>`), connected.
+async fn raw_with_will(broker: &TestBroker, id: &str) -> Raw {
+    let mut raw = broker.raw().await;
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02 | 0x04, 0, 1];
+    for s in [id, &format!("wills/{id}"), "bye"] {
+        body.extend((s.len() as u16).to_be_bytes());
+        body.extend(s.as_bytes());
+    }
+    raw.send(&crate::harness::frame(0x10, &body)).await;
+    assert_eq!(raw.read_exact(4).await, [0x20, 2, 0, 0]);
+    raw
+}
+
 #[tokio::test]
 async fn mqtt_3_1_2_keep_alive_timeout_publishes_will() {
     let broker = TestBroker::start().await;
     let mut watcher = broker.v4("watcher").await;
     watcher.subscribe("wills/#", Q4::AtMostOnce).await;
     // A raw client with keep alive 1 s that then goes silent.
-    let mut raw = broker.raw().await;
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02 | 0x04, 0, 1];
-    for s in ["silent", "wills/silent", "bye"] {
-        body.extend((s.len() as u16).to_be_bytes());
-        body.extend(s.as_bytes());
-    }
-    raw.send(&crate::harness::frame(0x10, &body)).await;
-    assert_eq!(raw.read_exact(4).await, [0x20, 2, 0, 0]);
+    let mut raw = raw_with_will(&broker, "silent").await;
     let will = watcher.publish().await;
     assert_eq!(will.payload.as_ref(), b"bye");
     raw.read_to_close().await;
@@ -90,14 +97,7 @@ async fn keep_alive_moves_with_every_packet() {
     let broker = TestBroker::start().await;
     let mut watcher = broker.v4("watcher").await;
     watcher.subscribe("wills/#", Q4::AtMostOnce).await;
-    let mut raw = broker.raw().await;
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02 | 0x04, 0, 1];
-    for s in ["pinging", "wills/pinging", "bye"] {
-        body.extend((s.len() as u16).to_be_bytes());
-        body.extend(s.as_bytes());
-    }
-    raw.send(&crate::harness::frame(0x10, &body)).await;
-    assert_eq!(raw.read_exact(4).await, [0x20, 2, 0, 0]);
+    let mut raw = raw_with_will(&broker, "pinging").await;
     // Keep alive 1 s: closed 1.5 s after the last packet. Pinging every
     // 0.4 s for 3.6 s outlives the first deadline more than twice over.
     for _ in 0..9 {

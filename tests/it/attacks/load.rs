@@ -13,13 +13,13 @@ use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as V5Code;
 use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
 use super::still_serves;
-use crate::harness::{Raw, TestBroker, WAIT, connect_v4, frame};
+use crate::harness::{TestBroker, WAIT};
 use crate::limits::{closed_unread, connects_again};
 use crate::pki::{ServerPki, client_config};
 
@@ -41,16 +41,7 @@ async fn subscriber_that_never_reads_is_bounded_and_others_keep_being_served() {
     .await;
     // A 3.1.1 subscriber with a small receive buffer that reads its SUBACK
     // and then nothing: the broker's writes to it soon block.
-    let socket = TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-    let mut stuck = Raw(socket.connect(broker.addr).await.expect("connect"));
-    stuck.send(&connect_v4("stuck")).await;
-    assert_eq!(stuck.read_packet().await.0, 0x20, "CONNACK");
-    let mut subscribe = vec![0, 1, 0, 7];
-    subscribe.extend(b"flood/#");
-    subscribe.push(1);
-    stuck.send(&frame(0x82, &subscribe)).await;
-    assert_eq!(stuck.read_packet().await.0, 0x90, "SUBACK");
+    let stuck = broker.raw_subscriber("stuck", "flood/#", Some(4096)).await;
 
     let publisher = broker.v5("flooder").await;
     let payload = vec![b'x'; 8 * 1024];
