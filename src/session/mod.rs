@@ -10,6 +10,7 @@
 mod registry;
 mod replica;
 mod state;
+pub mod wakes;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
@@ -338,8 +339,12 @@ impl Session {
     /// an earlier wake is not yet taken, this is one atomic operation, so
     /// a publisher fanning out to many sessions wakes each connection
     /// task once, not once per message.
+    /// Inside [`wakes::once_per_poll`], the task is woken at the end of
+    /// the poll.
     pub fn wake(&self) {
-        self.signal(signal::WAKE);
+        if self.signals.fetch_or(signal::WAKE, Ordering::AcqRel) & signal::WAKE == 0 {
+            wakes::wake(&self.waker);
+        }
     }
 
     /// Sets `bits` for the attached connection and wakes its task if they
