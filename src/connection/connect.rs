@@ -254,6 +254,7 @@ where
         reauth: None,
         held: None,
         input_pending: false,
+        routed: 0,
         rare: None,
         permits: None,
         client,

@@ -218,6 +218,9 @@ where
             }
             None => Ok(0),
         };
+        if let Ok(deliveries) = routed {
+            self.routed = self.routed.saturating_add(u16::try_from(deliveries).unwrap_or(u16::MAX));
+        }
         if routed.is_err()
             && let Some(id) = store_id.take().or(packet_id.filter(|_| qos == QoS::ExactlyOnce))
         {

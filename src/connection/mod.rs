@@ -92,6 +92,9 @@ struct Connection<S> {
     /// The read buffer holds packets not yet handled: the last turn
     /// stopped at [`INPUT_BATCH`] to let other tasks run.
     input_pending: bool,
+    /// Deliveries the publishes of this turn were routed to: a turn ends
+    /// early at [`ROUTE_BUDGET`].
+    routed: u16,
     /// What most connections never need, made on first use
     /// ([`Connection::rare`]): an idle connection does not carry it.
     rare: Option<Box<Rare>>,
@@ -285,9 +288,13 @@ where
     async fn process_input(&mut self) -> Result<(), Close> {
         let limits = self.broker.config().limits.decode_limits(u32::MAX);
         self.input_pending = false;
+        self.routed = 0;
         for _ in 0..INPUT_BATCH {
             if self.held.is_some() {
                 return Ok(());
+            }
+            if self.routed >= ROUTE_BUDGET {
+                break;
             }
             match codec::decode_with(&mut self.rbuf, self.version, limits) {
                 Ok(Some(packet)) => self.handle(packet).await?,
@@ -535,6 +542,12 @@ where
 /// publisher (QoS 0 too), so a larger batch costs a slow subscriber
 /// nothing.
 const INPUT_BATCH: usize = 256;
+
+/// Deliveries one turn may route before the connection yields: a batch to
+/// a topic with thousands of subscribers ends early, so one publisher
+/// cannot keep a worker thread from the others for long (at most about
+/// this many queue pushes, a few milliseconds).
+const ROUTE_BUDGET: u16 = 16 * 1024;
 
 /// The size of the boxed connection state every client holds while
 /// connected, for a test where the stream type is known (transport).
