@@ -102,7 +102,7 @@ impl OpenFiles {
 
 /// The descriptors `config` may need at once: `limits.max_connections`,
 /// one per listener, the admin listener, the store's files when it has
-/// one, and a margin for everything else ([`RESERVED`]).
+/// one, and a margin for everything else (`RESERVED`).
 pub fn needed(config: &Config) -> u64 {
     let connections = config.limits.max_connections as u64;
     let listeners = config.listeners.len() as u64 + u64::from(config.admin.listen.is_some());

@@ -138,7 +138,7 @@ struct Rare {
 ///
 /// Two stages, not one `async fn`: the handshake (CONNECT,
 /// authentication) is boxed and dropped once done, and what stays for
-/// the client's life is [`Connection::run`]'s future alone. An `async fn`
+/// the client's life is `Connection::run`'s future alone. An `async fn`
 /// would keep its arguments' room (and that of every enclosing one) in
 /// each idle connection's task (issue 25). The connection holds
 /// `permits` until it ends; `name` is the listener's name, shared by its

@@ -80,7 +80,7 @@ const MAX_WARM: usize = 4;
 impl Limits {
     /// How many instances to keep warm: `instances` when set, else as many
     /// instances of `instance_bytes` (one instance's memory after `init`)
-    /// as [`WARM_MEMORY`] holds, at least one and at most [`MAX_WARM`].
+    /// as `WARM_MEMORY` holds, at least one and at most `MAX_WARM`.
     pub fn warm_instances(&self, instance_bytes: usize) -> usize {
         self.instances.unwrap_or_else(|| (WARM_MEMORY / instance_bytes.max(1)).clamp(1, MAX_WARM))
     }

@@ -33,7 +33,7 @@ struct Deferred {
 }
 
 /// Runs `future`, holding back the wake-ups its polls give sessions
-/// ([`wake`]) until the end of each poll.
+/// ([`Session::wake`](super::Session::wake)) until the end of each poll.
 pub async fn once_per_poll<F: Future>(future: F) -> F::Output {
     let mut future = pin!(future);
     std::future::poll_fn(|cx| {
