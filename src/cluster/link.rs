@@ -257,23 +257,21 @@ impl Link {
     /// for one this version cannot read (logged at debug: peers run other
     /// versions during an upgrade).
     fn decode(&self, nats: async_nats::Message, own: bool) -> Option<Message> {
-        let headers = nats.headers.as_ref()?;
-        let origin = headers.get(envelope::NODE_HEADER)?;
-        if !own && origin.as_str() == &*self.node_id {
-            return None;
-        }
         let Some(topic) = self.subjects.topic_of(nats.subject.as_str()).and_then(|t| TopicName::new(&t).ok()) else {
             debug!(subject = %nats.subject, "cluster: subject is no topic; ignored");
             return None;
         };
-        let header = headers.get(envelope::MESSAGE_HEADER)?;
-        let message = envelope::decode(topic, nats.payload, header.as_str(), Instant::now());
-        if message.is_none() {
-            debug!(origin = origin.as_str(), "cluster: message in an unknown format; ignored");
+        let Some(received) = envelope::read(topic, nats, Instant::now()) else {
+            debug!("cluster: message in an unknown format; ignored");
+            return None;
+        };
+        if !own && received.origin == self.node_id.as_bytes() {
+            return None;
         }
         // A QoS 1/2 message published again for JetStream's sake: the
         // first copy came this way already, or was lost with the
         // connection it left on (core NATS is at most once).
-        message.filter(|m| m.qos == QoS::AtMostOnce || headers.get(envelope::RETRY_HEADER).is_none())
+        let message = received.message;
+        (message.qos == QoS::AtMostOnce || !received.retry).then_some(message)
     }
 }

@@ -22,7 +22,7 @@
 //! (BENCHMARKS.md, "Partitions"), which at QoS 1 rates would cost more
 //! than the duplicates it saves.
 //!
-//! A retry is marked ([`envelope::RETRY_HEADER`]): nodes take QoS 1/2
+//! A retry is marked (in its envelope, [`envelope::wrap`]): nodes take QoS 1/2
 //! messages marked so from JetStream only, not from core NATS, which
 //! would otherwise deliver the first copy and the retry to clean sessions
 //! (at most once there, as before).
@@ -60,9 +60,11 @@ const RETRIES_BEFORE_WARNING: u32 = 10;
 /// What a QoS 1/2 message handed to NATS still waits for before its
 /// publisher may be acknowledged.
 pub(super) enum Pending {
-    /// Nothing: sent to the running nodes over core NATS (or dropped,
-    /// counted), since no session is kept anywhere.
-    Sent,
+    /// Nothing, for this many messages in a row: sent to the running nodes
+    /// over core NATS (or dropped, counted), since no session is kept
+    /// anywhere. One entry per run, so the acknowledging task (and
+    /// whoever waits on [`super::Cluster::stored`]) wakes once for it.
+    Sent(u64),
     /// JetStream storing it.
     Stored(Box<Storing>),
 }
@@ -133,12 +135,17 @@ impl Link {
         // QoS 1/2 messages taken so far: each one's place in the queue.
         let mut taken = 0u64;
         // `recv_many` takes nothing only when every sender is gone.
-        while let Some(1..) = node.shutdown().run_until_cancelled(rx.recv_many(&mut batch, OUTBOUND_BATCH)).await {
+        'batches: while let Some(1..) =
+            node.shutdown().run_until_cancelled(rx.recv_many(&mut batch, OUTBOUND_BATCH)).await
+        {
             let now = Instant::now();
             // Stored by JetStream before acknowledged while a session is
             // kept somewhere; sent now only if it can be stored now.
             let store = self.queue.wanted();
             let ready = store && self.ready(&client);
+            // QoS 1/2 messages sent (not stored) since the last entry
+            // handed to the acknowledging task.
+            let mut sent = 0u64;
             for (message, publisher) in batch.drain(..) {
                 self.queued_bytes.fetch_sub(queued_size(&message), Ordering::Relaxed);
                 if message.qos == QoS::AtMostOnce {
@@ -148,37 +155,32 @@ impl Link {
                     continue;
                 }
                 taken += 1;
-                let pending = if message.is_expired(now) {
-                    Pending::Sent
+                if message.is_expired(now) {
+                    sent += 1;
                 } else if store {
                     let id = (message.qos == QoS::ExactlyOnce).then(|| format!("{}.{taken}", self.run_id));
                     let mut storing = Box::new(Storing { message, publisher, id, attempt: Attempt::Due });
                     if ready {
                         storing.attempt = self.store(&js, &storing, false, &node).await;
                     }
-                    Pending::Stored(storing)
+                    // Those before it first: the task settles in order.
+                    let before = std::mem::take(&mut sent);
+                    if (before > 0 && acks.send(Pending::Sent(before)).await.is_err())
+                        || acks.send(Pending::Stored(storing)).await.is_err()
+                    {
+                        break 'batches;
+                    }
                 } else {
                     self.send(&client, &message, publisher.as_deref(), now, &node).await;
-                    Pending::Sent
-                };
-                if acks.send(pending).await.is_err() {
-                    break;
+                    sent += 1;
                 }
+            }
+            if sent > 0 && acks.send(Pending::Sent(sent)).await.is_err() {
+                break;
             }
         }
         // Hand what was published to the server before the process ends.
         let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
-    }
-
-    /// The headers every copy of `message` carries.
-    fn headers(&self, message: &Message, publisher: Option<&str>, now: Instant) -> async_nats::HeaderMap {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(envelope::NODE_HEADER, &*self.node_id);
-        headers.insert(envelope::MESSAGE_HEADER, envelope::encode(message, now).as_str());
-        if let Some(publisher) = publisher {
-            headers.insert(envelope::CLIENT_HEADER, publisher);
-        }
-        headers
     }
 
     /// Publishes `message` over core NATS (at most once); a failure is
@@ -191,10 +193,10 @@ impl Link {
         now: Instant,
         node: &Node,
     ) {
-        let headers = self.headers(message, publisher, now);
+        let payload = envelope::wrap(&self.node_id, message, publisher, false, now);
         // `forward` let only topics whose subject fits through.
         let subject = self.subjects.topic(message.topic.as_str());
-        if let Err(e) = client.publish_with_headers(subject, headers, message.payload.clone()).await {
+        if let Err(e) = client.publish(subject, payload).await {
             debug!(error = %e, "cluster: publish to NATS failed");
             node.dropped(DropReason::Cluster, 1);
         }
@@ -204,15 +206,17 @@ impl Link {
     /// where it stands.
     async fn store(&self, js: &jetstream::Context, storing: &Storing, again: bool, node: &Node) -> Attempt {
         let now = Instant::now();
-        let mut headers = self.headers(&storing.message, storing.publisher.as_deref(), now);
-        if let Some(id) = &storing.id {
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-        }
-        if again {
-            headers.insert(envelope::RETRY_HEADER, "1");
-        }
+        let payload = envelope::wrap(&self.node_id, &storing.message, storing.publisher.as_deref(), again, now);
         let subject = self.subjects.topic(storing.message.topic.as_str());
-        match js.publish_with_headers(subject, headers, storing.message.payload.clone()).await {
+        let published = match &storing.id {
+            Some(id) => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+                js.publish_with_headers(subject, headers, payload).await
+            }
+            None => js.publish(subject, payload).await,
+        };
+        match published {
             Ok(ack) => Attempt::Sent(ack, now + STORE_WAIT),
             Err(e) if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
                 debug!(error = %e, "cluster: message too large for NATS; it stays on this node");
@@ -269,13 +273,14 @@ impl Link {
             }
             let settled = match window.front_mut() {
                 Some(Pending::Stored(storing)) => {
-                    node.shutdown().run_until_cancelled(storing.settle()).await.unwrap_or(false)
+                    node.shutdown().run_until_cancelled(storing.settle()).await.unwrap_or(false).then_some(1)
                 }
-                _ => true,
+                Some(Pending::Sent(n)) => Some(*n),
+                None => Some(0),
             };
-            if settled {
+            if let Some(n) = settled {
                 window.pop_front();
-                self.stored.send_modify(|n| *n += 1);
+                self.stored.send_modify(|done| *done += n);
                 retries = 0;
                 continue;
             }
