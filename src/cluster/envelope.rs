@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{Properties, QoS, TopicName};
@@ -89,17 +89,27 @@ pub struct Received {
 }
 
 /// The NATS payload for `message` from node `node`: the envelope, then the
-/// MQTT payload.
-pub fn wrap(node: &str, message: &Message, publisher: Option<&str>, retry: bool, now: Instant) -> Bytes {
+/// MQTT payload, written at the end of `block` and split off it (so many
+/// messages share one allocation).
+pub fn wrap(
+    block: &mut BytesMut,
+    node: &str,
+    message: &Message,
+    publisher: Option<&str>,
+    retry: bool,
+    now: Instant,
+) -> Bytes {
     let wrapped = Wrapped { node, publisher, retry, envelope: envelope(message, now) };
-    let mut out = Vec::with_capacity(MAGIC.len() + 1 + 32 + node.len() + message.payload.len());
+    let mut out = std::mem::take(block);
     out.extend_from_slice(MAGIC);
-    out.push(WRAPPED);
-    // Serializing plain values into a Vec cannot fail; were it to, the
-    // receiver would refuse the truncated envelope and drop the message.
+    out.extend_from_slice(&[WRAPPED]);
+    // Serializing plain values cannot fail; were it to, the payload would
+    // go without its envelope and the receiver ignore it.
     let mut out = postcard::to_extend(&wrapped, out).unwrap_or_default();
     out.extend_from_slice(&message.payload);
-    Bytes::from(out)
+    let wire = out.split().freeze();
+    *block = out;
+    wire
 }
 
 /// The message in `nats` (on `topic`'s subject), in either format, or
@@ -264,7 +274,7 @@ mod tests {
         let payload = Bytes::from_static(b"MOAT\x02 payload");
         let message = Message::new(topic.clone(), payload.clone(), QoS::ExactlyOnce, true, &props);
         let now = Instant::now();
-        let wire = wrap("node-a", &message, Some("pub-1"), true, now);
+        let wire = wrap(&mut BytesMut::new(), "node-a", &message, Some("pub-1"), true, now);
         let got = read(topic.clone(), nats(wire, None), now).expect("reads");
         assert_eq!((&got.origin[..], got.publisher.as_deref(), got.retry), (&b"node-a"[..], Some(&b"pub-1"[..]), true));
         let back = got.message;
@@ -275,8 +285,27 @@ mod tests {
         assert_eq!(back.remaining_expiry(now), Some(60));
 
         let plain = Message::new(topic.clone(), Bytes::new(), QoS::AtMostOnce, false, &Properties::default());
-        let got = read(topic, nats(wrap("b", &plain, None, false, now), None), now).expect("reads");
+        let got =
+            read(topic, nats(wrap(&mut BytesMut::new(), "b", &plain, None, false, now), None), now).expect("reads");
         assert_eq!((got.publisher, got.retry, got.message.payload.len()), (None, false, 0));
+    }
+
+    #[test]
+    fn messages_wrapped_in_one_block_stay_apart() {
+        let topic = TopicName::new("a/b").expect("topic");
+        let now = Instant::now();
+        let mut block = BytesMut::with_capacity(64);
+        let wires: Vec<Bytes> = (0..50u8)
+            .map(|i| {
+                let payload = Bytes::from(vec![i; usize::from(i)]);
+                let message = Message::new(topic.clone(), payload, QoS::AtLeastOnce, false, &Properties::default());
+                wrap(&mut block, "n", &message, None, false, now)
+            })
+            .collect();
+        for (i, wire) in (0..50u8).zip(wires) {
+            let got = read(topic.clone(), nats(wire, None), now).expect("reads");
+            assert_eq!(got.message.payload, vec![i; usize::from(i)]);
+        }
     }
 
     #[test]
@@ -305,7 +334,7 @@ mod tests {
         let message =
             Message::new(topic.clone(), Bytes::from_static(b"hi"), QoS::AtLeastOnce, false, &Properties::default());
         let now = Instant::now();
-        let wire = wrap("a", &message, None, false, now);
+        let wire = wrap(&mut BytesMut::new(), "a", &message, None, false, now);
         let mut other_format = wire.to_vec();
         other_format[4] = 3;
         for payload in [Bytes::from_static(b"hello"), Bytes::new(), wire.slice(..6), Bytes::from(other_format)] {
