@@ -5,10 +5,8 @@
 //! publishes on (`{prefix}.t.>`, `{prefix}.d.>`) with interest retention:
 //! JetStream keeps a message only while a consumer wants it, so the
 //! stream stores nothing while no session is kept, and publishers send
-//! nothing extra. It is not free: nats-server still takes every message
-//! on those subjects into the stream (a sequence number each), about
-//! 2 us of its CPU per message here, most of what a message crossing
-//! nodes costs it (BENCHMARKS.md, "Cluster path: CPU per message").
+//! nothing extra; nats-server still sequences every message (about 2 us
+//! of its CPU each here: BENCHMARKS.md, "Cluster path: CPU per message").
 //!
 //! **Keep.** When a connection with a session that outlives it is set up
 //! (and whenever its subscriptions change), its node makes sure the
