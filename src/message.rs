@@ -60,7 +60,7 @@ impl Forwarded {
 
 impl From<Properties> for Forwarded {
     fn from(properties: Properties) -> Forwarded {
-        Forwarded((properties != Properties::default()).then(|| Box::new(properties)))
+        Forwarded((!properties.is_empty()).then(|| Box::new(properties)))
     }
 }
 

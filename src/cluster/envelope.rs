@@ -1,15 +1,28 @@
-//! What travels beside the payload on NATS: QoS, retain flag, expiry and
-//! the v5 properties of a message, in one header value.
+//! What travels with a message on NATS besides its topic (the subject):
+//! QoS, retain flag, expiry, the v5 properties, the origin node and (QoS
+//! 1/2) the publisher's client id.
 //!
-//! The payload is the NATS payload as is (a `Bytes` handed over, never
-//! copied) and the topic is the subject; everything else is `postcard`
-//! behind a format byte, in base64 because header values are text lines.
+//! Messages between nodes carry it in front of the payload ([`wrap`],
+//! [`read`]): `MOAT`, a format byte, the [`Wrapped`] fields in `postcard`,
+//! then the MQTT payload, so a NATS message has no headers (`PUB`, not
+//! `HPUB`) unless a QoS 2 message needs JetStream's `Nats-Msg-Id`. The
+//! NATS client turns every header section into a hash map of owned
+//! strings on both ends, which cost more CPU than the rest of the
+//! crossing (BENCHMARKS.md, "Cluster path: CPU per message"); the payload
+//! is copied once behind the envelope instead, and the receiver takes it
+//! as a slice of what it read, without a copy.
+//!
+//! The earlier format, in headers ([`MESSAGE_HEADER`] in base64 beside
+//! [`NODE_HEADER`] and [`CLIENT_HEADER`]), is still read, as JetStream may
+//! hold messages in it, and is what retained messages are written in
+//! ([`encode`], [`decode`]). Nodes before this format ignore messages in
+//! it: a cluster is upgraded all at once (README, Clustering).
 
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{Properties, QoS, TopicName};
@@ -27,8 +40,13 @@ pub const MESSAGE_HEADER: &str = "Moat-Msg";
 /// JetStream only.
 pub const RETRY_HEADER: &str = "Moat-Retry";
 
-/// Version byte in front of the encoded envelope.
+/// Version byte in front of the encoded envelope (header format).
 const FORMAT: u8 = 1;
+/// What a payload carrying an envelope starts with: no MQTT client
+/// publishes on Moat's subjects, but a NATS client could.
+const MAGIC: &[u8; 4] = b"MOAT";
+/// Version byte after [`MAGIC`].
+const WRAPPED: u8 = 2;
 
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 struct Envelope<'a> {
@@ -44,6 +62,83 @@ struct Envelope<'a> {
     user_properties: Vec<(&'a str, &'a str)>,
 }
 
+/// What [`wrap`] puts in front of a payload.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+struct Wrapped<'a> {
+    /// The origin node's id (peers skip their own messages).
+    node: &'a str,
+    /// The publisher's client id (QoS 1/2: a kept session's No Local).
+    publisher: Option<&'a str>,
+    /// Published again because JetStream did not answer in time
+    /// (`outbound`): nodes take it from JetStream only.
+    retry: bool,
+    #[serde(borrow)]
+    envelope: Envelope<'a>,
+}
+
+/// A message read from NATS, with what it says of where it came from.
+#[derive(Debug)]
+pub struct Received {
+    pub message: Message,
+    /// The origin node's id (UTF-8; a slice of what was read).
+    pub origin: Bytes,
+    /// The publisher's client id, on QoS 1/2 messages.
+    pub publisher: Option<Bytes>,
+    /// Published again for JetStream's sake ([`RETRY_HEADER`]).
+    pub retry: bool,
+}
+
+/// The NATS payload for `message` from node `node`: the envelope, then the
+/// MQTT payload, written at the end of `block` and split off it (so many
+/// messages share one allocation).
+pub fn wrap(
+    block: &mut BytesMut,
+    node: &str,
+    message: &Message,
+    publisher: Option<&str>,
+    retry: bool,
+    now: Instant,
+) -> Bytes {
+    let wrapped = Wrapped { node, publisher, retry, envelope: envelope(message, now) };
+    let mut out = std::mem::take(block);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&[WRAPPED]);
+    // Serializing plain values cannot fail; were it to, the payload would
+    // go without its envelope and the receiver ignore it.
+    let mut out = postcard::to_extend(&wrapped, out).unwrap_or_default();
+    out.extend_from_slice(&message.payload);
+    let wire = out.split().freeze();
+    *block = out;
+    wire
+}
+
+/// The message in `nats` (on `topic`'s subject), in either format, or
+/// `None` when it is in none this version understands.
+pub fn read(topic: TopicName, nats: async_nats::Message, now: Instant) -> Option<Received> {
+    let headers = nats.headers.as_ref();
+    if let Some(header) = headers.and_then(|h| h.get(MESSAGE_HEADER)) {
+        let text = |name| headers.and_then(|h| h.get(name)).map(|v| Bytes::copy_from_slice(v.as_str().as_bytes()));
+        return Some(Received {
+            origin: text(NODE_HEADER)?,
+            publisher: text(CLIENT_HEADER),
+            retry: headers.and_then(|h| h.get(RETRY_HEADER)).is_some(),
+            message: decode(topic, nats.payload, header.as_str(), now)?,
+        });
+    }
+    let payload = nats.payload;
+    let rest = payload.strip_prefix(MAGIC)?;
+    let (&format, rest) = rest.split_first()?;
+    if format != WRAPPED {
+        return None;
+    }
+    let (w, body): (Wrapped<'_>, _) = postcard::take_from_bytes(rest).ok()?;
+    let start = payload.len() - body.len();
+    let (origin, publisher) =
+        (payload.slice_ref(w.node.as_bytes()), w.publisher.map(|p| payload.slice_ref(p.as_bytes())));
+    let message = open(topic, payload.slice(start..), w.envelope, now)?;
+    Some(Received { message, origin, publisher, retry: w.retry })
+}
+
 /// Makes the expiry of `message`, read from JetStream at `now`, count from
 /// `published`, when JetStream stored it, not from when it was read.
 pub fn stored_at(message: &mut Message, published: SystemTime, now: Instant) {
@@ -53,8 +148,16 @@ pub fn stored_at(message: &mut Message, published: SystemTime, now: Instant) {
 
 /// The [`MESSAGE_HEADER`] value for `message`.
 pub fn encode(message: &Message, now: Instant) -> String {
+    // Serializing plain values into a Vec cannot fail; were it to, the
+    // receiver would refuse the bare format byte and drop the message.
+    let bytes = postcard::to_extend(&envelope(message, now), vec![FORMAT]).unwrap_or_else(|_| vec![FORMAT]);
+    STANDARD_NO_PAD.encode(bytes)
+}
+
+/// What travels of `message`, sent at `now`.
+fn envelope(message: &Message, now: Instant) -> Envelope<'_> {
     let p = &message.properties;
-    let envelope = Envelope {
+    Envelope {
         qos: message.qos as u8,
         retain: message.retain,
         expiry_ms: message
@@ -65,11 +168,7 @@ pub fn encode(message: &Message, now: Instant) -> String {
         response_topic: p.response_topic.as_ref().map(TopicName::as_str),
         correlation_data: p.correlation_data.as_deref(),
         user_properties: p.user_properties.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
-    };
-    // Serializing plain values into a Vec cannot fail; were it to, the
-    // receiver would refuse the bare format byte and drop the message.
-    let bytes = postcard::to_extend(&envelope, vec![FORMAT]).unwrap_or_else(|_| vec![FORMAT]);
-    STANDARD_NO_PAD.encode(bytes)
+    }
 }
 
 /// The message a peer node sent, or `None` when the header is not one this
@@ -80,7 +179,11 @@ pub fn decode(topic: TopicName, payload: Bytes, header: &str, now: Instant) -> O
     if format != FORMAT {
         return None;
     }
-    let e: Envelope<'_> = postcard::from_bytes(rest).ok()?;
+    open(topic, payload, postcard::from_bytes(rest).ok()?, now)
+}
+
+/// The message an envelope describes, or `None` when it is invalid.
+fn open(topic: TopicName, payload: Bytes, e: Envelope<'_>, now: Instant) -> Option<Message> {
     let qos = match e.qos {
         0 => QoS::AtMostOnce,
         1 => QoS::AtLeastOnce,
@@ -141,6 +244,102 @@ mod tests {
         assert_eq!(back.properties.user_properties, props.user_properties);
         assert_eq!(back.properties.payload_format_indicator, Some(1));
         assert_eq!(back.remaining_expiry(now), Some(60));
+    }
+
+    /// What a node receives when `payload` (and `headers`) arrive on the
+    /// subject of `a/b`.
+    fn nats(payload: Bytes, headers: Option<async_nats::HeaderMap>) -> async_nats::Message {
+        async_nats::Message {
+            subject: "moat.t.a.b".into(),
+            reply: None,
+            length: payload.len(),
+            payload,
+            headers,
+            status: None,
+            description: None,
+        }
+    }
+
+    #[test]
+    fn wrapped_round_trip_keeps_message_origin_publisher_and_retry() {
+        let props = Properties {
+            content_type: Some("text/plain".into()),
+            correlation_data: Some(Bytes::from_static(b"\x00\x01")),
+            user_properties: vec![("k".into(), "v".into())],
+            message_expiry_interval: Some(60),
+            ..Properties::default()
+        };
+        let topic = TopicName::new("a/b").expect("topic");
+        // A payload that itself starts like an envelope travels as is.
+        let payload = Bytes::from_static(b"MOAT\x02 payload");
+        let message = Message::new(topic.clone(), payload.clone(), QoS::ExactlyOnce, true, &props);
+        let now = Instant::now();
+        let wire = wrap(&mut BytesMut::new(), "node-a", &message, Some("pub-1"), true, now);
+        let got = read(topic.clone(), nats(wire, None), now).expect("reads");
+        assert_eq!((&got.origin[..], got.publisher.as_deref(), got.retry), (&b"node-a"[..], Some(&b"pub-1"[..]), true));
+        let back = got.message;
+        assert_eq!((back.qos, back.retain, &back.payload), (QoS::ExactlyOnce, true, &payload));
+        assert_eq!(back.properties.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(back.properties.correlation_data.as_deref(), Some(&b"\x00\x01"[..]));
+        assert_eq!(back.properties.user_properties, props.user_properties);
+        assert_eq!(back.remaining_expiry(now), Some(60));
+
+        let plain = Message::new(topic.clone(), Bytes::new(), QoS::AtMostOnce, false, &Properties::default());
+        let got =
+            read(topic, nats(wrap(&mut BytesMut::new(), "b", &plain, None, false, now), None), now).expect("reads");
+        assert_eq!((got.publisher, got.retry, got.message.payload.len()), (None, false, 0));
+    }
+
+    #[test]
+    fn messages_wrapped_in_one_block_stay_apart() {
+        let topic = TopicName::new("a/b").expect("topic");
+        let now = Instant::now();
+        let mut block = BytesMut::with_capacity(64);
+        let wires: Vec<Bytes> = (0..50u8)
+            .map(|i| {
+                let payload = Bytes::from(vec![i; usize::from(i)]);
+                let message = Message::new(topic.clone(), payload, QoS::AtLeastOnce, false, &Properties::default());
+                wrap(&mut block, "n", &message, None, false, now)
+            })
+            .collect();
+        for (i, wire) in (0..50u8).zip(wires) {
+            let got = read(topic.clone(), nats(wire, None), now).expect("reads");
+            assert_eq!(got.message.payload, vec![i; usize::from(i)]);
+        }
+    }
+
+    #[test]
+    fn header_format_is_still_read() {
+        let topic = TopicName::new("a/b").expect("topic");
+        let message =
+            Message::new(topic.clone(), Bytes::from_static(b"hi"), QoS::AtLeastOnce, false, &Properties::default());
+        let now = Instant::now();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(NODE_HEADER, "old");
+        headers.insert(MESSAGE_HEADER, encode(&message, now).as_str());
+        headers.insert(CLIENT_HEADER, "pub-1");
+        headers.insert(RETRY_HEADER, "1");
+        let got = read(topic.clone(), nats(message.payload.clone(), Some(headers)), now).expect("reads");
+        assert_eq!((&got.origin[..], got.publisher.as_deref(), got.retry), (&b"old"[..], Some(&b"pub-1"[..]), true));
+        assert_eq!((got.message.qos, &got.message.payload[..]), (QoS::AtLeastOnce, &b"hi"[..]));
+        // Without its node header it is no message of a node.
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(MESSAGE_HEADER, encode(&message, now).as_str());
+        assert!(read(topic, nats(message.payload.clone(), Some(headers)), now).is_none());
+    }
+
+    #[test]
+    fn unwrapped_or_damaged_payloads_are_refused() {
+        let topic = TopicName::new("a/b").expect("topic");
+        let message =
+            Message::new(topic.clone(), Bytes::from_static(b"hi"), QoS::AtLeastOnce, false, &Properties::default());
+        let now = Instant::now();
+        let wire = wrap(&mut BytesMut::new(), "a", &message, None, false, now);
+        let mut other_format = wire.to_vec();
+        other_format[4] = 3;
+        for payload in [Bytes::from_static(b"hello"), Bytes::new(), wire.slice(..6), Bytes::from(other_format)] {
+            assert!(read(topic.clone(), nats(payload.clone(), None), now).is_none(), "{payload:?}");
+        }
     }
 
     #[test]

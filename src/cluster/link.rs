@@ -237,9 +237,12 @@ impl Link {
         // What the client has buffered is routed in one go, without a
         // wake-up per message, so this task keeps up with the connection.
         let mut batches = (&mut subscriber).ready_chunks(super::INBOUND_BATCH);
+        // The last subject's topic: messages on one subject tend to come
+        // in runs, and mapping a subject back costs two allocations.
+        let mut last = None;
         while let Some(Some(batch)) = stop.run_until_cancelled(batches.next()).await {
             for nats in batch {
-                let Some(message) = self.decode(nats, shared.is_some()) else { continue };
+                let Some(message) = self.decode(nats, shared.is_some(), &mut last) else { continue };
                 match &shared {
                     // The group's consumer has it.
                     Some(share) if message.qos != QoS::AtMostOnce && share.durable.load(Ordering::Acquire) => 0,
@@ -255,25 +258,37 @@ impl Link {
 
     /// The message a node sent, or `None` for our own (unless `own`), or
     /// for one this version cannot read (logged at debug: peers run other
-    /// versions during an upgrade).
-    fn decode(&self, nats: async_nats::Message, own: bool) -> Option<Message> {
-        let headers = nats.headers.as_ref()?;
-        let origin = headers.get(envelope::NODE_HEADER)?;
-        if !own && origin.as_str() == &*self.node_id {
-            return None;
-        }
-        let Some(topic) = self.subjects.topic_of(nats.subject.as_str()).and_then(|t| TopicName::new(&t).ok()) else {
-            debug!(subject = %nats.subject, "cluster: subject is no topic; ignored");
+    /// versions during an upgrade). `last` is the last subject mapped to a
+    /// topic and that topic.
+    fn decode(
+        &self,
+        nats: async_nats::Message,
+        own: bool,
+        last: &mut Option<(async_nats::Subject, TopicName)>,
+    ) -> Option<Message> {
+        let topic = match last {
+            Some((subject, topic)) if *subject == nats.subject => topic.clone(),
+            _ => {
+                let Some(topic) = self.subjects.topic_of(nats.subject.as_str()).and_then(|t| TopicName::new(&t).ok())
+                else {
+                    debug!(subject = %nats.subject, "cluster: subject is no topic; ignored");
+                    return None;
+                };
+                *last = Some((nats.subject.clone(), topic.clone()));
+                topic
+            }
+        };
+        let Some(received) = envelope::read(topic, nats, Instant::now()) else {
+            debug!("cluster: message in an unknown format; ignored");
             return None;
         };
-        let header = headers.get(envelope::MESSAGE_HEADER)?;
-        let message = envelope::decode(topic, nats.payload, header.as_str(), Instant::now());
-        if message.is_none() {
-            debug!(origin = origin.as_str(), "cluster: message in an unknown format; ignored");
+        if !own && received.origin == self.node_id.as_bytes() {
+            return None;
         }
         // A QoS 1/2 message published again for JetStream's sake: the
         // first copy came this way already, or was lost with the
         // connection it left on (core NATS is at most once).
-        message.filter(|m| m.qos == QoS::AtMostOnce || headers.get(envelope::RETRY_HEADER).is_none())
+        let message = received.message;
+        (message.qos == QoS::AtMostOnce || !received.retry).then_some(message)
     }
 }

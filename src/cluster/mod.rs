@@ -35,7 +35,7 @@
 //!   current from it; the stream's order decides conflicts.
 //!
 //! No echo, no duplicates: the main connection is made with `no_echo`, and
-//! the origin's node id travels in a header and is checked. Every
+//! the origin's node id travels in each message's envelope ([`envelope`]) and is checked. Every
 //! non-shared subscription of a node joins the NATS queue group named by
 //! its node id, so a message matching several of a node's subjects (`a/+`
 //! and `+/b`) still reaches that node once; the node's own trie then merges

@@ -22,7 +22,7 @@
 //! (BENCHMARKS.md, "Partitions"), which at QoS 1 rates would cost more
 //! than the duplicates it saves.
 //!
-//! A retry is marked ([`envelope::RETRY_HEADER`]): nodes take QoS 1/2
+//! A retry is marked (in its envelope, [`envelope::wrap`]): nodes take QoS 1/2
 //! messages marked so from JetStream only, not from core NATS, which
 //! would otherwise deliver the first copy and the retry to clean sessions
 //! (at most once there, as before).
@@ -32,7 +32,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream;
+use async_nats::{Subject, jetstream};
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -60,11 +61,49 @@ const RETRIES_BEFORE_WARNING: u32 = 10;
 /// What a QoS 1/2 message handed to NATS still waits for before its
 /// publisher may be acknowledged.
 pub(super) enum Pending {
-    /// Nothing: sent to the running nodes over core NATS (or dropped,
-    /// counted), since no session is kept anywhere.
-    Sent,
+    /// Nothing, for this many messages in a row: sent to the running nodes
+    /// over core NATS (or dropped, counted), since no session is kept
+    /// anywhere. One entry per run, so the acknowledging task (and
+    /// whoever waits on [`super::Cluster::stored`]) wakes once for it.
+    Sent(u64),
     /// JetStream storing it.
     Stored(Box<Storing>),
+}
+
+/// Where the publishing tasks write what they hand to the NATS client:
+/// each message's subject and payload are split off one block that many
+/// share, rather than allocated (twice) each.
+#[derive(Default)]
+struct Wire {
+    block: BytesMut,
+    subject: String,
+}
+
+impl Wire {
+    /// What a block holds at least: many small messages.
+    const BLOCK: usize = 64 * 1024;
+
+    /// The subject and NATS payload of `message` ([`envelope::wrap`]).
+    fn encode(
+        &mut self,
+        link: &Link,
+        message: &Message,
+        publisher: Option<&str>,
+        retry: bool,
+        now: Instant,
+    ) -> (Subject, Bytes) {
+        link.subjects.topic_into(message.topic.as_str(), &mut self.subject);
+        // Room for the subject, the envelope as it usually is, the
+        // payload; the block grows past it for a large envelope.
+        let need = self.subject.len() + 64 + link.node_id.len() + publisher.map_or(0, str::len) + message.payload.len();
+        if self.block.capacity() - self.block.len() < need {
+            self.block.reserve(need.max(Self::BLOCK));
+        }
+        self.block.extend_from_slice(self.subject.as_bytes());
+        let subject =
+            Subject::from_utf8(self.block.split().freeze()).unwrap_or_else(|_| Subject::from(self.subject.as_str()));
+        (subject, envelope::wrap(&mut self.block, &link.node_id, message, publisher, retry, now))
+    }
 }
 
 /// A message on its way into JetStream.
@@ -127,58 +166,59 @@ impl Link {
         node: Node,
     ) {
         let mut batch = Vec::with_capacity(OUTBOUND_BATCH);
+        let mut wire = Wire::default();
         let js = jetstream::new(client.clone());
         let (acks, pending) = mpsc::channel(OUTBOUND_CAPACITY);
         node.spawn(self.clone().acknowledge(client.clone(), pending, node.clone()));
         // QoS 1/2 messages taken so far: each one's place in the queue.
         let mut taken = 0u64;
         // `recv_many` takes nothing only when every sender is gone.
-        while let Some(1..) = node.shutdown().run_until_cancelled(rx.recv_many(&mut batch, OUTBOUND_BATCH)).await {
+        'batches: while let Some(1..) =
+            node.shutdown().run_until_cancelled(rx.recv_many(&mut batch, OUTBOUND_BATCH)).await
+        {
             let now = Instant::now();
             // Stored by JetStream before acknowledged while a session is
             // kept somewhere; sent now only if it can be stored now.
             let store = self.queue.wanted();
             let ready = store && self.ready(&client);
+            // QoS 1/2 messages sent (not stored) since the last entry
+            // handed to the acknowledging task.
+            let mut sent = 0u64;
             for (message, publisher) in batch.drain(..) {
                 self.queued_bytes.fetch_sub(queued_size(&message), Ordering::Relaxed);
                 if message.qos == QoS::AtMostOnce {
                     if !message.is_expired(now) {
-                        self.send(&client, &message, None, now, &node).await;
+                        self.send(&client, &mut wire, &message, None, now, &node).await;
                     }
                     continue;
                 }
                 taken += 1;
-                let pending = if message.is_expired(now) {
-                    Pending::Sent
+                if message.is_expired(now) {
+                    sent += 1;
                 } else if store {
                     let id = (message.qos == QoS::ExactlyOnce).then(|| format!("{}.{taken}", self.run_id));
                     let mut storing = Box::new(Storing { message, publisher, id, attempt: Attempt::Due });
                     if ready {
-                        storing.attempt = self.store(&js, &storing, false, &node).await;
+                        storing.attempt = self.store(&js, &mut wire, &storing, false, &node).await;
                     }
-                    Pending::Stored(storing)
+                    // Those before it first: the task settles in order.
+                    let before = std::mem::take(&mut sent);
+                    if (before > 0 && acks.send(Pending::Sent(before)).await.is_err())
+                        || acks.send(Pending::Stored(storing)).await.is_err()
+                    {
+                        break 'batches;
+                    }
                 } else {
-                    self.send(&client, &message, publisher.as_deref(), now, &node).await;
-                    Pending::Sent
-                };
-                if acks.send(pending).await.is_err() {
-                    break;
+                    self.send(&client, &mut wire, &message, publisher.as_deref(), now, &node).await;
+                    sent += 1;
                 }
+            }
+            if sent > 0 && acks.send(Pending::Sent(sent)).await.is_err() {
+                break;
             }
         }
         // Hand what was published to the server before the process ends.
         let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
-    }
-
-    /// The headers every copy of `message` carries.
-    fn headers(&self, message: &Message, publisher: Option<&str>, now: Instant) -> async_nats::HeaderMap {
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(envelope::NODE_HEADER, &*self.node_id);
-        headers.insert(envelope::MESSAGE_HEADER, envelope::encode(message, now).as_str());
-        if let Some(publisher) = publisher {
-            headers.insert(envelope::CLIENT_HEADER, publisher);
-        }
-        headers
     }
 
     /// Publishes `message` over core NATS (at most once); a failure is
@@ -186,15 +226,15 @@ impl Link {
     async fn send(
         &self,
         client: &async_nats::Client,
+        wire: &mut Wire,
         message: &Message,
         publisher: Option<&str>,
         now: Instant,
         node: &Node,
     ) {
-        let headers = self.headers(message, publisher, now);
         // `forward` let only topics whose subject fits through.
-        let subject = self.subjects.topic(message.topic.as_str());
-        if let Err(e) = client.publish_with_headers(subject, headers, message.payload.clone()).await {
+        let (subject, payload) = wire.encode(self, message, publisher, false, now);
+        if let Err(e) = client.publish(subject, payload).await {
             debug!(error = %e, "cluster: publish to NATS failed");
             node.dropped(DropReason::Cluster, 1);
         }
@@ -202,17 +242,25 @@ impl Link {
 
     /// Publishes `storing` to JetStream (`again`: a retry), and returns
     /// where it stands.
-    async fn store(&self, js: &jetstream::Context, storing: &Storing, again: bool, node: &Node) -> Attempt {
+    async fn store(
+        &self,
+        js: &jetstream::Context,
+        wire: &mut Wire,
+        storing: &Storing,
+        again: bool,
+        node: &Node,
+    ) -> Attempt {
         let now = Instant::now();
-        let mut headers = self.headers(&storing.message, storing.publisher.as_deref(), now);
-        if let Some(id) = &storing.id {
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-        }
-        if again {
-            headers.insert(envelope::RETRY_HEADER, "1");
-        }
-        let subject = self.subjects.topic(storing.message.topic.as_str());
-        match js.publish_with_headers(subject, headers, storing.message.payload.clone()).await {
+        let (subject, payload) = wire.encode(self, &storing.message, storing.publisher.as_deref(), again, now);
+        let published = match &storing.id {
+            Some(id) => {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+                js.publish_with_headers(subject, headers, payload).await
+            }
+            None => js.publish(subject, payload).await,
+        };
+        match published {
             Ok(ack) => Attempt::Sent(ack, now + STORE_WAIT),
             Err(e) if e.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
                 debug!(error = %e, "cluster: message too large for NATS; it stays on this node");
@@ -251,6 +299,7 @@ impl Link {
         node: Node,
     ) {
         let js = jetstream::new(client.clone());
+        let mut wire = Wire::default();
         let mut window: VecDeque<Pending> = VecDeque::new();
         // Rounds of retries since JetStream last stored a message, and
         // when the first of them began.
@@ -269,13 +318,14 @@ impl Link {
             }
             let settled = match window.front_mut() {
                 Some(Pending::Stored(storing)) => {
-                    node.shutdown().run_until_cancelled(storing.settle()).await.unwrap_or(false)
+                    node.shutdown().run_until_cancelled(storing.settle()).await.unwrap_or(false).then_some(1)
                 }
-                _ => true,
+                Some(Pending::Sent(n)) => Some(*n),
+                None => Some(0),
             };
-            if settled {
+            if let Some(n) = settled {
                 window.pop_front();
-                self.stored.send_modify(|n| *n += 1);
+                self.stored.send_modify(|done| *done += n);
                 retries = 0;
                 continue;
             }
@@ -309,7 +359,7 @@ impl Link {
                         Attempt::Refused => false,
                     }
                 {
-                    storing.attempt = self.store(&js, storing, true, &node).await;
+                    storing.attempt = self.store(&js, &mut wire, storing, true, &node).await;
                 }
             }
         }

@@ -36,14 +36,21 @@ impl Subjects {
     /// The subject a message published to `topic` travels on.
     pub fn topic(&self, topic: &str) -> String {
         let mut out = String::with_capacity(self.prefix.len() + 3 + topic.len() + 8);
+        self.topic_into(topic, &mut out);
+        out
+    }
+
+    /// Writes [`Subjects::topic`] into `out`, cleared first: a task
+    /// publishing many messages reuses one buffer.
+    pub fn topic_into(&self, topic: &str, out: &mut String) {
+        out.clear();
         out.push_str(&self.prefix);
         out.push('.');
         out.push_str(if topic.starts_with('$') { DOLLAR } else { TOPICS });
         for level in topic.split('/') {
             out.push('.');
-            escape(level, &mut out);
+            escape(level, out);
         }
-        out
     }
 
     /// The subjects to subscribe to for the (non-shared) MQTT `filter`: one,

@@ -188,7 +188,7 @@ pub(crate) fn decode_properties(r: &mut Reader, context: PropertyContext) -> Res
 
 /// Whether no property is set, so short forms may be used.
 pub(crate) fn is_empty(p: &Properties) -> bool {
-    *p == Properties::default()
+    p.is_empty()
 }
 
 /// Writes the property length followed by every property that is set, in

@@ -361,6 +361,27 @@ async fn wildcards_map_to_one_nats_subscription_per_subject_without_duplicates()
 }
 
 #[tokio::test]
+async fn messages_on_alternating_topics_through_one_nats_subscription_keep_their_topics() {
+    let nats = Nats::start().await;
+    let (a, b) = (node(&nats.url(), "a").await, node(&nats.url(), "b").await);
+    let mut sub = a.v5("alternating").await;
+    sub.subscribe("c/+", QoS::AtLeastOnce).await;
+    nats.until_subjects("a", &["moat.t.c.*"]).await;
+    // Node a maps each subject back to its topic and remembers the last
+    // one: runs on one topic and changes between topics must both come
+    // out right (one NATS subscription keeps their order).
+    let publisher = b.v5("pub").await;
+    let sent = [("c/1", "1"), ("c/1", "2"), ("c/2", "3"), ("c/1", "4"), ("c/x.y", "5"), ("c/x.y", "6"), ("c/", "7")];
+    for (topic, payload) in sent {
+        publish(&publisher, topic, QoS::AtLeastOnce, payload).await;
+    }
+    for (topic, payload) in sent {
+        assert_eq!(received(&mut sub).await, (topic.into(), payload.into(), QoS::AtLeastOnce));
+    }
+    sub.no_publish().await;
+}
+
+#[tokio::test]
 async fn unsubscribe_stops_the_flow_once_no_session_wants_it() {
     let nats = Nats::start().await;
     let (a, b) = (node(&nats.url(), "a").await, node(&nats.url(), "b").await);

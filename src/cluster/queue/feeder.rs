@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::{FEED_HEARTBEAT, Pulled, Queue, SessionReplica, envelope};
+use super::{FEED_HEARTBEAT, Pulled, Queue, SessionReplica};
 use crate::codec::QoS;
 use crate::message::{Delivery, JetStreamAck, Subscription};
 use crate::session::{Session, SessionState};
@@ -65,14 +65,13 @@ impl Feeder {
     /// acknowledges it at once when the session has no use for it.
     fn take_in(&self, message: jetstream::Message) {
         let Some(Pulled { ack, delivered, published }) = Pulled::of(&message) else { return };
-        let own = message
-            .message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(envelope::CLIENT_HEADER))
-            .is_some_and(|c| c.as_str() == &**self.session.client_id());
         let id = message_id(&message.message);
-        let decoded = self.queue.decode(message.message, published);
+        let received = self.queue.decode(message.message, published);
+        let own = received
+            .as_ref()
+            .and_then(|r| r.publisher.as_ref())
+            .is_some_and(|c| c == self.session.client_id().as_bytes());
+        let decoded = received.map(|r| r.message);
         // JetStream may also deliver a message again as if for the first
         // time (the consumer's state rolled back: its server was killed,
         // or its leader cut off before the acknowledgement spread), or

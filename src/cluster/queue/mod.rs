@@ -4,8 +4,9 @@
 //! The stream `{PREFIX}_QUEUE` captures the subjects every node already
 //! publishes on (`{prefix}.t.>`, `{prefix}.d.>`) with interest retention:
 //! JetStream keeps a message only while a consumer wants it, so the
-//! stream costs nothing while no session is kept, and publishers send
-//! nothing extra.
+//! stream stores nothing while no session is kept, and publishers send
+//! nothing extra; nats-server still sequences every message (about 2 us
+//! of its CPU each here: BENCHMARKS.md, "Cluster path: CPU per message").
 //!
 //! **Keep.** When a connection with a session that outlives it is set up
 //! (and whenever its subscriptions change), its node makes sure the
@@ -498,15 +499,15 @@ impl Queue {
     }
 
     /// The message a node published, as stored `published` (its expiry
-    /// counts from then); `None` if unreadable or expired.
-    fn decode(&self, nats: async_nats::Message, published: SystemTime) -> Option<crate::message::Message> {
+    /// counts from then), with its publisher's client id; `None` if
+    /// unreadable or expired.
+    fn decode(&self, nats: async_nats::Message, published: SystemTime) -> Option<envelope::Received> {
         let topic = self.subjects.topic_of(nats.subject.as_str())?;
         let topic = TopicName::new(&topic).ok()?;
-        let header = nats.headers.as_ref()?.get(envelope::MESSAGE_HEADER)?.as_str().to_owned();
         let now = Instant::now();
-        let mut message = envelope::decode(topic, nats.payload, &header, now)?;
-        envelope::stored_at(&mut message, published, now);
-        (!message.is_expired(now)).then_some(message)
+        let mut received = envelope::read(topic, nats, now)?;
+        envelope::stored_at(&mut received.message, published, now);
+        (!received.message.is_expired(now)).then_some(received)
     }
 }
 

@@ -129,7 +129,8 @@ impl Queue {
     fn take_shared(&self, message: jetstream::Message, filter: &str, group: &str, node: &Node) {
         let Some(Pulled { ack, delivered, published }) = Pulled::of(&message) else { return };
         // QoS 0 messages reach share groups through NATS queue groups.
-        let Some(message) = self.decode(message.message, published).filter(|m| m.qos != QoS::AtMostOnce) else {
+        let decoded = self.decode(message.message, published).map(|r| r.message);
+        let Some(message) = decoded.filter(|m| m.qos != QoS::AtMostOnce) else {
             self.acknowledge(&ack);
             return;
         };
