@@ -19,6 +19,7 @@ use super::subject::Subjects;
 use super::{MAX_SUBJECT_BYTES, envelope};
 use crate::broker::{Node, WeakNode};
 use crate::codec::{QoS, TopicName};
+use crate::config::WireFormat;
 use crate::message::Message;
 use crate::metrics::DropReason;
 use crate::router::Interest;
@@ -101,6 +102,8 @@ pub(super) struct Link {
     /// [`Cluster::stored`].
     pub(super) stored: Arc<watch::Sender<u64>>,
     pub(super) queue: Arc<Queue>,
+    /// `cluster.wire_format`.
+    pub(super) wire_format: WireFormat,
 }
 
 /// A local share group's count of members, the handle that ends serving
@@ -241,15 +244,18 @@ impl Link {
         // in runs, and mapping a subject back costs two allocations.
         let mut last = None;
         while let Some(Some(batch)) = stop.run_until_cancelled(batches.next()).await {
-            for nats in batch {
-                let Some(message) = self.decode(nats, shared.is_some(), &mut last) else { continue };
-                match &shared {
-                    // The group's consumer has it.
-                    Some(share) if message.qos != QoS::AtMostOnce && share.durable.load(Ordering::Acquire) => 0,
-                    Some(share) => node.deliver_shared(Arc::new(message), &share.filter, &share.group),
-                    None => node.deliver_remote(Arc::new(message)),
-                };
-            }
+            // Each subscriber woken once per batch, when it is routed.
+            crate::session::wakes::in_one_go(|| {
+                for nats in batch {
+                    let Some(message) = self.decode(nats, shared.is_some(), &mut last) else { continue };
+                    match &shared {
+                        // The group's consumer has it.
+                        Some(share) if message.qos != QoS::AtMostOnce && share.durable.load(Ordering::Acquire) => 0,
+                        Some(share) => node.deliver_shared(Arc::new(message), &share.filter, &share.group),
+                        None => node.deliver_remote(Arc::new(message)),
+                    };
+                }
+            });
         }
         // Dropping the subscriber unsubscribes without waiting (NATS may be
         // away with the client's queue full).

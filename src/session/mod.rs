@@ -225,6 +225,7 @@ impl Session {
         hold: bool,
         covered: bool,
     ) -> Result<usize, Refusal> {
+        let qos = delivery.qos;
         let accepted = {
             let mut state = self.state.lock();
             if covered && delivery.qos != QoS::AtMostOnce && state.kept() {
@@ -289,7 +290,7 @@ impl Session {
         };
         match accepted {
             Ok(evicted) => {
-                self.wake();
+                self.wake_for(qos);
                 if evicted > 0 {
                     self.dropped.fetch_add(evicted as u64, Ordering::Relaxed);
                 }
@@ -339,10 +340,19 @@ impl Session {
     /// an earlier wake is not yet taken, this is one atomic operation, so
     /// a publisher fanning out to many sessions wakes each connection
     /// task once, not once per message.
-    /// Inside [`wakes::once_per_poll`], the task is woken at the end of
-    /// the poll.
     pub fn wake(&self) {
-        if self.signals.fetch_or(signal::WAKE, Ordering::AcqRel) & signal::WAKE == 0 {
+        self.signal(signal::WAKE);
+    }
+
+    /// [`Session::wake`] for a queued QoS 0 delivery: inside
+    /// [`wakes::once_per_poll`] the task is woken at the end of the poll,
+    /// so it writes the publisher's whole batch at once. QoS 1/2 wake at
+    /// once: the client's window bounds what goes out, and the sooner it
+    /// goes the sooner the window opens again.
+    fn wake_for(&self, qos: QoS) {
+        if qos != QoS::AtMostOnce {
+            self.wake();
+        } else if self.signals.fetch_or(signal::WAKE, Ordering::AcqRel) & signal::WAKE == 0 {
             wakes::wake(&self.waker);
         }
     }
