@@ -15,8 +15,10 @@
 //! The earlier format, in headers ([`MESSAGE_HEADER`] in base64 beside
 //! [`NODE_HEADER`] and [`CLIENT_HEADER`]), is still read, as JetStream may
 //! hold messages in it, and is what retained messages are written in
-//! ([`encode`], [`decode`]). Nodes before this format ignore messages in
-//! it: a cluster is upgraded all at once (README, Clustering).
+//! ([`encode`], [`decode`]). Nodes before the payload format ignore
+//! messages in it, so a node sends in headers ([`headers`]) while
+//! `cluster.wire_format = "headers"`: a cluster is upgraded node by node
+//! with it, then switched (README, Clustering).
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -144,6 +146,27 @@ pub fn read(topic: TopicName, nats: async_nats::Message, now: Instant) -> Option
 pub fn stored_at(message: &mut Message, published: SystemTime, now: Instant) {
     let age = SystemTime::now().duration_since(published).unwrap_or_default();
     message.expires_at = message.expires_at.map(|at| at.checked_sub(age).unwrap_or(now));
+}
+
+/// The headers of `message` in the header format (`cluster.wire_format
+/// = "headers"`), which nodes before the payload format read.
+pub fn headers(
+    node: &str,
+    message: &Message,
+    publisher: Option<&str>,
+    retry: bool,
+    now: Instant,
+) -> async_nats::HeaderMap {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(NODE_HEADER, node);
+    headers.insert(MESSAGE_HEADER, encode(message, now).as_str());
+    if let Some(publisher) = publisher {
+        headers.insert(CLIENT_HEADER, publisher);
+    }
+    if retry {
+        headers.insert(RETRY_HEADER, "1");
+    }
+    headers
 }
 
 /// The [`MESSAGE_HEADER`] value for `message`.

@@ -1,9 +1,9 @@
 //! Clustering over NATS: publishes cross nodes over core NATS, retained
 //! messages through a JetStream stream, share groups through NATS queue
 //! groups; each session is held by one node, which the client's connection
-//! claims ([`ownership`]); QoS 1/2 messages for persistent sessions are
-//! kept in JetStream and fed to them from there ([`queue`]); wills of a
-//! node that died are published by another ([`wills`]).
+//! claims (`ownership`); QoS 1/2 messages for persistent sessions are
+//! kept in JetStream and fed to them from there (`queue`); wills of a
+//! node that died are published by another (`wills`).
 //!
 //! Each node keeps its connections, sessions, plugins and subscription trie.
 //! What it adds is two NATS connections and these tasks:
@@ -30,12 +30,12 @@
 //!   of what the client buffered at a time. What the client cannot buffer
 //!   (a slow consumer) it drops and reports; those are counted
 //!   (`reason="cluster_inbound"`).
-//! - **Retained** ([`retained`]): a writer copies each retained publish (and
+//! - **Retained** (`retained`): a writer copies each retained publish (and
 //!   clear) to the stream, and a watch keeps the local retained store
 //!   current from it; the stream's order decides conflicts.
 //!
 //! No echo, no duplicates: the main connection is made with `no_echo`, and
-//! the origin's node id travels in each message's envelope ([`envelope`]) and is checked. Every
+//! the origin's node id travels in each message's envelope (`envelope`) and is checked. Every
 //! non-shared subscription of a node joins the NATS queue group named by
 //! its node id, so a message matching several of a node's subjects (`a/+`
 //! and `+/b`) still reaches that node once; the node's own trie then merges
@@ -51,7 +51,7 @@
 //! ([`crate::router::Scope::Plain`]); while it is down, every node serves
 //! its own members (one copy per node, as a single node would). With
 //! JetStream, a group's QoS 1/2 messages come from its durable consumer
-//! instead ([`queue`]), so they outlive the node that took them; the
+//! instead (`queue`), so they outlive the node that took them; the
 //! queue subscription then passes over them.
 //!
 //! Guarantees: core NATS delivers at most once, so a message crosses nodes
@@ -59,8 +59,8 @@
 //! PUBACK means "routed locally and handed to NATS". For persistent
 //! sessions JetStream keeps QoS 1/2 messages until their clients have
 //! them, and while any such session exists a PUBACK means "stored by
-//! JetStream", whatever happens to the connection meanwhile ([`queue`],
-//! `outbound`, [`Cluster::stored`]). Order from one
+//! JetStream", whatever happens to the connection meanwhile (`queue`,
+//! `outbound`, `Cluster::stored`). Order from one
 //! publisher on one topic is kept while that topic matches a single one of
 //! the receiving node's subjects (NATS keeps order per subscription).
 //! Retained messages are the exception: JetStream stores them, so a node
@@ -89,7 +89,7 @@ use tracing::{error, info};
 pub use crate::broker::{Claim, Forwarded};
 use crate::broker::{Node, WeakNode};
 use crate::codec::QoS;
-use crate::config::ClusterConfig;
+use crate::config::{ClusterConfig, WireFormat};
 use crate::message::Message;
 use crate::metrics::DropReason;
 use crate::router::Interest;
@@ -155,6 +155,8 @@ pub struct Cluster {
     shares: Arc<AtomicBool>,
     /// `[cluster] store_timeout_s`.
     store_wait: Duration,
+    /// `[cluster] wire_format`.
+    wire_format: WireFormat,
     /// The node this is plugged into, set by [`Cluster::start`]. Weak: the
     /// broker holds the cluster.
     node: std::sync::OnceLock<WeakNode>,
@@ -201,6 +203,7 @@ impl Cluster {
             subscriptions: Arc::new(AtomicUsize::new(0)),
             shares: Arc::new(AtomicBool::new(false)),
             store_wait: Duration::from_secs(u64::from(config.store_timeout_s)),
+            wire_format: config.wire_format,
             node: std::sync::OnceLock::new(),
         };
         (cluster, interest)
@@ -454,6 +457,7 @@ impl Cluster {
             queued_bytes: self.queued_bytes.clone(),
             stored: self.stored.clone(),
             queue: self.queue.clone(),
+            wire_format: self.wire_format,
         };
         let retained = self.retained.clone();
         let ownership = self.ownership.clone();

@@ -40,6 +40,7 @@ use tracing::{debug, warn};
 use super::{Link, OUTBOUND_BATCH, OUTBOUND_CAPACITY, Outgoing, envelope, queued_size};
 use crate::broker::Node;
 use crate::codec::QoS;
+use crate::config::WireFormat;
 use crate::message::Message;
 use crate::metrics::DropReason;
 
@@ -73,17 +74,23 @@ pub(super) enum Pending {
 /// Where the publishing tasks write what they hand to the NATS client:
 /// each message's subject and payload are split off one block that many
 /// share, rather than allocated (twice) each.
-#[derive(Default)]
 struct Wire {
     block: BytesMut,
     subject: String,
+    /// `cluster.wire_format = "headers"`: the envelope goes in headers.
+    headers: bool,
 }
 
 impl Wire {
     /// What a block holds at least: many small messages.
     const BLOCK: usize = 64 * 1024;
 
-    /// The subject and NATS payload of `message` ([`envelope::wrap`]).
+    fn new(link: &Link) -> Wire {
+        Wire { block: BytesMut::new(), subject: String::new(), headers: link.wire_format == WireFormat::Headers }
+    }
+
+    /// The subject, headers and NATS payload of `message`
+    /// ([`envelope::wrap`], or [`envelope::headers`] and the bare payload).
     fn encode(
         &mut self,
         link: &Link,
@@ -91,7 +98,12 @@ impl Wire {
         publisher: Option<&str>,
         retry: bool,
         now: Instant,
-    ) -> (Subject, Bytes) {
+    ) -> (Subject, Option<async_nats::HeaderMap>, Bytes) {
+        if self.headers {
+            link.subjects.topic_into(message.topic.as_str(), &mut self.subject);
+            let headers = envelope::headers(&link.node_id, message, publisher, retry, now);
+            return (Subject::from(self.subject.as_str()), Some(headers), message.payload.clone());
+        }
         link.subjects.topic_into(message.topic.as_str(), &mut self.subject);
         // Room for the subject, the envelope as it usually is, the
         // payload; the block grows past it for a large envelope.
@@ -102,7 +114,7 @@ impl Wire {
         self.block.extend_from_slice(self.subject.as_bytes());
         let subject =
             Subject::from_utf8(self.block.split().freeze()).unwrap_or_else(|_| Subject::from(self.subject.as_str()));
-        (subject, envelope::wrap(&mut self.block, &link.node_id, message, publisher, retry, now))
+        (subject, None, envelope::wrap(&mut self.block, &link.node_id, message, publisher, retry, now))
     }
 }
 
@@ -166,7 +178,7 @@ impl Link {
         node: Node,
     ) {
         let mut batch = Vec::with_capacity(OUTBOUND_BATCH);
-        let mut wire = Wire::default();
+        let mut wire = Wire::new(&self);
         let js = jetstream::new(client.clone());
         let (acks, pending) = mpsc::channel(OUTBOUND_CAPACITY);
         node.spawn(self.clone().acknowledge(client.clone(), pending, node.clone()));
@@ -233,8 +245,11 @@ impl Link {
         node: &Node,
     ) {
         // `forward` let only topics whose subject fits through.
-        let (subject, payload) = wire.encode(self, message, publisher, false, now);
-        if let Err(e) = client.publish(subject, payload).await {
+        let sent = match wire.encode(self, message, publisher, false, now) {
+            (subject, Some(headers), payload) => client.publish_with_headers(subject, headers, payload).await,
+            (subject, None, payload) => client.publish(subject, payload).await,
+        };
+        if let Err(e) = sent {
             debug!(error = %e, "cluster: publish to NATS failed");
             node.dropped(DropReason::Cluster, 1);
         }
@@ -251,14 +266,16 @@ impl Link {
         node: &Node,
     ) -> Attempt {
         let now = Instant::now();
-        let (subject, payload) = wire.encode(self, &storing.message, storing.publisher.as_deref(), again, now);
-        let published = match &storing.id {
-            Some(id) => {
-                let mut headers = async_nats::HeaderMap::new();
-                headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+        let (subject, headers, payload) = wire.encode(self, &storing.message, storing.publisher.as_deref(), again, now);
+        let published = match (headers, &storing.id) {
+            (None, None) => js.publish(subject, payload).await,
+            (headers, id) => {
+                let mut headers = headers.unwrap_or_default();
+                if let Some(id) = id {
+                    headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
+                }
                 js.publish_with_headers(subject, headers, payload).await
             }
-            None => js.publish(subject, payload).await,
         };
         match published {
             Ok(ack) => Attempt::Sent(ack, now + STORE_WAIT),
@@ -299,7 +316,7 @@ impl Link {
         node: Node,
     ) {
         let js = jetstream::new(client.clone());
-        let mut wire = Wire::default();
+        let mut wire = Wire::new(&self);
         let mut window: VecDeque<Pending> = VecDeque::new();
         // Rounds of retries since JetStream last stored a message, and
         // when the first of them began.

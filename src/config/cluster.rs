@@ -14,6 +14,7 @@ use serde::Deserialize;
 /// redelivery_s = 30              # a kept message unacknowledged this long is sent again
 /// store_timeout_s = 30           # a QoS 1/2 publisher waits this long for JetStream, then is disconnected
 /// replicas = 1                  # of the JetStream streams and buckets Moat creates
+/// wire_format = "payload"        # "headers" while upgrading a cluster from before 0.2
 /// ```
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +52,25 @@ pub struct ClusterConfig {
     /// three that should survive losing one.
     #[serde(default = "default_replicas")]
     pub replicas: usize,
+    /// How a node sends messages to the others. Every node reads both;
+    /// nodes from before the payload format read only headers, so a
+    /// cluster with such nodes is upgraded with `headers`, then switched
+    /// to `payload` (README, Clustering).
+    #[serde(default)]
+    pub wire_format: WireFormat,
+}
+
+/// `cluster.wire_format`: where a message's envelope (origin node,
+/// publisher, QoS, expiry, properties) travels between nodes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireFormat {
+    /// In front of the payload: cheaper, as the NATS client parses no
+    /// headers (issue 25).
+    #[default]
+    Payload,
+    /// In NATS headers, as nodes before the payload format sent it.
+    Headers,
 }
 
 fn default_replicas() -> usize {
@@ -102,6 +122,7 @@ impl ClusterConfig {
             redelivery_s: DEFAULT_REDELIVERY_S,
             store_timeout_s: DEFAULT_STORE_TIMEOUT_S,
             replicas: default_replicas(),
+            wire_format: WireFormat::default(),
         }
     }
 

@@ -23,6 +23,7 @@ pub use admin::{AdminConfig, Secret, SysConfig};
 pub use auth::{AuthConfig, BindSessions};
 pub use cluster::{
     ClusterConfig, DEFAULT_NODE_TIMEOUT_S, DEFAULT_REDELIVERY_S, DEFAULT_STORE_TIMEOUT_S, DEFAULT_SUBJECT_PREFIX,
+    WireFormat,
 };
 pub use limits::{DEFAULT_SHARE_HOLD_MS, Limits};
 pub use listener::{

@@ -358,6 +358,11 @@ fn cluster_errors_name_line_and_key() {
     assert_eq!(err.to_string(), "moat.toml:3: `cluster.replicas`: must be 1 to 5 (JetStream's limit)");
     let err = parse("[cluster]\nnats = [\"nats://a:1\"]\nnode = \"x\"\n").expect_err("unknown key");
     assert!(err.to_string().starts_with("moat.toml:3:"), "{err}");
+    let err = parse("[cluster]\nnats = [\"nats://a:1\"]\nwire_format = \"json\"\n").expect_err("no such format");
+    assert!(err.to_string().starts_with("moat.toml:3:"), "{err}");
+    assert!(err.to_string().contains("payload"), "names the formats: {err}");
+    let headers = parse("[cluster]\nnats = [\"nats://a:1\"]\nwire_format = \"headers\"\n").expect("valid");
+    assert_eq!(headers.cluster.map(|c| c.wire_format), Some(crate::config::WireFormat::Headers));
 }
 
 #[test]

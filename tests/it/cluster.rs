@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use moat::config::ClusterConfig;
+use futures_util::StreamExt;
+use moat::config::{ClusterConfig, WireFormat};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet as V5Packet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -379,6 +380,47 @@ async fn messages_on_alternating_topics_through_one_nats_subscription_keep_their
         assert_eq!(received(&mut sub).await, (topic.into(), payload.into(), QoS::AtLeastOnce));
     }
     sub.no_publish().await;
+}
+
+/// A cluster upgraded node by node from before the payload format: the
+/// new nodes send in headers (`wire_format = "headers"`), which the old
+/// ones read, and read both formats themselves.
+#[tokio::test]
+async fn a_node_sending_in_headers_is_read_by_every_node_and_reads_them_all() {
+    let nats = Nats::start().await;
+    let a = node(&nats.url(), "a").await;
+    let cluster = ClusterConfig {
+        node_id: Some("b".into()),
+        wire_format: WireFormat::Headers,
+        ..ClusterConfig::new(vec![nats.url()])
+    };
+    let b = TestBroker::with(|c| c.cluster = Some(cluster)).await;
+    // What an old node would get from b: the envelope in headers, the
+    // payload bare.
+    let raw = async_nats::connect(nats.url()).await.expect("NATS client");
+    let mut wire = raw.subscribe("moat.t.h.>").await.expect("NATS subscription");
+    raw.flush().await.expect("NATS flush");
+    let (mut on_a, mut on_b) = (a.v5("on-a").await, b.v5("on-b").await);
+    on_a.subscribe("h/#", QoS::AtLeastOnce).await;
+    on_b.subscribe("h/#", QoS::AtLeastOnce).await;
+    nats.until_subjects("a", &["moat.t.h.>", "moat.t.h"]).await;
+    nats.until_subjects("b", &["moat.t.h.>", "moat.t.h"]).await;
+
+    publish(&b.v5("pub-b").await, "h/from-b", QoS::AtLeastOnce, "old style").await;
+    assert_eq!(received(&mut on_a).await, ("h/from-b".into(), "old style".into(), QoS::AtLeastOnce));
+    assert_eq!(received(&mut on_b).await.1, "old style");
+    let sent = tokio::time::timeout(Duration::from_secs(10), wire.next()).await.expect("on NATS").expect("message");
+    let headers = sent.headers.expect("headers");
+    assert_eq!(headers.get("Moat-Node").map(|v| v.as_str()), Some("b"));
+    assert!(headers.get("Moat-Msg").is_some());
+    assert_eq!(&sent.payload[..], b"old style");
+
+    publish(&a.v5("pub-a").await, "h/from-a", QoS::AtLeastOnce, "new style").await;
+    assert_eq!(received(&mut on_b).await, ("h/from-a".into(), "new style".into(), QoS::AtLeastOnce));
+    assert_eq!(received(&mut on_a).await.1, "new style");
+    let sent = tokio::time::timeout(Duration::from_secs(10), wire.next()).await.expect("on NATS").expect("message");
+    assert!(sent.headers.is_none(), "node a sends the payload format");
+    assert!(sent.payload.starts_with(b"MOAT"));
 }
 
 #[tokio::test]
