@@ -34,12 +34,12 @@ pub(super) async fn handshake<S>(
     broker: Arc<Broker>,
     mut stream: S,
     peer: Peer,
-    listener: &ListenerConfig,
-    listener_name: Arc<str>,
+    (listener, listener_name): (Arc<ListenerConfig>, Arc<str>),
 ) -> Option<Box<Connection<S>>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let listener = &*listener;
     let running = broker.config();
     let limits = &running.limits;
     let mut rbuf = BytesMut::with_capacity(1024);

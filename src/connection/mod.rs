@@ -153,8 +153,11 @@ where
     use futures_util::FutureExt;
     use futures_util::future::Either;
     let span = tracing::debug_span!("conn", peer = %peer.addr, listener = %listener.name, client_id = field::Empty);
-    let handshake = async move { connect::handshake(broker, stream, peer, &listener, name).await };
-    Box::pin(handshake.instrument(span.clone())).then(move |conn| match conn {
+    // Boxed as it is made, and instrumented outside the box: the
+    // handshake's future is large, and each layer around it before the
+    // box would be one more copy of it per connect (issue 25).
+    let handshake = Box::pin(connect::handshake(broker, stream, peer, (listener, name)));
+    handshake.instrument(span.clone()).then(move |conn| match conn {
         Some(mut conn) => {
             conn.permits = Some(permits);
             Either::Left(conn.run().instrument(span))
@@ -171,7 +174,12 @@ where
     /// a second copy of it in the task's state.
     async fn run(mut self: Box<Self>) {
         self.broker.metrics.connection_opened();
-        let close = match Box::pin(self.resume()).await {
+        // Nothing in flight to send again (a new or clean session): the
+        // main loop's first flush sends CONNACK, without the resume's
+        // boxed future (issue 25).
+        let resume = !self.attached.session.lock().inflight.is_empty();
+        let resumed = if resume { Box::pin(self.resume()).await } else { Ok(()) };
+        let close = match resumed {
             Ok(()) => self.serve_packets().await,
             Err(close) => close,
         };
