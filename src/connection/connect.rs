@@ -35,6 +35,7 @@ pub(super) async fn handshake<S>(
     mut stream: S,
     peer: Peer,
     (listener, listener_name): (Arc<ListenerConfig>, Arc<str>),
+    permits: super::Permits,
 ) -> Option<Box<Connection<S>>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -74,7 +75,7 @@ where
     let client = Arc::new(client);
     open_session(&broker, &attached, &client, &negotiated);
     let connack = connack(&negotiated, attached.present, limits, version, &authenticated);
-    let parts = Parts { rbuf, bytes_read, negotiated: &negotiated, authenticated, attached, client };
+    let parts = Parts { rbuf, bytes_read, negotiated: &negotiated, authenticated, attached, client, permits };
     let mut conn = connection(&broker, stream, &connect, limits, parts);
     #[cfg(feature = "cluster")]
     {
@@ -210,6 +211,7 @@ struct Parts<'a> {
     authenticated: policy::Authenticated,
     attached: Attached,
     client: Arc<ClientInfo>,
+    permits: super::Permits,
 }
 
 /// The connection the handshake admitted, with the limits it negotiated.
@@ -223,7 +225,7 @@ fn connection<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let Parts { rbuf, bytes_read, negotiated, authenticated, attached, client } = parts;
+    let Parts { rbuf, bytes_read, negotiated, authenticated, attached, client, permits } = parts;
     let (keep_alive, session_expiry_s) = (negotiated.keep_alive, negotiated.session_expiry_s);
     let props = &connect.properties;
     let mut conn = Box::new(Connection {
@@ -255,7 +257,7 @@ where
         held: None,
         input_pending: false,
         rare: None,
-        permits: None,
+        _permits: permits,
         client,
     });
     let publish_rate = crate::rate::TokenBucket::per_second(limits.max_publish_rate, std::time::Instant::now());
