@@ -256,7 +256,7 @@ impl Broker {
             let mut state = session.lock();
             state.online = false;
             state.kickable = false;
-            state.connected_since = None;
+            state.set_connected_since(None);
             session.forget_connection();
             let expiry_changed = std::mem::replace(&mut state.expiry_s, expiry_s) != expiry_s;
             if let Some(replica) = &mut state.replica {

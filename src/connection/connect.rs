@@ -168,7 +168,7 @@ fn open_session(broker: &Broker, attached: &Attached, client: &Arc<ClientInfo>, 
         // Set while online too: it decides whether queued messages are stored.
         session.expiry_s = session_expiry_s;
         session.owner = Some(owner.clone());
-        session.connected_since = Some(std::time::SystemTime::now());
+        session.set_connected_since(Some(std::time::SystemTime::now()));
         session.client = Some(client.clone());
     }
     if session_expiry_s > 0 {

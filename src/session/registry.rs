@@ -25,7 +25,7 @@ pub struct Attached {
     /// Whether an existing session was resumed (CONNACK Session Present).
     pub present: bool,
     /// The generation of this attachment, for timers armed at detach.
-    pub generation: u64,
+    pub generation: u32,
 }
 
 impl Drop for Attached {
@@ -121,7 +121,7 @@ impl Registry {
         let generation = {
             let mut state = session.lock();
             state.online = true;
-            state.generation += 1;
+            state.generation = state.generation.wrapping_add(1);
             if let Some(timers) = state.timers.take() {
                 timers.cancel();
             }

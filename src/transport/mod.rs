@@ -414,9 +414,10 @@ mod tests {
     /// will's cluster registration, ...) is boxed on first use, so this
     /// catches a field that makes every connection pay for it. 472 bytes
     /// before that, 384 after (permits included, moved there from the
-    /// task), 392 with the task tracker's token (moved there from around
-    /// the task, whose cell it kept at 384 bytes). The bound is glibc's
-    /// chunk class: 377 to 392 bytes all take a 400-byte chunk.
+    /// task), with the task tracker's token (moved there from around the
+    /// task, whose cell it kept at 384 bytes) 384 still, as `Attached`'s
+    /// generation is 32 bits. The bound is glibc's chunk class: 377 to 392
+    /// bytes all take a 400-byte chunk.
     #[test]
     fn a_connection_is_small() {
         let size = crate::connection::size_of_connection::<Stream>();
