@@ -62,10 +62,12 @@ struct Connection<S> {
     /// Whether CONNECT asked for a non-zero session expiry (v5), which a
     /// DISCONNECT may not change from zero [MQTT-3.14.2-2].
     connect_expiry_zero: bool,
-    /// The client's Receive Maximum, capped by ours: our outbound window.
-    send_window: usize,
-    /// The client's Maximum Packet Size, if it set one.
-    client_max_packet: Option<u32>,
+    /// The client's Receive Maximum, capped by ours: our outbound window
+    /// (16 bits, as the protocol's; with the next field, 8 bytes less and
+    /// a 384-byte malloc chunk for `Connection` instead of 400, issue 25).
+    send_window: u16,
+    /// The client's Maximum Packet Size, if it set one (0 is not one).
+    client_max_packet: Option<std::num::NonZeroU32>,
     /// Deliveries may be waiting: the session woke us or the window opened.
     want_drain: bool,
     /// Who the client is, as plugins see it: client id, the user name in
@@ -356,7 +358,7 @@ where
     #[cfg(feature = "cluster")]
     async fn keep(&mut self, first: bool) {
         if let Some(cluster) = crate::cluster::Cluster::plugged(self.broker.replication()) {
-            cluster.keep(&self.attached.session, self.send_window, first).await;
+            cluster.keep(&self.attached.session, usize::from(self.send_window), first).await;
         }
     }
 
