@@ -19,6 +19,9 @@
 //! `--concurrency` in flight: the report's `storm` says how long that
 //! took, how many were refused (by CONNACK code) or failed, and how many
 //! persistent sessions were resumed (Session Present).
+//!
+//! With `--callgrind` (the broker under valgrind's callgrind) the broker's
+//! counters are zeroed before the connects and dumped after the settle.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -51,6 +54,14 @@ pub async fn run(args: &Args, addr: SocketAddr, v: Version) -> Result<Report> {
         None => None,
     };
     ensure!(!args.storm || v.number() == 3, "--storm runs MQTT 3.1.1 (--mqtt 3): its v5 CONNECT always starts clean");
+    let callgrind = match (args.callgrind, args.broker_pid) {
+        (true, Some(pid)) => Some(pid),
+        (true, None) => bail!("--callgrind needs --broker-pid"),
+        (false, _) => None,
+    };
+    if let Some(pid) = callgrind {
+        callgrind_control(pid, "-z")?;
+    }
     let usage = Usage::start(args.broker_pid)?;
     let plan = Plan {
         addr,
@@ -72,6 +83,9 @@ pub async fn run(args: &Args, addr: SocketAddr, v: Version) -> Result<Report> {
     tokio::time::sleep(SETTLE).await;
     let mut rep = Report::new(Scenario::Conn.name(), v.number(), 0, json!(null));
     let broker = usage.finish(&mut rep)?;
+    if let Some(pid) = callgrind {
+        callgrind_control(pid, "-d")?;
+    }
 
     let hold = match (args.hold, args.broker_pid) {
         (hold, Some(pid)) if hold > 0.0 => {
@@ -143,6 +157,18 @@ pub async fn run(args: &Args, addr: SocketAddr, v: Version) -> Result<Report> {
         );
     }
     Ok(rep)
+}
+
+/// Runs `callgrind_control OP PID` (`-z` zeroes the broker's counters,
+/// `-d` dumps them to its callgrind output file).
+fn callgrind_control(pid: u32, op: &str) -> Result<()> {
+    let status = std::process::Command::new("callgrind_control")
+        .args([op, &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .context("running callgrind_control (valgrind)")?;
+    ensure!(status.success(), "callgrind_control {op} {pid} failed: {status}");
+    Ok(())
 }
 
 /// How the connections are made: where to, from where, and how.

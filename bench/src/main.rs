@@ -150,6 +150,12 @@ pub struct Args {
     /// PID of the broker, to report its RSS and CPU time from /proc.
     #[arg(long)]
     pub broker_pid: Option<u32>,
+    /// `conn` with a broker (`--broker-pid`) running under valgrind's
+    /// callgrind: its counters are zeroed before the connects and dumped
+    /// after the settle (`callgrind_control -z`, `-d`), so the dump counts
+    /// the instructions the connects cost the broker, whatever the load.
+    #[arg(long)]
+    pub callgrind: bool,
     /// Session Expiry Interval of the subscribers, in seconds; 0 (the
     /// default) is a clean session. Above 0 the subscribers' sessions are
     /// persistent, so a broker with a durable store stores every QoS 1

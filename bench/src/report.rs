@@ -88,6 +88,8 @@ pub struct ProcSample {
     pub hwm_kib: u64,
     /// User plus system CPU time, seconds.
     pub cpu_s: f64,
+    /// Of which in the kernel (system time), seconds.
+    pub sys_s: f64,
     /// Time its live threads spent runnable but waiting for a CPU, seconds
     /// (from `/proc/PID/task/*/schedstat`): how much other load got in the way.
     pub wait_s: f64,
@@ -121,11 +123,13 @@ impl Proc {
         // Fields after the parenthesised command name; utime and stime are
         // fields 14 and 15 of the whole line, 12 and 13 after the name.
         let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let ticks: u64 = after.split_whitespace().skip(11).take(2).filter_map(|n| n.parse::<u64>().ok()).sum();
+        let times: Vec<u64> = after.split_whitespace().skip(11).take(2).filter_map(|n| n.parse().ok()).collect();
+        let (ticks, sys): (u64, u64) = (times.iter().sum(), times.get(1).copied().unwrap_or(0));
         Ok(ProcSample {
             rss_kib: field("VmRSS:"),
             hwm_kib: field("VmHWM:"),
             cpu_s: ticks as f64 / CLK_TCK,
+            sys_s: sys as f64 / CLK_TCK,
             wait_s: self.run_queue_wait() as f64 / 1e9,
         })
     }
@@ -152,6 +156,7 @@ pub fn add_proc(report: &mut Report, key: &str, before: ProcSample, after: ProcS
             "rss_kib": after.rss_kib,
             "peak_rss_kib": after.hwm_kib,
             "cpu_s": round(after.cpu_s - before.cpu_s, 3),
+            "sys_s": round(after.sys_s - before.sys_s, 3),
             "cpu_wait_s": round(after.wait_s - before.wait_s, 3),
         }),
     );

@@ -105,7 +105,8 @@ impl Broker {
             let config = self.config();
             (config.limits.max_sessions, config.limits.queue_bound())
         };
-        if self.sessions.get(client_id).is_none() && self.sessions.len() >= max_sessions {
+        // The count first: the lookup only at the limit (issue 25).
+        if self.sessions.len() >= max_sessions && self.sessions.get(client_id).is_none() {
             return Err(AttachRefused::TooManySessions);
         }
         let claimed = self.claim(client_id, clean_start).await;
@@ -251,15 +252,13 @@ impl Broker {
     pub fn detach(self: &Arc<Self>, attached: Attached, will: Option<Will>, expiry_s: u32) {
         let session = attached.session.clone();
         let generation = attached.generation;
-        let timers = CancellationToken::new();
         let (kept, expiry_changed) = {
             let mut state = session.lock();
             state.online = false;
             state.kickable = false;
-            state.connected_since = None;
+            state.set_connected_since(None);
             session.forget_connection();
             let expiry_changed = std::mem::replace(&mut state.expiry_s, expiry_s) != expiry_s;
-            state.timers = Some(timers.clone());
             if let Some(replica) = &mut state.replica {
                 replica.stop_feeding();
             }
@@ -293,12 +292,18 @@ impl Broker {
                 delayed = Some((pending, Duration::from_secs(u64::from(wait_s))));
             }
         }
-        if expiry_s == 0 {
+        let timers = if expiry_s == 0 {
             // End the session while this connection still holds it, so a
             // client taking over waits for the end and then starts afresh.
             self.discard(&session);
             self.forget_kept(&session, kept);
+            None
         } else {
+            // Made only for a session that outlives its connection (issue
+            // 25); while this connection holds it, nobody can attach and
+            // cancel them before they are set.
+            let timers = CancellationToken::new();
+            session.lock().timers = Some(timers.clone());
             self.save_messages(&session);
             self.hold_shared(session.clone(), generation, timers.clone());
             self.arm_expiry(session.clone(), generation, expiry_s, timers.clone());
@@ -307,12 +312,14 @@ impl Broker {
             if let Some(cluster) = self.replication.as_ref().filter(|_| kept && expiry_changed) {
                 cluster.park(session.clone(), usize::from(self.config().limits.max_inflight));
             }
-        }
+            Some(timers)
+        };
         drop(attached);
         if let Some(message) = now {
             self.publish(message, Some(&session));
         }
-        if let Some((will, wait)) = delayed {
+        // A delayed will only with an expiry, so with timers.
+        if let (Some((will, wait)), Some(timers)) = (delayed, timers) {
             self.schedule_will(session, generation, will, wait, timers);
         }
     }

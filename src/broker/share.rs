@@ -53,7 +53,7 @@ impl Broker {
     /// go to the others after `limits.share_hold_ms` unless a connection
     /// attaches first (which cancels `timers`) or the broker shuts down
     /// (they stay with the session, in the store).
-    pub(super) fn hold_shared(self: &Arc<Self>, session: Arc<Session>, generation: u64, timers: CancellationToken) {
+    pub(super) fn hold_shared(self: &Arc<Self>, session: Arc<Session>, generation: u32, timers: CancellationToken) {
         let member = {
             let state = session.lock();
             state.holds_shared() || state.subscriptions.keys().any(|f| f.share_group().is_some())
@@ -79,7 +79,7 @@ impl Broker {
 
     /// The hold of an absent member ran out: what it holds of its share
     /// groups goes to the other members, unless it came back meanwhile.
-    fn release_shared(&self, session: &Session, generation: u64) {
+    fn release_shared(&self, session: &Session, generation: u32) {
         let taken = {
             let mut state = session.lock();
             if state.online || state.generation != generation {

@@ -17,7 +17,7 @@ impl Broker {
     pub(super) fn schedule_will(
         self: &Arc<Self>,
         session: Arc<Session>,
-        generation: u64,
+        generation: u32,
         will: PendingWill,
         wait: Duration,
         timers: CancellationToken,
@@ -69,7 +69,7 @@ impl Broker {
     pub(super) fn arm_expiry(
         self: &Arc<Self>,
         session: Arc<Session>,
-        generation: u64,
+        generation: u32,
         expiry_s: u32,
         timers: CancellationToken,
     ) {

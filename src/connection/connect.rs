@@ -34,12 +34,13 @@ pub(super) async fn handshake<S>(
     broker: Arc<Broker>,
     mut stream: S,
     peer: Peer,
-    listener: &ListenerConfig,
-    listener_name: Arc<str>,
+    (listener, listener_name): (Arc<ListenerConfig>, Arc<str>),
+    permits: super::Permits,
 ) -> Option<Box<Connection<S>>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    let listener = &*listener;
     let running = broker.config();
     let limits = &running.limits;
     let mut rbuf = BytesMut::with_capacity(1024);
@@ -74,7 +75,7 @@ where
     let client = Arc::new(client);
     open_session(&broker, &attached, &client, &negotiated);
     let connack = connack(&negotiated, attached.present, limits, version, &authenticated);
-    let parts = Parts { rbuf, bytes_read, negotiated: &negotiated, authenticated, attached, client };
+    let parts = Parts { rbuf, bytes_read, negotiated: &negotiated, authenticated, attached, client, permits };
     let mut conn = connection(&broker, stream, &connect, limits, parts);
     #[cfg(feature = "cluster")]
     {
@@ -167,7 +168,7 @@ fn open_session(broker: &Broker, attached: &Attached, client: &Arc<ClientInfo>, 
         // Set while online too: it decides whether queued messages are stored.
         session.expiry_s = session_expiry_s;
         session.owner = Some(owner.clone());
-        session.connected_since = Some(std::time::SystemTime::now());
+        session.set_connected_since(Some(std::time::SystemTime::now()));
         session.client = Some(client.clone());
     }
     if session_expiry_s > 0 {
@@ -210,6 +211,7 @@ struct Parts<'a> {
     authenticated: policy::Authenticated,
     attached: Attached,
     client: Arc<ClientInfo>,
+    permits: super::Permits,
 }
 
 /// The connection the handshake admitted, with the limits it negotiated.
@@ -223,7 +225,7 @@ fn connection<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let Parts { rbuf, bytes_read, negotiated, authenticated, attached, client } = parts;
+    let Parts { rbuf, bytes_read, negotiated, authenticated, attached, client, permits } = parts;
     let (keep_alive, session_expiry_s) = (negotiated.keep_alive, negotiated.session_expiry_s);
     let props = &connect.properties;
     let mut conn = Box::new(Connection {
@@ -242,8 +244,8 @@ where
         subscriptions_changed: false,
         session_expiry_s,
         connect_expiry_zero: session_expiry_s == 0,
-        send_window: usize::from(props.receive_maximum.unwrap_or(u16::MAX).min(limits.max_inflight)),
-        client_max_packet: props.maximum_packet_size,
+        send_window: props.receive_maximum.unwrap_or(u16::MAX).min(limits.max_inflight),
+        client_max_packet: props.maximum_packet_size.and_then(std::num::NonZeroU32::new),
         want_drain: true,
         durable: None,
         replicated: None,
@@ -256,7 +258,7 @@ where
         input_pending: false,
         routed: 0,
         rare: None,
-        permits: None,
+        _permits: permits,
         client,
     });
     let publish_rate = crate::rate::TokenBucket::per_second(limits.max_publish_rate, std::time::Instant::now());

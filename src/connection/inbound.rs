@@ -386,6 +386,7 @@ where
         // The client's keep alive counts from here: it was the broker
         // that was not reading.
         self.last_read = Instant::now();
+        self.move_keep_alive();
         // The copies queued since the publish were stored again since.
         self.await_store();
         if let Some(ack) = held.ack {

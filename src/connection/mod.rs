@@ -33,7 +33,7 @@ use crate::codec::{self, Disconnect, Packet, Properties, ProtocolVersion, Reason
 use crate::config::ListenerConfig;
 use crate::identity::Peer;
 use crate::metrics::{Limit, LocalCounts};
-use crate::session::{Attached, wakes};
+use crate::session::{Attached, keep_alive, signal, wakes};
 use buffers::{WRITE_KEEP, poll_read_some, settle_read_buffer};
 pub(crate) use close::Close;
 use close::leave_reason;
@@ -62,10 +62,12 @@ struct Connection<S> {
     /// Whether CONNECT asked for a non-zero session expiry (v5), which a
     /// DISCONNECT may not change from zero [MQTT-3.14.2-2].
     connect_expiry_zero: bool,
-    /// The client's Receive Maximum, capped by ours: our outbound window.
-    send_window: usize,
-    /// The client's Maximum Packet Size, if it set one.
-    client_max_packet: Option<u32>,
+    /// The client's Receive Maximum, capped by ours: our outbound window
+    /// (16 bits, as the protocol's; with the next field, 8 bytes less and
+    /// a 384-byte malloc chunk for `Connection` instead of 400, issue 25).
+    send_window: u16,
+    /// The client's Maximum Packet Size, if it set one (0 is not one).
+    client_max_packet: Option<std::num::NonZeroU32>,
     /// Deliveries may be waiting: the session woke us or the window opened.
     want_drain: bool,
     /// Who the client is, as plugins see it: client id, the user name in
@@ -101,12 +103,22 @@ struct Connection<S> {
     /// The connection's places in the connection limits, given back when
     /// it ends. Here rather than in the task's future, which they would
     /// push past a size class of tokio's task cells (issue 25).
-    permits: Option<Permits>,
+    _permits: Permits,
 }
 
-/// A connection's places in the global and the listener's connection
-/// limits (`max_connections`).
-pub type Permits = (tokio::sync::OwnedSemaphorePermit, Option<tokio::sync::OwnedSemaphorePermit>);
+/// What a connection holds until it ends, from its accept on.
+#[derive(Debug)]
+pub struct Permits {
+    /// Its place in the global connection limit (`max_connections`).
+    pub global: tokio::sync::OwnedSemaphorePermit,
+    /// Its place in its listener's, if the listener has one.
+    pub listener: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// It counts in the broker's task tracker, which shutdown waits on:
+    /// a token here rather than a `TrackedFuture` around the task, whose
+    /// 8 bytes would push the task's future past tokio's 256-byte cell
+    /// class (issue 25).
+    pub task: tokio_util::task::task_tracker::TaskTrackerToken,
+}
 
 /// The parts of a connection that most clients never use (issue 25: 170
 /// bytes an idle connection would otherwise carry).
@@ -156,12 +168,14 @@ where
     use futures_util::FutureExt;
     use futures_util::future::Either;
     let span = tracing::debug_span!("conn", peer = %peer.addr, listener = %listener.name, client_id = field::Empty);
-    let handshake = async move { connect::handshake(broker, stream, peer, &listener, name).await };
-    Box::pin(handshake.instrument(span.clone())).then(move |conn| match conn {
-        Some(mut conn) => {
-            conn.permits = Some(permits);
-            Either::Left(conn.run().instrument(span))
-        }
+    // Boxed as it is made, and instrumented outside the box: the
+    // handshake's future is large, and each layer around it before the
+    // box would be one more copy of it per connect (issue 25).
+    // The permits go into the connection (or end with the handshake),
+    // not into this future's second stage.
+    let handshake = Box::pin(connect::handshake(broker, stream, peer, (listener, name), permits));
+    handshake.instrument(span.clone()).then(move |conn| match conn {
+        Some(conn) => Either::Left(conn.run().instrument(span)),
         None => Either::Right(std::future::ready(())),
     })
 }
@@ -174,7 +188,12 @@ where
     /// a second copy of it in the task's state.
     async fn run(mut self: Box<Self>) {
         self.broker.metrics.connection_opened();
-        let close = match Box::pin(self.resume()).await {
+        // Nothing in flight to send again (a new or clean session): the
+        // main loop's first flush sends CONNACK, without the resume's
+        // boxed future (issue 25).
+        let resume = !self.attached.session.lock().inflight.is_empty();
+        let resumed = if resume { Box::pin(self.resume()).await } else { Ok(()) };
+        let close = match resumed {
             Ok(()) => self.serve_packets().await,
             Err(close) => close,
         };
@@ -194,10 +213,9 @@ where
             // Attached after shutdown signalled every session.
             return Close::Shutdown;
         }
-        // One timer for the connection's life: a read only moves
-        // `last_read`, and the timer, when it fires early, moves on to the
-        // new deadline (`poll_keep_alive`).
-        let mut keep_alive = std::pin::pin!(self.keep_alive().map(|ka| tokio::time::sleep_until(self.last_read + ka)));
+        // No timer of its own: the keep-alive sweep signals a deadline
+        // passed (`session::keep_alive`).
+        self.move_keep_alive();
         loop {
             if self.want_drain {
                 self.want_drain = false;
@@ -234,10 +252,11 @@ where
                 }
                 continue;
             }
-            match std::future::poll_fn(|cx| self.poll_event(cx, keep_alive.as_mut())).await {
+            match std::future::poll_fn(|cx| self.poll_event(cx)).await {
                 Event::Read(n) => {
                     self.counts.bytes_received += n as u64;
                     self.last_read = Instant::now();
+                    self.move_keep_alive();
                     // Boxed, once per read: handling a packet may wait
                     // for a plugin, and the states of that wait would
                     // otherwise be kept in every idle connection's task.
@@ -253,31 +272,40 @@ where
     }
 
     /// What the idle connection waits for, in this order: being told to
-    /// leave (takeover, kick, shutdown), bytes from the client, deliveries
-    /// (sets `want_drain`), the keep-alive deadline.
-    fn poll_event(&mut self, cx: &mut Context<'_>, keep_alive: Pin<&mut Option<tokio::time::Sleep>>) -> Poll<Event> {
-        let mut woken = false;
+    /// leave (takeover, kick, shutdown), bytes from the client, its keep
+    /// alive running out (signalled by the sweep, checked against
+    /// `last_read`), deliveries (sets `want_drain`).
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        let (mut woken, mut overdue) = (false, false);
         if let Poll::Ready(bits) = self.attached.session.poll_signals(cx) {
             if let Some(close) = leave_reason(bits, &self.attached.session) {
                 return Poll::Ready(Event::Close(close));
             }
-            self.want_drain = true;
-            woken = true;
+            overdue = bits & signal::KEEP_ALIVE != 0;
+            woken = bits & signal::WAKE != 0;
+            self.want_drain |= woken;
         }
         match poll_read_some(&mut self.stream, &mut self.rbuf, cx) {
             Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Event::Close(Close::ConnectionLost)),
             Poll::Ready(Ok(n)) => return Poll::Ready(Event::Read(n)),
             Poll::Pending => {}
         }
+        // The sweep may have looked before the last read moved the
+        // deadline: the connection's own clock decides.
+        if overdue && self.keep_alive().is_some_and(|ka| self.last_read + ka <= Instant::now()) {
+            return Poll::Ready(Event::Close(Close::KeepAliveTimeout));
+        }
         if woken {
             return Poll::Ready(Event::Woken);
         }
-        if let (Some(sleep), Some(ka)) = (keep_alive.as_pin_mut(), self.keep_alive())
-            && poll_keep_alive(sleep, cx, self.last_read + ka).is_ready()
-        {
-            return Poll::Ready(Event::Close(Close::KeepAliveTimeout));
-        }
         Poll::Pending
+    }
+
+    /// Tells the keep-alive sweep the deadline `last_read` gives.
+    fn move_keep_alive(&self) {
+        if let Some(ka) = self.keep_alive() {
+            self.attached.session.set_keep_alive_due(keep_alive::due(self.last_read + ka));
+        }
     }
 
     /// Decodes and handles every complete packet in the read buffer, up to
@@ -340,7 +368,7 @@ where
     #[cfg(feature = "cluster")]
     async fn keep(&mut self, first: bool) {
         if let Some(cluster) = crate::cluster::Cluster::plugged(self.broker.replication()) {
-            cluster.keep(&self.attached.session, self.send_window, first).await;
+            cluster.keep(&self.attached.session, usize::from(self.send_window), first).await;
         }
     }
 
@@ -564,18 +592,6 @@ enum Event {
     Woken,
     /// The connection ends.
     Close(Close),
-}
-
-/// Whether the keep-alive deadline `due` (which reads move later) has
-/// passed; re-arms `sleep` for it when the timer fired early.
-fn poll_keep_alive(mut sleep: Pin<&mut tokio::time::Sleep>, cx: &mut Context<'_>, due: Instant) -> Poll<()> {
-    while sleep.as_mut().poll(cx).is_ready() {
-        if due <= Instant::now() {
-            return Poll::Ready(());
-        }
-        sleep.as_mut().reset(due);
-    }
-    Poll::Pending
 }
 
 /// The topic limit a topic name or filter breaks, if any: its length in

@@ -198,7 +198,7 @@ where
             session.wake();
             return None;
         }
-        if front.qos != QoS::AtMostOnce && state.inflight.len() >= self.send_window {
+        if front.qos != QoS::AtMostOnce && state.inflight.len() >= usize::from(self.send_window) {
             return None;
         }
         match self.rare.as_mut().filter(|r| !r.retained.is_empty()) {
@@ -289,7 +289,7 @@ where
         } else {
             delivery.message.qos0_packet(self.version)?
         };
-        if self.client_max_packet.is_some_and(|max| bytes.len() > max as usize) {
+        if self.client_max_packet.is_some_and(|max| bytes.len() > max.get() as usize) {
             return Some(false);
         }
         let at = self.wbuf.len();
@@ -324,7 +324,7 @@ where
     fn fits_client(&self, packet: &Packet) -> bool {
         match self.client_max_packet {
             None => true,
-            Some(max) => codec::encoded_len(packet, self.version).is_ok_and(|len| len <= max as usize),
+            Some(max) => codec::encoded_len(packet, self.version).is_ok_and(|len| len <= max.get() as usize),
         }
     }
 }

@@ -65,13 +65,21 @@ where
 {
     let policy = broker.policy();
     let method = connect.properties.authentication_method.clone();
-    let mut credentials = Credentials {
-        username: connect.username.clone(),
-        password: connect.password.clone(),
-        auth_method: method.clone(),
-        auth_data: connect.properties.authentication_data.clone(),
+    let outcome = if policy.authenticates() {
+        let mut credentials = Credentials {
+            username: connect.username.clone(),
+            password: connect.password.clone(),
+            auth_method: method.clone(),
+            auth_data: connect.properties.authentication_data.clone(),
+        };
+        // Boxed: the exchange's states (AUTH round trips, plugin calls)
+        // would otherwise make every handshake's future larger, and it
+        // is moved whole when a connection starts (issue 25).
+        Box::pin(run_chain(broker, &policy, stream, rbuf, client, &mut credentials, method.as_deref())).await
+    } else {
+        // No plugin to ask: no copy of the credentials (issue 25).
+        Decided::NoDecision
     };
-    let outcome = run_chain(broker, &policy, stream, rbuf, client, &mut credentials, method.as_deref()).await;
     // The decision, once per CONNECT, at info: who decided and how. Never
     // the password, the authentication data or a plugin's free-text reason
     // (which may echo them); those stay at debug in `run_chain`.
@@ -106,7 +114,7 @@ where
         Decided::NoDecision if admitted => Ok(Authenticated::default()),
         Decided::NoDecision => Err(AuthFailure::Refused(ReasonCode::NOT_AUTHORIZED)),
         Decided::Deny(_) => {
-            let bad_credentials = credentials.password.is_some() || method.is_some();
+            let bad_credentials = connect.password.is_some() || method.is_some();
             let code = if bad_credentials { ReasonCode::BAD_USER_NAME_OR_PASSWORD } else { ReasonCode::NOT_AUTHORIZED };
             Err(AuthFailure::Refused(code))
         }

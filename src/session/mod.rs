@@ -7,13 +7,14 @@
 //! state lives here rather than in the connection task, a takeover or a
 //! reconnect simply attaches a new connection to the same session.
 
+pub mod keep_alive;
 mod registry;
 mod replica;
 mod state;
 pub mod wakes;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
@@ -91,6 +92,11 @@ pub mod signal {
     pub const SHUTDOWN: u8 = 4;
     /// Either way of being told to leave.
     pub const LEAVE: u8 = KICK | SHUTDOWN;
+    /// The keep-alive sweep found the connection's deadline passed
+    /// ([`super::keep_alive`]): it checks its own clock. Taken when seen.
+    pub const KEEP_ALIVE: u8 = 8;
+    /// The signals [`super::Session::poll_signals`] takes when it sees them.
+    pub const TAKEN: u8 = WAKE | KEEP_ALIVE;
 }
 
 /// A client session, shared by the registry, the subscription index and the
@@ -110,6 +116,10 @@ pub struct Session {
     /// ([`Registry`]). A flag here rather than a mutex per registry entry
     /// (issue 25).
     held: AtomicBool,
+    /// The attached connection's keep-alive deadline, a second of
+    /// [`keep_alive`]'s clock; 0 for none (issue 25: in the padding after
+    /// `signals` and `held`, so free).
+    keep_alive_due: AtomicU32,
     /// The attached connection's task, woken when a signal is set.
     waker: AtomicWaker,
     /// Wakes publishers holding deliveries this session's full queue
@@ -137,6 +147,7 @@ impl Session {
             state: Mutex::new(SessionState::new(bound)),
             signals: AtomicU8::new(0),
             held: AtomicBool::new(false),
+            keep_alive_due: AtomicU32::new(0),
             waker: AtomicWaker::new(),
             room: Notify::new(),
             dropped: AtomicU64::new(0),
@@ -366,7 +377,7 @@ impl Session {
     }
 
     /// The signals set for the attached connection, taking
-    /// [`signal::WAKE`] out of them; `Pending` (after arranging for the
+    /// [`signal::TAKEN`] out of them; `Pending` (after arranging for the
     /// task in `cx` to be woken) when there are none. Only the attached
     /// connection's task calls this: the session remembers one waker.
     pub fn poll_signals(&self, cx: &mut Context<'_>) -> Poll<u8> {
@@ -377,7 +388,7 @@ impl Session {
         }
         // Taken and read in one step: a wake set meanwhile is either
         // among these bits or left for the next poll, never lost.
-        Poll::Ready(self.signals.fetch_and(!signal::WAKE, Ordering::AcqRel))
+        Poll::Ready(self.signals.fetch_and(!signal::TAKEN, Ordering::AcqRel))
     }
 
     /// Resolves when the attached connection is told to leave
@@ -418,11 +429,13 @@ impl Session {
         self.signals.store(0, Ordering::Release);
     }
 
-    /// The attached connection left: its task's waker is let go, as it
-    /// holds the finished task's memory (the whole future's cell) for as
-    /// long as the session lasts. Called under the state lock, like
+    /// The attached connection left: its keep-alive deadline goes, and its
+    /// task's waker is let go, as it holds the finished task's memory (the
+    /// whole future's cell) for as long as the session lasts. Called under
+    /// the state lock, like
     /// [`Session::kick`].
     pub(crate) fn forget_connection(&self) {
+        self.set_keep_alive_due(0);
         drop(self.waker.take());
     }
 

@@ -1,0 +1,110 @@
+//! Keep alive without a timer per connection (issue 25).
+//!
+//! A connection's keep-alive deadline (1.5 times the negotiated keep
+//! alive after its last read) is a second on this module's clock, kept in
+//! its session ([`Session::set_keep_alive_due`]); [`sweep`] looks at every
+//! session once a second and signals [`signal::KEEP_ALIVE`] to the
+//! connections whose deadline has passed, which check their own clock and
+//! close. As Mosquitto does, one pass over the sessions a second instead
+//! of a timer in each connection: an idle connection's task holds no timer
+//! (112 bytes, enough to keep its cell in tokio's 384-byte class), and a
+//! connect does not insert one into the timer wheel nor remove it at the
+//! end. A client is closed within a second after its deadline, never
+//! before it.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::{Session, signal};
+use crate::broker::Broker;
+
+/// How often [`sweep`] looks: the keep alive's resolution.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// The clock's start: the first time it is read.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// The second of the clock at or after `deadline`, at least 1 (0 stands
+/// for no deadline).
+pub fn due(deadline: Instant) -> u32 {
+    let ms = deadline.saturating_duration_since(epoch()).as_millis();
+    u32::try_from(ms.div_ceil(1000)).unwrap_or(u32::MAX).max(1)
+}
+
+/// The clock's current second (rounded down, so a deadline rounded up
+/// by [`due`] has passed when it is at most this).
+fn now() -> u32 {
+    u32::try_from(Instant::now().saturating_duration_since(epoch()).as_secs()).unwrap_or(u32::MAX)
+}
+
+/// Signals, once a second until shutdown, the connections whose keep
+/// alive ran out ([`Registry::signal_overdue`](super::Registry::signal_overdue)).
+pub async fn sweep(broker: Arc<Broker>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = broker.shutdown.cancelled() => return,
+        }
+        broker.sessions.signal_overdue(now());
+    }
+}
+
+impl Session {
+    /// The attached connection's keep-alive deadline moved to `due` (a
+    /// second of this clock, [`due`]); 0 when it has none or left.
+    pub fn set_keep_alive_due(&self, due: u32) {
+        self.keep_alive_due.store(due, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Signals [`signal::KEEP_ALIVE`] if the attached connection's
+    /// deadline is at or before `now`.
+    pub(super) fn signal_if_overdue(&self, now: u32) {
+        let due = self.keep_alive_due.load(std::sync::atomic::Ordering::Relaxed);
+        if due != 0 && due <= now {
+            self.signal(signal::KEEP_ALIVE);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deadline is rounded up to a whole second and is never 0 (no
+    /// deadline), so a sweep that finds it passed finds it passed by the
+    /// connection's own clock too.
+    #[test]
+    fn a_due_second_is_never_before_its_deadline() {
+        let start = epoch();
+        assert_eq!(due(start), 1);
+        assert_eq!(due(start + Duration::from_millis(1)), 1);
+        assert_eq!(due(start + Duration::from_millis(1001)), 2);
+        assert_eq!(due(start + Duration::from_secs(5)), 5);
+    }
+
+    /// The sweep signals a connection whose deadline has come, not one
+    /// whose deadline is ahead or that has none (keep alive 0, or left).
+    #[test]
+    fn only_a_deadline_passed_is_signalled() {
+        let session = Session::new("c".into(), super::super::QueueBound::messages(10));
+        let signalled = |s: &Session| s.signals.load(std::sync::atomic::Ordering::Acquire) & signal::KEEP_ALIVE != 0;
+        session.signal_if_overdue(100);
+        assert!(!signalled(&session), "no deadline, yet signalled");
+        session.set_keep_alive_due(5);
+        session.signal_if_overdue(4);
+        assert!(!signalled(&session), "signalled a second early");
+        session.signal_if_overdue(5);
+        assert!(signalled(&session), "not signalled at its deadline");
+        session.clear_signals();
+        session.forget_connection();
+        session.signal_if_overdue(100);
+        assert!(!signalled(&session), "signalled after its connection left");
+    }
+}
