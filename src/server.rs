@@ -207,7 +207,8 @@ impl Server {
             handles.connection_rate = Some(rate.clone());
             handles.source.as_ref().and_then(|s| s.path().map(Path::to_owned))
         });
-        broker.tasks.spawn(crate::session::keep_alive::sweep(broker.clone()));
+        let swept = broker.clone();
+        broker.tasks.spawn(async move { crate::session::keep_alive::sweep(&swept.sessions, &swept.shutdown).await });
         broker.tasks.spawn(crate::reload::watch::plugins(reloader.clone()));
         broker.tasks.spawn(crate::reload::watch::granted(reloader.clone()));
         if let Some(path) = config_file {

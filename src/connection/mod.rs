@@ -92,10 +92,10 @@ struct Connection<S> {
     /// nothing more is read from the client.
     held: Option<Box<inbound::HeldPublish>>,
     /// The read buffer holds packets not yet handled: the last turn
-    /// stopped at [`INPUT_BATCH`] to let other tasks run.
+    /// stopped at [`INPUT_BATCH`](inbound::INPUT_BATCH) to let other tasks run.
     input_pending: bool,
     /// Deliveries the publishes of this turn were routed to: a turn ends
-    /// early at [`ROUTE_BUDGET`].
+    /// early at [`ROUTE_BUDGET`](inbound::ROUTE_BUDGET).
     routed: u16,
     /// What most connections never need, made on first use
     /// ([`Connection::rare`]): an idle connection does not carry it.
@@ -306,36 +306,6 @@ where
         if let Some(ka) = self.keep_alive() {
             self.attached.session.set_keep_alive_due(keep_alive::due(self.last_read + ka));
         }
-    }
-
-    /// Decodes and handles every complete packet in the read buffer, up to
-    /// a publish that has to be held. Polled inside
-    /// [`wakes::once_per_poll`]: the subscribers of the batch's messages
-    /// are woken once, when the batch is routed, not at each first
-    /// delivery (issue 25).
-    async fn process_input(&mut self) -> Result<(), Close> {
-        let limits = self.broker.config().limits.decode_limits(u32::MAX);
-        self.input_pending = false;
-        self.routed = 0;
-        for _ in 0..INPUT_BATCH {
-            if self.held.is_some() {
-                return Ok(());
-            }
-            if self.routed >= ROUTE_BUDGET {
-                break;
-            }
-            match codec::decode_with(&mut self.rbuf, self.version, limits) {
-                Ok(Some(packet)) => self.handle(packet).await?,
-                Ok(None) => return Ok(()),
-                Err(codec::DecodeError::TooManyUserProperties) => {
-                    self.broker.metrics.limit_hit(Limit::UserProperties);
-                    return Err(Close::Protocol(ReasonCode::PACKET_TOO_LARGE, "too many user properties"));
-                }
-                Err(e) => return Err(Close::Protocol(e.reason_code(), "malformed packet")),
-            }
-        }
-        self.input_pending = true;
-        Ok(())
     }
 
     /// 1.5 times the negotiated keep alive; `None` when keep alive is off.
@@ -561,21 +531,6 @@ where
         self.broker.detach(self.attached, will, expiry);
     }
 }
-
-/// Packets handled in one turn before the connection yields, so the
-/// subscribers of the batch (woken once, at its end: `wakes`) write it.
-/// Each subscriber then writes up to this many messages per wake-up and
-/// socket write (issue 25: at 64, a QoS 0 fan-out made 4x the writes of
-/// rumqttd, which writes up to 200). A queue the batch fills holds the
-/// publisher (QoS 0 too), so a larger batch costs a slow subscriber
-/// nothing.
-const INPUT_BATCH: usize = 256;
-
-/// Deliveries one turn may route before the connection yields: a batch to
-/// a topic with thousands of subscribers ends early, so one publisher
-/// cannot keep a worker thread from the others for long (at most about
-/// this many queue pushes, a few milliseconds).
-const ROUTE_BUDGET: u16 = 16 * 1024;
 
 /// The size of the boxed connection state every client holds while
 /// connected, for a test where the stream type is known (transport).

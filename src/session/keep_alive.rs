@@ -12,13 +12,14 @@
 //! end. A client is closed within a second after its deadline, never
 //! before it.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::{Session, signal};
-use crate::broker::Broker;
+use tokio_util::sync::CancellationToken;
+
+use super::{Registry, Session, signal};
 
 /// How often [`sweep`] looks: the keep alive's resolution.
 pub const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -43,16 +44,16 @@ fn now() -> u32 {
 }
 
 /// Signals, once a second until shutdown, the connections whose keep
-/// alive ran out ([`Registry::signal_overdue`](super::Registry::signal_overdue)).
-pub async fn sweep(broker: Arc<Broker>) {
+/// alive ran out ([`Registry::signal_overdue`]), until `shutdown`.
+pub async fn sweep(sessions: &Registry, shutdown: &CancellationToken) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            () = broker.shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return,
         }
-        broker.sessions.signal_overdue(now());
+        sessions.signal_overdue(now());
     }
 }
 
