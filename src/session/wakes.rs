@@ -34,8 +34,8 @@ struct Deferred {
     wakers: Vec<Waker>,
 }
 
-/// Runs `future`, holding back the wake-ups its polls give sessions
-/// ([`Session::wake`](super::Session::wake)) until the end of each poll.
+/// Runs `future`, holding back the wake-ups its polls give sessions for
+/// QoS 0 deliveries until the end of each poll.
 pub async fn once_per_poll<F: Future>(future: F) -> F::Output {
     let mut future = pin!(future);
     std::future::poll_fn(|cx| {
@@ -45,8 +45,8 @@ pub async fn once_per_poll<F: Future>(future: F) -> F::Output {
     .await
 }
 
-/// Runs `f`, holding back the wake-ups it gives sessions until it
-/// returns: for a batch routed in one go (the cluster's inbound messages).
+/// Runs `f`, holding back the wake-ups it gives sessions for QoS 0
+/// deliveries until it returns: for a batch routed in one go (the cluster's inbound messages).
 pub fn in_one_go<R>(f: impl FnOnce() -> R) -> R {
     let _scope = Scope::enter();
     f()
