@@ -12,7 +12,7 @@
 use bytes::{BufMut, BytesMut};
 
 use super::packet::{Connect, Packet, Properties, Publish};
-use super::properties::{is_empty, put_properties};
+use super::properties::put_properties;
 use super::types::{ProtocolVersion, QoS, ReasonCode};
 use super::wire::{Counter, Sink, VARINT_MAX, varint_len};
 
@@ -249,7 +249,7 @@ fn properties_if<S: Sink>(s: &mut S, v5: bool, p: &Properties) -> Result<(), Enc
 /// it is 0. The spec also allows the reason code alone, but clients in the
 /// field (rumqttc 0.25) fail to parse that form, so we never send it.
 fn reason_and_properties<S: Sink>(s: &mut S, reason: ReasonCode, p: &Properties) -> Result<(), EncodeError> {
-    if reason == ReasonCode::SUCCESS && is_empty(p) {
+    if reason == ReasonCode::SUCCESS && p.is_empty() {
         return Ok(());
     }
     s.put_u8(reason.0);

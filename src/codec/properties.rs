@@ -186,11 +186,6 @@ pub(crate) fn decode_properties(r: &mut Reader, context: PropertyContext) -> Res
     Ok(p)
 }
 
-/// Whether no property is set, so short forms may be used.
-pub(crate) fn is_empty(p: &Properties) -> bool {
-    p.is_empty()
-}
-
 /// Writes the property length followed by every property that is set, in
 /// identifier order.
 pub(crate) fn put_properties<S: Sink>(sink: &mut S, p: &Properties) -> Result<(), EncodeError> {
