@@ -179,7 +179,8 @@ impl Registry {
     /// Signals [`signal::KEEP_ALIVE`](super::signal::KEEP_ALIVE) to every
     /// attached connection whose keep-alive deadline is at or before
     /// `now` ([`super::keep_alive`]). One pass under the lock: an atomic
-    /// load per session, well under a millisecond for 100,000.
+    /// load per session, about a millisecond for 100,000 (1.1-1.3 ms in a
+    /// release build here), once a second.
     pub fn signal_overdue(&self, now: u32) {
         for session in self.sessions.lock().values() {
             session.signal_if_overdue(now);
