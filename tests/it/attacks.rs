@@ -8,7 +8,7 @@ use rumqttc::v5::mqttbytes::QoS as Q5;
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
-use crate::harness::{Raw, TestBroker, WAIT, connect_v4, connect_v5, frame, varint};
+use crate::harness::{Raw, TestBroker, WAIT, connect_v4, connect_v5, frame, subscribe_v5, varint};
 
 mod load;
 
@@ -147,10 +147,7 @@ async fn topic_with_65000_levels_refused_with_topic_name_invalid() {
     // As a filter it is refused in SUBACK with 0x8F, and the client stays.
     let deep_filter = format!("{deep}#");
     let mut raw = raw_v5(&broker, "deep-sub").await;
-    let mut body = vec![0, 1, 0];
-    body.extend(string(&deep_filter));
-    body.push(1);
-    raw.send(&frame(0x82, &body)).await;
+    raw.send(&subscribe_v5(1, &[&deep_filter])).await;
     let (first, body) = read_packet(&mut raw).await;
     assert_eq!(first, 0x90, "SUBACK");
     assert_eq!(body, [0, 1, 0, 0x8F]);

@@ -136,11 +136,7 @@ impl TestBroker {
         let mut raw = Raw(socket.connect(self.addr).await.expect("connect"));
         raw.send(&connect_v4(id)).await;
         assert_eq!(raw.read_packet().await.0, 0x20, "CONNACK");
-        let mut subscribe = vec![0, 1];
-        subscribe.extend((filter.len() as u16).to_be_bytes());
-        subscribe.extend(filter.as_bytes());
-        subscribe.push(1);
-        raw.send(&frame(0x82, &subscribe)).await;
+        raw.send(&subscribe_v4(1, &[filter])).await;
         assert_eq!(raw.read_packet().await.0, 0x90, "SUBACK");
         raw
     }
@@ -461,6 +457,31 @@ pub fn connect_v5(client_id: &str) -> Vec<u8> {
     body.extend((client_id.len() as u16).to_be_bytes());
     body.extend(client_id.as_bytes());
     frame(0x10, &body)
+}
+
+/// A 3.1.1 SUBSCRIBE (packet id `id`) of `filters` at QoS 1.
+pub fn subscribe_v4(id: u16, filters: &[&str]) -> Vec<u8> {
+    subscribe(id, None, filters)
+}
+
+/// A v5 SUBSCRIBE (packet id `id`, no properties) of `filters` at QoS 1.
+pub fn subscribe_v5(id: u16, filters: &[&str]) -> Vec<u8> {
+    subscribe(id, Some(&[]), filters)
+}
+
+/// A SUBSCRIBE of `filters` at QoS 1, with v5 `properties` when given.
+fn subscribe(id: u16, properties: Option<&[u8]>, filters: &[&str]) -> Vec<u8> {
+    let mut body = id.to_be_bytes().to_vec();
+    if let Some(properties) = properties {
+        body.extend(varint(properties.len()));
+        body.extend(properties);
+    }
+    for filter in filters {
+        body.extend(u16::try_from(filter.len()).expect("short filter").to_be_bytes());
+        body.extend(filter.as_bytes());
+        body.push(1);
+    }
+    frame(0x82, &body)
 }
 
 /// Prefixes a fixed header (first byte + remaining length) to `body`.

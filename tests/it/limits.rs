@@ -10,7 +10,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
 use crate::attacks::{disconnect_reason, publish_v5, raw_v5, still_serves, string};
-use crate::harness::{QUIET, Raw, TestBroker, WAIT, connect_v4, connect_v5_with, frame, varint};
+use crate::harness::{
+    QUIET, Raw, TestBroker, WAIT, connect_v4, connect_v5_with, frame, subscribe_v4, subscribe_v5, varint,
+};
 
 fn hits(broker: &TestBroker, limit: Limit) -> u64 {
     broker.broker.metrics.limit_hits(limit)
@@ -111,27 +113,6 @@ async fn connection_rate_over_the_global_bucket_closed_at_accept_on_every_listen
         burst.push(Raw(tokio::net::TcpStream::connect(addr).await.expect("connect")));
     }
     refused_by_a_bucket_of_3(&broker, burst).await;
-}
-
-/// A v5 SUBSCRIBE of `filters` at QoS 1.
-fn subscribe_v5(id: u16, filters: &[&str]) -> Vec<u8> {
-    let mut body = id.to_be_bytes().to_vec();
-    body.push(0);
-    for filter in filters {
-        body.extend(string(filter));
-        body.push(1);
-    }
-    frame(0x82, &body)
-}
-
-/// A 3.1.1 SUBSCRIBE of `filters` at QoS 1.
-fn subscribe_v4(id: u16, filters: &[&str]) -> Vec<u8> {
-    let mut body = id.to_be_bytes().to_vec();
-    for filter in filters {
-        body.extend(string(filter));
-        body.push(1);
-    }
-    frame(0x82, &body)
 }
 
 /// The reason codes of the SUBACK (v5: after the empty properties).

@@ -13,7 +13,7 @@ use tokio::net::TcpSocket;
 use tokio::time::Instant;
 
 use crate::attacks::still_serves;
-use crate::harness::{Raw, TestBroker, WAIT, connect_v4, connect_v5_with, frame, within};
+use crate::harness::{Raw, TestBroker, WAIT, connect_v4, connect_v5_with, subscribe_v5, within};
 
 /// Session Expiry Interval (0x11) of 60 s, as CONNECT properties.
 const EXPIRY_60S: [u8; 5] = [0x11, 0, 0, 0, 60];
@@ -31,11 +31,7 @@ fn resume_v5(id: &str) -> Vec<u8> {
 /// CONNACK and SUBACK and then nothing: the broker's writes soon block.
 async fn stuck_subscriber(broker: &TestBroker, id: &str, properties: &[u8], filter: &str) -> Raw {
     let mut raw = stuck_connect(broker, &connect_v5_with(id, None, None, properties)).await;
-    let mut subscribe = vec![0, 1, 0];
-    subscribe.extend((filter.len() as u16).to_be_bytes());
-    subscribe.extend(filter.as_bytes());
-    subscribe.push(1);
-    raw.send(&frame(0x82, &subscribe)).await;
+    raw.send(&subscribe_v5(1, &[filter])).await;
     assert_eq!(raw.read_packet().await.0, 0x90, "SUBACK");
     raw
 }
