@@ -337,11 +337,9 @@ mod tests {
         let message =
             Message::new(topic.clone(), Bytes::from_static(b"hi"), QoS::AtLeastOnce, false, &Properties::default());
         let now = Instant::now();
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(NODE_HEADER, "old");
-        headers.insert(MESSAGE_HEADER, encode(&message, now).as_str());
-        headers.insert(CLIENT_HEADER, "pub-1");
-        headers.insert(RETRY_HEADER, "1");
+        // What nodes before the payload format send, and what
+        // `wire_format = "headers"` sends.
+        let headers = headers("old", &message, Some("pub-1"), true, now);
         let got = read(topic.clone(), nats(message.payload.clone(), Some(headers)), now).expect("reads");
         assert_eq!((&got.origin[..], got.publisher.as_deref(), got.retry), (&b"old"[..], Some(&b"pub-1"[..]), true));
         assert_eq!((got.message.qos, &got.message.payload[..]), (QoS::AtLeastOnce, &b"hi"[..]));

@@ -74,20 +74,15 @@ pub(super) enum Pending {
 /// Where the publishing tasks write what they hand to the NATS client:
 /// each message's subject and payload are split off one block that many
 /// share, rather than allocated (twice) each.
+#[derive(Default)]
 struct Wire {
     block: BytesMut,
     subject: String,
-    /// `cluster.wire_format = "headers"`: the envelope goes in headers.
-    headers: bool,
 }
 
 impl Wire {
     /// What a block holds at least: many small messages.
     const BLOCK: usize = 64 * 1024;
-
-    fn new(link: &Link) -> Wire {
-        Wire { block: BytesMut::new(), subject: String::new(), headers: link.wire_format == WireFormat::Headers }
-    }
 
     /// The subject, headers and NATS payload of `message`
     /// ([`envelope::wrap`], or [`envelope::headers`] and the bare payload).
@@ -99,7 +94,7 @@ impl Wire {
         retry: bool,
         now: Instant,
     ) -> (Subject, Option<async_nats::HeaderMap>, Bytes) {
-        if self.headers {
+        if link.wire_format == WireFormat::Headers {
             link.subjects.topic_into(message.topic.as_str(), &mut self.subject);
             let headers = envelope::headers(&link.node_id, message, publisher, retry, now);
             return (Subject::from(self.subject.as_str()), Some(headers), message.payload.clone());
@@ -178,7 +173,7 @@ impl Link {
         node: Node,
     ) {
         let mut batch = Vec::with_capacity(OUTBOUND_BATCH);
-        let mut wire = Wire::new(&self);
+        let mut wire = Wire::default();
         let js = jetstream::new(client.clone());
         let (acks, pending) = mpsc::channel(OUTBOUND_CAPACITY);
         node.spawn(self.clone().acknowledge(client.clone(), pending, node.clone()));
@@ -316,7 +311,7 @@ impl Link {
         node: Node,
     ) {
         let js = jetstream::new(client.clone());
-        let mut wire = Wire::new(&self);
+        let mut wire = Wire::default();
         let mut window: VecDeque<Pending> = VecDeque::new();
         // Rounds of retries since JetStream last stored a message, and
         // when the first of them began.
