@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use super::queue::Queue;
+use super::queue::{Queue, ShareRoute};
 use super::subject::Subjects;
 use super::{MAX_SUBJECT_BYTES, envelope};
 use crate::broker::{Node, WeakNode};
@@ -107,8 +107,8 @@ pub(super) struct Link {
 }
 
 /// A local share group's count of members, the handle that ends serving
-/// it from its consumer ([`Queue::share`]), and whether that is under way.
-type Serving = (usize, CancellationToken, Arc<AtomicBool>);
+/// it from its consumer ([`Queue::share`]), and how its messages come.
+type Serving = (usize, CancellationToken, Arc<ShareRoute>);
 
 /// A share group whose NATS queue subscription an inbound task serves.
 #[derive(Debug)]
@@ -116,9 +116,9 @@ struct Share {
     /// The filter, without `$share/{group}/`.
     filter: Box<str>,
     group: Box<str>,
-    /// Whether the group is served from its consumer in JetStream now
-    /// ([`Queue::share`]), which then brings its QoS 1/2 messages.
-    durable: Arc<AtomicBool>,
+    /// Whether its QoS 1/2 messages come from the queue group, are held,
+    /// or come from its consumer in JetStream ([`Queue::share`]).
+    route: Arc<ShareRoute>,
 }
 
 /// What a queued message counts against [`OUTBOUND_BYTES`].
@@ -147,21 +147,22 @@ impl Link {
         while let Some(Some(change)) = node.shutdown().run_until_cancelled(rx.recv()).await {
             match change {
                 Interest::Add(filter, group) => {
-                    let durable = group.as_ref().map(|g| {
-                        let (count, _, durable) = shares.entry((filter.clone(), g.clone())).or_insert_with(|| {
-                            let (stop, durable) = (node.shutdown().child_token(), Arc::new(AtomicBool::new(false)));
+                    let route = group.as_ref().map(|g| {
+                        let (count, _, route) = shares.entry((filter.clone(), g.clone())).or_insert_with(|| {
+                            let stop = node.shutdown().child_token();
+                            let route = Arc::new(ShareRoute::new(self.queue.ready()));
                             let serving = self.queue.clone().share(
                                 filter.clone(),
                                 g.clone(),
-                                durable.clone(),
+                                route.clone(),
                                 stop.clone(),
                                 node.clone(),
                             );
                             node.spawn(serving);
-                            (0, stop, durable)
+                            (0, stop, route)
                         });
                         *count += 1;
-                        durable.clone()
+                        route.clone()
                     });
                     let queue = match &group {
                         Some(g) => self.subjects.share_queue(g, &filter),
@@ -188,10 +189,10 @@ impl Link {
                         let stop = node.shutdown().child_token();
                         held.insert(key, (1, stop.clone()));
                         self.subscriptions.fetch_add(1, Ordering::Relaxed);
-                        let target = group.as_ref().zip(durable.clone()).map(|(g, durable)| Share {
+                        let target = group.as_ref().zip(route.clone()).map(|(g, route)| Share {
                             filter: filter.clone(),
                             group: g.clone(),
-                            durable,
+                            route,
                         });
                         node.spawn(self.clone().inbound(subscriber, target, stop, node.clone()));
                     }
@@ -249,8 +250,10 @@ impl Link {
                 for nats in batch {
                     let Some(message) = self.decode(nats, shared.is_some(), &mut last) else { continue };
                     match &shared {
-                        // The group's consumer has it.
-                        Some(share) if message.qos != QoS::AtMostOnce && share.durable.load(Ordering::Acquire) => 0,
+                        Some(share) if message.qos != QoS::AtMostOnce => match share.route.arrived(message) {
+                            Some(message) => node.deliver_shared(message, &share.filter, &share.group),
+                            None => 0,
+                        },
                         Some(share) => node.deliver_shared(Arc::new(message), &share.filter, &share.group),
                         None => node.deliver_remote(Arc::new(message)),
                     };

@@ -718,6 +718,57 @@ async fn shared_subscriptions_split_messages_across_nodes() {
     plain.no_publish().await;
 }
 
+/// A node that gets its first member of a share group served elsewhere
+/// sets the group up while NATS already hands its queue subscription some
+/// of the group's messages, which the group's consumer has too: they came
+/// twice, from both nodes, at QoS 2 too.
+#[tokio::test]
+async fn a_node_joining_a_share_group_delivers_none_of_its_messages_twice() {
+    const N: usize = 6000;
+    const JOINS: usize = 6;
+    let nats = Nats::start().await;
+    let (a, b) = (node(&nats.url(), "a").await, node(&nats.url(), "b").await);
+    let mut on_a = a.v5("member-a").await;
+    on_a.subscribe("$share/g/s/+", QoS::ExactlyOnce).await;
+    until_share_pulls(&nats, 1).await;
+    // A group made a while ago: one made as a node joins may bring some
+    // messages twice (the README's limits).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let publisher = a.v5("pub").await;
+    let mut on_b = b.v5("member-b").await;
+    // Node b joins while the messages flow, leaves and joins again.
+    let chunk = N / (2 * JOINS);
+    for i in 0..N {
+        if i.is_multiple_of(chunk) && i / chunk < 2 * JOINS {
+            if (i / chunk).is_multiple_of(2) {
+                on_b.client.subscribe("$share/g/s/+", QoS::ExactlyOnce).await.expect("subscribe");
+            } else {
+                on_b.client.unsubscribe("$share/g/s/+").await.expect("unsubscribe");
+            }
+        }
+        publish(&publisher, &format!("s/{i}"), QoS::ExactlyOnce, &i.to_string()).await;
+    }
+    let mut got = std::collections::BTreeMap::<usize, usize>::new();
+    let deadline = tokio::time::Instant::now() + NATS_WAIT;
+    // Until each arrived, then a while longer for second copies.
+    let mut quiet = None;
+    while tokio::time::Instant::now() < quiet.unwrap_or(deadline) {
+        let payload = tokio::select! {
+            p = on_a.try_publish(Duration::from_millis(100)) => p.map(|p| p.payload),
+            p = on_b.try_publish(Duration::from_millis(100)) => p.map(|p| p.payload),
+        };
+        if let Some(payload) = payload {
+            *got.entry(String::from_utf8_lossy(&payload).parse().expect("a number")).or_default() += 1;
+        }
+        if got.len() == N && quiet.is_none() {
+            quiet = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+        }
+    }
+    let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).map(|(i, _)| *i).collect();
+    assert!(twice.is_empty(), "delivered twice: {twice:?}");
+    assert_eq!(got.into_keys().collect::<Vec<_>>(), (0..N).collect::<Vec<_>>(), "each message once in the group");
+}
+
 #[tokio::test]
 async fn share_groups_get_messages_too_long_for_nats_locally() {
     let nats = Nats::start().await;

@@ -40,8 +40,9 @@
 //! could not follow their sessions meanwhile are brought up to date
 //! before the node stores anything more ([`resync`]).
 //!
-//! Limits: messages published while a session becomes kept may arrive
-//! twice (QoS 1 allows it; QoS 2 should not), and messages queued on a
+//! Limits: messages published while a session becomes kept, or while a
+//! share group's consumer is first made, may arrive twice (QoS 1 allows
+//! it; QoS 2 should not; [`share`] for a node joining a group), and messages queued on a
 //! node before its session was kept die with that node. A message
 //! JetStream delivers again (its acknowledgement was lost, or the client
 //! took longer than `redelivery_s`) is recognised by its stream sequence
@@ -91,6 +92,7 @@ mod share;
 mod taken;
 
 use feeder::Feeder;
+pub(in crate::cluster) use share::ShareRoute;
 pub(in crate::cluster) use taken::Taken;
 
 /// Metadata key of the session record on a kept session's consumer.
