@@ -168,7 +168,7 @@ impl Link {
                         Some(g) => self.subjects.share_queue(g, &filter),
                         None => self.node_id.to_string(),
                     };
-                    for subject in self.subjects.filter(&filter) {
+                    for subject in self.subjects.subscribed(&filter) {
                         let key = (subject, queue.clone());
                         if let Some((count, _)) = held.get_mut(&key) {
                             *count += 1;
@@ -212,7 +212,7 @@ impl Link {
                         Some(g) => self.subjects.share_queue(g, &filter),
                         None => self.node_id.to_string(),
                     };
-                    for subject in self.subjects.filter(&filter) {
+                    for subject in self.subjects.subscribed(&filter) {
                         let key = (subject, queue.clone());
                         let Some((count, stop)) = held.get_mut(&key) else { continue };
                         *count -= 1;

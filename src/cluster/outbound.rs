@@ -94,12 +94,16 @@ impl Wire {
         retry: bool,
         now: Instant,
     ) -> (Subject, Option<async_nats::HeaderMap>, Bytes) {
+        // No kept session or share group takes a QoS 0 message from the
+        // queue stream: it goes where the stream does not sequence it
+        // (unless older nodes, which subscribe to the stream's subjects
+        // only, must see it).
+        let captured = message.qos != QoS::AtMostOnce || link.wire_format != WireFormat::Split;
+        link.subjects.topic_into(message.topic.as_str(), captured, &mut self.subject);
         if link.wire_format == WireFormat::Headers {
-            link.subjects.topic_into(message.topic.as_str(), &mut self.subject);
             let headers = envelope::headers(&link.node_id, message, publisher, retry, now);
             return (Subject::from(self.subject.as_str()), Some(headers), message.payload.clone());
         }
-        link.subjects.topic_into(message.topic.as_str(), &mut self.subject);
         // Room for the subject, the envelope as it usually is, the
         // payload; the block grows past it for a large envelope.
         let need = self.subject.len() + 64 + link.node_id.len() + publisher.map_or(0, str::len) + message.payload.len();

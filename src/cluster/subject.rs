@@ -4,7 +4,11 @@
 //! with `$` goes under `{prefix}.d.` instead, because MQTT wildcards at the
 //! first level never match `$` topics [MQTT-4.7.2-1] while NATS wildcards
 //! would: keeping them in their own branch lets NATS interest follow the
-//! MQTT rule. Filters map level by level, `+` to `*` and a trailing `#` to
+//! MQTT rule. Those two branches are what JetStream's queue stream
+//! captures (`queue`); a message no kept session or share group can want
+//! from it (QoS 0) travels under `{prefix}.u.` or `{prefix}.v.` instead
+//! ([`Subjects::topic_into`] with `captured` false), so nats-server does
+//! not sequence it, and subscriptions cover both ([`Subjects::subscribed`]). Filters map level by level, `+` to `*` and a trailing `#` to
 //! `>` plus the parent level (`a/#` matches `a`, NATS `a.>` does not).
 //!
 //! NATS reserves `.`, `*`, `>` and whitespace in subjects and allows no
@@ -20,6 +24,20 @@ use std::fmt::Write;
 const TOPICS: &str = "t";
 /// The branch for `$` topics.
 const DOLLAR: &str = "d";
+/// [`TOPICS`] and [`DOLLAR`] for messages the queue stream does not
+/// capture.
+const TOPICS_LIVE: &str = "u";
+const DOLLAR_LIVE: &str = "v";
+
+/// The branch of a topic or filter whose first level is `first`.
+fn branch(first: &str, captured: bool) -> &'static str {
+    match (first.starts_with('$'), captured) {
+        (false, true) => TOPICS,
+        (true, true) => DOLLAR,
+        (false, false) => TOPICS_LIVE,
+        (true, false) => DOLLAR_LIVE,
+    }
+}
 
 /// Maps topics and filters to subjects under one prefix.
 #[derive(Debug, Clone)]
@@ -33,32 +51,47 @@ impl Subjects {
         Subjects { prefix: prefix.to_owned() }
     }
 
-    /// The subject a message published to `topic` travels on.
+    /// The subject a message published to `topic` travels on (captured
+    /// by the queue stream).
     pub fn topic(&self, topic: &str) -> String {
         let mut out = String::with_capacity(self.prefix.len() + 3 + topic.len() + 8);
-        self.topic_into(topic, &mut out);
+        self.topic_into(topic, true, &mut out);
         out
     }
 
-    /// Writes [`Subjects::topic`] into `out`, cleared first: a task
-    /// publishing many messages reuses one buffer.
-    pub fn topic_into(&self, topic: &str, out: &mut String) {
+    /// Writes the subject of `topic` into `out`, cleared first (a task
+    /// publishing many messages reuses one buffer): in a branch the queue
+    /// stream captures, or (`captured` false) in one it does not.
+    pub fn topic_into(&self, topic: &str, captured: bool, out: &mut String) {
         out.clear();
         out.push_str(&self.prefix);
         out.push('.');
-        out.push_str(if topic.starts_with('$') { DOLLAR } else { TOPICS });
+        out.push_str(branch(topic, captured));
         for level in topic.split('/') {
             out.push('.');
             escape(level, out);
         }
     }
 
-    /// The subjects to subscribe to for the (non-shared) MQTT `filter`: one,
-    /// or two for a filter ending in `#` that has a parent level.
+    /// The subjects of the (non-shared) MQTT `filter`: one, or two for a
+    /// filter ending in `#` that has a parent level.
+    /// These are the subjects the queue stream captures, as a kept
+    /// session's or share group's consumer filters on them.
     pub fn filter(&self, filter: &str) -> Vec<String> {
+        self.filter_in(filter, true)
+    }
+
+    /// The subjects a node subscribes to for `filter`: those of
+    /// [`Subjects::filter`] and their twins outside the stream.
+    pub fn subscribed(&self, filter: &str) -> Vec<String> {
+        let mut subjects = self.filter_in(filter, true);
+        subjects.extend(self.filter_in(filter, false));
+        subjects
+    }
+
+    fn filter_in(&self, filter: &str, captured: bool) -> Vec<String> {
         let first = filter.split('/').next().unwrap_or_default();
-        let branch = if first.starts_with('$') { DOLLAR } else { TOPICS };
-        let mut subject = format!("{}.{branch}", self.prefix);
+        let mut subject = format!("{}.{}", self.prefix, branch(first, captured));
         let mut parent = None;
         for level in filter.split('/') {
             match level {
@@ -130,7 +163,8 @@ impl Subjects {
             unescape(token, &mut topic)?;
         }
         // The branch must agree with the topic, or the subject was not ours.
-        (branch == if topic.starts_with('$') { DOLLAR } else { TOPICS }).then_some(topic)
+        let first = topic.split('/').next().unwrap_or_default();
+        (branch == self::branch(first, true) || branch == self::branch(first, false)).then_some(topic)
     }
 }
 
@@ -349,6 +383,32 @@ mod tests {
         assert_eq!(disjoint(all.to_vec(), branch), ["m.d.$x", "m.t.a", "m.t.a.>", "m.t.x.c"]);
         let clashing = ["m.t.a.>", "m.t.*.c", "m.d.$x"].map(str::to_owned);
         assert_eq!(disjoint(clashing.to_vec(), branch), ["m.d.$x", "m.t.>"]);
+    }
+
+    #[test]
+    fn messages_outside_the_stream_have_twin_branches() {
+        let mut out = String::new();
+        s().topic_into("a/b", false, &mut out);
+        assert_eq!(out, "moat.u.a.b");
+        s().topic_into("$SYS/x", false, &mut out);
+        assert_eq!(out, "moat.v.$SYS.x");
+        assert_eq!(s().topic_of("moat.u.a.b").as_deref(), Some("a/b"));
+        assert_eq!(s().topic_of("moat.v.$SYS.x").as_deref(), Some("$SYS/x"));
+        assert_eq!(s().topic_of("moat.v.a"), None, "the branch must agree with the topic");
+        assert_eq!(s().topic_of("moat.u.$x"), None, "the branch must agree with the topic");
+        assert_eq!(s().subscribed("a/#"), ["moat.t.a.>", "moat.t.a", "moat.u.a.>", "moat.u.a"]);
+        assert_eq!(s().subscribed("$SYS/+"), ["moat.d.$SYS.*", "moat.v.$SYS.*"]);
+        // Both kinds of subject of a topic are matched by what a filter
+        // subscribes to exactly when MQTT matches them.
+        for (filter, topic) in [("#", "a"), ("+/x", "$y/x"), ("a/#", "a"), ("$SYS/#", "$SYS/x"), ("+", "$")] {
+            let name = crate::codec::TopicName::new(topic).expect("valid topic");
+            let mqtt = crate::codec::TopicFilter::new(filter).expect("valid filter").matches(&name);
+            for captured in [true, false] {
+                s().topic_into(topic, captured, &mut out);
+                let hits = s().subscribed(filter).iter().filter(|f| nats_matches(f, &out)).count();
+                assert_eq!(hits, usize::from(mqtt), "filter {filter:?} topic {topic:?} captured {captured}");
+            }
+        }
     }
 
     #[test]

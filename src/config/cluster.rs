@@ -14,7 +14,7 @@ use serde::Deserialize;
 /// redelivery_s = 30              # a kept message unacknowledged this long is sent again
 /// store_timeout_s = 30           # a QoS 1/2 publisher waits this long for JetStream, then is disconnected
 /// replicas = 1                  # of the JetStream streams and buckets Moat creates
-/// wire_format = "payload"        # "headers" while upgrading a cluster from before 0.2
+/// wire_format = "split"          # "payload" or "headers" while upgrading a cluster (README)
 /// ```
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,22 +52,27 @@ pub struct ClusterConfig {
     /// three that should survive losing one.
     #[serde(default = "default_replicas")]
     pub replicas: usize,
-    /// How a node sends messages to the others. Every node reads both;
-    /// nodes from before the payload format read only headers, so a
-    /// cluster with such nodes is upgraded with `headers`, then switched
-    /// to `payload` (README, Clustering).
+    /// How a node sends messages to the others. Every node reads all
+    /// formats; older nodes read only what they send themselves, so a
+    /// cluster with such nodes is upgraded sending their format, then
+    /// switched to `split` (README, Clustering).
     #[serde(default)]
     pub wire_format: WireFormat,
 }
 
-/// `cluster.wire_format`: where a message's envelope (origin node,
-/// publisher, QoS, expiry, properties) travels between nodes.
+/// `cluster.wire_format`: how a message travels between nodes — where
+/// its envelope (origin node, publisher, QoS, expiry, properties) goes,
+/// and on which subjects. Every node reads all three.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum WireFormat {
-    /// In front of the payload: cheaper, as the NATS client parses no
-    /// headers (issue 25).
+    /// As `Payload`, with QoS 0 messages on subjects JetStream's queue
+    /// stream does not capture, so nats-server does not sequence them
+    /// (issue 25).
     #[default]
+    Split,
+    /// In front of the payload, every message on the stream's subjects:
+    /// what nodes before `split` send, and all they subscribe to.
     Payload,
     /// In NATS headers, as nodes before the payload format sent it.
     Headers,

@@ -363,6 +363,10 @@ fn cluster_errors_name_line_and_key() {
     assert!(err.to_string().contains("payload"), "names the formats: {err}");
     let headers = parse("[cluster]\nnats = [\"nats://a:1\"]\nwire_format = \"headers\"\n").expect("valid");
     assert_eq!(headers.cluster.map(|c| c.wire_format), Some(crate::config::WireFormat::Headers));
+    let payload = parse("[cluster]\nnats = [\"nats://a:1\"]\nwire_format = \"payload\"\n").expect("valid");
+    assert_eq!(payload.cluster.map(|c| c.wire_format), Some(crate::config::WireFormat::Payload));
+    let default = parse("[cluster]\nnats = [\"nats://a:1\"]\n").expect("valid");
+    assert_eq!(default.cluster.map(|c| c.wire_format), Some(crate::config::WireFormat::Split));
 }
 
 #[test]
