@@ -2,11 +2,13 @@
 //! outlive the node that holds the session.
 //!
 //! The stream `{PREFIX}_QUEUE` captures the subjects every node already
-//! publishes on (`{prefix}.t.>`, `{prefix}.d.>`) with interest retention:
-//! JetStream keeps a message only while a consumer wants it, so the
-//! stream stores nothing while no session is kept, and publishers send
-//! nothing extra; nats-server still sequences every message (about 2 us
-//! of its CPU each here: BENCHMARKS.md, "Cluster path: CPU per message").
+//! publishes QoS 1/2 messages on (`{prefix}.t.>`, `{prefix}.d.>`) with
+//! interest retention: JetStream keeps a message only while a consumer
+//! wants it, so the stream stores nothing while no session is kept, and
+//! publishers send nothing extra; nats-server still sequences every such
+//! message (about 2 us of its CPU each here: BENCHMARKS.md, "Cluster
+//! path: CPU per message"). QoS 0 messages, which no consumer takes,
+//! travel on twin subjects it does not capture (`subject`).
 //!
 //! **Keep.** When a connection with a session that outlives it is set up
 //! (and whenever its subscriptions change), its node makes sure the
