@@ -147,7 +147,8 @@ impl ShareRoute {
 }
 
 /// The part of JetStream's consumer info that tells how long the consumer
-/// has been there, both by the server's clock.
+/// has been there, both by the server's clock (servers before 2.10 send
+/// no `ts`: what was held is then delivered, as when in doubt).
 #[derive(serde::Deserialize)]
 struct Age {
     #[serde(with = "time::serde::rfc3339")]
