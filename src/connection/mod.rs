@@ -12,6 +12,7 @@ mod connect;
 mod identity;
 mod inbound;
 mod outbound;
+mod permits;
 mod policy;
 mod subscribe;
 
@@ -37,6 +38,7 @@ use crate::session::{Attached, keep_alive, signal, wakes};
 use buffers::{WRITE_KEEP, poll_read_some, settle_read_buffer};
 pub(crate) use close::Close;
 use close::leave_reason;
+pub use permits::{Permit, Permits};
 
 /// The connection's state after a successful CONNECT.
 struct Connection<S> {
@@ -113,46 +115,6 @@ struct Withheld {
     /// A publish waiting for room in full subscriber queues; while it is,
     /// nothing more is read from the client.
     held: Option<Box<inbound::HeldPublish>>,
-}
-
-/// What a connection holds until it ends, from its accept on.
-#[derive(Debug)]
-pub struct Permits {
-    /// Its place in the global connection limit (`max_connections`).
-    pub global: Permit,
-    /// Its place in its listener's, if the listener has one.
-    pub listener: Option<Permit>,
-    /// It counts in the broker's task tracker, which shutdown waits on:
-    /// a token here rather than a `TrackedFuture` around the task, whose
-    /// 8 bytes would push the task's future past tokio's 256-byte cell
-    /// class (issue 25).
-    pub task: tokio_util::task::task_tracker::TaskTrackerToken,
-}
-
-/// One place in a connection limit, given back to its semaphore when
-/// dropped: a tokio `OwnedSemaphorePermit` in 8 bytes instead of 16 (it
-/// also counts how many places it holds, and a connection holds one;
-/// issue 25).
-#[derive(Debug)]
-pub struct Permit(Arc<tokio::sync::Semaphore>);
-
-impl From<tokio::sync::OwnedSemaphorePermit> for Permit {
-    /// Holds one place of the permit's semaphore; any more it held go back
-    /// at once.
-    fn from(permit: tokio::sync::OwnedSemaphorePermit) -> Permit {
-        let (semaphore, held) = (permit.semaphore().clone(), permit.num_permits());
-        permit.forget();
-        if held > 1 {
-            semaphore.add_permits(held - 1);
-        }
-        Permit(semaphore)
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.0.add_permits(1);
-    }
 }
 
 /// The parts of a connection that most clients never use (issue 25: 170
