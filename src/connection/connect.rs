@@ -134,13 +134,13 @@ where
 fn client_info(connect: &Connect, negotiated: &Negotiated, peer: &Peer, listener: Arc<str>) -> ClientInfo {
     ClientInfo {
         client_id: negotiated.client_id.clone(),
-        username: negotiated.username.as_deref().map(str::to_owned),
-        claimed_username: connect.username.clone(),
+        username: negotiated.username.clone(),
+        claimed_username: connect.username.as_deref().map(Arc::from),
         peer_address: peer.addr,
         listener,
         protocol: connect.protocol,
         tls: peer.tls.clone(),
-        attributes: Vec::new(),
+        attributes: Default::default(),
     }
 }
 
@@ -162,7 +162,7 @@ async fn attach(broker: &Broker, client_id: &Arc<str>, clean_start: bool) -> Res
 /// what its share groups kept while no member was connected.
 fn open_session(broker: &Broker, attached: &Attached, client: &Arc<ClientInfo>, negotiated: &Negotiated) {
     let session_expiry_s = negotiated.session_expiry_s;
-    let owner = Owner(client.username.clone());
+    let owner = Owner(client.username.as_deref().map(str::to_owned));
     {
         let mut session = attached.session.lock();
         // Set while online too: it decides whether queued messages are stored.

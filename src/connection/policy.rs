@@ -350,7 +350,7 @@ where
             return Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "unexpected AUTH"));
         }
         let credentials = Credentials {
-            username: self.client.username.clone(),
+            username: self.client.username.as_deref().map(str::to_owned),
             password: None,
             auth_method: Some(method.clone()),
             auth_data: auth.properties.authentication_data,

@@ -257,8 +257,8 @@ impl SessionState {
         let (since, client) = (self.connected_since_s?, self.client.as_ref()?);
         let since = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::from(since.get()));
         Some(ConnectionInfo {
-            username: client.username.clone(),
-            claimed_username: client.claimed_username.clone(),
+            username: client.username.as_deref().map(str::to_owned),
+            claimed_username: client.claimed_username.as_deref().map(str::to_owned),
             peer: client.peer_address,
             listener: client.listener.to_string(),
             protocol: client.protocol,
