@@ -68,7 +68,7 @@ where
             if self.routed >= ROUTE_BUDGET {
                 break;
             }
-            match crate::codec::decode_with(&mut self.rbuf, self.version, limits) {
+            match crate::codec::decode_with(self.bufs.read(), self.version, limits) {
                 Ok(Some(packet)) => self.handle(packet).await?,
                 Ok(None) => return Ok(()),
                 Err(crate::codec::DecodeError::TooManyUserProperties) => {

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, field};
@@ -35,7 +34,7 @@ use crate::config::ListenerConfig;
 use crate::identity::Peer;
 use crate::metrics::{Limit, LocalCounts};
 use crate::session::{Attached, keep_alive, signal, wakes};
-use buffers::{WRITE_KEEP, poll_read_some, settle_read_buffer};
+use buffers::{Buffers, poll_read_some};
 pub(crate) use close::Close;
 use close::leave_reason;
 pub use permits::{Permit, Permits};
@@ -44,8 +43,8 @@ pub use permits::{Permit, Permits};
 struct Connection<S> {
     broker: Arc<Broker>,
     stream: S,
-    rbuf: BytesMut,
-    wbuf: BytesMut,
+    /// The read and write buffers: none while the connection is quiet.
+    bufs: Buffers,
     version: ProtocolVersion,
     attached: Attached,
     /// 1.5 times the negotiated keep alive, in milliseconds; `None` when
@@ -262,7 +261,7 @@ where
                     if let Err(close) = Box::pin(wakes::once_per_poll(self.process_input())).await {
                         return close;
                     }
-                    settle_read_buffer(&mut self.rbuf, n);
+                    self.bufs.settle_read(n);
                 }
                 Event::Woken => {}
                 Event::Close(close) => return close,
@@ -284,7 +283,7 @@ where
             woken = bits & signal::WAKE != 0;
             self.want_drain |= woken;
         }
-        match poll_read_some(&mut self.stream, &mut self.rbuf, cx) {
+        match poll_read_some(&mut self.stream, &mut self.bufs, cx) {
             Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Event::Close(Close::ConnectionLost)),
             Poll::Ready(Ok(n)) => return Poll::Ready(Event::Read(n)),
             Poll::Pending => {}
@@ -329,7 +328,7 @@ where
     fn send(&mut self, packet: &Packet) {
         // Packets we build always fit the encoder's limits; a failure here
         // would be a broker bug, so it is logged rather than sent half-built.
-        if let Err(e) = codec::encode(packet, self.version, &mut self.wbuf) {
+        if let Err(e) = codec::encode(packet, self.version, self.bufs.write()) {
             tracing::error!(error = %e, "could not encode an outgoing packet");
         }
     }
@@ -385,7 +384,7 @@ where
         }
         let Some(barrier) = durable else { return Ok(()) };
         if barrier.wait().await.is_err() {
-            self.wbuf.clear();
+            self.bufs.clear_write();
             return Err(Close::Protocol(ReasonCode::UNSPECIFIED_ERROR, "store failed"));
         }
         Ok(())
@@ -408,7 +407,7 @@ where
             },
             bits = session.leaving() => leave_reason(bits, &session).unwrap_or(Close::Shutdown),
         };
-        self.wbuf.clear();
+        self.bufs.clear_write();
         Err(close)
     }
 
@@ -426,7 +425,7 @@ where
     /// buffer as they go, so a goodbye queued after an interrupted flush
     /// follows whole packets.
     async fn flush(&mut self) -> Result<(), Close> {
-        let batch = self.wbuf.len();
+        let batch = self.bufs.write_len();
         if batch == 0 {
             return Ok(());
         }
@@ -438,15 +437,10 @@ where
             Ok(false) => Box::pin(self.flush_waiting()).await,
             Err(e) => Err(Close::from(e)),
         };
-        self.counts.wrote(batch - self.wbuf.len());
+        self.counts.wrote(batch - self.bufs.write_len());
         outcome?;
-        // A quiet connection gives its buffer back (each idle client would
-        // otherwise hold one); a busy one keeps it for the next batch.
-        if batch < WRITE_KEEP {
-            self.wbuf = BytesMut::new();
-        } else {
-            self.wbuf.clear();
-        }
+        // A quiet connection gives its buffer back; a busy one keeps it.
+        self.bufs.settle_write(batch);
         Ok(())
     }
 
@@ -454,10 +448,11 @@ where
     /// takes without waiting; `Ok(true)` when all of it went.
     fn write_now(&mut self, cx: &mut Context<'_>) -> std::io::Result<bool> {
         let mut stream = Pin::new(&mut self.stream);
-        while !self.wbuf.is_empty() {
-            match stream.as_mut().poll_write(cx, &self.wbuf) {
+        let wbuf = self.bufs.write();
+        while !wbuf.is_empty() {
+            match stream.as_mut().poll_write(cx, wbuf) {
                 Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Poll::Ready(Ok(n)) => bytes::Buf::advance(&mut self.wbuf, n),
+                Poll::Ready(Ok(n)) => bytes::Buf::advance(wbuf, n),
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => return Ok(false),
             }
@@ -475,7 +470,7 @@ where
     async fn flush_waiting(&mut self) -> Result<(), Close> {
         let timeout = self.broker.config().limits.write_timeout();
         let session = self.attached.session.clone();
-        let (stream, wbuf) = (&mut self.stream, &mut self.wbuf);
+        let (stream, wbuf) = (&mut self.stream, self.bufs.write());
         let write = async move {
             stream.write_all_buf(wbuf).await?;
             stream.flush().await
@@ -496,7 +491,7 @@ where
     /// The goodbye's flush: best effort, bounded, and not cut short by the
     /// kick or shutdown that may be its reason.
     async fn flush_goodbye(&mut self) {
-        if !self.wbuf.is_empty() && self.stream.write_all_buf(&mut self.wbuf).await.is_ok() {
+        if self.bufs.write_len() > 0 && self.stream.write_all_buf(self.bufs.write()).await.is_ok() {
             let _ = self.stream.flush().await;
         }
     }
@@ -520,13 +515,13 @@ where
         }
         // Best effort: the peer may already be gone; bounded so a client
         // that stopped reading cannot hold the session.
-        let unsent = self.wbuf.len();
+        let unsent = self.bufs.write_len();
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             self.flush_goodbye().await;
             self.stream.shutdown().await.ok();
         })
         .await;
-        self.counts.wrote(unsent.saturating_sub(self.wbuf.len()));
+        self.counts.wrote(unsent.saturating_sub(self.bufs.write_len()));
         self.drop_held();
         if self.session_expiry_s > 0 {
             // Still owed to a session that outlives this connection.
