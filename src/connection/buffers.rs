@@ -113,7 +113,7 @@ impl Buffers {
     }
 
     /// Whether the read buffer holds nothing.
-    fn read_is_empty(&self) -> bool {
+    pub(super) fn read_is_empty(&self) -> bool {
         self.0.as_ref().is_none_or(|pair| pair.read.is_empty())
     }
 }
