@@ -231,8 +231,9 @@ where
     let mut conn = Box::new(Connection {
         stream,
         // Usually empty by now; if so, nothing is held until the client
-        // sends again (see `poll_read_some`).
-        bufs: super::buffers::Buffers::with_read(rbuf),
+        // sends again (see `read_some`).
+        rbuf: if rbuf.is_empty() { BytesMut::new() } else { rbuf },
+        wbuf: BytesMut::new(),
         version: connect.protocol,
         // At most 65,535 s * 1,500: fits.
         keep_alive_ms: std::num::NonZeroU32::new(u32::from(keep_alive) * 1500),

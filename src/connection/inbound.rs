@@ -68,11 +68,7 @@ where
             if self.routed >= ROUTE_BUDGET {
                 break;
             }
-            if self.bufs.read_is_empty() {
-                // Nothing to decode; and no buffers made for nothing.
-                return Ok(());
-            }
-            match crate::codec::decode_with(self.bufs.read(), self.version, limits) {
+            match crate::codec::decode_with(&mut self.rbuf, self.version, limits) {
                 Ok(Some(packet)) => self.handle(packet).await?,
                 Ok(None) => return Ok(()),
                 Err(crate::codec::DecodeError::TooManyUserProperties) => {

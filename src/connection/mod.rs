@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::{Instrument, debug, field};
@@ -34,7 +35,7 @@ use crate::config::ListenerConfig;
 use crate::identity::Peer;
 use crate::metrics::{Limit, LocalCounts};
 use crate::session::{Attached, keep_alive, signal, wakes};
-use buffers::{Buffers, poll_read_some};
+use buffers::{WRITE_KEEP, poll_read_some, settle_read_buffer};
 pub(crate) use close::Close;
 use close::leave_reason;
 pub use permits::{Permit, Permits};
@@ -43,8 +44,8 @@ pub use permits::{Permit, Permits};
 struct Connection<S> {
     broker: Arc<Broker>,
     stream: S,
-    /// The read and write buffers: none while the connection is quiet.
-    bufs: Buffers,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
     version: ProtocolVersion,
     attached: Attached,
     /// 1.5 times the negotiated keep alive, in milliseconds; `None` when
@@ -261,7 +262,7 @@ where
                     if let Err(close) = Box::pin(wakes::once_per_poll(self.process_input())).await {
                         return close;
                     }
-                    self.bufs.settle_read(n);
+                    settle_read_buffer(&mut self.rbuf, n);
                 }
                 Event::Woken => {}
                 Event::Close(close) => return close,
@@ -283,7 +284,7 @@ where
             woken = bits & signal::WAKE != 0;
             self.want_drain |= woken;
         }
-        match poll_read_some(&mut self.stream, &mut self.bufs, cx) {
+        match poll_read_some(&mut self.stream, &mut self.rbuf, cx) {
             Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Event::Close(Close::ConnectionLost)),
             Poll::Ready(Ok(n)) => return Poll::Ready(Event::Read(n)),
             Poll::Pending => {}
@@ -328,7 +329,7 @@ where
     fn send(&mut self, packet: &Packet) {
         // Packets we build always fit the encoder's limits; a failure here
         // would be a broker bug, so it is logged rather than sent half-built.
-        if let Err(e) = codec::encode(packet, self.version, self.bufs.write()) {
+        if let Err(e) = codec::encode(packet, self.version, &mut self.wbuf) {
             tracing::error!(error = %e, "could not encode an outgoing packet");
         }
     }
@@ -384,7 +385,7 @@ where
         }
         let Some(barrier) = durable else { return Ok(()) };
         if barrier.wait().await.is_err() {
-            self.bufs.clear_write();
+            self.wbuf.clear();
             return Err(Close::Protocol(ReasonCode::UNSPECIFIED_ERROR, "store failed"));
         }
         Ok(())
@@ -407,7 +408,7 @@ where
             },
             bits = session.leaving() => leave_reason(bits, &session).unwrap_or(Close::Shutdown),
         };
-        self.bufs.clear_write();
+        self.wbuf.clear();
         Err(close)
     }
 
@@ -425,7 +426,7 @@ where
     /// buffer as they go, so a goodbye queued after an interrupted flush
     /// follows whole packets.
     async fn flush(&mut self) -> Result<(), Close> {
-        let batch = self.bufs.write_len();
+        let batch = self.wbuf.len();
         if batch == 0 {
             return Ok(());
         }
@@ -437,10 +438,15 @@ where
             Ok(false) => Box::pin(self.flush_waiting()).await,
             Err(e) => Err(Close::from(e)),
         };
-        self.counts.wrote(batch - self.bufs.write_len());
+        self.counts.wrote(batch - self.wbuf.len());
         outcome?;
-        // A quiet connection gives its buffer back; a busy one keeps it.
-        self.bufs.settle_write(batch);
+        // A quiet connection gives its buffer back (each idle client would
+        // otherwise hold one); a busy one keeps it for the next batch.
+        if batch < WRITE_KEEP {
+            self.wbuf = BytesMut::new();
+        } else {
+            self.wbuf.clear();
+        }
         Ok(())
     }
 
@@ -448,11 +454,10 @@ where
     /// takes without waiting; `Ok(true)` when all of it went.
     fn write_now(&mut self, cx: &mut Context<'_>) -> std::io::Result<bool> {
         let mut stream = Pin::new(&mut self.stream);
-        let wbuf = self.bufs.write();
-        while !wbuf.is_empty() {
-            match stream.as_mut().poll_write(cx, wbuf) {
+        while !self.wbuf.is_empty() {
+            match stream.as_mut().poll_write(cx, &self.wbuf) {
                 Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Poll::Ready(Ok(n)) => bytes::Buf::advance(wbuf, n),
+                Poll::Ready(Ok(n)) => bytes::Buf::advance(&mut self.wbuf, n),
                 Poll::Ready(Err(e)) => return Err(e),
                 Poll::Pending => return Ok(false),
             }
@@ -470,7 +475,7 @@ where
     async fn flush_waiting(&mut self) -> Result<(), Close> {
         let timeout = self.broker.config().limits.write_timeout();
         let session = self.attached.session.clone();
-        let (stream, wbuf) = (&mut self.stream, self.bufs.write());
+        let (stream, wbuf) = (&mut self.stream, &mut self.wbuf);
         let write = async move {
             stream.write_all_buf(wbuf).await?;
             stream.flush().await
@@ -491,7 +496,7 @@ where
     /// The goodbye's flush: best effort, bounded, and not cut short by the
     /// kick or shutdown that may be its reason.
     async fn flush_goodbye(&mut self) {
-        if self.bufs.write_len() > 0 && self.stream.write_all_buf(self.bufs.write()).await.is_ok() {
+        if !self.wbuf.is_empty() && self.stream.write_all_buf(&mut self.wbuf).await.is_ok() {
             let _ = self.stream.flush().await;
         }
     }
@@ -515,13 +520,13 @@ where
         }
         // Best effort: the peer may already be gone; bounded so a client
         // that stopped reading cannot hold the session.
-        let unsent = self.bufs.write_len();
+        let unsent = self.wbuf.len();
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             self.flush_goodbye().await;
             self.stream.shutdown().await.ok();
         })
         .await;
-        self.counts.wrote(unsent.saturating_sub(self.bufs.write_len()));
+        self.counts.wrote(unsent.saturating_sub(self.wbuf.len()));
         self.drop_held();
         if self.session_expiry_s > 0 {
             // Still owed to a session that outlives this connection.

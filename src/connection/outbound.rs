@@ -192,7 +192,7 @@ where
     fn next_to_send(&mut self, session: &Session, state: &mut SessionState) -> Option<(Delivery, bool)> {
         let retained = self.retained_waiting();
         let front = retained.and_then(|r| r.front()).or(state.pending.front())?;
-        if self.bufs.write_len() >= DRAIN_BUDGET {
+        if self.wbuf.len() >= DRAIN_BUDGET {
             // The rest stays queued (where the queue's bounds apply) until
             // this much is written; the wake-up brings us back.
             session.wake();
@@ -292,11 +292,10 @@ where
         if self.client_max_packet.is_some_and(|max| bytes.len() > max.get() as usize) {
             return Some(false);
         }
-        let wbuf = self.bufs.write();
-        let at = wbuf.len();
-        wbuf.extend_from_slice(bytes);
+        let at = self.wbuf.len();
+        self.wbuf.extend_from_slice(bytes);
         if delivery.retain {
-            wbuf[at] |= 0x01;
+            self.wbuf[at] |= 0x01;
         }
         Some(true)
     }

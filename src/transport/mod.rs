@@ -423,15 +423,14 @@ mod tests {
     /// with the store's and the cluster's barriers and a held publish in
     /// one box made on first use, no `last_read` instant (the deadline in
     /// the session is it), the permits in 8 bytes each, the
-    /// re-authentication exchange in `Rare` and bytes counted in 32 bits;
-    /// 192 with the read and write buffers in one box, there only while
-    /// they hold something. The bound is glibc's chunk class: 185 to 200
-    /// bytes take a 208-byte chunk, one byte more a 224-byte one.
+    /// re-authentication exchange in `Rare` and bytes counted in 32 bits.
+    /// The bound is glibc's chunk class: 233 to 248 bytes take a 256-byte
+    /// chunk, one byte more a 272-byte one.
     #[test]
     fn a_connection_is_small() {
         let size = crate::connection::size_of_connection::<Stream>();
         eprintln!("connection: {size} bytes");
-        assert!(size <= 200, "Connection is {size} bytes: its heap chunk grows past 208 bytes");
+        assert!(size <= 248, "Connection is {size} bytes: its heap chunk grows past 256 bytes");
     }
 
     /// Every connection's task holds its future for the connection's life,
