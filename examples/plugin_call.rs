@@ -51,7 +51,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         listener: "tcp".into(),
         protocol: ProtocolVersion::V5,
         tls: None,
-        attributes: Vec::new(),
+        attributes: Default::default(),
     };
 
     let authorize = measure("authorize", async || {

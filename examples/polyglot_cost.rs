@@ -200,7 +200,7 @@ fn calls_n(policy: &Policy, hook: Hook, n: u32) -> Result<(), Box<dyn std::error
         listener: "tcp".into(),
         protocol: ProtocolVersion::V5,
         tls: None,
-        attributes: Vec::new(),
+        attributes: Default::default(),
     };
     let credentials = Credentials {
         username: Some("alice".into()),

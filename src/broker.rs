@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::message::Message;
 use crate::metrics::{DropReason, Metrics};
 use crate::router::{Router, Scope};
-use crate::session::{Held, Registry, Session};
+use crate::session::{Flags, Held, Registry, Session};
 use crate::store::{Recovered, Store};
 
 /// State shared by every connection: configuration, subscriptions,
@@ -129,7 +129,7 @@ impl Broker {
             let will = stored.will.take();
             let expiry_s = stored.expiry_s;
             let session = broker.restore(stored);
-            session.lock().will_pending = will.is_some();
+            session.lock().flags.set(Flags::WILL_PENDING, will.is_some());
             let timers = CancellationToken::new();
             session.lock().timers = Some(timers.clone());
             if let Some(will) = will {

@@ -83,7 +83,7 @@ async fn run(ops: Vec<Op>) {
             let peer = Peer::plain(SocketAddr::from(([127, 0, 0, 1], 40000 + u16::from(slot))));
             let Ok(permit) = slots.clone().try_acquire_owned() else { return };
             let listener = (listener.clone(), name.clone());
-            let permits = moat::connection::Permits { global: permit, listener: None, task: broker.tasks.token() };
+            let permits = moat::connection::Permits { global: permit.into(), listener: None, task: broker.tasks.token() };
             tokio::spawn(moat::connection::serve(broker.clone(), server, peer, listener, permits));
             let (mut reader, writer) = tokio::io::split(client);
             // Drains whatever the broker sends, so it never blocks on us.

@@ -30,7 +30,7 @@ pub use throttle::{LoginThrottle, LoginTicket, MAX_ADDRESSES, ThrottleSettings, 
 
 pub use crate::identity::TlsIdentity;
 pub use crate::plugin::{
-    AUTH_DATA_ATTRIBUTE, Action, CLAIMED_USERNAME_ATTRIBUTE, ClientInfo, Credentials, PluginMessage,
+    AUTH_DATA_ATTRIBUTE, Action, Attributes, CLAIMED_USERNAME_ATTRIBUTE, ClientInfo, Credentials, PluginMessage,
     RESERVED_ATTRIBUTE_PREFIX,
 };
 
@@ -44,9 +44,9 @@ impl ClientInfo {
     /// for the credentials it was shown, so the claimed user name becomes
     /// the verified one (unless a certificate already named the client).
     pub fn apply_grant(&mut self, grant: &Grant) {
-        self.attributes.clone_from(&grant.attributes);
+        self.attributes = Attributes::from(grant.attributes.clone());
         if let Some(name) = &grant.username_override {
-            self.username = Some(name.clone());
+            self.username = Some(Arc::from(name.as_str()));
         } else if self.username.is_none() {
             self.username.clone_from(&self.claimed_username);
         }
@@ -160,4 +160,42 @@ pub enum TransformOutcome {
         /// Why, for the broker's log.
         reason: String,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(username_override: Option<&str>, attributes: &[(&str, &str)]) -> Grant {
+        Grant {
+            plugin: "p".into(),
+            attributes: attributes.iter().map(|&(k, v)| (k.to_owned(), v.to_owned())).collect(),
+            username_override: username_override.map(str::to_owned),
+            auth_data: None,
+        }
+    }
+
+    /// An allow without an override verifies the claimed name, sharing
+    /// its string; an override replaces it; each grant's attributes
+    /// replace the last one's.
+    #[test]
+    fn a_grant_verifies_the_claimed_name_or_overrides_it() {
+        let mut client = ClientInfo {
+            client_id: "c".into(),
+            username: None,
+            claimed_username: Some("alice".into()),
+            peer_address: "127.0.0.1:1".parse().expect("address"),
+            listener: "tcp".into(),
+            protocol: crate::codec::ProtocolVersion::V5,
+            tls: None,
+            attributes: Attributes::default(),
+        };
+        client.apply_grant(&grant(None, &[("role", "admin")]));
+        let (verified, claimed) = (client.username.as_ref(), client.claimed_username.as_ref());
+        assert!(verified.zip(claimed).is_some_and(|(v, c)| Arc::ptr_eq(v, c)), "one string for both");
+        assert_eq!(client.attributes, [("role".to_owned(), "admin".to_owned())]);
+        client.apply_grant(&grant(Some("bob"), &[]));
+        assert_eq!((client.username.as_deref(), client.claimed_username.as_deref()), (Some("bob"), Some("alice")));
+        assert!(client.attributes.is_empty(), "a new grant's attributes replace the old");
+    }
 }

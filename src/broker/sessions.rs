@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::{AttachRefused, Broker};
 use crate::codec::Will;
 use crate::message::{Delivery, Message};
-use crate::session::{Attached, Session};
+use crate::session::{Attached, Flags, Session};
 use crate::store::{PendingWill, StoredSession};
 
 impl Broker {
@@ -49,7 +49,7 @@ impl Broker {
                 if let Some(replica) = &mut state.replica {
                     replica.leave();
                 }
-                if std::mem::take(&mut state.will_pending) {
+                if state.flags.take(Flags::WILL_PENDING) {
                     self.store.will(session.client_id(), None);
                 }
                 keep.then(|| StoredSession {
@@ -87,7 +87,7 @@ impl Broker {
         for (filter, subscription) in &state.subscriptions {
             self.store.subscribed(client_id, filter, subscription);
         }
-        for id in &state.incoming_qos2 {
+        for id in state.incoming_qos2.iter() {
             self.store.incoming_qos2(client_id, *id, true);
         }
         drop(state);
@@ -119,7 +119,7 @@ impl Broker {
             cluster.claimed(&mut attached.session.lock(), revision);
         }
         // A reconnect cancels a will waiting for its delay [MQTT-3.1.3-9].
-        if std::mem::take(&mut attached.session.lock().will_pending) {
+        if attached.session.lock().flags.take(Flags::WILL_PENDING) {
             self.store.will(client_id, None);
         }
         Ok(attached)
@@ -255,7 +255,7 @@ impl Broker {
         let (kept, expiry_changed) = {
             let mut state = session.lock();
             state.online = false;
-            state.kickable = false;
+            state.flags.set(Flags::KICKABLE, false);
             state.set_connected_since(None);
             session.forget_connection();
             let expiry_changed = std::mem::replace(&mut state.expiry_s, expiry_s) != expiry_s;
@@ -287,7 +287,7 @@ impl Broker {
                     expiry_s: will.properties.message_expiry_interval,
                     due_ms: crate::store::now_ms() + u64::from(wait_s) * 1000,
                 };
-                session.lock().will_pending = true;
+                session.lock().flags.set(Flags::WILL_PENDING, true);
                 self.store.will(session.client_id(), Some(&pending));
                 delayed = Some((pending, Duration::from_secs(u64::from(wait_s))));
             }

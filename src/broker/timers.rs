@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::Broker;
-use crate::session::Session;
+use crate::session::{Flags, Session};
 use crate::store::PendingWill;
 
 impl Broker {
@@ -31,9 +31,9 @@ impl Broker {
             }
             let due = {
                 let mut state = session.lock();
-                let due = state.generation == generation && !state.online && state.will_pending;
+                let due = state.generation == generation && !state.online && state.flags.contains(Flags::WILL_PENDING);
                 if due {
-                    state.will_pending = false;
+                    state.flags.set(Flags::WILL_PENDING, false);
                 }
                 due
             };

@@ -2,7 +2,7 @@
 //! wire: the reason code a v5 client is told, and whether the will goes.
 
 use crate::codec::ReasonCode;
-use crate::session::{Session, signal};
+use crate::session::{Flags, Session, signal};
 
 /// Why a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +59,7 @@ impl From<std::io::Error> for Close {
 /// Why the connection was told to leave, if `bits` tell it to.
 pub(super) fn leave_reason(bits: u8, session: &Session) -> Option<Close> {
     if bits & signal::KICK != 0 {
-        Some(if session.lock().kicked_by_admin { Close::Kicked } else { Close::TakenOver })
+        Some(if session.lock().flags.contains(Flags::KICKED_BY_ADMIN) { Close::Kicked } else { Close::TakenOver })
     } else if bits & signal::SHUTDOWN != 0 {
         Some(Close::Shutdown)
     } else {

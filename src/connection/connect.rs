@@ -134,13 +134,13 @@ where
 fn client_info(connect: &Connect, negotiated: &Negotiated, peer: &Peer, listener: Arc<str>) -> ClientInfo {
     ClientInfo {
         client_id: negotiated.client_id.clone(),
-        username: negotiated.username.as_deref().map(str::to_owned),
-        claimed_username: connect.username.clone(),
+        username: negotiated.username.clone(),
+        claimed_username: connect.username.as_deref().map(Arc::from),
         peer_address: peer.addr,
         listener,
         protocol: connect.protocol,
         tls: peer.tls.clone(),
-        attributes: Vec::new(),
+        attributes: Default::default(),
     }
 }
 
@@ -162,7 +162,7 @@ async fn attach(broker: &Broker, client_id: &Arc<str>, clean_start: bool) -> Res
 /// what its share groups kept while no member was connected.
 fn open_session(broker: &Broker, attached: &Attached, client: &Arc<ClientInfo>, negotiated: &Negotiated) {
     let session_expiry_s = negotiated.session_expiry_s;
-    let owner = Owner(client.username.clone());
+    let owner = Owner(client.username.as_deref().map(str::to_owned));
     {
         let mut session = attached.session.lock();
         // Set while online too: it decides whether queued messages are stored.
@@ -237,7 +237,6 @@ where
         version: connect.protocol,
         // At most 65,535 s * 1,500: fits.
         keep_alive_ms: std::num::NonZeroU32::new(u32::from(keep_alive) * 1500),
-        last_read: Instant::now(),
         will: connect.will.clone().map(Box::new),
         #[cfg(feature = "cluster")]
         #[cfg(feature = "cluster")]
@@ -247,20 +246,18 @@ where
         send_window: props.receive_maximum.unwrap_or(u16::MAX).min(limits.max_inflight),
         client_max_packet: props.maximum_packet_size.and_then(std::num::NonZeroU32::new),
         want_drain: true,
-        durable: None,
-        replicated: None,
-        counts: LocalCounts { bytes_received: bytes_read, ..LocalCounts::default() },
+        withheld: None,
+        counts: LocalCounts::default(),
         attached,
         broker: broker.clone(),
         authz: None,
-        reauth: None,
-        held: None,
         input_pending: false,
         routed: 0,
         rare: None,
         _permits: permits,
         client,
     });
+    conn.counts.read(usize::try_from(bytes_read).unwrap_or(usize::MAX));
     let publish_rate = crate::rate::TokenBucket::per_second(limits.max_publish_rate, std::time::Instant::now());
     if authenticated.method.is_some() || publish_rate.is_some() {
         let rare = conn.rare();

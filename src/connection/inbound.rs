@@ -62,7 +62,7 @@ where
         self.input_pending = false;
         self.routed = 0;
         for _ in 0..INPUT_BATCH {
-            if self.held.is_some() {
+            if self.held().is_some() {
                 return Ok(());
             }
             if self.routed >= ROUTE_BUDGET {
@@ -319,7 +319,7 @@ where
             }
         } else {
             let until = Instant::now() + std::time::Duration::from_millis(wait_ms);
-            self.held = Some(Box::new(HeldPublish { deliveries: held, ack, until }));
+            self.withheld().held = Some(Box::new(HeldPublish { deliveries: held, ack, until }));
         }
     }
 
@@ -331,7 +331,7 @@ where
         // Every held session's room, not only the first's: a subscriber
         // that has room gets its copy then, whatever the others do.
         let sessions: Vec<Arc<Session>> =
-            self.held.as_ref().map(|h| h.deliveries.iter().map(|h| h.session.clone()).collect()).unwrap_or_default();
+            self.held().map(|h| h.deliveries.iter().map(|h| h.session.clone()).collect()).unwrap_or_default();
         if sessions.is_empty() {
             return self.offer_held().map(drop);
         }
@@ -350,7 +350,7 @@ where
                 std::task::Poll::Pending
             }
         });
-        let until = self.held.as_ref().map_or_else(Instant::now, |h| h.until);
+        let until = self.held().map_or_else(Instant::now, |h| h.until);
         let signalled = std::future::poll_fn(|cx| own.poll_signals(cx));
         tokio::select! {
             biased;
@@ -374,7 +374,7 @@ where
     /// going offline), acknowledges it and reads on. Returns whether it
     /// got that far.
     pub(super) fn offer_held(&mut self) -> Result<bool, Close> {
-        let Some(held) = &mut self.held else { return Ok(true) };
+        let Some(held) = self.withheld.as_mut().and_then(|w| w.held.as_mut()) else { return Ok(true) };
         let (store, metrics) = (&*self.broker.store, &self.broker.metrics);
         for Held { session, delivery } in std::mem::take(&mut held.deliveries) {
             // Not left to JetStream: a session kept since its consumer was
@@ -395,7 +395,7 @@ where
     /// `limits.queue_full_wait_ms` ran out: drops what is still held
     /// (counted), marks those subscribers slow, acknowledges and reads on.
     pub(super) fn give_up_held(&mut self) -> Result<(), Close> {
-        if let Some(held) = &mut self.held {
+        if let Some(held) = self.withheld.as_mut().and_then(|w| w.held.as_mut()) {
             for Held { session, delivery } in held.deliveries.drain(..) {
                 session.mark_slow();
                 self.broker.metrics.dropped(DropReason::QueueFull, 1);
@@ -411,7 +411,7 @@ where
     /// publisher got no acknowledgement, but its session remembers a QoS 2
     /// packet id, so a resend is acknowledged and not routed again.
     pub(super) fn drop_held(&mut self) {
-        let Some(held) = self.held.take() else { return };
+        let Some(held) = self.withheld.as_mut().and_then(|w| w.held.take()) else { return };
         let (store, metrics) = (&*self.broker.store, &self.broker.metrics);
         for Held { session, delivery } in held.deliveries {
             match session.enqueue_and_store(delivery, Some(store), false) {
@@ -428,10 +428,9 @@ where
     /// Acknowledges a held publish; the packets that arrived while it was
     /// held are handled next.
     fn release_held(&mut self) -> Result<(), Close> {
-        let Some(held) = self.held.take() else { return Ok(()) };
+        let Some(held) = self.withheld.as_mut().and_then(|w| w.held.take()) else { return Ok(()) };
         // The client's keep alive counts from here: it was the broker
         // that was not reading.
-        self.last_read = Instant::now();
         self.move_keep_alive();
         // The copies queued since the publish were stored again since.
         self.await_store();

@@ -12,6 +12,7 @@ mod connect;
 mod identity;
 mod inbound;
 mod outbound;
+mod permits;
 mod policy;
 mod subscribe;
 
@@ -37,6 +38,7 @@ use crate::session::{Attached, keep_alive, signal, wakes};
 use buffers::{WRITE_KEEP, poll_read_some, settle_read_buffer};
 pub(crate) use close::Close;
 use close::leave_reason;
+pub use permits::{Permit, Permits};
 
 /// The connection's state after a successful CONNECT.
 struct Connection<S> {
@@ -48,10 +50,12 @@ struct Connection<S> {
     attached: Attached,
     /// 1.5 times the negotiated keep alive, in milliseconds; `None` when
     /// keep alive is off ([`Connection::keep_alive`]).
+    /// No `last_read` instant of its own: each read moves the deadline
+    /// kept in the session ([`Connection::move_keep_alive`]), which is
+    /// what the keep-alive check reads (16 bytes less, issue 25).
     keep_alive_ms: Option<std::num::NonZeroU32>,
-    last_read: Instant,
-    /// Boxed, like `reauth`: each is large, rare or short-lived, and this
-    /// struct lives as long as the connection.
+    /// Boxed: large and seldom set, and this struct lives as long as the
+    /// connection.
     will: Option<Box<Will>>,
     /// In a cluster: a SUBSCRIBE or UNSUBSCRIBE changed the session's
     /// subscriptions, so its consumer in JetStream follows before the
@@ -77,20 +81,13 @@ struct Connection<S> {
     /// This connection's memory of authorization verdicts, made on the
     /// first verdict to remember: an idle client asks for none (issue 25).
     authz: Option<Box<AuthzCache>>,
-    /// A re-authentication exchange under way, pinned to the plugin
-    /// instance conducting it.
-    reauth: Option<Box<crate::auth::AuthExchange>>,
-    /// Durable store (issue 9): acknowledgements in `wbuf` are sent only
-    /// once this resolves, i.e. once what they acknowledge is durable.
-    durable: Option<crate::store::Barrier>,
-    /// In a cluster, the same for JetStream: see `Cluster::stored`.
-    replicated: Option<crate::store::Barrier>,
+    /// What acknowledgements wait for ([`Withheld`]), made when one first
+    /// waits and kept from then on (a publisher waits again soon; no
+    /// allocation per publish): an idle client has none (issue 25).
+    withheld: Option<Box<Withheld>>,
     /// Messages and bytes counted since the last flush into the broker's
     /// metrics (once per loop turn, not per message).
     counts: LocalCounts,
-    /// A publish waiting for room in full subscriber queues; while it is,
-    /// nothing more is read from the client.
-    held: Option<Box<inbound::HeldPublish>>,
     /// The read buffer holds packets not yet handled: the last turn
     /// stopped at [`INPUT_BATCH`](inbound::INPUT_BATCH) to let other tasks run.
     input_pending: bool,
@@ -106,18 +103,18 @@ struct Connection<S> {
     _permits: Permits,
 }
 
-/// What a connection holds until it ends, from its accept on.
-#[derive(Debug)]
-pub struct Permits {
-    /// Its place in the global connection limit (`max_connections`).
-    pub global: tokio::sync::OwnedSemaphorePermit,
-    /// Its place in its listener's, if the listener has one.
-    pub listener: Option<tokio::sync::OwnedSemaphorePermit>,
-    /// It counts in the broker's task tracker, which shutdown waits on:
-    /// a token here rather than a `TrackedFuture` around the task, whose
-    /// 8 bytes would push the task's future past tokio's 256-byte cell
-    /// class (issue 25).
-    pub task: tokio_util::task::task_tracker::TaskTrackerToken,
+/// What holds back the acknowledgements in the write buffer (and, for a
+/// held publish, the reading of the client's next packets).
+#[derive(Default)]
+struct Withheld {
+    /// Durable store (issue 9): acknowledgements in `wbuf` are sent only
+    /// once this resolves, i.e. once what they acknowledge is durable.
+    durable: Option<crate::store::Barrier>,
+    /// In a cluster, the same for JetStream: see `Cluster::stored`.
+    replicated: Option<crate::store::Barrier>,
+    /// A publish waiting for room in full subscriber queues; while it is,
+    /// nothing more is read from the client.
+    held: Option<Box<inbound::HeldPublish>>,
 }
 
 /// The parts of a connection that most clients never use (issue 25: 170
@@ -131,6 +128,9 @@ struct Rare {
     /// The v5 Authentication Method used at CONNECT; re-authentication
     /// must use the same one.
     auth_method: Option<String>,
+    /// A re-authentication exchange under way, pinned to the plugin
+    /// instance conducting it.
+    reauth: Option<Box<crate::auth::AuthExchange>>,
     /// The client's `limits.max_publish_rate` (following reloads); `None`
     /// when unlimited.
     publish_rate: Option<crate::rate::TokenBucket>,
@@ -228,7 +228,7 @@ where
                 // Boxed: rare, and large next to the idle connection.
                 Box::pin(self.keep(false)).await;
             }
-            if (self.durable.is_some() || self.replicated.is_some())
+            if self.withheld.as_ref().is_some_and(|w| w.durable.is_some() || w.replicated.is_some())
                 && let Err(close) = Box::pin(self.await_durable()).await
             {
                 return close;
@@ -237,7 +237,7 @@ where
                 return close;
             }
             self.broker.metrics.flush(&mut self.counts);
-            if self.held.is_some() {
+            if self.held().is_some() {
                 match Box::pin(self.wait_held()).await {
                     Ok(()) => continue,
                     Err(close) => return close,
@@ -254,8 +254,7 @@ where
             }
             match std::future::poll_fn(|cx| self.poll_event(cx)).await {
                 Event::Read(n) => {
-                    self.counts.bytes_received += n as u64;
-                    self.last_read = Instant::now();
+                    self.counts.read(n);
                     self.move_keep_alive();
                     // Boxed, once per read: handling a packet may wait
                     // for a plugin, and the states of that wait would
@@ -273,8 +272,8 @@ where
 
     /// What the idle connection waits for, in this order: being told to
     /// leave (takeover, kick, shutdown), bytes from the client, its keep
-    /// alive running out (signalled by the sweep, checked against
-    /// `last_read`), deliveries (sets `want_drain`).
+    /// alive running out (signalled by the sweep, checked against the
+    /// deadline the last read set), deliveries (sets `want_drain`).
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
         let (mut woken, mut overdue) = (false, false);
         if let Poll::Ready(bits) = self.attached.session.poll_signals(cx) {
@@ -291,8 +290,8 @@ where
             Poll::Pending => {}
         }
         // The sweep may have looked before the last read moved the
-        // deadline: the connection's own clock decides.
-        if overdue && self.keep_alive().is_some_and(|ka| self.last_read + ka <= Instant::now()) {
+        // deadline: the deadline in force now decides.
+        if overdue && self.attached.session.keep_alive_overdue() {
             return Poll::Ready(Event::Close(Close::KeepAliveTimeout));
         }
         if woken {
@@ -301,10 +300,13 @@ where
         Poll::Pending
     }
 
-    /// Tells the keep-alive sweep the deadline `last_read` gives.
+    /// The client was heard from (or, for a held publish, the broker
+    /// starts reading again): its keep-alive deadline is 1.5 times its
+    /// keep alive from now, a second of the sweep's clock kept in the
+    /// session, which the sweep and [`Connection::poll_event`] read.
     fn move_keep_alive(&self) {
         if let Some(ka) = self.keep_alive() {
-            self.attached.session.set_keep_alive_due(keep_alive::due(self.last_read + ka));
+            self.attached.session.set_keep_alive_due(keep_alive::due(Instant::now() + ka));
         }
     }
 
@@ -342,14 +344,31 @@ where
         }
     }
 
+    /// What holds back acknowledgements, made now if need be.
+    fn withheld(&mut self) -> &mut Withheld {
+        self.withheld.get_or_insert_with(Box::default)
+    }
+
+    /// The publish held for room in full queues, if any.
+    fn held(&self) -> Option<&inbound::HeldPublish> {
+        self.withheld.as_ref().and_then(|w| w.held.as_deref())
+    }
+
     /// Durable store (issue 9): what is in `wbuf` now is sent only once
-    /// every change reported to the store so far is durable.
+    /// every change reported to the store so far is durable. A barrier
+    /// already passed replaces none: no [`Withheld`] is made for it.
     fn await_store(&mut self) {
         let barrier = self.broker.store.barrier();
-        self.durable = (!barrier.is_ready()).then_some(barrier);
+        let durable = (!barrier.is_ready()).then_some(barrier);
+        if durable.is_some() || self.withheld.is_some() {
+            self.withheld().durable = durable;
+        }
         #[cfg(feature = "cluster")]
         if let Some(cluster) = crate::cluster::Cluster::plugged(self.broker.replication()) {
-            self.replicated = cluster.stored();
+            let replicated = cluster.stored();
+            if replicated.is_some() || self.withheld.is_some() {
+                self.withheld().replicated = replicated;
+            }
         }
     }
 
@@ -357,12 +376,14 @@ where
     /// `wbuf` acknowledge durable messages. When the store has failed they
     /// are dropped unsent and the connection closes, so the client resends.
     async fn await_durable(&mut self) -> Result<(), Close> {
-        if let Some(barrier) = self.replicated.take()
+        let Some(withheld) = &mut self.withheld else { return Ok(()) };
+        let (replicated, durable) = (withheld.replicated.take(), withheld.durable.take());
+        if let Some(barrier) = replicated
             && !barrier.is_ready()
         {
             self.await_replicated(barrier).await?;
         }
-        let Some(barrier) = self.durable.take() else { return Ok(()) };
+        let Some(barrier) = durable else { return Ok(()) };
         if barrier.wait().await.is_err() {
             self.wbuf.clear();
             return Err(Close::Protocol(ReasonCode::UNSPECIFIED_ERROR, "store failed"));
@@ -417,7 +438,7 @@ where
             Ok(false) => Box::pin(self.flush_waiting()).await,
             Err(e) => Err(Close::from(e)),
         };
-        self.counts.bytes_sent += (batch - self.wbuf.len()) as u64;
+        self.counts.wrote(batch - self.wbuf.len());
         outcome?;
         // A quiet connection gives its buffer back (each idle client would
         // otherwise hold one); a busy one keeps it for the next batch.
@@ -488,7 +509,9 @@ where
         }
         // Acknowledgements still waiting for JetStream go unsent: the
         // client resends what they were for, wherever it connects next.
-        self.replicated = None;
+        if let Some(withheld) = &mut self.withheld {
+            withheld.replicated = None;
+        }
         let close = self.await_durable().await.err().unwrap_or(close);
         if self.version.is_v5()
             && let Some(reason) = close.server_reason()
@@ -503,7 +526,7 @@ where
             self.stream.shutdown().await.ok();
         })
         .await;
-        self.counts.bytes_sent += unsent.saturating_sub(self.wbuf.len()) as u64;
+        self.counts.wrote(unsent.saturating_sub(self.wbuf.len()));
         self.drop_held();
         if self.session_expiry_s > 0 {
             // Still owed to a session that outlives this connection.

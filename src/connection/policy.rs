@@ -341,19 +341,22 @@ where
         let Some(method) = self.rare.as_ref().and_then(|r| r.auth_method.clone()) else {
             return Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "AUTH without an authentication method"));
         };
-        let expected =
-            if self.reauth.is_some() { ReasonCode::CONTINUE_AUTHENTICATION } else { ReasonCode::REAUTHENTICATE };
+        let expected = if self.rare.as_ref().is_some_and(|r| r.reauth.is_some()) {
+            ReasonCode::CONTINUE_AUTHENTICATION
+        } else {
+            ReasonCode::REAUTHENTICATE
+        };
         if auth.reason != expected || auth.properties.authentication_method.as_deref() != Some(method.as_str()) {
             return Err(Close::Protocol(ReasonCode::PROTOCOL_ERROR, "unexpected AUTH"));
         }
         let credentials = Credentials {
-            username: self.client.username.clone(),
+            username: self.client.username.as_deref().map(str::to_owned),
             password: None,
             auth_method: Some(method.clone()),
             auth_data: auth.properties.authentication_data,
         };
         // The exchange is taken out, so any answer but `continue` ends it.
-        let mut exchange = self.reauth.take().map(|e| *e);
+        let mut exchange = self.rare.as_mut().and_then(|r| r.reauth.take()).map(|e| *e);
         let policy = self.broker.policy();
         match authenticate_step(&policy, &mut exchange, &self.client, &credentials).await {
             AuthnOutcome::Allow(grant) => {
@@ -367,7 +370,7 @@ where
                 Ok(())
             }
             AuthnOutcome::Continue { data, .. } => {
-                self.reauth = exchange.map(Box::new);
+                self.rare().reauth = exchange.map(Box::new);
                 self.send(&auth_packet(ReasonCode::CONTINUE_AUTHENTICATION, &method, data));
                 Ok(())
             }

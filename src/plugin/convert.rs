@@ -104,7 +104,15 @@ impl ClientScratch {
         let r = &mut self.record;
         r.client_id.clear();
         r.client_id.push_str(&c.client_id);
-        r.username.clone_from(&c.username);
+        // Refilled in place, as `clone_from` would: no allocation when
+        // the record held a name as long.
+        match (&mut r.username, c.username.as_deref()) {
+            (Some(to), Some(from)) => {
+                to.clear();
+                to.push_str(from);
+            }
+            (to, from) => *to = from.map(str::to_owned),
+        }
         if self.peer != Some(c.peer_address) {
             r.peer_address.clear();
             // Formatting into a `String` cannot fail.
@@ -386,7 +394,7 @@ mod tests {
                 sha256_fingerprint: "ab".repeat(32),
                 revocation: Default::default(),
             })),
-            attributes: vec![("role".into(), "admin".into())],
+            attributes: vec![("role".into(), "admin".into())].into(),
             claimed_username: Some("alice".into()),
         }
     }
@@ -400,7 +408,7 @@ mod tests {
             listener: "tcp".into(),
             protocol: ProtocolVersion::V311,
             tls: None,
-            attributes: Vec::new(),
+            attributes: Default::default(),
         }
     }
 

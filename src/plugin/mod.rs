@@ -47,7 +47,7 @@ pub use instance::{LoadedPlugin, PinnedInstance, authn_concurrency};
 pub use loader::{ComponentInfo, Source, components_in};
 pub use output::{OutputLevel, OutputSettings};
 pub use request::{
-    AUTH_DATA_ATTRIBUTE, Action, CLAIMED_USERNAME_ATTRIBUTE, ClientInfo, Credentials, PluginMessage,
+    AUTH_DATA_ATTRIBUTE, Action, Attributes, CLAIMED_USERNAME_ATTRIBUTE, ClientInfo, Credentials, PluginMessage,
     RESERVED_ATTRIBUTE_PREFIX,
 };
 pub use settings::{Grants, Limits, OnError, PluginSettings, Sidecar, SidecarLimits};

@@ -488,10 +488,11 @@ fn client(spec: &ClientSpec) -> Result<ClientInfo, String> {
             revocation: Default::default(),
         })
     });
+    let username: Option<Arc<str>> = spec.username.as_deref().map(Arc::from);
     Ok(ClientInfo {
         client_id: spec.client_id.as_deref().unwrap_or("test-client").into(),
-        username: spec.username.clone(),
-        claimed_username: spec.claimed_username.clone().or_else(|| spec.username.clone()),
+        claimed_username: spec.claimed_username.as_deref().map(Arc::from).or_else(|| username.clone()),
+        username,
         peer_address,
         listener: spec.listener.as_deref().unwrap_or("tcp").into(),
         protocol,

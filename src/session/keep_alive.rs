@@ -67,10 +67,23 @@ impl Session {
     /// Signals [`signal::KEEP_ALIVE`] if the attached connection's
     /// deadline is at or before `now`.
     pub(super) fn signal_if_overdue(&self, now: u32) {
-        let due = self.keep_alive_due.load(std::sync::atomic::Ordering::Relaxed);
-        if due != 0 && due <= now {
+        if self.overdue_at(now) {
             self.signal(signal::KEEP_ALIVE);
         }
+    }
+
+    /// Whether the attached connection's keep-alive deadline has passed
+    /// by the clock now: what the connection checks when the sweep
+    /// signalled it, as its last read may have moved the deadline since.
+    /// Never before the deadline ([`due`] rounds up, the clock down).
+    pub fn keep_alive_overdue(&self) -> bool {
+        self.overdue_at(now())
+    }
+
+    /// Whether a deadline is set and is at or before `now`.
+    fn overdue_at(&self, now: u32) -> bool {
+        let due = self.keep_alive_due.load(std::sync::atomic::Ordering::Relaxed);
+        due != 0 && due <= now
     }
 }
 

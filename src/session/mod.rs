@@ -23,7 +23,7 @@ use tokio::sync::Notify;
 
 pub use registry::{Attached, Registry};
 pub use replica::Replica;
-pub use state::{ConnectionInfo, QueueBound, Room, SessionState};
+pub use state::{ConnectionInfo, Flags, Keyed, PacketIds, QueueBound, Room, SessionState};
 
 /// Why [`Session::offer`] did not queue a delivery.
 #[derive(Debug)]
@@ -249,14 +249,19 @@ impl Session {
                 // may never come back (or has already ended).
                 return Err(Refusal::Away(delivery));
             }
-            if hold && delivery.qos == QoS::AtMostOnce && state.online && !state.slow && !state.fits(&delivery) {
+            if hold
+                && delivery.qos == QoS::AtMostOnce
+                && state.online
+                && !state.flags.contains(Flags::SLOW)
+                && !state.fits(&delivery)
+            {
                 // Issue 25: a QoS 0 message waits with its publisher too,
                 // rather than pushing out an older one. A full queue
                 // mostly means the publisher's task routed a burst before
                 // this session's task ran, not that its client stopped
                 // reading; one that did is marked slow when the wait runs
                 // out, and from then on QoS 0 is evicted and dropped.
-                state.publishers_waiting = true;
+                state.flags.set(Flags::PUBLISHERS_WAITING, true);
                 return Err(Refusal::Full(delivery));
             }
             if !state.online && delivery.qos == QoS::AtMostOnce {
@@ -273,7 +278,11 @@ impl Session {
                     }
                 };
                 match state.make_room(&delivery, |old| forget(&old)) {
-                    None if hold && state.online && !state.slow && delivery.qos != QoS::AtMostOnce => {
+                    None if hold
+                        && state.online
+                        && !state.flags.contains(Flags::SLOW)
+                        && delivery.qos != QoS::AtMostOnce =>
+                    {
                         // Kept although not queued: it belongs to a publish
                         // whose other copies (and QoS 2 packet id) are stored
                         // in the same commit (`HeldPublish`), so after a crash
@@ -282,7 +291,7 @@ impl Session {
                         if let Some(store) = keep {
                             delivery.stored = store.queued(&self.client_id, &delivery);
                         }
-                        state.publishers_waiting = true;
+                        state.flags.set(Flags::PUBLISHERS_WAITING, true);
                         return Err(Refusal::Full(delivery));
                     }
                     None => {
@@ -324,9 +333,9 @@ impl Session {
     /// Wakes the publishers waiting for room if the queue has drained to
     /// half; called under the session lock by whoever takes from the queue.
     pub fn notify_room(&self, state: &mut SessionState) {
-        if state.publishers_waiting && state.half_empty() {
-            state.publishers_waiting = false;
-            state.slow = false;
+        if state.flags.contains(Flags::PUBLISHERS_WAITING) && state.half_empty() {
+            state.flags.set(Flags::PUBLISHERS_WAITING, false);
+            state.flags.set(Flags::SLOW, false);
             self.room.notify_waiters();
         }
     }
@@ -335,7 +344,7 @@ impl Session {
     /// dropped the delivery it held: until the queue drains to half,
     /// deliveries that do not fit are dropped at once.
     pub fn mark_slow(&self) {
-        self.state.lock().slow = true;
+        self.state.lock().flags.set(Flags::SLOW, true);
         self.dropped.fetch_add(1, Ordering::Relaxed);
         self.room.notify_waiters();
     }
@@ -411,13 +420,13 @@ impl Session {
     /// was attached to be told.
     pub fn kick(&self, by_admin: bool) -> bool {
         let mut state = self.lock();
-        if !(state.kickable && state.online) {
+        if !(state.flags.contains(Flags::KICKABLE) && state.online) {
             return false;
         }
         if by_admin {
-            state.kicked_by_admin = true;
+            state.flags.set(Flags::KICKED_BY_ADMIN, true);
         } else {
-            state.kickable = false;
+            state.flags.set(Flags::KICKABLE, false);
         }
         self.signal(signal::KICK);
         true

@@ -125,8 +125,8 @@ impl Registry {
             if let Some(timers) = state.timers.take() {
                 timers.cancel();
             }
-            state.kickable = true;
-            state.kicked_by_admin = false;
+            state.flags.set(super::Flags::KICKABLE, true);
+            state.flags.set(super::Flags::KICKED_BY_ADMIN, false);
             // Under the state lock, like `kick`: a kick meant for the
             // previous connection (gone: we hold the attachment) is not
             // for this one.

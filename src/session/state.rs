@@ -1,7 +1,8 @@
 //! The mutable part of a session, guarded by the session's lock.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::hash::{BuildHasher, DefaultHasher, RandomState};
+use std::sync::{Arc, OnceLock};
 
 use tokio_util::sync::CancellationToken;
 
@@ -54,6 +55,116 @@ fn queued_size(d: &Delivery) -> usize {
     d.message.topic.as_str().len() + d.message.payload.len()
 }
 
+/// How a session's maps hash their keys: SipHash under one random key
+/// per process, made on first use. Zero bytes in each map, where std's
+/// `RandomState` keeps its 16-byte key in every one (issue 25); clients
+/// can predict this key no more than that one, so the maps they fill
+/// (topic filters, packet ids) stay safe from collisions chosen for them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Keyed;
+
+impl BuildHasher for Keyed {
+    type Hasher = DefaultHasher;
+
+    fn build_hasher(&self) -> DefaultHasher {
+        static KEY: OnceLock<RandomState> = OnceLock::new();
+        KEY.get_or_init(RandomState::new).build_hasher()
+    }
+}
+
+/// QoS 2 packet ids received and routed but not yet released (PUBREL): a
+/// set made on the first one and kept from then on, as most clients never
+/// publish at QoS 2 (an empty `HashSet` took 48 bytes in every session,
+/// this takes 8; issue 25).
+#[derive(Debug, Default)]
+#[expect(clippy::box_collection, reason = "the box is the point: 8 bytes while empty, where the set takes 32")]
+pub struct PacketIds(Option<Box<HashSet<PacketId, Keyed>>>);
+
+impl PacketIds {
+    /// Whether `id` is in the set.
+    pub fn contains(&self, id: &PacketId) -> bool {
+        self.0.as_ref().is_some_and(|ids| ids.contains(id))
+    }
+
+    /// Adds `id`; whether it was not there yet.
+    pub fn insert(&mut self, id: PacketId) -> bool {
+        self.0.get_or_insert_with(Box::default).insert(id)
+    }
+
+    /// Takes `id` out; whether it was there.
+    pub fn remove(&mut self, id: &PacketId) -> bool {
+        self.0.as_mut().is_some_and(|ids| ids.remove(id))
+    }
+
+    /// How many ids the set holds.
+    pub fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |ids| ids.len())
+    }
+
+    /// Whether the set holds none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The ids, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = &PacketId> {
+        self.0.iter().flat_map(|ids| ids.iter())
+    }
+}
+
+impl Extend<PacketId> for PacketIds {
+    fn extend<I: IntoIterator<Item = PacketId>>(&mut self, ids: I) {
+        for id in ids {
+            self.insert(id);
+        }
+    }
+}
+
+/// Yes-or-no facts about a session, a bit each: five `bool`s took five
+/// bytes, and with them the state 8 more (issue 25).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flags(u8);
+
+impl Flags {
+    /// A will waits for its delay (and is in the store): a reconnect
+    /// cancels it there.
+    pub const WILL_PENDING: Flags = Flags(1);
+    /// The attached connection is still to be told to leave
+    /// ([`Session::kick`](super::Session::kick)): set at attach, taken by
+    /// the first takeover or kept for an operator's kick.
+    pub const KICKABLE: Flags = Flags(2);
+    /// Set with the kick when an operator disconnects the client, so the
+    /// connection says 0x98 rather than 0x8E (taken over).
+    pub const KICKED_BY_ADMIN: Flags = Flags(4);
+    /// A publisher holds a delivery this queue refused (full) and waits
+    /// for it to drain to half.
+    pub const PUBLISHERS_WAITING: Flags = Flags(8);
+    /// A publisher waited for room in vain: deliveries that do not fit
+    /// are dropped at once until the queue drains to half.
+    pub const SLOW: Flags = Flags(16);
+
+    /// Whether `flag` is set.
+    pub fn contains(self, flag: Flags) -> bool {
+        self.0 & flag.0 == flag.0
+    }
+
+    /// Sets `flag` (`on`) or clears it.
+    pub fn set(&mut self, flag: Flags, on: bool) {
+        if on {
+            self.0 |= flag.0;
+        } else {
+            self.0 &= !flag.0;
+        }
+    }
+
+    /// Clears `flag`; whether it was set.
+    pub fn take(&mut self, flag: Flags) -> bool {
+        let was = self.contains(flag);
+        self.set(flag, false);
+        was
+    }
+}
+
 /// Who is attached to a session now, for the admin API.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionInfo {
@@ -76,7 +187,7 @@ pub struct ConnectionInfo {
 #[derive(Debug)]
 pub struct SessionState {
     /// Subscriptions by filter (as sent, including `$share/`).
-    pub subscriptions: HashMap<TopicFilter, Subscription>,
+    pub subscriptions: HashMap<TopicFilter, Subscription, Keyed>,
     /// Deliveries not yet sent (window full or client offline). Read it
     /// freely; add and remove through [`SessionState::push`],
     /// [`SessionState::pop_pending`], [`SessionState::clear_pending`] and
@@ -87,27 +198,19 @@ pub struct SessionState {
     /// Sent QoS 1/2 deliveries awaiting acknowledgement, in send order.
     pub inflight: VecDeque<Inflight>,
     /// QoS 2 packet ids received and routed but not yet released (PUBREL).
-    pub incoming_qos2: HashSet<PacketId>,
-    /// Whether a will waits for its delay (and is in the store): a
-    /// reconnect cancels it there.
-    pub will_pending: bool,
+    pub incoming_qos2: PacketIds,
     /// Whether a connection is attached.
     pub online: bool,
+    /// What else is true of the session, a bit each ([`Flags`]).
+    pub flags: Flags,
     /// Bumped (wrapping) on every attach, so timers armed for an earlier
     /// connection (expiry, delayed will) can tell they are stale.
     pub generation: u32,
-    /// Whether the attached connection is still to be told to leave
-    /// ([`Session::kick`](super::Session::kick)): set at attach, taken by
-    /// the first takeover or kept for an operator's kick.
-    pub kickable: bool,
     /// Cancelled when a connection attaches, so the expiry and delayed-will
     /// timers armed at the last detach end at once. (Each holds the session:
     /// left to run out, a device reconnecting every minute with a day's
     /// expiry would pin 1,440 of them.)
     pub timers: Option<CancellationToken>,
-    /// Set with the kick when an operator disconnects the client,
-    /// so the connection says 0x98 rather than 0x8E (taken over).
-    pub kicked_by_admin: bool,
     /// In a cluster: what replication keeps for this session (the
     /// cluster's `SessionReplica`), made when the cluster first deals with
     /// it; `None` for a session that never met a cluster.
@@ -128,12 +231,6 @@ pub struct SessionState {
     /// a store written before owners were kept, or moved from another
     /// node): the next connection to attach claims it.
     pub owner: Option<Owner>,
-    /// A publisher holds a delivery this queue refused (full) and waits
-    /// for it to drain to half.
-    pub publishers_waiting: bool,
-    /// A publisher waited for room in vain: deliveries that do not fit are
-    /// dropped at once until the queue drains to half.
-    pub slow: bool,
     next_packet_id: PacketId,
     bound: QueueBound,
 }
@@ -160,8 +257,8 @@ impl SessionState {
         let (since, client) = (self.connected_since_s?, self.client.as_ref()?);
         let since = std::time::UNIX_EPOCH + std::time::Duration::from_secs(u64::from(since.get()));
         Some(ConnectionInfo {
-            username: client.username.clone(),
-            claimed_username: client.claimed_username.clone(),
+            username: client.username.as_deref().map(str::to_owned),
+            claimed_username: client.claimed_username.as_deref().map(str::to_owned),
             peer: client.peer_address,
             listener: client.listener.to_string(),
             protocol: client.protocol,
@@ -178,24 +275,20 @@ impl SessionState {
     /// Empty state with a queue bound.
     pub fn new(bound: QueueBound) -> SessionState {
         SessionState {
-            subscriptions: HashMap::new(),
+            subscriptions: HashMap::default(),
             pending: VecDeque::new(),
             queued_bytes: 0,
             inflight: VecDeque::new(),
-            incoming_qos2: HashSet::new(),
-            will_pending: false,
+            incoming_qos2: PacketIds::default(),
             online: false,
+            flags: Flags::default(),
             generation: 0,
-            kickable: false,
             timers: None,
-            kicked_by_admin: false,
             replica: None,
             connected_since_s: None,
             expiry_s: 0,
             client: None,
             owner: None,
-            publishers_waiting: false,
-            slow: false,
             next_packet_id: FIRST_PACKET_ID,
             bound,
         }
@@ -400,17 +493,43 @@ mod tests {
     /// where the cluster's fields inline made 304; 264 with the attach
     /// time in seconds and a 32-bit generation, which takes the shared
     /// `Arc<Session>` (16 bytes of counts, 360 of session) from a 400-byte
-    /// malloc chunk to a 384-byte one. Grow it only knowingly.
+    /// malloc chunk to a 384-byte one; 200 with the maps' hash key shared
+    /// ([`Keyed`]), the QoS 2 ids a set made on first use ([`PacketIds`])
+    /// and five flags in a byte ([`Flags`]): a 296-byte `Session`, 312
+    /// with the counts, a 320-byte chunk (313 bytes would take 336). Grow
+    /// it only knowingly.
     #[test]
     fn session_state_is_small() {
         let size = std::mem::size_of::<SessionState>();
         eprintln!("SessionState: {size} bytes, Session: {} bytes", std::mem::size_of::<super::super::Session>());
-        assert!(size <= 264, "SessionState grew to {size} bytes");
-        assert!(std::mem::size_of::<super::super::Session>() <= 360, "Session grew past a malloc chunk class");
+        assert!(size <= 200, "SessionState grew to {size} bytes");
+        assert!(std::mem::size_of::<super::super::Session>() <= 296, "Session grew past a malloc chunk class");
     }
 
     /// The attach time is kept to the second (what the admin API shows),
     /// and forgotten when the connection leaves.
+    /// The QoS 2 ids and the flags behave as the set and the `bool`s they
+    /// replace.
+    #[test]
+    fn packet_ids_and_flags_hold_what_is_put_in() {
+        let mut ids = PacketIds::default();
+        let (one, two) = (PacketId::new(1).expect("non-zero"), PacketId::new(2).expect("non-zero"));
+        assert!(ids.is_empty() && !ids.contains(&one) && !ids.remove(&one));
+        assert!(ids.insert(one) && !ids.insert(one));
+        ids.extend([two]);
+        assert_eq!((ids.len(), ids.contains(&two)), (2, true));
+        assert!(ids.remove(&one) && !ids.contains(&one));
+        assert_eq!(ids.iter().copied().collect::<Vec<_>>(), [two]);
+        let mut flags = Flags::default();
+        flags.set(Flags::SLOW, true);
+        flags.set(Flags::KICKABLE, true);
+        assert!(flags.contains(Flags::SLOW) && !flags.contains(Flags::WILL_PENDING));
+        assert!(flags.take(Flags::SLOW) && !flags.take(Flags::SLOW));
+        assert!(flags.contains(Flags::KICKABLE));
+        flags.set(Flags::KICKABLE, false);
+        assert_eq!(flags, Flags::default());
+    }
+
     #[test]
     fn the_attach_time_is_kept_in_seconds() {
         let mut s = SessionState::new(QueueBound::messages(1));

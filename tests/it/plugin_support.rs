@@ -57,13 +57,13 @@ pub fn policy(plugins: &[(&str, &str, &str)]) -> Policy {
 pub fn client(username: Option<&str>) -> ClientInfo {
     ClientInfo {
         client_id: "client-1".into(),
-        username: username.map(str::to_owned),
-        claimed_username: username.map(str::to_owned),
+        username: username.map(Into::into),
+        claimed_username: username.map(Into::into),
         peer_address: "127.0.0.1:50000".parse().expect("valid address"),
         listener: "tcp".into(),
         protocol: ProtocolVersion::V5,
         tls: None,
-        attributes: Vec::new(),
+        attributes: Default::default(),
     }
 }
 

@@ -328,7 +328,12 @@ async fn a_message_held_for_a_leaving_members_full_queue_goes_to_another_member(
     }
     slow.publish().await;
     let deadline = tokio::time::Instant::now() + WAIT;
-    while !broker.broker.sessions.get("slow").is_some_and(|s| s.lock().publishers_waiting) {
+    while !broker
+        .broker
+        .sessions
+        .get("slow")
+        .is_some_and(|s| s.lock().flags.contains(moat::session::Flags::PUBLISHERS_WAITING))
+    {
         assert!(tokio::time::Instant::now() < deadline, "the publisher was never held");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

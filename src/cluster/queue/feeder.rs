@@ -153,7 +153,7 @@ pub(super) fn redelivered(state: &mut SessionState, ack: &JetStreamAck) -> bool 
 /// subscription matches at QoS 1 or 2.
 pub(super) fn delivery(
     message: Arc<crate::message::Message>,
-    subscriptions: &HashMap<crate::codec::TopicFilter, Subscription>,
+    subscriptions: &HashMap<crate::codec::TopicFilter, Subscription, crate::session::Keyed>,
     own: bool,
 ) -> Option<Delivery> {
     let mut granted = None;
@@ -192,7 +192,7 @@ mod tests {
             options: SubscriptionOptions { qos, retain_as_published: rap, ..SubscriptionOptions::default() },
             id,
         };
-        let subscriptions = HashMap::from([
+        let subscriptions: HashMap<_, _, crate::session::Keyed> = HashMap::from_iter([
             (TopicFilter::new("a/#").expect("valid"), sub(QoS::AtLeastOnce, Some(1), false)),
             (TopicFilter::new("a/+").expect("valid"), sub(QoS::ExactlyOnce, Some(2), true)),
             (TopicFilter::new("$share/g/a/b").expect("valid"), sub(QoS::ExactlyOnce, Some(3), true)),
@@ -213,7 +213,8 @@ mod tests {
         assert!(delivery(message("b", QoS::AtLeastOnce), &subscriptions, false).is_none());
         let mut mine = sub(QoS::AtLeastOnce, Some(4), false);
         mine.options.no_local = true;
-        let subscriptions = HashMap::from([(TopicFilter::new("own/#").expect("valid"), mine)]);
+        let subscriptions: HashMap<_, _, crate::session::Keyed> =
+            HashMap::from_iter([(TopicFilter::new("own/#").expect("valid"), mine)]);
         assert!(delivery(message("own/1", QoS::AtLeastOnce), &subscriptions, true).is_none(), "No Local");
         assert!(delivery(message("own/1", QoS::AtLeastOnce), &subscriptions, false).is_some());
     }
