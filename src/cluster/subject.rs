@@ -29,9 +29,10 @@ const DOLLAR: &str = "d";
 const TOPICS_LIVE: &str = "u";
 const DOLLAR_LIVE: &str = "v";
 
-/// The branch of a topic or filter whose first level is `first`.
-fn branch(first: &str, captured: bool) -> &'static str {
-    match (first.starts_with('$'), captured) {
+/// The branch of a topic or filter that starts with `start` (its first
+/// level, or all of it: only a leading `$` matters).
+fn branch(start: &str, captured: bool) -> &'static str {
+    match (start.starts_with('$'), captured) {
         (false, true) => TOPICS,
         (true, true) => DOLLAR,
         (false, false) => TOPICS_LIVE,

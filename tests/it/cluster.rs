@@ -270,8 +270,17 @@ impl Drop for Nats {
 /// A node of the cluster on `url`; JetStream delivers unacknowledged
 /// messages again after 2 s (the default 30 s would outlast the tests).
 async fn node(url: &str, id: &str) -> TestBroker {
-    let cluster =
-        ClusterConfig { node_id: Some(id.to_owned()), redelivery_s: 2, ..ClusterConfig::new(vec![url.to_owned()]) };
+    node_sending(url, id, WireFormat::default()).await
+}
+
+/// [`node`], sending to the other nodes in `format` (`cluster.wire_format`).
+async fn node_sending(url: &str, id: &str, format: WireFormat) -> TestBroker {
+    let cluster = ClusterConfig {
+        node_id: Some(id.to_owned()),
+        redelivery_s: 2,
+        wire_format: format,
+        ..ClusterConfig::new(vec![url.to_owned()])
+    };
     TestBroker::with(|c| c.cluster = Some(cluster)).await
 }
 
@@ -402,12 +411,7 @@ async fn messages_on_alternating_topics_through_one_nats_subscription_keep_their
 async fn a_node_sending_in_headers_is_read_by_every_node_and_reads_them_all() {
     let nats = Nats::start().await;
     let a = node(&nats.url(), "a").await;
-    let cluster = ClusterConfig {
-        node_id: Some("b".into()),
-        wire_format: WireFormat::Headers,
-        ..ClusterConfig::new(vec![nats.url()])
-    };
-    let b = TestBroker::with(|c| c.cluster = Some(cluster)).await;
+    let b = node_sending(&nats.url(), "b", WireFormat::Headers).await;
     // What an old node would get from b: the envelope in headers, the
     // payload bare.
     let raw = async_nats::connect(nats.url()).await.expect("NATS client");
@@ -445,12 +449,7 @@ async fn a_node_sending_in_headers_is_read_by_every_node_and_reads_them_all() {
 async fn qos0_crosses_nodes_outside_the_queue_stream_unless_sent_for_older_nodes() {
     let nats = Nats::start().await;
     let a = node(&nats.url(), "a").await;
-    let cluster = ClusterConfig {
-        node_id: Some("b".into()),
-        wire_format: WireFormat::Payload,
-        ..ClusterConfig::new(vec![nats.url()])
-    };
-    let b = TestBroker::with(|c| c.cluster = Some(cluster)).await;
+    let b = node_sending(&nats.url(), "b", WireFormat::Payload).await;
     nats.until_owning("a").await;
     let raw = async_nats::connect(nats.url()).await.expect("NATS client");
     let mut wire = raw.subscribe("moat.*.z.>").await.expect("NATS subscription");
