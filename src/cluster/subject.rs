@@ -8,7 +8,8 @@
 //! captures (`queue`); a message no kept session or share group can want
 //! from it (QoS 0) travels under `{prefix}.u.` or `{prefix}.v.` instead
 //! ([`Subjects::topic_into`] with `captured` false), so nats-server does
-//! not sequence it, and subscriptions cover both ([`Subjects::subscribed`]). Filters map level by level, `+` to `*` and a trailing `#` to
+//! not sequence it, and subscriptions cover both ([`Subjects::subscribed`]).
+//! Filters map level by level, `+` to `*` and a trailing `#` to
 //! `>` plus the parent level (`a/#` matches `a`, NATS `a.>` does not).
 //!
 //! NATS reserves `.`, `*`, `>` and whitespace in subjects and allows no
@@ -164,8 +165,7 @@ impl Subjects {
             unescape(token, &mut topic)?;
         }
         // The branch must agree with the topic, or the subject was not ours.
-        let first = topic.split('/').next().unwrap_or_default();
-        (branch == self::branch(first, true) || branch == self::branch(first, false)).then_some(topic)
+        (branch == self::branch(&topic, true) || branch == self::branch(&topic, false)).then_some(topic)
     }
 }
 
