@@ -411,7 +411,7 @@ where
     /// publisher got no acknowledgement, but its session remembers a QoS 2
     /// packet id, so a resend is acknowledged and not routed again.
     pub(super) fn drop_held(&mut self) {
-        let Some(held) = self.withheld.as_mut().and_then(|w| w.held.take()) else { return };
+        let Some(held) = self.take_held() else { return };
         let (store, metrics) = (&*self.broker.store, &self.broker.metrics);
         for Held { session, delivery } in held.deliveries {
             match session.enqueue_and_store(delivery, Some(store), false) {
@@ -428,7 +428,7 @@ where
     /// Acknowledges a held publish; the packets that arrived while it was
     /// held are handled next.
     fn release_held(&mut self) -> Result<(), Close> {
-        let Some(held) = self.withheld.as_mut().and_then(|w| w.held.take()) else { return Ok(()) };
+        let Some(held) = self.take_held() else { return Ok(()) };
         // The client's keep alive counts from here: it was the broker
         // that was not reading.
         self.move_keep_alive();

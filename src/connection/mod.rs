@@ -354,6 +354,11 @@ where
         self.withheld.as_ref().and_then(|w| w.held.as_deref())
     }
 
+    /// Takes the held publish out, if any (it is done with).
+    fn take_held(&mut self) -> Option<Box<inbound::HeldPublish>> {
+        self.withheld.as_mut().and_then(|w| w.held.take())
+    }
+
     /// Durable store (issue 9): what is in `wbuf` now is sent only once
     /// every change reported to the store so far is durable. A barrier
     /// already passed replaces none: no [`Withheld`] is made for it.
