@@ -120,27 +120,28 @@ impl ShareRoute {
     /// The consumer is set up: messages come from it from now on. Returns
     /// what was held, and since when ([`Queue::settle_held`]).
     fn kept(&self) -> (Vec<Arc<Message>>, Instant) {
-        self.leave(DURABLE)
+        self.leave(|_| DURABLE)
     }
 
     /// The consumer could not be set up: unless it was before (then it
     /// keeps the group's messages meanwhile), they come through the queue
     /// group. Returns what was held, and since when.
     fn direct(&self) -> (Vec<Arc<Message>>, Instant) {
-        let state = self.state.load(Ordering::Acquire);
-        self.leave(if state == DURABLE { DURABLE } else { DIRECT })
+        self.leave(|state| if state == DURABLE { DURABLE } else { DIRECT })
     }
 
     /// This node serves the group no more: what the queue group still
     /// brings goes straight to the router. Returns what was held, and
     /// since when.
     fn end(&self) -> (Vec<Arc<Message>>, Instant) {
-        self.leave(DIRECT)
+        self.leave(|_| DIRECT)
     }
 
-    fn leave(&self, state: u8) -> (Vec<Arc<Message>>, Instant) {
+    /// Moves to the state `next` gives for the current one, under the
+    /// lock, and hands over what was held.
+    fn leave(&self, next: impl FnOnce(u8) -> u8) -> (Vec<Arc<Message>>, Instant) {
         let mut held = self.held.lock();
-        self.state.store(state, Ordering::Release);
+        self.state.store(next(self.state.load(Ordering::Acquire)), Ordering::Release);
         held.bytes = 0;
         (std::mem::take(&mut held.messages), held.since)
     }
