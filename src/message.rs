@@ -5,6 +5,7 @@
 //! remembers of its subscriptions and owner. A leaf: the store persists
 //! these and the session queues them, without either importing the other.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,70 @@ pub struct Message {
     /// The message as a QoS 0 PUBLISH, encoded by the first receiver that
     /// needs it ([`Message::qos0_packet`]).
     pub encoded: EncodedOnce,
+    /// A QoS 2 message's id across nodes and runs ([`MessageId::NONE`] at
+    /// QoS 0/1, and for a QoS 2 message a peer sent without one).
+    pub id: MessageId,
+}
+
+/// A QoS 2 message's id across a cluster's nodes and runs: the
+/// `Nats-Msg-Id` it is stored in JetStream under, so that a publish sent
+/// again is stored once, and by which a kept session tells a copy of a
+/// message it already had (`cluster::queue::Taken`). Made with the message
+/// ([`Message::new`]), so the copy this node routes and the one it sends
+/// to JetStream carry the same id. Odd (a stream sequence is kept as an
+/// even key beside it), and 0 for none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MessageId(u64);
+
+impl MessageId {
+    /// No id.
+    pub const NONE: MessageId = MessageId(0);
+
+    /// A fresh id: counted up from a random start per process, so no other
+    /// node or run repeats it (two processes' ranges would have to meet
+    /// within 2^63).
+    pub fn next() -> MessageId {
+        static START: OnceLock<u64> = OnceLock::new();
+        static COUNT: AtomicU64 = AtomicU64::new(0);
+        let start = *START.get_or_init(|| {
+            use std::hash::{BuildHasher, Hasher};
+            // A hasher under the process's random keys, of nothing: 64
+            // random bits.
+            std::hash::RandomState::new().build_hasher().finish()
+        });
+        MessageId((start.wrapping_add(COUNT.fetch_add(1, Ordering::Relaxed)) << 1) | 1)
+    }
+
+    /// The id a `Nats-Msg-Id` names: the 16 hex digits this version sends
+    /// ([`MessageId::header`]), or a hash of any other text (a node before
+    /// it counted `{run}.{n}` ids of its own).
+    pub fn from_header(text: &str) -> MessageId {
+        if text.len() == 16
+            && let Ok(id) = u64::from_str_radix(text, 16)
+            && id & 1 == 1
+        {
+            return MessageId(id);
+        }
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::hash::DefaultHasher::new();
+        text.hash(&mut hasher);
+        MessageId(hasher.finish() | 1)
+    }
+
+    /// The `Nats-Msg-Id` of this id: 16 hex digits.
+    pub fn header(self) -> String {
+        format!("{:016x}", self.0)
+    }
+
+    /// The id as a number (odd), 0 for none.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+
+    /// Whether this is no id.
+    pub fn is_none(self) -> bool {
+        self.0 == 0
+    }
 }
 
 /// The properties a message forwards ([`Message::properties`]), boxed and
@@ -126,6 +191,7 @@ impl Message {
                 Forwarded::default()
             },
             encoded: EncodedOnce::default(),
+            id: if qos == QoS::ExactlyOnce { MessageId::next() } else { MessageId::NONE },
         }
     }
 

@@ -28,7 +28,7 @@ use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{Properties, QoS, TopicName};
-use crate::message::Message;
+use crate::message::{Message, MessageId};
 
 /// The header carrying the origin node's id.
 pub const NODE_HEADER: &str = "Moat-Node";
@@ -118,13 +118,18 @@ pub fn wrap(
 /// `None` when it is in none this version understands.
 pub fn read(topic: TopicName, nats: async_nats::Message, now: Instant) -> Option<Received> {
     let headers = nats.headers.as_ref();
+    let id = headers
+        .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+        .map_or(MessageId::NONE, |id| MessageId::from_header(id.as_str()));
     if let Some(header) = headers.and_then(|h| h.get(MESSAGE_HEADER)) {
         let text = |name| headers.and_then(|h| h.get(name)).map(|v| Bytes::copy_from_slice(v.as_str().as_bytes()));
+        let mut message = decode(topic, nats.payload, header.as_str(), now)?;
+        message.id = id;
         return Some(Received {
             origin: text(NODE_HEADER)?,
             publisher: text(CLIENT_HEADER),
             retry: headers.and_then(|h| h.get(RETRY_HEADER)).is_some(),
-            message: decode(topic, nats.payload, header.as_str(), now)?,
+            message,
         });
     }
     let payload = nats.payload;
@@ -137,7 +142,8 @@ pub fn read(topic: TopicName, nats: async_nats::Message, now: Instant) -> Option
     let start = payload.len() - body.len();
     let (origin, publisher) =
         (payload.slice_ref(w.node.as_bytes()), w.publisher.map(|p| payload.slice_ref(p.as_bytes())));
-    let message = open(topic, payload.slice(start..), w.envelope, now)?;
+    let mut message = open(topic, payload.slice(start..), w.envelope, now)?;
+    message.id = id;
     Some(Received { message, origin, publisher, retry: w.retry })
 }
 
@@ -233,6 +239,8 @@ fn open(topic: TopicName, payload: Bytes, e: Envelope<'_>, now: Instant) -> Opti
         .into(),
         expires_at: e.expiry_ms.map(|ms| now + Duration::from_millis(ms)),
         encoded: Default::default(),
+        // From the `Nats-Msg-Id` header, if any (`read`).
+        id: MessageId::NONE,
     })
 }
 

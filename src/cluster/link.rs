@@ -91,10 +91,6 @@ impl Events {
 #[derive(Debug)]
 pub(super) struct Link {
     pub(super) node_id: Arc<str>,
-    /// 64 random bits for each run of the process, so the ids of its QoS 2
-    /// messages (`Nats-Msg-Id`, `outbound`) repeat none of another node's
-    /// or an earlier run's.
-    pub(super) run_id: String,
     pub(super) subjects: Subjects,
     pub(super) subscriptions: Arc<AtomicUsize>,
     /// [`Cluster::queued_bytes`].

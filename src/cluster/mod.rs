@@ -450,7 +450,6 @@ impl Cluster {
         });
         let servers = self.servers.clone();
         let link = Link {
-            run_id: random_node_id(),
             node_id: self.node_id.clone(),
             subjects: self.subjects.clone(),
             subscriptions: self.subscriptions.clone(),

@@ -15,7 +15,7 @@
 //!
 //! A retry may find the first copy stored (only its answer was lost).
 //! QoS 1 allows the second copy. A QoS 2 message carries a `Nats-Msg-Id`
-//! (this node's run and the message's place in its queue), and JetStream
+//! (its [`MessageId`], made with the message), and JetStream
 //! stores an id once within the stream's duplicate window (two minutes by
 //! default). Only QoS 2 carries one: JetStream remembers each id for the
 //! whole window, about 200 bytes on every server holding the stream
@@ -41,7 +41,7 @@ use super::{Link, OUTBOUND_BATCH, OUTBOUND_CAPACITY, Outgoing, envelope, queued_
 use crate::broker::Node;
 use crate::codec::QoS;
 use crate::config::WireFormat;
-use crate::message::Message;
+use crate::message::{Message, MessageId};
 use crate::metrics::DropReason;
 
 /// How long JetStream has to answer for a message before it is published
@@ -85,7 +85,11 @@ impl Wire {
     const BLOCK: usize = 64 * 1024;
 
     /// The subject, headers and NATS payload of `message`
-    /// ([`envelope::wrap`], or [`envelope::headers`] and the bare payload).
+    /// ([`envelope::wrap`], or [`envelope::headers`] and the bare payload),
+    /// sent with `id` as its `Nats-Msg-Id` unless none: a QoS 2 message
+    /// carries its id over core NATS too, since the queue stream captures
+    /// that copy as well, and a session becoming kept tells it by its id
+    /// from the one its node routed (`queue::Taken`).
     fn encode(
         &mut self,
         link: &Link,
@@ -93,6 +97,7 @@ impl Wire {
         publisher: Option<&str>,
         retry: bool,
         now: Instant,
+        id: MessageId,
     ) -> (Subject, Option<async_nats::HeaderMap>, Bytes) {
         // No kept session or share group takes a QoS 0 message from the
         // queue stream: it goes where the stream does not sequence it
@@ -100,8 +105,14 @@ impl Wire {
         // only, must see it).
         let captured = message.qos != QoS::AtMostOnce || link.wire_format != WireFormat::Split;
         link.subjects.topic_into(message.topic.as_str(), captured, &mut self.subject);
+        let with_id = |mut headers: async_nats::HeaderMap| {
+            if !id.is_none() {
+                headers.insert(async_nats::header::NATS_MESSAGE_ID, id.header().as_str());
+            }
+            headers
+        };
         if link.wire_format == WireFormat::Headers {
-            let headers = envelope::headers(&link.node_id, message, publisher, retry, now);
+            let headers = with_id(envelope::headers(&link.node_id, message, publisher, retry, now));
             return (Subject::from(self.subject.as_str()), Some(headers), message.payload.clone());
         }
         // Room for the subject, the envelope as it usually is, the
@@ -113,7 +124,8 @@ impl Wire {
         self.block.extend_from_slice(self.subject.as_bytes());
         let subject =
             Subject::from_utf8(self.block.split().freeze()).unwrap_or_else(|_| Subject::from(self.subject.as_str()));
-        (subject, None, envelope::wrap(&mut self.block, &link.node_id, message, publisher, retry, now))
+        let headers = (!id.is_none()).then(|| with_id(async_nats::HeaderMap::new()));
+        (subject, headers, envelope::wrap(&mut self.block, &link.node_id, message, publisher, retry, now))
     }
 }
 
@@ -123,7 +135,7 @@ pub(super) struct Storing {
     /// Its publisher's client id (No Local of kept sessions).
     publisher: Option<Arc<str>>,
     /// The `Nats-Msg-Id` every attempt of a QoS 2 message carries.
-    id: Option<String>,
+    id: MessageId,
     attempt: Attempt,
 }
 
@@ -181,8 +193,6 @@ impl Link {
         let js = jetstream::new(client.clone());
         let (acks, pending) = mpsc::channel(OUTBOUND_CAPACITY);
         node.spawn(self.clone().acknowledge(client.clone(), pending, node.clone()));
-        // QoS 1/2 messages taken so far: each one's place in the queue.
-        let mut taken = 0u64;
         // `recv_many` takes nothing only when every sender is gone.
         'batches: while let Some(1..) =
             node.shutdown().run_until_cancelled(rx.recv_many(&mut batch, OUTBOUND_BATCH)).await
@@ -203,11 +213,15 @@ impl Link {
                     }
                     continue;
                 }
-                taken += 1;
                 if message.is_expired(now) {
                     sent += 1;
                 } else if store {
-                    let id = (message.qos == QoS::ExactlyOnce).then(|| format!("{}.{taken}", self.run_id));
+                    // The message's own id (`Wire::encode`); a fresh one
+                    // for a QoS 2 message restored from disk without one.
+                    let id = match message.qos {
+                        QoS::ExactlyOnce if message.id.is_none() => MessageId::next(),
+                        _ => message.id,
+                    };
                     let mut storing = Box::new(Storing { message, publisher, id, attempt: Attempt::Due });
                     if ready {
                         storing.attempt = self.store(&js, &mut wire, &storing, false, &node).await;
@@ -244,7 +258,7 @@ impl Link {
         node: &Node,
     ) {
         // `forward` let only topics whose subject fits through.
-        let sent = match wire.encode(self, message, publisher, false, now) {
+        let sent = match wire.encode(self, message, publisher, false, now, message.id) {
             (subject, Some(headers), payload) => client.publish_with_headers(subject, headers, payload).await,
             (subject, None, payload) => client.publish(subject, payload).await,
         };
@@ -265,16 +279,11 @@ impl Link {
         node: &Node,
     ) -> Attempt {
         let now = Instant::now();
-        let (subject, headers, payload) = wire.encode(self, &storing.message, storing.publisher.as_deref(), again, now);
-        let published = match (headers, &storing.id) {
-            (None, None) => js.publish(subject, payload).await,
-            (headers, id) => {
-                let mut headers = headers.unwrap_or_default();
-                if let Some(id) = id {
-                    headers.insert(async_nats::header::NATS_MESSAGE_ID, id.as_str());
-                }
-                js.publish_with_headers(subject, headers, payload).await
-            }
+        let (subject, headers, payload) =
+            wire.encode(self, &storing.message, storing.publisher.as_deref(), again, now, storing.id);
+        let published = match headers {
+            None => js.publish(subject, payload).await,
+            Some(headers) => js.publish_with_headers(subject, headers, payload).await,
         };
         match published {
             Ok(ack) => Attempt::Sent(ack, now + STORE_WAIT),

@@ -5,10 +5,12 @@
 //! pointer and nothing else.
 
 use std::any::Any;
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use super::queue::Taken;
+use crate::message::MessageId;
 use crate::session::{Replica, SessionState};
 
 /// The cluster's state of one session, under the session's lock.
@@ -34,6 +36,11 @@ pub struct SessionReplica {
     /// and made on the first: most sessions never take a QoS 2 message from
     /// JetStream.
     pub(crate) taken: Option<Box<Taken>>,
+    /// Set-ups of the session's consumer under way (`Queue::keep`), and
+    /// how long JetStream may hand a message over again: while one is,
+    /// QoS 2 messages routed to the session are remembered in `taken`, as
+    /// the consumer may have them too.
+    pub(crate) setting_up: (u16, Duration),
 }
 
 impl SessionReplica {
@@ -87,5 +94,12 @@ impl Replica for SessionReplica {
 
     fn take_claim(&mut self) -> Option<u64> {
         self.claimed.take()
+    }
+
+    fn routed(&mut self, id: MessageId) {
+        let (under_way, window) = self.setting_up;
+        if under_way > 0 && !id.is_none() {
+            self.taken.get_or_insert_default().remember_copy(id, Instant::now(), window);
+        }
     }
 }

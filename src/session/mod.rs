@@ -303,7 +303,17 @@ impl Session {
                         if let Some(store) = keep {
                             delivery.stored = store.queued(&self.client_id, &delivery);
                         }
-                        if state.push(delivery) { Ok(evicted) } else { Err(DropReason::QueueFull) }
+                        // What JetStream holds too, in case the session is
+                        // becoming kept (`cluster::queue::Taken`).
+                        let routed = (covered && delivery.qos == QoS::ExactlyOnce).then_some(delivery.message.id);
+                        if state.push(delivery) {
+                            if let (Some(id), Some(replica)) = (routed, state.replica.as_mut()) {
+                                replica.routed(id);
+                            }
+                            Ok(evicted)
+                        } else {
+                            Err(DropReason::QueueFull)
+                        }
                     }
                 }
             }

@@ -290,6 +290,8 @@ impl MessageRecord {
             .into(),
             expires_at: self.expires_at_ms.map(|at| now + Duration::from_millis(at.saturating_sub(now_ms))),
             encoded: Default::default(),
+            // Only a message on its way to JetStream needs one.
+            id: crate::message::MessageId::NONE,
         })
     }
 }

@@ -826,6 +826,59 @@ async fn a_node_joining_a_share_group_delivers_none_of_its_messages_twice() {
     assert_eq!(got.into_keys().collect::<Vec<_>>(), (0..N).collect::<Vec<_>>(), "each message once in the group");
 }
 
+/// A persistent session becomes kept (its consumer made) at its first
+/// QoS 1/2 subscription. While QoS 2 messages flow from another node, its
+/// node queues for it those that come before that is done, which the new
+/// consumer may hold too: one came twice in about one join in twenty.
+#[tokio::test]
+async fn a_session_becoming_kept_while_qos2_messages_flow_gets_none_twice() {
+    const N: usize = 3900;
+    const JOINS: usize = 12;
+    let nats = Nats::start().await;
+    let (a, b) = (node(&nats.url(), "a").await, node(&nats.url(), "b").await);
+    let mut subscribers = Vec::new();
+    for j in 0..JOINS {
+        subscribers.push(a.v5_with(&format!("joins-{j}"), persistent).await);
+    }
+    let publisher = b.v5("pub").await;
+    // Each subscribes (not waiting for its SUBACK) while messages flow.
+    let chunk = N / (JOINS + 1);
+    for i in 0..N {
+        if i > 0 && i.is_multiple_of(chunk) && i / chunk <= JOINS {
+            let subscriber = &subscribers[i / chunk - 1];
+            subscriber.client.subscribe("q/+", QoS::ExactlyOnce).await.expect("subscribe");
+        }
+        publish(&publisher, &format!("q/{i}"), QoS::ExactlyOnce, &i.to_string()).await;
+    }
+    for (j, subscriber) in subscribers.iter_mut().enumerate() {
+        let mut got = std::collections::BTreeMap::<usize, usize>::new();
+        // Until the last arrived, then a while longer for second copies.
+        let deadline = tokio::time::Instant::now() + NATS_WAIT;
+        let mut quiet = None;
+        while tokio::time::Instant::now() < quiet.unwrap_or(deadline) {
+            if let Some(p) = subscriber.try_publish(Duration::from_millis(100)).await {
+                *got.entry(String::from_utf8_lossy(&p.payload).parse().expect("a number")).or_default() += 1;
+            }
+            if got.contains_key(&(N - 1)) && quiet.is_none() {
+                quiet = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+            }
+        }
+        let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).map(|(i, _)| *i).collect();
+        assert!(twice.is_empty(), "joins-{j}: delivered twice: {twice:?}");
+        // And none of the copies skipped was the only one: from the first
+        // it got, every message after it, but for one run of those that
+        // reached the node before its consumer was made and were routed
+        // after it was kept (published before the SUBACK, which MQTT
+        // allows; the README's limits): one such gap in about 40 runs
+        // while this test was written.
+        let first = got.keys().next().copied().unwrap_or(N);
+        assert!(first < N - chunk, "joins-{j}: first message {first}");
+        let missing: Vec<_> = (first..N).filter(|i| !got.contains_key(i)).collect();
+        let one_run = missing.windows(2).all(|w| w[1] == w[0] + 1) && missing.len() <= 256;
+        assert!(one_run, "joins-{j}: from {first} on, missing {missing:?}");
+    }
+}
+
 #[tokio::test]
 async fn share_groups_get_messages_too_long_for_nats_locally() {
     let nats = Nats::start().await;

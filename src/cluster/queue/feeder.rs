@@ -13,7 +13,7 @@ use tracing::debug;
 
 use super::{FEED_HEARTBEAT, Pulled, Queue, SessionReplica};
 use crate::codec::QoS;
-use crate::message::{Delivery, JetStreamAck, Subscription};
+use crate::message::{Delivery, JetStreamAck, MessageId, Subscription};
 use crate::session::{Session, SessionState};
 
 /// Takes a kept session's messages from its consumer while its connection
@@ -65,13 +65,13 @@ impl Feeder {
     /// acknowledges it at once when the session has no use for it.
     fn take_in(&self, message: jetstream::Message) {
         let Some(Pulled { ack, delivered, published }) = Pulled::of(&message) else { return };
-        let id = message_id(&message.message);
         let received = self.queue.decode(message.message, published);
         let own = received
             .as_ref()
             .and_then(|r| r.publisher.as_ref())
             .is_some_and(|c| c == self.session.client_id().as_bytes());
         let decoded = received.map(|r| r.message);
+        let id = decoded.as_ref().map_or(MessageId::NONE, |m| m.id);
         // JetStream may also deliver a message again as if for the first
         // time (the consumer's state rolled back: its server was killed,
         // or its leader cut off before the acknowledgement spread), or
@@ -118,18 +118,6 @@ pub(super) async fn pause(failures: u32, connects: &mut watch::Receiver<u64>) {
         () = tokio::time::sleep(crate::cluster::setup_retry_delay(failures)) => {}
         _ = connects.changed() => {}
     }
-}
-
-/// A hash of the message id (`Nats-Msg-Id`) a node gave a QoS 2 message
-/// (`outbound`), never 0; 0 for a message without one.
-fn message_id(message: &async_nats::Message) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let Some(id) = message.headers.as_ref().and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID)) else {
-        return 0;
-    };
-    let mut hasher = std::hash::DefaultHasher::new();
-    id.as_str().hash(&mut hasher);
-    hasher.finish() | 1
 }
 
 /// Whether the session still holds the message JetStream delivered again

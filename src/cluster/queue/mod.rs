@@ -42,10 +42,15 @@
 //! could not follow their sessions meanwhile are brought up to date
 //! before the node stores anything more ([`resync`]).
 //!
-//! Limits: messages published while a session becomes kept, or while a
-//! share group's consumer is first made, may arrive twice (QoS 1 allows
-//! it; QoS 2 should not; [`share`] for a node joining a group), and messages queued on a
-//! node before its session was kept die with that node. A message
+//! Limits: messages published while a session becomes kept may arrive
+//! twice at QoS 1 (its node queued them for it, and its new consumer has
+//! them too; at QoS 2 its feeder knows them by their
+//! [`MessageId`](crate::message::MessageId) and
+//! skips the consumer's copy: [`Taken`]), so may those published while a
+//! share group's consumer is first made (QoS 2 too; [`share`] for a node
+//! joining a group), and messages queued on a node before its session was
+//! kept die with that node (with a store that keeps them, they come back
+//! from it). A message
 //! JetStream delivers again (its acknowledgement was lost, or the client
 //! took longer than `redelivery_s`) is recognised by its stream sequence
 //! while the session still holds it, and at QoS 2 after that too, for
@@ -365,11 +370,15 @@ impl Queue {
         let Some(stream) = self.stream() else { return false };
         let (epoch, config, was) = {
             let mut state = session.lock();
+            let config = (state.expiry_s > 0).then(|| self.consumer_config(session, &state, window)).flatten();
             let replica = SessionReplica::of(&mut state);
             replica.parking += 1;
-            let (parking, was) = (replica.parking, replica.kept);
-            let config = (state.expiry_s > 0).then(|| self.consumer_config(session, &state, window)).flatten();
-            (parking, config, was)
+            if config.is_some() {
+                // The consumer may have what the router queues here from now
+                // until the session is kept (`Taken`).
+                replica.setting_up = (replica.setting_up.0 + 1, self.taken_window());
+            }
+            (replica.parking, config, replica.kept)
         };
         let Some(config) = config else {
             self.lagging.lock().remove(session.client_id());
@@ -380,13 +389,21 @@ impl Queue {
             }
             return false;
         };
-        let consumer = match self.set_consumer(&stream, config).await {
-            Ok(consumer) => consumer,
-            Err(e) => return self.lags(session, &e),
-        };
-        self.lagging.lock().remove(session.client_id());
+        let made = self.set_consumer(&stream, config).await;
+        if made.is_ok() {
+            self.lagging.lock().remove(session.client_id());
+        }
         let mut state = session.lock();
         let online = state.online;
+        let under_way = &mut SessionReplica::of(&mut state).setting_up.0;
+        *under_way = under_way.saturating_sub(1);
+        let consumer = match made {
+            Ok(consumer) => consumer,
+            Err(e) => {
+                drop(state);
+                return self.lags(session, &e);
+            }
+        };
         let replica = SessionReplica::of(&mut state);
         // Handed over to another node meanwhile.
         if replica.parking != epoch {

@@ -8,7 +8,10 @@
 //! delivered as if for the first time, once a new leader is elected). It
 //! may also hold two copies of one message its node published again under
 //! the same `Nats-Msg-Id`, when its own duplicate detection lost track
-//! across a leader change.
+//! across a leader change. And a session that becomes kept while messages
+//! flow gets some both ways: its node queued them for it (not kept yet)
+//! after its consumer was made (which has them too); those are
+//! remembered by their [`MessageId`] alone ([`Taken::remember_copy`]).
 //!
 //! How long to remember is a matter of time, not of count: a session that
 //! takes 100 messages a second takes 500 between a lost acknowledgement
@@ -18,15 +21,17 @@
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::message::MessageId;
+
 /// QoS 2 messages a session took from JetStream, for as long as JetStream
 /// may hand them over again.
 #[derive(Debug, Default)]
 pub(crate) struct Taken {
-    /// Oldest first: when each was taken, its stream sequence and its
-    /// message id hash (0 without one).
-    order: VecDeque<(Instant, u64, u64)>,
+    /// Oldest first: when each was taken, its stream sequence (0 for a
+    /// copy routed here) and its message id.
+    order: VecDeque<(Instant, u64, MessageId)>,
     /// The keys of `order`, for a look-up that does not walk it:
-    /// sequences as even keys, message id hashes (odd) as they are.
+    /// sequences as even keys, message ids (odd) as they are.
     keys: HashSet<u64>,
 }
 
@@ -37,30 +42,40 @@ impl Taken {
     pub const MAX: usize = 16_384;
 
     /// Remembers that the session took the message stored as `seq` with
-    /// message id hash `id` (odd, or 0 for none) at `now`, forgetting what
-    /// was taken longer than `window` ago.
-    pub fn remember(&mut self, seq: u64, id: u64, now: Instant, window: Duration) {
+    /// message id `id` (perhaps none) at `now`, forgetting what was taken
+    /// longer than `window` ago.
+    pub fn remember(&mut self, seq: u64, id: MessageId, now: Instant, window: Duration) {
         while let Some(&(at, old_seq, old_id)) = self.order.front() {
             if now.saturating_duration_since(at) <= window && self.order.len() < Self::MAX {
                 break;
             }
             self.order.pop_front();
-            self.keys.remove(&seq_key(old_seq));
-            if old_id != 0 {
-                self.keys.remove(&(old_id | 1));
+            if old_seq != 0 {
+                self.keys.remove(&seq_key(old_seq));
+            }
+            if !old_id.is_none() {
+                self.keys.remove(&old_id.get());
             }
         }
         self.order.push_back((now, seq, id));
-        self.keys.insert(seq_key(seq));
-        if id != 0 {
-            self.keys.insert(id | 1);
+        if seq != 0 {
+            self.keys.insert(seq_key(seq));
+        }
+        if !id.is_none() {
+            self.keys.insert(id.get());
         }
     }
 
+    /// Remembers that the session got a copy of message `id` its node
+    /// routed to it, which its consumer may hold too.
+    pub fn remember_copy(&mut self, id: MessageId, now: Instant, window: Duration) {
+        self.remember(0, id, now, window);
+    }
+
     /// Whether the session took the message stored as `seq`, or another
-    /// copy of it (the same message id hash `id`, unless 0).
-    pub fn contains(&self, seq: u64, id: u64) -> bool {
-        self.keys.contains(&seq_key(seq)) || (id != 0 && self.keys.contains(&(id | 1)))
+    /// copy of it (the same message id `id`, unless none).
+    pub fn contains(&self, seq: u64, id: MessageId) -> bool {
+        self.keys.contains(&seq_key(seq)) || (!id.is_none() && self.keys.contains(&id.get()))
     }
 
     /// Messages remembered.
@@ -70,8 +85,8 @@ impl Taken {
     }
 }
 
-/// A stream sequence as a key: even, so it never meets a message id
-/// hash, which is odd.
+/// A stream sequence as a key: even, so it never meets a message id,
+/// which is odd.
 fn seq_key(seq: u64) -> u64 {
     seq << 1
 }
@@ -79,6 +94,11 @@ fn seq_key(seq: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Message id `n` (made odd).
+    fn id(n: u64) -> MessageId {
+        MessageId::from_header(&format!("{:016x}", n | 1))
+    }
 
     #[test]
     fn remembered_for_the_window_whatever_the_count() {
@@ -89,16 +109,16 @@ mod tests {
         // old bound of 256 would have forgotten the first 644).
         for seq in 1..=900u64 {
             let at = start + Duration::from_millis(seq * 10);
-            taken.remember(seq, if seq % 2 == 0 { (1000 + seq) | 1 } else { 0 }, at, window);
+            taken.remember(seq, if seq % 2 == 0 { id(1000 + seq) } else { MessageId::NONE }, at, window);
         }
-        assert!(taken.contains(1, 0) && taken.contains(900, 0));
+        assert!(taken.contains(1, MessageId::NONE) && taken.contains(900, MessageId::NONE));
         // Another copy: the same id under a new sequence; no id, no match.
-        assert!(taken.contains(10_000, 1002 | 1));
-        assert!(!taken.contains(10_000, 0));
+        assert!(taken.contains(10_000, id(1002)));
+        assert!(!taken.contains(10_000, MessageId::NONE));
         // Past the window, the oldest go.
-        taken.remember(901, 0, start + Duration::from_secs(15), window);
-        assert!(!taken.contains(1, 0) && !taken.contains(10_000, 1002 | 1));
-        assert!(taken.contains(600, 0) && taken.contains(901, 0));
+        taken.remember(901, MessageId::NONE, start + Duration::from_secs(15), window);
+        assert!(!taken.contains(1, MessageId::NONE) && !taken.contains(10_000, id(1002)));
+        assert!(taken.contains(600, MessageId::NONE) && taken.contains(901, MessageId::NONE));
     }
 
     #[test]
@@ -106,10 +126,22 @@ mod tests {
         let mut taken = Taken::default();
         let now = Instant::now();
         for seq in 1..=(Taken::MAX as u64 + 10) {
-            taken.remember(seq, 0, now, Duration::from_secs(3600));
+            taken.remember(seq, MessageId::NONE, now, Duration::from_secs(3600));
         }
         assert_eq!(taken.len(), Taken::MAX);
-        assert!(!taken.contains(10, 0) && taken.contains(11, 0));
+        assert!(!taken.contains(10, MessageId::NONE) && taken.contains(11, MessageId::NONE));
         assert_eq!(taken.keys.len(), Taken::MAX, "keys follow the order");
+    }
+
+    /// A copy routed to the session is known by its id alone, under any
+    /// stream sequence; it takes no sequence's place.
+    #[test]
+    fn a_routed_copy_is_known_by_its_id() {
+        let mut taken = Taken::default();
+        let now = Instant::now();
+        taken.remember_copy(id(7), now, Duration::from_secs(60));
+        assert!(taken.contains(42, id(7)));
+        assert!(!taken.contains(42, id(9)) && !taken.contains(0, MessageId::NONE));
+        assert_eq!(taken.keys.len(), 1);
     }
 }
