@@ -48,7 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         username: Some("bench".into()),
         claimed_username: Some("bench".into()),
         peer_address: "127.0.0.1:40000".parse()?,
-        listener: "tcp".into(),
+        listener: std::sync::Arc::new("tcp".to_owned()),
         protocol: ProtocolVersion::V5,
         tls: None,
         attributes: Default::default(),
@@ -64,7 +64,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The same question with empty strings: shows how much of a call is
     // copying the client record into the guest (one guest allocation per
     // non-empty string).
-    let bare = ClientInfo { client_id: "".into(), listener: "".into(), ..client.clone() };
+    let bare = ClientInfo { client_id: "".into(), listener: Default::default(), ..client.clone() };
     let bare_cost = measure("bare", async || {
         black_box(policy.authorize(&bare, Action::Publish, black_box("bench/1"), QoS::AtMostOnce, false).await);
     })

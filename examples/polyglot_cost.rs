@@ -197,7 +197,7 @@ fn calls_n(policy: &Policy, hook: Hook, n: u32) -> Result<(), Box<dyn std::error
         username: Some("alice".into()),
         claimed_username: Some("alice".into()),
         peer_address: "127.0.0.1:40000".parse()?,
-        listener: "tcp".into(),
+        listener: std::sync::Arc::new("tcp".to_owned()),
         protocol: ProtocolVersion::V5,
         tls: None,
         attributes: Default::default(),

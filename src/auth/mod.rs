@@ -185,7 +185,7 @@ mod tests {
             username: None,
             claimed_username: Some("alice".into()),
             peer_address: "127.0.0.1:1".parse().expect("address"),
-            listener: "tcp".into(),
+            listener: Arc::new("tcp".to_owned()),
             protocol: crate::codec::ProtocolVersion::V5,
             tls: None,
             attributes: Attributes::default(),

@@ -34,7 +34,7 @@ pub(super) async fn handshake<S>(
     broker: Arc<Broker>,
     mut stream: S,
     peer: Peer,
-    (listener, listener_name): (Arc<ListenerConfig>, Arc<str>),
+    (listener, listener_name): (Arc<ListenerConfig>, Arc<String>),
     permits: super::Permits,
 ) -> Option<Box<Connection<S>>>
 where
@@ -131,7 +131,7 @@ where
 
 /// What the plugins will be told about the client, before any of them
 /// granted anything.
-fn client_info(connect: &Connect, negotiated: &Negotiated, peer: &Peer, listener: Arc<str>) -> ClientInfo {
+fn client_info(connect: &Connect, negotiated: &Negotiated, peer: &Peer, listener: Arc<String>) -> ClientInfo {
     ClientInfo {
         client_id: negotiated.client_id.clone(),
         username: negotiated.username.clone(),

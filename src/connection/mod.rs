@@ -159,7 +159,7 @@ pub fn serve<S>(
     broker: Arc<Broker>,
     stream: S,
     peer: Peer,
-    (listener, name): (Arc<ListenerConfig>, Arc<str>),
+    (listener, name): (Arc<ListenerConfig>, Arc<String>),
     permits: Permits,
 ) -> impl Future<Output = ()> + Send
 where

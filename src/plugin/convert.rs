@@ -385,7 +385,7 @@ mod tests {
             client_id: "alice-sensor".into(),
             username: Some("alice".into()),
             peer_address: "192.0.2.7:40000".parse().expect("address"),
-            listener: "tls".into(),
+            listener: Arc::new("tls".to_owned()),
             protocol: ProtocolVersion::V5,
             tls: Some(Arc::new(TlsIdentity {
                 subject: "CN=alice".into(),
@@ -405,7 +405,7 @@ mod tests {
             username: None,
             claimed_username: None,
             peer_address: "[2001:db8::1]:1883".parse().expect("address"),
-            listener: "tcp".into(),
+            listener: Arc::new("tcp".to_owned()),
             protocol: ProtocolVersion::V311,
             tls: None,
             attributes: Default::default(),

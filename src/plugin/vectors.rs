@@ -494,7 +494,7 @@ fn client(spec: &ClientSpec) -> Result<ClientInfo, String> {
         claimed_username: spec.claimed_username.as_deref().map(Arc::from).or_else(|| username.clone()),
         username,
         peer_address,
-        listener: spec.listener.as_deref().unwrap_or("tcp").into(),
+        listener: Arc::new(spec.listener.clone().unwrap_or_else(|| "tcp".to_owned())),
         protocol,
         tls,
         attributes: spec.attributes.clone().unwrap_or_default().into_iter().collect(),

@@ -41,7 +41,7 @@ use crate::rate::TokenBucket;
 pub struct Listener {
     config: Arc<ListenerConfig>,
     /// The listener's name, shared by its clients' `ClientInfo`.
-    name: Arc<str>,
+    name: Arc<String>,
     socket: TcpListener,
     /// For `tls` and `wss` listeners.
     tls: Option<Arc<TlsAcceptor>>,
@@ -84,7 +84,7 @@ impl Listener {
         };
         let socket =
             listen(config.bind).map_err(|source| BindError { name: config.name.clone(), addr: config.bind, source })?;
-        Ok(Listener { name: Arc::from(config.name.as_str()), config: Arc::new(config), socket, tls })
+        Ok(Listener { name: Arc::new(config.name.clone()), config: Arc::new(config), socket, tls })
     }
 
     /// The bound address (useful with port 0).
@@ -254,7 +254,7 @@ fn connection_task(
     broker: Arc<Broker>,
     tcp: TcpStream,
     addr: SocketAddr,
-    (config, name): (Arc<ListenerConfig>, Arc<str>),
+    (config, name): (Arc<ListenerConfig>, Arc<String>),
     tls: Option<Arc<TlsAcceptor>>,
     permits: crate::connection::Permits,
 ) -> impl Future<Output = ()> + Send {
@@ -453,7 +453,7 @@ mod tests {
         let config = Arc::new(ListenerConfig::tcp("test", addr));
         let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().expect("a free permit");
         let permits = crate::connection::Permits { global: permit.into(), listener: None, task: broker.tasks.token() };
-        let task = connection_task(broker, tcp, addr, (config, "test".into()), None, permits);
+        let task = connection_task(broker, tcp, addr, (config, Arc::new("test".to_owned())), None, permits);
         let size = std::mem::size_of_val(&task);
         eprintln!("connection task future: {size} bytes");
         assert!(size <= 152, "the connection task's future is {size} bytes: its tokio task cell grows to 384 bytes");

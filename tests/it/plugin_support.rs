@@ -60,7 +60,7 @@ pub fn client(username: Option<&str>) -> ClientInfo {
         username: username.map(Into::into),
         claimed_username: username.map(Into::into),
         peer_address: "127.0.0.1:50000".parse().expect("valid address"),
-        listener: "tcp".into(),
+        listener: std::sync::Arc::new("tcp".to_owned()),
         protocol: ProtocolVersion::V5,
         tls: None,
         attributes: Default::default(),
