@@ -28,8 +28,8 @@ pub trait Replica: Any + Send + std::fmt::Debug {
     /// The claim on the session this node made when its connection
     /// attached (a revision), to release now that the session ends here.
     fn take_claim(&mut self) -> Option<u64>;
-    /// The router queued QoS 2 message `id` here for the session while
-    /// what is kept elsewhere may hold it too (the session is becoming
-    /// kept): a copy from there must not reach the client again.
+    /// The router queued QoS 2 message `id` here for the session, which
+    /// what is kept elsewhere may hold too: while the session is becoming
+    /// kept, a copy from there must not reach the client again.
     fn routed(&mut self, id: MessageId);
 }
