@@ -72,7 +72,7 @@ fn config() -> Config {
 async fn run(ops: Vec<Op>) {
     let broker = Broker::new(config(), Arc::new(MemoryStore::default()), Recovered::default(), Policy::none());
     let listener = Arc::new(ListenerConfig::tcp("fuzz", SocketAddr::from(([127, 0, 0, 1], 1883))));
-    let name: Arc<str> = Arc::from("fuzz");
+    let name = Arc::new("fuzz".to_owned());
     // The accept loop's connection permits, never short here.
     let slots = Arc::new(tokio::sync::Semaphore::new(tokio::sync::Semaphore::MAX_PERMITS));
     let mut clients: Vec<Option<Client>> = (0..SLOTS).map(|_| None).collect();
