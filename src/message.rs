@@ -448,6 +448,26 @@ mod tests {
         }
     }
 
+    /// Ids are odd, never repeat within a process, and read back from the
+    /// header they are sent as; an older node's id text is hashed, the
+    /// same way each time.
+    #[test]
+    fn message_ids_are_unique_odd_and_read_back() {
+        let ids: std::collections::HashSet<MessageId> = (0..1000).map(|_| MessageId::next()).collect();
+        assert_eq!(ids.len(), 1000);
+        for id in ids {
+            assert!(id.get() & 1 == 1);
+            assert_eq!(MessageId::from_header(&id.header()), id);
+        }
+        let old = MessageId::from_header("moat-0123456789abcdef.17");
+        assert!(!old.is_none() && old.get() & 1 == 1);
+        assert_eq!(old, MessageId::from_header("moat-0123456789abcdef.17"));
+        assert_ne!(old, MessageId::from_header("moat-0123456789abcdef.18"));
+        let topic = TopicName::new("t").expect("valid");
+        let qos1 = Message::new(topic, Bytes::new(), QoS::AtLeastOnce, false, &Properties::default());
+        assert!(qos1.id.is_none(), "only QoS 2 messages carry one");
+    }
+
     #[test]
     fn a_message_stays_small() {
         // Every retained and queued message is one (issue 25: bytes per

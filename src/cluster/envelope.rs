@@ -321,6 +321,27 @@ mod tests {
         assert_eq!((got.publisher, got.retry, got.message.payload.len()), (None, false, 0));
     }
 
+    /// A QoS 2 message's id comes back from its `Nats-Msg-Id`, in either
+    /// format; a message without the header has none.
+    #[test]
+    fn the_message_id_travels_in_its_header() {
+        let topic = TopicName::new("a/b").expect("topic");
+        let now = Instant::now();
+        let message =
+            Message::new(topic.clone(), Bytes::from_static(b"x"), QoS::ExactlyOnce, false, &Properties::default());
+        assert!(!message.id.is_none(), "a QoS 2 message is made with an id");
+        let mut with_id = async_nats::HeaderMap::new();
+        with_id.insert(async_nats::header::NATS_MESSAGE_ID, message.id.header().as_str());
+        let wrapped = wrap(&mut BytesMut::new(), "a", &message, None, false, now);
+        let got = read(topic.clone(), nats(wrapped.clone(), Some(with_id.clone())), now).expect("reads");
+        assert_eq!(got.message.id, message.id);
+        assert!(read(topic.clone(), nats(wrapped, None), now).expect("reads").message.id.is_none());
+        let mut headers = super::headers("a", &message, None, false, now);
+        headers.insert(async_nats::header::NATS_MESSAGE_ID, message.id.header().as_str());
+        let got = read(topic, nats(message.payload.clone(), Some(headers)), now).expect("reads");
+        assert_eq!(got.message.id, message.id);
+    }
+
     #[test]
     fn messages_wrapped_in_one_block_stay_apart() {
         let topic = TopicName::new("a/b").expect("topic");
