@@ -59,6 +59,8 @@ pub struct Broker {
     /// Replication across nodes, when the server plugged one in (the
     /// cluster, with a `[cluster]` section).
     replication: Option<Arc<dyn Replication>>,
+    /// Where quiet connections wait without a task.
+    pub(crate) parking: crate::parking::Parking,
 }
 
 /// Why a connection could not attach to its session.
@@ -118,6 +120,7 @@ impl Broker {
             logins: crate::auth::LoginThrottle::default(),
             next_assigned_id: AtomicU64::new(1),
             replication,
+            parking: crate::parking::Parking::default(),
         });
         for message in recovered.retained {
             broker.router.retained().set(&message);

@@ -26,6 +26,7 @@
 //! - [`rate`]: the token bucket behind the rate limits.
 //! - [`identity`]: who a connection is: its address and certificate.
 //! - [`open_files`]: the open-file limit, which caps connections.
+//! - [`parking`]: the epoll set quiet connections wait in without a task.
 //! - [`untrusted`]: peer-chosen text (client ids, user names) in the log.
 
 pub mod admin;
@@ -42,6 +43,7 @@ pub mod identity;
 pub mod message;
 pub mod metrics;
 pub mod open_files;
+pub mod parking;
 pub mod passwd;
 pub mod plugin;
 pub mod rate;

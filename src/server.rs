@@ -208,7 +208,10 @@ impl Server {
             handles.source.as_ref().and_then(|s| s.path().map(Path::to_owned))
         });
         let swept = broker.clone();
-        broker.tasks.spawn(async move { crate::session::keep_alive::sweep(&swept.sessions, &swept.shutdown).await });
+        broker.tasks.spawn(async move {
+            let park_after = || swept.config().limits.park_after_s;
+            crate::session::keep_alive::sweep(&swept.sessions, &swept.shutdown, park_after).await;
+        });
         broker.tasks.spawn(crate::reload::watch::plugins(reloader.clone()));
         broker.tasks.spawn(crate::reload::watch::granted(reloader.clone()));
         if let Some(path) = config_file {

@@ -38,7 +38,8 @@ use crate::proto::{self, FrameInfo, Version, kind};
 use crate::report::{self, Proc, Report, Usage};
 use crate::{Args, Scenario};
 
-/// Time for the broker to settle before its idle RSS is read.
+/// Time for the broker to settle before its idle RSS is read, at least
+/// (`--settle` may ask for more).
 const SETTLE: Duration = Duration::from_millis(500);
 /// Time allowed for the TCP connect, TLS handshake and CONNACK.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -80,7 +81,7 @@ pub async fn run(args: &Args, addr: SocketAddr, v: Version) -> Result<Report> {
         (wave.clients, wave.attempted, wave.first_error, wave.tls_resumed);
     let connected = clients.len() as u64;
 
-    tokio::time::sleep(SETTLE).await;
+    tokio::time::sleep(SETTLE.max(Duration::from_secs_f64(args.settle))).await;
     let mut rep = Report::new(Scenario::Conn.name(), v.number(), 0, json!(null));
     let broker = usage.finish(&mut rep)?;
     if let Some(pid) = callgrind {

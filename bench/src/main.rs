@@ -70,7 +70,10 @@ pub struct Args {
     #[arg(long)]
     pub sub_port: Option<u16>,
     /// Seconds to wait between the last SUBACK and the first publish (a
-    /// cluster node subscribes on NATS after its SUBACK).
+    /// cluster node subscribes on NATS after its SUBACK); in `conn`,
+    /// between the last CONNACK and the RSS reading (at least half a
+    /// second; longer shows quiet connections parked, Moat's
+    /// `limits.park_after_s`).
     #[arg(long, default_value_t = 0.0)]
     pub settle: f64,
     /// MQTT version: 3 (3.1.1) or 5.

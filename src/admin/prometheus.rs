@@ -22,6 +22,8 @@ pub fn render(broker: &Broker) -> String {
     line(w, "moat_ready", "", u64::from(broker.metrics.is_ready()));
     header(w, "moat_connections", "gauge", "Client connections open now.");
     line(w, "moat_connections", "", s.connections_current);
+    header(w, "moat_connections_parked", "gauge", "Of those, connections parked while quiet (limits.park_after_s).");
+    line(w, "moat_connections_parked", "", s.connections_parked);
     header(w, "moat_connections_total", "counter", "Client connections accepted (CONNACK success).");
     line(w, "moat_connections_total", "", s.connections_total);
     header(w, "moat_connections_refused_total", "counter", "Connections refused before being served, by reason.");

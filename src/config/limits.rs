@@ -86,6 +86,13 @@ pub struct Limits {
     pub topic_alias_maximum: u16,
     /// Grace period for draining connections on shutdown.
     pub shutdown_grace_ms: u64,
+    /// Seconds a plain-TCP connection stays quiet (nothing read, nothing
+    /// to deliver) before it is parked: its task ends and its socket
+    /// leaves the runtime's reactor, about 500 bytes less per idle client,
+    /// until a byte, a delivery, its keep alive or a kick wakes it (a
+    /// connection parks one to two periods after its last event). 0:
+    /// never. A reload applies it at once.
+    pub park_after_s: u32,
 }
 
 impl Default for Limits {
@@ -113,6 +120,7 @@ impl Default for Limits {
             max_session_expiry_s: u32::MAX,
             topic_alias_maximum: 16,
             shutdown_grace_ms: 5_000,
+            park_after_s: 5,
         }
     }
 }

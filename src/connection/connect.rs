@@ -9,8 +9,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::debug;
 
-use super::Connection;
 use super::policy::{self, AuthFailure};
+use super::{Connection, Park};
 use crate::auth::{ClientInfo, Throttled};
 use crate::broker::{AttachRefused, Broker};
 use crate::codec::{
@@ -38,7 +38,7 @@ pub(super) async fn handshake<S>(
     permits: super::Permits,
 ) -> Option<Box<Connection<S>>>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: Park,
 {
     let listener = &*listener;
     let running = broker.config();
@@ -223,7 +223,7 @@ fn connection<S>(
     parts: Parts<'_>,
 ) -> Box<Connection<S>>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: Park,
 {
     let Parts { rbuf, bytes_read, negotiated, authenticated, attached, client, permits } = parts;
     let (keep_alive, session_expiry_s) = (negotiated.keep_alive, negotiated.session_expiry_s);
@@ -239,13 +239,14 @@ where
         keep_alive_ms: std::num::NonZeroU32::new(u32::from(keep_alive) * 1500),
         will: connect.will.clone().map(Box::new),
         #[cfg(feature = "cluster")]
-        #[cfg(feature = "cluster")]
         subscriptions_changed: false,
         session_expiry_s,
         connect_expiry_zero: session_expiry_s == 0,
         send_window: props.receive_maximum.unwrap_or(u16::MAX).min(limits.max_inflight),
         client_max_packet: props.maximum_packet_size.and_then(std::num::NonZeroU32::new),
         want_drain: true,
+        // A new connection stays at least one period before parking.
+        stirred: true,
         withheld: None,
         counts: LocalCounts::default(),
         attached,
@@ -394,7 +395,7 @@ where
 #[cfg(feature = "cluster")]
 async fn register_will<S>(conn: &mut Connection<S>)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: Park,
 {
     let Some(will) = conn.will.as_deref().cloned() else { return };
     let broker = conn.broker.clone();

@@ -2,10 +2,9 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 
-use super::{Close, Connection};
+use super::{Close, Connection, Park};
 use crate::auth::Action;
 use crate::broker::Refused;
 use crate::codec::{Packet, Properties, PubResp, Publish, QoS, ReasonCode, TopicName};
@@ -50,7 +49,7 @@ const ROUTE_BUDGET: u16 = 16 * 1024;
 
 impl<S> Connection<S>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: Park,
 {
     /// Decodes and handles every complete packet in the read buffer, up to
     /// a publish that has to be held. Polled inside

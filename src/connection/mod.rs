@@ -12,9 +12,11 @@ mod connect;
 mod identity;
 mod inbound;
 mod outbound;
+mod parked;
 mod permits;
 mod policy;
 mod subscribe;
+mod withheld;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,13 +26,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, field};
 
 use crate::auth::{Action, AuthzCache, ClientInfo};
 use crate::broker::Broker;
-use crate::codec::{self, Disconnect, Packet, Properties, ProtocolVersion, ReasonCode, TopicName, Will};
+use crate::codec::{self, Disconnect, Packet, Properties, ProtocolVersion, TopicName, Will};
 use crate::config::ListenerConfig;
 use crate::identity::Peer;
 use crate::metrics::{Limit, LocalCounts};
@@ -38,7 +40,9 @@ use crate::session::{Attached, keep_alive, signal, wakes};
 use buffers::{WRITE_KEEP, poll_read_some, settle_read_buffer};
 pub(crate) use close::Close;
 use close::leave_reason;
+pub use parked::Park;
 pub use permits::{Permit, Permits};
+use withheld::Withheld;
 
 /// The connection's state after a successful CONNECT.
 struct Connection<S> {
@@ -74,6 +78,9 @@ struct Connection<S> {
     client_max_packet: Option<std::num::NonZeroU32>,
     /// Deliveries may be waiting: the session woke us or the window opened.
     want_drain: bool,
+    /// Something happened since the sweep last asked the connection to
+    /// park ([`parked`]): it parks at the next ask if nothing happens.
+    stirred: bool,
     /// Who the client is, as plugins see it: client id, the user name in
     /// force (from CONNECT, the certificate or an authenticator's grant),
     /// peer, listener, certificate identity and granted attributes.
@@ -101,20 +108,6 @@ struct Connection<S> {
     /// it ends. Here rather than in the task's future, which they would
     /// push past a size class of tokio's task cells (issue 25).
     _permits: Permits,
-}
-
-/// What holds back the acknowledgements in the write buffer (and, for a
-/// held publish, the reading of the client's next packets).
-#[derive(Default)]
-struct Withheld {
-    /// Durable store (issue 9): acknowledgements in `wbuf` are sent only
-    /// once this resolves, i.e. once what they acknowledge is durable.
-    durable: Option<crate::store::Barrier>,
-    /// In a cluster, the same for JetStream: see `Cluster::stored`.
-    replicated: Option<crate::store::Barrier>,
-    /// A publish waiting for room in full subscriber queues; while it is,
-    /// nothing more is read from the client.
-    held: Option<Box<inbound::HeldPublish>>,
 }
 
 /// The parts of a connection that most clients never use (issue 25: 170
@@ -163,7 +156,7 @@ pub fn serve<S>(
     permits: Permits,
 ) -> impl Future<Output = ()> + Send
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: Park,
 {
     use futures_util::FutureExt;
     use futures_util::future::Either;
@@ -182,20 +175,44 @@ where
 
 impl<S> Connection<S>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: Park,
 {
-    /// Boxed: moving the connection into this future would otherwise keep
+    /// The connection's life after the handshake: its future is what the
+    /// task holds, so the little set up here is done before it, not in an
+    /// `async` layer of its own around [`Connection::serve`] (issue 25).
+    /// Boxed: moving the connection into the future would otherwise keep
     /// a second copy of it in the task's state.
-    async fn run(mut self: Box<Self>) {
+    fn run(self: Box<Self>) -> impl Future<Output = ()> + Send {
         self.broker.metrics.connection_opened();
         // Nothing in flight to send again (a new or clean session): the
         // main loop's first flush sends CONNACK, without the resume's
         // boxed future (issue 25).
         let resume = !self.attached.session.lock().inflight.is_empty();
-        let resumed = if resume { Box::pin(self.resume()).await } else { Ok(()) };
-        let close = match resumed {
-            Ok(()) => self.serve_packets().await,
-            Err(close) => close,
+        // No timer of its own: the keep-alive sweep signals a deadline
+        // passed (`session::keep_alive`). Set here, not where serving
+        // starts, which a parked connection's new task does again.
+        self.move_keep_alive();
+        self.serve(resume)
+    }
+
+    /// Serves packets (after sending again what was in flight, if
+    /// `resume`) until the connection ends, or parks it when it has been
+    /// quiet ([`parked`]; its task ends, and a new one picks up here when
+    /// something wakes it).
+    async fn serve(mut self: Box<Self>, mut resume: bool) {
+        let close = loop {
+            if std::mem::take(&mut resume)
+                && let Err(close) = Box::pin(self.resume()).await
+            {
+                break close;
+            }
+            match self.serve_packets().await {
+                Err(close) => break close,
+                Ok(Quiet) => match parked::park(self) {
+                    Ok(()) => return,
+                    Err(back) => self = back,
+                },
+            }
         };
         self.broker.metrics.connection_closed();
         Box::pin(self.finish(close)).await;
@@ -207,15 +224,13 @@ where
     /// Its future is most of what an idle connection costs, so what it
     /// holds across the idle wait is small: the keep-alive timer and the
     /// wait itself ([`Connection::poll_event`]). Whatever waits seldom
-    /// (a full socket, a held publish, the store) is boxed.
-    async fn serve_packets(&mut self) -> Close {
+    /// (a full socket, a held publish, the store) is boxed. Ends with
+    /// [`Quiet`] when the connection may be parked.
+    async fn serve_packets(&mut self) -> Result<Quiet, Close> {
         if self.broker.shutdown.is_cancelled() {
             // Attached after shutdown signalled every session.
-            return Close::Shutdown;
+            return Err(Close::Shutdown);
         }
-        // No timer of its own: the keep-alive sweep signals a deadline
-        // passed (`session::keep_alive`).
-        self.move_keep_alive();
         loop {
             if self.want_drain {
                 self.want_drain = false;
@@ -228,44 +243,36 @@ where
                 // Boxed: rare, and large next to the idle connection.
                 Box::pin(self.keep(false)).await;
             }
-            if self.withheld.as_ref().is_some_and(|w| w.durable.is_some() || w.replicated.is_some())
-                && let Err(close) = Box::pin(self.await_durable()).await
-            {
-                return close;
+            if self.withheld.as_ref().is_some_and(|w| w.durable.is_some() || w.replicated.is_some()) {
+                Box::pin(self.await_durable()).await?;
             }
-            if let Err(close) = self.flush().await {
-                return close;
-            }
+            self.flush().await?;
             self.broker.metrics.flush(&mut self.counts);
             if self.held().is_some() {
-                match Box::pin(self.wait_held()).await {
-                    Ok(()) => continue,
-                    Err(close) => return close,
-                }
+                Box::pin(self.wait_held()).await?;
+                continue;
             }
             if self.input_pending {
                 // The subscribers this client's messages went to get to
                 // run (and drain their queues) before it goes on.
                 tokio::task::yield_now().await;
-                if let Err(close) = Box::pin(wakes::once_per_poll(self.process_input())).await {
-                    return close;
-                }
+                Box::pin(wakes::once_per_poll(self.process_input())).await?;
                 continue;
             }
             match std::future::poll_fn(|cx| self.poll_event(cx)).await {
                 Event::Read(n) => {
+                    self.stirred = true;
                     self.counts.read(n);
                     self.move_keep_alive();
                     // Boxed, once per read: handling a packet may wait
                     // for a plugin, and the states of that wait would
                     // otherwise be kept in every idle connection's task.
-                    if let Err(close) = Box::pin(wakes::once_per_poll(self.process_input())).await {
-                        return close;
-                    }
+                    Box::pin(wakes::once_per_poll(self.process_input())).await?;
                     settle_read_buffer(&mut self.rbuf, n);
                 }
-                Event::Woken => {}
-                Event::Close(close) => return close,
+                Event::Woken => self.stirred = true,
+                Event::Park => return Ok(Quiet),
+                Event::Close(close) => return Err(close),
             }
         }
     }
@@ -273,15 +280,18 @@ where
     /// What the idle connection waits for, in this order: being told to
     /// leave (takeover, kick, shutdown), bytes from the client, its keep
     /// alive running out (signalled by the sweep, checked against the
-    /// deadline the last read set), deliveries (sets `want_drain`).
+    /// deadline the last read set), deliveries (sets `want_drain`), and
+    /// the sweep's ask to park, which it heeds if nothing happened since
+    /// the last ask and nothing is under way.
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
-        let (mut woken, mut overdue) = (false, false);
+        let (mut woken, mut overdue, mut park) = (false, false, false);
         if let Poll::Ready(bits) = self.attached.session.poll_signals(cx) {
             if let Some(close) = leave_reason(bits, &self.attached.session) {
                 return Poll::Ready(Event::Close(close));
             }
             overdue = bits & signal::KEEP_ALIVE != 0;
             woken = bits & signal::WAKE != 0;
+            park = bits & signal::PARK != 0;
             self.want_drain |= woken;
         }
         match poll_read_some(&mut self.stream, &mut self.rbuf, cx) {
@@ -297,7 +307,28 @@ where
         if woken {
             return Poll::Ready(Event::Woken);
         }
+        if park && !std::mem::take(&mut self.stirred) && self.may_park() {
+            return Poll::Ready(Event::Park);
+        }
         Poll::Pending
+    }
+
+    /// Whether nothing is under way that a parked connection could not
+    /// take up again from its state alone, and the stream can be parked.
+    fn may_park(&self) -> bool {
+        #[cfg(feature = "cluster")]
+        if self.subscriptions_changed {
+            return false;
+        }
+        self.wbuf.is_empty()
+            && self.rbuf.is_empty()
+            && !self.want_drain
+            && !self.input_pending
+            && self.withheld.as_ref().is_none_or(|w| w.durable.is_none() && w.replicated.is_none() && w.held.is_none())
+            && self.retained_waiting().is_none()
+            && self.rare.as_ref().is_none_or(|r| r.reauth.is_none())
+            && !self.broker.shutdown.is_cancelled()
+            && self.stream.parkable()
     }
 
     /// The client was heard from (or, for a held publish, the broker
@@ -342,88 +373,6 @@ where
         if let Some(cluster) = crate::cluster::Cluster::plugged(self.broker.replication()) {
             cluster.keep(&self.attached.session, usize::from(self.send_window), first).await;
         }
-    }
-
-    /// What holds back acknowledgements, made now if need be.
-    fn withheld(&mut self) -> &mut Withheld {
-        self.withheld.get_or_insert_with(Box::default)
-    }
-
-    /// The publish held for room in full queues, if any.
-    fn held(&self) -> Option<&inbound::HeldPublish> {
-        self.withheld.as_ref().and_then(|w| w.held.as_deref())
-    }
-
-    /// Takes the held publish out, if any (it is done with).
-    fn take_held(&mut self) -> Option<Box<inbound::HeldPublish>> {
-        self.withheld.as_mut().and_then(|w| w.held.take())
-    }
-
-    /// Durable store (issue 9): what is in `wbuf` now is sent only once
-    /// every change reported to the store so far is durable. A barrier
-    /// already passed replaces none: no [`Withheld`] is made for it.
-    fn await_store(&mut self) {
-        let barrier = self.broker.store.barrier();
-        let durable = (!barrier.is_ready()).then_some(barrier);
-        if durable.is_some() || self.withheld.is_some() {
-            self.withheld().durable = durable;
-        }
-        #[cfg(feature = "cluster")]
-        if let Some(cluster) = crate::cluster::Cluster::plugged(self.broker.replication()) {
-            let replicated = cluster.stored();
-            if replicated.is_some() || self.withheld.is_some() {
-                self.withheld().replicated = replicated;
-            }
-        }
-    }
-
-    /// Durable store (issue 9): waits until the PUBACKs/PUBRECs queued in
-    /// `wbuf` acknowledge durable messages. When the store has failed they
-    /// are dropped unsent and the connection closes, so the client resends.
-    async fn await_durable(&mut self) -> Result<(), Close> {
-        let Some(withheld) = &mut self.withheld else { return Ok(()) };
-        let (replicated, durable) = (withheld.replicated.take(), withheld.durable.take());
-        if let Some(barrier) = replicated
-            && !barrier.is_ready()
-        {
-            self.await_replicated(barrier).await?;
-        }
-        let Some(barrier) = durable else { return Ok(()) };
-        if barrier.wait().await.is_err() {
-            self.wbuf.clear();
-            return Err(Close::Protocol(ReasonCode::UNSPECIFIED_ERROR, "store failed"));
-        }
-        Ok(())
-    }
-
-    /// In a cluster: waits until JetStream has stored what the
-    /// acknowledgements in `wbuf` acknowledge (`Cluster::stored`), at most
-    /// `[cluster] store_timeout_s`, and no longer than the connection
-    /// lasts. Otherwise they are dropped unsent and the connection closes,
-    /// so the client publishes again: nothing is acknowledged that
-    /// JetStream may not have.
-    async fn await_replicated(&mut self, barrier: crate::store::Barrier) -> Result<(), Close> {
-        let session = self.attached.session.clone();
-        let close = tokio::select! {
-            biased;
-            stored = tokio::time::timeout(self.store_timeout(), barrier.wait()) => match stored {
-                Ok(Ok(())) => return Ok(()),
-                Ok(Err(_)) => Close::Shutdown,
-                Err(_) => Close::Protocol(ReasonCode::SERVER_BUSY, "the cluster did not store a message in time"),
-            },
-            bits = session.leaving() => leave_reason(bits, &session).unwrap_or(Close::Shutdown),
-        };
-        self.wbuf.clear();
-        Err(close)
-    }
-
-    /// `[cluster] store_timeout_s`; never waited for without a cluster.
-    fn store_timeout(&self) -> Duration {
-        #[cfg(feature = "cluster")]
-        if let Some(cluster) = crate::cluster::Cluster::plugged(self.broker.replication()) {
-            return cluster.store_timeout();
-        }
-        Duration::ZERO
     }
 
     /// Writes the write buffer out within `limits.write_timeout_ms`; a
@@ -567,12 +516,21 @@ pub(crate) const fn size_of_connection<S>() -> usize {
     std::mem::size_of::<Connection<S>>()
 }
 
+#[cfg(test)]
+pub(crate) use parked::size_of_slot;
+
+/// How [`Connection::serve_packets`] stops when the connection does not
+/// end: it has been quiet, and may be parked.
+struct Quiet;
+
 /// What woke an idle connection ([`Connection::poll_event`]).
 enum Event {
     /// Bytes read from the client.
     Read(usize),
     /// Deliveries may be waiting (`want_drain` is set).
     Woken,
+    /// Quiet: the connection may be parked.
+    Park,
     /// The connection ends.
     Close(Close),
 }

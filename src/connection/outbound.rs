@@ -3,9 +3,7 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite};
-
-use super::{Close, Connection};
+use super::{Close, Connection, Park};
 use crate::auth::Action;
 use crate::codec::{self, Packet, Properties, PubResp, Publish, QoS};
 use crate::message::{Delivery, Inflight, InflightState};
@@ -29,7 +27,7 @@ struct Drained {
 
 impl<S> Connection<S>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: Park,
 {
     /// Resends what the previous connection left unacknowledged, in order,
     /// with DUP set [MQTT-4.4.0-1], once the state these packets show is

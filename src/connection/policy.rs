@@ -12,7 +12,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info};
 
-use super::{Close, Connection};
+use super::{Close, Connection, Park};
 use crate::auth::AuthzCache;
 use crate::auth::{
     Action, AuthExchange, AuthnOutcome, ClientInfo, Credentials, PluginMessage, Policy, TransformOutcome,
@@ -263,7 +263,7 @@ fn auth_packet(reason: ReasonCode, method: &str, data: Vec<u8>) -> Packet {
 
 impl<S> Connection<S>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: Park,
 {
     /// Whether the policy permits `action` on `topic`, asking the plugins
     /// only when this connection's cache has no live verdict.

@@ -1,9 +1,7 @@
 //! SUBSCRIBE and UNSUBSCRIBE: limits, the policy, the router, the store,
 //! and the retained messages a new subscription is owed.
 
-use tokio::io::{AsyncRead, AsyncWrite};
-
-use super::{Close, Connection};
+use super::{Close, Connection, Park};
 use crate::auth::Action;
 use crate::codec::{
     Packet, Properties, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, SubscriptionOptions, TopicFilter, UnsubAck,
@@ -14,7 +12,7 @@ use crate::metrics::{DropReason, Limit};
 
 impl<S> Connection<S>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: Park,
 {
     pub(super) async fn on_subscribe(&mut self, subscribe: Subscribe) -> Result<(), Close> {
         let sub_id = subscribe.properties.subscription_identifiers.first().copied();

@@ -269,6 +269,7 @@ pub struct Metrics {
     started_at: SystemTime,
     ready: AtomicBool,
     connections_current: AtomicU64,
+    connections_parked: AtomicU64,
     connections_total: AtomicU64,
     refused: [AtomicU64; Refusal::ALL.len()],
     received: [AtomicU64; 3],
@@ -291,6 +292,7 @@ impl Default for Metrics {
             started_at: SystemTime::now(),
             ready: AtomicBool::new(false),
             connections_current: AtomicU64::new(0),
+            connections_parked: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
             refused: Default::default(),
             received: Default::default(),
@@ -315,6 +317,8 @@ pub struct Snapshot {
     pub uptime_s: u64,
     /// Connections open now (after CONNACK).
     pub connections_current: u64,
+    /// Of those, connections parked while quiet (`limits.park_after_s`).
+    pub connections_parked: u64,
     /// Connections accepted (CONNACK success) since start.
     pub connections_total: u64,
     /// Connections refused, per [`Refusal::ALL`].
@@ -388,6 +392,15 @@ impl Metrics {
     /// A connection that got CONNACK success ended.
     pub fn connection_closed(&self) {
         self.connections_current.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A quiet connection was parked (`true`) or runs again (`false`).
+    pub fn connection_parked(&self, parked: bool) {
+        if parked {
+            self.connections_parked.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.connections_parked.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Connections open now.
@@ -464,6 +477,7 @@ impl Metrics {
         Snapshot {
             uptime_s: self.started.elapsed().as_secs(),
             connections_current: load(&self.connections_current),
+            connections_parked: load(&self.connections_parked),
             connections_total: load(&self.connections_total),
             refused: std::array::from_fn(|i| load(&self.refused[i])),
             received: std::array::from_fn(|i| load(&self.received[i])),

@@ -43,17 +43,27 @@ fn now() -> u32 {
     u32::try_from(Instant::now().saturating_duration_since(epoch()).as_secs()).unwrap_or(u32::MAX)
 }
 
-/// Signals, once a second until shutdown, the connections whose keep
-/// alive ran out ([`Registry::signal_overdue`]), until `shutdown`.
-pub async fn sweep(sessions: &Registry, shutdown: &CancellationToken) {
+/// Signals, once a second until `shutdown`, the connections whose keep
+/// alive ran out, and every `park_after()` seconds (0: never) asks the
+/// connections to park if they were quiet since it last asked
+/// ([`Registry::signal_overdue`]): a connection parks between one and two
+/// such periods after its last event.
+pub async fn sweep(sessions: &Registry, shutdown: &CancellationToken, park_after: impl Fn() -> u32) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut since_asked = 0u32;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = shutdown.cancelled() => return,
         }
-        sessions.signal_overdue(now());
+        since_asked = since_asked.saturating_add(1);
+        let every = park_after();
+        let park = every != 0 && since_asked >= every;
+        if park {
+            since_asked = 0;
+        }
+        sessions.signal_overdue(now(), park);
     }
 }
 

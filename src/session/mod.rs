@@ -95,8 +95,12 @@ pub mod signal {
     /// The keep-alive sweep found the connection's deadline passed
     /// ([`super::keep_alive`]): it checks its own clock. Taken when seen.
     pub const KEEP_ALIVE: u8 = 8;
+    /// The keep-alive sweep asks connections to park if they have been
+    /// quiet since it last asked (`limits.park_after_s`,
+    /// `connection::parking`). Taken when seen.
+    pub const PARK: u8 = 16;
     /// The signals [`super::Session::poll_signals`] takes when it sees them.
-    pub const TAKEN: u8 = WAKE | KEEP_ALIVE;
+    pub const TAKEN: u8 = WAKE | KEEP_ALIVE | PARK;
 }
 
 /// A client session, shared by the registry, the subscription index and the
@@ -116,6 +120,9 @@ pub struct Session {
     /// ([`Registry`]). A flag here rather than a mutex per registry entry
     /// (issue 25).
     held: AtomicBool,
+    /// Whether the attached connection is parked (`connection::parking`):
+    /// the sweep does not ask it to park, which would wake it. In padding.
+    parked: AtomicBool,
     /// The attached connection's keep-alive deadline, a second of
     /// [`keep_alive`]'s clock; 0 for none (issue 25: in the padding after
     /// `signals` and `held`, so free).
@@ -147,6 +154,7 @@ impl Session {
             state: Mutex::new(SessionState::new(bound)),
             signals: AtomicU8::new(0),
             held: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
             keep_alive_due: AtomicU32::new(0),
             waker: AtomicWaker::new(),
             room: Notify::new(),
@@ -422,6 +430,31 @@ impl Session {
             }
         })
         .await
+    }
+
+    /// The attached connection parks: `waker` stands for its task until
+    /// it runs again ([`Session::unparked`]). Returns whether a signal is
+    /// already waiting, in which case the caller wakes it at once (the
+    /// waker is registered before looking, so none is missed).
+    pub(crate) fn park(&self, waker: &std::task::Waker) -> bool {
+        self.parked.store(true, Ordering::Relaxed);
+        self.waker.register(waker);
+        self.signals.load(Ordering::Acquire) != 0
+    }
+
+    /// The attached connection runs again after being parked.
+    pub(crate) fn unparked(&self) {
+        self.parked.store(false, Ordering::Relaxed);
+    }
+
+    /// Asks the attached connection to park if it has been quiet (the
+    /// sweep, every `limits.park_after_s`); not one already parked, which
+    /// the signal would wake. A session without a connection has no
+    /// waker to wake, and its next connection clears the signal.
+    pub(super) fn ask_to_park(&self) {
+        if !self.parked.load(Ordering::Relaxed) {
+            self.signal(signal::PARK);
+        }
     }
 
     /// Tells the attached connection to leave: taken over (`by_admin`

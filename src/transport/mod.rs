@@ -433,6 +433,17 @@ mod tests {
         assert!(size <= 248, "Connection is {size} bytes: its heap chunk grows past 256 bytes");
     }
 
+    /// A parked connection lives in its slot (an `Arc`, 16 bytes more),
+    /// in jemalloc's 320-byte class with the sessions: not in the 256-byte
+    /// class of the task cells and socket registrations parking frees,
+    /// whose pages it would keep from going back, and not past 320.
+    #[test]
+    fn a_parked_connection_keeps_to_its_size_class() {
+        let size = crate::connection::size_of_slot::<Stream>() + 16;
+        eprintln!("parked connection's slot: {size} bytes");
+        assert!((257..=320).contains(&size), "a parked connection's slot is {size} bytes, outside the 320-byte class");
+    }
+
     /// Every connection's task holds its future for the connection's life,
     /// so its size is memory per idle connection (issue 25). Large,
     /// short-lived states (TLS and WebSocket handshakes, CONNECT and

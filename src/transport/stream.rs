@@ -22,6 +22,48 @@ pub enum Stream {
     Ws(Box<WsStream<TcpStream>>),
     /// WebSocket over TLS.
     Wss(Box<WsStream<TlsStream<TcpStream>>>),
+    /// Plain TCP off the runtime's reactor while its connection is parked
+    /// (`connection::Park`): nothing reads or writes it until it is
+    /// unparked.
+    Parked(std::net::TcpStream),
+    /// No socket: the moment between taking a plain TCP stream off the
+    /// reactor and parking it, or after that failed.
+    Detached,
+}
+
+/// A plain TCP stream parks: its socket leaves the reactor for the lot.
+impl crate::connection::Park for Stream {
+    fn parkable(&self) -> bool {
+        matches!(self, Stream::Tcp(_))
+    }
+
+    fn park(&mut self) -> Option<io::Result<()>> {
+        if !self.parkable() {
+            return None;
+        }
+        let Stream::Tcp(tcp) = std::mem::replace(self, Stream::Detached) else { return None };
+        Some(tcp.into_std().map(|std| *self = Stream::Parked(std)))
+    }
+
+    fn parked(&mut self) -> Option<&mut std::net::TcpStream> {
+        match self {
+            Stream::Parked(std) => Some(std),
+            _ => None,
+        }
+    }
+
+    fn unpark(&mut self) -> io::Result<()> {
+        match std::mem::replace(self, Stream::Detached) {
+            Stream::Parked(std) => *self = Stream::Tcp(TcpStream::from_std(std)?),
+            other => *self = other,
+        }
+        Ok(())
+    }
+}
+
+/// What reads and writes on a stream without a registered socket get.
+fn not_connected<T>() -> Poll<io::Result<T>> {
+    Poll::Ready(Err(io::ErrorKind::NotConnected.into()))
 }
 
 macro_rules! each {
@@ -31,6 +73,7 @@ macro_rules! each {
             Stream::Tls($s) => $e,
             Stream::Ws($s) => $e,
             Stream::Wss($s) => $e,
+            Stream::Parked(_) | Stream::Detached => not_connected(),
         }
     };
 }

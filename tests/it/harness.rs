@@ -65,6 +65,11 @@ impl TestBroker {
         // with the debug build's unoptimised cranelift is most of the suite's
         // time. Tests about the cache set their own directory.
         config.plugins.cache_dir = Some(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("plugin-cache"));
+        // Quiet connections park after a second (the default is 5): every
+        // test with a pause then also runs against parked connections,
+        // whose wake-ups (bytes, deliveries, keep alive, kicks, shutdown)
+        // must all arrive as a running task's would.
+        config.limits.park_after_s = 1;
         tweak(&mut config);
         let server = Server::bind_with_store(config, store).await.expect("bind test broker");
         let addr = server.local_addrs()[0].1;

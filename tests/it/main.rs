@@ -27,6 +27,8 @@ mod malformed;
 #[cfg(target_os = "linux")]
 mod open_files;
 mod ops;
+#[cfg(target_os = "linux")]
+mod parking;
 #[cfg(feature = "cluster")]
 mod partition;
 mod password_file;
