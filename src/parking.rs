@@ -49,6 +49,9 @@ impl Parking {
     /// `shutdown`) if it was not; `None` where there cannot be one (the
     /// error logged once).
     pub fn lot(&self, shutdown: &CancellationToken) -> Option<Arc<Lot>> {
+        if cfg!(not(target_os = "linux")) {
+            return None;
+        }
         self.lot
             .get_or_init(|| match Lot::open(shutdown) {
                 Ok(lot) => Some(lot),
