@@ -86,8 +86,8 @@ pub struct Limits {
     pub topic_alias_maximum: u16,
     /// Grace period for draining connections on shutdown.
     pub shutdown_grace_ms: u64,
-    /// Seconds a plain-TCP connection stays quiet (nothing read, nothing
-    /// to deliver) before it is parked: its task ends and its socket
+    /// Seconds a plain-TCP connection stays quiet (no packet but PINGREQ
+    /// read, nothing to deliver) before it is parked: its task ends and its socket
     /// leaves the runtime's reactor, about 500 bytes less per idle client,
     /// until a byte, a delivery, its keep alive or a kick wakes it (a
     /// connection parks one to two periods after its last event). 0:

@@ -85,6 +85,9 @@ where
     /// asked (PUBLISH, SUBSCRIBE, AUTH); a plugin that answers at once
     /// (nearly all calls) costs no suspension.
     pub(super) async fn handle(&mut self, packet: Packet) -> Result<(), Close> {
+        // A client that only pings is quiet: it may still be parked
+        // (`parked`), whatever its keep alive.
+        self.stirred |= !matches!(packet, Packet::PingReq);
         match packet {
             Packet::Publish(publish) => self.on_publish(publish).await,
             Packet::PubAck(ack) => {

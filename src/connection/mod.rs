@@ -79,7 +79,8 @@ struct Connection<S> {
     /// Deliveries may be waiting: the session woke us or the window opened.
     want_drain: bool,
     /// Something happened since the sweep last asked the connection to
-    /// park ([`parked`]): it parks at the next ask if nothing happens.
+    /// park ([`parked`]): a packet other than PINGREQ, or a wake for
+    /// deliveries. It parks at the next ask if nothing does.
     stirred: bool,
     /// Who the client is, as plugins see it: client id, the user name in
     /// force (from CONNECT, the certificate or an authenticator's grant),
@@ -261,7 +262,6 @@ where
             }
             match std::future::poll_fn(|cx| self.poll_event(cx)).await {
                 Event::Read(n) => {
-                    self.stirred = true;
                     self.counts.read(n);
                     self.move_keep_alive();
                     // Boxed, once per read: handling a packet may wait

@@ -3,7 +3,8 @@
 //!
 //! The keep-alive sweep asks every connection not parked to park, once
 //! per `limits.park_after_s` ([`signal::PARK`](crate::session::signal::PARK));
-//! a connection that had an event since the last ask only notes the ask,
+//! a connection that had an event since the last ask (a packet other
+//! than PINGREQ, a wake for deliveries) only notes the ask,
 //! so a connection parks one to two periods after its last event, and a
 //! busy one never does. Parking takes the socket off the reactor into
 //! the lot, moves the connection's state into a [`Slot`], makes the slot

@@ -77,6 +77,29 @@ async fn a_parked_client_is_answered_when_it_pings_and_closed_when_its_keep_aliv
     assert_eq!(parked(&broker), 0);
 }
 
+/// Pings are what a quiet client sends: one whose keep alive is shorter
+/// than `park_after_s` parks all the same, and stays parked.
+#[tokio::test]
+async fn a_client_that_only_pings_parks_however_short_its_keep_alive() {
+    let broker = parking_broker().await;
+    let mut raw = broker.raw().await;
+    raw.send(&connect_v4_keep_alive("eager-pinger", 1)).await;
+    assert_eq!(raw.read_packet().await, (0x20, vec![0, 0]), "CONNACK");
+    let started = std::time::Instant::now();
+    while parked(&broker) == 0 {
+        assert!(started.elapsed() < PARKS_WITHIN, "a client that only pings never parked");
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        raw.send(&frame(0xC0, &[])).await;
+        assert_eq!(raw.read_packet().await, (0xD0, vec![]), "PINGRESP");
+    }
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        raw.send(&frame(0xC0, &[])).await;
+        assert_eq!(raw.read_packet().await, (0xD0, vec![]), "PINGRESP while parked");
+    }
+    assert_eq!(parked(&broker), 1, "still parked, and connected");
+}
+
 #[tokio::test]
 async fn a_parked_client_that_hangs_up_has_its_will_published() {
     let broker = parking_broker().await;
