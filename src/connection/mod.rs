@@ -193,6 +193,7 @@ where
         // passed (`session::keep_alive`). Set here, not where serving
         // starts, which a parked connection's new task does again.
         self.move_keep_alive();
+        self.attached.session.can_park(self.stream.parkable());
         self.serve(resume)
     }
 

@@ -131,4 +131,27 @@ mod tests {
         session.signal_if_overdue(100);
         assert!(!signalled(&session), "signalled after its connection left");
     }
+
+    /// The sweep asks a connection to park only if it can park and is not
+    /// parked: the ask would wake a parked one, and only wake one whose
+    /// stream cannot park (TLS, WebSocket) for nothing.
+    #[test]
+    fn only_a_connection_that_can_park_and_has_not_is_asked_to() {
+        let session = Session::new("c".into(), super::super::QueueBound::messages(10));
+        let asked = |s: &Session| s.signals.swap(0, std::sync::atomic::Ordering::AcqRel) & signal::PARK != 0;
+        session.can_park(true);
+        session.ask_to_park();
+        assert!(asked(&session), "a connection that can park was not asked");
+        session.can_park(false);
+        session.ask_to_park();
+        assert!(!asked(&session), "a connection that cannot park was asked");
+        session.can_park(true);
+        let waker = std::task::Waker::noop();
+        assert!(!session.park(waker), "no signal was waiting");
+        session.ask_to_park();
+        assert!(!asked(&session), "a parked connection was asked (and so woken)");
+        session.unparked();
+        session.ask_to_park();
+        assert!(asked(&session), "a connection running again was not asked");
+    }
 }

@@ -120,9 +120,11 @@ pub struct Session {
     /// ([`Registry`]). A flag here rather than a mutex per registry entry
     /// (issue 25).
     held: AtomicBool,
-    /// Whether the attached connection is parked (`connection::parking`):
-    /// the sweep does not ask it to park, which would wake it. In padding.
-    parked: AtomicBool,
+    /// The sweep does not ask the attached connection to park
+    /// (`connection::parked`): it is parked, and the ask would wake it, or
+    /// its stream cannot park (TLS, WebSocket), and the ask would only
+    /// wake it. In padding.
+    unasked: AtomicBool,
     /// The attached connection's keep-alive deadline, a second of
     /// [`keep_alive`]'s clock; 0 for none (issue 25: in the padding after
     /// `signals` and `held`, so free).
@@ -154,7 +156,7 @@ impl Session {
             state: Mutex::new(SessionState::new(bound)),
             signals: AtomicU8::new(0),
             held: AtomicBool::new(false),
-            parked: AtomicBool::new(false),
+            unasked: AtomicBool::new(false),
             keep_alive_due: AtomicU32::new(0),
             waker: AtomicWaker::new(),
             room: Notify::new(),
@@ -437,22 +439,28 @@ impl Session {
     /// already waiting, in which case the caller wakes it at once (the
     /// waker is registered before looking, so none is missed).
     pub(crate) fn park(&self, waker: &std::task::Waker) -> bool {
-        self.parked.store(true, Ordering::Relaxed);
+        self.unasked.store(true, Ordering::Relaxed);
         self.waker.register(waker);
         self.signals.load(Ordering::Acquire) != 0
     }
 
     /// The attached connection runs again after being parked.
     pub(crate) fn unparked(&self) {
-        self.parked.store(false, Ordering::Relaxed);
+        self.unasked.store(false, Ordering::Relaxed);
+    }
+
+    /// A connection attached whose stream can park (`can`), or cannot:
+    /// the sweep asks only the first kind.
+    pub(crate) fn can_park(&self, can: bool) {
+        self.unasked.store(!can, Ordering::Relaxed);
     }
 
     /// Asks the attached connection to park if it has been quiet (the
-    /// sweep, every `limits.park_after_s`); not one already parked, which
-    /// the signal would wake. A session without a connection has no
-    /// waker to wake, and its next connection clears the signal.
+    /// sweep, every `limits.park_after_s`); not one parked or that cannot
+    /// park ([`Session::can_park`]). A session without a connection has
+    /// no waker to wake, and its next connection clears the signal.
     pub(super) fn ask_to_park(&self) {
-        if !self.parked.load(Ordering::Relaxed) {
+        if !self.unasked.load(Ordering::Relaxed) {
             self.signal(signal::PARK);
         }
     }
