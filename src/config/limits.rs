@@ -88,7 +88,7 @@ pub struct Limits {
     pub shutdown_grace_ms: u64,
     /// Seconds a plain-TCP connection stays quiet (no packet but PINGREQ
     /// read, nothing to deliver) before it is parked: its task ends and its socket
-    /// leaves the runtime's reactor, about 500 bytes less per idle client,
+    /// leaves the runtime's reactor, about 300 bytes less per idle client,
     /// until a byte, a delivery, its keep alive or a kick wakes it (a
     /// connection parks one to two periods after its last event). 0:
     /// never. A reload applies it at once.
