@@ -181,7 +181,8 @@ impl Registry {
     /// `now` ([`super::keep_alive`]). One pass under the lock: an atomic
     /// load per session, about a millisecond for 100,000 (1.1-1.3 ms in a
     /// release build here), once a second. With `park`, also asks every
-    /// connection not parked to park if it has been quiet
+    /// connection that can park and is not parked to park if it has been
+    /// quiet
     /// ([`signal::PARK`](super::signal::PARK)).
     pub fn signal_overdue(&self, now: u32, park: bool) {
         for session in self.sessions.lock().values() {
