@@ -8,7 +8,7 @@ use std::time::Duration;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::DisconnectReasonCode;
 
-use crate::harness::{TestBroker, WAIT, connect_v4, frame, subscribe_v4, within};
+use crate::harness::{Raw, TestBroker, WAIT, connect_v4, frame, subscribe_v4, within};
 
 /// With `park_after_s = 1` a quiet connection parks one to two sweeps
 /// after its last event; this leaves room for a loaded machine.
@@ -22,13 +22,23 @@ fn parked(broker: &TestBroker) -> u64 {
     broker.broker.metrics.snapshot().connections_parked
 }
 
-/// A 3.1.1 CONNECT for `id` with keep alive `keep_alive_s`.
-fn connect_v4_keep_alive(id: &str, keep_alive_s: u8) -> Vec<u8> {
+/// A raw MQTT 3.1.1 client `id` with keep alive `keep_alive_s`,
+/// connected (CONNACK success read).
+async fn raw_with_keep_alive(broker: &TestBroker, id: &str, keep_alive_s: u8) -> Raw {
     let mut connect = connect_v4(id);
     // Fixed header (2 bytes), protocol name (6), level, flags, then the
     // keep alive's two bytes.
     connect[10..12].copy_from_slice(&[0, keep_alive_s]);
-    connect
+    let mut raw = broker.raw().await;
+    raw.send(&connect).await;
+    assert_eq!(raw.read_packet().await, (0x20, vec![0, 0]), "CONNACK");
+    raw
+}
+
+/// Sends PINGREQ and reads the PINGRESP.
+async fn ping(raw: &mut Raw, what: &str) {
+    raw.send(&frame(0xC0, &[])).await;
+    assert_eq!(raw.read_packet().await, (0xD0, vec![]), "{what}");
 }
 
 #[tokio::test]
@@ -51,14 +61,11 @@ async fn a_parked_subscriber_gets_every_message_at_every_qos_and_parks_again() {
 #[tokio::test]
 async fn a_parked_client_is_answered_when_it_pings_and_closed_when_its_keep_alive_runs_out() {
     let broker = parking_broker().await;
-    let mut raw = broker.raw().await;
-    raw.send(&connect_v4_keep_alive("parked-pinger", 3)).await;
-    assert_eq!(raw.read_packet().await, (0x20, vec![0, 0]), "CONNACK");
+    let mut raw = raw_with_keep_alive(&broker, "parked-pinger", 3).await;
     within(PARKS_WITHIN, "the client parked", || parked(&broker) == 1).await;
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        raw.send(&frame(0xC0, &[])).await;
-        assert_eq!(raw.read_packet().await, (0xD0, vec![]), "PINGRESP from a parked connection");
+        ping(&mut raw, "PINGRESP from a parked connection").await;
         assert_eq!(parked(&broker), 1, "a ping is answered without waking the connection");
     }
     // A ping with more behind it wakes the connection, which answers both.
@@ -82,22 +89,44 @@ async fn a_parked_client_is_answered_when_it_pings_and_closed_when_its_keep_aliv
 #[tokio::test]
 async fn a_client_that_only_pings_parks_however_short_its_keep_alive() {
     let broker = parking_broker().await;
-    let mut raw = broker.raw().await;
-    raw.send(&connect_v4_keep_alive("eager-pinger", 1)).await;
-    assert_eq!(raw.read_packet().await, (0x20, vec![0, 0]), "CONNACK");
+    let mut raw = raw_with_keep_alive(&broker, "eager-pinger", 1).await;
     let started = std::time::Instant::now();
     while parked(&broker) == 0 {
         assert!(started.elapsed() < PARKS_WITHIN, "a client that only pings never parked");
         tokio::time::sleep(Duration::from_millis(400)).await;
-        raw.send(&frame(0xC0, &[])).await;
-        assert_eq!(raw.read_packet().await, (0xD0, vec![]), "PINGRESP");
+        ping(&mut raw, "PINGRESP").await;
     }
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(400)).await;
-        raw.send(&frame(0xC0, &[])).await;
-        assert_eq!(raw.read_packet().await, (0xD0, vec![]), "PINGRESP while parked");
+        ping(&mut raw, "PINGRESP while parked").await;
     }
     assert_eq!(parked(&broker), 1, "still parked, and connected");
+}
+
+/// Only an exact PINGREQ is answered from the epoll set: one with its
+/// reserved flags set, or a remaining length, is a malformed packet, and
+/// a parked connection is closed for it as a running one is.
+#[tokio::test]
+async fn a_parked_connection_sent_a_malformed_ping_is_closed_for_it() {
+    let broker = parking_broker().await;
+    for (n, bad) in [vec![0xC1, 0x00], vec![0xC0, 0x01, 0x00]].into_iter().enumerate() {
+        let mut raw = raw_with_keep_alive(&broker, &format!("bad-pinger-{n}"), 60).await;
+        within(PARKS_WITHIN, "the client parked", || parked(&broker) == 1).await;
+        raw.send(&bad).await;
+        assert_eq!(raw.read_to_close().await, Vec::<u8>::new(), "closed without a PINGRESP for {bad:02x?}");
+        within(WAIT, "connection counted closed", || broker.broker.metrics.connections_current() == 0).await;
+        assert_eq!(parked(&broker), 0);
+    }
+}
+
+/// `park_after_s = 0` turns parking off: a quiet client stays as it was.
+#[tokio::test]
+async fn nothing_parks_when_park_after_s_is_zero() {
+    let broker = TestBroker::with(|c| c.limits.park_after_s = 0).await;
+    let mut raw = raw_with_keep_alive(&broker, "never-parked", 60).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(parked(&broker), 0, "parked although park_after_s = 0");
+    ping(&mut raw, "PINGRESP").await;
 }
 
 #[tokio::test]
