@@ -115,18 +115,15 @@ impl Lot {
     /// Watches `socket` for bytes or a hang-up, which wake `sleeper`
     /// (once: the socket leaves the set when its connection resumes).
     pub fn watch_socket(&self, socket: BorrowedFd<'_>, sleeper: Weak<dyn Sleeper>) -> std::io::Result<()> {
-        use rustix::event::epoll::{EventData, add};
-        let fd = socket.as_raw_fd();
-        self.sleepers.lock().insert(fd, sleeper);
-        let data = EventData::new_u64(u64::try_from(fd).unwrap_or(u64::MAX));
-        add(self.epoll.get_ref(), socket, data, WATCHED).inspect_err(|_| self.forget(socket)).map_err(Into::into)
+        self.sleepers.lock().insert(socket.as_raw_fd(), sleeper);
+        rustix::event::epoll::add(self.epoll.get_ref(), socket, event_data(socket), WATCHED)
+            .inspect_err(|_| self.forget(socket))
+            .map_err(Into::into)
     }
 
     /// Watches `socket` again after its sleeper answered what it read.
     pub fn rearm(&self, socket: BorrowedFd<'_>) -> std::io::Result<()> {
-        use rustix::event::epoll::{EventData, modify};
-        let data = EventData::new_u64(u64::try_from(socket.as_raw_fd()).unwrap_or(u64::MAX));
-        modify(self.epoll.get_ref(), socket, data, WATCHED).map_err(Into::into)
+        rustix::event::epoll::modify(self.epoll.get_ref(), socket, event_data(socket), WATCHED).map_err(Into::into)
     }
 
     /// Tells the sleepers of sockets that became readable or hung up,
@@ -171,6 +168,13 @@ impl Lot {
         let woken = events.iter().filter_map(|e| sleepers.get(&socket(e)?)?.upgrade()).collect();
         Ok((woken, events.len() == EVENTS))
     }
+}
+
+/// What the epoll set reports for `socket`: its descriptor, the key of
+/// its sleeper.
+#[cfg(target_os = "linux")]
+fn event_data(socket: BorrowedFd<'_>) -> rustix::event::epoll::EventData {
+    rustix::event::epoll::EventData::new_u64(u64::try_from(socket.as_raw_fd()).unwrap_or(u64::MAX))
 }
 
 /// Elsewhere: no lot.
